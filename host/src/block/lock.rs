@@ -1,0 +1,225 @@
+//! QEMU-compatible image locks.
+//!
+//! QEMU marks each permission it holds on an image with a shared OFD read lock
+//! on byte 100+bit, and each permission it refuses to share with one on byte
+//! 200+bit (bits: consistent read 0, write 1, write unchanged 2, resize 3). A
+//! conflict is found by asking F_OFD_GETLK whether a one-byte write lock could be
+//! placed: it could not if any other open file description holds a read lock there.
+
+use qimg_driver_api::{DriverError, ErrorKind};
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+
+/// Permission bits, as QEMU numbers them.
+pub mod perm {
+    /// Consistent read.
+    pub const READ: u32 = 1 << 0;
+    /// Write.
+    pub const WRITE: u32 = 1 << 1;
+    /// Write that leaves the guest-visible content unchanged.
+    pub const WRITE_UNCHANGED: u32 = 1 << 2;
+    /// Resize.
+    pub const RESIZE: u32 = 1 << 3;
+}
+
+/// Number of permission bits QEMU locks.
+const PERM_BITS: u32 = 4;
+/// First byte of the "permission held" locks.
+const PERM_BASE: i64 = 100;
+/// First byte of the "permission not shared" locks.
+const SHARED_BASE: i64 = 200;
+
+/// The name QEMU gives a permission bit in its messages.
+fn perm_name(bit: u32) -> &'static str {
+    match bit {
+        0 => "consistent read",
+        1 => "write",
+        2 => "write unchanged",
+        _ => "resize",
+    }
+}
+
+/// What an open needs and what it refuses to share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockSpec {
+    /// Permissions held.
+    pub perm: u32,
+    /// Permissions others may not hold.
+    pub unshared: u32,
+}
+
+impl LockSpec {
+    /// A read-only open that lets others do anything (map, compare, measure…).
+    pub const READ_SHARED: LockSpec = LockSpec {
+        perm: perm::READ,
+        unshared: 0,
+    };
+    /// A read-only open whose content must not change underneath (convert source).
+    pub const READ_STABLE: LockSpec = LockSpec {
+        perm: perm::READ,
+        unshared: perm::WRITE | perm::RESIZE,
+    };
+    /// A read-write open.
+    pub const READ_WRITE: LockSpec = LockSpec {
+        perm: perm::READ | perm::WRITE,
+        unshared: 0,
+    };
+    /// A read-write open that also resizes.
+    pub const RESIZE: LockSpec = LockSpec {
+        perm: perm::READ | perm::WRITE | perm::RESIZE,
+        unshared: 0,
+    };
+    /// Creating an image (held while it is formatted).
+    pub const CREATE: LockSpec = LockSpec {
+        perm: perm::WRITE | perm::RESIZE,
+        unshared: perm::RESIZE,
+    };
+}
+
+/// Locks held on one open file description; released on drop.
+#[derive(Debug)]
+pub struct ImageLock {
+    file: File,
+}
+
+fn flock(kind: i32, start: i64) -> libc::flock {
+    // SAFETY: flock is plain data; zero is a valid initial state.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = start;
+    fl.l_len = 1;
+    fl
+}
+
+fn set(file: &File, kind: i32, start: i64) -> Result<(), i32> {
+    let mut fl = flock(kind, start);
+    // SAFETY: fcntl with a valid flock pointer on an fd we own.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO))
+    }
+}
+
+/// True if another open file description holds a lock on `byte`.
+fn taken(file: &File, byte: i64) -> Result<bool, i32> {
+    let mut fl = flock(libc::F_WRLCK, byte);
+    // SAFETY: fcntl with a valid flock pointer on an fd we own.
+    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(fl.l_type != libc::F_UNLCK as i16)
+}
+
+impl ImageLock {
+    /// Takes the locks of `spec` on `file` and checks for conflicts, with QEMU's
+    /// message (`Failed to get "write" lock` + hint naming `name`).
+    pub fn acquire(file: &File, spec: LockSpec, name: &str) -> Result<ImageLock, DriverError> {
+        let file = file.try_clone().map_err(DriverError::from)?;
+        let lock = ImageLock { file };
+        let conflict = |message: String| {
+            DriverError::new(
+                ErrorKind::LOCKED,
+                format!("{message}\nIs another process using the image [{name}]?"),
+            )
+        };
+        for bit in 0..PERM_BITS {
+            if spec.perm & (1 << bit) != 0 {
+                set(&lock.file, libc::F_RDLCK, PERM_BASE + bit as i64).map_err(|_| {
+                    conflict(format!("Failed to lock byte {}", PERM_BASE + bit as i64))
+                })?;
+            }
+            if spec.unshared & (1 << bit) != 0 {
+                set(&lock.file, libc::F_RDLCK, SHARED_BASE + bit as i64).map_err(|_| {
+                    conflict(format!("Failed to lock byte {}", SHARED_BASE + bit as i64))
+                })?;
+            }
+        }
+        for bit in 0..PERM_BITS {
+            if spec.perm & (1 << bit) != 0
+                && taken(&lock.file, SHARED_BASE + bit as i64).unwrap_or(false)
+            {
+                return Err(conflict(format!(
+                    "Failed to get \"{}\" lock",
+                    perm_name(bit)
+                )));
+            }
+        }
+        for bit in 0..PERM_BITS {
+            if spec.unshared & (1 << bit) != 0
+                && taken(&lock.file, PERM_BASE + bit as i64).unwrap_or(false)
+            {
+                return Err(conflict(format!(
+                    "Failed to get shared \"{}\" lock",
+                    perm_name(bit)
+                )));
+            }
+        }
+        Ok(lock)
+    }
+}
+
+impl Drop for ImageLock {
+    fn drop(&mut self) {
+        for bit in 0..PERM_BITS as i64 {
+            let _ = set(&self.file, libc::F_UNLCK, PERM_BASE + bit);
+            let _ = set(&self.file, libc::F_UNLCK, SHARED_BASE + bit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("qimg-lock-{}-{name}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        (path, file)
+    }
+
+    #[test]
+    fn stable_reader_blocks_writer_and_is_released_on_drop() {
+        let (path, a) = temp("rw");
+        let b = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let reader = ImageLock::acquire(&a, LockSpec::READ_STABLE, "x").unwrap();
+        let err = ImageLock::acquire(&b, LockSpec::READ_WRITE, "x").unwrap_err();
+        assert_eq!(
+            err.message.as_str(),
+            "Failed to get \"write\" lock\nIs another process using the image [x]?"
+        );
+        drop(reader);
+        ImageLock::acquire(&b, LockSpec::READ_WRITE, "x").unwrap();
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn writer_blocks_stable_reader_with_shared_message() {
+        let (path, a) = temp("shared");
+        let b = std::fs::OpenOptions::new().read(true).open(&path).unwrap();
+        let _writer = ImageLock::acquire(&a, LockSpec::READ_WRITE, "y").unwrap();
+        let err = ImageLock::acquire(&b, LockSpec::READ_STABLE, "y").unwrap_err();
+        assert!(err
+            .message
+            .starts_with("Failed to get shared \"write\" lock"));
+        ImageLock::acquire(&b, LockSpec::READ_SHARED, "y").unwrap();
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,11 @@
+//! Opening images: format probing, option strings, backing chains, image locks
+//! and secrets.
+
+pub mod image;
+pub mod lock;
+pub mod options;
+pub mod services;
+pub mod spec;
+
+pub use image::{create_image, open_image, BlockImage, OpenRequest};
+pub use lock::LockSpec;

@@ -1,0 +1,132 @@
+//! Creation options (`-o`): the driver's schema merged with the file protocol's,
+//! their validation, `-o help`, and the `Formatting '...'` line.
+
+use crate::cli::{parse_size, SizeError};
+use crate::plugins::Driver;
+use qimg_driver_api::schema::{CreateOption, OptionType};
+use std::collections::BTreeMap;
+
+/// Options the file protocol adds to every format's, in qemu's order.
+fn protocol_options() -> Vec<CreateOption> {
+    let opt = |name: &str, kind, help: &str| CreateOption {
+        name: name.into(),
+        kind,
+        help: help.into(),
+        default: None,
+    };
+    vec![
+        opt("size", OptionType::Size, "Virtual disk size"),
+        opt(
+            "nocow",
+            OptionType::Bool,
+            "Turn off copy-on-write (valid only on btrfs)",
+        ),
+        opt(
+            "preallocation",
+            OptionType::Str,
+            "Preallocation mode (allowed values: off, falloc, full)",
+        ),
+        opt(
+            "extent_size_hint",
+            OptionType::Size,
+            "Extent size hint for the image file, 0 to disable",
+        ),
+    ]
+}
+
+/// The driver's options, followed (with `protocol`) by the file protocol's
+/// options the driver does not define itself.
+pub fn schema(driver: &Driver, protocol: bool) -> Vec<CreateOption> {
+    let mut list: Vec<CreateOption> =
+        serde_json::from_str(driver.api.create_options().as_str()).unwrap_or_default();
+    if protocol {
+        for extra in protocol_options() {
+            if !list.iter().any(|o| o.name == extra.name) {
+                list.push(extra);
+            }
+        }
+    }
+    list
+}
+
+/// What `-o help` prints: the format's options, or with a target file name
+/// the merged list, sorted by name.
+pub fn help_text(driver: &Driver, with_file: bool) -> String {
+    let mut list = schema(driver, with_file);
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = if with_file {
+        "Supported options:\n".to_string()
+    } else {
+        format!("Supported {} options:\n", driver.name)
+    };
+    for o in &list {
+        let kind = match o.kind {
+            OptionType::Str => "str",
+            OptionType::Bool => "bool (on/off)",
+            OptionType::Number => "num",
+            OptionType::Size => "size",
+        };
+        let left = format!("{}=<{}>", o.name, kind);
+        out.push_str(&format!("  {left:<22} - {}", o.help));
+        if let Some(d) = &o.default {
+            out.push_str(&format!(" (default: {d})"));
+        }
+        out.push('\n');
+    }
+    if !with_file {
+        out.push_str("\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n");
+    }
+    out
+}
+
+/// qemu's message for a size option that does not parse.
+pub fn size_message(name: &str) -> String {
+    format!(
+        "Parameter '{name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively."
+    )
+}
+
+/// Checks `-o` options against the schema, normalising sizes to bytes and
+/// booleans to `on`/`off`. Errors carry qemu's wording.
+pub fn validate(
+    schema: &[CreateOption],
+    given: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in given {
+        let Some(opt) = schema.iter().find(|o| &o.name == name) else {
+            return Err(format!("Invalid parameter '{name}'"));
+        };
+        let value = match opt.kind {
+            OptionType::Size => match parse_size(value, 1) {
+                Ok(v) => v.to_string(),
+                Err(SizeError::Invalid | SizeError::TooLarge) => return Err(size_message(name)),
+            },
+            OptionType::Bool => match value.as_str() {
+                "on" | "yes" | "true" => "on".to_string(),
+                "off" | "no" | "false" => "off".to_string(),
+                _ => return Err(format!("Parameter '{name}' expects 'on' or 'off'")),
+            },
+            OptionType::Number => match value.parse::<u64>() {
+                Ok(v) => v.to_string(),
+                Err(_) => return Err(format!("Parameter '{name}' expects a number")),
+            },
+            OptionType::Str => value.clone(),
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// The line qemu-img prints before creating: options in schema order, each
+/// that is set or has a default.
+pub fn formatting_line(path: &str, driver: &Driver, values: &BTreeMap<String, String>) -> String {
+    let mut line = format!("Formatting '{path}', fmt={}", driver.name);
+    for o in schema(driver, true) {
+        let value = values.get(&o.name).cloned().or(o.default.clone());
+        if let Some(v) = value {
+            line.push_str(&format!(" {}={v}", o.name));
+        }
+    }
+    line
+}

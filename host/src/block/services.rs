@@ -1,0 +1,220 @@
+//! What the host offers a driver while it opens or creates an image: related
+//! stores, the backing chain, secrets and warnings.
+
+use super::image::{open_image, BlockImage, OpenRequest};
+use super::lock::LockSpec;
+use crate::store::{file::OpenMode, CacheMode, LocalFile};
+use qimg_driver_api::abi_stable::sabi_trait::TD_Opaque;
+use qimg_driver_api::abi_stable::std_types::{
+    ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec,
+};
+use qimg_driver_api::{
+    guard::catch, BackingBox, BackingReader, BackingReader_TO, ByteStore, ByteStoreBox,
+    ByteStore_TO, DriverError, ErrorKind, Extent, HostServices, HostServicesBox, HostServices_TO,
+    Prealloc, StoreRun,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+fn secrets() -> &'static Mutex<HashMap<String, String>> {
+    static SECRETS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    SECRETS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Registers a secret from `--object secret,id=ID,data=...` (or `file=`).
+pub fn register_secret(id: &str, value: String) {
+    secrets()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.to_string(), value);
+}
+
+/// A host store shared between the host (for sizes, locks) and a driver.
+pub struct SharedStore(pub Arc<LocalFile>);
+
+impl SharedStore {
+    /// Boxes a shared store for the ABI.
+    pub fn boxed(file: Arc<LocalFile>) -> ByteStoreBox {
+        ByteStore_TO::from_value(SharedStore(file), TD_Opaque)
+    }
+}
+
+impl ByteStore for SharedStore {
+    fn read_at(&self, offset: u64, buf: RSliceMut<'_, u8>) -> RResult<u64, DriverError> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
+        self.0.write_at(offset, buf)
+    }
+    fn len(&self) -> RResult<u64, DriverError> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64, prealloc: Prealloc) -> RResult<(), DriverError> {
+        self.0.set_len(len, prealloc)
+    }
+    fn flush(&self) -> RResult<(), DriverError> {
+        ByteStore::flush(&*self.0)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> RResult<(), DriverError> {
+        self.0.write_zeroes(offset, len, punch)
+    }
+    fn run_at(&self, offset: u64, max: u64) -> RResult<StoreRun, DriverError> {
+        self.0.run_at(offset, max)
+    }
+    fn allocated_size(&self) -> RResult<u64, DriverError> {
+        self.0.allocated_size()
+    }
+    fn name(&self) -> RString {
+        ByteStore::name(&*self.0)
+    }
+}
+
+/// Services for one image. Shared with the opener, which collects the backing
+/// image the driver asked for.
+pub struct Services {
+    /// The image's own name, for resolving relative names.
+    pub image_name: String,
+    /// Cache mode for related stores.
+    pub cache: CacheMode,
+    /// Whether related stores may be written.
+    pub writable: bool,
+    /// Whether locks are taken.
+    pub locking: bool,
+    /// Open backing read-only without unsharing write (`-U`).
+    pub force_share: bool,
+    /// The backing image opened at the driver's request.
+    pub backing: Mutex<Option<Arc<BlockImage>>>,
+    /// Depth of this image in its chain (limits runaway chains).
+    pub depth: usize,
+}
+
+/// Backing chains deeper than this are refused (a loop in the chain ends here).
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+impl Services {
+    /// Boxes a handle on these services for the ABI.
+    pub fn boxed(services: Arc<Services>) -> HostServicesBox {
+        HostServices_TO::from_value(ServicesHandle(services), TD_Opaque)
+    }
+
+    /// Resolves `name` against the directory of the image, as qemu does for
+    /// backing files and extents (absolute names stay as they are).
+    pub fn resolve(&self, name: &str) -> String {
+        if Path::new(name).is_absolute() || name.contains(':') && name.starts_with("json:") {
+            return name.to_string();
+        }
+        match self.image_name.rfind('/') {
+            Some(cut) => format!("{}{}", &self.image_name[..=cut], name),
+            None => name.to_string(),
+        }
+    }
+}
+
+struct ServicesHandle(Arc<Services>);
+
+impl HostServices for ServicesHandle {
+    fn open_related(
+        &self,
+        name: RStr<'_>,
+        writable: bool,
+        create: bool,
+    ) -> RResult<ByteStoreBox, DriverError> {
+        catch(|| {
+            let services = &self.0;
+            let resolved = services.resolve(name.as_str());
+            let mode = OpenMode {
+                write: writable && services.writable,
+                create,
+                cache: services.cache,
+            };
+            let file = LocalFile::open(&PathBuf::from(&resolved), &resolved, mode)?;
+            let file = if services.locking {
+                let spec = if mode.write {
+                    LockSpec::READ_WRITE
+                } else {
+                    LockSpec::READ_SHARED
+                };
+                let lock = super::lock::ImageLock::acquire(file.file(), spec, &resolved)?;
+                file.with_lock(lock)
+            } else {
+                file
+            };
+            Ok(SharedStore::boxed(Arc::new(file)))
+        })
+    }
+
+    fn open_backing(
+        &self,
+        name: RStr<'_>,
+        format: ROption<RStr<'_>>,
+    ) -> RResult<BackingBox, DriverError> {
+        catch(|| {
+            let services = &self.0;
+            if services.depth >= MAX_CHAIN_DEPTH {
+                return Err(DriverError::invalid_image(
+                    "Backing chain is too deep (or loops)",
+                ));
+            }
+            let resolved = services.resolve(name.as_str());
+            let format = format.into_option().map(|f| f.as_str().to_string());
+            let request = OpenRequest {
+                name: &resolved,
+                format: format.as_deref(),
+                image_opts: false,
+                write: false,
+                cache: services.cache,
+                lock: if !services.locking {
+                    None
+                } else if services.force_share {
+                    Some(LockSpec::READ_SHARED)
+                } else {
+                    Some(LockSpec::READ_STABLE)
+                },
+                no_backing: false,
+                depth: services.depth + 1,
+            };
+            let image = open_image(&request).map_err(|e| {
+                DriverError::new(
+                    ErrorKind::INVALID_IMAGE,
+                    format!("Could not open backing file: {}", e.message),
+                )
+            })?;
+            let image = Arc::new(image);
+            *services.backing.lock().unwrap_or_else(|e| e.into_inner()) = Some(image.clone());
+            Ok(BackingReader_TO::from_value(BackingView(image), TD_Opaque))
+        })
+    }
+
+    fn secret(&self, id: RStr<'_>) -> RResult<RString, DriverError> {
+        catch(|| {
+            secrets()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id.as_str())
+                .map(|s| RString::from(s.as_str()))
+                .ok_or_else(|| {
+                    DriverError::invalid_argument(format!("No secret with id '{}'", id.as_str()))
+                })
+        })
+    }
+
+    fn warn(&self, message: RStr<'_>) {
+        eprintln!("{}: warning: {}", crate::cli::program(), message.as_str());
+    }
+}
+
+/// A backing image as the overlay's driver sees it.
+struct BackingView(Arc<BlockImage>);
+
+impl BackingReader for BackingView {
+    fn virtual_size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, offset: u64, buf: RSliceMut<'_, u8>) -> RResult<(), DriverError> {
+        self.0.image.read_at(offset, buf)
+    }
+    fn block_status(&self, offset: u64, len: u64) -> RResult<RVec<Extent>, DriverError> {
+        self.0.image.block_status(offset, len)
+    }
+}

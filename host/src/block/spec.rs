@@ -1,0 +1,107 @@
+//! What an image name means: a plain path, an `--image-opts` option string
+//! (`driver=raw,file.filename=x`) or a `json:{...}` pseudo-filename.
+
+use crate::cli::parse_opts;
+use serde_json::Value;
+
+/// An image named on the command line, resolved into its parts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// Path of the file holding the image.
+    pub path: String,
+    /// Format driver, if named.
+    pub format: Option<String>,
+    /// `file.locking=off` turns image locking off.
+    pub locking: bool,
+}
+
+/// Resolves a name given as an operand. With `image_opts` the operand is an
+/// option string; otherwise it is a path, or a `json:` object.
+pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
+    if image_opts {
+        let mut spec = ImageSpec {
+            locking: true,
+            ..ImageSpec::default()
+        };
+        for (key, value) in parse_opts(name, None)? {
+            match key.as_str() {
+                "driver" => spec.format = Some(value),
+                "file.filename" | "filename" => spec.path = value,
+                "file.driver" if value == "file" => {}
+                "file.locking" => spec.locking = value != "off" && value != "false",
+                "file.driver" => return Err(format!("Unknown protocol '{value}'")),
+                _ => return Err(format!("Invalid parameter '{key}'")),
+            }
+        }
+        if spec.path.is_empty() {
+            return Err("The 'file' block driver requires a file name".to_string());
+        }
+        return Ok(spec);
+    }
+    if let Some(json) = name.strip_prefix("json:") {
+        let value: Value = serde_json::from_str(json)
+            .map_err(|e| format!("Could not parse the JSON options: {e}"))?;
+        let mut spec = ImageSpec {
+            locking: true,
+            ..ImageSpec::default()
+        };
+        spec.format = value
+            .get("driver")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let file = value.get("file");
+        spec.path = file
+            .and_then(|f| f.get("filename").or(Some(f)))
+            .and_then(Value::as_str)
+            .or_else(|| value.get("file.filename").and_then(Value::as_str))
+            .or_else(|| value.get("filename").and_then(Value::as_str))
+            .unwrap_or("")
+            .to_string();
+        if let Some(locking) = file.and_then(|f| f.get("locking")).and_then(Value::as_str) {
+            spec.locking = locking != "off";
+        }
+        if spec.path.is_empty() {
+            return Err("The 'file' block driver requires a file name".to_string());
+        }
+        return Ok(spec);
+    }
+    Ok(ImageSpec {
+        path: name.to_string(),
+        format: None,
+        locking: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_are_paths() {
+        assert_eq!(resolve("a,b.raw", false).unwrap().path, "a,b.raw");
+    }
+
+    #[test]
+    fn image_opts() {
+        let s = resolve("driver=raw,file.filename=x.img,file.locking=off", true).unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.format.as_deref(), s.locking),
+            ("x.img", Some("raw"), false)
+        );
+        assert!(resolve("driver=raw", true).is_err());
+        assert!(resolve("bogus=1,file.filename=x", true).is_err());
+    }
+
+    #[test]
+    fn json_names() {
+        let s = resolve(
+            r#"json:{"driver":"raw","file":{"driver":"file","filename":"y.img"}}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.path.as_str(), s.format.as_deref()),
+            ("y.img", Some("raw"))
+        );
+    }
+}

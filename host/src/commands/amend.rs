@@ -1,0 +1,1 @@
+//! `amend` (not yet implemented).

@@ -1,0 +1,1 @@
+//! `bench` (not yet implemented).

@@ -1,0 +1,1 @@
+//! `bitmap` (not yet implemented).

@@ -1,0 +1,1 @@
+//! `commit` (not yet implemented).

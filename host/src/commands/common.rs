@@ -1,0 +1,174 @@
+//! Pieces every command shares: help, `--object`, option checks, opening images.
+
+use crate::block::services::register_secret;
+use crate::cli::{parse_opts, parse_size, program, Parsed, SizeError};
+use crate::error::{fail, CmdError};
+use crate::store::CacheMode;
+
+/// Prints a command's help (`{prog}` in `text` becomes the program name).
+pub fn print_help(text: &str) -> i32 {
+    print!("{}", text.replace("{prog}", &program()));
+    0
+}
+
+/// Handles every `--object` option (secrets; other types are refused as qemu-img
+/// refuses types it does not know).
+pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
+    for spec in parsed.all("object") {
+        if spec == "help" || spec == "?" {
+            println!("List of user creatable objects:\n  secret");
+            return Err(CmdError::Exit(0));
+        }
+        let items = parse_opts(spec, Some("qom-type")).map_err(fail)?;
+        let get = |k: &str| {
+            items
+                .iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let kind = get("qom-type").unwrap_or_default();
+        if kind != "secret" {
+            return Err(fail(format!("invalid object type: {kind}")));
+        }
+        let id = get("id").ok_or_else(|| fail("Parameter 'id' is missing"))?;
+        let value = match (get("data"), get("file")) {
+            (Some(data), None) => data,
+            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+                fail(format!(
+                    "Unable to read {path}: {}",
+                    qimg_driver_api::error::io_message(&e)
+                ))
+            })?,
+            (Some(_), Some(_)) => return Err(fail("'data' and 'file' are mutually exclusive")),
+            (None, None) => return Err(fail("Either 'data' or 'file' must be provided")),
+        };
+        let value = match get("format").as_deref() {
+            None | Some("raw") => value,
+            Some("base64") => decode_base64(&value).ok_or_else(|| fail("Invalid base64 data"))?,
+            Some(other) => return Err(fail(format!("Invalid parameter 'format': {other}"))),
+        };
+        register_secret(&id, value);
+    }
+    Ok(())
+}
+
+fn decode_base64(text: &str) -> Option<String> {
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.trim().bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        bits = (bits << 6) | v as u32;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `-f` and `--image-opts` are mutually exclusive in qemu-img.
+pub fn check_image_opts(parsed: &Parsed, format_key: &str) -> Result<(), CmdError> {
+    if parsed.has("image-opts") && parsed.has(format_key) {
+        return Err(fail("--image-opts and --format are mutually exclusive"));
+    }
+    Ok(())
+}
+
+/// Parses a `-t`/`-T` cache mode (`what` is `cache` or `source cache`).
+pub fn cache_mode(
+    value: Option<&str>,
+    default: CacheMode,
+    what: &str,
+) -> Result<CacheMode, CmdError> {
+    match value {
+        None => Ok(default),
+        Some(name) => {
+            CacheMode::parse(name).ok_or_else(|| fail(format!("Invalid {what} option: {name}")))
+        }
+    }
+}
+
+/// Parses a numeric option as qemu-img's `cvtnum` does, with its two messages:
+/// `Invalid NAME specified: 'X'.` and `Invalid NAME specified. Must be between MIN and MAX.`
+pub fn number(name: &str, text: &str, min: u64, max: u64, sizes: bool) -> Result<u64, CmdError> {
+    let parsed = if sizes {
+        parse_size(text, 1)
+    } else if text.trim_start().starts_with('-') {
+        Err(SizeError::TooLarge)
+    } else {
+        text.trim_start()
+            .parse::<u64>()
+            .map_err(|e| match e.kind() {
+                std::num::IntErrorKind::PosOverflow => SizeError::TooLarge,
+                _ => SizeError::Invalid,
+            })
+    };
+    let out_of_range = || {
+        fail(format!(
+            "Invalid {name} specified. Must be between {min} and {max}."
+        ))
+    };
+    match parsed {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        Ok(_) | Err(SizeError::TooLarge) => Err(out_of_range()),
+        Err(SizeError::Invalid)
+            if text.trim_start().starts_with('-')
+                && text.trim_start()[1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit()) =>
+        {
+            Err(out_of_range())
+        }
+        Err(SizeError::Invalid) => Err(fail(format!("Invalid {name} specified: '{text}'."))),
+    }
+}
+
+/// Reports a failed operation on an image (`prog: MESSAGE`).
+pub fn image_error(e: qimg_driver_api::DriverError) -> CmdError {
+    fail(e.message.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64() {
+        assert_eq!(decode_base64("c2VjcmV0").as_deref(), Some("secret"));
+        assert_eq!(decode_base64("YQ==").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn numbers_use_cvtnum_messages() {
+        let msg = |r: Result<u64, CmdError>| match r {
+            Err(CmdError::Failed(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(number("count", "5", 1, 10, false).unwrap(), 5);
+        assert_eq!(
+            msg(number("count", "0", 1, 10, false)),
+            "Invalid count specified. Must be between 1 and 10."
+        );
+        assert_eq!(
+            msg(number("count", "-1", 1, 10, false)),
+            "Invalid count specified. Must be between 1 and 10."
+        );
+        assert_eq!(
+            msg(number("count", "x", 1, 10, false)),
+            "Invalid count specified: 'x'."
+        );
+        assert_eq!(number("bs", "64k", 1, 1 << 31, true).unwrap(), 65536);
+    }
+}

@@ -1,0 +1,1 @@
+//! `convert` (not yet implemented).

@@ -1,0 +1,127 @@
+//! `create`: make a new image file.
+
+use super::common::{objects, print_help};
+use crate::block::image::driver_for;
+use crate::block::{create_image, options};
+use crate::cli::{
+    flag, getopt, long_arg, merge_opts, parse_size, wants_help, with_arg, Opt, SizeError,
+};
+use crate::error::{fail, CmdError, CmdResult};
+use crate::store::CacheMode;
+use qimg_driver_api::{caps, schema::CreateRequest, DriverError};
+
+const OPTS: &[Opt] = &[
+    flag('h', "help"),
+    flag('q', "quiet"),
+    with_arg('f', "format"),
+    with_arg('o', "options"),
+    with_arg('b', "backing"),
+    with_arg('F', "backing-format"),
+    flag('u', "backing-unsafe"),
+    long_arg("object"),
+];
+
+const HELP: &str = "Usage:\nCreate and format new image file.  Usage:\n\n  {prog} create [-f FMT] [-o FMT_OPTS] [-b BACKING_FILENAME [-F BACKING_FMT]]\n        [--object OBJDEF] [-u] FILENAME [SIZE[bkKMGTPE]]\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     do not print the Formatting line\n  -f, --format FMT\n     format of the new image (default raw)\n  -o, --options FMT_OPTS\n     format options ('-o help' lists them)\n  -b, --backing BACKING_FILENAME\n     make the new image an overlay of BACKING_FILENAME\n  -F, --backing-format BACKING_FMT\n     format of BACKING_FILENAME\n  -u, --backing-unsafe\n     do not open BACKING_FILENAME\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  FILENAME\n     the image to create (an existing file is overwritten)\n  SIZE\n     size with an optional suffix (powers of 1024); taken from\n     BACKING_FILENAME when omitted\n\n";
+
+inventory::submit! { super::Command { name: "create", summary: "Create and format new image file", run } }
+
+/// qemu's message for a positional size that does not parse.
+pub fn image_size_error(text: &str, e: SizeError) -> CmdError {
+    match e {
+        SizeError::Invalid if !text.trim_start().starts_with('-') => {
+            fail(format!("Invalid image size specified: '{text}'."))
+        }
+        _ => fail("Invalid image size specified. Must be between 0 and 9223372036854775807."),
+    }
+}
+
+fn run(args: &[String]) -> CmdResult {
+    let p = getopt("create", args, OPTS)?;
+    if p.has("help") {
+        return Ok(print_help(HELP));
+    }
+    objects(&p)?;
+    let format = p.last("format").unwrap_or("raw");
+    let lists = p.all("options");
+    let filename = p.operands.first().map(String::as_str);
+    if wants_help(&lists) {
+        let driver =
+            driver_for(format).map_err(|_| fail(format!("Unknown file format '{format}'")))?;
+        print!("{}", options::help_text(&driver, filename.is_some()));
+        return Ok(0);
+    }
+    let Some(filename) = filename else {
+        return Err(CmdError::usage("create", "Expecting image file name"));
+    };
+    if p.operands.len() > 2 {
+        return Err(CmdError::usage(
+            "create",
+            "Unexpected argument: ".to_string() + &p.operands[2],
+        ));
+    }
+    let size = match p.operands.get(1) {
+        Some(text) => Some(parse_size(text, 1).map_err(|e| image_size_error(text, e))?),
+        None => None,
+    };
+    let prefixed = |m: String| fail(format!("{filename}: {m}"));
+    let driver =
+        driver_for(format).map_err(|_| prefixed(format!("Unknown file format '{format}'")))?;
+    let given = merge_opts(&lists).map_err(prefixed)?;
+    let mut values =
+        options::validate(&options::schema(&driver, true), &given).map_err(prefixed)?;
+    let size = match (size, values.get("size")) {
+        (Some(_), Some(_)) => {
+            return Err(prefixed(
+                "The image size must be specified only once".into(),
+            ))
+        }
+        (Some(s), None) => s,
+        (None, Some(s)) => s.parse().unwrap_or(0),
+        (None, None) if p.has("backing") => {
+            return Err(prefixed(format!(
+                "Backing file not supported for file format '{}'",
+                driver.name
+            )))
+        }
+        (None, None) => return Err(prefixed("Image creation needs a size parameter".into())),
+    };
+    if p.has("backing") && !driver.can(caps::BACKING) {
+        return Err(prefixed(format!(
+            "Backing file not supported for file format '{}'",
+            driver.name
+        )));
+    }
+    if let Some(backing) = p.last("backing") {
+        values.insert("backing_file".into(), backing.to_string());
+    }
+    if let Some(fmt) = p.last("backing-format") {
+        values.insert("backing_fmt".into(), fmt.to_string());
+    }
+    values.insert("size".into(), size.to_string());
+    if !p.has("quiet") {
+        println!("{}", options::formatting_line(filename, &driver, &values));
+    }
+    if !driver.can(caps::CREATE) {
+        return Err(prefixed(format!(
+            "Format driver '{}' does not support image creation",
+            driver.name
+        )));
+    }
+    values.remove("size");
+    let request = CreateRequest {
+        size,
+        options: values,
+    };
+    create_image(&driver, filename, &request, CacheMode::Writeback)
+        .map_err(|e| prefixed(create_message(&driver.name, e)))?;
+    Ok(0)
+}
+
+/// qemu-img's wording for a failed creation.
+pub fn create_message(format: &str, e: DriverError) -> String {
+    if e.errno == libc::EFBIG {
+        format!("The image size is too large for file format '{format}'")
+    } else {
+        e.message.to_string()
+    }
+}

@@ -1,0 +1,251 @@
+//! `info`: what an image is, human or JSON, as qemu-img prints it.
+
+use super::common::{check_image_opts, objects, print_help};
+use crate::block::{open_image, BlockImage, OpenRequest};
+use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
+use crate::error::{fail, CmdError, CmdResult};
+use crate::output::{qemu_json_pretty, size_to_str};
+use serde_json::{json, Map, Value};
+
+const OPTS: &[Opt] = &[
+    flag('h', "help"),
+    with_arg('f', "format"),
+    long_flag("image-opts"),
+    flag('b', "backing-chain"),
+    flag('U', "force-share"),
+    long_arg("object"),
+    long_arg("output"),
+];
+
+const HELP: &str = "Usage:\nDisplay information about image.  Usage:\n\n  {prog} info [-f FMT | --image-opts] [-b] [-U] [--object OBJDEF]\n        [--output human|json] FILENAME\n\nArguments:\n  -h, --help\n     print this help and exit\n  -f, --format FMT\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  -b, --backing-chain\n     show every image of the backing chain\n  -U, --force-share\n     open the image in shared mode\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  --output human|json\n     output format (default human)\n  FILENAME\n     the image\n\n";
+
+inventory::submit! { super::Command { name: "info", summary: "Display information about image", run } }
+
+fn run(args: &[String]) -> CmdResult {
+    let p = getopt("info", args, OPTS)?;
+    if p.has("help") {
+        return Ok(print_help(HELP));
+    }
+    let output = output_format("info", p.last("output"))?;
+    objects(&p)?;
+    check_image_opts(&p, "format")?;
+    if p.operands.len() != 1 {
+        return Err(CmdError::usage("info", "Expecting one image file name"));
+    }
+    let chain = p.has("backing-chain");
+    let request = OpenRequest {
+        lock: None,
+        no_backing: !chain,
+        ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
+    };
+    let top = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+    let mut images = vec![];
+    let mut next = Some(std::sync::Arc::new(top));
+    while let Some(image) = next {
+        next = if chain { image.backing.clone() } else { None };
+        images.push(image);
+    }
+    let mut infos = Vec::new();
+    for image in &images {
+        infos.push(image_json(image)?);
+    }
+    match output {
+        OutputFormat::Json if chain => println!("{}", qemu_json_pretty(&Value::Array(infos))),
+        OutputFormat::Json => println!("{}", qemu_json_pretty(&infos[0])),
+        OutputFormat::Human => {
+            let texts: Vec<String> = infos.iter().map(human).collect();
+            print!("{}", texts.join("\n"));
+        }
+    }
+    Ok(0)
+}
+
+/// Rounds a byte length up to qemu's 512-byte sector granularity.
+fn sectors(len: u64) -> u64 {
+    len.div_ceil(512) * 512
+}
+
+/// The JSON object qemu-img prints for one image, in its key order.
+pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
+    let info = image.info().map_err(|e| fail(e.message.to_string()))?;
+    let file_len = image.store.file().metadata().map(|m| m.len()).unwrap_or(0);
+    let actual = image.store.allocated().ok();
+    let mut file = Map::new();
+    file.insert("children".into(), json!([]));
+    file.insert("virtual-size".into(), json!(sectors(file_len)));
+    file.insert("filename".into(), json!(image.store_name()));
+    file.insert("format".into(), json!("file"));
+    if let Some(a) = actual {
+        file.insert("actual-size".into(), json!(a));
+    }
+    file.insert(
+        "format-specific".into(),
+        json!({"type": "file", "data": {}}),
+    );
+    file.insert("dirty-flag".into(), json!(false));
+
+    let mut top = Map::new();
+    top.insert(
+        "children".into(),
+        json!([{"name": "file", "info": Value::Object(file)}]),
+    );
+    if let Some(f) = &info.backing_format {
+        top.insert("backing-filename-format".into(), json!(f));
+    }
+    top.insert("virtual-size".into(), json!(image.size()));
+    top.insert("filename".into(), json!(image.filename));
+    if let Some(c) = info.cluster_size {
+        top.insert("cluster-size".into(), json!(c));
+    }
+    top.insert("format".into(), json!(image.format()));
+    if let Some(a) = actual {
+        top.insert("actual-size".into(), json!(a));
+    }
+    if info.encrypted == Some(true) {
+        top.insert("encrypted".into(), json!(true));
+    }
+    if let Some(fs) = &info.format_specific {
+        top.insert("format-specific".into(), fs.clone());
+    }
+    if let Some(b) = &info.backing_filename {
+        top.insert(
+            "full-backing-filename".into(),
+            json!(full_backing_name(&image.filename, b)),
+        );
+        top.insert("backing-filename".into(), json!(b));
+    }
+    top.insert("dirty-flag".into(), json!(info.dirty_flag.unwrap_or(false)));
+    Ok(Value::Object(top))
+}
+
+impl BlockImage {
+    /// Name of the image's file as qemu prints it in the child node.
+    fn store_name(&self) -> String {
+        use qimg_driver_api::ByteStore;
+        self.store.name().into()
+    }
+}
+
+/// The backing file name resolved against the overlay's directory.
+fn full_backing_name(overlay: &str, backing: &str) -> String {
+    if backing.starts_with('/') {
+        return backing.to_string();
+    }
+    match overlay.rfind('/') {
+        Some(cut) => format!("{}{}", &overlay[..=cut], backing),
+        None => backing.to_string(),
+    }
+}
+
+fn human(info: &Value) -> String {
+    let get = |k: &str| info.get(k);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "image: {}\n",
+        get("filename").and_then(Value::as_str).unwrap_or("")
+    ));
+    out.push_str(&format!(
+        "file format: {}\n",
+        get("format").and_then(Value::as_str).unwrap_or("")
+    ));
+    let size = get("virtual-size").and_then(Value::as_u64).unwrap_or(0);
+    out.push_str(&format!(
+        "virtual size: {} ({size} bytes)\n",
+        size_to_str(size)
+    ));
+    match get("actual-size").and_then(Value::as_u64) {
+        Some(a) => out.push_str(&format!("disk size: {}\n", size_to_str(a))),
+        None => out.push_str("disk size: unavailable\n"),
+    }
+    if get("encrypted").and_then(Value::as_bool) == Some(true) {
+        out.push_str("encrypted: yes\n");
+    }
+    if let Some(c) = get("cluster-size").and_then(Value::as_u64) {
+        out.push_str(&format!("cluster_size: {c}\n"));
+    }
+    if get("dirty-flag").and_then(Value::as_bool) == Some(true) {
+        out.push_str("cleanly shut down: no\n");
+    }
+    if let Some(b) = get("backing-filename").and_then(Value::as_str) {
+        let full = get("full-backing-filename")
+            .and_then(Value::as_str)
+            .unwrap_or(b);
+        if full != b {
+            out.push_str(&format!("backing file: {b} (actual path: {full})\n"));
+        } else {
+            out.push_str(&format!("backing file: {b}\n"));
+        }
+    }
+    if let Some(f) = get("backing-filename-format").and_then(Value::as_str) {
+        out.push_str(&format!("backing file format: {f}\n"));
+    }
+    if let Some(data) = get("format-specific").and_then(|fs| fs.get("data")) {
+        if data.as_object().is_some_and(|m| !m.is_empty()) {
+            out.push_str("Format specific information:\n");
+            dump_human(data, 1, &mut out);
+        }
+    }
+    if let Some(children) = get("children").and_then(Value::as_array) {
+        for child in children {
+            let name = child.get("name").and_then(Value::as_str).unwrap_or("");
+            let Some(ci) = child.get("info") else {
+                continue;
+            };
+            out.push_str(&format!("Child node '/{name}':\n"));
+            out.push_str(&format!(
+                "    filename: {}\n",
+                ci.get("filename").and_then(Value::as_str).unwrap_or("")
+            ));
+            out.push_str("    protocol type: file\n");
+            let len = ci.get("virtual-size").and_then(Value::as_u64).unwrap_or(0);
+            out.push_str(&format!(
+                "    file length: {} ({len} bytes)\n",
+                size_to_str(len)
+            ));
+            match ci.get("actual-size").and_then(Value::as_u64) {
+                Some(a) => out.push_str(&format!("    disk size: {}\n", size_to_str(a))),
+                None => out.push_str("    disk size: unavailable\n"),
+            }
+        }
+    }
+    out
+}
+
+/// Prints format-specific data as qemu does: `key: value`, dashes in keys
+/// become spaces, nested objects and lists indented by four spaces.
+fn dump_human(value: &Value, depth: usize, out: &mut String) {
+    let pad = "    ".repeat(depth);
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                let key = key.replace('-', " ");
+                match item {
+                    Value::Object(_) | Value::Array(_) => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        dump_human(item, depth + 1, out);
+                    }
+                    _ => out.push_str(&format!("{pad}{key}: {}\n", scalar(item))),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                match item {
+                    Value::Object(_) | Value::Array(_) => {
+                        out.push_str(&format!("{pad}[{index}]:\n"));
+                        dump_human(item, depth + 1, out);
+                    }
+                    _ => out.push_str(&format!("{pad}[{index}]: {}\n", scalar(item))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

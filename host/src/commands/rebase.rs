@@ -1,0 +1,1 @@
+//! `rebase` (not yet implemented).

@@ -1,0 +1,1 @@
+//! `resize` (not yet implemented).

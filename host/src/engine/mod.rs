@@ -1,0 +1,1 @@
+//! Generic, format-blind algorithms.

@@ -1,0 +1,22 @@
+//! `qimg`: qemu-img's command line over format driver plugins.
+
+mod block;
+mod cli;
+mod commands;
+mod engine;
+mod error;
+mod output;
+mod plugins;
+mod store;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    cli::set_program_name(args.first().map(String::as_str).unwrap_or("qimg"));
+    let code = match commands::dispatch(&args[1..]) {
+        Ok(code) => code,
+        Err(err) => err.report(),
+    };
+    ExitCode::from(code as u8)
+}

@@ -1,0 +1,392 @@
+//! A local file as a [`ByteStore`]: positioned I/O, sparse allocation queries
+//! (SEEK_DATA / SEEK_HOLE), hole punching and zero ranges (fallocate), and
+//! O_DIRECT with aligned bounce buffers when the cache mode asks for it.
+
+use super::CacheMode;
+use crate::block::lock::ImageLock;
+use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
+use qimg_driver_api::{guard::catch, ByteStore, DriverError, Prealloc, StoreRun};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Alignment used for O_DIRECT transfers (covers 512- and 4096-byte sectors).
+const DIRECT_ALIGN: usize = 4096;
+/// Chunk used when zeros must be written by hand.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// An open local file.
+pub struct LocalFile {
+    file: File,
+    name: String,
+    cache: CacheMode,
+    /// Serialises read-modify-write cycles of unaligned O_DIRECT writes.
+    rmw: Mutex<()>,
+    /// The QEMU-compatible image lock held on this file, released on drop.
+    _lock: Option<ImageLock>,
+}
+
+/// How to open a file.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenMode {
+    /// Open for writing.
+    pub write: bool,
+    /// Create (and truncate) the file.
+    pub create: bool,
+    /// Cache mode.
+    pub cache: CacheMode,
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+impl LocalFile {
+    /// Opens `path` (as the user named it: messages quote `name`).
+    pub fn open(path: &Path, name: &str, mode: OpenMode) -> Result<LocalFile, DriverError> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(mode.write);
+        if mode.create {
+            options.create(true).truncate(true);
+        }
+        let mut flags = libc::O_CLOEXEC;
+        if mode.cache.direct() {
+            flags |= libc::O_DIRECT;
+        }
+        if mode.cache.dsync() {
+            flags |= libc::O_DSYNC;
+        }
+        options.custom_flags(flags);
+        let file = options.open(path).map_err(|e| {
+            DriverError::from_errno(
+                errno_of(&e),
+                format!(
+                    "Could not open '{name}': {}",
+                    qimg_driver_api::error::io_message(&e)
+                ),
+            )
+        })?;
+        let meta = file.metadata().map_err(DriverError::from)?;
+        if meta.is_dir() {
+            return Err(DriverError::invalid_argument(format!(
+                "'file' driver requires '{name}' to be a regular file"
+            )));
+        }
+        Ok(LocalFile {
+            file,
+            name: name.to_string(),
+            cache: mode.cache,
+            rmw: Mutex::new(()),
+            _lock: None,
+        })
+    }
+
+    /// Attaches the lock that guards this file (kept until the store is dropped).
+    pub fn with_lock(mut self, lock: ImageLock) -> Self {
+        self._lock = Some(lock);
+        self
+    }
+
+    /// The underlying file (for locks and copy_file_range).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn direct(&self) -> bool {
+        self.cache.direct()
+    }
+
+    fn len_now(&self) -> Result<u64, DriverError> {
+        Ok(self.file.metadata().map_err(DriverError::from)?.len())
+    }
+
+    fn pread(&self, offset: u64, buf: &mut [u8]) -> Result<u64, DriverError> {
+        if self.direct() {
+            return self.pread_direct(offset, buf);
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(done as u64)
+    }
+
+    fn pwrite(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        if self.direct() {
+            return self.pwrite_direct(offset, buf);
+        }
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(DriverError::from)
+    }
+
+    fn pread_direct(&self, offset: u64, buf: &mut [u8]) -> Result<u64, DriverError> {
+        let start = offset / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
+        let end = (offset + buf.len() as u64).div_ceil(DIRECT_ALIGN as u64) * DIRECT_ALIGN as u64;
+        let mut bounce = AlignedBuf::new((end - start) as usize);
+        let mut got = 0usize;
+        while got < bounce.len() {
+            match self
+                .file
+                .read_at(&mut bounce.as_mut()[got..], start + got as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let skip = (offset - start) as usize;
+        let available = got.saturating_sub(skip).min(buf.len());
+        buf[..available].copy_from_slice(&bounce.as_mut()[skip..skip + available]);
+        Ok(available as u64)
+    }
+
+    fn pwrite_direct(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        let align = DIRECT_ALIGN as u64;
+        let start = offset / align * align;
+        let end = (offset + buf.len() as u64).div_ceil(align) * align;
+        let _guard = self.rmw.lock().unwrap_or_else(|e| e.into_inner());
+        let old_len = self.len_now()?;
+        let mut bounce = AlignedBuf::new((end - start) as usize);
+        if start != offset || end != offset + buf.len() as u64 {
+            self.pread_direct(start, bounce.as_mut())?;
+        }
+        let skip = (offset - start) as usize;
+        bounce.as_mut()[skip..skip + buf.len()].copy_from_slice(buf);
+        self.file
+            .write_all_at(bounce.as_mut(), start)
+            .map_err(DriverError::from)?;
+        let new_end = offset + buf.len() as u64;
+        if end > old_len.max(new_end) {
+            // The aligned write extended the file past what was asked: trim it.
+            self.file
+                .set_len(old_len.max(new_end))
+                .map_err(DriverError::from)?;
+        }
+        Ok(())
+    }
+
+    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
+        // SAFETY: plain syscall on an fd we own.
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset as i64, len as i64) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(last_errno())
+        }
+    }
+
+    fn write_zero_bytes(&self, offset: u64, len: u64) -> Result<(), DriverError> {
+        let chunk = vec![0u8; ZERO_CHUNK.min(len as usize).max(1)];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(chunk.len() as u64) as usize;
+            self.pwrite(offset + done, &chunk[..n])?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn zeroes(&self, offset: u64, len: u64, punch: bool) -> Result<(), DriverError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let file_len = self.len_now()?;
+        if punch && offset < file_len {
+            let inside = len.min(file_len - offset);
+            if self
+                .fallocate(
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset,
+                    inside,
+                )
+                .is_ok()
+            {
+                if offset + len > file_len {
+                    self.file.set_len(offset + len).map_err(DriverError::from)?;
+                }
+                return Ok(());
+            }
+        }
+        if self
+            .fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        self.write_zero_bytes(offset, len)
+    }
+
+    fn seek(&self, offset: u64, whence: i32) -> Result<Option<u64>, DriverError> {
+        // SAFETY: plain syscall on an fd we own.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as i64, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        match last_errno() {
+            libc::ENXIO => Ok(None),
+            errno => Err(DriverError::from_errno(errno, "lseek failed")),
+        }
+    }
+
+    fn run(&self, offset: u64, max: u64) -> Result<StoreRun, DriverError> {
+        let file_len = self.len_now()?;
+        if offset >= file_len {
+            return Ok(StoreRun {
+                data: false,
+                length: max,
+            });
+        }
+        let data = match self.seek(offset, libc::SEEK_DATA) {
+            Ok(found) => found,
+            // No SEEK_DATA support: everything is data.
+            Err(e) if e.errno == libc::EINVAL => {
+                return Ok(StoreRun {
+                    data: true,
+                    length: max.min(file_len - offset),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        match data {
+            Some(d) if d == offset => {
+                let hole = self.seek(offset, libc::SEEK_HOLE)?.unwrap_or(file_len);
+                Ok(StoreRun {
+                    data: true,
+                    length: (hole - offset).clamp(1, max),
+                })
+            }
+            Some(d) => Ok(StoreRun {
+                data: false,
+                length: (d - offset).clamp(1, max),
+            }),
+            None => Ok(StoreRun {
+                data: false,
+                length: max,
+            }),
+        }
+    }
+
+    fn resize(&self, len: u64, prealloc: Prealloc) -> Result<(), DriverError> {
+        let old = self.len_now()?;
+        let too_large = |e: std::io::Error| {
+            DriverError::from_errno(
+                errno_of(&e),
+                format!(
+                    "Could not resize file: {}",
+                    qimg_driver_api::error::io_message(&e)
+                ),
+            )
+        };
+        match prealloc {
+            Prealloc::FALLOC if len > old => {
+                self.fallocate(0, old, len - old).map_err(|errno| {
+                    DriverError::from_errno(
+                        errno,
+                        format!(
+                            "Could not preallocate new data: {}",
+                            qimg_driver_api::error::io_message(&std::io::Error::from_raw_os_error(
+                                errno
+                            ))
+                        ),
+                    )
+                })?;
+            }
+            Prealloc::FULL if len > old => {
+                self.file.set_len(len).map_err(too_large)?;
+                self.write_zero_bytes(old, len - old)?;
+            }
+            _ => self.file.set_len(len).map_err(too_large)?,
+        }
+        Ok(())
+    }
+
+    /// Bytes allocated on disk.
+    pub fn allocated(&self) -> Result<u64, DriverError> {
+        Ok(self.file.metadata().map_err(DriverError::from)?.blocks() * 512)
+    }
+}
+
+impl ByteStore for LocalFile {
+    fn read_at(&self, offset: u64, mut buf: RSliceMut<'_, u8>) -> RResult<u64, DriverError> {
+        catch(|| self.pread(offset, buf.as_mut_slice()))
+    }
+    fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
+        catch(|| self.pwrite(offset, buf.as_slice()))
+    }
+    fn len(&self) -> RResult<u64, DriverError> {
+        catch(|| self.len_now())
+    }
+    fn set_len(&self, len: u64, prealloc: Prealloc) -> RResult<(), DriverError> {
+        catch(|| self.resize(len, prealloc))
+    }
+    fn flush(&self) -> RResult<(), DriverError> {
+        catch(|| {
+            if self.cache.flushes() {
+                self.file.sync_data().map_err(DriverError::from)?;
+            }
+            Ok(())
+        })
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> RResult<(), DriverError> {
+        catch(|| self.zeroes(offset, len, punch))
+    }
+    fn run_at(&self, offset: u64, max: u64) -> RResult<StoreRun, DriverError> {
+        catch(|| self.run(offset, max))
+    }
+    fn allocated_size(&self) -> RResult<u64, DriverError> {
+        catch(|| self.allocated())
+    }
+    fn name(&self) -> RString {
+        RString::from(self.name.as_str())
+    }
+}
+
+/// A heap buffer aligned for O_DIRECT.
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(len.max(DIRECT_ALIGN), DIRECT_ALIGN)
+            .expect("valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        AlignedBuf { ptr, len }
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len bytes (allocated with at least that size).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len.max(DIRECT_ALIGN), DIRECT_ALIGN)
+            .expect("valid layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, layout) }
+    }
+}
