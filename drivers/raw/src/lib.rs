@@ -66,13 +66,13 @@ impl DriverImpl for RawDriver {
             Some(name) => Prealloc::parse(name)
                 .filter(|p| *p != Prealloc::METADATA)
                 .ok_or_else(|| {
-                    DriverError::invalid_argument(format!("Invalid parameter '{name}'"))
+                    DriverError::invalid_argument(format!("invalid parameter value: {name}"))
                 })?,
             None => Prealloc::OFF,
         };
         let len = round_to_sector(request.size);
         store.set_len(len, prealloc).into_result()?;
-        if len > 0 && prealloc == Prealloc::OFF {
+        if len > 0 && prealloc != Prealloc::FULL {
             let first = if len >= FIRST_BLOCK {
                 FIRST_BLOCK
             } else {

@@ -1,1 +1,75 @@
-//! `compare` (not yet implemented).
+//! `compare`: do two images have the same guest content?
+
+use super::common::{cache_mode, objects, print_help};
+use crate::block::{open_image, OpenRequest};
+use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
+use crate::engine::compare::compare;
+use crate::engine::progress::Progress;
+use crate::error::{fail, CmdError, CmdResult};
+use crate::store::CacheMode;
+
+const OPTS: &[Opt] = &[
+    flag('h', "help"),
+    flag('q', "quiet"),
+    flag('p', "progress"),
+    with_arg('f', "a-format"),
+    with_arg('F', "b-format"),
+    long_flag("image-opts"),
+    flag('s', "strict"),
+    with_arg('T', "cache"),
+    flag('U', "force-share"),
+    long_arg("object"),
+];
+
+const HELP: &str = "Usage:\nCheck if two images have the same contents.  Usage:\n\n  {prog} compare [--image-opts | [-f FMT] [-F FMT]] [-s]\n        [-T CACHE] [-U] [--object OBJDEF] FILENAME1 FILENAME2\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     print nothing, only set the exit status\n  -p, --progress\n     show progress\n  -f, --a-format FMT\n     format of FILENAME1\n  -F, --b-format FMT\n     format of FILENAME2\n  --image-opts\n     FILENAMEs are option strings (driver=...,file.filename=...)\n  -s, --strict\n     also require equal sizes and allocation\n  -T, --cache CACHE_MODE\n     cache mode of both images (writeback)\n  -U, --force-share\n     open the images in shared mode\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  FILENAME1, FILENAME2\n     the images to compare\n\nExit status: 0 identical, 1 different, 2 error opening an image,\n3 error reading allocation, 4 error reading data.\n\n";
+
+inventory::submit! { super::Command { name: "compare", summary: "Check if two images have the same contents", run } }
+
+fn run(args: &[String]) -> CmdResult {
+    let p = getopt("compare", args, OPTS)?;
+    if p.has("help") {
+        return Ok(print_help(HELP));
+    }
+    objects(&p)?;
+    if p.has("image-opts") && (p.has("a-format") || p.has("b-format")) {
+        return Err(fail("--image-opts and -f/-F are mutually exclusive"));
+    }
+    let quiet = p.has("quiet");
+    if p.operands.len() != 2 {
+        return Err(CmdError::usage("compare", "Expecting two image file names"));
+    }
+    let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "source cache")?;
+    let progress = Progress::start(p.has("progress") && !quiet, 2.0);
+    let image_opts = p.has("image-opts");
+    let open = |name: &str, format: Option<&str>| {
+        open_image(&OpenRequest {
+            cache,
+            ..OpenRequest::read(name, format, image_opts)
+        })
+    };
+    let opened = open(&p.operands[0], p.last("a-format"))
+        .and_then(|a| Ok((a, open(&p.operands[1], p.last("b-format"))?)));
+    let (a, b) = match opened {
+        Ok(pair) => pair,
+        Err(e) => {
+            progress.end();
+            eprintln!("{}: {}", crate::cli::program(), e.message);
+            return Ok(2);
+        }
+    };
+    progress.print(0.0, 100);
+    let mut say = |line: &str| {
+        if !quiet {
+            println!("{line}");
+        }
+    };
+    let result = compare(&a, &b, p.has("strict"), &progress, &mut say);
+    progress.end();
+    match result {
+        Ok(status) => Ok(status),
+        Err(e) => {
+            eprintln!("{}: {e}", crate::cli::program());
+            Ok(e.exit_code())
+        }
+    }
+}

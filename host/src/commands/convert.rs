@@ -1,1 +1,281 @@
-//! `convert` (not yet implemented).
+//! `convert`: copy one or more images into a new (or, with `-n`, existing) one,
+//! converting the format on the way.
+
+use super::common::{cache_mode, number, objects, print_help};
+use super::create::create_message;
+use crate::block::image::driver_for;
+use crate::block::{create_image, open_image, options, BlockImage, LockSpec, OpenRequest};
+use crate::cli::{flag, getopt, long_arg, long_flag, merge_opts, wants_help, with_arg, Opt};
+use crate::engine::copy::CopyJob;
+use crate::engine::progress::Progress;
+use crate::engine::ratelimit::RateLimit;
+use crate::error::{fail, CmdError, CmdResult};
+use crate::store::CacheMode;
+use qimg_driver_api::{caps, schema::CreateRequest};
+use std::sync::Arc;
+
+const OPTS: &[Opt] = &[
+    flag('h', "help"),
+    flag('q', "quiet"),
+    flag('p', "progress"),
+    with_arg('f', "source-format"),
+    long_flag("source-image-opts"),
+    long_flag("image-opts"),
+    with_arg('l', "source-snapshot"),
+    with_arg('T', "source-cache"),
+    with_arg('O', "target-format"),
+    long_flag("target-image-opts"),
+    with_arg('o', "target-options"),
+    flag('c', "compress"),
+    with_arg('t', "target-cache"),
+    with_arg('B', "backing"),
+    with_arg('F', "backing-format"),
+    flag('n', "no-create"),
+    long_flag("target-is-zero"),
+    with_arg('S', "sparse-size"),
+    long_flag("bitmaps"),
+    long_flag("skip-broken-bitmaps"),
+    flag('U', "force-share"),
+    with_arg('r', "rate"),
+    with_arg('m', "parallel"),
+    flag('C', "copy-range-offloading"),
+    long_flag("salvage"),
+    flag('W', "oob-writes"),
+    long_arg("object"),
+];
+
+const HELP: &str = "Usage:\nCopy one image to another with optional format conversion.  Usage:\n\n  {prog} convert [-f SRC_FMT|--image-opts] [-T SRC_CACHE] [--bitmaps [--skip-broken-bitmaps]]\n        [-o TGT_OPTS|--target-image-opts] [-t TGT_CACHE] [-n]\n        [-B BACKING_FILENAME [-F BACKING_FMT]]\n        SRC_FILENAME [SRC_FILENAME2 [...]] TGT_FILENAME\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     print nothing but errors\n  -p, --progress\n     show progress\n  -f, --source-format SRC_FMT\n     format of the sources (probed when omitted)\n  --source-image-opts, --image-opts\n     sources are option strings (driver=...,file.filename=...)\n  -l, --source-snapshot SNAPSHOT_PARAMS\n     read a source's internal snapshot\n  -T, --source-cache SRC_CACHE\n     cache mode of the sources (writeback)\n  -O, --target-format TGT_FMT\n     format of the target (default raw)\n  --target-image-opts\n     the target is an option string (implies -n)\n  -o, --target-options TGT_OPTS\n     target format options ('-o help' lists them)\n  -c, --compress\n     write compressed clusters\n  -t, --target-cache TGT_CACHE\n     cache mode of the target (unsafe)\n  -B, --backing BACKING_FILENAME\n     make the target an overlay of BACKING_FILENAME\n  -F, --backing-format BACKING_FMT\n     format of BACKING_FILENAME\n  -n, --no-create\n     write into an existing target\n  --target-is-zero\n     the existing target reads as zeros (with -n)\n  -S, --sparse-size SPARSE_SIZE\n     leave holes for zero runs of this size (default 4k, 0: none)\n  --bitmaps\n     also copy persistent bitmaps\n  --skip-broken-bitmaps\n     skip broken bitmaps instead of failing\n  -U, --force-share\n     open the sources in shared mode\n  -r, --rate RATE\n     I/O rate limit in bytes per second\n  -m, --parallel NUM\n     parallel requests (default 8)\n  -C, --copy-range-offloading\n     use copy_file_range between local files\n  --salvage\n     read unreadable areas as zeros, with a warning\n  -W, --oob-writes\n     allow out-of-order writes (qimg always allows them where the format does)\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  SRC_FILENAME\n     a source image\n  TGT_FILENAME\n     the target image\n\n";
+
+inventory::submit! { super::Command { name: "convert", summary: "Copy one image to another with optional format conversion", run } }
+
+/// qemu-img's default `-S`: 4 KiB.
+const DEFAULT_SPARSE: u64 = 4096;
+/// Largest `-S` qemu-img accepts.
+const MAX_SPARSE: u64 = 16 << 20;
+/// Unit of work of the copy engine (qemu-img's request size).
+const CHUNK: u64 = 2 << 20;
+
+/// Options checked before anything is opened.
+struct Settings {
+    min_sparse: u64,
+    parallel: usize,
+    rate: u64,
+    source_cache: CacheMode,
+}
+
+fn settings(p: &crate::cli::Parsed) -> Result<Settings, CmdError> {
+    let min_sparse = match p.last("sparse-size") {
+        None => DEFAULT_SPARSE,
+        Some(text) => {
+            let v = number(
+                "buffer size for sparse output",
+                text,
+                0,
+                i64::MAX as u64,
+                true,
+            )?;
+            if v % 512 != 0 || v > MAX_SPARSE {
+                return Err(fail("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output)."));
+            }
+            v
+        }
+    };
+    let parallel = match p.last("parallel") {
+        None => 8,
+        Some(text) => number("number of coroutines", text, 1, 16, false)? as usize,
+    };
+    let rate = match p.last("rate") {
+        None => 0,
+        Some(text) => number("rate limit", text, 0, i64::MAX as u64, true)?,
+    };
+    let source_cache = cache_mode(p.last("source-cache"), CacheMode::Writeback, "source cache")?;
+    Ok(Settings {
+        min_sparse,
+        parallel,
+        rate,
+        source_cache,
+    })
+}
+
+fn run(args: &[String]) -> CmdResult {
+    let p = getopt("convert", args, OPTS)?;
+    if p.has("help") {
+        return Ok(print_help(HELP));
+    }
+    objects(&p)?;
+    let settings = settings(&p)?;
+    let out_format = p.last("target-format").unwrap_or("raw");
+    let lists = p.all("target-options");
+    if wants_help(&lists) {
+        let driver = driver_for(out_format)
+            .map_err(|_| fail(format!("Unknown file format '{out_format}'")))?;
+        print!("{}", options::help_text(&driver, p.operands.len() >= 2));
+        return Ok(0);
+    }
+    if p.operands.len() < 2 {
+        return Err(fail("Must specify image file name"));
+    }
+    let no_create = p.has("no-create") || p.has("target-image-opts");
+    if p.has("target-is-zero") && !no_create {
+        return Err(fail("--target-is-zero requires use of -n flag"));
+    }
+    if no_create && !lists.is_empty() {
+        return Err(fail("-o has no effect when skipping image creation"));
+    }
+    let (sources, target) = p.operands.split_at(p.operands.len() - 1);
+    let target = target[0].as_str();
+    let quiet = p.has("quiet");
+    let progress = Progress::start(p.has("progress") && !quiet, 1.0);
+    progress.print(0.0, 100);
+    let result = convert(&p, &settings, sources, target, no_create, &progress);
+    progress.end();
+    result
+}
+
+fn convert(
+    p: &crate::cli::Parsed,
+    settings: &Settings,
+    sources: &[String],
+    target: &str,
+    no_create: bool,
+    progress: &Progress,
+) -> CmdResult {
+    let image_opts = p.has("source-image-opts") || p.has("image-opts");
+    let lock = if p.has("force-share") {
+        LockSpec::READ_SHARED
+    } else {
+        LockSpec::READ_STABLE
+    };
+    let mut opened = Vec::new();
+    for name in sources {
+        let request = OpenRequest {
+            cache: settings.source_cache,
+            lock: Some(lock),
+            ..OpenRequest::read(name, p.last("source-format"), image_opts)
+        };
+        opened.push(Arc::new(
+            open_image(&request).map_err(|e| fail(e.message.to_string()))?,
+        ));
+    }
+    if p.has("source-snapshot") {
+        if !opened[0].driver.can(caps::SNAPSHOTS) {
+            return Err(fail(format!(
+                "Failed to load snapshot: Block format '{}' used by device '' does not support temporarily loading internal snapshots",
+                opened[0].format()
+            )));
+        }
+        return Err(fail(
+            "Failed to load snapshot: loading internal snapshots is not supported yet",
+        ));
+    }
+    if p.has("bitmaps") && !opened.iter().all(|s| s.driver.can(caps::BITMAPS)) {
+        return Err(fail("Source lacks bitmap support"));
+    }
+    let out_format = p.last("target-format").unwrap_or("raw");
+    let driver =
+        driver_for(out_format).map_err(|_| fail(format!("Unknown file format '{out_format}'")))?;
+    let compress = p.has("compress");
+    if compress && !driver.can(caps::COMPRESSED_WRITES) {
+        return Err(fail("Compression not supported for this file format"));
+    }
+    if p.has("backing") && !driver.can(caps::BACKING) {
+        return Err(fail(format!(
+            "Backing file not supported for file format '{}'",
+            driver.name
+        )));
+    }
+    let target_cache = cache_mode(p.last("target-cache"), CacheMode::Unsafe, "cache")?;
+    let total: u64 = opened.iter().map(|s| s.size()).sum();
+    let mut created = false;
+    if !no_create {
+        let given = merge_opts(&p.all("target-options")).map_err(fail)?;
+        let mut values =
+            options::validate(&options::schema(&driver, true), &given).map_err(fail)?;
+        values.remove("size");
+        if let Some(b) = p.last("backing") {
+            values.insert("backing_file".into(), b.to_string());
+        }
+        if let Some(f) = p.last("backing-format") {
+            values.insert("backing_fmt".into(), f.to_string());
+        }
+        let existed = std::path::Path::new(target).exists();
+        let request = CreateRequest {
+            size: total,
+            options: values,
+        };
+        if let Err(e) = create_image(&driver, target, &request, CacheMode::Writeback) {
+            if !existed {
+                let _ = std::fs::remove_file(target);
+            }
+            return Err(fail(format!(
+                "{target}: error while converting {}: {}",
+                driver.name,
+                create_message(&driver.name, e)
+            )));
+        }
+        created = !existed;
+    }
+    let result = copy_into(
+        p,
+        settings,
+        &opened,
+        target,
+        target_cache,
+        no_create,
+        &driver,
+        progress,
+    );
+    if result.is_err() && created {
+        // Never leave a half-written target that looks like a good image.
+        let _ = std::fs::remove_file(target);
+    }
+    result
+}
+
+fn copy_into(
+    p: &crate::cli::Parsed,
+    settings: &Settings,
+    sources: &[Arc<BlockImage>],
+    target: &str,
+    target_cache: CacheMode,
+    no_create: bool,
+    driver: &Arc<crate::plugins::Driver>,
+    progress: &Progress,
+) -> CmdResult {
+    let request = OpenRequest {
+        write: true,
+        cache: target_cache,
+        lock: Some(LockSpec::READ_WRITE),
+        no_backing: false,
+        ..OpenRequest::read(target, Some(&driver.name), p.has("target-image-opts"))
+    };
+    let out = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+    let total: u64 = sources.iter().map(|s| s.size()).sum();
+    if no_create && out.size() < total {
+        return Err(fail("output file is smaller than input file"));
+    }
+    let fresh = !no_create && driver.can(caps::ZERO_INIT) && !p.has("backing");
+    let job = CopyJob {
+        sources,
+        target: &out,
+        target_zeroed: fresh || p.has("target-is-zero"),
+        min_sparse: settings.min_sparse,
+        chunk: CHUNK,
+        align: out
+            .info()
+            .ok()
+            .and_then(|i| i.cluster_size)
+            .unwrap_or(512)
+            .max(512),
+        threads: settings.parallel,
+        top_only: p.has("backing"),
+        offload: p.has("copy-range-offloading"),
+        salvage: p.has("salvage"),
+        sequential: driver.can(caps::SEQUENTIAL_WRITE),
+        progress,
+        rate: &RateLimit::new(settings.rate),
+    };
+    job.run().map_err(|e| fail(e.message.to_string()))?;
+    out.close().map_err(|e| fail(e.message.to_string()))?;
+    Ok(0)
+}

@@ -1,1 +1,10 @@
-//! Generic, format-blind algorithms.
+//! Generic, format-blind algorithms over open images, parallel with rayon:
+//! the extent walk (map, compare, measure), the copy engine (convert, dd),
+//! progress reporting and rate limiting.
+
+pub mod compare;
+pub mod copy;
+pub mod progress;
+pub mod ratelimit;
+pub mod status;
+pub mod zero;

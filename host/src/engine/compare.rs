@@ -1,0 +1,251 @@
+//! Content comparison of two images (through their backing chains), as
+//! `qemu-img compare` does it: areas both report as zero are never read, a
+//! mismatch is reported at its 512-byte sector, and strict mode also compares
+//! allocation and size.
+
+use super::progress::Progress;
+use super::status::status_at;
+use super::zero::is_zero;
+use crate::block::BlockImage;
+use qimg_driver_api::DriverError;
+use rayon::prelude::*;
+
+/// Unit of a content mismatch report.
+const SECTOR: usize = 512;
+/// Largest piece compared at once (qemu-img's buffer size).
+const CHUNK: u64 = 2 << 20;
+
+/// Why a comparison could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// Block status of an image failed.
+    #[error("Sector allocation test failed for {0}")]
+    Status(String),
+    /// Reading an image failed.
+    #[error("Error while reading offset {offset} of {file}: {source}")]
+    Read {
+        /// Guest offset of the failed read.
+        offset: u64,
+        /// Image name.
+        file: String,
+        /// The driver's error.
+        source: DriverError,
+    },
+}
+
+impl CompareError {
+    /// qemu-img's exit status for the error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CompareError::Status(_) => 3,
+            CompareError::Read { .. } => 4,
+        }
+    }
+}
+
+fn read(image: &BlockImage, offset: u64, buf: &mut [u8]) -> Result<(), CompareError> {
+    image
+        .read(offset, buf)
+        .map_err(|source| CompareError::Read {
+            offset,
+            file: image.filename.clone(),
+            source,
+        })
+}
+
+fn status(
+    image: &BlockImage,
+    offset: u64,
+    len: u64,
+) -> Result<super::status::Status, CompareError> {
+    status_at(image, offset, len, None).map_err(|_| CompareError::Status(image.filename.clone()))
+}
+
+/// One piece to read and compare.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    offset: u64,
+    len: u64,
+    /// Which side reads as zeros without being read (0: neither).
+    zero_side: u8,
+}
+
+fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.chunks(SECTOR)
+        .zip(b.chunks(SECTOR))
+        .position(|(x, y)| x != y)
+        .map(|i| i * SECTOR)
+}
+
+fn first_nonzero(a: &[u8]) -> Option<usize> {
+    a.chunks(SECTOR)
+        .position(|x| !is_zero(x))
+        .map(|i| i * SECTOR)
+}
+
+/// Reads one piece of both images; returns the offset of the first differing sector.
+fn compare_piece(
+    a: &BlockImage,
+    b: &BlockImage,
+    piece: Piece,
+) -> Result<Option<u64>, CompareError> {
+    let len = piece.len as usize;
+    let found = match piece.zero_side {
+        1 => {
+            let mut buf = vec![0u8; len];
+            read(b, piece.offset, &mut buf)?;
+            first_nonzero(&buf)
+        }
+        2 => {
+            let mut buf = vec![0u8; len];
+            read(a, piece.offset, &mut buf)?;
+            first_nonzero(&buf)
+        }
+        _ => {
+            let mut x = vec![0u8; len];
+            let mut y = vec![0u8; len];
+            let (ra, rb) = rayon::join(
+                || read(a, piece.offset, &mut x),
+                || read(b, piece.offset, &mut y),
+            );
+            ra?;
+            rb?;
+            first_diff(&x, &y)
+        }
+    };
+    Ok(found.map(|at| piece.offset + at as u64))
+}
+
+/// Compares `a` and `b`, printing each verdict line through `say` as soon as
+/// it is known (progress figures interleave with them as in qemu-img).
+/// Returns 0 if identical, 1 if not.
+pub fn compare(
+    a: &BlockImage,
+    b: &BlockImage,
+    strict: bool,
+    progress: &Progress,
+    say: &mut dyn FnMut(&str),
+) -> Result<i32, CompareError> {
+    let (size_a, size_b) = (a.size(), b.size());
+    if strict && size_a != size_b {
+        say("Strict mode: Image size mismatch!");
+        return Ok(1);
+    }
+    let total = size_a.max(size_b);
+    let common = size_a.min(size_b);
+    let tick = |len: u64| {
+        if total > 0 {
+            progress.print((len as f64 / total as f64 * 100.0) as f32, 100);
+        }
+    };
+    // Plan the common part: runs both report as zero are skipped whole, the
+    // rest is read in pieces of at most CHUNK.
+    let mut pieces = Vec::new();
+    let mut offset = 0u64;
+    while offset < common {
+        let sa = status(a, offset, common - offset)?;
+        let sb = status(b, offset, sa.length)?;
+        let mut len = sa.length.min(sb.length);
+        if strict && (sa.present != sb.present || sa.zero != sb.zero) {
+            say(&format!(
+                "Strict mode: Offset {offset} block status mismatch!"
+            ));
+            return Ok(1);
+        }
+        let zero_side = match (sa.zero, sb.zero) {
+            (true, true) => None,
+            (true, false) => Some(1),
+            (false, true) => Some(2),
+            (false, false) => Some(0),
+        };
+        if zero_side.is_some() {
+            len = len.min(CHUNK);
+        }
+        pieces.push((
+            Piece {
+                offset,
+                len,
+                zero_side: zero_side.unwrap_or(0),
+            },
+            zero_side.is_none(),
+        ));
+        offset += len;
+    }
+    let mismatch = if progress_is_ordered(progress) {
+        let mut found = None;
+        for (piece, skip) in &pieces {
+            if !skip {
+                if let Some(at) = compare_piece(a, b, *piece)? {
+                    found = Some(at);
+                    break;
+                }
+            }
+            tick(piece.len);
+        }
+        found
+    } else {
+        pieces
+            .par_iter()
+            .filter(|(_, skip)| !skip)
+            .map(|(piece, _)| compare_piece(a, b, *piece))
+            .find_map_first(|r| match r {
+                Ok(None) => None,
+                other => Some(other),
+            })
+            .transpose()?
+            .flatten()
+    };
+    if let Some(at) = mismatch {
+        say(&format!("Content mismatch at offset {at}!"));
+        return Ok(1);
+    }
+    if size_a != size_b {
+        say("Warning: Image size mismatch!");
+        let longer = if size_a > size_b { a } else { b };
+        let mut offset = common;
+        while offset < total {
+            let s = status(longer, offset, total - offset)?;
+            let len = if s.zero {
+                s.length
+            } else {
+                s.length.min(CHUNK)
+            };
+            if !s.zero {
+                let mut buf = vec![0u8; len as usize];
+                read(longer, offset, &mut buf)?;
+                if let Some(at) = first_nonzero(&buf) {
+                    say(&format!(
+                        "Content mismatch at offset {}!",
+                        offset + at as u64
+                    ));
+                    return Ok(1);
+                }
+            }
+            tick(len);
+            offset += len;
+        }
+    }
+    say("Images are identical.");
+    Ok(0)
+}
+
+/// With visible progress the pieces are compared in order so the figures
+/// advance as qemu-img's do; otherwise they run in parallel.
+fn progress_is_ordered(progress: &Progress) -> bool {
+    progress.shown()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_are_reported_by_sector() {
+        let a = vec![0u8; 2048];
+        let mut b = a.clone();
+        b[1500] = 1;
+        assert_eq!(first_diff(&a, &b), Some(1024));
+        assert_eq!(first_nonzero(&b), Some(1024));
+        assert_eq!(first_diff(&a, &a), None);
+    }
+}

@@ -1,0 +1,326 @@
+//! The copy engine behind `convert` (and `dd`): an extent-driven plan that
+//! never reads what the source reports as zero, then parallel reads and writes
+//! in large aligned chunks, with zero detection (`-S`), copy offload (`-C`),
+//! salvage, rate limiting and in-order progress.
+
+use super::progress::Progress;
+use super::ratelimit::RateLimit;
+use super::status::status_at;
+use super::zero::is_zero;
+use crate::block::BlockImage;
+use qimg_driver_api::{zero_flags, DriverError, ErrorKind};
+use rayon::prelude::*;
+use std::collections::BTreeSet;
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What one piece of work does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Read from the source and write what is not zero.
+    Data,
+    /// The source reads as zeros here.
+    Zero,
+    /// Write explicit zero bytes (`-S 0`: the target is fully allocated).
+    ZeroData,
+}
+
+/// One piece of work: `len` bytes of source `source` at `src_offset`, going to
+/// `dst_offset` in the target.
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    source: usize,
+    src_offset: u64,
+    dst_offset: u64,
+    len: u64,
+    kind: Kind,
+}
+
+/// Everything a copy needs to know.
+pub struct CopyJob<'a> {
+    /// Sources, concatenated in order.
+    pub sources: &'a [Arc<BlockImage>],
+    /// The target, open for writing.
+    pub target: &'a BlockImage,
+    /// The target already reads as zeros everywhere (fresh image of a format
+    /// that guarantees it, or `--target-is-zero`): zero areas are skipped.
+    pub target_zeroed: bool,
+    /// `-S`: zero runs of this many aligned bytes inside data are not written
+    /// (0: write everything, zeros included, as data).
+    pub min_sparse: u64,
+    /// Size of one unit of work.
+    pub chunk: u64,
+    /// The target's allocation unit (cluster size): a unit of work that is cut
+    /// by the chunk limit ends on a multiple of it.
+    pub align: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// `-B`: copy only what the source's top layer allocates.
+    pub top_only: bool,
+    /// `-C`: use copy_file_range between the two files.
+    pub offload: bool,
+    /// `--salvage`: treat unreadable areas as zeros, with a warning.
+    pub salvage: bool,
+    /// The target must be written strictly in order.
+    pub sequential: bool,
+    /// Progress reporting.
+    pub progress: &'a Progress,
+    /// `-r`.
+    pub rate: &'a RateLimit,
+}
+
+/// Largest zero run handled as one write-zeroes request.
+const MAX_ZERO_REQUEST: u64 = 1 << 30;
+
+impl CopyJob<'_> {
+    /// Builds the plan: statuses of every source, split at chunk boundaries of
+    /// the target offset.
+    fn plan(&self) -> Result<Vec<Item>, DriverError> {
+        let mut items = Vec::new();
+        let mut dst = 0u64;
+        for (index, source) in self.sources.iter().enumerate() {
+            let size = source.size();
+            let mut offset = 0u64;
+            while offset < size {
+                let bottom = if self.top_only { Some(0) } else { None };
+                let status = status_at(source, offset, size - offset, bottom)?;
+                let len = status.length;
+                let kind = if self.top_only && !status.present {
+                    None
+                } else if status.zero {
+                    Some(if self.min_sparse == 0 {
+                        Kind::ZeroData
+                    } else {
+                        Kind::Zero
+                    })
+                } else {
+                    Some(Kind::Data)
+                };
+                if let Some(kind) = kind {
+                    let step = if kind == Kind::Zero {
+                        MAX_ZERO_REQUEST
+                    } else {
+                        self.chunk
+                    };
+                    let mut done = 0;
+                    while done < len {
+                        let at = dst + offset + done;
+                        let mut n = (len - done).min(step);
+                        if n < len - done {
+                            let end = (at + n) / self.align * self.align;
+                            if end > at {
+                                n = end - at;
+                            }
+                        }
+                        items.push(Item {
+                            source: index,
+                            src_offset: offset + done,
+                            dst_offset: at,
+                            len: n,
+                            kind,
+                        });
+                        done += n;
+                    }
+                }
+                offset += len;
+            }
+            dst += size;
+        }
+        Ok(items)
+    }
+
+    /// Runs the copy. Returns the first error.
+    pub fn run(&self) -> Result<(), DriverError> {
+        let items = self.plan()?;
+        let counted = |i: &Item| i.kind != Kind::Zero;
+        let total: u64 = items.iter().filter(|i| counted(i)).map(|i| i.len).sum();
+        let tracker = InOrder::new();
+        let done = AtomicU64::new(0);
+        let work = |index: usize| -> Result<(), DriverError> {
+            let item = &items[index];
+            self.rate
+                .take(if item.kind == Kind::Zero { 0 } else { item.len });
+            self.copy_item(item)?;
+            for finished in tracker.finish(index) {
+                if counted(&items[finished]) {
+                    let now = done.fetch_add(items[finished].len, Ordering::Relaxed)
+                        + items[finished].len;
+                    self.progress.fraction(now, total);
+                }
+            }
+            Ok(())
+        };
+        if self.sequential || self.threads <= 1 {
+            (0..items.len()).try_for_each(work)?;
+        } else {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(self.threads)
+                .build()
+                .map_err(|e| {
+                    DriverError::new(
+                        ErrorKind::OTHER,
+                        format!("cannot start worker threads: {e}"),
+                    )
+                })?;
+            pool.install(|| (0..items.len()).into_par_iter().try_for_each(work))?;
+        }
+        self.progress.print(100.0, 0);
+        Ok(())
+    }
+
+    fn copy_item(&self, item: &Item) -> Result<(), DriverError> {
+        let target = self.target;
+        match item.kind {
+            Kind::Zero if self.target_zeroed => Ok(()),
+            Kind::Zero => target.write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP),
+            Kind::ZeroData => target.write(item.dst_offset, &vec![0u8; item.len as usize]),
+            Kind::Data => {
+                let source = &self.sources[item.source];
+                if self.offload {
+                    if let Some(result) = offload(source, target, item) {
+                        return result;
+                    }
+                }
+                let mut buf = vec![0u8; item.len as usize];
+                if let Err(e) = source.read(item.src_offset, &mut buf) {
+                    if !self.salvage {
+                        return Err(e);
+                    }
+                    eprintln!(
+                        "{}: warning: error while reading offset {}: {}",
+                        crate::cli::program(),
+                        item.src_offset,
+                        e.message
+                    );
+                    buf.fill(0);
+                }
+                self.write_sparse(item.dst_offset, &buf)
+            }
+        }
+    }
+
+    /// Writes `buf`, skipping (or zeroing) the `-S`-sized units, aligned to the
+    /// target offset, that are entirely zero; partial units are always written.
+    fn write_sparse(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        let target = self.target;
+        if self.min_sparse == 0 {
+            return target.write(offset, buf);
+        }
+        let unit = self.min_sparse;
+        let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let abs = offset + pos as u64;
+            let end = (((abs / unit + 1) * unit - offset) as usize).min(buf.len());
+            let zero = (end - pos) as u64 == unit && is_zero(&buf[pos..end]);
+            match runs.last_mut() {
+                Some(run) if run.2 == zero => run.1 = end,
+                _ => runs.push((pos, end, zero)),
+            }
+            pos = end;
+        }
+        for (start, end, zero) in runs {
+            let at = offset + start as u64;
+            if !zero {
+                target.write(at, &buf[start..end])?;
+            } else if !self.target_zeroed {
+                target.write_zeroes(at, (end - start) as u64, zero_flags::MAY_UNMAP)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// copy_file_range between two identity-mapped local files; `None` when offload
+/// does not apply (then the ordinary path runs).
+fn offload(
+    source: &BlockImage,
+    target: &BlockImage,
+    item: &Item,
+) -> Option<Result<(), DriverError>> {
+    use qimg_driver_api::caps::IDENTITY_MAPPED;
+    if !source.driver.can(IDENTITY_MAPPED)
+        || !target.driver.can(IDENTITY_MAPPED)
+        || source.backing.is_some()
+    {
+        return None;
+    }
+    let src_fd = source.store.file().as_raw_fd();
+    let dst_fd = target.store.file().as_raw_fd();
+    let mut src_off = item.src_offset as i64;
+    let mut dst_off = item.dst_offset as i64;
+    let mut left = item.len as usize;
+    while left > 0 {
+        // SAFETY: both fds are open for the duration; offsets are passed by pointer.
+        let n =
+            unsafe { libc::copy_file_range(src_fd, &mut src_off, dst_fd, &mut dst_off, left, 0) };
+        if n < 0 {
+            let errno = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if left == item.len as usize
+                && matches!(
+                    errno,
+                    libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP
+                )
+            {
+                return None;
+            }
+            return Some(Err(DriverError::from_errno(
+                errno,
+                "copy_file_range failed",
+            )));
+        }
+        if n == 0 {
+            break;
+        }
+        left -= n as usize;
+    }
+    if left > 0 {
+        // Source shorter than its virtual size: the rest reads as zeros.
+        return Some(target.write(dst_off as u64, &vec![0u8; left]));
+    }
+    Some(Ok(()))
+}
+
+/// Releases completed item indexes in index order, so progress advances as if
+/// the work had been done sequentially.
+struct InOrder {
+    state: Mutex<(usize, BTreeSet<usize>)>,
+}
+
+impl InOrder {
+    fn new() -> InOrder {
+        InOrder {
+            state: Mutex::new((0, BTreeSet::new())),
+        }
+    }
+
+    /// Marks `index` done; returns the indexes now complete in order.
+    fn finish(&self, index: usize) -> Vec<usize> {
+        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, done) = &mut *guard;
+        done.insert(index);
+        let mut released = Vec::new();
+        while done.remove(next) {
+            released.push(*next);
+            *next += 1;
+        }
+        released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InOrder;
+
+    #[test]
+    fn in_order_release() {
+        let t = InOrder::new();
+        assert!(t.finish(1).is_empty());
+        assert_eq!(t.finish(0), vec![0, 1]);
+        assert_eq!(t.finish(3), Vec::<usize>::new());
+        assert_eq!(t.finish(2), vec![2, 3]);
+    }
+}

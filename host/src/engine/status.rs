@@ -1,0 +1,113 @@
+//! Allocation status across a backing chain: the facts `qemu-img map` prints,
+//! and what the copy and compare engines use to skip zeros without reading them.
+
+use crate::block::BlockImage;
+use qimg_driver_api::{extent_flags as ef, DriverError, ErrorKind};
+
+/// The status of one run of guest bytes, resolved through the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Guest offset.
+    pub start: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// Layer that decides the content (0: the top image).
+    pub depth: usize,
+    /// Some layer allocates the run.
+    pub present: bool,
+    /// Reads return zeros.
+    pub zero: bool,
+    /// Reads return data from a layer.
+    pub data: bool,
+    /// Stored compressed.
+    pub compressed: bool,
+    /// Where the bytes are, in the store named by `file`.
+    pub offset: Option<u64>,
+    /// Name of the store `offset` refers to.
+    pub file: Option<String>,
+}
+
+/// Status of the run at `offset`, at most `max` bytes long, looking down the
+/// chain no deeper than `bottom` layers (None: the whole chain).
+pub fn status_at(
+    image: &BlockImage,
+    offset: u64,
+    max: u64,
+    bottom: Option<usize>,
+) -> Result<Status, DriverError> {
+    let mut layer = image;
+    let mut depth = 0usize;
+    let mut len = max;
+    loop {
+        if offset >= layer.size() {
+            // Past the end of a shorter backing image: reads as zeros.
+            return Ok(Status {
+                start: offset,
+                length: len,
+                depth,
+                present: false,
+                zero: true,
+                data: false,
+                compressed: false,
+                offset: None,
+                file: None,
+            });
+        }
+        len = len.min(layer.size() - offset);
+        let extents = layer.block_status(offset, len)?;
+        let Some(ext) = extents.into_iter().next() else {
+            return Err(DriverError::new(
+                ErrorKind::OTHER,
+                "driver returned no block status",
+            ));
+        };
+        if ext.offset != offset || ext.length == 0 {
+            return Err(DriverError::new(
+                ErrorKind::OTHER,
+                "driver returned a misplaced extent",
+            ));
+        }
+        len = len.min(ext.length);
+        let allocated = ext.has(ef::ALLOCATED);
+        let last = layer.backing.is_none() || bottom.is_some_and(|b| depth >= b);
+        if allocated || ext.has(ef::DATA) || last {
+            let zero = ext.has(ef::ZERO) || (!ext.has(ef::DATA) && layer.backing.is_none());
+            let offset_valid = ext.has(ef::OFFSET_VALID);
+            return Ok(Status {
+                start: offset,
+                length: len,
+                depth,
+                present: allocated || ext.has(ef::DATA),
+                zero,
+                data: ext.has(ef::DATA),
+                compressed: ext.has(ef::COMPRESSED),
+                offset: offset_valid.then_some(ext.host_offset),
+                file: offset_valid.then(|| layer.image.store_name(ext.store).to_string()),
+            });
+        }
+        let Some(backing) = layer.backing.as_deref() else {
+            return Err(DriverError::new(
+                ErrorKind::OTHER,
+                "backing chain ended during the walk",
+            ));
+        };
+        layer = backing;
+        depth += 1;
+    }
+}
+
+/// Whether two statuses can be merged into one map line.
+pub fn mergeable(a: &Status, b: &Status) -> bool {
+    a.start + a.length == b.start
+        && a.depth == b.depth
+        && a.present == b.present
+        && a.zero == b.zero
+        && a.data == b.data
+        && a.compressed == b.compressed
+        && a.file == b.file
+        && match (a.offset, b.offset) {
+            (Some(x), Some(y)) => x + a.length == y,
+            (None, None) => true,
+            _ => false,
+        }
+}

@@ -1,0 +1,39 @@
+//! Fast all-zero tests for buffers.
+
+/// True if every byte of `buf` is zero. Compares sixteen bytes at a time.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut chunks = buf.chunks_exact(16);
+    let words_zero = chunks
+        .by_ref()
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0);
+    words_zero && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// Offset of the first `unit`-aligned (relative to the buffer start) unit of
+/// `buf` that is not all zero, if any.
+pub fn first_nonzero_unit(buf: &[u8], unit: usize) -> Option<usize> {
+    buf.chunks(unit.max(1))
+        .position(|c| !is_zero(c))
+        .map(|i| i * unit.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&[0; 4099]));
+        let mut b = vec![0u8; 4099];
+        b[4098] = 1;
+        assert!(!is_zero(&b));
+        b[4098] = 0;
+        b[3] = 7;
+        assert!(!is_zero(&b));
+        assert_eq!(first_nonzero_unit(&b, 512), Some(0));
+        let mut c = vec![0u8; 2048];
+        c[1500] = 1;
+        assert_eq!(first_nonzero_unit(&c, 512), Some(1024));
+    }
+}
