@@ -224,6 +224,15 @@ pub enum SizeError {
 /// `b`/`B` (bytes), `k`/`K`, `M`, `G`, `T`, `P`, `E` (powers of 1024).
 /// `default_unit` applies when no suffix is given (1 for bytes).
 pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, SizeError> {
+    let value = parse_size_u64(text, default_unit)?;
+    if value > i64::MAX as u64 {
+        return Err(SizeError::TooLarge);
+    }
+    Ok(value)
+}
+
+/// [`parse_size`] without the signed 64-bit limit (values up to 2^64 - 1).
+pub fn parse_size_u64(text: &str, default_unit: u64) -> Result<u64, SizeError> {
     let text = text.trim_start();
     let digits_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -255,9 +264,6 @@ pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, SizeError> {
             .map_err(|_| SizeError::Invalid)?;
         let extra = (fraction * unit as f64) as u64;
         value = value.checked_add(extra).ok_or(SizeError::TooLarge)?;
-    }
-    if value > i64::MAX as u64 {
-        return Err(SizeError::TooLarge);
     }
     Ok(value)
 }

@@ -1,1 +1,154 @@
-//! `measure` (not yet implemented).
+//! `measure`: how much space an image of a format needs, for a given size or
+//! to hold an existing image's data.
+
+use super::common::{check_image_opts, objects, print_help};
+use super::create::image_size_error;
+use crate::block::image::driver_for;
+use crate::block::{open_image, options, OpenRequest};
+use crate::cli::{
+    flag, getopt, long_arg, long_flag, merge_opts, output_format, parse_size, with_arg, Opt,
+    OutputFormat,
+};
+use crate::engine::status::status_at;
+use crate::error::{fail, CmdResult};
+use crate::output::qemu_json_pretty;
+use qimg_driver_api::abi_stable::std_types::{RSlice, RStr};
+use qimg_driver_api::schema::{MeasureRequest, MeasureResult};
+use qimg_driver_api::{caps, extent_flags, Extent};
+use serde_json::{json, Map, Value};
+
+const OPTS: &[Opt] = &[
+    flag('h', "help"),
+    with_arg('f', "format"),
+    long_flag("image-opts"),
+    with_arg('l', "snapshot"),
+    with_arg('o', "options"),
+    with_arg('O', "target-format"),
+    long_arg("output"),
+    long_arg("size"),
+    flag('U', "force-share"),
+    long_arg("object"),
+];
+
+const HELP: &str = "Usage:\nCalculate file size required for a new image.  Usage:\n\n  {prog} measure [-f FMT|--image-opts] [-o OPTIONS] [-O OUTPUT_FMT]\n       [--output OFMT] [--object OBJDEF] [-l SNAPSHOT_PARAM]\n       (--size SIZE | FILENAME)\n\nArguments:\n  -h, --help\n     print this help and exit\n  -O, --target-format FMT\n     format of the image to measure for (default raw)\n  --size SIZE\n     measure a new, empty image of this size\n  FILENAME\n     measure the space needed to convert FILENAME\n  -f, --format\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  -l, --snapshot SNAPSHOT\n     measure this snapshot of FILENAME\n  --output human|json\n     output format\n  -U, --force-share\n     open the image in shared mode\n\n";
+
+inventory::submit! { super::Command { name: "measure", summary: "Calculate file size required for a new image", run } }
+
+/// Largest run asked of the status walk at once.
+const STEP: u64 = 1 << 40;
+
+fn run(args: &[String]) -> CmdResult {
+    let p = getopt("measure", args, OPTS)?;
+    if p.has("help") {
+        return Ok(print_help(HELP));
+    }
+    let output = output_format("measure", p.last("output"))?;
+    objects(&p)?;
+    check_image_opts(&p, "format")?;
+    let size = match p.last("size") {
+        Some(text) => Some(parse_size(text, 1).map_err(|e| image_size_error(text, e))?),
+        None => None,
+    };
+    match (size.is_some(), p.operands.len()) {
+        (_, n) if n > 1 => return Err(fail("At most one filename argument is allowed.")),
+        (true, 1) => return Err(fail("--size N cannot be used together with a filename.")),
+        (false, 0) => return Err(fail("Either --size N or one filename must be specified.")),
+        _ => {}
+    }
+    let format = p.last("target-format").unwrap_or("raw");
+    let driver = driver_for(format).map_err(|_| fail(format!("Unknown file format '{format}'")))?;
+    let given = merge_opts(&p.all("options")).map_err(fail)?;
+    let values = options::validate(&options::schema(&driver, true), &given).map_err(|m| {
+        fail(format!(
+            "{m}\n{}: Invalid options for file format '{}'",
+            crate::cli::program(),
+            driver.name
+        ))
+    })?;
+    let (request, extents) = match size {
+        Some(size) => (
+            MeasureRequest {
+                size,
+                options: values,
+                from_image: false,
+            },
+            Vec::new(),
+        ),
+        None => {
+            let request = OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"));
+            let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+            if p.has("snapshot") {
+                return Err(fail("Failed to load snapshot: internal snapshots are not supported by this format yet"));
+            }
+            (
+                MeasureRequest {
+                    size: image.size(),
+                    options: values,
+                    from_image: true,
+                },
+                allocated(&image)?,
+            )
+        }
+    };
+    if !driver.can(caps::MEASURE) {
+        return Err(fail(format!(
+            "Format driver '{}' does not support measure",
+            driver.name
+        )));
+    }
+    let json_request = serde_json::to_string(&request).map_err(|e| fail(e.to_string()))?;
+    let answer = driver
+        .api
+        .measure(
+            RStr::from(json_request.as_str()),
+            RSlice::from_slice(&extents),
+        )
+        .into_result()
+        .map_err(|e| fail(e.message.to_string()))?;
+    let result: MeasureResult =
+        serde_json::from_str(&answer).map_err(|e| fail(format!("bad measure reply: {e}")))?;
+    match output {
+        OutputFormat::Human => {
+            println!("required size: {}", result.required);
+            println!("fully allocated size: {}", result.fully_allocated);
+            if let Some(b) = result.bitmaps {
+                println!("bitmaps size: {b}");
+            }
+        }
+        OutputFormat::Json => {
+            let mut map = Map::new();
+            if let Some(b) = result.bitmaps {
+                map.insert("bitmaps".into(), json!(b));
+            }
+            map.insert("required".into(), json!(result.required));
+            map.insert("fully-allocated".into(), json!(result.fully_allocated));
+            println!("{}", qemu_json_pretty(&Value::Object(map)));
+        }
+    }
+    Ok(0)
+}
+
+/// The extents of `image` (through its chain) that hold data, as the driver
+/// needs them to count clusters.
+fn allocated(image: &crate::block::BlockImage) -> Result<Vec<Extent>, crate::error::CmdError> {
+    let mut out: Vec<Extent> = Vec::new();
+    let mut offset = 0;
+    while offset < image.size() {
+        let s = status_at(image, offset, (image.size() - offset).min(STEP), None)
+            .map_err(|e| fail(e.message.to_string()))?;
+        if s.data && !s.zero {
+            match out.last_mut() {
+                Some(last) if last.end() == offset => last.length += s.length,
+                _ => out.push(Extent {
+                    offset,
+                    length: s.length,
+                    flags: extent_flags::DATA,
+                    store: 0,
+                    host_offset: 0,
+                }),
+            }
+        }
+        offset += s.length;
+    }
+    Ok(out)
+}

@@ -1,1 +1,111 @@
-//! `resize` (not yet implemented).
+//! `resize`: change an image's guest size.
+
+use super::common::{check_image_opts, objects, print_help};
+use crate::block::options::size_message;
+use crate::block::{open_image, LockSpec, OpenRequest};
+use crate::cli::{flag, getopt, long_arg, long_flag, parse_size_u64, program, with_arg, Opt};
+use crate::error::{fail, CmdError, CmdResult};
+use crate::store::CacheMode;
+use qimg_driver_api::{caps, Prealloc};
+
+const OPTS: &[Opt] = &[
+    flag('h', "help"),
+    flag('q', "quiet"),
+    with_arg('f', "format"),
+    long_flag("image-opts"),
+    long_arg("preallocation"),
+    long_flag("shrink"),
+    long_arg("object"),
+];
+
+const HELP: &str = "Usage:\nResize the image to the new size.  Usage:\n\n  {prog} resize [-f FMT | --image-opts] [--preallocation PREALLOC] [--shrink]\n        [--object OBJECTDEF] [-q] FILENAME [+-]SIZE[bkKMGTPE]\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     do not print 'Image resized.'\n  -f, --format FMT\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  --shrink\n     allow the new size to be smaller\n  --preallocation PREALLOC\n     how to allocate the new area (off, falloc, full, metadata)\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  FILENAME\n     the image\n  [+-]SIZE[bkKMGTPE]\n     new size, or an amount to grow (+) or shrink (-) by\n\n";
+
+inventory::submit! { super::Command { name: "resize", summary: "Resize the image to the new size", run } }
+
+fn run(args: &[String]) -> CmdResult {
+    // qemu-img takes the size from the last argument before parsing options,
+    // so `resize img -1G` works without `--`.
+    let Some((size_text, rest)) = args.split_last() else {
+        return Err(CmdError::usage(
+            "resize",
+            "Expecting image file name and size",
+        ));
+    };
+    let p = getopt("resize", rest, OPTS)?;
+    if p.has("help") || size_text == "--help" || size_text == "-h" {
+        return Ok(print_help(HELP));
+    }
+    objects(&p)?;
+    check_image_opts(&p, "format")?;
+    match p.operands.len() {
+        0 => {
+            return Err(CmdError::usage(
+                "resize",
+                "Expecting image file name and size",
+            ))
+        }
+        1 => {}
+        _ => {
+            return Err(CmdError::usage(
+                "resize",
+                "Extra argument(s) in command line",
+            ))
+        }
+    }
+    let (sign, digits) = match size_text.as_bytes().first() {
+        Some(b'+') => (1i128, &size_text[1..]),
+        Some(b'-') => (-1i128, &size_text[1..]),
+        _ => (0i128, size_text.as_str()),
+    };
+    let amount = parse_size_u64(digits, 1).map_err(|_| fail(size_message("size")))? as i128;
+    let prealloc = match p.last("preallocation") {
+        None => Prealloc::OFF,
+        Some(name) => Prealloc::parse(name)
+            .ok_or_else(|| fail(format!("Invalid preallocation mode '{name}'")))?,
+    };
+    let request = OpenRequest {
+        write: true,
+        cache: CacheMode::Writeback,
+        lock: Some(LockSpec::RESIZE),
+        no_backing: true,
+        ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
+    };
+    let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+    let current = image.size() as i128;
+    let wanted = if sign == 0 {
+        amount
+    } else {
+        current + sign * amount
+    };
+    // qemu-img works in signed 64 bits: 8E wraps to a negative size.
+    if wanted <= 0 || wanted > i64::MAX as i128 {
+        return Err(fail("New image size must be positive"));
+    }
+    let wanted = wanted as u64;
+    let shrinking = (wanted as i128) < current;
+    if shrinking && !p.has("shrink") {
+        return Err(fail(format!(
+            "Use the --shrink option to perform a shrink operation.\n{}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.",
+            program()
+        )));
+    }
+    if shrinking && p.has("preallocation") {
+        return Err(fail("Preallocation can only be used for growing images"));
+    }
+    if !image.driver.can(caps::RESIZE) {
+        return Err(fail(format!(
+            "Image format driver '{}' does not support resize",
+            image.format()
+        )));
+    }
+    image
+        .image
+        .resize(wanted, prealloc, shrinking)
+        .into_result()
+        .map_err(|e| fail(e.message.to_string()))?;
+    image.close().map_err(|e| fail(e.message.to_string()))?;
+    if !p.has("quiet") {
+        println!("Image resized.");
+    }
+    Ok(0)
+}
