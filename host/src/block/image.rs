@@ -64,8 +64,6 @@ pub struct BlockImage {
     pub store: Arc<LocalFile>,
     /// The backing image, if the chain was opened and there is one.
     pub backing: Option<Arc<BlockImage>>,
-    /// True if the format was probed and came out raw.
-    pub probed_raw: bool,
 }
 
 impl BlockImage {
@@ -244,7 +242,6 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         filename: display,
         store: file,
         backing,
-        probed_raw,
     })
 }
 

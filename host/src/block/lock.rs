@@ -16,8 +16,7 @@ pub mod perm {
     pub const READ: u32 = 1 << 0;
     /// Write.
     pub const WRITE: u32 = 1 << 1;
-    /// Write that leaves the guest-visible content unchanged.
-    pub const WRITE_UNCHANGED: u32 = 1 << 2;
+    // Bit 2, "write unchanged", is never taken by qemu-img's commands.
     /// Resize.
     pub const RESIZE: u32 = 1 << 3;
 }

@@ -135,11 +135,6 @@ pub fn number(name: &str, text: &str, min: u64, max: u64, sizes: bool) -> Result
     }
 }
 
-/// Reports a failed operation on an image (`prog: MESSAGE`).
-pub fn image_error(e: qimg_driver_api::DriverError) -> CmdError {
-    fail(e.message.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,4 +166,41 @@ mod tests {
         );
         assert_eq!(number("bs", "64k", 1, 1 << 31, true).unwrap(), 65536);
     }
+}
+
+/// Opens an image read-write with the usual locks (qemu-img's write opens),
+/// printing the probed-raw warning where qemu-img does.
+pub fn open_rw(
+    name: &str,
+    format: Option<&str>,
+    image_opts: bool,
+    cache: CacheMode,
+) -> Result<crate::block::BlockImage, CmdError> {
+    let request = crate::block::OpenRequest {
+        write: true,
+        cache,
+        lock: Some(crate::block::LockSpec::READ_WRITE),
+        ..crate::block::OpenRequest::read(name, format, image_opts)
+    };
+    crate::block::open_image(&request).map_err(|e| fail(e.message.to_string()))
+}
+
+/// Sends a metadata request (snapshots, bitmaps, amend) to the image's driver.
+pub fn metadata(
+    image: &crate::block::BlockImage,
+    request: &qimg_driver_api::schema::MetadataRequest,
+) -> Result<serde_json::Value, qimg_driver_api::DriverError> {
+    use qimg_driver_api::abi_stable::std_types::RStr;
+    let text = serde_json::to_string(request)
+        .map_err(|e| qimg_driver_api::DriverError::invalid_argument(e.to_string()))?;
+    let reply = image
+        .image
+        .metadata(RStr::from(text.as_str()))
+        .into_result()?;
+    serde_json::from_str(&reply).map_err(|e| {
+        qimg_driver_api::DriverError::new(
+            qimg_driver_api::ErrorKind::OTHER,
+            format!("bad reply from driver: {e}"),
+        )
+    })
 }

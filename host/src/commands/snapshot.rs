@@ -1,1 +1,145 @@
-//! `snapshot` (not yet implemented).
+//! `snapshot`: list, create, apply or delete internal snapshots.
+
+use super::common::{check_image_opts, metadata, objects, open_rw, print_help};
+use crate::block::{open_image, OpenRequest};
+use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
+use crate::error::{fail, CmdError, CmdResult};
+use crate::output::size_to_str;
+use crate::store::CacheMode;
+use qimg_driver_api::caps;
+use qimg_driver_api::schema::{MetadataRequest, SnapshotInfo};
+
+const OPTS: &[Opt] = &[
+    flag('h', "help"),
+    flag('q', "quiet"),
+    with_arg('f', "format"),
+    long_flag("image-opts"),
+    flag('U', "force-share"),
+    long_arg("object"),
+    flag('l', "list"),
+    with_arg('c', "create"),
+    with_arg('a', "apply"),
+    with_arg('d', "delete"),
+];
+
+const HELP: &str = "Usage:\nList or manipulate snapshots within image.  Usage:\n\n  {prog} snapshot [-f FMT | --image-opts] [-l | -a|-c|-d SNAPSHOT]\n        [-U] [--object OBJDEF] FILENAME\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     print nothing but errors\n  -f, --format FMT\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  -U, --force-share\n     open the image in shared mode\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  Operation, one of:\n    -l, --list\n       list the snapshots (the default)\n    -c, --create SNAPSHOT\n       create a snapshot\n    -a, --apply SNAPSHOT\n       revert the image to a snapshot\n    -d, --delete SNAPSHOT\n       delete a snapshot\n  FILENAME\n     the image\n\n";
+
+inventory::submit! { super::Command { name: "snapshot", summary: "List or manipulate snapshots within image", run } }
+
+fn run(args: &[String]) -> CmdResult {
+    let p = getopt("snapshot", args, OPTS)?;
+    if p.has("help") {
+        return Ok(print_help(HELP));
+    }
+    let actions: Vec<&str> = ["list", "create", "apply", "delete"]
+        .into_iter()
+        .filter(|a| p.has(a))
+        .collect();
+    if actions.len() > 1
+        || ["create", "apply", "delete"]
+            .iter()
+            .any(|a| p.all(a).len() > 1)
+    {
+        return Err(CmdError::usage(
+            "snapshot",
+            "Cannot mix '-l', '-a', '-c', '-d'",
+        ));
+    }
+    objects(&p)?;
+    check_image_opts(&p, "format")?;
+    if p.operands.len() != 1 {
+        return Err(CmdError::usage("snapshot", "Expecting one image file name"));
+    }
+    let name = &p.operands[0];
+    let (format, image_opts) = (p.last("format"), p.has("image-opts"));
+    let action = actions.first().copied().unwrap_or("list");
+    if action == "list" {
+        let image = open_image(&OpenRequest {
+            no_backing: true,
+            ..OpenRequest::read(name, format, image_opts)
+        })
+        .map_err(|e| fail(e.message.to_string()))?;
+        let info = image.info().map_err(|e| fail(e.message.to_string()))?;
+        if !info.snapshots.is_empty() {
+            print!("{}", snapshot_table(&info.snapshots));
+        }
+        return Ok(0);
+    }
+    let tag = p.last(action).unwrap_or_default().to_string();
+    let image = open_rw(name, format, image_opts, CacheMode::Writeback)?;
+    let (verb, request, unsupported) = match action {
+        "create" => (
+            "create",
+            MetadataRequest::SnapshotCreate { name: tag.clone() },
+            "Operation not supported",
+        ),
+        "apply" => (
+            "apply",
+            MetadataRequest::SnapshotApply { name: tag.clone() },
+            "Block driver does not support snapshots",
+        ),
+        _ => (
+            "delete",
+            MetadataRequest::SnapshotDelete { name: tag.clone() },
+            "snapshot not found",
+        ),
+    };
+    if !image.driver.can(caps::SNAPSHOTS) {
+        return Err(fail(format!(
+            "Could not {verb} snapshot '{tag}': {unsupported}"
+        )));
+    }
+    metadata(&image, &request)
+        .map_err(|e| fail(format!("Could not {verb} snapshot '{tag}': {}", e.message)))?;
+    image.close().map_err(|e| fail(e.message.to_string()))?;
+    Ok(0)
+}
+
+/// The table `snapshot -l` and `info` print.
+pub fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
+    let mut out = String::from("Snapshot list:\n");
+    out.push_str(&format!(
+        "{:<7} {:<16} {:>7} {:>19} {:>15} {:>10}\n",
+        "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT"
+    ));
+    for s in snapshots {
+        let date = format_date(s.date_sec);
+        let clock = s.vm_clock_nsec;
+        let secs = clock / 1_000_000_000;
+        let vm_clock = format!(
+            "{:04}:{:02}:{:02}.{:03}",
+            secs / 3600,
+            (secs / 60) % 60,
+            secs % 60,
+            (clock / 1_000_000) % 1000
+        );
+        let icount = s.icount.map(|i| i.to_string()).unwrap_or_default();
+        out.push_str(&format!(
+            "{:<7} {:<16} {:>7} {:>19} {:>15} {:>10}\n",
+            s.id,
+            s.name,
+            size_to_str(s.vm_state_size),
+            date,
+            vm_clock,
+            icount
+        ));
+    }
+    out
+}
+
+/// Local time as `YYYY-MM-DD HH:MM:SS`, as qemu prints snapshot dates.
+fn format_date(secs: u64) -> String {
+    // SAFETY: localtime_r writes into the tm we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let t = secs as libc::time_t;
+    unsafe { libc::localtime_r(&t, &mut tm) };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}

@@ -47,18 +47,6 @@ impl Progress {
         }
     }
 
-    /// A reporter that prints nothing (and does not touch signals).
-    pub fn silent() -> Progress {
-        Progress {
-            shown: false,
-            min_skip: 100.0,
-            state: Mutex::new(State {
-                current: 0.0,
-                last_print: 0.0,
-            }),
-        }
-    }
-
     /// qemu's `qemu_progress_print(delta, max)`: with `max == 0` sets the
     /// percentage to `delta`, otherwise adds `delta / 100 * max`.
     pub fn print(&self, delta: f32, max: i32) {

@@ -9,14 +9,6 @@ pub fn is_zero(buf: &[u8]) -> bool {
     words_zero && chunks.remainder().iter().all(|&b| b == 0)
 }
 
-/// Offset of the first `unit`-aligned (relative to the buffer start) unit of
-/// `buf` that is not all zero, if any.
-pub fn first_nonzero_unit(buf: &[u8], unit: usize) -> Option<usize> {
-    buf.chunks(unit.max(1))
-        .position(|c| !is_zero(c))
-        .map(|i| i * unit.max(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,9 +23,5 @@ mod tests {
         b[4098] = 0;
         b[3] = 7;
         assert!(!is_zero(&b));
-        assert_eq!(first_nonzero_unit(&b, 512), Some(0));
-        let mut c = vec![0u8; 2048];
-        c[1500] = 1;
-        assert_eq!(first_nonzero_unit(&c, 512), Some(1024));
     }
 }
