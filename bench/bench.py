@@ -40,10 +40,11 @@ MIN_EXTENT, MAX_EXTENT = 64 * 1024, 8 * MIB
 # blocks written by installers or file systems.
 KIND_WEIGHTS = {"hole": 35, "random": 25, "text": 25, "zero": 15}
 
-# Operations shorter than this (wall time of the untimed warm-up run) are
-# repeated at least FAST_RUNS times, because a single run is mostly noise.
-FAST_THRESHOLD = 0.25
-FAST_RUNS = 15
+# Short operations are repeated more than --runs times, until the timed runs
+# of each tool add up to about --min-time seconds (estimated from the warm-up
+# run), but at most MAX_AUTO_RUNS times: a single short run is mostly noise.
+DEFAULT_MIN_TIME = 3.0
+MAX_AUTO_RUNS = 30
 
 
 # --------------------------------------------------------------------------
@@ -144,6 +145,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="timed runs per tool and operation (default 3)")
     p.add_argument("--dir", default=env.get("QIMG_BENCH_DIR", "/tmp/qimg-bench"),
                    help="work directory (default /tmp/qimg-bench)")
+    p.add_argument("--min-time", type=float, default=DEFAULT_MIN_TIME, metavar="SECONDS",
+                   help="repeat short operations (up to %d runs) until each tool's timed "
+                        "runs take about this long (default %g; 0: exactly --runs)"
+                   % (MAX_AUTO_RUNS, DEFAULT_MIN_TIME))
     p.add_argument("--output", default=str(BENCH_DIR / "last-results.md"),
                    help="Markdown results file (default bench/last-results.md)")
     p.add_argument("--no-drop-caches", action="store_true",
@@ -161,6 +166,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error("QIMG_BENCH_RUNS must be an integer")
     if a.runs < 1:
         p.error("--runs must be at least 1")
+    if a.min_time < 0:
+        p.error("--min-time must not be negative")
     if a.ops in ("", "all"):
         a.explicit_ops = False
         a.op_list = list(OPS)
@@ -347,13 +354,13 @@ def check_space(workdir: Path, need: int) -> None:
 
 def drop_caches() -> str:
     if os.geteuid() != 0:
-        return "not dropped (not root)"
+        return "not dropped at the start (not root)"
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("1\n")
     except OSError as e:
-        return f"not dropped ({e.strerror})"
+        return f"not dropped at the start ({e.strerror})"
     return "dropped once at the start (echo 1 > /proc/sys/vm/drop_caches)"
 
 
@@ -528,8 +535,9 @@ class Bench:
                 res.notes.append("stdout of qimg differs from qemu-img's")
                 warn(f"{op.name}: stdout of qimg differs from qemu-img's")
             runs = self.a.runs
-            if warm_wall < FAST_THRESHOLD:
-                runs = max(runs, FAST_RUNS)
+            if self.a.min_time > 0:
+                wanted = math.ceil(self.a.min_time / max(warm_wall, 1e-3))
+                runs = max(runs, min(MAX_AUTO_RUNS, wanted))
             # Timed runs, alternating which tool goes first (ABBA order).
             order = list(self.tools)
             print(f"   {runs} runs per tool ", end="", flush=True)
@@ -620,10 +628,14 @@ def table_rows(results: list[OpResult]) -> list[list[str]]:
             rows.append([res.op.name, "-", res.status.upper()] + [""] * (len(HEADERS) - 3))
             continue
         q, e = row["qimg"], row["qemu-img"]
-        rows.append([res.op.name, str(q["runs"]), f"{q['wall']:.3f}", f"{e['wall']:.3f}",
-                     f"{row['ratio']:.2f}", f"{q['cpu']:.3f}", f"{e['cpu']:.3f}",
+        rows.append([res.op.name, str(q["runs"]), secs(q["wall"]), secs(e["wall"]),
+                     f"{row['ratio']:.3f}", secs(q["cpu"]), secs(e["cpu"]),
                      mib(q["rss"]), mib(e["rss"])])
     return rows
+
+
+def secs(value: float) -> str:
+    return f"{value:.4f}" if value < 1 else f"{value:.3f}"
 
 
 def mib(value: float) -> str:
@@ -667,14 +679,17 @@ def write_markdown(path: Path, a: argparse.Namespace, ctx: dict,
     lines += [f"| {k} | {v} |" for k, v in ctx["machine"]]
     lines += [f"| qimg | `{ctx['qimg_version']}` ({ctx['qimg']}, commit {ctx['commit']}) |",
               f"| qemu-img | `{ctx['qemu_version']}` |",
-              f"| Page cache | {ctx['drop']}; inputs read before every run, outputs deleted |",
+              f"| Page cache | {ctx['drop']}; inputs read into the cache before every run, "
+              "outputs deleted |",
               ""]
     kinds = ", ".join(f"{k} {human(b)} in {n}" for k, (n, b) in m["kinds"].items())
     lines += [f"Workload: sparse raw image, {human(a.size_bytes)} virtual, "
               f"{human(m['allocated'])} allocated, {m['extents']} extents of 64 KiB-8 MiB "
               f"(seed {SEED}): {kinds}.", "",
-              f"Median of {a.runs} timed runs per tool (at least {FAST_RUNS} for operations "
-              f"under {FAST_THRESHOLD} s), alternating which tool runs first; wall and CPU "
+              f"Timed runs per tool in column runs: at least {a.runs}, more for short "
+              f"operations (up to {MAX_AUTO_RUNS}, aiming at {a.min_time:g} s per tool), "
+              "alternating which tool runs first, after an untimed, verified warm-up run "
+              "of each; wall and CPU "
               "(user+sys, from wait4) are medians, RSS is the peak over the runs "
               f"({ctx['rss']}). Ratio = qimg wall / qemu-img wall (< 1: qimg is faster). "
               "Output files are deleted and `sync` is run before each run, outside the "
@@ -726,13 +741,17 @@ def main(argv: list[str]) -> int:
            "machine": machine_description(workdir), "manifest": manifest,
            "qimg": qimg, "qimg_version": first_line([qimg, "--version"]),
            "qemu_version": first_line([qemu, "--version"]), "commit": git_describe()}
-    ctx["drop"] = "page cache not dropped (--no-drop-caches)" if a.no_drop_caches \
-        else "page cache " + drop_caches()
+    ctx["drop"] = ("not dropped at the start (--no-drop-caches)" if a.no_drop_caches
+                   else drop_caches())
     for k, v in ctx["machine"]:
         log(f"   {k}: {v}")
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        warn(f"load average is {load1:.2f}: other processes are running and the "
+             "results will be noisy")
     log(f"   qimg: {ctx['qimg_version']} ({qimg})")
     log(f"   qemu-img: {ctx['qemu_version']} ({qemu})")
-    log(f"   {ctx['drop']}")
+    log(f"   page cache: {ctx['drop']}")
 
     bench = Bench(a, qimg, qemu, workdir)
     ctx["rss"] = ("peak RSS from GNU time %M (includes ~1 MiB of GNU time's own pages)"

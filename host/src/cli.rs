@@ -234,6 +234,20 @@ pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, SizeError> {
 /// [`parse_size`] without the signed 64-bit limit (values up to 2^64 - 1).
 pub fn parse_size_u64(text: &str, default_unit: u64) -> Result<u64, SizeError> {
     let text = text.trim_start();
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        // Hexadecimal integers take a unit suffix but no fraction.
+        let end = hex
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(hex.len());
+        let (digits, suffix) = hex.split_at(end);
+        if digits.is_empty() {
+            return Err(SizeError::Invalid);
+        }
+        let value = u64::from_str_radix(digits, 16).map_err(|_| SizeError::TooLarge)?;
+        return value
+            .checked_mul(unit_of(suffix, default_unit)?)
+            .ok_or(SizeError::TooLarge);
+    }
     let digits_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -241,17 +255,7 @@ pub fn parse_size_u64(text: &str, default_unit: u64) -> Result<u64, SizeError> {
     if number.is_empty() || number.starts_with('.') || number.matches('.').count() > 1 {
         return Err(SizeError::Invalid);
     }
-    let unit: u64 = match suffix {
-        "" => default_unit,
-        "b" | "B" => 1,
-        "k" | "K" => 1 << 10,
-        "m" | "M" => 1 << 20,
-        "g" | "G" => 1 << 30,
-        "t" | "T" => 1 << 40,
-        "p" | "P" => 1 << 50,
-        "e" | "E" => 1 << 60,
-        _ => return Err(SizeError::Invalid),
-    };
+    let unit = unit_of(suffix, default_unit)?;
     let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
     if !frac.is_empty() && suffix.is_empty() {
         return Err(SizeError::Invalid);
@@ -266,6 +270,21 @@ pub fn parse_size_u64(text: &str, default_unit: u64) -> Result<u64, SizeError> {
         value = value.checked_add(extra).ok_or(SizeError::TooLarge)?;
     }
     Ok(value)
+}
+
+/// The multiplier of a size suffix.
+fn unit_of(suffix: &str, default_unit: u64) -> Result<u64, SizeError> {
+    Ok(match suffix {
+        "" => default_unit,
+        "b" | "B" => 1,
+        "k" | "K" => 1 << 10,
+        "m" | "M" => 1 << 20,
+        "g" | "G" => 1 << 30,
+        "t" | "T" => 1 << 40,
+        "p" | "P" => 1 << 50,
+        "e" | "E" => 1 << 60,
+        _ => return Err(SizeError::Invalid),
+    })
 }
 
 /// Parses a QemuOpts-style list `a=b,c=d` (`,,` is a literal comma). A bare
@@ -398,6 +417,9 @@ mod tests {
         assert_eq!(parse_size("1.5M", 1), Ok(3 << 19));
         assert_eq!(parse_size("512", 1), Ok(512));
         assert_eq!(parse_size("512b", 1), Ok(512));
+        assert_eq!(parse_size("0x1000", 1), Ok(4096));
+        assert_eq!(parse_size("0x10k", 1), Ok(16384));
+        assert_eq!(parse_size("0x", 1), Err(SizeError::Invalid));
         assert_eq!(parse_size("1X", 1), Err(SizeError::Invalid));
         assert_eq!(parse_size("1.5", 1), Err(SizeError::Invalid));
         assert_eq!(parse_size("-1", 1), Err(SizeError::Invalid));

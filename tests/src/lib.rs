@@ -1,1 +1,298 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: run the built `qimg` and the real
+//! `qemu-img` side by side on the same fixture images and compare what they
+//! print, their exit status and the files they leave.
+//!
+//! qimg is run through a symlink named `qemu-img`, so its messages carry the
+//! same program name as the oracle's and can be compared byte for byte.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The workspace's root directory.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Directory of the built `qimg` and its driver libraries (target/debug).
+pub fn build_dir() -> PathBuf {
+    // The test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Path of the built `qimg` binary; fails clearly if the build step was skipped.
+pub fn qimg_bin() -> PathBuf {
+    let bin = build_dir().join("qimg");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch directory with fixture images, removed on drop.
+pub struct Fixture {
+    /// The directory tests run in.
+    pub dir: PathBuf,
+    /// Directory holding the `qemu-img` symlink to qimg.
+    bin: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Exit status.
+    pub status: i32,
+}
+
+impl From<Output> for Outcome {
+    fn from(o: Output) -> Self {
+        Outcome {
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            status: o.status.code().unwrap_or(-1),
+        }
+    }
+}
+
+impl Fixture {
+    /// An empty scratch directory named after the test.
+    pub fn new(name: &str) -> Fixture {
+        let base = std::env::var_os("QIMG_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("qimg-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create fixture dir");
+        let bin = dir.join(".bin");
+        std::fs::create_dir_all(&bin).expect("create bin dir");
+        std::os::unix::fs::symlink(qimg_bin(), bin.join("qemu-img")).expect("symlink qimg");
+        Fixture { dir, bin }
+    }
+
+    /// A scratch directory with the standard raw images, all made by the oracle:
+    /// `mid.raw` (4 MiB, 64 KiB of 0x01 at 1 MiB), `mid2.raw` (a copy),
+    /// `diff.raw` (mid with one byte changed at 1049810), `big.raw` (8 MiB,
+    /// mid in its first half), `full.raw` (1 MiB of 0xab), `zeros.raw` (1 MiB of
+    /// written zeros), `sparse.raw` (4 MiB, nothing written), `empty.raw`
+    /// (0 bytes), `odd.raw` (1000 bytes).
+    pub fn with_images(name: &str) -> Fixture {
+        let fx = Fixture::new(name);
+        fx.oracle(&["create", "-q", "-f", "raw", "mid.raw", "4M"]);
+        fx.qemu_io("mid.raw", "write -P 1 1M 64k");
+        std::fs::copy(fx.path("mid.raw"), fx.path("mid2.raw")).expect("copy");
+        fx.sh("cp --sparse=always mid.raw diff.raw && printf X | dd of=diff.raw bs=1 seek=1049810 conv=notrunc status=none");
+        fx.oracle(&["create", "-q", "-f", "raw", "big.raw", "8M"]);
+        fx.qemu_io("big.raw", "write -P 1 1M 64k");
+        fx.oracle(&["create", "-q", "-f", "raw", "full.raw", "1M"]);
+        fx.qemu_io("full.raw", "write -P 0xab 0 1M");
+        fx.oracle(&["create", "-q", "-f", "raw", "zeros.raw", "1M"]);
+        fx.qemu_io("zeros.raw", "write -P 0 0 1M");
+        fx.oracle(&["create", "-q", "-f", "raw", "sparse.raw", "4M"]);
+        std::fs::write(fx.path("empty.raw"), b"").expect("write empty.raw");
+        let mut odd = b"odd-sized raw image\n".to_vec();
+        odd.resize(1000, 0);
+        std::fs::write(fx.path("odd.raw"), odd).expect("write odd.raw");
+        fx
+    }
+
+    /// A path inside the fixture.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn command(&self, program: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .env("HOME", &self.dir)
+            .env_remove("XDG_CONFIG_HOME")
+            .env("QIMG_PLUGINS", workspace().join("plugins.toml"))
+            .env("LC_ALL", "C");
+        cmd
+    }
+
+    /// Runs qimg (as `qemu-img`) with `args`.
+    pub fn qimg(&self, args: &[&str]) -> Outcome {
+        self.command(&self.bin.join("qemu-img"), args)
+            .output()
+            .expect("run qimg")
+            .into()
+    }
+
+    /// Runs qimg with extra environment.
+    pub fn qimg_env(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let mut cmd = self.command(&self.bin.join("qemu-img"), args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run qimg").into()
+    }
+
+    /// Runs qimg and returns the child without waiting (for lock tests).
+    pub fn spawn_qimg(&self, args: &[&str]) -> std::process::Child {
+        self.command(&self.bin.join("qemu-img"), args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn qimg")
+    }
+
+    /// Runs the real qemu-img with `args`.
+    pub fn qemu_img(&self, args: &[&str]) -> Outcome {
+        self.command(Path::new("qemu-img"), args)
+            .output()
+            .expect("run qemu-img")
+            .into()
+    }
+
+    /// Runs the real qemu-img and requires success (fixture building).
+    pub fn oracle(&self, args: &[&str]) -> Outcome {
+        let out = self.qemu_img(args);
+        assert_eq!(out.status, 0, "qemu-img {args:?} failed: {}", out.stderr);
+        out
+    }
+
+    /// Runs `qemu-io -f raw -c COMMAND FILE` and requires success.
+    pub fn qemu_io(&self, file: &str, command: &str) {
+        let out: Outcome = self
+            .command(Path::new("qemu-io"), &["-f", "raw", "-c", command, file])
+            .output()
+            .expect("run qemu-io")
+            .into();
+        assert_eq!(
+            out.status, 0,
+            "qemu-io {command} {file} failed: {}",
+            out.stderr
+        );
+    }
+
+    /// Runs a shell command in the fixture and requires success.
+    pub fn sh(&self, script: &str) -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.dir)
+            .output()
+            .expect("run sh");
+        assert!(
+            out.status.success(),
+            "sh {script:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs both tools with the same arguments and asserts identical stdout,
+    /// stderr and exit status. Returns qimg's outcome.
+    pub fn same(&self, args: &[&str]) -> Outcome {
+        let ours = self.qimg(args);
+        let theirs = self.qemu_img(args);
+        assert_eq!(ours, theirs, "qimg and qemu-img differ on {args:?}");
+        ours
+    }
+
+    /// Runs a command that writes the file `out` with each tool: `{}` in `args`
+    /// becomes `ours.OUT` for qimg and `theirs.OUT` for qemu-img (each a copy of
+    /// `out` if the fixture has one, for commands that modify an image). Then
+    /// compares their output with the names normalised, and the files: size,
+    /// allocated blocks, `qemu-img map` and content.
+    pub fn same_effect(&self, args: &[&str], out: &str) -> Outcome {
+        let ours_name = format!("ours.{out}");
+        let theirs_name = format!("theirs.{out}");
+        for name in [&ours_name, &theirs_name] {
+            let _ = std::fs::remove_file(self.path(name));
+            if self.path(out).exists() {
+                self.sh(&format!("cp --sparse=always {out} {name}"));
+            }
+        }
+        let with = |name: &str| {
+            args.iter()
+                .map(|a| a.replace("{}", name))
+                .collect::<Vec<String>>()
+        };
+        let ours_args = with(&ours_name);
+        let theirs_args = with(&theirs_name);
+        let ours = self.qimg(&ours_args.iter().map(String::as_str).collect::<Vec<_>>());
+        let theirs = self.qemu_img(&theirs_args.iter().map(String::as_str).collect::<Vec<_>>());
+        let normalise = |o: &Outcome, name: &str| Outcome {
+            stdout: o.stdout.replace(name, out),
+            stderr: o.stderr.replace(name, out),
+            status: o.status,
+        };
+        assert_eq!(
+            normalise(&ours, &ours_name),
+            normalise(&theirs, &theirs_name),
+            "outputs differ on {args:?}"
+        );
+        let (a, b) = (self.path(&ours_name), self.path(&theirs_name));
+        assert_eq!(
+            a.exists(),
+            b.exists(),
+            "only one tool left {out} behind for {args:?}"
+        );
+        if b.exists() {
+            assert_eq!(
+                file_shape(&a),
+                file_shape(&b),
+                "file size/blocks differ for {args:?}"
+            );
+            let map = |name: &str| {
+                self.qemu_img(&["map", "-f", "raw", "--output=json", name])
+                    .stdout
+            };
+            assert_eq!(
+                map(&ours_name),
+                map(&theirs_name),
+                "qemu-img map differs for {args:?}"
+            );
+            assert_eq!(
+                std::fs::read(&a).expect("read"),
+                std::fs::read(&b).expect("read"),
+                "content differs for {args:?}"
+            );
+        }
+        ours
+    }
+}
+
+/// (length, allocated 512-byte blocks) of a file.
+pub fn file_shape(path: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).expect("stat");
+    (m.len(), m.blocks())
+}
+
+/// Declares one test per case: `cases! { name => ["arg", ...], ... }` asserts
+/// that qimg and qemu-img print the same and exit the same on the standard
+/// fixture images.
+#[macro_export]
+macro_rules! same_cases {
+    ($($name:ident => [$($arg:expr),* $(,)?]),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fx = $crate::Fixture::with_images(stringify!($name));
+                fx.same(&[$($arg),*]);
+            }
+        )+
+    };
+}

@@ -253,6 +253,21 @@ pub fn create_image(
     request: &CreateRequest,
     cache: CacheMode,
 ) -> Result<(), DriverError> {
+    let existed = Path::new(path).exists();
+    let result = format_new(driver, path, request, cache);
+    if result.is_err() && !existed {
+        // A failed creation leaves nothing that could pass for an image.
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn format_new(
+    driver: &Arc<Driver>,
+    path: &str,
+    request: &CreateRequest,
+    cache: CacheMode,
+) -> Result<(), DriverError> {
     let mode = OpenMode {
         write: true,
         create: false,

@@ -174,7 +174,7 @@ fn run(args: &[String]) -> CmdResult {
                         break;
                     }
                     if let Some(f) = flush_interval.filter(|f| *f > 0) {
-                        if (i + 1) % f == 0 {
+                        if (i + 1).is_multiple_of(f) {
                             let _drained = (!p.has("no-drain"))
                                 .then(|| flush_lock.write().unwrap_or_else(|e| e.into_inner()));
                             if let Err(e) = image.flush() {

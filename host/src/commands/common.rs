@@ -135,39 +135,6 @@ pub fn number(name: &str, text: &str, min: u64, max: u64, sizes: bool) -> Result
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64() {
-        assert_eq!(decode_base64("c2VjcmV0").as_deref(), Some("secret"));
-        assert_eq!(decode_base64("YQ==").as_deref(), Some("a"));
-    }
-
-    #[test]
-    fn numbers_use_cvtnum_messages() {
-        let msg = |r: Result<u64, CmdError>| match r {
-            Err(CmdError::Failed(m)) => m,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(number("count", "5", 1, 10, false).unwrap(), 5);
-        assert_eq!(
-            msg(number("count", "0", 1, 10, false)),
-            "Invalid count specified. Must be between 1 and 10."
-        );
-        assert_eq!(
-            msg(number("count", "-1", 1, 10, false)),
-            "Invalid count specified. Must be between 1 and 10."
-        );
-        assert_eq!(
-            msg(number("count", "x", 1, 10, false)),
-            "Invalid count specified: 'x'."
-        );
-        assert_eq!(number("bs", "64k", 1, 1 << 31, true).unwrap(), 65536);
-    }
-}
-
 /// Opens an image read-write with the usual locks (qemu-img's write opens),
 /// printing the probed-raw warning where qemu-img does.
 pub fn open_rw(
@@ -203,4 +170,37 @@ pub fn metadata(
             format!("bad reply from driver: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64() {
+        assert_eq!(decode_base64("c2VjcmV0").as_deref(), Some("secret"));
+        assert_eq!(decode_base64("YQ==").as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn numbers_use_cvtnum_messages() {
+        let msg = |r: Result<u64, CmdError>| match r {
+            Err(CmdError::Failed(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(number("count", "5", 1, 10, false).unwrap(), 5);
+        assert_eq!(
+            msg(number("count", "0", 1, 10, false)),
+            "Invalid count specified. Must be between 1 and 10."
+        );
+        assert_eq!(
+            msg(number("count", "-1", 1, 10, false)),
+            "Invalid count specified. Must be between 1 and 10."
+        );
+        assert_eq!(
+            msg(number("count", "x", 1, 10, false)),
+            "Invalid count specified: 'x'."
+        );
+        assert_eq!(number("bs", "64k", 1, 1 << 31, true).unwrap(), 65536);
+    }
 }

@@ -25,7 +25,20 @@ const HELP: &str = "Usage:\nCheck if two images have the same contents.  Usage:\
 
 inventory::submit! { super::Command { name: "compare", summary: "Check if two images have the same contents", run } }
 
+/// Exit status of compare for any error other than a usage error.
+const ERROR_STATUS: i32 = 2;
+
 fn run(args: &[String]) -> CmdResult {
+    match compare_command(args) {
+        Err(CmdError::Failed(message)) => {
+            eprintln!("{}: {message}", crate::cli::program());
+            Ok(ERROR_STATUS)
+        }
+        other => other,
+    }
+}
+
+fn compare_command(args: &[String]) -> CmdResult {
     let p = getopt("compare", args, OPTS)?;
     if p.has("help") {
         return Ok(print_help(HELP));
@@ -54,7 +67,7 @@ fn run(args: &[String]) -> CmdResult {
         Err(e) => {
             progress.end();
             eprintln!("{}: {}", crate::cli::program(), e.message);
-            return Ok(2);
+            return Ok(ERROR_STATUS);
         }
     };
     progress.print(0.0, 100);

@@ -61,6 +61,7 @@ struct Settings {
     parallel: usize,
     rate: u64,
     source_cache: CacheMode,
+    target_cache: CacheMode,
 }
 
 fn settings(p: &crate::cli::Parsed) -> Result<Settings, CmdError> {
@@ -89,11 +90,15 @@ fn settings(p: &crate::cli::Parsed) -> Result<Settings, CmdError> {
         Some(text) => number("rate limit", text, 0, i64::MAX as u64, true)?,
     };
     let source_cache = cache_mode(p.last("source-cache"), CacheMode::Writeback, "source cache")?;
+    // qemu-img checks -t only after creating the target; checking it first
+    // leaves no stray file behind for a typo.
+    let target_cache = cache_mode(p.last("target-cache"), CacheMode::Unsafe, "cache")?;
     Ok(Settings {
         min_sparse,
         parallel,
         rate,
         source_cache,
+        target_cache,
     })
 }
 
@@ -184,7 +189,6 @@ fn convert(
             driver.name
         )));
     }
-    let target_cache = cache_mode(p.last("target-cache"), CacheMode::Unsafe, "cache")?;
     let total: u64 = opened.iter().map(|s| s.size()).sum();
     let mut created = false;
     if !no_create {
@@ -204,9 +208,6 @@ fn convert(
             options: values,
         };
         if let Err(e) = create_image(&driver, target, &request, CacheMode::Writeback) {
-            if !existed {
-                let _ = std::fs::remove_file(target);
-            }
             return Err(fail(format!(
                 "{target}: error while converting {}: {}",
                 driver.name,
@@ -215,16 +216,7 @@ fn convert(
         }
         created = !existed;
     }
-    let result = copy_into(
-        p,
-        settings,
-        &opened,
-        target,
-        target_cache,
-        no_create,
-        &driver,
-        progress,
-    );
+    let result = copy_into(p, settings, &opened, target, no_create, &driver, progress);
     if result.is_err() && created {
         // Never leave a half-written target that looks like a good image.
         let _ = std::fs::remove_file(target);
@@ -237,14 +229,13 @@ fn copy_into(
     settings: &Settings,
     sources: &[Arc<BlockImage>],
     target: &str,
-    target_cache: CacheMode,
     no_create: bool,
     driver: &Arc<crate::plugins::Driver>,
     progress: &Progress,
 ) -> CmdResult {
     let request = OpenRequest {
         write: true,
-        cache: target_cache,
+        cache: settings.target_cache,
         lock: Some(LockSpec::READ_WRITE),
         no_backing: false,
         ..OpenRequest::read(target, Some(&driver.name), p.has("target-image-opts"))

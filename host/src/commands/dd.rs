@@ -84,9 +84,11 @@ fn run(args: &[String]) -> CmdResult {
             create_message(&driver.name, e)
         ))
     })?;
+    // Unlike convert, qemu-img dd writes through the default cache mode and
+    // flushes its output before exiting.
     let target = open_image(&OpenRequest {
         write: true,
-        cache: CacheMode::Unsafe,
+        cache: CacheMode::Writeback,
         lock: Some(LockSpec::READ_WRITE),
         ..OpenRequest::read(&output, Some(&driver.name), false)
     })

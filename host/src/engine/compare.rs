@@ -143,10 +143,12 @@ pub fn compare(
     let mut pieces = Vec::new();
     let mut offset = 0u64;
     while offset < common {
-        let sa = status(a, offset, common - offset)?;
-        let sb = status(b, offset, sa.length)?;
-        let mut len = sa.length.min(sb.length);
-        if strict && (sa.present != sb.present || sa.zero != sb.zero) {
+        // Each image is asked up to its own end, as qemu-img does, so the
+        // end-of-image fact is part of the status strict mode compares.
+        let sa = status(a, offset, size_a - offset)?;
+        let sb = status(b, offset, size_b - offset)?;
+        let mut len = sa.length.min(sb.length).min(common - offset);
+        if strict && strict_key(&sa, size_a) != strict_key(&sb, size_b) {
             say(&format!(
                 "Strict mode: Offset {offset} block status mismatch!"
             ));
@@ -227,6 +229,18 @@ pub fn compare(
     }
     say("Images are identical.");
     Ok(0)
+}
+
+/// What strict mode compares of two statuses: qemu-img compares the whole
+/// block-status word, which includes whether the run reaches the end of its image.
+fn strict_key(s: &super::status::Status, size: u64) -> (bool, bool, bool, bool, bool) {
+    (
+        s.present,
+        s.zero,
+        s.data,
+        s.offset.is_some(),
+        s.start + s.length >= size,
+    )
 }
 
 /// With visible progress the pieces are compared in order so the figures

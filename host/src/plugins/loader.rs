@@ -128,9 +128,9 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<Driver>> {
         let mut found = Vec::new();
         for (path, sha) in self.enabled_libraries() {
-            match self.load(&path, sha.as_deref()) {
-                Ok(drivers) => found.extend(drivers),
-                Err(_) => {} // reported by `load`
+            // A library that fails is reported by `load`; the others still count.
+            if let Ok(drivers) = self.load(&path, sha.as_deref()) {
+                found.extend(drivers);
             }
         }
         if let Some(manifest) = &self.manifest {

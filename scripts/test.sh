@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: builds every crate (the binary and the driver
+# libraries the integration tests load), then runs unit and integration tests
+# against the real qemu-img. Installs qemu-img first where it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
+    echo "qemu-img/qemu-io not found: installing qemu-utils" >&2
+    apt-get update -qq && apt-get install -y -qq qemu-utils >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo build --workspace --all-targets
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace -- --test-threads="${QIMG_TEST_THREADS:-4}"

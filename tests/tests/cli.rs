@@ -1,0 +1,87 @@
+//! The top-level command line: help, version, errors (`qemu-img` with no or a
+//! bad command). Compared with the real qemu-img where output is defined by it.
+
+use qimg_tests::{same_cases, Fixture};
+
+same_cases! {
+    no_arguments => [],
+    unknown_command => ["foo"],
+    unknown_long_option => ["--foo"],
+    unknown_short_option => ["-z"],
+    info_unknown_long_option => ["info", "--foo", "x"],
+    info_invalid_short_option => ["info", "-z", "x"],
+    info_missing_option_argument => ["info", "-f"],
+    convert_missing_option_argument => ["convert", "-O"],
+    create_unknown_option => ["create", "--preallocation=full", "x", "1M"],
+    dd_invalid_option => ["dd", "-q", "if=a", "of=b"],
+    resize_rejects_force_share => ["resize", "-f", "raw", "-U", "mid.raw", "2M"],
+    snapshot_rejects_output => ["snapshot", "-l", "--output=json", "mid.raw"],
+    map_bad_output => ["map", "--output=bogus", "mid.raw"],
+    ambiguous_long_option => ["map", "--ma=1", "mid.raw"],
+}
+
+#[test]
+fn help_lists_commands_and_loaded_formats() {
+    let fx = Fixture::new("help");
+    let out = fx.qimg(&["--help"]);
+    assert_eq!(out.status, 0);
+    for command in [
+        "amend", "bench", "bitmap", "check", "commit", "compare", "convert", "create", "dd",
+        "info", "map", "measure", "rebase", "resize", "snapshot",
+    ] {
+        assert!(
+            out.stdout.contains(&format!("  {command} - ")),
+            "--help lacks {command}:\n{}",
+            out.stdout
+        );
+    }
+    let formats = out
+        .stdout
+        .split("Supported image formats:\n\n")
+        .nth(1)
+        .expect("formats section");
+    assert_eq!(formats.trim(), "raw");
+    assert_eq!(fx.qimg(&["-h"]), out);
+}
+
+#[test]
+fn version_names_the_program() {
+    let fx = Fixture::new("version");
+    let out = fx.qimg(&["-V"]);
+    assert_eq!(out.status, 0);
+    assert!(
+        out.stdout.starts_with("qemu-img version "),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(fx.qimg(&["--version"]), out);
+}
+
+#[test]
+fn trace_option_is_accepted() {
+    let fx = Fixture::with_images("trace");
+    let plain = fx.qimg(&["info", "mid.raw"]);
+    assert_eq!(fx.qimg(&["-T", "foo*", "info", "mid.raw"]), plain);
+    assert_eq!(
+        fx.qimg(&["--trace", "enable=foo", "info", "mid.raw"]),
+        plain
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    let fx = Fixture::new("cmdhelp");
+    for command in [
+        "amend", "bench", "bitmap", "check", "commit", "compare", "convert", "create", "dd",
+        "info", "map", "measure", "rebase", "resize", "snapshot",
+    ] {
+        let out = fx.qimg(&[command, "--help"]);
+        assert_eq!(out.status, 0, "{command} --help");
+        assert!(
+            out.stdout.contains(&format!("qemu-img {command} ")),
+            "{command} --help:\n{}",
+            out.stdout
+        );
+        assert_eq!(fx.qimg(&[command, "-h"]).stdout, out.stdout);
+    }
+}

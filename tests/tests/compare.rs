@@ -1,0 +1,33 @@
+//! `compare`, against `qemu-img compare`: verdicts, progress and exit status.
+
+use qimg_tests::same_cases;
+
+same_cases! {
+    identical => ["compare", "mid.raw", "mid2.raw"],
+    content_mismatch => ["compare", "mid.raw", "diff.raw"],
+    named_formats => ["compare", "-f", "raw", "-F", "raw", "mid.raw", "diff.raw"],
+    size_mismatch => ["compare", "mid.raw", "big.raw"],
+    size_mismatch_reversed => ["compare", "big.raw", "mid.raw"],
+    strict_size_mismatch => ["compare", "-s", "mid.raw", "big.raw"],
+    strict_identical => ["compare", "-s", "mid.raw", "mid2.raw"],
+    strict_content => ["compare", "-s", "mid.raw", "diff.raw"],
+    hole_vs_written_zeros => ["compare", "sparse.raw", "zeros.raw"],
+    strict_hole_vs_written_zeros => ["compare", "-s", "sparse.raw", "zeros.raw"],
+    tail_has_data => ["compare", "full.raw", "mid.raw"],
+    empty_vs_sparse => ["compare", "empty.raw", "sparse.raw"],
+    empty_vs_full => ["compare", "empty.raw", "full.raw"],
+    missing_second => ["compare", "mid.raw", "missing.raw"],
+    missing_first => ["compare", "missing.raw", "mid.raw"],
+    one_file => ["compare", "mid.raw"],
+    three_files => ["compare", "mid.raw", "mid2.raw", "x"],
+    quiet_identical => ["compare", "-q", "mid.raw", "mid2.raw"],
+    quiet_mismatch => ["compare", "-q", "mid.raw", "diff.raw"],
+    progress_identical => ["compare", "-p", "mid.raw", "mid2.raw"],
+    progress_mismatch => ["compare", "-p", "mid.raw", "diff.raw"],
+    progress_size_mismatch => ["compare", "-p", "mid.raw", "big.raw"],
+    progress_strict => ["compare", "-p", "-s", "mid.raw", "big.raw"],
+    progress_open_failure => ["compare", "-p", "mid.raw", "missing.raw"],
+    progress_quiet => ["compare", "-p", "-q", "mid.raw", "mid2.raw"],
+    bad_cache => ["compare", "-T", "bogus", "mid.raw", "mid2.raw"],
+    odd_vs_padded => ["compare", "odd.raw", "mid.raw"],
+}

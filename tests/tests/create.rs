@@ -1,0 +1,118 @@
+//! `create`, compared with `qemu-img create`: printed line, exit status and
+//! the file it leaves (size, allocation, map, content).
+
+use qimg_tests::{same_cases, Fixture};
+
+same_cases! {
+    no_file_name => ["create"],
+    no_size => ["create", "-f", "raw", "x"],
+    bad_suffix => ["create", "x", "1X"],
+    fraction_without_unit => ["create", "x", "1.5"],
+    negative_size => ["create", "--", "x", "-1"],
+    size_too_large => ["create", "x", "8E"],
+    unknown_format => ["create", "-f", "nosuchfmt", "x", "1M"],
+    help_raw => ["create", "-f", "raw", "-o", "help"],
+    help_question_mark => ["create", "-f", "raw", "-o", "?"],
+    help_with_file => ["create", "-f", "raw", "-o", "help", "x", "1M"],
+    help_default_format => ["create", "-o", "help"],
+    unknown_option => ["create", "-f", "raw", "-o", "nosuchopt=1", "x", "1M"],
+    bad_size_option => ["create", "-f", "raw", "-o", "size=bogus", "x"],
+    size_twice => ["create", "-f", "raw", "-o", "size=1M", "x", "1M"],
+    backing_unsupported => ["create", "-f", "raw", "-b", "mid.raw", "x", "1M"],
+}
+
+fn created(args: &[&str], name: &str) {
+    let fx = Fixture::new(name);
+    fx.same_effect(args, "x.raw");
+}
+
+#[test]
+fn one_mebibyte() {
+    created(&["create", "-f", "raw", "{}", "1M"], "c1m");
+}
+
+#[test]
+fn default_format_is_raw() {
+    created(&["create", "{}", "64k"], "cdefault");
+}
+
+#[test]
+fn sizes_and_suffixes() {
+    for (i, size) in [
+        "0", "1", "511", "512", "1000", "4095", "4096", "1k", "1.5M", "0x1000", "1G", "512b",
+        "1.1k",
+    ]
+    .iter()
+    .enumerate()
+    {
+        created(&["create", "{}", size], &format!("csize{i}"));
+    }
+}
+
+#[test]
+fn quiet() {
+    created(&["create", "-q", "{}", "1M"], "cquiet");
+}
+
+#[test]
+fn preallocation_modes() {
+    for mode in ["off", "falloc", "full"] {
+        created(
+            &[
+                "create",
+                "-f",
+                "raw",
+                "-o",
+                &format!("preallocation={mode}"),
+                "{}",
+                "1M",
+            ],
+            &format!("cpre{mode}"),
+        );
+    }
+}
+
+#[test]
+fn bad_preallocation() {
+    created(
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "preallocation=bogus",
+            "{}",
+            "1M",
+        ],
+        "cprebad",
+    );
+}
+
+#[test]
+fn options_print_in_qemu_order() {
+    created(
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "extent_size_hint=1M,nocow=on,preallocation=falloc",
+            "{}",
+            "1M",
+        ],
+        "corder",
+    );
+}
+
+#[test]
+fn overwrites_an_existing_file() {
+    let fx = Fixture::with_images("coverwrite");
+    std::fs::copy(fx.path("full.raw"), fx.path("x.raw")).unwrap();
+    fx.same_effect(&["create", "{}", "2M"], "x.raw");
+}
+
+#[test]
+fn missing_directory() {
+    let fx = Fixture::new("cnodir");
+    fx.same(&["create", "nodir/x.raw", "1M"]);
+}

@@ -1,0 +1,26 @@
+//! `measure`, against `qemu-img measure`.
+
+use qimg_tests::same_cases;
+
+same_cases! {
+    size_human => ["measure", "--size", "1G", "-O", "raw"],
+    size_json => ["measure", "-O", "raw", "--size", "1G", "--output=json"],
+    default_format => ["measure", "--size", "1G"],
+    zero_size => ["measure", "--size", "0", "-O", "raw"],
+    odd_size => ["measure", "--size", "1000", "-O", "raw"],
+    bad_size => ["measure", "--size", "1X", "-O", "raw"],
+    negative_size => ["measure", "--size", "-1", "-O", "raw"],
+    huge_size => ["measure", "--size", "8E", "-O", "raw"],
+    from_image => ["measure", "-O", "raw", "mid.raw"],
+    from_image_json => ["measure", "-O", "raw", "--output=json", "mid.raw"],
+    from_odd_image => ["measure", "-O", "raw", "odd.raw"],
+    with_preallocation => ["measure", "-O", "raw", "-o", "preallocation=full", "mid.raw"],
+    unknown_option => ["measure", "-O", "raw", "-o", "nosuch=1", "--size", "1M"],
+    unknown_format => ["measure", "-O", "nosuch", "--size", "1M"],
+    nothing_to_measure => ["measure", "-O", "raw"],
+    size_and_file => ["measure", "-O", "raw", "--size", "1M", "mid.raw"],
+    two_files => ["measure", "-O", "raw", "mid.raw", "full.raw"],
+    missing_file => ["measure", "-O", "raw", "missing.raw"],
+    bad_output => ["measure", "-O", "raw", "--output=bogus", "--size", "1M"],
+    short_size_rejected => ["measure", "-s", "1M"],
+}

@@ -1,0 +1,217 @@
+//! Driver plugins: the manifest decides what loads; broken libraries give a
+//! one-line error naming the file while other drivers keep working.
+
+use qimg_tests::{build_dir, Fixture};
+
+fn manifest(fx: &Fixture, body: &str) -> String {
+    let path = fx.path("plugins.toml");
+    std::fs::write(
+        &path,
+        format!("search_paths = [\"{}\"]\n{body}", build_dir().display()),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+const RAW: &str = "[[driver]]\nname = \"raw\"\nlibrary = \"libqimg_raw.so\"\n";
+
+#[test]
+fn disabled_raw_is_refused_and_hidden() {
+    let fx = Fixture::with_images("disabled");
+    let m = manifest(&fx, &format!("{RAW}enabled = false\n"));
+    let out = fx.qimg_env(&["info", "-f", "raw", "mid.raw"], &[("QIMG_PLUGINS", &m)]);
+    assert_eq!(out.status, 1);
+    assert_eq!(
+        out.stderr,
+        format!("qemu-img: Could not open 'mid.raw': Unknown driver 'raw' (disabled in '{m}')\n")
+    );
+    let help = fx.qimg_env(&["--help"], &[("QIMG_PLUGINS", &m)]);
+    assert!(
+        !help
+            .stdout
+            .split("Supported image formats:")
+            .nth(1)
+            .unwrap()
+            .contains("raw"),
+        "{}",
+        help.stdout
+    );
+    // Probing finds no driver either.
+    let probed = fx.qimg_env(&["info", "mid.raw"], &[("QIMG_PLUGINS", &m)]);
+    assert_eq!(probed.status, 1);
+}
+
+#[test]
+fn plugins_option_overrides_environment() {
+    let fx = Fixture::with_images("option");
+    let m = manifest(&fx, &format!("{RAW}enabled = false\n"));
+    let out = fx.qimg(&["--plugins", &m, "info", "-f", "raw", "mid.raw"]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("disabled in"));
+}
+
+#[test]
+fn no_manifest_loads_drivers_beside_the_executable() {
+    let fx = Fixture::with_images("nomanifest");
+    let out = fx.qimg_env(
+        &["info", "--output=json", "mid.raw"],
+        &[("QIMG_PLUGINS", "")],
+    );
+    assert_eq!(out, fx.qemu_img(&["info", "--output=json", "mid.raw"]));
+}
+
+#[test]
+fn missing_library_names_the_file() {
+    let fx = Fixture::with_images("missinglib");
+    let m = manifest(
+        &fx,
+        "[[driver]]\nname = \"raw\"\nlibrary = \"libqimg_nosuch.so\"\n",
+    );
+    let out = fx.qimg_env(&["info", "-f", "raw", "mid.raw"], &[("QIMG_PLUGINS", &m)]);
+    assert_eq!(out.status, 1);
+    let lib = build_dir().join("libqimg_nosuch.so");
+    assert!(
+        out.stderr.contains(&format!(
+            "could not load driver library '{}': No such file or directory",
+            lib.display()
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn corrupt_library_fails_alone() {
+    let fx = Fixture::with_images("corrupt");
+    std::fs::write(fx.path("libbroken.so"), b"this is not an ELF file").unwrap();
+    let m = manifest(
+        &fx,
+        &format!(
+            "{RAW}[[driver]]\nname = \"broken\"\nlibrary = \"{}\"\n",
+            fx.path("libbroken.so").display()
+        ),
+    );
+    // The raw driver still works when asked for by name...
+    let ok = fx.qimg_env(&["info", "-f", "raw", "mid.raw"], &[("QIMG_PLUGINS", &m)]);
+    assert_eq!(ok, fx.qemu_img(&["info", "-f", "raw", "mid.raw"]));
+    // ...and the broken one is reported on one line naming the file.
+    let bad = fx.qimg_env(
+        &["info", "-f", "broken", "mid.raw"],
+        &[("QIMG_PLUGINS", &m)],
+    );
+    assert_eq!(bad.status, 1);
+    let lines: Vec<&str> = bad.stderr.lines().collect();
+    assert!(lines.iter().all(|l| l.len() < 400), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains(&format!("'{}'", fx.path("libbroken.so").display())),
+        "{}",
+        bad.stderr
+    );
+    // Probing loads everything: the broken library is reported, raw still answers.
+    let probed = fx.qimg_env(&["info", "mid.raw"], &[("QIMG_PLUGINS", &m)]);
+    assert_eq!(probed.status, 0, "{}", probed.stderr);
+    assert!(probed.stderr.contains("libbroken.so"), "{}", probed.stderr);
+}
+
+#[test]
+fn library_without_a_qimg_module_is_refused() {
+    let fx = Fixture::with_images("foreign");
+    // A real shared library that is not a qimg driver.
+    let libc = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+        "/lib/x86_64-linux-gnu/libm.so.6",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("a system shared library");
+    let m = manifest(
+        &fx,
+        &format!("[[driver]]\nname = \"foreign\"\nlibrary = \"{libc}\"\n"),
+    );
+    let out = fx.qimg_env(
+        &["info", "-f", "foreign", "mid.raw"],
+        &[("QIMG_PLUGINS", &m)],
+    );
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr
+            .contains(&format!("could not load driver library '{libc}'")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.lines().count(), 2, "{}", out.stderr);
+}
+
+#[test]
+fn checksum_pins_the_library() {
+    let fx = Fixture::with_images("sha");
+    let bad = manifest(&fx, &format!("{RAW}sha256 = \"{}\"\n", "0".repeat(64)));
+    let out = fx.qimg_env(&["info", "-f", "raw", "mid.raw"], &[("QIMG_PLUGINS", &bad)]);
+    assert_eq!(out.status, 1);
+    assert!(out.stderr.contains("sha256 mismatch"), "{}", out.stderr);
+    let real = fx.sh(&format!(
+        "sha256sum {}",
+        build_dir().join("libqimg_raw.so").display()
+    ));
+    let good = manifest(
+        &fx,
+        &format!(
+            "{RAW}sha256 = \"{}\"\n",
+            real.split_whitespace().next().unwrap()
+        ),
+    );
+    let ok = fx.qimg_env(
+        &["info", "-f", "raw", "mid.raw"],
+        &[("QIMG_PLUGINS", &good)],
+    );
+    assert_eq!(ok.status, 0, "{}", ok.stderr);
+}
+
+#[test]
+fn bad_manifest_is_reported() {
+    let fx = Fixture::with_images("badmanifest");
+    std::fs::write(fx.path("plugins.toml"), "[[driver]]\nname = 3\n").unwrap();
+    let out = fx.qimg_env(
+        &["info", "mid.raw"],
+        &[(
+            "QIMG_PLUGINS",
+            &fx.path("plugins.toml").display().to_string(),
+        )],
+    );
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.starts_with("qemu-img: invalid plugin manifest"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn two_libraries_with_the_same_root_module_load_side_by_side() {
+    // A second copy of the raw library: probing loads every enabled library,
+    // and both must load (abi_stable's per-type module cache would make the
+    // second load return the first) without a word on stderr.
+    let fx = Fixture::with_images("sidebyside");
+    let copy = fx.path("libqimg_rawcopy.so");
+    std::fs::copy(build_dir().join("libqimg_raw.so"), &copy).unwrap();
+    let m = manifest(
+        &fx,
+        &format!(
+            "{RAW}[[driver]]\nname = \"raw\"\nlibrary = \"{}\"\n",
+            copy.display()
+        ),
+    );
+    let out = fx.qimg_env(&["info", "mid.raw"], &[("QIMG_PLUGINS", &m)]);
+    assert_eq!(out, fx.qemu_img(&["info", "mid.raw"]));
+    let help = fx.qimg_env(&["--help"], &[("QIMG_PLUGINS", &m)]);
+    assert_eq!(
+        help.stdout
+            .split("Supported image formats:")
+            .nth(1)
+            .unwrap()
+            .trim(),
+        "raw"
+    );
+}
