@@ -145,3 +145,35 @@ fn failed_convert_leaves_no_new_target() {
     assert_eq!(out.stderr, "qemu-img: Invalid cache option: bogus\n");
     assert!(!fx.path("o.raw").exists());
 }
+
+#[test]
+fn sigusr1_prints_progress_on_stderr() {
+    let fx = Fixture::new("usr1");
+    fx.sh("head -c 4M /dev/urandom > src.raw");
+    let child = std::process::Command::new(qimg_tests::qimg_bin())
+        .args(["convert", "-r", "1M", "-f", "raw", "src.raw", "o.raw"])
+        .current_dir(&fx.dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with("    (") && line.ends_with("/100%)"),
+        "{stderr:?}"
+    );
+    let pct: f64 = line
+        .trim()
+        .trim_start_matches('(')
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pct > 0.0 && pct < 100.0, "{line}");
+}

@@ -215,3 +215,87 @@ fn two_libraries_with_the_same_root_module_load_side_by_side() {
         "raw"
     );
 }
+
+fn panicky_manifest(fx: &Fixture) -> String {
+    manifest(
+        fx,
+        &format!("{RAW}[[driver]]\nname = \"panicky\"\nlibrary = \"libtestdrv_panicky.so\"\n"),
+    )
+}
+
+#[test]
+fn driver_panics_become_errors() {
+    let fx = Fixture::with_images("panics");
+    let m = panicky_manifest(&fx);
+    let env = [("QIMG_PLUGINS", m.as_str())];
+    // Each entry point panics; each panic must come back as a one-line error
+    // with exit status 1, never an abort.
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["create", "-f", "panicky", "new.img", "1M"],
+            "create panicked",
+        ),
+        (
+            &["resize", "-f", "panicky", "mid.raw", "2M"],
+            "open panicked",
+        ),
+        (&["info", "-f", "panicky", "mid.raw"], "info panicked"),
+        (
+            &["convert", "-f", "panicky", "mid.raw", "out.raw"],
+            "read panicked",
+        ),
+    ];
+    for (args, what) in cases {
+        let out = fx.qimg_env(args, &env);
+        assert_eq!(out.status, 1, "{args:?}: {out:?}");
+        assert!(
+            out.stderr
+                .contains(&format!("internal error in driver: {what}")),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains("thread '"),
+            "the default panic hook printed: {}",
+            out.stderr
+        );
+    }
+    // A panic while probing costs the probe, not the process.
+    std::fs::copy(fx.path("mid.raw"), fx.path("x.panic")).unwrap();
+    let probed = fx.qimg_env(&["info", "x.panic"], &env);
+    assert_eq!(probed.status, 0, "{}", probed.stderr);
+    assert!(
+        probed.stdout.contains("file format: raw"),
+        "{}",
+        probed.stdout
+    );
+}
+
+#[test]
+fn future_abi_is_refused_by_name() {
+    let fx = Fixture::with_images("badabi");
+    let m = manifest(
+        &fx,
+        &format!("{RAW}[[driver]]\nname = \"future\"\nlibrary = \"libtestdrv_badabi.so\"\n"),
+    );
+    let out = fx.qimg_env(
+        &["info", "-f", "future", "mid.raw"],
+        &[("QIMG_PLUGINS", &m)],
+    );
+    assert_eq!(out.status, 1);
+    let lib = build_dir().join("libtestdrv_badabi.so");
+    assert!(
+        out.stderr.contains(&format!(
+            "could not load driver library '{}': built for driver ABI 2.0, this qimg speaks 1.0",
+            lib.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    // The other drivers still work.
+    assert_eq!(
+        fx.qimg_env(&["info", "mid.raw"], &[("QIMG_PLUGINS", &m)])
+            .status,
+        0
+    );
+}

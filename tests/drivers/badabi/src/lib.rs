@@ -1,0 +1,33 @@
+//! Test fixture: a library whose root module claims driver ABI 2.0, which this
+//! qimg must refuse with a clear message. Spelled out by hand because
+//! `export_drivers!` always records the ABI it was built against.
+
+use qimg_driver_api::abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
+use qimg_driver_api::abi_stable::prefix_type::PrefixTypeTrait;
+use qimg_driver_api::abi_stable::std_types::RVec;
+use qimg_driver_api::{DriverLib, DriverLibRef, FormatDriverBox};
+
+/// The ABI version this fixture claims: one major version ahead.
+const FUTURE_ABI: u32 = (qimg_driver_api::ABI_VERSION >> 16).wrapping_add(1) << 16;
+
+extern "C" fn drivers() -> RVec<FormatDriverBox> {
+    RVec::new()
+}
+
+fn root_module() -> DriverLibRef {
+    DriverLib {
+        abi_version: FUTURE_ABI,
+        drivers,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn erased_module() -> RootModuleResult {
+    qimg_driver_api::abi_stable::library::__call_root_module_loader(root_module)
+}
+
+/// The header abi_stable looks up by name.
+#[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+pub static LIB_HEADER: LibHeader =
+    // SAFETY: `erased_module` returns the module type named here.
+    unsafe { LibHeader::from_constructor::<DriverLibRef>(erased_module, CheckTypeLayout::Yes) };
