@@ -67,11 +67,7 @@ pub fn help_text(driver: &Driver, with_file: bool) -> String {
             OptionType::Size => "size",
         };
         let left = format!("{}=<{}>", o.name, kind);
-        out.push_str(&format!("  {left:<22} - {}", o.help));
-        if let Some(d) = &o.default {
-            out.push_str(&format!(" (default: {d})"));
-        }
-        out.push('\n');
+        out.push_str(&format!("  {left:<22} - {}\n", o.help));
     }
     if !with_file {
         out.push_str("\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n");
