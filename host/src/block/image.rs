@@ -32,6 +32,9 @@ pub struct OpenRequest<'a> {
     pub lock: Option<LockSpec>,
     /// Do not open the backing chain.
     pub no_backing: bool,
+    /// Open the backing chain without refusing writers (commit writes into a
+    /// backing image through a handle of its own).
+    pub shared_backing: bool,
     /// Depth in a backing chain (0 for the top).
     pub depth: usize,
 }
@@ -47,6 +50,7 @@ impl<'a> OpenRequest<'a> {
             cache: CacheMode::Writeback,
             lock: Some(LockSpec::READ_SHARED),
             no_backing: false,
+            shared_backing: false,
             depth: 0,
         }
     }
@@ -87,6 +91,12 @@ impl BlockImage {
             .write_at(offset, RSlice::from_slice(buf))
             .into_result()
     }
+    /// Writes one whole cluster compressed (the last cluster may be short).
+    pub fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        self.image
+            .write_compressed(offset, RSlice::from_slice(buf))
+            .into_result()
+    }
     /// Makes a range read as zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> Result<(), DriverError> {
         self.image.write_zeroes(offset, len, flags).into_result()
@@ -120,6 +130,14 @@ impl BlockImage {
     pub fn close(&self) -> Result<(), DriverError> {
         self.image.close().into_result()
     }
+}
+
+/// An open error's text without the block layer's `Could not open 'NAME': `
+/// prefix, as qemu-img quotes it when opening backing files.
+pub fn inner_open_message<'a>(name: &str, message: &'a str) -> &'a str {
+    message
+        .strip_prefix(&format!("Could not open '{name}': "))
+        .unwrap_or(message)
 }
 
 fn open_error(name: &str, e: DriverError) -> DriverError {
@@ -211,7 +229,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         cache: request.cache,
         writable: request.write,
         locking: spec.locking && request.lock.is_some(),
-        force_share: request.lock == Some(LockSpec::READ_SHARED),
+        force_share: request.shared_backing || request.lock == Some(LockSpec::READ_SHARED),
         backing: Mutex::new(None),
         depth: request.depth,
     });

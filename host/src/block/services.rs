@@ -172,6 +172,7 @@ impl HostServices for ServicesHandle {
                     Some(LockSpec::READ_STABLE)
                 },
                 no_backing: false,
+                shared_backing: services.force_share,
                 depth: services.depth + 1,
             };
             let image = open_image(&request).map_err(|e| {

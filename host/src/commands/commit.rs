@@ -1,10 +1,15 @@
 //! `commit`: write an overlay's data into its backing image.
 
-use super::common::{cache_mode, check_image_opts, number, objects, open_rw, print_help};
+use super::common::{cache_mode, check_image_opts, number, objects, print_help};
+use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
+use crate::engine::chain::commit;
 use crate::engine::progress::Progress;
+use crate::engine::ratelimit::RateLimit;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
+use qimg_driver_api::{caps, Prealloc};
+use std::sync::Arc;
 
 const OPTS: &[Opt] = &[
     flag('h', "help"),
@@ -33,43 +38,97 @@ fn run(args: &[String]) -> CmdResult {
     if p.operands.len() != 1 {
         return Err(CmdError::usage("commit", "Expecting one image file name"));
     }
-    if let Some(rate) = p.last("rate") {
-        number("rate limit", rate, 0, i64::MAX as u64, true)?;
-    }
+    let rate = match p.last("rate") {
+        Some(text) => number("rate limit", text, 0, i64::MAX as u64, true)?,
+        None => 0,
+    };
     let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "cache")?;
-    let progress = Progress::start(p.has("progress") && !p.has("quiet"), 1.0);
+    let quiet = p.has("quiet");
+    let progress = Progress::start(p.has("progress") && !quiet, 1.0);
     progress.print(0.0, 100);
-    let result = commit(&p, cache);
+    let result = commit_command(&p, cache, rate, &progress);
     progress.end();
+    if result.is_ok() && !quiet {
+        println!("Image committed.");
+    }
     result
 }
 
-fn commit(p: &crate::cli::Parsed, cache: CacheMode) -> CmdResult {
+fn commit_command(
+    p: &crate::cli::Parsed,
+    cache: CacheMode,
+    rate: u64,
+    progress: &Progress,
+) -> CmdResult {
     let name = &p.operands[0];
-    let image = open_rw(name, p.last("format"), p.has("image-opts"), cache)?;
-    if let Some(base) = p.last("base") {
-        let mut layer = image.backing.clone();
-        while let Some(l) = layer {
-            if l.filename == base {
-                return Err(commit_unsupported(&image));
-            }
-            layer = l.backing.clone();
+    let request = OpenRequest {
+        write: true,
+        cache,
+        lock: Some(LockSpec::READ_WRITE),
+        shared_backing: true,
+        ..OpenRequest::read(name, p.last("format"), p.has("image-opts"))
+    };
+    let top = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+    let (base_layer, depth) = match p.last("base") {
+        Some(base) => find_in_chain(&top, base).ok_or_else(|| {
+            fail(format!(
+                "Did not find '{base}' in the backing chain of '{name}'"
+            ))
+        })?,
+        None => match &top.backing {
+            Some(b) => (b.clone(), 1),
+            None => return Err(fail("Image does not have a backing file")),
+        },
+    };
+    let base = open_image(&OpenRequest {
+        write: true,
+        cache,
+        lock: Some(LockSpec::RESIZE),
+        no_backing: true,
+        ..OpenRequest::read(&base_layer.filename, Some(base_layer.format()), false)
+    })
+    .map_err(|e| fail(e.message.to_string()))?;
+    if top.size() > base.size() {
+        if !base.driver.can(caps::RESIZE) {
+            return Err(fail(format!(
+                "Image format driver '{}' does not support resize",
+                base.format()
+            )));
         }
-        return Err(fail(format!(
-            "Did not find '{base}' in the backing chain of '{name}'"
-        )));
+        base.image
+            .resize(top.size(), Prealloc::OFF, false)
+            .into_result()
+            .map_err(|e| fail(e.message.to_string()))?;
     }
-    if image.backing.is_none() {
-        return Err(fail("Image does not have a backing file"));
+    commit(&top, &base, depth, &RateLimit::new(rate), progress)
+        .map_err(|e| fail(e.message.to_string()))?;
+    base.close().map_err(|e| fail(e.message.to_string()))?;
+    // Emptying the overlay makes it read through to the base again; with -b the
+    // layers between would then show through, so qemu-img keeps the data.
+    if !p.has("drop") && p.last("base").is_none() {
+        top.image
+            .discard(0, top.size())
+            .into_result()
+            .map_err(|e| fail(e.message.to_string()))?;
     }
-    Err(commit_unsupported(&image))
+    top.close().map_err(|e| fail(e.message.to_string()))?;
+    progress.print(100.0, 0);
+    Ok(0)
 }
 
-/// Committing needs a driver that keeps backing chains, which no driver
-/// loaded in this build provides yet.
-fn commit_unsupported(image: &crate::block::BlockImage) -> CmdError {
-    fail(format!(
-        "Committing is not supported yet for format '{}' (the driver lacks the backing capability)",
-        image.format()
-    ))
+/// The layer of `top`'s chain named `base` (by the name it was opened with, or
+/// the same file), with its depth.
+fn find_in_chain(top: &BlockImage, base: &str) -> Option<(Arc<BlockImage>, usize)> {
+    let wanted = std::fs::canonicalize(base).ok();
+    let mut layer = top.backing.clone();
+    let mut depth = 1;
+    while let Some(l) = layer {
+        let same_file = wanted.is_some() && std::fs::canonicalize(&l.filename).ok() == wanted;
+        if l.filename == base || same_file {
+            return Some((l, depth));
+        }
+        layer = l.backing.clone();
+        depth += 1;
+    }
+    None
 }

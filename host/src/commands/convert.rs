@@ -263,6 +263,7 @@ fn copy_into(
         offload: p.has("copy-range-offloading"),
         salvage: p.has("salvage"),
         sequential: driver.can(caps::SEQUENTIAL_WRITE),
+        compress: p.has("compress"),
         progress,
         rate: &RateLimit::new(settings.rate),
     };

@@ -2,7 +2,8 @@
 
 use super::common::{objects, print_help};
 use crate::block::image::driver_for;
-use crate::block::{create_image, options};
+use crate::block::image::inner_open_message;
+use crate::block::{create_image, open_image, options, OpenRequest};
 use crate::cli::{
     flag, getopt, long_arg, merge_opts, parse_size, wants_help, with_arg, Opt, SizeError,
 };
@@ -69,34 +70,43 @@ fn run(args: &[String]) -> CmdResult {
     let given = merge_opts(&lists).map_err(prefixed)?;
     let mut values =
         options::validate(&options::schema(&driver, true), &given).map_err(prefixed)?;
-    let size = match (size, values.get("size")) {
-        (Some(_), Some(_)) => {
-            return Err(prefixed(
-                "The image size must be specified only once".into(),
-            ))
-        }
-        (Some(s), None) => s,
-        (None, Some(s)) => s.parse().unwrap_or(0),
-        (None, None) if p.has("backing") => {
-            return Err(prefixed(format!(
-                "Backing file not supported for file format '{}'",
-                driver.name
-            )))
-        }
-        (None, None) => return Err(prefixed("Image creation needs a size parameter".into())),
-    };
-    if p.has("backing") && !driver.can(caps::BACKING) {
-        return Err(prefixed(format!(
-            "Backing file not supported for file format '{}'",
-            driver.name
-        )));
-    }
     if let Some(backing) = p.last("backing") {
         values.insert("backing_file".into(), backing.to_string());
     }
     if let Some(fmt) = p.last("backing-format") {
         values.insert("backing_fmt".into(), fmt.to_string());
     }
+    let backing = values.get("backing_file").cloned();
+    if backing.is_some() && !driver.can(caps::BACKING) {
+        return Err(prefixed(format!(
+            "Backing file not supported for file format '{}'",
+            driver.name
+        )));
+    }
+    let given_size = match (size, values.get("size")) {
+        (Some(_), Some(_)) => {
+            return Err(prefixed(
+                "The image size must be specified only once".into(),
+            ))
+        }
+        (Some(s), None) => Some(s),
+        (None, Some(s)) => s.parse().ok(),
+        (None, None) => None,
+    };
+    let backing_size = match &backing {
+        Some(name) if !p.has("backing-unsafe") => Some(
+            check_backing(
+                filename,
+                name,
+                values.get("backing_fmt").map(String::as_str),
+            )
+            .map_err(prefixed)?,
+        ),
+        _ => None,
+    };
+    let Some(size) = given_size.or(backing_size) else {
+        return Err(prefixed("Image creation needs a size parameter".into()));
+    };
     values.insert("size".into(), size.to_string());
     if !p.has("quiet") {
         println!("{}", options::formatting_line(filename, &driver, &values));
@@ -115,6 +125,38 @@ fn run(args: &[String]) -> CmdResult {
     create_image(&driver, filename, &request, CacheMode::Writeback)
         .map_err(|e| prefixed(create_message(&driver.name, e)))?;
     Ok(0)
+}
+
+/// Opens the backing file a new overlay will name (relative names are relative
+/// to the overlay's directory) and returns its size, refusing what qemu-img
+/// refuses: the overlay itself, an unreadable backing file, a missing format.
+fn check_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<u64, String> {
+    if backing == filename {
+        return Err(
+            "Error: Trying to create an image with the same filename as the backing file".into(),
+        );
+    }
+    let resolved = match filename.rfind('/') {
+        Some(cut) if !backing.starts_with('/') => format!("{}{}", &filename[..=cut], backing),
+        _ => backing.to_string(),
+    };
+    let request = OpenRequest {
+        no_backing: true,
+        ..OpenRequest::read(&resolved, format, false)
+    };
+    let image = open_image(&request).map_err(|e| {
+        format!(
+            "{}\nCould not open backing image.",
+            inner_open_message(&resolved, &e.message)
+        )
+    })?;
+    if format.is_none() {
+        return Err(format!(
+            "Backing file specified without backing format\nDetected format of {}.",
+            image.format()
+        ));
+    }
+    Ok(image.size())
 }
 
 /// qemu-img's wording for a failed creation.

@@ -2,8 +2,10 @@
 //! or only rewriting the header (`-u`).
 
 use super::common::{cache_mode, check_image_opts, objects, open_rw, print_help};
+use crate::block::image::inner_open_message;
 use crate::block::{open_image, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
+use crate::engine::chain::RebaseJob;
 use crate::engine::progress::Progress;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
@@ -73,12 +75,13 @@ fn rebase(
     progress: &Progress,
 ) -> CmdResult {
     let image = open_rw(&p.operands[0], p.last("format"), p.has("image-opts"), cache)?;
-    let format = p.last("backing-format");
     let change_error = |reason: &str| {
         fail(format!(
             "Could not change the backing file to '{backing}': {reason}"
         ))
     };
+    let mut format = p.last("backing-format").map(str::to_string);
+    let mut new_backing = None;
     if !unsafe_mode && !backing.is_empty() {
         // The new backing file is named relative to the image, as in its header.
         let resolved = match image.filename.rfind('/') {
@@ -87,19 +90,18 @@ fn rebase(
             }
             _ => backing.to_string(),
         };
-        open_image(&OpenRequest {
+        let opened = open_image(&OpenRequest {
             cache: backing_cache,
-            ..OpenRequest::read(&resolved, format, false)
+            ..OpenRequest::read(&resolved, format.as_deref(), false)
         })
         .map_err(|e| {
-            // qemu-img quotes the file's own error here, without the
-            // block layer's "Could not open 'NAME': " in front of it.
-            let outer = format!("Could not open '{resolved}': ");
-            let inner = e.message.strip_prefix(outer.as_str()).unwrap_or(&e.message);
             fail(format!(
-                "Could not open new backing file '{backing}': {inner}"
+                "Could not open new backing file '{backing}': {}",
+                inner_open_message(&resolved, &e.message)
             ))
         })?;
+        format.get_or_insert_with(|| opened.format().to_string());
+        new_backing = Some(opened);
     }
     if unsafe_mode && !backing.is_empty() && format.is_none() {
         return Err(change_error("backing format must be specified"));
@@ -108,16 +110,28 @@ fn rebase(
         progress.print(100.0, 0);
         return Err(change_error("Operation not supported"));
     }
-    if !unsafe_mode && image.backing.is_some() {
-        return Err(fail(format!(
-            "Safe rebase is not supported yet for format '{}' (the copy engine for chains is the qcow2 work)",
-            image.format()
-        )));
+    if !unsafe_mode {
+        let cluster = image
+            .info()
+            .ok()
+            .and_then(|i| i.cluster_size)
+            .unwrap_or(65536);
+        let job = RebaseJob {
+            image: &image,
+            new_backing: new_backing.as_ref(),
+            compress: p.has("compress"),
+            cluster,
+        };
+        job.run(progress).map_err(|e| fail(e.message.to_string()))?;
     }
     let name = (!backing.is_empty()).then(|| RStr::from(backing));
+    let format = format.filter(|_| !backing.is_empty());
     image
         .image
-        .set_backing(ROption::from(name), ROption::from(format.map(RStr::from)))
+        .set_backing(
+            ROption::from(name),
+            ROption::from(format.as_deref().map(RStr::from)),
+        )
         .into_result()
         .map_err(|e| change_error(&e.message))?;
     image.close().map_err(|e| fail(e.message.to_string()))?;

@@ -24,6 +24,9 @@ enum Kind {
     Zero,
     /// Write explicit zero bytes (`-S 0`: the target is fully allocated).
     ZeroData,
+    /// Whole target clusters, read through the flat source view and written
+    /// compressed (`-c`); all-zero clusters are skipped.
+    Compressed,
 }
 
 /// One piece of work: `len` bytes of source `source` at `src_offset`, going to
@@ -64,6 +67,8 @@ pub struct CopyJob<'a> {
     pub salvage: bool,
     /// The target must be written strictly in order.
     pub sequential: bool,
+    /// `-c`: write whole clusters compressed (`align` is the cluster size).
+    pub compress: bool,
     /// Progress reporting.
     pub progress: &'a Progress,
     /// `-r`.
@@ -127,7 +132,70 @@ impl CopyJob<'_> {
             }
             dst += size;
         }
+        if self.compress {
+            items = self.compressed_plan(items);
+        }
         Ok(items)
+    }
+
+    /// Turns the data items into cluster-aligned compressed items (a cluster
+    /// is compressed whole, holes inside it included) and trims the zero items
+    /// those clusters now cover.
+    fn compressed_plan(&self, items: Vec<Item>) -> Vec<Item> {
+        let total: u64 = self.sources.iter().map(|s| s.size()).sum();
+        let cluster = self.align.max(512);
+        let mut spans: Vec<(u64, u64)> = Vec::new();
+        for item in items.iter().filter(|i| i.kind == Kind::Data) {
+            let start = item.dst_offset / cluster * cluster;
+            let end = (item.dst_offset + item.len)
+                .div_ceil(cluster)
+                .saturating_mul(cluster)
+                .min(total);
+            match spans.last_mut() {
+                Some(last) if last.1 >= start => last.1 = last.1.max(end),
+                _ => spans.push((start, end)),
+            }
+        }
+        let mut out = Vec::new();
+        for &(start, end) in &spans {
+            let step = (self.chunk / cluster).max(1) * cluster;
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(step);
+                out.push(Item {
+                    source: 0,
+                    src_offset: at,
+                    dst_offset: at,
+                    len: n,
+                    kind: Kind::Compressed,
+                });
+                at += n;
+            }
+        }
+        for item in items.into_iter().filter(|i| i.kind != Kind::Data) {
+            out.extend(subtract(item, &spans));
+        }
+        out.sort_by_key(|i| i.dst_offset);
+        out
+    }
+
+    /// Reads `buf.len()` bytes at target offset `offset` from the sources laid
+    /// end to end.
+    fn read_flat(&self, mut offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
+        let mut base = 0u64;
+        let mut done = 0usize;
+        for source in self.sources {
+            let size = source.size();
+            if done < buf.len() && offset < base + size {
+                let n = ((base + size - offset) as usize).min(buf.len() - done);
+                source.read(offset - base, &mut buf[done..done + n])?;
+                done += n;
+                offset += n as u64;
+            }
+            base += size;
+        }
+        buf[done..].fill(0);
+        Ok(())
     }
 
     /// Runs the copy. Returns the first error.
@@ -172,6 +240,18 @@ impl CopyJob<'_> {
     fn copy_item(&self, item: &Item) -> Result<(), DriverError> {
         let target = self.target;
         match item.kind {
+            Kind::Compressed => {
+                let mut buf = vec![0u8; item.len as usize];
+                self.read_flat(item.dst_offset, &mut buf)?;
+                let cluster = self.align.max(512) as usize;
+                for (index, piece) in buf.chunks(cluster).enumerate() {
+                    if !is_zero(piece) {
+                        let at = item.dst_offset + (index * cluster) as u64;
+                        target.write_compressed(at, piece)?;
+                    }
+                }
+                Ok(())
+            }
             Kind::Zero if self.target_zeroed => Ok(()),
             Kind::Zero => target.write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP),
             Kind::ZeroData => target.write(item.dst_offset, &vec![0u8; item.len as usize]),
@@ -230,6 +310,34 @@ impl CopyJob<'_> {
         }
         Ok(())
     }
+}
+
+/// The parts of `item` outside the sorted, disjoint `spans`.
+fn subtract(item: Item, spans: &[(u64, u64)]) -> Vec<Item> {
+    let mut pieces = Vec::new();
+    let mut start = item.dst_offset;
+    let end = item.dst_offset + item.len;
+    for &(s, e) in spans {
+        if e <= start || s >= end {
+            continue;
+        }
+        if s > start {
+            pieces.push((start, s));
+        }
+        start = start.max(e);
+    }
+    if start < end {
+        pieces.push((start, end));
+    }
+    pieces
+        .into_iter()
+        .map(|(s, e)| Item {
+            src_offset: item.src_offset + (s - item.dst_offset),
+            dst_offset: s,
+            len: e - s,
+            ..item
+        })
+        .collect()
 }
 
 /// copy_file_range between two identity-mapped local files; `None` when offload
@@ -313,7 +421,25 @@ impl InOrder {
 
 #[cfg(test)]
 mod tests {
-    use super::InOrder;
+    use super::{subtract, InOrder, Item, Kind};
+
+    #[test]
+    fn zero_items_are_trimmed_by_compressed_spans() {
+        let item = Item {
+            source: 0,
+            src_offset: 100,
+            dst_offset: 100,
+            len: 900,
+            kind: Kind::Zero,
+        };
+        let parts = subtract(item, &[(0, 200), (400, 500), (900, 2000)]);
+        let ranges: Vec<(u64, u64, u64)> = parts
+            .iter()
+            .map(|p| (p.dst_offset, p.len, p.src_offset))
+            .collect();
+        assert_eq!(ranges, vec![(200, 200, 200), (500, 400, 500)]);
+        assert!(subtract(item, &[(0, 4096)]).is_empty());
+    }
 
     #[test]
     fn in_order_release() {

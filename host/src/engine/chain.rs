@@ -1,0 +1,126 @@
+//! Operations across a backing chain: commit (an overlay's data into an image
+//! below it) and safe rebase (keep the guest content while the backing file
+//! changes). Both are format-blind: they read through the chain and write
+//! through the drivers.
+
+use super::progress::Progress;
+use super::ratelimit::RateLimit;
+use super::status::status_at;
+use crate::block::BlockImage;
+use qimg_driver_api::{zero_flags, DriverError};
+
+/// Largest piece read and written at once.
+const CHUNK: u64 = 2 << 20;
+
+/// Writes everything allocated in `top` above `base_depth` (the depth of the
+/// base in top's chain) into `base`, an independent read-write handle on the
+/// same image as that layer.
+pub fn commit(
+    top: &BlockImage,
+    base: &BlockImage,
+    base_depth: usize,
+    rate: &RateLimit,
+    progress: &Progress,
+) -> Result<(), DriverError> {
+    let size = top.size();
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    while offset < size {
+        let status = status_at(
+            top,
+            offset,
+            (size - offset).min(CHUNK),
+            Some(base_depth - 1),
+        )?;
+        let len = status.length;
+        if status.present && status.depth < base_depth {
+            if status.zero {
+                base.write_zeroes(offset, len, zero_flags::MAY_UNMAP)?;
+            } else {
+                buf.resize(len as usize, 0);
+                top.read(offset, &mut buf)?;
+                rate.take(len);
+                base.write(offset, &buf)?;
+            }
+        }
+        offset += len;
+        progress.fraction(offset, size);
+    }
+    base.flush()
+}
+
+/// How a safe rebase writes the clusters that differ.
+pub struct RebaseJob<'a> {
+    /// The image being rebased, open read-write with its old chain.
+    pub image: &'a BlockImage,
+    /// The new backing image (None: no backing file).
+    pub new_backing: Option<&'a BlockImage>,
+    /// Write the copied clusters compressed (`-c`).
+    pub compress: bool,
+    /// The image's allocation unit.
+    pub cluster: u64,
+}
+
+impl RebaseJob<'_> {
+    /// Copies into the image every cluster it does not allocate whose content
+    /// through the old chain differs from the new backing's.
+    pub fn run(&self, progress: &Progress) -> Result<(), DriverError> {
+        let image = self.image;
+        let size = image.size();
+        let cluster = self.cluster.max(512);
+        let mut offset = 0u64;
+        while offset < size {
+            let status = status_at(image, offset, (size - offset).min(CHUNK), Some(0))?;
+            let len = status.length;
+            if !status.present {
+                self.copy_differences(offset, len, cluster)?;
+            }
+            offset += len;
+            progress.fraction(offset, size);
+        }
+        image.flush()
+    }
+
+    /// Compares old and new content of `[offset, offset+len)` cluster by
+    /// cluster and writes the old content of the clusters that differ.
+    fn copy_differences(&self, offset: u64, len: u64, cluster: u64) -> Result<(), DriverError> {
+        let image = self.image;
+        let start = offset / cluster * cluster;
+        let end = (offset + len)
+            .div_ceil(cluster)
+            .saturating_mul(cluster)
+            .min(image.size());
+        let mut old = vec![0u8; (end - start) as usize];
+        let mut new = vec![0u8; (end - start) as usize];
+        image.read(start, &mut old)?;
+        if let Some(backing) = self.new_backing {
+            read_padded(backing, start, &mut new)?;
+        }
+        for (index, (o, n)) in old
+            .chunks(cluster as usize)
+            .zip(new.chunks(cluster as usize))
+            .enumerate()
+        {
+            if o != n {
+                let at = start + index as u64 * cluster;
+                if self.compress {
+                    image.write_compressed(at, o)?;
+                } else {
+                    image.write(at, o)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads guest data, with zeros past the image's end.
+fn read_padded(image: &BlockImage, offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
+    let size = image.size();
+    buf.fill(0);
+    if offset < size {
+        let n = ((size - offset) as usize).min(buf.len());
+        image.read(offset, &mut buf[..n])?;
+    }
+    Ok(())
+}
