@@ -191,6 +191,20 @@ pub trait ImageImpl: Send + Sync + 'static {
         let _ = (name, format);
         Err(DriverError::unsupported("Operation not supported"))
     }
+    /// Compresses one cluster without writing it (`SEQUENTIAL_WRITE` formats).
+    fn compress_cluster(&self, offset: u64, buf: &[u8]) -> Result<Vec<u8>, DriverError> {
+        let _ = (offset, buf);
+        Err(DriverError::unsupported(
+            "Compression is not supported for this drive",
+        ))
+    }
+    /// Writes a cluster prepared by `compress_cluster`, in ascending order.
+    fn write_prepared(&self, offset: u64, data: &[u8]) -> Result<(), DriverError> {
+        let _ = (offset, data);
+        Err(DriverError::unsupported(
+            "Compression is not supported for this drive",
+        ))
+    }
     /// Closes cleanly.
     fn close(&self) -> Result<(), DriverError> {
         self.flush()
@@ -312,6 +326,16 @@ impl Image for GuardedImage {
                 format.into_option().map(|s| s.as_str()),
             )
         })
+    }
+    fn compress_cluster(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<RVec<u8>, DriverError> {
+        catch(|| {
+            self.0
+                .compress_cluster(offset, buf.as_slice())
+                .map(RVec::from)
+        })
+    }
+    fn write_prepared(&self, offset: u64, data: RSlice<'_, u8>) -> RResult<(), DriverError> {
+        catch(|| self.0.write_prepared(offset, data.as_slice()))
     }
     fn close(&self) -> RResult<(), DriverError> {
         catch(|| self.0.close())

@@ -91,6 +91,13 @@ pub trait Image: Send + Sync {
         name: ROption<RStr<'_>>,
         format: ROption<RStr<'_>>,
     ) -> RResult<(), DriverError>;
+    /// Compresses one cluster for [`Image::write_prepared`], without writing:
+    /// formats that must be written in order (`SEQUENTIAL_WRITE`) let the
+    /// host compress many clusters in parallel ahead of the writer.
+    fn compress_cluster(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<RVec<u8>, DriverError>;
+    /// Writes a cluster prepared by [`Image::compress_cluster`]; the host calls
+    /// it in ascending offset order.
+    fn write_prepared(&self, offset: u64, data: RSlice<'_, u8>) -> RResult<(), DriverError>;
     /// Closes the image cleanly (flushes, clears dirty flags). Called once, last.
     #[sabi(last_prefix_field)]
     fn close(&self) -> RResult<(), DriverError>;

@@ -97,6 +97,20 @@ impl BlockImage {
             .write_compressed(offset, RSlice::from_slice(buf))
             .into_result()
     }
+    /// Compresses one cluster without writing it (ordered targets).
+    pub fn compress_cluster(&self, offset: u64, buf: &[u8]) -> Result<Vec<u8>, DriverError> {
+        Ok(self
+            .image
+            .compress_cluster(offset, RSlice::from_slice(buf))
+            .into_result()?
+            .into_vec())
+    }
+    /// Writes a cluster prepared by `compress_cluster`.
+    pub fn write_prepared(&self, offset: u64, data: &[u8]) -> Result<(), DriverError> {
+        self.image
+            .write_prepared(offset, RSlice::from_slice(data))
+            .into_result()
+    }
     /// Makes a range read as zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> Result<(), DriverError> {
         self.image.write_zeroes(offset, len, flags).into_result()

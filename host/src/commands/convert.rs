@@ -263,7 +263,8 @@ fn copy_into(
         offload: p.has("copy-range-offloading"),
         salvage: p.has("salvage"),
         sequential: driver.can(caps::SEQUENTIAL_WRITE),
-        compress: p.has("compress"),
+        // An in-order format (streamOptimized) stores every grain compressed.
+        compress: p.has("compress") || driver.can(caps::SEQUENTIAL_WRITE),
         progress,
         rate: &RateLimit::new(settings.rate),
     };

@@ -75,6 +75,8 @@ pub struct CopyJob<'a> {
     pub rate: &'a RateLimit,
 }
 
+/// Items compressed in parallel before the ordered writer takes them.
+const ORDERED_WINDOW: usize = 16;
 /// Largest zero run handled as one write-zeroes request.
 const MAX_ZERO_REQUEST: u64 = 1 << 30;
 
@@ -219,7 +221,9 @@ impl CopyJob<'_> {
             }
             Ok(())
         };
-        if self.sequential || self.threads <= 1 {
+        if self.sequential && self.compress {
+            self.run_ordered(&items, &done, total)?;
+        } else if self.sequential || self.threads <= 1 {
             (0..items.len()).try_for_each(work)?;
         } else {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -235,6 +239,56 @@ impl CopyJob<'_> {
         }
         self.progress.print(100.0, 0);
         Ok(())
+    }
+
+    /// For targets written strictly in order: clusters are read and compressed
+    /// by the workers a window at a time, then written in order by this thread.
+    fn run_ordered(&self, items: &[Item], done: &AtomicU64, total: u64) -> Result<(), DriverError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads.max(1))
+            .build()
+            .map_err(|e| {
+                DriverError::new(
+                    ErrorKind::OTHER,
+                    format!("cannot start worker threads: {e}"),
+                )
+            })?;
+        let cluster = self.align.max(512) as usize;
+        for window in items.chunks(ORDERED_WINDOW) {
+            let prepared: Vec<Vec<(u64, Vec<u8>)>> = pool.install(|| {
+                window
+                    .par_iter()
+                    .map(|item| self.prepare(item, cluster))
+                    .collect::<Result<Vec<_>, DriverError>>()
+            })?;
+            for (item, clusters) in window.iter().zip(prepared) {
+                for (at, data) in clusters {
+                    self.target.write_prepared(at, &data)?;
+                }
+                if item.kind != Kind::Zero {
+                    let now = done.fetch_add(item.len, Ordering::Relaxed) + item.len;
+                    self.progress.fraction(now, total);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a compressed item and compresses its non-zero clusters.
+    fn prepare(&self, item: &Item, cluster: usize) -> Result<Vec<(u64, Vec<u8>)>, DriverError> {
+        if item.kind != Kind::Compressed {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; item.len as usize];
+        self.read_flat(item.dst_offset, &mut buf)?;
+        let mut out = Vec::new();
+        for (index, piece) in buf.chunks(cluster).enumerate() {
+            if !is_zero(piece) {
+                let at = item.dst_offset + (index * cluster) as u64;
+                out.push((at, self.target.compress_cluster(at, piece)?));
+            }
+        }
+        Ok(out)
     }
 
     fn copy_item(&self, item: &Item) -> Result<(), DriverError> {
