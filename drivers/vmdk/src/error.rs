@@ -1,0 +1,132 @@
+//! The driver's errors, worded as qemu-img words them, and their conversion
+//! into the ABI's [`DriverError`].
+
+use qimg_driver_api::{DriverError, ErrorKind};
+
+/// EINVAL, for errors qemu reports only as "Invalid argument".
+const EINVAL: i32 = 22;
+/// EIO.
+const EIO: i32 = 5;
+/// EFBIG.
+const EFBIG: i32 = 27;
+
+/// Everything that can go wrong in the vmdk driver.
+#[derive(Debug, thiserror::Error)]
+pub enum VmdkError {
+    /// Neither a sparse header nor a descriptor.
+    #[error("Image not in VMDK format")]
+    NotVmdk,
+    /// The descriptor has no (usable) `createType`, or nothing to open.
+    #[error("invalid VMDK image descriptor")]
+    InvalidDescriptor,
+    /// A `CID` or `parentCID` line is missing or does not parse; qemu gives
+    /// only the errno text, naming the descriptor file.
+    #[error("Could not open '{0}': Invalid argument")]
+    BadCid(String),
+    /// An extent line whose fields do not fit its type.
+    #[error("Invalid extent line: {0}")]
+    InvalidExtentLine(String),
+    /// A `createType` this driver cannot open from a descriptor file.
+    #[error("Unsupported image type '{0}'")]
+    UnsupportedType(String),
+    /// The extents add up to more than a disk can hold.
+    #[error("Could not refresh total sector count: File too large")]
+    TotalTooLarge,
+    /// A descriptor file too large to be one.
+    #[error("File too large")]
+    DescriptorTooLarge,
+    /// A sparse header version this driver does not know.
+    #[error("Unsupported VMDK version {0}")]
+    UnsupportedVersion(u32),
+    /// More grain-table entries per table than the format allows.
+    #[error("L2 table size too big")]
+    L2TooBig,
+    /// A grain directory entry covering no sectors.
+    #[error("L1 entry size is invalid")]
+    L1EntryInvalid,
+    /// A grain directory too large to hold in memory.
+    #[error("L1 size too big")]
+    L1TooBig,
+    /// A grain larger than any real image uses.
+    #[error("Invalid granularity, image may be corrupt")]
+    BadGranularity,
+    /// The file ends before the data area begins.
+    #[error("File truncated, expecting at least {0} bytes")]
+    Truncated(u64),
+    /// A table lies beyond the end of its file.
+    #[error("{0} lies beyond the end of the file")]
+    PastEof(&'static str),
+    /// The footer of a stream-optimized extent is missing or malformed.
+    #[error("Invalid footer")]
+    InvalidFooter,
+    /// A compressed grain does not inflate to a grain.
+    #[error("Invalid compressed grain at offset {0}")]
+    BadCompressedGrain(u64),
+    /// A write to a grain a stream-optimized extent already holds.
+    #[error("Could not write to allocated cluster for streamOptimized")]
+    StreamRewrite,
+    /// A write to a read-only or no-access extent.
+    #[error("Operation not permitted")]
+    ReadOnly,
+    /// A read of a no-access extent.
+    #[error("Permission denied")]
+    NoAccess,
+    /// A request outside the image.
+    #[error("Request out of range: offset {0} length {1} beyond image size {2}")]
+    OutOfRange(u64, u64, u64),
+    /// A creation option with a value the driver does not accept.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// The image is too large for the format.
+    #[error("The image size is too large for file format 'vmdk'")]
+    TooLarge,
+    /// An error from the host or the store, passed through.
+    #[error("{}", .0.message)]
+    Host(DriverError),
+}
+
+impl From<DriverError> for VmdkError {
+    fn from(e: DriverError) -> Self {
+        VmdkError::Host(e)
+    }
+}
+
+impl From<VmdkError> for DriverError {
+    fn from(e: VmdkError) -> Self {
+        let message = e.to_string();
+        match e {
+            VmdkError::Host(inner) => inner,
+            VmdkError::BadCid(_) | VmdkError::L1EntryInvalid | VmdkError::L2TooBig => DriverError {
+                errno: EINVAL,
+                ..DriverError::invalid_image(message)
+            },
+            VmdkError::L1TooBig | VmdkError::BadGranularity | VmdkError::TotalTooLarge => {
+                DriverError {
+                    errno: EFBIG,
+                    ..DriverError::invalid_image(message)
+                }
+            }
+            VmdkError::TooLarge => DriverError {
+                errno: EFBIG,
+                ..DriverError::invalid_argument(message)
+            },
+            VmdkError::UnsupportedType(_) | VmdkError::UnsupportedVersion(_) => {
+                DriverError::unsupported(message)
+            }
+            VmdkError::StreamRewrite | VmdkError::BadCompressedGrain(_) => DriverError {
+                errno: EIO,
+                ..DriverError::new(ErrorKind::IO, message)
+            },
+            VmdkError::ReadOnly => DriverError::from_errno(1, message),
+            VmdkError::NoAccess => DriverError::from_errno(13, message),
+            VmdkError::OutOfRange(..) | VmdkError::InvalidOption(_) => {
+                DriverError::invalid_argument(message)
+            }
+            VmdkError::PastEof(_) | VmdkError::InvalidFooter => DriverError::corrupt(message),
+            _ => DriverError::invalid_image(message),
+        }
+    }
+}
+
+/// Results of this driver's internal functions.
+pub type Result<T> = std::result::Result<T, VmdkError>;

@@ -1,0 +1,453 @@
+//! Sparse extents: the grain directory and grain tables that map a grain of
+//! guest data to a place in the extent file (VDF 1.1 §"Grain Directories
+//! and Grain Tables"), zeroed grains (VDF 5.0) and compressed grains
+//! (VDF 5.0 §"Stream-Optimized Compressed Sparse Extents").
+//!
+//! Metadata lives behind one mutex per extent; grain data is read outside
+//! it. Grain table updates are kept in memory and written by
+//! [`SparseExtent::flush_metadata`] after the data they point to has been
+//! flushed, so a crash never leaves a table entry pointing at unwritten data.
+
+use crate::error::{Result, VmdkError};
+use crate::header::{
+    entries_from_bytes, entries_to_bytes, CowdHeader, SparseHeader, COWD_GTES_PER_GT, FLAG_RGD,
+    FLAG_ZEROED_GRAIN, GD_AT_END, GRAIN_MARKER_LEN, MARKER_FOOTER, SECTOR,
+};
+use crate::stream::StreamWriter;
+use qimg_driver_api::ByteStoreBox;
+use qimg_driver_util::{read_or_zero, write_all};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Largest grain accepted: a gigabyte per grain is no real image.
+const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
+/// Most grain directory entries accepted (qemu-img's limit too: enough for
+/// any capacity either sparse format can describe).
+const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;
+/// Most grain table entries per table in a hosted sparse extent.
+const MAX_GTES_PER_GT: u32 = 512;
+/// Grain table entry of a zeroed grain (VDF 5.0, "Zeroed-Grain GTE").
+const ZEROED_GTE: u32 = 1;
+
+/// Where a grain's data is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrainLoc {
+    /// Not allocated: reads from the parent, or as zeros without one.
+    Unallocated,
+    /// Reads as zeros whatever the parent holds.
+    Zeroed,
+    /// Plain data at this byte offset of the extent file.
+    Data(u64),
+    /// A compressed grain (with its marker, if the extent has markers) at
+    /// this byte offset.
+    Compressed(u64),
+}
+
+/// One grain table held in memory.
+struct Table {
+    entries: Vec<u32>,
+    dirty: bool,
+}
+
+/// The mutable part of a sparse extent.
+pub struct SparseState {
+    gd: Vec<u32>,
+    rgd: Option<Vec<u32>>,
+    gd_dirty: bool,
+    tables: HashMap<u32, Table>,
+    /// Next free byte of the extent file (allocations go here).
+    end: u64,
+    /// The in-order writer of a new stream-optimized extent.
+    pub stream: Option<StreamWriter>,
+}
+
+impl SparseState {
+    /// Points grain directory entry `gt` at the grain table at `sector`.
+    pub fn set_gd_entry(&mut self, gt: u32, sector: u32) {
+        if let Some(e) = self.gd.get_mut(gt as usize) {
+            *e = sector;
+        }
+    }
+    /// The grain directory.
+    pub fn gd_entries(&self) -> &[u32] {
+        &self.gd
+    }
+}
+
+/// A sparse extent: hosted (`KDMV`, versions 1 to 3) or ESX Server (`COWD`).
+pub struct SparseExtent {
+    /// The extent file.
+    pub store: Arc<ByteStoreBox>,
+    /// The extent's header (hosted sparse extents only).
+    pub header: Option<SparseHeader>,
+    /// Sectors of guest data.
+    pub capacity: u64,
+    /// Sectors per grain.
+    pub grain_sectors: u64,
+    /// Entries per grain table.
+    pub gtes_per_gt: u32,
+    /// Sector of the grain directory.
+    pub gd_offset: u64,
+    /// Sector of the redundant grain directory, if one is kept.
+    pub rgd_offset: Option<u64>,
+    /// Grains are compressed.
+    pub compressed: bool,
+    /// Compressed grains start with a grain marker.
+    pub markers: bool,
+    /// A grain table entry of 1 means a zeroed grain.
+    pub zeroed_grain: bool,
+    state: Mutex<SparseState>,
+}
+
+/// Reads a table of `count` 32-bit entries at byte `offset`, failing if it
+/// does not lie inside the file.
+fn read_table(
+    store: &ByteStoreBox,
+    offset: u64,
+    count: usize,
+    len: u64,
+    what: &'static str,
+) -> Result<Vec<u32>> {
+    let bytes = count as u64 * 4;
+    if offset.checked_add(bytes).is_none_or(|end| end > len) {
+        return Err(VmdkError::PastEof(what));
+    }
+    let mut buf = vec![0u8; bytes as usize];
+    read_or_zero(store, offset, &mut buf)?;
+    Ok(entries_from_bytes(&buf))
+}
+
+impl SparseExtent {
+    /// Opens a hosted sparse extent from its header. A stream-optimized
+    /// extent whose header says `GD_AT_END` takes the grain directory
+    /// offset from its footer (VDF 5.0, "The Footer").
+    pub fn open_hosted(
+        store: Arc<ByteStoreBox>,
+        header: SparseHeader,
+        writable: bool,
+    ) -> Result<SparseExtent> {
+        if header.version > 3 {
+            return Err(VmdkError::UnsupportedVersion(header.version));
+        }
+        let len = store.len().into_result()?;
+        let mut header = header;
+        let stream_layout = header.gd_offset == GD_AT_END;
+        if stream_layout {
+            header.gd_offset = footer_gd_offset(&store, len)?;
+        }
+        if header.num_gtes_per_gt > MAX_GTES_PER_GT {
+            return Err(VmdkError::L2TooBig);
+        }
+        let per_gd_entry = u64::from(header.num_gtes_per_gt).saturating_mul(header.grain_size);
+        if per_gd_entry == 0 {
+            return Err(VmdkError::L1EntryInvalid);
+        }
+        if header.grain_size > MAX_GRAIN_SECTORS {
+            return Err(VmdkError::BadGranularity);
+        }
+        let gd_entries = header.capacity.div_ceil(per_gd_entry);
+        if gd_entries > MAX_GD_ENTRIES {
+            return Err(VmdkError::L1TooBig);
+        }
+        if len / SECTOR < header.overhead {
+            return Err(VmdkError::Truncated(header.overhead.saturating_mul(SECTOR)));
+        }
+        let rgd_offset = (header.flags & FLAG_RGD != 0).then_some(header.rgd_offset);
+        let gd = read_table(
+            &store,
+            header.gd_offset.saturating_mul(SECTOR),
+            gd_entries as usize,
+            len,
+            "Grain directory",
+        )?;
+        let rgd = match rgd_offset {
+            Some(at) if writable => Some(read_table(
+                &store,
+                at.saturating_mul(SECTOR),
+                gd_entries as usize,
+                len,
+                "Redundant grain directory",
+            )?),
+            _ => None,
+        };
+        // A stream-optimized extent that holds no grain yet (as `create`
+        // leaves it) is written from the start of its data area, in order.
+        let fresh_stream =
+            writable && stream_layout && header.compressed() && gd.iter().all(|&e| e == 0);
+        let stream = fresh_stream.then(|| StreamWriter::new(header.overhead * SECTOR));
+        Ok(SparseExtent {
+            capacity: header.capacity,
+            grain_sectors: header.grain_size,
+            gtes_per_gt: header.num_gtes_per_gt,
+            gd_offset: header.gd_offset,
+            rgd_offset: if rgd.is_some() { rgd_offset } else { None },
+            compressed: header.compressed(),
+            markers: header.markers(),
+            zeroed_grain: header.flags & FLAG_ZEROED_GRAIN != 0,
+            state: Mutex::new(SparseState {
+                gd,
+                rgd,
+                gd_dirty: false,
+                tables: HashMap::new(),
+                end: len.div_ceil(SECTOR) * SECTOR,
+                stream,
+            }),
+            header: Some(header),
+            store,
+        })
+    }
+
+    /// Opens an ESX Server sparse extent (`COWD`, VMDK3).
+    pub fn open_cowd(store: Arc<ByteStoreBox>, header: CowdHeader) -> Result<SparseExtent> {
+        let len = store.len().into_result()?;
+        let grain = u64::from(header.grain_size);
+        if grain == 0 {
+            return Err(VmdkError::L1EntryInvalid);
+        }
+        if grain > MAX_GRAIN_SECTORS {
+            return Err(VmdkError::BadGranularity);
+        }
+        let gd_entries = u64::from(header.num_gd_entries);
+        if gd_entries > MAX_GD_ENTRIES {
+            return Err(VmdkError::L1TooBig);
+        }
+        let gd = read_table(
+            &store,
+            u64::from(header.gd_offset) * SECTOR,
+            gd_entries as usize,
+            len,
+            "Grain directory",
+        )?;
+        Ok(SparseExtent {
+            header: None,
+            capacity: u64::from(header.num_sectors),
+            grain_sectors: grain,
+            gtes_per_gt: COWD_GTES_PER_GT,
+            gd_offset: u64::from(header.gd_offset),
+            rgd_offset: None,
+            compressed: false,
+            markers: false,
+            zeroed_grain: false,
+            state: Mutex::new(SparseState {
+                gd,
+                rgd: None,
+                gd_dirty: false,
+                tables: HashMap::new(),
+                end: len.div_ceil(SECTOR) * SECTOR,
+                stream: None,
+            }),
+            store,
+        })
+    }
+
+    /// Bytes per grain.
+    pub fn grain_bytes(&self) -> u64 {
+        self.grain_sectors * SECTOR
+    }
+
+    /// Locks the metadata.
+    pub fn lock(&self) -> MutexGuard<'_, SparseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The grain table `gt` (loaded on first use), or `None` if the grain
+    /// directory has no table there.
+    fn table<'a>(&self, st: &'a mut SparseState, gt: u32) -> Result<Option<&'a mut Table>> {
+        let Some(&gde) = st.gd.get(gt as usize) else {
+            return Ok(None);
+        };
+        if gde == 0 && !st.tables.contains_key(&gt) {
+            return Ok(None);
+        }
+        if !st.tables.contains_key(&gt) {
+            let mut buf = vec![0u8; self.gtes_per_gt as usize * 4];
+            read_or_zero(&self.store, u64::from(gde) * SECTOR, &mut buf)?;
+            st.tables.insert(
+                gt,
+                Table {
+                    entries: entries_from_bytes(&buf),
+                    dirty: false,
+                },
+            );
+        }
+        Ok(st.tables.get_mut(&gt))
+    }
+
+    /// Where grain number `grain` is.
+    pub fn locate(&self, st: &mut SparseState, grain: u64) -> Result<GrainLoc> {
+        let per = u64::from(self.gtes_per_gt);
+        let gt = (grain / per) as u32;
+        let index = (grain % per) as usize;
+        let entry = match self.table(st, gt)? {
+            Some(t) => t.entries[index],
+            None => 0,
+        };
+        Ok(match entry {
+            0 => GrainLoc::Unallocated,
+            ZEROED_GTE if self.zeroed_grain => GrainLoc::Zeroed,
+            e if self.compressed => GrainLoc::Compressed(u64::from(e) * SECTOR),
+            e => GrainLoc::Data(u64::from(e) * SECTOR),
+        })
+    }
+
+    /// Points grain `grain` at `entry` (a sector number, 0 or 1), creating
+    /// its grain table at the end of the file if it has none.
+    pub fn set_entry(&self, st: &mut SparseState, grain: u64, entry: u32) -> Result<()> {
+        let per = u64::from(self.gtes_per_gt);
+        let gt = (grain / per) as u32;
+        let index = (grain % per) as usize;
+        if self.table(st, gt)?.is_none() {
+            self.new_table(st, gt)?;
+        }
+        if let Some(t) = st.tables.get_mut(&gt) {
+            t.entries[index] = entry;
+            t.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Allocates an empty grain table (and its redundant copy) at the end of
+    /// the file for a grain directory entry that has none.
+    fn new_table(&self, st: &mut SparseState, gt: u32) -> Result<()> {
+        let bytes = (u64::from(self.gtes_per_gt) * 4).div_ceil(SECTOR) * SECTOR;
+        let at = self.allocate(st, bytes)?;
+        write_all(&self.store, at, &vec![0u8; bytes as usize])?;
+        st.gd[gt as usize] = sector_of(at)?;
+        if let Some(rgd) = st.rgd.as_mut() {
+            let copy = at + bytes;
+            st.end += bytes;
+            write_all(&self.store, copy, &vec![0u8; bytes as usize])?;
+            rgd[gt as usize] = sector_of(copy)?;
+        }
+        st.gd_dirty = true;
+        st.tables.insert(
+            gt,
+            Table {
+                entries: vec![0; self.gtes_per_gt as usize],
+                dirty: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Reserves `bytes` at the end of the extent file.
+    pub fn allocate(&self, st: &mut SparseState, bytes: u64) -> Result<u64> {
+        let at = st.end;
+        st.end = at
+            .checked_add(bytes.div_ceil(SECTOR) * SECTOR)
+            .ok_or(VmdkError::TooLarge)?;
+        // Grain table entries are 32-bit sector numbers.
+        sector_of(at)?;
+        Ok(at)
+    }
+
+    /// Reads and inflates the compressed grain at byte `offset`.
+    pub fn read_compressed(&self, offset: u64, grain: &mut [u8]) -> Result<()> {
+        let limit = self.grain_bytes() as usize * 2 + 1024;
+        let (data_at, size) = if self.markers {
+            let mut marker = [0u8; GRAIN_MARKER_LEN];
+            read_or_zero(&self.store, offset, &mut marker)?;
+            let size = u32::from_le_bytes([marker[8], marker[9], marker[10], marker[11]]) as usize;
+            (offset + GRAIN_MARKER_LEN as u64, size)
+        } else {
+            (offset, limit)
+        };
+        if size == 0 || size > limit {
+            return Err(VmdkError::BadCompressedGrain(offset));
+        }
+        let mut packed = vec![0u8; size];
+        read_or_zero(&self.store, data_at, &mut packed)?;
+        crate::stream::inflate(&packed, grain).map_err(|_| VmdkError::BadCompressedGrain(offset))
+    }
+
+    /// Writes the grain tables and directories changed since the last call.
+    /// The caller flushes the data first.
+    pub fn flush_metadata(&self) -> Result<bool> {
+        let mut st = self.lock();
+        let mut wrote = false;
+        let mut dirty: Vec<u32> = st
+            .tables
+            .iter()
+            .filter(|(_, t)| t.dirty)
+            .map(|(&k, _)| k)
+            .collect();
+        dirty.sort_unstable();
+        for gt in dirty {
+            let bytes = match st.tables.get(&gt) {
+                Some(t) => entries_to_bytes(&t.entries),
+                None => continue,
+            };
+            let gde = st.gd[gt as usize];
+            write_all(&self.store, u64::from(gde) * SECTOR, &bytes)?;
+            if let Some(rgde) = st.rgd.as_ref().map(|r| r[gt as usize]) {
+                if rgde != 0 {
+                    write_all(&self.store, u64::from(rgde) * SECTOR, &bytes)?;
+                }
+            }
+            if let Some(t) = st.tables.get_mut(&gt) {
+                t.dirty = false;
+            }
+            wrote = true;
+        }
+        if st.gd_dirty {
+            write_all(
+                &self.store,
+                self.gd_offset * SECTOR,
+                &entries_to_bytes(&st.gd),
+            )?;
+            if let (Some(at), Some(rgd)) = (self.rgd_offset, st.rgd.as_ref()) {
+                write_all(&self.store, at * SECTOR, &entries_to_bytes(rgd))?;
+            }
+            st.gd_dirty = false;
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    /// Every grain's location, for `check`: (grain number, location).
+    pub fn allocated_grains(&self) -> Result<Vec<(u64, GrainLoc)>> {
+        let grains = self.capacity.div_ceil(self.grain_sectors);
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        let per = u64::from(self.gtes_per_gt);
+        let tables = st.gd.len() as u64;
+        for gt in 0..tables {
+            if st.gd[gt as usize] == 0 {
+                continue;
+            }
+            for index in 0..per {
+                let grain = gt * per + index;
+                if grain >= grains {
+                    break;
+                }
+                let loc = self.locate(&mut st, grain)?;
+                if loc != GrainLoc::Unallocated {
+                    out.push((grain, loc));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A byte offset as a 32-bit sector number, as tables store them.
+fn sector_of(offset: u64) -> Result<u32> {
+    u32::try_from(offset / SECTOR).map_err(|_| VmdkError::TooLarge)
+}
+
+/// The grain directory offset recorded in the footer of a stream-optimized
+/// extent: the last three sectors are the footer marker, the footer (a copy
+/// of the header with the real `gdOffset`) and the end-of-stream marker.
+fn footer_gd_offset(store: &ByteStoreBox, len: u64) -> Result<u64> {
+    if len < 3 * SECTOR {
+        return Err(VmdkError::InvalidFooter);
+    }
+    let mut tail = vec![0u8; 2 * SECTOR as usize];
+    read_or_zero(store, len - 3 * SECTOR, &mut tail)?;
+    let marker = crate::header::Marker::parse(&tail).ok_or(VmdkError::InvalidFooter)?;
+    let footer = SparseHeader::parse(&tail[SECTOR as usize..]).ok_or(VmdkError::InvalidFooter)?;
+    if marker.size != 0 || marker.kind != MARKER_FOOTER || footer.gd_offset == GD_AT_END {
+        return Err(VmdkError::InvalidFooter);
+    }
+    Ok(footer.gd_offset)
+}
