@@ -1,0 +1,432 @@
+//! An open qcow2 image: opening (with qemu's checks of every table against
+//! the file), reading and allocation status. Writing is in [`crate::write`].
+
+use crate::bitmaps::{self, Bitmap};
+use crate::compress::Method;
+use crate::error::{Error, Result};
+use crate::header::{autoclear, incompat, Header};
+use crate::layout::{Layout, Sub};
+use crate::meta::{read_table, Io, Meta};
+use crate::snapshot::{self, Snapshot, MAX_SNAPSHOTS};
+use qimg_driver_api::abi_stable::std_types::{ROption, RSliceMut, RStr};
+use qimg_driver_api::HostServicesBox;
+use qimg_driver_api::{extent_flags as ef, open_flags, BackingBox, ByteStoreBox, Extent};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+
+/// qemu's limit on the active L1 table (32 MiB).
+const MAX_L1_BYTES: u64 = 32 << 20;
+/// qemu's limit on the refcount table (8 MiB).
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+/// Bytes read at once from the start of the file for the header cluster.
+const MAX_HEADER_CLUSTER: u64 = 1 << 21;
+
+/// An open qcow2 image.
+pub struct Qcow2Image {
+    /// The qcow2 file and the external data file.
+    pub(crate) io: Io,
+    /// The backing image, if opened.
+    pub(crate) backing: Option<BackingBox>,
+    /// Metadata, under the image lock.
+    pub(crate) meta: Mutex<Meta>,
+    /// Signalled when a guest cluster leaves `Meta::in_flight`.
+    pub(crate) settled: Condvar,
+    /// Geometry.
+    pub(crate) layout: Layout,
+    /// Opened for writing.
+    pub(crate) writable: bool,
+    /// Guest size.
+    pub(crate) size: AtomicU64,
+    /// Compression method of compressed clusters.
+    pub(crate) method: Method,
+    /// The external data file is kept a valid raw image.
+    pub(crate) data_file_raw: bool,
+    /// Internal snapshots.
+    pub(crate) snapshots: Vec<Snapshot>,
+    /// Bytes the snapshot table occupies.
+    pub(crate) snapshots_size: u64,
+    /// Persistent bitmaps (empty unless consistent).
+    pub(crate) bitmaps: Vec<Bitmap>,
+    /// Whether the file looks metadata-preallocated (decided on first use).
+    pub(crate) prealloc_detected: OnceLock<bool>,
+    /// This handle set the dirty bit (lazy refcounts) and must clear it.
+    pub(crate) marked_dirty: AtomicBool,
+}
+
+/// A run of guest bytes with one mapping.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    /// What the run is.
+    pub sub: Sub,
+    /// Its length.
+    pub len: u64,
+    /// Host offset of its first byte, for kinds with a host cluster.
+    pub host: Option<u64>,
+}
+
+/// The run starting at `offset`, at most `max` bytes, within one L2 table;
+/// data runs are host-contiguous, compressed runs one cluster at most.
+pub fn run_at(meta: &mut Meta, io: &Io, offset: u64, max: u64) -> Result<Run> {
+    let layout = meta.layout;
+    let span = layout.l2_span();
+    let end = offset + max.min(span - offset % span);
+    let table = meta.l2_offset(layout.l1_index(offset))?;
+    if table == 0 {
+        return Ok(Run {
+            sub: Sub::UnallocPlain,
+            len: end - offset,
+            host: None,
+        });
+    }
+    let (first, _, _) = meta.sub_at(io, offset)?;
+    let host = first.host().map(|h| h + layout.in_cluster(offset));
+    let step = layout.subcluster_size();
+    let mut p = (offset / step + 1) * step;
+    while p < end {
+        if matches!(first, Sub::Compressed(_)) && layout.in_cluster(p) == 0 {
+            break;
+        }
+        let (sub, _, _) = meta.sub_at(io, p)?;
+        if !sub.same_kind(first) {
+            break;
+        }
+        if let (Some(h0), Some(h)) = (host, sub.host()) {
+            if h + layout.in_cluster(p) != h0 + (p - offset) {
+                break;
+            }
+        }
+        p += step;
+    }
+    Ok(Run {
+        sub: first,
+        len: p.min(end) - offset,
+        host,
+    })
+}
+
+fn checked_table(offset: u64, bytes: u64, cluster_size: u64) -> bool {
+    offset % cluster_size == 0
+        && offset
+            .checked_add(bytes)
+            .is_some_and(|e| e <= i64::MAX as u64)
+}
+
+impl Qcow2Image {
+    /// Opens the image in `store` (see [`open_flags`]).
+    pub fn open(store: ByteStoreBox, host: HostServicesBox, flags: u32) -> Result<Qcow2Image> {
+        let writable = flags & open_flags::WRITE != 0;
+        let file_len = store.len().into_result()?;
+        let io = Io {
+            file: store,
+            data: None,
+        };
+        let mut head = vec![0u8; file_len.min(MAX_HEADER_CLUSTER) as usize];
+        io.read(0, &mut head)?;
+        let mut header = Header::parse(&head)?;
+        let cs = header.cluster_size();
+        if header.corrupt() && writable && flags & open_flags::CHECK == 0 {
+            return Err(Error::invalid(
+                "qcow2: Image is corrupt; cannot be opened read/write",
+            ));
+        }
+        match header.crypt_method {
+            0 => {}
+            1 if header.ext.crypto.is_none() => {}
+            2 if header.ext.crypto.is_none() => {
+                return Err(Error::invalid("Missing CRYPTO header for crypt method 2"))
+            }
+            2 => {}
+            m => return Err(Error::invalid(format!("Unsupported encryption method {m}"))),
+        }
+        let layout = Layout {
+            cluster_bits: header.cluster_bits,
+            extended: header.extended_l2(),
+            refcount_order: header.refcount_order,
+            v3: header.version >= 3,
+        };
+        // Refcount table (qcow2.txt "Host cluster management").
+        let reftable_bytes = u64::from(header.refcount_table_clusters) * cs;
+        if reftable_bytes > MAX_REFTABLE_BYTES {
+            return Err(Error::invalid("Reference count table too large"));
+        }
+        if header.refcount_table_clusters == 0 {
+            return Err(Error::invalid(
+                "Image does not contain a reference count table",
+            ));
+        }
+        if !checked_table(header.refcount_table_offset, reftable_bytes, cs) {
+            return Err(Error::invalid("Reference count table offset invalid"));
+        }
+        // Snapshot table.
+        if header.nb_snapshots > MAX_SNAPSHOTS {
+            return Err(Error::invalid("Snapshot table too large"));
+        }
+        if !checked_table(
+            header.snapshots_offset,
+            u64::from(header.nb_snapshots) * 40,
+            cs,
+        ) {
+            return Err(Error::invalid("Snapshot table offset invalid"));
+        }
+        // Active L1 table.
+        let l1_bytes = u64::from(header.l1_size) * 8;
+        if l1_bytes > MAX_L1_BYTES {
+            return Err(Error::invalid("Active L1 table too large"));
+        }
+        let needed = layout.l1_entries_for(header.size);
+        if needed > i32::MAX as u64 {
+            return Err(Error::invalid("Image is too big"));
+        }
+        if u64::from(header.l1_size) < needed {
+            return Err(Error::invalid("L1 table is too small"));
+        }
+        if !checked_table(header.l1_table_offset, l1_bytes, cs) {
+            return Err(Error::invalid("Active L1 table offset invalid"));
+        }
+        if !header.has_data_file() && header.ext.data_file.is_some() {
+            return Err(Error::invalid(
+                "data-file can only be set for images that use an external data file",
+            ));
+        }
+        let l1 = read_table(
+            &io,
+            header.l1_table_offset,
+            u64::from(header.l1_size),
+            file_len,
+        )?;
+        let reftable = read_table(
+            &io,
+            header.refcount_table_offset,
+            reftable_bytes / 8,
+            file_len,
+        )?;
+        let (snapshots, snapshots_size) =
+            snapshot::read_table(&io, header.snapshots_offset, header.nb_snapshots, file_len)?;
+        let bitmaps = match header.ext.bitmaps {
+            Some(ext) if header.autoclear_features & autoclear::BITMAPS != 0 => {
+                bitmaps::read_directory(&io, &ext, file_len)?
+            }
+            _ => Vec::new(),
+        };
+        let data = if header.has_data_file() {
+            match &header.ext.data_file {
+                Some(name) => Some(
+                    host.open_related(RStr::from(name.as_str()), writable, false)
+                        .into_result()?,
+                ),
+                None if flags & open_flags::NO_BACKING != 0 => None,
+                None => return Err(Error::invalid("'data-file' is required for this image")),
+            }
+        } else {
+            None
+        };
+        let backing = match &header.backing_file {
+            Some(name) if flags & open_flags::NO_BACKING == 0 => {
+                let format = header.ext.backing_format.as_deref().map(RStr::from);
+                Some(
+                    host.open_backing(RStr::from(name.as_str()), ROption::from(format))
+                        .into_result()?,
+                )
+            }
+            _ => None,
+        };
+        let autoclear_before = header.autoclear_features;
+        if writable {
+            // Auto-clear bits this driver does not know must go before writing
+            // (qcow2.txt, autoclear_features).
+            header.autoclear_features &= autoclear::BITMAPS | autoclear::DATA_FILE_RAW;
+        }
+        let header_changed = header.autoclear_features != autoclear_before;
+        let dirty_rw = header.dirty() && writable && flags & open_flags::CHECK == 0;
+        let image = Qcow2Image {
+            io: Io { data, ..io },
+            backing,
+            settled: Condvar::new(),
+            layout,
+            writable,
+            size: AtomicU64::new(header.size),
+            method: Method::from_type(header.compression_type),
+            data_file_raw: header.data_file_raw(),
+            snapshots,
+            snapshots_size,
+            bitmaps,
+            prealloc_detected: OnceLock::new(),
+            marked_dirty: AtomicBool::new(false),
+            meta: Mutex::new(Meta::new(header, layout, l1, reftable)),
+        };
+        {
+            let mut meta = image.lock();
+            if dirty_rw {
+                // Refcounts may be stale (lazy refcounts, unclean shutdown):
+                // rebuild them before anything is allocated.
+                crate::repair::rebuild_refcounts(&mut meta, &image.io, &image.tables())?;
+                meta.header.incompatible_features &= !incompat::DIRTY;
+                meta.header_dirty = true;
+            }
+            meta.header_dirty |= header_changed;
+            if meta.header_dirty {
+                meta.flush(&image.io)?;
+            }
+        }
+        Ok(image)
+    }
+
+    /// What besides the active L1 table holds references to clusters.
+    pub(crate) fn tables(&self) -> crate::repair::Referrers<'_> {
+        crate::repair::Referrers {
+            snapshots: &self.snapshots,
+            snapshots_size: self.snapshots_size,
+            bitmaps: &self.bitmaps,
+        }
+    }
+
+    /// The metadata, locked.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Guest size.
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    /// Reads guest data; past the end reads zeros.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let size = self.size();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            if pos >= size {
+                buf[done..].fill(0);
+                break;
+            }
+            let want = ((buf.len() - done) as u64).min(size - pos);
+            let run = run_at(&mut self.lock(), &self.io, pos, want)?;
+            let chunk = &mut buf[done..done + run.len as usize];
+            self.read_run(pos, &run, chunk)?;
+            done += run.len as usize;
+        }
+        Ok(())
+    }
+
+    /// Reads one mapped run into `out`.
+    pub(crate) fn read_run(&self, pos: u64, run: &Run, out: &mut [u8]) -> Result<()> {
+        match run.sub {
+            Sub::Normal(_) => {
+                let host = run.host.unwrap_or(0);
+                qimg_driver_util::read_or_zero(self.io.data_store(), host, out)?;
+            }
+            Sub::Compressed(entry) => {
+                let cluster = self.decompress(entry)?;
+                let at = self.layout.in_cluster(pos) as usize;
+                out.copy_from_slice(&cluster[at..at + out.len()]);
+            }
+            Sub::ZeroPlain | Sub::ZeroAlloc(_) => out.fill(0),
+            Sub::UnallocPlain | Sub::UnallocAlloc(_) => self.read_backing(pos, out)?,
+            Sub::Invalid => return Err(Error::Corrupt),
+        }
+        Ok(())
+    }
+
+    /// Reads what the backing image holds at `pos` (zeros past its end or
+    /// without one).
+    pub(crate) fn read_backing(&self, pos: u64, out: &mut [u8]) -> Result<()> {
+        let Some(backing) = &self.backing else {
+            out.fill(0);
+            return Ok(());
+        };
+        let bsize = backing.virtual_size();
+        let inside = bsize.saturating_sub(pos).min(out.len() as u64) as usize;
+        if inside > 0 {
+            backing
+                .read_at(pos, RSliceMut::from_mut_slice(&mut out[..inside]))
+                .into_result()?;
+        }
+        out[inside..].fill(0);
+        Ok(())
+    }
+
+    /// The full cluster a compressed descriptor holds.
+    pub(crate) fn decompress(&self, entry: u64) -> Result<Vec<u8>> {
+        let (offset, len) = self.layout.compressed_range(entry);
+        let mut input = vec![0u8; len as usize];
+        self.io.read(offset, &mut input)?;
+        let mut out = vec![0u8; self.layout.cluster_size() as usize];
+        self.method.decompress(&input, &mut out)?;
+        Ok(out)
+    }
+
+    /// True if the qcow2 file holds far fewer bytes than its refcounts
+    /// claim: metadata preallocation, whose data clusters may be holes.
+    fn metadata_preallocated(&self) -> Result<bool> {
+        if let Some(v) = self.prealloc_detected.get() {
+            return Ok(*v);
+        }
+        let file_len = self.io.file.len().into_result()?;
+        let real = self.io.file.allocated_size().into_result()? >> self.layout.cluster_bits;
+        let threshold = (real * 10 / 9).max(real + 2);
+        let clusters = self.layout.clusters_for(file_len);
+        let mut used = 0u64;
+        let mut meta = self.lock();
+        for c in 0..clusters {
+            if meta.refcount(&self.io, c)? > 0 {
+                used += 1;
+                if used > threshold {
+                    break;
+                }
+            }
+        }
+        let v = used > threshold;
+        Ok(*self.prealloc_detected.get_or_init(|| v))
+    }
+
+    /// Allocation status from `offset` (one extent: the host uses the first).
+    pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let len = len.min(self.size().saturating_sub(offset));
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let run = run_at(&mut self.lock(), &self.io, offset, len)?;
+        let store = u32::from(self.io.data.is_some());
+        let mut ext = Extent {
+            offset,
+            length: run.len,
+            flags: 0,
+            store,
+            host_offset: run.host.unwrap_or(0),
+        };
+        ext.flags = match run.sub {
+            Sub::Normal(_) => ef::DATA | ef::ALLOCATED | ef::OFFSET_VALID,
+            Sub::Compressed(_) => ef::DATA | ef::ALLOCATED | ef::COMPRESSED,
+            Sub::ZeroAlloc(_) => ef::ZERO | ef::ALLOCATED | ef::OFFSET_VALID,
+            Sub::ZeroPlain => ef::ZERO | ef::ALLOCATED,
+            Sub::UnallocAlloc(_) => ef::OFFSET_VALID,
+            Sub::UnallocPlain => 0,
+            Sub::Invalid => return Err(Error::Corrupt),
+        };
+        if self.data_file_raw && matches!(run.sub, Sub::UnallocPlain | Sub::ZeroPlain) {
+            // A raw data file maps every guest byte to the same offset.
+            ext.flags |= ef::OFFSET_VALID;
+            ext.host_offset = offset;
+        }
+        if matches!(run.sub, Sub::Normal(_)) && self.metadata_preallocated()? {
+            // What the store holds there refines the answer (qemu asks the
+            // file below a metadata-preallocated image the same way).
+            let store = self.io.data_store();
+            let file_run = store.run_at(ext.host_offset, ext.length).into_result()?;
+            if !file_run.data {
+                ext.flags |= ef::ZERO;
+            }
+            ext.length = file_run.length.clamp(1, ext.length);
+        }
+        Ok(vec![ext])
+    }
+
+    /// Name of store `index`: 0 the qcow2 file, 1 the external data file.
+    pub fn store_name(&self, index: u32) -> String {
+        match (&self.io.data, index) {
+            (Some(d), 1) => d.name().into(),
+            _ => self.io.file.name().into(),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! What `info` shows of a qcow2 image: the generic facts and qemu's
+//! `format-specific` object, in qemu's key order.
+
+use crate::error::Result;
+use crate::image::Qcow2Image;
+use crate::luks;
+use qimg_driver_api::schema::ImageInfo;
+use serde_json::{json, Map, Value};
+
+impl Qcow2Image {
+    /// The facts `info` prints.
+    pub fn info(&self) -> Result<ImageInfo> {
+        let h = self.lock().header.clone();
+        let mut data = Map::new();
+        if h.version >= 3 {
+            data.insert("compat".into(), json!("1.1"));
+        } else {
+            data.insert("compat".into(), json!("0.10"));
+        }
+        data.insert("compression-type".into(), json!(self.method.name()));
+        if h.version >= 3 {
+            data.insert("lazy-refcounts".into(), json!(h.lazy_refcounts()));
+            if !self.bitmaps.is_empty() {
+                let list: Vec<Value> = self.bitmaps.iter().map(|b| b.info()).collect();
+                data.insert("bitmaps".into(), Value::Array(list));
+            }
+        }
+        data.insert("refcount-bits".into(), json!(1u32 << h.refcount_order));
+        if h.version >= 3 {
+            if let Some(name) = &h.ext.data_file {
+                data.insert("data-file".into(), json!(name));
+            }
+            if h.has_data_file() {
+                data.insert("data-file-raw".into(), json!(h.data_file_raw()));
+            }
+        }
+        match h.crypt_method {
+            1 => {
+                data.insert("encrypt".into(), json!({"format": "aes"}));
+            }
+            2 => {
+                if let Some((offset, len)) = h.ext.crypto {
+                    let mut head = vec![0u8; len.min(luks::HEADER_BYTES) as usize];
+                    self.io.read(offset, &mut head)?;
+                    if let Some(v) = luks::info(&head) {
+                        data.insert("encrypt".into(), v);
+                    }
+                }
+            }
+            _ => {}
+        }
+        if h.version >= 3 {
+            data.insert("corrupt".into(), json!(h.corrupt()));
+            data.insert("extended-l2".into(), json!(h.extended_l2()));
+        }
+        Ok(ImageInfo {
+            cluster_size: Some(h.cluster_size()),
+            dirty_flag: Some(h.dirty()),
+            encrypted: Some(h.crypt_method != 0),
+            backing_filename: h.backing_file.clone(),
+            backing_format: h.ext.backing_format.clone(),
+            format_specific: Some(json!({"type": "qcow2", "data": Value::Object(data)})),
+            snapshots: self.snapshots.iter().map(|s| s.info.clone()).collect(),
+        })
+    }
+}

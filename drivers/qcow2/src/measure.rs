@@ -1,0 +1,109 @@
+//! `measure`: the file size a qcow2 image needs, counted as qemu counts it —
+//! header, L2 tables and L1 table for the whole guest, refcount structures
+//! for all of that, plus the data clusters the source fills.
+
+use crate::create::params;
+use crate::error::{Error, Result};
+use qimg_driver_api::schema::{MeasureRequest, MeasureResult};
+use qimg_driver_api::{Extent, Prealloc};
+
+/// Bytes of refcount table and blocks needed to count `clusters` clusters
+/// plus themselves (a fixed point: the structures count themselves too).
+pub fn refcount_metadata_size(clusters: u64, cluster_size: u64, refcount_order: u32) -> u64 {
+    let per_block = cluster_size * 8 >> refcount_order;
+    let per_table_cluster = cluster_size / 8;
+    let (mut blocks, mut table) = (0u64, 0u64);
+    loop {
+        let new_blocks = (clusters + table + blocks).div_ceil(per_block);
+        let new_table = new_blocks.div_ceil(per_table_cluster);
+        if new_blocks == blocks && new_table == table {
+            return (blocks + table) * cluster_size;
+        }
+        blocks = new_blocks;
+        table = new_table;
+    }
+}
+
+/// Size of a fully allocated image of `size` guest bytes: data, header,
+/// L2 tables, L1 table and refcounts.
+pub fn full_size(size: u64, cluster_size: u64, refcount_order: u32, extended: bool) -> u64 {
+    let aligned = size.div_ceil(cluster_size) * cluster_size;
+    let entry = if extended { 16 } else { 8 };
+    let mut meta = cluster_size;
+    let l2_entries = (aligned / cluster_size).next_multiple_of(cluster_size / entry);
+    meta += l2_entries * entry;
+    let l1_entries = (l2_entries * entry / cluster_size).next_multiple_of(cluster_size / 8);
+    meta += l1_entries * 8;
+    meta += refcount_metadata_size(
+        (meta + aligned) / cluster_size,
+        cluster_size,
+        refcount_order,
+    );
+    meta + aligned
+}
+
+/// Answers `measure` for a new image (`allocated` empty) or one converted
+/// from a source whose data extents are `allocated`.
+pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<MeasureResult> {
+    let p = params(request.size, &request.options)?;
+    let cs = 1u64 << p.cluster_bits;
+    let entry = if p.extended_l2 { 16 } else { 8 };
+    let virtual_size = request.size.div_ceil(cs) * cs;
+    let l2_tables = (virtual_size / cs).div_ceil(cs / entry);
+    if l2_tables * entry > 32 << 20 {
+        return Err(Error::argument(
+            "The image size is too large (try using a larger cluster size)",
+        ));
+    }
+    let mut required = 0u64;
+    if matches!(p.prealloc, Prealloc::FULL | Prealloc::FALLOC) {
+        required = virtual_size;
+    } else {
+        // Each data run counts the clusters it touches; a run starting in a
+        // cluster already counted starts at the next one.
+        let mut next = 0u64;
+        for e in allocated {
+            let start = e.offset.max(next);
+            if start >= e.end() {
+                continue;
+            }
+            let end = e.end().div_ceil(cs) * cs;
+            required += end - start / cs * cs;
+            next = end;
+        }
+    }
+    let full = full_size(virtual_size, cs, p.refcount_order, p.extended_l2);
+    Ok(MeasureResult {
+        required: full - virtual_size + required,
+        fully_allocated: full,
+        bitmaps: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_mib_with_default_options() {
+        assert_eq!(full_size(4 << 20, 65536, 4, false), 4521984);
+    }
+
+    #[test]
+    fn data_runs_count_whole_clusters_once() {
+        let ext = |offset, length| Extent {
+            offset,
+            length,
+            flags: 1,
+            store: 0,
+            host_offset: 0,
+        };
+        let req = MeasureRequest {
+            size: 4 << 20,
+            options: Default::default(),
+            from_image: true,
+        };
+        let r = measure(&req, &[ext(0, 4096), ext(8192, 4096), ext(65536, 1)]).unwrap();
+        assert_eq!(r.required, 327680 + 2 * 65536);
+    }
+}

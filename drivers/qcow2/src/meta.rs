@@ -1,0 +1,662 @@
+//! The image's mutable metadata, kept under the image's lock: the header,
+//! the active L1 table, cached L2 tables, the refcount table and cached
+//! refcount blocks (qcow2.txt "Host cluster management", "Cluster mapping").
+//!
+//! Metadata is written back, not through: [`Meta::flush`] writes it in the
+//! order that keeps the file consistent across a crash — refcount blocks
+//! (and a moved refcount table) first, then a flush, then L2 tables, a flush,
+//! then the L1 table and the header. Guest data is written by the caller
+//! before it asks for the L2 update, so an entry never points at data that
+//! is not on disk, and a cluster is never referenced before it is counted:
+//! the worst a crash leaves is leaked clusters.
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::header::Header;
+use crate::layout::{Entry, Layout, Sub, COPIED, OFFSET_MASK};
+use qimg_driver_api::abi_stable::std_types::RSlice;
+use qimg_driver_api::ByteStoreBox;
+use qimg_driver_util::read_or_zero;
+use std::collections::HashSet;
+
+/// Metadata tables kept in memory at most (each one cluster); beyond this
+/// clean tables are dropped and dirty ones written out.
+const CACHE_BYTES: u64 = 32 << 20;
+
+/// The stores an image reads and writes.
+pub struct Io {
+    /// The qcow2 file.
+    pub file: ByteStoreBox,
+    /// The external data file, if any.
+    pub data: Option<ByteStoreBox>,
+}
+
+impl Io {
+    /// Reads metadata or data from the qcow2 file (zeros past its end).
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        Ok(read_or_zero(&self.file, offset, buf)?)
+    }
+    /// Writes to the qcow2 file.
+    pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        Ok(self
+            .file
+            .write_at(offset, RSlice::from_slice(buf))
+            .into_result()?)
+    }
+    /// The store guest data lives in.
+    pub fn data_store(&self) -> &ByteStoreBox {
+        self.data.as_ref().unwrap_or(&self.file)
+    }
+    /// Flushes both stores.
+    pub fn flush(&self) -> Result<()> {
+        if let Some(d) = &self.data {
+            d.flush().into_result()?;
+        }
+        Ok(self.file.flush().into_result()?)
+    }
+}
+
+/// Where a guest cluster's L2 entry lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    /// Host offset of the L2 table.
+    pub table: u64,
+    /// Index in the table.
+    pub index: usize,
+}
+
+/// The image's metadata. Every method expects the image lock held.
+pub struct Meta {
+    /// The header as it should be on disk.
+    pub header: Header,
+    /// The header needs writing.
+    pub header_dirty: bool,
+    /// Geometry.
+    pub layout: Layout,
+    /// Guest clusters live in an external data file (not refcounted).
+    pub data_file: bool,
+    /// The active L1 table (entries past its length are zero).
+    pub l1: Vec<u64>,
+    /// The L1 table needs writing.
+    pub l1_dirty: bool,
+    /// Cached L2 tables.
+    pub l2: Cache<Vec<Entry>>,
+    /// The refcount table (entries past its length are zero).
+    pub reftable: Vec<u64>,
+    /// The refcount table needs writing.
+    pub reftable_dirty: bool,
+    /// Cached refcount blocks, raw.
+    pub refblocks: Cache<Vec<u8>>,
+    /// No cluster below this one is free.
+    pub free_hint: u64,
+    /// Where the next compressed cluster may start (0: in a new cluster).
+    pub compressed_next: u64,
+    /// Guest clusters with an allocation or read-modify-write under way.
+    pub in_flight: HashSet<u64>,
+    /// A corruption was already reported.
+    pub corruption_reported: bool,
+}
+
+fn be64_words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
+}
+
+fn words_be(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_be_bytes()).collect()
+}
+
+/// Reads a table of `entries` 64-bit words at `offset`, keeping only the part
+/// that lies inside the file (the rest reads as zeros), so a header field
+/// alone never decides how much memory is used.
+pub fn read_table(io: &Io, offset: u64, entries: u64, file_len: u64) -> Result<Vec<u64>> {
+    let in_file = file_len.saturating_sub(offset).div_ceil(8).min(entries);
+    let mut bytes = vec![0u8; (in_file * 8) as usize];
+    io.read(offset, &mut bytes)?;
+    let mut words = be64_words(&bytes);
+    while words.last() == Some(&0) {
+        words.pop();
+    }
+    Ok(words)
+}
+
+/// The refcount of entry `i` of a refcount block of width `1 << order`.
+fn get_refcount(block: &[u8], order: u32, i: usize) -> u64 {
+    match order {
+        0..=2 => {
+            let bits = 1usize << order;
+            let bit = i * bits;
+            u64::from((block[bit / 8] >> (bit % 8)) & ((1u16 << bits) - 1) as u8)
+        }
+        3 => u64::from(block[i]),
+        4 => u64::from(u16::from_be_bytes([block[2 * i], block[2 * i + 1]])),
+        5 => {
+            let b = &block[4 * i..4 * i + 4];
+            u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        _ => be64_words(&block[8 * i..8 * i + 8])[0],
+    }
+}
+
+/// Sets entry `i` of a refcount block (the value fits the width).
+pub fn put_refcount(block: &mut [u8], order: u32, i: usize, value: u64) {
+    match order {
+        0..=2 => {
+            let bits = 1usize << order;
+            let bit = i * bits;
+            let mask = (((1u16 << bits) - 1) as u8) << (bit % 8);
+            let byte = &mut block[bit / 8];
+            *byte = (*byte & !mask) | (((value as u8) << (bit % 8)) & mask);
+        }
+        3 => block[i] = value as u8,
+        4 => block[2 * i..2 * i + 2].copy_from_slice(&(value as u16).to_be_bytes()),
+        5 => block[4 * i..4 * i + 4].copy_from_slice(&(value as u32).to_be_bytes()),
+        _ => block[8 * i..8 * i + 8].copy_from_slice(&value.to_be_bytes()),
+    }
+}
+
+impl Meta {
+    /// Metadata for an opened image whose tables were read.
+    pub fn new(header: Header, layout: Layout, l1: Vec<u64>, reftable: Vec<u64>) -> Meta {
+        let tables = (CACHE_BYTES >> layout.cluster_bits).max(16) as usize;
+        Meta {
+            data_file: header.has_data_file(),
+            header,
+            header_dirty: false,
+            layout,
+            l1,
+            l1_dirty: false,
+            l2: Cache::new(tables),
+            reftable,
+            reftable_dirty: false,
+            refblocks: Cache::new(tables / 4),
+            free_hint: 1,
+            compressed_next: 0,
+            in_flight: HashSet::new(),
+            corruption_reported: false,
+        }
+    }
+
+    /// Reports a metadata inconsistency the way qemu does (once per image)
+    /// and returns the error the request fails with.
+    pub fn corruption(&mut self, what: String) -> Error {
+        if !self.corruption_reported {
+            self.corruption_reported = true;
+            eprintln!(
+                "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be suppressed"
+            );
+        }
+        Error::Corrupt
+    }
+
+    /// The L1 entry of guest L1 index `i`.
+    pub fn l1_entry(&self, i: u64) -> u64 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| self.l1.get(i))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set_l1_entry(&mut self, i: usize, value: u64) {
+        if self.l1.len() <= i {
+            self.l1.resize(i + 1, 0);
+        }
+        self.l1[i] = value;
+        self.l1_dirty = true;
+    }
+
+    /// The L2 table at `offset`, read into the cache if needed.
+    pub fn l2_table(&mut self, io: &Io, offset: u64) -> Result<&mut Vec<Entry>> {
+        if !self.l2.contains(offset) {
+            let cs = self.layout.cluster_size() as usize;
+            let mut bytes = vec![0u8; cs];
+            io.read(offset, &mut bytes)?;
+            let words = be64_words(&bytes);
+            let table: Vec<Entry> = if self.layout.extended {
+                words
+                    .chunks_exact(2)
+                    .map(|w| Entry {
+                        word: w[0],
+                        bitmap: w[1],
+                    })
+                    .collect()
+            } else {
+                words
+                    .into_iter()
+                    .map(|word| Entry { word, bitmap: 0 })
+                    .collect()
+            };
+            self.l2.insert(offset, table, false);
+        }
+        self.l2
+            .get(offset)
+            .ok_or_else(|| Error::invalid("L2 table vanished from the cache"))
+    }
+
+    /// The L2 table offset for L1 index `l1i`, checked; 0 if unallocated.
+    pub fn l2_offset(&mut self, l1i: u64) -> Result<u64> {
+        let entry = self.l1_entry(l1i);
+        let offset = entry & OFFSET_MASK;
+        if self.layout.in_cluster(offset) != 0 {
+            return Err(self.corruption(format!(
+                "L2 table offset {offset:#x} unaligned (L1 index: {l1i:#x})"
+            )));
+        }
+        Ok(offset)
+    }
+
+    /// The L2 entry mapping guest offset `guest` (default if unallocated).
+    pub fn entry(&mut self, io: &Io, guest: u64) -> Result<(Entry, Option<Slot>)> {
+        let l1i = self.layout.l1_index(guest);
+        let table = self.l2_offset(l1i)?;
+        if table == 0 {
+            return Ok((Entry::default(), None));
+        }
+        let index = self.layout.l2_index(guest);
+        let entry = self.l2_table(io, table)?[index];
+        Ok((entry, Some(Slot { table, index })))
+    }
+
+    /// The kind of the subcluster at `guest`, with a corruption check of the
+    /// host offset's alignment.
+    pub fn sub_at(&mut self, io: &Io, guest: u64) -> Result<(Sub, Entry, Option<Slot>)> {
+        let (entry, slot) = self.entry(io, guest)?;
+        let index = (self.layout.in_cluster(guest) / self.layout.subcluster_size()) as u32;
+        let sub = entry.sub(&self.layout, self.data_file, index);
+        if let (Some(host), Some(s)) = (sub.host(), slot) {
+            if self.layout.in_cluster(host) != 0 {
+                let what = format!(
+                    "Cluster allocation offset {host:#x} unaligned (L2 offset: {:#x}, L2 index: {:#x})",
+                    s.table, s.index
+                );
+                return Err(self.corruption(what));
+            }
+        }
+        if sub == Sub::Invalid {
+            if let Some(s) = slot {
+                let what = format!(
+                    "Invalid cluster entry found  (L2 offset: {:#x}, L2 index: {:#x})",
+                    s.table, s.index
+                );
+                return Err(self.corruption(what));
+            }
+        }
+        Ok((sub, entry, slot))
+    }
+
+    // ---- refcounts ----
+
+    fn refblock_offset(&mut self, index: u64) -> Result<u64> {
+        let entry = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.reftable.get(i))
+            .copied()
+            .unwrap_or(0);
+        let offset = entry & !511;
+        if self.layout.in_cluster(offset) != 0 {
+            return Err(self.corruption(format!(
+                "Refblock offset {offset:#x} unaligned (reftable index: {index:#x})"
+            )));
+        }
+        Ok(offset)
+    }
+
+    fn refblock(&mut self, io: &Io, offset: u64) -> Result<&mut Vec<u8>> {
+        if !self.refblocks.contains(offset) {
+            let mut block = vec![0u8; self.layout.cluster_size() as usize];
+            io.read(offset, &mut block)?;
+            self.refblocks.insert(offset, block, false);
+        }
+        self.refblocks
+            .get(offset)
+            .ok_or_else(|| Error::invalid("refcount block vanished from the cache"))
+    }
+
+    /// The refcount of host cluster `cluster` (0 where no block covers it).
+    pub fn refcount(&mut self, io: &Io, cluster: u64) -> Result<u64> {
+        let bits = self.layout.refblock_bits();
+        let block = self.refblock_offset(cluster >> bits)?;
+        if block == 0 {
+            return Ok(0);
+        }
+        let order = self.layout.refcount_order;
+        let i = (cluster & ((1 << bits) - 1)) as usize;
+        Ok(get_refcount(self.refblock(io, block)?, order, i))
+    }
+
+    /// Entries the refcount table has room for.
+    fn reftable_capacity(&self) -> u64 {
+        u64::from(self.header.refcount_table_clusters) * self.layout.cluster_size() / 8
+    }
+
+    /// Sets the refcount of `cluster`, creating refcount blocks (and growing
+    /// the refcount table) as needed, never inside `exclude` (clusters being
+    /// allocated whose refcounts are not yet set).
+    fn store_refcount(
+        &mut self,
+        io: &Io,
+        cluster: u64,
+        value: u64,
+        exclude: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let bits = self.layout.refblock_bits();
+        let index = cluster >> bits;
+        if index >= self.reftable_capacity() {
+            self.grow_reftable(io, index, exclude)?;
+        }
+        let mut block = self.refblock_offset(index)?;
+        if block == 0 {
+            block = self.new_refblock(io, index, exclude)?;
+        }
+        let order = self.layout.refcount_order;
+        let i = (cluster & ((1 << bits) - 1)) as usize;
+        put_refcount(self.refblock(io, block)?, order, i, value);
+        self.refblocks.mark_dirty(block);
+        if value == 0 {
+            self.free_hint = self.free_hint.min(cluster);
+        }
+        Ok(())
+    }
+
+    /// Creates the refcount block for table index `index`, placed in a free
+    /// cluster outside `exclude`.
+    fn new_refblock(&mut self, io: &Io, index: u64, exclude: &mut Vec<(u64, u64)>) -> Result<u64> {
+        let at = self.find_free(io, 1, exclude)?;
+        let offset = at << self.layout.cluster_bits;
+        self.refblocks
+            .insert(offset, vec![0u8; self.layout.cluster_size() as usize], true);
+        let i = index as usize;
+        if self.reftable.len() <= i {
+            self.reftable.resize(i + 1, 0);
+        }
+        self.reftable[i] = offset;
+        self.reftable_dirty = true;
+        exclude.push((at, 1));
+        self.store_refcount(io, at, 1, exclude)?;
+        exclude.pop();
+        Ok(offset)
+    }
+
+    /// Moves the refcount table to a larger place that covers table index
+    /// `needed`, together with the refcount blocks that describe the new
+    /// table itself.
+    fn grow_reftable(&mut self, io: &Io, needed: u64, exclude: &mut Vec<(u64, u64)>) -> Result<()> {
+        let cs = self.layout.cluster_size();
+        let bits = self.layout.refblock_bits();
+        let old_offset = self.header.refcount_table_offset;
+        let old_clusters = u64::from(self.header.refcount_table_clusters);
+        let mut clusters = (old_clusters + old_clusters / 2).max(1);
+        while clusters * cs / 8 <= needed {
+            clusters += clusters.div_ceil(2);
+        }
+        if clusters * cs > 8 << 20 {
+            return Err(Error::Errno(27, "File too large".into()));
+        }
+        // The new table and the blocks for its own clusters go in one free
+        // run: grow the run until every block it needs is inside it.
+        let mut blocks = 0u64;
+        let start = loop {
+            let start = self.find_free(io, clusters + blocks, exclude)?;
+            let end = start + clusters + blocks;
+            let missing = ((start >> bits)..=((end - 1) >> bits))
+                .filter(|&ri| {
+                    self.reftable
+                        .get(ri as usize)
+                        .is_none_or(|&e| e & !511 == 0)
+                })
+                .count() as u64;
+            if missing <= blocks {
+                break start;
+            }
+            blocks = missing;
+        };
+        if ((start + clusters + blocks) >> bits) >= clusters * cs / 8 {
+            return Err(Error::Errno(27, "File too large".into()));
+        }
+        let mut table = self.reftable.clone();
+        table.resize((clusters * cs / 8) as usize, 0);
+        let mut next_block = start + clusters;
+        let end = start + clusters + blocks;
+        for ri in (start >> bits)..=((end - 1) >> bits) {
+            if table[ri as usize] & !511 == 0 && next_block < end {
+                let offset = next_block << self.layout.cluster_bits;
+                table[ri as usize] = offset;
+                self.refblocks.insert(offset, vec![0u8; cs as usize], true);
+                next_block += 1;
+            }
+        }
+        self.reftable = table;
+        self.reftable_dirty = true;
+        self.header.refcount_table_offset = start << self.layout.cluster_bits;
+        self.header.refcount_table_clusters = clusters as u32;
+        self.header_dirty = true;
+        exclude.push((start, end - start));
+        for c in start..end {
+            self.store_refcount(io, c, 1, exclude)?;
+        }
+        exclude.pop();
+        let old = old_offset >> self.layout.cluster_bits;
+        for c in old..old + old_clusters {
+            let rc = self.refcount(io, c)?;
+            self.store_refcount(io, c, rc.saturating_sub(1), exclude)?;
+        }
+        Ok(())
+    }
+
+    /// The first run of `n` free clusters at or after the free hint,
+    /// outside `exclude`.
+    fn find_free(&mut self, io: &Io, n: u64, exclude: &[(u64, u64)]) -> Result<u64> {
+        let mut start = self.free_hint.max(1);
+        let mut at = start;
+        while at < start + n {
+            let busy = exclude.iter().any(|&(s, len)| at >= s && at < s + len)
+                || self.refcount(io, at)? != 0;
+            at += 1;
+            if busy {
+                start = at;
+            }
+        }
+        Ok(start)
+    }
+
+    /// Allocates `n` contiguous clusters with refcount 1; returns the host
+    /// offset of the first.
+    pub fn alloc_clusters(&mut self, io: &Io, n: u64) -> Result<u64> {
+        let start = self.find_free(io, n, &[])?;
+        let mut exclude = vec![(start, n)];
+        for c in start..start + n {
+            self.store_refcount(io, c, 1, &mut exclude)?;
+        }
+        if self.free_hint == start {
+            self.free_hint = start + n;
+        }
+        Ok(start << self.layout.cluster_bits)
+    }
+
+    /// Adds `delta` to the refcount of every cluster that `[offset,
+    /// offset+len)` touches. A refcount reaching zero frees the cluster (and
+    /// drops any table cached there).
+    pub fn add_refcount(&mut self, io: &Io, offset: u64, len: u64, delta: i64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let bits = self.layout.cluster_bits;
+        let max = self.layout.refcount_max();
+        for c in (offset >> bits)..=((offset + len - 1) >> bits) {
+            let rc = self.refcount(io, c)?;
+            let value = if delta < 0 {
+                rc.checked_sub(delta.unsigned_abs()).ok_or_else(|| {
+                    self.corruption(format!("Refcount of cluster {c:#x} would become negative"))
+                })?
+            } else {
+                rc.checked_add(delta as u64)
+                    .filter(|v| *v <= max)
+                    .ok_or_else(|| Error::argument("Refcount overflow"))?
+            };
+            self.store_refcount(io, c, value, &mut Vec::new())?;
+            if value == 0 {
+                self.l2.remove(c << bits);
+                self.refblocks.remove(c << bits);
+                if self.compressed_next >> bits == c {
+                    self.compressed_next = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases what an L2 entry held: its data cluster or compressed bytes.
+    pub fn release_entry(&mut self, io: &Io, entry: Entry) -> Result<()> {
+        if entry.compressed() {
+            let (offset, len) = self.layout.compressed_range(entry.word);
+            return self.add_refcount(io, offset & !511, len + (offset & 511), -1);
+        }
+        let host = entry.host();
+        if host != 0 && !self.data_file {
+            self.add_refcount(io, host, self.layout.cluster_size(), -1)?;
+        }
+        Ok(())
+    }
+
+    /// The L2 table for guest offset `guest`, ready to be modified: allocated
+    /// if missing, copied if shared with a snapshot.
+    pub fn writable_l2(&mut self, io: &Io, guest: u64) -> Result<u64> {
+        let l1i = self.layout.l1_index(guest);
+        if l1i >= u64::from(self.header.l1_size) {
+            return Err(Error::argument("L1 table too small for the request"));
+        }
+        let entry = self.l1_entry(l1i);
+        let old = self.l2_offset(l1i)?;
+        if old != 0 && entry & COPIED != 0 {
+            return Ok(old);
+        }
+        let table = if old != 0 {
+            self.l2_table(io, old)?.clone()
+        } else {
+            vec![Entry::default(); self.layout.l2_entries() as usize]
+        };
+        let new = self.alloc_clusters(io, 1)?;
+        self.l2.insert(new, table, true);
+        self.set_l1_entry(l1i as usize, new | COPIED);
+        if old != 0 {
+            self.add_refcount(io, old, 1, -1)?;
+        }
+        Ok(new)
+    }
+
+    /// Stores `entry` at `slot` of a writable L2 table.
+    pub fn set_entry(&mut self, io: &Io, slot: Slot, entry: Entry) -> Result<()> {
+        let table = self.l2_table(io, slot.table)?;
+        table[slot.index] = entry;
+        self.l2.mark_dirty(slot.table);
+        Ok(())
+    }
+
+    /// True when dirty metadata fills the caches and should be written out.
+    pub fn needs_writeback(&self) -> bool {
+        self.l2.full_of_dirty() || self.refblocks.full_of_dirty()
+    }
+
+    /// Writes every dirty table and the header, in crash-safe order, with
+    /// flushes between the steps.
+    pub fn flush(&mut self, io: &Io) -> Result<()> {
+        let cs = self.layout.cluster_size() as usize;
+        // 1. Refcounts (and a moved refcount table) before anything refers
+        //    to the clusters they count.
+        let mut wrote = false;
+        for offset in self.refblocks.dirty() {
+            if let Some(block) = self.refblocks.take_dirty(offset) {
+                io.write(offset, block)?;
+                wrote = true;
+            }
+        }
+        if self.reftable_dirty {
+            let mut bytes = words_be(&self.reftable);
+            let full = self.header.refcount_table_clusters as usize * cs;
+            if self.header_dirty {
+                bytes.resize(full, 0);
+            }
+            io.write(self.header.refcount_table_offset, &bytes)?;
+            self.reftable_dirty = false;
+            wrote = true;
+        }
+        // 2. Data and refcounts durable before L2 entries point at them.
+        if wrote {
+            io.flush()?;
+        }
+        let mut wrote = false;
+        for offset in self.l2.dirty() {
+            if let Some(table) = self.l2.take_dirty(offset) {
+                let words: Vec<u64> = if self.layout.extended {
+                    table.iter().flat_map(|e| [e.word, e.bitmap]).collect()
+                } else {
+                    table.iter().map(|e| e.word).collect()
+                };
+                io.write(offset, &words_be(&words))?;
+                wrote = true;
+            }
+        }
+        // 3. L2 tables durable before the L1 table points at them.
+        if wrote {
+            io.flush()?;
+        }
+        let mut wrote = false;
+        if self.l1_dirty {
+            io.write(self.header.l1_table_offset, &words_be(&self.l1))?;
+            self.l1_dirty = false;
+            wrote = true;
+        }
+        if self.header_dirty {
+            self.write_header(io)?;
+            wrote = true;
+        }
+        if wrote {
+            io.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the header cluster now (not waiting for a flush).
+    pub fn write_header(&mut self, io: &Io) -> Result<()> {
+        let bytes = self.header.serialize()?;
+        io.write(0, &bytes)?;
+        self.header_dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refcounts_of_every_width() {
+        for order in 0..=6u32 {
+            let mut block = vec![0u8; 512];
+            let max = if order == 6 {
+                u64::MAX
+            } else {
+                (1u64 << (1 << order)) - 1
+            };
+            put_refcount(&mut block, order, 3, max);
+            put_refcount(&mut block, order, 4, 1);
+            assert_eq!(get_refcount(&block, order, 3), max, "order {order}");
+            assert_eq!(get_refcount(&block, order, 4), 1, "order {order}");
+            assert_eq!(get_refcount(&block, order, 2), 0, "order {order}");
+            put_refcount(&mut block, order, 3, 0);
+            assert_eq!(get_refcount(&block, order, 3), 0, "order {order}");
+        }
+    }
+
+    #[test]
+    fn sub_byte_refcounts_use_low_bits_first() {
+        let mut block = vec![0u8; 8];
+        put_refcount(&mut block, 0, 0, 1);
+        assert_eq!(block[0], 1);
+        put_refcount(&mut block, 1, 1, 3);
+        assert_eq!(block[0], 0b1101);
+    }
+}

@@ -1,0 +1,766 @@
+//! Writing: allocation of clusters with copy-on-write of partial clusters,
+//! zero clusters, discard, compressed clusters, preallocation, resize and
+//! the backing file name.
+//!
+//! Concurrency: metadata changes happen under the image lock; guest data is
+//! written outside it. A guest cluster being allocated (or read-modified-
+//! written) sits in `Meta::in_flight` until its L2 entry is updated; other
+//! writers to that cluster wait on `Qcow2Image::settled`.
+
+use crate::error::{Error, Result};
+use crate::header::incompat;
+use crate::image::Qcow2Image;
+use crate::layout::{Entry, Sub, COPIED, ZERO};
+use crate::meta::Meta;
+use qimg_driver_api::abi_stable::std_types::RSlice;
+use qimg_driver_api::{zero_flags, Prealloc};
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+
+/// Zero bits of all 32 subclusters in an extended L2 bitmap.
+const ALL_ZERO: u64 = 0xffff_ffff << 32;
+/// Largest explicit zero buffer written at once.
+const ZERO_CHUNK: u64 = 1 << 20;
+
+/// One guest cluster whose L2 entry changes after its data is written.
+struct Plan {
+    /// Guest offset of the cluster.
+    guest: u64,
+    /// Its entry before the write.
+    old: Entry,
+    /// Host cluster the data goes to.
+    host: u64,
+    /// The host cluster is new (the old one, if any, is released).
+    fresh: bool,
+    /// Bytes of the cluster written (padded to subclusters).
+    start: u64,
+    /// End of the written bytes within the cluster.
+    end: u64,
+}
+
+/// Mask of the subclusters in `[start, end)` of a cluster.
+fn sub_mask(start: u64, end: u64, sub_size: u64) -> u64 {
+    let first = start / sub_size;
+    let last = end.div_ceil(sub_size);
+    let bits = last - first;
+    let ones = if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    (ones << first) & 0xffff_ffff
+}
+
+impl Qcow2Image {
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::argument(format!(
+                "Request out of range: offset {offset} length {len} beyond image size {size}"
+            ))),
+        }
+    }
+
+    /// Waits until guest cluster `cluster` has no allocation under way.
+    fn settle<'a>(&'a self, mut meta: MutexGuard<'a, Meta>, cluster: u64) -> MutexGuard<'a, Meta> {
+        while meta.in_flight.contains(&cluster) {
+            meta = self.settled.wait(meta).unwrap_or_else(|e| e.into_inner());
+        }
+        meta
+    }
+
+    /// Sets the dirty bit before the first change to an image with lazy
+    /// refcounts (qcow2.txt, compatible feature bit 0), and writes out
+    /// metadata when the caches are full of it.
+    fn before_change(&self, meta: &mut Meta) -> Result<()> {
+        if meta.header.lazy_refcounts() && !meta.header.dirty() {
+            meta.header.incompatible_features |= incompat::DIRTY;
+            meta.write_header(&self.io)?;
+            self.io.flush()?;
+            self.marked_dirty.store(true, Ordering::Release);
+        }
+        if meta.needs_writeback() {
+            meta.flush(&self.io)?;
+        }
+        Ok(())
+    }
+
+    /// Writes guest data.
+    pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.check_write(offset, buf.len() as u64)?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            done += self.write_step(offset + done as u64, &buf[done..])?;
+        }
+        Ok(())
+    }
+
+    /// Writes a prefix of `data` at `pos`; returns how much was written.
+    fn write_step(&self, pos: u64, data: &[u8]) -> Result<usize> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let span = layout.l2_span();
+        let end = (pos + data.len() as u64).min((pos / span + 1) * span);
+        let meta = self.lock();
+        let mut meta = self.settle(meta, pos / cs);
+        // In place: allocated subclusters of clusters this image owns alone.
+        let mut p = pos;
+        let mut host0 = None;
+        while p < end {
+            if p != pos && layout.in_cluster(p) == 0 && meta.in_flight.contains(&(p / cs)) {
+                break;
+            }
+            let (sub, entry, _) = meta.sub_at(&self.io, p)?;
+            let Sub::Normal(h) = sub else { break };
+            if !entry.copied() {
+                break;
+            }
+            let host = h + layout.in_cluster(p);
+            match host0 {
+                None => host0 = Some(host),
+                Some(h0) if h0 + (p - pos) == host => {}
+                Some(_) => break,
+            }
+            p = ((p / layout.subcluster_size()) + 1) * layout.subcluster_size();
+        }
+        if let (Some(host), true) = (host0, p > pos) {
+            drop(meta);
+            let n = (p.min(end) - pos) as usize;
+            self.io
+                .data_store()
+                .write_at(host, RSlice::from_slice(&data[..n]))
+                .into_result()?;
+            return Ok(n);
+        }
+        self.before_change(&mut meta)?;
+        let plans = self.plan(&mut meta, pos, end)?;
+        drop(meta);
+        let result = self.write_planned(pos, data, &plans);
+        let mut meta = self.lock();
+        let committed = match result {
+            Ok(n) => self.commit(&mut meta, &plans).map(|_| n),
+            Err(e) => Err(e),
+        };
+        for plan in &plans {
+            meta.in_flight.remove(&(plan.guest / cs));
+        }
+        self.settled.notify_all();
+        committed
+    }
+
+    /// Decides where the clusters from `pos` go: one cluster reused in place
+    /// (zero or unallocated subclusters of an owned cluster), or a run of
+    /// clusters that need new host clusters, allocated contiguously.
+    fn plan(&self, meta: &mut Meta, pos: u64, end: u64) -> Result<Vec<Plan>> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let g = layout.subcluster_size();
+        meta.writable_l2(&self.io, pos)?;
+        let mut plans: Vec<Plan> = Vec::new();
+        let mut c = layout.cluster_start(pos);
+        while c < end {
+            if c != layout.cluster_start(pos) && meta.in_flight.contains(&(c / cs)) {
+                break;
+            }
+            let (entry, _) = meta.entry(&self.io, c)?;
+            let owned = entry.has_host(meta.data_file) && entry.copied();
+            let start = pos.max(c) - c;
+            let stop = end.min(c + cs) - c;
+            if owned {
+                if !plans.is_empty() {
+                    break;
+                }
+                let (start, stop) = if layout.extended {
+                    (start / g * g, stop.div_ceil(g) * g)
+                } else {
+                    (0, cs)
+                };
+                plans.push(Plan {
+                    guest: c,
+                    old: entry,
+                    host: entry.host(),
+                    fresh: false,
+                    start,
+                    end: stop,
+                });
+                break;
+            }
+            // Extended entries keep the state of untouched subclusters unless
+            // there is data to copy (compressed, or shared with a snapshot).
+            let keeps_data = entry.compressed() || entry.has_host(meta.data_file);
+            let (start, stop) = if layout.extended && !keeps_data {
+                (start / g * g, stop.div_ceil(g) * g)
+            } else {
+                (0, cs)
+            };
+            if let Some(last) = plans.last() {
+                if last.end != cs || start != 0 {
+                    break;
+                }
+            }
+            plans.push(Plan {
+                guest: c,
+                old: entry,
+                host: 0,
+                fresh: true,
+                start,
+                end: stop,
+            });
+            c += cs;
+        }
+        if plans.first().is_some_and(|p| p.fresh) {
+            let base = if meta.data_file {
+                plans[0].guest
+            } else {
+                meta.alloc_clusters(&self.io, plans.len() as u64)?
+            };
+            for (i, plan) in plans.iter_mut().enumerate() {
+                plan.host = if meta.data_file {
+                    plan.guest
+                } else {
+                    base + i as u64 * cs
+                };
+            }
+        }
+        for plan in &plans {
+            meta.in_flight.insert(plan.guest / cs);
+        }
+        Ok(plans)
+    }
+
+    /// Writes the planned clusters: the caller's data, padded with the
+    /// clusters' current content (backing data, zeros, old data).
+    fn write_planned(&self, pos: u64, data: &[u8], plans: &[Plan]) -> Result<usize> {
+        let (Some(first), Some(last)) = (plans.first(), plans.last()) else {
+            return Err(Error::Corrupt);
+        };
+        let g_start = first.guest + first.start;
+        let g_end = last.guest + last.end;
+        let user_end = (pos + data.len() as u64).min(g_end);
+        let mut buf = vec![0u8; (g_end - g_start) as usize];
+        if pos > g_start {
+            self.read(g_start, &mut buf[..(pos - g_start) as usize])?;
+        }
+        if user_end < g_end {
+            self.read(user_end, &mut buf[(user_end - g_start) as usize..])?;
+        }
+        let n = (user_end - pos) as usize;
+        buf[(pos - g_start) as usize..(user_end - g_start) as usize].copy_from_slice(&data[..n]);
+        self.io
+            .data_store()
+            .write_at(first.host + first.start, RSlice::from_slice(&buf))
+            .into_result()?;
+        Ok(n)
+    }
+
+    /// Points the L2 entries at the written clusters and releases what they
+    /// replaced.
+    fn commit(&self, meta: &mut Meta, plans: &[Plan]) -> Result<()> {
+        let layout = self.layout;
+        for plan in plans {
+            meta.writable_l2(&self.io, plan.guest)?;
+            let (current, slot) = meta.entry(&self.io, plan.guest)?;
+            let Some(slot) = slot else {
+                return Err(Error::Corrupt);
+            };
+            let mut entry = Entry {
+                word: plan.host | COPIED,
+                bitmap: 0,
+            };
+            if layout.extended {
+                let written = sub_mask(plan.start, plan.end, layout.subcluster_size());
+                let old_alloc = if current.compressed() {
+                    0xffff_ffff
+                } else {
+                    current.bitmap & 0xffff_ffff
+                };
+                let alloc = written | old_alloc;
+                let zero = (current.bitmap >> 32) & !alloc;
+                entry.bitmap = alloc | zero << 32;
+            }
+            meta.set_entry(&self.io, slot, entry)?;
+            if plan.fresh {
+                meta.release_entry(&self.io, plan.old)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `[offset, offset+len)` read as zeros.
+    pub fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> Result<()> {
+        self.check_write(offset, len)?;
+        if !self.layout.v3 || self.data_file_raw {
+            return self.write_zero_bytes(offset, len);
+        }
+        let g = self.layout.subcluster_size();
+        let end = offset + len;
+        let size = self.size();
+        // Partial granules at either end: zero them whole if the rest already
+        // reads as zeros, else write zero bytes.
+        let mut start = offset;
+        let mut stop = end;
+        if start % g != 0 {
+            let head_end = (start / g + 1) * g;
+            if self.reads_zero(start / g * g, start)?
+                && self.reads_zero(end.min(head_end), head_end.min(size))?
+            {
+                start = start / g * g;
+            } else {
+                self.write_zero_bytes(start, head_end.min(end) - start)?;
+                start = head_end.min(end);
+            }
+        }
+        if stop % g != 0 && stop > start {
+            let tail_start = stop / g * g;
+            let tail_end = ((stop / g + 1) * g).min(size);
+            if tail_start >= start && self.reads_zero(stop, tail_end)? {
+                stop = tail_end;
+            } else {
+                let from = tail_start.max(start);
+                self.write_zero_bytes(from, stop - from)?;
+                stop = from;
+            }
+        }
+        let unmap = flags & zero_flags::MAY_UNMAP != 0;
+        let mut pos = start;
+        while pos < stop {
+            pos = self.zero_cluster(pos, stop, unmap)?;
+        }
+        Ok(())
+    }
+
+    /// True if `[start, end)` reads as zeros.
+    fn reads_zero(&self, start: u64, end: u64) -> Result<bool> {
+        if end <= start {
+            return Ok(true);
+        }
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.read(start, &mut buf)?;
+        Ok(buf.iter().all(|&b| b == 0))
+    }
+
+    /// Writes explicit zero bytes.
+    fn write_zero_bytes(&self, offset: u64, len: u64) -> Result<()> {
+        let zeros = vec![0u8; len.min(ZERO_CHUNK) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(ZERO_CHUNK);
+            self.write(offset + done, &zeros[..n as usize])?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the whole granules of one cluster from `pos` (granule-aligned)
+    /// up to `stop`; returns where the next cluster starts.
+    fn zero_cluster(&self, pos: u64, stop: u64, unmap: bool) -> Result<u64> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let c = layout.cluster_start(pos);
+        let next = (c + cs).min(stop);
+        let whole = pos == c && (next == c + cs || next >= self.size());
+        let meta = self.lock();
+        let mut meta = self.settle(meta, c / cs);
+        let (entry, _) = meta.entry(&self.io, c)?;
+        let has_host = entry.has_host(meta.data_file);
+        let owned = has_host && entry.copied();
+        if !whole && (!layout.extended || entry.compressed() || (has_host && !owned)) {
+            drop(meta);
+            self.write_zero_bytes(pos, next - pos)?;
+            return Ok(next);
+        }
+        self.before_change(&mut meta)?;
+        meta.writable_l2(&self.io, c)?;
+        let (entry, slot) = meta.entry(&self.io, c)?;
+        let Some(slot) = slot else {
+            return Err(Error::Corrupt);
+        };
+        // A whole cluster may give up its host cluster; part of one keeps it.
+        let keep = owned && (!whole || !unmap || meta.data_file);
+        let word = if keep { entry.host() | COPIED } else { 0 };
+        let new = if !layout.extended {
+            Entry {
+                word: word | ZERO,
+                bitmap: 0,
+            }
+        } else if whole {
+            Entry {
+                word,
+                bitmap: ALL_ZERO,
+            }
+        } else {
+            let mask = sub_mask(pos - c, next - c, layout.subcluster_size());
+            let alloc = entry.bitmap & 0xffff_ffff & !mask;
+            let zero = ((entry.bitmap >> 32) | mask) & !alloc;
+            Entry {
+                word,
+                bitmap: alloc | zero << 32,
+            }
+        };
+        meta.set_entry(&self.io, slot, new)?;
+        if !keep {
+            meta.release_entry(&self.io, entry)?;
+        }
+        Ok(next)
+    }
+
+    /// Discards whole clusters: they read as zeros (or from the backing file
+    /// on version 2) and their host clusters are freed. Partial clusters
+    /// are left alone, as qemu does.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_write(offset, len)?;
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let size = self.size();
+        let mut c = offset.div_ceil(cs) * cs;
+        let end = if offset + len >= size {
+            offset + len
+        } else {
+            (offset + len) / cs * cs
+        };
+        while c < end {
+            let meta = self.lock();
+            let mut meta = self.settle(meta, c / cs);
+            let (entry, _) = meta.entry(&self.io, c)?;
+            let allocated = entry.compressed()
+                || entry.has_host(meta.data_file)
+                || entry.word & ZERO != 0
+                || entry.bitmap != 0;
+            if self.backing.is_some() || allocated {
+                self.before_change(&mut meta)?;
+                meta.writable_l2(&self.io, c)?;
+                let (entry, slot) = meta.entry(&self.io, c)?;
+                let Some(slot) = slot else {
+                    return Err(Error::Corrupt);
+                };
+                let new = match (layout.extended, layout.v3) {
+                    (true, _) => Entry {
+                        word: 0,
+                        bitmap: ALL_ZERO,
+                    },
+                    (false, true) => Entry {
+                        word: ZERO,
+                        bitmap: 0,
+                    },
+                    (false, false) => Entry::default(),
+                };
+                meta.set_entry(&self.io, slot, new)?;
+                meta.release_entry(&self.io, entry)?;
+            }
+            c += cs;
+        }
+        Ok(())
+    }
+
+    /// Writes one cluster compressed (`offset` cluster-aligned, `buf` at
+    /// most a cluster); incompressible data is written normally.
+    pub fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        self.check_write(offset, buf.len() as u64)?;
+        if layout.in_cluster(offset) != 0 || buf.len() as u64 > cs {
+            return Err(Error::argument(
+                "Compressed writes must be cluster-aligned and at most one cluster",
+            ));
+        }
+        if self.io.data.is_some() {
+            return Err(Error::unsupported(
+                "Compression is not supported with external data files",
+            ));
+        }
+        let mut cluster = buf.to_vec();
+        cluster.resize(cs as usize, 0);
+        let Some(packed) = self.method.compress(&cluster, cs as usize)? else {
+            return self.write(offset, buf);
+        };
+        let meta = self.lock();
+        let mut meta = self.settle(meta, offset / cs);
+        self.before_change(&mut meta)?;
+        meta.writable_l2(&self.io, offset)?;
+        let at = self.alloc_compressed(&mut meta, packed.len() as u64)?;
+        meta.in_flight.insert(offset / cs);
+        drop(meta);
+        let written = self.io.write(at, &packed);
+        let mut meta = self.lock();
+        let result = written.and_then(|_| {
+            meta.writable_l2(&self.io, offset)?;
+            let (old, slot) = meta.entry(&self.io, offset)?;
+            let Some(slot) = slot else {
+                return Err(Error::Corrupt);
+            };
+            let entry = Entry {
+                word: layout.compressed_entry(at, packed.len() as u64),
+                bitmap: 0,
+            };
+            meta.set_entry(&self.io, slot, entry)?;
+            meta.release_entry(&self.io, old)
+        });
+        meta.in_flight.remove(&(offset / cs));
+        self.settled.notify_all();
+        result
+    }
+
+    /// Reserves `len` bytes for compressed data, packing clusters the way
+    /// qemu does: after the previous one, in the same host cluster while it
+    /// fits (each host cluster counted once per compressed cluster in it).
+    fn alloc_compressed(&self, meta: &mut Meta, len: u64) -> Result<u64> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let next = meta.compressed_next;
+        let mut at = 0;
+        if next != 0 && layout.in_cluster(next) != 0 {
+            let cluster = next >> layout.cluster_bits;
+            let room = cs - layout.in_cluster(next);
+            let rc = meta.refcount(&self.io, cluster)?;
+            if rc > 0 && rc < layout.refcount_max() {
+                if room >= len {
+                    meta.add_refcount(&self.io, next, 1, 1)?;
+                    at = next;
+                } else {
+                    let fresh = meta.alloc_clusters(&self.io, 1)?;
+                    if fresh == layout.cluster_start(next) + cs {
+                        meta.add_refcount(&self.io, next, 1, 1)?;
+                        at = next;
+                    } else {
+                        at = fresh;
+                    }
+                }
+            }
+        }
+        if at == 0 {
+            at = meta.alloc_clusters(&self.io, 1)?;
+        }
+        meta.compressed_next = if layout.in_cluster(at + len) == 0 {
+            0
+        } else {
+            at + len
+        };
+        Ok(at)
+    }
+
+    /// Allocates host clusters for every guest cluster in `[start, end)`
+    /// that has none (metadata preallocation), then extends the file as
+    /// `mode` says (sparse for metadata, fallocate or zeros otherwise).
+    pub fn preallocate(&self, start: u64, end: u64, mode: Prealloc) -> Result<()> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let span = layout.l2_span();
+        let mut meta = self.lock();
+        let mut c = layout.cluster_start(start);
+        let mut host_end = 0u64;
+        while c < end {
+            let table_end = ((c / span + 1) * span).min(end.div_ceil(cs) * cs);
+            meta.writable_l2(&self.io, c)?;
+            let mut todo = Vec::new();
+            let mut g = c;
+            while g < table_end {
+                let (entry, slot) = meta.entry(&self.io, g)?;
+                if !entry.has_host(meta.data_file) && !entry.compressed() {
+                    if let Some(slot) = slot {
+                        todo.push((g, slot, entry));
+                    }
+                }
+                g += cs;
+            }
+            if !todo.is_empty() {
+                let base = if meta.data_file {
+                    0
+                } else {
+                    meta.alloc_clusters(&self.io, todo.len() as u64)?
+                };
+                for (i, (g, slot, old)) in todo.into_iter().enumerate() {
+                    let host = if meta.data_file {
+                        g
+                    } else {
+                        base + i as u64 * cs
+                    };
+                    host_end = host_end.max(host + cs);
+                    let bitmap = if layout.extended {
+                        old.bitmap & ALL_ZERO
+                    } else {
+                        0
+                    };
+                    let word = host | COPIED | if layout.extended { 0 } else { old.word & ZERO };
+                    meta.set_entry(&self.io, slot, Entry { word, bitmap })?;
+                }
+            }
+            c = table_end;
+        }
+        let store = self.io.data_store();
+        let file_mode = if mode == Prealloc::METADATA {
+            Prealloc::OFF
+        } else {
+            mode
+        };
+        let target = if meta.data_file { end } else { host_end };
+        if target > store.len().into_result()? {
+            store.set_len(target, file_mode).into_result()?;
+        }
+        meta.flush(&self.io)
+    }
+
+    /// Changes the guest size.
+    pub fn resize(&self, new_size: u64, mode: Prealloc, shrink: bool) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let layout = self.layout;
+        let old_size = self.size();
+        if new_size % 512 != 0 {
+            return Err(Error::argument("The new size must be a multiple of 512"));
+        }
+        if !self.snapshots.is_empty() && new_size < old_size {
+            return Err(Error::unsupported(
+                "Can't resize an image which has snapshots",
+            ));
+        }
+        if new_size < old_size {
+            if !shrink {
+                return Err(Error::argument(
+                    "Use the --shrink option to perform a shrink operation.",
+                ));
+            }
+            if mode != Prealloc::OFF {
+                return Err(Error::unsupported(
+                    "Preallocation can't be used for shrinking an image",
+                ));
+            }
+            self.discard_tail(new_size, old_size)?;
+        }
+        let needed = layout.l1_entries_for(new_size);
+        {
+            let mut meta = self.lock();
+            if needed > u64::from(meta.header.l1_size) {
+                if needed * 8 > 32 << 20 {
+                    return Err(Error::argument("The image size is too large"));
+                }
+                self.grow_l1(&mut meta, needed)?;
+            }
+            meta.header.size = new_size;
+            meta.header_dirty = true;
+            meta.flush(&self.io)?;
+        }
+        self.size.store(new_size, Ordering::Release);
+        if let Some(data) = &self.io.data {
+            if new_size > data.len().into_result()? {
+                let file_mode = if mode == Prealloc::METADATA {
+                    Prealloc::OFF
+                } else {
+                    mode
+                };
+                data.set_len(new_size, file_mode).into_result()?;
+            }
+        }
+        if new_size > old_size && (mode != Prealloc::OFF || self.data_file_raw) {
+            let mode = if mode == Prealloc::OFF {
+                Prealloc::METADATA
+            } else {
+                mode
+            };
+            self.preallocate(old_size, new_size, mode)?;
+        }
+        Ok(())
+    }
+
+    /// Frees every cluster wholly past `new_size` before a shrink.
+    fn discard_tail(&self, new_size: u64, old_size: u64) -> Result<()> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let mut meta = self.lock();
+        let mut c = new_size.div_ceil(cs) * cs;
+        while c < old_size {
+            let (entry, slot) = meta.entry(&self.io, c)?;
+            if let Some(slot) = slot {
+                if entry != Entry::default() {
+                    meta.writable_l2(&self.io, c)?;
+                    let (entry, slot2) = meta.entry(&self.io, c)?;
+                    meta.set_entry(&self.io, slot2.unwrap_or(slot), Entry::default())?;
+                    meta.release_entry(&self.io, entry)?;
+                }
+            }
+            c += cs;
+        }
+        Ok(())
+    }
+
+    /// Moves the active L1 table to a new place with `entries` entries.
+    fn grow_l1(&self, meta: &mut Meta, entries: u64) -> Result<()> {
+        let layout = self.layout;
+        meta.flush(&self.io)?;
+        let bytes = entries * 8;
+        let new = meta.alloc_clusters(&self.io, layout.clusters_for(bytes))?;
+        let mut table: Vec<u8> = meta.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+        table.resize(bytes as usize, 0);
+        meta.flush(&self.io)?;
+        self.io.write(new, &table)?;
+        self.io.flush()?;
+        let old = meta.header.l1_table_offset;
+        let old_bytes = u64::from(meta.header.l1_size) * 8;
+        meta.header.l1_table_offset = new;
+        meta.header.l1_size = entries as u32;
+        meta.write_header(&self.io)?;
+        self.io.flush()?;
+        if old_bytes > 0 {
+            meta.add_refcount(&self.io, old, old_bytes, -1)?;
+        }
+        Ok(())
+    }
+
+    /// Records a new backing file name and format in the header.
+    pub fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let mut meta = self.lock();
+        meta.flush(&self.io)?;
+        let saved = meta.header.clone();
+        meta.header.backing_file = name.filter(|n| !n.is_empty()).map(String::from);
+        meta.header.ext.backing_format = match &meta.header.backing_file {
+            Some(_) => format.map(String::from),
+            None => None,
+        };
+        if let Err(e) = meta.write_header(&self.io) {
+            meta.header = saved;
+            return Err(e);
+        }
+        self.io.flush()
+    }
+
+    /// Makes everything written durable, metadata in crash-safe order.
+    pub fn flush(&self) -> Result<()> {
+        let mut meta = self.lock();
+        meta.flush(&self.io)?;
+        self.io.flush()
+    }
+
+    /// Flushes and clears the dirty bit this handle set.
+    pub fn close(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        let mut meta = self.lock();
+        meta.flush(&self.io)?;
+        if self.marked_dirty.swap(false, Ordering::AcqRel) {
+            meta.header.incompatible_features &= !incompat::DIRTY;
+            meta.write_header(&self.io)?;
+        }
+        self.io.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sub_mask;
+
+    #[test]
+    fn subcluster_masks() {
+        assert_eq!(sub_mask(0, 65536, 2048), 0xffff_ffff);
+        assert_eq!(sub_mask(0, 2048, 2048), 1);
+        assert_eq!(sub_mask(2048, 6144, 2048), 0b110);
+        assert_eq!(sub_mask(4000, 4100, 2048), 0b110);
+    }
+}
