@@ -14,8 +14,8 @@ pub enum Access {
     ReadWrite,
     /// Read only.
     ReadOnly,
-    /// Neither.
-    NoAccess,
+    /// Neither (`NOACCESS`).
+    Denied,
 }
 
 /// The extent type, the third word of an extent line.
@@ -23,7 +23,7 @@ pub enum Access {
 pub enum ExtentType {
     /// Plain data in a file (`FLAT`).
     Flat,
-    /// Plain data on a VMFS volume (`VMFS`): read like `FLAT`.
+    /// Plain data on a VMFS volume (`VMFS`): read like `FLAT` from offset 0.
     Vmfs,
     /// A hosted sparse extent (`SPARSE`).
     Sparse,
@@ -54,9 +54,10 @@ impl ExtentType {
             _ => return None,
         })
     }
-    /// Types whose line ends with an offset into the file.
+    /// Types whose line ends with an offset into the file (only `FLAT`:
+    /// a `VMFS` extent always starts at the start of its file).
     pub fn has_offset(self) -> bool {
-        matches!(self, ExtentType::Flat | ExtentType::Vmfs)
+        self == ExtentType::Flat
     }
 }
 
@@ -208,7 +209,7 @@ fn parse_extent_line(line: &str) -> Result<Option<ExtentLine>> {
     let access = match access_word {
         "RW" => Access::ReadWrite,
         "RDONLY" => Access::ReadOnly,
-        "NOACCESS" => Access::NoAccess,
+        "NOACCESS" => Access::Denied,
         _ => return Ok(None),
     };
     // VDF 1.1: a ZERO extent names no file; the other types name one, and
@@ -334,7 +335,7 @@ pub fn render(
         let access = match e.access {
             Access::ReadWrite => "RW",
             Access::ReadOnly => "RDONLY",
-            Access::NoAccess => "NOACCESS",
+            Access::Denied => "NOACCESS",
         };
         match e.kind {
             ExtentType::Zero => lines.push_str(&format!("{access} {} ZERO\n", e.sectors)),
@@ -419,7 +420,7 @@ mod tests {
 
     #[test]
     fn content_ids_are_found_as_qemu_finds_them() {
-        assert_eq!(hex_value("parentCID=ffffffff\n", "CID"), None);
+        assert_eq!(hex_value("parentCID=ffffffff\n", "CID"), Some(0xffff_ffff));
         assert_eq!(hex_value("CID=xyz", "CID"), None);
         assert_eq!(hex_value("CID=0x1f\n", "CID"), Some(0x1f));
         assert_eq!(

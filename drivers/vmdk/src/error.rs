@@ -56,6 +56,9 @@ pub enum VmdkError {
     /// A table lies beyond the end of its file.
     #[error("{0} lies beyond the end of the file")]
     PastEof(&'static str),
+    /// A write beyond what the grain directory can map.
+    #[error("Grain directory too small for the extent's capacity")]
+    DirectoryTooSmall,
     /// The footer of a stream-optimized extent is missing or malformed.
     #[error("Invalid footer")]
     InvalidFooter,
@@ -122,7 +125,9 @@ impl From<VmdkError> for DriverError {
             VmdkError::OutOfRange(..) | VmdkError::InvalidOption(_) => {
                 DriverError::invalid_argument(message)
             }
-            VmdkError::PastEof(_) | VmdkError::InvalidFooter => DriverError::corrupt(message),
+            VmdkError::PastEof(_) | VmdkError::InvalidFooter | VmdkError::DirectoryTooSmall => {
+                DriverError::corrupt(message)
+            }
             _ => DriverError::invalid_image(message),
         }
     }

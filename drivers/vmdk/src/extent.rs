@@ -18,7 +18,7 @@ pub enum ExtentData {
         offset: u64,
     },
     /// A sparse extent.
-    Sparse(SparseExtent),
+    Sparse(Box<SparseExtent>),
     /// Reads as zeros.
     Zero,
 }

@@ -103,7 +103,7 @@ impl VmdkImage {
                 type_word: String::new(),
                 store: Some(own.clone()),
                 name: name.clone(),
-                data: ExtentData::Sparse(sparse),
+                data: ExtentData::Sparse(Box::new(sparse)),
             };
             (vec![extent], DescriptorPlace::None, String::new())
         } else {
@@ -179,7 +179,7 @@ impl VmdkImage {
             type_word: String::new(),
             store: Some(own.clone()),
             name: name.to_string(),
-            data: ExtentData::Sparse(sparse),
+            data: ExtentData::Sparse(Box::new(sparse)),
         };
         Ok((
             vec![extent],
@@ -220,7 +220,7 @@ impl VmdkImage {
                         host.open_related(line.file.as_str().into(), rw, false)
                             .into_result()?,
                     );
-                    let data = if kind.has_offset() {
+                    let data = if matches!(kind, ExtentType::Flat | ExtentType::Vmfs) {
                         ExtentData::Flat {
                             offset: line
                                 .offset
@@ -228,7 +228,7 @@ impl VmdkImage {
                                 .ok_or(VmdkError::TotalTooLarge)?,
                         }
                     } else {
-                        ExtentData::Sparse(open_sparse(store.clone(), rw)?)
+                        ExtentData::Sparse(Box::new(open_sparse(store.clone(), rw)?))
                     };
                     (Some(store), data)
                 }
@@ -325,7 +325,7 @@ impl VmdkImage {
     }
 
     fn read_extent(&self, e: &Extent, rel: u64, buf: &mut [u8]) -> Result<()> {
-        if e.access == Access::NoAccess {
+        if e.access == Access::Denied {
             return Err(VmdkError::NoAccess);
         }
         match (&e.data, &e.store) {
@@ -726,7 +726,7 @@ impl ImageImpl for VmdkImage {
             if let Some(sp) = e.sparse().filter(|s| s.compressed) {
                 let gb = sp.grain_bytes();
                 let rel = offset - e.start;
-                if rel % gb == 0 && buf.len() as u64 <= gb {
+                if rel.is_multiple_of(gb) && buf.len() as u64 <= gb {
                     let mut grain = buf.to_vec();
                     grain.resize(gb as usize, 0);
                     return Ok(stream::pack_grain(rel / gb * sp.grain_sectors, &grain)?);
@@ -741,7 +741,10 @@ impl ImageImpl for VmdkImage {
             if let Some(sp) = e.sparse().filter(|s| s.compressed) {
                 let gb = sp.grain_bytes();
                 let rel = offset - e.start;
-                if rel % gb == 0 && data.len() as u64 % SECTOR == 0 && data.len() >= 12 {
+                if rel.is_multiple_of(gb)
+                    && (data.len() as u64).is_multiple_of(SECTOR)
+                    && data.len() >= 12
+                {
                     self.flush_pending()?;
                     self.check_write(offset, 1)?;
                     self.touch()?;

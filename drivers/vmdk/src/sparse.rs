@@ -138,14 +138,18 @@ impl SparseExtent {
         if header.num_gtes_per_gt > MAX_GTES_PER_GT {
             return Err(VmdkError::L2TooBig);
         }
-        let per_gd_entry = u64::from(header.num_gtes_per_gt).saturating_mul(header.grain_size);
+        // Sectors one grain directory entry covers, and the number of
+        // entries, are 32-bit quantities (as qemu-img computes them: a
+        // product or quotient that does not fit is cut to its low bits).
+        let per_gd_entry =
+            u64::from((u64::from(header.num_gtes_per_gt).wrapping_mul(header.grain_size)) as u32);
         if per_gd_entry == 0 {
             return Err(VmdkError::L1EntryInvalid);
         }
         if header.grain_size > MAX_GRAIN_SECTORS {
             return Err(VmdkError::BadGranularity);
         }
-        let gd_entries = header.capacity.div_ceil(per_gd_entry);
+        let gd_entries = u64::from(header.capacity.div_ceil(per_gd_entry) as u32);
         if gd_entries > MAX_GD_ENTRIES {
             return Err(VmdkError::L1TooBig);
         }
@@ -259,16 +263,13 @@ impl SparseExtent {
         if gde == 0 && !st.tables.contains_key(&gt) {
             return Ok(None);
         }
-        if !st.tables.contains_key(&gt) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = st.tables.entry(gt) {
             let mut buf = vec![0u8; self.gtes_per_gt as usize * 4];
             read_or_zero(&self.store, u64::from(gde) * SECTOR, &mut buf)?;
-            st.tables.insert(
-                gt,
-                Table {
-                    entries: entries_from_bytes(&buf),
-                    dirty: false,
-                },
-            );
+            slot.insert(Table {
+                entries: entries_from_bytes(&buf),
+                dirty: false,
+            });
         }
         Ok(st.tables.get_mut(&gt))
     }
@@ -296,6 +297,9 @@ impl SparseExtent {
         let per = u64::from(self.gtes_per_gt);
         let gt = (grain / per) as u32;
         let index = (grain % per) as usize;
+        if gt as usize >= st.gd.len() {
+            return Err(VmdkError::DirectoryTooSmall);
+        }
         if self.table(st, gt)?.is_none() {
             self.new_table(st, gt)?;
         }

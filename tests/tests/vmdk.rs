@@ -1,0 +1,706 @@
+//! The vmdk driver against qemu-img 10.0.2: qimg reads what qemu-img and
+//! qemu-io wrote (`info`, `map`, `convert -O raw`), and what qimg writes
+//! passes `qemu-img check` and `qemu-img compare`.
+
+use qimg_tests::Fixture;
+
+/// Writes qemu-io commands into a vmdk image.
+fn io(fx: &Fixture, file: &str, commands: &[&str]) {
+    let mut script = String::from("qemu-io -f vmdk");
+    for c in commands {
+        script.push_str(&format!(" -c '{c}'"));
+    }
+    script.push_str(&format!(" {file} >/dev/null"));
+    fx.sh(&script);
+}
+
+/// The pattern every fixture holds: a whole grain, a partial grain and a
+/// grain near the end.
+const PATTERN: &[&str] = &[
+    "write -P 1 0 64k",
+    "write -P 2 1028k 8k",
+    "write -P 3 3M 64k",
+];
+
+/// A fixture with one qemu-made image of `subformat` (`img.vmdk`, 4 MiB,
+/// [`PATTERN`] written).
+fn made(name: &str, subformat: &str, size: &str) -> Fixture {
+    let fx = Fixture::new(name);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        &format!("subformat={subformat}"),
+        "img.vmdk",
+        size,
+    ]);
+    if subformat == "streamOptimized" {
+        fx.oracle(&["create", "-q", "-f", "raw", "src.raw", size]);
+        fx.sh(&format!(
+            "qemu-io -f raw -c 'write -P 1 0 64k' -c 'write -P 2 1028k 8k' -c 'write -P 3 3M 64k' src.raw >/dev/null && rm img.vmdk && qemu-img convert -O vmdk -o subformat={subformat} src.raw img.vmdk"
+        ));
+    } else {
+        io(&fx, "img.vmdk", PATTERN);
+    }
+    fx
+}
+
+/// qimg and qemu-img print the same for `info` and `map`, human and JSON.
+fn reads_alike(fx: &Fixture, file: &str) {
+    fx.same(&["info", file]);
+    fx.same(&["info", "--output=json", file]);
+    fx.same(&["map", "--output=json", file]);
+    fx.same(&["map", file]);
+}
+
+/// `info --output=json` of both tools, without what qimg's host does not
+/// show yet for disks of several files (their child nodes and the disk
+/// size summed over all of them); errors must be identical.
+fn same_info_data(fx: &Fixture, file: &str) {
+    let ours = fx.qimg(&["info", "--output=json", file]);
+    let theirs = fx.qemu_img(&["info", "--output=json", file]);
+    if ours.status != 0 || theirs.status != 0 {
+        assert_eq!(ours, theirs, "info {file}");
+        return;
+    }
+    let strip = |text: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("children");
+            m.remove("actual-size");
+            // The host always shows a dirty flag; qemu-img shows none for
+            // extents of mixed grain sizes.
+            m.remove("dirty-flag");
+        }
+        v
+    };
+    assert_eq!(strip(&ours.stdout), strip(&theirs.stdout), "info {file}");
+}
+
+/// `convert -O raw` by qimg gives the bytes qemu-img's gives.
+fn converts_alike(fx: &Fixture, file: &str) {
+    let ours = fx.qimg(&["convert", "-O", "raw", file, "ours.raw"]);
+    assert_eq!(ours.status, 0, "{}", ours.stderr);
+    fx.oracle(&["convert", "-O", "raw", file, "theirs.raw"]);
+    fx.oracle(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        "ours.raw",
+        "theirs.raw",
+    ]);
+}
+
+macro_rules! read_cases {
+    ($($name:ident => ($sub:expr, $size:expr, $check_map:expr)),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fx = made(stringify!($name), $sub, $size);
+                if $check_map {
+                    reads_alike(&fx, "img.vmdk");
+                } else {
+                    same_info_data(&fx, "img.vmdk");
+                    fx.same(&["map", "--output=json", "img.vmdk"]);
+                    fx.same(&["map", "img.vmdk"]);
+                }
+                converts_alike(&fx, "img.vmdk");
+            }
+        )+
+    };
+}
+
+read_cases! {
+    reads_monolithic_sparse => ("monolithicSparse", "4M", true),
+    reads_monolithic_flat => ("monolithicFlat", "4M", false),
+    reads_split_sparse => ("twoGbMaxExtentSparse", "4M", false),
+    reads_split_flat => ("twoGbMaxExtentFlat", "4M", false),
+    reads_stream_optimized => ("streamOptimized", "4M", true),
+    reads_odd_size => ("monolithicSparse", "3300k", true),
+}
+
+#[test]
+fn reads_several_extents() {
+    let fx = Fixture::new("several_extents");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=twoGbMaxExtentSparse",
+        "img.vmdk",
+        "5G",
+    ]);
+    io(
+        &fx,
+        "img.vmdk",
+        &["write -P 4 2047M 2M", "write -P 5 4097M 64k"],
+    );
+    fx.same(&["map", "--output=json", "img.vmdk"]);
+    fx.same(&["map", "img.vmdk"]);
+    let ours = fx.qimg(&["info", "--output=json", "img.vmdk"]).stdout;
+    assert!(ours.contains("\"filename\": \"img-s003.vmdk\""), "{ours}");
+    fx.same(&["compare", "img.vmdk", "img.vmdk"]);
+}
+
+#[test]
+fn reads_zeroed_grains() {
+    let fx = Fixture::new("zeroed_grains");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "zeroed_grain=on",
+        "img.vmdk",
+        "4M",
+    ]);
+    io(&fx, "img.vmdk", &["write -P 1 0 256k", "write -z 64k 128k"]);
+    reads_alike(&fx, "img.vmdk");
+    converts_alike(&fx, "img.vmdk");
+}
+
+#[test]
+fn reads_a_backing_chain() {
+    let fx = Fixture::new("backing_chain");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "base.vmdk", "4M"]);
+    io(&fx, "base.vmdk", &["write -P 1 0 1M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        "top.vmdk",
+    ]);
+    io(&fx, "top.vmdk", &["write -P 2 64k 4k"]);
+    reads_alike(&fx, "top.vmdk");
+    fx.same(&["info", "--backing-chain", "top.vmdk"]);
+    converts_alike(&fx, "top.vmdk");
+}
+
+#[test]
+fn reads_descriptor_with_mixed_extents() {
+    let fx = Fixture::new("mixed_extents");
+    fx.oracle(&["create", "-q", "-f", "raw", "a.raw", "1M"]);
+    fx.sh("qemu-io -f raw -c 'write -P 7 0 4k' a.raw >/dev/null");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=twoGbMaxExtentSparse",
+        "s.vmdk",
+        "1M",
+    ]);
+    io(&fx, "s.vmdk", &["write -P 8 512k 64k"]);
+    std::fs::write(
+        fx.path("m.vmdk"),
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent description\nRW 2048 FLAT \"a.raw\" 0\nRW 2048 SPARSE \"s-s001.vmdk\"\nRW 1024 VMFS \"a.raw\"\n",
+    )
+    .unwrap();
+    same_info_data(&fx, "m.vmdk");
+    fx.same(&["map", "--output=json", "m.vmdk"]);
+    fx.same(&["map", "m.vmdk"]);
+    converts_alike(&fx, "m.vmdk");
+}
+
+#[test]
+fn extent_names_resolve_like_qemu() {
+    let fx = Fixture::new("extent_names");
+    fx.sh("mkdir -p d e && qemu-img create -q -f raw e/a.raw 1M && qemu-io -f raw -c 'write -P 9 0 4k' e/a.raw >/dev/null");
+    let abs = fx.path("e/a.raw");
+    let text = |name: &str| {
+        format!("# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"{name}\" 0\n")
+    };
+    std::fs::write(fx.path("d/up.vmdk"), text("../e/a.raw")).unwrap();
+    std::fs::write(fx.path("d/abs.vmdk"), text(&abs.display().to_string())).unwrap();
+    std::fs::write(fx.path("d/missing.vmdk"), text("nope.raw")).unwrap();
+    for f in ["d/up.vmdk", "d/abs.vmdk", "d/missing.vmdk"] {
+        same_info_data(&fx, f);
+        fx.same(&["map", "--output=json", f]);
+    }
+}
+
+#[test]
+fn sample_vmware_stream_reads_with_its_content_hash() {
+    let fx = Fixture::new("sample_version3");
+    let samples = qimg_tests::workspace().join("../shared/sample-images");
+    let bz = samples.join("iotest-version3.vmdk.bz2");
+    if !bz.exists() {
+        return;
+    }
+    fx.sh(&format!("bunzip2 -c {} > v3.vmdk", bz.display()));
+    fx.same(&["info", "v3.vmdk"]);
+    fx.same(&["map", "--output=json", "v3.vmdk"]);
+    let out = fx.qimg(&["convert", "-O", "raw", "v3.vmdk", "v3.raw"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let sum = fx.sh("sha256sum v3.raw | cut -d' ' -f1");
+    assert_eq!(
+        sum.trim(),
+        "0859bb3397bc1d30fa979c80a289ce98bfd6c1141a64594d6f3cc8cd68218faf"
+    );
+}
+
+#[test]
+fn sample_fuzzed_image_is_refused() {
+    let fx = Fixture::new("sample_afl9");
+    let bz = qimg_tests::workspace().join("../shared/sample-images/afl9.vmdk.bz2");
+    if !bz.exists() {
+        return;
+    }
+    fx.sh(&format!("bunzip2 -c {} > afl9.vmdk", bz.display()));
+    let out = fx.same(&["info", "afl9.vmdk"]);
+    assert!(out
+        .stderr
+        .contains("Could not open 'afl9.vmdk': L1 size too big"));
+    fx.same(&["convert", "-O", "raw", "afl9.vmdk", "x.raw"]);
+}
+
+// ---- creation -------------------------------------------------------------
+
+#[test]
+fn create_help_lists_qemu_options() {
+    let fx = Fixture::new("create_help");
+    fx.same(&["create", "-f", "vmdk", "-o", "help"]);
+    fx.same(&["create", "-f", "vmdk", "-o", "help", "x.vmdk"]);
+    fx.same(&["convert", "-O", "vmdk", "-o", "help"]);
+}
+
+#[test]
+fn create_formatting_line_lists_options_in_qemu_order() {
+    let fx = Fixture::new("create_line");
+    fx.same(&["create", "-f", "vmdk", "x.vmdk", "1M"]);
+    fx.same(&[
+        "create",
+        "-f",
+        "vmdk",
+        "-o",
+        "zeroed_grain=on,subformat=monolithicSparse,toolsversion=12,hwversion=7,adapter_type=lsilogic",
+        "x.vmdk",
+        "1M",
+    ]);
+}
+
+macro_rules! create_error_cases {
+    ($($name:ident => [$($arg:expr),* $(,)?]),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fx = Fixture::new(stringify!($name));
+                fx.oracle(&["create", "-q", "-f", "raw", "r.raw", "1M"]);
+                fx.same(&[$($arg),*]);
+            }
+        )+
+    };
+}
+
+create_error_cases! {
+    create_bad_subformat => ["create", "-f", "vmdk", "-o", "subformat=bogus", "x.vmdk", "1M"],
+    create_bad_adapter => ["create", "-f", "vmdk", "-o", "adapter_type=IDE", "x.vmdk", "1M"],
+    create_compat6_with_hwversion => ["create", "-f", "vmdk", "-o", "compat6=on,hwversion=7", "x.vmdk", "1M"],
+    create_flat_zeroed_grain => ["create", "-f", "vmdk", "-o", "subformat=monolithicFlat,zeroed_grain=on", "x.vmdk", "1M"],
+    create_raw_backing => ["create", "-f", "vmdk", "-b", "r.raw", "-F", "raw", "x.vmdk"],
+    create_missing_backing_unsafe => ["create", "-f", "vmdk", "-u", "-b", "no.vmdk", "-F", "vmdk", "x.vmdk", "1M"],
+}
+
+/// The descriptor text of a qimg-made and a qemu-img-made image, with the
+/// random CID lines taken out.
+fn descriptor_without_cid(fx: &Fixture, file: &str, embedded: bool) -> String {
+    let bytes = std::fs::read(fx.path(file)).unwrap();
+    let text = if embedded {
+        &bytes[512..512 * 21]
+    } else {
+        &bytes[..]
+    };
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    String::from_utf8_lossy(&text[..end])
+        .lines()
+        .filter(|l| !l.starts_with("CID="))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+macro_rules! create_cases {
+    ($($name:ident => ($opts:expr, $size:expr, $embedded:expr, $files:expr)),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fx = Fixture::new(stringify!($name));
+                let out = fx.qimg(&["create", "-q", "-f", "vmdk", "-o", $opts, "ours.vmdk", $size]);
+                assert_eq!(out.status, 0, "{}", out.stderr);
+                fx.oracle(&["create", "-q", "-f", "vmdk", "-o", $opts, "theirs.vmdk", $size]);
+                assert_eq!(
+                    descriptor_without_cid(&fx, "ours.vmdk", $embedded).replace("ours", "X"),
+                    descriptor_without_cid(&fx, "theirs.vmdk", $embedded).replace("theirs", "X"),
+                );
+                let files: &[&str] = &$files;
+                // A descriptor file's length includes the extent names.
+                for suffix in files.iter().filter(|s| $embedded || **s != ".vmdk") {
+                    let ours = fx.path(&format!("ours{suffix}"));
+                    let theirs = fx.path(&format!("theirs{suffix}"));
+                    assert_eq!(
+                        std::fs::metadata(&ours).map(|m| m.len()).ok(),
+                        std::fs::metadata(&theirs).map(|m| m.len()).ok(),
+                        "{suffix}"
+                    );
+                }
+                let check = fx.oracle(&["check", "ours.vmdk"]);
+                assert!(check.stdout.contains("No errors"), "{}", check.stdout);
+                io(&fx, "ours.vmdk", &["write -P 5 0 512"]);
+                fx.sh("qemu-io -f vmdk -c 'read -P 5 0 512' ours.vmdk >/dev/null");
+            }
+        )+
+    };
+}
+
+create_cases! {
+    creates_monolithic_sparse => ("subformat=monolithicSparse", "10M", true, [".vmdk"]),
+    creates_compat6 => ("compat6=on,adapter_type=lsilogic", "3M", true, [".vmdk"]),
+    creates_zeroed_grain => ("zeroed_grain=on,hwversion=10,toolsversion=99", "1M", true, [".vmdk"]),
+    creates_monolithic_flat => ("subformat=monolithicFlat", "1000", false, [".vmdk", "-flat.vmdk"]),
+    creates_split_sparse => ("subformat=twoGbMaxExtentSparse", "5G", false, [".vmdk", "-s001.vmdk", "-s002.vmdk", "-s003.vmdk"]),
+    creates_split_flat => ("subformat=twoGbMaxExtentFlat,adapter_type=buslogic", "3G", false, [".vmdk", "-f001.vmdk", "-f002.vmdk"]),
+}
+
+#[test]
+fn creates_an_overlay_naming_its_parent() {
+    let fx = Fixture::new("create_overlay");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "base.vmdk", "2M"]);
+    io(&fx, "base.vmdk", &["write -P 6 0 2M"]);
+    let out = fx.qimg(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        "top.vmdk",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let info = fx.oracle(&["info", "--output=json", "top.vmdk"]).stdout;
+    let base = fx.oracle(&["info", "--output=json", "base.vmdk"]).stdout;
+    let cid = |text: &str| {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["format-specific"]["data"]["cid"].as_u64().unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        v["format-specific"]["data"]["parent-cid"].as_u64(),
+        Some(cid(&base))
+    );
+    assert_eq!(v["backing-filename"], "base.vmdk");
+    fx.oracle(&["compare", "top.vmdk", "base.vmdk"]);
+}
+
+#[test]
+fn creates_an_empty_stream_that_reads() {
+    let fx = Fixture::new("create_stream");
+    let out = fx.qimg(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        "s.vmdk",
+        "3M",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["check", "s.vmdk"]);
+    fx.same(&["map", "--output=json", "s.vmdk"]);
+    fx.oracle(&["create", "-q", "-f", "raw", "z.raw", "3M"]);
+    fx.oracle(&["compare", "s.vmdk", "z.raw"]);
+}
+
+// ---- conversion into vmdk ---------------------------------------------------
+
+fn source(fx: &Fixture) {
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "5M"]);
+    fx.sh("qemu-io -f raw -c 'write -P 1 0 64k' -c 'write -P 2 1M 100k' -c 'write -P 3 4000k 7k' -c 'write -P 0 2M 64k' src.raw >/dev/null");
+}
+
+macro_rules! convert_cases {
+    ($($name:ident => [$($arg:expr),* $(,)?]),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fx = Fixture::new(stringify!($name));
+                source(&fx);
+                let mut args = vec!["convert"];
+                args.extend([$($arg),*]);
+                args.extend(["src.raw", "out.vmdk"]);
+                let out = fx.qimg(&args);
+                assert_eq!(out.status, 0, "{}", out.stderr);
+                fx.oracle(&["check", "out.vmdk"]);
+                fx.oracle(&["compare", "-F", "raw", "out.vmdk", "src.raw"]);
+                let back = fx.qimg(&["convert", "-O", "raw", "out.vmdk", "back.raw"]);
+                assert_eq!(back.status, 0, "{}", back.stderr);
+                fx.oracle(&["compare", "-f", "raw", "-F", "raw", "back.raw", "src.raw"]);
+            }
+        )+
+    };
+}
+
+convert_cases! {
+    converts_to_monolithic_sparse => ["-O", "vmdk"],
+    converts_to_monolithic_flat => ["-O", "vmdk", "-o", "subformat=monolithicFlat"],
+    converts_to_split_sparse => ["-O", "vmdk", "-o", "subformat=twoGbMaxExtentSparse"],
+    converts_to_split_flat => ["-O", "vmdk", "-o", "subformat=twoGbMaxExtentFlat"],
+    converts_to_stream => ["-O", "vmdk", "-o", "subformat=streamOptimized"],
+    converts_compressed_to_sparse => ["-c", "-O", "vmdk"],
+    converts_to_zeroed_grain => ["-O", "vmdk", "-o", "zeroed_grain=on"],
+    converts_one_thread => ["-m", "1", "-O", "vmdk", "-o", "subformat=streamOptimized"],
+}
+
+/// Little-endian u64 at `at`.
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+#[test]
+fn stream_output_follows_the_specification() {
+    let fx = Fixture::new("stream_layout");
+    source(&fx);
+    let out = fx.qimg(&[
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        "src.raw",
+        "s.vmdk",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let b = std::fs::read(fx.path("s.vmdk")).unwrap();
+    let n = b.len();
+    assert_eq!(n % 512, 0);
+    assert_eq!(&b[0..4], b"KDMV");
+    assert_eq!(u32_at(&b, 4), 3, "version 3");
+    assert_eq!(u64_at(&b, 56), u64::MAX, "gdOffset = GD_AT_END");
+    let text = String::from_utf8_lossy(&b[512..512 * 21]);
+    assert!(text.contains("ddb.toolsVersion = \"2147483647\""));
+    assert!(text.contains("createType=\"streamOptimized\""));
+    // End-of-stream marker, footer, footer marker.
+    assert!(b[n - 512..].iter().all(|&x| x == 0), "EOS marker");
+    assert_eq!(&b[n - 1024..n - 1020], b"KDMV", "footer");
+    assert_eq!(u32_at(&b, n - 1536 + 12), 3, "footer marker");
+    let gd = u64_at(&b, n - 1024 + 56);
+    assert_eq!(u32_at(&b, (gd as usize - 1) * 512 + 12), 2, "GD marker");
+    // The first grain is behind a grain marker for LBA 0.
+    let overhead = u64_at(&b, 64) as usize * 512;
+    assert_eq!(u64_at(&b, overhead), 0);
+    assert!(u32_at(&b, overhead + 8) > 0);
+}
+
+#[test]
+fn converts_vmdk_to_vmdk() {
+    let fx = made("vmdk_to_vmdk", "streamOptimized", "4M");
+    let out = fx.qimg(&["convert", "-O", "vmdk", "img.vmdk", "out.vmdk"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["compare", "img.vmdk", "out.vmdk"]);
+}
+
+#[test]
+fn converts_into_an_existing_image() {
+    let fx = Fixture::new("convert_n");
+    source(&fx);
+    fx.oracle(&["create", "-q", "-f", "vmdk", "t.vmdk", "5M"]);
+    let out = fx.qimg(&["convert", "-n", "-O", "vmdk", "src.raw", "t.vmdk"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["check", "t.vmdk"]);
+    fx.oracle(&["compare", "-F", "raw", "t.vmdk", "src.raw"]);
+}
+
+#[test]
+fn converts_into_an_overlay() {
+    let fx = Fixture::new("convert_overlay");
+    source(&fx);
+    fx.oracle(&["convert", "-O", "vmdk", "src.raw", "base.vmdk"]);
+    fx.sh("cp src.raw changed.raw && qemu-io -f raw -c 'write -P 9 3M 4k' changed.raw >/dev/null");
+    let out = fx.qimg(&[
+        "convert",
+        "-O",
+        "vmdk",
+        "-B",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        "changed.raw",
+        "top.vmdk",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["compare", "-F", "raw", "top.vmdk", "changed.raw"]);
+}
+
+// ---- hostile input ----------------------------------------------------------
+
+fn descriptor(fx: &Fixture, name: &str, body: &str) {
+    std::fs::write(fx.path(name), body).unwrap();
+}
+
+const HEAD: &str = "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n";
+
+macro_rules! hostile_descriptor_cases {
+    ($($name:ident => $body:expr),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fx = Fixture::new(stringify!($name));
+                fx.oracle(&["create", "-q", "-f", "raw", "f.raw", "1M"]);
+                descriptor(&fx, "d.vmdk", &format!("{HEAD}{}", $body));
+                same_info_data(&fx, "d.vmdk");
+                fx.same(&["map", "--output=json", "d.vmdk"]);
+                fx.same(&["map", "-f", "vmdk", "d.vmdk"]);
+            }
+        )+
+    };
+}
+
+hostile_descriptor_cases! {
+    flat_without_offset => "createType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\"\n",
+    flat_negative_offset => "createType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\" -5\n",
+    unknown_extent_type => "createType=\"monolithicFlat\"\nRW 2048 FOO \"f.raw\" 0\n",
+    sparse_with_offset => "createType=\"monolithicFlat\"\nRW 2048 SPARSE \"f.raw\" 0\n",
+    missing_extent_file => "createType=\"monolithicFlat\"\nRW 2048 FLAT \"nope.raw\" 0\n",
+    unsupported_create_type => "createType=\"custom\"\nRW 2048 FLAT \"f.raw\" 0\n",
+    monolithic_sparse_descriptor => "createType=\"monolithicSparse\"\nRW 2048 SPARSE \"f.raw\"\n",
+    unquoted_create_type => "createType=monolithicFlat\nRW 2048 FLAT \"f.raw\" 0\n",
+    overflowing_size => "createType=\"monolithicFlat\"\nRW 99999999999999999999 FLAT \"f.raw\" 0\n",
+    sparse_extent_not_sparse => "createType=\"monolithicFlat\"\nRW 2048 SPARSE \"f.raw\"\n",
+    sparse_extent_is_itself => "createType=\"monolithicFlat\"\nRW 2048 SPARSE \"d.vmdk\"\n",
+    two_flat_extents => "createType=\"twoGbMaxExtentFlat\"\nRW 2048 FLAT \"f.raw\" 0\nRW 1 FLAT \"f.raw\" 1\n",
+    vmfs_extent => "createType=\"vmfs\"\nRW 2048 VMFS \"f.raw\"\n",
+}
+
+#[test]
+fn missing_create_type() {
+    let fx = Fixture::new("no_create_type");
+    fx.oracle(&["create", "-q", "-f", "raw", "f.raw", "1M"]);
+    descriptor(&fx, "d.vmdk", &format!("{HEAD}RW 2048 FLAT \"f.raw\" 0\n"));
+    fx.same(&["info", "d.vmdk"]);
+}
+
+#[test]
+fn unreadable_content_ids() {
+    let fx = Fixture::new("bad_cid");
+    fx.oracle(&["create", "-q", "-f", "raw", "f.raw", "1M"]);
+    for (name, body) in [
+        ("nocid.vmdk", "version=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\" 0\n"),
+        ("badcid.vmdk", "version=1\nCID=xyz\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\" 0\n"),
+        ("onlyparent.vmdk", "version=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\" 0\n"),
+    ] {
+        descriptor(&fx, name, body);
+        same_info_data(&fx, name);
+    }
+}
+
+#[test]
+fn many_extent_lines_are_bounded() {
+    let fx = Fixture::new("many_extents");
+    fx.oracle(&["create", "-q", "-f", "raw", "f.raw", "1M"]);
+    let mut body = format!("{HEAD}createType=\"monolithicFlat\"\n");
+    for _ in 0..20000 {
+        body.push_str("RW 1 FLAT \"f.raw\" 0\n");
+    }
+    descriptor(&fx, "d.vmdk", &body);
+    let out = fx.qimg(&["info", "d.vmdk"]);
+    assert_ne!(out.status, 0);
+    assert!(
+        out.stderr.starts_with("qemu-img: Could not open 'd.vmdk'"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Patches a little-endian value into a qemu-made sparse image's header.
+fn patch(fx: &Fixture, file: &str, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.path(file))
+        .unwrap();
+    f.write_all_at(bytes, at).unwrap();
+}
+
+macro_rules! hostile_header_cases {
+    ($($name:ident => ($at:expr, $bytes:expr)),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fx = Fixture::new(stringify!($name));
+                fx.oracle(&["create", "-q", "-f", "vmdk", "h.vmdk", "4M"]);
+                io(&fx, "h.vmdk", &["write -P 1 0 64k"]);
+                patch(&fx, "h.vmdk", $at, &$bytes);
+                fx.same(&["info", "h.vmdk"]);
+                fx.same(&["convert", "-O", "raw", "h.vmdk", "o.raw"]);
+            }
+        )+
+    };
+}
+
+hostile_header_cases! {
+    header_version_4 => (4, 4u32.to_le_bytes()),
+    header_gtes_too_many => (44, 513u32.to_le_bytes()),
+    header_gtes_zero => (44, 0u32.to_le_bytes()),
+    header_huge_grain => (20, (1u64 << 40).to_le_bytes()),
+    header_overhead_past_eof => (64, 1_000_000u64.to_le_bytes()),
+}
+
+#[test]
+fn header_huge_capacity() {
+    let fx = Fixture::new("huge_capacity");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "h.vmdk", "4M"]);
+    patch(&fx, "h.vmdk", 12, &(1u64 << 60).to_le_bytes());
+    let out = fx.qimg(&["info", "h.vmdk"]);
+    assert_eq!(out.status, 1);
+    assert!(out.stderr.ends_with("File too large\n"), "{}", out.stderr);
+}
+
+#[test]
+fn grain_table_past_eof_reads_as_unallocated() {
+    let fx = Fixture::new("gt_past_eof");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "h.vmdk", "4M"]);
+    // Grain directory entry 0 points far past the end of the file.
+    patch(&fx, "h.vmdk", 26 * 512, &0x00ff_ffffu32.to_le_bytes());
+    fx.same(&["map", "--output=json", "h.vmdk"]);
+    converts_alike(&fx, "h.vmdk");
+}
+
+#[test]
+fn grain_directory_past_eof_is_refused() {
+    let fx = Fixture::new("gd_past_eof");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "h.vmdk", "4M"]);
+    patch(&fx, "h.vmdk", 56, &(1u64 << 40).to_le_bytes());
+    let out = fx.qimg(&["info", "h.vmdk"]);
+    assert_ne!(out.status, 0);
+    assert!(
+        out.stderr.starts_with("qemu-img: Could not open 'h.vmdk'"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn corrupt_compressed_grain_is_an_error() {
+    let fx = made("bad_grain", "streamOptimized", "4M");
+    // Overwrite the first compressed grain's data.
+    patch(&fx, "img.vmdk", 65536 + 12, &[0xff; 64]);
+    let out = fx.qimg(&["convert", "-O", "raw", "img.vmdk", "o.raw"]);
+    assert_ne!(out.status, 0);
+}
