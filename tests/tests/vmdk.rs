@@ -704,3 +704,199 @@ fn corrupt_compressed_grain_is_an_error() {
     let out = fx.qimg(&["convert", "-O", "raw", "img.vmdk", "o.raw"]);
     assert_ne!(out.status, 0);
 }
+
+// ---- ESX Server sparse extents (VMDK3, `COWD`) -----------------------------
+
+/// Writes an ESX Server sparse extent of 1 MiB with 4 KiB grains: grain 0
+/// holds 0x5a, grain 100 holds 0x33.
+fn cowd(fx: &Fixture, name: &str) {
+    let mut b = vec![0u8; 2048];
+    for (i, v) in [0x4457_4f43u32, 1, 3, 2048, 8, 4, 1, 45].iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    let mut gd = vec![0u8; 512];
+    gd[0..4].copy_from_slice(&5u32.to_le_bytes());
+    let mut gt = vec![0u8; 4096 * 4];
+    gt[0..4].copy_from_slice(&37u32.to_le_bytes());
+    gt[400..404].copy_from_slice(&45u32.to_le_bytes());
+    b.extend(gd);
+    b.extend(gt);
+    b.extend([0x5a; 4096]);
+    b.extend([0x33; 4096]);
+    std::fs::write(fx.path(name), b).unwrap();
+}
+
+#[test]
+fn esx_sparse_extent_alone_is_refused_like_qemu() {
+    let fx = Fixture::new("cowd_alone");
+    cowd(&fx, "c.vmdk");
+    fx.same(&["info", "c.vmdk"]);
+}
+
+#[test]
+fn reads_vmfs_sparse_extents() {
+    let fx = Fixture::new("cowd_extent");
+    cowd(&fx, "c.vmdk");
+    descriptor(
+        &fx,
+        "d.vmdk",
+        &format!("{HEAD}createType=\"vmfsSparse\"\nRW 2048 VMFSSPARSE \"c.vmdk\"\n"),
+    );
+    same_info_data(&fx, "d.vmdk");
+    fx.same(&["map", "--output=json", "d.vmdk"]);
+    fx.same(&["map", "d.vmdk"]);
+    converts_alike(&fx, "d.vmdk");
+}
+
+// ---- writes by qimg ----------------------------------------------------------
+
+#[test]
+fn commit_writes_into_a_vmdk_base() {
+    let fx = Fixture::new("commit_base");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "base.vmdk", "4M"]);
+    io(&fx, "base.vmdk", &["write -P 1 0 4M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        "top.vmdk",
+    ]);
+    io(&fx, "top.vmdk", &["write -P 2 64k 4k", "write -P 3 1M 1M"]);
+    fx.oracle(&["convert", "-O", "raw", "top.vmdk", "expect.raw"]);
+    let out = fx.qimg(&["commit", "top.vmdk"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["check", "base.vmdk"]);
+    fx.oracle(&["compare", "-F", "raw", "base.vmdk", "expect.raw"]);
+}
+
+#[test]
+fn first_write_gives_a_new_content_id() {
+    let fx = Fixture::new("cid_update");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "t.vmdk", "4M"]);
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.sh("qemu-io -f raw -c 'write -P 1 0 64k' src.raw >/dev/null");
+    let cid = |fx: &Fixture| {
+        let text = fx.oracle(&["info", "--output=json", "t.vmdk"]).stdout;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["format-specific"]["data"]["cid"].as_u64().unwrap()
+    };
+    let before = cid(&fx);
+    let out = fx.qimg(&["convert", "-n", "-O", "vmdk", "src.raw", "t.vmdk"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert_ne!(cid(&fx), before);
+    fx.oracle(&["compare", "-F", "raw", "t.vmdk", "src.raw"]);
+}
+
+#[test]
+fn rebase_unsafe_is_refused_like_qemu() {
+    let fx = Fixture::new("rebase_unsafe");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "base.vmdk", "4M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        "top.vmdk",
+    ]);
+    fx.same(&["rebase", "-u", "-b", "base.vmdk", "-F", "vmdk", "top.vmdk"]);
+}
+
+// ---- resize (qemu-img refuses it for vmdk) -----------------------------------
+
+macro_rules! resize_cases {
+    ($($name:ident => ($sub:expr, $size:expr)),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let fx = made(stringify!($name), $sub, "4M");
+                fx.oracle(&["convert", "-O", "raw", "img.vmdk", "before.raw"]);
+                let out = fx.qimg(&["resize", "img.vmdk", $size]);
+                assert_eq!(out.status, 0, "{}", out.stderr);
+                fx.oracle(&["check", "img.vmdk"]);
+                let info = fx.oracle(&["info", "--output=json", "img.vmdk"]).stdout;
+                let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+                let size = v["virtual-size"].as_u64().unwrap();
+                assert!(size > 4 << 20, "{info}");
+                // The old content is there, the new part reads as zeros and
+                // qemu-io can write at its end.
+                fx.sh("qemu-img create -q -f raw after.raw 4M && cp before.raw after.raw");
+                fx.oracle(&["resize", "-q", "-f", "raw", "after.raw", &size.to_string()]);
+                fx.oracle(&["compare", "-F", "raw", "img.vmdk", "after.raw"]);
+                io(&fx, "img.vmdk", &[&format!("write -P 7 {} 512", size - 512)]);
+                fx.sh(&format!("qemu-io -f vmdk -c 'read -P 7 {} 512' img.vmdk >/dev/null", size - 512));
+                let out = fx.qimg(&["resize", "--shrink", "img.vmdk", "4M"]);
+                assert_eq!(out.status, 0, "{}", out.stderr);
+                fx.oracle(&["check", "img.vmdk"]);
+                fx.oracle(&["compare", "-F", "raw", "img.vmdk", "before.raw"]);
+            }
+        )+
+    };
+}
+
+resize_cases! {
+    resizes_monolithic_sparse => ("monolithicSparse", "300M"),
+    resizes_sparse_past_its_directory => ("monolithicSparse", "9G"),
+    resizes_monolithic_flat => ("monolithicFlat", "6M"),
+    resizes_split_sparse => ("twoGbMaxExtentSparse", "100M"),
+    resizes_split_flat => ("twoGbMaxExtentFlat", "5M"),
+}
+
+#[test]
+fn stream_images_are_not_resized() {
+    let fx = made("resize_stream", "streamOptimized", "4M");
+    let out = fx.qimg(&["resize", "img.vmdk", "8M"]);
+    assert_eq!(out.status, 1);
+    fx.oracle(&["compare", "img.vmdk", "src.raw"]);
+}
+
+// ---- measure (qemu-img cannot measure vmdk output) ----------------------------
+
+#[test]
+fn measures_vmdk_output() {
+    let fx = Fixture::new("measure");
+    source(&fx);
+    let measure = |opts: &str| {
+        let out = fx.qimg(&[
+            "measure",
+            "--output=json",
+            "-O",
+            "vmdk",
+            "-o",
+            opts,
+            "src.raw",
+        ]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        (
+            v["required"].as_u64().unwrap(),
+            v["fully-allocated"].as_u64().unwrap(),
+        )
+    };
+    for sub in ["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse"] {
+        let (required, full) = measure(&format!("subformat={sub}"));
+        fx.oracle(&[
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            &format!("subformat={sub}"),
+            "src.raw",
+            "m.vmdk",
+        ]);
+        let used = std::fs::metadata(fx.path("m.vmdk")).unwrap().len();
+        assert!(required <= full, "{sub}");
+        if sub == "monolithicSparse" {
+            assert!(required >= used, "{sub}: {required} < {used}");
+        }
+        fx.sh("rm -f m*.vmdk");
+    }
+}

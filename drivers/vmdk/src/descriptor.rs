@@ -303,6 +303,58 @@ pub fn with_cid(text: &str, cid: u32) -> String {
     format!("{}{cid:08x}{}", &text[..start], &text[start + len..])
 }
 
+/// Sets the size of extent number `index` (counting the lines
+/// [`parse_file`] takes as extents) to `sectors`.
+pub fn with_extent_sectors(text: &str, index: usize, sectors: u64) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut seen = 0usize;
+    for line in text.split_inclusive('\n') {
+        let is_extent = matches!(parse_extent_line(line.trim_end_matches('\n')), Ok(Some(_)));
+        if is_extent && seen == index {
+            let body = line.trim_start();
+            let lead = &line[..line.len() - body.len()];
+            let access_end = body.find([' ', '\t']).unwrap_or(body.len());
+            let rest = body[access_end..].trim_start_matches([' ', '\t']);
+            let number_end = rest
+                .find(|c: char| !c.is_ascii_digit() && c != '-' && c != '+')
+                .unwrap_or(rest.len());
+            out.push_str(&format!(
+                "{lead}{} {sectors}{}",
+                &body[..access_end],
+                &rest[number_end..]
+            ));
+        } else {
+            out.push_str(line);
+        }
+        if is_extent {
+            seen += 1;
+        }
+    }
+    out
+}
+
+/// Sets `ddb.geometry.cylinders` for a disk of `capacity` sectors, keeping
+/// the recorded heads and sectors per track.
+pub fn with_cylinders(text: &str, capacity: u64) -> String {
+    let value = |key: &str| {
+        quoted_value(text, key)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&v| v > 0)
+    };
+    let Some(at) = text.find("ddb.geometry.cylinders") else {
+        return text.to_string();
+    };
+    let heads = value("ddb.geometry.heads =").unwrap_or(16);
+    let sectors = value("ddb.geometry.sectors =").unwrap_or(63);
+    let line_end = text[at..].find('\n').map_or(text.len(), |e| at + e);
+    format!(
+        "{}ddb.geometry.cylinders = \"{}\"{}",
+        &text[..at],
+        capacity / (heads * sectors),
+        &text[line_end..]
+    )
+}
+
 /// The disk database values of a new disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskDatabase {
@@ -433,6 +485,18 @@ mod tests {
     fn cid_is_replaced_in_place() {
         let t = with_cid(FLAT, 0xabcdef01);
         assert!(t.contains("CID=abcdef01\nparentCID=ffffffff"));
+    }
+
+    #[test]
+    fn resizing_rewrites_the_extent_line_and_geometry() {
+        let text = "RW 2048 FLAT \"a\" 0\nRW 4 SPARSE \"b\"\nddb.geometry.cylinders = \"2\"\nddb.geometry.heads = \"16\"\n";
+        let t = with_extent_sectors(text, 1, 99);
+        assert!(
+            t.contains("RW 2048 FLAT \"a\" 0\nRW 99 SPARSE \"b\"\n"),
+            "{t}"
+        );
+        let t = with_cylinders(text, 16 * 63 * 7);
+        assert!(t.contains("cylinders = \"7\"\n"), "{t}");
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub enum VmdkError {
     /// A table lies beyond the end of its file.
     #[error("{0} lies beyond the end of the file")]
     PastEof(&'static str),
+    /// A resize of an extent that cannot change size.
+    #[error("Cannot resize an image with stream-optimized or ESX Server sparse extents")]
+    CannotResize,
+    /// A shrink that would drop whole extents.
+    #[error("Cannot shrink an image below the start of its last extent")]
+    CannotShrink,
     /// A write beyond what the grain directory can map.
     #[error("Grain directory too small for the extent's capacity")]
     DirectoryTooSmall,
@@ -113,9 +119,10 @@ impl From<VmdkError> for DriverError {
                 errno: EFBIG,
                 ..DriverError::invalid_argument(message)
             },
-            VmdkError::UnsupportedType(_) | VmdkError::UnsupportedVersion(_) => {
-                DriverError::unsupported(message)
-            }
+            VmdkError::UnsupportedType(_)
+            | VmdkError::UnsupportedVersion(_)
+            | VmdkError::CannotResize
+            | VmdkError::CannotShrink => DriverError::unsupported(message),
             VmdkError::StreamRewrite | VmdkError::BadCompressedGrain(_) => DriverError {
                 errno: EIO,
                 ..DriverError::new(ErrorKind::IO, message)

@@ -8,6 +8,7 @@ use crate::header::{CowdHeader, SparseHeader, SECTOR};
 use crate::sparse::SparseExtent;
 use qimg_driver_api::ByteStoreBox;
 use qimg_driver_util::read_or_zero;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Where an extent's data is.
@@ -27,8 +28,8 @@ pub enum ExtentData {
 pub struct Extent {
     /// Guest byte offset of the extent's first byte.
     pub start: u64,
-    /// Bytes of guest data.
-    pub len: u64,
+    /// Bytes of guest data (changed by resize).
+    pub len: AtomicU64,
     /// What the descriptor allows.
     pub access: Access,
     /// The extent type as the descriptor names it (empty for the extent of a
@@ -43,9 +44,13 @@ pub struct Extent {
 }
 
 impl Extent {
+    /// Bytes of guest data.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
     /// End of the extent in guest bytes.
     pub fn end(&self) -> u64 {
-        self.start + self.len
+        self.start + self.len()
     }
     /// The sparse extent, if this is one.
     pub fn sparse(&self) -> Option<&SparseExtent> {

@@ -23,6 +23,8 @@ const MAX_DESCRIPTOR: u64 = 1 << 20;
 const MAX_EXTENTS: usize = 8192;
 /// Writes of in-order output gathered before they go to the file.
 const MAX_PENDING: usize = 4 << 20;
+/// Sectors of descriptor looked for after an ESX Server sparse header.
+const EMBEDDED_DESCRIPTOR_SECTORS: u64 = 20;
 
 /// Where the descriptor lives, for rewriting it when the CID changes.
 enum DescriptorPlace {
@@ -31,7 +33,8 @@ enum DescriptorPlace {
     Embedded { offset: u64, room: u64 },
     /// In the image's own file.
     File,
-    /// Nowhere (an ESX Server sparse extent opened by itself).
+    /// Nowhere it may be rewritten (an ESX Server sparse extent opened by
+    /// itself).
     None,
 }
 
@@ -98,33 +101,28 @@ impl VmdkImage {
             let len = sparse.capacity * SECTOR;
             let extent = Extent {
                 start: 0,
-                len,
+                len: AtomicU64::new(len),
                 access: Access::ReadWrite,
                 type_word: String::new(),
                 store: Some(own.clone()),
                 name: name.clone(),
                 data: ExtentData::Sparse(Box::new(sparse)),
             };
-            (vec![extent], DescriptorPlace::None, String::new())
+            // Like qemu-img, look for a descriptor in the sectors after the
+            // header (there is none in an ESX Server sparse extent, so
+            // opening one by itself fails on its missing content IDs).
+            let mut bytes = vec![0u8; (EMBEDDED_DESCRIPTOR_SECTORS * SECTOR) as usize];
+            read_or_zero(&own, SECTOR, &mut bytes)?;
+            (vec![extent], DescriptorPlace::None, descriptor_text(&bytes))
         } else {
             Self::open_descriptor_file(&own, &name, host, writable)?
         };
-        let (cid, parent_cid, parent_hint, create_type) = match place {
-            DescriptorPlace::None => (descriptor::NO_PARENT, descriptor::NO_PARENT, None, None),
-            _ => {
-                let (cid, parent, hint) = descriptor::parse_fields(&text, &name)?;
-                (
-                    cid,
-                    parent,
-                    hint,
-                    descriptor::quoted_value(&text, "createType"),
-                )
-            }
-        };
+        let (cid, parent_cid, parent_hint) = descriptor::parse_fields(&text, &name)?;
+        let create_type = descriptor::quoted_value(&text, "createType");
         let mut total = 0u64;
         for e in &extents {
             total = total
-                .checked_add(e.len)
+                .checked_add(e.len())
                 .filter(|t| *t <= i64::MAX as u64)
                 .ok_or(VmdkError::TotalTooLarge)?;
         }
@@ -174,7 +172,7 @@ impl VmdkImage {
         let sparse = SparseExtent::open_hosted(own.clone(), header, writable)?;
         let extent = Extent {
             start: 0,
-            len: sparse.capacity.saturating_mul(SECTOR),
+            len: AtomicU64::new(sparse.capacity.saturating_mul(SECTOR)),
             access: Access::ReadWrite,
             type_word: String::new(),
             store: Some(own.clone()),
@@ -239,7 +237,7 @@ impl VmdkImage {
                 .unwrap_or_default();
             extents.push(Extent {
                 start,
-                len,
+                len: AtomicU64::new(len),
                 access: line.access,
                 type_word: line.kind.word().to_string(),
                 store,
@@ -391,7 +389,7 @@ impl VmdkImage {
         let mut base = vec![0u8; gb as usize];
         if loc == GrainLoc::Unallocated {
             let start = grain * gb;
-            let n = gb.min(e.len.saturating_sub(start)) as usize;
+            let n = gb.min(e.len().saturating_sub(start)) as usize;
             self.read_backing(e.start + start, &mut base[..n])?;
         }
         Ok(base)
@@ -454,7 +452,7 @@ impl VmdkImage {
                     let grain = at / gb;
                     let within = at % gb;
                     let n = (gb - within).min(end - at);
-                    let whole = within == 0 && (n == gb || at + n == e.len);
+                    let whole = within == 0 && (n == gb || at + n == e.len());
                     let loc = {
                         let mut st = sp.lock();
                         let loc = sp.locate(&mut st, grain)?;
@@ -607,6 +605,44 @@ impl VmdkImage {
         Ok(vec![s])
     }
 
+    /// Changes the disk's size by resizing its last extent: a flat file
+    /// grows or shrinks, a sparse extent's header, directories and tables
+    /// follow its new capacity; the descriptor records the new size.
+    fn resize_to(&self, new_size: u64, prealloc: Prealloc) -> Result<()> {
+        if !self.writable {
+            return Err(VmdkError::ReadOnly);
+        }
+        self.flush_pending()?;
+        let new_size = new_size.div_ceil(SECTOR) * SECTOR;
+        let Some((index, last)) = self.extents.iter().enumerate().next_back() else {
+            return Err(VmdkError::CannotShrink);
+        };
+        if new_size <= last.start {
+            return Err(VmdkError::CannotShrink);
+        }
+        if last.access != Access::ReadWrite {
+            return Err(VmdkError::ReadOnly);
+        }
+        let new_len = new_size - last.start;
+        self.touch()?;
+        match (&last.data, &last.store) {
+            (ExtentData::Flat { offset }, Some(store)) => {
+                store.set_len(offset + new_len, prealloc).into_result()?
+            }
+            (ExtentData::Sparse(sp), _) => sp.grow(new_len / SECTOR)?,
+            _ => {}
+        }
+        last.len.store(new_len, Ordering::Release);
+        self.size.store(new_size, Ordering::Release);
+        let mut d = self.descriptor.lock().unwrap_or_else(|e| e.into_inner());
+        let text = descriptor::with_extent_sectors(&d.text, index, new_len / SECTOR);
+        let text = descriptor::with_cylinders(&text, new_size / SECTOR);
+        self.write_descriptor(&text)?;
+        d.text = text;
+        drop(d);
+        self.do_flush()
+    }
+
     fn format_specific(&self) -> Value {
         let cid = self
             .descriptor
@@ -621,7 +657,7 @@ impl VmdkImage {
                 if e.sparse().is_some_and(|s| s.compressed) {
                     m.insert("compressed".into(), json!(true));
                 }
-                m.insert("virtual-size".into(), json!(e.len));
+                m.insert("virtual-size".into(), json!(e.len()));
                 m.insert("filename".into(), json!(e.name));
                 if let Some(sp) = e.sparse() {
                     m.insert("cluster-size".into(), json!(sp.grain_bytes()));
@@ -707,6 +743,15 @@ impl ImageImpl for VmdkImage {
             .get(index as usize)
             .map(|e| e.name.clone())
             .unwrap_or_default()
+    }
+
+    fn resize(
+        &self,
+        new_size: u64,
+        prealloc: Prealloc,
+        _shrink: bool,
+    ) -> std::result::Result<(), DriverError> {
+        Ok(self.resize_to(new_size, prealloc)?)
     }
 
     fn write_compressed(&self, offset: u64, buf: &[u8]) -> std::result::Result<(), DriverError> {

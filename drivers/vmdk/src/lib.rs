@@ -43,6 +43,7 @@ impl DriverImpl for VmdkDriver {
             | caps::WRITE
             | caps::BACKING
             | caps::CHECK
+            | caps::RESIZE
             | caps::MEASURE
             | caps::ZERO_INIT
             | caps::COMPRESSED_WRITES

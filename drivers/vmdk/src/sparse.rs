@@ -53,6 +53,12 @@ struct Table {
 pub struct SparseState {
     gd: Vec<u32>,
     rgd: Option<Vec<u32>>,
+    /// Sector of the grain directory.
+    gd_at: u64,
+    /// Sector of the redundant grain directory, if one is kept.
+    rgd_at: Option<u64>,
+    /// Sectors of guest data (changed by `grow`).
+    capacity: u64,
     gd_dirty: bool,
     tables: HashMap<u32, Table>,
     /// Next free byte of the extent file (allocations go here).
@@ -80,16 +86,12 @@ pub struct SparseExtent {
     pub store: Arc<ByteStoreBox>,
     /// The extent's header (hosted sparse extents only).
     pub header: Option<SparseHeader>,
-    /// Sectors of guest data.
+    /// Sectors of guest data when the extent was opened.
     pub capacity: u64,
     /// Sectors per grain.
     pub grain_sectors: u64,
     /// Entries per grain table.
     pub gtes_per_gt: u32,
-    /// Sector of the grain directory.
-    pub gd_offset: u64,
-    /// Sector of the redundant grain directory, if one is kept.
-    pub rgd_offset: Option<u64>,
     /// Grains are compressed.
     pub compressed: bool,
     /// Compressed grains start with a grain marker.
@@ -183,12 +185,13 @@ impl SparseExtent {
             capacity: header.capacity,
             grain_sectors: header.grain_size,
             gtes_per_gt: header.num_gtes_per_gt,
-            gd_offset: header.gd_offset,
-            rgd_offset: if rgd.is_some() { rgd_offset } else { None },
             compressed: header.compressed(),
             markers: header.markers(),
             zeroed_grain: header.flags & FLAG_ZEROED_GRAIN != 0,
             state: Mutex::new(SparseState {
+                gd_at: header.gd_offset,
+                rgd_at: if rgd.is_some() { rgd_offset } else { None },
+                capacity: header.capacity,
                 gd,
                 rgd,
                 gd_dirty: false,
@@ -227,12 +230,13 @@ impl SparseExtent {
             capacity: u64::from(header.num_sectors),
             grain_sectors: grain,
             gtes_per_gt: COWD_GTES_PER_GT,
-            gd_offset: u64::from(header.gd_offset),
-            rgd_offset: None,
             compressed: false,
             markers: false,
             zeroed_grain: false,
             state: Mutex::new(SparseState {
+                gd_at: u64::from(header.gd_offset),
+                rgd_at: None,
+                capacity: u64::from(header.num_sectors),
                 gd,
                 rgd: None,
                 gd_dirty: false,
@@ -394,12 +398,8 @@ impl SparseExtent {
             wrote = true;
         }
         if st.gd_dirty {
-            write_all(
-                &self.store,
-                self.gd_offset * SECTOR,
-                &entries_to_bytes(&st.gd),
-            )?;
-            if let (Some(at), Some(rgd)) = (self.rgd_offset, st.rgd.as_ref()) {
+            write_all(&self.store, st.gd_at * SECTOR, &entries_to_bytes(&st.gd))?;
+            if let (Some(at), Some(rgd)) = (st.rgd_at, st.rgd.as_ref()) {
                 write_all(&self.store, at * SECTOR, &entries_to_bytes(rgd))?;
             }
             st.gd_dirty = false;
@@ -408,10 +408,71 @@ impl SparseExtent {
         Ok(wrote)
     }
 
+    /// Changes the extent's capacity to `capacity` sectors. Growing past
+    /// what the grain directory maps moves both directories to the end of
+    /// the file, larger, with zeroed grain tables for the new part (readers
+    /// such as qemu-img expect every table of a hosted sparse extent to
+    /// exist); then rewrites the header. Returns nothing to do for
+    /// stream-optimized and ESX Server extents, which cannot change.
+    pub fn grow(&self, capacity: u64) -> Result<()> {
+        let Some(header) = self.header.as_ref().filter(|_| !self.compressed) else {
+            return Err(VmdkError::CannotResize);
+        };
+        let per = u64::from(self.gtes_per_gt) * self.grain_sectors;
+        let entries = capacity.div_ceil(per);
+        if entries > MAX_GD_ENTRIES {
+            return Err(VmdkError::L1TooBig);
+        }
+        let mut st = self.lock();
+        let old = st.gd.len() as u64;
+        let room = (old * 4).div_ceil(SECTOR) * SECTOR / 4;
+        if entries > old {
+            let gt_bytes = (u64::from(self.gtes_per_gt) * 4).div_ceil(SECTOR) * SECTOR;
+            let new_tables = entries - old;
+            let copies = if st.rgd.is_some() { 2 } else { 1 };
+            for copy in 0..copies {
+                let at = self.allocate(&mut st, new_tables * gt_bytes)?;
+                self.store
+                    .write_zeroes(at, new_tables * gt_bytes, false)
+                    .into_result()?;
+                let dir = if copy == 0 {
+                    &mut st.gd
+                } else {
+                    st.rgd.get_or_insert_with(Vec::new)
+                };
+                for i in 0..new_tables {
+                    dir.push(sector_of(at + i * gt_bytes)?);
+                }
+            }
+            if entries > room {
+                let dir_bytes = (entries * 4).div_ceil(SECTOR) * SECTOR;
+                let gd_at = self.allocate(&mut st, dir_bytes)?;
+                st.gd_at = gd_at / SECTOR;
+                if st.rgd.is_some() {
+                    let rgd_at = self.allocate(&mut st, dir_bytes)?;
+                    st.rgd_at = Some(rgd_at / SECTOR);
+                }
+            }
+            st.gd_dirty = true;
+        }
+        st.capacity = capacity;
+        let new_header = SparseHeader {
+            capacity,
+            gd_offset: st.gd_at,
+            rgd_offset: st.rgd_at.unwrap_or(header.rgd_offset),
+            ..header.clone()
+        };
+        drop(st);
+        self.flush_metadata()?;
+        self.store.flush().into_result()?;
+        write_all(&self.store, 0, &new_header.to_sector())?;
+        Ok(())
+    }
+
     /// Every grain's location, for `check`: (grain number, location).
     pub fn allocated_grains(&self) -> Result<Vec<(u64, GrainLoc)>> {
-        let grains = self.capacity.div_ceil(self.grain_sectors);
         let mut st = self.lock();
+        let grains = st.capacity.div_ceil(self.grain_sectors);
         let mut out = Vec::new();
         let per = u64::from(self.gtes_per_gt);
         let tables = st.gd.len() as u64;
