@@ -238,6 +238,13 @@ impl Qcow2Image {
         }
         let header_changed = header.autoclear_features != autoclear_before;
         let dirty_rw = header.dirty() && writable && flags & open_flags::CHECK == 0;
+        if header.crypt_method != 0 && flags & open_flags::NO_BACKING == 0 {
+            // Encrypted data needs the key (a later step); describing the
+            // image (`info`) does not.
+            return Err(Error::invalid(
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ));
+        }
         let image = Qcow2Image {
             io: Io { data, ..io },
             backing,
@@ -256,6 +263,7 @@ impl Qcow2Image {
         };
         {
             let mut meta = image.lock();
+            meta.writable = writable;
             if dirty_rw {
                 // Refcounts may be stale (lazy refcounts, unclean shutdown):
                 // rebuild them before anything is allocated.

@@ -95,6 +95,17 @@ pub struct Meta {
     pub in_flight: HashSet<u64>,
     /// A corruption was already reported.
     pub corruption_reported: bool,
+    /// The image is open for writing (a corruption then marks it corrupt).
+    pub writable: bool,
+}
+
+/// A number as C's `%#x` prints it (`0` without prefix).
+pub fn hex(v: u64) -> String {
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
 }
 
 fn be64_words(bytes: &[u8]) -> Vec<u64> {
@@ -176,17 +187,28 @@ impl Meta {
             compressed_next: 0,
             in_flight: HashSet::new(),
             corruption_reported: false,
+            writable: false,
         }
     }
 
     /// Reports a metadata inconsistency the way qemu does (once per image)
-    /// and returns the error the request fails with.
+    /// and returns the error the request fails with. A writable image is
+    /// marked corrupt (qcow2.txt, incompatible bit 1) so that nothing writes
+    /// to it again before a repair.
     pub fn corruption(&mut self, what: String) -> Error {
         if !self.corruption_reported {
             self.corruption_reported = true;
-            eprintln!(
-                "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be suppressed"
-            );
+            if self.writable {
+                eprintln!(
+                    "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
+                );
+                self.header.incompatible_features |= crate::header::incompat::CORRUPT;
+                self.header_dirty = true;
+            } else {
+                eprintln!(
+                    "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be suppressed"
+                );
+            }
         }
         Error::Corrupt
     }
@@ -242,7 +264,9 @@ impl Meta {
         let offset = entry & OFFSET_MASK;
         if self.layout.in_cluster(offset) != 0 {
             return Err(self.corruption(format!(
-                "L2 table offset {offset:#x} unaligned (L1 index: {l1i:#x})"
+                "L2 table offset {} unaligned (L1 index: {})",
+                hex(offset),
+                hex(l1i)
             )));
         }
         Ok(offset)
@@ -269,8 +293,10 @@ impl Meta {
         if let (Some(host), Some(s)) = (sub.host(), slot) {
             if self.layout.in_cluster(host) != 0 {
                 let what = format!(
-                    "Cluster allocation offset {host:#x} unaligned (L2 offset: {:#x}, L2 index: {:#x})",
-                    s.table, s.index
+                    "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                    hex(host),
+                    hex(s.table),
+                    hex(s.index as u64)
                 );
                 return Err(self.corruption(what));
             }
@@ -278,8 +304,9 @@ impl Meta {
         if sub == Sub::Invalid {
             if let Some(s) = slot {
                 let what = format!(
-                    "Invalid cluster entry found  (L2 offset: {:#x}, L2 index: {:#x})",
-                    s.table, s.index
+                    "Invalid cluster entry found  (L2 offset: {}, L2 index: {})",
+                    hex(s.table),
+                    hex(s.index as u64)
                 );
                 return Err(self.corruption(what));
             }
@@ -298,7 +325,9 @@ impl Meta {
         let offset = entry & !511;
         if self.layout.in_cluster(offset) != 0 {
             return Err(self.corruption(format!(
-                "Refblock offset {offset:#x} unaligned (reftable index: {index:#x})"
+                "Refblock offset {} unaligned (reftable index: {})",
+                hex(offset),
+                hex(index)
             )));
         }
         Ok(offset)
@@ -385,13 +414,32 @@ impl Meta {
     /// table itself.
     fn grow_reftable(&mut self, io: &Io, needed: u64, exclude: &mut Vec<(u64, u64)>) -> Result<()> {
         let cs = self.layout.cluster_size();
-        let bits = self.layout.refblock_bits();
-        let old_offset = self.header.refcount_table_offset;
         let old_clusters = u64::from(self.header.refcount_table_clusters);
         let mut clusters = (old_clusters + old_clusters / 2).max(1);
         while clusters * cs / 8 <= needed {
             clusters += clusters.div_ceil(2);
         }
+        self.place_reftable(io, clusters, exclude)
+    }
+
+    /// Moves the refcount table to the first free run, `clusters` long,
+    /// and frees the old one (qemu does this before full preallocation, so
+    /// the table sits before the data).
+    pub fn move_reftable(&mut self, io: &Io, clusters: u64) -> Result<()> {
+        let clusters = clusters.max(u64::from(self.header.refcount_table_clusters));
+        self.place_reftable(io, clusters, &mut Vec::new())
+    }
+
+    fn place_reftable(
+        &mut self,
+        io: &Io,
+        clusters: u64,
+        exclude: &mut Vec<(u64, u64)>,
+    ) -> Result<()> {
+        let cs = self.layout.cluster_size();
+        let bits = self.layout.refblock_bits();
+        let old_offset = self.header.refcount_table_offset;
+        let old_clusters = u64::from(self.header.refcount_table_clusters);
         if clusters * cs > 8 << 20 {
             return Err(Error::Errno(27, "File too large".into()));
         }
@@ -451,13 +499,22 @@ impl Meta {
     fn find_free(&mut self, io: &Io, n: u64, exclude: &[(u64, u64)]) -> Result<u64> {
         let mut start = self.free_hint.max(1);
         let mut at = start;
+        let mut first_free = None;
         while at < start + n {
-            let busy = exclude.iter().any(|&(s, len)| at >= s && at < s + len)
-                || self.refcount(io, at)? != 0;
+            let pending = exclude.iter().any(|&(s, len)| at >= s && at < s + len);
+            let busy = pending || self.refcount(io, at)? != 0;
+            if !busy && first_free.is_none() {
+                first_free = Some(at);
+            }
             at += 1;
             if busy {
                 start = at;
             }
+        }
+        // Everything below the first free cluster seen is in use: later
+        // searches start there instead of rescanning.
+        if let Some(f) = first_free {
+            self.free_hint = self.free_hint.max(f);
         }
         Ok(start)
     }
@@ -489,7 +546,10 @@ impl Meta {
             let rc = self.refcount(io, c)?;
             let value = if delta < 0 {
                 rc.checked_sub(delta.unsigned_abs()).ok_or_else(|| {
-                    self.corruption(format!("Refcount of cluster {c:#x} would become negative"))
+                    self.corruption(format!(
+                        "Refcount of cluster {} would become negative",
+                        hex(c)
+                    ))
                 })?
             } else {
                 rc.checked_add(delta as u64)
@@ -621,7 +681,9 @@ impl Meta {
 
     /// Writes the header cluster now (not waiting for a flush).
     pub fn write_header(&mut self, io: &Io) -> Result<()> {
-        let bytes = self.header.serialize()?;
+        let mut bytes = self.header.serialize()?;
+        // The whole first cluster, as qemu writes it.
+        bytes.resize(self.layout.cluster_size() as usize, 0);
         io.write(0, &bytes)?;
         self.header_dirty = false;
         Ok(())

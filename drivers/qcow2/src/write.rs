@@ -550,6 +550,23 @@ impl Qcow2Image {
         let cs = layout.cluster_size();
         let span = layout.l2_span();
         let mut meta = self.lock();
+        if matches!(mode, Prealloc::FALLOC | Prealloc::FULL) && !meta.data_file {
+            // A table large enough for the whole file, placed before the data.
+            let full = crate::measure::full_size(end, cs, layout.refcount_order, layout.extended);
+            let blocks = layout.clusters_for(full) >> layout.refblock_bits();
+            meta.move_reftable(&self.io, (blocks + 1).div_ceil(cs / 8))?;
+        }
+        // With falloc/full qemu reserves all new data clusters in one run
+        // before placing L2 tables; with metadata, each L2 table precedes
+        // the data it maps.
+        let contiguous = matches!(mode, Prealloc::FALLOC | Prealloc::FULL) && !meta.data_file;
+        let mut run = 0u64;
+        if contiguous {
+            let count = self.unallocated_clusters(&mut meta, start, end)?;
+            if count > 0 {
+                run = meta.alloc_clusters(&self.io, count)?;
+            }
+        }
         let mut c = layout.cluster_start(start);
         let mut host_end = 0u64;
         while c < end {
@@ -569,6 +586,10 @@ impl Qcow2Image {
             if !todo.is_empty() {
                 let base = if meta.data_file {
                     0
+                } else if contiguous {
+                    let base = run;
+                    run += todo.len() as u64 * cs;
+                    base
                 } else {
                     meta.alloc_clusters(&self.io, todo.len() as u64)?
                 };
@@ -601,6 +622,22 @@ impl Qcow2Image {
             store.set_len(target, file_mode).into_result()?;
         }
         meta.flush(&self.io)
+    }
+
+    /// Guest clusters in `[start, end)` without a host cluster.
+    fn unallocated_clusters(&self, meta: &mut Meta, start: u64, end: u64) -> Result<u64> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let mut count = 0;
+        let mut g = layout.cluster_start(start);
+        while g < end {
+            let (entry, _) = meta.entry(&self.io, g)?;
+            if !entry.has_host(meta.data_file) && !entry.compressed() {
+                count += 1;
+            }
+            g += cs;
+        }
+        Ok(count)
     }
 
     /// Changes the guest size.
