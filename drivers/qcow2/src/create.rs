@@ -363,6 +363,8 @@ pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateReques
     }
     io.write(2 * cs, &block)?;
     let mut meta = crate::meta::Meta::new(header, layout, Vec::new(), vec![2 * cs]);
+    // The cluster is rewritten whole once the L1 table is in place.
+    meta.header_full = true;
     if l1_size > 0 {
         let l1_offset = meta.alloc_clusters(&io, layout.clusters_for(l1_size * 8))?;
         meta.header.l1_table_offset = l1_offset;

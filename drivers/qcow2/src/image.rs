@@ -105,7 +105,7 @@ pub fn run_at(meta: &mut Meta, io: &Io, offset: u64, max: u64) -> Result<Run> {
 }
 
 fn checked_table(offset: u64, bytes: u64, cluster_size: u64) -> bool {
-    offset % cluster_size == 0
+    offset.is_multiple_of(cluster_size)
         && offset
             .checked_add(bytes)
             .is_some_and(|e| e <= i64::MAX as u64)

@@ -10,7 +10,7 @@ use qimg_driver_api::{Extent, Prealloc};
 /// Bytes of refcount table and blocks needed to count `clusters` clusters
 /// plus themselves (a fixed point: the structures count themselves too).
 pub fn refcount_metadata_size(clusters: u64, cluster_size: u64, refcount_order: u32) -> u64 {
-    let per_block = cluster_size * 8 >> refcount_order;
+    let per_block = (cluster_size * 8) >> refcount_order;
     let per_table_cluster = cluster_size / 8;
     let (mut blocks, mut table) = (0u64, 0u64);
     loop {

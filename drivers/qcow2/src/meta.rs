@@ -71,6 +71,11 @@ pub struct Meta {
     pub header: Header,
     /// The header needs writing.
     pub header_dirty: bool,
+    /// The header as last written or read (decides whether a header write
+    /// must rewrite the extensions or only the fixed fields).
+    pub on_disk: Header,
+    /// The next header write rewrites the whole first cluster.
+    pub header_full: bool,
     /// Geometry.
     pub layout: Layout,
     /// Guest clusters live in an external data file (not refcounted).
@@ -174,6 +179,8 @@ impl Meta {
         let tables = (CACHE_BYTES >> layout.cluster_bits).max(16) as usize;
         Meta {
             data_file: header.has_data_file(),
+            on_disk: header.clone(),
+            header_full: false,
             header,
             header_dirty: false,
             layout,
@@ -222,7 +229,8 @@ impl Meta {
             .unwrap_or(0)
     }
 
-    fn set_l1_entry(&mut self, i: usize, value: u64) {
+    /// Sets L1 entry `i` (the table is written at the next flush).
+    pub fn set_l1_entry(&mut self, i: usize, value: u64) {
         if self.l1.len() <= i {
             self.l1.resize(i + 1, 0);
         }
@@ -679,13 +687,24 @@ impl Meta {
         Ok(())
     }
 
-    /// Writes the header cluster now (not waiting for a flush).
+    /// Writes the header now (not waiting for a flush): only the fixed
+    /// fields when the extensions and the backing name are unchanged, else
+    /// the whole first cluster, as qemu does.
     pub fn write_header(&mut self, io: &Io) -> Result<()> {
         let mut bytes = self.header.serialize()?;
-        // The whole first cluster, as qemu writes it.
-        bytes.resize(self.layout.cluster_size() as usize, 0);
+        let same_tail = !self.header_full
+            && self.header.ext == self.on_disk.ext
+            && self.header.backing_file == self.on_disk.backing_file
+            && self.header.header_length == self.on_disk.header_length;
+        if same_tail {
+            bytes.truncate(self.header.header_length.max(crate::header::V2_HEADER_LEN) as usize);
+        } else {
+            bytes.resize(self.layout.cluster_size() as usize, 0);
+        }
         io.write(0, &bytes)?;
+        self.on_disk = self.header.clone();
         self.header_dirty = false;
+        self.header_full = false;
         Ok(())
     }
 }

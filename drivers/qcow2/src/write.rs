@@ -303,7 +303,7 @@ impl Qcow2Image {
         // reads as zeros, else write zero bytes.
         let mut start = offset;
         let mut stop = end;
-        if start % g != 0 {
+        if !start.is_multiple_of(g) {
             let head_end = (start / g + 1) * g;
             if self.reads_zero(start / g * g, start)?
                 && self.reads_zero(end.min(head_end), head_end.min(size))?
@@ -314,7 +314,7 @@ impl Qcow2Image {
                 start = head_end.min(end);
             }
         }
-        if stop % g != 0 && stop > start {
+        if !stop.is_multiple_of(g) && stop > start {
             let tail_start = stop / g * g;
             let tail_end = ((stop / g + 1) * g).min(size);
             if tail_start >= start && self.reads_zero(stop, tail_end)? {
@@ -647,7 +647,7 @@ impl Qcow2Image {
         }
         let layout = self.layout;
         let old_size = self.size();
-        if new_size % 512 != 0 {
+        if !new_size.is_multiple_of(512) {
             return Err(Error::argument("The new size must be a multiple of 512"));
         }
         if !self.snapshots.is_empty() && new_size < old_size {
@@ -711,15 +711,35 @@ impl Qcow2Image {
         let mut c = new_size.div_ceil(cs) * cs;
         while c < old_size {
             let (entry, slot) = meta.entry(&self.io, c)?;
-            if let Some(slot) = slot {
-                if entry != Entry::default() {
-                    meta.writable_l2(&self.io, c)?;
-                    let (entry, slot2) = meta.entry(&self.io, c)?;
-                    meta.set_entry(&self.io, slot2.unwrap_or(slot), Entry::default())?;
-                    meta.release_entry(&self.io, entry)?;
+            if slot.is_some() && entry != Entry::default() {
+                meta.writable_l2(&self.io, c)?;
+                let (entry, slot) = meta.entry(&self.io, c)?;
+                if let Some(slot) = slot {
+                    meta.set_entry(&self.io, slot, Entry::default())?;
                 }
+                meta.release_entry(&self.io, entry)?;
             }
             c += cs;
+        }
+        // L2 tables wholly past the end go too.
+        let keep = layout.l1_entries_for(new_size);
+        for i in keep..meta.l1.len() as u64 {
+            let table = meta.l2_offset(i)?;
+            if table != 0 {
+                meta.set_l1_entry(i as usize, 0);
+                meta.add_refcount(&self.io, table, cs, -1)?;
+            }
+        }
+        meta.flush(&self.io)?;
+        // Free clusters at the end of the file are cut off, as qemu does.
+        let file_len = self.io.file.len().into_result()?;
+        let mut last = layout.clusters_for(file_len);
+        while last > 1 && meta.refcount(&self.io, last - 1)? == 0 {
+            last -= 1;
+        }
+        let end = last * cs;
+        if end < file_len {
+            self.io.file.set_len(end, Prealloc::OFF).into_result()?;
         }
         Ok(())
     }

@@ -1,0 +1,875 @@
+//! The qcow2 driver against qemu-img 10.0.2: every fixture is made by
+//! qemu-img/qemu-io; qimg must read it as qemu-img does (`info`, `map`,
+//! `convert -O raw` checked with `qemu-img compare`), and what qimg writes
+//! must pass `qemu-img check` and equal its source under `qemu-img compare`.
+
+use qimg_tests::Fixture;
+
+/// Runs `qemu-io -f qcow2` with `commands` on `file`; requires success.
+fn qio(fx: &Fixture, file: &str, commands: &[&str]) {
+    let mut script = String::from("qemu-io -f qcow2");
+    for c in commands {
+        script.push_str(&format!(" -c '{c}'"));
+    }
+    script.push_str(&format!(" {file} >/dev/null"));
+    fx.sh(&script);
+}
+
+/// `qemu-img create -f qcow2 [-o OPTS] FILE SIZE` by the oracle.
+fn make(fx: &Fixture, file: &str, opts: &str, size: &str) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    args.extend([file, size]);
+    fx.oracle(&args);
+}
+
+/// Asserts that the real `qemu-img check` finds `file` clean, without leaks.
+fn assert_clean(fx: &Fixture, file: &str) {
+    let out = fx.qemu_img(&["check", file]);
+    assert_eq!(
+        out.status, 0,
+        "qemu-img check {file}: {}{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout.contains("No errors were found on the image."),
+        "qemu-img check {file}: {}",
+        out.stdout
+    );
+}
+
+/// Asserts that the real `qemu-img compare` finds `a` and `b` identical.
+fn assert_equal(fx: &Fixture, a: &str, b: &str) {
+    let out = fx.qemu_img(&["compare", a, b]);
+    assert_eq!(
+        out.status, 0,
+        "qemu-img compare {a} {b}: {}{}",
+        out.stdout, out.stderr
+    );
+}
+
+/// Runs `args` with qimg on `ours` and qemu-img on `theirs` (`{}` stands for
+/// the file; each starts as a copy of `src` if given) and asserts equal
+/// output, equal file length, equal `qemu-img map` and equal content.
+fn same_result(fx: &Fixture, args: &[&str], src: Option<&str>) {
+    for name in ["ours.q", "theirs.q"] {
+        let _ = std::fs::remove_file(fx.path(name));
+        if let Some(s) = src {
+            fx.sh(&format!("cp --sparse=always {s} {name}"));
+        }
+    }
+    let with = |name: &str| {
+        args.iter()
+            .map(|a| a.replace("{}", name))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (with("ours.q"), with("theirs.q"));
+    let ours = fx.qimg(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let theirs = fx.qemu_img(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(ours.status, theirs.status, "{args:?}: {}", ours.stderr);
+    assert_eq!(
+        ours.stdout.replace("ours.q", "X"),
+        theirs.stdout.replace("theirs.q", "X"),
+        "{args:?}"
+    );
+    assert_eq!(
+        ours.stderr.replace("ours.q", "X"),
+        theirs.stderr.replace("theirs.q", "X"),
+        "{args:?}"
+    );
+    let len = |f: &str| std::fs::metadata(fx.path(f)).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(len("ours.q"), len("theirs.q"), "file length for {args:?}");
+    let map = |f: &str| fx.qemu_img(&["map", "--output=json", f]).stdout;
+    assert_eq!(map("ours.q"), map("theirs.q"), "qemu-img map for {args:?}");
+    if ours.status == 0 {
+        assert_clean(fx, "ours.q");
+        assert_equal(fx, "ours.q", "theirs.q");
+    }
+}
+
+/// An image with a bit of everything: data, zero clusters, compressed
+/// clusters, partial clusters, unallocated gaps.
+fn mixed(fx: &Fixture, file: &str, opts: &str, cluster: u64) {
+    make(fx, file, opts, "3M");
+    let comp1 = format!("write -c -P 3 1M {cluster}");
+    let comp2 = format!("write -c -P 4 {} {cluster}", (1 << 20) + cluster);
+    let mut cmds = vec![
+        "write -P 1 0 4k",
+        "write -P 2 100k 200k",
+        "write -z 500k 64k",
+        "write -P 5 2M 1k",
+        "write -z 2052k 2k",
+    ];
+    // (qemu-io cannot compress a 2 MiB cluster: the stream would not fit.)
+    if cluster <= 1 << 20 {
+        cmds.push(comp1.as_str());
+        cmds.push(comp2.as_str());
+    }
+    qio(fx, file, &cmds);
+}
+
+/// The variants qemu-img writes, with their cluster sizes.
+const VARIANTS: &[(&str, &str, u64)] = &[
+    ("v3", "", 65536),
+    ("v2", "compat=0.10", 65536),
+    ("c512", "cluster_size=512", 512),
+    ("c2m", "cluster_size=2M", 2 << 20),
+    ("rc1", "refcount_bits=1", 65536),
+    ("rc64", "refcount_bits=64", 65536),
+    ("rc2_c1k", "refcount_bits=2,cluster_size=1k", 1024),
+    ("extl2", "extended_l2=on", 65536),
+    ("extl2_c16k", "extended_l2=on,cluster_size=16k", 16384),
+    ("zstd", "compression_type=zstd", 65536),
+    ("lazy", "lazy_refcounts=on", 65536),
+];
+
+/// Runs `check` for every variant image made by [`mixed`].
+fn each_variant(name: &str, check: impl Fn(&Fixture, &str)) {
+    let fx = Fixture::new(name);
+    for (tag, opts, cluster) in VARIANTS {
+        let file = format!("{tag}.qcow2");
+        mixed(&fx, &file, opts, *cluster);
+        check(&fx, &file);
+    }
+}
+
+// ---- reading what qemu-img wrote ----
+
+#[test]
+fn info_human_of_every_variant() {
+    each_variant("q2_info_human", |fx, f| {
+        fx.same(&["info", f]);
+    });
+}
+
+#[test]
+fn info_json_of_every_variant() {
+    each_variant("q2_info_json", |fx, f| {
+        fx.same(&["info", "--output=json", f]);
+    });
+}
+
+#[test]
+fn map_json_of_every_variant() {
+    each_variant("q2_map_json", |fx, f| {
+        fx.same(&["map", "--output=json", f]);
+    });
+}
+
+#[test]
+fn map_human_refuses_compressed_clusters_like_qemu() {
+    let fx = Fixture::new("q2_map_human");
+    mixed(&fx, "m.qcow2", "", 65536);
+    fx.same(&["map", "m.qcow2"]);
+    make(&fx, "plain.qcow2", "", "1M");
+    qio(&fx, "plain.qcow2", &["write -P 1 64k 128k"]);
+    fx.same(&["map", "plain.qcow2"]);
+}
+
+#[test]
+fn convert_to_raw_reads_every_variant() {
+    each_variant("q2_to_raw", |fx, f| {
+        let out = format!("{f}.raw");
+        let r = fx.qimg(&["convert", "-O", "raw", f, &out]);
+        assert_eq!(r.status, 0, "{}", r.stderr);
+        assert_equal(fx, f, &out);
+    });
+}
+
+#[test]
+fn overlays_read_through_their_backing_file() {
+    let fx = Fixture::new("q2_backing");
+    fx.oracle(&["create", "-q", "-f", "raw", "base.raw", "2M"]);
+    fx.qemu_io("base.raw", "write -P 0x11 0 2M");
+    for (tag, opts, _) in VARIANTS.iter().filter(|v| !v.1.contains("2M")) {
+        let file = format!("ov_{tag}.qcow2");
+        let mut args = vec!["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend([file.as_str(), "2M"]);
+        fx.oracle(&args);
+        let cmds = [
+            "write -P 1 4k 4k",
+            "write -z 128k 64k",
+            "write -P 7 1000k 100",
+        ];
+        qio(&fx, &file, &cmds);
+        fx.same(&["map", "--output=json", &file]);
+        fx.same(&["info", &file]);
+        let out = format!("{file}.raw");
+        assert_eq!(fx.qimg(&["convert", "-O", "raw", &file, &out]).status, 0);
+        assert_equal(&fx, &file, &out);
+    }
+    // Larger than its backing file: the tail reads as zeros.
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        "big.qcow2",
+        "3M",
+    ]);
+    qio(&fx, "big.qcow2", &["write -P 1 2044k 8k"]);
+    assert_eq!(
+        fx.qimg(&["convert", "-O", "raw", "big.qcow2", "big.raw"])
+            .status,
+        0
+    );
+    assert_equal(&fx, "big.qcow2", "big.raw");
+}
+
+#[test]
+fn external_data_files() {
+    let fx = Fixture::new("q2_data_file");
+    make(&fx, "d.qcow2", "data_file=d.data", "1M");
+    qio(
+        &fx,
+        "d.qcow2",
+        &[
+            "write -P 1 0 64k",
+            "write -z 128k 64k",
+            "write -P 3 300k 10k",
+        ],
+    );
+    make(&fx, "r.qcow2", "data_file=r.data,data_file_raw=on", "1M");
+    qio(&fx, "r.qcow2", &["write -P 1 0 64k", "write -z 128k 64k"]);
+    make(
+        &fx,
+        "x.qcow2",
+        "data_file=x.data,data_file_raw=on,extended_l2=on",
+        "1M",
+    );
+    qio(&fx, "x.qcow2", &["write -P 1 0 64k", "write -z 128k 64k"]);
+    for f in ["d.qcow2", "r.qcow2", "x.qcow2"] {
+        fx.same(&["info", f]);
+        fx.same(&["info", "--output=json", f]);
+        fx.same(&["map", "--output=json", f]);
+        fx.same(&["map", f]);
+        let out = format!("{f}.raw");
+        assert_eq!(fx.qimg(&["convert", "-O", "raw", f, &out]).status, 0);
+        assert_equal(&fx, f, &out);
+    }
+}
+
+#[test]
+fn metadata_preallocation_maps_holes_as_zero_data() {
+    let fx = Fixture::new("q2_prealloc_map");
+    for p in ["metadata", "falloc", "full"] {
+        let f = format!("{p}.qcow2");
+        make(&fx, &f, &format!("preallocation={p}"), "1M");
+        qio(&fx, &f, &["write -P 1 0 4k"]);
+        fx.same(&["map", "--output=json", &f]);
+    }
+}
+
+#[test]
+fn zero_clusters_allocated_and_not() {
+    let fx = Fixture::new("q2_zero");
+    make(&fx, "z.qcow2", "", "1M");
+    qio(
+        &fx,
+        "z.qcow2",
+        &["write -P 1 0 128k", "write -z 0 64k", "write -z -u 64k 64k"],
+    );
+    make(&fx, "e.qcow2", "extended_l2=on", "1M");
+    qio(
+        &fx,
+        "e.qcow2",
+        &["write -P 1 0 2k", "write -z 8k 4k", "write -P 3 300k 10k"],
+    );
+    for f in ["z.qcow2", "e.qcow2"] {
+        fx.same(&["map", "--output=json", f]);
+    }
+}
+
+#[test]
+fn snapshots_and_bitmaps_are_listed() {
+    let fx = Fixture::new("q2_snap_bitmap");
+    make(&fx, "s.qcow2", "", "1M");
+    qio(&fx, "s.qcow2", &["write -P 1 0 64k"]);
+    fx.oracle(&["bitmap", "--add", "s.qcow2", "bm0"]);
+    fx.oracle(&["bitmap", "--add", "--granularity", "128k", "s.qcow2", "bm1"]);
+    fx.oracle(&["bitmap", "--disable", "s.qcow2", "bm1"]);
+    fx.same(&["info", "--output=json", "s.qcow2"]);
+    fx.same(&["map", "--output=json", "s.qcow2"]);
+}
+
+#[test]
+fn luks_and_aes_headers_are_described() {
+    let fx = Fixture::new("q2_luks");
+    let secret = "--object=secret,id=s0,data=pw";
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        secret,
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        "l.qcow2",
+        "1M",
+    ]);
+    fx.oracle(&[
+        "create", "-q", "-f", "qcow2", secret, "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.cipher-alg=aes-128",
+        "e.qcow2", "1M",
+    ]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        secret,
+        "-o",
+        "encryption=on,encrypt.key-secret=s0",
+        "a.qcow2",
+        "1M",
+    ]);
+    for f in ["l.qcow2", "e.qcow2", "a.qcow2"] {
+        fx.same(&["info", f]);
+        // (JSON: the host places "encrypted" before "format-specific".)
+        let ours = fx.qimg(&["info", "--output=json", f]).stdout;
+        let theirs = fx.qemu_img(&["info", "--output=json", f]).stdout;
+        let fs = |s: &str| {
+            s[s.find("\"format-specific\": {\n        \"type\": \"qcow2\"")
+                .unwrap_or(0)..]
+                .replace("    \"encrypted\": true,\n", "")
+        };
+        assert_eq!(fs(&ours), fs(&theirs), "{f}");
+    }
+}
+
+#[test]
+fn dirty_and_corrupt_flags() {
+    let fx = Fixture::new("q2_flags");
+    make(&fx, "l.qcow2", "lazy_refcounts=on", "1M");
+    // qemu-io's abort leaves the dirty bit set with stale refcounts.
+    fx.sh("qemu-io -f qcow2 -c 'write -P 1 0 128k' -c abort l.qcow2 >/dev/null 2>&1 || true");
+    fx.same(&["info", "l.qcow2"]);
+    fx.same(&["map", "--output=json", "l.qcow2"]);
+    fx.sh("cp l.qcow2 l2.qcow2");
+    // Opening it for writing repairs the refcounts and clears the bit.
+    assert_eq!(fx.qimg(&["resize", "l.qcow2", "2M"]).status, 0);
+    assert_clean(&fx, "l.qcow2");
+    fx.same(&["info", "l.qcow2"]);
+    let out = fx.qemu_img(&["compare", "l.qcow2", "l2.qcow2"]);
+    assert!(
+        out.stdout.contains("Images are identical."),
+        "{}",
+        out.stdout
+    );
+
+    make(&fx, "c.qcow2", "", "1M");
+    // Set the corrupt bit (incompatible feature bit 1, byte 79).
+    fx.sh("printf '\\002' | dd of=c.qcow2 bs=1 seek=79 conv=notrunc status=none");
+    fx.same(&["info", "c.qcow2"]);
+    fx.same(&["resize", "c.qcow2", "2M"]);
+}
+
+/// Byte patches: (offset, bytes).
+type Edits = Vec<(u64, Vec<u8>)>;
+
+/// Writes `bytes` at `offset` of a copy of `src` named `dst`.
+fn patch(fx: &Fixture, src: &str, dst: &str, edits: &[(u64, &[u8])]) {
+    use std::io::{Seek, SeekFrom, Write};
+    std::fs::copy(fx.path(src), fx.path(dst)).expect("copy");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.path(dst))
+        .expect("open");
+    for (offset, bytes) in edits {
+        f.seek(SeekFrom::Start(*offset)).expect("seek");
+        f.write_all(bytes).expect("write");
+    }
+}
+
+#[test]
+fn hostile_headers_fail_like_qemu() {
+    let fx = Fixture::new("q2_hostile");
+    make(&fx, "base.qcow2", "", "4M");
+    qio(
+        &fx,
+        "base.qcow2",
+        &["write -P 1 0 64k", "write -c -P 2 1M 64k"],
+    );
+    let be32 = |v: u32| v.to_be_bytes().to_vec();
+    let be64 = |v: u64| v.to_be_bytes().to_vec();
+    let cases: Vec<(&str, Edits)> = vec![
+        ("version4", vec![(4, be32(4))]),
+        ("cluster_bits_8", vec![(20, be32(8))]),
+        ("cluster_bits_22", vec![(20, be32(22))]),
+        ("cluster_bits_40", vec![(20, be32(40))]),
+        ("l1_huge", vec![(36, be32(0x7fff_ffff))]),
+        ("l1_big_past_eof", vec![(36, be32(0x40_0000))]),
+        ("l1_too_small", vec![(36, be32(0))]),
+        ("l1_unaligned", vec![(40, be64(0x30001))]),
+        ("l1_past_eof", vec![(40, be64(1 << 32))]),
+        ("reftable_past_eof", vec![(48, be64(1 << 32))]),
+        ("reftable_unaligned", vec![(48, be64(0x10001))]),
+        ("reftable_huge", vec![(56, be32(0x7fff_ffff))]),
+        ("reftable_empty", vec![(56, be32(0))]),
+        ("snapshots_too_many", vec![(60, be32(100_000))]),
+        (
+            "snapshots_past_eof",
+            vec![(60, be32(2)), (64, be64(1 << 32))],
+        ),
+        (
+            "snapshots_unaligned",
+            vec![(60, be32(2)), (64, be64(0x1001))],
+        ),
+        ("unknown_incompatible", vec![(72, be64(1 << 20))]),
+        ("unknown_incompatible_5", vec![(72, be64(1 << 5))]),
+        ("dirty", vec![(72, be64(1))]),
+        ("compression_bit_zlib", vec![(72, be64(8))]),
+        ("compression_type_no_bit", vec![(104, vec![1])]),
+        ("compression_type_7", vec![(72, be64(8)), (104, vec![7])]),
+        ("refcount_order_7", vec![(96, be32(7))]),
+        ("header_length_short", vec![(100, be32(50))]),
+        ("header_length_huge", vec![(100, be32(0x20000))]),
+        ("crypt_method_3", vec![(32, be32(3))]),
+        ("luks_without_header", vec![(32, be32(2))]),
+        ("size_huge", vec![(24, be64(1 << 62))]),
+        (
+            "backing_name_long",
+            vec![(8, be64(0x200)), (16, be32(2000))],
+        ),
+        (
+            "backing_offset_bad",
+            vec![(8, be64(0x20000)), (16, be32(20))],
+        ),
+        ("extension_too_long", vec![(116, be32(0x10_0000))]),
+        ("l2_unaligned", vec![(0x30000, be64(0x8000_0000_0001_2345))]),
+        ("l2_past_eof", vec![(0x30000, be64(0x8000_0001_0000_0000))]),
+    ];
+    for (name, edits) in &cases {
+        let file = format!("{name}.qcow2");
+        let edits: Vec<(u64, &[u8])> = edits.iter().map(|(o, b)| (*o, b.as_slice())).collect();
+        patch(&fx, "base.qcow2", &file, &edits);
+        if name.starts_with("snapshots_past") {
+            // (The host does not list snapshots yet; the rest must agree.)
+            fx.same(&["map", "--output=json", &file]);
+        } else {
+            fx.same(&["info", &file]);
+            fx.same(&["info", "-f", "qcow2", "--output=json", &file]);
+        }
+        let ours = fx.qimg(&["convert", "-O", "raw", &file, "ours.raw"]);
+        let theirs = fx.qemu_img(&["convert", "-O", "raw", &file, "theirs.raw"]);
+        assert_eq!(
+            ours.status, theirs.status,
+            "convert {file}: {}",
+            ours.stderr
+        );
+        if theirs.status == 0 {
+            assert_equal(&fx, "ours.raw", "theirs.raw");
+        }
+    }
+    std::fs::write(
+        fx.path("short.qcow2"),
+        &std::fs::read(fx.path("base.qcow2")).expect("read")[..100],
+    )
+    .expect("write");
+    fx.same(&["info", "-f", "qcow2", "short.qcow2"]);
+}
+
+// ---- writing images qemu-img accepts ----
+
+#[test]
+fn create_help_lists_qemus_options() {
+    let fx = Fixture::new("q2_create_help");
+    fx.same(&["create", "-f", "qcow2", "-o", "help"]);
+    fx.same(&["create", "-f", "qcow2", "-o", "help", "x.qcow2"]);
+}
+
+/// Options whose images qimg writes byte for byte as qemu-img does.
+const CREATE_IDENTICAL: &[&str] = &[
+    "",
+    "compat=0.10",
+    "compat=v3",
+    "cluster_size=512",
+    "cluster_size=4k",
+    "cluster_size=2M",
+    "refcount_bits=1",
+    "refcount_bits=8",
+    "refcount_bits=64",
+    "extended_l2=on",
+    "compression_type=zstd",
+    "lazy_refcounts=on",
+    "preallocation=metadata",
+    "extended_l2=on,preallocation=metadata",
+    "cluster_size=512,preallocation=metadata",
+    "compat=0.10,preallocation=metadata",
+];
+
+#[test]
+fn create_writes_qemus_layout() {
+    let fx = Fixture::new("q2_create_same");
+    for opts in CREATE_IDENTICAL {
+        let mut args = vec!["create", "-f", "qcow2"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend(["{}", "5M"]);
+        fx.same_effect(&args, "new.qcow2");
+        assert_clean(&fx, "ours.new.qcow2");
+    }
+}
+
+#[test]
+fn create_with_backing_file() {
+    let fx = Fixture::new("q2_create_backing");
+    fx.oracle(&["create", "-q", "-f", "raw", "b.raw", "1M"]);
+    fx.same_effect(
+        &[
+            "create", "-f", "qcow2", "-b", "b.raw", "-F", "raw", "{}", "1M",
+        ],
+        "o.qcow2",
+    );
+    fx.same_effect(
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "backing_file=b.raw,backing_fmt=raw,cluster_size=4k",
+            "{}",
+            "2M",
+        ],
+        "o.qcow2",
+    );
+    fx.same(&["info", "ours.o.qcow2"]);
+}
+
+#[test]
+fn create_full_preallocation_is_clean_and_equal_in_content() {
+    let fx = Fixture::new("q2_create_prealloc");
+    for opts in [
+        "preallocation=falloc",
+        "preallocation=full",
+        "cluster_size=4k,preallocation=full",
+    ] {
+        let out = fx.qimg(&["create", "-q", "-f", "qcow2", "-o", opts, "p.qcow2", "3M"]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        fx.oracle(&["create", "-q", "-f", "qcow2", "-o", opts, "t.qcow2", "3M"]);
+        assert_clean(&fx, "p.qcow2");
+        assert_equal(&fx, "p.qcow2", "t.qcow2");
+        let info = |f: &str| {
+            let o = fx.qemu_img(&["info", "--output=json", f]).stdout;
+            o.replace(f, "X")
+        };
+        let (a, b) = (info("p.qcow2"), info("t.qcow2"));
+        let strip = |s: &str| {
+            s.lines()
+                .filter(|l| !l.contains("actual-size"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&a), strip(&b), "{opts}");
+    }
+}
+
+#[test]
+fn create_with_data_file() {
+    let fx = Fixture::new("q2_create_data");
+    for opts in [
+        "data_file=d.data",
+        "data_file=d.data,data_file_raw=on",
+        "data_file=d.data,preallocation=metadata",
+    ] {
+        let out = fx.qimg(&["create", "-q", "-f", "qcow2", "-o", opts, "d.qcow2", "1M"]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        assert_clean(&fx, "d.qcow2");
+        let ours = fx.qemu_img(&["map", "--output=json", "d.qcow2"]).stdout;
+        let info = fx.qemu_img(&["info", "d.qcow2"]).stdout;
+        fx.oracle(&["create", "-q", "-f", "qcow2", "-o", opts, "d.qcow2", "1M"]);
+        assert_eq!(
+            ours,
+            fx.qemu_img(&["map", "--output=json", "d.qcow2"]).stdout,
+            "{opts}"
+        );
+        assert_eq!(info, fx.qemu_img(&["info", "d.qcow2"]).stdout, "{opts}");
+    }
+}
+
+#[test]
+fn create_refuses_what_qemu_refuses() {
+    let fx = Fixture::new("q2_create_errors");
+    for opts in [
+        "cluster_size=1000",
+        "cluster_size=256",
+        "cluster_size=4M",
+        "compat=0.9",
+        "refcount_bits=3",
+        "refcount_bits=128",
+        "compat=0.10,refcount_bits=8",
+        "compat=0.10,lazy_refcounts=on",
+        "compression_type=lz4",
+        "compat=0.10,compression_type=zstd",
+        "data_file_raw=on",
+        "preallocation=foo",
+        "backing_fmt=raw",
+        "compat=0.10,data_file=d.raw",
+        "compat=0.10,extended_l2=on",
+        "extended_l2=on,cluster_size=8k",
+    ] {
+        fx.same(&["create", "-f", "qcow2", "-o", opts, "x.qcow2", "1M"]);
+    }
+}
+
+#[test]
+fn create_refuses_encryption_clearly() {
+    let fx = Fixture::new("q2_create_encrypt");
+    let out = fx.qimg(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "encrypt.format=luks",
+        "x.qcow2",
+        "1M",
+    ]);
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.contains("encryption is not supported"),
+        "{}",
+        out.stderr
+    );
+    assert!(!fx.path("x.qcow2").exists());
+}
+
+/// A sparse raw source with scattered, unaligned data.
+fn scattered(fx: &Fixture) {
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "6M"]);
+    for (i, (at, len)) in [
+        (333, 5000),
+        (70_000, 20_000),
+        (1 << 20, 1 << 20),
+        (3_500_000, 777),
+        (6 * 1024 * 1024 - 4096, 4096),
+    ]
+    .iter()
+    .enumerate()
+    {
+        fx.qemu_io("src.raw", &format!("write -P {} {at} {len}", i + 1));
+    }
+}
+
+#[test]
+fn convert_to_qcow2_with_each_option() {
+    let fx = Fixture::new("q2_convert_opts");
+    scattered(&fx);
+    for opts in [
+        "",
+        "compat=0.10",
+        "cluster_size=512",
+        "cluster_size=4k",
+        "cluster_size=2M",
+        "refcount_bits=1",
+        "refcount_bits=64",
+        "extended_l2=on",
+        "lazy_refcounts=on",
+        "preallocation=metadata",
+        "preallocation=full",
+        "data_file=out.data",
+    ] {
+        let _ = std::fs::remove_file(fx.path("out.qcow2"));
+        let mut args = vec!["convert", "-O", "qcow2"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend(["src.raw", "out.qcow2"]);
+        let out = fx.qimg(&args);
+        assert_eq!(out.status, 0, "{opts}: {}", out.stderr);
+        assert_clean(&fx, "out.qcow2");
+        assert_equal(&fx, "src.raw", "out.qcow2");
+    }
+}
+
+#[test]
+fn convert_sequentially_allocates_like_qemu() {
+    let fx = Fixture::new("q2_convert_layout");
+    scattered(&fx);
+    for opts in ["cluster_size=65536", "extended_l2=on", "cluster_size=4k"] {
+        let args = [
+            "convert", "-m", "1", "-O", "qcow2", "-o", opts, "src.raw", "{}",
+        ];
+        same_result(&fx, &args, None);
+    }
+}
+
+#[test]
+fn convert_between_qcow2_variants() {
+    each_variant("q2_convert_variants", |fx, f| {
+        for opts in ["", "extended_l2=on", "cluster_size=4k,refcount_bits=2"] {
+            let _ = std::fs::remove_file(fx.path("o.qcow2"));
+            let mut args = vec!["convert", "-O", "qcow2"];
+            if !opts.is_empty() {
+                args.extend(["-o", opts]);
+            }
+            args.extend([f, "o.qcow2"]);
+            let out = fx.qimg(&args);
+            assert_eq!(out.status, 0, "{f} {opts}: {}", out.stderr);
+            assert_clean(fx, "o.qcow2");
+            assert_equal(fx, f, "o.qcow2");
+        }
+    });
+}
+
+#[test]
+fn convert_compressed_zlib_and_zstd() {
+    let fx = Fixture::new("q2_convert_c");
+    scattered(&fx);
+    for opts in [
+        "",
+        "compression_type=zstd",
+        "cluster_size=4k",
+        "cluster_size=512,refcount_bits=1",
+    ] {
+        let _ = std::fs::remove_file(fx.path("c.qcow2"));
+        let mut args = vec!["convert", "-c", "-O", "qcow2"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend(["src.raw", "c.qcow2"]);
+        let out = fx.qimg(&args);
+        assert_eq!(out.status, 0, "{opts}: {}", out.stderr);
+        assert_clean(&fx, "c.qcow2");
+        assert_equal(&fx, "src.raw", "c.qcow2");
+        let map = fx.qemu_img(&["map", "--output=json", "c.qcow2"]).stdout;
+        assert!(map.contains("\"compressed\": true"), "{opts}: {map}");
+        // qemu reads back what qimg compressed.
+        fx.sh("qemu-img convert -O raw c.qcow2 back.raw && cmp src.raw back.raw");
+    }
+}
+
+#[test]
+fn convert_onto_a_backing_file_copies_on_write() {
+    let fx = Fixture::new("q2_convert_cow");
+    fx.oracle(&["create", "-q", "-f", "raw", "base.raw", "2M"]);
+    fx.qemu_io("base.raw", "write -P 0x22 0 2M");
+    fx.oracle(&[
+        "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "ov.qcow2",
+    ]);
+    fx.oracle(&["create", "-q", "-f", "raw", "patch.raw", "2M"]);
+    fx.qemu_io("patch.raw", "write -P 0x33 1000 3000");
+    fx.qemu_io("patch.raw", "write -P 0x22 0 1000");
+    fx.qemu_io("patch.raw", "write -P 0x22 4000 2093152");
+    // Only the changed bytes go into the overlay; the rest of their cluster
+    // is copied from the backing file.
+    let out = fx.qimg(&[
+        "convert",
+        "-n",
+        "-B",
+        "base.raw",
+        "-F",
+        "raw",
+        "-O",
+        "qcow2",
+        "patch.raw",
+        "ov.qcow2",
+    ]);
+    if out.status == 0 {
+        assert_clean(&fx, "ov.qcow2");
+        assert_equal(&fx, "patch.raw", "ov.qcow2");
+    }
+    let out = fx.qimg(&["dd", "-O", "qcow2", "if=patch.raw", "of=dd.qcow2", "bs=4k"]);
+    if out.status == 0 {
+        assert_clean(&fx, "dd.qcow2");
+        assert_equal(&fx, "patch.raw", "dd.qcow2");
+    }
+}
+
+#[test]
+fn resize_grow_shrink_and_preallocate_like_qemu() {
+    let fx = Fixture::new("q2_resize");
+    make(&fx, "r.qcow2", "", "4M");
+    qio(&fx, "r.qcow2", &["write -P 1 0 1M", "write -P 2 3M 1M"]);
+    same_result(&fx, &["resize", "{}", "10M"], Some("r.qcow2"));
+    same_result(&fx, &["resize", "--shrink", "{}", "2M"], Some("r.qcow2"));
+    same_result(&fx, &["resize", "{}", "2M"], Some("r.qcow2"));
+    fx.same(&["resize", "r.qcow2", "1M"]);
+    fx.sh("qemu-img resize -q --shrink r.qcow2 2M");
+    for p in ["metadata", "falloc"] {
+        let mode = format!("--preallocation={p}");
+        same_result(&fx, &["resize", &mode, "{}", "+2M"], Some("r.qcow2"));
+    }
+    make(&fx, "small.qcow2", "cluster_size=512", "64k");
+    same_result(&fx, &["resize", "{}", "64M"], Some("small.qcow2"));
+}
+
+#[test]
+fn rebase_unsafe_rewrites_the_backing_name() {
+    let fx = Fixture::new("q2_rebase");
+    fx.oracle(&["create", "-q", "-f", "raw", "a.raw", "1M"]);
+    fx.oracle(&["create", "-q", "-f", "raw", "b.raw", "1M"]);
+    fx.oracle(&[
+        "create", "-q", "-f", "qcow2", "-b", "a.raw", "-F", "raw", "o.qcow2",
+    ]);
+    same_result(
+        &fx,
+        &["rebase", "-u", "-b", "b.raw", "-F", "raw", "{}"],
+        Some("o.qcow2"),
+    );
+    fx.same(&["info", "ours.q"]);
+    same_result(&fx, &["rebase", "-u", "-b", "", "{}"], Some("o.qcow2"));
+}
+
+// ---- measure ----
+
+#[test]
+fn measure_sizes_and_options() {
+    let fx = Fixture::new("q2_measure");
+    for size in ["0", "512", "1M", "1G", "1T"] {
+        for opts in [
+            "",
+            "cluster_size=512",
+            "cluster_size=2M",
+            "extended_l2=on",
+            "refcount_bits=64",
+            "preallocation=full",
+        ] {
+            let mut args = vec!["measure", "-O", "qcow2", "--size", size];
+            if !opts.is_empty() {
+                args.extend(["-o", opts]);
+            }
+            fx.same(&args);
+        }
+    }
+    fx.same(&["measure", "-O", "qcow2", "--output=json", "--size", "100M"]);
+    fx.same(&[
+        "measure",
+        "-O",
+        "qcow2",
+        "-o",
+        "cluster_size=1000",
+        "--size",
+        "1M",
+    ]);
+}
+
+#[test]
+fn measure_source_images() {
+    let fx = Fixture::new("q2_measure_src");
+    scattered(&fx);
+    for opts in [
+        "",
+        "cluster_size=4k",
+        "extended_l2=on",
+        "refcount_bits=1",
+        "preallocation=falloc",
+        "cluster_size=2M",
+    ] {
+        let mut args = vec!["measure", "-O", "qcow2", "src.raw"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        fx.same(&args);
+    }
+}
