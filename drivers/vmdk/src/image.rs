@@ -296,9 +296,16 @@ impl VmdkImage {
                 write_all(&self.own, offset, &bytes)?;
             }
             DescriptorPlace::File => {
-                write_all(&self.own, 0, text.as_bytes())?;
+                // Rewritten in whole sectors, the rest zero-filled, as
+                // qemu-img rewrites it (readers stop at the first NUL).
+                let mut bytes = text.as_bytes().to_vec();
+                bytes.resize(
+                    (bytes.len() as u64).div_ceil(SECTOR) as usize * SECTOR as usize,
+                    0,
+                );
+                write_all(&self.own, 0, &bytes)?;
                 self.own
-                    .set_len(text.len() as u64, Prealloc::OFF)
+                    .set_len(bytes.len() as u64, Prealloc::OFF)
                     .into_result()?;
             }
             DescriptorPlace::None => {}
