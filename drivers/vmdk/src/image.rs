@@ -335,7 +335,7 @@ impl VmdkImage {
         }
         match (&e.data, &e.store) {
             (ExtentData::Flat { offset }, Some(store)) => {
-                Ok(read_or_zero(store, offset + rel, buf)?)
+                Ok(read_or_zero(store, offset.saturating_add(rel), buf)?)
             }
             (ExtentData::Sparse(sp), _) => self.read_sparse(e, sp, rel, buf),
             _ => {
@@ -378,7 +378,9 @@ impl VmdkImage {
             return Err(VmdkError::ReadOnly);
         }
         match (&e.data, &e.store) {
-            (ExtentData::Flat { offset }, Some(store)) => Ok(write_all(store, offset + rel, buf)?),
+            (ExtentData::Flat { offset }, Some(store)) => {
+                Ok(write_all(store, offset.saturating_add(rel), buf)?)
+            }
             (ExtentData::Sparse(sp), _) => self.write_sparse(e, sp, rel, buf),
             _ => Err(VmdkError::ReadOnly),
         }
@@ -449,7 +451,11 @@ impl VmdkImage {
         }
         match (&e.data, &e.store) {
             (ExtentData::Flat { offset }, Some(store)) => Ok(store
-                .write_zeroes(offset + rel, len, flags & zero_flags::MAY_UNMAP != 0)
+                .write_zeroes(
+                    offset.saturating_add(rel),
+                    len,
+                    flags & zero_flags::MAY_UNMAP != 0,
+                )
                 .into_result()?),
             (ExtentData::Sparse(sp), _) => {
                 let gb = sp.grain_bytes();
@@ -569,13 +575,13 @@ impl VmdkImage {
         };
         match (&e.data, &e.store) {
             (ExtentData::Flat { offset: base }, Some(store)) => {
-                let run = store.run_at(base + rel, max).into_result()?;
+                let run = store.run_at(base.saturating_add(rel), max).into_result()?;
                 s.length = run.length.clamp(1, max);
                 s.flags = ef::DATA | ef::ALLOCATED | ef::OFFSET_VALID;
                 if !run.data {
                     s.flags |= ef::ZERO;
                 }
-                s.host_offset = base + rel;
+                s.host_offset = base.saturating_add(rel);
             }
             (ExtentData::Sparse(sp), _) => {
                 let gb = sp.grain_bytes();
