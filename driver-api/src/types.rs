@@ -65,6 +65,9 @@ pub mod open_flags {
     pub const CHECK: u32 = 1 << 2;
     /// The image may be resized.
     pub const RESIZE: u32 = 1 << 3;
+    /// The image is only described (`info`): no guest data will be read or
+    /// written, so data stores and encryption keys may be left unopened.
+    pub const NO_IO: u32 = 1 << 4;
 }
 
 /// A run of guest bytes with uniform allocation status.

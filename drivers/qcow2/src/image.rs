@@ -210,11 +210,16 @@ impl Qcow2Image {
         };
         let data = if header.has_data_file() {
             match &header.ext.data_file {
-                Some(name) => Some(
-                    host.open_related(RStr::from(name.as_str()), writable, false)
-                        .into_result()?,
-                ),
-                None if flags & open_flags::NO_BACKING != 0 => None,
+                Some(name) => match host
+                    .open_related(RStr::from(name.as_str()), writable, false)
+                    .into_result()
+                {
+                    Ok(store) => Some(store),
+                    // Describing the image does not need its data.
+                    Err(_) if flags & open_flags::NO_IO != 0 => None,
+                    Err(e) => return Err(e.into()),
+                },
+                None if flags & open_flags::NO_IO != 0 => None,
                 None => return Err(Error::invalid("'data-file' is required for this image")),
             }
         } else {
@@ -238,7 +243,7 @@ impl Qcow2Image {
         }
         let header_changed = header.autoclear_features != autoclear_before;
         let dirty_rw = header.dirty() && writable && flags & open_flags::CHECK == 0;
-        if header.crypt_method != 0 && flags & open_flags::NO_BACKING == 0 {
+        if header.crypt_method != 0 && flags & open_flags::NO_IO == 0 {
             // Encrypted data needs the key (a later step); describing the
             // image (`info`) does not.
             return Err(Error::invalid(

@@ -32,6 +32,8 @@ pub struct OpenRequest<'a> {
     pub lock: Option<LockSpec>,
     /// Do not open the backing chain.
     pub no_backing: bool,
+    /// Only describe the image (`info`): the driver may skip data stores and keys.
+    pub no_io: bool,
     /// Open the backing chain without refusing writers (commit writes into a
     /// backing image through a handle of its own).
     pub shared_backing: bool,
@@ -50,6 +52,7 @@ impl<'a> OpenRequest<'a> {
             cache: CacheMode::Writeback,
             lock: Some(LockSpec::READ_SHARED),
             no_backing: false,
+            no_io: false,
             shared_backing: false,
             depth: 0,
         }
@@ -245,6 +248,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         locking: spec.locking && request.lock.is_some(),
         force_share: request.shared_backing || request.lock == Some(LockSpec::READ_SHARED),
         backing: Mutex::new(None),
+        no_io: request.no_io,
         depth: request.depth,
     });
     let mut flags = 0;
@@ -253,6 +257,9 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     }
     if request.no_backing {
         flags |= open_flags::NO_BACKING;
+    }
+    if request.no_io {
+        flags |= open_flags::NO_IO;
     }
     let image = driver
         .api
@@ -331,6 +338,7 @@ fn format_new(
         locking: true,
         force_share: false,
         backing: Mutex::new(None),
+        no_io: false,
         depth: 0,
     });
     let json = serde_json::to_string(request)

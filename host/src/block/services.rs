@@ -83,6 +83,8 @@ pub struct Services {
     pub locking: bool,
     /// Open backing read-only without unsharing write (`-U`).
     pub force_share: bool,
+    /// The chain is only being described (`info`).
+    pub no_io: bool,
     /// The backing image opened at the driver's request.
     pub backing: Mutex<Option<Arc<BlockImage>>>,
     /// Depth of this image in its chain (limits runaway chains).
@@ -172,6 +174,7 @@ impl HostServices for ServicesHandle {
                     Some(LockSpec::READ_STABLE)
                 },
                 no_backing: false,
+                no_io: services.no_io,
                 shared_backing: services.force_share,
                 depth: services.depth + 1,
             };

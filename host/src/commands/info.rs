@@ -5,6 +5,7 @@ use crate::block::{open_image, BlockImage, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
 use crate::output::{qemu_json_pretty, size_to_str};
+use qimg_driver_api::schema::SnapshotInfo;
 use serde_json::{json, Map, Value};
 
 const OPTS: &[Opt] = &[
@@ -36,6 +37,7 @@ fn run(args: &[String]) -> CmdResult {
     let request = OpenRequest {
         lock: None,
         no_backing: !chain,
+        no_io: true,
         ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
     };
     let top = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
@@ -89,6 +91,10 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
         "children".into(),
         json!([{"name": "file", "info": Value::Object(file)}]),
     );
+    if !info.snapshots.is_empty() {
+        let list: Vec<Value> = info.snapshots.iter().map(snapshot_json).collect();
+        top.insert("snapshots".into(), Value::Array(list));
+    }
     if let Some(f) = &info.backing_format {
         top.insert("backing-filename-format".into(), json!(f));
     }
@@ -101,11 +107,11 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
     if let Some(a) = actual {
         top.insert("actual-size".into(), json!(a));
     }
-    if info.encrypted == Some(true) {
-        top.insert("encrypted".into(), json!(true));
-    }
     if let Some(fs) = &info.format_specific {
         top.insert("format-specific".into(), fs.clone());
+    }
+    if info.encrypted == Some(true) {
+        top.insert("encrypted".into(), json!(true));
     }
     if let Some(b) = &info.backing_filename {
         top.insert(
@@ -123,6 +129,43 @@ impl BlockImage {
     fn store_name(&self) -> String {
         use qimg_driver_api::ByteStore;
         self.store.name().into()
+    }
+}
+
+/// One snapshot as qemu-img's JSON lists it, in its key order.
+fn snapshot_json(s: &SnapshotInfo) -> Value {
+    let mut map = Map::new();
+    if let Some(icount) = s.icount {
+        map.insert("icount".into(), json!(icount));
+    }
+    map.insert(
+        "vm-clock-nsec".into(),
+        json!(s.vm_clock_nsec % 1_000_000_000),
+    );
+    map.insert("name".into(), json!(s.name));
+    map.insert("date-sec".into(), json!(s.date_sec));
+    map.insert("date-nsec".into(), json!(s.date_nsec));
+    map.insert(
+        "vm-clock-sec".into(),
+        json!(s.vm_clock_nsec / 1_000_000_000),
+    );
+    map.insert("id".into(), json!(s.id));
+    map.insert("vm-state-size".into(), json!(s.vm_state_size));
+    Value::Object(map)
+}
+
+/// Reads back a snapshot from [`snapshot_json`]'s object.
+fn snapshot_from_json(v: &Value) -> SnapshotInfo {
+    let num = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    SnapshotInfo {
+        id: text("id"),
+        name: text("name"),
+        vm_state_size: num("vm-state-size"),
+        date_sec: num("date-sec"),
+        date_nsec: num("date-nsec") as u32,
+        vm_clock_nsec: num("vm-clock-sec") * 1_000_000_000 + num("vm-clock-nsec"),
+        icount: v.get("icount").and_then(Value::as_u64),
     }
 }
 
@@ -178,6 +221,10 @@ fn human(info: &Value) -> String {
     }
     if let Some(f) = get("backing-filename-format").and_then(Value::as_str) {
         out.push_str(&format!("backing file format: {f}\n"));
+    }
+    if let Some(list) = get("snapshots").and_then(Value::as_array) {
+        let snapshots: Vec<SnapshotInfo> = list.iter().map(snapshot_from_json).collect();
+        out.push_str(&super::snapshot::snapshot_table(&snapshots));
     }
     if let Some(data) = get("format-specific").and_then(|fs| fs.get("data")) {
         if data.as_object().is_some_and(|m| !m.is_empty()) {

@@ -91,6 +91,22 @@ pub fn status_at(
                 "backing chain ended during the walk",
             ));
         };
+        if offset >= backing.size() {
+            // Past the end of a shorter backing image the overlay itself reads
+            // as zeros, and qemu-img reports it at the overlay's depth.
+            return Ok(Status {
+                start: offset,
+                length: len,
+                depth,
+                present: false,
+                zero: true,
+                data: false,
+                compressed: false,
+                offset: None,
+                file: None,
+            });
+        }
+        len = len.min(backing.size() - offset);
         layer = backing;
         depth += 1;
     }
