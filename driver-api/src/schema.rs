@@ -45,6 +45,15 @@ pub struct CreateRequest {
     pub options: BTreeMap<String, String>,
 }
 
+/// A persistent dirty bitmap, as far as other images need to know it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BitmapSummary {
+    /// Bitmap name.
+    pub name: String,
+    /// Bytes of guest data per bit.
+    pub granularity: u64,
+}
+
 /// What `measure` is asked.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct MeasureRequest {
@@ -54,6 +63,10 @@ pub struct MeasureRequest {
     pub options: BTreeMap<String, String>,
     /// True when measuring from an existing image (its allocated extents are passed).
     pub from_image: bool,
+    /// The source image's persistent bitmaps, when its format can hold them
+    /// (`None`: it cannot, or there is no source image).
+    #[serde(default)]
+    pub source_bitmaps: Option<Vec<BitmapSummary>>,
 }
 
 /// `measure`'s answer, in bytes.
@@ -113,6 +126,9 @@ pub struct ImageInfo {
     /// Internal snapshots.
     #[serde(default)]
     pub snapshots: Vec<SnapshotInfo>,
+    /// Persistent dirty bitmaps, if this image can hold them (`None`: it cannot).
+    #[serde(default)]
+    pub bitmaps: Option<Vec<BitmapSummary>>,
 }
 
 /// How `check` should repair.

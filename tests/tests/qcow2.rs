@@ -873,3 +873,38 @@ fn measure_source_images() {
         fx.same(&args);
     }
 }
+
+#[test]
+fn measure_reports_bitmaps_of_qcow2_sources() {
+    // qemu-img measure prints "bitmaps size" when converting from a version 3
+    // qcow2 (0 without bitmaps) into a version 3 qcow2.
+    let fx = Fixture::new("q2_measure_bitmaps");
+    make(&fx, "v3.qcow2", "", "64M");
+    make(&fx, "v2.qcow2", "compat=0.10", "64M");
+    for args in [
+        ["measure", "-O", "qcow2", "v3.qcow2"].as_slice(),
+        &["measure", "-O", "qcow2", "v2.qcow2"],
+        &["measure", "-O", "qcow2", "--output=json", "v3.qcow2"],
+    ] {
+        fx.same(args);
+    }
+    fx.oracle(&["bitmap", "--add", "-g", "64k", "v3.qcow2", "b0"]);
+    fx.oracle(&[
+        "bitmap",
+        "--add",
+        "-g",
+        "1M",
+        "v3.qcow2",
+        "a-longer-bitmap-name",
+    ]);
+    for opts in [
+        "cluster_size=65536",
+        "cluster_size=4k",
+        "cluster_size=2M",
+        "compat=0.10",
+    ] {
+        fx.same(&["measure", "-O", "qcow2", "-o", opts, "v3.qcow2"]);
+    }
+    fx.same(&["measure", "-O", "qcow2", "--output=json", "v3.qcow2"]);
+    fx.same(&["measure", "-O", "raw", "v3.qcow2"]);
+}

@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::image::Qcow2Image;
 use crate::luks;
-use qimg_driver_api::schema::ImageInfo;
+use qimg_driver_api::schema::{BitmapSummary, ImageInfo};
 use serde_json::{json, Map, Value};
 
 impl Qcow2Image {
@@ -61,6 +61,17 @@ impl Qcow2Image {
             backing_format: h.ext.backing_format.clone(),
             format_specific: Some(json!({"type": "qcow2", "data": Value::Object(data)})),
             snapshots: self.snapshots.iter().map(|s| s.info.clone()).collect(),
+            // Only version 3 images can hold persistent bitmaps (qcow2.txt,
+            // "Bitmaps extension").
+            bitmaps: (h.version >= 3).then(|| {
+                self.bitmaps
+                    .iter()
+                    .map(|b| BitmapSummary {
+                        name: b.name.clone(),
+                        granularity: b.granularity,
+                    })
+                    .collect()
+            }),
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::create::params;
 use crate::error::{Error, Result};
-use qimg_driver_api::schema::{MeasureRequest, MeasureResult};
+use qimg_driver_api::schema::{BitmapSummary, MeasureRequest, MeasureResult};
 use qimg_driver_api::{Extent, Prealloc};
 
 /// Bytes of refcount table and blocks needed to count `clusters` clusters
@@ -42,6 +42,22 @@ pub fn full_size(size: u64, cluster_size: u64, refcount_order: u32, extended: bo
     meta + aligned
 }
 
+/// Space persistent bitmaps need in a new image with clusters of `cs`
+/// bytes (qcow2.txt "Bitmaps"): per bitmap its data clusters and its bitmap
+/// table, plus the bitmap directory (an entry of 24 bytes and the name,
+/// padded to 8) rounded up to a cluster.
+pub fn bitmaps_size(bitmaps: &[BitmapSummary], disk_size: u64, cs: u64) -> u64 {
+    let mut total = 0u64;
+    let mut directory = 0u64;
+    for b in bitmaps {
+        let bits = disk_size.div_ceil(b.granularity.max(1));
+        let data_clusters = bits.div_ceil(8).div_ceil(cs);
+        total += data_clusters * cs + (data_clusters * 8).div_ceil(cs) * cs;
+        directory += (24 + b.name.len() as u64).next_multiple_of(8);
+    }
+    total + directory.div_ceil(cs) * cs
+}
+
 /// Answers `measure` for a new image (`allocated` empty) or one converted
 /// from a source whose data extents are `allocated`.
 pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<MeasureResult> {
@@ -73,10 +89,15 @@ pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<Measure
         }
     }
     let full = full_size(virtual_size, cs, p.refcount_order, p.extended_l2);
+    // Bitmaps are copied only into version 3 images.
+    let bitmaps = match &request.source_bitmaps {
+        Some(list) if p.version >= 3 => Some(bitmaps_size(list, request.size, cs)),
+        _ => None,
+    };
     Ok(MeasureResult {
         required: full - virtual_size + required,
         fully_allocated: full,
-        bitmaps: None,
+        bitmaps,
     })
 }
 
@@ -102,8 +123,19 @@ mod tests {
             size: 4 << 20,
             options: Default::default(),
             from_image: true,
+            source_bitmaps: None,
         };
         let r = measure(&req, &[ext(0, 4096), ext(8192, 4096), ext(65536, 1)]).unwrap();
         assert_eq!(r.required, 327680 + 2 * 65536);
+    }
+
+    #[test]
+    fn bitmaps_count_data_tables_and_directory() {
+        let b = |name: &str, granularity| BitmapSummary { name: name.into(), granularity };
+        // 64 MiB disk, 64 KiB clusters: one data cluster and one table
+        // cluster each, and one directory cluster.
+        assert_eq!(bitmaps_size(&[b("b0", 65536), b("b1", 1 << 20)], 64 << 20, 65536), 327680);
+        assert_eq!(bitmaps_size(&[b("b0", 65536), b("b1", 1 << 20)], 64 << 20, 4096), 20480);
+        assert_eq!(bitmaps_size(&[], 64 << 20, 65536), 0);
     }
 }

@@ -71,6 +71,7 @@ fn run(args: &[String]) -> CmdResult {
                 size,
                 options: values,
                 from_image: false,
+                source_bitmaps: None,
             },
             Vec::new(),
         ),
@@ -80,11 +81,16 @@ fn run(args: &[String]) -> CmdResult {
             if p.has("snapshot") {
                 return Err(fail("Failed to load snapshot: internal snapshots are not supported by this format yet"));
             }
+            let source_bitmaps = image
+                .info()
+                .map_err(|e| fail(e.message.to_string()))?
+                .bitmaps;
             (
                 MeasureRequest {
                     size: image.size(),
                     options: values,
                     from_image: true,
+                    source_bitmaps,
                 },
                 allocated(&image)?,
             )
