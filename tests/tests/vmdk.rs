@@ -946,3 +946,40 @@ same_files_cases! {
     same_files_as_qemu_split_sparse => "twoGbMaxExtentSparse",
     same_files_as_qemu_split_flat => "twoGbMaxExtentFlat",
 }
+
+// ---- where qimg follows the specification rather than qemu-img ---------------
+
+/// VDF 1.1 §"Extent Descriptions": a `ZERO` extent (no file) reads as zeros
+/// and an `RDONLY` extent is read like a writable one. qemu-img 10.0.2 skips
+/// both kinds of line, giving the disk a shorter size; qimg keeps them.
+#[test]
+fn zero_and_read_only_extents_follow_the_specification() {
+    let fx = Fixture::new("zero_extent");
+    fx.oracle(&["create", "-q", "-f", "raw", "a.raw", "1M"]);
+    fx.sh("qemu-io -f raw -c 'write -P 7 0 1M' a.raw >/dev/null");
+    descriptor(
+        &fx,
+        "z.vmdk",
+        &format!("{HEAD}createType=\"monolithicFlat\"\nRW 2048 FLAT \"a.raw\" 0\nRW 2048 ZERO\nRDONLY 2048 FLAT \"a.raw\" 0\n"),
+    );
+    let out = fx.qimg(&["convert", "-O", "raw", "z.vmdk", "z.raw"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.sh("qemu-img create -q -f raw e.raw 3M && qemu-io -f raw -c 'write -P 7 0 1M' -c 'write -P 7 2M 1M' e.raw >/dev/null");
+    fx.oracle(&["compare", "-f", "raw", "-F", "raw", "z.raw", "e.raw"]);
+    let map = fx.qimg(&["map", "--output=json", "z.vmdk"]).stdout;
+    assert!(map.contains("{ \"start\": 1048576, \"length\": 1048576, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false"), "{map}");
+}
+
+#[test]
+fn no_access_extents_cannot_be_read() {
+    let fx = Fixture::new("noaccess_extent");
+    fx.oracle(&["create", "-q", "-f", "raw", "a.raw", "1M"]);
+    descriptor(
+        &fx,
+        "n.vmdk",
+        &format!("{HEAD}createType=\"monolithicFlat\"\nNOACCESS 2048 FLAT \"a.raw\" 0\n"),
+    );
+    let out = fx.qimg(&["convert", "-O", "raw", "n.vmdk", "n.raw"]);
+    assert_eq!(out.status, 1);
+    assert!(out.stderr.contains("Permission denied"), "{}", out.stderr);
+}

@@ -19,20 +19,67 @@ pub fn check(extents: &[Extent]) -> Result<CheckReport> {
             continue;
         };
         let len = sp.store.len().into_result()?;
-        for (grain, loc) in sp.allocated_grains()? {
-            let host = match loc {
-                GrainLoc::Data(h) | GrainLoc::Compressed(h) => h,
-                _ => continue,
-            };
-            if host >= len {
-                let sector = (e.start + grain * sp.grain_bytes()) / SECTOR;
-                report.check_errors = 1;
-                report.messages.push(format!(
-                    "ERROR: cluster offset for sector {sector} points after EOF"
-                ));
-                return Ok(report);
+        let mut bad = None;
+        sp.for_each_allocated(|grain, loc| match loc {
+            GrainLoc::Data(host) | GrainLoc::Compressed(host) if host >= len => {
+                bad = Some(grain);
+                false
             }
+            _ => true,
+        })?;
+        if let Some(grain) = bad {
+            let sector = (e.start + grain * sp.grain_bytes()) / SECTOR;
+            report.check_errors = 1;
+            report.messages.push(format!(
+                "ERROR: cluster offset for sector {sector} points after EOF"
+            ));
+            return Ok(report);
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::image::VmdkImage;
+    use crate::testutil::{no_host, MemFile};
+    use qimg_driver_api::schema::{CheckRequest, CreateRequest};
+    use qimg_driver_api::{open_flags, ImageImpl};
+
+    fn disk() -> MemFile {
+        let file = MemFile::default();
+        let request = CreateRequest {
+            size: 4 << 20,
+            ..CreateRequest::default()
+        };
+        crate::create::create(file.store("t.vmdk"), no_host(), request).unwrap();
+        let image = VmdkImage::open(file.store("t.vmdk"), &no_host(), open_flags::WRITE).unwrap();
+        image.write_at(0, &[1u8; 65536]).unwrap();
+        image.write_at(1 << 20, &[2u8; 65536]).unwrap();
+        image.close().unwrap();
+        file
+    }
+
+    #[test]
+    fn a_good_disk_checks_clean() {
+        let file = disk();
+        let image = VmdkImage::open(file.store("t.vmdk"), &no_host(), 0).unwrap();
+        let report = image.check(CheckRequest::default()).unwrap();
+        assert_eq!(report.check_errors, 0);
+        assert!(report.messages.is_empty());
+    }
+
+    #[test]
+    fn a_grain_past_the_end_is_reported_as_qemu_img_does() {
+        let file = disk();
+        let len = file.bytes().len();
+        file.truncate(len - 65536);
+        let image = VmdkImage::open(file.store("t.vmdk"), &no_host(), 0).unwrap();
+        let report = image.check(CheckRequest::default()).unwrap();
+        assert_eq!(report.check_errors, 1);
+        assert_eq!(
+            report.messages,
+            vec!["ERROR: cluster offset for sector 2048 points after EOF".to_string()]
+        );
+    }
 }

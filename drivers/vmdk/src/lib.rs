@@ -19,6 +19,8 @@ mod header;
 mod image;
 mod sparse;
 mod stream;
+#[cfg(test)]
+mod testutil;
 
 use header::{magic, COWD_MAGIC, SPARSE_MAGIC};
 use qimg_driver_api::schema::{CreateOption, CreateRequest, MeasureRequest, MeasureResult};

@@ -26,6 +26,9 @@ const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
 const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;
 /// Most grain table entries per table in a hosted sparse extent.
 const MAX_GTES_PER_GT: u32 = 512;
+/// Grain tables kept in memory before clean ones are dropped (at most
+/// 64 MiB of ESX Server tables, 8 MiB of hosted ones).
+const MAX_CACHED_TABLES: usize = 4096;
 /// Grain table entry of a zeroed grain (VDF 5.0, "Zeroed-Grain GTE").
 const ZEROED_GTE: u32 = 1;
 
@@ -267,6 +270,11 @@ impl SparseExtent {
         if gde == 0 && !st.tables.contains_key(&gt) {
             return Ok(None);
         }
+        if !st.tables.contains_key(&gt) && st.tables.len() >= MAX_CACHED_TABLES {
+            // Keep memory bounded whatever the grain directory says: clean
+            // tables can be read again.
+            st.tables.retain(|_, t| t.dirty);
+        }
         if let std::collections::hash_map::Entry::Vacant(slot) = st.tables.entry(gt) {
             let mut buf = vec![0u8; self.gtes_per_gt as usize * 4];
             read_or_zero(&self.store, u64::from(gde) * SECTOR, &mut buf)?;
@@ -469,29 +477,30 @@ impl SparseExtent {
         Ok(())
     }
 
-    /// Every grain's location, for `check`: (grain number, location).
-    pub fn allocated_grains(&self) -> Result<Vec<(u64, GrainLoc)>> {
+    /// Calls `visit` with each allocated grain's number and location, in
+    /// order, until it returns `false` (for `check`; nothing is collected,
+    /// so a large disk costs no memory).
+    pub fn for_each_allocated(&self, mut visit: impl FnMut(u64, GrainLoc) -> bool) -> Result<()> {
         let mut st = self.lock();
         let grains = st.capacity.div_ceil(self.grain_sectors);
-        let mut out = Vec::new();
         let per = u64::from(self.gtes_per_gt);
         let tables = st.gd.len() as u64;
         for gt in 0..tables {
-            if st.gd[gt as usize] == 0 {
+            if st.gd[gt as usize] == 0 && !st.tables.contains_key(&(gt as u32)) {
                 continue;
             }
             for index in 0..per {
                 let grain = gt * per + index;
                 if grain >= grains {
-                    break;
+                    return Ok(());
                 }
                 let loc = self.locate(&mut st, grain)?;
-                if loc != GrainLoc::Unallocated {
-                    out.push((grain, loc));
+                if loc != GrainLoc::Unallocated && !visit(grain, loc) {
+                    return Ok(());
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
