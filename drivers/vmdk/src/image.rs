@@ -432,7 +432,7 @@ impl VmdkImage {
                     if sp.compressed {
                         grain_buf.resize(gb as usize, 0);
                         let packed = stream::pack_grain(grain * sp.grain_sectors, &grain_buf)?;
-                        stream::append_grain(sp, &mut st, grain, &packed)?;
+                        store_packed(sp, &mut st, grain, &packed)?;
                     } else {
                         let host = sp.allocate(&mut st, gb)?;
                         write_all(&sp.store, host, &grain_buf)?;
@@ -690,6 +690,24 @@ impl VmdkImage {
     }
 }
 
+/// Stores a compressed grain (from [`stream::pack_grain`]): appended to the
+/// stream being written, or, in a compressed extent whose tables live
+/// before its grains (as qemu-img writes stream-optimized files), at the end
+/// of the file with its table entry updated in place.
+fn store_packed(
+    sp: &SparseExtent,
+    st: &mut crate::sparse::SparseState,
+    grain: u64,
+    packed: &[u8],
+) -> Result<()> {
+    if st.stream.is_some() || sp.footer_directory {
+        return stream::append_grain(sp, st, grain, packed);
+    }
+    let host = sp.allocate(st, packed.len() as u64)?;
+    write_all(&sp.store, host, packed)?;
+    sp.set_entry(st, grain, (host / SECTOR) as u32)
+}
+
 impl ImageImpl for VmdkImage {
     fn virtual_size(&self) -> u64 {
         self.size()
@@ -807,7 +825,11 @@ impl ImageImpl for VmdkImage {
                     self.check_write(offset, 1)?;
                     self.touch()?;
                     let mut st = sp.lock();
-                    stream::append_grain(sp, &mut st, rel / gb, data)?;
+                    let grain = rel / gb;
+                    if sp.locate(&mut st, grain)? != GrainLoc::Unallocated {
+                        return Err(VmdkError::StreamRewrite.into());
+                    }
+                    store_packed(sp, &mut st, grain, data)?;
                     return Ok(());
                 }
             }

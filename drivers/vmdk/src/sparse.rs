@@ -101,6 +101,9 @@ pub struct SparseExtent {
     pub markers: bool,
     /// A grain table entry of 1 means a zeroed grain.
     pub zeroed_grain: bool,
+    /// The grain directory is found through the footer (`GD_AT_END`): the
+    /// extent is a stream, only appended to while it is being written.
+    pub footer_directory: bool,
     state: Mutex<SparseState>,
 }
 
@@ -191,6 +194,7 @@ impl SparseExtent {
             compressed: header.compressed(),
             markers: header.markers(),
             zeroed_grain: header.flags & FLAG_ZEROED_GRAIN != 0,
+            footer_directory: stream_layout,
             state: Mutex::new(SparseState {
                 gd_at: header.gd_offset,
                 rgd_at: if rgd.is_some() { rgd_offset } else { None },
@@ -236,6 +240,7 @@ impl SparseExtent {
             compressed: false,
             markers: false,
             zeroed_grain: false,
+            footer_directory: false,
             state: Mutex::new(SparseState {
                 gd_at: u64::from(header.gd_offset),
                 rgd_at: None,
