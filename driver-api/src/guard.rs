@@ -148,7 +148,8 @@ pub trait ImageImpl: Send + Sync + 'static {
     fn flush(&self) -> Result<(), DriverError>;
     /// Format-level facts for `info`.
     fn info(&self) -> Result<ImageInfo, DriverError>;
-    /// Discards a range; by default does nothing (discard is advisory).
+    /// Deallocates the whole clusters of a range (see [`crate::Image::discard`]);
+    /// by default does nothing.
     fn discard(&self, offset: u64, len: u64) -> Result<(), DriverError> {
         let _ = (offset, len);
         Ok(())

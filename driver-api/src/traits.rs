@@ -63,7 +63,9 @@ pub trait Image: Send + Sync {
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError>;
     /// Makes `len` bytes at `offset` read as zeros ([`crate::zero_flags`]).
     fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> RResult<(), DriverError>;
-    /// Discards a range (content becomes unspecified, typically zeros or backing data).
+    /// Deallocates the whole clusters of a range in this layer: afterwards they
+    /// read from the backing image, or as zeros without one (what `commit`
+    /// needs to empty an overlay). Partial clusters at the edges are kept.
     fn discard(&self, offset: u64, len: u64) -> RResult<(), DriverError>;
     /// Allocation status of `[offset, offset+len)`: extents in order, starting at
     /// `offset`, covering at least one byte and at most `len` bytes.

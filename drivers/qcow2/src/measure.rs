@@ -131,11 +131,20 @@ mod tests {
 
     #[test]
     fn bitmaps_count_data_tables_and_directory() {
-        let b = |name: &str, granularity| BitmapSummary { name: name.into(), granularity };
+        let b = |name: &str, granularity| BitmapSummary {
+            name: name.into(),
+            granularity,
+        };
         // 64 MiB disk, 64 KiB clusters: one data cluster and one table
         // cluster each, and one directory cluster.
-        assert_eq!(bitmaps_size(&[b("b0", 65536), b("b1", 1 << 20)], 64 << 20, 65536), 327680);
-        assert_eq!(bitmaps_size(&[b("b0", 65536), b("b1", 1 << 20)], 64 << 20, 4096), 20480);
+        assert_eq!(
+            bitmaps_size(&[b("b0", 65536), b("b1", 1 << 20)], 64 << 20, 65536),
+            327680
+        );
+        assert_eq!(
+            bitmaps_size(&[b("b0", 65536), b("b1", 1 << 20)], 64 << 20, 4096),
+            20480
+        );
         assert_eq!(bitmaps_size(&[], 64 << 20, 65536), 0);
     }
 }

@@ -408,9 +408,9 @@ impl Qcow2Image {
         Ok(next)
     }
 
-    /// Discards whole clusters: they read as zeros (or from the backing file
-    /// on version 2) and their host clusters are freed. Partial clusters
-    /// are left alone, as qemu does.
+    /// Deallocates whole clusters: they read from the backing file again (or
+    /// as zeros without one) and their host clusters are freed. Partial
+    /// clusters are left alone, as qemu does.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_write(offset, len)?;
         let layout = self.layout;
@@ -430,30 +430,40 @@ impl Qcow2Image {
                 || entry.has_host(meta.data_file)
                 || entry.word & ZERO != 0
                 || entry.bitmap != 0;
-            if self.backing.is_some() || allocated {
+            if allocated {
                 self.before_change(&mut meta)?;
                 meta.writable_l2(&self.io, c)?;
                 let (entry, slot) = meta.entry(&self.io, c)?;
                 let Some(slot) = slot else {
                     return Err(Error::Corrupt);
                 };
-                let new = match (layout.extended, layout.v3) {
-                    (true, _) => Entry {
-                        word: 0,
-                        bitmap: ALL_ZERO,
-                    },
-                    (false, true) => Entry {
-                        word: ZERO,
-                        bitmap: 0,
-                    },
-                    (false, false) => Entry::default(),
-                };
-                meta.set_entry(&self.io, slot, new)?;
+                // Deallocated: the cluster reads from the backing file again
+                // (or as zeros without one), as qemu's "make empty" leaves it.
+                meta.set_entry(&self.io, slot, Entry::default())?;
                 meta.release_entry(&self.io, entry)?;
             }
             c += cs;
         }
-        Ok(())
+        // L2 tables whose whole range was discarded are freed too, so an
+        // emptied overlay holds only its header structures, as qemu leaves it.
+        let mut meta = self.lock();
+        let span = cs * layout.l2_entries();
+        let first = offset.div_ceil(span);
+        let last = if end >= size {
+            layout.l1_entries_for(size)
+        } else {
+            end / span
+        };
+        for i in first..last.min(meta.l1.len() as u64) {
+            let table = meta.l2_offset(i)?;
+            if table != 0 {
+                self.before_change(&mut meta)?;
+                meta.set_l1_entry(i as usize, 0);
+                meta.add_refcount(&self.io, table, cs, -1)?;
+            }
+        }
+        meta.flush(&self.io)?;
+        self.cut_free_tail(&mut meta)
     }
 
     /// Writes one cluster compressed (`offset` cluster-aligned, `buf` at
@@ -731,13 +741,19 @@ impl Qcow2Image {
             }
         }
         meta.flush(&self.io)?;
-        // Free clusters at the end of the file are cut off, as qemu does.
+        self.cut_free_tail(&mut meta)
+    }
+
+    /// Cuts off the free clusters at the end of the file, as qemu does after
+    /// freeing clusters in bulk (shrink, emptying an overlay).
+    fn cut_free_tail(&self, meta: &mut Meta) -> Result<()> {
+        let layout = self.layout;
         let file_len = self.io.file.len().into_result()?;
         let mut last = layout.clusters_for(file_len);
         while last > 1 && meta.refcount(&self.io, last - 1)? == 0 {
             last -= 1;
         }
-        let end = last * cs;
+        let end = last * layout.cluster_size();
         if end < file_len {
             self.io.file.set_len(end, Prealloc::OFF).into_result()?;
         }

@@ -116,15 +116,20 @@ fn commit_command(
     Ok(0)
 }
 
-/// The layer of `top`'s chain named `base` (by the name it was opened with, or
-/// the same file), with its depth.
+/// The layer of `top`'s chain that is the file `base` names (a relative name
+/// is relative to the top image's directory, as qemu-img takes it), with its
+/// depth.
 fn find_in_chain(top: &BlockImage, base: &str) -> Option<(Arc<BlockImage>, usize)> {
-    let wanted = std::fs::canonicalize(base).ok();
+    let resolved = match top.filename.rfind('/') {
+        Some(cut) if !base.starts_with('/') => format!("{}{}", &top.filename[..=cut], base),
+        _ => base.to_string(),
+    };
+    let wanted = std::fs::canonicalize(resolved).ok();
     let mut layer = top.backing.clone();
     let mut depth = 1;
     while let Some(l) = layer {
         let same_file = wanted.is_some() && std::fs::canonicalize(&l.filename).ok() == wanted;
-        if l.filename == base || same_file {
+        if same_file {
             return Some((l, depth));
         }
         layer = l.backing.clone();

@@ -80,7 +80,7 @@ fn rebase(
             "Could not change the backing file to '{backing}': {reason}"
         ))
     };
-    let mut format = p.last("backing-format").map(str::to_string);
+    let format = p.last("backing-format").map(str::to_string);
     let mut new_backing = None;
     if !unsafe_mode && !backing.is_empty() {
         // The new backing file is named relative to the image, as in its header.
@@ -100,10 +100,9 @@ fn rebase(
                 inner_open_message(&resolved, &e.message)
             ))
         })?;
-        format.get_or_insert_with(|| opened.format().to_string());
         new_backing = Some(opened);
     }
-    if unsafe_mode && !backing.is_empty() && format.is_none() {
+    if !backing.is_empty() && format.is_none() {
         return Err(change_error("backing format must be specified"));
     }
     if !image.driver.can(caps::BACKING) {

@@ -33,7 +33,11 @@ pub fn commit(
             Some(base_depth - 1),
         )?;
         let len = status.length;
-        if status.present && status.depth < base_depth {
+        // A run that reads as zeros because it lies past the end of an
+        // intermediate layer (one above the base) counts as allocated there:
+        // the base's content must not show through, so zeros are written.
+        let past_intermediate_end = !status.present && status.zero && status.depth + 1 < base_depth;
+        if (status.present || past_intermediate_end) && status.depth < base_depth {
             if status.zero {
                 base.write_zeroes(offset, len, zero_flags::MAY_UNMAP)?;
             } else {
@@ -63,20 +67,34 @@ pub struct RebaseJob<'a> {
 
 impl RebaseJob<'_> {
     /// Copies into the image every cluster it does not allocate whose content
-    /// through the old chain differs from the new backing's.
+    /// through the old chain differs from the new backing's. Walks the image
+    /// as qemu-img does, so progress advances by the same steps: runs of at
+    /// most 2 MiB, cut where allocation changes and at the ends of the old and
+    /// new backing files, each reported as an equal share.
     pub fn run(&self, progress: &Progress) -> Result<(), DriverError> {
         let image = self.image;
         let size = image.size();
         let cluster = self.cluster.max(512);
+        if size == 0 {
+            return image.flush();
+        }
+        let share = 100.0f32 / (size / size.min(CHUNK)) as f32;
+        let old_end = image.backing.as_ref().map_or(0, |b| b.size());
+        let new_end = self.new_backing.map_or(0, |b| b.size());
         let mut offset = 0u64;
         while offset < size {
+            progress.print(share, 100);
             let status = status_at(image, offset, (size - offset).min(CHUNK), Some(0))?;
-            let len = status.length;
+            let mut len = status.length;
             if !status.present {
+                for end in [old_end, new_end] {
+                    if offset < end {
+                        len = len.min(end - offset);
+                    }
+                }
                 self.copy_differences(offset, len, cluster)?;
             }
             offset += len;
-            progress.fraction(offset, size);
         }
         image.flush()
     }
