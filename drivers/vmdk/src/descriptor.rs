@@ -290,7 +290,7 @@ pub fn parse_file(text: &str, name: &str) -> Result<Descriptor> {
 }
 
 /// Replaces the value of the first `CID=` (the one [`hex_value`] reads) with
-/// `cid`, as an eight-digit hexadecimal number.
+/// `cid` in hexadecimal, without leading zeros (as qemu-img writes it).
 pub fn with_cid(text: &str, cid: u32) -> String {
     let Some(at) = text.find("CID=") else {
         return text.to_string();
@@ -300,7 +300,7 @@ pub fn with_cid(text: &str, cid: u32) -> String {
         .bytes()
         .take_while(u8::is_ascii_hexdigit)
         .count();
-    format!("{}{cid:08x}{}", &text[..start], &text[start + len..])
+    format!("{}{cid:x}{}", &text[..start], &text[start + len..])
 }
 
 /// Sets the size of extent number `index` (counting the lines
@@ -410,7 +410,7 @@ pub fn render(
     let heads: u64 = if ddb.adapter_type == "ide" { 16 } else { 255 };
     let cylinders = capacity_sectors / (heads * 63);
     format!(
-        "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID={parent_cid:08x}\ncreateType=\"{create_type}\"\n{hint}# Extent description\n{lines}\n# The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"{}\"\nddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"{heads}\"\nddb.geometry.sectors = \"63\"\nddb.adapterType = \"{}\"\nddb.toolsVersion = \"{}\"\n",
+        "# Disk DescriptorFile\nversion=1\nCID={cid:x}\nparentCID={parent_cid:x}\ncreateType=\"{create_type}\"\n{hint}# Extent description\n{lines}\n# The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = \"{}\"\nddb.geometry.cylinders = \"{cylinders}\"\nddb.geometry.heads = \"{heads}\"\nddb.geometry.sectors = \"63\"\nddb.adapterType = \"{}\"\nddb.toolsVersion = \"{}\"\n",
         ddb.hw_version, ddb.adapter_type, ddb.tools_version
     )
 }
@@ -485,6 +485,7 @@ mod tests {
     fn cid_is_replaced_in_place() {
         let t = with_cid(FLAT, 0xabcdef01);
         assert!(t.contains("CID=abcdef01\nparentCID=ffffffff"));
+        assert!(with_cid(FLAT, 0xabc).contains("CID=abc\nparentCID"));
     }
 
     #[test]
