@@ -1053,3 +1053,43 @@ fn writes_new_grains_into_a_qemu_stream_image() {
         again.stderr
     );
 }
+
+#[test]
+fn commit_writes_zeroed_grains() {
+    let fx = Fixture::new("commit_zeroed");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "zeroed_grain=on",
+        "base.vmdk",
+        "4M",
+    ]);
+    io(&fx, "base.vmdk", &["write -P 1 0 4M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "zeroed_grain=on",
+        "-b",
+        "base.vmdk",
+        "-F",
+        "vmdk",
+        "top.vmdk",
+    ]);
+    io(&fx, "top.vmdk", &["write -z 64k 128k", "write -P 2 1M 4k"]);
+    fx.oracle(&["convert", "-O", "raw", "top.vmdk", "expect.raw"]);
+    let out = fx.qimg(&["commit", "top.vmdk"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["check", "base.vmdk"]);
+    fx.oracle(&["compare", "-F", "raw", "base.vmdk", "expect.raw"]);
+    let map = fx.oracle(&["map", "--output=json", "base.vmdk"]).stdout;
+    assert!(
+        map.contains("{ \"start\": 65536, \"length\": 131072, \"depth\": 0, \"present\": true, \"zero\": true, \"data\": false"),
+        "{map}"
+    );
+}
