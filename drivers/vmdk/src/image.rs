@@ -690,6 +690,17 @@ impl VmdkImage {
     }
 }
 
+impl Drop for VmdkImage {
+    /// Writes the grain tables a writer forgot to flush, so data written
+    /// without a `close` is still found (a stream is not finished here: a
+    /// half-written stream is not a stream).
+    fn drop(&mut self) {
+        if self.writable {
+            let _ = self.do_flush();
+        }
+    }
+}
+
 /// Stores a compressed grain (from [`stream::pack_grain`]): appended to the
 /// stream being written, or, in a compressed extent whose tables live
 /// before its grains (as qemu-img writes stream-optimized files), at the end
