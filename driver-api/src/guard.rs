@@ -192,7 +192,7 @@ pub trait ImageImpl: Send + Sync + 'static {
         let _ = (name, format);
         Err(DriverError::unsupported("Operation not supported"))
     }
-    /// Compresses one cluster without writing it (`SEQUENTIAL_WRITE` formats).
+    /// Compresses one cluster without writing it (images written in order).
     fn compress_cluster(&self, offset: u64, buf: &[u8]) -> Result<Vec<u8>, DriverError> {
         let _ = (offset, buf);
         Err(DriverError::unsupported(

@@ -129,6 +129,24 @@ pub struct ImageInfo {
     /// Persistent dirty bitmaps, if this image can hold them (`None`: it cannot).
     #[serde(default)]
     pub bitmaps: Option<Vec<BitmapSummary>>,
+    /// Files besides the image's own that hold its data (vmdk extents), as
+    /// `info` lists them: child name (`extents.0`) and file name.
+    #[serde(default)]
+    pub extra_children: Vec<ChildFile>,
+    /// This open image must be written strictly in ascending offset order
+    /// (a streamOptimized vmdk): the host feeds it through `compress_cluster`
+    /// and `write_prepared` in order.
+    #[serde(default)]
+    pub write_in_order: bool,
+}
+
+/// A file that holds part of an image, listed by `info`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChildFile {
+    /// Child name as qemu-img prints it (`extents.0`).
+    pub name: String,
+    /// The file's name.
+    pub filename: String,
 }
 
 /// How `check` should repair.

@@ -94,7 +94,7 @@ pub trait Image: Send + Sync {
         format: ROption<RStr<'_>>,
     ) -> RResult<(), DriverError>;
     /// Compresses one cluster for [`Image::write_prepared`], without writing:
-    /// formats that must be written in order (`SEQUENTIAL_WRITE`) let the
+    /// images that must be written in order (`ImageInfo::write_in_order`) let the
     /// host compress many clusters in parallel ahead of the writer.
     fn compress_cluster(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<RVec<u8>, DriverError>;
     /// Writes a cluster prepared by [`Image::compress_cluster`]; the host calls

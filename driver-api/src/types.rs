@@ -26,8 +26,8 @@ pub mod caps {
     pub const COMPRESSED_WRITES: u64 = 1 << 8;
     /// `measure` for this output format.
     pub const MEASURE: u64 = 1 << 9;
-    /// Must be written strictly in ascending offset order (e.g. streamOptimized).
-    pub const SEQUENTIAL_WRITE: u64 = 1 << 10;
+    // Bit 10 is unused: whether an image must be written in order is a fact
+    // of the open image (`ImageInfo::write_in_order`), not of its format.
     /// A freshly created image reads as zeros everywhere, so a copy may skip zeros.
     pub const ZERO_INIT: u64 = 1 << 11;
     /// Guest offsets map 1:1 onto the image's own store (raw): the host may use

@@ -72,6 +72,7 @@ impl Qcow2Image {
                     })
                     .collect()
             }),
+            ..ImageInfo::default()
         })
     }
 }

@@ -7,7 +7,7 @@ use crate::extent::{open_sparse, Extent, ExtentData};
 use crate::header::{CowdHeader, SparseHeader, SECTOR};
 use crate::sparse::{GrainLoc, SparseExtent};
 use crate::stream;
-use qimg_driver_api::schema::{CheckReport, CheckRequest, ImageInfo};
+use qimg_driver_api::schema::{CheckReport, CheckRequest, ChildFile, ImageInfo};
 use qimg_driver_api::{
     extent_flags as ef, open_flags, zero_flags, BackingBox, ByteStoreBox, DriverError,
     Extent as Status, HostServicesBox, ImageImpl, Prealloc,
@@ -765,17 +765,43 @@ impl ImageImpl for VmdkImage {
     }
 
     fn info(&self) -> std::result::Result<ImageInfo, DriverError> {
-        let cluster_size = self
+        // qemu-img names a cluster size, and the dirty flag, only when every
+        // extent has the same grain (flat extents have none).
+        let grains: Vec<Option<u64>> = self
             .extents
-            .first()
-            .and_then(|e| e.sparse())
-            .map(SparseExtent::grain_bytes);
+            .iter()
+            .map(|e| e.sparse().map(SparseExtent::grain_bytes))
+            .collect();
+        let uniform = grains.windows(2).all(|w| w[0] == w[1]);
+        let own = self.own.name().to_string();
+        // Extents in files of their own are listed as children, last first.
+        let extra_children = self
+            .extents
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, e)| e.store.is_some() && e.name != own)
+            .map(|(i, e)| ChildFile {
+                name: format!("extents.{i}"),
+                filename: e.name.clone(),
+            })
+            .collect();
+        let write_in_order = self
+            .extents
+            .iter()
+            .any(|e| e.sparse().is_some_and(|sp| sp.lock().stream.is_some()));
         Ok(ImageInfo {
-            cluster_size,
-            dirty_flag: Some(false),
+            cluster_size: if uniform {
+                grains.first().copied().flatten()
+            } else {
+                None
+            },
+            dirty_flag: uniform.then_some(false),
             backing_filename: self.parent_hint.clone(),
             backing_format: self.parent_hint.as_ref().map(|_| "vmdk".to_string()),
             format_specific: Some(self.format_specific()),
+            extra_children,
+            write_in_order,
             ..ImageInfo::default()
         })
     }

@@ -49,7 +49,6 @@ impl DriverImpl for VmdkDriver {
             | caps::MEASURE
             | caps::ZERO_INIT
             | caps::COMPRESSED_WRITES
-            | caps::SEQUENTIAL_WRITE
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         match magic(head) {

@@ -181,7 +181,10 @@ impl HostServices for ServicesHandle {
             let image = open_image(&request).map_err(|e| {
                 DriverError::new(
                     ErrorKind::INVALID_IMAGE,
-                    format!("Could not open backing file: {}", e.message),
+                    format!(
+                        "Could not open backing file: {}",
+                        super::image::inner_open_message(&resolved, &e.message)
+                    ),
                 )
             })?;
             let image = Arc::new(image);

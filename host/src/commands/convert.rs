@@ -246,25 +246,21 @@ fn copy_into(
         return Err(fail("output file is smaller than input file"));
     }
     let fresh = !no_create && driver.can(caps::ZERO_INIT) && !p.has("backing");
+    let out_info = out.info().map_err(|e| fail(e.message.to_string()))?;
     let job = CopyJob {
         sources,
         target: &out,
         target_zeroed: fresh || p.has("target-is-zero"),
         min_sparse: settings.min_sparse,
         chunk: CHUNK,
-        align: out
-            .info()
-            .ok()
-            .and_then(|i| i.cluster_size)
-            .unwrap_or(512)
-            .max(512),
+        align: out_info.cluster_size.unwrap_or(512).max(512),
         threads: settings.parallel,
         top_only: p.has("backing"),
         offload: p.has("copy-range-offloading"),
         salvage: p.has("salvage"),
-        sequential: driver.can(caps::SEQUENTIAL_WRITE),
-        // An in-order format (streamOptimized) stores every grain compressed.
-        compress: p.has("compress") || driver.can(caps::SEQUENTIAL_WRITE),
+        sequential: out_info.write_in_order,
+        // An image written in order (streamOptimized) stores every grain compressed.
+        compress: p.has("compress") || out_info.write_in_order,
         progress,
         rate: &RateLimit::new(settings.rate),
     };

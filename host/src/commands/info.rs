@@ -1,6 +1,7 @@
 //! `info`: what an image is, human or JSON, as qemu-img prints it.
 
 use super::common::{check_image_opts, objects, print_help};
+use crate::block::services::MAX_CHAIN_DEPTH;
 use crate::block::{open_image, BlockImage, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
@@ -34,22 +35,41 @@ fn run(args: &[String]) -> CmdResult {
         return Err(CmdError::usage("info", "Expecting one image file name"));
     }
     let chain = p.has("backing-chain");
-    let request = OpenRequest {
-        lock: None,
-        no_backing: !chain,
-        no_io: true,
-        ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
-    };
-    let top = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
-    let mut images = vec![];
-    let mut next = Some(std::sync::Arc::new(top));
-    while let Some(image) = next {
-        next = if chain { image.backing.clone() } else { None };
-        images.push(image);
-    }
+    // Each image of the chain is opened by itself, as qemu-img does, so a
+    // missing backing file is reported under its own name.
     let mut infos = Vec::new();
-    for image in &images {
-        infos.push(image_json(image)?);
+    let mut next = Some((
+        p.operands[0].clone(),
+        p.last("format").map(str::to_string),
+        p.has("image-opts"),
+    ));
+    let mut seen = 0usize;
+    while let Some((name, format, image_opts)) = next.take() {
+        seen += 1;
+        if seen > MAX_CHAIN_DEPTH {
+            return Err(fail(format!(
+                "Backing chain of '{}' is too deep (or loops)",
+                p.operands[0]
+            )));
+        }
+        let request = OpenRequest {
+            lock: None,
+            no_backing: true,
+            no_io: true,
+            ..OpenRequest::read(&name, format.as_deref(), image_opts)
+        };
+        let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+        let json = image_json(&image)?;
+        if chain {
+            if let Some(backing) = json.get("full-backing-filename").and_then(Value::as_str) {
+                let format = json
+                    .get("backing-filename-format")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                next = Some((backing.to_string(), format, false));
+            }
+        }
+        infos.push(json);
     }
     match output {
         OutputFormat::Json if chain => println!("{}", qemu_json_pretty(&Value::Array(infos))),
@@ -67,15 +87,13 @@ fn sectors(len: u64) -> u64 {
     len.div_ceil(512) * 512
 }
 
-/// The JSON object qemu-img prints for one image, in its key order.
-pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
-    let info = image.info().map_err(|e| fail(e.message.to_string()))?;
-    let file_len = image.store.file().metadata().map(|m| m.len()).unwrap_or(0);
-    let actual = image.store.allocated().ok();
+/// The `info` object of a protocol-level file child: its length (in sectors)
+/// and what it occupies on disk.
+fn file_child(filename: &str, len: u64, actual: Option<u64>) -> Value {
     let mut file = Map::new();
     file.insert("children".into(), json!([]));
-    file.insert("virtual-size".into(), json!(sectors(file_len)));
-    file.insert("filename".into(), json!(image.store_name()));
+    file.insert("virtual-size".into(), json!(sectors(len)));
+    file.insert("filename".into(), json!(filename));
     file.insert("format".into(), json!("file"));
     if let Some(a) = actual {
         file.insert("actual-size".into(), json!(a));
@@ -85,12 +103,34 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
         json!({"type": "file", "data": {}}),
     );
     file.insert("dirty-flag".into(), json!(false));
+    Value::Object(file)
+}
+
+/// The JSON object qemu-img prints for one image, in its key order.
+pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
+    use std::os::unix::fs::MetadataExt;
+    let info = image.info().map_err(|e| fail(e.message.to_string()))?;
+    let file_len = image.store.file().metadata().map(|m| m.len()).unwrap_or(0);
+    let mut actual = image.store.allocated().ok();
+    // Files of their own (vmdk extents) come first, as qemu-img lists them;
+    // the image's disk usage is the sum over all its files.
+    let mut children = Vec::new();
+    for child in &info.extra_children {
+        let meta = std::fs::metadata(&child.filename).ok();
+        let child_actual = meta.as_ref().map(|m| m.blocks() * 512);
+        actual = actual.zip(child_actual).map(|(a, b)| a + b);
+        let len = meta.map_or(0, |m| m.len());
+        children.push(
+            json!({"name": child.name, "info": file_child(&child.filename, len, child_actual)}),
+        );
+    }
+    let file_actual = image.store.allocated().ok();
+    children.push(
+        json!({"name": "file", "info": file_child(&image.store_name(), file_len, file_actual)}),
+    );
 
     let mut top = Map::new();
-    top.insert(
-        "children".into(),
-        json!([{"name": "file", "info": Value::Object(file)}]),
-    );
+    top.insert("children".into(), Value::Array(children));
     if !info.snapshots.is_empty() {
         let list: Vec<Value> = info.snapshots.iter().map(snapshot_json).collect();
         top.insert("snapshots".into(), Value::Array(list));
@@ -120,7 +160,9 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
         );
         top.insert("backing-filename".into(), json!(b));
     }
-    top.insert("dirty-flag".into(), json!(info.dirty_flag.unwrap_or(false)));
+    if let Some(dirty) = info.dirty_flag {
+        top.insert("dirty-flag".into(), json!(dirty));
+    }
     Ok(Value::Object(top))
 }
 

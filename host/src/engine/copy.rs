@@ -262,6 +262,10 @@ impl CopyJob<'_> {
                     .collect::<Result<Vec<_>, DriverError>>()
             })?;
             for (item, clusters) in window.iter().zip(prepared) {
+                if item.kind == Kind::Zero && !self.target_zeroed {
+                    self.target
+                        .write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP)?;
+                }
                 for (at, data) in clusters {
                     self.target.write_prepared(at, &data)?;
                 }
