@@ -2,8 +2,9 @@
 """Benchmark qimg against qemu-img on the same workloads.
 
 Called by bench/run.sh; see bench/README.md.  Only the Python 3.11 standard
-library is used.  Exit status: 0 all selected operations measured, 1 an
-operation failed (or the workload could not be prepared), 2 usage error.
+library is used.  Exit status: 0 the run completed, 1 an operation named in
+--ops failed, no operation could be measured, or the workload could not be
+prepared, 2 usage error.
 """
 
 from __future__ import annotations
@@ -42,38 +43,142 @@ KIND_WEIGHTS = {"hole": 35, "random": 25, "text": 25, "zero": 15}
 
 # Short operations are repeated more than --runs times, until the timed runs
 # of each tool add up to about --min-time seconds (estimated from the warm-up
-# run), but at most MAX_AUTO_RUNS times: a single short run is mostly noise.
+# run), but at most Op.max_runs times: a single short run is mostly noise.
 DEFAULT_MIN_TIME = 3.0
 MAX_AUTO_RUNS = 30
+# Operations that need a fresh copy of the chain before every run: copying
+# it is not timed, but it costs seconds, so fewer automatic repetitions.
+MAX_AUTO_RUNS_FRESH = 10
 
 
 # --------------------------------------------------------------------------
-# The operations.  To add one, append an Op.  In `args`, {src} is the
-# generated raw image, {copy} an identical copy of it and {out} the output
-# file (deleted before every run).
+# Inputs.  {src} is generated (see "Workload" below); the others are derived
+# from it once by the real qemu-img and cached in the work directory, and
+# only those that the selected operations use are made.
+# --------------------------------------------------------------------------
+
+# Bump when a recipe below changes so that cached derived inputs are rebuilt.
+DERIVED_VERSION = 1
+# The chain: base = a copy of {qcow2}; each overlay gets scattered writes of
+# 64 KiB-1 MiB (4 KiB-aligned, so partial clusters are copied on write) that
+# add up to this fraction of the virtual size, made with qemu-io.
+CHAIN_LAYERS = {"chain_mid": 0.03, "chain": 0.04}
+CHAIN_WRITE_MIN, CHAIN_WRITE_MAX = 64 * 1024, MIB
+
+
+@dataclass
+class Input:
+    key: str
+    file: str                          # name in the work directory
+    fmt: str
+    recipe: str                        # how it is made, for the cache and the report
+    deps: list[str] = field(default_factory=list)
+
+
+def qemu_convert(*opts: str) -> str:
+    return "qemu-img convert -f raw " + " ".join(opts) + " {src} {dst}"
+
+
+INPUTS: dict[str, Input] = {i.key: i for i in [
+    Input("src", "disk.raw", "raw", "generated (see Workload)"),
+    Input("copy", "disk-copy.raw", "raw", "cp --sparse=always {src} {dst}", ["src"]),
+    Input("qcow2", "disk.qcow2", "qcow2", qemu_convert("-O qcow2"), ["src"]),
+    Input("qcow2c", "disk-zlib.qcow2", "qcow2", qemu_convert("-c -O qcow2"), ["src"]),
+    Input("vmdk", "disk.vmdk", "vmdk", qemu_convert("-O vmdk"), ["src"]),
+    Input("stream", "disk-stream.vmdk", "vmdk",
+          qemu_convert("-O vmdk -o subformat=streamOptimized"), ["src"]),
+    Input("chain_base", "chain-base.qcow2", "qcow2", "cp --sparse=always {qcow2} {dst}",
+          ["qcow2"]),
+    Input("chain_mid", "chain-mid.qcow2", "qcow2",
+          "qemu-img create -f qcow2 -b chain-base.qcow2 -F qcow2 {dst}; "
+          "qemu-io -f qcow2 -c 'write -P N OFF LEN' ... {dst} "
+          f"({CHAIN_LAYERS['chain_mid']:.0%} of the disk)", ["chain_base"]),
+    Input("chain", "chain-top.qcow2", "qcow2",
+          "qemu-img create -f qcow2 -b chain-mid.qcow2 -F qcow2 {dst}; "
+          "qemu-io -f qcow2 -c 'write -P N OFF LEN' ... {dst} "
+          f"({CHAIN_LAYERS['chain']:.0%} of the disk)", ["chain_mid"]),
+]}
+
+# Scratch copies of the chain, in SCRATCH_DIR, for the operations that modify
+# it (Op.fresh_chain): placeholder -> the input it is a copy of.
+SCRATCH_DIR = "scratch"
+SCRATCH = {"wtop": "chain", "wmid": "chain_mid", "wbase": "chain_base"}
+
+# Output formats that `qemu-img check` verifies after the warm-up run.
+CHECKED_FORMATS = ("qcow2", "vmdk")
+
+
+# --------------------------------------------------------------------------
+# The operations.  To add one, append an Op.  In `args`, {src}, {qcow2}, ...
+# name the inputs above, {out} the output file (deleted before every run) and
+# {wtop}, {wmid}, {wbase} the scratch copy of the chain (Op.fresh_chain).
+# Commands run in the scratch directory.
 # --------------------------------------------------------------------------
 
 @dataclass
 class Op:
     name: str
     args: list[str]
-    # Output files the command creates; deleted before each run and, after
-    # the warm-up run, checked with `qemu-img compare` against {src}.
+    # Output files the command creates (deleted before each run) and their
+    # format; after the warm-up run each must equal `equal`.
     outputs: list[str] = field(default_factory=list)
+    out_fmt: str = "raw"
     # Inputs whose data the command reads (made resident before each run).
     reads: list[str] = field(default_factory=lambda: ["src"])
-    # Expected substring of stdout (both tools), if any.
+    # What the outputs and `modified` files must equal (qemu-img compare).
+    equal: str = "src"
+    # Copy the chain to {wtop}/{wmid}/{wbase} before every run (untimed):
+    # for operations that modify it.  `modified` lists the scratch files to
+    # verify like outputs, `backing` the backing file name they must have.
+    fresh_chain: bool = False
+    modified: list[str] = field(default_factory=list)
+    backing: dict[str, str] = field(default_factory=dict)
+    # Expected substring of stdout (all tools), if any.
     expect_stdout: str | None = None
     # Compare stdout of qimg with qemu-img's after the warm-up (warning only).
     same_stdout: bool = False
+    # qemu-img's best flags for this operation, inserted after the command
+    # name for qemu-img only: measured in the same rounds and reported as an
+    # extra row "NAME (qemu FLAGS)" comparing qimg with qemu-img FLAGS.
+    qemu_best: list[str] = field(default_factory=list)
     note: str = ""
 
     @property
     def command(self) -> str:
         return self.args[0]
 
+    @property
+    def max_runs(self) -> int:
+        return MAX_AUTO_RUNS_FRESH if self.fresh_chain else MAX_AUTO_RUNS
+
+    def placeholders(self) -> set[str]:
+        return {m for a in self.args for m in re.findall(r"\{(\w+)\}", a)}
+
+    def inputs(self) -> set[str]:
+        """The inputs (keys of INPUTS) this operation needs."""
+        keys = self.placeholders() | set(self.reads)
+        if self.outputs or self.modified:
+            keys.add(self.equal)
+        if self.fresh_chain:
+            keys |= set(SCRATCH.values())
+        return {k for k in keys if k in INPUTS}
+
+    def shell(self, extra: list[str] = ()) -> str:
+        return " ".join(["qemu-img", self.command, *extra, *self.args[1:]])
+
+
+def convert(name: str, src: str, src_fmt: str, out_fmt: str, opts: list[str] = (),
+            compress: bool = False, best: list[str] = (), note: str = "") -> Op:
+    args = ["convert", *(["-c"] if compress else []), "-f", src_fmt, "-O", out_fmt, *opts,
+            "{%s}" % src, "{out}"]
+    return Op(name, args, outputs=["out"], out_fmt=out_fmt, reads=[src],
+              qemu_best=list(best), note=note)
+
+
+COMPRESSED_BEST = ["-W"]       # qemu-img's out-of-order writes: parallel compression
 
 OPS: list[Op] = [
+    # raw
     Op("convert", ["convert", "-f", "raw", "-O", "raw", "{src}", "{out}"],
        outputs=["out"], note="raw -> raw, default options"),
     Op("convert-C", ["convert", "-C", "-f", "raw", "-O", "raw", "{src}", "{out}"],
@@ -86,6 +191,41 @@ OPS: list[Op] = [
     Op("measure", ["measure", "-f", "raw", "-O", "raw", "{src}"], reads=[], same_stdout=True),
     Op("dd", ["dd", "-f", "raw", "-O", "raw", "bs=1M", "if={src}", "of={out}"],
        outputs=["out"], note="bs=1M"),
+    # qcow2
+    convert("convert-raw-qcow2", "src", "raw", "qcow2"),
+    convert("convert-qcow2-raw", "qcow2", "qcow2", "raw"),
+    convert("convert-qcow2c-raw", "qcow2c", "qcow2", "raw",
+            note="decompression of a zlib-compressed qcow2"),
+    convert("convert-raw-qcow2-zlib", "src", "raw", "qcow2",
+            ["-o", "compression_type=zlib"], compress=True, best=COMPRESSED_BEST),
+    convert("convert-raw-qcow2-zstd", "src", "raw", "qcow2",
+            ["-o", "compression_type=zstd"], compress=True, best=COMPRESSED_BEST),
+    Op("compare-raw-qcow2", ["compare", "-f", "raw", "-F", "qcow2", "{src}", "{qcow2}"],
+       reads=["src", "qcow2"], expect_stdout="Images are identical."),
+    Op("measure-qcow2", ["measure", "-f", "raw", "-O", "qcow2", "{src}"], reads=[],
+       same_stdout=True),
+    # vmdk
+    convert("convert-raw-vmdk", "src", "raw", "vmdk", note="monolithicSparse"),
+    convert("convert-vmdk-raw", "vmdk", "vmdk", "raw", note="from monolithicSparse"),
+    convert("convert-raw-vmdk-stream", "src", "raw", "vmdk",
+            ["-o", "subformat=streamOptimized"], best=COMPRESSED_BEST),
+    convert("convert-qcow2-vmdk-stream", "qcow2", "qcow2", "vmdk",
+            ["-o", "subformat=streamOptimized"], best=COMPRESSED_BEST),
+    convert("convert-vmdk-stream-raw", "stream", "vmdk", "raw",
+            note="decompression of a streamOptimized vmdk"),
+    # backing chains: {chain} is the top of base <- mid <- top
+    Op("info-chain", ["info", "-f", "qcow2", "--backing-chain", "{chain}"], reads=[],
+       same_stdout=True),
+    Op("map-chain", ["map", "-f", "qcow2", "--output=json", "{chain}"], reads=[],
+       same_stdout=True),
+    Op("commit", ["commit", "-f", "qcow2", "{wtop}"], reads=[], fresh_chain=True,
+       equal="chain", modified=["wtop", "wmid"],
+       note="top into mid; a fresh copy of the chain for every run"),
+    Op("rebase", ["rebase", "-f", "qcow2", "-b", "chain-base.qcow2", "-F", "qcow2", "{wtop}"],
+       reads=[], fresh_chain=True, equal="chain", modified=["wtop"],
+       backing={"wtop": "chain-base.qcow2"},
+       note="safe rebase of top onto base, skipping mid; a fresh copy of the chain "
+            "for every run"),
 ]
 OPS_BY_NAME = {op.name: op for op in OPS}
 
@@ -100,8 +240,6 @@ def log(msg: str = "") -> None:
 
 def warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------
@@ -304,9 +442,9 @@ def generate_image(path: Path, size: int) -> dict:
     return {"extents": len(plan), "kinds": stats}
 
 
-def prepare_workload(a: argparse.Namespace, workdir: Path, need_copy: bool) -> dict:
-    image = workdir / "disk.raw"
-    copy = workdir / "disk-copy.raw"
+def prepare_workload(a: argparse.Namespace, workdir: Path) -> dict:
+    """Make {src}, generated, unless the cached one has the same parameters."""
+    image = workdir / INPUTS["src"].file
     manifest_path = workdir / "disk.raw.json"
     want = {"generator": GENERATOR_VERSION, "seed": SEED, "size": a.size_bytes,
             "weights": KIND_WEIGHTS}
@@ -320,7 +458,9 @@ def prepare_workload(a: argparse.Namespace, workdir: Path, need_copy: bool) -> d
             and image.stat().st_size == a.size_bytes):
         log(f"== reusing {image} ({human(a.size_bytes)}, seed {SEED})")
     else:
-        for p in (image, copy, manifest_path):
+        # Everything derived from the old image goes too.
+        for p in [manifest_path, workdir / DERIVED_MANIFEST] + [
+                workdir / i.file for i in INPUTS.values()]:
             p.unlink(missing_ok=True)
         check_space(workdir, int(a.size_bytes * 0.7))
         log(f"== generating {image} ({human(a.size_bytes)}, seed {SEED})")
@@ -330,14 +470,118 @@ def prepare_workload(a: argparse.Namespace, workdir: Path, need_copy: bool) -> d
         manifest = {"params": want, **info}
         manifest_path.write_text(json.dumps(manifest, indent=1))
     manifest["allocated"] = image.stat().st_blocks * 512
-    if need_copy and not (copy.exists() and copy.stat().st_size == a.size_bytes):
-        log(f"== copying to {copy}")
-        tmp = copy.with_name(copy.name + ".tmp")
-        subprocess.run(["cp", "--sparse=always", "--reflink=never", str(image), str(tmp)],
-                       check=True)
-        os.replace(tmp, copy)
-    os.sync()
     return manifest
+
+
+DERIVED_MANIFEST = "derived.json"
+
+
+def needed_inputs(ops: list[Op]) -> list[str]:
+    """The inputs the operations use and what those are made from, in the
+    order of INPUTS (every input comes after its dependencies)."""
+    keys: set[str] = set()
+    todo = [k for op in ops for k in op.inputs()]
+    while todo:
+        k = todo.pop()
+        if k not in keys:
+            keys.add(k)
+            todo += INPUTS[k].deps
+    return [k for k in INPUTS if k in keys]
+
+
+def recipe_key(key: str) -> str:
+    """Everything an input depends on: its recipe and its dependencies'."""
+    i = INPUTS[key]
+    return " | ".join([f"{key}: {i.recipe}"] + [recipe_key(d) for d in i.deps])
+
+
+def chain_writes(size: int, key: str) -> list[tuple[int, int, int]]:
+    """(offset, length, pattern byte) of the writes into one chain overlay."""
+    rng = random.Random(f"qimg-bench/{SEED}/{key}")
+    target = size * CHAIN_LAYERS[key]
+    layer = list(CHAIN_LAYERS).index(key)
+    writes, total = [], 0
+    while total < target:
+        length = min(size, 4096 * rng.randint(CHAIN_WRITE_MIN // 4096, CHAIN_WRITE_MAX // 4096))
+        offset = 4096 * rng.randrange((size - length) // 4096 + 1)
+        pattern = 1 + (101 * layer + 7 * len(writes)) % 255
+        writes.append((offset, length, pattern))
+        total += length
+    return writes
+
+
+def run_checked(cmd: list[str], cwd: Path) -> None:
+    r = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if r.returncode != 0:
+        shown = " ".join(cmd[:12]) + (" ..." if len(cmd) > 12 else "")
+        raise BenchError(f"{shown} failed with exit {r.returncode}:\n{tail(r.stderr)}")
+
+
+def build_input(key: str, workdir: Path, qemu: str, size: int) -> None:
+    i = INPUTS[key]
+    dst = workdir / i.file
+    files = {k: str(workdir / v.file) for k, v in INPUTS.items()}
+    if i.recipe.startswith("cp "):
+        tmp = dst.with_name(dst.name + ".tmp")
+        run_checked(["cp", "--sparse=always", "--reflink=never", files[i.deps[0]], str(tmp)],
+                    workdir)
+        os.replace(tmp, dst)
+    elif i.recipe.startswith("qemu-img convert "):
+        tmp = dst.with_name(dst.name + ".tmp")
+        words = i.recipe.split()[1:]
+        run_checked([qemu] + [w.format(**files, dst=tmp) for w in words], workdir)
+        os.replace(tmp, dst)
+    elif key in CHAIN_LAYERS:
+        # Built in place: the overlay names its backing file by name.
+        dst.unlink(missing_ok=True)
+        backing = INPUTS[i.deps[0]].file
+        run_checked([qemu, "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2",
+                     i.file], workdir)
+        cmds = [f"write -P {p} {o} {n}" for o, n, p in chain_writes(size, key)]
+        io = shutil.which("qemu-io", path=str(Path(qemu).parent)) or "qemu-io"
+        for start in range(0, len(cmds), 200):       # keep the command line short
+            run_checked([io, "-f", "qcow2"]
+                        + [x for c in cmds[start:start + 200] for x in ("-c", c)]
+                        + [i.file], workdir)
+    else:
+        raise BenchError(f"no way to make input '{key}'")
+
+
+def prepare_derived(a: argparse.Namespace, workdir: Path, qemu: str, keys: list[str],
+                    qemu_version: str) -> None:
+    """Make the derived inputs in `keys` with qemu-img, or reuse the cached
+    ones made from the same image by the same recipe and qemu-img."""
+    path = workdir / DERIVED_MANIFEST
+    params = {"version": DERIVED_VERSION, "size": a.size_bytes, "qemu": qemu_version,
+              "chain": [CHAIN_LAYERS, CHAIN_WRITE_MIN, CHAIN_WRITE_MAX]}
+    try:
+        cache = json.loads(path.read_text())
+        if cache.get("params") != params:
+            cache = None
+    except (OSError, ValueError):
+        cache = None
+    cache = cache or {"params": params, "inputs": {}}
+    rebuilt: set[str] = set()
+    for key in keys:
+        i = INPUTS[key]
+        if key == "src":
+            continue
+        dst = workdir / i.file
+        if (dst.exists() and cache["inputs"].get(key) == recipe_key(key)
+                and not rebuilt.intersection(i.deps)):
+            continue
+        cache["inputs"].pop(key, None)
+        path.write_text(json.dumps(cache, indent=1))
+        check_space(workdir, a.size_bytes)
+        log(f"== making {dst.name}: {i.recipe}")
+        t = time.perf_counter()
+        build_input(key, workdir, qemu, a.size_bytes)
+        log(f"   made in {time.perf_counter() - t:.1f} s, "
+            f"{human(dst.stat().st_blocks * 512)} allocated")
+        cache["inputs"][key] = recipe_key(key)
+        path.write_text(json.dumps(cache, indent=1))
+        rebuilt.add(key)
+    os.sync()
 
 
 def check_space(workdir: Path, need: int) -> None:
@@ -425,10 +669,10 @@ def have_gnu_time() -> bool:
     return r.returncode == 0
 
 
-def run_timed(cmd: list[str], workdir: Path, gnu_time: bool) -> RunResult:
-    """Run `cmd`; wall time from a monotonic clock around the spawn, user+sys
-    CPU from os.wait4() (the child and whatever it waited for), peak RSS from
-    GNU time when available (-1 otherwise)."""
+def run_timed(cmd: list[str], workdir: Path, cwd: Path, gnu_time: bool) -> RunResult:
+    """Run `cmd` in `cwd`; wall time from a monotonic clock around the spawn,
+    user+sys CPU from os.wait4() (the child and whatever it waited for), peak
+    RSS from GNU time when available (-1 otherwise)."""
     out_path, err_path = workdir / "stdout.txt", workdir / "stderr.txt"
     rss_path = workdir / "rss.txt"
     if gnu_time:
@@ -436,7 +680,7 @@ def run_timed(cmd: list[str], workdir: Path, gnu_time: bool) -> RunResult:
         cmd = [GNU_TIME, "-f", "%M", "-o", str(rss_path), "--"] + cmd
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -455,32 +699,73 @@ def tail(text: str, lines: int = 5) -> str:
     return "\n".join("    " + l for l in text.strip().splitlines()[-lines:])
 
 
+def first(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+@dataclass
+class Contender:
+    """One tool with its flags: qimg, qemu-img, or qemu-img with Op.qemu_best."""
+    key: str                         # "qimg", "qemu-img", "qemu-img -W"
+    binary: str
+    extra: list[str] = field(default_factory=list)
+
+
+class Failure(Exception):
+    """A contender failed an operation: `short` goes to the report, `detail`
+    (stderr's or compare's last lines) to the terminal."""
+    def __init__(self, short: str, detail: str = ""):
+        super().__init__(short)
+        self.short, self.detail = short, detail
+
+
 @dataclass
 class OpResult:
     op: Op
-    status: str                      # ok | skipped | failed
+    status: str                      # ok | failed
     message: str = ""
     samples: dict[str, list[Sample]] = field(default_factory=dict)
+    out_size: dict[str, int] = field(default_factory=dict)   # contender -> allocated bytes
+    variant_errors: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
 class Bench:
     def __init__(self, a: argparse.Namespace, qimg: str, qemu: str, workdir: Path):
         self.a, self.workdir = a, workdir
-        self.tools = {"qimg": qimg, "qemu-img": qemu}
-        self.qemu = qemu
+        self.qimg, self.qemu = qimg, qemu
         self.gnu_time = have_gnu_time()
-        self.files = {"src": workdir / "disk.raw", "copy": workdir / "disk-copy.raw",
-                      "out": workdir / "out.img"}
+        self.scratch = workdir / SCRATCH_DIR
+        self.files = {k: workdir / i.file for k, i in INPUTS.items()}
+        self.files["out"] = workdir / "out.img"
+        self.files.update({k: self.scratch / INPUTS[v].file for k, v in SCRATCH.items()})
+        self.formats = {k: i.fmt for k, i in INPUTS.items()}
+        self.formats.update({k: INPUTS[v].fmt for k, v in SCRATCH.items()})
 
-    def command(self, tool: str, op: Op) -> list[str]:
+    def contenders(self, op: Op) -> list[Contender]:
+        out = [Contender("qimg", self.qimg), Contender("qemu-img", self.qemu)]
+        if op.qemu_best:
+            out.append(Contender("qemu-img " + " ".join(op.qemu_best), self.qemu,
+                                 op.qemu_best))
+        return out
+
+    def command(self, c: Contender, op: Op) -> list[str]:
         subst = {k: str(v) for k, v in self.files.items()}
-        return [self.tools[tool]] + [arg.format(**subst) for arg in op.args]
+        return [c.binary, op.command, *c.extra] + [arg.format(**subst) for arg in op.args[1:]]
 
     def prepare(self, op: Op, warm_inputs: bool = True) -> None:
-        """Untimed: delete outputs, flush dirty data, make inputs resident."""
+        """Untimed: delete outputs, copy the chain if the operation modifies
+        it, flush dirty data, make inputs resident."""
         for name in op.outputs:
             self.files[name].unlink(missing_ok=True)
+        if op.fresh_chain:
+            self.scratch.mkdir(exist_ok=True)
+            for key, orig in SCRATCH.items():
+                dst = self.files[key]
+                dst.unlink(missing_ok=True)
+                subprocess.run(["cp", "--sparse=always", "--reflink=auto",
+                                str(self.files[orig]), str(dst)], check=True)
         os.sync()
         if warm_inputs:
             warm([self.files[name] for name in op.reads])
@@ -488,74 +773,127 @@ class Bench:
     def cleanup(self, op: Op) -> None:
         for name in op.outputs:
             self.files[name].unlink(missing_ok=True)
+        if op.fresh_chain:
+            for key in SCRATCH:
+                self.files[key].unlink(missing_ok=True)
+
+    def run(self, c: Contender, op: Op) -> RunResult:
+        self.scratch.mkdir(exist_ok=True)
+        return run_timed(self.command(c, op), self.workdir, self.scratch, self.gnu_time)
 
     def supported(self, op: Op) -> bool:
-        r = subprocess.run([self.tools["qimg"], op.command, "--help"],
+        r = subprocess.run([self.qimg, op.command, "--help"],
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
         return r.returncode == 0
 
-    def verify(self, tool: str, op: Op, r: RunResult, res: OpResult) -> None:
+    def qemu_img(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([self.qemu, *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True)
+
+    def verify(self, c: Contender, op: Op, r: RunResult, res: OpResult) -> None:
+        """Check one warm-up run; raise Failure if it is wrong."""
         if r.rc != 0:
-            raise BenchError(f"{tool} {op.name} failed with exit {r.rc}:\n{tail(r.stderr)}")
+            raise Failure(f"exit {r.rc}: {first(r.stderr) or '(no stderr)'}", tail(r.stderr))
         if op.expect_stdout and op.expect_stdout not in r.stdout:
-            raise BenchError(f"{tool} {op.name}: expected '{op.expect_stdout}' on stdout, got:\n"
-                             f"{tail(r.stdout)}")
-        for name in op.outputs:
-            out = self.files[name]
-            if not out.exists():
-                raise BenchError(f"{tool} {op.name} did not create {out}")
-            c = subprocess.run([self.qemu, "compare", "-f", "raw", "-F", "raw",
-                                str(self.files["src"]), str(out)],
-                               capture_output=True, text=True)
-            if c.returncode != 0 or "Images are identical." not in c.stdout:
-                raise BenchError(f"{tool} {op.name}: output {out} differs from the input "
-                                 f"(qemu-img compare exit {c.returncode}):\n"
-                                 f"{tail(c.stdout + c.stderr)}")
-            res.notes.append(f"{tool} output: {human(out.stat().st_size)} virtual, "
-                             f"{human(out.stat().st_blocks * 512)} allocated")
+            raise Failure(f"expected '{op.expect_stdout}' on stdout, got "
+                          f"'{first(r.stdout)}'", tail(r.stdout))
+        ref = self.files[op.equal]
+        rel = lambda p: str(p.relative_to(self.workdir))  # noqa: E731
+        for key in op.outputs + op.modified:
+            path = self.files[key]
+            fmt = op.out_fmt if key in op.outputs else self.formats[key]
+            if not path.exists():
+                raise Failure(f"did not create {rel(path)}")
+            cmp = self.qemu_img("compare", "-f", self.formats[op.equal], "-F", fmt,
+                                str(ref), str(path))
+            if cmp.returncode != 0 or "Images are identical." not in cmp.stdout:
+                raise Failure(f"{rel(path)} differs from {rel(ref)} (qemu-img compare exit "
+                              f"{cmp.returncode}: {first(cmp.stdout + cmp.stderr)})",
+                              tail(cmp.stdout + cmp.stderr))
+            if fmt in CHECKED_FORMATS:
+                chk = self.qemu_img("check", "-f", fmt, str(path))
+                text = chk.stdout + chk.stderr
+                if chk.returncode == 3:
+                    res.notes.append(f"warning: {c.key}: qemu-img check: {rel(path)} has "
+                                     f"leaked clusters ({first(text)})")
+                elif chk.returncode != 0:
+                    raise Failure(f"qemu-img check {rel(path)} exit {chk.returncode}: "
+                                  f"{first(text)}", tail(text, 10))
+            if key in op.backing:
+                info = self.qemu_img("info", "--output=json", "-f", fmt, str(path))
+                try:
+                    backing = json.loads(info.stdout).get("backing-filename")
+                except ValueError:
+                    backing = None
+                if backing != op.backing[key]:
+                    raise Failure(f"{rel(path)} has backing file {backing!r}, "
+                                  f"expected {op.backing[key]!r}")
+        if op.outputs:
+            res.out_size[c.key] = self.files[op.outputs[0]].stat().st_blocks * 512
 
     def run_op(self, op: Op) -> OpResult:
-        res = OpResult(op, "ok", samples={t: [] for t in self.tools})
+        contenders = self.contenders(op)
+        res = OpResult(op, "ok", samples={c.key: [] for c in contenders})
         if not self.supported(op):
-            res.status = "failed" if self.a.explicit_ops else "skipped"
-            res.message = f"qimg does not implement '{op.command}' ('qimg {op.command} --help' fails)"
+            res.status = "failed"
+            res.message = (f"qimg does not implement '{op.command}' "
+                           f"('qimg {op.command} --help' fails)")
             return res
         try:
-            # Untimed warm-up run of each tool, which also verifies the result
-            # and brings the binaries (and plugins) into the page cache.
-            stdout, warm_wall = {}, 0.0
-            for tool in self.tools:
+            # Untimed warm-up run of each contender, which also verifies the
+            # result and brings the binaries (and plugins) into the page cache.
+            # All run even if qimg fails, so that a bad recipe shows up too.
+            stdout, warm_wall, failures = {}, 0.0, {}
+            for c in contenders:
                 self.prepare(op)
-                r = run_timed(self.command(tool, op), self.workdir, self.gnu_time)
-                self.verify(tool, op, r, res)
-                stdout[tool] = r.stdout
+                r = self.run(c, op)
+                try:
+                    self.verify(c, op, r, res)
+                except Failure as f:
+                    failures[c.key] = f
+                    # The short message is printed by main(); more lines here.
+                    if f.detail.strip() and f.detail.strip() not in f.short:
+                        print(f"   {c.key}:\n{f.detail}", file=sys.stderr, flush=True)
+                    continue
+                stdout[c.key] = r.stdout
                 warm_wall = max(warm_wall, r.sample.wall)
+            for key in ("qimg", "qemu-img"):
+                if key in failures:
+                    msg = f"{key}: {failures[key].short}"
+                    if key == "qimg" and "qemu-img" in failures:
+                        msg += f"; qemu-img too: {failures['qemu-img'].short}"
+                    raise BenchError(msg)
+            for key, f in failures.items():
+                res.variant_errors[key] = f.short
+            contenders = [c for c in contenders if c.key not in failures]
             if op.same_stdout and stdout["qimg"] != stdout["qemu-img"]:
-                res.notes.append("stdout of qimg differs from qemu-img's")
+                res.notes.append("warning: stdout of qimg differs from qemu-img's")
                 warn(f"{op.name}: stdout of qimg differs from qemu-img's")
             runs = self.a.runs
             if self.a.min_time > 0:
                 wanted = math.ceil(self.a.min_time / max(warm_wall, 1e-3))
-                runs = max(runs, min(MAX_AUTO_RUNS, wanted))
-            # Timed runs, alternating which tool goes first (ABBA order).
-            order = list(self.tools)
+                runs = max(runs, min(op.max_runs, wanted))
+            # Timed runs, alternating the order of the contenders (ABBA...).
             print(f"   {runs} runs per tool ", end="", flush=True)
             for i in range(runs):
-                for tool in (order if i % 2 == 0 else order[::-1]):
+                for c in (contenders if i % 2 == 0 else contenders[::-1]):
                     self.prepare(op, warm_inputs=bool(op.reads))
-                    r = run_timed(self.command(tool, op), self.workdir, self.gnu_time)
+                    r = self.run(c, op)
                     if r.rc != 0:
                         print(flush=True)
-                        raise BenchError(f"{tool} {op.name} failed with exit {r.rc} "
-                                         f"in run {i + 1}:\n{tail(r.stderr)}")
-                    res.samples[tool].append(r.sample)
+                        print(tail(r.stderr), file=sys.stderr, flush=True)
+                        raise BenchError(f"{c.key}: exit {r.rc} in run {i + 1}: "
+                                         f"{first(r.stderr) or '(no stderr)'}")
+                    res.samples[c.key].append(r.sample)
                 print(".", end="", flush=True)
             print(flush=True)
-            for tool, samples in res.samples.items():
-                walls = sorted(s.wall for s in samples)
-                print(f"   {tool:8} wall median {statistics.median(walls):.3f} s "
-                      f"(min {walls[0]:.3f}, max {walls[-1]:.3f})", flush=True)
+            for c in contenders:
+                walls = sorted(s.wall for s in res.samples[c.key])
+                cpus = sorted(s.cpu for s in res.samples[c.key])
+                print(f"   {c.key:11} wall median {statistics.median(walls):.3f} s "
+                      f"(min {walls[0]:.3f}, max {walls[-1]:.3f}), "
+                      f"CPU median {statistics.median(cpus):.3f} s", flush=True)
         except BenchError as e:
             res.status, res.message = "failed", str(e)
         finally:
@@ -602,36 +940,70 @@ def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def summarize(res: OpResult) -> dict | None:
-    if res.status != "ok":
-        return None
-    row = {}
-    for tool, samples in res.samples.items():
-        row[tool] = {"wall": statistics.median(s.wall for s in samples),
-                     "cpu": statistics.median(s.cpu for s in samples),
-                     "rss": max(s.rss_kib for s in samples) / 1024,  # < 0: unknown
-                     "runs": len(samples)}
-    q, r = row["qimg"]["wall"], row["qemu-img"]["wall"]
-    row["ratio"] = q / r if r > 0 else float("nan")
-    return row
+@dataclass
+class Row:
+    """One line of the table: qimg against one qemu-img contender."""
+    label: str
+    res: OpResult
+    ref: str                         # contender key: "qemu-img" or "qemu-img -W"
+    status: str                      # ok | failed
+    message: str = ""
+    best: bool = False               # qemu-img's best flags for this operation
+
+    def stats(self) -> dict | None:
+        if self.status != "ok":
+            return None
+        out = {}
+        for tool in ("qimg", self.ref):
+            samples = self.res.samples[tool]
+            out[tool] = {"wall": statistics.median(s.wall for s in samples),
+                         "cpu": statistics.median(s.cpu for s in samples),
+                         "rss": max(s.rss_kib for s in samples) / 1024,  # < 0: unknown
+                         "runs": len(samples),
+                         "size": self.res.out_size.get(tool, -1)}
+        q, r = out["qimg"]["wall"], out[self.ref]["wall"]
+        out["ratio"] = q / r if r > 0 else float("nan")
+        return out
+
+    @property
+    def ratio(self) -> float | None:
+        s = self.stats()
+        return s["ratio"] if s and s["ratio"] > 0 and not math.isnan(s["ratio"]) else None
+
+
+def rows_of(results: list[OpResult]) -> list[Row]:
+    rows = []
+    for res in results:
+        rows.append(Row(res.op.name, res, "qemu-img", res.status, res.message))
+        if res.op.qemu_best:
+            flags = " ".join(res.op.qemu_best)
+            ref = f"qemu-img {flags}"
+            status, message = res.status, res.message
+            if status == "ok" and ref in res.variant_errors:
+                status, message = "failed", f"{ref}: {res.variant_errors[ref]}"
+            rows.append(Row(f"{res.op.name} (qemu {flags})", res, ref, status, message,
+                            best=True))
+    return rows
 
 
 HEADERS = ["op", "runs", "qimg wall s", "qemu-img wall s", "ratio", "qimg CPU s",
-           "qemu-img CPU s", "qimg RSS MiB", "qemu-img RSS MiB"]
+           "qemu-img CPU s", "qimg RSS MiB", "qemu-img RSS MiB", "qimg out MiB",
+           "qemu-img out MiB"]
 
 
-def table_rows(results: list[OpResult]) -> list[list[str]]:
-    rows = []
-    for res in results:
-        row = summarize(res)
-        if row is None:
-            rows.append([res.op.name, "-", res.status.upper()] + [""] * (len(HEADERS) - 3))
+def table_rows(rows: list[Row]) -> list[list[str]]:
+    cells = []
+    for row in rows:
+        s = row.stats()
+        if s is None:
+            cells.append([row.label, "-", row.status.upper()] + [""] * (len(HEADERS) - 3))
             continue
-        q, e = row["qimg"], row["qemu-img"]
-        rows.append([res.op.name, str(q["runs"]), secs(q["wall"]), secs(e["wall"]),
-                     f"{row['ratio']:.3f}", secs(q["cpu"]), secs(e["cpu"]),
-                     mib(q["rss"]), mib(e["rss"])])
-    return rows
+        q, e = s["qimg"], s[row.ref]
+        runs = str(q["runs"]) if q["runs"] == e["runs"] else f"{q['runs']}/{e['runs']}"
+        cells.append([row.label, runs, secs(q["wall"]), secs(e["wall"]),
+                      f"{s['ratio']:.3f}", secs(q["cpu"]), secs(e["cpu"]),
+                      mib(q["rss"]), mib(e["rss"]), size_mib(q["size"]), size_mib(e["size"])])
+    return cells
 
 
 def secs(value: float) -> str:
@@ -642,38 +1014,48 @@ def mib(value: float) -> str:
     return f"{value:.1f}" if value >= 0 else "n/a"
 
 
-def ratios(results: list[OpResult]) -> list[float]:
+def size_mib(value: int) -> str:
+    return f"{value / MIB:.1f}" if value >= 0 else ""
+
+
+def geomeans(rows: list[Row]) -> list[str]:
+    """The geometric mean of the ratios against qemu-img's default flags, and
+    against its best flags (the best-flags row in place of the default one)."""
+    default = [r.ratio for r in rows if not r.best and r.ratio]
     out = []
-    for res in results:
-        row = summarize(res)
-        if row and row["ratio"] > 0 and not math.isnan(row["ratio"]):
-            out.append(row["ratio"])
+    if default:
+        out.append(f"{geomean(default):.3f} against qemu-img's default flags "
+                   f"({len(default)} operation{'s' * (len(default) != 1)})")
+    best_of = {r.res.op.name: r for r in rows if r.best and r.ratio}
+    if best_of:
+        best = [(best_of.get(r.res.op.name) or r).ratio for r in rows if not r.best and r.ratio]
+        out.append(f"{geomean(best):.3f} against its best flags (the `(qemu "
+                   f"...)` rows in place of the default ones)")
     return out
 
 
-def print_table(results: list[OpResult]) -> None:
-    rows = table_rows(results)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
+def print_table(rows: list[Row]) -> None:
+    cells = table_rows(rows)
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(HEADERS)]
+    fmt = lambda cs: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(cs, widths)))
     log()
     log(fmt(HEADERS))
     log(fmt(["-" * w for w in widths]))
-    for r in rows:
+    for r in cells:
         log(fmt(r))
-    rs = ratios(results)
     log()
-    if rs:
-        log(f"geometric mean of wall-time ratios (qimg/qemu-img, <1 = qimg faster): "
-            f"{geomean(rs):.3f} over {len(rs)} op(s)")
-    for res in results:
-        if res.status != "ok":
-            log(f"{res.op.name}: {res.status}: {res.message}")
+    for g in geomeans(rows):
+        log(f"geometric mean of wall-time ratios (qimg/qemu-img, <1 = qimg faster): {g}")
+    for row in rows:
+        if row.status != "ok":
+            log(f"{row.label}: {row.status}: {row.message}")
 
 
 def write_markdown(path: Path, a: argparse.Namespace, ctx: dict,
                    results: list[OpResult]) -> None:
     m = ctx["manifest"]
+    rows = rows_of(results)
     lines = [f"## qimg vs qemu-img ({ctx['date']})", ""]
     lines += ["| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in ctx["machine"]]
@@ -683,34 +1065,52 @@ def write_markdown(path: Path, a: argparse.Namespace, ctx: dict,
               "outputs deleted |",
               ""]
     kinds = ", ".join(f"{k} {human(b)} in {n}" for k, (n, b) in m["kinds"].items())
-    lines += [f"Workload: sparse raw image, {human(a.size_bytes)} virtual, "
+    lines += [f"Workload: sparse raw image `{{src}}`, {human(a.size_bytes)} virtual, "
               f"{human(m['allocated'])} allocated, {m['extents']} extents of 64 KiB-8 MiB "
-              f"(seed {SEED}): {kinds}.", "",
-              f"Timed runs per tool in column runs: at least {a.runs}, more for short "
-              f"operations (up to {MAX_AUTO_RUNS}, aiming at {a.min_time:g} s per tool), "
+              f"(seed {SEED}): {kinds}.", ""]
+    derived = [k for k in ctx["inputs"] if k != "src"]
+    if derived:
+        lines += ["Inputs made from it by qemu-img (cached):", ""]
+        for k in derived:
+            i = INPUTS[k]
+            p = Path(a.dir).resolve() / i.file
+            size = human(p.stat().st_blocks * 512) if p.exists() else "?"
+            lines.append(f"- `{{{k}}}` = {i.file} ({i.fmt}, {size} allocated): "
+                         f"`{i.recipe}`")
+        lines.append("")
+    lines += [f"Timed runs per tool in column runs: at least {a.runs}, more for short "
+              f"operations (up to {MAX_AUTO_RUNS}, or {MAX_AUTO_RUNS_FRESH} for commit "
+              f"and rebase, aiming at {a.min_time:g} s per tool), "
               "alternating which tool runs first, after an untimed, verified warm-up run "
               "of each; wall and CPU "
-              "(user+sys, from wait4) are medians, RSS is the peak over the runs "
-              f"({ctx['rss']}). Ratio = qimg wall / qemu-img wall (< 1: qimg is faster). "
+              "(user+sys, from wait4; CPU near 2x wall means both cores were busy) are "
+              f"medians, RSS is the peak over the runs ({ctx['rss']}). "
+              "Ratio = qimg wall / qemu-img wall (< 1: qimg is faster). "
+              "Out = allocated size of the output file. "
+              "Rows `(qemu -W)` compare the same qimg runs with qemu-img given "
+              "`-W` (its best flags for compressed output), measured in the same rounds. "
               "Output files are deleted and `sync` is run before each run, outside the "
               "timing.", ""]
     lines.append("| " + " | ".join(HEADERS) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|")
-    for r in table_rows(results):
+    for r in table_rows(rows):
         lines.append("| " + " | ".join(r) + " |")
-    rs = ratios(results)
     lines.append("")
-    if rs:
-        lines.append(f"Geometric mean of ratios: **{geomean(rs):.3f}** ({len(rs)} operations).")
-        lines.append("")
+    for g in geomeans(rows):
+        lines.append(f"Geometric mean of ratios: **{g.split(' ', 1)[0]}** "
+                     f"{g.split(' ', 1)[1]}.")
+    lines.append("")
     notes = []
     for res in results:
-        if res.op.note:
-            notes.append(f"- `{res.op.name}`: `qemu-img {' '.join(res.op.args)}` ({res.op.note})")
-        else:
-            notes.append(f"- `{res.op.name}`: `qemu-img {' '.join(res.op.args)}`")
+        cmd = res.op.shell()
+        if res.op.qemu_best:
+            cmd += f"`, qemu-img also with `{' '.join(res.op.qemu_best)}"
+        notes.append(f"- `{res.op.name}`: `{cmd}`"
+                     + (f" ({res.op.note})" if res.op.note else ""))
         if res.status != "ok":
             notes.append(f"  - {res.status}: {res.message.splitlines()[0]}")
+        for key, msg in res.variant_errors.items():
+            notes.append(f"  - {key} failed: {msg}")
         for n in res.notes:
             notes.append(f"  - {n}")
     lines += ["Operations:", ""] + notes + [""]
@@ -719,28 +1119,44 @@ def write_markdown(path: Path, a: argparse.Namespace, ctx: dict,
 
 # --------------------------------------------------------------------------
 
+def list_ops() -> None:
+    width = max(len(op.name) for op in OPS)
+    for op in OPS:
+        line = f"{op.name:{width}}  {op.shell()}"
+        if op.qemu_best:
+            line += f"   [+ row '{op.name} (qemu {' '.join(op.qemu_best)})']"
+        print(line)
+    print("\nInputs (made by qemu-img from {src} when an operation needs them, and cached):")
+    for k, i in INPUTS.items():
+        print(f"  {{{k}}}  {i.file}: {i.recipe}")
+    print("  {out}  out.img, the output (deleted before every run)")
+    print("  {wtop}, {wmid}, {wbase}  scratch copies of the chain, fresh for every run")
+
+
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
     if a.list_ops:
-        for op in OPS:
-            print(f"{op.name:10} qemu-img {' '.join(op.args)}")
+        list_ops()
         return 0
     try:
         qimg, qemu = find_binaries(a)
+        qemu_version = first_line([qemu, "--version"])
         workdir = Path(a.dir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-        need_copy = any("copy" in op.reads for op in a.op_list)
-        manifest = prepare_workload(a, workdir, need_copy)
-        outputs_size = a.size_bytes if any(op.outputs for op in a.op_list) else 0
+        manifest = prepare_workload(a, workdir)
+        inputs = needed_inputs(a.op_list)
+        prepare_derived(a, workdir, qemu, inputs, qemu_version)
+        outputs_size = a.size_bytes if any(op.outputs or op.fresh_chain
+                                           for op in a.op_list) else 0
         check_space(workdir, outputs_size + 64 * MIB)
     except (BenchError, OSError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
     ctx = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-           "machine": machine_description(workdir), "manifest": manifest,
+           "machine": machine_description(workdir), "manifest": manifest, "inputs": inputs,
            "qimg": qimg, "qimg_version": first_line([qimg, "--version"]),
-           "qemu_version": first_line([qemu, "--version"]), "commit": git_describe()}
+           "qemu_version": qemu_version, "commit": git_describe()}
     ctx["drop"] = ("not dropped at the start (--no-drop-caches)" if a.no_drop_caches
                    else drop_caches())
     for k, v in ctx["machine"]:
@@ -760,24 +1176,36 @@ def main(argv: list[str]) -> int:
         warn("GNU /usr/bin/time not found: peak RSS will not be measured")
     results = []
     for op in a.op_list:
-        log(f"== {op.name}: qemu-img {' '.join(op.args)}")
+        extra = f" (and qemu-img {' '.join(op.qemu_best)})" if op.qemu_best else ""
+        log(f"== {op.name}: {op.shell()}{extra}")
         res = bench.run_op(op)
         if res.status != "ok":
-            print(f"   {res.status.upper()}: {res.message}",
-                  file=sys.stderr if res.status == "failed" else sys.stdout, flush=True)
+            print(f"   {op.name} {res.status.upper()}: {res.message}", file=sys.stderr,
+                  flush=True)
+        for key, msg in res.variant_errors.items():
+            print(f"   {op.name} ({key}) FAILED: {msg}", file=sys.stderr, flush=True)
         results.append(res)
     for name in ("stdout.txt", "stderr.txt", "rss.txt"):
         (workdir / name).unlink(missing_ok=True)
+    try:
+        bench.scratch.rmdir()
+    except OSError:
+        pass
 
-    print_table(results)
+    rows = rows_of(results)
+    print_table(rows)
     out = Path(a.output)
     write_markdown(out, a, ctx, results)
     log(f"\nMarkdown written to {out}")
-    failed = [r.op.name for r in results if r.status == "failed"]
+    # A failure is an error only for the operations named in --ops: the
+    # default list includes operations that qimg does not implement yet.
+    failed = [r.label for r in rows if r.status == "failed"]
+    named = [r.label for r in rows if r.status == "failed" and a.explicit_ops]
     if failed:
-        print(f"error: failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"{'error' if named else 'note'}: failed: {', '.join(failed)}", file=sys.stderr)
+    if named:
         return 1
-    if not any(r.status == "ok" for r in results):
+    if not any(r.status == "ok" for r in rows):
         print("error: no operation could be measured", file=sys.stderr)
         return 1
     return 0
