@@ -198,9 +198,16 @@ pub struct CheckReport {
     /// Compressed clusters.
     #[serde(default)]
     pub compressed_clusters: Option<u64>,
-    /// Lines the driver printed while checking (`Leaked cluster 5 refcount=1 reference=0`).
+    /// Lines the driver printed while checking (`Leaked cluster 5 refcount=1 reference=0`),
+    /// printed on stderr in order. A line starting with `{prog}: ` is an error
+    /// report of the program: the host puts its own name there.
     #[serde(default)]
     pub messages: Vec<String>,
+    /// Set when the check could not finish: the reason, worded as
+    /// `strerror` words it (`Input/output error`). The host prints the
+    /// messages, then `Check failed: REASON`, and no report.
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 /// Metadata operations beyond read and write, dispatched by `Image::metadata`.

@@ -1,16 +1,19 @@
 //! The qcow2 format (QEMU's docs/interop/qcow2.txt): versions 2 and 3, cluster
 //! sizes 512 B to 2 MiB, refcount widths 1 to 64 bits, extended L2 entries,
 //! zero clusters, zlib and zstd compressed clusters, external data files,
-//! backing files, lazy refcounts; snapshots and bitmaps are listed.
+//! backing files, lazy refcounts; `check` and its repairs; snapshots and
+//! bitmaps are listed.
 //!
 //! Modules follow the format's parts: [`header`] (header and extensions),
 //! [`layout`] (geometry, L2 entries), [`meta`] (tables, refcounts,
 //! allocation, crash-safe write-back), [`image`] (open, read, status),
 //! [`write`] (allocation and copy-on-write), [`create`], [`measure`],
-//! [`info`], [`compress`], [`snapshot`], [`bitmaps`], [`repair`].
+//! [`info`], [`compress`], [`snapshot`], [`bitmaps`], [`repair`] (refcounts
+//! recomputed for a dirty image), [`check`] (`check` and `check -r`).
 
 pub mod bitmaps;
 pub mod cache;
+pub mod check;
 pub mod compress;
 pub mod create;
 pub mod error;
@@ -27,7 +30,8 @@ pub mod write;
 
 use image::Qcow2Image;
 use qimg_driver_api::schema::{
-    CreateOption, CreateRequest, ImageInfo, MeasureRequest, MeasureResult,
+    CheckReport, CheckRequest, CreateOption, CreateRequest, ImageInfo, MeasureRequest,
+    MeasureResult,
 };
 use qimg_driver_api::{caps, ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox};
 use qimg_driver_api::{ImageImpl, Prealloc};
@@ -52,6 +56,7 @@ impl DriverImpl for Qcow2Driver {
             | caps::COMPRESSED_WRITES
             | caps::MEASURE
             | caps::ZERO_INIT
+            | caps::CHECK
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         // qemu takes the magic with version 2 or later as qcow2.
@@ -125,6 +130,9 @@ impl ImageImpl for Qcow2Image {
     }
     fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
         Ok(Qcow2Image::write_compressed(self, offset, buf)?)
+    }
+    fn check(&self, request: CheckRequest) -> Result<CheckReport, DriverError> {
+        Ok(Qcow2Image::check(self, request.repair)?)
     }
     fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<(), DriverError> {
         Ok(Qcow2Image::set_backing(self, name, format)?)

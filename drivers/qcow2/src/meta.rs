@@ -139,7 +139,7 @@ pub fn read_table(io: &Io, offset: u64, entries: u64, file_len: u64) -> Result<V
 }
 
 /// The refcount of entry `i` of a refcount block of width `1 << order`.
-fn get_refcount(block: &[u8], order: u32, i: usize) -> u64 {
+pub fn get_refcount(block: &[u8], order: u32, i: usize) -> u64 {
     match order {
         0..=2 => {
             let bits = 1usize << order;
@@ -227,6 +227,16 @@ impl Meta {
             .and_then(|i| self.l1.get(i))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Forgets every cached table (after the tables were rewritten on disk
+    /// behind the caches' back, by a repair).
+    pub fn clear_caches(&mut self) {
+        let tables = (CACHE_BYTES >> self.layout.cluster_bits).max(16) as usize;
+        self.l2 = Cache::new(tables);
+        self.refblocks = Cache::new(tables / 4);
+        self.free_hint = 1;
+        self.compressed_next = 0;
     }
 
     /// Sets L1 entry `i` (the table is written at the next flush).

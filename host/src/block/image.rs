@@ -39,6 +39,9 @@ pub struct OpenRequest<'a> {
     pub shared_backing: bool,
     /// Depth in a backing chain (0 for the top).
     pub depth: usize,
+    /// Open for `check`: images marked corrupt or dirty open as they are
+    /// (`open_flags::CHECK`), so that they can be checked and repaired.
+    pub check: bool,
 }
 
 impl<'a> OpenRequest<'a> {
@@ -55,6 +58,7 @@ impl<'a> OpenRequest<'a> {
             no_io: false,
             shared_backing: false,
             depth: 0,
+            check: false,
         }
     }
 }
@@ -260,6 +264,9 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     }
     if request.no_io {
         flags |= open_flags::NO_IO;
+    }
+    if request.check {
+        flags |= open_flags::CHECK;
     }
     let image = driver
         .api

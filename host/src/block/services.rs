@@ -177,6 +177,7 @@ impl HostServices for ServicesHandle {
                 no_io: services.no_io,
                 shared_backing: services.force_share,
                 depth: services.depth + 1,
+                check: false,
             };
             let image = open_image(&request).map_err(|e| {
                 DriverError::new(

@@ -1,12 +1,16 @@
 //! `check`: consistency check (and repair) of an image's metadata.
 
 use super::common::{cache_mode, check_image_opts, objects, print_help};
-use crate::block::{open_image, LockSpec, OpenRequest};
-use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt};
+use crate::block::image::driver_for;
+use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
+use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
+use crate::output::qemu_json_pretty;
 use crate::store::CacheMode;
-use qimg_driver_api::caps;
-use qimg_driver_api::schema::Repair;
+use qimg_driver_api::abi_stable::std_types::RStr;
+use qimg_driver_api::schema::{CheckReport, CheckRequest, Repair};
+use qimg_driver_api::{caps, ErrorKind};
+use serde_json::{json, Map, Value};
 
 const OPTS: &[Opt] = &[
     flag('h', "help"),
@@ -32,7 +36,7 @@ fn run(args: &[String]) -> CmdResult {
     if p.has("help") {
         return Ok(print_help(HELP));
     }
-    output_format("check", p.last("output"))?;
+    let format = output_format("check", p.last("output"))?;
     let repair = match p.last("repair") {
         None => Repair::None,
         Some("leaks") => Repair::Leaks,
@@ -50,8 +54,16 @@ fn run(args: &[String]) -> CmdResult {
         return Err(CmdError::usage("check", "Expecting one image file name"));
     }
     let write = repair != Repair::None;
+    let name = &p.operands[0];
     if write && p.has("force-share") {
-        return Err(fail("--force-share/-U is not allowed with --repair"));
+        // qemu-img refuses the combination when it opens the image, after
+        // looking up the format.
+        if let Some(f) = p.last("format") {
+            driver_for(f).map_err(|e| fail(format!("Could not open '{name}': {}", e.message)))?;
+        }
+        return Err(fail(format!(
+            "Could not open '{name}': force-share=on can only be used with read-only images"
+        )));
     }
     let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "cache")?;
     let request = OpenRequest {
@@ -63,18 +75,175 @@ fn run(args: &[String]) -> CmdResult {
             LockSpec::READ_SHARED
         }),
         no_backing: true,
-        ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
+        check: true,
+        ..OpenRequest::read(name, p.last("format"), p.has("image-opts"))
     };
     let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
     if !image.driver.can(caps::CHECK) {
-        eprintln!(
-            "{}: This image format does not support checks",
-            crate::cli::program()
-        );
-        return Ok(NOT_SUPPORTED);
+        return Ok(not_supported());
     }
-    Err(fail(format!(
-        "Checking is not supported yet for format '{}' (its check report output is the qcow2 metadata work)",
-        image.format()
-    )))
+    let quiet = p.has("quiet");
+    let first = match run_check(&image, repair)? {
+        Ok(report) => report,
+        Err(status) => return Ok(status),
+    };
+    let mut report = first.clone();
+    if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
+        if format == OutputFormat::Human && !quiet {
+            print!(
+                "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
+                first.leaks_fixed, first.corruptions_fixed
+            );
+        }
+        report = match run_check(&image, Repair::None)? {
+            Ok(report) => report,
+            Err(status) => return Ok(status),
+        };
+        report.leaks_fixed = first.leaks_fixed;
+        report.corruptions_fixed = first.corruptions_fixed;
+    }
+    if !quiet {
+        match format {
+            OutputFormat::Human => print!("{}", human_report(&report)),
+            OutputFormat::Json => println!(
+                "{}",
+                qemu_json_pretty(&json_report(&report, &image.filename, image.format()))
+            ),
+        }
+    }
+    image.close().map_err(|e| fail(e.message.to_string()))?;
+    if report.check_errors > 0 {
+        eprintln!("{}: Check failed", crate::cli::program());
+        return Ok(1);
+    }
+    Ok(if report.corruptions > 0 {
+        2
+    } else if report.leaks > 0 {
+        3
+    } else {
+        0
+    })
+}
+
+/// qemu-img's answer for a format without checks.
+fn not_supported() -> i32 {
+    eprintln!(
+        "{}: This image format does not support checks",
+        crate::cli::program()
+    );
+    NOT_SUPPORTED
+}
+
+/// Runs one check: prints the driver's lines on stderr and returns its
+/// report, or the exit status of a check that could not finish.
+fn run_check(image: &BlockImage, repair: Repair) -> Result<Result<CheckReport, i32>, CmdError> {
+    let request = serde_json::to_string(&CheckRequest { repair })
+        .map_err(|e| fail(format!("cannot encode the check request: {e}")))?;
+    let reply = match image
+        .image
+        .check(RStr::from(request.as_str()))
+        .into_result()
+    {
+        Ok(reply) => reply,
+        Err(e) if e.kind == ErrorKind::UNSUPPORTED => return Ok(Err(not_supported())),
+        Err(e) => {
+            eprintln!("{}: Check failed: {}", crate::cli::program(), e.message);
+            return Ok(Err(1));
+        }
+    };
+    let report: CheckReport = serde_json::from_str(&reply)
+        .map_err(|e| fail(format!("bad check report from driver: {e}")))?;
+    for line in &report.messages {
+        match line.strip_prefix("{prog}: ") {
+            Some(rest) => eprintln!("{}: {rest}", crate::cli::program()),
+            None => eprintln!("{line}"),
+        }
+    }
+    if let Some(reason) = &report.failure {
+        eprintln!("{}: Check failed: {reason}", crate::cli::program());
+        return Ok(Err(1));
+    }
+    Ok(Ok(report))
+}
+
+/// A count qemu-img prints only when it is not zero.
+fn nonzero(v: Option<u64>) -> u64 {
+    v.unwrap_or(0)
+}
+
+/// The human report, worded and laid out as qemu-img prints it.
+fn human_report(r: &CheckReport) -> String {
+    let mut out = String::new();
+    if r.corruptions == 0 && r.leaks == 0 && r.check_errors == 0 {
+        out.push_str("No errors were found on the image.\n");
+    } else {
+        if r.corruptions > 0 {
+            out.push_str(&format!(
+                "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
+                r.corruptions
+            ));
+        }
+        if r.leaks > 0 {
+            out.push_str(&format!(
+                "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
+                r.leaks
+            ));
+        }
+        if r.check_errors > 0 {
+            out.push_str(&format!(
+                "\n{} internal errors have occurred during the check.\n",
+                r.check_errors
+            ));
+        }
+    }
+    let total = nonzero(r.total_clusters);
+    let allocated = nonzero(r.allocated_clusters);
+    if total > 0 && allocated > 0 {
+        let pct = |part: u64, whole: u64| part as f64 * 100.0 / whole as f64;
+        out.push_str(&format!(
+            "{allocated}/{total} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters\n",
+            pct(allocated, total),
+            pct(nonzero(r.fragmented_clusters), allocated),
+            pct(nonzero(r.compressed_clusters), allocated),
+        ));
+    }
+    let end = nonzero(r.image_end_offset);
+    if end > 0 {
+        out.push_str(&format!("Image end offset: {end}\n"));
+    }
+    out
+}
+
+/// The JSON report with qemu-img's members in its order; counts that are
+/// zero are left out, as qemu-img leaves them out.
+fn json_report(r: &CheckReport, filename: &str, format: &str) -> Value {
+    let mut map = Map::new();
+    let mut put = |key: &str, v: u64| {
+        if v > 0 {
+            map.insert(key.into(), json!(v));
+        }
+    };
+    put("image-end-offset", nonzero(r.image_end_offset));
+    put("compressed-clusters", nonzero(r.compressed_clusters));
+    put("total-clusters", nonzero(r.total_clusters));
+    put("corruptions", r.corruptions);
+    put("corruptions-fixed", r.corruptions_fixed);
+    map.insert("check-errors".into(), json!(r.check_errors));
+    let mut put = |key: &str, v: u64| {
+        if v > 0 {
+            map.insert(key.into(), json!(v));
+        }
+    };
+    put("leaks", r.leaks);
+    put("leaks-fixed", r.leaks_fixed);
+    put("allocated-clusters", nonzero(r.allocated_clusters));
+    map.insert("filename".into(), json!(filename));
+    map.insert("format".into(), json!(format));
+    if nonzero(r.fragmented_clusters) > 0 {
+        map.insert(
+            "fragmented-clusters".into(),
+            json!(nonzero(r.fragmented_clusters)),
+        );
+    }
+    Value::Object(map)
 }

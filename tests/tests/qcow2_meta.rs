@@ -1,0 +1,387 @@
+//! qcow2 metadata commands against qemu-img 10.0.2: `check` (and its
+//! repairs), `snapshot`, `bitmap` and `amend`. Every fixture is made by
+//! qemu-img/qemu-io, damaged where a case needs it by patching a few bytes;
+//! each case names the qemu-img command it compares with, and every image
+//! qimg changes must then pass the real `qemu-img check`.
+
+use qimg_tests::{Fixture, Outcome};
+
+/// Runs `qemu-io -f qcow2` with `commands` on `file`; requires success.
+fn qio(fx: &Fixture, file: &str, commands: &[&str]) {
+    let mut script = String::from("qemu-io -f qcow2");
+    for c in commands {
+        script.push_str(&format!(" -c '{c}'"));
+    }
+    script.push_str(&format!(" {file} >/dev/null"));
+    fx.sh(&script);
+}
+
+/// `qemu-img create -f qcow2 [-o OPTS] FILE SIZE` by the oracle.
+fn make(fx: &Fixture, file: &str, opts: &str, size: &str) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    args.extend([file, size]);
+    fx.oracle(&args);
+}
+
+/// A copy of `src` named `dst` with big-endian 64-bit words written at the
+/// given offsets.
+fn patch64(fx: &Fixture, src: &str, dst: &str, words: &[(u64, u64)]) {
+    let edits: Vec<(u64, Vec<u8>)> = words
+        .iter()
+        .map(|&(at, v)| (at, v.to_be_bytes().to_vec()))
+        .collect();
+    patch(fx, src, dst, &edits);
+}
+
+/// A copy of `src` named `dst` with `bytes` written at each offset.
+fn patch(fx: &Fixture, src: &str, dst: &str, edits: &[(u64, Vec<u8>)]) {
+    use std::io::{Seek, SeekFrom, Write};
+    std::fs::copy(fx.path(src), fx.path(dst)).expect("copy");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.path(dst))
+        .expect("open");
+    for (offset, bytes) in edits {
+        f.seek(SeekFrom::Start(*offset)).expect("seek");
+        f.write_all(bytes).expect("write");
+    }
+}
+
+/// `qemu-img check FILE` by the oracle, with the file name replaced.
+fn oracle_check(fx: &Fixture, file: &str) -> Outcome {
+    let out = fx.qemu_img(&["check", file]);
+    Outcome {
+        stdout: out.stdout.replace(file, "X"),
+        stderr: out.stderr.replace(file, "X"),
+        status: out.status,
+    }
+}
+
+/// Asserts that the real `qemu-img check` finds `file` clean.
+fn assert_clean(fx: &Fixture, file: &str) {
+    let out = fx.qemu_img(&["check", file]);
+    assert_eq!(
+        (out.status, out.stdout.contains("No errors were found")),
+        (0, true),
+        "qemu-img check {file}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// Runs `args` with qimg on a copy of `src` and with qemu-img on another
+/// (`{}` stands for the copy) and asserts the same output and status; then
+/// the real `qemu-img check` must say the same of both copies.
+fn same_on_copies(fx: &Fixture, src: &str, args: &[&str]) {
+    let ours = run_on_copy(fx, src, "ours.q", args, true);
+    let theirs = run_on_copy(fx, src, "theirs.q", args, false);
+    assert_eq!(ours, theirs, "{args:?} on {src}");
+    assert_eq!(
+        oracle_check(fx, "ours.q"),
+        oracle_check(fx, "theirs.q"),
+        "qemu-img check after {args:?} on {src}"
+    );
+}
+
+/// Runs `args` with `{}` replaced by a fresh copy of `src` named `copy`,
+/// with qimg or qemu-img; the copy's name is replaced by `X` in the output.
+fn run_on_copy(fx: &Fixture, src: &str, copy: &str, args: &[&str], ours: bool) -> Outcome {
+    fx.sh(&format!("cp --sparse=always {src} {copy}"));
+    let args: Vec<String> = args.iter().map(|a| a.replace("{}", copy)).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = if ours {
+        fx.qimg(&args)
+    } else {
+        fx.qemu_img(&args)
+    };
+    Outcome {
+        stdout: out.stdout.replace(copy, "X"),
+        stderr: out.stderr.replace(copy, "X"),
+        status: out.status,
+    }
+}
+
+/// Every way of running `check` on `src`: human, JSON, quiet, and the two
+/// repairs in both output formats.
+fn check_every_way(fx: &Fixture, src: &str) {
+    for args in [
+        &["check", "{}"][..],
+        &["check", "--output=json", "{}"],
+        &["check", "-q", "{}"],
+        &["check", "-r", "leaks", "{}"],
+        &["check", "-r", "all", "{}"],
+        &["check", "-r", "leaks", "--output=json", "{}"],
+        &["check", "-r", "all", "--output=json", "{}"],
+    ] {
+        same_on_copies(fx, src, args);
+    }
+}
+
+// Layout of the image `base` makes (64 KiB clusters): header, refcount
+// table at 0x10000, refcount block at 0x20000, L1 at 0x30000, L2 at
+// 0x40000, data clusters 0x50000 and 0x60000, a compressed cluster at
+// 0x70000.
+const REFTABLE: u64 = 0x10000;
+const REFBLOCK: u64 = 0x20000;
+const L1: u64 = 0x30000;
+const L2: u64 = 0x40000;
+/// Bit 63 of L1/L2 entries: the refcount is exactly one.
+const COPIED: u64 = 1 << 63;
+
+/// 4 MiB, 128 KiB of data at 0 (two clusters) and a compressed cluster at
+/// 1 MiB.
+fn base(fx: &Fixture) {
+    make(fx, "base.qcow2", "", "4M");
+    qio(
+        fx,
+        "base.qcow2",
+        &["write -P 1 0 128k", "write -c -P 2 1M 64k"],
+    );
+}
+
+// ---- check ----
+
+#[test]
+fn check_clean_images_of_every_kind() {
+    let fx = Fixture::new("qm_check_clean");
+    base(&fx);
+    make(&fx, "v2.qcow2", "compat=0.10", "4M");
+    qio(&fx, "v2.qcow2", &["write -P 1 0 64k", "write -z 64k 64k"]);
+    make(&fx, "x.qcow2", "extended_l2=on", "4M");
+    qio(
+        &fx,
+        "x.qcow2",
+        &["write -P 1 0 4k", "write -c -P 3 1M 64k", "write -z 2M 64k"],
+    );
+    make(&fx, "rc1.qcow2", "refcount_bits=1,cluster_size=512", "1M");
+    qio(
+        &fx,
+        "rc1.qcow2",
+        &["write -P 1 0 64k", "write -P 2 100k 3k"],
+    );
+    make(&fx, "df.qcow2", "data_file=df.raw", "1M");
+    qio(&fx, "df.qcow2", &["write -P 1 0 64k"]);
+    make(&fx, "empty.qcow2", "", "0");
+    make(&fx, "s.qcow2", "", "4M");
+    qio(&fx, "s.qcow2", &["write -P 1 0 64k"]);
+    fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
+    qio(&fx, "s.qcow2", &["write -P 2 0 64k"]);
+    fx.oracle(&["bitmap", "--add", "s.qcow2", "b0"]);
+    for f in [
+        "base.qcow2",
+        "v2.qcow2",
+        "x.qcow2",
+        "rc1.qcow2",
+        "df.qcow2",
+        "empty.qcow2",
+        "s.qcow2",
+    ] {
+        fx.same(&["check", f]);
+        fx.same(&["check", "--output=json", f]);
+        fx.same(&["check", "-U", "-q", f]);
+    }
+    fx.same(&["check", "-r", "all", "-U", "base.qcow2"]);
+}
+
+#[test]
+fn check_finds_and_repairs_leaks() {
+    let fx = Fixture::new("qm_check_leaks");
+    base(&fx);
+    // The second data cluster loses its L2 entry: leaked.
+    patch64(&fx, "base.qcow2", "leak.qcow2", &[(L2 + 8, 0)]);
+    // The L2 table's refcount is 2: leaked, and its L1 entry's copied flag
+    // is then wrong.
+    patch(
+        &fx,
+        "base.qcow2",
+        "l2rc.qcow2",
+        &[(REFBLOCK + 8, vec![0, 2])],
+    );
+    for f in ["leak.qcow2", "l2rc.qcow2"] {
+        check_every_way(&fx, f);
+    }
+    let fixed = run_on_copy(
+        &fx,
+        "leak.qcow2",
+        "ours.q",
+        &["check", "-r", "leaks", "{}"],
+        true,
+    );
+    assert_eq!(fixed.status, 0, "{fixed:?}");
+    assert_clean(&fx, "ours.q");
+}
+
+#[test]
+fn check_finds_and_repairs_corruptions() {
+    let fx = Fixture::new("qm_check_corrupt");
+    base(&fx);
+    // Two L2 entries share a data cluster (refcount 1, two references).
+    patch64(
+        &fx,
+        "base.qcow2",
+        "dup.qcow2",
+        &[(L2 + 16, COPIED | 0x50000)],
+    );
+    // An unaligned data cluster next to a leak.
+    patch64(
+        &fx,
+        "base.qcow2",
+        "unaligned.qcow2",
+        &[(L2 + 8, 0), (L2 + 24, COPIED | 0x60200)],
+    );
+    // A data cluster past the end of the file.
+    patch64(
+        &fx,
+        "base.qcow2",
+        "eof.qcow2",
+        &[(L2 + 16, COPIED | 0xa0000)],
+    );
+    // An L2 table that is not cluster aligned.
+    patch64(
+        &fx,
+        "base.qcow2",
+        "l2.qcow2",
+        &[(L1, COPIED | (L2 + 0x200))],
+    );
+    // A compressed cluster with the copied flag.
+    patch64(
+        &fx,
+        "base.qcow2",
+        "comp.qcow2",
+        &[(L2 + 128, 0xC000_0000_0007_0000)],
+    );
+    // A preallocated zero cluster at an unaligned offset (repaired into a
+    // plain zero cluster).
+    patch64(
+        &fx,
+        "base.qcow2",
+        "zero.qcow2",
+        &[(L2 + 24, COPIED | 0x60201)],
+    );
+    // A data cluster that is the refcount block.
+    patch64(
+        &fx,
+        "base.qcow2",
+        "rb.qcow2",
+        &[(L2 + 24, COPIED | REFBLOCK)],
+    );
+    // A refcount block past the end of the file.
+    patch64(
+        &fx,
+        "base.qcow2",
+        "outside.qcow2",
+        &[(REFTABLE + 8, 0x200000)],
+    );
+    for f in [
+        "dup.qcow2",
+        "unaligned.qcow2",
+        "eof.qcow2",
+        "l2.qcow2",
+        "comp.qcow2",
+        "zero.qcow2",
+        "rb.qcow2",
+        "outside.qcow2",
+    ] {
+        check_every_way(&fx, f);
+    }
+    for f in ["dup.qcow2", "zero.qcow2", "rb.qcow2", "outside.qcow2"] {
+        run_on_copy(&fx, f, "ours.q", &["check", "-r", "all", "{}"], true);
+        assert_clean(&fx, "ours.q");
+    }
+}
+
+#[test]
+fn check_of_snapshots_bitmaps_and_extended_l2() {
+    let fx = Fixture::new("qm_check_more");
+    make(&fx, "s.qcow2", "", "4M");
+    qio(&fx, "s.qcow2", &["write -P 1 0 128k"]);
+    fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
+    qio(&fx, "s.qcow2", &["write -P 7 0 64k"]);
+    // The shared data cluster 0x60000 counted once instead of twice.
+    patch(&fx, "s.qcow2", "s1.qcow2", &[(REFBLOCK + 12, vec![0, 1])]);
+    make(&fx, "x.qcow2", "extended_l2=on", "4M");
+    qio(
+        &fx,
+        "x.qcow2",
+        &["write -P 1 0 4k", "write -P 2 100k 8k", "write -z 2M 64k"],
+    );
+    // Allocated and zero bits both set for subcluster 0.
+    patch64(&fx, "x.qcow2", "x1.qcow2", &[(L2 + 8, 1 | 1 << 32)]);
+    // An unallocated cluster with allocation bits.
+    patch64(&fx, "x.qcow2", "x2.qcow2", &[(L2 + 16 * 9 + 8, 1)]);
+    make(&fx, "b.qcow2", "refcount_bits=1", "4M");
+    qio(&fx, "b.qcow2", &["write -P 1 0 64k"]);
+    fx.oracle(&["bitmap", "--add", "b.qcow2", "b0"]);
+    qio(&fx, "b.qcow2", &["write -P 1 1M 64k"]);
+    // Refcount overflow: two references to a cluster of a 1-bit refcount.
+    patch64(&fx, "b.qcow2", "b1.qcow2", &[(L2 + 8, COPIED | 0x50000)]);
+    for f in ["s1.qcow2", "x1.qcow2", "x2.qcow2"] {
+        check_every_way(&fx, f);
+    }
+    for f in ["b.qcow2", "b1.qcow2"] {
+        fx.same(&["check", f]);
+        fx.same(&["check", "--output=json", f]);
+    }
+}
+
+#[test]
+fn check_dirty_and_corrupt_images() {
+    let fx = Fixture::new("qm_check_dirty");
+    make(&fx, "l.qcow2", "lazy_refcounts=on", "4M");
+    qio(&fx, "l.qcow2", &["write -P 1 0 64k"]);
+    fx.oracle(&["snapshot", "-c", "s1", "l.qcow2"]);
+    // qemu-io's abort leaves the dirty bit set with stale refcounts: the
+    // check then needs the refcount structures rebuilt.
+    fx.sh("qemu-io -f qcow2 -c 'write -P 2 0 64k' -c 'write -P 3 1M 64k' -c abort l.qcow2 >/dev/null 2>&1 || true");
+    check_every_way(&fx, "l.qcow2");
+    run_on_copy(
+        &fx,
+        "l.qcow2",
+        "ours.q",
+        &["check", "-r", "all", "{}"],
+        true,
+    );
+    assert_clean(&fx, "ours.q");
+    fx.same(&["info", "ours.q"]);
+    // The corrupt and dirty bits alone are cleared by a repair.
+    base(&fx);
+    patch(&fx, "base.qcow2", "c.qcow2", &[(79, vec![2])]);
+    patch(&fx, "base.qcow2", "d.qcow2", &[(79, vec![1])]);
+    for f in ["c.qcow2", "d.qcow2"] {
+        check_every_way(&fx, f);
+    }
+}
+
+#[test]
+fn check_rebuilds_what_qemu_img_cannot() {
+    // qemu-img gives up on these (its overlap checks stop the rebuild);
+    // qimg rebuilds the refcount structures and the image is clean.
+    let fx = Fixture::new("qm_check_rebuild");
+    base(&fx);
+    patch64(
+        &fx,
+        "base.qcow2",
+        "unaligned.qcow2",
+        &[(REFTABLE, REFBLOCK + 0x200)],
+    );
+    patch64(
+        &fx,
+        "base.qcow2",
+        "reserved.qcow2",
+        &[(REFTABLE, REFBLOCK | 1)],
+    );
+    for f in ["unaligned.qcow2", "reserved.qcow2"] {
+        fx.same(&["check", f]);
+        let out = run_on_copy(&fx, f, "ours.q", &["check", "-r", "all", "{}"], true);
+        assert_eq!(out.status, 0, "{out:?}");
+        assert!(
+            out.stderr.contains("Rebuilding refcount structure"),
+            "{out:?}"
+        );
+        assert_clean(&fx, "ours.q");
+        assert_eq!(fx.qemu_img(&["compare", "base.qcow2", "ours.q"]).status, 0);
+    }
+}
