@@ -385,3 +385,251 @@ fn check_rebuilds_what_qemu_img_cannot() {
         assert_eq!(fx.qemu_img(&["compare", "base.qcow2", "ours.q"]).status, 0);
     }
 }
+
+// ---- snapshot ----
+
+/// Runs each step with qimg on `ours.q` and with qemu-img on `theirs.q`
+/// (both copies of `src`; `io:CMD` steps run qemu-io on both) and asserts
+/// the same output at every step; then the two files must be the same
+/// image: same `qemu-img check` report, same `qemu-img map` (so the same
+/// clusters were allocated where qemu-img allocates them), same length,
+/// same guest data now and in every snapshot.
+fn same_steps(fx: &Fixture, src: &str, steps: &[&str]) {
+    for name in ["ours.q", "theirs.q"] {
+        fx.sh(&format!("cp --sparse=always {src} {name}"));
+    }
+    for step in steps {
+        if let Some(cmd) = step.strip_prefix("io:") {
+            qio(fx, "ours.q", &[cmd]);
+            qio(fx, "theirs.q", &[cmd]);
+            continue;
+        }
+        let args: Vec<&str> = step.split(' ').collect();
+        let with =
+            |file: &str| -> Vec<String> { args.iter().map(|a| a.replace("{}", file)).collect() };
+        let (a, b) = (with("ours.q"), with("theirs.q"));
+        let ours = fx.qimg(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let theirs = fx.qemu_img(&b.iter().map(String::as_str).collect::<Vec<_>>());
+        let norm = |o: &Outcome, f: &str| {
+            (
+                mask_dates(&o.stdout.replace(f, "X")),
+                o.stderr.replace(f, "X"),
+                o.status,
+            )
+        };
+        assert_eq!(
+            norm(&ours, "ours.q"),
+            norm(&theirs, "theirs.q"),
+            "step {step} of {steps:?}"
+        );
+    }
+    assert_eq!(
+        oracle_check(fx, "ours.q"),
+        oracle_check(fx, "theirs.q"),
+        "{steps:?}"
+    );
+    // (Copied sparsely first: whether a run of zeros in the file is a
+    // hole depends on the file system's history, not on the image.)
+    fx.sh("cp --sparse=always ours.q ours.n && cp --sparse=always theirs.q theirs.n");
+    let map = |f: &str| fx.qemu_img(&["map", "--output=json", f]).stdout;
+    assert_eq!(map("ours.n"), map("theirs.n"), "map after {steps:?}");
+    let len = |f: &str| std::fs::metadata(fx.path(f)).expect("stat").len();
+    assert_eq!(len("ours.q"), len("theirs.q"), "length after {steps:?}");
+    assert_eq!(
+        fx.qemu_img(&["compare", "ours.q", "theirs.q"]).status,
+        0,
+        "{steps:?}"
+    );
+    let list = fx.qemu_img(&["snapshot", "-l", "theirs.q"]).stdout;
+    for line in list.lines().skip(2) {
+        let id = line.split(' ').next().unwrap_or_default();
+        let sn = format!("snapshot.id={id}");
+        for f in ["ours.q", "theirs.q"] {
+            fx.oracle(&[
+                "convert",
+                "-l",
+                &sn,
+                "-O",
+                "raw",
+                f,
+                &format!("{f}.{id}.raw"),
+            ]);
+        }
+        let (a, b) = (format!("ours.q.{id}.raw"), format!("theirs.q.{id}.raw"));
+        assert_eq!(
+            fx.qemu_img(&["compare", "-f", "raw", "-F", "raw", &a, &b])
+                .status,
+            0,
+            "snapshot {id}"
+        );
+    }
+}
+
+/// `text` with snapshot creation times masked: the two tools take their
+/// snapshots a moment apart. Masks `YYYY-MM-DD HH:MM:SS` and the numbers
+/// of `"date-sec"` and `"date-nsec"`.
+fn mask_dates(text: &str) -> String {
+    let shape = b"dddd-dd-dd dd:dd:dd";
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let fits = bytes.len() - i >= shape.len()
+            && shape.iter().zip(&bytes[i..]).all(|(s, b)| match s {
+                b'd' => b.is_ascii_digit(),
+                other => other == b,
+            });
+        if fits {
+            out.extend_from_slice(b"<date>");
+            i += shape.len();
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| {
+            if l.contains("\"date-sec\"") || l.contains("\"date-nsec\"") {
+                l.split(':').next().unwrap_or_default().to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn snapshot_create_apply_delete_like_qemu() {
+    let fx = Fixture::new("qm_snap_cycle");
+    base(&fx);
+    same_steps(
+        &fx,
+        "base.qcow2",
+        &[
+            "snapshot -c one {}",
+            "snapshot -l {}",
+            "io:write -P 9 0 64k",
+            "snapshot -c two {}",
+            "io:write -c -P 8 2M 64k",
+            "snapshot -a one {}",
+            "snapshot -d two {}",
+            "snapshot -a 1 {}",
+            "snapshot -d one {}",
+            "snapshot -l {}",
+        ],
+    );
+    // Small clusters: several L2 tables, a compressed cluster, zeros.
+    make(&fx, "c512.qcow2", "cluster_size=512", "1M");
+    qio(
+        &fx,
+        "c512.qcow2",
+        &[
+            "write -P 1 0 100k",
+            "write -c -P 2 200k 512",
+            "write -z 300k 4k",
+        ],
+    );
+    same_steps(
+        &fx,
+        "c512.qcow2",
+        &[
+            "snapshot -c a {}",
+            "io:write -P 3 10k 50k",
+            "snapshot -c b {}",
+            "io:write -P 4 0 1M",
+            "snapshot -c c {}",
+            "snapshot -d b {}",
+            "snapshot -a a {}",
+            "io:write -P 5 20k 1k",
+            "snapshot -a c {}",
+            "snapshot -d a {}",
+        ],
+    );
+}
+
+#[test]
+fn snapshots_of_other_variants() {
+    let fx = Fixture::new("qm_snap_variants");
+    make(&fx, "x.qcow2", "extended_l2=on", "4M");
+    qio(&fx, "x.qcow2", &["write -P 1 0 4k", "write -z 2M 64k"]);
+    make(&fx, "v2.qcow2", "compat=0.10", "4M");
+    qio(&fx, "v2.qcow2", &["write -P 1 0 64k"]);
+    make(&fx, "l.qcow2", "lazy_refcounts=on,refcount_bits=64", "4M");
+    qio(&fx, "l.qcow2", &["write -P 1 0 64k"]);
+    for f in ["x.qcow2", "v2.qcow2", "l.qcow2"] {
+        same_steps(
+            &fx,
+            f,
+            &[
+                "snapshot -c a {}",
+                "io:write -P 3 2k 5k",
+                "snapshot -a a {}",
+                "snapshot -c b {}",
+                "snapshot -d a {}",
+            ],
+        );
+    }
+    // Version 3 snapshots record their size: resizing is allowed, and
+    // applying a snapshot gives its size back. Version 2 refuses.
+    make(&fx, "g.qcow2", "", "1M");
+    qio(&fx, "g.qcow2", &["write -P 1 0 1M"]);
+    same_steps(
+        &fx,
+        "g.qcow2",
+        &[
+            "snapshot -c s {}",
+            "resize {} 3M",
+            "io:write -P 2 1500k 100k",
+            "snapshot -c b {}",
+            "snapshot -a s {}",
+            "snapshot -l {}",
+            "resize --shrink {} 512k",
+            "snapshot -a b {}",
+        ],
+    );
+    same_steps(
+        &fx,
+        "v2.qcow2",
+        &["snapshot -c s {}", "resize {} 8M", "resize --shrink {} 1M"],
+    );
+}
+
+#[test]
+fn snapshot_names_ids_and_refusals() {
+    let fx = Fixture::new("qm_snap_names");
+    base(&fx);
+    let long = "n".repeat(300);
+    same_steps(
+        &fx,
+        "base.qcow2",
+        &[
+            "snapshot -c same {}",
+            "snapshot -c same {}",
+            &format!("snapshot -c {long} {{}}"),
+            "snapshot -c  {}",
+            "snapshot -a nope {}",
+            "snapshot -d nope {}",
+            "snapshot -d 2 {}",
+            "snapshot -d same {}",
+            "snapshot -a 2 {}",
+            "snapshot -c x -l {}",
+            "snapshot -l {}",
+        ],
+    );
+    make(&fx, "df.qcow2", "data_file=df.raw", "1M");
+    same_steps(
+        &fx,
+        "df.qcow2",
+        &["snapshot -c x {}", "snapshot -a x {}", "snapshot -d x {}"],
+    );
+    make(&fx, "rc1.qcow2", "refcount_bits=1", "1M");
+    qio(&fx, "rc1.qcow2", &["write -P 1 0 64k"]);
+    let out = fx.qimg(&["snapshot", "-c", "x", "rc1.qcow2"]);
+    assert_eq!(
+        out.stderr,
+        "qemu-img: Could not create snapshot 'x': Invalid argument\n"
+    );
+    assert_clean(&fx, "rc1.qcow2");
+}

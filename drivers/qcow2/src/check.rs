@@ -17,8 +17,8 @@
 use crate::error::{Error, Result};
 use crate::header::incompat;
 use crate::image::Qcow2Image;
-use crate::layout::{Layout, COMPRESSED, COPIED, OFFSET_MASK, ZERO};
-use crate::meta::{get_refcount, hex, put_refcount, read_table, Io, Meta};
+use crate::layout::{ClusterKind, Layout, COPIED, OFFSET_MASK, ZERO};
+use crate::meta::{get_refcount, hex, punch_clusters, put_refcount, read_table, Io, Meta};
 use qimg_driver_api::schema::{CheckReport, Repair};
 use qimg_driver_api::Prealloc;
 use std::collections::{BTreeSet, HashMap};
@@ -210,15 +210,15 @@ impl Checker<'_> {
         let entries = self.l2_entries(offset)?;
         let mut next_contiguous = 0u64;
         for (i, &(word, bitmap)) in entries.iter().enumerate() {
-            let kind = Kind::of(word, &layout, data_file);
-            if kind != Kind::Compressed && word & L2_RESERVED != 0 {
+            let kind = ClusterKind::of(word, &layout, data_file);
+            if kind != ClusterKind::Compressed && word & L2_RESERVED != 0 {
                 self.say(format!(
                     "ERROR found l2 entry with reserved bits set: {word:x}"
                 ));
                 self.t.corruptions += 1;
             }
             match kind {
-                Kind::Compressed => {
+                ClusterKind::Compressed => {
                     let mut word = word;
                     if word & COPIED != 0 {
                         let mask = (1u64 << layout.csize_shift()) - 1;
@@ -252,7 +252,7 @@ impl Checker<'_> {
                         self.t.fragmented += 1;
                     }
                 }
-                Kind::Normal | Kind::ZeroAlloc => {
+                ClusterKind::Normal | ClusterKind::ZeroAlloc => {
                     let host = word & OFFSET_MASK;
                     if (bitmap >> 32) & bitmap != 0 {
                         self.t.corruptions += 1;
@@ -293,8 +293,8 @@ impl Checker<'_> {
                         self.count(host, cs);
                     }
                 }
-                Kind::ZeroPlain => {}
-                Kind::Unallocated => {
+                ClusterKind::ZeroPlain => {}
+                ClusterKind::Unallocated => {
                     if bitmap & ALL_ALLOC != 0 {
                         self.t.corruptions += 1;
                         self.say(
@@ -329,7 +329,7 @@ impl Checker<'_> {
     }
 
     /// Counts the persistent bitmaps' directory, tables and data clusters.
-    fn count_bitmaps(&mut self, image: &Qcow2Image) -> Result<()> {
+    fn count_bitmaps(&mut self) -> Result<()> {
         let header = &self.meta.header;
         let Some(ext) = header.ext.bitmaps else {
             return Ok(());
@@ -339,7 +339,8 @@ impl Checker<'_> {
             return Ok(());
         }
         self.count(ext.directory_offset, ext.directory_size);
-        for b in &image.bitmaps {
+        let bitmaps = self.meta.bitmaps.clone();
+        for b in &bitmaps {
             self.count(b.table_offset, u64::from(b.table_size) * 8);
             let table = self.table(b.table_offset, u64::from(b.table_size))?;
             for e in table {
@@ -436,23 +437,26 @@ impl Checker<'_> {
     }
 
     /// Counts every reference in the image.
-    fn count_all(&mut self, image: &Qcow2Image, fix: Fix, rebuild: &mut bool) -> Result<()> {
+    fn count_all(&mut self, fix: Fix, rebuild: &mut bool) -> Result<()> {
         let cs = self.cs();
         let h = self.meta.header.clone();
         self.count(0, cs);
         self.count_l1(h.l1_table_offset, h.l1_size, true, fix)?;
-        if self.meta.data_file && !image.snapshots.is_empty() {
+        let snapshots = self.meta.snapshots.clone();
+        if self.meta.data_file && !snapshots.is_empty() {
             self.say(format!(
                 "ERROR {} snapshots in image with data file",
-                image.snapshots.len()
+                snapshots.len()
             ));
             self.t.corruptions += 1;
         }
-        for s in &image.snapshots {
+        for s in &snapshots {
             if self.layout.in_cluster(s.l1_table_offset) != 0 {
                 self.say(format!(
                     "ERROR snapshot {} ({}) l1_offset={}: L1 table is not cluster aligned; snapshot table entry corrupted",
-                    s.info.id, s.info.name, hex(s.l1_table_offset)
+                    String::from_utf8_lossy(&s.id),
+                    String::from_utf8_lossy(&s.name),
+                    hex(s.l1_table_offset)
                 ));
                 self.t.corruptions += 1;
                 continue;
@@ -460,19 +464,21 @@ impl Checker<'_> {
             if s.l1_size > MAX_SNAPSHOT_L1_ENTRIES {
                 self.say(format!(
                     "ERROR snapshot {} ({}) l1_size={}: L1 table is too large; snapshot table entry corrupted",
-                    s.info.id, s.info.name, hex(u64::from(s.l1_size))
+                    String::from_utf8_lossy(&s.id),
+                    String::from_utf8_lossy(&s.name),
+                    hex(u64::from(s.l1_size))
                 ));
                 self.t.corruptions += 1;
                 continue;
             }
             self.count_l1(s.l1_table_offset, s.l1_size, false, fix)?;
         }
-        self.count(h.snapshots_offset, image.snapshots_size);
+        self.count(h.snapshots_offset, self.meta.snapshots_size);
         self.count(h.refcount_table_offset, self.reftable_entries * 8);
         if let Some((offset, len)) = h.ext.crypto {
             self.count(offset, len);
         }
-        self.count_bitmaps(image)?;
+        self.count_bitmaps()?;
         self.count_refblocks(fix, rebuild)
     }
 
@@ -547,14 +553,12 @@ impl Checker<'_> {
             }
         }
         self.io.flush()?;
-        let cs = self.cs();
-        for c in std::mem::take(&mut self.freed) {
-            let at = c << self.layout.cluster_bits;
-            if at + cs <= self.file_len {
-                self.io.file.write_zeroes(at, cs, true).into_result()?;
-            }
-        }
-        Ok(())
+        let bits = self.layout.cluster_bits;
+        let freed: Vec<u64> = std::mem::take(&mut self.freed)
+            .into_iter()
+            .map(|c| c << bits)
+            .collect();
+        punch_clusters(self.io, &freed, self.cs())
     }
 
     /// Reports a corruption the way qemu does, once per image: an image
@@ -682,8 +686,8 @@ impl Checker<'_> {
             for entry in entries.iter_mut() {
                 let word = entry.0;
                 if !matches!(
-                    Kind::of(word, &layout, data_file),
-                    Kind::Normal | Kind::ZeroAlloc
+                    ClusterKind::of(word, &layout, data_file),
+                    ClusterKind::Normal | ClusterKind::ZeroAlloc
                 ) {
                     continue;
                 }
@@ -857,17 +861,17 @@ impl Checker<'_> {
     }
 
     /// Recounts every reference from scratch.
-    fn recount(&mut self, image: &Qcow2Image, fix: Fix, rebuild: &mut bool) -> Result<()> {
+    fn recount(&mut self, fix: Fix, rebuild: &mut bool) -> Result<()> {
         self.refs.clear();
         self.refs
             .resize(self.layout.clusters_for(self.file_len) as usize, 0);
-        self.count_all(image, fix, rebuild)
+        self.count_all(fix, rebuild)
     }
 
     /// The whole check of the refcounts (qemu's order of steps and counts).
-    fn run(&mut self, image: &Qcow2Image, fix: Fix) -> Result<u64> {
+    fn run(&mut self, fix: Fix) -> Result<u64> {
         let mut rebuild = false;
-        self.recount(image, fix, &mut rebuild)?;
+        self.recount(fix, &mut rebuild)?;
         let before = self.t;
         let mut highest = self.compare(Fix::NONE, &mut rebuild)?;
         if rebuild && fix.errors {
@@ -880,7 +884,7 @@ impl Checker<'_> {
             let keep = self.refs.len();
             self.refs.clear();
             self.refs.resize(keep, 0);
-            self.count_all(image, Fix::NONE, &mut rebuild)?;
+            self.count_all(Fix::NONE, &mut rebuild)?;
             let mut fresh_leaks = 0;
             if fix.leaks {
                 let saved = self.t;
@@ -918,40 +922,6 @@ impl Checker<'_> {
         }
         self.check_copied(fix)?;
         Ok(highest)
-    }
-}
-
-/// What an L2 entry is, as qemu classifies it for checking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Unallocated,
-    ZeroPlain,
-    ZeroAlloc,
-    Normal,
-    Compressed,
-}
-
-impl Kind {
-    fn of(word: u64, layout: &Layout, data_file: bool) -> Kind {
-        if word & COMPRESSED != 0 {
-            Kind::Compressed
-        } else if word & ZERO != 0 && !layout.extended {
-            if word & OFFSET_MASK != 0 {
-                Kind::ZeroAlloc
-            } else {
-                Kind::ZeroPlain
-            }
-        } else if word & OFFSET_MASK == 0 {
-            // Offset 0 is a valid data-file offset when the copied flag
-            // says the cluster is allocated.
-            if data_file && word & COPIED != 0 {
-                Kind::Normal
-            } else {
-                Kind::Unallocated
-            }
-        } else {
-            Kind::Normal
-        }
     }
 }
 
@@ -1007,7 +977,7 @@ impl Qcow2Image {
             signalled: false,
             rebuilt: false,
         };
-        let outcome = checker.run(self, fix);
+        let outcome = checker.run(fix);
         let t = checker.t;
         // Refcounts that could not be read are errors of the old refcount
         // structures; once those are rebuilt, the image is consistent.
@@ -1048,6 +1018,26 @@ impl Qcow2Image {
             self.io.flush()?;
         }
         Ok(report)
+    }
+}
+
+impl Qcow2Image {
+    /// Repairs the refcounts of an image opened for writing with the dirty
+    /// bit set, as qemu does on open: a full `check -r all`, its lines on
+    /// stderr.
+    pub(crate) fn repair_dirty(&self) -> Result<()> {
+        let report = self.check(Repair::All)?;
+        for line in &report.messages {
+            eprintln!("{}", line.strip_prefix("{prog}: ").unwrap_or(line));
+        }
+        let reason = match (&report.failure, report.check_errors) {
+            (Some(reason), _) => reason.clone(),
+            (None, 0) => return Ok(()),
+            (None, _) => "Input/output error".into(),
+        };
+        Err(Error::invalid(format!(
+            "Could not repair dirty image: {reason}"
+        )))
     }
 }
 

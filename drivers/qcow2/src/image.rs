@@ -1,13 +1,13 @@
 //! An open qcow2 image: opening (with qemu's checks of every table against
 //! the file), reading and allocation status. Writing is in [`crate::write`].
 
-use crate::bitmaps::{self, Bitmap};
+use crate::bitmaps;
 use crate::compress::Method;
 use crate::error::{Error, Result};
-use crate::header::{autoclear, incompat, Header};
+use crate::header::{autoclear, Header};
 use crate::layout::{Layout, Sub};
 use crate::meta::{read_table, Io, Meta};
-use crate::snapshot::{self, Snapshot, MAX_SNAPSHOTS};
+use crate::snapshot::{self, MAX_SNAPSHOTS};
 use qimg_driver_api::abi_stable::std_types::{ROption, RSliceMut, RStr};
 use qimg_driver_api::HostServicesBox;
 use qimg_driver_api::{extent_flags as ef, open_flags, BackingBox, ByteStoreBox, Extent};
@@ -41,12 +41,6 @@ pub struct Qcow2Image {
     pub(crate) method: Method,
     /// The external data file is kept a valid raw image.
     pub(crate) data_file_raw: bool,
-    /// Internal snapshots.
-    pub(crate) snapshots: Vec<Snapshot>,
-    /// Bytes the snapshot table occupies.
-    pub(crate) snapshots_size: u64,
-    /// Persistent bitmaps (empty unless consistent).
-    pub(crate) bitmaps: Vec<Bitmap>,
     /// Whether the file looks metadata-preallocated (decided on first use).
     pub(crate) prealloc_detected: OnceLock<bool>,
     /// This handle set the dirty bit (lazy refcounts) and must clear it.
@@ -200,8 +194,13 @@ impl Qcow2Image {
             reftable_bytes / 8,
             file_len,
         )?;
-        let (snapshots, snapshots_size) =
-            snapshot::read_table(&io, header.snapshots_offset, header.nb_snapshots, file_len)?;
+        let (snapshots, snapshots_size) = snapshot::read_table(
+            &io,
+            header.snapshots_offset,
+            header.nb_snapshots,
+            file_len,
+            header.size,
+        )?;
         let bitmaps = match header.ext.bitmaps {
             Some(ext) if header.autoclear_features & autoclear::BITMAPS != 0 => {
                 bitmaps::read_directory(&io, &ext, file_len)?
@@ -259,9 +258,6 @@ impl Qcow2Image {
             size: AtomicU64::new(header.size),
             method: Method::from_type(header.compression_type),
             data_file_raw: header.data_file_raw(),
-            snapshots,
-            snapshots_size,
-            bitmaps,
             prealloc_detected: OnceLock::new(),
             marked_dirty: AtomicBool::new(false),
             meta: Mutex::new(Meta::new(header, layout, l1, reftable)),
@@ -269,28 +265,21 @@ impl Qcow2Image {
         {
             let mut meta = image.lock();
             meta.writable = writable;
-            if dirty_rw {
-                // Refcounts may be stale (lazy refcounts, unclean shutdown):
-                // rebuild them before anything is allocated.
-                crate::repair::rebuild_refcounts(&mut meta, &image.io, &image.tables())?;
-                meta.header.incompatible_features &= !incompat::DIRTY;
-                meta.header_dirty = true;
-            }
+            meta.snapshots = snapshots;
+            meta.snapshots_size = snapshots_size;
+            meta.bitmaps = bitmaps;
             meta.header_dirty |= header_changed;
             if meta.header_dirty {
                 meta.flush(&image.io)?;
             }
         }
-        Ok(image)
-    }
-
-    /// What besides the active L1 table holds references to clusters.
-    pub(crate) fn tables(&self) -> crate::repair::Referrers<'_> {
-        crate::repair::Referrers {
-            snapshots: &self.snapshots,
-            snapshots_size: self.snapshots_size,
-            bitmaps: &self.bitmaps,
+        if dirty_rw {
+            // Refcounts may be stale (lazy refcounts, unclean shutdown):
+            // repair them before anything is allocated, as `check -r all`
+            // does, printing what it finds as qemu does.
+            image.repair_dirty()?;
         }
+        Ok(image)
     }
 
     /// The metadata, locked.

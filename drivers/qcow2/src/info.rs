@@ -10,7 +10,11 @@ use serde_json::{json, Map, Value};
 impl Qcow2Image {
     /// The facts `info` prints.
     pub fn info(&self) -> Result<ImageInfo> {
-        let h = self.lock().header.clone();
+        let meta = self.lock();
+        let h = meta.header.clone();
+        let snapshots: Vec<_> = meta.snapshots.iter().map(|s| s.info()).collect();
+        let bitmaps = meta.bitmaps.clone();
+        drop(meta);
         let mut data = Map::new();
         if h.version >= 3 {
             data.insert("compat".into(), json!("1.1"));
@@ -20,8 +24,8 @@ impl Qcow2Image {
         data.insert("compression-type".into(), json!(self.method.name()));
         if h.version >= 3 {
             data.insert("lazy-refcounts".into(), json!(h.lazy_refcounts()));
-            if !self.bitmaps.is_empty() {
-                let list: Vec<Value> = self.bitmaps.iter().map(|b| b.info()).collect();
+            if !bitmaps.is_empty() {
+                let list: Vec<Value> = bitmaps.iter().map(|b| b.info()).collect();
                 data.insert("bitmaps".into(), Value::Array(list));
             }
         }
@@ -60,11 +64,11 @@ impl Qcow2Image {
             backing_filename: h.backing_file.clone(),
             backing_format: h.ext.backing_format.clone(),
             format_specific: Some(json!({"type": "qcow2", "data": Value::Object(data)})),
-            snapshots: self.snapshots.iter().map(|s| s.info.clone()).collect(),
+            snapshots,
             // Only version 3 images can hold persistent bitmaps (qcow2.txt,
             // "Bitmaps extension").
             bitmaps: (h.version >= 3).then(|| {
-                self.bitmaps
+                bitmaps
                     .iter()
                     .map(|b| BitmapSummary {
                         name: b.name.clone(),

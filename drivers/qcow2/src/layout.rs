@@ -228,6 +228,49 @@ impl Entry {
     }
 }
 
+/// The type of a whole cluster from its L2 descriptor alone, as the
+/// refcount bookkeeping sees it (the subcluster bitmap aside): what
+/// `check` counts and what snapshots add references to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterKind {
+    /// No host cluster.
+    Unallocated,
+    /// Reads as zeros, no host cluster.
+    ZeroPlain,
+    /// Reads as zeros, host cluster kept.
+    ZeroAlloc,
+    /// Data in a host cluster.
+    Normal,
+    /// A compressed cluster.
+    Compressed,
+}
+
+impl ClusterKind {
+    /// Classifies descriptor `word` (`data_file`: the image has an
+    /// external data file, where offset 0 is valid).
+    pub fn of(word: u64, layout: &Layout, data_file: bool) -> ClusterKind {
+        if word & COMPRESSED != 0 {
+            ClusterKind::Compressed
+        } else if word & ZERO != 0 && !layout.extended {
+            if word & OFFSET_MASK != 0 {
+                ClusterKind::ZeroAlloc
+            } else {
+                ClusterKind::ZeroPlain
+            }
+        } else if word & OFFSET_MASK == 0 {
+            // Offset 0 is a valid data-file offset when the copied flag
+            // says the cluster is allocated.
+            if data_file && word & COPIED != 0 {
+                ClusterKind::Normal
+            } else {
+                ClusterKind::Unallocated
+            }
+        } else {
+            ClusterKind::Normal
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

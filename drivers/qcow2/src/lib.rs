@@ -8,8 +8,8 @@
 //! [`layout`] (geometry, L2 entries), [`meta`] (tables, refcounts,
 //! allocation, crash-safe write-back), [`image`] (open, read, status),
 //! [`write`] (allocation and copy-on-write), [`create`], [`measure`],
-//! [`info`], [`compress`], [`snapshot`], [`bitmaps`], [`repair`] (refcounts
-//! recomputed for a dirty image), [`check`] (`check` and `check -r`).
+//! [`info`], [`compress`], [`snapshot`], [`bitmaps`], [`check`] (`check`
+//! and `check -r`, also what repairs a dirty image on open).
 
 pub mod bitmaps;
 pub mod cache;
@@ -24,14 +24,13 @@ pub mod layout;
 pub mod luks;
 pub mod measure;
 pub mod meta;
-pub mod repair;
 pub mod snapshot;
 pub mod write;
 
 use image::Qcow2Image;
 use qimg_driver_api::schema::{
     CheckReport, CheckRequest, CreateOption, CreateRequest, ImageInfo, MeasureRequest,
-    MeasureResult,
+    MeasureResult, MetadataRequest,
 };
 use qimg_driver_api::{caps, ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox};
 use qimg_driver_api::{ImageImpl, Prealloc};
@@ -57,6 +56,7 @@ impl DriverImpl for Qcow2Driver {
             | caps::MEASURE
             | caps::ZERO_INIT
             | caps::CHECK
+            | caps::SNAPSHOTS
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         // qemu takes the magic with version 2 or later as qcow2.
@@ -133,6 +133,19 @@ impl ImageImpl for Qcow2Image {
     }
     fn check(&self, request: CheckRequest) -> Result<CheckReport, DriverError> {
         Ok(Qcow2Image::check(self, request.repair)?)
+    }
+    fn metadata(&self, request: MetadataRequest) -> Result<serde_json::Value, DriverError> {
+        match request {
+            MetadataRequest::SnapshotCreate { name } => self.snapshot_create(&name)?,
+            MetadataRequest::SnapshotApply { name } => self.snapshot_apply(&name)?,
+            MetadataRequest::SnapshotDelete { name } => self.snapshot_delete(&name)?,
+            _ => {
+                return Err(DriverError::unsupported(
+                    "Operation not supported by this image format",
+                ))
+            }
+        }
+        Ok(serde_json::Value::Null)
     }
     fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<(), DriverError> {
         Ok(Qcow2Image::set_backing(self, name, format)?)

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::layout::{Entry, Layout, Sub, COPIED, OFFSET_MASK};
 use qimg_driver_api::abi_stable::std_types::RSlice;
-use qimg_driver_api::ByteStoreBox;
+use qimg_driver_api::{ByteStoreBox, Prealloc};
 use qimg_driver_util::read_or_zero;
 use std::collections::HashSet;
 
@@ -102,6 +102,41 @@ pub struct Meta {
     pub corruption_reported: bool,
     /// The image is open for writing (a corruption then marks it corrupt).
     pub writable: bool,
+    /// Internal snapshots, in table order.
+    pub snapshots: Vec<crate::snapshot::Snapshot>,
+    /// Bytes the snapshot table occupies.
+    pub snapshots_size: u64,
+    /// Persistent bitmaps (empty unless the directory is consistent).
+    pub bitmaps: Vec<crate::bitmaps::Bitmap>,
+    /// While `Some`, clusters whose refcount drops to zero are collected
+    /// here, to be discarded (snapshot operations give space back).
+    pub discarded: Option<Vec<u64>>,
+}
+
+/// Gives the clusters at `offsets` (of `cluster_size` bytes) back to the
+/// host's file system, as qemu's discards do: a cluster that reaches past
+/// the end of the file is punched whole and the file keeps its length.
+pub fn punch_clusters(io: &Io, offsets: &[u64], cluster_size: u64) -> Result<()> {
+    let file_len = io.file.len().into_result()?;
+    let mut past_end = false;
+    for &at in offsets {
+        if at >= file_len {
+            continue;
+        }
+        if at + cluster_size > file_len && !past_end {
+            // The store punches only inside the file: lengthen it for
+            // the punch, then cut it back.
+            io.file
+                .set_len(at + cluster_size, Prealloc::OFF)
+                .into_result()?;
+            past_end = true;
+        }
+        io.file.write_zeroes(at, cluster_size, true).into_result()?;
+    }
+    if past_end {
+        io.file.set_len(file_len, Prealloc::OFF).into_result()?;
+    }
+    Ok(())
 }
 
 /// A number as C's `%#x` prints it (`0` without prefix).
@@ -195,6 +230,10 @@ impl Meta {
             in_flight: HashSet::new(),
             corruption_reported: false,
             writable: false,
+            snapshots: Vec::new(),
+            snapshots_size: 0,
+            bitmaps: Vec::new(),
+            discarded: None,
         }
     }
 
@@ -572,10 +611,13 @@ impl Meta {
             } else {
                 rc.checked_add(delta as u64)
                     .filter(|v| *v <= max)
-                    .ok_or_else(|| Error::argument("Refcount overflow"))?
+                    .ok_or_else(|| Error::Errno(22, "Invalid argument".into()))?
             };
             self.store_refcount(io, c, value, &mut Vec::new())?;
             if value == 0 {
+                if let Some(list) = &mut self.discarded {
+                    list.push(c);
+                }
                 self.l2.remove(c << bits);
                 self.refblocks.remove(c << bits);
                 if self.compressed_next >> bits == c {

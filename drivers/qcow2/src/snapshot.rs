@@ -1,11 +1,25 @@
-//! The internal snapshot table (qcow2.txt "Snapshots"), parsed for `info`.
+//! Internal snapshots (qcow2.txt "Snapshots"): the snapshot table, read
+//! and written back with every byte it holds (unknown extra data
+//! included), and the operations `snapshot -c`, `-a` and `-d` make.
+//!
+//! Refcounts count references per path from an L1 table: a data cluster
+//! reached through an L2 table that the active L1 table and a snapshot
+//! share counts twice, so copying a shared L2 table on write changes no
+//! data refcount. A snapshot takes a copy of the active L1 table and adds
+//! one to every cluster it reaches; bit 63 (QCOW_OFLAG_COPIED) of the
+//! active entries then says again whether a cluster may be written in
+//! place.
+//!
 //! Reading is bounded by the file: whatever lies past its end reads as
-//! zeros, which makes empty entries, so memory never follows a header field
-//! alone.
+//! zeros, which makes empty entries, so memory never follows a header
+//! field alone.
 
 use crate::error::{Error, Result};
-use crate::meta::Io;
+use crate::image::Qcow2Image;
+use crate::layout::{ClusterKind, COPIED, OFFSET_MASK};
+use crate::meta::{self, hex, Io, Meta};
 use qimg_driver_api::schema::SnapshotInfo;
+use qimg_driver_api::Prealloc;
 
 /// Most snapshots qemu accepts in one image.
 pub const MAX_SNAPSHOTS: u32 = 65536;
@@ -13,16 +27,89 @@ pub const MAX_SNAPSHOTS: u32 = 65536;
 const MAX_EXTRA_DATA: u32 = 1024;
 /// Largest snapshot table qemu accepts.
 const MAX_TABLE_BYTES: u64 = 64 << 20;
+/// Bytes of the fixed part of an entry.
+const FIXED: usize = 40;
+/// Bytes of the extra data this driver knows (`vm_state_size_large`,
+/// `disk_size`, `icount`), written into every entry.
+const KNOWN_EXTRA: usize = 24;
+/// Longest snapshot L1 table qemu accepts (32 MiB).
+const MAX_L1_ENTRIES: u32 = (32 << 20) / 8;
 
-/// One snapshot table entry, as much as this driver needs of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One snapshot table entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// What `info` lists.
-    pub info: SnapshotInfo,
-    /// The snapshot's L1 table offset.
+    /// Unique id (bytes as stored).
+    pub id: Vec<u8>,
+    /// Name (tag), bytes as stored.
+    pub name: Vec<u8>,
+    /// Offset of the snapshot's L1 table.
     pub l1_table_offset: u64,
     /// Entries in the snapshot's L1 table.
     pub l1_size: u32,
+    /// Creation time, seconds.
+    pub date_sec: u32,
+    /// Creation time, nanoseconds.
+    pub date_nsec: u32,
+    /// Guest clock, nanoseconds.
+    pub vm_clock_nsec: u64,
+    /// Size of the saved VM state.
+    pub vm_state_size: u64,
+    /// Guest size when the snapshot was taken.
+    pub disk_size: u64,
+    /// Instruction count (`u64::MAX`: not recorded).
+    pub icount: u64,
+    /// Extra data past the fields this driver knows, kept as found.
+    pub unknown_extra: Vec<u8>,
+}
+
+impl Snapshot {
+    /// What `info` and `snapshot -l` list.
+    pub fn info(&self) -> SnapshotInfo {
+        SnapshotInfo {
+            id: String::from_utf8_lossy(&self.id).into_owned(),
+            name: String::from_utf8_lossy(&self.name).into_owned(),
+            vm_state_size: self.vm_state_size,
+            date_sec: u64::from(self.date_sec),
+            date_nsec: self.date_nsec,
+            vm_clock_nsec: self.vm_clock_nsec,
+            icount: (self.icount != u64::MAX).then_some(self.icount),
+        }
+    }
+
+    /// The entry as written: fixed part, extra data (the known fields,
+    /// then the unknown bytes), id and name, starting on a multiple of 8.
+    fn serialize(&self, out: &mut Vec<u8>) {
+        out.resize(out.len().next_multiple_of(8), 0);
+        let extra = (KNOWN_EXTRA + self.unknown_extra.len()) as u32;
+        out.extend_from_slice(&self.l1_table_offset.to_be_bytes());
+        out.extend_from_slice(&self.l1_size.to_be_bytes());
+        out.extend_from_slice(&(self.id.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.date_sec.to_be_bytes());
+        out.extend_from_slice(&self.date_nsec.to_be_bytes());
+        out.extend_from_slice(&self.vm_clock_nsec.to_be_bytes());
+        // A state too large for the old 32-bit field leaves it zero, so
+        // that old readers see a disk-only snapshot.
+        let small = u32::try_from(self.vm_state_size).unwrap_or(0);
+        out.extend_from_slice(&small.to_be_bytes());
+        out.extend_from_slice(&extra.to_be_bytes());
+        out.extend_from_slice(&self.vm_state_size.to_be_bytes());
+        out.extend_from_slice(&self.disk_size.to_be_bytes());
+        out.extend_from_slice(&self.icount.to_be_bytes());
+        out.extend_from_slice(&self.unknown_extra);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.name);
+    }
+}
+
+/// The table as written for `snapshots`: entries 8-byte aligned, the
+/// last one unpadded (the table's size ends with it).
+pub fn serialize_table(snapshots: &[Snapshot]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in snapshots {
+        s.serialize(&mut out);
+    }
+    out
 }
 
 /// Sequential reads from the file, zeros past its end.
@@ -56,8 +143,16 @@ fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
-/// Reads `count` entries at `offset`; returns them and the table's size in bytes.
-pub fn read_table(io: &Io, offset: u64, count: u32, file_len: u64) -> Result<(Vec<Snapshot>, u64)> {
+/// Reads `count` entries at `offset` (for an image of `disk_size` guest
+/// bytes: entries without their own size take it); returns them and the
+/// table's size in bytes.
+pub fn read_table(
+    io: &Io,
+    offset: u64,
+    count: u32,
+    file_len: u64,
+    disk_size: u64,
+) -> Result<(Vec<Snapshot>, u64)> {
     let mut cur = Cursor {
         io,
         at: offset,
@@ -65,7 +160,10 @@ pub fn read_table(io: &Io, offset: u64, count: u32, file_len: u64) -> Result<(Ve
     };
     let mut out = Vec::new();
     for i in 0..count {
-        let fixed: [u8; 40] = cur.fixed()?;
+        // Entries start on a multiple of 8 from the table's start.
+        let used = cur.at - offset;
+        cur.at += used.next_multiple_of(8) - used;
+        let fixed: [u8; FIXED] = cur.fixed()?;
         let id_len = u16::from_be_bytes([fixed[12], fixed[13]]);
         let name_len = u16::from_be_bytes([fixed[14], fixed[15]]);
         let extra_len = be32(&fixed, 36);
@@ -75,38 +173,441 @@ pub fn read_table(io: &Io, offset: u64, count: u32, file_len: u64) -> Result<(Ve
             )));
         }
         let mut extra = cur.bytes(u64::from(extra_len))?;
-        let has = |n: u32| extra_len >= n;
         extra.resize(extra_len as usize, 0);
-        let id = cur.bytes(u64::from(id_len))?;
-        let name = cur.bytes(u64::from(name_len))?;
-        let used = 40 + u64::from(extra_len) + u64::from(id_len) + u64::from(name_len);
-        cur.at += used.next_multiple_of(8) - used;
+        let mut id = cur.bytes(u64::from(id_len))?;
+        id.resize(usize::from(id_len), 0);
+        let mut name = cur.bytes(u64::from(name_len))?;
+        name.resize(usize::from(name_len), 0);
         if cur.at - offset > MAX_TABLE_BYTES {
             return Err(Error::invalid("Snapshot table is too big"));
         }
-        let vm_state_size = if has(8) {
-            be64(&extra, 0)
-        } else {
-            u64::from(be32(&fixed, 32))
-        };
-        let icount = if has(24) {
-            Some(be64(&extra, 16))
-        } else {
-            None
-        };
+        let has = |n: usize| extra.len() >= n;
         out.push(Snapshot {
-            info: SnapshotInfo {
-                id: String::from_utf8_lossy(&id).into_owned(),
-                name: String::from_utf8_lossy(&name).into_owned(),
-                vm_state_size,
-                date_sec: u64::from(be32(&fixed, 16)),
-                date_nsec: be32(&fixed, 20),
-                vm_clock_nsec: be64(&fixed, 24),
-                icount: icount.filter(|&c| c != u64::MAX),
-            },
+            id,
+            name,
             l1_table_offset: be64(&fixed, 0),
             l1_size: be32(&fixed, 8),
+            date_sec: be32(&fixed, 16),
+            date_nsec: be32(&fixed, 20),
+            vm_clock_nsec: be64(&fixed, 24),
+            vm_state_size: if has(8) {
+                be64(&extra, 0)
+            } else {
+                u64::from(be32(&fixed, 32))
+            },
+            disk_size: if has(16) { be64(&extra, 8) } else { disk_size },
+            icount: if has(24) { be64(&extra, 16) } else { u64::MAX },
+            unknown_extra: extra.get(KNOWN_EXTRA..).unwrap_or(&[]).to_vec(),
         });
     }
     Ok((out, cur.at - offset))
+}
+
+/// The next snapshot id: one more than the largest number the ids start
+/// with (as C's `strtoul` reads them).
+fn next_id(snapshots: &[Snapshot]) -> Vec<u8> {
+    let leading = |id: &[u8]| -> u64 {
+        let text = String::from_utf8_lossy(id);
+        let digits: String = text
+            .trim_start()
+            .trim_start_matches('+')
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if digits.is_empty() {
+            0
+        } else {
+            digits.parse().unwrap_or(u64::MAX)
+        }
+    };
+    let max = snapshots.iter().map(|s| leading(&s.id)).max().unwrap_or(0);
+    max.wrapping_add(1).to_string().into_bytes()
+}
+
+/// Index of the snapshot whose id is `key`, else the first named `key`.
+fn find(snapshots: &[Snapshot], key: &str) -> Option<usize> {
+    let key = key.as_bytes();
+    snapshots
+        .iter()
+        .position(|s| s.id == key)
+        .or_else(|| snapshots.iter().position(|s| s.name == key))
+}
+
+impl Meta {
+    /// Adds `addend` (-1, 0 or 1) to the refcount of every L2 table, data
+    /// cluster and compressed cluster the L1 table at `l1_offset` reaches
+    /// and sets bit 63 of its entries where the refcount is now one
+    /// (`addend` 0 only does that). The active table is the in-memory one.
+    pub fn update_snapshot_refcount(
+        &mut self,
+        io: &Io,
+        l1_offset: u64,
+        l1_size: u32,
+        addend: i64,
+    ) -> Result<()> {
+        let active = l1_offset == self.header.l1_table_offset;
+        let file_len = io.file.len().into_result()?;
+        let mut l1 = if active {
+            self.l1.clone()
+        } else {
+            meta::read_table(io, l1_offset, u64::from(l1_size), file_len)?
+        };
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let bits = layout.cluster_bits;
+        let mut l1_changed = false;
+        for (i, slot) in l1.iter_mut().enumerate() {
+            let old = *slot;
+            let l2 = old & OFFSET_MASK;
+            if l2 == 0 {
+                continue;
+            }
+            if self.needs_writeback() {
+                self.flush(io)?;
+            }
+            if layout.in_cluster(l2) != 0 {
+                return Err(self.corruption(format!(
+                    "L2 table offset {} unaligned (L1 index: {})",
+                    hex(l2),
+                    hex(i as u64)
+                )));
+            }
+            let mut table = self.l2_table(io, l2)?.clone();
+            let mut changed = false;
+            for (j, e) in table.iter_mut().enumerate() {
+                let mut word = e.word & !COPIED;
+                let refcount = match ClusterKind::of(word, &layout, self.data_file) {
+                    ClusterKind::Compressed => {
+                        if addend != 0 {
+                            let (at, len) = layout.compressed_range(word);
+                            self.add_refcount(io, at, len, addend)?;
+                        }
+                        // Compressed clusters are never written in place.
+                        2
+                    }
+                    ClusterKind::Normal | ClusterKind::ZeroAlloc => {
+                        let host = word & OFFSET_MASK;
+                        if layout.in_cluster(host) != 0 {
+                            return Err(self.corruption(format!(
+                                "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                                hex(host),
+                                hex(l2),
+                                hex(j as u64)
+                            )));
+                        }
+                        if self.data_file {
+                            1
+                        } else {
+                            if addend != 0 {
+                                self.add_refcount(io, host, cs, addend)?;
+                            }
+                            self.refcount(io, host >> bits)?
+                        }
+                    }
+                    ClusterKind::ZeroPlain | ClusterKind::Unallocated => 0,
+                };
+                if refcount == 1 {
+                    word |= COPIED;
+                }
+                if word != e.word {
+                    e.word = word;
+                    changed = true;
+                }
+            }
+            if changed {
+                *self.l2_table(io, l2)? = table;
+                self.l2.mark_dirty(l2);
+            }
+            if addend != 0 {
+                self.add_refcount(io, l2, cs, addend)?;
+            }
+            let refcount = self.refcount(io, l2 >> bits)?;
+            let entry = if refcount == 1 { l2 | COPIED } else { l2 };
+            if entry != old {
+                *slot = entry;
+                l1_changed = true;
+            }
+        }
+        if l1_changed {
+            if active {
+                self.l1 = l1;
+                self.l1_dirty = true;
+            } else {
+                // Refcounts and L2 tables first, then the table pointing
+                // at them.
+                self.flush(io)?;
+                let bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+                io.write(l1_offset, &bytes)?;
+                io.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the snapshot list into newly allocated clusters, points the
+    /// header at it and frees the old table.
+    fn write_snapshot_table(&mut self, io: &Io) -> Result<()> {
+        let bytes = serialize_table(&self.snapshots);
+        let offset = if bytes.is_empty() {
+            0
+        } else {
+            self.alloc_clusters(io, self.layout.clusters_for(bytes.len() as u64))?
+        };
+        self.flush(io)?;
+        if !bytes.is_empty() {
+            io.write(offset, &bytes)?;
+            io.flush()?;
+        }
+        let (old_offset, old_size) = (self.header.snapshots_offset, self.snapshots_size);
+        self.header.nb_snapshots = self.snapshots.len() as u32;
+        self.header.snapshots_offset = offset;
+        self.write_header(io)?;
+        io.flush()?;
+        self.snapshots_size = bytes.len() as u64;
+        if old_size > 0 {
+            self.add_refcount(io, old_offset, old_size, -1)?;
+        }
+        Ok(())
+    }
+}
+
+impl Qcow2Image {
+    /// Creates a snapshot named `name` of the current state.
+    pub fn snapshot_create(&self, name: &str) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        if self.io.data.is_some() {
+            return Err(Error::unsupported("Operation not supported"));
+        }
+        let mut meta = self.lock();
+        meta.flush(&self.io)?;
+        if meta.snapshots.len() >= MAX_SNAPSHOTS as usize {
+            return Err(Error::Errno(27, "File too large".into()));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let l1_size = meta.header.l1_size;
+        let bytes = u64::from(l1_size) * 8;
+        let l1_offset = if bytes == 0 {
+            0
+        } else {
+            meta.alloc_clusters(&self.io, self.layout.clusters_for(bytes))?
+        };
+        if bytes > 0 {
+            let mut table: Vec<u8> = meta.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+            table.resize(bytes as usize, 0);
+            self.io.write(l1_offset, &table)?;
+        }
+        let active = meta.header.l1_table_offset;
+        meta.update_snapshot_refcount(&self.io, active, l1_size, 1)?;
+        meta.flush(&self.io)?;
+        let snapshot = Snapshot {
+            id: next_id(&meta.snapshots),
+            name: name.as_bytes().to_vec(),
+            l1_table_offset: l1_offset,
+            l1_size,
+            date_sec: now.as_secs() as u32,
+            // qemu-img takes the time in microseconds.
+            date_nsec: now.subsec_micros() * 1000,
+            disk_size: self.size(),
+            icount: 0,
+            ..Snapshot::default()
+        };
+        meta.snapshots.push(snapshot);
+        meta.discarded = Some(Vec::new());
+        let written = meta.write_snapshot_table(&self.io);
+        let freed = meta.discarded.take().unwrap_or_default();
+        if let Err(e) = written {
+            meta.snapshots.pop();
+            return Err(e);
+        }
+        self.discard_freed(&mut meta, &freed)
+    }
+
+    /// Reverts the image to the snapshot whose id or name is `key`.
+    pub fn snapshot_apply(&self, key: &str) -> Result<()> {
+        self.snapshot_goto(key).map_err(|e| match e {
+            Error::Errno(n, m) => Error::Errno(n, format!("Failed to load snapshot: {m}")),
+            Error::Corrupt => Error::Errno(
+                crate::error::EIO,
+                "Failed to load snapshot: Input/output error".into(),
+            ),
+            other => other,
+        })
+    }
+
+    fn snapshot_goto(&self, key: &str) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        if self.io.data.is_some() {
+            return Err(Error::Errno(95, "Operation not supported".into()));
+        }
+        let snapshot = {
+            let meta = self.lock();
+            let Some(i) = find(&meta.snapshots, key) else {
+                return Err(Error::Errno(2, "No such file or directory".into()));
+            };
+            meta.snapshots[i].clone()
+        };
+        if snapshot.l1_size > MAX_L1_ENTRIES
+            || self.layout.in_cluster(snapshot.l1_table_offset) != 0
+        {
+            return Err(Error::Errno(27, "File too large".into()));
+        }
+        if snapshot.disk_size != self.size() {
+            // The guest takes the snapshot's size back first.
+            self.resize(snapshot.disk_size, Prealloc::OFF, true)?;
+        }
+        let mut meta = self.lock();
+        meta.discarded = Some(Vec::new());
+        let result = self.goto_locked(&mut meta, &snapshot);
+        let freed = meta.discarded.take().unwrap_or_default();
+        result?;
+        self.discard_freed(&mut meta, &freed)
+    }
+
+    fn goto_locked(&self, meta: &mut Meta, snapshot: &Snapshot) -> Result<()> {
+        if snapshot.l1_size > meta.header.l1_size {
+            self.grow_l1(meta, u64::from(snapshot.l1_size))?;
+        }
+        let file_len = self.io.file.len().into_result()?;
+        let mut l1 = meta::read_table(
+            &self.io,
+            snapshot.l1_table_offset,
+            u64::from(snapshot.l1_size),
+            file_len,
+        )?;
+        meta.update_snapshot_refcount(&self.io, snapshot.l1_table_offset, snapshot.l1_size, 1)?;
+        meta.flush(&self.io)?;
+        let l1_size = meta.header.l1_size as usize;
+        l1.truncate(l1_size);
+        let mut bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+        bytes.resize(l1_size * 8, 0);
+        self.io.write(meta.header.l1_table_offset, &bytes)?;
+        self.io.flush()?;
+        let active = meta.header.l1_table_offset;
+        let size = meta.header.l1_size;
+        // The old active table's references go; the in-memory table still
+        // holds it until then.
+        meta.update_snapshot_refcount(&self.io, active, size, -1)?;
+        meta.l1 = l1;
+        meta.l1_dirty = false;
+        meta.update_snapshot_refcount(&self.io, active, size, 0)?;
+        meta.flush(&self.io)
+    }
+
+    /// Deletes the snapshot whose id or name is `key`.
+    pub fn snapshot_delete(&self, key: &str) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let mut meta = self.lock();
+        let Some(i) = find(&meta.snapshots, key) else {
+            return Err(Error::argument("Can't find the snapshot"));
+        };
+        meta.flush(&self.io)?;
+        meta.discarded = Some(Vec::new());
+        let result = self.delete_locked(&mut meta, i);
+        let freed = meta.discarded.take().unwrap_or_default();
+        result?;
+        self.discard_freed(&mut meta, &freed)
+    }
+
+    fn delete_locked(&self, meta: &mut Meta, i: usize) -> Result<()> {
+        let snapshot = meta.snapshots.remove(i);
+        if let Err(e) = meta.write_snapshot_table(&self.io) {
+            meta.snapshots.insert(i, snapshot);
+            return Err(e);
+        }
+        meta.update_snapshot_refcount(&self.io, snapshot.l1_table_offset, snapshot.l1_size, -1)?;
+        if snapshot.l1_size > 0 {
+            meta.add_refcount(
+                &self.io,
+                snapshot.l1_table_offset,
+                u64::from(snapshot.l1_size) * 8,
+                -1,
+            )?;
+        }
+        let active = meta.header.l1_table_offset;
+        let size = meta.header.l1_size;
+        meta.update_snapshot_refcount(&self.io, active, size, 0)?;
+        meta.flush(&self.io)
+    }
+
+    /// Gives the host's file back the clusters a snapshot operation freed
+    /// (qemu discards them too), once the metadata saying so is on disk.
+    fn discard_freed(&self, meta: &mut Meta, freed: &[u64]) -> Result<()> {
+        meta.flush(&self.io)?;
+        let mut offsets = Vec::new();
+        for &c in freed {
+            if meta.refcount(&self.io, c)? == 0 {
+                offsets.push(c << self.layout.cluster_bits);
+            }
+        }
+        meta::punch_clusters(&self.io, &offsets, self.layout.cluster_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_with_unknown_extra_data() {
+        let s = Snapshot {
+            id: b"12".to_vec(),
+            name: b"before upgrade!".to_vec(),
+            l1_table_offset: 0x50000,
+            l1_size: 3,
+            date_sec: 1_700_000_000,
+            date_nsec: 5000,
+            vm_clock_nsec: 77,
+            vm_state_size: 1 << 33,
+            disk_size: 1 << 30,
+            icount: u64::MAX,
+            unknown_extra: vec![9; 16],
+        };
+        let bytes = serialize_table(&[s.clone(), s.clone()]);
+        // 97 bytes each; the second starts at 104 and is not padded.
+        assert_eq!(bytes.len(), 104 + 97);
+        // The 32-bit state size is zero when the state does not fit it.
+        assert_eq!(be32(&bytes, 32), 0);
+        assert_eq!(be32(&bytes, 36), 40);
+    }
+
+    #[test]
+    fn ids_follow_the_largest_number() {
+        let with = |ids: &[&str]| -> Vec<Snapshot> {
+            ids.iter()
+                .map(|i| Snapshot {
+                    id: i.as_bytes().to_vec(),
+                    ..Snapshot::default()
+                })
+                .collect()
+        };
+        assert_eq!(next_id(&[]), b"1");
+        assert_eq!(next_id(&with(&["1", "7abc", "x"])), b"8");
+    }
+
+    #[test]
+    fn ids_are_found_before_names() {
+        let list = vec![
+            Snapshot {
+                id: b"1".to_vec(),
+                name: b"2".to_vec(),
+                ..Snapshot::default()
+            },
+            Snapshot {
+                id: b"2".to_vec(),
+                name: b"x".to_vec(),
+                ..Snapshot::default()
+            },
+        ];
+        assert_eq!(find(&list, "2"), Some(1));
+        assert_eq!(find(&list, "x"), Some(1));
+        assert_eq!(find(&list, "y"), None);
+    }
 }

@@ -660,10 +660,15 @@ impl Qcow2Image {
         if !new_size.is_multiple_of(512) {
             return Err(Error::argument("The new size must be a multiple of 512"));
         }
-        if !self.snapshots.is_empty() && new_size < old_size {
-            return Err(Error::unsupported(
-                "Can't resize an image which has snapshots",
-            ));
+        {
+            // Version 3 snapshots record their own guest size, so only
+            // version 2 images keep theirs (qcow2.txt "Snapshots").
+            let meta = self.lock();
+            if !meta.snapshots.is_empty() && !self.layout.v3 {
+                return Err(Error::unsupported(
+                    "Can't resize a v2 image which has snapshots",
+                ));
+            }
         }
         if new_size < old_size {
             if !shrink {
@@ -718,6 +723,9 @@ impl Qcow2Image {
         let layout = self.layout;
         let cs = layout.cluster_size();
         let mut meta = self.lock();
+        // Freed data clusters go back to the file system (qemu discards
+        // them on shrink).
+        meta.discarded = Some(Vec::new());
         let mut c = new_size.div_ceil(cs) * cs;
         while c < old_size {
             let (entry, slot) = meta.entry(&self.io, c)?;
@@ -740,8 +748,68 @@ impl Qcow2Image {
                 meta.add_refcount(&self.io, table, cs, -1)?;
             }
         }
+        let freed = meta.discarded.take().unwrap_or_default();
         meta.flush(&self.io)?;
+        let mut offsets = Vec::new();
+        for c in freed {
+            if meta.refcount(&self.io, c)? == 0 {
+                offsets.push(c << layout.cluster_bits);
+            }
+        }
+        crate::meta::punch_clusters(&self.io, &offsets, cs)?;
+        self.shrink_reftable(&mut meta)?;
         self.cut_free_tail(&mut meta)
+    }
+
+    /// Drops the refcount blocks that count nothing but themselves and
+    /// rewrites the whole refcount table, as qemu does after a shrink.
+    fn shrink_reftable(&self, meta: &mut Meta) -> Result<()> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let bits = layout.refblock_bits();
+        let order = layout.refcount_order;
+        let old = meta.reftable.clone();
+        let mut table = old.clone();
+        for (i, entry) in table.iter_mut().enumerate() {
+            let block = *entry & !511;
+            if block == 0 || layout.in_cluster(block) != 0 {
+                continue;
+            }
+            let own = block >> layout.cluster_bits;
+            let mut data = vec![0u8; cs as usize];
+            self.io.read(block, &mut data)?;
+            if let Some(cached) = meta.refblocks.get(block) {
+                data.clone_from(cached);
+            }
+            if own >> bits == i as u64 {
+                crate::meta::put_refcount(&mut data, order, (own & ((1 << bits) - 1)) as usize, 0);
+            }
+            if data.iter().all(|&b| b == 0) {
+                *entry = 0;
+            }
+        }
+        let mut bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+        bytes.resize(
+            (u64::from(meta.header.refcount_table_clusters) * cs) as usize,
+            0,
+        );
+        self.io.write(meta.header.refcount_table_offset, &bytes)?;
+        self.io.flush()?;
+        let mut dropped = Vec::new();
+        for (i, (&was, &now)) in old.iter().zip(&table).enumerate() {
+            if was != 0 && now == 0 {
+                let block = was & !511;
+                meta.add_refcount(&self.io, block, cs, -1)?;
+                meta.refblocks.remove(block);
+                meta.reftable[i] = 0;
+                dropped.push(block);
+            }
+        }
+        while meta.reftable.last() == Some(&0) {
+            meta.reftable.pop();
+        }
+        meta.flush(&self.io)?;
+        crate::meta::punch_clusters(&self.io, &dropped, cs)
     }
 
     /// Cuts off the free clusters at the end of the file, as qemu does after
@@ -761,7 +829,7 @@ impl Qcow2Image {
     }
 
     /// Moves the active L1 table to a new place with `entries` entries.
-    fn grow_l1(&self, meta: &mut Meta, entries: u64) -> Result<()> {
+    pub(crate) fn grow_l1(&self, meta: &mut Meta, entries: u64) -> Result<()> {
         let layout = self.layout;
         meta.flush(&self.io)?;
         let bytes = entries * 8;

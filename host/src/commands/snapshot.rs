@@ -70,7 +70,10 @@ fn run(args: &[String]) -> CmdResult {
     let (verb, request, unsupported) = match action {
         "create" => (
             "create",
-            MetadataRequest::SnapshotCreate { name: tag.clone() },
+            // qemu-img keeps at most 255 bytes of a name.
+            MetadataRequest::SnapshotCreate {
+                name: truncated(&tag, 255),
+            },
             "Operation not supported",
         ),
         "apply" => (
@@ -89,10 +92,34 @@ fn run(args: &[String]) -> CmdResult {
             "Could not {verb} snapshot '{tag}': {unsupported}"
         )));
     }
+    let request = match request {
+        MetadataRequest::SnapshotDelete { .. } => {
+            // qemu-img deletes the first snapshot with this name (not id).
+            let info = image.info().map_err(|e| fail(e.message.to_string()))?;
+            let Some(found) = info.snapshots.iter().find(|s| s.name == tag) else {
+                return Err(fail(format!(
+                    "Could not delete snapshot '{tag}': snapshot not found"
+                )));
+            };
+            MetadataRequest::SnapshotDelete {
+                name: found.id.clone(),
+            }
+        }
+        other => other,
+    };
     metadata(&image, &request)
         .map_err(|e| fail(format!("Could not {verb} snapshot '{tag}': {}", e.message)))?;
     image.close().map_err(|e| fail(e.message.to_string()))?;
     Ok(0)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// The table `snapshot -l` and `info` print (column layout measured on
