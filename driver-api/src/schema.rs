@@ -229,6 +229,18 @@ pub enum MetadataRequest {
         /// Id or tag.
         name: String,
     },
+    /// Makes an image opened read-only read as one of its internal
+    /// snapshots from now on (`convert -l`, `measure -l`); its guest size
+    /// stays. With both given, the snapshot must match both. A snapshot
+    /// that does not exist fails with errno ENOENT.
+    SnapshotLoad {
+        /// Snapshot id.
+        #[serde(default)]
+        id: Option<String>,
+        /// Snapshot name (tag).
+        #[serde(default)]
+        name: Option<String>,
+    },
     /// Change creation options (`amend -o`).
     Amend {
         /// Options to change.

@@ -633,3 +633,51 @@ fn snapshot_names_ids_and_refusals() {
     );
     assert_clean(&fx, "rc1.qcow2");
 }
+
+#[test]
+fn convert_and_measure_read_snapshots() {
+    // qemu-img convert -l / measure -l: the snapshot's data at the
+    // image's current size.
+    let fx = Fixture::new("qm_snap_read");
+    make(&fx, "s.qcow2", "", "4M");
+    qio(&fx, "s.qcow2", &["write -P 1 0 1M"]);
+    fx.oracle(&["snapshot", "-c", "s", "s.qcow2"]);
+    qio(
+        &fx,
+        "s.qcow2",
+        &["write -P 2 512k 1M", "write -c -P 3 3M 64k"],
+    );
+    fx.oracle(&["snapshot", "-c", "t", "s.qcow2"]);
+    fx.oracle(&["resize", "-q", "s.qcow2", "8M"]);
+    for sn in [
+        "s",
+        "1",
+        "t",
+        "snapshot.id=2",
+        "snapshot.name=s",
+        "snapshot.id=1,snapshot.name=s",
+        "snapshot.id=1,snapshot.name=t",
+        "snapshot.id=",
+        "zz",
+        "snapshot.foo=1",
+    ] {
+        fx.same_effect(
+            &["convert", "-l", sn, "-O", "raw", "s.qcow2", "{}"],
+            "out.raw",
+        );
+        fx.same(&["measure", "-l", sn, "-O", "qcow2", "s.qcow2"]);
+    }
+    // (One coroutine: qemu-img allocates in guest order; so does qimg then.)
+    fx.same_effect(
+        &[
+            "convert", "-m", "1", "-l", "t", "-O", "qcow2", "s.qcow2", "{}",
+        ],
+        "out.qcow2",
+    );
+    fx.same(&[
+        "convert", "-l", "s", "-O", "raw", "s.qcow2", "s.qcow2", "out.raw",
+    ]);
+    fx.same(&["measure", "-l", "s", "--size", "1M", "-O", "qcow2"]);
+    fx.oracle(&["create", "-q", "-f", "raw", "r.raw", "1M"]);
+    fx.same(&["convert", "-l", "s", "-O", "raw", "r.raw", "out.raw"]);
+}

@@ -139,6 +139,9 @@ impl ImageImpl for Qcow2Image {
             MetadataRequest::SnapshotCreate { name } => self.snapshot_create(&name)?,
             MetadataRequest::SnapshotApply { name } => self.snapshot_apply(&name)?,
             MetadataRequest::SnapshotDelete { name } => self.snapshot_delete(&name)?,
+            MetadataRequest::SnapshotLoad { id, name } => {
+                self.snapshot_load(id.as_deref(), name.as_deref())?
+            }
             _ => {
                 return Err(DriverError::unsupported(
                     "Operation not supported by this image format",

@@ -499,6 +499,39 @@ impl Qcow2Image {
         meta.flush(&self.io)
     }
 
+    /// Makes this read-only image read as a snapshot (by `id`, `name` or
+    /// both): its L1 table replaces the active one in memory only.
+    pub fn snapshot_load(&self, id: Option<&str>, name: Option<&str>) -> Result<()> {
+        if self.writable {
+            return Err(Error::unsupported(
+                "Temporarily loading a snapshot needs a read-only image",
+            ));
+        }
+        let mut meta = self.lock();
+        let found = meta.snapshots.iter().find(|s| {
+            id.is_none_or(|i| s.id == i.as_bytes()) && name.is_none_or(|n| s.name == n.as_bytes())
+        });
+        let Some(snapshot) = found.filter(|_| id.is_some() || name.is_some()).cloned() else {
+            return Err(Error::Errno(2, "Can't find snapshot".into()));
+        };
+        if snapshot.l1_size > MAX_L1_ENTRIES
+            || self.layout.in_cluster(snapshot.l1_table_offset) != 0
+        {
+            return Err(Error::invalid("Snapshot L1 table offset invalid"));
+        }
+        let file_len = self.io.file.len().into_result()?;
+        meta.l1 = meta::read_table(
+            &self.io,
+            snapshot.l1_table_offset,
+            u64::from(snapshot.l1_size),
+            file_len,
+        )?;
+        meta.header.l1_size = snapshot.l1_size;
+        meta.header.l1_table_offset = snapshot.l1_table_offset;
+        meta.l1_dirty = false;
+        Ok(())
+    }
+
     /// Deletes the snapshot whose id or name is `key`.
     pub fn snapshot_delete(&self, key: &str) -> Result<()> {
         if !self.writable {

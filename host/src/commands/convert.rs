@@ -107,6 +107,10 @@ fn run(args: &[String]) -> CmdResult {
     if p.has("help") {
         return Ok(print_help(HELP));
     }
+    let snapshot = p
+        .last("source-snapshot")
+        .map(super::snapshot::parse_snapshot_param)
+        .transpose()?;
     objects(&p)?;
     let settings = settings(&p)?;
     let out_format = p.last("target-format").unwrap_or("raw");
@@ -128,11 +132,22 @@ fn run(args: &[String]) -> CmdResult {
         return Err(fail("-o has no effect when skipping image creation"));
     }
     let (sources, target) = p.operands.split_at(p.operands.len() - 1);
+    if snapshot.is_some() && sources.len() > 1 {
+        return Err(fail("No support for concatenating multiple snapshot"));
+    }
     let target = target[0].as_str();
     let quiet = p.has("quiet");
     let progress = Progress::start(p.has("progress") && !quiet, 1.0);
     progress.print(0.0, 100);
-    let result = convert(&p, &settings, sources, target, no_create, &progress);
+    let result = convert(
+        &p,
+        &settings,
+        sources,
+        target,
+        no_create,
+        snapshot.as_ref(),
+        &progress,
+    );
     progress.end();
     result
 }
@@ -143,6 +158,7 @@ fn convert(
     sources: &[String],
     target: &str,
     no_create: bool,
+    snapshot: Option<&super::snapshot::SnapshotParam>,
     progress: &Progress,
 ) -> CmdResult {
     let image_opts = p.has("source-image-opts") || p.has("image-opts");
@@ -162,16 +178,8 @@ fn convert(
             open_image(&request).map_err(|e| fail(e.message.to_string()))?,
         ));
     }
-    if p.has("source-snapshot") {
-        if !opened[0].driver.can(caps::SNAPSHOTS) {
-            return Err(fail(format!(
-                "Failed to load snapshot: Block format '{}' used by device '' does not support temporarily loading internal snapshots",
-                opened[0].format()
-            )));
-        }
-        return Err(fail(
-            "Failed to load snapshot: loading internal snapshots is not supported yet",
-        ));
+    if let Some(param) = snapshot {
+        super::snapshot::load_snapshot(&opened[0], param)?;
     }
     if p.has("bitmaps") && !opened.iter().all(|s| s.driver.can(caps::BITMAPS)) {
         return Err(fail("Source lacks bitmap support"));
@@ -254,7 +262,15 @@ fn copy_into(
         min_sparse: settings.min_sparse,
         chunk: CHUNK,
         align: out_info.cluster_size.unwrap_or(512).max(512),
-        threads: settings.parallel,
+        // Compression is CPU-bound: more workers than cores only hold more
+        // buffers. Plain copies overlap I/O, so they use -m's count.
+        threads: if p.has("compress") || out_info.write_in_order {
+            settings
+                .parallel
+                .min(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        } else {
+            settings.parallel
+        },
         top_only: p.has("backing"),
         offload: p.has("copy-range-offloading"),
         salvage: p.has("salvage"),

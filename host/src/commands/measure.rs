@@ -42,6 +42,10 @@ fn run(args: &[String]) -> CmdResult {
     if p.has("help") {
         return Ok(print_help(HELP));
     }
+    let snapshot = p
+        .last("snapshot")
+        .map(super::snapshot::parse_snapshot_param)
+        .transpose()?;
     let output = output_format("measure", p.last("output"))?;
     objects(&p)?;
     check_image_opts(&p, "format")?;
@@ -49,8 +53,16 @@ fn run(args: &[String]) -> CmdResult {
         Some(text) => Some(parse_size(text, 1).map_err(|e| image_size_error(text, e))?),
         None => None,
     };
+    if p.operands.len() > 1 {
+        return Err(fail("At most one filename argument is allowed."));
+    }
+    let names_image = p.has("image-opts") || p.has("format") || snapshot.is_some();
+    if p.operands.is_empty() && names_image {
+        return Err(fail(
+            "--image-opts, -f, and -l require a filename argument.",
+        ));
+    }
     match (size.is_some(), p.operands.len()) {
-        (_, n) if n > 1 => return Err(fail("At most one filename argument is allowed.")),
         (true, 1) => return Err(fail("--size N cannot be used together with a filename.")),
         (false, 0) => return Err(fail("Either --size N or one filename must be specified.")),
         _ => {}
@@ -78,8 +90,8 @@ fn run(args: &[String]) -> CmdResult {
         None => {
             let request = OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"));
             let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
-            if p.has("snapshot") {
-                return Err(fail("Failed to load snapshot: internal snapshots are not supported by this format yet"));
+            if let Some(param) = &snapshot {
+                super::snapshot::load_snapshot(&image, param)?;
             }
             let source_bitmaps = image
                 .info()

@@ -1,7 +1,7 @@
 //! `snapshot`: list, create, apply or delete internal snapshots.
 
 use super::common::{check_image_opts, metadata, objects, open_rw, print_help};
-use crate::block::{open_image, OpenRequest};
+use crate::block::{open_image, BlockImage, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::error::{fail, CmdError, CmdResult};
 use crate::output::size_to_str;
@@ -111,6 +111,73 @@ fn run(args: &[String]) -> CmdResult {
         .map_err(|e| fail(format!("Could not {verb} snapshot '{tag}': {}", e.message)))?;
     image.close().map_err(|e| fail(e.message.to_string()))?;
     Ok(0)
+}
+
+/// The internal snapshot `convert -l` and `measure -l` read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotParam {
+    /// `-l NAME`: an id, else a name.
+    IdOrName(String),
+    /// `-l snapshot.id=ID,snapshot.name=NAME` (either or both).
+    Exact {
+        /// `snapshot.id`.
+        id: Option<String>,
+        /// `snapshot.name`.
+        name: Option<String>,
+    },
+}
+
+/// Parses `-l`'s argument as qemu-img does, with its two-line message for
+/// an unknown parameter.
+pub fn parse_snapshot_param(text: &str) -> Result<SnapshotParam, CmdError> {
+    if !text.starts_with("snapshot.") {
+        return Ok(SnapshotParam::IdOrName(text.to_string()));
+    }
+    let items = crate::cli::parse_opts(text, None).map_err(fail)?;
+    let (mut id, mut name) = (None, None);
+    for (key, value) in items {
+        match key.as_str() {
+            "snapshot.id" => id = Some(value),
+            "snapshot.name" => name = Some(value),
+            _ => {
+                return Err(fail(format!(
+                    "Invalid parameter '{key}'\n{}: Failed in parsing snapshot param '{text}'",
+                    crate::cli::program()
+                )))
+            }
+        }
+    }
+    Ok(SnapshotParam::Exact { id, name })
+}
+
+/// Makes `image` (opened read-only) read as the snapshot `param` names,
+/// with qemu-img's messages.
+pub fn load_snapshot(image: &BlockImage, param: &SnapshotParam) -> Result<(), CmdError> {
+    if !image.driver.can(caps::SNAPSHOTS) {
+        return Err(fail(format!(
+            "Failed to load snapshot: Block format '{}' used by device '' does not support temporarily loading internal snapshots",
+            image.format()
+        )));
+    }
+    let load = |id: Option<&str>, name: Option<&str>| {
+        metadata(
+            image,
+            &MetadataRequest::SnapshotLoad {
+                id: id.map(String::from),
+                name: name.map(String::from),
+            },
+        )
+    };
+    let result = match param {
+        SnapshotParam::Exact { id, name } => load(id.as_deref(), name.as_deref()),
+        SnapshotParam::IdOrName(key) => match load(Some(key), None) {
+            Err(e) if e.errno == 2 => load(None, Some(key)),
+            other => other,
+        },
+    };
+    result
+        .map(|_| ())
+        .map_err(|e| fail(format!("Failed to load snapshot: {}", e.message)))
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.
