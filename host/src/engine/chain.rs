@@ -81,6 +81,9 @@ impl RebaseJob<'_> {
         let share = 100.0f32 / (size / size.min(CHUNK)) as f32;
         let old_end = image.backing.as_ref().map_or(0, |b| b.size());
         let new_end = self.new_backing.map_or(0, |b| b.size());
+        // When the new backing file is itself in the old chain, only what the
+        // layers above it allocate can differ: the rest is never read.
+        let new_depth = self.new_backing.and_then(|b| depth_in_chain(image, b));
         let mut offset = 0u64;
         while offset < size {
             progress.print(share, 100);
@@ -92,7 +95,20 @@ impl RebaseJob<'_> {
                         len = len.min(end - offset);
                     }
                 }
-                self.copy_differences(offset, len, cluster)?;
+                let differs = match new_depth {
+                    Some(depth) => {
+                        let above = status_at(image, offset, len, Some(depth - 1))?;
+                        len = above.length;
+                        // Allocated between the image and its new backing, or
+                        // zeros past the end of such a layer.
+                        above.depth < depth
+                            && (above.present || (above.zero && above.depth + 1 < depth))
+                    }
+                    None => true,
+                };
+                if differs {
+                    self.copy_differences(offset, len, cluster)?;
+                }
             }
             offset += len;
         }
@@ -130,6 +146,21 @@ impl RebaseJob<'_> {
         }
         Ok(())
     }
+}
+
+/// The depth at which `layer`'s file appears in `image`'s backing chain.
+fn depth_in_chain(image: &BlockImage, layer: &BlockImage) -> Option<usize> {
+    let wanted = std::fs::canonicalize(&layer.filename).ok()?;
+    let mut current = image.backing.clone();
+    let mut depth = 1;
+    while let Some(l) = current {
+        if std::fs::canonicalize(&l.filename).ok().as_ref() == Some(&wanted) {
+            return Some(depth);
+        }
+        current = l.backing.clone();
+        depth += 1;
+    }
+    None
 }
 
 /// Reads guest data, with zeros past the image's end.

@@ -75,8 +75,9 @@ pub struct CopyJob<'a> {
     pub rate: &'a RateLimit,
 }
 
-/// Items compressed in parallel before the ordered writer takes them.
-const ORDERED_WINDOW: usize = 16;
+/// Items per worker compressed in parallel before the ordered writer takes
+/// them (each holds up to a chunk of data and its compressed copy).
+const ORDERED_WINDOW_PER_THREAD: usize = 2;
 /// Largest zero run handled as one write-zeroes request.
 const MAX_ZERO_REQUEST: u64 = 1 << 30;
 
@@ -254,7 +255,7 @@ impl CopyJob<'_> {
                 )
             })?;
         let cluster = self.align.max(512) as usize;
-        for window in items.chunks(ORDERED_WINDOW) {
+        for window in items.chunks(ORDERED_WINDOW_PER_THREAD * self.threads.max(1)) {
             let prepared: Vec<Vec<(u64, Vec<u8>)>> = pool.install(|| {
                 window
                     .par_iter()
