@@ -971,7 +971,9 @@ macro_rules! same_files_cases {
                 let fx = Fixture::new(stringify!($name));
                 source(&fx);
                 let opts = format!("subformat={}", $sub);
-                let out = fx.qimg(&["convert", "-O", "vmdk", "-o", &opts, "src.raw", "ours.vmdk"]);
+                // One worker: grains land in the order qemu-img writes them
+                // (with more, qimg writes out of order, as qemu-img -W does).
+                let out = fx.qimg(&["convert", "-m", "1", "-O", "vmdk", "-o", &opts, "src.raw", "ours.vmdk"]);
                 assert_eq!(out.status, 0, "{}", out.stderr);
                 fx.oracle(&["convert", "-O", "vmdk", "-o", &opts, "src.raw", "qemu.vmdk"]);
                 let ours = files_without_cid(&fx, "ours");

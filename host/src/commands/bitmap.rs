@@ -1,6 +1,7 @@
 //! `bitmap`: add, remove, clear, enable, disable or merge persistent dirty bitmaps.
 
 use super::common::{check_image_opts, metadata, objects, open_rw, print_help};
+use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt, Parsed};
 use crate::error::{fail, CmdResult};
 use crate::store::CacheMode;
@@ -46,6 +47,12 @@ fn run(args: &[String]) -> CmdResult {
     if p.has("help") {
         return Ok(print_help(HELP));
     }
+    // qemu-img reads -g with cvtnum: zero means not given; any other value
+    // reaches the driver cut to 32 bits (4G becomes 0, then refused).
+    let granularity = match p.last("granularity") {
+        Some(t) => super::common::number("granularity", t, 0, i64::MAX as u64, true)?,
+        None => 0,
+    };
     objects(&p)?;
     check_image_opts(&p, "format")?;
     let ops = actions(&p);
@@ -54,19 +61,20 @@ fn run(args: &[String]) -> CmdResult {
             "Need at least one of --add, --remove, --clear, --enable, --disable, or --merge",
         ));
     }
+    let has = |a: &str| ops.iter().any(|(k, _)| k == a);
+    if granularity != 0 && !has("add") {
+        return Err(fail("granularity only supported with --add"));
+    }
+    let source_file = p.last("source-file");
+    if p.has("source-format") && source_file.is_none() {
+        return Err(fail("-F only supported with -b"));
+    }
+    if source_file.is_some() && !has("merge") {
+        return Err(fail("Merge bitmap source file only supported with --merge"));
+    }
     if p.operands.len() != 2 {
         return Err(fail("Expecting filename and bitmap name"));
     }
-    let granularity = match p.last("granularity") {
-        Some(t) => Some(super::common::number(
-            "granularity",
-            t,
-            1,
-            u32::MAX as u64,
-            true,
-        )?),
-        None => None,
-    };
     let (name, bitmap) = (&p.operands[0], &p.operands[1]);
     let image = open_rw(
         name,
@@ -74,33 +82,101 @@ fn run(args: &[String]) -> CmdResult {
         p.has("image-opts"),
         CacheMode::Writeback,
     )?;
-    for (action, source) in ops {
-        if !image.driver.can(caps::BITMAPS) {
-            let reason = if action == "add" {
-                format!(
-                    "Can't store persistent bitmaps to {}: Operation not supported",
-                    image.filename
-                )
-            } else {
-                format!("Dirty bitmap '{bitmap}' not found")
-            };
-            return Err(fail(format!(
-                "Operation {action} on bitmap {bitmap} failed: {reason}"
-            )));
-        }
-        let request = MetadataRequest::Bitmap {
-            action: action.clone(),
-            name: bitmap.clone(),
+    let source = match source_file {
+        Some(file) => Some(
+            open_image(&OpenRequest {
+                no_backing: true,
+                lock: Some(LockSpec::READ_STABLE),
+                ..OpenRequest::read(file, p.last("source-format"), false)
+            })
+            .map_err(|e| fail(e.message.to_string()))?,
+        ),
+        None => None,
+    };
+    let result = ops.iter().try_for_each(|(action, from)| {
+        let granularity =
+            (action == "add" && granularity != 0).then_some(u64::from(granularity as u32));
+        apply(
+            &image,
+            source.as_ref(),
+            action,
+            bitmap,
             granularity,
-            source,
-        };
-        metadata(&image, &request).map_err(|e| {
+            from.as_deref(),
+        )
+        .map_err(|message| {
             fail(format!(
-                "Operation {action} on bitmap {bitmap} failed: {}",
-                e.message
+                "Operation {action} on bitmap {bitmap} failed: {message}"
             ))
-        })?;
-    }
-    image.close().map_err(|e| fail(e.message.to_string()))?;
+        })
+    });
+    // qemu-img closes the image (storing its bitmaps) whatever happened.
+    let closed = image.close().map_err(|e| fail(e.message.to_string()));
+    result?;
+    closed?;
     Ok(0)
+}
+
+/// One operation on `bitmap` of `image`; a merge from `source` reads the
+/// source bitmap's dirty ranges there and hands them to `image`.
+fn apply(
+    image: &BlockImage,
+    source: Option<&BlockImage>,
+    action: &str,
+    bitmap: &str,
+    granularity: Option<u64>,
+    from: Option<&str>,
+) -> Result<(), String> {
+    if !image.driver.can(caps::BITMAPS) {
+        return Err(if action == "add" {
+            format!(
+                "Can't store persistent bitmaps to {}: Operation not supported",
+                image.filename
+            )
+        } else {
+            format!("Dirty bitmap '{bitmap}' not found")
+        });
+    }
+    let request = |ranges: Option<Vec<[u64; 2]>>| MetadataRequest::Bitmap {
+        action: action.to_string(),
+        name: bitmap.to_string(),
+        granularity,
+        source: from.map(String::from),
+        ranges,
+    };
+    let send = |req: &MetadataRequest| {
+        metadata(image, req)
+            .map(|_| ())
+            .map_err(|e| e.message.to_string())
+    };
+    let Some(src) = source.filter(|_| action == "merge") else {
+        return send(&request(None));
+    };
+    // The destination is checked first (an empty merge), then the source.
+    send(&request(Some(Vec::new())))?;
+    let from = from.unwrap_or_default();
+    if !src.driver.can(caps::BITMAPS) {
+        return Err(format!("Dirty bitmap '{from}' not found"));
+    }
+    let dirty = metadata(
+        src,
+        &MetadataRequest::Bitmap {
+            action: "dirty".into(),
+            name: from.to_string(),
+            granularity: None,
+            source: None,
+            ranges: None,
+        },
+    )
+    .map_err(|e| e.message.to_string())?;
+    let size = dirty["size"].as_u64().unwrap_or(0);
+    if size != image.size() {
+        return Err(format!(
+            "Bitmaps are of different sizes (destination size is {}, source size is {size}) and can't be merged",
+            image.size()
+        ));
+    }
+    let ranges: Vec<[u64; 2]> = serde_json::from_value(dirty["ranges"].clone())
+        .map_err(|e| format!("bad reply from driver: {e}"))?;
+    send(&request(Some(ranges)))
 }

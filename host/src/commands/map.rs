@@ -3,7 +3,7 @@
 use super::common::{check_image_opts, number, objects, print_help};
 use crate::block::{open_image, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
-use crate::engine::status::{mergeable, status_at, Status};
+use crate::engine::status::{mergeable, Status, Walker};
 use crate::error::{fail, CmdError, CmdResult};
 use std::io::Write;
 
@@ -79,9 +79,11 @@ fn run(args: &[String]) -> CmdResult {
     }
     let mut pending: Option<Status> = None;
     let mut first = true;
+    let mut walker = Walker::default();
     let mut offset = start;
     while offset < end {
-        let status = status_at(&image, offset, (end - offset).min(STEP), None)
+        let status = walker
+            .status(&image, offset, (end - offset).min(STEP), None)
             .map_err(|e| fail(e.message.to_string()))?;
         offset += status.length;
         match &mut pending {

@@ -9,7 +9,7 @@ use crate::cli::{
     flag, getopt, long_arg, long_flag, merge_opts, output_format, parse_size, with_arg, Opt,
     OutputFormat,
 };
-use crate::engine::status::status_at;
+use crate::engine::status::Walker;
 use crate::error::{fail, CmdResult};
 use crate::output::qemu_json_pretty;
 use qimg_driver_api::abi_stable::std_types::{RSlice, RStr};
@@ -150,9 +150,11 @@ fn run(args: &[String]) -> CmdResult {
 /// needs them to count clusters.
 fn allocated(image: &crate::block::BlockImage) -> Result<Vec<Extent>, crate::error::CmdError> {
     let mut out: Vec<Extent> = Vec::new();
+    let mut walker = Walker::default();
     let mut offset = 0;
     while offset < image.size() {
-        let s = status_at(image, offset, (image.size() - offset).min(STEP), None)
+        let s = walker
+            .status(image, offset, (image.size() - offset).min(STEP), None)
             .map_err(|e| fail(e.message.to_string()))?;
         if s.data && !s.zero {
             match out.last_mut() {

@@ -5,7 +5,7 @@
 
 use super::progress::Progress;
 use super::ratelimit::RateLimit;
-use super::status::status_at;
+use super::status::Walker;
 use super::zero::is_zero;
 use crate::block::BlockImage;
 use qimg_driver_api::{zero_flags, DriverError, ErrorKind};
@@ -89,10 +89,11 @@ impl CopyJob<'_> {
         let mut dst = 0u64;
         for (index, source) in self.sources.iter().enumerate() {
             let size = source.size();
+            let mut walker = Walker::default();
             let mut offset = 0u64;
             while offset < size {
                 let bottom = if self.top_only { Some(0) } else { None };
-                let status = status_at(source, offset, size - offset, bottom)?;
+                let status = walker.status(source, offset, size - offset, bottom)?;
                 let len = status.length;
                 let kind = if self.top_only && !status.present {
                     None

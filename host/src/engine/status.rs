@@ -2,7 +2,7 @@
 //! and what the copy and compare engines use to skip zeros without reading them.
 
 use crate::block::BlockImage;
-use qimg_driver_api::{extent_flags as ef, DriverError, ErrorKind};
+use qimg_driver_api::{extent_flags as ef, DriverError, ErrorKind, Extent};
 
 /// The status of one run of guest bytes, resolved through the chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,25 +35,44 @@ pub fn status_at(
     max: u64,
     bottom: Option<usize>,
 ) -> Result<Status, DriverError> {
-    let mut layer = image;
-    let mut depth = 0usize;
-    let mut len = max;
-    loop {
-        if offset >= layer.size() {
-            // Past the end of a shorter backing image: reads as zeros.
-            return Ok(Status {
-                start: offset,
-                length: len,
-                depth,
-                present: false,
-                zero: true,
-                data: false,
-                compressed: false,
-                offset: None,
-                file: None,
+    Walker::default().status(image, offset, max, bottom)
+}
+
+/// A walk through a chain in ascending offsets that remembers, per layer, the
+/// last extent each driver reported: a long run in an upper layer is asked
+/// once, not again for every short run found below it. Only for chains that
+/// do not change during the walk.
+#[derive(Default)]
+pub struct Walker {
+    last: Vec<Option<Extent>>,
+}
+
+impl Walker {
+    /// The extent of `layer` (at `depth`) that starts at `offset`.
+    fn extent(
+        &mut self,
+        layer: &BlockImage,
+        depth: usize,
+        offset: u64,
+        len: u64,
+    ) -> Result<Extent, DriverError> {
+        if self.last.len() <= depth {
+            self.last.resize(depth + 1, None);
+        }
+        if let Some(cached) = self.last[depth].filter(|e| e.offset <= offset && offset < e.end()) {
+            let skip = offset - cached.offset;
+            let host_offset = if cached.has(ef::OFFSET_VALID) {
+                cached.host_offset + skip
+            } else {
+                cached.host_offset
+            };
+            return Ok(Extent {
+                offset,
+                length: (cached.length - skip).min(len),
+                host_offset,
+                ..cached
             });
         }
-        len = len.min(layer.size() - offset);
         let extents = layer.block_status(offset, len)?;
         let Some(ext) = extents.into_iter().next() else {
             return Err(DriverError::new(
@@ -67,48 +86,81 @@ pub fn status_at(
                 "driver returned a misplaced extent",
             ));
         }
-        len = len.min(ext.length);
-        let allocated = ext.has(ef::ALLOCATED);
-        let last = layer.backing.is_none() || bottom.is_some_and(|b| depth >= b);
-        if allocated || ext.has(ef::DATA) || last {
-            let zero = ext.has(ef::ZERO) || (!ext.has(ef::DATA) && layer.backing.is_none());
-            let offset_valid = ext.has(ef::OFFSET_VALID);
-            return Ok(Status {
-                start: offset,
-                length: len,
-                depth,
-                present: allocated || ext.has(ef::DATA),
-                zero,
-                data: ext.has(ef::DATA),
-                compressed: ext.has(ef::COMPRESSED),
-                offset: offset_valid.then_some(ext.host_offset),
-                file: offset_valid.then(|| layer.image.store_name(ext.store).to_string()),
-            });
+        self.last[depth] = Some(ext);
+        Ok(ext)
+    }
+
+    /// [`status_at`], with the walker's memory of earlier answers.
+    pub fn status(
+        &mut self,
+        image: &BlockImage,
+        offset: u64,
+        max: u64,
+        bottom: Option<usize>,
+    ) -> Result<Status, DriverError> {
+        let mut layer = image;
+        let mut depth = 0usize;
+        let mut len = max;
+        loop {
+            if offset >= layer.size() {
+                // Past the end of a shorter backing image: reads as zeros.
+                return Ok(Status {
+                    start: offset,
+                    length: len,
+                    depth,
+                    present: false,
+                    zero: true,
+                    data: false,
+                    compressed: false,
+                    offset: None,
+                    file: None,
+                });
+            }
+            len = len.min(layer.size() - offset);
+            let ext = self.extent(layer, depth, offset, len)?;
+            len = len.min(ext.length);
+            let allocated = ext.has(ef::ALLOCATED);
+            let last = layer.backing.is_none() || bottom.is_some_and(|b| depth >= b);
+            if allocated || ext.has(ef::DATA) || last {
+                let zero = ext.has(ef::ZERO) || (!ext.has(ef::DATA) && layer.backing.is_none());
+                let offset_valid = ext.has(ef::OFFSET_VALID);
+                return Ok(Status {
+                    start: offset,
+                    length: len,
+                    depth,
+                    present: allocated || ext.has(ef::DATA),
+                    zero,
+                    data: ext.has(ef::DATA),
+                    compressed: ext.has(ef::COMPRESSED),
+                    offset: offset_valid.then_some(ext.host_offset),
+                    file: offset_valid.then(|| layer.image.store_name(ext.store).to_string()),
+                });
+            }
+            let Some(backing) = layer.backing.as_deref() else {
+                return Err(DriverError::new(
+                    ErrorKind::OTHER,
+                    "backing chain ended during the walk",
+                ));
+            };
+            if offset >= backing.size() {
+                // Past the end of a shorter backing image the overlay itself reads
+                // as zeros, and qemu-img reports it at the overlay's depth.
+                return Ok(Status {
+                    start: offset,
+                    length: len,
+                    depth,
+                    present: false,
+                    zero: true,
+                    data: false,
+                    compressed: false,
+                    offset: None,
+                    file: None,
+                });
+            }
+            len = len.min(backing.size() - offset);
+            layer = backing;
+            depth += 1;
         }
-        let Some(backing) = layer.backing.as_deref() else {
-            return Err(DriverError::new(
-                ErrorKind::OTHER,
-                "backing chain ended during the walk",
-            ));
-        };
-        if offset >= backing.size() {
-            // Past the end of a shorter backing image the overlay itself reads
-            // as zeros, and qemu-img reports it at the overlay's depth.
-            return Ok(Status {
-                start: offset,
-                length: len,
-                depth,
-                present: false,
-                zero: true,
-                data: false,
-                compressed: false,
-                offset: None,
-                file: None,
-            });
-        }
-        len = len.min(backing.size() - offset);
-        layer = backing;
-        depth += 1;
     }
 }
 
