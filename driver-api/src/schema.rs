@@ -250,7 +250,7 @@ pub enum MetadataRequest {
     },
     /// A persistent-bitmap operation (`bitmap`).
     Bitmap {
-        /// `add`, `remove`, `clear`, `enable`, `disable`, `merge`.
+        /// `add`, `remove`, `clear`, `enable`, `disable`, `merge`, `dirty`.
         action: String,
         /// Bitmap name.
         name: String,
@@ -260,5 +260,11 @@ pub enum MetadataRequest {
         /// Source bitmap for `merge`.
         #[serde(default)]
         source: Option<String>,
+        /// For `merge` from another image: the guest byte ranges
+        /// `[start, length]` its `dirty` action answered (the source
+        /// bitmap is then not looked up in this image). The `dirty` action
+        /// answers `{"size": guest size, "ranges": [[start, length], ...]}`.
+        #[serde(default)]
+        ranges: Option<Vec<[u64; 2]>>,
     },
 }

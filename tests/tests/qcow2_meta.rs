@@ -413,7 +413,7 @@ fn same_steps(fx: &Fixture, src: &str, steps: &[&str]) {
         let norm = |o: &Outcome, f: &str| {
             (
                 mask_dates(&o.stdout.replace(f, "X")),
-                o.stderr.replace(f, "X"),
+                mask_node(&o.stderr.replace(f, "X")),
                 o.status,
             )
         };
@@ -440,7 +440,20 @@ fn same_steps(fx: &Fixture, src: &str, steps: &[&str]) {
         0,
         "{steps:?}"
     );
+    assert_eq!(
+        bitmap_dump(fx, "ours.q"),
+        bitmap_dump(fx, "theirs.q"),
+        "bitmaps after {steps:?}"
+    );
     let list = fx.qemu_img(&["snapshot", "-l", "theirs.q"]).stdout;
+    if list.is_empty() {
+        // Without snapshot dates to differ, the files are the same bytes.
+        let bytes = |f: &str| std::fs::read(fx.path(f)).expect("read");
+        assert!(
+            bytes("ours.q") == bytes("theirs.q"),
+            "bytes after {steps:?}"
+        );
+    }
     for line in list.lines().skip(2) {
         let id = line.split(' ').next().unwrap_or_default();
         let sn = format!("snapshot.id={id}");
@@ -467,6 +480,66 @@ fn same_steps(fx: &Fixture, src: &str, steps: &[&str]) {
 
 /// `text` with snapshot creation times masked: the two tools take their
 /// snapshots a moment apart. Masks `YYYY-MM-DD HH:MM:SS` and the numbers
+/// The persistent bitmaps of a qcow2 file as text: per bitmap its name,
+/// granularity, flags and the set bits, read straight from the bitmap
+/// directory, tables and data (qcow2.txt "Bitmaps"), so that two files can
+/// be compared on what they record whatever their layout.
+fn bitmap_dump(fx: &Fixture, file: &str) -> String {
+    let d = std::fs::read(fx.path(file)).expect("read");
+    let be32 = |at: usize| u32::from_be_bytes(d[at..at + 4].try_into().expect("4 bytes"));
+    let be64 = |at: usize| u64::from_be_bytes(d[at..at + 8].try_into().expect("8 bytes"));
+    let cs = 1usize << be32(20);
+    let mut out = String::new();
+    let mut at = be32(100) as usize;
+    while at + 8 <= cs {
+        let (kind, len) = (be32(at), be32(at + 4) as usize);
+        if kind == 0 {
+            break;
+        }
+        if kind == 0x2385_2875 {
+            let mut p = be64(at + 24) as usize;
+            for _ in 0..be32(at + 8) {
+                let (table, size, flags) = (be64(p) as usize, be32(p + 8) as usize, be32(p + 12));
+                let name_len = u16::from_be_bytes([d[p + 18], d[p + 19]]) as usize;
+                let extra = be32(p + 20) as usize;
+                let name = String::from_utf8_lossy(&d[p + 24 + extra..p + 24 + extra + name_len]);
+                out.push_str(&format!("{name} g={} flags={flags}:", d[p + 17]));
+                for i in 0..size {
+                    let data = (be64(table + 8 * i) & 0x00ff_ffff_ffff_fe00) as usize;
+                    for k in 0..cs * 8 {
+                        let byte = if data == 0 {
+                            0
+                        } else {
+                            d.get(data + k / 8).copied().unwrap_or(0)
+                        };
+                        if byte >> (k % 8) & 1 != 0 {
+                            out.push_str(&format!(" {}", i * cs * 8 + k));
+                        }
+                    }
+                }
+                out.push('\n');
+                p += (24 + extra + name_len).next_multiple_of(8);
+            }
+        }
+        at += 8 + len.next_multiple_of(8);
+    }
+    out
+}
+
+/// `text` with qemu's internal node names (`#block123`, different on every
+/// run) and qimg's file name in their place both written `NODE`.
+fn mask_node(text: &str) -> String {
+    let mut out = text.replace("persistent in 'X'", "persistent in 'NODE'");
+    while let Some(at) = out.find("#block") {
+        let digits = out[at + 6..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .count();
+        out.replace_range(at..at + 6 + digits, "NODE");
+    }
+    out
+}
+
 /// of `"date-sec"` and `"date-nsec"`.
 fn mask_dates(text: &str) -> String {
     let shape = b"dddd-dd-dd dd:dd:dd";
@@ -680,4 +753,197 @@ fn convert_and_measure_read_snapshots() {
     fx.same(&["measure", "-l", "s", "--size", "1M", "-O", "qcow2"]);
     fx.oracle(&["create", "-q", "-f", "raw", "r.raw", "1M"]);
     fx.same(&["convert", "-l", "s", "-O", "raw", "r.raw", "out.raw"]);
+}
+
+// ---- bitmap ----
+
+#[test]
+fn bitmap_operations_like_qemu() {
+    // qemu-img bitmap, one or several operations per call: the same
+    // files, byte for byte.
+    let fx = Fixture::new("qm_bitmap_ops");
+    base(&fx);
+    same_steps(
+        &fx,
+        "base.qcow2",
+        &[
+            "bitmap --add {} b0",
+            "bitmap --add --disable -g 512 {} b1",
+            "io:write -P 2 1M 64k",
+            "bitmap --merge b0 {} b1",
+            "bitmap --clear {} b0",
+            "bitmap --enable {} b1",
+            "bitmap --remove {} b0",
+            "bitmap --add {} b0",
+            "bitmap --disable {} b0",
+            "bitmap --disable {} b0",
+            "bitmap --add --remove {} c",
+            "bitmap --add -g 1k --remove --add {} x2",
+            "bitmap --enable --clear {} b0",
+            "io:write -z 0 4k",
+            "io:discard 64k 64k",
+            "info {}",
+        ],
+    );
+    // Other cluster sizes pick other default granularities.
+    for (opts, file) in [
+        ("cluster_size=512", "c512.qcow2"),
+        ("cluster_size=2M", "c2m.qcow2"),
+    ] {
+        make(&fx, file, opts, "8M");
+        same_steps(
+            &fx,
+            file,
+            &["bitmap --add {} b", "io:write -P 1 1M 3k", "info {}"],
+        );
+    }
+}
+
+#[test]
+fn bitmap_refusals_like_qemu() {
+    let fx = Fixture::new("qm_bitmap_errors");
+    base(&fx);
+    same_steps(
+        &fx,
+        "base.qcow2",
+        &[
+            "bitmap --add {} b0",
+            "bitmap --add {} b0",
+            "bitmap --remove {} nope",
+            "bitmap --clear {} nope",
+            "bitmap --enable {} nope",
+            "bitmap --merge nope {} b0",
+            "bitmap --add -g 100 {} g",
+            "bitmap --add -g 3k {} g",
+            "bitmap --add -g 4G {} g",
+            "bitmap --add -g 0 {} z",
+            "bitmap --add -g 2G {} big",
+            "bitmap -g 64k --enable {} b0",
+            "bitmap -b {} --enable {} b0",
+            "bitmap -F qcow2 --merge b0 {} b0",
+            "bitmap --add {}  ",
+            "bitmap --merge b0 -b {} {} b0",
+            "bitmap --add {}",
+            "bitmap {} b0",
+        ],
+    );
+    let long = "n".repeat(1024);
+    same_steps(&fx, "base.qcow2", &[&format!("bitmap --add {{}} {long}")]);
+    make(&fx, "v2.qcow2", "compat=0.10", "1M");
+    same_steps(
+        &fx,
+        "v2.qcow2",
+        &["bitmap --add {} x", "bitmap --remove {} x"],
+    );
+}
+
+#[test]
+fn bitmap_merge_from_another_image() {
+    let fx = Fixture::new("qm_bitmap_merge");
+    for f in ["src.qcow2", "dst.qcow2"] {
+        make(&fx, f, "", "4M");
+        fx.oracle(&["bitmap", "--add", "-g", "4k", f, "a"]);
+    }
+    qio(&fx, "src.qcow2", &["write 100k 10k", "write 3M 1k"]);
+    make(&fx, "small.qcow2", "", "1M");
+    fx.oracle(&["bitmap", "--add", "small.qcow2", "a"]);
+    let steps = [
+        "bitmap --merge a -b src.qcow2 {} a",
+        "bitmap --merge a -b src.qcow2 -F qcow2 {} a",
+        "bitmap --merge nope -b src.qcow2 {} a",
+        "bitmap --merge a -b small.qcow2 {} a",
+        "bitmap --merge a -b missing.qcow2 {} a",
+    ];
+    same_steps(&fx, "dst.qcow2", &steps);
+}
+
+#[test]
+fn bitmaps_record_what_qimg_writes() {
+    // Writes made by qimg (dd, convert -n, resize) set the bits QEMU's
+    // writes set; a disabled bitmap stays as it is.
+    let fx = Fixture::new("qm_bitmap_writes");
+    make(&fx, "t.qcow2", "", "4M");
+    for (g, name) in [("512", "fine"), ("64k", "coarse"), ("1M", "off")] {
+        fx.oracle(&["bitmap", "--add", "-g", g, "t.qcow2", name]);
+    }
+    fx.oracle(&["bitmap", "--disable", "t.qcow2", "off"]);
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.qemu_io("src.raw", "write -P 5 100k 200k");
+    same_steps(
+        &fx,
+        "t.qcow2",
+        &[
+            "dd if=src.raw of={} -f raw -O qcow2 bs=3k count=5 skip=33 seek=7",
+            "resize {} 6M",
+            "resize --shrink {} 5M",
+        ],
+    );
+    for f in ["ours.q", "theirs.q"] {
+        fx.sh(&format!("cp --sparse=always t.qcow2 {f}"));
+    }
+    // (Written in parallel by qimg: the same bits, not the same layout.)
+    fx.qimg(&[
+        "convert", "-n", "-f", "raw", "-O", "qcow2", "src.raw", "ours.q",
+    ]);
+    fx.oracle(&[
+        "convert", "-n", "-f", "raw", "-O", "qcow2", "src.raw", "theirs.q",
+    ]);
+    assert_eq!(bitmap_dump(&fx, "ours.q"), bitmap_dump(&fx, "theirs.q"));
+    assert_clean(&fx, "ours.q");
+}
+
+#[test]
+fn bitmaps_in_use_are_left_alone() {
+    // A bitmap already in use when the image is opened was not saved
+    // cleanly: qemu-img refuses to use it, keeps it through writes and
+    // lets it be removed.
+    let fx = Fixture::new("qm_bitmap_inuse");
+    make(&fx, "i.qcow2", "", "1M");
+    fx.oracle(&["bitmap", "--add", "i.qcow2", "good"]);
+    fx.oracle(&["bitmap", "--add", "i.qcow2", "bad"]);
+    let dir = fx.qemu_img(&["info", "--output=json", "i.qcow2"]);
+    assert!(dir.stdout.contains("\"bad\""));
+    // The directory is the image's last cluster: good's entry, then bad's.
+    let len = std::fs::metadata(fx.path("i.qcow2")).expect("stat").len();
+    let bad_flags = (len - 64 + 32 + 12, 3u32.to_be_bytes().to_vec());
+    patch(&fx, "i.qcow2", "u.qcow2", &[bad_flags]);
+    let info = fx.same(&["info", "u.qcow2"]);
+    assert!(info.stdout.contains("in-use"), "{}", info.stdout);
+    for op in ["--clear", "--enable", "--disable", "--merge good"] {
+        let step = format!("bitmap {op} {{}} bad");
+        same_steps(&fx, "u.qcow2", &[&step]);
+    }
+    same_steps(
+        &fx,
+        "u.qcow2",
+        &[
+            "bitmap --merge bad {} good",
+            "bitmap --add {} bad",
+            "resize {} 2M",
+            "io:write 0 64k",
+            "bitmap --remove {} bad",
+            "info {}",
+        ],
+    );
+}
+
+#[test]
+fn zero_writes_racing_data_writes_keep_the_data() {
+    // convert -n writes zeros and data of the same cluster from several
+    // threads; a zero write widened to whole clusters must not wipe data
+    // written next to it meanwhile (qemu-img compare with the source).
+    let fx = Fixture::new("qm_zero_race");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.qemu_io("src.raw", "write -P 5 100k 200k");
+    fx.qemu_io("src.raw", "write -P 6 3M 4k");
+    for round in 0..6 {
+        let target = format!("t{round}.qcow2");
+        make(&fx, &target, "", "4M");
+        let out = fx.qimg(&[
+            "convert", "-n", "-f", "raw", "-O", "qcow2", "src.raw", &target,
+        ]);
+        assert_eq!(out.status, 0, "{out:?}");
+        let same = fx.qemu_img(&["compare", "-f", "raw", "-F", "qcow2", "src.raw", &target]);
+        assert_eq!(same.status, 0, "round {round}: {}", same.stdout);
+    }
 }

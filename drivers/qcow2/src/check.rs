@@ -339,7 +339,13 @@ impl Checker<'_> {
             return Ok(());
         }
         self.count(ext.directory_offset, ext.directory_size);
-        let bitmaps = self.meta.bitmaps.clone();
+        let bitmaps: Vec<_> = self
+            .meta
+            .bitmaps
+            .iter()
+            .filter(|b| b.on_disk)
+            .cloned()
+            .collect();
         for b in &bitmaps {
             self.count(b.table_offset, u64::from(b.table_size) * 8);
             let table = self.table(b.table_offset, u64::from(b.table_size))?;

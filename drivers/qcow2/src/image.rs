@@ -45,6 +45,8 @@ pub struct Qcow2Image {
     pub(crate) prealloc_detected: OnceLock<bool>,
     /// This handle set the dirty bit (lazy refcounts) and must clear it.
     pub(crate) marked_dirty: AtomicBool,
+    /// Some loaded bitmap records writes (a fast check before locking).
+    pub(crate) tracking: AtomicBool,
 }
 
 /// A run of guest bytes with one mapping.
@@ -260,6 +262,7 @@ impl Qcow2Image {
             data_file_raw: header.data_file_raw(),
             prealloc_detected: OnceLock::new(),
             marked_dirty: AtomicBool::new(false),
+            tracking: AtomicBool::new(false),
             meta: Mutex::new(Meta::new(header, layout, l1, reftable)),
         };
         {
@@ -278,6 +281,9 @@ impl Qcow2Image {
             // repair them before anything is allocated, as `check -r all`
             // does, printing what it finds as qemu does.
             image.repair_dirty()?;
+        }
+        if writable {
+            image.load_bitmaps()?;
         }
         Ok(image)
     }

@@ -13,7 +13,7 @@ impl Qcow2Image {
         let meta = self.lock();
         let h = meta.header.clone();
         let snapshots: Vec<_> = meta.snapshots.iter().map(|s| s.info()).collect();
-        let bitmaps = meta.bitmaps.clone();
+        let bitmaps: Vec<_> = meta.bitmaps.iter().filter(|b| b.on_disk).cloned().collect();
         drop(meta);
         let mut data = Map::new();
         if h.version >= 3 {
@@ -71,8 +71,8 @@ impl Qcow2Image {
                 bitmaps
                     .iter()
                     .map(|b| BitmapSummary {
-                        name: b.name.clone(),
-                        granularity: b.granularity,
+                        name: b.name_text(),
+                        granularity: b.granularity(),
                     })
                     .collect()
             }),

@@ -57,6 +57,7 @@ impl DriverImpl for Qcow2Driver {
             | caps::ZERO_INIT
             | caps::CHECK
             | caps::SNAPSHOTS
+            | caps::BITMAPS
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         // qemu takes the magic with version 2 or later as qcow2.
@@ -141,6 +142,21 @@ impl ImageImpl for Qcow2Image {
             MetadataRequest::SnapshotDelete { name } => self.snapshot_delete(&name)?,
             MetadataRequest::SnapshotLoad { id, name } => {
                 self.snapshot_load(id.as_deref(), name.as_deref())?
+            }
+            MetadataRequest::Bitmap {
+                action,
+                name,
+                granularity,
+                source,
+                ranges,
+            } => {
+                return Ok(self.bitmap_op(
+                    &action,
+                    &name,
+                    granularity,
+                    source.as_deref(),
+                    ranges.as_deref(),
+                )?)
             }
             _ => {
                 return Err(DriverError::unsupported(

@@ -401,7 +401,14 @@ impl Qcow2Image {
             self.io.write(l1_offset, &table)?;
         }
         let active = meta.header.l1_table_offset;
-        meta.update_snapshot_refcount(&self.io, active, l1_size, 1)?;
+        if let Err(e) = meta.update_snapshot_refcount(&self.io, active, l1_size, 1) {
+            // The copy goes again; references counted before the failure
+            // stay behind as leaks, which are harmless.
+            if bytes > 0 {
+                meta.add_refcount(&self.io, l1_offset, bytes, -1)?;
+            }
+            return Err(e);
+        }
         meta.flush(&self.io)?;
         let snapshot = Snapshot {
             id: next_id(&meta.snapshots),
@@ -447,6 +454,10 @@ impl Qcow2Image {
         }
         let snapshot = {
             let meta = self.lock();
+            if !meta.bitmaps.is_empty() {
+                // Their bits would not describe the reverted data.
+                return Err(Error::argument("Device has active dirty bitmaps"));
+            }
             let Some(i) = find(&meta.snapshots, key) else {
                 return Err(Error::Errno(2, "No such file or directory".into()));
             };

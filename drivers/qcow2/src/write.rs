@@ -92,6 +92,7 @@ impl Qcow2Image {
     /// Writes guest data.
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.check_write(offset, buf.len() as u64)?;
+        self.mark_dirty(offset, buf.len() as u64);
         let mut done = 0usize;
         while done < buf.len() {
             done += self.write_step(offset + done as u64, &buf[done..])?;
@@ -293,6 +294,7 @@ impl Qcow2Image {
     /// Makes `[offset, offset+len)` read as zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> Result<()> {
         self.check_write(offset, len)?;
+        self.mark_dirty(offset, len);
         if !self.layout.v3 || self.data_file_raw {
             return self.write_zero_bytes(offset, len);
         }
@@ -328,7 +330,7 @@ impl Qcow2Image {
         let unmap = flags & zero_flags::MAY_UNMAP != 0;
         let mut pos = start;
         while pos < stop {
-            pos = self.zero_cluster(pos, stop, unmap)?;
+            pos = self.zero_cluster(pos, stop, unmap, (offset, end))?;
         }
         Ok(())
     }
@@ -356,8 +358,12 @@ impl Qcow2Image {
     }
 
     /// Zeroes the whole granules of one cluster from `pos` (granule-aligned)
-    /// up to `stop`; returns where the next cluster starts.
-    fn zero_cluster(&self, pos: u64, stop: u64, unmap: bool) -> Result<u64> {
+    /// up to `stop`; returns where the next cluster starts. `asked` is the
+    /// range the caller asked for: granules widened past it were seen
+    /// reading zeros before the lock was taken, and are checked again
+    /// under it (a concurrent write may have filled them since); if one no
+    /// longer is, only the asked part gets explicit zeros.
+    fn zero_cluster(&self, pos: u64, stop: u64, unmap: bool, asked: (u64, u64)) -> Result<u64> {
         let layout = self.layout;
         let cs = layout.cluster_size();
         let c = layout.cluster_start(pos);
@@ -368,9 +374,24 @@ impl Qcow2Image {
         let (entry, _) = meta.entry(&self.io, c)?;
         let has_host = entry.has_host(meta.data_file);
         let owned = has_host && entry.copied();
-        if !whole && (!layout.extended || entry.compressed() || (has_host && !owned)) {
+        let g = layout.subcluster_size();
+        let mut widened = Vec::new();
+        if pos < asked.0 {
+            widened.push((pos - c) / g);
+        }
+        if next > asked.1 {
+            widened.push((asked.1 - c) / g);
+        }
+        let still_zero = widened.iter().all(|&i| {
+            let sub = entry.sub(&layout, meta.data_file, i as u32);
+            sub.unallocated() || sub.zero()
+        });
+        if !still_zero
+            || (!whole && (!layout.extended || entry.compressed() || (has_host && !owned)))
+        {
             drop(meta);
-            self.write_zero_bytes(pos, next - pos)?;
+            let (from, to) = (pos.max(asked.0), next.min(asked.1));
+            self.write_zero_bytes(from, to - from)?;
             return Ok(next);
         }
         self.before_change(&mut meta)?;
@@ -413,6 +434,7 @@ impl Qcow2Image {
     /// clusters are left alone, as qemu does.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_write(offset, len)?;
+        self.mark_dirty(offset, len);
         let layout = self.layout;
         let cs = layout.cluster_size();
         let size = self.size();
@@ -472,6 +494,7 @@ impl Qcow2Image {
         let layout = self.layout;
         let cs = layout.cluster_size();
         self.check_write(offset, buf.len() as u64)?;
+        self.mark_dirty(offset, buf.len() as u64);
         if layout.in_cluster(offset) != 0 || buf.len() as u64 > cs {
             return Err(Error::argument(
                 "Compressed writes must be cluster-aligned and at most one cluster",
@@ -660,6 +683,7 @@ impl Qcow2Image {
         if !new_size.is_multiple_of(512) {
             return Err(Error::argument("The new size must be a multiple of 512"));
         }
+        self.check_bitmaps_resizable()?;
         {
             // Version 3 snapshots record their own guest size, so only
             // version 2 images keep theirs (qcow2.txt "Snapshots").
@@ -697,6 +721,7 @@ impl Qcow2Image {
             meta.flush(&self.io)?;
         }
         self.size.store(new_size, Ordering::Release);
+        self.resize_bitmaps(new_size);
         if let Some(data) = &self.io.data {
             if new_size > data.len().into_result()? {
                 let file_mode = if mode == Prealloc::METADATA {
@@ -726,18 +751,22 @@ impl Qcow2Image {
         // Freed data clusters go back to the file system (qemu discards
         // them on shrink).
         meta.discarded = Some(Vec::new());
+        // Table by table, as qemu discards: each L2 table the range touches
+        // is made writable first (allocated, or copied if a snapshot shares
+        // it), even when it maps nothing there.
+        let span = layout.l2_span();
         let mut c = new_size.div_ceil(cs) * cs;
         while c < old_size {
-            let (entry, slot) = meta.entry(&self.io, c)?;
-            if slot.is_some() && entry != Entry::default() {
-                meta.writable_l2(&self.io, c)?;
+            let table_end = ((c / span + 1) * span).min(old_size);
+            meta.writable_l2(&self.io, c)?;
+            while c < table_end {
                 let (entry, slot) = meta.entry(&self.io, c)?;
-                if let Some(slot) = slot {
+                if let (Some(slot), false) = (slot, entry == Entry::default()) {
                     meta.set_entry(&self.io, slot, Entry::default())?;
+                    meta.release_entry(&self.io, entry)?;
                 }
-                meta.release_entry(&self.io, entry)?;
+                c += cs;
             }
-            c += cs;
         }
         // L2 tables wholly past the end go too.
         let keep = layout.l1_entries_for(new_size);
@@ -750,6 +779,14 @@ impl Qcow2Image {
         }
         let freed = meta.discarded.take().unwrap_or_default();
         meta.flush(&self.io)?;
+        let l1_size = u64::from(meta.header.l1_size);
+        if keep < l1_size {
+            // The dropped part of the L1 table is zeroed on disk in whole
+            // 512-byte sectors, as qemu's zero write does.
+            let start = meta.header.l1_table_offset + keep * 8;
+            let end = (meta.header.l1_table_offset + l1_size * 8).next_multiple_of(512);
+            self.io.write(start, &vec![0u8; (end - start) as usize])?;
+        }
         let mut offsets = Vec::new();
         for c in freed {
             if meta.refcount(&self.io, c)? == 0 {
@@ -878,18 +915,37 @@ impl Qcow2Image {
         self.io.flush()
     }
 
-    /// Flushes and clears the dirty bit this handle set.
+    /// Stores the bitmaps, flushes and clears the dirty bit this handle
+    /// set.
     pub fn close(&self) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
         let mut meta = self.lock();
+        self.release_bitmaps(&mut meta)?;
         meta.flush(&self.io)?;
         if self.marked_dirty.swap(false, Ordering::AcqRel) {
             meta.header.incompatible_features &= !incompat::DIRTY;
             meta.write_header(&self.io)?;
         }
         self.io.flush()
+    }
+}
+
+impl Drop for Qcow2Image {
+    /// An image dropped without `close` (a command that failed half way)
+    /// still stores its bitmaps, as QEMU stores them whenever it closes an
+    /// image; errors cannot be reported any more and leave the bitmaps
+    /// marked in use, which is what a crash leaves.
+    fn drop(&mut self) {
+        if self.writable {
+            let mut meta = self.lock();
+            let loaded = meta.bitmaps.iter().any(|b| b.bits.is_some());
+            if loaded && self.release_bitmaps(&mut meta).is_ok() {
+                let _ = meta.flush(&self.io);
+                let _ = self.io.flush();
+            }
+        }
     }
 }
 
