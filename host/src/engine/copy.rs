@@ -214,13 +214,13 @@ impl CopyJob<'_> {
             self.rate
                 .take(if item.kind == Kind::Zero { 0 } else { item.len });
             self.copy_item(item)?;
-            for finished in tracker.finish(index) {
+            tracker.finish(index, |finished| {
                 if counted(&items[finished]) {
                     let now = done.fetch_add(items[finished].len, Ordering::Relaxed)
                         + items[finished].len;
                     self.progress.fraction(now, total);
                 }
-            }
+            });
             Ok(())
         };
         if self.sequential && self.compress {
@@ -465,17 +465,17 @@ impl InOrder {
         }
     }
 
-    /// Marks `index` done; returns the indexes now complete in order.
-    fn finish(&self, index: usize) -> Vec<usize> {
+    /// Marks `index` done and calls `release` for every index now complete in
+    /// order, under the tracker's lock, so releases from different workers
+    /// cannot overtake each other.
+    fn finish(&self, index: usize, mut release: impl FnMut(usize)) {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let (next, done) = &mut *guard;
         done.insert(index);
-        let mut released = Vec::new();
         while done.remove(next) {
-            released.push(*next);
+            release(*next);
             *next += 1;
         }
-        released
     }
 }
 
@@ -504,9 +504,14 @@ mod tests {
     #[test]
     fn in_order_release() {
         let t = InOrder::new();
-        assert!(t.finish(1).is_empty());
-        assert_eq!(t.finish(0), vec![0, 1]);
-        assert_eq!(t.finish(3), Vec::<usize>::new());
-        assert_eq!(t.finish(2), vec![2, 3]);
+        let released = |index| {
+            let mut out = Vec::new();
+            t.finish(index, |i| out.push(i));
+            out
+        };
+        assert!(released(1).is_empty());
+        assert_eq!(released(0), vec![0, 1]);
+        assert!(released(3).is_empty());
+        assert_eq!(released(2), vec![2, 3]);
     }
 }
