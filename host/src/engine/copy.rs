@@ -228,15 +228,7 @@ impl CopyJob<'_> {
         } else if self.sequential || self.threads <= 1 {
             (0..items.len()).try_for_each(work)?;
         } else {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(self.threads)
-                .build()
-                .map_err(|e| {
-                    DriverError::new(
-                        ErrorKind::OTHER,
-                        format!("cannot start worker threads: {e}"),
-                    )
-                })?;
+            let pool = worker_pool(self.threads)?;
             pool.install(|| (0..items.len()).into_par_iter().try_for_each(work))?;
         }
         self.progress.print(100.0, 0);
@@ -246,15 +238,7 @@ impl CopyJob<'_> {
     /// For targets written strictly in order: clusters are read and compressed
     /// by the workers a window at a time, then written in order by this thread.
     fn run_ordered(&self, items: &[Item], done: &AtomicU64, total: u64) -> Result<(), DriverError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.threads.max(1))
-            .build()
-            .map_err(|e| {
-                DriverError::new(
-                    ErrorKind::OTHER,
-                    format!("cannot start worker threads: {e}"),
-                )
-            })?;
+        let pool = worker_pool(self.threads)?;
         let cluster = self.align.max(512) as usize;
         for window in items.chunks(ORDERED_WINDOW_PER_THREAD * self.threads.max(1)) {
             let prepared: Vec<Vec<(u64, Vec<u8>)>> = pool.install(|| {
@@ -370,6 +354,19 @@ impl CopyJob<'_> {
         }
         Ok(())
     }
+}
+
+/// A rayon pool of `threads` workers (at least one) for one copy.
+fn worker_pool(threads: usize) -> Result<rayon::ThreadPool, DriverError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| {
+            DriverError::new(
+                ErrorKind::OTHER,
+                format!("cannot start worker threads: {e}"),
+            )
+        })
 }
 
 /// The parts of `item` outside the sorted, disjoint `spans`.

@@ -27,6 +27,24 @@ pub struct Status {
     pub file: Option<String>,
 }
 
+impl Status {
+    /// A run past the end of a shorter image of the chain: it reads as zeros
+    /// and no layer allocates it.
+    fn zeros_past_end(start: u64, length: u64, depth: usize) -> Status {
+        Status {
+            start,
+            length,
+            depth,
+            present: false,
+            zero: true,
+            data: false,
+            compressed: false,
+            offset: None,
+            file: None,
+        }
+    }
+}
+
 /// Status of the run at `offset`, at most `max` bytes long, looking down the
 /// chain no deeper than `bottom` layers (None: the whole chain).
 pub fn status_at(
@@ -104,17 +122,7 @@ impl Walker {
         loop {
             if offset >= layer.size() {
                 // Past the end of a shorter backing image: reads as zeros.
-                return Ok(Status {
-                    start: offset,
-                    length: len,
-                    depth,
-                    present: false,
-                    zero: true,
-                    data: false,
-                    compressed: false,
-                    offset: None,
-                    file: None,
-                });
+                return Ok(Status::zeros_past_end(offset, len, depth));
             }
             len = len.min(layer.size() - offset);
             let ext = self.extent(layer, depth, offset, len)?;
@@ -145,17 +153,7 @@ impl Walker {
             if offset >= backing.size() {
                 // Past the end of a shorter backing image the overlay itself reads
                 // as zeros, and qemu-img reports it at the overlay's depth.
-                return Ok(Status {
-                    start: offset,
-                    length: len,
-                    depth,
-                    present: false,
-                    zero: true,
-                    data: false,
-                    compressed: false,
-                    offset: None,
-                    file: None,
-                });
+                return Ok(Status::zeros_past_end(offset, len, depth));
             }
             len = len.min(backing.size() - offset);
             layer = backing;
