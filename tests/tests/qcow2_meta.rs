@@ -947,3 +947,179 @@ fn zero_writes_racing_data_writes_keep_the_data() {
         assert_eq!(same.status, 0, "round {round}: {}", same.stdout);
     }
 }
+
+// ---- amend ----
+
+/// An image with data, zero clusters (plain and preallocated) and a
+/// compressed cluster.
+fn amendable(fx: &Fixture, file: &str, opts: &str) {
+    make(fx, file, opts, "4M");
+    qio(
+        fx,
+        file,
+        &[
+            "write -P 1 0 64k",
+            "write -z 64k 64k",
+            "write -z 1M 4k",
+            "write -c -P 2 2M 64k",
+        ],
+    );
+}
+
+#[test]
+fn amend_compat_both_ways_like_qemu() {
+    // qemu-img amend -o compat=…: the same files, byte for byte (zero
+    // clusters go on downgrade; with a backing file they become data).
+    let fx = Fixture::new("qm_amend_compat");
+    amendable(&fx, "v3.qcow2", "");
+    amendable(&fx, "v2.qcow2", "compat=0.10");
+    fx.oracle(&["create", "-q", "-f", "raw", "bk.raw", "4M"]);
+    fx.qemu_io("bk.raw", "write -P 9 0 4M");
+    amendable(&fx, "ov.qcow2", "backing_file=bk.raw,backing_fmt=raw");
+    qio(&fx, "ov.qcow2", &["write -z -u 3M 64k"]);
+    for f in ["v3.qcow2", "v2.qcow2", "ov.qcow2"] {
+        same_steps(
+            &fx,
+            f,
+            &["amend -o compat=0.10 {}", "amend -p -o compat=1.1 {}"],
+        );
+        same_steps(
+            &fx,
+            f,
+            &["amend -o compat=v3 {}", "amend -p -o compat=v2 {}"],
+        );
+    }
+    // Snapshots: v3 snapshot tables stay; a snapshot of another size, a
+    // data file, extended L2 entries or other refcount widths refuse.
+    make(&fx, "s.qcow2", "", "4M");
+    qio(&fx, "s.qcow2", &["write -P 1 0 64k"]);
+    fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
+    qio(&fx, "s.qcow2", &["write -z 0 64k"]);
+    same_steps(&fx, "s.qcow2", &["amend -o compat=0.10 {}"]);
+    same_steps(
+        &fx,
+        "s.qcow2",
+        &["resize {} 8M", "amend -p -o compat=0.10 {}"],
+    );
+    make(&fx, "df.qcow2", "data_file=df.raw", "1M");
+    qio(&fx, "df.qcow2", &["write -P 1 0 64k"]);
+    same_steps(&fx, "df.qcow2", &["amend -p -o compat=0.10 {}"]);
+    for (file, opts) in [
+        ("x.qcow2", "extended_l2=on"),
+        ("rc.qcow2", "refcount_bits=8"),
+        ("z.qcow2", "compression_type=zstd"),
+    ] {
+        amendable(&fx, file, opts);
+        same_steps(&fx, file, &["amend -p -o compat=0.10 {}"]);
+    }
+    make(&fx, "z0.qcow2", "compression_type=zstd", "1M");
+    same_steps(&fx, "z0.qcow2", &["amend -o compat=0.10 {}", "info {}"]);
+}
+
+#[test]
+fn amend_refcount_width_and_lazy_refcounts_like_qemu() {
+    let fx = Fixture::new("qm_amend_refcounts");
+    amendable(&fx, "a.qcow2", "");
+    make(&fx, "s.qcow2", "cluster_size=4k", "4M");
+    qio(&fx, "s.qcow2", &["write -P 1 0 1M"]);
+    fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
+    for f in ["a.qcow2", "s.qcow2"] {
+        for bits in ["1", "8", "64"] {
+            let step = format!("amend -p -o refcount_bits={bits} {{}}");
+            same_steps(&fx, f, &[&step, "amend -o refcount_bits=16 {}"]);
+        }
+    }
+    same_steps(
+        &fx,
+        "a.qcow2",
+        &[
+            "amend -p -o lazy_refcounts=on {}",
+            "io:write -P 3 3M 64k",
+            "amend -o lazy_refcounts=off {}",
+            "amend -o size=8M,refcount_bits=4 {}",
+            "amend -o size=1M {}",
+            "amend -o size=0 {}",
+        ],
+    );
+}
+
+#[test]
+fn amend_refusals_like_qemu() {
+    let fx = Fixture::new("qm_amend_refusals");
+    amendable(&fx, "a.qcow2", "");
+    make(&fx, "v2.qcow2", "compat=0.10", "1M");
+    make(&fx, "d.qcow2", "data_file=d.raw,data_file_raw=on", "1M");
+    for step in [
+        "amend -o compat=foo {}",
+        "amend -o compat= {}",
+        "amend -o cluster_size=4096 {}",
+        "amend -o cluster_size=512,foo=1 {}",
+        "amend -o foo=1 {}",
+        "amend -o preallocation=full {}",
+        "amend -o encrypt.format=luks {}",
+        "amend -o encrypt.keyslot=1 {}",
+        "amend -o lazy_refcounts=maybe {}",
+        "amend -o refcount_bits=3 {}",
+        "amend -o refcount_bits=128 {}",
+        "amend -o refcount_bits=abc {}",
+        "amend -o size=abc {}",
+        "amend -o backing_file=x {}",
+        "amend -o backing_fmt=raw {}",
+        "amend -o data_file=x {}",
+        "amend -o data_file_raw=on {}",
+        "amend -p -o help {}",
+        "amend -o help -f qcow2",
+        "amend -o help -f raw",
+        "amend -o help -f bogus",
+        "amend -p -o size=1M",
+        "amend -o , {}",
+        "amend -o a=1, {}",
+        "amend -p {}",
+        "amend --force -o lazy_refcounts=on {}",
+    ] {
+        same_steps(&fx, "a.qcow2", &[step]);
+    }
+    for step in [
+        "amend -o lazy_refcounts=on {}",
+        "amend -o refcount_bits=8 {}",
+        "amend -o compat=1.1,lazy_refcounts=on,refcount_bits=8 {}",
+    ] {
+        same_steps(&fx, "v2.qcow2", &[step]);
+    }
+    for step in [
+        "amend -o data_file_raw=off {}",
+        "amend -o data_file=d.raw {}",
+        "amend -o data_file_raw=off,data_file_raw=on {}",
+    ] {
+        same_steps(&fx, "d.qcow2", &[step, "info {}"]);
+    }
+}
+
+#[test]
+fn amend_keeps_bitmaps_and_drops_them_cleanly_on_downgrade() {
+    // With bitmaps, amend leaves qemu-img's files; a downgrade (version 2
+    // cannot hold bitmaps) removes them with their clusters, where qemu-img
+    // leaves them behind as leaks.
+    let fx = Fixture::new("qm_amend_bitmaps");
+    make(&fx, "b.qcow2", "", "1M");
+    qio(&fx, "b.qcow2", &["write -P 1 0 64k"]);
+    fx.oracle(&["bitmap", "--add", "b.qcow2", "b"]);
+    same_steps(
+        &fx,
+        "b.qcow2",
+        &[
+            "amend -o refcount_bits=8 {}",
+            "amend -o size=2M,lazy_refcounts=on {}",
+        ],
+    );
+    fx.sh("cp b.qcow2 ours.q");
+    let out = fx.qimg(&["amend", "-o", "compat=0.10", "ours.q"]);
+    assert_eq!((out.status, out.stderr.as_str()), (0, ""));
+    assert_clean(&fx, "ours.q");
+    assert_eq!(fx.qemu_img(&["compare", "b.qcow2", "ours.q"]).status, 0);
+    let info = fx.qemu_img(&["info", "ours.q"]);
+    assert!(
+        info.stderr.is_empty() && !info.stdout.contains("bitmaps"),
+        "{info:?}"
+    );
+}

@@ -433,6 +433,19 @@ impl Meta {
         meta::punch_clusters(io, &freed, cs)
     }
 
+    /// Removes every bitmap: the directory and extension go, then their
+    /// tables and data (a downgrade to version 2, which cannot hold them).
+    pub fn remove_all_bitmaps(&mut self, io: &Io) -> Result<()> {
+        let gone = std::mem::take(&mut self.bitmaps);
+        self.write_directory(io)?;
+        let mut freed = Vec::new();
+        for b in gone.iter().filter(|b| b.on_disk) {
+            freed.extend(self.free_table(io, b.table_offset, b.table_size)?);
+        }
+        self.flush(io)?;
+        meta::punch_clusters(io, &freed, self.layout.cluster_size())
+    }
+
     /// Marks every consistent bitmap in use on disk, rewriting the
     /// directory in place (the auto-clear bit is dropped while it is
     /// rewritten, so that a crash in between loses the bitmaps rather than

@@ -953,7 +953,7 @@ impl Qcow2Image {
         let mut meta = self.lock();
         meta.flush(&self.io)?;
         let file_len = self.io.file.len().into_result()?;
-        let layout = self.layout;
+        let layout = meta.layout;
         let h = meta.header.clone();
         let reftable_entries = u64::from(h.refcount_table_clusters) * layout.cluster_size() / 8;
         let reftable = read_table(

@@ -11,6 +11,7 @@
 //! [`info`], [`compress`], [`snapshot`], [`bitmaps`], [`check`] (`check`
 //! and `check -r`, also what repairs a dirty image on open).
 
+pub mod amend;
 pub mod bitmaps;
 pub mod cache;
 pub mod check;
@@ -58,6 +59,7 @@ impl DriverImpl for Qcow2Driver {
             | caps::CHECK
             | caps::SNAPSHOTS
             | caps::BITMAPS
+            | caps::AMEND
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         // qemu takes the magic with version 2 or later as qcow2.
@@ -158,11 +160,7 @@ impl ImageImpl for Qcow2Image {
                     ranges.as_deref(),
                 )?)
             }
-            _ => {
-                return Err(DriverError::unsupported(
-                    "Operation not supported by this image format",
-                ))
-            }
+            MetadataRequest::Amend { options, .. } => return Ok(self.amend(&options)?),
         }
         Ok(serde_json::Value::Null)
     }

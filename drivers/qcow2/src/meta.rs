@@ -401,6 +401,11 @@ impl Meta {
             .ok_or_else(|| Error::invalid("refcount block vanished from the cache"))
     }
 
+    /// A copy of the refcount block at `offset` (through the cache).
+    pub fn refblock_data(&mut self, io: &Io, offset: u64) -> Result<Vec<u8>> {
+        Ok(self.refblock(io, offset)?.clone())
+    }
+
     /// The refcount of host cluster `cluster` (0 where no block covers it).
     pub fn refcount(&mut self, io: &Io, cluster: u64) -> Result<u64> {
         let bits = self.layout.refblock_bits();

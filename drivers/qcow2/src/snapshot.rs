@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub icount: u64,
     /// Extra data past the fields this driver knows, kept as found.
     pub unknown_extra: Vec<u8>,
+    /// Bytes of extra data the entry had when read (version 2 entries may
+    /// lack the size fields version 3 requires).
+    pub extra_size: u32,
 }
 
 impl Snapshot {
@@ -198,6 +201,7 @@ pub fn read_table(
             disk_size: if has(16) { be64(&extra, 8) } else { disk_size },
             icount: if has(24) { be64(&extra, 16) } else { u64::MAX },
             unknown_extra: extra.get(KNOWN_EXTRA..).unwrap_or(&[]).to_vec(),
+            extra_size: extra_len,
         });
     }
     Ok((out, cur.at - offset))
@@ -344,6 +348,16 @@ impl Meta {
         Ok(())
     }
 
+    /// Writes the snapshot table anew (every entry with the extra data
+    /// version 3 requires).
+    pub fn rewrite_snapshot_table(&mut self, io: &Io) -> Result<()> {
+        self.write_snapshot_table(io)?;
+        for s in self.snapshots.iter_mut() {
+            s.extra_size = s.extra_size.max(KNOWN_EXTRA as u32);
+        }
+        Ok(())
+    }
+
     /// Writes the snapshot list into newly allocated clusters, points the
     /// header at it and frees the old table.
     fn write_snapshot_table(&mut self, io: &Io) -> Result<()> {
@@ -420,6 +434,7 @@ impl Qcow2Image {
             date_nsec: now.subsec_micros() * 1000,
             disk_size: self.size(),
             icount: 0,
+            extra_size: KNOWN_EXTRA as u32,
             ..Snapshot::default()
         };
         meta.snapshots.push(snapshot);
@@ -613,6 +628,7 @@ mod tests {
             disk_size: 1 << 30,
             icount: u64::MAX,
             unknown_extra: vec![9; 16],
+            extra_size: 40,
         };
         let bytes = serialize_table(&[s.clone(), s.clone()]);
         // 97 bytes each; the second starts at 104 and is not padded.

@@ -1,11 +1,19 @@
 //! `amend`: change format options of an existing image.
 
 use super::common::{cache_mode, check_image_opts, metadata, objects, open_rw, print_help};
-use crate::cli::{flag, getopt, long_arg, long_flag, merge_opts, with_arg, Opt};
+use crate::block::image::driver_for;
+use crate::block::options;
+use crate::cli::{
+    flag, getopt, long_arg, long_flag, parse_opts, program, wants_help, with_arg, Opt, Parsed,
+};
+use crate::engine::progress::Progress;
 use crate::error::{fail, CmdError, CmdResult};
+use crate::plugins::Driver;
 use crate::store::CacheMode;
 use qimg_driver_api::caps;
 use qimg_driver_api::schema::MetadataRequest;
+use qimg_driver_api::schema::{CreateOption, OptionType};
+use std::collections::BTreeMap;
 
 const OPTS: &[Opt] = &[
     flag('h', "help"),
@@ -23,6 +31,127 @@ const HELP: &str = "Usage:\nUpdate format-specific options of the image.  Usage:
 
 inventory::submit! { super::Command { name: "amend", summary: "Update format-specific options of the image", run } }
 
+/// The options `amend -o` takes for a format, in qemu's (alphabetical)
+/// listing order. driver-api has no amend schema yet, so the host keeps
+/// qemu-img's table for the formats whose drivers amend (qcow2).
+fn amend_options(format: &str) -> Vec<(&'static str, OptionType, &'static str)> {
+    use OptionType::{Bool, Number, Size, Str};
+    match format {
+        "qcow2" => vec![
+            ("backing_file", Str, "File name of a base image"),
+            ("backing_fmt", Str, "Image format of the base image"),
+            ("compat", Str, "Compatibility level (v2 [0.10] or v3 [1.1])"),
+            ("data_file", Str, "File name of an external data file"),
+            (
+                "data_file_raw",
+                Bool,
+                "The external data file must stay valid as a raw image",
+            ),
+            (
+                "encrypt.iter-time",
+                Number,
+                "Time to spend in PBKDF in milliseconds",
+            ),
+            (
+                "encrypt.keyslot",
+                Number,
+                "Select a single keyslot to modify explicitly",
+            ),
+            (
+                "encrypt.new-secret",
+                Str,
+                "New secret to set in the matching keyslots. Empty string to erase",
+            ),
+            (
+                "encrypt.old-secret",
+                Str,
+                "Select all keyslots that match this password",
+            ),
+            (
+                "encrypt.state",
+                Str,
+                "Select new state of affected keyslots (active/inactive)",
+            ),
+            ("lazy_refcounts", Bool, "Postpone refcount updates"),
+            (
+                "refcount_bits",
+                Number,
+                "Width of a reference count entry in bits",
+            ),
+            ("size", Size, "Virtual disk size"),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// `-o help` for `format`, as qemu-img prints it (1 if it cannot).
+fn print_amend_help(format: &str) -> i32 {
+    let Ok(driver) = driver_for(format) else {
+        eprintln!("{}: Unknown file format '{format}'", program());
+        return 1;
+    };
+    let list = amend_options(format);
+    if !driver.can(caps::AMEND) || list.is_empty() {
+        eprintln!(
+            "{}: Format driver '{format}' does not support option amendment",
+            program()
+        );
+        return 1;
+    }
+    println!("Amend options for '{format}':");
+    for (name, kind, help) in list {
+        let kind = match kind {
+            OptionType::Str => "str",
+            OptionType::Bool => "bool (on/off)",
+            OptionType::Number => "num",
+            OptionType::Size => "size",
+        };
+        println!("  {:<22} - {help}", format!("{name}=<{kind}>"));
+    }
+    0
+}
+
+/// qemu-img's check of one `-o` argument: not empty, no comma at either
+/// end (`,,` is an escaped comma).
+fn valid_list(list: &str) -> bool {
+    let trailing = list.ends_with(',') && !list.ends_with(",,");
+    !list.is_empty() && !list.starts_with(',') && !trailing
+}
+
+/// Checks the options against the format's amend schema (and, for the
+/// hint, its creation schema), normalising their values.
+fn check_options(driver: &Driver, text: &str) -> Result<BTreeMap<String, String>, CmdError> {
+    let items = parse_opts(text, None).map_err(fail)?;
+    let amend = amend_options(&driver.name);
+    let create = options::schema(driver, true);
+    let known = |name: &str| amend.iter().any(|(n, _, _)| *n == name);
+    if let Some((name, _)) = items.iter().find(|(k, _)| !known(k)) {
+        let creation = items
+            .iter()
+            .all(|(k, _)| known(k) || create.iter().any(|o| &o.name == k));
+        let hint = if creation {
+            "\nThis option is only supported for image creation"
+        } else {
+            ""
+        };
+        return Err(fail(format!("Invalid parameter '{name}'{hint}")));
+    }
+    let schema: Vec<CreateOption> = amend
+        .iter()
+        .map(|(name, kind, help)| CreateOption {
+            name: name.to_string(),
+            kind: *kind,
+            help: help.to_string(),
+            default: None,
+        })
+        .collect();
+    let mut given = BTreeMap::new();
+    for (k, v) in items {
+        given.insert(k, v);
+    }
+    options::validate(&schema, &given).map_err(fail)
+}
+
 fn run(args: &[String]) -> CmdResult {
     let p = getopt("amend", args, OPTS)?;
     if p.has("help") {
@@ -31,29 +160,79 @@ fn run(args: &[String]) -> CmdResult {
     objects(&p)?;
     check_image_opts(&p, "format")?;
     let lists = p.all("options");
+    if let Some(bad) = lists.iter().find(|l| !valid_list(l)) {
+        return Err(fail(format!("Invalid option list: {bad}")));
+    }
     if lists.is_empty() {
         return Err(CmdError::usage("amend", "Must specify options (-o)"));
+    }
+    let text = lists.join(",");
+    // From here on qemu-img has started its progress report: every way
+    // out ends it (a newline with -p).
+    let progress = Progress::start(p.has("progress") && !p.has("quiet"), 1.0);
+    let result = match amend(&p, &text, &lists, &progress) {
+        // qemu-img reports a failure before it ends the progress line.
+        Err(CmdError::Failed(message)) => {
+            eprintln!("{}: {message}", program());
+            Err(CmdError::Exit(1))
+        }
+        other => other,
+    };
+    progress.end();
+    result
+}
+
+/// The part of `amend` that runs while the progress report is open.
+fn amend(p: &Parsed, text: &str, lists: &[&str], progress: &Progress) -> CmdResult {
+    let help = wants_help(lists);
+    if let (true, Some(format)) = (help, p.last("format")) {
+        return Ok(print_amend_help(format));
     }
     if p.operands.len() != 1 {
         return Err(fail("Expecting one image file name"));
     }
     let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "cache")?;
     let image = open_rw(&p.operands[0], p.last("format"), p.has("image-opts"), cache)?;
+    if help {
+        return Ok(print_amend_help(image.format()));
+    }
     if !image.driver.can(caps::AMEND) {
         return Err(fail(format!(
             "Format driver '{}' does not support option amendment",
             image.format()
         )));
     }
-    let options = merge_opts(&lists).map_err(fail)?;
-    metadata(
+    let options = check_options(&image.driver, text)?;
+    progress.print(0.0, 0);
+    let result = metadata(
         &image,
         &MetadataRequest::Amend {
             options,
             force: p.has("force"),
         },
-    )
-    .map_err(|e| fail(e.message.to_string()))?;
-    image.close().map_err(|e| fail(e.message.to_string()))?;
+    );
+    let mut failure = result.as_ref().err().map(|e| e.message.to_string());
+    if let Ok(answer) = &result {
+        // The driver's progress callbacks, as runs [first offset, count, total].
+        for run in answer["progress"].as_array().into_iter().flatten() {
+            let field = |i: usize| run.get(i).and_then(|v| v.as_u64()).unwrap_or(0);
+            let (first, count, total) = (field(0), field(1), field(2));
+            for offset in first..first + count {
+                let pct = if total == 0 {
+                    0.0
+                } else {
+                    100.0f32 * offset as f32 / total as f32
+                };
+                progress.print(pct, 0);
+            }
+        }
+        failure = answer["error"].as_str().map(String::from);
+    }
+    progress.print(100.0, 0);
+    let closed = image.close();
+    if let Some(message) = failure {
+        return Err(fail(message));
+    }
+    closed.map_err(|e| fail(e.message.to_string()))?;
     Ok(0)
 }
