@@ -318,12 +318,8 @@ fn check_of_snapshots_bitmaps_and_extended_l2() {
     qio(&fx, "b.qcow2", &["write -P 1 1M 64k"]);
     // Refcount overflow: two references to a cluster of a 1-bit refcount.
     patch64(&fx, "b.qcow2", "b1.qcow2", &[(L2 + 8, COPIED | 0x50000)]);
-    for f in ["s1.qcow2", "x1.qcow2", "x2.qcow2"] {
+    for f in ["s1.qcow2", "x1.qcow2", "x2.qcow2", "b.qcow2", "b1.qcow2"] {
         check_every_way(&fx, f);
-    }
-    for f in ["b.qcow2", "b1.qcow2"] {
-        fx.same(&["check", f]);
-        fx.same(&["check", "--output=json", f]);
     }
 }
 

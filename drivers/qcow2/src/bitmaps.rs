@@ -219,8 +219,16 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// Reads the directory the extension points to, bounded by the file.
-pub fn read_directory(io: &Io, ext: &BitmapsExt, file_len: u64) -> Result<Vec<Bitmap>> {
+/// Reads the directory the extension points to, bounded by the file, and
+/// checks each entry as qemu does before it uses any (for an image of
+/// `size` guest bytes in clusters of `cs` bytes).
+pub fn read_directory(
+    io: &Io,
+    ext: &BitmapsExt,
+    file_len: u64,
+    size: u64,
+    cs: u64,
+) -> Result<Vec<Bitmap>> {
     if ext.nb_bitmaps == 0 {
         return Ok(Vec::new());
     }
@@ -252,12 +260,35 @@ pub fn read_directory(io: &Io, ext: &BitmapsExt, file_len: u64) -> Result<Vec<Bi
             .ok_or_else(bad)?
             .to_vec();
         let flags = be32(fixed, 12);
+        let table_offset = u64::from(be32(fixed, 0)) << 32 | u64::from(be32(fixed, 4));
+        let table_size = be32(fixed, 8);
+        let text = String::from_utf8_lossy(&name).into_owned();
+        // qcow2.txt "Bitmap directory": type 1, granularity 2^9..2^31 in
+        // qemu, a name, a cluster-aligned table, at most 512 MiB of data.
+        let fits = fixed[16] == 1
+            && (MIN_GRANULARITY_BITS..=MAX_GRANULARITY_BITS).contains(&granularity_bits)
+            && (1..=MAX_NAME).contains(&name_len)
+            && table_offset != 0
+            && table_offset % cs == 0
+            && u64::from(table_size) * cs <= MAX_PHYS_BYTES;
+        if !fits {
+            return Err(Error::invalid(format!(
+                "Bitmap '{text}' doesn't satisfy the constraints"
+            )));
+        }
+        if flags & FLAG_IN_USE == 0
+            && u64::from(table_size) != table_entries(size, granularity_bits, cs)
+        {
+            return Err(Error::invalid(format!(
+                "Could not read bitmap '{text}' from image: Invalid argument"
+            )));
+        }
         out.push(Bitmap {
             name,
             granularity_bits,
             flags,
-            table_offset: u64::from(be32(fixed, 0)) << 32 | u64::from(be32(fixed, 4)),
-            table_size: be32(fixed, 8),
+            table_offset,
+            table_size,
             extra,
             on_disk: true,
             enabled: flags & FLAG_AUTO != 0,
@@ -493,15 +524,6 @@ impl Qcow2Image {
             let foreign = !b.extra.is_empty() && b.flags & FLAG_EXTRA_DATA_COMPATIBLE == 0;
             if b.inconsistent || foreign {
                 continue;
-            }
-            if !(MIN_GRANULARITY_BITS..=MAX_GRANULARITY_BITS).contains(&b.granularity_bits)
-                || u64::from(b.table_size) != table_entries(size, b.granularity_bits, cs)
-                || self.layout.in_cluster(b.table_offset) != 0
-            {
-                return Err(Error::invalid(format!(
-                    "Bitmap '{}' is corrupted",
-                    b.name_text()
-                )));
             }
             let mut bits = load_bits(&self.io, b, cs, file_len)?;
             bits.truncate(bit_count(size, b.granularity_bits), cs);

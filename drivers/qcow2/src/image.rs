@@ -205,7 +205,7 @@ impl Qcow2Image {
         )?;
         let bitmaps = match header.ext.bitmaps {
             Some(ext) if header.autoclear_features & autoclear::BITMAPS != 0 => {
-                bitmaps::read_directory(&io, &ext, file_len)?
+                bitmaps::read_directory(&io, &ext, file_len, header.size, cs)?
             }
             _ => Vec::new(),
         };

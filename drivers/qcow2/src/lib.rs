@@ -1,15 +1,15 @@
 //! The qcow2 format (QEMU's docs/interop/qcow2.txt): versions 2 and 3, cluster
 //! sizes 512 B to 2 MiB, refcount widths 1 to 64 bits, extended L2 entries,
 //! zero clusters, zlib and zstd compressed clusters, external data files,
-//! backing files, lazy refcounts; `check` and its repairs; snapshots and
-//! bitmaps are listed.
+//! backing files, lazy refcounts; `check` and its repairs, internal
+//! snapshots, persistent bitmaps and `amend`.
 //!
 //! Modules follow the format's parts: [`header`] (header and extensions),
 //! [`layout`] (geometry, L2 entries), [`meta`] (tables, refcounts,
 //! allocation, crash-safe write-back), [`image`] (open, read, status),
 //! [`write`] (allocation and copy-on-write), [`create`], [`measure`],
 //! [`info`], [`compress`], [`snapshot`], [`bitmaps`], [`check`] (`check`
-//! and `check -r`, also what repairs a dirty image on open).
+//! and `check -r`, also what repairs a dirty image on open), [`amend`].
 
 pub mod amend;
 pub mod bitmaps;
