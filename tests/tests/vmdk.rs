@@ -1094,3 +1094,16 @@ fn commit_writes_zeroed_grains() {
         "{map}"
     );
 }
+
+#[test]
+fn check_of_a_grain_past_the_end_fails_like_qemu() {
+    // `qemu-img check` stops at the first grain past the end of its file,
+    // prints it and fails with "Check failed: Invalid argument".
+    let fx = Fixture::new("check_eof");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "eof.vmdk", "4M"]);
+    fx.sh(
+        "qemu-io -f vmdk -c 'write -P 1 0 128k' eof.vmdk >/dev/null && truncate -s 100000 eof.vmdk",
+    );
+    fx.same(&["check", "eof.vmdk"]);
+    fx.same(&["check", "--output=json", "eof.vmdk"]);
+}

@@ -33,6 +33,7 @@ pub fn check(extents: &[Extent]) -> Result<CheckReport> {
             report.messages.push(format!(
                 "ERROR: cluster offset for sector {sector} points after EOF"
             ));
+            report.failure = Some("Invalid argument".into());
             return Ok(report);
         }
     }
