@@ -188,6 +188,41 @@ impl Fixture {
         );
     }
 
+    /// Runs `qemu-io -f FORMAT` with each of `commands` on `file`; requires success.
+    pub fn qemu_io_cmds(&self, format: &str, file: &str, commands: &[&str]) {
+        let mut script = format!("qemu-io -f {format}");
+        for c in commands {
+            script.push_str(&format!(" -c '{c}'"));
+        }
+        script.push_str(&format!(" {file} >/dev/null"));
+        self.sh(&script);
+    }
+
+    /// `qemu-img create -f qcow2 [-o OPTS] FILE SIZE` by the oracle.
+    pub fn make_qcow2(&self, file: &str, opts: &str, size: &str) {
+        let mut args = vec!["create", "-q", "-f", "qcow2"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend([file, size]);
+        self.oracle(&args);
+    }
+
+    /// Copies `src` to `dst` and writes each `(offset, bytes)` edit into the
+    /// copy (hostile or damaged images for tests).
+    pub fn patched_copy<B: AsRef<[u8]>>(&self, src: &str, dst: &str, edits: &[(u64, B)]) {
+        use std::io::{Seek, SeekFrom, Write};
+        std::fs::copy(self.path(src), self.path(dst)).expect("copy");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(dst))
+            .expect("open");
+        for (offset, bytes) in edits {
+            f.seek(SeekFrom::Start(*offset)).expect("seek");
+            f.write_all(bytes.as_ref()).expect("write");
+        }
+    }
+
     /// Runs a shell command in the fixture and requires success.
     pub fn sh(&self, script: &str) -> String {
         let out = Command::new("sh")

@@ -5,26 +5,6 @@
 
 use qimg_tests::Fixture;
 
-/// Runs `qemu-io -f qcow2` with `commands` on `file`; requires success.
-fn qio(fx: &Fixture, file: &str, commands: &[&str]) {
-    let mut script = String::from("qemu-io -f qcow2");
-    for c in commands {
-        script.push_str(&format!(" -c '{c}'"));
-    }
-    script.push_str(&format!(" {file} >/dev/null"));
-    fx.sh(&script);
-}
-
-/// `qemu-img create -f qcow2 [-o OPTS] FILE SIZE` by the oracle.
-fn make(fx: &Fixture, file: &str, opts: &str, size: &str) {
-    let mut args = vec!["create", "-q", "-f", "qcow2"];
-    if !opts.is_empty() {
-        args.extend(["-o", opts]);
-    }
-    args.extend([file, size]);
-    fx.oracle(&args);
-}
-
 /// Asserts that the real `qemu-img check` finds `file` clean, without leaks.
 fn assert_clean(fx: &Fixture, file: &str) {
     let out = fx.qemu_img(&["check", file]);
@@ -92,7 +72,7 @@ fn same_result(fx: &Fixture, args: &[&str], src: Option<&str>) {
 /// An image with a bit of everything: data, zero clusters, compressed
 /// clusters, partial clusters, unallocated gaps.
 fn mixed(fx: &Fixture, file: &str, opts: &str, cluster: u64) {
-    make(fx, file, opts, "3M");
+    fx.make_qcow2(file, opts, "3M");
     let comp1 = format!("write -c -P 3 1M {cluster}");
     let comp2 = format!("write -c -P 4 {} {cluster}", (1 << 20) + cluster);
     let mut cmds = vec![
@@ -107,7 +87,7 @@ fn mixed(fx: &Fixture, file: &str, opts: &str, cluster: u64) {
         cmds.push(comp1.as_str());
         cmds.push(comp2.as_str());
     }
-    qio(fx, file, &cmds);
+    fx.qemu_io_cmds("qcow2", file, &cmds);
 }
 
 /// The variants qemu-img writes, with their cluster sizes.
@@ -163,8 +143,8 @@ fn map_human_refuses_compressed_clusters_like_qemu() {
     let fx = Fixture::new("q2_map_human");
     mixed(&fx, "m.qcow2", "", 65536);
     fx.same(&["map", "m.qcow2"]);
-    make(&fx, "plain.qcow2", "", "1M");
-    qio(&fx, "plain.qcow2", &["write -P 1 64k 128k"]);
+    fx.make_qcow2("plain.qcow2", "", "1M");
+    fx.qemu_io_cmds("qcow2", "plain.qcow2", &["write -P 1 64k 128k"]);
     fx.same(&["map", "plain.qcow2"]);
 }
 
@@ -196,7 +176,7 @@ fn overlays_read_through_their_backing_file() {
             "write -z 128k 64k",
             "write -P 7 1000k 100",
         ];
-        qio(&fx, &file, &cmds);
+        fx.qemu_io_cmds("qcow2", &file, &cmds);
         fx.same(&["map", "--output=json", &file]);
         fx.same(&["info", &file]);
         let out = format!("{file}.raw");
@@ -216,7 +196,7 @@ fn overlays_read_through_their_backing_file() {
         "big.qcow2",
         "3M",
     ]);
-    qio(&fx, "big.qcow2", &["write -P 1 2044k 8k"]);
+    fx.qemu_io_cmds("qcow2", "big.qcow2", &["write -P 1 2044k 8k"]);
     assert_eq!(
         fx.qimg(&["convert", "-O", "raw", "big.qcow2", "big.raw"])
             .status,
@@ -228,9 +208,9 @@ fn overlays_read_through_their_backing_file() {
 #[test]
 fn external_data_files() {
     let fx = Fixture::new("q2_data_file");
-    make(&fx, "d.qcow2", "data_file=d.data", "1M");
-    qio(
-        &fx,
+    fx.make_qcow2("d.qcow2", "data_file=d.data", "1M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "d.qcow2",
         &[
             "write -P 1 0 64k",
@@ -238,15 +218,22 @@ fn external_data_files() {
             "write -P 3 300k 10k",
         ],
     );
-    make(&fx, "r.qcow2", "data_file=r.data,data_file_raw=on", "1M");
-    qio(&fx, "r.qcow2", &["write -P 1 0 64k", "write -z 128k 64k"]);
-    make(
-        &fx,
+    fx.make_qcow2("r.qcow2", "data_file=r.data,data_file_raw=on", "1M");
+    fx.qemu_io_cmds(
+        "qcow2",
+        "r.qcow2",
+        &["write -P 1 0 64k", "write -z 128k 64k"],
+    );
+    fx.make_qcow2(
         "x.qcow2",
         "data_file=x.data,data_file_raw=on,extended_l2=on",
         "1M",
     );
-    qio(&fx, "x.qcow2", &["write -P 1 0 64k", "write -z 128k 64k"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "x.qcow2",
+        &["write -P 1 0 64k", "write -z 128k 64k"],
+    );
     for f in ["d.qcow2", "r.qcow2", "x.qcow2"] {
         fx.same(&["info", f]);
         fx.same(&["info", "--output=json", f]);
@@ -263,8 +250,8 @@ fn metadata_preallocation_maps_holes_as_zero_data() {
     let fx = Fixture::new("q2_prealloc_map");
     for p in ["metadata", "falloc", "full"] {
         let f = format!("{p}.qcow2");
-        make(&fx, &f, &format!("preallocation={p}"), "1M");
-        qio(&fx, &f, &["write -P 1 0 4k"]);
+        fx.make_qcow2(&f, &format!("preallocation={p}"), "1M");
+        fx.qemu_io_cmds("qcow2", &f, &["write -P 1 0 4k"]);
         fx.same(&["map", "--output=json", &f]);
     }
 }
@@ -272,15 +259,15 @@ fn metadata_preallocation_maps_holes_as_zero_data() {
 #[test]
 fn zero_clusters_allocated_and_not() {
     let fx = Fixture::new("q2_zero");
-    make(&fx, "z.qcow2", "", "1M");
-    qio(
-        &fx,
+    fx.make_qcow2("z.qcow2", "", "1M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "z.qcow2",
         &["write -P 1 0 128k", "write -z 0 64k", "write -z -u 64k 64k"],
     );
-    make(&fx, "e.qcow2", "extended_l2=on", "1M");
-    qio(
-        &fx,
+    fx.make_qcow2("e.qcow2", "extended_l2=on", "1M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "e.qcow2",
         &["write -P 1 0 2k", "write -z 8k 4k", "write -P 3 300k 10k"],
     );
@@ -292,8 +279,8 @@ fn zero_clusters_allocated_and_not() {
 #[test]
 fn snapshots_and_bitmaps_are_listed() {
     let fx = Fixture::new("q2_snap_bitmap");
-    make(&fx, "s.qcow2", "", "1M");
-    qio(&fx, "s.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("s.qcow2", "", "1M");
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -P 1 0 64k"]);
     fx.oracle(&["bitmap", "--add", "s.qcow2", "bm0"]);
     fx.oracle(&["bitmap", "--add", "--granularity", "128k", "s.qcow2", "bm1"]);
     fx.oracle(&["bitmap", "--disable", "s.qcow2", "bm1"]);
@@ -349,7 +336,7 @@ fn luks_and_aes_headers_are_described() {
 #[test]
 fn dirty_and_corrupt_flags() {
     let fx = Fixture::new("q2_flags");
-    make(&fx, "l.qcow2", "lazy_refcounts=on", "1M");
+    fx.make_qcow2("l.qcow2", "lazy_refcounts=on", "1M");
     // qemu-io's abort leaves the dirty bit set with stale refcounts.
     fx.sh("qemu-io -f qcow2 -c 'write -P 1 0 128k' -c abort l.qcow2 >/dev/null 2>&1 || true");
     fx.same(&["info", "l.qcow2"]);
@@ -366,7 +353,7 @@ fn dirty_and_corrupt_flags() {
         out.stdout
     );
 
-    make(&fx, "c.qcow2", "", "1M");
+    fx.make_qcow2("c.qcow2", "", "1M");
     // Set the corrupt bit (incompatible feature bit 1, byte 79).
     fx.sh("printf '\\002' | dd of=c.qcow2 bs=1 seek=79 conv=notrunc status=none");
     fx.same(&["info", "c.qcow2"]);
@@ -376,26 +363,12 @@ fn dirty_and_corrupt_flags() {
 /// Byte patches: (offset, bytes).
 type Edits = Vec<(u64, Vec<u8>)>;
 
-/// Writes `bytes` at `offset` of a copy of `src` named `dst`.
-fn patch(fx: &Fixture, src: &str, dst: &str, edits: &[(u64, &[u8])]) {
-    use std::io::{Seek, SeekFrom, Write};
-    std::fs::copy(fx.path(src), fx.path(dst)).expect("copy");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(fx.path(dst))
-        .expect("open");
-    for (offset, bytes) in edits {
-        f.seek(SeekFrom::Start(*offset)).expect("seek");
-        f.write_all(bytes).expect("write");
-    }
-}
-
 #[test]
 fn hostile_headers_fail_like_qemu() {
     let fx = Fixture::new("q2_hostile");
-    make(&fx, "base.qcow2", "", "4M");
-    qio(
-        &fx,
+    fx.make_qcow2("base.qcow2", "", "4M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "base.qcow2",
         &["write -P 1 0 64k", "write -c -P 2 1M 64k"],
     );
@@ -451,7 +424,7 @@ fn hostile_headers_fail_like_qemu() {
     for (name, edits) in &cases {
         let file = format!("{name}.qcow2");
         let edits: Vec<(u64, &[u8])> = edits.iter().map(|(o, b)| (*o, b.as_slice())).collect();
-        patch(&fx, "base.qcow2", &file, &edits);
+        fx.patched_copy("base.qcow2", &file, &edits);
         if name.starts_with("snapshots_past") {
             // (The host does not list snapshots yet; the rest must agree.)
             fx.same(&["map", "--output=json", &file]);
@@ -789,8 +762,8 @@ fn convert_onto_a_backing_file_copies_on_write() {
 #[test]
 fn resize_grow_shrink_and_preallocate_like_qemu() {
     let fx = Fixture::new("q2_resize");
-    make(&fx, "r.qcow2", "", "4M");
-    qio(&fx, "r.qcow2", &["write -P 1 0 1M", "write -P 2 3M 1M"]);
+    fx.make_qcow2("r.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "r.qcow2", &["write -P 1 0 1M", "write -P 2 3M 1M"]);
     same_result(&fx, &["resize", "{}", "10M"], Some("r.qcow2"));
     same_result(&fx, &["resize", "--shrink", "{}", "2M"], Some("r.qcow2"));
     same_result(&fx, &["resize", "{}", "2M"], Some("r.qcow2"));
@@ -800,7 +773,7 @@ fn resize_grow_shrink_and_preallocate_like_qemu() {
         let mode = format!("--preallocation={p}");
         same_result(&fx, &["resize", &mode, "{}", "+2M"], Some("r.qcow2"));
     }
-    make(&fx, "small.qcow2", "cluster_size=512", "64k");
+    fx.make_qcow2("small.qcow2", "cluster_size=512", "64k");
     same_result(&fx, &["resize", "{}", "64M"], Some("small.qcow2"));
 }
 
@@ -879,8 +852,8 @@ fn measure_reports_bitmaps_of_qcow2_sources() {
     // qemu-img measure prints "bitmaps size" when converting from a version 3
     // qcow2 (0 without bitmaps) into a version 3 qcow2.
     let fx = Fixture::new("q2_measure_bitmaps");
-    make(&fx, "v3.qcow2", "", "64M");
-    make(&fx, "v2.qcow2", "compat=0.10", "64M");
+    fx.make_qcow2("v3.qcow2", "", "64M");
+    fx.make_qcow2("v2.qcow2", "compat=0.10", "64M");
     for args in [
         ["measure", "-O", "qcow2", "v3.qcow2"].as_slice(),
         &["measure", "-O", "qcow2", "v2.qcow2"],
@@ -911,16 +884,20 @@ fn measure_reports_bitmaps_of_qcow2_sources() {
 
 /// A three-layer chain made by qemu-img and qemu-io: b (4 MiB) <- m <- t (6 MiB).
 fn chain(fx: &Fixture) {
-    make(fx, "b.qcow2", "", "4M");
-    qio(fx, "b.qcow2", &["write -P 1 0 1M"]);
+    fx.make_qcow2("b.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "b.qcow2", &["write -P 1 0 1M"]);
     fx.oracle(&[
         "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "m.qcow2",
     ]);
-    qio(fx, "m.qcow2", &["write -P 2 512k 1M"]);
+    fx.qemu_io_cmds("qcow2", "m.qcow2", &["write -P 2 512k 1M"]);
     fx.oracle(&[
         "create", "-q", "-f", "qcow2", "-b", "m.qcow2", "-F", "qcow2", "t.qcow2", "6M",
     ]);
-    qio(fx, "t.qcow2", &["write -P 3 3M 64k", "write -z 600k 8k"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "t.qcow2",
+        &["write -P 3 3M 64k", "write -z 600k 8k"],
+    );
     assert_eq!(
         fx.qemu_img(&["convert", "-O", "raw", "t.qcow2", "ref.raw"])
             .status,

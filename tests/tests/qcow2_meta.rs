@@ -6,26 +6,6 @@
 
 use qimg_tests::{Fixture, Outcome};
 
-/// Runs `qemu-io -f qcow2` with `commands` on `file`; requires success.
-fn qio(fx: &Fixture, file: &str, commands: &[&str]) {
-    let mut script = String::from("qemu-io -f qcow2");
-    for c in commands {
-        script.push_str(&format!(" -c '{c}'"));
-    }
-    script.push_str(&format!(" {file} >/dev/null"));
-    fx.sh(&script);
-}
-
-/// `qemu-img create -f qcow2 [-o OPTS] FILE SIZE` by the oracle.
-fn make(fx: &Fixture, file: &str, opts: &str, size: &str) {
-    let mut args = vec!["create", "-q", "-f", "qcow2"];
-    if !opts.is_empty() {
-        args.extend(["-o", opts]);
-    }
-    args.extend([file, size]);
-    fx.oracle(&args);
-}
-
 /// A copy of `src` named `dst` with big-endian 64-bit words written at the
 /// given offsets.
 fn patch64(fx: &Fixture, src: &str, dst: &str, words: &[(u64, u64)]) {
@@ -33,21 +13,7 @@ fn patch64(fx: &Fixture, src: &str, dst: &str, words: &[(u64, u64)]) {
         .iter()
         .map(|&(at, v)| (at, v.to_be_bytes().to_vec()))
         .collect();
-    patch(fx, src, dst, &edits);
-}
-
-/// A copy of `src` named `dst` with `bytes` written at each offset.
-fn patch(fx: &Fixture, src: &str, dst: &str, edits: &[(u64, Vec<u8>)]) {
-    use std::io::{Seek, SeekFrom, Write};
-    std::fs::copy(fx.path(src), fx.path(dst)).expect("copy");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(fx.path(dst))
-        .expect("open");
-    for (offset, bytes) in edits {
-        f.seek(SeekFrom::Start(*offset)).expect("seek");
-        f.write_all(bytes).expect("write");
-    }
+    fx.patched_copy(src, dst, &edits);
 }
 
 /// `qemu-img check FILE` by the oracle, with the file name replaced.
@@ -134,9 +100,9 @@ const COPIED: u64 = 1 << 63;
 /// 4 MiB, 128 KiB of data at 0 (two clusters) and a compressed cluster at
 /// 1 MiB.
 fn base(fx: &Fixture) {
-    make(fx, "base.qcow2", "", "4M");
-    qio(
-        fx,
+    fx.make_qcow2("base.qcow2", "", "4M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "base.qcow2",
         &["write -P 1 0 128k", "write -c -P 2 1M 64k"],
     );
@@ -148,27 +114,31 @@ fn base(fx: &Fixture) {
 fn check_clean_images_of_every_kind() {
     let fx = Fixture::new("qm_check_clean");
     base(&fx);
-    make(&fx, "v2.qcow2", "compat=0.10", "4M");
-    qio(&fx, "v2.qcow2", &["write -P 1 0 64k", "write -z 64k 64k"]);
-    make(&fx, "x.qcow2", "extended_l2=on", "4M");
-    qio(
-        &fx,
+    fx.make_qcow2("v2.qcow2", "compat=0.10", "4M");
+    fx.qemu_io_cmds(
+        "qcow2",
+        "v2.qcow2",
+        &["write -P 1 0 64k", "write -z 64k 64k"],
+    );
+    fx.make_qcow2("x.qcow2", "extended_l2=on", "4M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "x.qcow2",
         &["write -P 1 0 4k", "write -c -P 3 1M 64k", "write -z 2M 64k"],
     );
-    make(&fx, "rc1.qcow2", "refcount_bits=1,cluster_size=512", "1M");
-    qio(
-        &fx,
+    fx.make_qcow2("rc1.qcow2", "refcount_bits=1,cluster_size=512", "1M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "rc1.qcow2",
         &["write -P 1 0 64k", "write -P 2 100k 3k"],
     );
-    make(&fx, "df.qcow2", "data_file=df.raw", "1M");
-    qio(&fx, "df.qcow2", &["write -P 1 0 64k"]);
-    make(&fx, "empty.qcow2", "", "0");
-    make(&fx, "s.qcow2", "", "4M");
-    qio(&fx, "s.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("df.qcow2", "data_file=df.raw", "1M");
+    fx.qemu_io_cmds("qcow2", "df.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("empty.qcow2", "", "0");
+    fx.make_qcow2("s.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -P 1 0 64k"]);
     fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
-    qio(&fx, "s.qcow2", &["write -P 2 0 64k"]);
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -P 2 0 64k"]);
     fx.oracle(&["bitmap", "--add", "s.qcow2", "b0"]);
     for f in [
         "base.qcow2",
@@ -194,12 +164,7 @@ fn check_finds_and_repairs_leaks() {
     patch64(&fx, "base.qcow2", "leak.qcow2", &[(L2 + 8, 0)]);
     // The L2 table's refcount is 2: leaked, and its L1 entry's copied flag
     // is then wrong.
-    patch(
-        &fx,
-        "base.qcow2",
-        "l2rc.qcow2",
-        &[(REFBLOCK + 8, vec![0, 2])],
-    );
+    fx.patched_copy("base.qcow2", "l2rc.qcow2", &[(REFBLOCK + 8, vec![0, 2])]);
     for f in ["leak.qcow2", "l2rc.qcow2"] {
         check_every_way(&fx, f);
     }
@@ -296,15 +261,15 @@ fn check_finds_and_repairs_corruptions() {
 #[test]
 fn check_of_snapshots_bitmaps_and_extended_l2() {
     let fx = Fixture::new("qm_check_more");
-    make(&fx, "s.qcow2", "", "4M");
-    qio(&fx, "s.qcow2", &["write -P 1 0 128k"]);
+    fx.make_qcow2("s.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -P 1 0 128k"]);
     fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
-    qio(&fx, "s.qcow2", &["write -P 7 0 64k"]);
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -P 7 0 64k"]);
     // The shared data cluster 0x60000 counted once instead of twice.
-    patch(&fx, "s.qcow2", "s1.qcow2", &[(REFBLOCK + 12, vec![0, 1])]);
-    make(&fx, "x.qcow2", "extended_l2=on", "4M");
-    qio(
-        &fx,
+    fx.patched_copy("s.qcow2", "s1.qcow2", &[(REFBLOCK + 12, vec![0, 1])]);
+    fx.make_qcow2("x.qcow2", "extended_l2=on", "4M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "x.qcow2",
         &["write -P 1 0 4k", "write -P 2 100k 8k", "write -z 2M 64k"],
     );
@@ -312,10 +277,10 @@ fn check_of_snapshots_bitmaps_and_extended_l2() {
     patch64(&fx, "x.qcow2", "x1.qcow2", &[(L2 + 8, 1 | 1 << 32)]);
     // An unallocated cluster with allocation bits.
     patch64(&fx, "x.qcow2", "x2.qcow2", &[(L2 + 16 * 9 + 8, 1)]);
-    make(&fx, "b.qcow2", "refcount_bits=1", "4M");
-    qio(&fx, "b.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("b.qcow2", "refcount_bits=1", "4M");
+    fx.qemu_io_cmds("qcow2", "b.qcow2", &["write -P 1 0 64k"]);
     fx.oracle(&["bitmap", "--add", "b.qcow2", "b0"]);
-    qio(&fx, "b.qcow2", &["write -P 1 1M 64k"]);
+    fx.qemu_io_cmds("qcow2", "b.qcow2", &["write -P 1 1M 64k"]);
     // Refcount overflow: two references to a cluster of a 1-bit refcount.
     patch64(&fx, "b.qcow2", "b1.qcow2", &[(L2 + 8, COPIED | 0x50000)]);
     for f in ["s1.qcow2", "x1.qcow2", "x2.qcow2", "b.qcow2", "b1.qcow2"] {
@@ -326,8 +291,8 @@ fn check_of_snapshots_bitmaps_and_extended_l2() {
 #[test]
 fn check_dirty_and_corrupt_images() {
     let fx = Fixture::new("qm_check_dirty");
-    make(&fx, "l.qcow2", "lazy_refcounts=on", "4M");
-    qio(&fx, "l.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("l.qcow2", "lazy_refcounts=on", "4M");
+    fx.qemu_io_cmds("qcow2", "l.qcow2", &["write -P 1 0 64k"]);
     fx.oracle(&["snapshot", "-c", "s1", "l.qcow2"]);
     // qemu-io's abort leaves the dirty bit set with stale refcounts: the
     // check then needs the refcount structures rebuilt.
@@ -344,8 +309,8 @@ fn check_dirty_and_corrupt_images() {
     fx.same(&["info", "ours.q"]);
     // The corrupt and dirty bits alone are cleared by a repair.
     base(&fx);
-    patch(&fx, "base.qcow2", "c.qcow2", &[(79, vec![2])]);
-    patch(&fx, "base.qcow2", "d.qcow2", &[(79, vec![1])]);
+    fx.patched_copy("base.qcow2", "c.qcow2", &[(79, vec![2])]);
+    fx.patched_copy("base.qcow2", "d.qcow2", &[(79, vec![1])]);
     for f in ["c.qcow2", "d.qcow2"] {
         check_every_way(&fx, f);
     }
@@ -396,8 +361,8 @@ fn same_steps(fx: &Fixture, src: &str, steps: &[&str]) {
     }
     for step in steps {
         if let Some(cmd) = step.strip_prefix("io:") {
-            qio(fx, "ours.q", &[cmd]);
-            qio(fx, "theirs.q", &[cmd]);
+            fx.qemu_io_cmds("qcow2", "ours.q", &[cmd]);
+            fx.qemu_io_cmds("qcow2", "theirs.q", &[cmd]);
             continue;
         }
         let args: Vec<&str> = step.split(' ').collect();
@@ -590,9 +555,9 @@ fn snapshot_create_apply_delete_like_qemu() {
         ],
     );
     // Small clusters: several L2 tables, a compressed cluster, zeros.
-    make(&fx, "c512.qcow2", "cluster_size=512", "1M");
-    qio(
-        &fx,
+    fx.make_qcow2("c512.qcow2", "cluster_size=512", "1M");
+    fx.qemu_io_cmds(
+        "qcow2",
         "c512.qcow2",
         &[
             "write -P 1 0 100k",
@@ -621,12 +586,12 @@ fn snapshot_create_apply_delete_like_qemu() {
 #[test]
 fn snapshots_of_other_variants() {
     let fx = Fixture::new("qm_snap_variants");
-    make(&fx, "x.qcow2", "extended_l2=on", "4M");
-    qio(&fx, "x.qcow2", &["write -P 1 0 4k", "write -z 2M 64k"]);
-    make(&fx, "v2.qcow2", "compat=0.10", "4M");
-    qio(&fx, "v2.qcow2", &["write -P 1 0 64k"]);
-    make(&fx, "l.qcow2", "lazy_refcounts=on,refcount_bits=64", "4M");
-    qio(&fx, "l.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("x.qcow2", "extended_l2=on", "4M");
+    fx.qemu_io_cmds("qcow2", "x.qcow2", &["write -P 1 0 4k", "write -z 2M 64k"]);
+    fx.make_qcow2("v2.qcow2", "compat=0.10", "4M");
+    fx.qemu_io_cmds("qcow2", "v2.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("l.qcow2", "lazy_refcounts=on,refcount_bits=64", "4M");
+    fx.qemu_io_cmds("qcow2", "l.qcow2", &["write -P 1 0 64k"]);
     for f in ["x.qcow2", "v2.qcow2", "l.qcow2"] {
         same_steps(
             &fx,
@@ -642,8 +607,8 @@ fn snapshots_of_other_variants() {
     }
     // Version 3 snapshots record their size: resizing is allowed, and
     // applying a snapshot gives its size back. Version 2 refuses.
-    make(&fx, "g.qcow2", "", "1M");
-    qio(&fx, "g.qcow2", &["write -P 1 0 1M"]);
+    fx.make_qcow2("g.qcow2", "", "1M");
+    fx.qemu_io_cmds("qcow2", "g.qcow2", &["write -P 1 0 1M"]);
     same_steps(
         &fx,
         "g.qcow2",
@@ -687,14 +652,14 @@ fn snapshot_names_ids_and_refusals() {
             "snapshot -l {}",
         ],
     );
-    make(&fx, "df.qcow2", "data_file=df.raw", "1M");
+    fx.make_qcow2("df.qcow2", "data_file=df.raw", "1M");
     same_steps(
         &fx,
         "df.qcow2",
         &["snapshot -c x {}", "snapshot -a x {}", "snapshot -d x {}"],
     );
-    make(&fx, "rc1.qcow2", "refcount_bits=1", "1M");
-    qio(&fx, "rc1.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("rc1.qcow2", "refcount_bits=1", "1M");
+    fx.qemu_io_cmds("qcow2", "rc1.qcow2", &["write -P 1 0 64k"]);
     let out = fx.qimg(&["snapshot", "-c", "x", "rc1.qcow2"]);
     assert_eq!(
         out.stderr,
@@ -708,11 +673,11 @@ fn convert_and_measure_read_snapshots() {
     // qemu-img convert -l / measure -l: the snapshot's data at the
     // image's current size.
     let fx = Fixture::new("qm_snap_read");
-    make(&fx, "s.qcow2", "", "4M");
-    qio(&fx, "s.qcow2", &["write -P 1 0 1M"]);
+    fx.make_qcow2("s.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -P 1 0 1M"]);
     fx.oracle(&["snapshot", "-c", "s", "s.qcow2"]);
-    qio(
-        &fx,
+    fx.qemu_io_cmds(
+        "qcow2",
         "s.qcow2",
         &["write -P 2 512k 1M", "write -c -P 3 3M 64k"],
     );
@@ -786,7 +751,7 @@ fn bitmap_operations_like_qemu() {
         ("cluster_size=512", "c512.qcow2"),
         ("cluster_size=2M", "c2m.qcow2"),
     ] {
-        make(&fx, file, opts, "8M");
+        fx.make_qcow2(file, opts, "8M");
         same_steps(
             &fx,
             file,
@@ -825,7 +790,7 @@ fn bitmap_refusals_like_qemu() {
     );
     let long = "n".repeat(1024);
     same_steps(&fx, "base.qcow2", &[&format!("bitmap --add {{}} {long}")]);
-    make(&fx, "v2.qcow2", "compat=0.10", "1M");
+    fx.make_qcow2("v2.qcow2", "compat=0.10", "1M");
     same_steps(
         &fx,
         "v2.qcow2",
@@ -837,11 +802,11 @@ fn bitmap_refusals_like_qemu() {
 fn bitmap_merge_from_another_image() {
     let fx = Fixture::new("qm_bitmap_merge");
     for f in ["src.qcow2", "dst.qcow2"] {
-        make(&fx, f, "", "4M");
+        fx.make_qcow2(f, "", "4M");
         fx.oracle(&["bitmap", "--add", "-g", "4k", f, "a"]);
     }
-    qio(&fx, "src.qcow2", &["write 100k 10k", "write 3M 1k"]);
-    make(&fx, "small.qcow2", "", "1M");
+    fx.qemu_io_cmds("qcow2", "src.qcow2", &["write 100k 10k", "write 3M 1k"]);
+    fx.make_qcow2("small.qcow2", "", "1M");
     fx.oracle(&["bitmap", "--add", "small.qcow2", "a"]);
     let steps = [
         "bitmap --merge a -b src.qcow2 {} a",
@@ -858,7 +823,7 @@ fn bitmaps_record_what_qimg_writes() {
     // Writes made by qimg (dd, convert -n, resize) set the bits QEMU's
     // writes set; a disabled bitmap stays as it is.
     let fx = Fixture::new("qm_bitmap_writes");
-    make(&fx, "t.qcow2", "", "4M");
+    fx.make_qcow2("t.qcow2", "", "4M");
     for (g, name) in [("512", "fine"), ("64k", "coarse"), ("1M", "off")] {
         fx.oracle(&["bitmap", "--add", "-g", g, "t.qcow2", name]);
     }
@@ -894,7 +859,7 @@ fn bitmaps_in_use_are_left_alone() {
     // cleanly: qemu-img refuses to use it, keeps it through writes and
     // lets it be removed.
     let fx = Fixture::new("qm_bitmap_inuse");
-    make(&fx, "i.qcow2", "", "1M");
+    fx.make_qcow2("i.qcow2", "", "1M");
     fx.oracle(&["bitmap", "--add", "i.qcow2", "good"]);
     fx.oracle(&["bitmap", "--add", "i.qcow2", "bad"]);
     let dir = fx.qemu_img(&["info", "--output=json", "i.qcow2"]);
@@ -902,7 +867,7 @@ fn bitmaps_in_use_are_left_alone() {
     // The directory is the image's last cluster: good's entry, then bad's.
     let len = std::fs::metadata(fx.path("i.qcow2")).expect("stat").len();
     let bad_flags = (len - 64 + 32 + 12, 3u32.to_be_bytes().to_vec());
-    patch(&fx, "i.qcow2", "u.qcow2", &[bad_flags]);
+    fx.patched_copy("i.qcow2", "u.qcow2", &[bad_flags]);
     let info = fx.same(&["info", "u.qcow2"]);
     assert!(info.stdout.contains("in-use"), "{}", info.stdout);
     for op in ["--clear", "--enable", "--disable", "--merge good"] {
@@ -934,7 +899,7 @@ fn zero_writes_racing_data_writes_keep_the_data() {
     fx.qemu_io("src.raw", "write -P 6 3M 4k");
     for round in 0..6 {
         let target = format!("t{round}.qcow2");
-        make(&fx, &target, "", "4M");
+        fx.make_qcow2(&target, "", "4M");
         let out = fx.qimg(&[
             "convert", "-n", "-f", "raw", "-O", "qcow2", "src.raw", &target,
         ]);
@@ -949,9 +914,9 @@ fn zero_writes_racing_data_writes_keep_the_data() {
 /// An image with data, zero clusters (plain and preallocated) and a
 /// compressed cluster.
 fn amendable(fx: &Fixture, file: &str, opts: &str) {
-    make(fx, file, opts, "4M");
-    qio(
-        fx,
+    fx.make_qcow2(file, opts, "4M");
+    fx.qemu_io_cmds(
+        "qcow2",
         file,
         &[
             "write -P 1 0 64k",
@@ -972,7 +937,7 @@ fn amend_compat_both_ways_like_qemu() {
     fx.oracle(&["create", "-q", "-f", "raw", "bk.raw", "4M"]);
     fx.qemu_io("bk.raw", "write -P 9 0 4M");
     amendable(&fx, "ov.qcow2", "backing_file=bk.raw,backing_fmt=raw");
-    qio(&fx, "ov.qcow2", &["write -z -u 3M 64k"]);
+    fx.qemu_io_cmds("qcow2", "ov.qcow2", &["write -z -u 3M 64k"]);
     for f in ["v3.qcow2", "v2.qcow2", "ov.qcow2"] {
         same_steps(
             &fx,
@@ -987,18 +952,18 @@ fn amend_compat_both_ways_like_qemu() {
     }
     // Snapshots: v3 snapshot tables stay; a snapshot of another size, a
     // data file, extended L2 entries or other refcount widths refuse.
-    make(&fx, "s.qcow2", "", "4M");
-    qio(&fx, "s.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("s.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -P 1 0 64k"]);
     fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
-    qio(&fx, "s.qcow2", &["write -z 0 64k"]);
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -z 0 64k"]);
     same_steps(&fx, "s.qcow2", &["amend -o compat=0.10 {}"]);
     same_steps(
         &fx,
         "s.qcow2",
         &["resize {} 8M", "amend -p -o compat=0.10 {}"],
     );
-    make(&fx, "df.qcow2", "data_file=df.raw", "1M");
-    qio(&fx, "df.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("df.qcow2", "data_file=df.raw", "1M");
+    fx.qemu_io_cmds("qcow2", "df.qcow2", &["write -P 1 0 64k"]);
     same_steps(&fx, "df.qcow2", &["amend -p -o compat=0.10 {}"]);
     for (file, opts) in [
         ("x.qcow2", "extended_l2=on"),
@@ -1008,7 +973,7 @@ fn amend_compat_both_ways_like_qemu() {
         amendable(&fx, file, opts);
         same_steps(&fx, file, &["amend -p -o compat=0.10 {}"]);
     }
-    make(&fx, "z0.qcow2", "compression_type=zstd", "1M");
+    fx.make_qcow2("z0.qcow2", "compression_type=zstd", "1M");
     same_steps(&fx, "z0.qcow2", &["amend -o compat=0.10 {}", "info {}"]);
 }
 
@@ -1016,8 +981,8 @@ fn amend_compat_both_ways_like_qemu() {
 fn amend_refcount_width_and_lazy_refcounts_like_qemu() {
     let fx = Fixture::new("qm_amend_refcounts");
     amendable(&fx, "a.qcow2", "");
-    make(&fx, "s.qcow2", "cluster_size=4k", "4M");
-    qio(&fx, "s.qcow2", &["write -P 1 0 1M"]);
+    fx.make_qcow2("s.qcow2", "cluster_size=4k", "4M");
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write -P 1 0 1M"]);
     fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
     for f in ["a.qcow2", "s.qcow2"] {
         for bits in ["1", "8", "64"] {
@@ -1043,8 +1008,8 @@ fn amend_refcount_width_and_lazy_refcounts_like_qemu() {
 fn amend_refusals_like_qemu() {
     let fx = Fixture::new("qm_amend_refusals");
     amendable(&fx, "a.qcow2", "");
-    make(&fx, "v2.qcow2", "compat=0.10", "1M");
-    make(&fx, "d.qcow2", "data_file=d.raw,data_file_raw=on", "1M");
+    fx.make_qcow2("v2.qcow2", "compat=0.10", "1M");
+    fx.make_qcow2("d.qcow2", "data_file=d.raw,data_file_raw=on", "1M");
     for step in [
         "amend -o compat=foo {}",
         "amend -o compat= {}",
@@ -1097,8 +1062,8 @@ fn amend_keeps_bitmaps_and_drops_them_cleanly_on_downgrade() {
     // cannot hold bitmaps) removes them with their clusters, where qemu-img
     // leaves them behind as leaks.
     let fx = Fixture::new("qm_amend_bitmaps");
-    make(&fx, "b.qcow2", "", "1M");
-    qio(&fx, "b.qcow2", &["write -P 1 0 64k"]);
+    fx.make_qcow2("b.qcow2", "", "1M");
+    fx.qemu_io_cmds("qcow2", "b.qcow2", &["write -P 1 0 64k"]);
     fx.oracle(&["bitmap", "--add", "b.qcow2", "b"]);
     same_steps(
         &fx,
