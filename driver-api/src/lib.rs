@@ -41,8 +41,11 @@ use abi_stable::{
 };
 
 /// Version of the driver ABI defined by this crate. A host refuses a library whose
-/// `abi_version` differs in the major part (the high 16 bits).
-pub const ABI_VERSION: u32 = 1 << 16;
+/// `abi_version` differs in the major part (the high 16 bits) or is newer in the
+/// minor part (the low 16 bits: methods appended after a `last_prefix_field`).
+///
+/// 1.1 added `HostServices::open_option`.
+pub const ABI_VERSION: u32 = 1 << 16 | 1;
 
 /// A driver object as it crosses the boundary.
 pub type FormatDriverBox = FormatDriver_TO<'static, RBox<()>>;

@@ -52,6 +52,13 @@ pub struct BitmapSummary {
     pub name: String,
     /// Bytes of guest data per bit.
     pub granularity: u64,
+    /// It records writes (qcow2's `auto` flag).
+    #[serde(default)]
+    pub enabled: bool,
+    /// It was not stored cleanly (qcow2's `in-use` flag at open): its bits
+    /// cannot be trusted, so it is not copied.
+    #[serde(default)]
+    pub inconsistent: bool,
 }
 
 /// What `measure` is asked.

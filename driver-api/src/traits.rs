@@ -154,6 +154,10 @@ pub trait HostServices: Send + Sync {
     /// Prints a warning the way qemu-img does (`qemu-img: warning: ...`).
     #[sabi(last_prefix_field)]
     fn warn(&self, message: RStr<'_>);
+    /// The value of a format option given when opening (`--image-opts`,
+    /// `json:`), such as `encrypt.key-secret`. Options no driver asked for
+    /// are refused by the host after `open`. (ABI 1.1)
+    fn open_option(&self, key: RStr<'_>) -> ROption<RString>;
 }
 
 /// Read-only view of a backing image (the host's whole chain below an overlay).

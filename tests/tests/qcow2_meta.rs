@@ -439,8 +439,6 @@ fn same_steps(fx: &Fixture, src: &str, steps: &[&str]) {
     }
 }
 
-/// `text` with snapshot creation times masked: the two tools take their
-/// snapshots a moment apart. Masks `YYYY-MM-DD HH:MM:SS` and the numbers
 /// The persistent bitmaps of a qcow2 file as text: per bitmap its name,
 /// granularity, flags and the set bits, read straight from the bitmap
 /// directory, tables and data (qcow2.txt "Bitmaps"), so that two files can
@@ -501,6 +499,8 @@ fn mask_node(text: &str) -> String {
     out
 }
 
+/// `text` with snapshot creation times masked: the two tools take their
+/// snapshots a moment apart. Masks `YYYY-MM-DD HH:MM:SS` and the numbers
 /// of `"date-sec"` and `"date-nsec"`.
 fn mask_dates(text: &str) -> String {
     let shape = b"dddd-dd-dd dd:dd:dd";
@@ -1083,4 +1083,120 @@ fn amend_keeps_bitmaps_and_drops_them_cleanly_on_downgrade() {
         info.stderr.is_empty() && !info.stdout.contains("bitmaps"),
         "{info:?}"
     );
+}
+
+/// Runs `convert ARGS SRC {}` with each tool into `ours.c`/`theirs.c` and
+/// asserts the same output, the same bitmaps (names, granularity, flags,
+/// bits), the same content and a clean `qemu-img check` of both targets.
+fn same_bitmap_convert(fx: &Fixture, args: &[&str], src: &str) {
+    let run = |ours: bool| {
+        let target = if ours { "ours.c" } else { "theirs.c" };
+        let _ = std::fs::remove_file(fx.path(target));
+        let mut all = vec!["convert"];
+        all.extend(args);
+        all.extend([src, target]);
+        let out = if ours {
+            fx.qimg(&all)
+        } else {
+            fx.qemu_img(&all)
+        };
+        (out.stdout, out.stderr, out.status)
+    };
+    assert_eq!(run(true), run(false), "convert {args:?} {src}");
+    assert_eq!(
+        bitmap_dump(fx, "ours.c"),
+        bitmap_dump(fx, "theirs.c"),
+        "{args:?}"
+    );
+    assert_clean(fx, "ours.c");
+    let cmp = fx.qemu_img(&["compare", "ours.c", "theirs.c"]);
+    assert_eq!(cmp.status, 0, "{}", cmp.stdout);
+}
+
+#[test]
+fn convert_copies_bitmaps_like_qemu() {
+    let fx = Fixture::new("qm_convert_bitmaps");
+    fx.make_qcow2("s.qcow2", "", "4M");
+    fx.oracle(&["bitmap", "--add", "s.qcow2", "first"]);
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write 0 64k", "write 1M 4k"]);
+    fx.oracle(&[
+        "bitmap",
+        "--add",
+        "-g",
+        "512",
+        "--disable",
+        "s.qcow2",
+        "off",
+    ]);
+    fx.oracle(&["bitmap", "--add", "-g", "128k", "s.qcow2", "late"]);
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write 3M 100k", "write -z 2M 64k"]);
+    fx.oracle(&["bitmap", "--merge", "first", "s.qcow2", "off"]);
+    let dump = bitmap_dump(&fx, "s.qcow2");
+    assert_eq!(dump.lines().count(), 3, "{dump}");
+    same_bitmap_convert(&fx, &["--bitmaps", "-O", "qcow2"], "s.qcow2");
+    same_bitmap_convert(
+        &fx,
+        &["--bitmaps", "-O", "qcow2", "-o", "cluster_size=4096"],
+        "s.qcow2",
+    );
+    same_bitmap_convert(&fx, &["--bitmaps", "-c", "-O", "qcow2"], "s.qcow2");
+    // The target's bits are the source's, not the copy's writes.
+    let theirs = bitmap_dump(&fx, "theirs.c");
+    assert_eq!(theirs, dump, "bitmaps of the copy");
+
+    // An inconsistent bitmap (in use when opened) stops the copy before the
+    // target is made, or is skipped with a warning.
+    let info = fx.qemu_img(&["info", "--output=json", "s.qcow2"]);
+    assert!(info.stdout.contains("\"late\""));
+    let raw = std::fs::read(fx.path("s.qcow2")).expect("read");
+    let at = raw
+        .windows(4)
+        .rposition(|w| w == b"late")
+        .expect("directory entry") as u64;
+    fx.patched_copy("s.qcow2", "u.qcow2", &[(at - 24 + 12, 3u32.to_be_bytes())]);
+    same_bitmap_convert(
+        &fx,
+        &["--bitmaps", "--skip-broken-bitmaps", "-O", "qcow2"],
+        "u.qcow2",
+    );
+    fx.oracle(&["create", "-q", "-f", "raw", "r.raw", "4M"]);
+    fx.make_qcow2("has.qcow2", "", "4M");
+    fx.oracle(&["bitmap", "--add", "has.qcow2", "off"]);
+    for args in [
+        vec!["convert", "--bitmaps", "-O", "qcow2", "u.qcow2", "x.qcow2"],
+        vec!["convert", "--bitmaps", "-O", "raw", "u.qcow2", "x.raw"],
+        vec![
+            "convert",
+            "--skip-broken-bitmaps",
+            "-O",
+            "qcow2",
+            "s.qcow2",
+            "x.qcow2",
+        ],
+        vec![
+            "convert",
+            "--bitmaps",
+            "-O",
+            "qcow2",
+            "s.qcow2",
+            "s.qcow2",
+            "x.qcow2",
+        ],
+        vec!["convert", "--bitmaps", "-O", "qcow2", "r.raw", "x.qcow2"],
+        vec![
+            "convert",
+            "--bitmaps",
+            "-n",
+            "-O",
+            "qcow2",
+            "s.qcow2",
+            "has.qcow2",
+        ],
+    ] {
+        fx.same(&args);
+        assert!(
+            !fx.path("x.qcow2").exists() && !fx.path("x.raw").exists(),
+            "{args:?}"
+        );
+    }
 }

@@ -147,6 +147,8 @@ pub struct Params {
     pub data_file: Option<String>,
     /// The data file stays a valid raw image.
     pub data_file_raw: bool,
+    /// Legacy AES encryption with the secret of this id.
+    pub key_secret: Option<String>,
 }
 
 fn on(options: &BTreeMap<String, String>, name: &str) -> bool {
@@ -155,9 +157,23 @@ fn on(options: &BTreeMap<String, String>, name: &str) -> bool {
 
 /// Checks the options as qemu does, with its messages.
 pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
-    if on(options, "encryption") || options.contains_key("encrypt.format") {
-        return Err(Error::unsupported(
-            "qcow2 encryption is not supported by qimg yet",
+    let encrypted = on(options, "encryption") || options.contains_key("encrypt.format");
+    let key_secret = match options.get("encrypt.format").map(String::as_str) {
+        Some("luks") => {
+            return Err(Error::unsupported(
+                "qcow2 LUKS encryption is not supported by qimg yet",
+            ))
+        }
+        Some("aes") | None => options.get("encrypt.key-secret").cloned(),
+        Some(other) => {
+            return Err(Error::argument(format!(
+                "Parameter 'encrypt.format' does not accept value '{other}'"
+            )))
+        }
+    };
+    if encrypted && key_secret.is_none() {
+        return Err(Error::argument(
+            "Parameter 'encrypt.key-secret' is required for cipher",
         ));
     }
     let version = match options.get("compat").map(String::as_str) {
@@ -258,6 +274,7 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
         backing: backing_file.map(|f| (f, backing_fmt)),
         data_file,
         data_file_raw,
+        key_secret: key_secret.filter(|_| encrypted),
     })
 }
 
@@ -311,6 +328,9 @@ impl Params {
         if self.data_file_raw {
             h.autoclear_features |= autoclear::DATA_FILE_RAW;
         }
+        if self.key_secret.is_some() {
+            h.crypt_method = 1;
+        }
         if let Some((file, fmt)) = &self.backing {
             h.backing_file = Some(file.clone());
             h.ext = Extensions {
@@ -325,6 +345,10 @@ impl Params {
 /// Writes a new image into the empty `store`.
 pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateRequest) -> Result<()> {
     let p = params(request.size, &request.options)?;
+    if let Some(id) = &p.key_secret {
+        // The secret must exist, as qemu checks before writing anything.
+        host.secret(RStr::from(id.as_str())).into_result()?;
+    }
     let layout = p.layout();
     let cs = layout.cluster_size();
     if let Some(name) = &p.data_file {
@@ -378,7 +402,8 @@ pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateReques
         return Ok(());
     }
     // Preallocation goes through the image's own allocator.
-    let image = Qcow2Image::open(io.file, host, open_flags::WRITE | open_flags::NO_BACKING)?;
+    let flags = open_flags::WRITE | open_flags::NO_BACKING;
+    let image = Qcow2Image::open_keyed(io.file, host, flags, p.key_secret.clone())?;
     let mode = if p.prealloc == Prealloc::OFF {
         Prealloc::METADATA
     } else {

@@ -3,6 +3,7 @@
 
 use crate::bitmaps;
 use crate::compress::Method;
+use crate::crypt::{LegacyAes, SECTOR};
 use crate::error::{Error, Result};
 use crate::header::{autoclear, Header};
 use crate::layout::{Layout, Sub};
@@ -47,6 +48,8 @@ pub struct Qcow2Image {
     pub(crate) marked_dirty: AtomicBool,
     /// Some loaded bitmap records writes (a fast check before locking).
     pub(crate) tracking: AtomicBool,
+    /// The cipher of a legacy AES-encrypted image (not loaded by `info`).
+    pub(crate) crypto: Option<LegacyAes>,
 }
 
 /// A run of guest bytes with one mapping.
@@ -110,6 +113,30 @@ fn checked_table(offset: u64, bytes: u64, cluster_size: u64) -> bool {
 impl Qcow2Image {
     /// Opens the image in `store` (see [`open_flags`]).
     pub fn open(store: ByteStoreBox, host: HostServicesBox, flags: u32) -> Result<Qcow2Image> {
+        let key_secret = host
+            .open_option(RStr::from("encrypt.key-secret"))
+            .into_option()
+            .map(String::from);
+        let format = host.open_option(RStr::from("encrypt.format")).into_option();
+        let image = Self::open_keyed(store, host, flags, key_secret)?;
+        let named = image.lock().header.crypt_method;
+        match (format.as_ref().map(|f| f.as_str()), named) {
+            (None, _) | (Some("aes"), 1) | (Some("luks"), 2) => Ok(image),
+            (Some(f), 1 | 2) => Err(Error::invalid(format!(
+                "Header reported '{}' encryption format but options specify '{f}'",
+                if named == 1 { "aes" } else { "luks" }
+            ))),
+            (Some(_), _) => Ok(image),
+        }
+    }
+
+    /// Opens the image, encrypted ones with the secret of id `key_secret`.
+    pub fn open_keyed(
+        store: ByteStoreBox,
+        host: HostServicesBox,
+        flags: u32,
+        key_secret: Option<String>,
+    ) -> Result<Qcow2Image> {
         let writable = flags & open_flags::WRITE != 0;
         let file_len = store.len().into_result()?;
         let io = Io {
@@ -244,13 +271,25 @@ impl Qcow2Image {
         }
         let header_changed = header.autoclear_features != autoclear_before;
         let dirty_rw = header.dirty() && writable && flags & open_flags::CHECK == 0;
-        if header.crypt_method != 0 && flags & open_flags::NO_IO == 0 {
-            // Encrypted data needs the key (a later step); describing the
-            // image (`info`) does not.
-            return Err(Error::invalid(
-                "Parameter 'encrypt.key-secret' is required for cipher",
-            ));
-        }
+        // Encrypted data needs the key; describing the image (`info`) does not.
+        let crypto = match (header.crypt_method, key_secret) {
+            (0, _) => None,
+            _ if flags & open_flags::NO_IO != 0 => None,
+            (_, None) => {
+                return Err(Error::invalid(
+                    "Parameter 'encrypt.key-secret' is required for cipher",
+                ))
+            }
+            (1, Some(id)) => {
+                let password = host.secret(RStr::from(id.as_str())).into_result()?;
+                Some(LegacyAes::new(password.as_bytes()))
+            }
+            (_, Some(_)) => {
+                return Err(Error::unsupported(
+                    "qcow2 LUKS encryption is not supported by qimg yet",
+                ))
+            }
+        };
         let image = Qcow2Image {
             io: Io { data, ..io },
             backing,
@@ -263,6 +302,7 @@ impl Qcow2Image {
             prealloc_detected: OnceLock::new(),
             marked_dirty: AtomicBool::new(false),
             tracking: AtomicBool::new(false),
+            crypto,
             meta: Mutex::new(Meta::new(header, layout, l1, reftable)),
         };
         {
@@ -322,7 +362,10 @@ impl Qcow2Image {
         match run.sub {
             Sub::Normal(_) => {
                 let host = run.host.unwrap_or(0);
-                qimg_driver_util::read_or_zero(self.io.data_store(), host, out)?;
+                match &self.crypto {
+                    None => qimg_driver_util::read_or_zero(self.io.data_store(), host, out)?,
+                    Some(aes) => self.read_encrypted(aes, pos, host, out)?,
+                }
             }
             Sub::Compressed(entry) => {
                 let cluster = self.decompress(entry)?;
@@ -333,6 +376,25 @@ impl Qcow2Image {
             Sub::UnallocPlain | Sub::UnallocAlloc(_) => self.read_backing(pos, out)?,
             Sub::Invalid => return Err(Error::Corrupt),
         }
+        Ok(())
+    }
+
+    /// Reads and decrypts the data at guest `pos`, host `host`: whole
+    /// sectors, as they were encrypted.
+    fn read_encrypted(&self, aes: &LegacyAes, pos: u64, host: u64, out: &mut [u8]) -> Result<()> {
+        let store = self.io.data_store();
+        let start = pos / SECTOR * SECTOR;
+        let end = (pos + out.len() as u64).div_ceil(SECTOR) * SECTOR;
+        if start == pos && end == pos + out.len() as u64 {
+            qimg_driver_util::read_or_zero(store, host, out)?;
+            aes.decrypt(pos, out);
+            return Ok(());
+        }
+        let mut sectors = vec![0u8; (end - start) as usize];
+        qimg_driver_util::read_or_zero(store, host - (pos - start), &mut sectors)?;
+        aes.decrypt(start, &mut sectors);
+        let at = (pos - start) as usize;
+        out.copy_from_slice(&sectors[at..at + out.len()]);
         Ok(())
     }
 
@@ -404,6 +466,9 @@ impl Qcow2Image {
             host_offset: run.host.unwrap_or(0),
         };
         ext.flags = match run.sub {
+            // Encrypted data is not the guest's: its host offset is not
+            // reported (qemu does the same).
+            Sub::Normal(_) if self.crypto.is_some() => ef::DATA | ef::ALLOCATED,
             Sub::Normal(_) => ef::DATA | ef::ALLOCATED | ef::OFFSET_VALID,
             Sub::Compressed(_) => ef::DATA | ef::ALLOCATED | ef::COMPRESSED,
             Sub::ZeroAlloc(_) => ef::ZERO | ef::ALLOCATED | ef::OFFSET_VALID,
@@ -417,7 +482,10 @@ impl Qcow2Image {
             ext.flags |= ef::OFFSET_VALID;
             ext.host_offset = offset;
         }
-        if matches!(run.sub, Sub::Normal(_)) && self.metadata_preallocated()? {
+        if ext.flags & ef::OFFSET_VALID != 0
+            && matches!(run.sub, Sub::Normal(_))
+            && self.metadata_preallocated()?
+        {
             // What the store holds there refines the answer (qemu asks the
             // file below a metadata-preallocated image the same way).
             let store = self.io.data_store();

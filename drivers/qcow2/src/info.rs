@@ -73,6 +73,8 @@ impl Qcow2Image {
                     .map(|b| BitmapSummary {
                         name: b.name_text(),
                         granularity: b.granularity(),
+                        enabled: b.enabled,
+                        inconsistent: b.inconsistent,
                     })
                     .collect()
             }),

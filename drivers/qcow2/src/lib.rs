@@ -17,6 +17,7 @@ pub mod cache;
 pub mod check;
 pub mod compress;
 pub mod create;
+pub mod crypt;
 pub mod error;
 pub mod header;
 pub mod image;

@@ -134,6 +134,7 @@ mod tests {
         let b = |name: &str, granularity| BitmapSummary {
             name: name.into(),
             granularity,
+            ..BitmapSummary::default()
         };
         // 64 MiB disk, 64 KiB clusters: one data cluster and one table
         // cluster each, and one directory cluster.

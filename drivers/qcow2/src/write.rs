@@ -7,6 +7,7 @@
 //! written) sits in `Meta::in_flight` until its L2 entry is updated; other
 //! writers to that cluster wait on `Qcow2Image::settled`.
 
+use crate::crypt::SECTOR;
 use crate::error::{Error, Result};
 use crate::header::incompat;
 use crate::image::Qcow2Image;
@@ -91,6 +92,18 @@ impl Qcow2Image {
 
     /// Writes guest data.
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        if self.crypto.is_some()
+            && (!offset.is_multiple_of(SECTOR) || !(buf.len() as u64).is_multiple_of(SECTOR))
+        {
+            // Encryption works on whole sectors: merge with what is there.
+            let start = offset / SECTOR * SECTOR;
+            let end = (offset + buf.len() as u64).div_ceil(SECTOR) * SECTOR;
+            let mut sectors = vec![0u8; (end - start) as usize];
+            self.read(start, &mut sectors)?;
+            let at = (offset - start) as usize;
+            sectors[at..at + buf.len()].copy_from_slice(buf);
+            return self.write(start, &sectors);
+        }
         self.check_write(offset, buf.len() as u64)?;
         self.mark_dirty(offset, buf.len() as u64);
         let mut done = 0usize;
@@ -131,10 +144,21 @@ impl Qcow2Image {
         if let (Some(host), true) = (host0, p > pos) {
             drop(meta);
             let n = (p.min(end) - pos) as usize;
-            self.io
-                .data_store()
-                .write_at(host, RSlice::from_slice(&data[..n]))
-                .into_result()?;
+            match &self.crypto {
+                None => self
+                    .io
+                    .data_store()
+                    .write_at(host, RSlice::from_slice(&data[..n]))
+                    .into_result()?,
+                Some(aes) => {
+                    let mut sealed = data[..n].to_vec();
+                    aes.encrypt(pos, &mut sealed);
+                    self.io
+                        .data_store()
+                        .write_at(host, RSlice::from_slice(&sealed))
+                        .into_result()?
+                }
+            }
             return Ok(n);
         }
         self.before_change(&mut meta)?;
@@ -251,6 +275,9 @@ impl Qcow2Image {
         }
         let n = (user_end - pos) as usize;
         buf[(pos - g_start) as usize..(user_end - g_start) as usize].copy_from_slice(&data[..n]);
+        if let Some(aes) = &self.crypto {
+            aes.encrypt(g_start, &mut buf);
+        }
         self.io
             .data_store()
             .write_at(first.host + first.start, RSlice::from_slice(&buf))
@@ -503,6 +530,11 @@ impl Qcow2Image {
         if self.io.data.is_some() {
             return Err(Error::unsupported(
                 "Compression is not supported with external data files",
+            ));
+        }
+        if self.crypto.is_some() {
+            return Err(Error::unsupported(
+                "Compression and encryption not supported at the same time",
             ));
         }
         let mut cluster = buf.to_vec();

@@ -98,6 +98,9 @@ impl HostServices for NoHost {
         RResult::RErr(DriverError::invalid_argument("no secrets"))
     }
     fn warn(&self, _message: RStr<'_>) {}
+    fn open_option(&self, _key: RStr<'_>) -> ROption<RString> {
+        ROption::RNone
+    }
 }
 
 /// Host services that offer nothing (for single-file disks).

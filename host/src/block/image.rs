@@ -42,6 +42,9 @@ pub struct OpenRequest<'a> {
     /// Open for `check`: images marked corrupt or dirty open as they are
     /// (`open_flags::CHECK`), so that they can be checked and repaired.
     pub check: bool,
+    /// Format options besides those in the name (`convert` passes the
+    /// target's `-o ...key-secret` options, as qemu-img does).
+    pub options: Vec<(String, String)>,
 }
 
 impl<'a> OpenRequest<'a> {
@@ -59,6 +62,7 @@ impl<'a> OpenRequest<'a> {
             shared_backing: false,
             depth: 0,
             check: false,
+            options: Vec::new(),
         }
     }
 }
@@ -204,8 +208,11 @@ fn probe(file: &LocalFile, name: &str) -> Result<Arc<Driver>, DriverError> {
 /// Opens an image, its driver and (unless asked not to) its backing chain.
 pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     let spec = resolve(request.name, request.image_opts).map_err(DriverError::invalid_argument)?;
-    let display = if request.image_opts {
-        spec.path.clone()
+    // Errors quote the operand as given; `info` names the image as qemu
+    // does (its path, or a json: name when format options were given).
+    let display = request.name.to_string();
+    let filename = if request.image_opts {
+        spec.display_name()
     } else {
         request.name.to_string()
     };
@@ -254,6 +261,13 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         backing: Mutex::new(None),
         no_io: request.no_io,
         depth: request.depth,
+        options: spec
+            .options
+            .iter()
+            .chain(&request.options)
+            .cloned()
+            .collect(),
+        asked: Mutex::new(Vec::new()),
     });
     let mut flags = 0;
     if request.write {
@@ -277,6 +291,13 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         )
         .into_result()
         .map_err(|e| open_error(&display, e))?;
+    if let Some(key) = services.unasked_option() {
+        let e = DriverError::invalid_argument(format!(
+            "Block format '{}' does not support the option '{key}'",
+            driver.name
+        ));
+        return Err(open_error(&display, e));
+    }
     let backing = services
         .backing
         .lock()
@@ -285,7 +306,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     Ok(BlockImage {
         image,
         driver,
-        filename: display,
+        filename,
         store: file,
         backing,
     })
@@ -347,6 +368,8 @@ fn format_new(
         backing: Mutex::new(None),
         no_io: false,
         depth: 0,
+        options: Vec::new(),
+        asked: Mutex::new(Vec::new()),
     });
     let json = serde_json::to_string(request)
         .map_err(|e| DriverError::new(ErrorKind::OTHER, e.to_string()))?;

@@ -89,12 +89,27 @@ pub struct Services {
     pub backing: Mutex<Option<Arc<BlockImage>>>,
     /// Depth of this image in its chain (limits runaway chains).
     pub depth: usize,
+    /// Format options given with the name (`encrypt.key-secret=...`).
+    pub options: Vec<(String, String)>,
+    /// The option keys the driver asked for.
+    pub asked: Mutex<Vec<String>>,
 }
 
 /// Backing chains deeper than this are refused (a loop in the chain ends here).
 pub const MAX_CHAIN_DEPTH: usize = 64;
 
 impl Services {
+    /// The first format option the driver did not ask for: qemu refuses
+    /// options a format does not support.
+    pub fn unasked_option(&self) -> Option<String> {
+        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        self.options
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| !asked.contains(k))
+            .cloned()
+    }
+
     /// Boxes a handle on these services for the ABI.
     pub fn boxed(services: Arc<Services>) -> HostServicesBox {
         HostServices_TO::from_value(ServicesHandle(services), TD_Opaque)
@@ -174,6 +189,7 @@ impl HostServices for ServicesHandle {
                     Some(LockSpec::READ_STABLE)
                 },
                 no_backing: false,
+                options: Vec::new(),
                 no_io: services.no_io,
                 shared_backing: services.force_share,
                 depth: services.depth + 1,
@@ -209,6 +225,21 @@ impl HostServices for ServicesHandle {
 
     fn warn(&self, message: RStr<'_>) {
         eprintln!("{}: warning: {}", crate::cli::program(), message.as_str());
+    }
+
+    fn open_option(&self, key: RStr<'_>) -> ROption<RString> {
+        let services = &self.0;
+        services
+            .asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key.as_str().to_string());
+        services
+            .options
+            .iter()
+            .find(|(k, _)| k == key.as_str())
+            .map(|(_, v)| RString::from(v.as_str()))
+            .into()
     }
 }
 

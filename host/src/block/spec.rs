@@ -13,6 +13,33 @@ pub struct ImageSpec {
     pub format: Option<String>,
     /// `file.locking=off` turns image locking off.
     pub locking: bool,
+    /// Options for the format driver (`encrypt.key-secret=...`), in the
+    /// order given.
+    pub options: Vec<(String, String)>,
+}
+
+impl ImageSpec {
+    /// The name qemu gives an image opened with format options: a `json:`
+    /// pseudo-filename (the options, then driver and file, as qemu-img
+    /// prints it); the plain path without them.
+    pub fn display_name(&self) -> String {
+        if self.options.is_empty() {
+            return self.path.clone();
+        }
+        let mut parts: Vec<String> = self
+            .options
+            .iter()
+            .map(|(k, v)| format!("{}: {}", Value::from(k.as_str()), Value::from(v.as_str())))
+            .collect();
+        if let Some(format) = &self.format {
+            parts.push(format!("\"driver\": {}", Value::from(format.as_str())));
+        }
+        parts.push(format!(
+            "\"file\": {{\"driver\": \"file\", \"filename\": {}}}",
+            Value::from(self.path.as_str())
+        ));
+        format!("json:{{{}}}", parts.join(", "))
+    }
 }
 
 /// Resolves a name given as an operand. With `image_opts` the operand is an
@@ -30,7 +57,8 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
                 "file.driver" if value == "file" => {}
                 "file.locking" => spec.locking = value != "off" && value != "false",
                 "file.driver" => return Err(format!("Unknown protocol '{value}'")),
-                _ => return Err(format!("Invalid parameter '{key}'")),
+                _ if key.starts_with("file.") => return Err(format!("Invalid parameter '{key}'")),
+                _ => spec.options.push((key, value)),
             }
         }
         if spec.path.is_empty() {
@@ -60,6 +88,17 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
         if let Some(locking) = file.and_then(|f| f.get("locking")).and_then(Value::as_str) {
             spec.locking = locking != "off";
         }
+        if let Some(map) = value.as_object() {
+            for (key, v) in map {
+                if matches!(
+                    key.as_str(),
+                    "driver" | "file" | "file.filename" | "filename"
+                ) {
+                    continue;
+                }
+                flatten(key, v, &mut spec.options);
+            }
+        }
         if spec.path.is_empty() {
             return Err("The 'file' block driver requires a file name".to_string());
         }
@@ -67,9 +106,23 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
     }
     Ok(ImageSpec {
         path: name.to_string(),
-        format: None,
         locking: true,
+        ..ImageSpec::default()
     })
+}
+
+/// Adds a `json:` option to `out`, nested objects as dotted keys
+/// (`{"encrypt": {"key-secret": "s"}}` is `encrypt.key-secret=s`).
+fn flatten(key: &str, value: &Value, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                flatten(&format!("{key}.{k}"), v, out);
+            }
+        }
+        Value::String(s) => out.push((key.to_string(), s.clone())),
+        other => out.push((key.to_string(), other.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -89,7 +142,13 @@ mod tests {
             ("x.img", Some("raw"), false)
         );
         assert!(resolve("driver=raw", true).is_err());
-        assert!(resolve("bogus=1,file.filename=x", true).is_err());
+        assert!(resolve("file.bogus=1,file.filename=x", true).is_err());
+        let s = resolve("driver=qcow2,file.filename=a,encrypt.key-secret=s0", true).unwrap();
+        assert_eq!(s.options, [("encrypt.key-secret".into(), "s0".into())]);
+        assert_eq!(
+            s.display_name(),
+            r#"json:{"encrypt.key-secret": "s0", "driver": "qcow2", "file": {"driver": "file", "filename": "a"}}"#
+        );
     }
 
     #[test]

@@ -119,7 +119,7 @@ fn run(args: &[String]) -> CmdResult {
 
 /// One operation on `bitmap` of `image`; a merge from `source` reads the
 /// source bitmap's dirty ranges there and hands them to `image`.
-fn apply(
+pub(super) fn apply(
     image: &BlockImage,
     source: Option<&BlockImage>,
     action: &str,

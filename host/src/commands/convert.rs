@@ -11,7 +11,8 @@ use crate::engine::progress::Progress;
 use crate::engine::ratelimit::RateLimit;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
-use qimg_driver_api::{caps, schema::CreateRequest};
+use qimg_driver_api::caps;
+use qimg_driver_api::schema::{BitmapSummary, CreateRequest};
 use std::sync::Arc;
 
 const OPTS: &[Opt] = &[
@@ -124,6 +125,9 @@ fn run(args: &[String]) -> CmdResult {
     if p.operands.len() < 2 {
         return Err(fail("Must specify image file name"));
     }
+    if p.has("skip-broken-bitmaps") && !p.has("bitmaps") {
+        return Err(fail("Use of --skip-broken-bitmaps requires --bitmaps"));
+    }
     let no_create = p.has("no-create") || p.has("target-image-opts");
     if p.has("target-is-zero") && !no_create {
         return Err(fail("--target-is-zero requires use of -n flag"));
@@ -181,6 +185,9 @@ fn convert(
     if let Some(param) = snapshot {
         super::snapshot::load_snapshot(&opened[0], param)?;
     }
+    if p.has("bitmaps") && opened.len() > 1 {
+        return Err(fail("Copying bitmaps only possible with single source"));
+    }
     if p.has("bitmaps") && !opened.iter().all(|s| s.driver.can(caps::BITMAPS)) {
         return Err(fail("Source lacks bitmap support"));
     }
@@ -197,10 +204,28 @@ fn convert(
             driver.name
         )));
     }
+    let given = merge_opts(&p.all("target-options")).map_err(fail)?;
+    if compress {
+        let on = |k: &str| given.get(k).is_some_and(|v| v == "on" || v == "true");
+        if on("encryption") || given.contains_key("encrypt.format") {
+            return Err(fail(
+                "Compression and encryption not supported at the same time",
+            ));
+        }
+        if given.get("preallocation").is_some_and(|v| v != "off") {
+            return Err(fail(
+                "Compression and preallocation not supported at the same time",
+            ));
+        }
+    }
+    let bitmaps = if p.has("bitmaps") {
+        source_bitmaps(&opened[0], p.has("skip-broken-bitmaps"))?
+    } else {
+        Vec::new()
+    };
     let total: u64 = opened.iter().map(|s| s.size()).sum();
     let mut created = false;
     if !no_create {
-        let given = merge_opts(&p.all("target-options")).map_err(fail)?;
         let mut values =
             options::validate(&options::schema(&driver, true), &given).map_err(fail)?;
         values.remove("size");
@@ -224,7 +249,19 @@ fn convert(
         }
         created = !existed;
     }
-    let result = copy_into(p, settings, &opened, target, no_create, &driver, progress);
+    // The new target is opened with the secrets it was created with.
+    let secrets: Vec<(String, String)> = given
+        .iter()
+        .filter(|(k, _)| k.ends_with("key-secret") && !no_create)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let into = Target {
+        name: target,
+        no_create,
+        options: secrets,
+        bitmaps: p.has("bitmaps").then_some(bitmaps),
+    };
+    let result = copy_into(p, settings, &opened, &into, &driver, progress);
     if result.is_err() && created {
         // Never leave a half-written target that looks like a good image.
         let _ = std::fs::remove_file(target);
@@ -232,12 +269,23 @@ fn convert(
     result
 }
 
+/// The image `convert` writes.
+struct Target<'a> {
+    /// Its name.
+    name: &'a str,
+    /// `-n`: it existed before.
+    no_create: bool,
+    /// Open options (the secrets it was created with).
+    options: Vec<(String, String)>,
+    /// `--bitmaps`: the source's bitmaps to copy.
+    bitmaps: Option<Vec<BitmapSummary>>,
+}
+
 fn copy_into(
     p: &crate::cli::Parsed,
     settings: &Settings,
     sources: &[Arc<BlockImage>],
-    target: &str,
-    no_create: bool,
+    into: &Target,
     driver: &Arc<crate::plugins::Driver>,
     progress: &Progress,
 ) -> CmdResult {
@@ -246,8 +294,15 @@ fn copy_into(
         cache: settings.target_cache,
         lock: Some(LockSpec::READ_WRITE),
         no_backing: false,
-        ..OpenRequest::read(target, Some(&driver.name), p.has("target-image-opts"))
+        options: into.options.clone(),
+        // An option string names its own driver (qemu-img ignores -O then).
+        ..if p.has("target-image-opts") {
+            OpenRequest::read(into.name, None, true)
+        } else {
+            OpenRequest::read(into.name, Some(&driver.name), false)
+        }
     };
+    let no_create = into.no_create;
     let out = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
     let total: u64 = sources.iter().map(|s| s.size()).sum();
     if no_create && out.size() < total {
@@ -255,6 +310,12 @@ fn copy_into(
     }
     let fresh = !no_create && driver.can(caps::ZERO_INIT) && !p.has("backing");
     let out_info = out.info().map_err(|e| fail(e.message.to_string()))?;
+    if into.bitmaps.is_some() && (!out.driver.can(caps::BITMAPS) || out_info.bitmaps.is_none()) {
+        return Err(fail(format!(
+            "Format driver '{}' does not support bitmaps",
+            out.driver.name
+        )));
+    }
     let job = CopyJob {
         sources,
         target: &out,
@@ -281,6 +342,69 @@ fn copy_into(
         rate: &RateLimit::new(settings.rate),
     };
     job.run().map_err(|e| fail(e.message.to_string()))?;
+    if let Some(bitmaps) = &into.bitmaps {
+        // Added after the copy, so that the copy's writes do not dirty them.
+        let copied = copy_bitmaps(&sources[0], &out, bitmaps);
+        let closed = out.close();
+        copied?;
+        closed.map_err(|e| fail(e.message.to_string()))?;
+        return Ok(0);
+    }
     out.close().map_err(|e| fail(e.message.to_string()))?;
+    Ok(0)
+}
+
+/// The bitmaps `--bitmaps` copies from `source`. An inconsistent one is an
+/// error, or with `--skip-broken-bitmaps` skipped with a warning. qemu-img
+/// visits bitmaps newest first, so the first one reported is the last found.
+fn source_bitmaps(source: &BlockImage, skip_broken: bool) -> Result<Vec<BitmapSummary>, CmdError> {
+    let info = source.info().map_err(|e| fail(e.message.to_string()))?;
+    let mut bitmaps = info.bitmaps.unwrap_or_default();
+    for b in bitmaps.iter().rev().filter(|b| b.inconsistent) {
+        if !skip_broken {
+            return Err(fail(format!(
+                "Cannot copy inconsistent bitmap '{}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it",
+                b.name
+            )));
+        }
+        eprintln!(
+            "{}: warning: Skipping inconsistent bitmap '{}'",
+            crate::cli::program(),
+            b.name
+        );
+    }
+    bitmaps.retain(|b| !b.inconsistent);
+    Ok(bitmaps)
+}
+
+/// Adds each of `bitmaps` to `target` (same name, granularity and state)
+/// with the bits the source's holds.
+fn copy_bitmaps(source: &BlockImage, target: &BlockImage, bitmaps: &[BitmapSummary]) -> CmdResult {
+    let existing = target
+        .info()
+        .map_err(|e| fail(e.message.to_string()))?
+        .bitmaps
+        .unwrap_or_default();
+    if let Some(b) = bitmaps
+        .iter()
+        .rev()
+        .find(|b| existing.iter().any(|e| e.name == b.name))
+    {
+        return Err(fail(format!(
+            "Failed to create bitmap {0}: Bitmap already exists: {0}",
+            b.name
+        )));
+    }
+    for b in bitmaps {
+        let name = &b.name;
+        let add = super::bitmap::apply(target, None, "add", name, Some(b.granularity), None);
+        add.map_err(|m| fail(format!("Failed to create bitmap {name}: {m}")))?;
+        super::bitmap::apply(target, Some(source), "merge", name, None, Some(name))
+            .map_err(|m| fail(format!("Failed to populate bitmap {name}: {m}")))?;
+        if !b.enabled {
+            super::bitmap::apply(target, None, "disable", name, None, None)
+                .map_err(|m| fail(format!("Failed to populate bitmap {name}: {m}")))?;
+        }
+    }
     Ok(0)
 }

@@ -215,7 +215,7 @@ fn load_library(path: &Path, sha256: Option<&str>) -> LoadResult {
         .init_root_module::<DriverLibRef>()
         .map_err(|e| short_reason(&e.to_string()))?;
     let version = module.abi_version();
-    if version >> 16 != ABI_VERSION >> 16 {
+    if version >> 16 != ABI_VERSION >> 16 || version & 0xffff > ABI_VERSION & 0xffff {
         return Err(format!(
             "built for driver ABI {}.{}, this qimg speaks {}.{}",
             version >> 16,

@@ -1,0 +1,262 @@
+//! Legacy AES-encrypted qcow2 (`encrypt.format=aes`) against qemu-img
+//! 10.0.2: images qemu-img and qemu-io wrote are read by qimg, images qimg
+//! wrote are read and checked by qemu-img, with the key given as qemu-img
+//! takes it (`--object secret` plus `encrypt.key-secret` in the image's
+//! options).
+
+use qimg_tests::Fixture;
+
+const SECRET: &str = "secret,id=sec0,data=123456";
+
+/// The image's option string with the key.
+fn keyed(file: &str) -> String {
+    format!("driver=qcow2,file.filename={file},encrypt.key-secret=sec0")
+}
+
+/// An AES-encrypted image made by qemu-img with data written by qemu-io,
+/// some of it not sector-aligned, and some explicit zeros.
+fn qemu_encrypted(fx: &Fixture, file: &str, extra: &str) {
+    let opts = format!("encrypt.format=aes,encrypt.key-secret=sec0{extra}");
+    fx.oracle(&[
+        "create", "-q", "-f", "qcow2", "--object", SECRET, "-o", &opts, file, "4M",
+    ]);
+    fx.sh(&format!(
+        "qemu-io --object {SECRET} --image-opts {} -c 'write -P 0x41 0 64k' \
+         -c 'write -P 0x42 1000 3000' -c 'write -P 0x43 2M 100k' \
+         -c 'write -z 2100k 8k' -c 'write -P 0x44 4190000 4304' >/dev/null",
+        keyed(file)
+    ));
+}
+
+#[test]
+fn reads_what_qemu_wrote() {
+    let fx = Fixture::new("crypt_read");
+    for (file, extra) in [
+        ("v3.qcow2", ""),
+        ("v2.qcow2", ",compat=0.10,cluster_size=4096"),
+    ] {
+        qemu_encrypted(&fx, file, extra);
+        let name = keyed(file);
+        for args in [
+            vec!["info", "--object", SECRET, "--image-opts", &name],
+            vec![
+                "info",
+                "--output=json",
+                "--object",
+                SECRET,
+                "--image-opts",
+                &name,
+            ],
+            vec![
+                "map",
+                "--output=json",
+                "--object",
+                SECRET,
+                "--image-opts",
+                &name,
+            ],
+            vec!["check", "--object", SECRET, "--image-opts", &name],
+        ] {
+            fx.same(&args);
+        }
+        fx.oracle(&[
+            "convert",
+            "--object",
+            SECRET,
+            "--image-opts",
+            &name,
+            "-O",
+            "raw",
+            "theirs.raw",
+        ]);
+        let ours = fx.qimg(&[
+            "convert",
+            "--object",
+            SECRET,
+            "--image-opts",
+            &name,
+            "-O",
+            "raw",
+            "ours.raw",
+        ]);
+        assert_eq!(ours.status, 0, "{}", ours.stderr);
+        fx.sh("cmp ours.raw theirs.raw");
+        // A json: name carries the key the same way.
+        let json = format!(
+            r#"json:{{"driver":"qcow2","file":{{"filename":"{file}"}},"encrypt":{{"key-secret":"sec0"}}}}"#
+        );
+        fx.same(&["compare", "--object", SECRET, &json, "theirs.raw"]);
+    }
+}
+
+#[test]
+fn qemu_reads_what_qimg_wrote() {
+    let fx = Fixture::new("crypt_write");
+    qemu_encrypted(&fx, "src.qcow2", "");
+    let src = keyed("src.qcow2");
+    fx.oracle(&[
+        "convert",
+        "--object",
+        SECRET,
+        "--image-opts",
+        &src,
+        "-O",
+        "raw",
+        "plain.raw",
+    ]);
+    // create: the same bytes as qemu-img's.
+    for opts in [
+        "encrypt.format=aes,encrypt.key-secret=sec0",
+        "encryption=on,encrypt.key-secret=sec0,compat=0.10",
+    ] {
+        fx.same_effect(
+            &[
+                "create", "-f", "qcow2", "--object", SECRET, "-o", opts, "{}", "1M",
+            ],
+            "new.qcow2",
+        );
+        fx.sh("cmp ours.new.qcow2 theirs.new.qcow2");
+    }
+    // convert into a new encrypted image, and into an existing one (-n).
+    let out = fx.qimg(&[
+        "convert",
+        "--object",
+        SECRET,
+        "-O",
+        "qcow2",
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=sec0,cluster_size=4096",
+        "plain.raw",
+        "new.qcow2",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        SECRET,
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=sec0,compat=0.10",
+        "old.qcow2",
+        "4M",
+    ]);
+    let out = fx.qimg(&[
+        "convert",
+        "-n",
+        "--object",
+        SECRET,
+        "--image-opts",
+        &src,
+        "--target-image-opts",
+        &keyed("old.qcow2"),
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    for file in ["new.qcow2", "old.qcow2"] {
+        let name = keyed(file);
+        let cmp = fx.qemu_img(&[
+            "compare",
+            "--object",
+            SECRET,
+            "--image-opts",
+            &name,
+            "driver=raw,file.filename=plain.raw",
+        ]);
+        assert_eq!(cmp.status, 0, "{file}: {}{}", cmp.stdout, cmp.stderr);
+        let check = fx.qemu_img(&["check", "--object", SECRET, "--image-opts", &name]);
+        assert_eq!(check.status, 0, "{file}: {}{}", check.stdout, check.stderr);
+    }
+    // Without the right key the image reads as noise, not as the data.
+    fx.oracle(&[
+        "convert",
+        "--object",
+        "secret,id=sec0,data=wrong",
+        "--image-opts",
+        &keyed("new.qcow2"),
+        "-O",
+        "raw",
+        "noise.raw",
+    ]);
+    assert_ne!(fx.sh("cmp -s noise.raw plain.raw; echo $?").trim(), "0");
+}
+
+#[test]
+fn refusals_like_qemu() {
+    let fx = Fixture::new("crypt_refuse");
+    qemu_encrypted(&fx, "e.qcow2", "");
+    fx.oracle(&["create", "-q", "-f", "raw", "p.raw", "1M"]);
+    let wrong_id = "driver=qcow2,file.filename=e.qcow2,encrypt.key-secret=sec1";
+    let luks = "driver=qcow2,file.filename=e.qcow2,encrypt.key-secret=sec0,encrypt.format=luks";
+    let unknown = "driver=qcow2,file.filename=e.qcow2,lazy-what=1";
+    let raw_key = "driver=raw,file.filename=p.raw,encrypt.key-secret=sec0";
+    for args in [
+        vec!["convert", "-O", "raw", "e.qcow2", "o.raw"],
+        vec!["check", "e.qcow2"],
+        vec![
+            "convert",
+            "--object",
+            SECRET,
+            "--image-opts",
+            wrong_id,
+            "-O",
+            "raw",
+            "o.raw",
+        ],
+        vec![
+            "convert",
+            "--object",
+            SECRET,
+            "--image-opts",
+            luks,
+            "-O",
+            "raw",
+            "o.raw",
+        ],
+        vec!["info", "--image-opts", unknown],
+        vec!["info", "--object", SECRET, "--image-opts", raw_key],
+        vec!["info", "--image-opts", wrong_id],
+        vec![
+            "convert",
+            "-c",
+            "--object",
+            SECRET,
+            "-O",
+            "qcow2",
+            "-o",
+            "encrypt.format=aes,encrypt.key-secret=sec0",
+            "p.raw",
+            "c.qcow2",
+        ],
+        vec![
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+            "p.raw",
+            "c.qcow2",
+        ],
+        vec![
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "encryption=on",
+            "n.qcow2",
+            "1M",
+        ],
+        vec![
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "encrypt.format=aes,encrypt.key-secret=sec9",
+            "n.qcow2",
+            "1M",
+        ],
+    ] {
+        fx.same(&args);
+    }
+}
