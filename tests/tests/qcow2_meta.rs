@@ -1200,3 +1200,44 @@ fn convert_copies_bitmaps_like_qemu() {
         );
     }
 }
+
+#[test]
+fn check_reports_and_repairs_snapshot_tables_like_qemu() {
+    // Snapshot tables qemu-img reads only in check mode: an entry lacking
+    // version 3's extra data, one with too much extra data, too many
+    // entries; and an L1 offset check reports but cannot repair.
+    let fx = Fixture::new("qm_snap_table");
+    fx.make_qcow2("s.qcow2", "", "1M");
+    fx.qemu_io_cmds("qcow2", "s.qcow2", &["write 0 64k"]);
+    fx.oracle(&["snapshot", "-c", "s1", "s.qcow2"]);
+    fx.oracle(&["snapshot", "-c", "s2", "s.qcow2"]);
+    let head = std::fs::read(fx.path("s.qcow2")).expect("read");
+    let table = u64::from_be_bytes(head[64..72].try_into().expect("8 bytes"));
+    let cases: [(&str, u64, Vec<u8>); 4] = [
+        ("over.q", 60, 3u32.to_be_bytes().to_vec()),
+        ("extra.q", table + 36, 2000u32.to_be_bytes().to_vec()),
+        ("many.q", 60, 70000u32.to_be_bytes().to_vec()),
+        ("l1.q", table, 0x12345u64.to_be_bytes().to_vec()),
+    ];
+    for (name, at, bytes) in cases {
+        fx.patched_copy("s.qcow2", name, &[(at, bytes)]);
+        if name == "many.q" {
+            continue;
+        }
+        check_every_way(&fx, name);
+        // A repair writes the same table qemu-img writes.
+        run_on_copy(&fx, name, "ours.r", &["check", "-r", "all", "{}"], true);
+        run_on_copy(&fx, name, "theirs.r", &["check", "-r", "all", "{}"], false);
+        fx.sh("cmp ours.r theirs.r");
+    }
+    // Too many entries: reported as qemu-img reports them. Its `-r all`
+    // writes over the image's own metadata and marks it corrupt; qimg
+    // refuses that repair and leaves the image as it was.
+    for args in [&["check", "{}"][..], &["check", "-r", "leaks", "{}"]] {
+        same_on_copies(&fx, "many.q", args);
+    }
+    let ours = run_on_copy(&fx, "many.q", "ours.r", &["check", "-r", "all", "{}"], true);
+    assert_eq!(ours.status, 1, "{}", ours.stderr);
+    assert!(ours.stderr.contains("ERROR snapshot table too large"));
+    fx.sh("cmp ours.r many.q");
+}

@@ -19,6 +19,7 @@ use crate::header::incompat;
 use crate::image::Qcow2Image;
 use crate::layout::{ClusterKind, Layout, COPIED, OFFSET_MASK, ZERO};
 use crate::meta::{get_refcount, hex, punch_clusters, put_refcount, read_table, Io, Meta};
+use crate::snapshot::TableIssue;
 use qimg_driver_api::schema::{CheckReport, Repair};
 use qimg_driver_api::Prealloc;
 use std::collections::{BTreeSet, HashMap};
@@ -931,6 +932,73 @@ impl Checker<'_> {
     }
 }
 
+/// What the snapshot table's faults (found at open) add to a check.
+struct TableFaults {
+    /// Lines to print first.
+    messages: Vec<String>,
+    /// Faults left.
+    corruptions: u64,
+    /// Faults repaired (the table is then written anew).
+    fixed: u64,
+}
+
+/// The snapshot table's faults as qemu-img reports them. A table qemu
+/// cannot read at all ends the check: the report is the error.
+fn table_faults(
+    issues: &[TableIssue],
+    fix: Fix,
+) -> std::result::Result<TableFaults, Box<CheckReport>> {
+    let mut out = TableFaults {
+        messages: Vec::new(),
+        corruptions: 0,
+        fixed: 0,
+    };
+    let unreadable = |lines: [String; 2]| {
+        Box::new(CheckReport {
+            messages: lines.to_vec(),
+            check_errors: 1,
+            failure: Some("File too large".into()),
+            ..CheckReport::default()
+        })
+    };
+    for issue in issues {
+        match *issue {
+            // qemu-img's repair of this one writes over its own metadata;
+            // qimg leaves the image alone in every mode.
+            TableIssue::TooMany { overhang } => {
+                return Err(unreadable([
+                    "{prog}: ERROR snapshot table too large".into(),
+                    format!("You can force-remove all {overhang} overhanging snapshots with qemu-img check -r all"),
+                ]))
+            }
+            TableIssue::TooMuchExtra { entry, .. } if !fix.errors => {
+                return Err(unreadable([
+                    format!("{{prog}}: ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry {entry}"),
+                    "You can force-remove this extra metadata with qemu-img check -r all".into(),
+                ]))
+            }
+            TableIssue::TooMuchExtra { entry, size } => {
+                out.messages.push(format!(
+                    "Discarding too much extra metadata in snapshot table entry {entry} ({size} > 1024)"
+                ));
+                out.fixed += 1;
+            }
+            TableIssue::Incomplete { entry } if fix.errors => {
+                out.messages.push(format!(
+                    "Repairing snapshot table entry {entry} is incomplete"
+                ));
+                out.fixed += 1;
+            }
+            TableIssue::Incomplete { entry } => {
+                out.messages
+                    .push(format!("ERROR snapshot table entry {entry} is incomplete"));
+                out.corruptions += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl Qcow2Image {
     /// Checks the image (repairing as `repair` says) and reports as
     /// qemu-img does. A check that cannot go on reports its messages and
@@ -952,6 +1020,10 @@ impl Qcow2Image {
         }
         let mut meta = self.lock();
         meta.flush(&self.io)?;
+        let table = match table_faults(&meta.snapshot_issues, fix) {
+            Ok(table) => table,
+            Err(report) => return Ok(*report),
+        };
         let file_len = self.io.file.len().into_result()?;
         let layout = meta.layout;
         let h = meta.header.clone();
@@ -988,14 +1060,15 @@ impl Qcow2Image {
         // Refcounts that could not be read are errors of the old refcount
         // structures; once those are rebuilt, the image is consistent.
         let errors_gone = t.check_errors == 0 || checker.rebuilt;
-        let messages = std::mem::take(&mut checker.messages);
+        let mut messages = table.messages;
+        messages.append(&mut checker.messages);
         let l1 = std::mem::take(&mut checker.l1);
         drop(checker);
         let mut report = CheckReport {
-            corruptions: t.corruptions,
+            corruptions: t.corruptions + table.corruptions,
             leaks: t.leaks,
             check_errors: t.check_errors,
-            corruptions_fixed: t.corruptions_fixed,
+            corruptions_fixed: t.corruptions_fixed + table.fixed,
             leaks_fixed: t.leaks_fixed,
             total_clusters: Some(layout.clusters_for(self.size().div_ceil(512) * 512)),
             allocated_clusters: Some(t.allocated),
@@ -1018,6 +1091,15 @@ impl Qcow2Image {
         }
         if fix.any() {
             refresh(&mut meta, &self.io, l1)?;
+        }
+        if table.fixed > 0 && report.failure.is_none() {
+            // The old table's clusters are given back, as qemu does.
+            meta.discarded = Some(Vec::new());
+            let rewritten = meta.rewrite_snapshot_table(&self.io);
+            let freed = meta.discarded.take().unwrap_or_default();
+            rewritten?;
+            self.discard_freed(&mut meta, &freed)?;
+            meta.snapshot_issues.clear();
         }
         if meta.header_dirty {
             meta.write_header(&self.io)?;

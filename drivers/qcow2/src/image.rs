@@ -181,7 +181,8 @@ impl Qcow2Image {
             return Err(Error::invalid("Reference count table offset invalid"));
         }
         // Snapshot table.
-        if header.nb_snapshots > MAX_SNAPSHOTS {
+        let checking = flags & open_flags::CHECK != 0;
+        if header.nb_snapshots > MAX_SNAPSHOTS && !checking {
             return Err(Error::invalid("Snapshot table too large"));
         }
         if !checked_table(
@@ -223,12 +224,16 @@ impl Qcow2Image {
             reftable_bytes / 8,
             file_len,
         )?;
-        let (snapshots, snapshots_size) = snapshot::read_table(
+        let table = snapshot::read_table(
             &io,
-            header.snapshots_offset,
-            header.nb_snapshots,
+            &snapshot::TableSpec {
+                offset: header.snapshots_offset,
+                count: header.nb_snapshots,
+                disk_size: header.size,
+                v3: header.version >= 3,
+                lenient: checking,
+            },
             file_len,
-            header.size,
         )?;
         let bitmaps = match header.ext.bitmaps {
             Some(ext) if header.autoclear_features & autoclear::BITMAPS != 0 => {
@@ -308,8 +313,9 @@ impl Qcow2Image {
         {
             let mut meta = image.lock();
             meta.writable = writable;
-            meta.snapshots = snapshots;
-            meta.snapshots_size = snapshots_size;
+            meta.snapshots = table.snapshots;
+            meta.snapshots_size = table.size;
+            meta.snapshot_issues = table.issues;
             meta.bitmaps = bitmaps;
             meta.header_dirty |= header_changed;
             if meta.header_dirty {

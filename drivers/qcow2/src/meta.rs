@@ -106,6 +106,8 @@ pub struct Meta {
     pub snapshots: Vec<crate::snapshot::Snapshot>,
     /// Bytes the snapshot table occupies.
     pub snapshots_size: u64,
+    /// Faults of the snapshot table found at open, for `check`.
+    pub snapshot_issues: Vec<crate::snapshot::TableIssue>,
     /// Persistent bitmaps (empty unless the directory is consistent).
     pub bitmaps: Vec<crate::bitmaps::Bitmap>,
     /// While `Some`, clusters whose refcount drops to zero are collected
@@ -232,6 +234,7 @@ impl Meta {
             writable: false,
             snapshots: Vec::new(),
             snapshots_size: 0,
+            snapshot_issues: Vec::new(),
             bitmaps: Vec::new(),
             discarded: None,
         }

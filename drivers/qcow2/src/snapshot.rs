@@ -146,16 +146,71 @@ fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
-/// Reads `count` entries at `offset` (for an image of `disk_size` guest
-/// bytes: entries without their own size take it); returns them and the
-/// table's size in bytes.
-pub fn read_table(
-    io: &Io,
-    offset: u64,
-    count: u32,
-    file_len: u64,
-    disk_size: u64,
-) -> Result<(Vec<Snapshot>, u64)> {
+/// A fault of the snapshot table that `check` reports (and `check -r all`
+/// repairs) instead of refusing the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableIssue {
+    /// The header counts more entries than qemu accepts; `overhang` of them
+    /// are too many.
+    TooMany {
+        /// Entries past the limit.
+        overhang: u32,
+    },
+    /// An entry claims more extra data than qemu accepts (a repair keeps
+    /// the first 1024 bytes).
+    TooMuchExtra {
+        /// Index of the entry.
+        entry: u32,
+        /// Extra data it claims.
+        size: u32,
+    },
+    /// A version 3 entry lacks the extra data version 3 requires (a repair
+    /// writes it).
+    Incomplete {
+        /// Index of the entry.
+        entry: u32,
+    },
+}
+
+/// A snapshot table as read.
+pub struct Table {
+    /// The entries.
+    pub snapshots: Vec<Snapshot>,
+    /// Bytes the table occupies.
+    pub size: u64,
+    /// Faults found (only reported with `lenient`; otherwise the first
+    /// refusal is an error).
+    pub issues: Vec<TableIssue>,
+}
+
+/// Where and how to read a snapshot table.
+pub struct TableSpec {
+    /// Offset of the table.
+    pub offset: u64,
+    /// Entries the header counts.
+    pub count: u32,
+    /// Guest size: entries without their own size take it.
+    pub disk_size: u64,
+    /// The image is version 3 (whose entries need 16 bytes of extra data).
+    pub v3: bool,
+    /// Collect faults as [`TableIssue`]s (`check`) instead of refusing.
+    pub lenient: bool,
+}
+
+/// Reads the snapshot table `spec` describes.
+pub fn read_table(io: &Io, spec: &TableSpec, file_len: u64) -> Result<Table> {
+    let (offset, disk_size) = (spec.offset, spec.disk_size);
+    let mut issues = Vec::new();
+    let mut count = spec.count;
+    if count > MAX_SNAPSHOTS {
+        if !spec.lenient {
+            return Err(Error::invalid("Snapshot table too large"));
+        }
+        issues.push(TableIssue::TooMany {
+            overhang: count - MAX_SNAPSHOTS,
+        });
+        count = 0;
+    }
     let mut cur = Cursor {
         io,
         at: offset,
@@ -170,17 +225,36 @@ pub fn read_table(
         let id_len = u16::from_be_bytes([fixed[12], fixed[13]]);
         let name_len = u16::from_be_bytes([fixed[14], fixed[15]]);
         let extra_len = be32(&fixed, 36);
-        if extra_len > MAX_EXTRA_DATA {
-            return Err(Error::invalid(format!(
-                "Too much extra metadata in snapshot table entry {i}"
-            )));
+        let extra = if extra_len > MAX_EXTRA_DATA {
+            if !spec.lenient {
+                return Err(Error::invalid(format!(
+                    "Too much extra metadata in snapshot table entry {i}"
+                )));
+            }
+            issues.push(TableIssue::TooMuchExtra {
+                entry: i,
+                size: extra_len,
+            });
+            // The first bytes qemu accepts are kept; the rest is skipped.
+            let mut kept = cur.bytes(u64::from(MAX_EXTRA_DATA))?;
+            kept.resize(MAX_EXTRA_DATA as usize, 0);
+            cur.at += u64::from(extra_len - MAX_EXTRA_DATA);
+            kept
+        } else {
+            let mut extra = cur.bytes(u64::from(extra_len))?;
+            extra.resize(extra_len as usize, 0);
+            extra
+        };
+        if spec.v3 && extra.len() < 16 {
+            issues.push(TableIssue::Incomplete { entry: i });
         }
-        let mut extra = cur.bytes(u64::from(extra_len))?;
-        extra.resize(extra_len as usize, 0);
         let mut id = cur.bytes(u64::from(id_len))?;
         id.resize(usize::from(id_len), 0);
+        // qemu holds both as C strings: a NUL ends them.
+        cut_at_nul(&mut id);
         let mut name = cur.bytes(u64::from(name_len))?;
         name.resize(usize::from(name_len), 0);
+        cut_at_nul(&mut name);
         if cur.at - offset > MAX_TABLE_BYTES {
             return Err(Error::invalid("Snapshot table is too big"));
         }
@@ -201,10 +275,20 @@ pub fn read_table(
             disk_size: if has(16) { be64(&extra, 8) } else { disk_size },
             icount: if has(24) { be64(&extra, 16) } else { u64::MAX },
             unknown_extra: extra.get(KNOWN_EXTRA..).unwrap_or(&[]).to_vec(),
-            extra_size: extra_len,
+            extra_size: extra.len() as u32,
         });
     }
-    Ok((out, cur.at - offset))
+    Ok(Table {
+        snapshots: out,
+        size: cur.at - offset,
+        issues,
+    })
+}
+
+fn cut_at_nul(text: &mut Vec<u8>) {
+    if let Some(end) = text.iter().position(|&b| b == 0) {
+        text.truncate(end);
+    }
 }
 
 /// The next snapshot id: one more than the largest number the ids start
@@ -598,7 +682,7 @@ impl Qcow2Image {
 
     /// Gives the host's file back the clusters a snapshot operation freed
     /// (qemu discards them too), once the metadata saying so is on disk.
-    fn discard_freed(&self, meta: &mut Meta, freed: &[u64]) -> Result<()> {
+    pub(crate) fn discard_freed(&self, meta: &mut Meta, freed: &[u64]) -> Result<()> {
         meta.flush(&self.io)?;
         let mut offsets = Vec::new();
         for &c in freed {
