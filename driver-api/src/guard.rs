@@ -136,7 +136,7 @@ pub trait DriverImpl: Send + Sync + 'static {
 pub trait ImageImpl: Send + Sync + 'static {
     /// Guest size in bytes.
     fn virtual_size(&self) -> u64;
-    /// Reads guest data.
+    /// Reads guest data, filling all of `buf` (see [`crate::Image::read_at`]).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DriverError>;
     /// Writes guest data.
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError>;

@@ -57,7 +57,8 @@ pub trait FormatDriver: Send + Sync {
 pub trait Image: Send + Sync {
     /// Guest size in bytes.
     fn virtual_size(&self) -> u64;
-    /// Reads `buf.len()` bytes at guest `offset` (areas past the end read as zeros).
+    /// Reads `buf.len()` bytes at guest `offset` (areas past the end read as
+    /// zeros). Every byte of `buf` must be written: the host reuses buffers.
     fn read_at(&self, offset: u64, buf: RSliceMut<'_, u8>) -> RResult<(), DriverError>;
     /// Writes `buf` at guest `offset`.
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError>;
@@ -68,7 +69,8 @@ pub trait Image: Send + Sync {
     /// needs to empty an overlay). Partial clusters at the edges are kept.
     fn discard(&self, offset: u64, len: u64) -> RResult<(), DriverError>;
     /// Allocation status of `[offset, offset+len)`: extents in order, starting at
-    /// `offset`, covering at least one byte and at most `len` bytes.
+    /// `offset`, covering at least one byte and at most `len` bytes. Returning
+    /// many consecutive extents per call saves the host calls across the ABI.
     fn block_status(&self, offset: u64, len: u64) -> RResult<RVec<Extent>, DriverError>;
     /// Makes everything written so far durable (data before metadata).
     fn flush(&self) -> RResult<(), DriverError>;

@@ -19,6 +19,8 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 const MAX_L1_BYTES: u64 = 32 << 20;
 /// qemu's limit on the refcount table (8 MiB).
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+/// Most extents one `block_status` call returns.
+const STATUS_EXTENTS: usize = 256;
 /// Bytes read at once from the start of the file for the header cluster.
 const MAX_HEADER_CLUSTER: u64 = 1 << 21;
 
@@ -456,12 +458,35 @@ impl Qcow2Image {
         Ok(*self.prealloc_detected.get_or_init(|| v))
     }
 
-    /// Allocation status from `offset` (one extent: the host uses the first).
+    /// Allocation status from `offset`: consecutive extents covering up to
+    /// `len` bytes (at most [`STATUS_EXTENTS`] of them, so one call across
+    /// the ABI answers many runs).
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let len = len.min(self.size().saturating_sub(offset));
-        if len == 0 {
-            return Ok(Vec::new());
+        let end = offset + len.min(self.size().saturating_sub(offset));
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end && out.len() < STATUS_EXTENTS {
+            let ext = self.extent_at(pos, end - pos)?;
+            pos += ext.length;
+            let merged = out.last_mut().is_some_and(|last: &mut Extent| {
+                let joins = last.flags == ext.flags
+                    && last.store == ext.store
+                    && (ext.flags & ef::OFFSET_VALID == 0
+                        || last.host_offset + last.length == ext.host_offset);
+                if joins {
+                    last.length += ext.length;
+                }
+                joins
+            });
+            if !merged {
+                out.push(ext);
+            }
         }
+        Ok(out)
+    }
+
+    /// The extent at `offset` (one mapped run, at most `len` bytes).
+    fn extent_at(&self, offset: u64, len: u64) -> Result<Extent> {
         let run = run_at(&mut self.lock(), &self.io, offset, len)?;
         let store = u32::from(self.io.data.is_some());
         let mut ext = Extent {
@@ -501,7 +526,7 @@ impl Qcow2Image {
             }
             ext.length = file_run.length.clamp(1, ext.length);
         }
-        Ok(vec![ext])
+        Ok(ext)
     }
 
     /// Name of store `index`: 0 the qcow2 file, 1 the external data file.

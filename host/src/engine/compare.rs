@@ -4,7 +4,7 @@
 //! allocation and size.
 
 use super::progress::Progress;
-use super::status::status_at;
+use super::status::Walker;
 use super::zero::is_zero;
 use crate::block::BlockImage;
 use qimg_driver_api::DriverError;
@@ -54,11 +54,14 @@ fn read(image: &BlockImage, offset: u64, buf: &mut [u8]) -> Result<(), CompareEr
 }
 
 fn status(
+    walker: &mut Walker,
     image: &BlockImage,
     offset: u64,
     len: u64,
 ) -> Result<super::status::Status, CompareError> {
-    status_at(image, offset, len, None).map_err(|_| CompareError::Status(image.filename.clone()))
+    walker
+        .status(image, offset, len, None)
+        .map_err(|_| CompareError::Status(image.filename.clone()))
 }
 
 /// One piece to read and compare.
@@ -142,11 +145,12 @@ pub fn compare(
     // rest is read in pieces of at most CHUNK.
     let mut pieces = Vec::new();
     let mut offset = 0u64;
+    let (mut walk_a, mut walk_b) = (Walker::default(), Walker::default());
     while offset < common {
         // Each image is asked up to its own end, as qemu-img does, so the
         // end-of-image fact is part of the status strict mode compares.
-        let sa = status(a, offset, size_a - offset)?;
-        let sb = status(b, offset, size_b - offset)?;
+        let sa = status(&mut walk_a, a, offset, size_a - offset)?;
+        let sb = status(&mut walk_b, b, offset, size_b - offset)?;
         let mut len = sa.length.min(sb.length).min(common - offset);
         if strict && strict_key(&sa, size_a) != strict_key(&sb, size_b) {
             say(&format!(
@@ -203,10 +207,14 @@ pub fn compare(
     }
     if size_a != size_b {
         say("Warning: Image size mismatch!");
-        let longer = if size_a > size_b { a } else { b };
+        let (longer, walker) = if size_a > size_b {
+            (a, &mut walk_a)
+        } else {
+            (b, &mut walk_b)
+        };
         let mut offset = common;
         while offset < total {
-            let s = status(longer, offset, total - offset)?;
+            let s = status(walker, longer, offset, total - offset)?;
             let len = if s.zero {
                 s.length
             } else {

@@ -56,13 +56,13 @@ pub fn status_at(
     Walker::default().status(image, offset, max, bottom)
 }
 
-/// A walk through a chain in ascending offsets that remembers, per layer, the
-/// last extent each driver reported: a long run in an upper layer is asked
-/// once, not again for every short run found below it. Only for chains that
-/// do not change during the walk.
+/// A walk through a chain in ascending offsets that remembers, per layer,
+/// the extents the driver last reported (a driver may answer with many): a
+/// long run in an upper layer is asked once, not again for every short run
+/// found below it. Only for chains that do not change during the walk.
 #[derive(Default)]
 pub struct Walker {
-    last: Vec<Option<Extent>>,
+    known: Vec<Vec<Extent>>,
 }
 
 impl Walker {
@@ -74,10 +74,12 @@ impl Walker {
         offset: u64,
         len: u64,
     ) -> Result<Extent, DriverError> {
-        if self.last.len() <= depth {
-            self.last.resize(depth + 1, None);
+        if self.known.len() <= depth {
+            self.known.resize(depth + 1, Vec::new());
         }
-        if let Some(cached) = self.last[depth].filter(|e| e.offset <= offset && offset < e.end()) {
+        let known = &mut self.known[depth];
+        let at = known.partition_point(|e| e.end() <= offset);
+        if let Some(cached) = known.get(at).filter(|e| e.offset <= offset) {
             let skip = offset - cached.offset;
             let host_offset = if cached.has(ef::OFFSET_VALID) {
                 cached.host_offset + skip
@@ -88,24 +90,35 @@ impl Walker {
                 offset,
                 length: (cached.length - skip).min(len),
                 host_offset,
-                ..cached
+                ..*cached
             });
         }
         let extents = layer.block_status(offset, len)?;
-        let Some(ext) = extents.into_iter().next() else {
+        let Some(first) = extents.first().copied() else {
             return Err(DriverError::new(
                 ErrorKind::OTHER,
                 "driver returned no block status",
             ));
         };
-        if ext.offset != offset || ext.length == 0 {
+        if first.offset != offset || first.length == 0 {
             return Err(DriverError::new(
                 ErrorKind::OTHER,
                 "driver returned a misplaced extent",
             ));
         }
-        self.last[depth] = Some(ext);
-        Ok(ext)
+        // Keep the consecutive, non-empty extents (a driver's later
+        // extents are a hint: a gap or overlap ends them).
+        known.clear();
+        for ext in extents {
+            if ext.length == 0 || known.last().is_some_and(|l: &Extent| l.end() != ext.offset) {
+                break;
+            }
+            known.push(ext);
+        }
+        Ok(Extent {
+            length: first.length.min(len),
+            ..first
+        })
     }
 
     /// [`status_at`], with the walker's memory of earlier answers.

@@ -17,6 +17,10 @@ const DIRECT_ALIGN: usize = 4096;
 /// Chunk used when zeros must be written by hand.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// Writes at least this large start their writeback at once in writeback
+/// mode (see `LocalFile::pwrite`).
+const WRITE_BEHIND_MIN: u64 = 64 << 10;
+
 /// An open local file.
 pub struct LocalFile {
     file: File,
@@ -130,7 +134,23 @@ impl LocalFile {
         }
         self.file
             .write_all_at(buf, offset)
-            .map_err(DriverError::from)
+            .map_err(DriverError::from)?;
+        if self.cache == CacheMode::Writeback && buf.len() as u64 >= WRITE_BEHIND_MIN {
+            // A writeback store is flushed when it is closed: start writing
+            // large data out now, so that the disk works while the copy goes
+            // on and the final flush has little left to wait for. (Only a
+            // hint: its failure changes nothing, the flush reports errors.)
+            // SAFETY: plain syscall on our own descriptor.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    offset as i64,
+                    buf.len() as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        Ok(())
     }
 
     fn pread_direct(&self, offset: u64, buf: &mut [u8]) -> Result<u64, DriverError> {
