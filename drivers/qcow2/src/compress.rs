@@ -54,12 +54,14 @@ impl Method {
     pub fn compress(self, data: &[u8], limit: usize) -> Result<Option<Vec<u8>>, CompressError> {
         let out = match self {
             Method::Zlib => {
-                use flate2::{Compress, Compression, FlushCompress, Status};
-                // qemu's settings: default level, a 4 KiB window (qcow2
-                // readers accept any window size).
-                let mut z = Compress::new_with_window_bits(Compression::default(), false, 12);
+                use flate2::{FlushCompress, Status};
                 let mut out = Vec::with_capacity(limit);
-                match z.compress_vec(data, &mut out, FlushCompress::Finish) {
+                let status = DEFLATE.with(|cell| {
+                    let mut z = cell.borrow_mut();
+                    z.reset();
+                    z.compress_vec(data, &mut out, FlushCompress::Finish)
+                });
+                match status {
                     Ok(Status::StreamEnd) => out,
                     Ok(_) => return Ok(None),
                     Err(e) => return Err(CompressError::Failed(e.to_string())),
@@ -77,27 +79,30 @@ impl Method {
     pub fn decompress(self, input: &[u8], out: &mut [u8]) -> Result<(), CompressError> {
         match self {
             Method::Zlib => {
-                use flate2::{Decompress, FlushDecompress, Status};
-                let mut z = Decompress::new(false);
-                loop {
-                    let done = z.total_out() as usize;
-                    let used = z.total_in() as usize;
-                    if done == out.len() {
-                        return Ok(());
+                use flate2::{FlushDecompress, Status};
+                INFLATE.with(|cell| {
+                    let mut z = cell.borrow_mut();
+                    z.reset(false);
+                    loop {
+                        let done = z.total_out() as usize;
+                        let used = z.total_in() as usize;
+                        if done == out.len() {
+                            return Ok(());
+                        }
+                        let status = z
+                            .decompress(&input[used..], &mut out[done..], FlushDecompress::Finish)
+                            .map_err(|_| CompressError::Corrupt)?;
+                        let progressed =
+                            z.total_out() as usize != done || z.total_in() as usize != used;
+                        if status == Status::StreamEnd || !progressed {
+                            return if z.total_out() as usize == out.len() {
+                                Ok(())
+                            } else {
+                                Err(CompressError::Corrupt)
+                            };
+                        }
                     }
-                    let status = z
-                        .decompress(&input[used..], &mut out[done..], FlushDecompress::Finish)
-                        .map_err(|_| CompressError::Corrupt)?;
-                    let progressed =
-                        z.total_out() as usize != done || z.total_in() as usize != used;
-                    if status == Status::StreamEnd || !progressed {
-                        return if z.total_out() as usize == out.len() {
-                            Ok(())
-                        } else {
-                            Err(CompressError::Corrupt)
-                        };
-                    }
-                }
+                })
             }
             Method::Zstd => {
                 let mut d = zstd::stream::read::Decoder::with_buffer(input)
@@ -107,6 +112,17 @@ impl Method {
             }
         }
     }
+}
+
+thread_local! {
+    /// Each thread's deflater (qemu's settings: default level, a 4 KiB
+    /// window, which qcow2 readers accept) and inflater, reset for every
+    /// cluster instead of being set up anew.
+    static DEFLATE: std::cell::RefCell<flate2::Compress> = std::cell::RefCell::new(
+        flate2::Compress::new_with_window_bits(flate2::Compression::default(), false, 12),
+    );
+    static INFLATE: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
 }
 
 #[cfg(test)]

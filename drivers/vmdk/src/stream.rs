@@ -28,31 +28,45 @@ use crate::sparse::{SparseExtent, SparseState};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use qimg_driver_api::Prealloc;
 use qimg_driver_util::write_all;
+use std::cell::RefCell;
 
 /// Inflates a zlib stream into exactly `out` (short output is zero-filled);
 /// fails on corrupt data or data that would not fit.
 pub fn inflate(packed: &[u8], out: &mut [u8]) -> std::result::Result<(), ()> {
-    let mut z = Decompress::new(true);
-    match z.decompress(packed, out, FlushDecompress::Finish) {
-        Ok(Status::StreamEnd) => {
-            let n = z.total_out() as usize;
-            out[n..].fill(0);
-            Ok(())
+    INFLATE.with(|cell| {
+        let mut z = cell.borrow_mut();
+        z.reset(true);
+        match z.decompress(packed, out, FlushDecompress::Finish) {
+            Ok(Status::StreamEnd) => {
+                let n = z.total_out() as usize;
+                out[n..].fill(0);
+                Ok(())
+            }
+            _ => Err(()),
         }
-        _ => Err(()),
-    }
+    })
+}
+
+thread_local! {
+    /// Each thread's inflater and deflater, reset for every grain: their
+    /// state is hundreds of KiB, costly to allocate and set up per grain.
+    static INFLATE: RefCell<Decompress> = RefCell::new(Decompress::new(true));
+    static DEFLATE: RefCell<Compress> = RefCell::new(Compress::new(Compression::default(), true));
 }
 
 /// Deflates a grain (zlib format, as VMware's tools write it) behind a grain
 /// marker for guest sector `lba` of the extent, padded to whole sectors.
 pub fn pack_grain(lba: u64, grain: &[u8]) -> Result<Vec<u8>> {
-    let mut z = Compress::new(Compression::default(), true);
     // Deflate never grows incompressible data by more than a few bytes per
     // 16 KiB block; this bound always holds the whole stream.
     let mut packed = Vec::with_capacity(grain.len() + grain.len() / 64 + 128);
-    match z.compress_vec(grain, &mut packed, FlushCompress::Finish) {
-        Ok(Status::StreamEnd) => {}
-        _ => return Err(VmdkError::BadCompressedGrain(lba * SECTOR)),
+    let status = DEFLATE.with(|cell| {
+        let mut z = cell.borrow_mut();
+        z.reset();
+        z.compress_vec(grain, &mut packed, FlushCompress::Finish)
+    });
+    if !matches!(status, Ok(Status::StreamEnd)) {
+        return Err(VmdkError::BadCompressedGrain(lba * SECTOR));
     }
     let total = (GRAIN_MARKER_LEN + packed.len()).div_ceil(SECTOR as usize) * SECTOR as usize;
     let mut out = Vec::with_capacity(total);

@@ -321,7 +321,13 @@ fn copy_into(
         target: &out,
         target_zeroed: fresh || p.has("target-is-zero"),
         min_sparse: settings.min_sparse,
-        chunk: CHUNK,
+        // A target written in order holds two windows of compressed items
+        // (being written, being compressed): smaller items keep that small.
+        chunk: if out_info.write_in_order {
+            CHUNK / 2
+        } else {
+            CHUNK
+        },
         align: out_info.cluster_size.unwrap_or(512).max(512),
         // Compression is CPU-bound: more workers than cores only hold more
         // buffers. Plain copies overlap I/O with copying, two workers per

@@ -75,6 +75,9 @@ pub struct CopyJob<'a> {
     pub rate: &'a RateLimit,
 }
 
+/// The compressed clusters of one item: (target offset, bytes).
+type Prepared = Vec<(u64, Vec<u8>)>;
+
 /// Items per worker compressed in parallel before the ordered writer takes
 /// them (each holds up to a chunk of data and its compressed copy).
 const ORDERED_WINDOW_PER_THREAD: usize = 2;
@@ -240,13 +243,16 @@ impl CopyJob<'_> {
     fn run_ordered(&self, items: &[Item], done: &AtomicU64, total: u64) -> Result<(), DriverError> {
         let pool = worker_pool(self.threads)?;
         let cluster = self.align.max(512) as usize;
-        for window in items.chunks(ORDERED_WINDOW_PER_THREAD * self.threads.max(1)) {
-            let prepared: Vec<Vec<(u64, Vec<u8>)>> = pool.install(|| {
-                window
-                    .par_iter()
-                    .map(|item| self.prepare(item, cluster))
-                    .collect::<Result<Vec<_>, DriverError>>()
-            })?;
+        let windows: Vec<&[Item]> = items
+            .chunks(ORDERED_WINDOW_PER_THREAD * self.threads.max(1))
+            .collect();
+        let compress = |window: &[Item]| -> Result<Vec<Prepared>, DriverError> {
+            window
+                .par_iter()
+                .map(|item| self.prepare(item, cluster))
+                .collect()
+        };
+        let write = |window: &[Item], prepared: Vec<Prepared>| -> Result<(), DriverError> {
             for (item, clusters) in window.iter().zip(prepared) {
                 if item.kind == Kind::Zero && !self.target_zeroed {
                     self.target
@@ -260,25 +266,43 @@ impl CopyJob<'_> {
                     self.progress.fraction(now, total);
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        // Window k is written while window k+1 is compressed.
+        pool.install(|| {
+            let mut pending = match windows.first() {
+                Some(first) => compress(first)?,
+                None => return Ok(()),
+            };
+            for (k, window) in windows.iter().enumerate() {
+                let ready = std::mem::take(&mut pending);
+                let (written, next) = rayon::join(
+                    || write(window, ready),
+                    || windows.get(k + 1).map(|w| compress(w)).transpose(),
+                );
+                written?;
+                pending = next?.unwrap_or_default();
+            }
+            Ok(())
+        })
     }
 
     /// Reads a compressed item and compresses its non-zero clusters.
-    fn prepare(&self, item: &Item, cluster: usize) -> Result<Vec<(u64, Vec<u8>)>, DriverError> {
+    fn prepare(&self, item: &Item, cluster: usize) -> Result<Prepared, DriverError> {
         if item.kind != Kind::Compressed {
             return Ok(Vec::new());
         }
-        let mut buf = vec![0u8; item.len as usize];
-        self.read_flat(item.dst_offset, &mut buf)?;
-        let mut out = Vec::new();
-        for (index, piece) in buf.chunks(cluster).enumerate() {
-            if !is_zero(piece) {
-                let at = item.dst_offset + (index * cluster) as u64;
-                out.push((at, self.target.compress_cluster(at, piece)?));
+        with_buffer(item.len as usize, |buf| {
+            self.read_flat(item.dst_offset, buf)?;
+            let mut out = Vec::new();
+            for (index, piece) in buf.chunks(cluster).enumerate() {
+                if !is_zero(piece) {
+                    let at = item.dst_offset + (index * cluster) as u64;
+                    out.push((at, self.target.compress_cluster(at, piece)?));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn copy_item(&self, item: &Item) -> Result<(), DriverError> {
