@@ -81,6 +81,8 @@ type Prepared = Vec<(u64, Vec<u8>)>;
 /// Items per worker compressed in parallel before the ordered writer takes
 /// them (each holds up to a chunk of data and its compressed copy).
 const ORDERED_WINDOW_PER_THREAD: usize = 2;
+/// Data is copied in steps of this many bytes (aligned in the target).
+const STEP: u64 = 256 << 10;
 /// Largest zero run handled as one write-zeroes request.
 const MAX_ZERO_REQUEST: u64 = 1 << 30;
 
@@ -332,23 +334,47 @@ impl CopyJob<'_> {
                         return result;
                     }
                 }
-                with_buffer(item.len as usize, |buf| {
-                    if let Err(e) = source.read(item.src_offset, buf) {
-                        if !self.salvage {
-                            return Err(e);
-                        }
-                        eprintln!(
-                            "{}: warning: error while reading offset {}: {}",
-                            crate::cli::program(),
-                            item.src_offset,
-                            e.message
-                        );
-                        buf.fill(0);
-                    }
-                    self.write_sparse(item.dst_offset, buf)
-                })
+                // Read, scanned and written a step at a time, the data
+                // stays in the core's cache between the three passes. A
+                // target that allocates clusters gets whole items, so that
+                // each item's clusters are allocated together.
+                let steps = self.align <= 4096
+                    && (self.min_sparse == 0 || STEP.is_multiple_of(self.min_sparse));
+                let step = if steps { STEP } else { item.len };
+                let mut at = 0;
+                while at < item.len {
+                    let dst = item.dst_offset + at;
+                    let len = ((dst / step + 1) * step - dst).min(item.len - at);
+                    self.copy_data(source, item.src_offset + at, dst, len)?;
+                    at += len;
+                }
+                Ok(())
             }
         }
+    }
+
+    /// Copies `len` bytes of data from `source` at `src` to the target at `dst`.
+    fn copy_data(
+        &self,
+        source: &BlockImage,
+        src: u64,
+        dst: u64,
+        len: u64,
+    ) -> Result<(), DriverError> {
+        with_buffer(len as usize, |buf| {
+            if let Err(e) = source.read(src, buf) {
+                if !self.salvage {
+                    return Err(e);
+                }
+                eprintln!(
+                    "{}: warning: error while reading offset {src}: {}",
+                    crate::cli::program(),
+                    e.message
+                );
+                buf.fill(0);
+            }
+            self.write_sparse(dst, buf)
+        })
     }
 
     /// Writes `buf`, skipping (or zeroing) the `-S`-sized units, aligned to the
