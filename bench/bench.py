@@ -204,6 +204,9 @@ OPS: list[Op] = [
        reads=["src", "qcow2"], expect_stdout="Images are identical."),
     Op("measure-qcow2", ["measure", "-f", "raw", "-O", "qcow2", "{src}"], reads=[],
        same_stdout=True),
+    Op("check-qcow2", ["check", "-f", "qcow2", "{qcow2}"], reads=[], same_stdout=True,
+       expect_stdout="No errors were found on the image.",
+       note="every L2 table and refcount block of the converted image"),
     # vmdk
     convert("convert-raw-vmdk", "src", "raw", "vmdk", note="monolithicSparse"),
     convert("convert-vmdk-raw", "vmdk", "vmdk", "raw", note="from monolithicSparse"),
