@@ -45,6 +45,9 @@ pub struct OpenRequest<'a> {
     /// Format options besides those in the name (`convert` passes the
     /// target's `-o ...key-secret` options, as qemu-img does).
     pub options: Vec<(String, String)>,
+    /// The image is written once, front to back, and flushed at the end
+    /// (dd's output): see [`LocalFile::stream_writes`].
+    pub stream: bool,
 }
 
 impl<'a> OpenRequest<'a> {
@@ -63,6 +66,7 @@ impl<'a> OpenRequest<'a> {
             depth: 0,
             check: false,
             options: Vec::new(),
+            stream: false,
         }
     }
 }
@@ -237,7 +241,11 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         }
         None => file,
     };
-    let file = Arc::new(file);
+    let file = Arc::new(if request.stream {
+        file.stream_writes()
+    } else {
+        file
+    });
     let (driver, probed_raw) = match named {
         Some(d) => (d, false),
         None => {

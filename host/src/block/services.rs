@@ -190,6 +190,7 @@ impl HostServices for ServicesHandle {
                 },
                 no_backing: false,
                 options: Vec::new(),
+                stream: false,
                 no_io: services.no_io,
                 shared_backing: services.force_share,
                 depth: services.depth + 1,

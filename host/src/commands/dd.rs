@@ -90,6 +90,7 @@ fn run(args: &[String]) -> CmdResult {
         write: true,
         cache: CacheMode::Writeback,
         lock: Some(LockSpec::READ_WRITE),
+        stream: true,
         ..OpenRequest::read(&output, Some(&driver.name), false)
     })
     .map_err(|e| fail(e.message.to_string()))?;

@@ -6,6 +6,7 @@ use super::CacheMode;
 use crate::block::lock::ImageLock;
 use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
 use qimg_driver_api::{guard::catch, ByteStore, DriverError, Prealloc, StoreRun};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
@@ -30,7 +31,16 @@ pub struct LocalFile {
     rmw: Mutex<()>,
     /// The QEMU-compatible image lock held on this file, released on drop.
     _lock: Option<ImageLock>,
+    /// Set by [`LocalFile::stream_writes`]: large written ranges not yet
+    /// retired from the page cache, oldest first, and their total.
+    streamed: Option<Mutex<Streamed>>,
 }
+
+/// Written ranges (offset, length) of a streaming store, and their total.
+type Streamed = (VecDeque<(u64, u64)>, u64);
+
+/// A streaming store keeps at most this many written bytes in the page cache.
+const STREAM_WINDOW: u64 = 32 << 20;
 
 /// How to open a file.
 #[derive(Clone, Copy, Debug)]
@@ -90,7 +100,52 @@ impl LocalFile {
             cache: mode.cache,
             rmw: Mutex::new(()),
             _lock: None,
+            streamed: None,
         })
+    }
+
+    /// Makes this a streaming store (dd's output, written once front to
+    /// back and flushed at the end): once a written range is 32 MiB behind,
+    /// its writeback is waited for and its pages are dropped from the page
+    /// cache. The copy then recycles a small set of pages instead of
+    /// filling memory with a file nobody reads back, and the final flush has
+    /// only the last 32 MiB to wait for. Only for writeback mode.
+    pub fn stream_writes(mut self) -> Self {
+        if self.cache == CacheMode::Writeback {
+            self.streamed = Some(Mutex::new((VecDeque::new(), 0)));
+        }
+        self
+    }
+
+    /// Retires the oldest written ranges of a streaming store beyond the window.
+    fn retire(&self, offset: u64, len: u64) -> Result<(), DriverError> {
+        let Some(streamed) = &self.streamed else {
+            return Ok(());
+        };
+        let mut guard = streamed.lock().unwrap_or_else(|e| e.into_inner());
+        let (queue, total) = &mut *guard;
+        queue.push_back((offset, len));
+        *total += len;
+        while *total > STREAM_WINDOW {
+            let Some((at, n)) = queue.pop_front() else {
+                break;
+            };
+            *total -= n;
+            let fd = self.file.as_raw_fd();
+            let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+            // SAFETY: plain syscalls on our own descriptor.
+            if unsafe { libc::sync_file_range(fd, at as i64, n as i64, wait) } != 0 {
+                return Err(DriverError::from_errno(
+                    last_errno(),
+                    format!("Could not write to '{}'", self.name),
+                ));
+            }
+            // SAFETY: as above; a failed hint changes nothing.
+            unsafe { libc::posix_fadvise(fd, at as i64, n as i64, libc::POSIX_FADV_DONTNEED) };
+        }
+        Ok(())
     }
 
     /// Attaches the lock that guards this file (kept until the store is dropped).
@@ -149,6 +204,7 @@ impl LocalFile {
                     libc::SYNC_FILE_RANGE_WRITE,
                 );
             }
+            self.retire(offset, buf.len() as u64)?;
         }
         Ok(())
     }
