@@ -128,6 +128,10 @@ pub trait DriverImpl: Send + Sync + 'static {
             self.name()
         )))
     }
+    /// Options `amend -o` accepts (none unless the driver amends).
+    fn amend_options(&self) -> Vec<CreateOption> {
+        Vec::new()
+    }
 }
 
 /// An open image, in plain Rust. Only the first seven methods are mandatory;
@@ -270,6 +274,11 @@ impl<D: DriverImpl> FormatDriver for GuardedDriver<D> {
                     .0
                     .measure(from_json(request.as_str())?, allocated.as_slice())?,
             )
+        })
+    }
+    fn amend_options(&self) -> RString {
+        catch_or(RString::from("[]"), || {
+            to_json(&self.0.amend_options()).unwrap_or_else(|_| "[]".into())
         })
     }
 }

@@ -44,8 +44,8 @@ use abi_stable::{
 /// `abi_version` differs in the major part (the high 16 bits) or is newer in the
 /// minor part (the low 16 bits: methods appended after a `last_prefix_field`).
 ///
-/// 1.1 added `HostServices::open_option`.
-pub const ABI_VERSION: u32 = 1 << 16 | 1;
+/// 1.1 added `HostServices::open_option`; 1.2 `FormatDriver::amend_options`.
+pub const ABI_VERSION: u32 = 1 << 16 | 2;
 
 /// A driver object as it crosses the boundary.
 pub type FormatDriverBox = FormatDriver_TO<'static, RBox<()>>;

@@ -50,6 +50,9 @@ pub trait FormatDriver: Send + Sync {
         request: RStr<'_>,
         allocated: RSlice<'_, Extent>,
     ) -> RResult<RString, DriverError>;
+    /// JSON list of [`crate::schema::CreateOption`]: the options `amend -o`
+    /// accepts, in the order `amend -o help` lists them (ABI 1.2).
+    fn amend_options(&self) -> RString;
 }
 
 /// An open image. Every method takes `&self` and is safe to call from many threads.

@@ -286,7 +286,7 @@ fn future_abi_is_refused_by_name() {
     let lib = build_dir().join("libtestdrv_badabi.so");
     assert!(
         out.stderr.contains(&format!(
-            "could not load driver library '{}': built for driver ABI 2.0, this qimg speaks 1.1",
+            "could not load driver library '{}': built for driver ABI 2.0, this qimg speaks 1.2",
             lib.display()
         )),
         "{}",

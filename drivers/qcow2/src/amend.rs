@@ -16,9 +16,65 @@ use crate::header::{autoclear, compat, feature_table, incompat, V2_HEADER_LEN, V
 use crate::image::Qcow2Image;
 use crate::layout::{ClusterKind, COPIED, OFFSET_MASK};
 use crate::meta::{self, get_refcount, hex, put_refcount, Meta};
+use qimg_driver_api::schema::{CreateOption, OptionType};
 use qimg_driver_api::Prealloc;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+
+/// The options `amend -o` accepts, in qemu-img's (alphabetical) listing
+/// order, with its help texts.
+pub fn options() -> Vec<CreateOption> {
+    use OptionType::{Bool, Number, Size, Str};
+    let opt = |name: &str, kind, help: &str| CreateOption {
+        name: name.into(),
+        kind,
+        help: help.into(),
+        default: None,
+    };
+    vec![
+        opt("backing_file", Str, "File name of a base image"),
+        opt("backing_fmt", Str, "Image format of the base image"),
+        opt("compat", Str, "Compatibility level (v2 [0.10] or v3 [1.1])"),
+        opt("data_file", Str, "File name of an external data file"),
+        opt(
+            "data_file_raw",
+            Bool,
+            "The external data file must stay valid as a raw image",
+        ),
+        opt(
+            "encrypt.iter-time",
+            Number,
+            "Time to spend in PBKDF in milliseconds",
+        ),
+        opt(
+            "encrypt.keyslot",
+            Number,
+            "Select a single keyslot to modify explicitly",
+        ),
+        opt(
+            "encrypt.new-secret",
+            Str,
+            "New secret to set in the matching keyslots. Empty string to erase",
+        ),
+        opt(
+            "encrypt.old-secret",
+            Str,
+            "Select all keyslots that match this password",
+        ),
+        opt(
+            "encrypt.state",
+            Str,
+            "Select new state of affected keyslots (active/inactive)",
+        ),
+        opt("lazy_refcounts", Bool, "Postpone refcount updates"),
+        opt(
+            "refcount_bits",
+            Number,
+            "Width of a reference count entry in bits",
+        ),
+        opt("size", Size, "Virtual disk size"),
+    ]
+}
 
 /// The steps of an amend, for folding their progress together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -76,6 +76,9 @@ impl DriverImpl for Qcow2Driver {
     fn create_options(&self) -> Vec<CreateOption> {
         create::options()
     }
+    fn amend_options(&self) -> Vec<CreateOption> {
+        amend::options()
+    }
     fn create(
         &self,
         store: ByteStoreBox,

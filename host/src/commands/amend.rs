@@ -12,7 +12,7 @@ use crate::plugins::Driver;
 use crate::store::CacheMode;
 use qimg_driver_api::caps;
 use qimg_driver_api::schema::MetadataRequest;
-use qimg_driver_api::schema::{CreateOption, OptionType};
+use qimg_driver_api::schema::OptionType;
 use std::collections::BTreeMap;
 
 const OPTS: &[Opt] = &[
@@ -31,66 +31,13 @@ const HELP: &str = "Usage:\nUpdate format-specific options of the image.  Usage:
 
 inventory::submit! { super::Command { name: "amend", summary: "Update format-specific options of the image", run } }
 
-/// The options `amend -o` takes for a format, in qemu's (alphabetical)
-/// listing order. driver-api has no amend schema yet, so the host keeps
-/// qemu-img's table for the formats whose drivers amend (qcow2).
-fn amend_options(format: &str) -> Vec<(&'static str, OptionType, &'static str)> {
-    use OptionType::{Bool, Number, Size, Str};
-    match format {
-        "qcow2" => vec![
-            ("backing_file", Str, "File name of a base image"),
-            ("backing_fmt", Str, "Image format of the base image"),
-            ("compat", Str, "Compatibility level (v2 [0.10] or v3 [1.1])"),
-            ("data_file", Str, "File name of an external data file"),
-            (
-                "data_file_raw",
-                Bool,
-                "The external data file must stay valid as a raw image",
-            ),
-            (
-                "encrypt.iter-time",
-                Number,
-                "Time to spend in PBKDF in milliseconds",
-            ),
-            (
-                "encrypt.keyslot",
-                Number,
-                "Select a single keyslot to modify explicitly",
-            ),
-            (
-                "encrypt.new-secret",
-                Str,
-                "New secret to set in the matching keyslots. Empty string to erase",
-            ),
-            (
-                "encrypt.old-secret",
-                Str,
-                "Select all keyslots that match this password",
-            ),
-            (
-                "encrypt.state",
-                Str,
-                "Select new state of affected keyslots (active/inactive)",
-            ),
-            ("lazy_refcounts", Bool, "Postpone refcount updates"),
-            (
-                "refcount_bits",
-                Number,
-                "Width of a reference count entry in bits",
-            ),
-            ("size", Size, "Virtual disk size"),
-        ],
-        _ => Vec::new(),
-    }
-}
-
 /// `-o help` for `format`, as qemu-img prints it (1 if it cannot).
 fn print_amend_help(format: &str) -> i32 {
     let Ok(driver) = driver_for(format) else {
         eprintln!("{}: Unknown file format '{format}'", program());
         return 1;
     };
-    let list = amend_options(format);
+    let list = driver.amend_options();
     if !driver.can(caps::AMEND) || list.is_empty() {
         eprintln!(
             "{}: Format driver '{format}' does not support option amendment",
@@ -99,14 +46,18 @@ fn print_amend_help(format: &str) -> i32 {
         return 1;
     }
     println!("Amend options for '{format}':");
-    for (name, kind, help) in list {
-        let kind = match kind {
+    for option in list {
+        let kind = match option.kind {
             OptionType::Str => "str",
             OptionType::Bool => "bool (on/off)",
             OptionType::Number => "num",
             OptionType::Size => "size",
         };
-        println!("  {:<22} - {help}", format!("{name}=<{kind}>"));
+        println!(
+            "  {:<22} - {}",
+            format!("{}=<{kind}>", option.name),
+            option.help
+        );
     }
     0
 }
@@ -122,9 +73,9 @@ fn valid_list(list: &str) -> bool {
 /// hint, its creation schema), normalising their values.
 fn check_options(driver: &Driver, text: &str) -> Result<BTreeMap<String, String>, CmdError> {
     let items = parse_opts(text, None).map_err(fail)?;
-    let amend = amend_options(&driver.name);
+    let amend = driver.amend_options();
     let create = options::schema(driver, true);
-    let known = |name: &str| amend.iter().any(|(n, _, _)| *n == name);
+    let known = |name: &str| amend.iter().any(|o| o.name == name);
     if let Some((name, _)) = items.iter().find(|(k, _)| !known(k)) {
         let creation = items
             .iter()
@@ -136,20 +87,11 @@ fn check_options(driver: &Driver, text: &str) -> Result<BTreeMap<String, String>
         };
         return Err(fail(format!("Invalid parameter '{name}'{hint}")));
     }
-    let schema: Vec<CreateOption> = amend
-        .iter()
-        .map(|(name, kind, help)| CreateOption {
-            name: name.to_string(),
-            kind: *kind,
-            help: help.to_string(),
-            default: None,
-        })
-        .collect();
     let mut given = BTreeMap::new();
     for (k, v) in items {
         given.insert(k, v);
     }
-    options::validate(&schema, &given).map_err(fail)
+    options::validate(&amend, &given).map_err(fail)
 }
 
 fn run(args: &[String]) -> CmdResult {

@@ -21,9 +21,21 @@ pub struct Driver {
     pub caps: u64,
     /// The driver object.
     pub api: FormatDriverBox,
+    /// Minor driver-ABI version its library was built for (methods added
+    /// in later minor versions are not called).
+    pub abi_minor: u32,
 }
 
 impl Driver {
+    /// The options `amend -o` accepts, in `amend -o help`'s order (none from
+    /// a library older than ABI 1.2).
+    pub fn amend_options(&self) -> Vec<qimg_driver_api::schema::CreateOption> {
+        if self.abi_minor < 2 {
+            return Vec::new();
+        }
+        serde_json::from_str(self.api.amend_options().as_str()).unwrap_or_default()
+    }
+
     /// True if the driver advertises every bit of `cap`.
     pub fn can(&self, cap: u64) -> bool {
         self.caps & cap == cap
@@ -232,6 +244,7 @@ fn load_library(path: &Path, sha256: Option<&str>) -> LoadResult {
                 name: api.name().into(),
                 caps: api.capabilities(),
                 api,
+                abi_minor: version & 0xffff,
             })
         })
         .collect())
