@@ -260,3 +260,87 @@ fn refusals_like_qemu() {
         fx.same(&args);
     }
 }
+
+#[test]
+fn rebase_copies_backing_data_into_an_encrypted_overlay() {
+    // Safe rebase onto nothing writes the backing file's data into the
+    // encrypted overlay: partial clusters are completed from the backing
+    // file and encrypted whole; qemu-img must read back what it would have
+    // written itself.
+    let fx = Fixture::new("crypt_rebase");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "b.qcow2", "4M"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "b.qcow2",
+        &["write -P 0x11 0 1M", "write -P 0x12 3000 5000"],
+    );
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        SECRET,
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=sec0",
+        "-b",
+        "b.qcow2",
+        "-F",
+        "qcow2",
+        "o.qcow2",
+    ]);
+    fx.sh(&format!(
+        "qemu-io --object {SECRET} --image-opts {} -c 'write -P 0x33 1000 700' \
+         -c 'write -P 0x34 2M 100k' >/dev/null",
+        keyed("o.qcow2")
+    ));
+    fx.oracle(&[
+        "convert",
+        "--object",
+        SECRET,
+        "--image-opts",
+        &keyed("o.qcow2"),
+        "-O",
+        "raw",
+        "want.raw",
+    ]);
+    fx.sh("cp o.qcow2 ours.qcow2 && cp o.qcow2 theirs.qcow2");
+    let args = |file: &str| {
+        vec![
+            "rebase".to_string(),
+            "-b".into(),
+            String::new(),
+            "--object".into(),
+            SECRET.into(),
+            "--image-opts".into(),
+            keyed(file),
+        ]
+    };
+    let ours: Vec<String> = args("ours.qcow2");
+    let theirs: Vec<String> = args("theirs.qcow2");
+    let o = fx.qimg(&ours.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = fx.qemu_img(&theirs.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        (o.status, o.stdout, o.stderr),
+        (t.status, t.stdout, t.stderr)
+    );
+    let info = fx.qemu_img(&["info", "ours.qcow2"]);
+    assert!(!info.stdout.contains("backing file"), "{}", info.stdout);
+    let cmp = fx.qemu_img(&[
+        "compare",
+        "--object",
+        SECRET,
+        "--image-opts",
+        &keyed("ours.qcow2"),
+        "driver=raw,file.filename=want.raw",
+    ]);
+    assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
+    let check = fx.qemu_img(&[
+        "check",
+        "--object",
+        SECRET,
+        "--image-opts",
+        &keyed("ours.qcow2"),
+    ]);
+    assert_eq!(check.status, 0, "{}{}", check.stdout, check.stderr);
+}
