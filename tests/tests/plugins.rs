@@ -273,29 +273,27 @@ fn driver_panics_become_errors() {
 
 #[test]
 fn future_abi_is_refused_by_name() {
-    let fx = Fixture::with_images("badabi");
-    let m = manifest(
-        &fx,
-        &format!("{RAW}[[driver]]\nname = \"future\"\nlibrary = \"libtestdrv_badabi.so\"\n"),
-    );
-    let out = fx.qimg_env(
-        &["info", "-f", "future", "mid.raw"],
-        &[("QIMG_PLUGINS", &m)],
-    );
-    assert_eq!(out.status, 1);
-    let lib = build_dir().join("libtestdrv_badabi.so");
-    assert!(
-        out.stderr.contains(&format!(
-            "could not load driver library '{}': built for driver ABI 2.0, this qimg speaks 1.2",
-            lib.display()
-        )),
-        "{}",
-        out.stderr
-    );
-    // The other drivers still work.
-    assert_eq!(
-        fx.qimg_env(&["info", "mid.raw"], &[("QIMG_PLUGINS", &m)])
-            .status,
-        0
-    );
+    // The next major version, then the next minor one (a library that may
+    // call host services this qimg lacks).
+    for (claim, version) in [("major", "2.0"), ("minor", "1.3")] {
+        let fx = Fixture::with_images(&format!("badabi_{claim}"));
+        let m = manifest(
+            &fx,
+            &format!("{RAW}[[driver]]\nname = \"future\"\nlibrary = \"libtestdrv_badabi.so\"\n"),
+        );
+        let env = [("QIMG_PLUGINS", m.as_str()), ("TESTDRV_ABI", claim)];
+        let out = fx.qimg_env(&["info", "-f", "future", "mid.raw"], &env);
+        assert_eq!(out.status, 1);
+        let lib = build_dir().join("libtestdrv_badabi.so");
+        assert!(
+            out.stderr.contains(&format!(
+                "could not load driver library '{}': built for driver ABI {version}, this qimg speaks 1.2",
+                lib.display()
+            )),
+            "{}",
+            out.stderr
+        );
+        // The other drivers still work.
+        assert_eq!(fx.qimg_env(&["info", "mid.raw"], &env).status, 0);
+    }
 }

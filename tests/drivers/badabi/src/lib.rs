@@ -1,5 +1,7 @@
-//! Test fixture: a library whose root module claims driver ABI 2.0, which this
-//! qimg must refuse with a clear message. Spelled out by hand because
+//! Test fixture: a library whose root module claims a driver ABI this qimg
+//! must refuse with a clear message: the next major version, or with
+//! `TESTDRV_ABI=minor` in the environment the next minor version (a library
+//! that may call host services this qimg lacks). Spelled out by hand because
 //! `export_drivers!` always records the ABI it was built against.
 
 use qimg_driver_api::abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
@@ -15,8 +17,13 @@ extern "C" fn drivers() -> RVec<FormatDriverBox> {
 }
 
 fn root_module() -> DriverLibRef {
+    let minor = std::env::var_os("TESTDRV_ABI").is_some_and(|v| v == "minor");
     DriverLib {
-        abi_version: FUTURE_ABI,
+        abi_version: if minor {
+            qimg_driver_api::ABI_VERSION + 1
+        } else {
+            FUTURE_ABI
+        },
         drivers,
     }
     .leak_into_prefix()
