@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::header::{autoclear, compat, feature_table, incompat, Extensions, Header};
 use crate::header::{V2_HEADER_LEN, V3_HEADER_LEN};
-use crate::image::Qcow2Image;
+use crate::image::{CryptOptions, Qcow2Image};
 use crate::layout::Layout;
 use qimg_driver_api::abi_stable::std_types::RStr;
 use qimg_driver_api::schema::{CreateOption, CreateRequest, OptionType};
@@ -403,7 +403,11 @@ pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateReques
     }
     // Preallocation goes through the image's own allocator.
     let flags = open_flags::WRITE | open_flags::NO_BACKING;
-    let image = Qcow2Image::open_keyed(io.file, host, flags, p.key_secret.clone())?;
+    let crypt = CryptOptions {
+        key_secret: p.key_secret.clone(),
+        format: None,
+    };
+    let image = Qcow2Image::open_keyed(io.file, host, flags, &crypt)?;
     let mode = if p.prealloc == Prealloc::OFF {
         Prealloc::METADATA
     } else {

@@ -54,6 +54,16 @@ pub struct Qcow2Image {
     pub(crate) crypto: Option<LegacyAes>,
 }
 
+/// Encryption options given when opening (`encrypt.key-secret`,
+/// `encrypt.format`).
+#[derive(Clone, Debug, Default)]
+pub struct CryptOptions {
+    /// Id of the secret holding the key.
+    pub key_secret: Option<String>,
+    /// The encryption format the image must have.
+    pub format: Option<String>,
+}
+
 /// A run of guest bytes with one mapping.
 #[derive(Clone, Copy, Debug)]
 pub struct Run {
@@ -115,29 +125,24 @@ fn checked_table(offset: u64, bytes: u64, cluster_size: u64) -> bool {
 impl Qcow2Image {
     /// Opens the image in `store` (see [`open_flags`]).
     pub fn open(store: ByteStoreBox, host: HostServicesBox, flags: u32) -> Result<Qcow2Image> {
-        let key_secret = host
-            .open_option(RStr::from("encrypt.key-secret"))
-            .into_option()
-            .map(String::from);
-        let format = host.open_option(RStr::from("encrypt.format")).into_option();
-        let image = Self::open_keyed(store, host, flags, key_secret)?;
-        let named = image.lock().header.crypt_method;
-        match (format.as_ref().map(|f| f.as_str()), named) {
-            (None, _) | (Some("aes"), 1) | (Some("luks"), 2) => Ok(image),
-            (Some(f), 1 | 2) => Err(Error::invalid(format!(
-                "Header reported '{}' encryption format but options specify '{f}'",
-                if named == 1 { "aes" } else { "luks" }
-            ))),
-            (Some(_), _) => Ok(image),
-        }
+        let option = |key: &str| {
+            host.open_option(RStr::from(key))
+                .into_option()
+                .map(String::from)
+        };
+        let crypt = CryptOptions {
+            key_secret: option("encrypt.key-secret"),
+            format: option("encrypt.format"),
+        };
+        Self::open_keyed(store, host, flags, &crypt)
     }
 
-    /// Opens the image, encrypted ones with the secret of id `key_secret`.
+    /// Opens the image with the encryption options given at open.
     pub fn open_keyed(
         store: ByteStoreBox,
         host: HostServicesBox,
         flags: u32,
-        key_secret: Option<String>,
+        crypt: &CryptOptions,
     ) -> Result<Qcow2Image> {
         let writable = flags & open_flags::WRITE != 0;
         let file_len = store.len().into_result()?;
@@ -162,6 +167,19 @@ impl Qcow2Image {
             }
             2 => {}
             m => return Err(Error::invalid(format!("Unsupported encryption method {m}"))),
+        }
+        // Refused before anything is read further (or written).
+        let named = match header.crypt_method {
+            1 => Some("aes"),
+            2 => Some("luks"),
+            _ => None,
+        };
+        if let (Some(named), Some(given)) = (named, crypt.format.as_deref()) {
+            if named != given {
+                return Err(Error::invalid(format!(
+                    "Header reported '{named}' encryption format but options specify '{given}'"
+                )));
+            }
         }
         let layout = Layout {
             cluster_bits: header.cluster_bits,
@@ -277,9 +295,9 @@ impl Qcow2Image {
             header.autoclear_features &= autoclear::BITMAPS | autoclear::DATA_FILE_RAW;
         }
         let header_changed = header.autoclear_features != autoclear_before;
-        let dirty_rw = header.dirty() && writable && flags & open_flags::CHECK == 0;
+        let dirty_rw = header.dirty() && writable && !checking;
         // Encrypted data needs the key; describing the image (`info`) does not.
-        let crypto = match (header.crypt_method, key_secret) {
+        let crypto = match (header.crypt_method, &crypt.key_secret) {
             (0, _) => None,
             _ if flags & open_flags::NO_IO != 0 => None,
             (_, None) => {
