@@ -13,13 +13,21 @@ fn keyed(file: &str) -> String {
     format!("driver=qcow2,file.filename={file},encrypt.key-secret=sec0")
 }
 
+/// `qemu-img create` of an AES-encrypted qcow2: `extra` is appended to the
+/// encryption options, `rest` is the rest of the command line.
+fn create_encrypted(fx: &Fixture, extra: &str, rest: &[&str]) {
+    let opts = format!("encrypt.format=aes,encrypt.key-secret=sec0{extra}");
+    let mut args = vec![
+        "create", "-q", "-f", "qcow2", "--object", SECRET, "-o", &opts,
+    ];
+    args.extend(rest);
+    fx.oracle(&args);
+}
+
 /// An AES-encrypted image made by qemu-img with data written by qemu-io,
 /// some of it not sector-aligned, and some explicit zeros.
 fn qemu_encrypted(fx: &Fixture, file: &str, extra: &str) {
-    let opts = format!("encrypt.format=aes,encrypt.key-secret=sec0{extra}");
-    fx.oracle(&[
-        "create", "-q", "-f", "qcow2", "--object", SECRET, "-o", &opts, file, "4M",
-    ]);
+    create_encrypted(fx, extra, &[file, "4M"]);
     fx.sh(&format!(
         "qemu-io --object {SECRET} --image-opts {} -c 'write -P 0x41 0 64k' \
          -c 'write -P 0x42 1000 3000' -c 'write -P 0x43 2M 100k' \
@@ -130,18 +138,7 @@ fn qemu_reads_what_qimg_wrote() {
         "new.qcow2",
     ]);
     assert_eq!(out.status, 0, "{}", out.stderr);
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        SECRET,
-        "-o",
-        "encrypt.format=aes,encrypt.key-secret=sec0,compat=0.10",
-        "old.qcow2",
-        "4M",
-    ]);
+    create_encrypted(&fx, ",compat=0.10", &["old.qcow2", "4M"]);
     let out = fx.qimg(&[
         "convert",
         "-n",
@@ -274,21 +271,7 @@ fn rebase_copies_backing_data_into_an_encrypted_overlay() {
         "b.qcow2",
         &["write -P 0x11 0 1M", "write -P 0x12 3000 5000"],
     );
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        SECRET,
-        "-o",
-        "encrypt.format=aes,encrypt.key-secret=sec0",
-        "-b",
-        "b.qcow2",
-        "-F",
-        "qcow2",
-        "o.qcow2",
-    ]);
+    create_encrypted(&fx, "", &["-b", "b.qcow2", "-F", "qcow2", "o.qcow2"]);
     fx.sh(&format!(
         "qemu-io --object {SECRET} --image-opts {} -c 'write -P 0x33 1000 700' \
          -c 'write -P 0x34 2M 100k' >/dev/null",

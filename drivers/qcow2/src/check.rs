@@ -19,7 +19,7 @@ use crate::header::incompat;
 use crate::image::Qcow2Image;
 use crate::layout::{ClusterKind, Layout, COPIED, OFFSET_MASK, ZERO};
 use crate::meta::{get_refcount, hex, punch_clusters, put_refcount, read_table, Io, Meta};
-use crate::snapshot::TableIssue;
+use crate::snapshot::{TableIssue, MAX_EXTRA_DATA};
 use qimg_driver_api::schema::{CheckReport, Repair};
 use qimg_driver_api::Prealloc;
 use std::collections::{BTreeSet, HashMap};
@@ -979,7 +979,7 @@ fn table_faults(
             }
             TableIssue::TooMuchExtra { entry, size } => {
                 out.messages.push(format!(
-                    "Discarding too much extra metadata in snapshot table entry {entry} ({size} > 1024)"
+                    "Discarding too much extra metadata in snapshot table entry {entry} ({size} > {MAX_EXTRA_DATA})"
                 ));
                 out.fixed += 1;
             }

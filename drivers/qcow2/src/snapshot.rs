@@ -24,7 +24,7 @@ use qimg_driver_api::Prealloc;
 /// Most snapshots qemu accepts in one image.
 pub const MAX_SNAPSHOTS: u32 = 65536;
 /// Most extra data qemu accepts in one entry.
-const MAX_EXTRA_DATA: u32 = 1024;
+pub(crate) const MAX_EXTRA_DATA: u32 = 1024;
 /// Largest snapshot table qemu accepts.
 const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// Bytes of the fixed part of an entry.

@@ -15,6 +15,7 @@ use crate::layout::{Entry, Sub, COPIED, ZERO};
 use crate::meta::Meta;
 use qimg_driver_api::abi_stable::std_types::RSlice;
 use qimg_driver_api::{zero_flags, Prealloc};
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 
@@ -144,21 +145,18 @@ impl Qcow2Image {
         if let (Some(host), true) = (host0, p > pos) {
             drop(meta);
             let n = (p.min(end) - pos) as usize;
-            match &self.crypto {
-                None => self
-                    .io
-                    .data_store()
-                    .write_at(host, RSlice::from_slice(&data[..n]))
-                    .into_result()?,
+            let bytes = match &self.crypto {
+                None => Cow::Borrowed(&data[..n]),
                 Some(aes) => {
                     let mut sealed = data[..n].to_vec();
                     aes.encrypt(pos, &mut sealed);
-                    self.io
-                        .data_store()
-                        .write_at(host, RSlice::from_slice(&sealed))
-                        .into_result()?
+                    Cow::Owned(sealed)
                 }
-            }
+            };
+            self.io
+                .data_store()
+                .write_at(host, RSlice::from_slice(&bytes))
+                .into_result()?;
             return Ok(n);
         }
         self.before_change(&mut meta)?;

@@ -218,11 +218,10 @@ fn convert(
             ));
         }
     }
-    let bitmaps = if p.has("bitmaps") {
-        source_bitmaps(&opened[0], p.has("skip-broken-bitmaps"))?
-    } else {
-        Vec::new()
-    };
+    let bitmaps = p
+        .has("bitmaps")
+        .then(|| source_bitmaps(&opened[0], p.has("skip-broken-bitmaps")))
+        .transpose()?;
     let total: u64 = opened.iter().map(|s| s.size()).sum();
     let mut created = false;
     if !no_create {
@@ -259,7 +258,7 @@ fn convert(
         name: target,
         no_create,
         options: secrets,
-        bitmaps: p.has("bitmaps").then_some(bitmaps),
+        bitmaps,
     };
     let result = copy_into(p, settings, &opened, &into, &driver, progress);
     if result.is_err() && created {
@@ -352,15 +351,15 @@ fn copy_into(
         rate: &RateLimit::new(settings.rate),
     };
     job.run().map_err(|e| fail(e.message.to_string()))?;
-    if let Some(bitmaps) = &into.bitmaps {
-        // Added after the copy, so that the copy's writes do not dirty them.
-        let copied = copy_bitmaps(&sources[0], &out, bitmaps);
-        let closed = out.close();
-        copied?;
-        closed.map_err(|e| fail(e.message.to_string()))?;
-        return Ok(0);
-    }
-    out.close().map_err(|e| fail(e.message.to_string()))?;
+    // Bitmaps are added after the copy, so that its writes do not dirty
+    // them; the target is closed (storing them) whatever happened.
+    let copied = match &into.bitmaps {
+        Some(bitmaps) => copy_bitmaps(&sources[0], &out, bitmaps),
+        None => Ok(0),
+    };
+    let closed = out.close().map_err(|e| fail(e.message.to_string()));
+    copied?;
+    closed?;
     Ok(0)
 }
 

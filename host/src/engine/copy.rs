@@ -294,33 +294,42 @@ impl CopyJob<'_> {
         if item.kind != Kind::Compressed {
             return Ok(Vec::new());
         }
+        let mut out = Vec::new();
+        self.each_cluster(item, cluster, |at, piece| {
+            out.push((at, self.target.compress_cluster(at, piece)?));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Reads a compressed item and hands each of its clusters that is not
+    /// all zeros to `each`, with its target offset.
+    fn each_cluster(
+        &self,
+        item: &Item,
+        cluster: usize,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), DriverError>,
+    ) -> Result<(), DriverError> {
         with_buffer(item.len as usize, |buf| {
             self.read_flat(item.dst_offset, buf)?;
-            let mut out = Vec::new();
             for (index, piece) in buf.chunks(cluster).enumerate() {
                 if !is_zero(piece) {
-                    let at = item.dst_offset + (index * cluster) as u64;
-                    out.push((at, self.target.compress_cluster(at, piece)?));
+                    each(item.dst_offset + (index * cluster) as u64, piece)?;
                 }
             }
-            Ok(out)
+            Ok(())
         })
     }
 
     fn copy_item(&self, item: &Item) -> Result<(), DriverError> {
         let target = self.target;
         match item.kind {
-            Kind::Compressed => with_buffer(item.len as usize, |buf| {
-                self.read_flat(item.dst_offset, buf)?;
+            Kind::Compressed => {
                 let cluster = self.align.max(512) as usize;
-                for (index, piece) in buf.chunks(cluster).enumerate() {
-                    if !is_zero(piece) {
-                        let at = item.dst_offset + (index * cluster) as u64;
-                        target.write_compressed(at, piece)?;
-                    }
-                }
-                Ok(())
-            }),
+                self.each_cluster(item, cluster, |at, piece| {
+                    target.write_compressed(at, piece)
+                })
+            }
             Kind::Zero if self.target_zeroed => Ok(()),
             Kind::Zero => target.write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP),
             Kind::ZeroData => with_buffer(item.len as usize, |buf| {

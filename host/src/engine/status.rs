@@ -78,46 +78,52 @@ impl Walker {
             self.known.resize(depth + 1, Vec::new());
         }
         let known = &mut self.known[depth];
-        let at = known.partition_point(|e| e.end() <= offset);
-        if let Some(cached) = known.get(at).filter(|e| e.offset <= offset) {
-            let skip = offset - cached.offset;
-            let host_offset = if cached.has(ef::OFFSET_VALID) {
-                cached.host_offset + skip
-            } else {
-                cached.host_offset
-            };
-            return Ok(Extent {
-                offset,
-                length: (cached.length - skip).min(len),
-                host_offset,
-                ..*cached
-            });
-        }
-        let extents = layer.block_status(offset, len)?;
-        let Some(first) = extents.first().copied() else {
-            return Err(DriverError::new(
-                ErrorKind::OTHER,
-                "driver returned no block status",
-            ));
+        let find = |known: &[Extent]| {
+            let at = known.partition_point(|e| e.end() <= offset);
+            known.get(at).filter(|e| e.offset <= offset).copied()
         };
-        if first.offset != offset || first.length == 0 {
-            return Err(DriverError::new(
-                ErrorKind::OTHER,
-                "driver returned a misplaced extent",
-            ));
-        }
-        // Keep the consecutive, non-empty extents (a driver's later
-        // extents are a hint: a gap or overlap ends them).
-        known.clear();
-        for ext in extents {
-            if ext.length == 0 || known.last().is_some_and(|l: &Extent| l.end() != ext.offset) {
-                break;
+        let cached = match find(known) {
+            Some(cached) => cached,
+            None => {
+                let extents = layer.block_status(offset, len)?;
+                match extents.first() {
+                    None => {
+                        return Err(DriverError::new(
+                            ErrorKind::OTHER,
+                            "driver returned no block status",
+                        ))
+                    }
+                    Some(first) if first.offset != offset || first.length == 0 => {
+                        return Err(DriverError::new(
+                            ErrorKind::OTHER,
+                            "driver returned a misplaced extent",
+                        ))
+                    }
+                    Some(_) => {}
+                }
+                // Keep the consecutive, non-empty extents (a driver's later
+                // extents are a hint: a gap or overlap ends them).
+                known.clear();
+                for ext in extents {
+                    if ext.length == 0 || known.last().is_some_and(|l| l.end() != ext.offset) {
+                        break;
+                    }
+                    known.push(ext);
+                }
+                known[0]
             }
-            known.push(ext);
-        }
+        };
+        let skip = offset - cached.offset;
+        let host_offset = if cached.has(ef::OFFSET_VALID) {
+            cached.host_offset + skip
+        } else {
+            cached.host_offset
+        };
         Ok(Extent {
-            length: first.length.min(len),
-            ..first
+            offset,
+            length: (cached.length - skip).min(len),
+            host_offset,
+            ..cached
         })
     }
 
