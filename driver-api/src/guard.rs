@@ -2,8 +2,11 @@
 //!
 //! A panic that reaches an `extern "C"` shim aborts the whole process, so every
 //! call that crosses the boundary runs under [`catch`]: a panic becomes a
-//! [`DriverError`] of kind [`ErrorKind::PANIC`]. Drivers implement
-//! [`DriverImpl`] and [`ImageImpl`]; [`driver_box`] wraps them.
+//! [`DriverError`] of kind [`ErrorKind::PANIC`] that names the driver. An
+//! image whose driver panicked is poisoned: its state may be half-updated, so
+//! every later call fails with the first panic's error (methods without a
+//! `Result` answer a neutral value; their `try_` twins fail). Drivers
+//! implement [`DriverImpl`] and [`ImageImpl`]; [`driver_box`] wraps them.
 
 use crate::schema::{
     CheckReport, CheckRequest, CreateOption, CreateRequest, ImageInfo, MeasureRequest,
@@ -19,7 +22,7 @@ use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RSliceMut, RStr, RSt
 use std::any::Any;
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -59,6 +62,15 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
 
 /// Runs `f`, turning a panic into a [`DriverError`] of kind `PANIC`.
 pub fn catch<T>(f: impl FnOnce() -> Result<T, DriverError>) -> RResult<T, DriverError> {
+    catch_named("", f)
+}
+
+/// Runs `f`, turning a panic into a [`DriverError`] of kind `PANIC` whose
+/// message names `driver` (when not empty).
+pub fn catch_named<T>(
+    driver: &str,
+    f: impl FnOnce() -> Result<T, DriverError>,
+) -> RResult<T, DriverError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(value)) => RResult::ROk(value),
         Ok(Err(e)) => RResult::RErr(e),
@@ -66,10 +78,12 @@ pub fn catch<T>(f: impl FnOnce() -> Result<T, DriverError>) -> RResult<T, Driver
             let text = LAST_PANIC
                 .with(|slot| slot.borrow_mut().take())
                 .unwrap_or_else(|| payload_text(payload.as_ref()));
-            RResult::RErr(DriverError::new(
-                ErrorKind::PANIC,
-                format!("internal error in driver: {text}"),
-            ))
+            let message = if driver.is_empty() {
+                format!("internal error in driver: {text}")
+            } else {
+                format!("internal error in driver '{driver}': {text}")
+            };
+            RResult::RErr(DriverError::new(ErrorKind::PANIC, message))
         }
     }
 }
@@ -219,32 +233,63 @@ pub trait ImageImpl: Send + Sync + 'static {
 /// Wraps a [`DriverImpl`] for export; used by [`crate::export_drivers!`].
 pub fn driver_box<D: DriverImpl>(driver: D) -> FormatDriverBox {
     install_quiet_panic_hook();
-    FormatDriver_TO::from_value(GuardedDriver(driver), TD_Opaque)
+    let name = catch_or(String::new(), || driver.name().to_string());
+    FormatDriver_TO::from_value(GuardedDriver { driver, name }, TD_Opaque)
 }
 
 /// Wraps an [`ImageImpl`] as the ABI's shared image handle.
 pub fn image_arc(image: Box<dyn ImageImpl>) -> ImageArc {
-    Image_TO::from_ptr(RArc::new(GuardedImage(image)), TD_Opaque)
+    named_image_arc("", image)
 }
 
-struct GuardedDriver<D>(D);
+/// Wraps an [`ImageImpl`] of the driver named `driver` as the ABI's shared
+/// image handle; panic messages name the driver.
+pub fn named_image_arc(driver: &str, image: Box<dyn ImageImpl>) -> ImageArc {
+    let guarded = GuardedImage {
+        image,
+        driver: driver.to_string(),
+        poison: Mutex::new(None),
+    };
+    Image_TO::from_ptr(RArc::new(guarded), TD_Opaque)
+}
+
+struct GuardedDriver<D> {
+    driver: D,
+    /// The driver's name, for panic messages (asked once, when wrapped).
+    name: String,
+}
+
+impl<D: DriverImpl> GuardedDriver<D> {
+    fn catch<T>(&self, f: impl FnOnce() -> Result<T, DriverError>) -> RResult<T, DriverError> {
+        catch_named(&self.name, f)
+    }
+    fn describe_all(&self) -> Result<crate::schema::DriverDescription, DriverError> {
+        Ok(crate::schema::DriverDescription {
+            name: self.driver.name().to_string(),
+            description: self.driver.description().to_string(),
+            capabilities: self.driver.capabilities(),
+            create_options: self.driver.create_options(),
+            amend_options: self.driver.amend_options(),
+        })
+    }
+}
 
 impl<D: DriverImpl> FormatDriver for GuardedDriver<D> {
     fn name(&self) -> RString {
-        catch_or(RString::new(), || self.0.name().into())
+        catch_or(RString::new(), || self.driver.name().into())
     }
     fn description(&self) -> RString {
-        catch_or(RString::new(), || self.0.description().into())
+        catch_or(RString::new(), || self.driver.description().into())
     }
     fn capabilities(&self) -> u64 {
-        catch_or(0, || self.0.capabilities())
+        catch_or(0, || self.driver.capabilities())
     }
     fn probe(&self, head: RSlice<'_, u8>, filename: RStr<'_>) -> i32 {
-        catch_or(0, || self.0.probe(head.as_slice(), filename.as_str()))
+        catch_or(0, || self.driver.probe(head.as_slice(), filename.as_str()))
     }
     fn create_options(&self) -> RString {
         catch_or(RString::from("[]"), || {
-            to_json(&self.0.create_options()).unwrap_or_else(|_| "[]".into())
+            to_json(&self.driver.create_options()).unwrap_or_else(|_| "[]".into())
         })
     }
     fn create(
@@ -253,7 +298,10 @@ impl<D: DriverImpl> FormatDriver for GuardedDriver<D> {
         host: HostServicesBox,
         request: RStr<'_>,
     ) -> RResult<(), DriverError> {
-        catch(|| self.0.create(store, host, from_json(request.as_str())?))
+        self.catch(|| {
+            self.driver
+                .create(store, host, from_json(request.as_str())?)
+        })
     }
     fn open(
         &self,
@@ -261,94 +309,143 @@ impl<D: DriverImpl> FormatDriver for GuardedDriver<D> {
         host: HostServicesBox,
         flags: u32,
     ) -> RResult<ImageArc, DriverError> {
-        catch(|| self.0.open(store, host, flags).map(image_arc))
+        self.catch(|| {
+            self.driver
+                .open(store, host, flags)
+                .map(|image| named_image_arc(&self.name, image))
+        })
     }
     fn measure(
         &self,
         request: RStr<'_>,
         allocated: RSlice<'_, Extent>,
     ) -> RResult<RString, DriverError> {
-        catch(|| {
+        self.catch(|| {
             to_json(
                 &self
-                    .0
+                    .driver
                     .measure(from_json(request.as_str())?, allocated.as_slice())?,
             )
         })
     }
     fn amend_options(&self) -> RString {
         catch_or(RString::from("[]"), || {
-            to_json(&self.0.amend_options()).unwrap_or_else(|_| "[]".into())
+            to_json(&self.driver.amend_options()).unwrap_or_else(|_| "[]".into())
+        })
+    }
+    fn describe(&self) -> RResult<RString, DriverError> {
+        self.catch(|| to_json(&self.describe_all()?))
+    }
+    fn try_probe(&self, head: RSlice<'_, u8>, filename: RStr<'_>) -> RResult<i32, DriverError> {
+        self.catch(|| Ok(self.driver.probe(head.as_slice(), filename.as_str())))
+    }
+}
+
+struct GuardedImage {
+    image: Box<dyn ImageImpl>,
+    /// The driver's name, for panic messages.
+    driver: String,
+    /// The first panic's error, once the driver panicked.
+    poison: Mutex<Option<DriverError>>,
+}
+
+impl GuardedImage {
+    /// Runs `f` unless the image is poisoned; a panic poisons it.
+    fn guard<T>(&self, f: impl FnOnce() -> Result<T, DriverError>) -> RResult<T, DriverError> {
+        if let Some(e) = self.poisoned() {
+            return RResult::RErr(e);
+        }
+        let result = catch_named(&self.driver, f);
+        if let RResult::RErr(e) = &result {
+            if e.kind == ErrorKind::PANIC {
+                let mut slot = self.poison.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| e.clone());
+            }
+        }
+        result
+    }
+    /// The error every call answers once the driver has panicked.
+    fn poisoned(&self) -> Option<DriverError> {
+        let slot = self.poison.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().map(|first| {
+            DriverError::new(
+                ErrorKind::PANIC,
+                format!("image unusable after an earlier fault: {}", first.message),
+            )
         })
     }
 }
 
-struct GuardedImage(Box<dyn ImageImpl>);
-
 impl Image for GuardedImage {
     fn virtual_size(&self) -> u64 {
-        catch_or(0, || self.0.virtual_size())
+        self.try_virtual_size().into_result().unwrap_or(0)
     }
     fn read_at(&self, offset: u64, mut buf: RSliceMut<'_, u8>) -> RResult<(), DriverError> {
-        catch(|| self.0.read_at(offset, buf.as_mut_slice()))
+        self.guard(|| self.image.read_at(offset, buf.as_mut_slice()))
     }
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
-        catch(|| self.0.write_at(offset, buf.as_slice()))
+        self.guard(|| self.image.write_at(offset, buf.as_slice()))
     }
     fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> RResult<(), DriverError> {
-        catch(|| self.0.write_zeroes(offset, len, flags))
+        self.guard(|| self.image.write_zeroes(offset, len, flags))
     }
     fn discard(&self, offset: u64, len: u64) -> RResult<(), DriverError> {
-        catch(|| self.0.discard(offset, len))
+        self.guard(|| self.image.discard(offset, len))
     }
     fn block_status(&self, offset: u64, len: u64) -> RResult<RVec<Extent>, DriverError> {
-        catch(|| self.0.block_status(offset, len).map(RVec::from))
+        self.guard(|| self.image.block_status(offset, len).map(RVec::from))
     }
     fn flush(&self) -> RResult<(), DriverError> {
-        catch(|| self.0.flush())
+        self.guard(|| self.image.flush())
     }
     fn info(&self) -> RResult<RString, DriverError> {
-        catch(|| to_json(&self.0.info()?))
+        self.guard(|| to_json(&self.image.info()?))
     }
     fn store_name(&self, index: u32) -> RString {
-        catch_or(RString::new(), || self.0.store_name(index).into())
+        self.try_store_name(index).into_result().unwrap_or_default()
     }
     fn resize(&self, new_size: u64, prealloc: Prealloc, shrink: bool) -> RResult<(), DriverError> {
-        catch(|| self.0.resize(new_size, prealloc, shrink))
+        self.guard(|| self.image.resize(new_size, prealloc, shrink))
     }
     fn write_compressed(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
-        catch(|| self.0.write_compressed(offset, buf.as_slice()))
+        self.guard(|| self.image.write_compressed(offset, buf.as_slice()))
     }
     fn check(&self, request: RStr<'_>) -> RResult<RString, DriverError> {
-        catch(|| to_json(&self.0.check(from_json(request.as_str())?)?))
+        self.guard(|| to_json(&self.image.check(from_json(request.as_str())?)?))
     }
     fn metadata(&self, request: RStr<'_>) -> RResult<RString, DriverError> {
-        catch(|| to_json(&self.0.metadata(from_json(request.as_str())?)?))
+        self.guard(|| to_json(&self.image.metadata(from_json(request.as_str())?)?))
     }
     fn set_backing(
         &self,
         name: ROption<RStr<'_>>,
         format: ROption<RStr<'_>>,
     ) -> RResult<(), DriverError> {
-        catch(|| {
-            self.0.set_backing(
+        self.guard(|| {
+            self.image.set_backing(
                 name.into_option().map(|s| s.as_str()),
                 format.into_option().map(|s| s.as_str()),
             )
         })
     }
     fn compress_cluster(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<RVec<u8>, DriverError> {
-        catch(|| {
-            self.0
+        self.guard(|| {
+            self.image
                 .compress_cluster(offset, buf.as_slice())
                 .map(RVec::from)
         })
     }
     fn write_prepared(&self, offset: u64, data: RSlice<'_, u8>) -> RResult<(), DriverError> {
-        catch(|| self.0.write_prepared(offset, data.as_slice()))
+        self.guard(|| self.image.write_prepared(offset, data.as_slice()))
     }
     fn close(&self) -> RResult<(), DriverError> {
-        catch(|| self.0.close())
+        self.guard(|| self.image.close())
+    }
+    fn try_virtual_size(&self) -> RResult<u64, DriverError> {
+        self.guard(|| Ok(self.image.virtual_size()))
+    }
+    fn try_store_name(&self, index: u32) -> RResult<RString, DriverError> {
+        self.guard(|| Ok(self.image.store_name(index).into()))
     }
 }
 

@@ -35,6 +35,24 @@ pub struct CreateOption {
     pub default: Option<String>,
 }
 
+/// A driver as it describes itself (`FormatDriver::describe`, ABI 1.3): what
+/// the host lists in `--help` and `--list-drivers` and checks before calling.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriverDescription {
+    /// Format name as qemu-img spells it.
+    pub name: String,
+    /// One-line description.
+    pub description: String,
+    /// [`crate::caps`] bits.
+    pub capabilities: u64,
+    /// Options `create -o` accepts, in `-o help` order.
+    #[serde(default)]
+    pub create_options: Vec<CreateOption>,
+    /// Options `amend -o` accepts, in `amend -o help` order.
+    #[serde(default)]
+    pub amend_options: Vec<CreateOption>,
+}
+
 /// What `create` is asked to make.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CreateRequest {

@@ -53,6 +53,18 @@ pub trait FormatDriver: Send + Sync {
     /// JSON list of [`crate::schema::CreateOption`]: the options `amend -o`
     /// accepts, in the order `amend -o help` lists them (ABI 1.2).
     fn amend_options(&self) -> RString;
+    /// JSON [`crate::schema::DriverDescription`]: everything the plain
+    /// descriptive methods above answer, in one call that reports a driver
+    /// fault as an error instead of an empty answer (ABI 1.3). A host calling
+    /// an older driver gets an error of kind `UNSUPPORTED` from this default.
+    fn describe(&self) -> RResult<RString, DriverError> {
+        RResult::RErr(DriverError::unsupported("describe needs driver ABI 1.3"))
+    }
+    /// [`FormatDriver::probe`], with a driver fault reported as an error
+    /// (ABI 1.3). On an older driver this falls back to `probe`.
+    fn try_probe(&self, head: RSlice<'_, u8>, filename: RStr<'_>) -> RResult<i32, DriverError> {
+        RResult::ROk(self.probe(head, filename))
+    }
 }
 
 /// An open image. Every method takes `&self` and is safe to call from many threads.
@@ -108,6 +120,16 @@ pub trait Image: Send + Sync {
     /// Closes the image cleanly (flushes, clears dirty flags). Called once, last.
     #[sabi(last_prefix_field)]
     fn close(&self) -> RResult<(), DriverError>;
+    /// [`Image::virtual_size`], with a driver fault reported as an error
+    /// (ABI 1.3). On an older driver this falls back to `virtual_size`.
+    fn try_virtual_size(&self) -> RResult<u64, DriverError> {
+        RResult::ROk(self.virtual_size())
+    }
+    /// [`Image::store_name`], with a driver fault reported as an error
+    /// (ABI 1.3). On an older driver this falls back to `store_name`.
+    fn try_store_name(&self, index: u32) -> RResult<RString, DriverError> {
+        RResult::ROk(self.store_name(index))
+    }
 }
 
 /// A byte store (a local file today): what a driver reads and writes.

@@ -6,10 +6,11 @@ use super::spec::resolve;
 use crate::commands::registry;
 use crate::plugins::{loader::FindError, Driver};
 use crate::store::{file::OpenMode, CacheMode, LocalFile};
-use qimg_driver_api::abi_stable::std_types::{RSlice, RSliceMut, RStr};
+use qimg_driver_api::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr};
 use qimg_driver_api::schema::{CreateRequest, ImageInfo};
-use qimg_driver_api::{open_flags, DriverError, ErrorKind, Extent, ImageArc};
+use qimg_driver_api::{open_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bytes read from the start of a file to probe its format.
@@ -72,9 +73,13 @@ impl<'a> OpenRequest<'a> {
 }
 
 /// An open image with its driver, its file and its backing chain.
+///
+/// Every call into the driver goes through here: once the driver panics (or
+/// its guard reports an earlier panic), the image is poisoned and every later
+/// call fails with that error, whatever the driver's ABI version.
 pub struct BlockImage {
     /// The driver's image handle.
-    pub image: ImageArc,
+    image: ImageArc,
     /// The driver.
     pub driver: Arc<Driver>,
     /// The name to print (`image:` line, messages).
@@ -83,12 +88,48 @@ pub struct BlockImage {
     pub store: Arc<LocalFile>,
     /// The backing image, if the chain was opened and there is one.
     pub backing: Option<Arc<BlockImage>>,
+    /// The guest size the driver last reported.
+    last_size: AtomicU64,
+    /// Set once the driver panicked (checked on every call, without a lock).
+    poisoned: AtomicBool,
+    /// The first driver panic, once there was one.
+    poison: Mutex<Option<DriverError>>,
 }
 
 impl BlockImage {
-    /// Guest size.
+    /// Runs one call into the driver unless the image is poisoned; a panic
+    /// poisons it.
+    fn call<T>(
+        &self,
+        f: impl FnOnce(&ImageArc) -> RResult<T, DriverError>,
+    ) -> Result<T, DriverError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let slot = self.poison.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(first) = slot.as_ref() {
+                return Err(first.clone());
+            }
+        }
+        let result = f(&self.image).into_result();
+        if let Err(e) = &result {
+            if e.kind == ErrorKind::PANIC {
+                let mut slot = self.poison.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| e.clone());
+                self.poisoned.store(true, Ordering::Release);
+            }
+        }
+        result
+    }
+    /// Guest size, with a driver fault reported as an error.
+    pub fn try_size(&self) -> Result<u64, DriverError> {
+        let size = self.call(|i| i.try_virtual_size())?;
+        self.last_size.store(size, Ordering::Relaxed);
+        Ok(size)
+    }
+    /// Guest size. If the driver faults, the image is poisoned (so the
+    /// command fails at its next call) and the last size it reported stands.
     pub fn size(&self) -> u64 {
-        self.image.virtual_size()
+        self.try_size()
+            .unwrap_or_else(|_| self.last_size.load(Ordering::Relaxed))
     }
     /// Format name.
     pub fn format(&self) -> &str {
@@ -96,47 +137,37 @@ impl BlockImage {
     }
     /// Reads guest data.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
-        self.image
-            .read_at(offset, RSliceMut::from_mut_slice(buf))
-            .into_result()
+        self.call(|i| i.read_at(offset, RSliceMut::from_mut_slice(buf)))
     }
     /// Writes guest data.
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
-        self.image
-            .write_at(offset, RSlice::from_slice(buf))
-            .into_result()
+        self.call(|i| i.write_at(offset, RSlice::from_slice(buf)))
     }
     /// Writes one whole cluster compressed (the last cluster may be short).
     pub fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
-        self.image
-            .write_compressed(offset, RSlice::from_slice(buf))
-            .into_result()
+        self.call(|i| i.write_compressed(offset, RSlice::from_slice(buf)))
     }
     /// Compresses one cluster without writing it (ordered targets).
     pub fn compress_cluster(&self, offset: u64, buf: &[u8]) -> Result<Vec<u8>, DriverError> {
         Ok(self
-            .image
-            .compress_cluster(offset, RSlice::from_slice(buf))
-            .into_result()?
+            .call(|i| i.compress_cluster(offset, RSlice::from_slice(buf)))?
             .into_vec())
     }
     /// Writes a cluster prepared by `compress_cluster`.
     pub fn write_prepared(&self, offset: u64, data: &[u8]) -> Result<(), DriverError> {
-        self.image
-            .write_prepared(offset, RSlice::from_slice(data))
-            .into_result()
+        self.call(|i| i.write_prepared(offset, RSlice::from_slice(data)))
     }
     /// Makes a range read as zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> Result<(), DriverError> {
-        self.image.write_zeroes(offset, len, flags).into_result()
+        self.call(|i| i.write_zeroes(offset, len, flags))
+    }
+    /// Deallocates the whole clusters of a range in this layer.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<(), DriverError> {
+        self.call(|i| i.discard(offset, len))
     }
     /// Allocation status from `offset`.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, DriverError> {
-        let extents = self
-            .image
-            .block_status(offset, len)
-            .into_result()?
-            .into_vec();
+        let extents = self.call(|i| i.block_status(offset, len))?.into_vec();
         if extents.is_empty() && len > 0 && offset < self.size() {
             return Err(DriverError::new(
                 ErrorKind::OTHER,
@@ -145,19 +176,46 @@ impl BlockImage {
         }
         Ok(extents)
     }
+    /// Name of the image's store number `index` (see `Extent::store`).
+    pub fn extent_store_name(&self, index: u32) -> Result<String, DriverError> {
+        Ok(self.call(|i| i.try_store_name(index))?.into())
+    }
+    /// Changes the guest size.
+    pub fn resize(&self, size: u64, prealloc: Prealloc, shrink: bool) -> Result<(), DriverError> {
+        self.call(|i| i.resize(size, prealloc, shrink))
+    }
+    /// Runs a JSON check request; answers the JSON report.
+    pub fn check(&self, request: &str) -> Result<String, DriverError> {
+        Ok(self.call(|i| i.check(RStr::from(request)))?.into())
+    }
+    /// Runs a JSON metadata request; answers the driver's JSON reply.
+    pub fn metadata(&self, request: &str) -> Result<String, DriverError> {
+        Ok(self.call(|i| i.metadata(RStr::from(request)))?.into())
+    }
+    /// Records a new backing file name and format in the header.
+    pub fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<(), DriverError> {
+        self.call(|i| {
+            i.set_backing(
+                ROption::from(name.map(RStr::from)),
+                ROption::from(format.map(RStr::from)),
+            )
+        })
+    }
     /// Flushes.
     pub fn flush(&self) -> Result<(), DriverError> {
-        self.image.flush().into_result()
+        self.call(|i| i.flush())
     }
     /// The driver's facts for `info`.
     pub fn info(&self) -> Result<ImageInfo, DriverError> {
-        let text = self.image.info().into_result()?;
+        let text = self.call(|i| i.info())?;
         serde_json::from_str(&text)
             .map_err(|e| DriverError::new(ErrorKind::OTHER, format!("bad info from driver: {e}")))
     }
-    /// Closes the image cleanly (flush, clear dirty flags); errors are reported.
+    /// Closes the image cleanly (flush, clear dirty flags); errors are
+    /// reported. A poisoned image is not closed: its driver's state cannot
+    /// be trusted to write anything more.
     pub fn close(&self) -> Result<(), DriverError> {
-        self.image.close().into_result()
+        self.call(|i| i.close())
     }
 }
 
@@ -198,15 +256,39 @@ fn probe(file: &LocalFile, name: &str) -> Result<Arc<Driver>, DriverError> {
     head.truncate(n);
     let mut best: Option<(i32, Arc<Driver>)> = None;
     for driver in registry().all() {
+        // A driver that faults while probing fails the open: reading the
+        // file as some other format (raw) could hand the guest its metadata.
         let score = driver
             .api
-            .probe(RSlice::from_slice(&head), RStr::from(name));
+            .try_probe(RSlice::from_slice(&head), RStr::from(name))
+            .into_result()?;
         if score > 0 && best.as_ref().is_none_or(|(s, _)| score > *s) {
             best = Some((score, driver));
         }
     }
+    if best.as_ref().is_some_and(|(_, d)| d.name == "raw") {
+        warn_untried(name);
+    }
     best.map(|(_, d)| d)
         .ok_or_else(|| DriverError::invalid_image("Could not determine image format"))
+}
+
+/// When probing settles on raw while the manifest disables drivers, says
+/// which were not tried: the file may be an image of one of them.
+fn warn_untried(name: &str) {
+    let disabled = registry().disabled();
+    if disabled.is_empty() {
+        return;
+    }
+    let list: Vec<String> = disabled
+        .iter()
+        .map(|(driver, source)| format!("{driver} (disabled in '{}')", source.display()))
+        .collect();
+    eprintln!(
+        "{}: warning: probing read '{name}' as raw; these drivers were not tried: {}",
+        crate::cli::program(),
+        list.join(", ")
+    );
 }
 
 /// Opens an image, its driver and (unless asked not to) its backing chain.
@@ -311,13 +393,20 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
-    Ok(BlockImage {
+    let image = BlockImage {
         image,
         driver,
         filename,
         store: file,
         backing,
-    })
+        last_size: AtomicU64::new(0),
+        poisoned: AtomicBool::new(false),
+        poison: Mutex::new(None),
+    };
+    // The size is asked once here so that a driver that cannot answer it
+    // fails the open instead of passing for an empty image.
+    image.try_size().map_err(|e| open_error(&display, e))?;
+    Ok(image)
 }
 
 /// Creates an image file of `driver`'s format: creates the file under QEMU's

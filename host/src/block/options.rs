@@ -37,8 +37,7 @@ fn protocol_options() -> Vec<CreateOption> {
 /// The driver's options, followed (with `protocol`) by the file protocol's
 /// options the driver does not define itself.
 pub fn schema(driver: &Driver, protocol: bool) -> Vec<CreateOption> {
-    let mut list: Vec<CreateOption> =
-        serde_json::from_str(driver.api.create_options().as_str()).unwrap_or_default();
+    let mut list: Vec<CreateOption> = driver.create_options().to_vec();
     if protocol {
         for extra in protocol_options() {
             if !list.iter().any(|o| o.name == extra.name) {

@@ -252,9 +252,10 @@ impl BackingReader for BackingView {
         self.0.size()
     }
     fn read_at(&self, offset: u64, buf: RSliceMut<'_, u8>) -> RResult<(), DriverError> {
-        self.0.image.read_at(offset, buf)
+        let mut buf = buf;
+        RResult::from(self.0.read(offset, buf.as_mut_slice()))
     }
     fn block_status(&self, offset: u64, len: u64) -> RResult<RVec<Extent>, DriverError> {
-        self.0.image.block_status(offset, len)
+        RResult::from(self.0.block_status(offset, len).map(RVec::from))
     }
 }

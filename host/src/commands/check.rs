@@ -7,7 +7,6 @@ use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt
 use crate::error::{fail, CmdError, CmdResult};
 use crate::output::qemu_json_pretty;
 use crate::store::CacheMode;
-use qimg_driver_api::abi_stable::std_types::RStr;
 use qimg_driver_api::schema::{CheckReport, CheckRequest, Repair};
 use qimg_driver_api::{caps, ErrorKind};
 use serde_json::{json, Map, Value};
@@ -139,11 +138,7 @@ fn not_supported() -> i32 {
 fn run_check(image: &BlockImage, repair: Repair) -> Result<Result<CheckReport, i32>, CmdError> {
     let request = serde_json::to_string(&CheckRequest { repair })
         .map_err(|e| fail(format!("cannot encode the check request: {e}")))?;
-    let reply = match image
-        .image
-        .check(RStr::from(request.as_str()))
-        .into_result()
-    {
+    let reply = match image.check(&request) {
         Ok(reply) => reply,
         Err(e) if e.kind == ErrorKind::UNSUPPORTED => return Ok(Err(not_supported())),
         Err(e) => {

@@ -95,9 +95,7 @@ fn commit_command(
                 base.format()
             )));
         }
-        base.image
-            .resize(top.size(), Prealloc::OFF, false)
-            .into_result()
+        base.resize(top.size(), Prealloc::OFF, false)
             .map_err(|e| fail(e.message.to_string()))?;
     }
     commit(&top, &base, depth, &RateLimit::new(rate), progress)
@@ -106,9 +104,7 @@ fn commit_command(
     // Emptying the overlay makes it read through to the base again; with -b the
     // layers between would then show through, so qemu-img keeps the data.
     if !p.has("drop") && p.last("base").is_none() {
-        top.image
-            .discard(0, top.size())
-            .into_result()
+        top.discard(0, top.size())
             .map_err(|e| fail(e.message.to_string()))?;
     }
     top.close().map_err(|e| fail(e.message.to_string()))?;

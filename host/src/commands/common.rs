@@ -157,13 +157,9 @@ pub fn metadata(
     image: &crate::block::BlockImage,
     request: &qimg_driver_api::schema::MetadataRequest,
 ) -> Result<serde_json::Value, qimg_driver_api::DriverError> {
-    use qimg_driver_api::abi_stable::std_types::RStr;
     let text = serde_json::to_string(request)
         .map_err(|e| qimg_driver_api::DriverError::invalid_argument(e.to_string()))?;
-    let reply = image
-        .image
-        .metadata(RStr::from(text.as_str()))
-        .into_result()?;
+    let reply = image.metadata(&text)?;
     serde_json::from_str(&reply).map_err(|e| {
         qimg_driver_api::DriverError::new(
             qimg_driver_api::ErrorKind::OTHER,

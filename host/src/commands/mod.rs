@@ -70,7 +70,9 @@ fn help_text() -> String {
     text.push_str(&format!(
         "QEMU disk image utility, as qimg.  Usage:\n\n  {p} [standard options] COMMAND [--help | command options]\n\n\
 Standard options:\n  -h, --help\n     display this help and exit\n  -V, --version\n     display version info and exit\n  \
--T,--trace TRACE\n     accepted for compatibility; qimg has no trace points\n  --plugins FILE\n     read the driver manifest from FILE\n\n\
+-T,--trace TRACE\n     accepted for compatibility; qimg has no trace points\n  --plugins FILE\n     read the driver manifest from FILE\n  \
+--list-drivers[=json]\n     list every driver: library, versions, capabilities, status\n  \
+--conformance FORMAT\n     run the driver conformance check on FORMAT's driver\n\n\
 Recognized commands (run {p} COMMAND --help for command-specific help):\n\n",
         p = program()
     ));
@@ -94,6 +96,23 @@ Recognized commands (run {p} COMMAND --help for command-specific help):\n\n",
     text
 }
 
+/// The manifest named by a `--plugins` among the standard options `args`.
+fn plugins_option(args: &[String]) -> Option<PathBuf> {
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--plugins" {
+            return rest.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.strip_prefix("--plugins=") {
+            return Some(PathBuf::from(path));
+        }
+        if !arg.starts_with('-') || arg == "--" {
+            break;
+        }
+    }
+    None
+}
+
 /// Parses the standard options before the command name and runs the command.
 pub fn dispatch(args: &[String]) -> CmdResult {
     let mut i = 0;
@@ -113,8 +132,25 @@ pub fn dispatch(args: &[String]) -> CmdResult {
         i += 1;
         match arg {
             "-h" | "--help" => {
+                // The help lists the drivers of the manifest a later
+                // `--plugins` names, so look ahead for it.
+                let _ = PLUGINS.set(plugins.or_else(|| plugins_option(&args[i..])));
                 print!("{}", help_text());
                 return Ok(0);
+            }
+            "--conformance" => {
+                let Some(format) = args.get(i) else {
+                    return Err(getopt_err(
+                        "option '--conformance' requires an argument".to_string(),
+                    ));
+                };
+                let _ = PLUGINS.set(plugins.or_else(|| plugins_option(&args[i + 1..])));
+                return crate::plugins::conformance::run(format);
+            }
+            "--list-drivers" | "--list-drivers=json" => {
+                let _ = PLUGINS.set(plugins.or_else(|| plugins_option(&args[i..])));
+                let json = arg.ends_with("=json");
+                return Ok(crate::plugins::listing::print(registry(), json));
             }
             "-V" | "--version" => {
                 print!("{}", version_text());

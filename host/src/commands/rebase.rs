@@ -9,7 +9,6 @@ use crate::engine::chain::RebaseJob;
 use crate::engine::progress::Progress;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
-use qimg_driver_api::abi_stable::std_types::{ROption, RStr};
 use qimg_driver_api::caps;
 
 const OPTS: &[Opt] = &[
@@ -123,15 +122,10 @@ fn rebase(
         };
         job.run(progress).map_err(|e| fail(e.message.to_string()))?;
     }
-    let name = (!backing.is_empty()).then(|| RStr::from(backing));
+    let name = (!backing.is_empty()).then_some(backing);
     let format = format.filter(|_| !backing.is_empty());
     image
-        .image
-        .set_backing(
-            ROption::from(name),
-            ROption::from(format.as_deref().map(RStr::from)),
-        )
-        .into_result()
+        .set_backing(name, format.as_deref())
         .map_err(|e| change_error(&e.message))?;
     image.close().map_err(|e| fail(e.message.to_string()))?;
     progress.print(100.0, 0);

@@ -99,9 +99,7 @@ fn run(args: &[String]) -> CmdResult {
         )));
     }
     image
-        .image
         .resize(wanted, prealloc, shrinking)
-        .into_result()
         .map_err(|e| fail(e.message.to_string()))?;
     image.close().map_err(|e| fail(e.message.to_string()))?;
     if !p.has("quiet") {

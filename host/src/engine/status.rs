@@ -151,6 +151,10 @@ impl Walker {
             if allocated || ext.has(ef::DATA) || last {
                 let zero = ext.has(ef::ZERO) || (!ext.has(ef::DATA) && layer.backing.is_none());
                 let offset_valid = ext.has(ef::OFFSET_VALID);
+                let file = match offset_valid {
+                    true => Some(layer.extent_store_name(ext.store)?),
+                    false => None,
+                };
                 return Ok(Status {
                     start: offset,
                     length: len,
@@ -160,7 +164,7 @@ impl Walker {
                     data: ext.has(ef::DATA),
                     compressed: ext.has(ef::COMPRESSED),
                     offset: offset_valid.then_some(ext.host_offset),
-                    file: offset_valid.then(|| layer.image.store_name(ext.store).to_string()),
+                    file,
                 });
             }
             let Some(backing) = layer.backing.as_deref() else {

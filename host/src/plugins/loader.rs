@@ -6,8 +6,13 @@
 //! process-wide and would hand every library the first one's drivers.
 
 use super::manifest::{locate, Manifest};
-use qimg_driver_api::abi_stable::library::lib_header_from_path;
-use qimg_driver_api::{DriverLibRef, FormatDriverBox, ABI_VERSION};
+use qimg_driver_api::abi_stable::abi_stability::abi_checking::{
+    check_layout_compatibility, AbiInstability,
+};
+use qimg_driver_api::abi_stable::library::{lib_header_from_path, LibHeader, LibraryError};
+use qimg_driver_api::abi_stable::StableAbi;
+use qimg_driver_api::schema::{CreateOption, DriverDescription};
+use qimg_driver_api::{DriverLibRef, FormatDriverBox, ABI_MAJOR, ABI_MINOR};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,21 +24,29 @@ pub struct Driver {
     pub name: String,
     /// Capability bits (`qimg_driver_api::caps`).
     pub caps: u64,
+    /// What the driver said of itself when loaded.
+    pub description: DriverDescription,
     /// The driver object.
     pub api: FormatDriverBox,
     /// Minor driver-ABI version its library was built for (methods added
     /// in later minor versions are not called).
     pub abi_minor: u32,
+    /// The driver-api package version the library was built against.
+    pub api_version: String,
+    /// The driver crate's `name version`, from libraries of ABI 1.3 on.
+    pub package: Option<String>,
 }
 
 impl Driver {
+    /// The options `create -o` accepts, in `-o help`'s order.
+    pub fn create_options(&self) -> &[CreateOption] {
+        &self.description.create_options
+    }
+
     /// The options `amend -o` accepts, in `amend -o help`'s order (none from
     /// a library older than ABI 1.2).
-    pub fn amend_options(&self) -> Vec<qimg_driver_api::schema::CreateOption> {
-        if self.abi_minor < 2 {
-            return Vec::new();
-        }
-        serde_json::from_str(self.api.amend_options().as_str()).unwrap_or_default()
+    pub fn amend_options(&self) -> Vec<CreateOption> {
+        self.description.amend_options.clone()
     }
 
     /// True if the driver advertises every bit of `cap`.
@@ -62,6 +75,28 @@ pub enum FindError {
 }
 
 type LoadResult = Result<Vec<Arc<Driver>>, String>;
+
+/// A driver as `--list-drivers` shows it.
+pub struct Listed {
+    /// Format name (empty for a library that failed without a manifest entry).
+    pub name: String,
+    /// The library file.
+    pub library: PathBuf,
+    /// The manifest or drop-in file that lists it (none without a manifest).
+    pub source: Option<PathBuf>,
+    /// What loading it gave.
+    pub status: Status,
+}
+
+/// Whether a listed driver is usable.
+pub enum Status {
+    /// Loaded and usable.
+    Loaded(Arc<Driver>),
+    /// Disabled by its manifest entry; not loaded.
+    Disabled,
+    /// Its library failed to load: why.
+    Failed(String),
+}
 
 /// The drivers this process can use, loaded on demand.
 pub struct Registry {
@@ -121,10 +156,9 @@ impl Registry {
                     .exe_dir
                     .join(format!("{LIBRARY_PREFIX}{name}{LIBRARY_SUFFIX}"));
                 if guess.is_file() {
-                    if let Ok(drivers) = self.load(&guess, None) {
-                        if let Some(d) = drivers.into_iter().find(|d| d.name == name) {
-                            return Ok(d);
-                        }
+                    let drivers = self.load(&guess, None).map_err(FindError::Load)?;
+                    if let Some(d) = drivers.into_iter().find(|d| d.name == name) {
+                        return Ok(d);
                     }
                 }
                 self.all()
@@ -140,9 +174,11 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<Driver>> {
         let mut found = Vec::new();
         for (path, sha) in self.enabled_libraries() {
-            // A library that fails is reported by `load`; the others still count.
-            if let Ok(drivers) = self.load(&path, sha.as_deref()) {
-                found.extend(drivers);
+            let first = !self.attempted(&path);
+            match self.load(&path, sha.as_deref()) {
+                Ok(drivers) => found.extend(drivers),
+                Err(message) if first => eprintln!("{}: {message}", crate::cli::program()),
+                Err(_) => {}
             }
         }
         if let Some(manifest) = &self.manifest {
@@ -157,6 +193,71 @@ impl Registry {
         found.sort_by(|a, b| a.name.cmp(&b.name));
         found.dedup_by(|a, b| a.name == b.name);
         found
+    }
+
+    /// Every driver the manifest (with its drop-ins) lists, or without one
+    /// every library beside the executable, with what loading it gave;
+    /// disabled entries are not loaded.
+    pub fn listing(&self) -> Vec<Listed> {
+        let mut list = Vec::new();
+        match &self.manifest {
+            Some(manifest) => {
+                for entry in &manifest.drivers {
+                    let library = manifest.library_path(entry);
+                    let status = if !entry.enabled {
+                        Status::Disabled
+                    } else {
+                        match self.load(&library, entry.sha256.as_deref()) {
+                            Ok(drivers) => match drivers.into_iter().find(|d| d.name == entry.name)
+                            {
+                                Some(driver) => Status::Loaded(driver),
+                                None => Status::Failed(format!(
+                                    "the library provides no driver '{}'",
+                                    entry.name
+                                )),
+                            },
+                            Err(reason) => Status::Failed(reason),
+                        }
+                    };
+                    list.push(Listed {
+                        name: entry.name.clone(),
+                        library,
+                        source: Some(entry.source.clone()),
+                        status,
+                    });
+                }
+            }
+            None => {
+                for (library, _) in self.enabled_libraries() {
+                    match self.load(&library, None) {
+                        Ok(drivers) => list.extend(drivers.into_iter().map(|d| Listed {
+                            name: d.name.clone(),
+                            library: library.clone(),
+                            source: None,
+                            status: Status::Loaded(d),
+                        })),
+                        Err(reason) => list.push(Listed {
+                            name: String::new(),
+                            library,
+                            source: None,
+                            status: Status::Failed(reason),
+                        }),
+                    }
+                }
+            }
+        }
+        list
+    }
+
+    /// Names of the drivers the manifest lists but disables, with the file
+    /// that disables each.
+    pub fn disabled(&self) -> Vec<(String, PathBuf)> {
+        self.manifest
+            .iter()
+            .flat_map(|m| m.drivers.iter())
+            .filter(|d| !d.enabled)
+            .map(|d| (d.name.clone(), d.source.clone()))
+            .collect()
     }
 
     fn enabled_libraries(&self) -> Vec<(PathBuf, Option<String>)> {
@@ -186,6 +287,12 @@ impl Registry {
         }
     }
 
+    /// True once loading the library at `path` was tried (and reported).
+    fn attempted(&self, path: &Path) -> bool {
+        let libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
+        libraries.contains_key(path)
+    }
+
     fn load(&self, path: &Path, sha256: Option<&str>) -> LoadResult {
         let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(result) = libraries.get(path) {
@@ -197,17 +304,18 @@ impl Registry {
                 path.display()
             )
         });
-        if let Err(message) = &result {
-            eprintln!("{}: {message}", crate::cli::program());
-        }
         libraries.insert(path.to_path_buf(), result.clone());
         result
     }
 }
 
 fn load_library(path: &Path, sha256: Option<&str>) -> LoadResult {
-    if !path.is_file() {
-        return Err("No such file or directory".to_string());
+    let meta = std::fs::metadata(path).map_err(|e| qimg_driver_api::error::io_message(&e))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if meta.len() == 0 {
+        return Err("empty file, not a shared library".to_string());
     }
     if let Some(pin) = sha256 {
         let bytes = std::fs::read(path).map_err(|e| qimg_driver_api::error::io_message(&e))?;
@@ -222,32 +330,169 @@ fn load_library(path: &Path, sha256: Option<&str>) -> LoadResult {
             ));
         }
     }
-    let header = lib_header_from_path(path).map_err(|e| short_reason(&e.to_string()))?;
-    let module = header
-        .init_root_module::<DriverLibRef>()
-        .map_err(|e| short_reason(&e.to_string()))?;
+    let header = lib_header_from_path(path).map_err(|e| library_error(path, &e))?;
+    let api = api_version(header.version_strings().version.as_str())?;
+    check_layout(header, &api)?;
+    // SAFETY: the layout was checked just above, in the direction that lets
+    // an older library's prefix types (vtables, root module) be shorter than
+    // ours; the fields it lacks are never read (see `Driver::abi_minor`).
+    let module = unsafe { header.unchecked_layout::<DriverLibRef>() }.map_err(|e| {
+        format!(
+            "its root module failed to load: {}",
+            short_reason(&e.to_string())
+        )
+    })?;
     let version = module.abi_version();
-    if version >> 16 != ABI_VERSION >> 16 || version & 0xffff > ABI_VERSION & 0xffff {
-        return Err(format!(
-            "built for driver ABI {}.{}, this qimg speaks {}.{}",
-            version >> 16,
-            version & 0xffff,
-            ABI_VERSION >> 16,
-            ABI_VERSION & 0xffff
-        ));
+    let (major, minor) = (version >> 16, version & 0xffff);
+    if major != ABI_MAJOR || minor > ABI_MINOR {
+        return Err(newer_abi(major, minor));
     }
-    let drivers = (module.drivers())();
-    Ok(drivers
-        .into_iter()
-        .map(|api| {
-            Arc::new(Driver {
-                name: api.name().into(),
-                caps: api.capabilities(),
-                api,
-                abi_minor: version & 0xffff,
-            })
-        })
-        .collect())
+    let drivers = match module.try_drivers().filter(|_| minor >= 3) {
+        Some(try_drivers) => try_drivers()
+            .into_result()
+            .map_err(|e| e.message.to_string())?,
+        None => (module.drivers())(),
+    };
+    let package = module
+        .package()
+        .filter(|_| minor >= 3)
+        .map(|p| p.as_str().to_string());
+    let mut loaded = Vec::new();
+    for api_box in drivers {
+        let description = describe(&api_box, minor)?;
+        loaded.push(Arc::new(Driver {
+            name: description.name.clone(),
+            caps: description.capabilities,
+            description,
+            api: api_box,
+            abi_minor: minor,
+            api_version: api.label.clone(),
+            package: package.clone(),
+        }));
+    }
+    Ok(loaded)
+}
+
+/// The version of driver-api a library was built against, from the package
+/// version abi_stable records in it.
+struct ApiVersion {
+    /// As the library records it (`1.3.0`; `0.1.0` for every library built
+    /// before driver-api had its own version, which covers ABI 1.0 to 1.2).
+    label: String,
+    /// True for those early libraries.
+    legacy: bool,
+}
+
+/// Reads the library's driver-api version and refuses a newer minor or
+/// another major before anything of the library runs.
+fn api_version(text: &str) -> Result<ApiVersion, String> {
+    let mut parts = text.split('.').map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (parts.next(), parts.next()) else {
+        return Err(format!("unreadable driver-api version '{text}'"));
+    };
+    // driver-api took the workspace's version, 0.1.x, up to ABI 1.2.
+    let legacy = major == 0 && minor == 1;
+    if !legacy && (major != ABI_MAJOR || minor > ABI_MINOR) {
+        return Err(newer_abi(major, minor));
+    }
+    Ok(ApiVersion {
+        label: text.to_string(),
+        legacy,
+    })
+}
+
+fn newer_abi(major: u32, minor: u32) -> String {
+    let hint = if major == ABI_MAJOR {
+        "; it needs a newer qimg"
+    } else {
+        ""
+    };
+    format!(
+        "built for driver ABI {major}.{minor}, this qimg loads {ABI_MAJOR}.0 to {ABI_MAJOR}.{ABI_MINOR}{hint}"
+    )
+}
+
+/// Checks the library's root module layout against ours with the library's
+/// as the interface: every type must match, but prefix types (vtables and
+/// the root module) may be shorter in the library, which is what an older
+/// minor version is. abi_stable's own check runs the other way round and so
+/// refuses every older driver ("too many fields").
+fn check_layout(header: &LibHeader, api: &ApiVersion) -> Result<(), String> {
+    let Some(theirs) = header.layout() else {
+        return Err("it carries no type layout to check".to_string());
+    };
+    let ours = <DriverLibRef as StableAbi>::LAYOUT;
+    let Err(errors) = check_layout_compatibility(theirs, ours) else {
+        return Ok(());
+    };
+    // Early libraries differ only in the package version recorded with each
+    // driver-api type (0.1.0, the workspace's version then).
+    let only_versions = errors
+        .errors
+        .iter()
+        .flat_map(|e| e.errs.iter())
+        .all(|e| matches!(e, AbiInstability::PackageVersion(_)));
+    if api.legacy && only_versions {
+        return Ok(());
+    }
+    Err(format!(
+        "its types do not match this qimg's driver ABI {ABI_MAJOR}.{ABI_MINOR}: {}",
+        short_reason(&errors.to_string())
+    ))
+}
+
+/// The driver's self-description: one checked call from ABI 1.3 on, the
+/// plain methods before.
+fn describe(api: &FormatDriverBox, minor: u32) -> Result<DriverDescription, String> {
+    if minor >= 3 {
+        let text = api
+            .describe()
+            .into_result()
+            .map_err(|e| e.message.to_string())?;
+        return serde_json::from_str(&text).map_err(|e| format!("bad driver description: {e}"));
+    }
+    let name: String = api.name().into();
+    if name.is_empty() {
+        return Err("a driver has no name".to_string());
+    }
+    Ok(DriverDescription {
+        name,
+        description: api.description().into(),
+        capabilities: api.capabilities(),
+        create_options: serde_json::from_str(api.create_options().as_str()).unwrap_or_default(),
+        amend_options: if minor >= 2 {
+            serde_json::from_str(api.amend_options().as_str()).unwrap_or_default()
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// One line for an error abi_stable gave while opening a library.
+fn library_error(path: &Path, e: &LibraryError) -> String {
+    match e {
+        LibraryError::OpenError { err, .. } => {
+            // dlopen's text starts with the path, which the caller prints.
+            let text = err.to_string();
+            let prefix = format!("{}: ", path.display());
+            let reason = text.rsplit_once(&prefix).map_or(text.as_str(), |(_, r)| r);
+            format!("not a loadable shared library ({})", reason.trim())
+        }
+        LibraryError::GetSymbolError { .. } => {
+            "not a qimg driver library (it exports no qimg driver module)".to_string()
+        }
+        LibraryError::InvalidAbiHeader(_) => {
+            "built with an abi_stable version this qimg cannot load (it needs 0.11)".to_string()
+        }
+        other => {
+            let reason = short_reason(&other.to_string());
+            if reason.is_empty() {
+                format!("{other:?}")
+            } else {
+                reason
+            }
+        }
+    }
 }
 
 /// abi_stable's errors can carry a long layout dump; keep its `Error:` lines
@@ -260,7 +505,11 @@ fn short_reason(text: &str) -> String {
         .map(|l| l.trim_start_matches("Error:").trim())
         .collect();
     let line = if errors.is_empty() {
-        text.lines().next().unwrap_or("").trim().to_string()
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("")
+            .to_string()
     } else {
         errors.join("; ")
     };

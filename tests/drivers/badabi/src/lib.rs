@@ -6,14 +6,18 @@
 
 use qimg_driver_api::abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 use qimg_driver_api::abi_stable::prefix_type::PrefixTypeTrait;
-use qimg_driver_api::abi_stable::std_types::RVec;
-use qimg_driver_api::{DriverLib, DriverLibRef, FormatDriverBox};
+use qimg_driver_api::abi_stable::std_types::{RResult, RStr, RVec};
+use qimg_driver_api::{DriverError, DriverLib, DriverLibRef, FormatDriverBox};
 
 /// The ABI version this fixture claims: one major version ahead.
 const FUTURE_ABI: u32 = (qimg_driver_api::ABI_VERSION >> 16).wrapping_add(1) << 16;
 
 extern "C" fn drivers() -> RVec<FormatDriverBox> {
     RVec::new()
+}
+
+extern "C" fn try_drivers() -> RResult<RVec<FormatDriverBox>, DriverError> {
+    RResult::ROk(RVec::new())
 }
 
 fn root_module() -> DriverLibRef {
@@ -25,6 +29,8 @@ fn root_module() -> DriverLibRef {
             FUTURE_ABI
         },
         drivers,
+        try_drivers,
+        package: RStr::from_str("testdrv-badabi"),
     }
     .leak_into_prefix()
 }

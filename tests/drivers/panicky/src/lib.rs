@@ -1,86 +1,131 @@
-//! Test fixture: a format driver ("panicky") whose create and open panic, and
-//! whose images panic on read. The host must turn each panic into an error.
-//! Built as `libtestdrv_panicky.so`, a name qimg never loads unless a manifest
-//! lists it.
+//! Test fixture: a format driver ("panicky") that panics wherever the
+//! environment variable `TESTDRV_PANIC` says (a comma-separated list of entry
+//! points: `drivers`, `name`, `capabilities`, `probe`, `virtual_size`,
+//! `store_name`, `create`, `open`, `read`, `write`, `write_zeroes`,
+//! `block_status`, `info`, `flush`). Elsewhere it works: its images are the
+//! store's bytes one to one, like raw, and it probes files whose name ends in
+//! `.panicky`. Built as `libtestdrv_panicky.so`, a name qimg never loads
+//! unless a manifest lists it.
 
-use qimg_driver_api::schema::{CreateOption, CreateRequest, ImageInfo};
+use qimg_driver_api::schema::{CreateOption, CreateRequest, ImageInfo, OptionType};
 use qimg_driver_api::{
-    caps, ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox, ImageImpl,
+    caps, extent_flags, ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox, ImageImpl,
+    Prealloc, StoreExt,
 };
 
-qimg_driver_api::export_drivers!(Panicky);
+qimg_driver_api::export_drivers!(panicky());
+
+/// Panics with "`point` panicked" if `TESTDRV_PANIC` lists `point`.
+fn maybe_panic(point: &str) {
+    let listed =
+        std::env::var("TESTDRV_PANIC").is_ok_and(|list| list.split(',').any(|p| p == point));
+    if listed {
+        panic!("{point} panicked");
+    }
+}
+
+/// Builds the driver (panicking here if asked to: a library whose driver list
+/// cannot be built).
+fn panicky() -> Panicky {
+    maybe_panic("drivers");
+    Panicky
+}
 
 /// The panicking driver.
 pub struct Panicky;
 
 impl DriverImpl for Panicky {
     fn name(&self) -> &str {
+        maybe_panic("name");
         "panicky"
     }
     fn description(&self) -> &str {
         "panics on purpose"
     }
     fn capabilities(&self) -> u64 {
-        caps::CREATE
+        maybe_panic("capabilities");
+        caps::CREATE | caps::WRITE | caps::RESIZE | caps::ZERO_INIT
     }
     fn probe(&self, _head: &[u8], filename: &str) -> i32 {
-        if filename.ends_with(".panic") {
-            panic!("probe panicked on {filename}");
+        maybe_panic("probe");
+        if filename.ends_with(".panicky") {
+            100
+        } else {
+            0
         }
-        0
     }
     fn create_options(&self) -> Vec<CreateOption> {
-        Vec::new()
+        vec![CreateOption {
+            name: "size".into(),
+            kind: OptionType::Size,
+            help: "Virtual disk size".into(),
+            default: None,
+        }]
     }
     fn create(
         &self,
-        _store: ByteStoreBox,
+        store: ByteStoreBox,
         _host: HostServicesBox,
-        _request: CreateRequest,
+        request: CreateRequest,
     ) -> Result<(), DriverError> {
-        panic!("create panicked");
+        maybe_panic("create");
+        store.set_size(request.size, Prealloc::OFF)
     }
     fn open(
         &self,
-        _store: ByteStoreBox,
+        store: ByteStoreBox,
         _host: HostServicesBox,
-        flags: u32,
+        _flags: u32,
     ) -> Result<Box<dyn ImageImpl>, DriverError> {
-        if flags & qimg_driver_api::open_flags::WRITE != 0 {
-            panic!("open panicked");
-        }
-        Ok(Box::new(PanickyImage))
+        maybe_panic("open");
+        Ok(Box::new(PanickyImage { store }))
     }
 }
 
-struct PanickyImage;
+struct PanickyImage {
+    store: ByteStoreBox,
+}
 
 impl ImageImpl for PanickyImage {
     fn virtual_size(&self) -> u64 {
-        1 << 20
+        maybe_panic("virtual_size");
+        self.store.size().unwrap_or(0)
     }
-    fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> Result<(), DriverError> {
-        panic!("read panicked");
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
+        maybe_panic("read");
+        self.store.read_or_zero_at(offset, buf)
     }
-    fn write_at(&self, _offset: u64, _buf: &[u8]) -> Result<(), DriverError> {
-        panic!("write panicked");
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        maybe_panic("write");
+        self.store.write_all_at(offset, buf)
     }
-    fn write_zeroes(&self, _offset: u64, _len: u64, _flags: u32) -> Result<(), DriverError> {
-        panic!("write_zeroes panicked");
+    fn write_zeroes(&self, offset: u64, len: u64, _flags: u32) -> Result<(), DriverError> {
+        maybe_panic("write_zeroes");
+        self.store.zero_range(offset, len, false)
     }
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, DriverError> {
+        maybe_panic("block_status");
         Ok(vec![Extent {
             offset,
             length: len,
-            flags: qimg_driver_api::extent_flags::DATA | qimg_driver_api::extent_flags::ALLOCATED,
+            flags: extent_flags::DATA | extent_flags::ALLOCATED | extent_flags::OFFSET_VALID,
             store: 0,
-            host_offset: 0,
+            host_offset: offset,
         }])
     }
+    fn store_name(&self, _index: u32) -> String {
+        maybe_panic("store_name");
+        self.store.display_name()
+    }
     fn flush(&self) -> Result<(), DriverError> {
-        Ok(())
+        maybe_panic("flush");
+        self.store.sync()
     }
     fn info(&self) -> Result<ImageInfo, DriverError> {
-        panic!("info panicked");
+        maybe_panic("info");
+        Ok(ImageInfo::default())
+    }
+    fn resize(&self, new_size: u64, prealloc: Prealloc, _shrink: bool) -> Result<(), DriverError> {
+        self.store.set_size(new_size, prealloc)
     }
 }
