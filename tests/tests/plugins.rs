@@ -277,3 +277,47 @@ fn future_abi_is_refused_by_name() {
         assert_eq!(fx.qimg_env(&["info", "mid.raw"], &env).status, 0);
     }
 }
+
+#[test]
+fn help_lists_the_drivers_of_the_plugins_option() {
+    // `--plugins` after `--help` is honoured too.
+    let fx = Fixture::with_images("helpplugins");
+    let m = manifest(&fx, RAW);
+    for args in [
+        ["--plugins", m.as_str(), "--help"],
+        ["--help", "--plugins", m.as_str()],
+    ] {
+        let help = fx.qimg(&args);
+        assert_eq!(help.status, 0);
+        let formats = help
+            .stdout
+            .split("Supported image formats:")
+            .nth(1)
+            .unwrap();
+        assert_eq!(formats.trim(), "raw", "{args:?}");
+    }
+}
+
+#[test]
+fn probing_to_raw_names_the_disabled_drivers() {
+    let fx = Fixture::with_images("untried");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
+    let m = manifest(
+        &fx,
+        &format!(
+            "{RAW}[[driver]]\nname = \"qcow2\"\nlibrary = \"libqimg_qcow2.so\"\nenabled = false\n"
+        ),
+    );
+    let out = fx.qimg_env(&["info", "a.qcow2"], &[("QIMG_PLUGINS", &m)]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stdout.contains("file format: raw"), "{}", out.stdout);
+    assert_eq!(
+        out.stderr,
+        format!(
+            "qemu-img: warning: probing read 'a.qcow2' as raw; these drivers were not tried: qcow2 (disabled in '{m}')\n"
+        )
+    );
+    // With every driver enabled there is no such warning.
+    let all = fx.qimg(&["info", "mid.raw"]);
+    assert_eq!(all.stderr, "");
+}

@@ -207,7 +207,7 @@ impl Registry {
                     let status = if !entry.enabled {
                         Status::Disabled
                     } else {
-                        match self.load(&library, entry.sha256.as_deref()) {
+                        match self.load_reason(&library, entry.sha256.as_deref()) {
                             Ok(drivers) => match drivers.into_iter().find(|d| d.name == entry.name)
                             {
                                 Some(driver) => Status::Loaded(driver),
@@ -229,7 +229,7 @@ impl Registry {
             }
             None => {
                 for (library, _) in self.enabled_libraries() {
-                    match self.load(&library, None) {
+                    match self.load_reason(&library, None) {
                         Ok(drivers) => list.extend(drivers.into_iter().map(|d| Listed {
                             name: d.name.clone(),
                             library: library.clone(),
@@ -293,17 +293,23 @@ impl Registry {
         libraries.contains_key(path)
     }
 
+    /// Loads a library once; an error is one line naming the file.
     fn load(&self, path: &Path, sha256: Option<&str>) -> LoadResult {
-        let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(result) = libraries.get(path) {
-            return result.clone();
-        }
-        let result = load_library(path, sha256).map_err(|reason| {
+        self.load_reason(path, sha256).map_err(|reason| {
             format!(
                 "could not load driver library '{}': {reason}",
                 path.display()
             )
-        });
+        })
+    }
+
+    /// Loads a library once; an error is the bare reason.
+    fn load_reason(&self, path: &Path, sha256: Option<&str>) -> LoadResult {
+        let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(result) = libraries.get(path) {
+            return result.clone();
+        }
+        let result = load_library(path, sha256);
         libraries.insert(path.to_path_buf(), result.clone());
         result
     }

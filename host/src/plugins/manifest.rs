@@ -143,11 +143,11 @@ impl Manifest {
             .iter()
             .map(|p| {
                 let expanded = PathBuf::from(p.replace("${exe_dir}", &exe));
-                if expanded.is_absolute() {
+                normalize(&if expanded.is_absolute() {
                     expanded
                 } else {
                     base.join(expanded)
-                }
+                })
             })
             .collect();
         if search_paths.is_empty() {
@@ -207,6 +207,23 @@ impl Manifest {
             .cloned()
             .unwrap_or_else(|| candidates[0].clone())
     }
+}
+
+/// Drops `.` and resolves `..` lexically (`/usr/bin/../lib` -> `/usr/lib`),
+/// so listings and messages show plain paths.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn read(path: &Path) -> Result<String, ManifestError> {
