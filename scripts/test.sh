@@ -13,4 +13,11 @@ fi
 cargo fmt --all -- --check
 cargo build --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings
+# The vendor kit: driver-api must package on its own without a warning.
+package_log=$(cargo package -p qimg-driver-api --allow-dirty --no-verify 2>&1)
+if grep -q "^warning" <<< "$package_log"; then
+    echo "$package_log" >&2
+    echo "cargo package of qimg-driver-api printed warnings" >&2
+    exit 1
+fi
 cargo test --workspace -- --test-threads="${QIMG_TEST_THREADS:-4}"

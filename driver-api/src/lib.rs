@@ -18,6 +18,7 @@
 //! method's default). A driver built against a newer minor than the host is
 //! refused by name. Methods and prefix fields are only ever added at the end.
 #![allow(non_local_definitions, non_camel_case_types)]
+#![warn(missing_docs)]
 
 pub mod error;
 pub mod guard;
