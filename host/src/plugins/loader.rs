@@ -533,7 +533,27 @@ fn short_reason(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::short_reason;
+    use super::{api_version, short_reason};
+
+    #[test]
+    fn api_versions_older_or_equal_load_newer_are_refused() {
+        assert!(api_version("0.1.0").is_ok_and(|v| v.legacy));
+        assert!(api_version("1.0.0").is_ok_and(|v| !v.legacy));
+        assert!(api_version("1.3.7").is_ok());
+        assert_eq!(
+            api_version("1.4.0").err().as_deref(),
+            Some("built for driver ABI 1.4, this qimg loads 1.0 to 1.3; it needs a newer qimg")
+        );
+        assert_eq!(
+            api_version("2.0.0").err().as_deref(),
+            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.3")
+        );
+        assert!(api_version("0.2.0").is_err());
+        assert_eq!(
+            api_version("x.y").err().as_deref(),
+            Some("unreadable driver-api version 'x.y'")
+        );
+    }
 
     #[test]
     fn short_reason_keeps_error_lines() {
