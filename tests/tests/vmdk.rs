@@ -1107,3 +1107,17 @@ fn check_of_a_grain_past_the_end_fails_like_qemu() {
     fx.same(&["check", "eof.vmdk"]);
     fx.same(&["check", "--output=json", "eof.vmdk"]);
 }
+
+#[test]
+fn capacity_beyond_the_grain_directory_is_an_io_error_not_a_hang() {
+    // A capacity of 2^57 bytes overflows the 32-bit grain directory entry
+    // count, so the directory covers 1 MiB of it. qemu-img answers EIO for
+    // grains past the directory; qimg once walked them one by one forever.
+    let fx = Fixture::new("vmdk_hostile_capacity");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "base.vmdk", "1M"]);
+    fx.patched_copy("base.vmdk", "a.vmdk", &[(16u64, 0x10000u32.to_le_bytes())]);
+    let map = fx.same(&["map", "-f", "vmdk", "a.vmdk"]);
+    assert_eq!(map.status, 1);
+    let compare = fx.same(&["compare", "a.vmdk", "a.vmdk"]);
+    assert_eq!(compare.status, 3);
+}

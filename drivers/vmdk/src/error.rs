@@ -68,6 +68,11 @@ pub enum VmdkError {
     /// The footer of a stream-optimized extent is missing or malformed.
     #[error("Invalid footer")]
     InvalidFooter,
+
+    /// A grain past what the grain directory covers: only a header whose
+    /// capacity overflows the directory's 32-bit entry count leads here.
+    #[error("Input/output error")]
+    BeyondDirectory,
     /// A compressed grain does not inflate to a grain.
     #[error("Invalid compressed grain at offset {0}")]
     BadCompressedGrain(u64),
@@ -123,7 +128,9 @@ impl From<VmdkError> for DriverError {
             | VmdkError::UnsupportedVersion(_)
             | VmdkError::CannotResize
             | VmdkError::CannotShrink => DriverError::unsupported(message),
-            VmdkError::StreamRewrite | VmdkError::BadCompressedGrain(_) => DriverError {
+            VmdkError::StreamRewrite
+            | VmdkError::BadCompressedGrain(_)
+            | VmdkError::BeyondDirectory => DriverError {
                 errno: EIO,
                 ..DriverError::new(ErrorKind::IO, message)
             },

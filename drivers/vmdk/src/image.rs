@@ -588,7 +588,20 @@ impl VmdkImage {
                 let mut st = sp.lock();
                 let first = sp.locate(&mut st, rel / gb)?;
                 let mut covered = (gb - rel % gb).min(max);
+                // Unallocated and zeroed runs go a grain table's stretch at
+                // a time, not grain by grain (an empty 2 TiB disk has 2^25
+                // grains).
+                let uniform = matches!(first, GrainLoc::Unallocated | GrainLoc::Zeroed);
                 while covered < max {
+                    if uniform {
+                        let grain = (rel + covered) / gb;
+                        let run = sp.uniform_run(&mut st, grain)?;
+                        if run == 0 || sp.locate(&mut st, grain)? != first {
+                            break;
+                        }
+                        covered = covered.saturating_add(run.saturating_mul(gb)).min(max);
+                        continue;
+                    }
                     let next = sp.locate(&mut st, (rel + covered) / gb)?;
                     let same = match (first, next) {
                         (GrainLoc::Data(a), GrainLoc::Data(b)) => {

@@ -291,10 +291,17 @@ impl SparseExtent {
         Ok(st.tables.get_mut(&gt))
     }
 
-    /// Where grain number `grain` is.
+    /// Where grain number `grain` is. A grain the directory does not cover
+    /// is an I/O error, as in qemu-img (a capacity whose directory entry
+    /// count overflowed 32 bits): answering "unallocated" instead would let
+    /// a walk over a 2^57-byte hostile disk run grain by grain forever.
     pub fn locate(&self, st: &mut SparseState, grain: u64) -> Result<GrainLoc> {
         let per = u64::from(self.gtes_per_gt);
-        let gt = (grain / per) as u32;
+        let gt = grain / per;
+        if gt >= st.gd.len() as u64 {
+            return Err(VmdkError::BeyondDirectory);
+        }
+        let gt = gt as u32;
         let index = (grain % per) as usize;
         let entry = match self.table(st, gt)? {
             Some(t) => t.entries[index],
@@ -308,15 +315,38 @@ impl SparseExtent {
         })
     }
 
+    /// How many grains from `grain` on, up to the end of its grain table,
+    /// have the same grain table entry as `grain` when that entry is 0 or
+    /// the zeroed marker (runs that need no per-grain work); 0 otherwise.
+    pub fn uniform_run(&self, st: &mut SparseState, grain: u64) -> Result<u64> {
+        let per = u64::from(self.gtes_per_gt);
+        if grain / per >= st.gd.len() as u64 {
+            return Err(VmdkError::BeyondDirectory);
+        }
+        let index = (grain % per) as usize;
+        let Some(table) = self.table(st, (grain / per) as u32)? else {
+            return Ok(per - index as u64);
+        };
+        let entry = table.entries[index];
+        if entry != 0 && !(entry == ZEROED_GTE && self.zeroed_grain) {
+            return Ok(0);
+        }
+        let same = table.entries[index..]
+            .iter()
+            .take_while(|&&e| e == entry)
+            .count();
+        Ok(same as u64)
+    }
+
     /// Points grain `grain` at `entry` (a sector number, 0 or 1), creating
     /// its grain table at the end of the file if it has none.
     pub fn set_entry(&self, st: &mut SparseState, grain: u64, entry: u32) -> Result<()> {
         let per = u64::from(self.gtes_per_gt);
-        let gt = (grain / per) as u32;
         let index = (grain % per) as usize;
-        if gt as usize >= st.gd.len() {
+        if grain / per >= st.gd.len() as u64 {
             return Err(VmdkError::DirectoryTooSmall);
         }
+        let gt = (grain / per) as u32;
         if self.table(st, gt)?.is_none() {
             self.new_table(st, gt)?;
         }

@@ -84,7 +84,7 @@ fn run(args: &[String]) -> CmdResult {
     while offset < end {
         let status = walker
             .status(&image, offset, (end - offset).min(STEP), None)
-            .map_err(|e| fail(e.message.to_string()))?;
+            .map_err(|e| fail(format!("Could not read file metadata: {}", e.message)))?;
         offset += status.length;
         match &mut pending {
             Some(prev) if mergeable(prev, &status) => prev.length += status.length,
