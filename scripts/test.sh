@@ -13,6 +13,13 @@ fi
 cargo fmt --all -- --check
 cargo build --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings
+# Crates built outside the workspace (the vendor template, the old-ABI driver)
+# follow the same rules.
+for crate in templates/driver tests/compat/flat-1.2; do
+    cargo fmt --manifest-path "$crate/Cargo.toml" -- --check
+    cargo clippy --locked --quiet --manifest-path "$crate/Cargo.toml" \
+        --target-dir target/compat -- -D warnings
+done
 # The vendor kit: driver-api must package on its own without a warning.
 package_log=$(cargo package -p qimg-driver-api --allow-dirty --no-verify 2>&1)
 if grep -q "^warning" <<< "$package_log"; then
