@@ -44,10 +44,20 @@ fn wait_for_lock(fx: &Fixture, file: &str, byte: u64) {
     }
 }
 
-/// qemu-io holding `file` open read-write (locks 100 and 101).
+/// qemu-io holding raw `file` open read-write (locks 100 and 101).
 fn qemu_io_holder(fx: &Fixture, file: &str) -> Holder {
+    qemu_io_as(fx, "raw", file, true)
+}
+
+/// qemu-io holding `file` of `format` open, read-write (a running VM) or
+/// read-only, until the test ends.
+fn qemu_io_as(fx: &Fixture, format: &str, file: &str, write: bool) -> Holder {
+    let mut args = vec!["-f", format, "-c", "sleep 60000", file];
+    if !write {
+        args.insert(0, "-r");
+    }
     let child = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "sleep 60000", file])
+        .args(&args)
         .current_dir(&fx.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -55,7 +65,8 @@ fn qemu_io_holder(fx: &Fixture, file: &str) -> Holder {
         .spawn()
         .expect("spawn qemu-io");
     let holder = Holder(child);
-    wait_for_lock(fx, file, 101);
+    // Every holder takes consistent read (byte 100); a writer also write.
+    wait_for_lock(fx, file, if write { 101 } else { 100 });
     holder
 }
 
@@ -140,5 +151,166 @@ fn locking_off_through_image_opts() {
     assert_eq!(
         fx.qemu_img(&["compare", "-U", "mid.raw", "o.raw"]).status,
         0
+    );
+}
+
+/// Commands that only read an image, as `qemu-img` spells them.
+fn readers(file: &str, other: &str, snapshots: bool) -> Vec<Vec<String>> {
+    let input = format!("if={file}");
+    let mut list = vec![
+        vec!["info", file],
+        vec!["map", file],
+        vec!["map", "--output=json", file],
+        vec!["check", file],
+        vec!["compare", file, other],
+        vec!["measure", "-O", "qcow2", file],
+        vec!["bench", "-c", "1", file],
+        vec!["convert", "-O", "raw", file, "out.raw"],
+        vec!["dd", input.as_str(), "of=out2.raw"],
+    ];
+    if snapshots {
+        list.push(vec!["snapshot", "-l", file]);
+    }
+    list.into_iter()
+        .map(|args| args.into_iter().map(String::from).collect())
+        .collect()
+}
+
+/// Runs `args` with both tools (removing what a previous run wrote) and
+/// asserts the same status and messages; returns the status.
+fn same_refusal(fx: &Fixture, args: &[String]) -> i32 {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _ = std::fs::remove_file(fx.path("out.raw"));
+    let _ = std::fs::remove_file(fx.path("out2.raw"));
+    let ours = fx.qimg(&args);
+    let _ = std::fs::remove_file(fx.path("out.raw"));
+    let _ = std::fs::remove_file(fx.path("out2.raw"));
+    let theirs = fx.qemu_img(&args);
+    assert_eq!(
+        (ours.status, &ours.stderr),
+        (theirs.status, &theirs.stderr),
+        "{args:?}"
+    );
+    ours.status
+}
+
+#[test]
+fn metadata_formats_refuse_readers_while_qemu_writes() {
+    // A running VM writes the image: a format with metadata (qcow2, vmdk)
+    // cannot be read consistently, so every reader is refused with
+    // `Failed to get shared "write" lock` unless it passes -U; raw's
+    // sharing readers go ahead (qemu-img 10.0.2's rules, measured).
+    for format in ["qcow2", "vmdk", "raw"] {
+        let fx = Fixture::new(&format!("lockvm_{format}"));
+        let file = format!("disk.{format}");
+        fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
+        fx.oracle(&["create", "-q", "-f", format, "other.img", "4M"]);
+        let _vm = qemu_io_as(&fx, format, &file, true);
+        for args in readers(&file, "other.img", format == "qcow2") {
+            let status = same_refusal(&fx, &args);
+            if format != "raw" || args[0] == "convert" {
+                assert_ne!(status, 0, "{format}: {args:?} ran beside a writer");
+            }
+        }
+        for args in [
+            vec!["info", "-U", &file],
+            vec!["map", "-U", &file],
+            vec!["compare", "-U", &file, "other.img"],
+            vec!["convert", "-U", "-O", "raw", &file, "out.raw"],
+        ] {
+            let args: Vec<String> = args.into_iter().map(String::from).collect();
+            assert_eq!(same_refusal(&fx, &args), 0, "{format}: {args:?}");
+        }
+    }
+}
+
+#[test]
+fn writers_are_refused_while_qemu_reads_a_metadata_format() {
+    for format in ["qcow2", "vmdk"] {
+        let fx = Fixture::new(&format!("lockro_{format}"));
+        let file = format!("disk.{format}");
+        fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
+        fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+        fx.qemu_io("src.raw", "write -P 5 0 64k");
+        let _reader = qemu_io_as(&fx, format, &file, false);
+        let mut writers = vec![
+            vec!["resize", file.as_str(), "8M"],
+            vec!["bench", "-w", "-c", "1", file.as_str()],
+            vec!["convert", "-n", "-O", format, "src.raw", file.as_str()],
+        ];
+        if format == "qcow2" {
+            writers.extend([
+                vec!["snapshot", "-c", "s1", file.as_str()],
+                vec!["amend", "-o", "lazy_refcounts=on", file.as_str()],
+                vec!["check", "-r", "all", file.as_str()],
+                vec!["bitmap", "--add", file.as_str(), "b0"],
+            ]);
+        }
+        for args in writers {
+            let args: Vec<String> = args.into_iter().map(String::from).collect();
+            assert_eq!(same_refusal(&fx, &args), 1, "{format}: {args:?}");
+        }
+        // Readers still share with a reader.
+        fx.same(&["info", &file]);
+    }
+}
+
+#[test]
+fn commit_into_a_base_qemu_holds_names_the_base() {
+    let fx = Fixture::new("lockcommit");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+    ]);
+    let _reader = qemu_io_as(&fx, "qcow2", "base.qcow2", false);
+    let out = fx.same(&["commit", "top.qcow2"]);
+    assert_eq!(
+        out.stderr,
+        "qemu-img: Failed to get \"write\" lock\nIs another process using the image [base.qcow2]?\n"
+    );
+}
+
+#[test]
+fn two_qimg_processes_never_write_one_qcow2_image() {
+    let fx = Fixture::new("locktwo");
+    fx.sh("head -c 4M /dev/urandom > src.raw");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "tgt.qcow2", "4M"]);
+    // A rate-limited convert -n keeps writing tgt.qcow2 for seconds.
+    let child = fx.spawn_qimg(&[
+        "convert",
+        "-n",
+        "-r",
+        "256k",
+        "-O",
+        "qcow2",
+        "src.raw",
+        "tgt.qcow2",
+    ]);
+    let _writer = Holder(child);
+    wait_for_lock(&fx, "tgt.qcow2", 201);
+    let refusal = "qemu-img: Could not open 'tgt.qcow2': Failed to get \"write\" lock\nIs another process using the image [tgt.qcow2]?\n";
+    for args in [
+        &["bench", "-w", "-c", "1", "tgt.qcow2"][..],
+        &["resize", "tgt.qcow2", "8M"][..],
+        &["snapshot", "-c", "s1", "tgt.qcow2"][..],
+    ] {
+        let out = fx.qimg(args);
+        assert_eq!((out.status, out.stderr.as_str()), (1, refusal), "{args:?}");
+    }
+    // Nor does a reader see metadata that is changing under it.
+    let info = fx.qimg(&["info", "tgt.qcow2"]);
+    assert_eq!(info.status, 1);
+    assert!(
+        info.stderr.contains("Failed to get shared \"write\" lock"),
+        "{}",
+        info.stderr
     );
 }

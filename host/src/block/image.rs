@@ -8,7 +8,7 @@ use crate::plugins::{loader::FindError, Driver};
 use crate::store::{file::OpenMode, CacheMode, LocalFile};
 use qimg_driver_api::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr};
 use qimg_driver_api::schema::{CreateRequest, ImageInfo};
-use qimg_driver_api::{open_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc};
+use qimg_driver_api::{caps, open_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,8 +35,9 @@ pub struct OpenRequest<'a> {
     pub no_backing: bool,
     /// Only describe the image (`info`): the driver may skip data stores and keys.
     pub no_io: bool,
-    /// Open the backing chain without refusing writers (commit writes into a
-    /// backing image through a handle of its own).
+    /// Open the backing chain sharing everything, as `-U` would (commit
+    /// writes into a backing image through a handle of its own, which takes
+    /// the locks that guard it).
     pub shared_backing: bool,
     /// Depth in a backing chain (0 for the top).
     pub depth: usize,
@@ -315,8 +316,19 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     };
     let file = LocalFile::open(Path::new(&spec.path), &spec.path, mode)
         .map_err(|e| open_error(&display, e))?;
+    let (driver, probed_raw) = match named {
+        Some(d) => (d, false),
+        None => {
+            let d = probe(&file, &spec.path).map_err(|e| open_error(&display, e))?;
+            let raw = d.name == "raw";
+            (d, raw)
+        }
+    };
+    // The locks depend on the format (see `LockSpec::for_format`), so they
+    // are taken once the driver is known; probing only read the first bytes.
     let file = match request.lock.filter(|_| spec.locking) {
         Some(lock) => {
+            let lock = lock.for_format(!driver.can(caps::IDENTITY_MAPPED));
             let held = ImageLock::acquire(file.file(), lock, &spec.path)
                 .map_err(|e| open_error(&display, e))?;
             file.with_lock(held)
@@ -328,14 +340,6 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     } else {
         file
     });
-    let (driver, probed_raw) = match named {
-        Some(d) => (d, false),
-        None => {
-            let d = probe(&file, &spec.path).map_err(|e| open_error(&display, e))?;
-            let raw = d.name == "raw";
-            (d, raw)
-        }
-    };
     if probed_raw && request.write {
         eprintln!(
             "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.",
@@ -348,6 +352,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         writable: request.write,
         locking: spec.locking && request.lock.is_some(),
         force_share: request.shared_backing || request.lock == Some(LockSpec::READ_SHARED),
+        forced: request.shared_backing || request.lock.is_some_and(|l| l.forced),
         backing: Mutex::new(None),
         no_io: request.no_io,
         depth: request.depth,
@@ -462,6 +467,7 @@ fn format_new(
         writable: true,
         locking: true,
         force_share: false,
+        forced: false,
         backing: Mutex::new(None),
         no_io: false,
         depth: 0,

@@ -38,41 +38,105 @@ fn perm_name(bit: u32) -> &'static str {
     }
 }
 
-/// What an open needs and what it refuses to share.
+/// What a command's open needs and what it refuses to share, before the
+/// image's format adds its own needs ([`LockSpec::for_format`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LockSpec {
     /// Permissions held.
     pub perm: u32,
     /// Permissions others may not hold.
     pub unshared: u32,
+    /// `-U` (force-share): the user shares everything, and so does the
+    /// format's metadata, as QEMU's force-share does.
+    pub forced: bool,
 }
 
 impl LockSpec {
-    /// A read-only open that lets others do anything (map, compare, measure…).
+    /// Describing an image (`info`): no permission held.
+    pub const DESCRIBE: LockSpec = LockSpec {
+        perm: 0,
+        unshared: 0,
+        forced: false,
+    };
+    /// A read-only open that lets others do anything with the data (map,
+    /// compare, measure…); a format with metadata still refuses writers.
     pub const READ_SHARED: LockSpec = LockSpec {
         perm: perm::READ,
         unshared: 0,
+        forced: false,
+    };
+    /// A read-only open with `-U`: shares everything, whatever the format.
+    pub const FORCE_SHARED: LockSpec = LockSpec {
+        perm: perm::READ,
+        unshared: 0,
+        forced: true,
     };
     /// A read-only open whose content must not change underneath (convert source).
     pub const READ_STABLE: LockSpec = LockSpec {
         perm: perm::READ,
         unshared: perm::WRITE | perm::RESIZE,
+        forced: false,
     };
     /// A read-write open.
     pub const READ_WRITE: LockSpec = LockSpec {
         perm: perm::READ | perm::WRITE,
         unshared: 0,
+        forced: false,
     };
     /// A read-write open that also resizes.
     pub const RESIZE: LockSpec = LockSpec {
         perm: perm::READ | perm::WRITE | perm::RESIZE,
         unshared: 0,
+        forced: false,
     };
     /// Creating an image (held while it is formatted).
     pub const CREATE: LockSpec = LockSpec {
         perm: perm::WRITE | perm::RESIZE,
         unshared: perm::RESIZE,
+        forced: false,
     };
+
+    /// A reader's locks: [`LockSpec::FORCE_SHARED`] with `-U`, else
+    /// [`LockSpec::READ_SHARED`].
+    pub fn reader(force_share: bool) -> LockSpec {
+        if force_share {
+            LockSpec::FORCE_SHARED
+        } else {
+            LockSpec::READ_SHARED
+        }
+    }
+
+    /// A reader whose content must not change: [`LockSpec::FORCE_SHARED`]
+    /// with `-U`, else [`LockSpec::READ_STABLE`].
+    pub fn stable_reader(force_share: bool) -> LockSpec {
+        if force_share {
+            LockSpec::FORCE_SHARED
+        } else {
+            LockSpec::READ_STABLE
+        }
+    }
+
+    /// The locks on the image file once its format is known. A format that
+    /// keeps metadata in the file (every one but raw, whose guest bytes are
+    /// the file's: `caps::IDENTITY_MAPPED`) can never let another process
+    /// write or resize the file under it, reading or writing, and may grow
+    /// the file whenever it writes; this is what QEMU takes (measured with
+    /// qemu-io: a read-write qcow2 holds bytes 100, 101, 103, 201 and 203, a
+    /// read-only one 100, 201 and 203; raw only what its user asks). `-U`
+    /// lifts the refusals, as QEMU's force-share does.
+    pub fn for_format(self, has_metadata: bool) -> LockSpec {
+        if !has_metadata {
+            return self;
+        }
+        let mut spec = self;
+        if spec.perm & perm::WRITE != 0 {
+            spec.perm |= perm::RESIZE;
+        }
+        if !spec.forced {
+            spec.unshared |= perm::WRITE | perm::RESIZE;
+        }
+        spec
+    }
 }
 
 /// Locks held on one open file description; released on drop.
@@ -206,6 +270,33 @@ mod tests {
         );
         drop(reader);
         ImageLock::acquire(&b, LockSpec::READ_WRITE, "x").unwrap();
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn metadata_formats_refuse_writers_unless_forced() {
+        let reader = LockSpec::READ_SHARED.for_format(true);
+        assert_eq!(reader.perm, perm::READ);
+        assert_eq!(reader.unshared, perm::WRITE | perm::RESIZE);
+        let writer = LockSpec::READ_WRITE.for_format(true);
+        assert_eq!(writer.perm, perm::READ | perm::WRITE | perm::RESIZE);
+        assert_eq!(writer.unshared, perm::WRITE | perm::RESIZE);
+        assert_eq!(LockSpec::FORCE_SHARED.for_format(true).unshared, 0);
+        assert_eq!(LockSpec::READ_WRITE.for_format(false), LockSpec::READ_WRITE);
+    }
+
+    #[test]
+    fn two_metadata_writers_exclude_each_other() {
+        let (path, a) = temp("twowriters");
+        let b = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let writer = LockSpec::READ_WRITE.for_format(true);
+        let _first = ImageLock::acquire(&a, writer, "z").unwrap();
+        let err = ImageLock::acquire(&b, writer, "z").unwrap_err();
+        assert!(err.message.starts_with("Failed to get \"write\" lock"));
         std::fs::remove_file(path).unwrap();
     }
 

@@ -81,8 +81,11 @@ pub struct Services {
     pub writable: bool,
     /// Whether locks are taken.
     pub locking: bool,
-    /// Open backing read-only without unsharing write (`-U`).
+    /// Open the backing image without refusing writers of its data (a
+    /// reader that shares them itself).
     pub force_share: bool,
+    /// `-U`: open the backing image sharing everything, metadata included.
+    pub forced: bool,
     /// The chain is only being described (`info`).
     pub no_io: bool,
     /// The backing image opened at the driver's request.
@@ -183,6 +186,8 @@ impl HostServices for ServicesHandle {
                 cache: services.cache,
                 lock: if !services.locking {
                     None
+                } else if services.forced {
+                    Some(LockSpec::FORCE_SHARED)
                 } else if services.force_share {
                     Some(LockSpec::READ_SHARED)
                 } else {

@@ -120,7 +120,7 @@ fn run(args: &[String]) -> CmdResult {
         lock: Some(if write {
             LockSpec::READ_WRITE
         } else {
-            LockSpec::READ_SHARED
+            LockSpec::reader(p.has("force-share"))
         }),
         no_backing: false,
         ..OpenRequest::read(name, p.last("format"), p.has("image-opts"))

@@ -71,7 +71,7 @@ fn run(args: &[String]) -> CmdResult {
         lock: Some(if write {
             LockSpec::READ_WRITE
         } else {
-            LockSpec::READ_SHARED
+            LockSpec::reader(p.has("force-share"))
         }),
         no_backing: true,
         check: true,

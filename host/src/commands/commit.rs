@@ -1,6 +1,7 @@
 //! `commit`: write an overlay's data into its backing image.
 
 use super::common::{cache_mode, check_image_opts, number, objects, print_help};
+use crate::block::image::inner_open_message;
 use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::engine::chain::commit;
@@ -8,7 +9,7 @@ use crate::engine::progress::Progress;
 use crate::engine::ratelimit::RateLimit;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
-use qimg_driver_api::{caps, Prealloc};
+use qimg_driver_api::{caps, ErrorKind, Prealloc};
 use std::sync::Arc;
 
 const OPTS: &[Opt] = &[
@@ -87,7 +88,15 @@ fn commit_command(
         no_backing: true,
         ..OpenRequest::read(&base_layer.filename, Some(base_layer.format()), false)
     })
-    .map_err(|e| fail(e.message.to_string()))?;
+    .map_err(|e| {
+        // qemu-img reopens the base read-write, and a lock refused then is
+        // not an open failure: no "Could not open" before it.
+        if e.kind == ErrorKind::LOCKED {
+            fail(inner_open_message(&base_layer.filename, &e.message).to_string())
+        } else {
+            fail(e.message.to_string())
+        }
+    })?;
     if top.size() > base.size() {
         if !base.driver.can(caps::RESIZE) {
             return Err(fail(format!(

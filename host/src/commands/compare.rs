@@ -1,7 +1,7 @@
 //! `compare`: do two images have the same guest content?
 
 use super::common::{cache_mode, objects, print_help};
-use crate::block::{open_image, OpenRequest};
+use crate::block::{open_image, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::engine::compare::compare;
 use crate::engine::progress::Progress;
@@ -54,9 +54,11 @@ fn compare_command(args: &[String]) -> CmdResult {
     let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "source cache")?;
     let progress = Progress::start(p.has("progress") && !quiet, 2.0);
     let image_opts = p.has("image-opts");
+    let force_share = p.has("force-share");
     let open = |name: &str, format: Option<&str>| {
         open_image(&OpenRequest {
             cache,
+            lock: Some(LockSpec::reader(force_share)),
             ..OpenRequest::read(name, format, image_opts)
         })
     };

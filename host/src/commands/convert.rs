@@ -166,11 +166,7 @@ fn convert(
     progress: &Progress,
 ) -> CmdResult {
     let image_opts = p.has("source-image-opts") || p.has("image-opts");
-    let lock = if p.has("force-share") {
-        LockSpec::READ_SHARED
-    } else {
-        LockSpec::READ_STABLE
-    };
+    let lock = LockSpec::stable_reader(p.has("force-share"));
     let mut opened = Vec::new();
     for name in sources {
         let request = OpenRequest {

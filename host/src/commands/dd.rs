@@ -50,11 +50,10 @@ fn run(args: &[String]) -> CmdResult {
     let (Some(input), Some(output)) = (input, output) else {
         return Err(fail("Must specify both input and output files"));
     };
-    let lock = if p.has("force-share") {
-        LockSpec::READ_SHARED
-    } else {
-        LockSpec::READ_STABLE
-    };
+    // Unlike convert, qemu-img dd lets others write its input (measured:
+    // it reads a raw image a VM writes); a format with metadata still
+    // refuses writers (`LockSpec::for_format`).
+    let lock = LockSpec::reader(p.has("force-share"));
     let source = open_image(&OpenRequest {
         lock: Some(lock),
         ..OpenRequest::read(&input, p.last("format"), p.has("image-opts"))

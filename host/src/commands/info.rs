@@ -2,7 +2,7 @@
 
 use super::common::{check_image_opts, objects, print_help};
 use crate::block::services::MAX_CHAIN_DEPTH;
-use crate::block::{open_image, BlockImage, OpenRequest};
+use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
 use crate::output::{qemu_json_pretty, size_to_str};
@@ -43,6 +43,7 @@ fn run(args: &[String]) -> CmdResult {
         p.last("format").map(str::to_string),
         p.has("image-opts"),
     ));
+    let force_share = p.has("force-share");
     let mut seen = 0usize;
     while let Some((name, format, image_opts)) = next.take() {
         seen += 1;
@@ -53,7 +54,10 @@ fn run(args: &[String]) -> CmdResult {
             )));
         }
         let request = OpenRequest {
-            lock: None,
+            lock: Some(LockSpec {
+                forced: force_share,
+                ..LockSpec::DESCRIBE
+            }),
             no_backing: true,
             no_io: true,
             ..OpenRequest::read(&name, format.as_deref(), image_opts)

@@ -1,7 +1,7 @@
 //! `map`: the image's allocation, extent by extent, human or JSON.
 
 use super::common::{check_image_opts, number, objects, print_help};
-use crate::block::{open_image, OpenRequest};
+use crate::block::{open_image, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::engine::status::{mergeable, Status, Walker};
 use crate::error::{fail, CmdError, CmdResult};
@@ -45,11 +45,10 @@ fn run(args: &[String]) -> CmdResult {
     if p.operands.len() != 1 {
         return Err(CmdError::usage("map", "Expecting one image file name"));
     }
-    let image = open_image(&OpenRequest::read(
-        &p.operands[0],
-        p.last("format"),
-        p.has("image-opts"),
-    ))
+    let image = open_image(&OpenRequest {
+        lock: Some(LockSpec::reader(p.has("force-share"))),
+        ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
+    })
     .map_err(|e| fail(e.message.to_string()))?;
     let end = start.saturating_add(max_length).min(image.size());
     let mut out = std::io::stdout().lock();

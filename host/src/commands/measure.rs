@@ -4,7 +4,7 @@
 use super::common::{check_image_opts, objects, print_help};
 use super::create::image_size_error;
 use crate::block::image::driver_for;
-use crate::block::{open_image, options, OpenRequest};
+use crate::block::{open_image, options, LockSpec, OpenRequest};
 use crate::cli::{
     flag, getopt, long_arg, long_flag, merge_opts, output_format, parse_size, with_arg, Opt,
     OutputFormat,
@@ -88,7 +88,10 @@ fn run(args: &[String]) -> CmdResult {
             Vec::new(),
         ),
         None => {
-            let request = OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"));
+            let request = OpenRequest {
+                lock: Some(LockSpec::reader(p.has("force-share"))),
+                ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
+            };
             let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
             if let Some(param) = &snapshot {
                 super::snapshot::load_snapshot(&image, param)?;
