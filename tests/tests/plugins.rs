@@ -308,13 +308,28 @@ fn probing_to_raw_names_the_disabled_drivers() {
             "{RAW}[[driver]]\nname = \"qcow2\"\nlibrary = \"libqimg_qcow2.so\"\nenabled = false\n"
         ),
     );
-    let out = fx.qimg_env(&["info", "a.qcow2"], &[("QIMG_PLUGINS", &m)]);
-    assert_eq!(out.status, 0, "{out:?}");
-    assert!(out.stdout.contains("file format: raw"), "{}", out.stdout);
+    let env = [("QIMG_PLUGINS", m.as_str())];
+    // A file whose magic names a disabled format is refused by name...
+    let out = fx.qimg_env(&["info", "a.qcow2"], &env);
+    assert_eq!(out.status, 1, "{out:?}");
     assert_eq!(
         out.stderr,
         format!(
-            "qemu-img: warning: probing read 'a.qcow2' as raw; these drivers were not tried: qcow2 (disabled in '{m}')\n"
+            "qemu-img: Could not open 'a.qcow2': image is in qcow2 format, whose driver is disabled in '{m}' (use -f raw to read its bytes as raw)\n"
+        )
+    );
+    // ...unless raw is asked for by name.
+    assert_eq!(
+        fx.qimg_env(&["info", "-f", "raw", "a.qcow2"], &env).status,
+        0
+    );
+    // A file no magic claims is read as raw, with the drivers not tried.
+    let raw = fx.qimg_env(&["info", "mid.raw"], &env);
+    assert_eq!(raw.status, 0, "{raw:?}");
+    assert_eq!(
+        raw.stderr,
+        format!(
+            "qemu-img: warning: probing read 'mid.raw' as raw; these drivers were not tried: qcow2 (disabled in '{m}')\n"
         )
     );
     // With every driver enabled there is no such warning.

@@ -1,6 +1,7 @@
 //! Opening and creating images through their drivers.
 
 use super::lock::{ImageLock, LockSpec};
+use super::magic;
 use super::services::{Services, SharedStore};
 use super::spec::resolve;
 use crate::commands::registry;
@@ -267,11 +268,33 @@ fn probe(file: &LocalFile, name: &str) -> Result<Arc<Driver>, DriverError> {
             best = Some((score, driver));
         }
     }
+    if best.as_ref().is_none_or(|(_, d)| d.name == "raw") {
+        if let Some(known) = magic::recognise(&head, name) {
+            refuse_unavailable(known)?;
+        }
+    }
     if best.as_ref().is_some_and(|(_, d)| d.name == "raw") {
         warn_untried(name);
     }
     best.map(|(_, d)| d)
         .ok_or_else(|| DriverError::invalid_image("Could not determine image format"))
+}
+
+/// Refuses a file whose magic names `format` when no driver for it can be
+/// had here, saying why; a loaded driver that declined the file leaves the
+/// probe's answer standing.
+fn refuse_unavailable(format: &str) -> Result<(), DriverError> {
+    let why = match registry().find(format) {
+        Ok(_) => return Ok(()),
+        Err(FindError::Disabled { manifest, .. }) => {
+            format!("whose driver is disabled in '{manifest}'")
+        }
+        Err(FindError::Unknown(_)) => "for which no driver is installed".to_string(),
+        Err(FindError::Load(reason)) => format!("whose driver failed to load: {reason}"),
+    };
+    Err(DriverError::unsupported(format!(
+        "image is in {format} format, {why} (use -f raw to read its bytes as raw)"
+    )))
 }
 
 /// When probing settles on raw while the manifest disables drivers, says

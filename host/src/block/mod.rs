@@ -3,6 +3,7 @@
 
 pub mod image;
 pub mod lock;
+pub mod magic;
 pub mod options;
 pub mod services;
 pub mod spec;

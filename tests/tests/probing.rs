@@ -1,0 +1,95 @@
+//! Never silently raw: a file in a format qemu-img knows but this qimg has
+//! no driver for (not installed, disabled or broken) is refused by name,
+//! where reading it as raw would hand out the container's bytes as guest
+//! data. Each file is made by qemu-img or is one of the shared sample images.
+
+use qimg_tests::{workspace, Fixture};
+
+/// The refusal qimg gives for `file` in `format` with no driver installed.
+fn refusal(file: &str, format: &str) -> String {
+    format!(
+        "qemu-img: Could not open '{file}': image is in {format} format, for which no driver is installed (use -f raw to read its bytes as raw)\n"
+    )
+}
+
+/// Asserts that `info` and `convert` refuse `file` by format name and that
+/// convert leaves no target.
+fn assert_refused(fx: &Fixture, file: &str, format: &str) {
+    let info = fx.qimg(&["info", file]);
+    assert_eq!(
+        (info.status, info.stderr.as_str()),
+        (1, refusal(file, format).as_str())
+    );
+    assert_eq!(info.stdout, "");
+    let convert = fx.qimg(&["convert", "-O", "raw", file, "out.raw"]);
+    assert_eq!(convert.status, 1, "{convert:?}");
+    assert!(
+        convert
+            .stderr
+            .contains(&format!("image is in {format} format")),
+        "{}",
+        convert.stderr
+    );
+    assert!(
+        !fx.path("out.raw").exists(),
+        "{file}: convert left a target"
+    );
+    // Asked for as raw, it opens.
+    assert_eq!(fx.qimg(&["info", "-f", "raw", file]).status, 0);
+}
+
+#[test]
+fn images_qemu_img_makes_without_a_driver_here_are_refused_by_name() {
+    let fx = Fixture::new("probe_made");
+    for format in ["qed", "qcow", "vdi", "vpc", "vhdx", "parallels"] {
+        let file = format!("a.{format}");
+        fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
+        // The oracle probes it as that format, so the magic is real.
+        let theirs = fx.oracle(&["info", "--output=json", &file]);
+        assert!(
+            theirs.stdout.contains(&format!("\"format\": \"{format}\"")),
+            "{}",
+            theirs.stdout
+        );
+        assert_refused(&fx, &file, format);
+    }
+    fx.oracle(&[
+        "create",
+        "-q",
+        "--object",
+        "secret,id=s0,data=pw",
+        "-f",
+        "luks",
+        "-o",
+        "key-secret=s0,iter-time=10",
+        "a.luks",
+        "4M",
+    ]);
+    assert_refused(&fx, "a.luks", "luks");
+}
+
+#[test]
+fn sample_images_without_a_driver_here_are_refused_by_name() {
+    let dir = workspace().join("../shared/sample-images");
+    let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv"))
+        .expect("shared/sample-images/MANIFEST.tsv");
+    let fx = Fixture::new("probe_samples");
+    let mut refused = 0;
+    for line in manifest.lines().skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (packed, name, probed) = (cols[0], cols[2], cols[6]);
+        // Formats qimg has drivers for, and files qemu-img cannot probe.
+        if ["-", "raw", "qcow2", "vmdk"].contains(&probed) {
+            continue;
+        }
+        fx.sh(&format!(
+            "bunzip2 -c {} > {name}",
+            dir.join(packed).display()
+        ));
+        assert_refused(&fx, name, probed);
+        std::fs::remove_file(fx.path(name)).unwrap();
+        refused += 1;
+    }
+    // vpc, vhdx, parallels, dmg, cloop and bochs samples.
+    assert!(refused >= 10, "only {refused} samples checked");
+}
