@@ -53,6 +53,10 @@ pub mod extent_flags {
 pub mod zero_flags {
     /// The range may be deallocated (holes) as long as it reads back as zeros.
     pub const MAY_UNMAP: u32 = 1 << 0;
+    /// Only zero the range if the format can mark it as zeros without
+    /// writing zero bytes over it; otherwise fail with `UNSUPPORTED` and
+    /// leave it untouched (ABI 1.3; older drivers write the zeros).
+    pub const NO_FALLBACK: u32 = 1 << 1;
 }
 
 /// Flags for opening an image.

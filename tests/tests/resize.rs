@@ -63,3 +63,108 @@ fn odd_sized_image_uses_rounded_size() {
         fx.same_effect(args, "rs.raw");
     }
 }
+
+/// Resizes a qcow2 overlay (made with `create_opts`, 1 MiB, on a 4 MiB raw
+/// base of 0x77) through `steps` (`resize` arguments after the image name)
+/// with both tools, and checks the results agree: output, `qemu-img map`,
+/// `qemu-img compare`, `qemu-img check`; returns the fixture.
+fn overlay_resized(name: &str, create_opts: &str, steps: &[&[&str]]) -> Fixture {
+    let fx = Fixture::new(name);
+    fx.oracle(&["create", "-q", "-f", "raw", "base.raw", "4M"]);
+    fx.qemu_io("base.raw", "write -P 0x77 0 4M");
+    for image in ["ours.qcow2", "theirs.qcow2"] {
+        fx.oracle(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            create_opts,
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            image,
+            "1M",
+        ]);
+        fx.qemu_io_cmds("qcow2", image, &["write -P 0x11 0 10k"]);
+    }
+    for step in steps {
+        let run = |image: &str| -> Vec<String> {
+            let mut args = vec!["resize".to_string(), "--shrink".to_string()];
+            args.extend(step.iter().map(|a| a.replace("IMG", image)));
+            args
+        };
+        let ours = run("ours.qcow2");
+        let theirs = run("theirs.qcow2");
+        let a = fx.qimg(&ours.iter().map(String::as_str).collect::<Vec<_>>());
+        let b = fx.qemu_img(&theirs.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            (a.status, a.stderr.replace("ours", "theirs")),
+            (b.status, b.stderr),
+            "{step:?}"
+        );
+    }
+    let map = |image: &str| fx.oracle(&["map", "--output=json", image]).stdout;
+    assert_eq!(
+        map("ours.qcow2"),
+        map("theirs.qcow2"),
+        "{create_opts} {steps:?}"
+    );
+    let same = fx.oracle(&["compare", "ours.qcow2", "theirs.qcow2"]);
+    assert_eq!(same.status, 0, "{create_opts} {steps:?}: {same:?}");
+    assert_eq!(fx.oracle(&["check", "ours.qcow2"]).status, 0);
+    fx
+}
+
+#[test]
+fn growing_an_overlay_over_a_longer_backing_file_reads_zeros() {
+    // qemu-img writes zeros over the new area; left unallocated it would
+    // show the backing file's 0x77.
+    for opts in [
+        "cluster_size=65536",
+        "cluster_size=4096",
+        "extended_l2=on",
+        "lazy_refcounts=on",
+    ] {
+        let fx = overlay_resized("rs_backing", opts, &[&["IMG", "2M"]]);
+        fx.qemu_io_cmds("qcow2", "ours.qcow2", &["read -P 0 1M 1M"]);
+        fx.qemu_io_cmds("qcow2", "ours.qcow2", &["read -P 0x11 0 10k"]);
+        fx.qemu_io_cmds("qcow2", "ours.qcow2", &["read -P 0x77 10k 1014k"]);
+    }
+    // Past the backing file's end too, and after a shrink into a cluster.
+    overlay_resized("rs_backing_far", "cluster_size=65536", &[&["IMG", "6M"]]);
+    let fx = overlay_resized(
+        "rs_backing_regrow",
+        "extended_l2=on",
+        &[&["IMG", "70k"], &["IMG", "2M"]],
+    );
+    fx.qemu_io_cmds("qcow2", "ours.qcow2", &["read -P 0x77 10k 60k"]);
+    fx.qemu_io_cmds("qcow2", "ours.qcow2", &["read -P 0 70k 1978k"]);
+}
+
+#[test]
+fn a_version_2_overlay_cannot_zero_and_keeps_its_size() {
+    // qemu-img: "Failed to zero out new clusters: Operation not supported".
+    let fx = overlay_resized("rs_v2", "compat=0.10", &[&["IMG", "2M"]]);
+    let info = fx.qimg(&["info", "--output=json", "ours.qcow2"]);
+    assert!(
+        info.stdout.contains("\"virtual-size\": 1048576"),
+        "{}",
+        info.stdout
+    );
+}
+
+#[test]
+fn preallocated_growth_keeps_the_backing_data_of_the_old_end() {
+    for mode in ["metadata", "falloc", "full"] {
+        let prealloc = format!("--preallocation={mode}");
+        let fx = overlay_resized(
+            &format!("rs_prealloc_{mode}"),
+            "cluster_size=65536",
+            &[&["IMG", "70k"], &[prealloc.as_str(), "IMG", "2M"]],
+        );
+        fx.qemu_io_cmds("qcow2", "ours.qcow2", &["read -P 0x77 10k 60k"]);
+        fx.qemu_io_cmds("qcow2", "ours.qcow2", &["read -P 0 70k 1978k"]);
+    }
+}

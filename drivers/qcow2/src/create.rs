@@ -413,6 +413,6 @@ pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateReques
     } else {
         p.prealloc
     };
-    image.preallocate(0, p.size, mode)?;
+    image.preallocate(0, p.size, mode, None)?;
     image.close()
 }

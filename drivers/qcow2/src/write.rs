@@ -14,7 +14,7 @@ use crate::image::Qcow2Image;
 use crate::layout::{Entry, Sub, COPIED, ZERO};
 use crate::meta::Meta;
 use qimg_driver_api::abi_stable::std_types::RSlice;
-use qimg_driver_api::{zero_flags, Prealloc};
+use qimg_driver_api::{zero_flags, Prealloc, StoreExt};
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
@@ -328,10 +328,16 @@ impl Qcow2Image {
     /// Makes `[offset, offset+len)` read as zeros.
     pub fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> Result<()> {
         self.check_write(offset, len)?;
-        self.mark_dirty(offset, len);
         if !self.layout.v3 || self.data_file_raw {
+            // Version 2 has no zero clusters, and a raw data file must hold
+            // the zeros themselves.
+            if flags & zero_flags::NO_FALLBACK != 0 {
+                return Err(Error::unsupported("Operation not supported"));
+            }
+            self.mark_dirty(offset, len);
             return self.write_zero_bytes(offset, len);
         }
+        self.mark_dirty(offset, len);
         let g = self.layout.subcluster_size();
         let end = offset + len;
         let size = self.size();
@@ -617,7 +623,15 @@ impl Qcow2Image {
     /// Allocates host clusters for every guest cluster in `[start, end)`
     /// that has none (metadata preallocation), then extends the file as
     /// `mode` says (sparse for metadata, fallocate or zeros otherwise).
-    pub fn preallocate(&self, start: u64, end: u64, mode: Prealloc) -> Result<()> {
+    /// `head` holds the guest bytes the cluster of `start` must keep, from
+    /// its start up to `start` (see `backing_head`).
+    pub fn preallocate(
+        &self,
+        start: u64,
+        end: u64,
+        mode: Prealloc,
+        head: Option<&[u8]>,
+    ) -> Result<()> {
         let layout = self.layout;
         let cs = layout.cluster_size();
         let span = layout.l2_span();
@@ -672,6 +686,10 @@ impl Qcow2Image {
                         base + i as u64 * cs
                     };
                     host_end = host_end.max(host + cs);
+                    if let Some(bytes) = head.filter(|_| g == layout.cluster_start(start)) {
+                        // Data before the L2 entry that points at it.
+                        self.io.data_store().write_all_at(host, bytes)?;
+                    }
                     let bitmap = if layout.extended {
                         old.bitmap & ALL_ZERO
                     } else {
@@ -746,6 +764,11 @@ impl Qcow2Image {
             }
             self.discard_tail(new_size, old_size)?;
         }
+        let head = if new_size > old_size && mode != Prealloc::OFF {
+            self.backing_head(old_size)?
+        } else {
+            None
+        };
         let needed = layout.l1_entries_for(new_size);
         {
             let mut meta = self.lock();
@@ -777,9 +800,42 @@ impl Qcow2Image {
             } else {
                 mode
             };
-            self.preallocate(old_size, new_size, mode)?;
+            self.preallocate(old_size, new_size, mode, head.as_deref())?;
         }
         Ok(())
+    }
+
+    /// Before preallocating from `old_size`: the guest bytes of the cluster
+    /// that holds the old end, from its start to `old_size`, when that
+    /// cluster has no host cluster and they read from the backing file.
+    /// Preallocation links a fresh cluster there and must copy them into it
+    /// (qemu copies on write the same way), or they would read as zeros.
+    /// An encrypted image gets them written here instead, through the
+    /// encrypting write path.
+    fn backing_head(&self, old_size: u64) -> Result<Option<Vec<u8>>> {
+        let start = self.layout.cluster_start(old_size);
+        if self.backing.is_none() || start == old_size {
+            return Ok(None);
+        }
+        let allocated = {
+            let mut meta = self.lock();
+            let data_file = meta.data_file;
+            let (entry, _) = meta.entry(&self.io, start)?;
+            entry.has_host(data_file) || entry.compressed()
+        };
+        if allocated {
+            return Ok(None);
+        }
+        let mut head = vec![0u8; (old_size - start) as usize];
+        self.read(start, &mut head)?;
+        if head.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        if self.crypto.is_some() {
+            self.write(start, &head)?;
+            return Ok(None);
+        }
+        Ok(Some(head))
     }
 
     /// Frees every cluster wholly past `new_size` before a shrink.

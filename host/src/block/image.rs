@@ -9,7 +9,9 @@ use crate::plugins::{loader::FindError, Driver};
 use crate::store::{file::OpenMode, CacheMode, LocalFile};
 use qimg_driver_api::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr};
 use qimg_driver_api::schema::{CreateRequest, ImageInfo};
-use qimg_driver_api::{caps, open_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc};
+use qimg_driver_api::{
+    caps, open_flags, zero_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc,
+};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,9 +184,38 @@ impl BlockImage {
     pub fn extent_store_name(&self, index: u32) -> Result<String, DriverError> {
         Ok(self.call(|i| i.try_store_name(index))?.into())
     }
-    /// Changes the guest size.
+    /// Changes the guest size. When the image grows while its backing image
+    /// is longer than it was, the new area is marked as zeros, as QEMU does
+    /// on truncate: left unallocated, it would show the backing file's
+    /// data. A format that cannot mark zeros without writing them (qcow2
+    /// version 2) gets its old size back and qemu-img's error.
     pub fn resize(&self, size: u64, prealloc: Prealloc, shrink: bool) -> Result<(), DriverError> {
-        self.call(|i| i.resize(size, prealloc, shrink))
+        let old = self.try_size()?;
+        self.call(|i| i.resize(size, prealloc, shrink))?;
+        // falloc and full preallocation give the new area data clusters of
+        // this layer, zero-filled: nothing shows through (qemu-img's map
+        // shows them as data, not zero).
+        let preallocated = matches!(prealloc, Prealloc::FALLOC | Prealloc::FULL);
+        let Some(backing) = self
+            .backing
+            .as_deref()
+            .filter(|_| size > old && !preallocated)
+        else {
+            return Ok(());
+        };
+        if backing.try_size()? <= old {
+            return Ok(());
+        }
+        match self.write_zeroes(old, size - old, zero_flags::NO_FALLBACK) {
+            Err(e) if e.kind == ErrorKind::UNSUPPORTED => {
+                self.call(|i| i.resize(old, Prealloc::OFF, true))?;
+                Err(DriverError::unsupported(format!(
+                    "Failed to zero out new clusters: {}",
+                    e.message
+                )))
+            }
+            other => other,
+        }
     }
     /// Runs a JSON check request; answers the JSON report.
     pub fn check(&self, request: &str) -> Result<String, DriverError> {

@@ -67,7 +67,6 @@ fn run(args: &[String]) -> CmdResult {
         write: true,
         cache: CacheMode::Writeback,
         lock: Some(LockSpec::RESIZE),
-        no_backing: true,
         ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
     };
     let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
