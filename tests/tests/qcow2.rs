@@ -1020,3 +1020,115 @@ fn compressed_safe_rebase_is_clean_and_equal() {
     assert_clean(&fx, "t.qcow2");
     assert_equal(&fx, "t.qcow2", "ref.raw");
 }
+
+/// A raw source with data, written zeros and holes: 4k of 0x01, 16k of
+/// written zeros at 8k, 4k of 0x02 at 40k, 512k of 0x03 at 1M with 200k of
+/// written zeros from 1100k.
+fn mixed_source(fx: &Fixture) {
+    fx.oracle(&["create", "-q", "-f", "raw", "s.raw", "4M"]);
+    fx.qemu_io_cmds(
+        "raw",
+        "s.raw",
+        &[
+            "write -P 1 0 4k",
+            "write -P 2 40k 4k",
+            "write -P 0 8k 16k",
+            "write -P 3 1M 512k",
+            "write -P 0 1100k 200k",
+        ],
+    );
+}
+
+/// Converts `src` with `args` (target `{}`) by both tools, one worker for
+/// qimg so the layouts are comparable, and checks the targets have the same
+/// `qemu-img map` and content.
+fn same_map(fx: &Fixture, args: &[&str], src: &str) {
+    let run = |tool_out: &str| -> Vec<String> {
+        args.iter().map(|a| a.replace("{}", tool_out)).collect()
+    };
+    let ours = run("ours.qcow2");
+    let mut ours_args: Vec<&str> = vec!["convert", "-m", "1"];
+    ours_args.extend(ours.iter().map(String::as_str));
+    let theirs = run("theirs.qcow2");
+    let mut theirs_args: Vec<&str> = vec!["convert"];
+    theirs_args.extend(theirs.iter().map(String::as_str));
+    let a = fx.qimg(&ours_args);
+    let b = fx.qemu_img(&theirs_args);
+    assert_eq!((a.status, &a.stderr), (b.status, &b.stderr), "{args:?}");
+    let map = |f: &str| fx.oracle(&["map", "--output=json", f]).stdout;
+    assert_eq!(map("ours.qcow2"), map("theirs.qcow2"), "{args:?}");
+    fx.oracle(&["compare", src, "ours.qcow2"]);
+}
+
+#[test]
+fn convert_with_a_backing_file_option_copies_only_the_top() {
+    // -o backing_file=... is -B: clusters only the backing file holds stay
+    // unallocated in the target.
+    let fx = Fixture::new("conv_backing_opt");
+    fx.make_qcow2("base.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 1 0 1M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+    ]);
+    fx.qemu_io_cmds("qcow2", "top.qcow2", &["write -P 2 2M 64k"]);
+    same_map(
+        &fx,
+        &[
+            "-O",
+            "qcow2",
+            "-o",
+            "backing_file=base.qcow2,backing_fmt=qcow2",
+            "top.qcow2",
+            "{}",
+        ],
+        "top.qcow2",
+    );
+    same_map(
+        &fx,
+        &[
+            "-O",
+            "qcow2",
+            "-B",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+            "{}",
+        ],
+        "top.qcow2",
+    );
+}
+
+#[test]
+fn convert_compressed_without_sparse_detection_compresses_every_cluster() {
+    let fx = Fixture::new("conv_c_s0");
+    mixed_source(&fx);
+    same_map(
+        &fx,
+        &["-O", "qcow2", "-c", "-S", "0", "s.raw", "{}"],
+        "s.raw",
+    );
+    let map = fx.oracle(&["map", "--output=json", "ours.qcow2"]).stdout;
+    assert!(!map.contains("\"compressed\": false"), "{map}");
+    same_map(&fx, &["-O", "qcow2", "-c", "s.raw", "{}"], "s.raw");
+}
+
+#[test]
+fn convert_into_an_empty_version_2_image_leaves_zeros_unallocated() {
+    let fx = Fixture::new("conv_n_v2");
+    mixed_source(&fx);
+    for image in ["ours.qcow2", "theirs.qcow2"] {
+        fx.make_qcow2(image, "compat=0.10", "4M");
+    }
+    same_map(&fx, &["-n", "-O", "qcow2", "s.raw", "{}"], "s.raw");
+    let check = fx.oracle(&["check", "ours.qcow2"]).stdout;
+    assert!(check.contains("7/64 = 10.94% allocated"), "{check}");
+}

@@ -334,6 +334,9 @@ impl Qcow2Image {
             if flags & zero_flags::NO_FALLBACK != 0 {
                 return Err(Error::unsupported("Operation not supported"));
             }
+            if !self.layout.v3 && self.backing.is_none() && !self.data_file_raw {
+                return self.zero_by_discarding(offset, len);
+            }
             self.mark_dirty(offset, len);
             return self.write_zero_bytes(offset, len);
         }
@@ -386,6 +389,28 @@ impl Qcow2Image {
     }
 
     /// Writes explicit zero bytes.
+    /// Zeroes a range of a version 2 image without a backing file, where an
+    /// unallocated cluster reads as zeros (qcow2.txt, "Cluster mapping"):
+    /// whole clusters are deallocated, as qemu does, and only the partial
+    /// clusters at the edges get zero bytes.
+    fn zero_by_discarding(&self, offset: u64, len: u64) -> Result<()> {
+        let cs = self.layout.cluster_size();
+        let end = offset + len;
+        let first = offset.next_multiple_of(cs);
+        // The last cluster counts as whole when the range runs to the end.
+        let last = if end >= self.size() {
+            end
+        } else {
+            end / cs * cs
+        };
+        if first >= last {
+            return self.write_zero_bytes(offset, len);
+        }
+        self.write_zero_bytes(offset, first - offset)?;
+        self.discard(first, last - first)?;
+        self.write_zero_bytes(last, end - last)
+    }
+
     fn write_zero_bytes(&self, offset: u64, len: u64) -> Result<()> {
         let zeros = vec![0u8; len.min(ZERO_CHUNK) as usize];
         let mut done = 0;

@@ -303,7 +303,8 @@ fn copy_into(
     if no_create && out.size() < total {
         return Err(fail("output file is smaller than input file"));
     }
-    let fresh = !no_create && driver.can(caps::ZERO_INIT) && !p.has("backing");
+    let backed = has_target_backing(p);
+    let fresh = !no_create && driver.can(caps::ZERO_INIT) && !backed;
     let out_info = out.info().map_err(|e| fail(e.message.to_string()))?;
     if into.bitmaps.is_some() && (!out.driver.can(caps::BITMAPS) || out_info.bitmaps.is_none()) {
         return Err(fail(format!(
@@ -337,7 +338,7 @@ fn copy_into(
             };
             settings.parallel.min(cores * per_core)
         },
-        top_only: p.has("backing"),
+        top_only: backed,
         offload: p.has("copy-range-offloading"),
         salvage: p.has("salvage"),
         sequential: out_info.write_in_order,
@@ -412,4 +413,13 @@ fn copy_bitmaps(source: &BlockImage, target: &BlockImage, bitmaps: &[BitmapSumma
         }
     }
     Ok(0)
+}
+
+/// Whether the target gets a backing file, by `-B` or by `-o backing_file=`
+/// (qemu-img treats both alike: only what the sources hold above the
+/// backing file is copied).
+fn has_target_backing(p: &crate::cli::Parsed) -> bool {
+    p.has("backing")
+        || merge_opts(&p.all("target-options"))
+            .is_ok_and(|o| o.get("backing_file").is_some_and(|b| !b.is_empty()))
 }

@@ -154,7 +154,9 @@ impl CopyJob<'_> {
         let total: u64 = self.sources.iter().map(|s| s.size()).sum();
         let cluster = self.align.max(512);
         let mut spans: Vec<(u64, u64)> = Vec::new();
-        for item in items.iter().filter(|i| i.kind == Kind::Data) {
+        // With -S 0 qemu-img compresses every cluster, zeros included.
+        let compressed = |i: &&Item| i.kind == Kind::Data || i.kind == Kind::ZeroData;
+        for item in items.iter().filter(compressed) {
             let start = item.dst_offset / cluster * cluster;
             let end = (item.dst_offset + item.len)
                 .div_ceil(cluster)
@@ -181,7 +183,7 @@ impl CopyJob<'_> {
                 at += n;
             }
         }
-        for item in items.into_iter().filter(|i| i.kind != Kind::Data) {
+        for item in items.into_iter().filter(|i| !compressed(&i)) {
             out.extend(subtract(item, &spans));
         }
         out.sort_by_key(|i| i.dst_offset);
@@ -303,7 +305,8 @@ impl CopyJob<'_> {
     }
 
     /// Reads a compressed item and hands each of its clusters that is not
-    /// all zeros to `each`, with its target offset.
+    /// all zeros (with `-S 0`: every cluster) to `each`, with its target
+    /// offset.
     fn each_cluster(
         &self,
         item: &Item,
@@ -313,7 +316,7 @@ impl CopyJob<'_> {
         with_buffer(item.len as usize, |buf| {
             self.read_flat(item.dst_offset, buf)?;
             for (index, piece) in buf.chunks(cluster).enumerate() {
-                if !is_zero(piece) {
+                if self.min_sparse == 0 || !is_zero(piece) {
                     each(item.dst_offset + (index * cluster) as u64, piece)?;
                 }
             }
