@@ -177,3 +177,28 @@ fn sigusr1_prints_progress_on_stderr() {
         .unwrap();
     assert!(pct > 0.0 && pct < 100.0, "{line}");
 }
+
+#[test]
+fn sparse_size_on_raw_targets_matches_qemu_img_allocation() {
+    let fx = Fixture::new("conv_sparse_raw");
+    fx.oracle(&["create", "-q", "-f", "raw", "s.raw", "4M"]);
+    fx.qemu_io_cmds(
+        "raw",
+        "s.raw",
+        &[
+            "write -P 1 0 1k",
+            "write -P 0 1k 15k",
+            "write -P 2 16k 512",
+            "write -P 0 1M 9k",
+            "write -P 3 1033k 3k",
+        ],
+    );
+    for sparse in ["512", "4k", "8k", "16k", "1M"] {
+        fx.same_effect(
+            &[
+                "convert", "-f", "raw", "-O", "raw", "-S", sparse, "s.raw", "{}",
+            ],
+            "t.raw",
+        );
+    }
+}

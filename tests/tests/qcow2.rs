@@ -1132,3 +1132,42 @@ fn convert_into_an_empty_version_2_image_leaves_zeros_unallocated() {
     let check = fx.oracle(&["check", "ours.qcow2"]).stdout;
     assert!(check.contains("7/64 = 10.94% allocated"), "{check}");
 }
+
+#[test]
+fn sparse_size_drops_zero_runs_inside_written_clusters_as_qemu_img_does() {
+    // Written zeros as long as -S make holes even where they do not fill
+    // whole -S-aligned units; shorter ones between data are kept.
+    let fx = Fixture::new("conv_sparse_runs");
+    mixed_source(&fx);
+    for sparse in ["512", "4k", "8k", "16k", "64k", "1M"] {
+        same_map(
+            &fx,
+            &[
+                "-O",
+                "qcow2",
+                "-o",
+                "cluster_size=4k",
+                "-S",
+                sparse,
+                "s.raw",
+                "{}",
+            ],
+            "s.raw",
+        );
+        same_map(
+            &fx,
+            &[
+                "-O",
+                "qcow2",
+                "-o",
+                "cluster_size=512",
+                "-S",
+                sparse,
+                "s.raw",
+                "{}",
+            ],
+            "s.raw",
+        );
+        same_map(&fx, &["-O", "qcow2", "-S", sparse, "s.raw", "{}"], "s.raw");
+    }
+}

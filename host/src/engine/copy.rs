@@ -5,6 +5,7 @@
 
 use super::progress::Progress;
 use super::ratelimit::RateLimit;
+use super::sparse::Sparse;
 use super::status::Walker;
 use super::zero::is_zero;
 use crate::block::BlockImage;
@@ -352,11 +353,13 @@ impl CopyJob<'_> {
                 // each item's clusters are allocated together.
                 let steps = self.align <= 4096
                     && (self.min_sparse == 0 || STEP.is_multiple_of(self.min_sparse));
-                let step = if steps { STEP } else { item.len };
+                if !steps {
+                    return self.copy_data(source, item.src_offset, item.dst_offset, item.len);
+                }
                 let mut at = 0;
                 while at < item.len {
                     let dst = item.dst_offset + at;
-                    let len = ((dst / step + 1) * step - dst).min(item.len - at);
+                    let len = ((dst / STEP + 1) * STEP - dst).min(item.len - at);
                     self.copy_data(source, item.src_offset + at, dst, len)?;
                     at += len;
                 }
@@ -389,29 +392,17 @@ impl CopyJob<'_> {
         })
     }
 
-    /// Writes `buf`, skipping (or zeroing) the `-S`-sized units, aligned to the
-    /// target offset, that are entirely zero; partial units are always written.
+    /// Writes `buf`, leaving out (or zeroing) the zero runs `-S` makes
+    /// holes of, by qemu-img's rule ([`Sparse`]).
     fn write_sparse(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
         let target = self.target;
         if self.min_sparse == 0 {
             return target.write(offset, buf);
         }
-        let unit = self.min_sparse;
-        let mut runs: Vec<(usize, usize, bool)> = Vec::new();
-        let mut pos = 0usize;
-        while pos < buf.len() {
-            let abs = offset + pos as u64;
-            let end = (((abs / unit + 1) * unit - offset) as usize).min(buf.len());
-            let zero = (end - pos) as u64 == unit && is_zero(&buf[pos..end]);
-            match runs.last_mut() {
-                Some(run) if run.2 == zero => run.1 = end,
-                _ => runs.push((pos, end, zero)),
-            }
-            pos = end;
-        }
-        for (start, end, zero) in runs {
+        let sparse = Sparse::new(self.min_sparse, self.align);
+        for (start, end, data) in sparse.runs(buf, offset) {
             let at = offset + start as u64;
-            if !zero {
+            if data {
                 target.write(at, &buf[start..end])?;
             } else if !self.target_zeroed {
                 target.write_zeroes(at, (end - start) as u64, zero_flags::MAY_UNMAP)?;

@@ -7,5 +7,6 @@ pub mod compare;
 pub mod copy;
 pub mod progress;
 pub mod ratelimit;
+pub mod sparse;
 pub mod status;
 pub mod zero;
