@@ -202,3 +202,86 @@ fn sparse_size_on_raw_targets_matches_qemu_img_allocation() {
         );
     }
 }
+
+#[test]
+fn option_checks_refuse_as_qemu_img_does_and_in_its_order() {
+    let fx = Fixture::with_images("conv_option_checks");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    let cases: &[&[&str]] = &[
+        &["convert", "--skip-broken-bitmaps"],
+        &["convert", "-C", "-c", "--skip-broken-bitmaps"],
+        &["convert", "-C", "-c", "-O", "qcow2", "mid.raw", "o.qcow2"],
+        &["convert", "-o", "help", "-C", "-c"],
+        &["convert", "-C", "-S", "8k", "mid.raw", "o.raw"],
+        &[
+            "convert",
+            "--target-image-opts",
+            "mid.raw",
+            "driver=raw,file.filename=o.raw",
+        ],
+        &[
+            "convert",
+            "--target-image-opts",
+            "-o",
+            "cluster_size=4k",
+            "mid.raw",
+            "o",
+        ],
+        &[
+            "convert",
+            "-n",
+            "--target-image-opts",
+            "-O",
+            "raw",
+            "mid.raw",
+            "o",
+        ],
+        &[
+            "convert",
+            "-n",
+            "--target-image-opts",
+            "-O",
+            "raw",
+            "-o",
+            "a=b",
+            "mid.raw",
+            "o",
+        ],
+        &["convert", "-c", "--target-is-zero", "mid.raw", "o"],
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-B",
+            "base.qcow2",
+            "mid.raw",
+            "o.qcow2",
+        ],
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "backing_file=base.qcow2",
+            "mid.raw",
+            "o.qcow2",
+        ],
+        &[
+            "convert",
+            "-O",
+            "raw",
+            "-B",
+            "base.qcow2",
+            "mid.raw",
+            "o.raw",
+        ],
+    ];
+    for args in cases {
+        let out = fx.same(args);
+        assert_eq!(out.status, 1, "{args:?}");
+        assert!(
+            !fx.path("o.qcow2").exists() && !fx.path("o.raw").exists(),
+            "{args:?} left a target"
+        );
+    }
+}

@@ -116,6 +116,26 @@ fn run(args: &[String]) -> CmdResult {
     let settings = settings(&p)?;
     let out_format = p.last("target-format").unwrap_or("raw");
     let lists = p.all("target-options");
+    // qemu-img's checks, in its order.
+    if p.has("skip-broken-bitmaps") && !p.has("bitmaps") {
+        return Err(fail("Use of --skip-broken-bitmaps requires --bitmaps"));
+    }
+    if p.has("copy-range-offloading") && p.has("compress") {
+        return Err(fail("Cannot enable copy offloading when -c is used"));
+    }
+    if p.has("copy-range-offloading") && p.has("sparse-size") {
+        return Err(fail("Cannot enable copy offloading when -S is used"));
+    }
+    if p.has("target-image-opts") && !p.has("no-create") {
+        return Err(fail("--target-image-opts requires use of -n flag"));
+    }
+    let no_create = p.has("no-create");
+    if no_create && !lists.is_empty() {
+        return Err(fail("-o has no effect when skipping image creation"));
+    }
+    if p.has("target-is-zero") && !no_create {
+        return Err(fail("--target-is-zero requires use of -n flag"));
+    }
     if wants_help(&lists) {
         let driver = driver_for(out_format)
             .map_err(|_| fail(format!("Unknown file format '{out_format}'")))?;
@@ -125,15 +145,8 @@ fn run(args: &[String]) -> CmdResult {
     if p.operands.len() < 2 {
         return Err(fail("Must specify image file name"));
     }
-    if p.has("skip-broken-bitmaps") && !p.has("bitmaps") {
-        return Err(fail("Use of --skip-broken-bitmaps requires --bitmaps"));
-    }
-    let no_create = p.has("no-create") || p.has("target-image-opts");
-    if p.has("target-is-zero") && !no_create {
-        return Err(fail("--target-is-zero requires use of -n flag"));
-    }
-    if no_create && !lists.is_empty() {
-        return Err(fail("-o has no effect when skipping image creation"));
+    if p.has("target-image-opts") && p.has("target-format") {
+        return Err(fail("--image-opts and --format are mutually exclusive"));
     }
     let (sources, target) = p.operands.split_at(p.operands.len() - 1);
     if snapshot.is_some() && sources.len() > 1 {
@@ -201,6 +214,13 @@ fn convert(
         )));
     }
     let given = merge_opts(&p.all("target-options")).map_err(fail)?;
+    if !no_create
+        && has_target_backing(p)
+        && !p.has("backing-format")
+        && given.get("backing_fmt").is_none_or(|f| f.is_empty())
+    {
+        return Err(fail("Use of backing file requires explicit backing format"));
+    }
     if compress {
         let on = |k: &str| given.get(k).is_some_and(|v| v == "on" || v == "true");
         if on("encryption") || given.contains_key("encrypt.format") {
