@@ -8,6 +8,7 @@ mod error;
 mod output;
 mod plugins;
 mod store;
+mod trace;
 
 use std::process::ExitCode;
 

@@ -69,10 +69,14 @@ fn version_names_the_program() {
 fn trace_option_is_accepted() {
     let fx = Fixture::with_images("trace");
     let plain = fx.qimg(&["info", "mid.raw"]);
+    // A pattern that matches nothing is silent; a plain name qemu-img (and
+    // qimg) has no event for gets qemu-img's warning.
     assert_eq!(fx.qimg(&["-T", "foo*", "info", "mid.raw"]), plain);
+    let named = fx.same(&["--trace", "enable=foo", "info", "mid.raw"]);
+    assert_eq!(named.stdout, plain.stdout);
     assert_eq!(
-        fx.qimg(&["--trace", "enable=foo", "info", "mid.raw"]),
-        plain
+        named.stderr,
+        "qemu-img: warning: trace event 'foo' does not exist\n"
     );
 }
 
@@ -91,5 +95,95 @@ fn every_command_has_help() {
             out.stdout
         );
         assert_eq!(fx.qimg(&[command, "-h"]).stdout, out.stdout);
+    }
+}
+
+#[test]
+fn messages_worded_as_qemu_img_words_them() {
+    // Each is compared with qemu-img: stdout, stderr and exit status.
+    let fx = Fixture::with_images("cli_messages");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "a.vmdk", "4M"]);
+    std::fs::write(
+        fx.path("events.txt"),
+        "no_such_event\n# a comment\nqcow2*\n",
+    )
+    .unwrap();
+    let cases: &[&[&str]] = &[
+        &["check", "-r", "all", "a.vmdk"],
+        &["check", "-r", "leaks", "--output=json", "a.vmdk"],
+        &[
+            "bench",
+            "--pattern=300",
+            "-w",
+            "-c",
+            "1",
+            "-f",
+            "raw",
+            "mid2.raw",
+        ],
+        &[
+            "bench",
+            "--pattern=-1",
+            "-w",
+            "-c",
+            "1",
+            "-f",
+            "raw",
+            "mid2.raw",
+        ],
+        &[
+            "bench",
+            "--pattern=abc",
+            "-w",
+            "-c",
+            "1",
+            "-f",
+            "raw",
+            "mid2.raw",
+        ],
+        &[
+            "create",
+            "-f",
+            "raw",
+            "-o",
+            "preallocation=metadata",
+            "new.raw",
+            "1M",
+        ],
+        &["info", "--object", "secret,id=s0", "mid.raw"],
+        &["info", "--object", "bogus,id=x", "mid.raw"],
+        &[
+            "info",
+            "--object",
+            "secret,id=s0,data=x,format=bogus",
+            "mid.raw",
+        ],
+        &[
+            "info",
+            "--object",
+            "secret,id=s0,data=x,file=events.txt",
+            "mid.raw",
+        ],
+        &["-T", "no_such_event", "info", "mid.raw"],
+        &["-T", "qcow2*", "info", "mid.raw"],
+        &["-T", "events=/nonexistent/events", "info", "mid.raw"],
+        &["-T", "events=events.txt", "info", "mid.raw"],
+        &["-T", "bogus=1", "info", "mid.raw"],
+        &["--trace=enable=nothing", "info", "mid.raw"],
+        &["info", "file:mid.raw"],
+        &["info", "--output=json", "file:mid.raw"],
+        &[
+            "info",
+            "json:{'driver': 'raw', 'file': {'driver': 'file', 'filename': 'mid.raw'}}",
+        ],
+        &[
+            "map",
+            "--output=json",
+            "json:{'file': {'filename': 'mid.raw'}}",
+        ],
+    ];
+    for args in cases {
+        let _ = std::fs::remove_file(fx.path("new.raw"));
+        fx.same(args);
     }
 }

@@ -63,11 +63,19 @@ impl DriverImpl for RawDriver {
         request: CreateRequest,
     ) -> Result<(), DriverError> {
         let prealloc = match request.options.get("preallocation") {
-            Some(name) => Prealloc::parse(name)
-                .filter(|p| *p != Prealloc::METADATA)
-                .ok_or_else(|| {
-                    DriverError::invalid_argument(format!("invalid parameter value: {name}"))
-                })?,
+            Some(name) => match Prealloc::parse(name) {
+                Some(Prealloc::METADATA) => {
+                    return Err(DriverError::unsupported(
+                        "Unsupported preallocation mode: metadata",
+                    ))
+                }
+                Some(mode) => mode,
+                None => {
+                    return Err(DriverError::invalid_argument(format!(
+                        "invalid parameter value: {name}"
+                    )))
+                }
+            },
             None => Prealloc::OFF,
         };
         let len = round_to_sector(request.size);

@@ -7,7 +7,7 @@ use crate::extent::{open_sparse, Extent, ExtentData};
 use crate::header::{CowdHeader, SparseHeader, SECTOR};
 use crate::sparse::{GrainLoc, SparseExtent};
 use crate::stream;
-use qimg_driver_api::schema::{CheckReport, CheckRequest, ChildFile, ImageInfo};
+use qimg_driver_api::schema::{CheckReport, CheckRequest, ChildFile, ImageInfo, Repair};
 use qimg_driver_api::{
     extent_flags as ef, open_flags, zero_flags, BackingBox, ByteStoreBox, DriverError,
     Extent as Status, HostServicesBox, ImageImpl, Prealloc,
@@ -839,7 +839,14 @@ impl ImageImpl for VmdkImage {
         self.write_at(offset, buf)
     }
 
-    fn check(&self, _request: CheckRequest) -> std::result::Result<CheckReport, DriverError> {
+    fn check(&self, request: CheckRequest) -> std::result::Result<CheckReport, DriverError> {
+        // VMDK has no repair: qemu-img answers any -r as if it could not
+        // check at all (exit 63).
+        if request.repair != Repair::None {
+            return Err(DriverError::unsupported(
+                "This image format does not support checks",
+            ));
+        }
         Ok(crate::check::check(&self.extents)?)
     }
 

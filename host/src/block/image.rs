@@ -352,8 +352,10 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     // Errors quote the operand as given; `info` names the image as qemu
     // does (its path, or a json: name when format options were given).
     let display = request.name.to_string();
-    let filename = if request.image_opts {
+    let filename = if request.image_opts || request.name.starts_with("json:") {
         spec.display_name()
+    } else if let Some(path) = request.name.strip_prefix("file:") {
+        path.to_string()
     } else {
         request.name.to_string()
     };

@@ -67,7 +67,7 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
         return Ok(spec);
     }
     if let Some(json) = name.strip_prefix("json:") {
-        let value: Value = serde_json::from_str(json)
+        let value: Value = serde_json::from_str(&single_quotes_to_json(json))
             .map_err(|e| format!("Could not parse the JSON options: {e}"))?;
         let mut spec = ImageSpec {
             locking: true,
@@ -104,11 +104,56 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
         }
         return Ok(spec);
     }
+    // qemu strips the file protocol's prefix from plain names.
     Ok(ImageSpec {
-        path: name.to_string(),
+        path: name.strip_prefix("file:").unwrap_or(name).to_string(),
         locking: true,
         ..ImageSpec::default()
     })
+}
+
+/// QEMU's JSON parser also takes strings in single quotes (`{'driver':
+/// 'raw'}`), which scripts use inside double-quoted shell words; this
+/// rewrites them as standard JSON strings.
+fn single_quotes_to_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                out.push('"');
+                while let Some(d) = chars.next() {
+                    out.push(d);
+                    match d {
+                        '\\' => out.extend(chars.next()),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' => {
+                out.push('"');
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => match chars.next() {
+                            Some('\'') => out.push('\''),
+                            Some(e) => {
+                                out.push('\\');
+                                out.push(e);
+                            }
+                            None => out.push('\\'),
+                        },
+                        '"' => out.push_str("\\\""),
+                        '\'' => break,
+                        other => out.push(other),
+                    }
+                }
+                out.push('"');
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Adds a `json:` option to `out`, nested objects as dotted keys
@@ -132,6 +177,22 @@ mod tests {
     #[test]
     fn plain_names_are_paths() {
         assert_eq!(resolve("a,b.raw", false).unwrap().path, "a,b.raw");
+        assert_eq!(resolve("file:x.raw", false).unwrap().path, "x.raw");
+    }
+
+    #[test]
+    fn json_takes_single_quoted_strings() {
+        let spec = resolve(
+            r#"json:{'driver': 'raw', 'file': {'filename': 'its \'q\' "d".img'}}"#,
+            false,
+        );
+        let spec = spec.unwrap();
+        assert_eq!(spec.format.as_deref(), Some("raw"));
+        assert_eq!(spec.path, r#"its 'q' "d".img"#);
+        assert_eq!(
+            single_quotes_to_json(r#"{"a": "x'y", 'b': 'z"w'}"#),
+            r#"{"a": "x'y", "b": "z\"w"}"#
+        );
     }
 
     #[test]

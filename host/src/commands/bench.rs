@@ -38,16 +38,22 @@ const I32_MAX: u64 = i32::MAX as u64;
 /// Threads issuing requests at most (the depth is honoured up to this).
 const MAX_WORKERS: u64 = 16;
 
-fn pattern_byte(text: &str) -> Option<u8> {
+/// `--pattern`'s value as C's strtol reads it (decimal, 0x hex, 0 octal,
+/// optionally negative); `None` if it is not a number.
+fn pattern_number(text: &str) -> Option<i64> {
     let t = text.trim();
+    let (negative, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
     let value = if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        u64::from_str_radix(hex, 16).ok()?
+        i64::from_str_radix(hex, 16).ok()?
     } else if t.len() > 1 && t.starts_with('0') {
-        u64::from_str_radix(&t[1..], 8).ok()?
+        i64::from_str_radix(&t[1..], 8).ok()?
     } else {
         t.parse().ok()?
     };
-    u8::try_from(value).ok()
+    Some(if negative { -value } else { value })
 }
 
 fn run(args: &[String]) -> CmdResult {
@@ -81,8 +87,12 @@ fn run(args: &[String]) -> CmdResult {
         .transpose()?
         .unwrap_or(size);
     let pattern = match p.last("pattern") {
-        Some(t) => pattern_byte(t)
-            .ok_or_else(|| fail(format!("Invalid pattern byte specified: '{t}'.")))?,
+        Some(t) => {
+            let value = pattern_number(t)
+                .ok_or_else(|| fail(format!("Invalid pattern byte specified: '{t}'.")))?;
+            u8::try_from(value)
+                .map_err(|_| fail("Invalid pattern byte specified. Must be between 0 and 255."))?
+        }
         None => 0,
     };
     let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "cache")

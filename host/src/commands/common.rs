@@ -29,7 +29,9 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
         };
         let kind = get("qom-type").unwrap_or_default();
         if kind != "secret" {
-            return Err(fail(format!("invalid object type: {kind}")));
+            return Err(fail(format!(
+                "Parameter 'qom-type' does not accept value '{kind}'"
+            )));
         }
         let id = get("id").ok_or_else(|| fail("Parameter 'id' is missing"))?;
         let value = match (get("data"), get("file")) {
@@ -40,13 +42,17 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
                     qimg_driver_api::error::io_message(&e)
                 ))
             })?,
-            (Some(_), Some(_)) => return Err(fail("'data' and 'file' are mutually exclusive")),
-            (None, None) => return Err(fail("Either 'data' or 'file' must be provided")),
+            (Some(_), Some(_)) => return Err(fail("'file' and 'data' are mutually exclusive")),
+            (None, None) => return Err(fail("Either 'file' or 'data' must be provided")),
         };
         let value = match get("format").as_deref() {
             None | Some("raw") => value,
             Some("base64") => decode_base64(&value).ok_or_else(|| fail("Invalid base64 data"))?,
-            Some(other) => return Err(fail(format!("Invalid parameter 'format': {other}"))),
+            Some(other) => {
+                return Err(fail(format!(
+                    "Parameter 'format' does not accept value '{other}'"
+                )))
+            }
         };
         register_secret(&id, value);
     }

@@ -164,6 +164,7 @@ pub fn dispatch(args: &[String]) -> CmdResult {
                         "option '--trace' requires an argument".to_string()
                     }));
                 }
+                crate::trace::check_option(&args[i])?;
                 i += 1;
             }
             "--plugins" => {
@@ -176,11 +177,13 @@ pub fn dispatch(args: &[String]) -> CmdResult {
                 i += 1;
             }
             "--" => break,
-            _ if arg.starts_with("--trace=") => {}
+            _ if arg.starts_with("--trace=") => {
+                crate::trace::check_option(&arg["--trace=".len()..])?
+            }
             _ if arg.starts_with("--plugins=") => {
                 plugins = Some(PathBuf::from(&arg["--plugins=".len()..]))
             }
-            _ if arg.starts_with("-T") => {}
+            _ if arg.starts_with("-T") => crate::trace::check_option(&arg[2..])?,
             _ if arg.starts_with("--") => {
                 return Err(getopt_err(format!("unrecognized option '{arg}'")))
             }
