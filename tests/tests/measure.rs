@@ -1,6 +1,6 @@
 //! `measure`, against `qemu-img measure`.
 
-use qimg_tests::same_cases;
+use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
     size_human => ["measure", "--size", "1G", "-O", "raw"],
@@ -23,4 +23,42 @@ same_cases! {
     missing_file => ["measure", "-O", "raw", "missing.raw"],
     bad_output => ["measure", "-O", "raw", "--output=bogus", "--size", "1M"],
     short_size_rejected => ["measure", "-s", "1M"],
+}
+
+#[test]
+fn measure_with_a_backing_file_counts_every_cluster() {
+    // qemu-img cannot know what the new image will share with its backing
+    // file, so it counts the whole source as written.
+    let fx = Fixture::with_images("measure_backing");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    for args in [
+        &[
+            "measure",
+            "-O",
+            "qcow2",
+            "-o",
+            "backing_file=base.qcow2,backing_fmt=qcow2",
+            "mid.raw",
+        ][..],
+        &[
+            "measure",
+            "-O",
+            "qcow2",
+            "-o",
+            "backing_file=base.qcow2",
+            "--output=json",
+            "mid.raw",
+        ][..],
+        &[
+            "measure",
+            "-O",
+            "qcow2",
+            "-o",
+            "backing_file=base.qcow2",
+            "--size",
+            "4M",
+        ][..],
+    ] {
+        fx.same(args);
+    }
 }

@@ -71,8 +71,12 @@ fn images_qemu_img_makes_without_a_driver_here_are_refused_by_name() {
 #[test]
 fn sample_images_without_a_driver_here_are_refused_by_name() {
     let dir = workspace().join("../shared/sample-images");
-    let manifest = std::fs::read_to_string(dir.join("MANIFEST.tsv"))
-        .expect("shared/sample-images/MANIFEST.tsv");
+    // shared/ lies beside the checkout on developer machines and in CI; a
+    // bare clone elsewhere has no samples to check (as in tests/vmdk.rs).
+    let Ok(manifest) = std::fs::read_to_string(dir.join("MANIFEST.tsv")) else {
+        eprintln!("no {}: sample images not checked", dir.display());
+        return;
+    };
     let fx = Fixture::new("probe_samples");
     let mut refused = 0;
     for line in manifest.lines().skip(1) {

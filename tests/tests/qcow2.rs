@@ -1171,3 +1171,48 @@ fn sparse_size_drops_zero_runs_inside_written_clusters_as_qemu_img_does() {
         same_map(&fx, &["-O", "qcow2", "-S", sparse, "s.raw", "{}"], "s.raw");
     }
 }
+
+#[test]
+fn backing_loops_are_refused_by_name() {
+    let fx = Fixture::new("backing_loop");
+    fx.make_qcow2("a.qcow2", "", "1M");
+    fx.oracle(&[
+        "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2",
+    ]);
+    fx.oracle(&["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"]);
+    fx.make_qcow2("self.qcow2", "", "1M");
+    fx.oracle(&[
+        "rebase",
+        "-u",
+        "-b",
+        "self.qcow2",
+        "-F",
+        "qcow2",
+        "self.qcow2",
+    ]);
+    // qemu-img's message for info --backing-chain.
+    for image in ["b.qcow2", "self.qcow2"] {
+        let out = fx.same(&["info", "--backing-chain", image]);
+        assert_eq!(out.status, 1);
+        assert!(
+            out.stderr.ends_with("creates an infinite loop.\n"),
+            "{}",
+            out.stderr
+        );
+    }
+    // qemu-img 10.0.2 spins forever on these; qimg refuses at once.
+    for args in [
+        &["map", "b.qcow2"][..],
+        &["convert", "-O", "raw", "b.qcow2", "out.raw"][..],
+        &["compare", "b.qcow2", "a.qcow2"][..],
+    ] {
+        let out = fx.qimg(args);
+        assert_ne!(out.status, 0, "{args:?}");
+        assert!(
+            out.stderr
+                .contains("Backing file 'b.qcow2' creates an infinite loop."),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}

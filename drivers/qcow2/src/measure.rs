@@ -72,7 +72,14 @@ pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<Measure
         ));
     }
     let mut required = 0u64;
-    if matches!(p.prealloc, Prealloc::FULL | Prealloc::FALLOC) {
+    // With a backing file, how much of the source the new image shares with
+    // it is unknown: every cluster may need writing (qemu-img assumes so).
+    let backed = request.from_image
+        && request
+            .options
+            .get("backing_file")
+            .is_some_and(|b| !b.is_empty());
+    if backed || matches!(p.prealloc, Prealloc::FULL | Prealloc::FALLOC) {
         required = virtual_size;
     } else {
         // Each data run counts the clusters it touches; a run starting in a

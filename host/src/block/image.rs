@@ -12,7 +12,7 @@ use qimg_driver_api::schema::{CreateRequest, ImageInfo};
 use qimg_driver_api::{
     caps, open_flags, zero_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +44,9 @@ pub struct OpenRequest<'a> {
     pub shared_backing: bool,
     /// Depth in a backing chain (0 for the top).
     pub depth: usize,
+    /// The files of the images above this one in its chain (canonical),
+    /// so that a backing file that loops back is refused.
+    pub ancestors: Vec<PathBuf>,
     /// Open for `check`: images marked corrupt or dirty open as they are
     /// (`open_flags::CHECK`), so that they can be checked and repaired.
     pub check: bool,
@@ -69,6 +72,7 @@ impl<'a> OpenRequest<'a> {
             no_io: false,
             shared_backing: false,
             depth: 0,
+            ancestors: Vec::new(),
             check: false,
             options: Vec::new(),
             stream: false,
@@ -412,6 +416,12 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         backing: Mutex::new(None),
         no_io: request.no_io,
         depth: request.depth,
+        chain: {
+            let path = Path::new(&spec.path);
+            let mut chain = request.ancestors.clone();
+            chain.push(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()));
+            chain
+        },
         options: spec
             .options
             .iter()
@@ -527,6 +537,7 @@ fn format_new(
         backing: Mutex::new(None),
         no_io: false,
         depth: 0,
+        chain: Vec::new(),
         options: Vec::new(),
         asked: Mutex::new(Vec::new()),
     });

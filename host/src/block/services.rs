@@ -92,6 +92,8 @@ pub struct Services {
     pub backing: Mutex<Option<Arc<BlockImage>>>,
     /// Depth of this image in its chain (limits runaway chains).
     pub depth: usize,
+    /// The files of this image and of those above it (canonical).
+    pub chain: Vec<PathBuf>,
     /// Format options given with the name (`encrypt.key-secret=...`).
     pub options: Vec<(String, String)>,
     /// The option keys the driver asked for.
@@ -177,6 +179,15 @@ impl HostServices for ServicesHandle {
                 ));
             }
             let resolved = services.resolve(name.as_str());
+            let path = PathBuf::from(&resolved);
+            if services
+                .chain
+                .contains(&path.canonicalize().unwrap_or(path))
+            {
+                return Err(DriverError::invalid_image(format!(
+                    "Backing file '{resolved}' creates an infinite loop."
+                )));
+            }
             let format = format.into_option().map(|f| f.as_str().to_string());
             let request = OpenRequest {
                 name: &resolved,
@@ -199,6 +210,7 @@ impl HostServices for ServicesHandle {
                 no_io: services.no_io,
                 shared_backing: services.force_share,
                 depth: services.depth + 1,
+                ancestors: services.chain.clone(),
                 check: false,
             };
             let image = open_image(&request).map_err(|e| {

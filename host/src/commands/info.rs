@@ -45,7 +45,18 @@ fn run(args: &[String]) -> CmdResult {
     ));
     let force_share = p.has("force-share");
     let mut seen = 0usize;
+    let mut visited: Vec<std::path::PathBuf> = Vec::new();
     while let Some((name, format, image_opts)) = next.take() {
+        if seen > 0 {
+            // A backing file met again: qemu-img's words for the loop.
+            let path = std::path::Path::new(&name);
+            let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+            if visited.contains(&path) {
+                return Err(fail(format!(
+                    "Backing file '{name}' creates an infinite loop."
+                )));
+            }
+        }
         seen += 1;
         if seen > MAX_CHAIN_DEPTH {
             return Err(fail(format!(
@@ -63,6 +74,10 @@ fn run(args: &[String]) -> CmdResult {
             ..OpenRequest::read(&name, format.as_deref(), image_opts)
         };
         let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+        if let Ok(spec) = crate::block::spec::resolve(&name, image_opts) {
+            let path = std::path::Path::new(&spec.path);
+            visited.push(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()));
+        }
         let json = image_json(&image)?;
         if chain {
             if let Some(backing) = json.get("full-backing-filename").and_then(Value::as_str) {
