@@ -187,3 +187,51 @@ fn messages_worded_as_qemu_img_words_them() {
         fx.same(args);
     }
 }
+
+#[test]
+fn image_opts_cache_keys_and_file_errors_as_qemu_img() {
+    let fx = Fixture::with_images("cli_image_opts");
+    let cases: &[&[&str]] = &[
+        &[
+            "info",
+            "--image-opts",
+            "driver=raw,file.filename=mid.raw,cache.direct=on",
+        ],
+        &[
+            "info",
+            "--image-opts",
+            "driver=raw,file.filename=mid.raw,cache.no-flush=on",
+        ],
+        &[
+            "info",
+            "--image-opts",
+            "driver=raw,file.filename=mid.raw,file.cache.direct=off",
+        ],
+        &[
+            "info",
+            "--image-opts",
+            "driver=raw,file.filename=mid.raw,cache.direct=maybe",
+        ],
+        &[
+            "compare",
+            "--image-opts",
+            "driver=raw,file.filename=mid.raw,cache.direct=on",
+            "driver=raw,file.filename=mid2.raw",
+        ],
+        &[
+            "info",
+            "--image-opts",
+            "driver=raw,file.bogus=1,file.filename=mid.raw",
+        ],
+        &["info", "--image-opts", "driver=raw"],
+        &["info", "--image-opts", "driver=raw,file.driver=file"],
+        &["info", "json:{\"driver\": \"raw\"}"],
+        &[
+            "info",
+            "json:{\"driver\": \"raw\", \"file\": {\"driver\": \"file\"}}",
+        ],
+    ];
+    for args in cases {
+        fx.same(args);
+    }
+}

@@ -352,7 +352,8 @@ fn warn_untried(name: &str) {
 
 /// Opens an image, its driver and (unless asked not to) its backing chain.
 pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
-    let spec = resolve(request.name, request.image_opts).map_err(DriverError::invalid_argument)?;
+    let spec = resolve(request.name, request.image_opts)
+        .map_err(|e| open_error(request.name, DriverError::invalid_argument(e)))?;
     // Errors quote the operand as given; `info` names the image as qemu
     // does (its path, or a json: name when format options were given).
     let display = request.name.to_string();
@@ -369,10 +370,11 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         Some(f) => Some(find_driver(f).map_err(|e| open_error(&display, e))?),
         None => None,
     };
+    let cache = spec.cache(request.cache);
     let mode = OpenMode {
         write: request.write,
         create: false,
-        cache: request.cache,
+        cache,
     };
     let file = LocalFile::open(Path::new(&spec.path), &spec.path, mode)
         .map_err(|e| open_error(&display, e))?;
@@ -408,7 +410,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     }
     let services = Arc::new(Services {
         image_name: spec.path.clone(),
-        cache: request.cache,
+        cache,
         writable: request.write,
         locking: spec.locking && request.lock.is_some(),
         force_share: request.shared_backing || request.lock == Some(LockSpec::READ_SHARED),

@@ -2,6 +2,7 @@
 //! (`driver=raw,file.filename=x`) or a `json:{...}` pseudo-filename.
 
 use crate::cli::parse_opts;
+use crate::store::CacheMode;
 use serde_json::Value;
 
 /// An image named on the command line, resolved into its parts.
@@ -16,9 +17,32 @@ pub struct ImageSpec {
     /// Options for the format driver (`encrypt.key-secret=...`), in the
     /// order given.
     pub options: Vec<(String, String)>,
+    /// `cache.direct=on|off` (O_DIRECT), if given.
+    pub cache_direct: Option<bool>,
+    /// `cache.no-flush=on|off`, if given.
+    pub cache_no_flush: Option<bool>,
 }
 
 impl ImageSpec {
+    /// The cache mode once `cache.direct` and `cache.no-flush` are applied
+    /// to `base` (the command's `-t`/`-T` mode): direct I/O is `none`, no
+    /// flushing is `unsafe`. Both at once have no mode of their own here:
+    /// they give `none`, which flushes (more durable than asked).
+    pub fn cache(&self, base: CacheMode) -> CacheMode {
+        if self.cache_direct.is_none() && self.cache_no_flush.is_none() {
+            return base;
+        }
+        let direct = self
+            .cache_direct
+            .unwrap_or(matches!(base, CacheMode::None | CacheMode::DirectSync));
+        let no_flush = self.cache_no_flush.unwrap_or(base == CacheMode::Unsafe);
+        match (direct, no_flush) {
+            (true, _) => CacheMode::None,
+            (false, true) => CacheMode::Unsafe,
+            (false, false) => CacheMode::Writeback,
+        }
+    }
+
     /// The name qemu gives an image opened with format options: a `json:`
     /// pseudo-filename (the options, then driver and file, as qemu-img
     /// prints it); the plain path without them.
@@ -50,19 +74,32 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
             locking: true,
             ..ImageSpec::default()
         };
+        let mut has_file = false;
         for (key, value) in parse_opts(name, None)? {
+            has_file |= key.starts_with("file.");
             match key.as_str() {
                 "driver" => spec.format = Some(value),
                 "file.filename" | "filename" => spec.path = value,
                 "file.driver" if value == "file" => {}
                 "file.locking" => spec.locking = value != "off" && value != "false",
+                "cache.direct" | "file.cache.direct" => {
+                    spec.cache_direct = Some(on_off(&key, &value)?)
+                }
+                "cache.no-flush" | "file.cache.no-flush" => {
+                    spec.cache_no_flush = Some(on_off(&key, &value)?)
+                }
                 "file.driver" => return Err(format!("Unknown protocol '{value}'")),
-                _ if key.starts_with("file.") => return Err(format!("Invalid parameter '{key}'")),
+                _ if key.starts_with("file.") => {
+                    return Err(format!(
+                        "Block protocol 'file' doesn't support the option '{}'",
+                        &key["file.".len()..]
+                    ))
+                }
                 _ => spec.options.push((key, value)),
             }
         }
         if spec.path.is_empty() {
-            return Err("The 'file' block driver requires a file name".to_string());
+            return Err(missing_file(has_file));
         }
         return Ok(spec);
     }
@@ -100,7 +137,7 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
             }
         }
         if spec.path.is_empty() {
-            return Err("The 'file' block driver requires a file name".to_string());
+            return Err(missing_file(file.is_some()));
         }
         return Ok(spec);
     }
@@ -110,6 +147,25 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
         locking: true,
         ..ImageSpec::default()
     })
+}
+
+/// qemu's complaint about an image name without a file: none of its
+/// options name the file node, or the file node has no file name.
+fn missing_file(file_node_given: bool) -> String {
+    if file_node_given {
+        "The 'file' block driver requires a file name".to_string()
+    } else {
+        "A block device must be specified for \"file\"".to_string()
+    }
+}
+
+/// A boolean option's value as QEMU reads it.
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
+    }
 }
 
 /// QEMU's JSON parser also takes strings in single quotes (`{'driver':
