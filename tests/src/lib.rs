@@ -37,6 +37,20 @@ pub fn qimg_bin() -> PathBuf {
     bin
 }
 
+/// Runs `cargo SUBCOMMAND --locked --quiet` on a crate outside the
+/// workspace (the old-ABI drivers, the driver template), into
+/// `target/compat` so its dependencies build once; returns cargo's output.
+pub fn cargo_outside(subcommand: &str, manifest: &Path) -> Result<Output, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    Command::new(&cargo)
+        .args([subcommand, "--locked", "--quiet", "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(workspace().join("target/compat"))
+        .output()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))
+}
+
 /// A scratch directory with fixture images, removed on drop.
 pub struct Fixture {
     /// The directory tests run in.

@@ -8,9 +8,8 @@
 //! drives the real qimg through create, convert, info, compare and resize
 //! with that library listed in the manifest.
 
-use qimg_tests::{build_dir, workspace, Fixture, Outcome};
+use qimg_tests::{build_dir, cargo_outside, workspace, Fixture, Outcome};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 /// The ABI versions frozen under `tests/compat`.
@@ -38,17 +37,7 @@ fn compat_library(version: &str) -> PathBuf {
             .join(format!("flat-{version}"))
             .join("Cargo.toml");
         let target = root.join("target/compat");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let out = Command::new(&cargo)
-            .arg("build")
-            .arg("--locked")
-            .arg("--quiet")
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+        let out = cargo_outside("build", &manifest)?;
         if !out.status.success() {
             return Err(format!(
                 "building {} failed:\n{}",
@@ -258,18 +247,8 @@ fn abi_1_2_driver_works_in_todays_host() {
 /// says what to change.
 #[test]
 fn panic_abort_driver_is_refused_at_build_time() {
-    let root = workspace();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let out = Command::new(&cargo)
-        .arg("check")
-        .arg("--locked")
-        .arg("--quiet")
-        .arg("--manifest-path")
-        .arg(root.join("tests/compat/abort-driver/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(root.join("target/compat"))
-        .output()
-        .expect("run cargo");
+    let manifest = workspace().join("tests/compat/abort-driver/Cargo.toml");
+    let out = cargo_outside("check", &manifest).expect("run cargo");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "it compiled:\n{stderr}");
     assert!(

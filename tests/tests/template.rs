@@ -8,9 +8,8 @@
 //! and compared. The in-tree drivers must pass `--conformance` too, and a
 //! driver that panics must fail it.
 
-use qimg_tests::{build_dir, workspace, Fixture, Outcome};
+use qimg_tests::{build_dir, cargo_outside, workspace, Fixture, Outcome};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// What the template's Cargo.toml says of driver-api (relative to the
@@ -61,17 +60,7 @@ fn template_library() -> PathBuf {
         let text = text.replace(API_DEPENDENCY, &format!("path = \"{}\"", api.display()));
         std::fs::write(&manifest, text).expect("write copied Cargo.toml");
         let target = root.join("target/compat");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-        let out = Command::new(&cargo)
-            .arg("build")
-            .arg("--locked")
-            .arg("--quiet")
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .map_err(|e| format!("cannot run {cargo}: {e}"));
+        let out = cargo_outside("build", &manifest);
         let _ = std::fs::remove_dir_all(copy.parent().unwrap_or(&copy));
         let out = out?;
         if !out.status.success() {
