@@ -22,6 +22,7 @@ use abi_stable::std_types::{RArc, ROption, RResult, RSlice, RSliceMut, RStr, RSt
 use std::any::Any;
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Once};
 
 thread_local! {
@@ -248,7 +249,7 @@ pub fn named_image_arc(driver: &str, image: Box<dyn ImageImpl>) -> ImageArc {
     let guarded = GuardedImage {
         image,
         driver: driver.to_string(),
-        poison: Mutex::new(None),
+        poison: Poison::default(),
     };
     Image_TO::from_ptr(RArc::new(guarded), TD_Opaque)
 }
@@ -341,38 +342,58 @@ impl<D: DriverImpl> FormatDriver for GuardedDriver<D> {
     }
 }
 
+/// Remembers the first panic of an image's driver, so that every later
+/// call can be refused: the image's state may be half-updated. Checking it
+/// costs one atomic load until a panic happens (it sits on every I/O call).
+/// The host keeps one too, for drivers whose own guard predates poisoning.
+#[derive(Default)]
+pub struct Poison {
+    /// Set once `first` holds the panic.
+    set: AtomicBool,
+    /// The first panic's error.
+    first: Mutex<Option<DriverError>>,
+}
+
+impl Poison {
+    /// The first panic's error, if the driver has panicked.
+    pub fn first(&self) -> Option<DriverError> {
+        if !self.set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.first.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// Records `result`'s error if it is a panic (the first one stays).
+    pub fn record<T>(&self, result: &Result<T, DriverError>) {
+        if let Err(e) = result {
+            if e.kind == ErrorKind::PANIC {
+                let mut slot = self.first.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| e.clone());
+                self.set.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
 struct GuardedImage {
     image: Box<dyn ImageImpl>,
     /// The driver's name, for panic messages.
     driver: String,
-    /// The first panic's error, once the driver panicked.
-    poison: Mutex<Option<DriverError>>,
+    /// The first panic, once the driver panicked.
+    poison: Poison,
 }
 
 impl GuardedImage {
     /// Runs `f` unless the image is poisoned; a panic poisons it.
     fn guard<T>(&self, f: impl FnOnce() -> Result<T, DriverError>) -> RResult<T, DriverError> {
-        if let Some(e) = self.poisoned() {
-            return RResult::RErr(e);
-        }
-        let result = catch_named(&self.driver, f);
-        if let RResult::RErr(e) = &result {
-            if e.kind == ErrorKind::PANIC {
-                let mut slot = self.poison.lock().unwrap_or_else(|p| p.into_inner());
-                slot.get_or_insert_with(|| e.clone());
-            }
-        }
-        result
-    }
-    /// The error every call answers once the driver has panicked.
-    fn poisoned(&self) -> Option<DriverError> {
-        let slot = self.poison.lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().map(|first| {
-            DriverError::new(
+        if let Some(first) = self.poison.first() {
+            return RResult::RErr(DriverError::new(
                 ErrorKind::PANIC,
                 format!("image unusable after an earlier fault: {}", first.message),
-            )
-        })
+            ));
+        }
+        let result = catch_named(&self.driver, f).into_result();
+        self.poison.record(&result);
+        result.into()
     }
 }
 

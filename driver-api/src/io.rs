@@ -10,33 +10,35 @@ pub trait StoreExt {
     /// Reads at most `buf.len()` bytes at `offset`; returns how many (fewer
     /// only at the end of the store).
     fn read_some_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, DriverError>;
-    /// Fills all of `buf` from `offset`; bytes past the end of the store read
-    /// as zeros (a sparse image file may be shorter than its data).
-    fn read_or_zero_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
+    /// Reads from `offset` until `buf` is full or the store ends; returns
+    /// how many bytes were read.
+    fn read_full_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, DriverError> {
         let mut done = 0usize;
         while done < buf.len() {
             let n = self.read_some_at(offset + done as u64, &mut buf[done..])?;
             if n == 0 {
-                buf[done..].fill(0);
                 break;
             }
             done += n;
         }
+        Ok(done)
+    }
+    /// Fills all of `buf` from `offset`; bytes past the end of the store read
+    /// as zeros (a sparse image file may be shorter than its data).
+    fn read_or_zero_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
+        let done = self.read_full_at(offset, buf)?;
+        buf[done..].fill(0);
         Ok(())
     }
     /// Fills all of `buf` from `offset`; reaching the end of the store is an
     /// `INVALID_IMAGE` error that names `what` (say, "header").
     fn read_exact_at(&self, offset: u64, buf: &mut [u8], what: &str) -> Result<(), DriverError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let n = self.read_some_at(offset + done as u64, &mut buf[done..])?;
-            if n == 0 {
-                return Err(DriverError::invalid_image(format!(
-                    "{what}: unexpected end of file at offset {}",
-                    offset + done as u64
-                )));
-            }
-            done += n;
+        let done = self.read_full_at(offset, buf)?;
+        if done < buf.len() {
+            return Err(DriverError::invalid_image(format!(
+                "{what}: unexpected end of file at offset {}",
+                offset + done as u64
+            )));
         }
         Ok(())
     }

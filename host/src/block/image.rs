@@ -3,17 +3,18 @@
 use super::lock::{ImageLock, LockSpec};
 use super::magic;
 use super::services::{Services, SharedStore};
-use super::spec::resolve;
+use super::spec::{canonical, resolve};
 use crate::commands::registry;
 use crate::plugins::{loader::FindError, Driver};
 use crate::store::{file::OpenMode, CacheMode, LocalFile};
 use qimg_driver_api::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr};
+use qimg_driver_api::guard::Poison;
 use qimg_driver_api::schema::{CreateRequest, ImageInfo};
 use qimg_driver_api::{
     caps, open_flags, zero_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc,
 };
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bytes read from the start of a file to probe its format.
@@ -98,10 +99,8 @@ pub struct BlockImage {
     pub backing: Option<Arc<BlockImage>>,
     /// The guest size the driver last reported.
     last_size: AtomicU64,
-    /// Set once the driver panicked (checked on every call, without a lock).
-    poisoned: AtomicBool,
     /// The first driver panic, once there was one.
-    poison: Mutex<Option<DriverError>>,
+    poison: Poison,
 }
 
 impl BlockImage {
@@ -111,20 +110,11 @@ impl BlockImage {
         &self,
         f: impl FnOnce(&ImageArc) -> RResult<T, DriverError>,
     ) -> Result<T, DriverError> {
-        if self.poisoned.load(Ordering::Acquire) {
-            let slot = self.poison.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(first) = slot.as_ref() {
-                return Err(first.clone());
-            }
+        if let Some(first) = self.poison.first() {
+            return Err(first);
         }
         let result = f(&self.image).into_result();
-        if let Err(e) = &result {
-            if e.kind == ErrorKind::PANIC {
-                let mut slot = self.poison.lock().unwrap_or_else(|p| p.into_inner());
-                slot.get_or_insert_with(|| e.clone());
-                self.poisoned.store(true, Ordering::Release);
-            }
-        }
+        self.poison.record(&result);
         result
     }
     /// Guest size, with a driver fault reported as an error.
@@ -350,6 +340,21 @@ fn warn_untried(name: &str) {
     );
 }
 
+/// The locks a backing image is opened with, from its overlay's: `-U` (or
+/// `shared_backing`) shares everything down the chain, a reader that shares
+/// writers of the data lets the backing image's writers be too (its format
+/// may still refuse them), and everyone else wants a stable backing image.
+fn backing_lock(request: &OpenRequest) -> Option<LockSpec> {
+    let lock = request.lock?;
+    Some(if lock.forced || request.shared_backing {
+        LockSpec::FORCE_SHARED
+    } else if lock == LockSpec::READ_SHARED {
+        LockSpec::READ_SHARED
+    } else {
+        LockSpec::READ_STABLE
+    })
+}
+
 /// Opens an image, its driver and (unless asked not to) its backing chain.
 pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     let spec = resolve(request.name, request.image_opts)
@@ -413,15 +418,13 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         cache,
         writable: request.write,
         locking: spec.locking && request.lock.is_some(),
-        force_share: request.shared_backing || request.lock == Some(LockSpec::READ_SHARED),
-        forced: request.shared_backing || request.lock.is_some_and(|l| l.forced),
+        backing_lock: backing_lock(request).filter(|_| spec.locking),
         backing: Mutex::new(None),
         no_io: request.no_io,
         depth: request.depth,
         chain: {
-            let path = Path::new(&spec.path);
             let mut chain = request.ancestors.clone();
-            chain.push(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()));
+            chain.push(canonical(&spec.path));
             chain
         },
         options: spec
@@ -473,8 +476,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         store: file,
         backing,
         last_size: AtomicU64::new(0),
-        poisoned: AtomicBool::new(false),
-        poison: Mutex::new(None),
+        poison: Poison::default(),
     };
     // The size is asked once here so that a driver that cannot answer it
     // fails the open instead of passing for an empty image.
@@ -534,8 +536,7 @@ fn format_new(
         cache,
         writable: true,
         locking: true,
-        force_share: false,
-        forced: false,
+        backing_lock: Some(LockSpec::READ_STABLE),
         backing: Mutex::new(None),
         no_io: false,
         depth: 0,

@@ -3,6 +3,7 @@
 
 use super::image::{open_image, BlockImage, OpenRequest};
 use super::lock::LockSpec;
+use super::spec::{backing_loop, canonical};
 use crate::store::{file::OpenMode, CacheMode, LocalFile};
 use qimg_driver_api::abi_stable::sabi_trait::TD_Opaque;
 use qimg_driver_api::abi_stable::std_types::{
@@ -81,11 +82,8 @@ pub struct Services {
     pub writable: bool,
     /// Whether locks are taken.
     pub locking: bool,
-    /// Open the backing image without refusing writers of its data (a
-    /// reader that shares them itself).
-    pub force_share: bool,
-    /// `-U`: open the backing image sharing everything, metadata included.
-    pub forced: bool,
+    /// The locks the backing image is opened with (`None`: no locks).
+    pub backing_lock: Option<LockSpec>,
     /// The chain is only being described (`info`).
     pub no_io: bool,
     /// The backing image opened at the driver's request.
@@ -179,14 +177,8 @@ impl HostServices for ServicesHandle {
                 ));
             }
             let resolved = services.resolve(name.as_str());
-            let path = PathBuf::from(&resolved);
-            if services
-                .chain
-                .contains(&path.canonicalize().unwrap_or(path))
-            {
-                return Err(DriverError::invalid_image(format!(
-                    "Backing file '{resolved}' creates an infinite loop."
-                )));
+            if services.chain.contains(&canonical(&resolved)) {
+                return Err(DriverError::invalid_image(backing_loop(&resolved)));
             }
             let format = format.into_option().map(|f| f.as_str().to_string());
             let request = OpenRequest {
@@ -195,20 +187,12 @@ impl HostServices for ServicesHandle {
                 image_opts: false,
                 write: false,
                 cache: services.cache,
-                lock: if !services.locking {
-                    None
-                } else if services.forced {
-                    Some(LockSpec::FORCE_SHARED)
-                } else if services.force_share {
-                    Some(LockSpec::READ_SHARED)
-                } else {
-                    Some(LockSpec::READ_STABLE)
-                },
+                lock: services.backing_lock,
                 no_backing: false,
                 options: Vec::new(),
                 stream: false,
                 no_io: services.no_io,
-                shared_backing: services.force_share,
+                shared_backing: false,
                 depth: services.depth + 1,
                 ancestors: services.chain.clone(),
                 check: false,

@@ -66,6 +66,18 @@ impl ImageSpec {
     }
 }
 
+/// The file a path names, symlinks and `..` resolved, for telling whether
+/// two names are one file (the path as given if it cannot be resolved).
+pub fn canonical(path: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(path);
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// qemu-img's words for a backing file that is already in the chain above.
+pub fn backing_loop(name: &str) -> String {
+    format!("Backing file '{name}' creates an infinite loop.")
+}
+
 /// Resolves a name given as an operand. With `image_opts` the operand is an
 /// option string; otherwise it is a path, or a `json:` object.
 pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {

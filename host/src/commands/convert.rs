@@ -214,8 +214,11 @@ fn convert(
         )));
     }
     let given = merge_opts(&p.all("target-options")).map_err(fail)?;
+    // -B and -o backing_file= alike: only what the sources hold above the
+    // backing file is copied (qemu-img treats them the same).
+    let backed = p.has("backing") || given.get("backing_file").is_some_and(|b| !b.is_empty());
     if !no_create
-        && has_target_backing(p)
+        && backed
         && !p.has("backing-format")
         && given.get("backing_fmt").is_none_or(|f| f.is_empty())
     {
@@ -273,6 +276,7 @@ fn convert(
     let into = Target {
         name: target,
         no_create,
+        backed,
         options: secrets,
         bitmaps,
     };
@@ -290,6 +294,8 @@ struct Target<'a> {
     name: &'a str,
     /// `-n`: it existed before.
     no_create: bool,
+    /// It has a backing file: only what lies above it is copied.
+    backed: bool,
     /// Open options (the secrets it was created with).
     options: Vec<(String, String)>,
     /// `--bitmaps`: the source's bitmaps to copy.
@@ -323,7 +329,7 @@ fn copy_into(
     if no_create && out.size() < total {
         return Err(fail("output file is smaller than input file"));
     }
-    let backed = has_target_backing(p);
+    let backed = into.backed;
     let fresh = !no_create && driver.can(caps::ZERO_INIT) && !backed;
     let out_info = out.info().map_err(|e| fail(e.message.to_string()))?;
     if into.bitmaps.is_some() && (!out.driver.can(caps::BITMAPS) || out_info.bitmaps.is_none()) {
@@ -433,13 +439,4 @@ fn copy_bitmaps(source: &BlockImage, target: &BlockImage, bitmaps: &[BitmapSumma
         }
     }
     Ok(0)
-}
-
-/// Whether the target gets a backing file, by `-B` or by `-o backing_file=`
-/// (qemu-img treats both alike: only what the sources hold above the
-/// backing file is copied).
-fn has_target_backing(p: &crate::cli::Parsed) -> bool {
-    p.has("backing")
-        || merge_opts(&p.all("target-options"))
-            .is_ok_and(|o| o.get("backing_file").is_some_and(|b| !b.is_empty()))
 }

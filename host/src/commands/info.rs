@@ -2,6 +2,7 @@
 
 use super::common::{check_image_opts, objects, print_help};
 use crate::block::services::MAX_CHAIN_DEPTH;
+use crate::block::spec::{backing_loop, canonical, resolve};
 use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
@@ -45,17 +46,11 @@ fn run(args: &[String]) -> CmdResult {
     ));
     let force_share = p.has("force-share");
     let mut seen = 0usize;
-    let mut visited: Vec<std::path::PathBuf> = Vec::new();
+    let mut visited = Vec::new();
     while let Some((name, format, image_opts)) = next.take() {
-        if seen > 0 {
-            // A backing file met again: qemu-img's words for the loop.
-            let path = std::path::Path::new(&name);
-            let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-            if visited.contains(&path) {
-                return Err(fail(format!(
-                    "Backing file '{name}' creates an infinite loop."
-                )));
-            }
+        // A backing file met again (only backing names come after the first).
+        if visited.contains(&canonical(&name)) {
+            return Err(fail(backing_loop(&name)));
         }
         seen += 1;
         if seen > MAX_CHAIN_DEPTH {
@@ -74,9 +69,8 @@ fn run(args: &[String]) -> CmdResult {
             ..OpenRequest::read(&name, format.as_deref(), image_opts)
         };
         let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
-        if let Ok(spec) = crate::block::spec::resolve(&name, image_opts) {
-            let path = std::path::Path::new(&spec.path);
-            visited.push(path.canonicalize().unwrap_or_else(|_| path.to_path_buf()));
+        if let Ok(spec) = resolve(&name, image_opts) {
+            visited.push(canonical(&spec.path));
         }
         let json = image_json(&image)?;
         if chain {

@@ -96,6 +96,13 @@ Recognized commands (run {p} COMMAND --help for command-specific help):\n\n",
     text
 }
 
+/// Fixes the manifest for an option that acts at once (`--help`,
+/// `--list-drivers`, `--conformance`): the `--plugins` seen before it, else
+/// one among the standard options still to come (`rest`).
+fn settle_plugins(seen: Option<PathBuf>, rest: &[String]) {
+    let _ = PLUGINS.set(seen.or_else(|| plugins_option(rest)));
+}
+
 /// The manifest named by a `--plugins` among the standard options `args`.
 fn plugins_option(args: &[String]) -> Option<PathBuf> {
     let mut rest = args.iter();
@@ -134,7 +141,7 @@ pub fn dispatch(args: &[String]) -> CmdResult {
             "-h" | "--help" => {
                 // The help lists the drivers of the manifest a later
                 // `--plugins` names, so look ahead for it.
-                let _ = PLUGINS.set(plugins.or_else(|| plugins_option(&args[i..])));
+                settle_plugins(plugins.take(), &args[i..]);
                 print!("{}", help_text());
                 return Ok(0);
             }
@@ -144,11 +151,11 @@ pub fn dispatch(args: &[String]) -> CmdResult {
                         "option '--conformance' requires an argument".to_string(),
                     ));
                 };
-                let _ = PLUGINS.set(plugins.or_else(|| plugins_option(&args[i + 1..])));
+                settle_plugins(plugins.take(), &args[i + 1..]);
                 return crate::plugins::conformance::run(format);
             }
             "--list-drivers" | "--list-drivers=json" => {
-                let _ = PLUGINS.set(plugins.or_else(|| plugins_option(&args[i..])));
+                settle_plugins(plugins.take(), &args[i..]);
                 let json = arg.ends_with("=json");
                 return Ok(crate::plugins::listing::print(registry(), json));
             }

@@ -71,8 +71,9 @@ fn to_text(item: &Listed) -> String {
         Status::Loaded(d) => {
             text.push_str(&format!("    description: {}\n", d.description.description));
             text.push_str(&format!(
-                "    driver-api: {} (ABI 1.{})\n",
-                d.api_version, d.abi_minor
+                "    driver-api: {} (ABI {})\n",
+                d.api_version,
+                d.abi()
             ));
             if let Some(package) = &d.package {
                 text.push_str(&format!("    package: {package}\n"));
@@ -100,7 +101,7 @@ fn to_json(item: &Listed) -> serde_json::Value {
         Status::Loaded(d) => {
             value["description"] = json!(d.description.description);
             value["driver-api"] = json!(d.api_version);
-            value["abi"] = json!(format!("1.{}", d.abi_minor));
+            value["abi"] = json!(d.abi());
             value["package"] = json!(d.package);
             value["capabilities"] = json!(capability_names(d.caps));
         }

@@ -38,6 +38,11 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// The driver ABI its library was built for, `major.minor`.
+    pub fn abi(&self) -> String {
+        format!("{ABI_MAJOR}.{}", self.abi_minor)
+    }
+
     /// The options `create -o` accepts, in `-o help`'s order.
     pub fn create_options(&self) -> &[CreateOption] {
         &self.description.create_options

@@ -52,8 +52,10 @@ impl Session {
         let d = &self.driver;
         let package = d.package.as_deref().unwrap_or("unknown package");
         self.tap.comment(&format!(
-            "driver {} ({package}; driver-api {}, ABI 1.{})",
-            d.name, d.api_version, d.abi_minor
+            "driver {} ({package}; driver-api {}, ABI {})",
+            d.name,
+            d.api_version,
+            d.abi()
         ));
         self.tap.comment(&format!(
             "capabilities: {}",
