@@ -229,6 +229,13 @@ pub trait ImageImpl: Send + Sync + 'static {
     fn close(&self) -> Result<(), DriverError> {
         self.flush()
     }
+    /// Allocates the host space a write of the range would (see
+    /// [`crate::Image::reserve`]); by default reserves nothing and returns
+    /// false.
+    fn reserve(&self, offset: u64, len: u64) -> Result<bool, DriverError> {
+        let _ = (offset, len);
+        Ok(false)
+    }
 }
 
 /// Wraps a [`DriverImpl`] for export; used by [`crate::export_drivers!`].
@@ -467,6 +474,9 @@ impl Image for GuardedImage {
     }
     fn try_store_name(&self, index: u32) -> RResult<RString, DriverError> {
         self.guard(|| Ok(self.image.store_name(index).into()))
+    }
+    fn reserve(&self, offset: u64, len: u64) -> RResult<bool, DriverError> {
+        self.guard(|| self.image.reserve(offset, len))
     }
 }
 

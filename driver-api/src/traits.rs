@@ -96,6 +96,8 @@ pub trait Image: Send + Sync {
     /// Changes the guest size (`RESIZE` capability).
     fn resize(&self, new_size: u64, prealloc: Prealloc, shrink: bool) -> RResult<(), DriverError>;
     /// Writes one compressed cluster-aligned block (`COMPRESSED_WRITES`).
+    /// From ABI 1.4 on, an empty `buf` at offset 0 ends a compressed copy:
+    /// the driver may align its file's end, as qemu-img's convert -c does.
     fn write_compressed(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError>;
     /// Runs a JSON [`crate::schema::CheckRequest`] and returns a JSON
     /// [`crate::schema::CheckReport`] (`CHECK`).
@@ -129,6 +131,19 @@ pub trait Image: Send + Sync {
     /// (ABI 1.3). On an older driver this falls back to `store_name`.
     fn try_store_name(&self, index: u32) -> RResult<RString, DriverError> {
         RResult::ROk(self.store_name(index))
+    }
+    /// Allocates, now, the host space a write of `[offset, offset+len)`
+    /// would allocate, so that a later [`Image::write_at`] of the range lands
+    /// where writing it now would have (ABI 1.4). The host calls it in guest
+    /// order, one call at a time, then writes the ranges from many threads:
+    /// a parallel copy gets the file layout of a sequential one. A
+    /// reservation changes nothing the image reads; one never written is
+    /// released at [`Image::close`] (or, after a crash, leaks space). Returns
+    /// false, as the default does, when the image does not reserve: the host
+    /// then stops asking.
+    fn reserve(&self, offset: u64, len: u64) -> RResult<bool, DriverError> {
+        let _ = (offset, len);
+        RResult::ROk(false)
     }
 }
 

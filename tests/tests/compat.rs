@@ -2,8 +2,8 @@
 //!
 //! `tests/compat/flat` is a small out-of-tree "vendor" driver (the flat
 //! format: a 512-byte header, then the guest data one to one). It is built
-//! against frozen copies of `qimg-driver-api` as released with ABI 1.0, 1.1
-//! and 1.2 (`tests/compat/driver-api-1.x`), each by its own one-crate
+//! against frozen copies of `qimg-driver-api` as released with ABI 1.0, 1.1,
+//! 1.2 and 1.3 (`tests/compat/driver-api-1.x`), each by its own one-crate
 //! workspace (`tests/compat/flat-1.x`) into `target/compat`. Every test then
 //! drives the real qimg through create, convert, info, compare and resize
 //! with that library listed in the manifest.
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 /// The ABI versions frozen under `tests/compat`.
-const VERSIONS: [&str; 3] = ["1.0", "1.1", "1.2"];
+const VERSIONS: [&str; 4] = ["1.0", "1.1", "1.2", "1.3"];
 
 /// Guest size of the test images.
 const SIZE: usize = 4 << 20;
@@ -21,8 +21,12 @@ const SIZE: usize = 4 << 20;
 /// Builds the flat driver for ABI `version` (once per test process) and
 /// returns the library's absolute path.
 fn compat_library(version: &str) -> PathBuf {
-    static BUILT: [OnceLock<Result<PathBuf, String>>; 3] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static BUILT: [OnceLock<Result<PathBuf, String>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
     // One cargo at a time: they share target/compat and its lock anyway.
     static CARGO: Mutex<()> = Mutex::new(());
     let slot = VERSIONS
@@ -142,8 +146,13 @@ fn driver_works(version: &str) {
         .find(|d| d.starts_with("flat\n"));
     let flat = flat.unwrap_or_else(|| panic!("flat not listed: {}", listed.stdout));
     assert!(flat.contains("    status: loaded\n"), "{flat}");
+    // Up to ABI 1.2 the driver-api package version was the workspace's.
+    let package = match version {
+        "1.0" | "1.1" | "1.2" => "0.1.0".to_string(),
+        _ => format!("{version}.0"),
+    };
     assert!(
-        flat.contains(&format!("    driver-api: 0.1.0 (ABI {version})\n")),
+        flat.contains(&format!("    driver-api: {package} (ABI {version})\n")),
         "{flat}"
     );
 
@@ -240,6 +249,11 @@ fn abi_1_1_driver_works_in_todays_host() {
 #[test]
 fn abi_1_2_driver_works_in_todays_host() {
     driver_works("1.2");
+}
+
+#[test]
+fn abi_1_3_driver_works_in_todays_host() {
+    driver_works("1.3");
 }
 
 /// A driver built with `panic = "abort"` could not turn its panics into

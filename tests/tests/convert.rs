@@ -285,3 +285,47 @@ fn option_checks_refuse_as_qemu_img_does_and_in_its_order() {
         );
     }
 }
+
+/// A 4 MiB qcow2 image of compressed clusters whose cluster at 1088 KiB
+/// cannot be decompressed.
+fn broken_compressed(fx: &Fixture) {
+    fx.oracle(&["create", "-q", "-f", "raw", "r.raw", "4M"]);
+    fx.qemu_io("r.raw", "write -P 3 0 4M");
+    fx.oracle(&["convert", "-c", "-O", "qcow2", "r.raw", "c.qcow2"]);
+    // The L2 entry of guest cluster 17 holds its compressed data's offset.
+    let bytes = std::fs::read(fx.path("c.qcow2")).expect("read");
+    let word = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let l1 = word(40) as usize;
+    let l2 = (word(l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    let data = word(l2 + 8 * 17) & ((1 << 54) - 1);
+    fx.patched_copy("c.qcow2", "bad.qcow2", &[(data, vec![0xff; 32])]);
+}
+
+#[test]
+fn unreadable_source_areas_as_qemu_img_reports_them() {
+    // Without --salvage: qemu-img's message and status. With it: only the
+    // unreadable sectors read as zeros, each with a warning that -q
+    // silences.
+    let fx = Fixture::new("conv_read_errors");
+    broken_compressed(&fx);
+    let out = fx.same(&["convert", "-O", "raw", "bad.qcow2", "failed.raw"]);
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.contains("error while reading at byte 1114112"),
+        "{}",
+        out.stderr
+    );
+    // qemu-img leaves the half-written target behind; qimg removes it.
+    let _ = std::fs::remove_file(fx.path("failed.raw"));
+    fx.qimg(&["convert", "-O", "raw", "bad.qcow2", "failed.raw"]);
+    assert!(!fx.path("failed.raw").exists());
+    for quiet in [false, true] {
+        let mut args = vec!["convert", "--salvage", "-O", "raw", "bad.qcow2", "{}"];
+        if quiet {
+            args.insert(1, "-q");
+        }
+        let out = fx.same_effect(&args, "out.raw");
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        assert_eq!(out.stderr.is_empty(), quiet, "{}", out.stderr);
+    }
+}

@@ -116,3 +116,53 @@ fn missing_directory() {
     let fx = Fixture::new("cnodir");
     fx.same(&["create", "nodir/x.raw", "1M"]);
 }
+
+#[test]
+fn json_backing_names_are_not_joined_onto_the_image_directory() {
+    // A json: backing name holds its own paths (the process's, as qemu
+    // takes them); option values with commas print as an option string
+    // writes them, commas doubled.
+    let fx = Fixture::new("create_json_backing");
+    fx.make_qcow2("a.qcow2", "", "1M");
+    fx.sh("mkdir sub && cp a.qcow2 'c,d.qcow2'");
+    let json = r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"a.qcow2"}}"#;
+    for target in ["sub/x.qcow2", "x.qcow2"] {
+        let out = fx.same(&["create", "-f", "qcow2", "-b", json, "-F", "qcow2", target]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        assert!(
+            out.stdout.contains(r#"{"driver":"qcow2",,"file""#),
+            "{}",
+            out.stdout
+        );
+    }
+    let out = fx.same(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "c,d.qcow2",
+        "-F",
+        "qcow2",
+        "e.qcow2",
+    ]);
+    assert!(
+        out.stdout.contains("backing_file=c,,d.qcow2 "),
+        "{}",
+        out.stdout
+    );
+    // The overlay qimg wrote opens through its json: backing name.
+    fx.qimg(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        json,
+        "-F",
+        "qcow2",
+        "sub/o.qcow2",
+    ]);
+    let info = fx.oracle(&["info", "--output=json", "sub/o.qcow2"]).stdout;
+    assert!(info.contains("\"backing-filename\": \"json:"), "{info}");
+    fx.oracle(&["compare", "a.qcow2", "sub/o.qcow2"]);
+}

@@ -1012,6 +1012,36 @@ fn unsafe_rebase_rewrites_the_header_only() {
 }
 
 #[test]
+fn safe_rebase_onto_a_longer_backing_file() {
+    // Past the old backing file's end the overlay read zeros: where the
+    // new backing file has data there, qemu-img writes zero clusters, and
+    // explicit data only in the 2 MiB steps that start inside the old one.
+    let fx = Fixture::new("q2_rebase_longer");
+    fx.make_qcow2("small.qcow2", "", "1M");
+    fx.make_qcow2("big.qcow2", "", "6M");
+    fx.qemu_io_cmds("qcow2", "big.qcow2", &["write -P 5 0 6M"]);
+    fx.make_qcow2(
+        "top.qcow2",
+        "backing_file=small.qcow2,backing_fmt=qcow2",
+        "6M",
+    );
+    fx.qemu_io_cmds("qcow2", "top.qcow2", &["write -P 6 2560k 64k"]);
+    // (Output and bytes; how many blocks qemu-img's writes take varies.)
+    fx.sh("cp top.qcow2 ours.qcow2 && cp top.qcow2 theirs.qcow2");
+    let rebase = |f: &str| ["rebase", "-p", "-b", "big.qcow2", "-F", "qcow2", f].map(String::from);
+    let ours = fx.qimg(&rebase("ours.qcow2").each_ref().map(String::as_str));
+    let theirs = fx.qemu_img(&rebase("theirs.qcow2").each_ref().map(String::as_str));
+    assert_eq!(ours, theirs);
+    let read = |f: &str| std::fs::read(fx.path(f)).expect("read");
+    assert!(
+        read("ours.qcow2") == read("theirs.qcow2"),
+        "the files differ"
+    );
+    let map = fx.oracle(&["map", "--output=json", "ours.qcow2"]).stdout;
+    assert!(map.contains("\"zero\": true, \"data\": false"), "{map}");
+}
+
+#[test]
 fn compressed_safe_rebase_is_clean_and_equal() {
     let fx = Fixture::new("q2_chain_rebase_c");
     chain(&fx);

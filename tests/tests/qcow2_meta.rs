@@ -317,6 +317,24 @@ fn check_dirty_and_corrupt_images() {
 }
 
 #[test]
+fn a_repair_that_fails_still_closes_the_image_as_qemu_img_does() {
+    // `check -r leaks` cannot rebuild stale refcounts: it fails, and the
+    // image is closed cleanly all the same, which clears its dirty bit.
+    let fx = Fixture::new("qm_check_failed_repair");
+    fx.make_qcow2("l.qcow2", "lazy_refcounts=on", "4M");
+    fx.qemu_io_cmds("qcow2", "l.qcow2", &["write -P 1 0 64k"]);
+    fx.sh("qemu-io -f qcow2 -c 'write -P 2 0 64k' -c 'write -P 3 1M 64k' -c abort l.qcow2 >/dev/null 2>&1 || true");
+    let args = ["check", "-r", "leaks", "{}"];
+    let ours = run_on_copy(&fx, "l.qcow2", "ours.q", &args, true);
+    let theirs = run_on_copy(&fx, "l.qcow2", "theirs.q", &args, false);
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.status, 1, "{ours:?}");
+    let read = |f: &str| std::fs::read(fx.path(f)).expect("read");
+    assert!(read("l.qcow2")[79] & 1 == 1, "the fixture is not dirty");
+    assert!(read("ours.q") == read("theirs.q"), "the files differ");
+}
+
+#[test]
 fn check_rebuilds_what_qemu_img_cannot() {
     // qemu-img gives up on these (its overlap checks stop the rebuild);
     // qimg rebuilds the refcount structures and the image is clean.

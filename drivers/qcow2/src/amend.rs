@@ -312,8 +312,6 @@ impl Qcow2Image {
             meta.header.incompatible_features &= !incompat::DIRTY;
             meta.write_header(&self.io)?;
             self.io.flush()?;
-            self.marked_dirty
-                .store(false, std::sync::atomic::Ordering::Release);
         }
         Ok(())
     }

@@ -1083,8 +1083,6 @@ impl Qcow2Image {
                 if fix.any() && errors_gone && t.corruptions == 0 {
                     meta.header.incompatible_features &= !(incompat::DIRTY | incompat::CORRUPT);
                     meta.header_dirty = true;
-                    self.marked_dirty
-                        .store(false, std::sync::atomic::Ordering::Release);
                 }
             }
             Err(e) => report.failure = Some(e.to_string()),

@@ -46,8 +46,6 @@ pub struct Qcow2Image {
     pub(crate) data_file_raw: bool,
     /// Whether the file looks metadata-preallocated (decided on first use).
     pub(crate) prealloc_detected: OnceLock<bool>,
-    /// This handle set the dirty bit (lazy refcounts) and must clear it.
-    pub(crate) marked_dirty: AtomicBool,
     /// Some loaded bitmap records writes (a fast check before locking).
     pub(crate) tracking: AtomicBool,
     /// The cipher of a legacy AES-encrypted image (not loaded by `info`).
@@ -325,7 +323,6 @@ impl Qcow2Image {
             method: Method::from_type(header.compression_type),
             data_file_raw: header.data_file_raw(),
             prealloc_detected: OnceLock::new(),
-            marked_dirty: AtomicBool::new(false),
             tracking: AtomicBool::new(false),
             crypto,
             meta: Mutex::new(Meta::new(header, layout, l1, reftable)),

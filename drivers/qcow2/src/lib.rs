@@ -171,7 +171,16 @@ impl ImageImpl for Qcow2Image {
     fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<(), DriverError> {
         Ok(Qcow2Image::set_backing(self, name, format)?)
     }
+    fn compress_cluster(&self, offset: u64, buf: &[u8]) -> Result<Vec<u8>, DriverError> {
+        Ok(Qcow2Image::compress_cluster(self, offset, buf)?)
+    }
+    fn write_prepared(&self, offset: u64, data: &[u8]) -> Result<(), DriverError> {
+        Ok(Qcow2Image::write_prepared(self, offset, data)?)
+    }
     fn close(&self) -> Result<(), DriverError> {
         Ok(Qcow2Image::close(self)?)
+    }
+    fn reserve(&self, offset: u64, len: u64) -> Result<bool, DriverError> {
+        Ok(Qcow2Image::reserve(self, offset, len)?)
     }
 }

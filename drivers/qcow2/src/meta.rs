@@ -17,7 +17,7 @@ use crate::layout::{Entry, Layout, Sub, COPIED, OFFSET_MASK};
 use qimg_driver_api::abi_stable::std_types::RSlice;
 use qimg_driver_api::{ByteStoreBox, Prealloc};
 use qimg_driver_util::read_or_zero;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// Metadata tables kept in memory at most (each one cluster); beyond this
 /// clean tables are dropped and dirty ones written out.
@@ -98,6 +98,10 @@ pub struct Meta {
     pub compressed_next: u64,
     /// Guest clusters with an allocation or read-modify-write under way.
     pub in_flight: HashSet<u64>,
+    /// Host clusters reserved for guest clusters (by cluster index) that a
+    /// write will fill (see `Qcow2Image::reserve`); refcounted, not yet in
+    /// the L2 tables.
+    pub reserved: HashMap<u64, u64>,
     /// A corruption was already reported.
     pub corruption_reported: bool,
     /// The image is open for writing (a corruption then marks it corrupt).
@@ -230,6 +234,7 @@ impl Meta {
             free_hint: 1,
             compressed_next: 0,
             in_flight: HashSet::new(),
+            reserved: HashMap::new(),
             corruption_reported: false,
             writable: false,
             snapshots: Vec::new(),

@@ -23,6 +23,10 @@ use std::sync::MutexGuard;
 const ALL_ZERO: u64 = 0xffff_ffff << 32;
 /// Largest explicit zero buffer written at once.
 const ZERO_CHUNK: u64 = 1 << 20;
+/// Tag of a prepared cluster (`compress_cluster`) holding compressed bytes.
+const PACKED: u8 = 1;
+/// Tag of a prepared cluster holding the plain data (it did not compress).
+const PLAIN: u8 = 0;
 
 /// One guest cluster whose L2 entry changes after its data is written.
 struct Plan {
@@ -83,7 +87,6 @@ impl Qcow2Image {
             meta.header.incompatible_features |= incompat::DIRTY;
             meta.write_header(&self.io)?;
             self.io.flush()?;
-            self.marked_dirty.store(true, Ordering::Release);
         }
         if meta.needs_writeback() {
             meta.flush(&self.io)?;
@@ -236,23 +239,104 @@ impl Qcow2Image {
             c += cs;
         }
         if plans.first().is_some_and(|p| p.fresh) {
-            let base = if meta.data_file {
-                plans[0].guest
-            } else {
-                meta.alloc_clusters(&self.io, plans.len() as u64)?
-            };
-            for (i, plan) in plans.iter_mut().enumerate() {
-                plan.host = if meta.data_file {
-                    plan.guest
-                } else {
-                    base + i as u64 * cs
-                };
-            }
+            self.place(meta, &mut plans)?;
         }
         for plan in &plans {
             meta.in_flight.insert(plan.guest / cs);
         }
         Ok(plans)
+    }
+
+    /// Gives a run of fresh clusters their host clusters: reserved ones
+    /// (the run then stops where the reservations stop being contiguous),
+    /// or newly allocated ones (the run stops at the first reserved one).
+    fn place(&self, meta: &mut Meta, plans: &mut Vec<Plan>) -> Result<()> {
+        let cs = self.layout.cluster_size();
+        if meta.data_file {
+            for plan in plans.iter_mut() {
+                plan.host = plan.guest;
+            }
+            return Ok(());
+        }
+        let reserved = |meta: &Meta, plan: &Plan| meta.reserved.get(&(plan.guest / cs)).copied();
+        if let Some(base) = reserved(meta, &plans[0]) {
+            let keep = (0..plans.len())
+                .take_while(|&i| reserved(meta, &plans[i]) == Some(base + i as u64 * cs))
+                .count();
+            plans.truncate(keep);
+            for plan in plans.iter_mut() {
+                meta.reserved.remove(&(plan.guest / cs));
+            }
+            for (i, plan) in plans.iter_mut().enumerate() {
+                plan.host = base + i as u64 * cs;
+            }
+            return Ok(());
+        }
+        let keep = plans
+            .iter()
+            .take_while(|p| reserved(meta, p).is_none())
+            .count();
+        plans.truncate(keep);
+        let base = meta.alloc_clusters(&self.io, keep as u64)?;
+        for (i, plan) in plans.iter_mut().enumerate() {
+            plan.host = base + i as u64 * cs;
+        }
+        Ok(())
+    }
+
+    /// Allocates, in this call's order, the host clusters a write of
+    /// `[offset, offset+len)` would allocate (and the L2 tables it would
+    /// need), so that writes from many threads get the layout of writes in
+    /// guest order. The next write of each cluster uses its reservation;
+    /// `close` releases those never written.
+    pub fn reserve(&self, offset: u64, len: u64) -> Result<bool> {
+        self.check_write(offset, len)?;
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let span = layout.l2_span();
+        let end = offset + len;
+        let mut meta = self.lock();
+        if len > 0 {
+            self.before_change(&mut meta)?;
+        }
+        let mut pos = offset;
+        while pos < end {
+            let stop = end.min((pos / span + 1) * span);
+            meta.writable_l2(&self.io, pos)?;
+            // Runs of clusters a write would allocate, each allocated whole.
+            let mut run: Vec<u64> = Vec::new();
+            let mut c = layout.cluster_start(pos);
+            while c < stop {
+                let (entry, _) = meta.entry(&self.io, c)?;
+                let taken = (entry.has_host(meta.data_file) && entry.copied())
+                    || meta.reserved.contains_key(&(c / cs))
+                    || meta.in_flight.contains(&(c / cs));
+                if taken {
+                    self.reserve_run(&mut meta, &mut run)?;
+                } else {
+                    run.push(c / cs);
+                }
+                c += cs;
+            }
+            self.reserve_run(&mut meta, &mut run)?;
+            pos = stop;
+        }
+        Ok(true)
+    }
+
+    /// Allocates one contiguous run of host clusters for the guest clusters
+    /// in `run` (none with an external data file) and empties it.
+    fn reserve_run(&self, meta: &mut Meta, run: &mut Vec<u64>) -> Result<()> {
+        if run.is_empty() || meta.data_file {
+            run.clear();
+            return Ok(());
+        }
+        let cs = self.layout.cluster_size();
+        let base = meta.alloc_clusters(&self.io, run.len() as u64)?;
+        for (i, guest) in run.drain(..).enumerate() {
+            meta.reserved.insert(guest, base + i as u64 * cs);
+        }
+        Ok(())
     }
 
     /// Writes the planned clusters: the caller's data, padded with the
@@ -281,7 +365,28 @@ impl Qcow2Image {
             self.read(user_end, &mut buf[(user_end - g_start) as usize..])?;
         }
         let n = (user_end - pos) as usize;
-        buf[(pos - g_start) as usize..(user_end - g_start) as usize].copy_from_slice(&data[..n]);
+        let (head, tail) = ((pos - g_start) as usize, (user_end - g_start) as usize);
+        if self.crypto.is_none()
+            && plans.iter().all(|p| p.fresh)
+            && buf[..head].iter().all(|&b| b == 0)
+            && buf[tail..].iter().all(|&b| b == 0)
+        {
+            // New clusters whose padding is zeros: zeroed whole instead of
+            // written (what QEMU does; the file gets no zero bytes there).
+            let cs = self.layout.cluster_size();
+            let store = self.io.data_store();
+            store
+                .write_zeroes(first.host, last.host + cs - first.host, false)
+                .into_result()?;
+            store
+                .write_at(
+                    first.host + first.start + head as u64,
+                    RSlice::from_slice(&data[..n]),
+                )
+                .into_result()?;
+            return Ok(n);
+        }
+        buf[head..tail].copy_from_slice(&data[..n]);
         if let Some(aes) = &self.crypto {
             aes.encrypt(g_start, &mut buf);
         }
@@ -554,13 +659,23 @@ impl Qcow2Image {
     }
 
     /// Writes one cluster compressed (`offset` cluster-aligned, `buf` at
-    /// most a cluster); incompressible data is written normally.
+    /// most a cluster); incompressible data is written normally. An empty
+    /// `buf` at offset 0 ends a compressed copy (see [`Self::end_compressed`]).
     pub fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        let layout = self.layout;
-        let cs = layout.cluster_size();
+        if buf.is_empty() && offset == 0 {
+            return self.end_compressed();
+        }
+        let prepared = self.compress_cluster(offset, buf)?;
+        self.write_prepared(offset, &prepared)
+    }
+
+    /// Compresses one cluster for [`Self::write_prepared`], checking what
+    /// `write_compressed` checks: the result is a tag byte (`PACKED` or
+    /// `PLAIN`, for data that does not compress) and the bytes to store.
+    pub fn compress_cluster(&self, offset: u64, buf: &[u8]) -> Result<Vec<u8>> {
+        let cs = self.layout.cluster_size();
         self.check_write(offset, buf.len() as u64)?;
-        self.mark_dirty(offset, buf.len() as u64);
-        if layout.in_cluster(offset) != 0 || buf.len() as u64 > cs {
+        if self.layout.in_cluster(offset) != 0 || buf.is_empty() || buf.len() as u64 > cs {
             return Err(Error::argument(
                 "Compressed writes must be cluster-aligned and at most one cluster",
             ));
@@ -577,9 +692,54 @@ impl Qcow2Image {
         }
         let mut cluster = buf.to_vec();
         cluster.resize(cs as usize, 0);
-        let Some(packed) = self.method.compress(&cluster, cs as usize)? else {
-            return self.write(offset, buf);
-        };
+        let mut out = Vec::with_capacity(buf.len() + 1);
+        match self.method.compress(&cluster, cs as usize)? {
+            Some(packed) => {
+                out.push(PACKED);
+                out.extend_from_slice(&packed);
+            }
+            None => {
+                out.push(PLAIN);
+                out.extend_from_slice(buf);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a cluster prepared by [`Self::compress_cluster`].
+    pub fn write_prepared(&self, offset: u64, prepared: &[u8]) -> Result<()> {
+        match prepared.split_first() {
+            Some((&PACKED, packed)) if !packed.is_empty() => self.store_packed(offset, packed),
+            Some((&PLAIN, plain)) if !plain.is_empty() => self.write(offset, plain),
+            _ => Err(Error::argument(
+                "Not a cluster prepared by compress_cluster",
+            )),
+        }
+    }
+
+    /// Pads the file to a whole number of sectors after compressed writes,
+    /// as qemu-img's `convert -c` does when it ends.
+    fn end_compressed(&self) -> Result<()> {
+        if !self.writable {
+            return Err(Error::ReadOnly);
+        }
+        let _meta = self.lock();
+        let len = self.io.file.size()?;
+        if !len.is_multiple_of(SECTOR) {
+            self.io
+                .file
+                .set_size(len.div_ceil(SECTOR) * SECTOR, Prealloc::OFF)?;
+        }
+        Ok(())
+    }
+
+    /// Writes compressed bytes for the guest cluster at `offset` and points
+    /// its L2 entry at them.
+    fn store_packed(&self, offset: u64, packed: &[u8]) -> Result<()> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        self.check_write(offset, 1)?;
+        self.mark_dirty(offset, cs.min(self.size() - offset));
         let meta = self.lock();
         let mut meta = self.settle(meta, offset / cs);
         self.before_change(&mut meta)?;
@@ -587,7 +747,7 @@ impl Qcow2Image {
         let at = self.alloc_compressed(&mut meta, packed.len() as u64)?;
         meta.in_flight.insert(offset / cs);
         drop(meta);
-        let written = self.io.write(at, &packed);
+        let written = self.io.write(at, packed);
         let mut meta = self.lock();
         let result = written.and_then(|_| {
             meta.writable_l2(&self.io, offset)?;
@@ -1035,16 +1195,30 @@ impl Qcow2Image {
         self.io.flush()
     }
 
-    /// Stores the bitmaps, flushes and clears the dirty bit this handle
-    /// set.
+    /// Frees the host clusters reserved for writes that never came.
+    fn release_reservations(&self, meta: &mut Meta) -> Result<()> {
+        let cs = self.layout.cluster_size();
+        let hosts: Vec<u64> = meta.reserved.drain().map(|(_, host)| host).collect();
+        for host in hosts {
+            meta.add_refcount(&self.io, host, cs, -1)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the bitmaps, flushes and clears the dirty bit, as QEMU does
+    /// on a clean close.
     pub fn close(&self) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
         let mut meta = self.lock();
+        self.release_reservations(&mut meta)?;
         self.release_bitmaps(&mut meta)?;
         meta.flush(&self.io)?;
-        if self.marked_dirty.swap(false, Ordering::AcqRel) {
+        // Like QEMU, a clean close clears the dirty bit whoever set it: the
+        // refcounts were just written (an image opened for a repair that
+        // failed keeps its refcount errors, which check still reports).
+        if meta.header.dirty() {
             meta.header.incompatible_features &= !incompat::DIRTY;
             meta.write_header(&self.io)?;
         }

@@ -434,7 +434,10 @@ impl VmdkImage {
                         let packed = stream::pack_grain(grain * sp.grain_sectors, &grain_buf)?;
                         store_packed(sp, &mut st, grain, &packed)?;
                     } else {
-                        let host = sp.allocate(&mut st, gb)?;
+                        let host = match st.reserved.remove(&grain) {
+                            Some(host) => host,
+                            None => sp.allocate(&mut st, gb)?,
+                        };
                         write_all(&sp.store, host, &grain_buf)?;
                         sp.set_entry(&mut st, grain, (host / SECTOR) as u32)?;
                     }
@@ -443,6 +446,39 @@ impl VmdkImage {
             done += n;
         }
         Ok(())
+    }
+
+    /// Allocates, in call order, the grains (and grain tables) a write of
+    /// `[offset, offset+len)` would allocate, so that writes from many
+    /// threads are laid out as writes in guest order. Reservations never
+    /// written stay unused space (the format keeps no free-space count).
+    fn reserve(&self, offset: u64, len: u64) -> Result<bool> {
+        self.check_write(offset, len)?;
+        self.for_each_piece(offset, len, |e, rel, n, _| {
+            let ExtentData::Sparse(sp) = &e.data else {
+                return Ok(());
+            };
+            if e.access != Access::ReadWrite || sp.compressed || n == 0 {
+                return Ok(());
+            }
+            let gb = sp.grain_bytes();
+            let mut st = sp.lock();
+            for grain in rel / gb..=(rel + n - 1) / gb {
+                if st.reserved.contains_key(&grain) {
+                    continue;
+                }
+                if matches!(
+                    sp.locate(&mut st, grain)?,
+                    GrainLoc::Unallocated | GrainLoc::Zeroed
+                ) {
+                    let host = sp.allocate(&mut st, gb)?;
+                    sp.ensure_table(&mut st, grain)?;
+                    st.reserved.insert(grain, host);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(true)
     }
 
     fn zero_extent(&self, e: &Extent, rel: u64, len: u64, flags: u32) -> Result<()> {
@@ -836,6 +872,10 @@ impl ImageImpl for VmdkImage {
     }
 
     fn write_compressed(&self, offset: u64, buf: &[u8]) -> std::result::Result<(), DriverError> {
+        if buf.is_empty() {
+            // The end of a compressed copy: extents are written whole sectors.
+            return Ok(());
+        }
         self.write_at(offset, buf)
     }
 
@@ -906,6 +946,9 @@ impl ImageImpl for VmdkImage {
         Ok(())
     }
 
+    fn reserve(&self, offset: u64, len: u64) -> std::result::Result<bool, DriverError> {
+        Ok(VmdkImage::reserve(self, offset, len)?)
+    }
     fn close(&self) -> std::result::Result<(), DriverError> {
         self.flush_pending()?;
         if self.writable {

@@ -68,6 +68,9 @@ pub struct SparseState {
     end: u64,
     /// The in-order writer of a new stream-optimized extent.
     pub stream: Option<StreamWriter>,
+    /// Grains (by number) whose data space was reserved ahead of their
+    /// write (`VmdkImage::reserve`), with the byte offset reserved.
+    pub reserved: HashMap<u64, u64>,
 }
 
 impl SparseState {
@@ -204,6 +207,7 @@ impl SparseExtent {
                 gd_dirty: false,
                 tables: HashMap::new(),
                 end: len.div_ceil(SECTOR) * SECTOR,
+                reserved: HashMap::new(),
                 stream,
             }),
             header: Some(header),
@@ -250,6 +254,7 @@ impl SparseExtent {
                 gd_dirty: false,
                 tables: HashMap::new(),
                 end: len.div_ceil(SECTOR) * SECTOR,
+                reserved: HashMap::new(),
                 stream: None,
             }),
             store,
@@ -347,12 +352,23 @@ impl SparseExtent {
             return Err(VmdkError::DirectoryTooSmall);
         }
         let gt = (grain / per) as u32;
-        if self.table(st, gt)?.is_none() {
-            self.new_table(st, gt)?;
-        }
+        self.ensure_table(st, grain)?;
         if let Some(t) = st.tables.get_mut(&gt) {
             t.entries[index] = entry;
             t.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Creates the grain table of grain `grain` at the end of the file if
+    /// the grain directory has none for it.
+    pub fn ensure_table(&self, st: &mut SparseState, grain: u64) -> Result<()> {
+        let gt = grain / u64::from(self.gtes_per_gt);
+        if gt >= st.gd.len() as u64 {
+            return Err(VmdkError::DirectoryTooSmall);
+        }
+        if self.table(st, gt as u32)?.is_none() {
+            self.new_table(st, gt as u32)?;
         }
         Ok(())
     }

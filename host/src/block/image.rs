@@ -145,6 +145,21 @@ impl BlockImage {
     pub fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
         self.call(|i| i.write_compressed(offset, RSlice::from_slice(buf)))
     }
+    /// Ends a compressed copy (an empty compressed write, ABI 1.4 on): the
+    /// driver may align its file's end, as qemu-img's `convert -c` does.
+    /// Older drivers are not asked.
+    pub fn end_compressed(&self) -> Result<(), DriverError> {
+        if self.driver.abi_minor < 4 {
+            return Ok(());
+        }
+        self.write_compressed(0, &[])
+    }
+    /// Allocates now the host space a write of the range will use (see
+    /// `Image::reserve`); false when the image does not reserve (drivers
+    /// before ABI 1.4 never do).
+    pub fn reserve(&self, offset: u64, len: u64) -> Result<bool, DriverError> {
+        self.call(|i| i.reserve(offset, len))
+    }
     /// Compresses one cluster without writing it (ordered targets).
     pub fn compress_cluster(&self, offset: u64, buf: &[u8]) -> Result<Vec<u8>, DriverError> {
         Ok(self

@@ -120,7 +120,8 @@ pub fn formatting_line(path: &str, driver: &Driver, values: &BTreeMap<String, St
     for o in schema(driver, true) {
         let value = values.get(&o.name).cloned().or(o.default.clone());
         if let Some(v) = value {
-            line.push_str(&format!(" {}={v}", o.name));
+            // Values are printed as an option string takes them: commas doubled.
+            line.push_str(&format!(" {}={}", o.name, v.replace(',', ",,")));
         }
     }
     line

@@ -15,7 +15,7 @@ use qimg_driver_api::{
     Prealloc, StoreRun,
 };
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 fn secrets() -> &'static Mutex<HashMap<String, String>> {
@@ -121,13 +121,7 @@ impl Services {
     /// Resolves `name` against the directory of the image, as qemu does for
     /// backing files and extents (absolute names stay as they are).
     pub fn resolve(&self, name: &str) -> String {
-        if Path::new(name).is_absolute() || name.contains(':') && name.starts_with("json:") {
-            return name.to_string();
-        }
-        match self.image_name.rfind('/') {
-            Some(cut) => format!("{}{}", &self.image_name[..=cut], name),
-            None => name.to_string(),
-        }
+        super::spec::relative_to(&self.image_name, name)
     }
 }
 

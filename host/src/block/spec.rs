@@ -73,6 +73,19 @@ pub fn canonical(path: &str) -> std::path::PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// A name an image records (backing file, extent), resolved as qemu does:
+/// relative to the directory of `image`, unless it is absolute or a `json:`
+/// object (whose paths are the process's own).
+pub fn relative_to(image: &str, name: &str) -> String {
+    if name.starts_with('/') || name.starts_with("json:") {
+        return name.to_string();
+    }
+    match image.rfind('/') {
+        Some(cut) => format!("{}{}", &image[..=cut], name),
+        None => name.to_string(),
+    }
+}
+
 /// qemu-img's words for a backing file that is already in the chain above.
 pub fn backing_loop(name: &str) -> String {
     format!("Backing file '{name}' creates an infinite loop.")

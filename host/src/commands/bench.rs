@@ -3,6 +3,7 @@
 use super::common::{cache_mode, check_image_opts, number, objects, print_help};
 use crate::block::{open_image, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
+use crate::engine::turns::Turns;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -150,13 +151,21 @@ fn run(args: &[String]) -> CmdResult {
     let error: Mutex<Option<String>> = Mutex::new(None);
     let flush_lock = std::sync::RwLock::new(());
     let workers = depth.min(MAX_WORKERS).min(count).max(1);
+    // Writers reserve their clusters in request order, so the image is laid
+    // out as qemu-img's in-order submission lays it out.
+    let turns = (write
+        && workers > 1
+        && image
+            .reserve(0, 0)
+            .map_err(|e| fail(e.message.to_string()))?)
+    .then(Turns::new);
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| {
                 let mut buf = vec![pattern; size as usize];
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count || failed.load(Ordering::Relaxed) {
+                    if i >= count {
                         break;
                     }
                     let at = if image_size == 0 {
@@ -165,10 +174,28 @@ fn run(args: &[String]) -> CmdResult {
                         (offset + i * step) % image_size.max(1)
                     };
                     let at = if i == 0 { offset } else { at };
+                    let in_range = at + size <= image_size;
+                    // Every request handed out takes its turn, even after
+                    // a failure: later ones wait for it.
+                    let reserved = match &turns {
+                        Some(turns) => turns.take(i as usize, || {
+                            if in_range && !failed.load(Ordering::Relaxed) {
+                                image.reserve(at, size).map(drop)
+                            } else {
+                                Ok(())
+                            }
+                        }),
+                        None => Ok(()),
+                    };
+                    if failed.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let result = {
                         let _in_flight = flush_lock.read().unwrap_or_else(|e| e.into_inner());
-                        if at + size > image_size {
+                        if !in_range {
                             Err("Input/output error".to_string())
+                        } else if let Err(e) = reserved {
+                            Err(e.message.to_string())
                         } else if write {
                             image.write(at, &buf).map_err(|e| e.message.to_string())
                         } else {

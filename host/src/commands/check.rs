@@ -82,9 +82,15 @@ fn run(args: &[String]) -> CmdResult {
         return Ok(not_supported());
     }
     let quiet = p.has("quiet");
+    // A check that fails still closes the image, as qemu-img does: a qcow2
+    // opened for repair then has its dirty bit cleared.
+    let failed = |status: i32| {
+        let _ = image.close();
+        Ok(status)
+    };
     let first = match run_check(&image, repair)? {
         Ok(report) => report,
-        Err(status) => return Ok(status),
+        Err(status) => return failed(status),
     };
     let mut report = first.clone();
     if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
@@ -96,7 +102,7 @@ fn run(args: &[String]) -> CmdResult {
         }
         report = match run_check(&image, Repair::None)? {
             Ok(report) => report,
-            Err(status) => return Ok(status),
+            Err(status) => return failed(status),
         };
         report.leaks_fixed = first.leaks_fixed;
         report.corruptions_fixed = first.corruptions_fixed;

@@ -2,6 +2,7 @@
 
 use super::common::{cache_mode, check_image_opts, number, objects, print_help};
 use crate::block::image::inner_open_message;
+use crate::block::spec::relative_to;
 use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::engine::chain::commit;
@@ -125,10 +126,7 @@ fn commit_command(
 /// is relative to the top image's directory, as qemu-img takes it), with its
 /// depth.
 fn find_in_chain(top: &BlockImage, base: &str) -> Option<(Arc<BlockImage>, usize)> {
-    let resolved = match top.filename.rfind('/') {
-        Some(cut) if !base.starts_with('/') => format!("{}{}", &top.filename[..=cut], base),
-        _ => base.to_string(),
-    };
+    let resolved = relative_to(&top.filename, base);
     let wanted = std::fs::canonicalize(resolved).ok();
     let mut layer = top.backing.clone();
     let mut depth = 1;

@@ -3,6 +3,7 @@
 use super::common::{objects, print_help};
 use crate::block::image::driver_for;
 use crate::block::image::inner_open_message;
+use crate::block::spec::relative_to;
 use crate::block::{create_image, open_image, options, OpenRequest};
 use crate::cli::{
     flag, getopt, long_arg, merge_opts, parse_size, wants_help, with_arg, Opt, SizeError,
@@ -136,10 +137,7 @@ fn check_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<
             "Error: Trying to create an image with the same filename as the backing file".into(),
         );
     }
-    let resolved = match filename.rfind('/') {
-        Some(cut) if !backing.starts_with('/') => format!("{}{}", &filename[..=cut], backing),
-        _ => backing.to_string(),
-    };
+    let resolved = relative_to(filename, backing);
     let request = OpenRequest {
         no_backing: true,
         ..OpenRequest::read(&resolved, format, false)

@@ -2,7 +2,7 @@
 
 use super::common::{check_image_opts, objects, print_help};
 use crate::block::services::MAX_CHAIN_DEPTH;
-use crate::block::spec::{backing_loop, canonical, resolve};
+use crate::block::spec::{backing_loop, canonical, relative_to, resolve};
 use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
@@ -169,7 +169,7 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
     if let Some(b) = &info.backing_filename {
         top.insert(
             "full-backing-filename".into(),
-            json!(full_backing_name(&image.filename, b)),
+            json!(relative_to(&image.filename, b)),
         );
         top.insert("backing-filename".into(), json!(b));
     }
@@ -221,17 +221,6 @@ fn snapshot_from_json(v: &Value) -> SnapshotInfo {
         date_nsec: num("date-nsec") as u32,
         vm_clock_nsec: num("vm-clock-sec") * 1_000_000_000 + num("vm-clock-nsec"),
         icount: v.get("icount").and_then(Value::as_u64),
-    }
-}
-
-/// The backing file name resolved against the overlay's directory.
-fn full_backing_name(overlay: &str, backing: &str) -> String {
-    if backing.starts_with('/') {
-        return backing.to_string();
-    }
-    match overlay.rfind('/') {
-        Some(cut) => format!("{}{}", &overlay[..=cut], backing),
-        None => backing.to_string(),
     }
 }
 

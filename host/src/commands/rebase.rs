@@ -3,6 +3,7 @@
 
 use super::common::{cache_mode, check_image_opts, objects, open_rw, print_help};
 use crate::block::image::inner_open_message;
+use crate::block::spec::relative_to;
 use crate::block::{open_image, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::engine::chain::RebaseJob;
@@ -83,12 +84,7 @@ fn rebase(
     let mut new_backing = None;
     if !unsafe_mode && !backing.is_empty() {
         // The new backing file is named relative to the image, as in its header.
-        let resolved = match image.filename.rfind('/') {
-            Some(cut) if !backing.starts_with('/') => {
-                format!("{}{}", &image.filename[..=cut], backing)
-            }
-            _ => backing.to_string(),
-        };
+        let resolved = relative_to(&image.filename, backing);
         let opened = open_image(&OpenRequest {
             cache: backing_cache,
             ..OpenRequest::read(&resolved, format.as_deref(), false)

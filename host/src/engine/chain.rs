@@ -69,8 +69,8 @@ impl RebaseJob<'_> {
     /// Copies into the image every cluster it does not allocate whose content
     /// through the old chain differs from the new backing's. Walks the image
     /// as qemu-img does, so progress advances by the same steps: runs of at
-    /// most 2 MiB, cut where allocation changes and at the ends of the old and
-    /// new backing files, each reported as an equal share.
+    /// most 2 MiB, cut where allocation changes; each run compared counts as
+    /// an equal share.
     pub fn run(&self, progress: &Progress) -> Result<(), DriverError> {
         let image = self.image;
         let size = image.size();
@@ -80,21 +80,14 @@ impl RebaseJob<'_> {
         }
         let share = 100.0f32 / (size / size.min(CHUNK)) as f32;
         let old_end = image.backing.as_ref().map_or(0, |b| b.size());
-        let new_end = self.new_backing.map_or(0, |b| b.size());
         // When the new backing file is itself in the old chain, only what the
         // layers above it allocate can differ: the rest is never read.
         let new_depth = self.new_backing.and_then(|b| depth_in_chain(image, b));
         let mut offset = 0u64;
         while offset < size {
-            progress.print(share, 100);
             let status = status_at(image, offset, (size - offset).min(CHUNK), Some(0))?;
             let mut len = status.length;
             if !status.present {
-                for end in [old_end, new_end] {
-                    if offset < end {
-                        len = len.min(end - offset);
-                    }
-                }
                 let differs = match new_depth {
                     Some(depth) => {
                         let above = status_at(image, offset, len, Some(depth - 1))?;
@@ -106,8 +99,10 @@ impl RebaseJob<'_> {
                     }
                     None => true,
                 };
+                // Runs that need no comparison advance no progress.
                 if differs {
-                    self.copy_differences(offset, len, cluster)?;
+                    self.copy_differences(offset, len, cluster, old_end)?;
+                    progress.print(share, 100);
                 }
             }
             offset += len;
@@ -116,8 +111,17 @@ impl RebaseJob<'_> {
     }
 
     /// Compares old and new content of `[offset, offset+len)` cluster by
-    /// cluster and writes the old content of the clusters that differ.
-    fn copy_differences(&self, offset: u64, len: u64, cluster: u64) -> Result<(), DriverError> {
+    /// cluster and writes the old content of each run of clusters that
+    /// differ, as qemu-img does: past the old backing file's end (from the
+    /// first run that reaches it) the old content is zeros, written as
+    /// zeroes rather than as data.
+    fn copy_differences(
+        &self,
+        offset: u64,
+        len: u64,
+        cluster: u64,
+        old_end: u64,
+    ) -> Result<(), DriverError> {
         let image = self.image;
         let start = offset / cluster * cluster;
         let end = (offset + len)
@@ -126,23 +130,44 @@ impl RebaseJob<'_> {
             .min(image.size());
         let mut old = vec![0u8; (end - start) as usize];
         let mut new = vec![0u8; (end - start) as usize];
-        image.read(start, &mut old)?;
+        let mut old_eof = start >= old_end;
+        if !old_eof {
+            image.read(start, &mut old)?;
+        }
         if let Some(backing) = self.new_backing {
             read_padded(backing, start, &mut new)?;
         }
-        for (index, (o, n)) in old
+        let differs: Vec<bool> = old
             .chunks(cluster as usize)
             .zip(new.chunks(cluster as usize))
-            .enumerate()
-        {
-            if o != n {
-                let at = start + index as u64 * cluster;
-                if self.compress {
-                    image.write_compressed(at, o)?;
+            .map(|(o, n)| o != n)
+            .collect();
+        let mut first = 0;
+        while first < differs.len() {
+            let run = differs[first..]
+                .iter()
+                .take_while(|&&d| d == differs[first])
+                .count();
+            let (from, to) = (
+                first * cluster as usize,
+                ((first + run) * cluster as usize).min(old.len()),
+            );
+            let at = start + from as u64;
+            if differs[first] {
+                if old_eof {
+                    image.write_zeroes(at, (to - from) as u64, 0)?;
+                } else if self.compress {
+                    for (i, piece) in old[from..to].chunks(cluster as usize).enumerate() {
+                        image.write_compressed(at + (i as u64) * cluster, piece)?;
+                    }
                 } else {
-                    image.write(at, o)?;
+                    image.write(at, &old[from..to])?;
                 }
             }
+            if start + to as u64 >= old_end {
+                old_eof = true;
+            }
+            first += run;
         }
         Ok(())
     }

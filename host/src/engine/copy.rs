@@ -7,10 +7,11 @@ use super::progress::Progress;
 use super::ratelimit::RateLimit;
 use super::sparse::Sparse;
 use super::status::Walker;
+use super::turns::Turns;
+use super::workers::{run_in_order, run_workers};
 use super::zero::is_zero;
 use crate::block::BlockImage;
 use qimg_driver_api::{zero_flags, DriverError, ErrorKind};
-use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,11 +65,19 @@ pub struct CopyJob<'a> {
     pub top_only: bool,
     /// `-C`: use copy_file_range between the two files.
     pub offload: bool,
-    /// `--salvage`: treat unreadable areas as zeros, with a warning.
+    /// `--salvage`: treat unreadable sectors as zeros, with a warning.
     pub salvage: bool,
+    /// `-q`: no warnings.
+    pub quiet: bool,
     /// The target must be written strictly in order.
     pub sequential: bool,
-    /// `-c`: write whole clusters compressed (`align` is the cluster size).
+    /// The target gets the host layout of writes in guest order (no `-W`):
+    /// workers reserve their target space in plan order before writing
+    /// (drivers that reserve, see `BlockImage::reserve`).
+    pub in_order: bool,
+    /// `-c`: write whole clusters compressed (`align` is the cluster size);
+    /// the target is told when the copy ends (qcow2 then aligns its file's
+    /// end, as after qemu-img's `convert -c`).
     pub compress: bool,
     /// Progress reporting.
     pub progress: &'a Progress,
@@ -76,14 +85,38 @@ pub struct CopyJob<'a> {
     pub rate: &'a RateLimit,
 }
 
-/// The compressed clusters of one item: (target offset, bytes).
-type Prepared = Vec<(u64, Vec<u8>)>;
+/// One cluster of a compressed item, ready for the ordered writer.
+enum Cluster {
+    /// What the driver's `compress_cluster` made of it.
+    Prepared(Vec<u8>),
+    /// The cluster itself (the driver compresses only as it writes).
+    Plain(Vec<u8>),
+}
+
+/// The compressed clusters of one item, with their target offsets.
+type Prepared = Vec<(u64, Cluster)>;
+
+/// An item's place in the in-order step of a parallel copy (see [`Turns`]).
+#[derive(Clone, Copy)]
+struct Turn<'a> {
+    turns: &'a Turns,
+    index: usize,
+}
+
+impl Turn<'_> {
+    /// Runs `step` in item order.
+    fn take<R>(self, step: impl FnOnce() -> R) -> R {
+        self.turns.take(self.index, step)
+    }
+}
 
 /// Items per worker compressed in parallel before the ordered writer takes
 /// them (each holds up to a chunk of data and its compressed copy).
 const ORDERED_WINDOW_PER_THREAD: usize = 2;
 /// Data is copied in steps of this many bytes (aligned in the target).
 const STEP: u64 = 256 << 10;
+/// Unit in which `--salvage` reads a failed request again.
+const SECTOR: usize = 512;
 /// Largest zero run handled as one write-zeroes request.
 const MAX_ZERO_REQUEST: u64 = 1 << 30;
 
@@ -217,11 +250,17 @@ impl CopyJob<'_> {
         let total: u64 = items.iter().filter(|i| counted(i)).map(|i| i.len).sum();
         let tracker = InOrder::new();
         let done = AtomicU64::new(0);
+        let parallel = !self.sequential && self.threads > 1;
+        // Reserving costs a step in item order: only worth it when workers
+        // would otherwise allocate in the order they finish.
+        let turns = (parallel && self.in_order && !self.compress && self.target.reserve(0, 0)?)
+            .then(Turns::new);
         let work = |index: usize| -> Result<(), DriverError> {
             let item = &items[index];
             self.rate
                 .take(if item.kind == Kind::Zero { 0 } else { item.len });
-            self.copy_item(item)?;
+            let turn = turns.as_ref().map(|turns| Turn { turns, index });
+            self.copy_item(item, turn)?;
             tracker.finish(index, |finished| {
                 if counted(&items[finished]) {
                     let now = done.fetch_add(items[finished].len, Ordering::Relaxed)
@@ -233,73 +272,65 @@ impl CopyJob<'_> {
         };
         if self.sequential && self.compress {
             self.run_ordered(&items, &done, total)?;
-        } else if self.sequential || self.threads <= 1 {
-            (0..items.len()).try_for_each(work)?;
+        } else if parallel {
+            run_workers(self.threads, items.len(), work)?;
         } else {
-            let pool = worker_pool(self.threads)?;
-            pool.install(|| (0..items.len()).into_par_iter().try_for_each(work))?;
+            (0..items.len()).try_for_each(work)?;
+        }
+        if self.compress {
+            self.target.end_compressed()?;
         }
         self.progress.print(100.0, 0);
         Ok(())
     }
 
-    /// For targets written strictly in order: clusters are read and compressed
-    /// by the workers a window at a time, then written in order by this thread.
+    /// For targets written strictly in order: the workers read and compress
+    /// items ahead (at most a window of them), and whichever worker finds
+    /// the next item in order ready writes it.
     fn run_ordered(&self, items: &[Item], done: &AtomicU64, total: u64) -> Result<(), DriverError> {
-        let pool = worker_pool(self.threads)?;
         let cluster = self.align.max(512) as usize;
-        let windows: Vec<&[Item]> = items
-            .chunks(ORDERED_WINDOW_PER_THREAD * self.threads.max(1))
-            .collect();
-        let compress = |window: &[Item]| -> Result<Vec<Prepared>, DriverError> {
-            window
-                .par_iter()
-                .map(|item| self.prepare(item, cluster))
-                .collect()
-        };
-        let write = |window: &[Item], prepared: Vec<Prepared>| -> Result<(), DriverError> {
-            for (item, clusters) in window.iter().zip(prepared) {
-                if item.kind == Kind::Zero && !self.target_zeroed {
-                    self.target
-                        .write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP)?;
+        let write = |index: usize, clusters: Prepared| -> Result<(), DriverError> {
+            let item = &items[index];
+            if item.kind == Kind::Zero && !self.target_zeroed {
+                self.target
+                    .write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP)?;
+            }
+            for (at, cluster) in clusters {
+                match cluster {
+                    Cluster::Prepared(data) => self.target.write_prepared(at, &data)?,
+                    Cluster::Plain(data) => self.target.write_compressed(at, &data)?,
                 }
-                for (at, data) in clusters {
-                    self.target.write_prepared(at, &data)?;
-                }
-                if item.kind != Kind::Zero {
-                    let now = done.fetch_add(item.len, Ordering::Relaxed) + item.len;
-                    self.progress.fraction(now, total);
-                }
+            }
+            if item.kind != Kind::Zero {
+                let now = done.fetch_add(item.len, Ordering::Relaxed) + item.len;
+                self.progress.fraction(now, total);
             }
             Ok(())
         };
-        // Window k is written while window k+1 is compressed.
-        pool.install(|| {
-            let mut pending = match windows.first() {
-                Some(first) => compress(first)?,
-                None => return Ok(()),
-            };
-            for (k, window) in windows.iter().enumerate() {
-                let ready = std::mem::take(&mut pending);
-                let (written, next) = rayon::join(
-                    || write(window, ready),
-                    || windows.get(k + 1).map(|w| compress(w)).transpose(),
-                );
-                written?;
-                pending = next?.unwrap_or_default();
-            }
-            Ok(())
-        })
+        run_in_order(
+            self.threads,
+            items.len(),
+            ORDERED_WINDOW_PER_THREAD * self.threads.max(1),
+            |index| self.prepare(&items[index], cluster),
+            write,
+        )
     }
 
-    /// Reads a compressed item and compresses its non-zero clusters.
+    /// Reads a compressed item and compresses its non-zero clusters (a
+    /// driver that cannot compress ahead gets the plain cluster, to write
+    /// with `write_compressed`).
     fn prepare(&self, item: &Item, cluster: usize) -> Result<Prepared, DriverError> {
         if item.kind != Kind::Compressed {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
         self.each_cluster(item, cluster, |at, piece| {
-            out.push((at, self.target.compress_cluster(at, piece)?));
+            let prepared = match self.target.compress_cluster(at, piece) {
+                Ok(data) => Cluster::Prepared(data),
+                Err(e) if e.kind == ErrorKind::UNSUPPORTED => Cluster::Plain(piece.to_vec()),
+                Err(e) => return Err(e),
+            };
+            out.push((at, prepared));
             Ok(())
         })?;
         Ok(out)
@@ -325,8 +356,15 @@ impl CopyJob<'_> {
         })
     }
 
-    fn copy_item(&self, item: &Item) -> Result<(), DriverError> {
+    /// Copies one item. With a `turn`, the target space (or, for zero
+    /// items, the metadata) the item needs is set up in item order, and the
+    /// turn is taken exactly once whatever fails.
+    fn copy_item(&self, item: &Item, turn: Option<Turn>) -> Result<(), DriverError> {
         let target = self.target;
+        let in_turn = |step: &dyn Fn() -> Result<(), DriverError>| match turn {
+            Some(turn) => turn.take(step),
+            None => step(),
+        };
         match item.kind {
             Kind::Compressed => {
                 let cluster = self.align.max(512) as usize;
@@ -334,14 +372,20 @@ impl CopyJob<'_> {
                     target.write_compressed(at, piece)
                 })
             }
-            Kind::Zero if self.target_zeroed => Ok(()),
-            Kind::Zero => target.write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP),
+            Kind::Zero if self.target_zeroed => in_turn(&|| Ok(())),
+            Kind::Zero => {
+                in_turn(&|| target.write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP))
+            }
             Kind::ZeroData => with_buffer(item.len as usize, |buf| {
                 buf.fill(0);
+                in_turn(&|| target.reserve(item.dst_offset, item.len).map(drop))?;
                 target.write(item.dst_offset, buf)
             }),
             Kind::Data => {
                 let source = &self.sources[item.source];
+                if let Some(turn) = turn {
+                    return self.copy_reserved(source, item, turn);
+                }
                 if self.offload {
                     if let Some(result) = offload(source, target, item) {
                         return result;
@@ -368,6 +412,86 @@ impl CopyJob<'_> {
         }
     }
 
+    /// Copies a data item whose target space is reserved in item order: the
+    /// item is read, its data runs reserved in its turn (an item that turns
+    /// out all zeros writes its zeros in its turn instead), then written.
+    fn copy_reserved(
+        &self,
+        source: &BlockImage,
+        item: &Item,
+        turn: Turn,
+    ) -> Result<(), DriverError> {
+        let target = self.target;
+        with_buffer(item.len as usize, |buf| {
+            let read = self.fetch(source, item.src_offset, item.dst_offset, buf);
+            let runs = match read {
+                Ok(()) => self.runs(buf, item.dst_offset),
+                Err(_) => Vec::new(),
+            };
+            let has_data = runs.iter().any(|r| r.2);
+            turn.take(|| -> Result<(), DriverError> {
+                read.clone()?;
+                for &(start, end, data) in &runs {
+                    let at = item.dst_offset + start as u64;
+                    let len = (end - start) as u64;
+                    if data {
+                        target.reserve(at, len)?;
+                    } else if !has_data && !self.target_zeroed {
+                        target.write_zeroes(at, len, zero_flags::MAY_UNMAP)?;
+                    }
+                }
+                Ok(())
+            })?;
+            for (start, end, data) in runs {
+                let at = item.dst_offset + start as u64;
+                if data {
+                    target.write(at, &buf[start..end])?;
+                } else if has_data && !self.target_zeroed {
+                    target.write_zeroes(at, (end - start) as u64, zero_flags::MAY_UNMAP)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads `buf.len()` bytes of `source` at `src` (target offset `dst`).
+    /// A failed read is reported as qemu-img reports it, with the target
+    /// offset of the request; with `--salvage` the request is read again
+    /// sector by sector and only the unreadable sectors read as zeros, each
+    /// with a warning (unless `-q`).
+    fn fetch(
+        &self,
+        source: &BlockImage,
+        src: u64,
+        dst: u64,
+        buf: &mut [u8],
+    ) -> Result<(), DriverError> {
+        let Err(e) = source.read(src, buf) else {
+            return Ok(());
+        };
+        if !self.salvage {
+            let at = dst + failed_extent(source, src, buf).unwrap_or(0);
+            return Err(DriverError {
+                message: format!("error while reading at byte {at}: {}", e.message).into(),
+                ..e
+            });
+        }
+        for (index, sector) in buf.chunks_mut(SECTOR).enumerate() {
+            let at = src + (index * SECTOR) as u64;
+            if let Err(e) = source.read(at, sector) {
+                if !self.quiet {
+                    eprintln!(
+                        "{}: warning: error while reading offset {at}: {}",
+                        crate::cli::program(),
+                        e.message
+                    );
+                }
+                sector.fill(0);
+            }
+        }
+        Ok(())
+    }
+
     /// Copies `len` bytes of data from `source` at `src` to the target at `dst`.
     fn copy_data(
         &self,
@@ -377,19 +501,18 @@ impl CopyJob<'_> {
         len: u64,
     ) -> Result<(), DriverError> {
         with_buffer(len as usize, |buf| {
-            if let Err(e) = source.read(src, buf) {
-                if !self.salvage {
-                    return Err(e);
-                }
-                eprintln!(
-                    "{}: warning: error while reading offset {src}: {}",
-                    crate::cli::program(),
-                    e.message
-                );
-                buf.fill(0);
-            }
+            self.fetch(source, src, dst, buf)?;
             self.write_sparse(dst, buf)
         })
+    }
+
+    /// The runs of `buf` (written at target `offset`) as `-S` cuts them:
+    /// (start, end, is data); all of it is data with `-S 0`.
+    fn runs(&self, buf: &[u8], offset: u64) -> Vec<(usize, usize, bool)> {
+        if self.min_sparse == 0 {
+            return vec![(0, buf.len(), true)];
+        }
+        Sparse::new(self.min_sparse, self.align).runs(buf, offset)
     }
 
     /// Writes `buf`, leaving out (or zeroing) the zero runs `-S` makes
@@ -430,17 +553,37 @@ fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
-/// A rayon pool of `threads` workers (at least one) for one copy.
-fn worker_pool(threads: usize) -> Result<rayon::ThreadPool, DriverError> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build()
-        .map_err(|e| {
-            DriverError::new(
-                ErrorKind::OTHER,
-                format!("cannot start worker threads: {e}"),
-            )
-        })
+/// Where in `buf` (read from `source` at `src`) the first extent the
+/// source reports that cannot be read starts: qemu-img reads extent by
+/// extent, and names the failed request's start (a compressed qcow2
+/// cluster is an extent of its own).
+fn failed_extent(source: &BlockImage, src: u64, buf: &mut [u8]) -> Option<u64> {
+    use qimg_driver_api::extent_flags::COMPRESSED;
+    let cluster = source.info().ok()?.cluster_size.unwrap_or(0);
+    let end = src + buf.len() as u64;
+    let mut at = src;
+    while at < end {
+        let extents = source.block_status(at, end - at).ok()?;
+        for extent in extents {
+            let stop = extent.end().min(end);
+            if stop <= at {
+                return None;
+            }
+            while at < stop {
+                let piece_end = if extent.has(COMPRESSED) && cluster > 0 {
+                    ((at / cluster + 1) * cluster).min(stop)
+                } else {
+                    stop
+                };
+                let (from, to) = ((at - src) as usize, (piece_end - src) as usize);
+                if source.read(at, &mut buf[from..to]).is_err() {
+                    return Some(from as u64);
+                }
+                at = piece_end;
+            }
+        }
+    }
+    None
 }
 
 /// The parts of `item` outside the sorted, disjoint `spans`.

@@ -9,4 +9,6 @@ pub mod progress;
 pub mod ratelimit;
 pub mod sparse;
 pub mod status;
+pub mod turns;
+pub mod workers;
 pub mod zero;

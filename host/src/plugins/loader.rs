@@ -7,7 +7,7 @@
 
 use super::manifest::{locate, Manifest};
 use qimg_driver_api::abi_stable::abi_stability::abi_checking::{
-    check_layout_compatibility, AbiInstability,
+    check_layout_compatibility_with_globals, AbiInstability, CheckingGlobals,
 };
 use qimg_driver_api::abi_stable::library::{lib_header_from_path, LibHeader, LibraryError};
 use qimg_driver_api::abi_stable::StableAbi;
@@ -433,7 +433,12 @@ fn check_layout(header: &LibHeader, api: &ApiVersion) -> Result<(), String> {
         return Err("it carries no type layout to check".to_string());
     };
     let ours = <DriverLibRef as StableAbi>::LAYOUT;
-    let Err(errors) = check_layout_compatibility(theirs, ours) else {
+    // Each library is checked on its own: abi_stable's process-wide
+    // globals would merge the prefix types of every library checked so far,
+    // and a 1.4 library loaded after a shorter 1.3 one would then have
+    // "too many fields".
+    let globals = CheckingGlobals::new();
+    let Err(errors) = check_layout_compatibility_with_globals(theirs, ours, &globals) else {
         return Ok(());
     };
     // Early libraries differ only in the package version recorded with each
@@ -545,13 +550,14 @@ mod tests {
         assert!(api_version("0.1.0").is_ok_and(|v| v.legacy));
         assert!(api_version("1.0.0").is_ok_and(|v| !v.legacy));
         assert!(api_version("1.3.7").is_ok());
+        assert!(api_version("1.4.0").is_ok());
         assert_eq!(
-            api_version("1.4.0").err().as_deref(),
-            Some("built for driver ABI 1.4, this qimg loads 1.0 to 1.3; it needs a newer qimg")
+            api_version("1.5.0").err().as_deref(),
+            Some("built for driver ABI 1.5, this qimg loads 1.0 to 1.4; it needs a newer qimg")
         );
         assert_eq!(
             api_version("2.0.0").err().as_deref(),
-            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.3")
+            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.4")
         );
         assert!(api_version("0.2.0").is_err());
         assert_eq!(

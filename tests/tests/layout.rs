@@ -1,0 +1,148 @@
+//! Without `-W`, qemu-img writes a convert target in guest order, and
+//! `bench -w` submits its requests in order: an allocating format's file is
+//! laid out sequentially. qimg copies with several workers but reserves
+//! target space in guest order, so its targets are the same files (qcow2,
+//! byte for byte) or have the same `qemu-img map` (vmdk, whose descriptor
+//! holds a random CID). `-W` lets the layout differ.
+
+use qimg_tests::Fixture;
+
+/// A 24 MiB raw source with data in many copy units (2 MiB each), partly
+/// zero runs inside data, and holes: more items than workers, so workers
+/// finish out of order.
+fn source(fx: &Fixture) {
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "24M"]);
+    fx.qemu_io_cmds(
+        "raw",
+        "src.raw",
+        &[
+            "write -P 1 0 3M",
+            "write -P 0 1M 256k",
+            "write -P 2 4M 5M",
+            "write -P 3 10300k 700k",
+            "write -P 0 12M 2M",
+            "write -P 4 15M 1M",
+            "write -P 5 17M 64k",
+            "write -P 6 18M 4M",
+            "write -P 7 23M 4k",
+        ],
+    );
+    // A second, oddly sized source: concatenated sources do not end on
+    // cluster boundaries.
+    fx.oracle(&["create", "-q", "-f", "raw", "odd.raw", "3333k"]);
+    fx.qemu_io_cmds("raw", "odd.raw", &["write -P 8 100k 3000k"]);
+}
+
+#[test]
+fn qcow2_convert_targets_are_qemu_imgs_files() {
+    let fx = Fixture::new("layout_qcow2");
+    source(&fx);
+    fx.make_qcow2("base.qcow2", "", "24M");
+    // The plain case to the last detail: output, bytes, and which parts of
+    // the file are holes (new clusters are zeroed whole, not written with
+    // zero padding).
+    fx.same_effect(&["convert", "-O", "qcow2", "src.raw", "{}"], "out.qcow2");
+    let cases: [&[&str]; 9] = [
+        &["-S", "64k"],
+        &["-S", "0"],
+        &["-o", "cluster_size=4k"],
+        &["-o", "extended_l2=on"],
+        &["-o", "cluster_size=2M"],
+        &["-B", "base.qcow2", "-F", "qcow2"],
+        &["-c"],
+        &["-c", "-o", "compression_type=zstd"],
+        &["-W", "-m", "1"],
+    ];
+    for options in cases {
+        let mut args = vec!["convert", "-O", "qcow2"];
+        args.extend(options);
+        args.extend(["src.raw", "{}"]);
+        let (ours, theirs) = both(&fx, &args, "qcow2");
+        let read = |f: &str| std::fs::read(fx.path(f)).expect("read");
+        assert!(
+            read(&ours) == read(&theirs),
+            "the files differ for {args:?}"
+        );
+    }
+    let (ours, theirs) = both(
+        &fx,
+        &[
+            "convert", "-O", "qcow2", "odd.raw", "src.raw", "odd.raw", "{}",
+        ],
+        "qcow2",
+    );
+    assert_eq!(map(&fx, &ours), map(&fx, &theirs));
+    fx.oracle(&["compare", &ours, &theirs]);
+}
+
+#[test]
+fn qcow2_convert_into_existing_images_keeps_qemu_imgs_layout() {
+    let fx = Fixture::new("layout_existing");
+    source(&fx);
+    fx.make_qcow2("base.qcow2", "", "24M");
+    fx.make_qcow2("plain.qcow2", "", "24M");
+    fx.make_qcow2(
+        "over.qcow2",
+        "backing_file=base.qcow2,backing_fmt=qcow2",
+        "24M",
+    );
+    for target in ["plain.qcow2", "over.qcow2"] {
+        fx.same_effect(&["convert", "-n", "-O", "qcow2", "src.raw", "{}"], target);
+    }
+}
+
+/// Runs `args` (target `{}`) by both tools, each into its own file
+/// (`ours.EXT`, `theirs.EXT`), and requires success of both.
+fn both(fx: &Fixture, args: &[&str], ext: &str) -> (String, String) {
+    let (ours, theirs) = (format!("ours.{ext}"), format!("theirs.{ext}"));
+    let with = |file: &str| -> Vec<String> { args.iter().map(|a| a.replace("{}", file)).collect() };
+    let (a, b) = (with(&ours), with(&theirs));
+    let out = fx.qimg(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status, 0, "qimg {a:?}: {}", out.stderr);
+    fx.oracle(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    (ours, theirs)
+}
+
+/// The `qemu-img map --output=json` of `file`.
+fn map(fx: &Fixture, file: &str) -> String {
+    fx.oracle(&["map", "--output=json", file]).stdout
+}
+
+#[test]
+fn vmdk_convert_targets_have_qemu_imgs_map() {
+    let fx = Fixture::new("layout_vmdk");
+    source(&fx);
+    for subformat in [
+        "monolithicSparse",
+        "twoGbMaxExtentSparse",
+        "streamOptimized",
+    ] {
+        let opts = format!("subformat={subformat}");
+        let args = [
+            "convert", "-O", "vmdk", "-o", &opts, "odd.raw", "src.raw", "{}",
+        ];
+        let (ours, theirs) = both(&fx, &args, "vmdk");
+        assert_eq!(map(&fx, &ours), map(&fx, &theirs), "{subformat}");
+        fx.oracle(&["compare", &theirs, &ours]);
+        for f in [ours, theirs] {
+            let _ = std::fs::remove_file(fx.path(&f));
+        }
+    }
+}
+
+#[test]
+fn bench_writes_are_laid_out_in_request_order() {
+    let fx = Fixture::new("layout_bench");
+    for format in ["qcow2", "vmdk"] {
+        for name in ["ours", "theirs"] {
+            let file = format!("{name}.{format}");
+            fx.oracle(&["create", "-q", "-f", format, &file, "16M"]);
+        }
+        // Requests of 16 KiB every 48 KiB: each one allocates.
+        let args = [
+            "bench", "-w", "-f", format, "-c", "300", "-s", "16k", "-S", "48k", "{}",
+        ];
+        let (ours, theirs) = both(&fx, &args, format);
+        assert_eq!(map(&fx, &ours), map(&fx, &theirs), "bench -w on {format}");
+    }
+}
