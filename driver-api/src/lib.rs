@@ -24,6 +24,7 @@ pub mod error;
 pub mod guard;
 pub mod io;
 pub mod schema;
+pub mod size;
 pub mod traits;
 pub mod types;
 

@@ -19,6 +19,19 @@ same_cases! {
     bad_size_option => ["create", "-f", "raw", "-o", "size=bogus", "x"],
     size_twice => ["create", "-f", "raw", "-o", "size=1M", "x", "1M"],
     backing_unsupported => ["create", "-f", "raw", "-b", "mid.raw", "x", "1M"],
+    size_option_negative => ["create", "-f", "raw", "-o", "size=-1", "x"],
+    size_option_past_64_bits => ["create", "-f", "qcow2", "-o", "size=16E", "x"],
+    size_option_negative_with_suffix => ["create", "-f", "raw", "-o", "size=-1k", "x"],
+    size_digits_overflow_before_suffix => ["create", "x", "99999999999999999999k"],
+    // qcow2's checks, in qemu's order: unparsable values first, then the
+    // combinations, the cipher's secret last.
+    qcow2_bad_encrypt_format => ["create", "-f", "qcow2", "-o", "encrypt.format=xx,preallocation=foo", "x", "1M"],
+    qcow2_compression_type_before_lazy => ["create", "-f", "qcow2", "-o", "compression_type=foo,compat=0.10,lazy_refcounts=on", "x", "1M"],
+    qcow2_cluster_size_before_secret => ["create", "-f", "qcow2", "-o", "encryption=on,compat=0.10,cluster_size=3", "x", "1M"],
+    qcow2_extended_l2_before_backing_format => ["create", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=8k,backing_fmt=qcow2", "x", "1M"],
+    qcow2_lazy_before_data_file_raw => ["create", "-f", "qcow2", "-o", "data_file_raw=on,compat=0.10,lazy_refcounts=on", "x", "1M"],
+    qcow2_backing_with_preallocation => ["create", "-f", "qcow2", "-b", "mid.raw", "-F", "raw", "-o", "preallocation=metadata", "x", "4M"],
+    qcow2_too_large_for_small_clusters => ["create", "-f", "qcow2", "-o", "cluster_size=512", "x", "4E"],
 }
 
 fn created(args: &[&str], name: &str) {

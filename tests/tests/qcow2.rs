@@ -1246,3 +1246,51 @@ fn backing_loops_are_refused_by_name() {
         );
     }
 }
+
+#[test]
+fn runtime_options_at_open_are_checked_as_qemu_checks_them() {
+    // QEMU's qcow2 runtime options (cache sizes, discard and overlap-check
+    // settings) are accepted with qemu-img's checks and messages, and keep
+    // the image's plain name; data-file.filename replaces the external data
+    // file's name.
+    let fx = Fixture::new("q2_runtime_opts");
+    fx.make_qcow2("a.qcow2", "", "1M");
+    for opt in [
+        "l2-cache-entry-size=4096",
+        "l2-cache-entry-size=1000",
+        "l2-cache-entry-size=abc",
+        "l2-cache-size=1M,cache-size=512k",
+        "l2-cache-size=1M,refcount-cache-size=1M,cache-size=4M",
+        "refcount-cache-size=2M,cache-size=1M",
+        "l2-cache-size=-1",
+        "cache-clean-interval=600",
+        "cache-clean-interval=-1",
+        "cache-clean-interval=abc",
+        "lazy-refcounts=on,pass-discard-request=off,discard-no-unref=on",
+        "lazy-refcounts=maybe",
+        "overlap-check=none",
+        "overlap-check=foo",
+    ] {
+        fx.same(&[
+            "info",
+            "--image-opts",
+            &format!("driver=qcow2,file.filename=a.qcow2,{opt}"),
+        ]);
+    }
+    fx.make_qcow2("df.qcow2", "data_file=dd.raw", "1M");
+    fx.qemu_io_cmds("qcow2", "df.qcow2", &["write -P 4 0 64k"]);
+    fx.sh("mv dd.raw moved.raw");
+    let moved = "driver=qcow2,file.filename=df.qcow2,data-file.filename=moved.raw";
+    fx.same(&["info", "--image-opts", moved]);
+    let out = fx.qimg(&["convert", "-O", "raw", "--image-opts", moved, "out.raw"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.qemu_io_cmds("raw", "out.raw", &["read -P 4 0 64k"]);
+    fx.same(&[
+        "convert",
+        "-O",
+        "raw",
+        "--image-opts",
+        "driver=qcow2,file.filename=df.qcow2,data-file.filename=nope.raw",
+        "x.raw",
+    ]);
+}

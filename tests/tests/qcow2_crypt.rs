@@ -327,3 +327,62 @@ fn rebase_copies_backing_data_into_an_encrypted_overlay() {
     ]);
     assert_eq!(check.status, 0, "{}{}", check.stdout, check.stderr);
 }
+
+/// A 32-byte master key (bytes 1 to 32), base64.
+const MASTER: &str =
+    "secret,id=master,format=base64,data=AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+/// `pw123` sealed with MASTER (AES-256-CBC, PKCS#7, IV bytes 0xa0 to 0xaf).
+const SEALED: &str =
+    "secret,id=sealed,keyid=master,iv=oKGio6SlpqeoqaqrrK2urw==,format=base64,data=7QTDcsY5tkPu9dz+mFi5UQ==";
+
+#[test]
+fn secrets_sealed_with_another_secret() {
+    // A secret given encrypted with a master key (keyid=, iv=) opens the
+    // image its plain text opens; bad parameters fail as in qemu-img.
+    let fx = Fixture::new("crypt_sealed_secret");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        "secret,id=plain,data=pw123",
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=plain",
+        "e.qcow2",
+        "1M",
+    ]);
+    fx.sh("qemu-io --object secret,id=plain,data=pw123 --image-opts \
+           driver=qcow2,file.filename=e.qcow2,encrypt.key-secret=plain \
+           -c 'write -P 0x5a 0 64k' >/dev/null");
+    let out = fx.qimg(&[
+        "convert",
+        "--object",
+        MASTER,
+        "--object",
+        SEALED,
+        "--image-opts",
+        "driver=qcow2,file.filename=e.qcow2,encrypt.key-secret=sealed",
+        "out.raw",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.qemu_io_cmds("raw", "out.raw", &["read -P 0x5a 0 64k"]);
+    for bad in [
+        "secret,id=s,keyid=master,format=base64,data=7QTDcsY5tkPu9dz+mFi5UQ==",
+        "secret,id=s,keyid=master,iv=AAAA,format=base64,data=7QTDcsY5tkPu9dz+mFi5UQ==",
+        "secret,id=s,keyid=nokey,iv=oKGio6SlpqeoqaqrrK2urw==,data=x",
+        "secret,id=s,keyid=master,iv=oKGio6SlpqeoqaqrrK2urw==,data=abcd",
+        "secret,id=s,keyid=short,iv=oKGio6SlpqeoqaqrrK2urw==,data=abcd",
+    ] {
+        fx.same(&[
+            "info",
+            "--object",
+            MASTER,
+            "--object",
+            "secret,id=short,data=abc",
+            "--object",
+            bad,
+            "e.qcow2",
+        ]);
+    }
+}

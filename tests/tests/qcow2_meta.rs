@@ -1259,3 +1259,41 @@ fn check_reports_and_repairs_snapshot_tables_like_qemu() {
     assert!(ours.stderr.contains("ERROR snapshot table too large"));
     fx.sh("cmp ours.r many.q");
 }
+
+#[test]
+fn unknown_features_are_named_from_the_feature_table() {
+    // An incompatible feature qemu does not know (bit 10) is refused by the
+    // name the image's feature-name table gives it, also when the table's
+    // last entry is cut short.
+    let fx = Fixture::new("qm_feature_names");
+    fx.make_qcow2("f.qcow2", "", "1M");
+    let header = std::fs::read(fx.path("f.qcow2")).expect("read");
+    // Version 3 header of 112 bytes, then the feature table extension.
+    assert_eq!(&header[112..116], &0x6803_f857u32.to_be_bytes());
+    let mut entry = vec![0u8, 10];
+    entry.extend(b"frobnicate\0");
+    let mut incompat = header[72..80].to_vec();
+    incompat[6] |= 0x04;
+    fx.patched_copy(
+        "f.qcow2",
+        "named.qcow2",
+        &[(72, incompat.clone()), (120, entry.clone())],
+    );
+    fx.patched_copy(
+        "f.qcow2",
+        "short.qcow2",
+        &[
+            (72, incompat),
+            (116, 30u32.to_be_bytes().to_vec()),
+            (120, entry),
+        ],
+    );
+    for f in ["named.qcow2", "short.qcow2"] {
+        let out = fx.same(&["info", f]);
+        assert!(
+            out.stderr.contains("feature(s): frobnicate"),
+            "{}",
+            out.stderr
+        );
+    }
+}

@@ -155,27 +155,11 @@ fn on(options: &BTreeMap<String, String>, name: &str) -> bool {
     options.get(name).is_some_and(|v| v == "on")
 }
 
-/// Checks the options as qemu does, with its messages.
+/// Checks the options as qemu does, in its order and with its messages:
+/// values that do not parse first, then the combinations, the cipher's
+/// secret last.
 pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
     let encrypted = on(options, "encryption") || options.contains_key("encrypt.format");
-    let key_secret = match options.get("encrypt.format").map(String::as_str) {
-        Some("luks") => {
-            return Err(Error::unsupported(
-                "qcow2 LUKS encryption is not supported by qimg yet",
-            ))
-        }
-        Some("aes") | None => options.get("encrypt.key-secret").cloned(),
-        Some(other) => {
-            return Err(Error::argument(format!(
-                "Parameter 'encrypt.format' does not accept value '{other}'"
-            )))
-        }
-    };
-    if encrypted && key_secret.is_none() {
-        return Err(Error::argument(
-            "Parameter 'encrypt.key-secret' is required for cipher",
-        ));
-    }
     let version = match options.get("compat").map(String::as_str) {
         None | Some("1.1") | Some("v3") => 3,
         Some("0.10") | Some("v2") => 2,
@@ -185,16 +169,19 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
             )))
         }
     };
-    let cluster_size: u64 = options
-        .get("cluster_size")
-        .map(|v| v.parse().unwrap_or(0))
-        .unwrap_or(65536);
-    if !cluster_size.is_power_of_two() || !(512..=2 << 20).contains(&cluster_size) {
-        return Err(Error::argument(
-            "Cluster size must be a power of two between 512 and 2048k",
-        ));
+    match options.get("encrypt.format").map(String::as_str) {
+        Some("luks") => {
+            return Err(Error::unsupported(
+                "qcow2 LUKS encryption is not supported by qimg yet",
+            ))
+        }
+        Some("aes") | None => {}
+        Some(other) => {
+            return Err(Error::argument(format!(
+                "Parameter 'format' does not accept value '{other}'"
+            )))
+        }
     }
-    let cluster_bits = cluster_size.trailing_zeros();
     let prealloc = match options.get("preallocation") {
         Some(p) => Prealloc::parse(p).ok_or_else(|| {
             Error::argument(format!(
@@ -203,21 +190,46 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
         })?,
         None => Prealloc::OFF,
     };
+    let zstd = match options.get("compression_type").map(String::as_str) {
+        None | Some("zlib") => false,
+        Some("zstd") => true,
+        Some(other) => {
+            return Err(Error::argument(format!(
+                "Parameter 'compression-type' does not accept value '{other}'"
+            )))
+        }
+    };
+    let cluster_size: u64 = options
+        .get("cluster_size")
+        .map(|v| v.parse().unwrap_or(0))
+        .unwrap_or(65536);
+    let extended_l2 = on(options, "extended_l2");
+    if extended_l2 {
+        if version < 3 {
+            return Err(Error::argument("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
+        }
+        if cluster_size < 16384 {
+            return Err(Error::argument(
+                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+            ));
+        }
+    }
+    if !cluster_size.is_power_of_two() || !(512..=2 << 20).contains(&cluster_size) {
+        return Err(Error::argument(
+            "Cluster size must be a power of two between 512 and 2048k",
+        ));
+    }
+    let cluster_bits = cluster_size.trailing_zeros();
     let backing_file = options.get("backing_file").cloned();
     let backing_fmt = options.get("backing_fmt").cloned();
+    if backing_file.is_some() && prealloc != Prealloc::OFF && !extended_l2 {
+        return Err(Error::argument(
+            "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+        ));
+    }
     if backing_fmt.is_some() && backing_file.is_none() {
         return Err(Error::argument(
             "Backing format cannot be used without backing file",
-        ));
-    }
-    let data_file = options.get("data_file").cloned();
-    let data_file_raw = on(options, "data_file_raw");
-    if data_file_raw && data_file.is_none() {
-        return Err(Error::argument("data-file-raw requires data-file"));
-    }
-    if data_file_raw && backing_file.is_some() {
-        return Err(Error::argument(
-            "Backing file and data-file-raw cannot be used at the same time",
         ));
     }
     let lazy_refcounts = on(options, "lazy_refcounts");
@@ -236,34 +248,33 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
     if version < 3 && refcount_bits != 16 {
         return Err(Error::argument("Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"));
     }
+    let data_file = options.get("data_file").cloned();
     if version < 3 && data_file.is_some() {
         return Err(Error::argument("External data files are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
     }
-    let zstd = match options.get("compression_type").map(String::as_str) {
-        None | Some("zlib") => false,
-        Some("zstd") => true,
-        Some(other) => {
-            return Err(Error::argument(format!(
-                "Parameter 'compression-type' does not accept value '{other}'"
-            )))
-        }
-    };
+    let data_file_raw = on(options, "data_file_raw");
+    if data_file_raw && data_file.is_none() {
+        return Err(Error::argument("data-file-raw requires data-file"));
+    }
+    if data_file_raw && backing_file.is_some() {
+        return Err(Error::argument(
+            "Backing file and data-file-raw cannot be used at the same time",
+        ));
+    }
     if zstd && version < 3 {
         return Err(Error::argument("Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
     }
-    let extended_l2 = on(options, "extended_l2");
-    if extended_l2 {
-        if version < 3 {
-            return Err(Error::argument("Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
-        }
-        if cluster_size < 16384 {
-            return Err(Error::argument(
-                "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
-            ));
-        }
+    let key_secret = options.get("encrypt.key-secret").cloned();
+    if encrypted && key_secret.is_none() {
+        return Err(Error::argument(
+            "Parameter 'encrypt.key-secret' is required for cipher",
+        ));
     }
+    let size = size.checked_next_multiple_of(512).ok_or_else(|| {
+        Error::argument("The image size is too large (try using a larger cluster size)")
+    })?;
     Ok(Params {
-        size: size.div_ceil(512) * 512,
+        size,
         version,
         cluster_bits,
         refcount_order: refcount_bits.trailing_zeros(),
@@ -369,7 +380,7 @@ pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateReques
     let l1_size = layout.l1_entries_for(p.size);
     if l1_size * 8 > 32 << 20 {
         return Err(Error::argument(
-            "The image size is too large (try using a larger cluster size)",
+            "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
         ));
     }
     let bytes = header.serialize()?;
@@ -406,6 +417,7 @@ pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateReques
     let crypt = CryptOptions {
         key_secret: p.key_secret.clone(),
         format: None,
+        runtime: None,
     };
     let image = Qcow2Image::open_keyed(io.file, host, flags, &crypt)?;
     let mode = if p.prealloc == Prealloc::OFF {

@@ -459,10 +459,16 @@ fn parse_extensions(head: &[u8], start: usize, end: usize) -> Result<Extensions>
 }
 
 /// Names unknown incompatible features the way qemu does: names from the
-/// image's feature table, then the remaining bits in hex.
+/// image's feature table (read up to the first entry without a name; a
+/// last entry cut short counts, zero-padded), then the remaining bits in hex.
 fn feature_names(table: Option<&[u8]>, mut mask: u64) -> String {
     let mut parts = Vec::new();
-    for entry in table.unwrap_or(&[]).chunks_exact(48) {
+    for chunk in table.unwrap_or(&[]).chunks(48) {
+        let mut entry = [0u8; 48];
+        entry[..chunk.len()].copy_from_slice(chunk);
+        if entry[2] == 0 {
+            break;
+        }
         let (kind, bit) = (entry[0], entry[1]);
         if kind == 0 && bit < 64 && mask & (1 << bit) != 0 {
             let name = &entry[2..];

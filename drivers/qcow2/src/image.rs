@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::header::{autoclear, Header};
 use crate::layout::{Layout, Sub};
 use crate::meta::{read_table, Io, Meta};
+use crate::options::RuntimeOptions;
 use crate::snapshot::{self, MAX_SNAPSHOTS};
 use qimg_driver_api::abi_stable::std_types::{ROption, RSliceMut, RStr};
 use qimg_driver_api::HostServicesBox;
@@ -52,14 +53,17 @@ pub struct Qcow2Image {
     pub(crate) crypto: Option<LegacyAes>,
 }
 
-/// Encryption options given when opening (`encrypt.key-secret`,
-/// `encrypt.format`).
-#[derive(Clone, Debug, Default)]
+/// Options given when opening: encryption (`encrypt.key-secret`,
+/// `encrypt.format`) and QEMU's runtime options.
+#[derive(Default)]
 pub struct CryptOptions {
     /// Id of the secret holding the key.
     pub key_secret: Option<String>,
     /// The encryption format the image must have.
     pub format: Option<String>,
+    /// QEMU's other runtime options, when opened for a command (none when
+    /// create reopens its new image).
+    pub runtime: Option<RuntimeOptions>,
 }
 
 /// A run of guest bytes with one mapping.
@@ -131,6 +135,7 @@ impl Qcow2Image {
         let crypt = CryptOptions {
             key_secret: option("encrypt.key-secret"),
             format: option("encrypt.format"),
+            runtime: Some(RuntimeOptions::ask(option)),
         };
         Self::open_keyed(store, host, flags, &crypt)
     }
@@ -178,6 +183,9 @@ impl Qcow2Image {
                     "Header reported '{named}' encryption format but options specify '{given}'"
                 )));
             }
+        }
+        if let Some(runtime) = &crypt.runtime {
+            runtime.check(cs)?;
         }
         let layout = Layout {
             cluster_bits: header.cluster_bits,
@@ -259,8 +267,19 @@ impl Qcow2Image {
             }
             _ => Vec::new(),
         };
+        // A data file named at open replaces the header's name. A relative
+        // one is the command line's, relative to the working directory
+        // (the host resolves names against the image's directory).
+        let image_in_cwd = !io.file.name().as_str().contains('/');
+        let given = crypt.runtime.as_ref().and_then(|r| r.data_file.as_deref());
+        let given = given.map(|name| match std::env::current_dir() {
+            Ok(dir) if !name.starts_with('/') && !image_in_cwd => {
+                dir.join(name).display().to_string()
+            }
+            _ => name.to_string(),
+        });
         let data = if header.has_data_file() {
-            match &header.ext.data_file {
+            match given.as_ref().or(header.ext.data_file.as_ref()) {
                 Some(name) => match host
                     .open_related(RStr::from(name.as_str()), writable, false)
                     .into_result()

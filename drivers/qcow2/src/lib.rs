@@ -26,6 +26,7 @@ pub mod layout;
 pub mod luks;
 pub mod measure;
 pub mod meta;
+pub mod options;
 pub mod snapshot;
 pub mod write;
 

@@ -24,7 +24,9 @@ const FIRST_BLOCK: u64 = 4096;
 const SECTOR: u64 = 512;
 
 fn round_to_sector(len: u64) -> u64 {
-    len.div_ceil(SECTOR) * SECTOR
+    // (Past the last whole sector, the last whole sector: no file is that long.)
+    len.checked_next_multiple_of(SECTOR)
+        .unwrap_or(u64::MAX / SECTOR * SECTOR)
 }
 
 /// The raw format driver.

@@ -5,6 +5,7 @@ pub mod image;
 pub mod lock;
 pub mod magic;
 pub mod options;
+pub mod secret;
 pub mod services;
 pub mod spec;
 

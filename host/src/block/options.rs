@@ -1,7 +1,7 @@
 //! Creation options (`-o`): the driver's schema merged with the file protocol's,
 //! their validation, `-o help`, and the `Formatting '...'` line.
 
-use crate::cli::{parse_size, SizeError};
+use crate::cli::{parse_size_u64, SizeError};
 use crate::plugins::Driver;
 use qimg_driver_api::schema::{CreateOption, OptionType};
 use std::collections::BTreeMap;
@@ -93,9 +93,18 @@ pub fn validate(
             return Err(format!("Invalid parameter '{name}'"));
         };
         let value = match opt.kind {
-            OptionType::Size => match parse_size(value, 1) {
-                Ok(v) => v.to_string(),
-                Err(SizeError::Invalid | SizeError::TooLarge) => return Err(size_message(name)),
+            // Negative integers and values past 64 bits are out of range;
+            // qimg also refuses sizes past 2^63 - 1 (which qemu-img takes
+            // as negative ones).
+            OptionType::Size => match parse_size_u64(value, 1) {
+                Ok(v) if v <= i64::MAX as u64 => v.to_string(),
+                Ok(_) => return Err(size_message(name)),
+                Err(SizeError::TooLarge) => {
+                    return Err(format!(
+                        "Value '{value}' is out of range for parameter '{name}'"
+                    ))
+                }
+                Err(SizeError::Invalid) => return Err(size_message(name)),
             },
             OptionType::Bool => match value.as_str() {
                 "on" | "yes" | "true" => "on".to_string(),

@@ -18,17 +18,26 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-fn secrets() -> &'static Mutex<HashMap<String, String>> {
-    static SECRETS: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+fn secrets() -> &'static Mutex<HashMap<String, Vec<u8>>> {
+    static SECRETS: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
     SECRETS.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 /// Registers a secret from `--object secret,id=ID,data=...` (or `file=`).
-pub fn register_secret(id: &str, value: String) {
+pub fn register_secret(id: &str, value: Vec<u8>) {
     secrets()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id.to_string(), value);
+}
+
+/// The bytes of a registered secret.
+pub fn secret_bytes(id: &str) -> Option<Vec<u8>> {
+    secrets()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .cloned()
 }
 
 /// A host store shared between the host (for sizes, locks) and a driver.
@@ -208,11 +217,8 @@ impl HostServices for ServicesHandle {
 
     fn secret(&self, id: RStr<'_>) -> RResult<RString, DriverError> {
         catch(|| {
-            secrets()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id.as_str())
-                .map(|s| RString::from(s.as_str()))
+            secret_bytes(id.as_str())
+                .map(|s| RString::from(String::from_utf8_lossy(&s).as_ref()))
                 .ok_or_else(|| {
                     DriverError::invalid_argument(format!("No secret with id '{}'", id.as_str()))
                 })

@@ -45,13 +45,15 @@ impl ImageSpec {
 
     /// The name qemu gives an image opened with format options: a `json:`
     /// pseudo-filename (the options, then driver and file, as qemu-img
-    /// prints it); the plain path without them.
+    /// prints it); the plain path without them. Options that only tune how
+    /// the image is accessed ([`WEAK_OPTIONS`]) do not count.
     pub fn display_name(&self) -> String {
-        if self.options.is_empty() {
+        let strong: Vec<&(String, String)> =
+            self.options.iter().filter(|(k, _)| !is_weak(k)).collect();
+        if strong.is_empty() {
             return self.path.clone();
         }
-        let mut parts: Vec<String> = self
-            .options
+        let mut parts: Vec<String> = strong
             .iter()
             .map(|(k, v)| format!("{}: {}", Value::from(k.as_str()), Value::from(v.as_str())))
             .collect();
@@ -64,6 +66,29 @@ impl ImageSpec {
         ));
         format!("json:{{{}}}", parts.join(", "))
     }
+}
+
+/// Format options that QEMU does not count as part of an image's identity
+/// (its drivers' runtime options, not "strong" ones): given alone, the
+/// image keeps its plain name. QEMU's qcow2 driver's, and its external
+/// data file's child options.
+const WEAK_OPTIONS: [&str; 11] = [
+    "cache-size",
+    "l2-cache-size",
+    "l2-cache-entry-size",
+    "refcount-cache-size",
+    "cache-clean-interval",
+    "lazy-refcounts",
+    "pass-discard-request",
+    "pass-discard-snapshot",
+    "pass-discard-other",
+    "discard-no-unref",
+    "overlap-check",
+];
+
+/// True for an option [`ImageSpec::display_name`] leaves out.
+fn is_weak(key: &str) -> bool {
+    WEAK_OPTIONS.contains(&key) || key.starts_with("data-file.")
 }
 
 /// The file a path names, symlinks and `..` resolved, for telling whether

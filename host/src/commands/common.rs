@@ -1,6 +1,7 @@
 //! Pieces every command shares: help, `--object`, option checks, opening images.
 
-use crate::block::services::register_secret;
+use crate::block::secret;
+use crate::block::services::{register_secret, secret_bytes};
 use crate::cli::{parse_opts, parse_size, program, Parsed, SizeError};
 use crate::error::{fail, CmdError};
 use crate::store::CacheMode;
@@ -34,9 +35,9 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
             )));
         }
         let id = get("id").ok_or_else(|| fail("Parameter 'id' is missing"))?;
-        let value = match (get("data"), get("file")) {
-            (Some(data), None) => data,
-            (None, Some(path)) => std::fs::read_to_string(&path).map_err(|e| {
+        let input = match (get("data"), get("file")) {
+            (Some(data), None) => data.into_bytes(),
+            (None, Some(path)) => std::fs::read(&path).map_err(|e| {
                 fail(format!(
                     "Unable to read {path}: {}",
                     qimg_driver_api::error::io_message(&e)
@@ -45,42 +46,29 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
             (Some(_), Some(_)) => return Err(fail("'file' and 'data' are mutually exclusive")),
             (None, None) => return Err(fail("Either 'file' or 'data' must be provided")),
         };
-        let value = match get("format").as_deref() {
-            None | Some("raw") => value,
-            Some("base64") => decode_base64(&value).ok_or_else(|| fail("Invalid base64 data"))?,
+        let base64 = match get("format").as_deref() {
+            None | Some("raw") => false,
+            Some("base64") => true,
             Some(other) => {
                 return Err(fail(format!(
                     "Parameter 'format' does not accept value '{other}'"
                 )))
             }
         };
+        let value = match get("keyid") {
+            Some(keyid) => {
+                let key = secret_bytes(&keyid)
+                    .ok_or_else(|| fail(format!("No secret with id '{keyid}'")))?;
+                secret::decrypt(&key, get("iv").as_deref(), &input, base64).map_err(fail)?
+            }
+            None if base64 => {
+                secret::decode_base64(&input).ok_or_else(|| fail("Invalid base64 data"))?
+            }
+            None => input,
+        };
         register_secret(&id, value);
     }
     Ok(())
-}
-
-fn decode_base64(text: &str) -> Option<String> {
-    let mut bits = 0u32;
-    let mut count = 0;
-    let mut out = Vec::new();
-    for c in text.trim().bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        bits = (bits << 6) | v as u32;
-        count += 6;
-        if count >= 8 {
-            count -= 8;
-            out.push((bits >> count) as u8);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `-f` and `--image-opts` are mutually exclusive in qemu-img.
@@ -177,12 +165,6 @@ pub fn metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64() {
-        assert_eq!(decode_base64("c2VjcmV0").as_deref(), Some("secret"));
-        assert_eq!(decode_base64("YQ==").as_deref(), Some("a"));
-    }
 
     #[test]
     fn numbers_use_cvtnum_messages() {
