@@ -1297,3 +1297,46 @@ fn unknown_features_are_named_from_the_feature_table() {
         );
     }
 }
+
+#[test]
+fn writes_never_land_on_metadata() {
+    // An L2 entry pointing at the image's own tables: a write through it
+    // is refused and the image marked corrupt, as QEMU's overlap check
+    // does, instead of guest data overwriting the tables.
+    let fx = Fixture::new("qm_overlap");
+    base(&fx);
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.qemu_io("src.raw", "write -P 9 0 4M");
+    for (what, target) in [
+        ("active L1 table", L1),
+        ("refcount table", REFTABLE),
+        ("refcount block", REFBLOCK),
+    ] {
+        // Guest cluster 0's entry, kept "copied" so that it is written in place.
+        patch64(&fx, "base.qcow2", "hostile.qcow2", &[(L2, target | COPIED)]);
+        for args in [
+            &["convert", "-n", "-O", "qcow2", "src.raw", "{}"][..],
+            &[
+                "convert", "-n", "-W", "-S", "0", "-O", "qcow2", "src.raw", "{}",
+            ],
+        ] {
+            let ours = run_on_copy(&fx, "hostile.qcow2", "ours.q", args, true);
+            let theirs = run_on_copy(&fx, "hostile.qcow2", "theirs.q", args, false);
+            assert_eq!(ours, theirs, "{what}: {args:?}");
+            assert!(
+                ours.stderr.contains(&format!("overlaps with {what}")),
+                "{what}: {}",
+                ours.stderr
+            );
+            // The tables are as they were, and the image is marked corrupt.
+            let bytes = std::fs::read(fx.path("ours.q")).expect("read");
+            let original = std::fs::read(fx.path("hostile.qcow2")).expect("read");
+            let table = target as usize..target as usize + 4096;
+            assert!(
+                bytes[table.clone()] == original[table],
+                "{what}: overwritten"
+            );
+            assert_eq!(bytes[79] & 2, 2, "{what}: not marked corrupt");
+        }
+    }
+}

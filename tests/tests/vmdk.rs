@@ -1121,3 +1121,26 @@ fn capacity_beyond_the_grain_directory_is_an_io_error_not_a_hang() {
     let compare = fx.same(&["compare", "a.vmdk", "a.vmdk"]);
     assert_eq!(compare.status, 3);
 }
+
+#[test]
+fn create_refuses_sizes_no_grain_directory_can_describe() {
+    // Past 1 PiB the grain directory passes the 32 Mi entries qemu-img
+    // opens: refused at once (qemu-img writes an image it cannot open; 7E
+    // once made qimg allocate a terabyte). Large sizes below work.
+    let fx = Fixture::new("vmdk_huge_create");
+    for size in ["1025T", "4P", "7E"] {
+        let out = fx.qimg(&["create", "-q", "-f", "vmdk", "x.vmdk", size]);
+        assert_eq!(out.status, 1, "{size}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("The image size is too large for file format 'vmdk'"),
+            "{size}: {}",
+            out.stderr
+        );
+        assert!(!fx.path("x.vmdk").exists(), "{size}: left a file");
+    }
+    let out = fx.qimg(&["create", "-q", "-f", "vmdk", "x.vmdk", "64T"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let info = fx.oracle(&["info", "x.vmdk"]).stdout;
+    assert!(info.contains("virtual size: 64 TiB"), "{info}");
+}

@@ -14,6 +14,7 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::header::Header;
 use crate::layout::{Entry, Layout, Sub, COPIED, OFFSET_MASK};
+use crate::overlap::{MetaKind, MetadataMap};
 use qimg_driver_api::abi_stable::std_types::RSlice;
 use qimg_driver_api::{ByteStoreBox, Prealloc};
 use qimg_driver_util::read_or_zero;
@@ -98,6 +99,8 @@ pub struct Meta {
     pub compressed_next: u64,
     /// Guest clusters with an allocation or read-modify-write under way.
     pub in_flight: HashSet<u64>,
+    /// Host clusters holding metadata, for the overlap check.
+    pub metadata: MetadataMap,
     /// Host clusters reserved for guest clusters (by cluster index) that a
     /// write will fill (see `Qcow2Image::reserve`); refcounted, not yet in
     /// the L2 tables.
@@ -234,6 +237,7 @@ impl Meta {
             free_hint: 1,
             compressed_next: 0,
             in_flight: HashSet::new(),
+            metadata: MetadataMap::default(),
             reserved: HashMap::new(),
             corruption_reported: false,
             writable: false,
@@ -243,6 +247,90 @@ impl Meta {
             bitmaps: Vec::new(),
             discarded: None,
         }
+    }
+
+    /// Records `clusters` clusters at host `offset` as metadata of `kind`
+    /// (when the overlap map is in use).
+    pub fn note_metadata(&mut self, offset: u64, clusters: u64, kind: MetaKind) {
+        if self.metadata.built {
+            let bits = self.layout.cluster_bits;
+            self.metadata.insert(offset, clusters << bits, kind, bits);
+        }
+    }
+
+    /// Builds the overlap map from the tables (QEMU's "cached" set: every
+    /// kind of metadata but snapshots' L2 tables).
+    fn build_metadata_map(&mut self) {
+        let bits = self.layout.cluster_bits;
+        let cs = self.layout.cluster_size();
+        let h = &self.header;
+        let mut map = MetadataMap::default();
+        map.insert(0, cs, MetaKind::Header, bits);
+        map.insert(
+            h.l1_table_offset,
+            u64::from(h.l1_size) * 8,
+            MetaKind::ActiveL1,
+            bits,
+        );
+        for entry in &self.l1 {
+            map.insert(entry & OFFSET_MASK, cs, MetaKind::ActiveL2, bits);
+        }
+        let reftable_bytes = u64::from(h.refcount_table_clusters) * cs;
+        map.insert(
+            h.refcount_table_offset,
+            reftable_bytes,
+            MetaKind::RefcountTable,
+            bits,
+        );
+        for entry in &self.reftable {
+            map.insert(entry & !511, cs, MetaKind::RefcountBlock, bits);
+        }
+        if h.nb_snapshots > 0 {
+            map.insert(
+                h.snapshots_offset,
+                self.snapshots_size,
+                MetaKind::SnapshotTable,
+                bits,
+            );
+        }
+        for snapshot in &self.snapshots {
+            let bytes = u64::from(snapshot.l1_size) * 8;
+            map.insert(snapshot.l1_table_offset, bytes, MetaKind::InactiveL1, bits);
+        }
+        if let Some(ext) = &h.ext.bitmaps {
+            map.insert(
+                ext.directory_offset,
+                ext.directory_size,
+                MetaKind::BitmapDirectory,
+                bits,
+            );
+        }
+        map.built = true;
+        self.metadata = map;
+    }
+
+    /// Refuses a write of guest data to `[offset, offset+len)` of the qcow2
+    /// file where metadata is, as QEMU's overlap check does: the image is
+    /// marked corrupt (on disk at once) and the write fails.
+    pub fn check_data_write(&mut self, io: &Io, offset: u64, len: u64) -> Result<()> {
+        if self.data_file {
+            return Ok(());
+        }
+        if !self.metadata.built {
+            self.build_metadata_map();
+        }
+        let Some(kind) = self.metadata.overlap(offset, len, self.layout.cluster_bits) else {
+            return Ok(());
+        };
+        let error = self.corruption(format!(
+            "Preventing invalid write on metadata (overlaps with {})",
+            kind.name()
+        ));
+        if self.writable && self.header_dirty {
+            self.write_header(io)?;
+            io.flush()?;
+        }
+        Err(error)
     }
 
     /// Reports a metadata inconsistency the way qemu does (once per image)
@@ -279,6 +367,7 @@ impl Meta {
     /// Forgets every cached table (after the tables were rewritten on disk
     /// behind the caches' back, by a repair).
     pub fn clear_caches(&mut self) {
+        self.metadata.invalidate();
         let tables = (CACHE_BYTES >> self.layout.cluster_bits).max(16) as usize;
         self.l2 = Cache::new(tables);
         self.refblocks = Cache::new(tables / 4);
@@ -456,6 +545,7 @@ impl Meta {
         self.refblocks.mark_dirty(block);
         if value == 0 {
             self.free_hint = self.free_hint.min(cluster);
+            self.metadata.remove(cluster);
         }
         Ok(())
     }
@@ -465,6 +555,7 @@ impl Meta {
     fn new_refblock(&mut self, io: &Io, index: u64, exclude: &mut Vec<(u64, u64)>) -> Result<u64> {
         let at = self.find_free(io, 1, exclude)?;
         let offset = at << self.layout.cluster_bits;
+        self.note_metadata(offset, 1, MetaKind::RefcountBlock);
         self.refblocks
             .insert(offset, vec![0u8; self.layout.cluster_size() as usize], true);
         let i = index as usize;
@@ -672,6 +763,7 @@ impl Meta {
             vec![Entry::default(); self.layout.l2_entries() as usize]
         };
         let new = self.alloc_clusters(io, 1)?;
+        self.note_metadata(new, 1, MetaKind::ActiveL2);
         self.l2.insert(new, table, true);
         self.set_l1_entry(l1i as usize, new | COPIED);
         if old != 0 {
@@ -756,6 +848,8 @@ impl Meta {
     /// fields when the extensions and the backing name are unchanged, else
     /// the whole first cluster, as qemu does.
     pub fn write_header(&mut self, io: &Io) -> Result<()> {
+        // Whatever moved (tables, snapshots, bitmaps) is found again.
+        self.metadata.invalidate();
         let mut bytes = self.header.serialize()?;
         let same_tail = !self.header_full
             && self.header.ext == self.on_disk.ext

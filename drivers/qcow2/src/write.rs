@@ -146,8 +146,9 @@ impl Qcow2Image {
             p = ((p / layout.subcluster_size()) + 1) * layout.subcluster_size();
         }
         if let (Some(host), true) = (host0, p > pos) {
-            drop(meta);
             let n = (p.min(end) - pos) as usize;
+            meta.check_data_write(&self.io, host, n as u64)?;
+            drop(meta);
             let bytes = match &self.crypto {
                 None => Cow::Borrowed(&data[..n]),
                 Some(aes) => {
@@ -240,6 +241,9 @@ impl Qcow2Image {
         }
         if plans.first().is_some_and(|p| p.fresh) {
             self.place(meta, &mut plans)?;
+        }
+        if let (Some(first), Some(last)) = (plans.first(), plans.last()) {
+            meta.check_data_write(&self.io, first.host, last.host + cs - first.host)?;
         }
         for plan in &plans {
             meta.in_flight.insert(plan.guest / cs);
@@ -745,6 +749,7 @@ impl Qcow2Image {
         self.before_change(&mut meta)?;
         meta.writable_l2(&self.io, offset)?;
         let at = self.alloc_compressed(&mut meta, packed.len() as u64)?;
+        meta.check_data_write(&self.io, at, packed.len() as u64)?;
         meta.in_flight.insert(offset / cs);
         drop(meta);
         let written = self.io.write(at, packed);
@@ -873,6 +878,7 @@ impl Qcow2Image {
                     host_end = host_end.max(host + cs);
                     if let Some(bytes) = head.filter(|_| g == layout.cluster_start(start)) {
                         // Data before the L2 entry that points at it.
+                        meta.check_data_write(&self.io, host, bytes.len() as u64)?;
                         self.io.data_store().write_all_at(host, bytes)?;
                     }
                     let bitmap = if layout.extended {

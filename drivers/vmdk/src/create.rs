@@ -231,6 +231,11 @@ fn write_sparse_extent(
     descriptor: &str,
 ) -> Result<()> {
     let l = layout(capacity, stream);
+    // A grain directory QEMU (and qimg) would refuse to open ("L1 size too
+    // big"): refused before any table is sized.
+    if l.gd_entries > crate::sparse::MAX_GD_ENTRIES {
+        return Err(VmdkError::TooLarge);
+    }
     let mut flags = FLAG_NL_TEST;
     let mut version = 1;
     if zeroed_grain {

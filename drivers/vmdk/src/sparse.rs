@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const MAX_GRAIN_SECTORS: u64 = 0x20_0000;
 /// Most grain directory entries accepted (qemu-img's limit too: enough for
 /// any capacity either sparse format can describe).
-const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;
+pub(crate) const MAX_GD_ENTRIES: u64 = 32 * 1024 * 1024;
 /// Most grain table entries per table in a hosted sparse extent.
 const MAX_GTES_PER_GT: u32 = 512;
 /// Grain tables kept in memory before clean ones are dropped (at most

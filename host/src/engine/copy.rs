@@ -85,6 +85,44 @@ pub struct CopyJob<'a> {
     pub rate: &'a RateLimit,
 }
 
+/// A failed copy step: which side failed decides qemu-img's message.
+#[derive(Clone, Debug)]
+enum CopyError {
+    /// Reading the source failed, for the request at target offset `at`.
+    Read {
+        /// Target offset of the failed read request.
+        at: u64,
+        /// What the source said.
+        error: DriverError,
+    },
+    /// Writing the target failed.
+    Write(DriverError),
+}
+
+impl From<DriverError> for CopyError {
+    fn from(error: DriverError) -> Self {
+        CopyError::Write(error)
+    }
+}
+
+impl CopyError {
+    /// The error with qemu-img's words: "error while reading (writing) at
+    /// byte N"; a failed write names `at`, the start of its item.
+    fn into_error(self, at: u64) -> DriverError {
+        let (side, at, error) = match self {
+            CopyError::Read { at, error } => ("reading", at, error),
+            CopyError::Write(error) => ("writing", at, error),
+        };
+        DriverError {
+            message: format!("error while {side} at byte {at}: {}", error.message).into(),
+            ..error
+        }
+    }
+}
+
+/// The outcome of one copy step.
+type Step = Result<(), CopyError>;
+
 /// One cluster of a compressed item, ready for the ordered writer.
 enum Cluster {
     /// What the driver's `compress_cluster` made of it.
@@ -260,7 +298,8 @@ impl CopyJob<'_> {
             self.rate
                 .take(if item.kind == Kind::Zero { 0 } else { item.len });
             let turn = turns.as_ref().map(|turns| Turn { turns, index });
-            self.copy_item(item, turn)?;
+            self.copy_item(item, turn)
+                .map_err(|e| e.into_error(item.dst_offset))?;
             tracker.finish(index, |finished| {
                 if counted(&items[finished]) {
                     let now = done.fetch_add(items[finished].len, Ordering::Relaxed)
@@ -291,35 +330,50 @@ impl CopyJob<'_> {
         let cluster = self.align.max(512) as usize;
         let write = |index: usize, clusters: Prepared| -> Result<(), DriverError> {
             let item = &items[index];
-            if item.kind == Kind::Zero && !self.target_zeroed {
-                self.target
-                    .write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP)?;
-            }
-            for (at, cluster) in clusters {
-                match cluster {
-                    Cluster::Prepared(data) => self.target.write_prepared(at, &data)?,
-                    Cluster::Plain(data) => self.target.write_compressed(at, &data)?,
-                }
-            }
-            if item.kind != Kind::Zero {
-                let now = done.fetch_add(item.len, Ordering::Relaxed) + item.len;
-                self.progress.fraction(now, total);
-            }
-            Ok(())
+            self.write_prepared(item, clusters, done, total)
+                .map_err(|e| CopyError::from(e).into_error(item.dst_offset))
         };
         run_in_order(
             self.threads,
             items.len(),
             ORDERED_WINDOW_PER_THREAD * self.threads.max(1),
-            |index| self.prepare(&items[index], cluster),
+            |index| {
+                self.prepare(&items[index], cluster)
+                    .map_err(|e| e.into_error(items[index].dst_offset))
+            },
             write,
         )
+    }
+
+    /// Writes a prepared item (ordered targets) and reports its progress.
+    fn write_prepared(
+        &self,
+        item: &Item,
+        clusters: Prepared,
+        done: &AtomicU64,
+        total: u64,
+    ) -> Result<(), DriverError> {
+        if item.kind == Kind::Zero && !self.target_zeroed {
+            self.target
+                .write_zeroes(item.dst_offset, item.len, zero_flags::MAY_UNMAP)?;
+        }
+        for (at, cluster) in clusters {
+            match cluster {
+                Cluster::Prepared(data) => self.target.write_prepared(at, &data)?,
+                Cluster::Plain(data) => self.target.write_compressed(at, &data)?,
+            }
+        }
+        if item.kind != Kind::Zero {
+            let now = done.fetch_add(item.len, Ordering::Relaxed) + item.len;
+            self.progress.fraction(now, total);
+        }
+        Ok(())
     }
 
     /// Reads a compressed item and compresses its non-zero clusters (a
     /// driver that cannot compress ahead gets the plain cluster, to write
     /// with `write_compressed`).
-    fn prepare(&self, item: &Item, cluster: usize) -> Result<Prepared, DriverError> {
+    fn prepare(&self, item: &Item, cluster: usize) -> Result<Prepared, CopyError> {
         if item.kind != Kind::Compressed {
             return Ok(Vec::new());
         }
@@ -344,9 +398,13 @@ impl CopyJob<'_> {
         item: &Item,
         cluster: usize,
         mut each: impl FnMut(u64, &[u8]) -> Result<(), DriverError>,
-    ) -> Result<(), DriverError> {
+    ) -> Step {
         with_buffer(item.len as usize, |buf| {
-            self.read_flat(item.dst_offset, buf)?;
+            self.read_flat(item.dst_offset, buf)
+                .map_err(|error| CopyError::Read {
+                    at: item.dst_offset,
+                    error,
+                })?;
             for (index, piece) in buf.chunks(cluster).enumerate() {
                 if self.min_sparse == 0 || !is_zero(piece) {
                     each(item.dst_offset + (index * cluster) as u64, piece)?;
@@ -359,11 +417,13 @@ impl CopyJob<'_> {
     /// Copies one item. With a `turn`, the target space (or, for zero
     /// items, the metadata) the item needs is set up in item order, and the
     /// turn is taken exactly once whatever fails.
-    fn copy_item(&self, item: &Item, turn: Option<Turn>) -> Result<(), DriverError> {
+    fn copy_item(&self, item: &Item, turn: Option<Turn>) -> Step {
         let target = self.target;
-        let in_turn = |step: &dyn Fn() -> Result<(), DriverError>| match turn {
-            Some(turn) => turn.take(step),
-            None => step(),
+        let in_turn = |step: &dyn Fn() -> Result<(), DriverError>| -> Step {
+            Ok(match turn {
+                Some(turn) => turn.take(step),
+                None => step(),
+            }?)
         };
         match item.kind {
             Kind::Compressed => {
@@ -379,7 +439,7 @@ impl CopyJob<'_> {
             Kind::ZeroData => with_buffer(item.len as usize, |buf| {
                 buf.fill(0);
                 in_turn(&|| target.reserve(item.dst_offset, item.len).map(drop))?;
-                target.write(item.dst_offset, buf)
+                Ok(target.write(item.dst_offset, buf)?)
             }),
             Kind::Data => {
                 let source = &self.sources[item.source];
@@ -388,7 +448,7 @@ impl CopyJob<'_> {
                 }
                 if self.offload {
                     if let Some(result) = offload(source, target, item) {
-                        return result;
+                        return Ok(result?);
                     }
                 }
                 // Read, scanned and written a step at a time, the data
@@ -415,12 +475,7 @@ impl CopyJob<'_> {
     /// Copies a data item whose target space is reserved in item order: the
     /// item is read, its data runs reserved in its turn (an item that turns
     /// out all zeros writes its zeros in its turn instead), then written.
-    fn copy_reserved(
-        &self,
-        source: &BlockImage,
-        item: &Item,
-        turn: Turn,
-    ) -> Result<(), DriverError> {
+    fn copy_reserved(&self, source: &BlockImage, item: &Item, turn: Turn) -> Step {
         let target = self.target;
         with_buffer(item.len as usize, |buf| {
             let read = self.fetch(source, item.src_offset, item.dst_offset, buf);
@@ -429,7 +484,7 @@ impl CopyJob<'_> {
                 Err(_) => Vec::new(),
             };
             let has_data = runs.iter().any(|r| r.2);
-            turn.take(|| -> Result<(), DriverError> {
+            turn.take(|| -> Step {
                 read.clone()?;
                 for &(start, end, data) in &runs {
                     let at = item.dst_offset + start as u64;
@@ -459,22 +514,13 @@ impl CopyJob<'_> {
     /// offset of the request; with `--salvage` the request is read again
     /// sector by sector and only the unreadable sectors read as zeros, each
     /// with a warning (unless `-q`).
-    fn fetch(
-        &self,
-        source: &BlockImage,
-        src: u64,
-        dst: u64,
-        buf: &mut [u8],
-    ) -> Result<(), DriverError> {
-        let Err(e) = source.read(src, buf) else {
+    fn fetch(&self, source: &BlockImage, src: u64, dst: u64, buf: &mut [u8]) -> Step {
+        let Err(error) = source.read(src, buf) else {
             return Ok(());
         };
         if !self.salvage {
             let at = dst + failed_extent(source, src, buf).unwrap_or(0);
-            return Err(DriverError {
-                message: format!("error while reading at byte {at}: {}", e.message).into(),
-                ..e
-            });
+            return Err(CopyError::Read { at, error });
         }
         for (index, sector) in buf.chunks_mut(SECTOR).enumerate() {
             let at = src + (index * SECTOR) as u64;
@@ -493,16 +539,10 @@ impl CopyJob<'_> {
     }
 
     /// Copies `len` bytes of data from `source` at `src` to the target at `dst`.
-    fn copy_data(
-        &self,
-        source: &BlockImage,
-        src: u64,
-        dst: u64,
-        len: u64,
-    ) -> Result<(), DriverError> {
+    fn copy_data(&self, source: &BlockImage, src: u64, dst: u64, len: u64) -> Step {
         with_buffer(len as usize, |buf| {
             self.fetch(source, src, dst, buf)?;
-            self.write_sparse(dst, buf)
+            Ok(self.write_sparse(dst, buf)?)
         })
     }
 
