@@ -97,3 +97,67 @@ fn sample_images_without_a_driver_here_are_refused_by_name() {
     // vpc, vhdx, parallels, dmg, cloop and bochs samples.
     assert!(refused >= 10, "only {refused} samples checked");
 }
+
+#[test]
+fn a_probed_raw_image_never_becomes_another_format() {
+    // An overlay whose raw base has no recorded format: the guest writes a
+    // qcow2 header naming a host file into sector 0, and commit would copy
+    // it into the base, which would then open as that qcow2. Refused as
+    // qemu-img refuses it; the base stays raw.
+    let fx = Fixture::new("probed_first_sector");
+    fx.oracle(&["create", "-q", "-f", "raw", "base.raw", "1M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        "top.qcow2",
+        "1M",
+    ]);
+    // Drop the backing format (rename its header extension to an unknown one).
+    let bytes = std::fs::read(fx.path("top.qcow2")).expect("read");
+    let magic = 0xE279_2ACAu32.to_be_bytes();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == magic)
+        .expect("backing format extension");
+    fx.patched_copy(
+        "top.qcow2",
+        "top.qcow2.x",
+        &[(at as u64, vec![0x12, 0x34, 0x56, 0x78])],
+    );
+    fx.sh("mv top.qcow2.x top.qcow2");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "backing_file=/etc/hostname,backing_fmt=raw",
+        "evil.qcow2",
+        "1M",
+    ]);
+    fx.sh("dd if=evil.qcow2 of=header.bin bs=512 count=1 status=none");
+    fx.sh("qemu-io -f qcow2 -c 'write -s header.bin 0 512' top.qcow2 >/dev/null");
+    fx.sh("cp base.raw theirs.raw && cp top.qcow2 keep.qcow2");
+    let out = fx.qimg(&["commit", "top.qcow2"]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "qemu-img: Block job failed: Operation not permitted\n"
+    );
+    let info = fx.oracle(&["info", "base.raw"]).stdout;
+    assert!(info.contains("file format: raw"), "{info}");
+    // qemu-img says the same.
+    fx.sh("mv base.raw ours.raw && mv theirs.raw base.raw && cp keep.qcow2 top.qcow2");
+    let theirs = fx.qemu_img(&["commit", "top.qcow2"]);
+    assert_eq!((theirs.status, theirs.stderr), (out.status, out.stderr));
+    // Writing other data there is fine.
+    fx.qemu_io_cmds("qcow2", "keep.qcow2", &["write -P 7 0 512"]);
+    let out = fx.qimg(&["commit", "keep.qcow2"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+}

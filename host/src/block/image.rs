@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 
 /// Bytes read from the start of a file to probe its format.
 const PROBE_BYTES: usize = 2048;
+/// The part of a probed raw image that writes may not turn into another
+/// format's header (QEMU checks the same 512 bytes).
+const PROBE_SECTOR: u64 = 512;
 
 /// How to open an image.
 #[derive(Clone, Debug)]
@@ -101,6 +104,9 @@ pub struct BlockImage {
     last_size: AtomicU64,
     /// The first driver panic, once there was one.
     poison: Poison,
+    /// Opened as raw because probing found no other format: writes may not
+    /// turn its first sector into another format's header.
+    probed_raw: bool,
 }
 
 impl BlockImage {
@@ -137,9 +143,46 @@ impl BlockImage {
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
         self.call(|i| i.read_at(offset, RSliceMut::from_mut_slice(buf)))
     }
-    /// Writes guest data.
+    /// Writes guest data. On a probed raw image, a write that would make
+    /// the first sector probe as another format is refused, as QEMU refuses
+    /// it: the next open would read the file as that format (a guest could
+    /// write a qcow2 header naming any host file as its backing file).
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        if self.probed_raw && offset < PROBE_SECTOR && !buf.is_empty() {
+            self.check_first_sector(offset, buf)?;
+        }
         self.call(|i| i.write_at(offset, RSlice::from_slice(buf)))
+    }
+
+    /// True if the image was opened as raw because probing found nothing else.
+    pub fn probed_raw(&self) -> bool {
+        self.probed_raw
+    }
+
+    /// The same image, restricted as a probed raw image is when `probed`:
+    /// for a layer reopened by its format name (commit's base) whose format
+    /// was probed when the chain was opened.
+    pub fn probed_as(mut self, probed: bool) -> Self {
+        self.probed_raw |= probed;
+        self
+    }
+
+    /// Refuses a write to the first sector of a probed raw image that would
+    /// make it probe as another format.
+    fn check_first_sector(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        let mut sector = vec![0u8; PROBE_SECTOR as usize];
+        let size = self.try_size()?.min(PROBE_SECTOR) as usize;
+        self.read(0, &mut sector[..size])?;
+        let at = offset as usize;
+        let n = buf.len().min(sector.len() - at);
+        sector[at..at + n].copy_from_slice(&buf[..n]);
+        if probes_as_other_format(&sector, &self.filename) {
+            return Err(DriverError::from_errno(
+                libc::EPERM,
+                "Operation not permitted",
+            ));
+        }
+        Ok(())
     }
     /// Writes one whole cluster compressed (the last cluster may be short).
     pub fn write_compressed(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
@@ -320,6 +363,21 @@ fn probe(file: &LocalFile, name: &str) -> Result<Arc<Driver>, DriverError> {
         .ok_or_else(|| DriverError::invalid_image("Could not determine image format"))
 }
 
+/// True if `head` (a raw image's first sector) would probe as a format other
+/// than raw: a loaded driver claims it, or it carries a known magic.
+fn probes_as_other_format(head: &[u8], name: &str) -> bool {
+    magic::recognise(head, name).is_some()
+        || registry().all().iter().any(|driver| {
+            driver.name != "raw"
+                && driver
+                    .api
+                    .try_probe(RSlice::from_slice(head), RStr::from(name))
+                    .into_result()
+                    // A driver that faults on it is not trusted to decline.
+                    .map_or(true, |score| score > 0)
+        })
+}
+
 /// Refuses a file whose magic names `format` when no driver for it can be
 /// had here, saying why; a loaded driver that declined the file leaves the
 /// probe's answer standing.
@@ -492,6 +550,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         backing,
         last_size: AtomicU64::new(0),
         poison: Poison::default(),
+        probed_raw,
     };
     // The size is asked once here so that a driver that cannot answer it
     // fails the open instead of passing for an empty image.

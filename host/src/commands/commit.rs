@@ -97,7 +97,8 @@ fn commit_command(
         } else {
             fail(e.message.to_string())
         }
-    })?;
+    })?
+    .probed_as(base_layer.probed_raw());
     if top.size() > base.size() {
         if !base.driver.can(caps::RESIZE) {
             return Err(fail(format!(
@@ -108,8 +109,9 @@ fn commit_command(
         base.resize(top.size(), Prealloc::OFF, false)
             .map_err(|e| fail(e.message.to_string()))?;
     }
+    // qemu-img runs the copy as a block job and words its failures so.
     commit(&top, &base, depth, &RateLimit::new(rate), progress)
-        .map_err(|e| fail(e.message.to_string()))?;
+        .map_err(|e| fail(format!("Block job failed: {}", e.message)))?;
     base.close().map_err(|e| fail(e.message.to_string()))?;
     // Emptying the overlay makes it read through to the base again; with -b the
     // layers between would then show through, so qemu-img keeps the data.
