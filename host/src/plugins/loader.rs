@@ -15,6 +15,8 @@ use qimg_driver_api::schema::{CreateOption, DriverDescription};
 use qimg_driver_api::{DriverLibRef, FormatDriverBox, ABI_MAJOR, ABI_MINOR};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -321,27 +323,49 @@ impl Registry {
 }
 
 fn load_library(path: &Path, sha256: Option<&str>) -> LoadResult {
-    let meta = std::fs::metadata(path).map_err(|e| qimg_driver_api::error::io_message(&e))?;
+    let io = |e: std::io::Error| qimg_driver_api::error::io_message(&e);
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err("not a regular file".to_string());
     }
     if meta.len() == 0 {
         return Err("empty file, not a shared library".to_string());
     }
-    if let Some(pin) = sha256 {
-        let bytes = std::fs::read(path).map_err(|e| qimg_driver_api::error::io_message(&e))?;
-        let actual = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
-        if !actual.eq_ignore_ascii_case(pin.trim()) {
-            return Err(format!(
-                "sha256 mismatch (manifest pins {}, file has {actual})",
-                pin.trim()
-            ));
+    let header = match sha256 {
+        // The pinned bytes themselves are loaded, from a sealed copy in
+        // memory: the file cannot change between the check and the load.
+        // (Such a library cannot find companions through $ORIGIN.)
+        Some(pin) => {
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            (&file).read_to_end(&mut bytes).map_err(io)?;
+            let actual = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
+            if !actual.eq_ignore_ascii_case(pin.trim()) {
+                return Err(format!(
+                    "sha256 mismatch (manifest pins {}, file has {actual})",
+                    pin.trim()
+                ));
+            }
+            let sealed = sealed_copy(&bytes).map_err(io)?;
+            let through = PathBuf::from(format!("/proc/self/fd/{}", sealed.as_raw_fd()));
+            let header = lib_header_from_path(&through).map_err(|e| library_error(&through, &e))?;
+            // The copy stays open for the life of the process: the dynamic
+            // loader knows the library by that /proc name, and a reused
+            // descriptor number would make the next library's name match
+            // this one (dlopen would then hand back this library for it).
+            std::mem::forget(sealed);
+            header
         }
-    }
-    let header = lib_header_from_path(path).map_err(|e| library_error(path, &e))?;
+        // An absolute path, so that the dynamic loader never searches its
+        // own directories for a bare name.
+        None => {
+            let absolute = std::path::absolute(path).map_err(io)?;
+            lib_header_from_path(&absolute).map_err(|e| library_error(&absolute, &e))?
+        }
+    };
     let api = api_version(header.version_strings().version.as_str())?;
     check_layout(header, &api)?;
     // SAFETY: the layout was checked just above, in the direction that lets
@@ -455,6 +479,33 @@ fn check_layout(header: &LibHeader, api: &ApiVersion) -> Result<(), String> {
         "its types do not match this qimg's driver ABI {ABI_MAJOR}.{ABI_MINOR}: {}",
         short_reason(&errors.to_string())
     ))
+}
+
+/// An anonymous, sealed in-memory file holding `bytes`, for loading exactly
+/// the bytes that were checked.
+fn sealed_copy(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; the
+    // returned descriptor is owned by the File below.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"qimg-driver".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on a descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 /// The driver's self-description: one checked call from ABI 1.3 on, the

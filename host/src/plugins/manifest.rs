@@ -136,7 +136,11 @@ impl Manifest {
         };
         let file: ManifestFile =
             toml::from_str(text).map_err(|e| invalid(e.message().to_string()))?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        // Search paths are absolute even for a manifest named by a relative
+        // path: a bare library name would otherwise reach the dynamic
+        // loader, which searches LD_LIBRARY_PATH and the system, not here.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
         let exe = exe_dir.to_string_lossy();
         let mut search_paths: Vec<PathBuf> = file
             .search_paths
