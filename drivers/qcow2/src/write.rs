@@ -890,6 +890,11 @@ impl Qcow2Image {
                     meta.set_entry(&self.io, slot, Entry { word, bitmap })?;
                 }
             }
+            // Tables already placed are written out when the caches fill,
+            // so memory stays bounded whatever the image's size.
+            if meta.needs_writeback() {
+                meta.flush(&self.io)?;
+            }
             c = table_end;
         }
         let store = self.io.data_store();
