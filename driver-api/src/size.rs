@@ -13,6 +13,24 @@ pub enum SizeError {
     TooLarge,
 }
 
+/// qemu's message for the size-valued option `name` whose `value` did not
+/// parse as a size (QemuOpts' `parse_option_size`).
+pub fn option_message(name: &str, value: &str, error: SizeError) -> String {
+    match error {
+        SizeError::TooLarge => format!("Value '{value}' is out of range for parameter '{name}'"),
+        SizeError::Invalid => invalid_message(name),
+    }
+}
+
+/// qemu's message for an option `name` that is not a size at all.
+pub fn invalid_message(name: &str) -> String {
+    format!(
+        "Parameter '{name}' expects a non-negative number below 2^64\n\
+         Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+         and exabytes, respectively."
+    )
+}
+
 /// Parses a size as qemu's `qemu_strtosz` does: a decimal number (a fraction is
 /// allowed only with a unit suffix), optionally followed by one of
 /// `b`/`B` (bytes), `k`/`K`, `M`, `G`, `T`, `P`, `E` (powers of 1024).

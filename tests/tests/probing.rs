@@ -106,18 +106,7 @@ fn a_probed_raw_image_never_becomes_another_format() {
     // qemu-img refuses it; the base stays raw.
     let fx = Fixture::new("probed_first_sector");
     fx.oracle(&["create", "-q", "-f", "raw", "base.raw", "1M"]);
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.raw",
-        "-F",
-        "raw",
-        "top.qcow2",
-        "1M",
-    ]);
+    fx.make_qcow2("top.qcow2", "backing_file=base.raw,backing_fmt=raw", "1M");
     // Drop the backing format (rename its header extension to an unknown one).
     let bytes = std::fs::read(fx.path("top.qcow2")).expect("read");
     let magic = 0xE279_2ACAu32.to_be_bytes();
@@ -131,16 +120,11 @@ fn a_probed_raw_image_never_becomes_another_format() {
         &[(at as u64, vec![0x12, 0x34, 0x56, 0x78])],
     );
     fx.sh("mv top.qcow2.x top.qcow2");
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "backing_file=/etc/hostname,backing_fmt=raw",
+    fx.make_qcow2(
         "evil.qcow2",
+        "backing_file=/etc/hostname,backing_fmt=raw",
         "1M",
-    ]);
+    );
     fx.sh("dd if=evil.qcow2 of=header.bin bs=512 count=1 status=none");
     fx.sh("qemu-io -f qcow2 -c 'write -s header.bin 0 512' top.qcow2 >/dev/null");
     fx.sh("cp base.raw theirs.raw && cp top.qcow2 keep.qcow2");

@@ -6,7 +6,7 @@
 //! replaces the external data file's name from the header.
 
 use crate::error::{Error, Result};
-use qimg_driver_api::size::{parse_size_u64, SizeError};
+use qimg_driver_api::size::{option_message, parse_size_u64};
 
 /// Boolean options (`on`/`off`).
 const FLAGS: [&str; 5] = [
@@ -62,16 +62,10 @@ impl RuntimeOptions {
         let mut sizes = [None; 4];
         for (slot, (key, value)) in sizes.iter_mut().zip(&self.sizes) {
             if let Some(text) = value {
-                *slot = Some(parse_size_u64(text, 1).map_err(|e| match e {
-                    SizeError::TooLarge => Error::argument(format!(
-                        "Value '{text}' is out of range for parameter '{key}'"
-                    )),
-                    SizeError::Invalid => Error::argument(format!(
-                        "Parameter '{key}' expects a non-negative number below 2^64\n\
-                         Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
-                         and exabytes, respectively."
-                    )),
-                })?);
+                *slot = Some(
+                    parse_size_u64(text, 1)
+                        .map_err(|e| Error::argument(option_message(key, text, e)))?,
+                );
             }
         }
         for (key, value) in &self.flags {

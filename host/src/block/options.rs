@@ -1,9 +1,10 @@
 //! Creation options (`-o`): the driver's schema merged with the file protocol's,
 //! their validation, `-o help`, and the `Formatting '...'` line.
 
-use crate::cli::{parse_size_u64, SizeError};
+use crate::cli::parse_size_u64;
 use crate::plugins::Driver;
 use qimg_driver_api::schema::{CreateOption, OptionType};
+use qimg_driver_api::size::{invalid_message, option_message};
 use std::collections::BTreeMap;
 
 /// Options the file protocol adds to every format's, in qemu's order.
@@ -74,13 +75,6 @@ pub fn help_text(driver: &Driver, with_file: bool) -> String {
     out
 }
 
-/// qemu's message for a size option that does not parse.
-pub fn size_message(name: &str) -> String {
-    format!(
-        "Parameter '{name}' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively."
-    )
-}
-
 /// Checks `-o` options against the schema, normalising sizes to bytes and
 /// booleans to `on`/`off`. Errors carry qemu's wording.
 pub fn validate(
@@ -98,13 +92,8 @@ pub fn validate(
             // as negative ones).
             OptionType::Size => match parse_size_u64(value, 1) {
                 Ok(v) if v <= i64::MAX as u64 => v.to_string(),
-                Ok(_) => return Err(size_message(name)),
-                Err(SizeError::TooLarge) => {
-                    return Err(format!(
-                        "Value '{value}' is out of range for parameter '{name}'"
-                    ))
-                }
-                Err(SizeError::Invalid) => return Err(size_message(name)),
+                Ok(_) => return Err(invalid_message(name)),
+                Err(e) => return Err(option_message(name, value, e)),
             },
             OptionType::Bool => match value.as_str() {
                 "on" | "yes" | "true" => "on".to_string(),

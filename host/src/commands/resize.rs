@@ -1,11 +1,11 @@
 //! `resize`: change an image's guest size.
 
 use super::common::{check_image_opts, objects, print_help};
-use crate::block::options::size_message;
 use crate::block::{open_image, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, parse_size_u64, program, with_arg, Opt};
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
+use qimg_driver_api::size::invalid_message;
 use qimg_driver_api::{caps, Prealloc};
 
 const OPTS: &[Opt] = &[
@@ -57,7 +57,7 @@ fn run(args: &[String]) -> CmdResult {
         Some(b'-') => (-1i128, &size_text[1..]),
         _ => (0i128, size_text.as_str()),
     };
-    let amount = parse_size_u64(digits, 1).map_err(|_| fail(size_message("size")))? as i128;
+    let amount = parse_size_u64(digits, 1).map_err(|_| fail(invalid_message("size")))? as i128;
     let prealloc = match p.last("preallocation") {
         None => Prealloc::OFF,
         Some(name) => Prealloc::parse(name)

@@ -497,15 +497,8 @@ impl CopyJob<'_> {
                 }
                 Ok(())
             })?;
-            for (start, end, data) in runs {
-                let at = item.dst_offset + start as u64;
-                if data {
-                    target.write(at, &buf[start..end])?;
-                } else if has_data && !self.target_zeroed {
-                    target.write_zeroes(at, (end - start) as u64, zero_flags::MAY_UNMAP)?;
-                }
-            }
-            Ok(())
+            // Zero runs of an item without data were written in its turn.
+            Ok(self.write_runs(item.dst_offset, buf, &runs, has_data)?)
         })
     }
 
@@ -558,16 +551,25 @@ impl CopyJob<'_> {
     /// Writes `buf`, leaving out (or zeroing) the zero runs `-S` makes
     /// holes of, by qemu-img's rule ([`Sparse`]).
     fn write_sparse(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        self.write_runs(offset, buf, &self.runs(buf, offset), true)
+    }
+
+    /// Writes the data runs of `buf` (at target `offset`) and, with
+    /// `zeros` and a target that does not already read as zeros, zeroes
+    /// its zero runs.
+    fn write_runs(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        runs: &[(usize, usize, bool)],
+        zeros: bool,
+    ) -> Result<(), DriverError> {
         let target = self.target;
-        if self.min_sparse == 0 {
-            return target.write(offset, buf);
-        }
-        let sparse = Sparse::new(self.min_sparse, self.align);
-        for (start, end, data) in sparse.runs(buf, offset) {
+        for &(start, end, data) in runs {
             let at = offset + start as u64;
             if data {
                 target.write(at, &buf[start..end])?;
-            } else if !self.target_zeroed {
+            } else if zeros && !self.target_zeroed {
                 target.write_zeroes(at, (end - start) as u64, zero_flags::MAY_UNMAP)?;
             }
         }
