@@ -362,11 +362,7 @@ impl VmdkImage {
                 GrainLoc::Unallocated => self.read_backing(e.start + at, piece)?,
                 GrainLoc::Zeroed => piece.fill(0),
                 GrainLoc::Data(host) => read_or_zero(&sp.store, host + within, piece)?,
-                GrainLoc::Compressed(host) => {
-                    let mut whole = vec![0u8; gb as usize];
-                    sp.read_compressed(host, &mut whole)?;
-                    piece.copy_from_slice(&whole[within as usize..within as usize + n]);
-                }
+                GrainLoc::Compressed(host) => sp.read_compressed(host, within, piece)?,
             }
             done += n;
         }

@@ -17,6 +17,7 @@ mod error;
 mod extent;
 mod header;
 mod image;
+mod inflate;
 mod sparse;
 mod stream;
 #[cfg(test)]

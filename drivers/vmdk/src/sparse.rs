@@ -13,6 +13,7 @@ use crate::header::{
     entries_from_bytes, entries_to_bytes, CowdHeader, SparseHeader, COWD_GTES_PER_GT, FLAG_RGD,
     FLAG_ZEROED_GRAIN, GD_AT_END, GRAIN_MARKER_LEN, MARKER_FOOTER, SECTOR,
 };
+use crate::inflate::{Inflaters, PackedGrain, WHOLE_GRAIN};
 use crate::stream::StreamWriter;
 use qimg_driver_api::ByteStoreBox;
 use qimg_driver_util::{read_or_zero, write_all};
@@ -107,6 +108,8 @@ pub struct SparseExtent {
     /// The grain directory is found through the footer (`GD_AT_END`): the
     /// extent is a stream, only appended to while it is being written.
     pub footer_directory: bool,
+    /// Inflaters parked part-way through large compressed grains.
+    inflaters: Inflaters,
     state: Mutex<SparseState>,
 }
 
@@ -198,6 +201,7 @@ impl SparseExtent {
             markers: header.markers(),
             zeroed_grain: header.flags & FLAG_ZEROED_GRAIN != 0,
             footer_directory: stream_layout,
+            inflaters: Inflaters::default(),
             state: Mutex::new(SparseState {
                 gd_at: header.gd_offset,
                 rgd_at: if rgd.is_some() { rgd_offset } else { None },
@@ -245,6 +249,7 @@ impl SparseExtent {
             markers: false,
             zeroed_grain: false,
             footer_directory: false,
+            inflaters: Inflaters::default(),
             state: Mutex::new(SparseState {
                 gd_at: u64::from(header.gd_offset),
                 rgd_at: None,
@@ -408,23 +413,37 @@ impl SparseExtent {
         Ok(at)
     }
 
-    /// Reads and inflates the compressed grain at byte `offset`.
-    pub fn read_compressed(&self, offset: u64, grain: &mut [u8]) -> Result<()> {
-        let limit = self.grain_bytes() as usize * 2 + 1024;
+    /// Fills `out` with the inflated bytes from `within` on of the
+    /// compressed grain at byte `offset`. Small grains are inflated whole;
+    /// large ones are streamed (see [`crate::inflate`]).
+    pub fn read_compressed(&self, offset: u64, within: u64, out: &mut [u8]) -> Result<()> {
+        let limit = self.grain_bytes() * 2 + 1024;
         let (data_at, size) = if self.markers {
             let mut marker = [0u8; GRAIN_MARKER_LEN];
             read_or_zero(&self.store, offset, &mut marker)?;
-            let size = u32::from_le_bytes([marker[8], marker[9], marker[10], marker[11]]) as usize;
-            (offset + GRAIN_MARKER_LEN as u64, size)
+            let size = u32::from_le_bytes([marker[8], marker[9], marker[10], marker[11]]);
+            (offset + GRAIN_MARKER_LEN as u64, u64::from(size))
         } else {
             (offset, limit)
         };
         if size == 0 || size > limit {
             return Err(VmdkError::BadCompressedGrain(offset));
         }
-        let mut packed = vec![0u8; size];
+        if self.grain_bytes() > WHOLE_GRAIN {
+            let grain = PackedGrain {
+                at: offset,
+                data_at,
+                max_len: size,
+            };
+            return self.inflaters.read(&self.store, grain, within, out);
+        }
+        let mut packed = vec![0u8; size as usize];
         read_or_zero(&self.store, data_at, &mut packed)?;
-        crate::stream::inflate(&packed, grain).map_err(|_| VmdkError::BadCompressedGrain(offset))
+        let mut whole = vec![0u8; self.grain_bytes() as usize];
+        crate::stream::inflate(&packed, &mut whole)
+            .map_err(|_| VmdkError::BadCompressedGrain(offset))?;
+        out.copy_from_slice(&whole[within as usize..within as usize + out.len()]);
+        Ok(())
     }
 
     /// Writes the grain tables and directories changed since the last call.

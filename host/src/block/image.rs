@@ -1,9 +1,10 @@
 //! Opening and creating images through their drivers.
 
+use super::lineage::Lineage;
 use super::lock::{ImageLock, LockSpec};
 use super::magic;
-use super::services::{Services, SharedStore};
-use super::spec::{canonical, resolve};
+use super::services::{on_deep_stack, Services, SharedStore};
+use super::spec::resolve;
 use crate::commands::registry;
 use crate::plugins::{loader::FindError, Driver};
 use crate::store::{file::OpenMode, CacheMode, LocalFile};
@@ -13,7 +14,8 @@ use qimg_driver_api::schema::{CreateRequest, ImageInfo};
 use qimg_driver_api::{
     caps, open_flags, zero_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc,
 };
-use std::path::{Path, PathBuf};
+use std::mem::ManuallyDrop;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,11 +48,9 @@ pub struct OpenRequest<'a> {
     /// writes into a backing image through a handle of its own, which takes
     /// the locks that guard it).
     pub shared_backing: bool,
-    /// Depth in a backing chain (0 for the top).
-    pub depth: usize,
-    /// The files of the images above this one in its chain (canonical),
-    /// so that a backing file that loops back is refused.
-    pub ancestors: Vec<PathBuf>,
+    /// The images above this one in its chain, so that a backing file that
+    /// loops back or a chain too deep is refused.
+    pub lineage: Lineage,
     /// Open for `check`: images marked corrupt or dirty open as they are
     /// (`open_flags::CHECK`), so that they can be checked and repaired.
     pub check: bool,
@@ -75,8 +75,7 @@ impl<'a> OpenRequest<'a> {
             no_backing: false,
             no_io: false,
             shared_backing: false,
-            depth: 0,
-            ancestors: Vec::new(),
+            lineage: Lineage::default(),
             check: false,
             options: Vec::new(),
             stream: false,
@@ -90,8 +89,8 @@ impl<'a> OpenRequest<'a> {
 /// its guard reports an earlier panic), the image is poisoned and every later
 /// call fails with that error, whatever the driver's ABI version.
 pub struct BlockImage {
-    /// The driver's image handle.
-    image: ImageArc,
+    /// The driver's image handle (dropped by hand: see the `Drop` impl).
+    image: ManuallyDrop<ImageArc>,
     /// The driver.
     pub driver: Arc<Driver>,
     /// The name to print (`image:` line, messages).
@@ -107,6 +106,20 @@ pub struct BlockImage {
     /// Opened as raw because probing found no other format: writes may not
     /// turn its first sector into another format's header.
     probed_raw: bool,
+}
+
+impl Drop for BlockImage {
+    /// Closes the driver's image, then the backing chain below it, on fresh
+    /// stack if a chain of thousands of layers needs it: each layer closes
+    /// the next one down from inside its own close.
+    fn drop(&mut self) {
+        let backing = self.backing.take();
+        on_deep_stack(|| {
+            // SAFETY: `image` is dropped only here, and never used after.
+            unsafe { ManuallyDrop::drop(&mut self.image) };
+            drop(backing);
+        });
+    }
 }
 
 impl BlockImage {
@@ -494,12 +507,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         backing_lock: backing_lock(request).filter(|_| spec.locking),
         backing: Mutex::new(None),
         no_io: request.no_io,
-        depth: request.depth,
-        chain: {
-            let mut chain = request.ancestors.clone();
-            chain.push(canonical(&spec.path));
-            chain
-        },
+        lineage: request.lineage.below(&spec.path),
         options: spec
             .options
             .iter()
@@ -543,7 +551,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         .unwrap_or_else(|e| e.into_inner())
         .take();
     let image = BlockImage {
-        image,
+        image: ManuallyDrop::new(image),
         driver,
         filename,
         store: file,
@@ -613,8 +621,7 @@ fn format_new(
         backing_lock: Some(LockSpec::READ_STABLE),
         backing: Mutex::new(None),
         no_io: false,
-        depth: 0,
-        chain: Vec::new(),
+        lineage: Lineage::default(),
         options: Vec::new(),
         asked: Mutex::new(Vec::new()),
     });

@@ -2,8 +2,8 @@
 //! stores, the backing chain, secrets and warnings.
 
 use super::image::{open_image, BlockImage, OpenRequest};
+use super::lineage::Lineage;
 use super::lock::LockSpec;
-use super::spec::{backing_loop, canonical};
 use crate::store::{file::OpenMode, CacheMode, LocalFile};
 use qimg_driver_api::abi_stable::sabi_trait::TD_Opaque;
 use qimg_driver_api::abi_stable::std_types::{
@@ -97,18 +97,13 @@ pub struct Services {
     pub no_io: bool,
     /// The backing image opened at the driver's request.
     pub backing: Mutex<Option<Arc<BlockImage>>>,
-    /// Depth of this image in its chain (limits runaway chains).
-    pub depth: usize,
-    /// The files of this image and of those above it (canonical).
-    pub chain: Vec<PathBuf>,
+    /// This image and those above it in its chain.
+    pub lineage: Lineage,
     /// Format options given with the name (`encrypt.key-secret=...`).
     pub options: Vec<(String, String)>,
     /// The option keys the driver asked for.
     pub asked: Mutex<Vec<String>>,
 }
-
-/// Backing chains deeper than this are refused (a loop in the chain ends here).
-pub const MAX_CHAIN_DEPTH: usize = 64;
 
 impl Services {
     /// The first format option the driver did not ask for: qemu refuses
@@ -174,15 +169,8 @@ impl HostServices for ServicesHandle {
     ) -> RResult<BackingBox, DriverError> {
         catch(|| {
             let services = &self.0;
-            if services.depth >= MAX_CHAIN_DEPTH {
-                return Err(DriverError::invalid_image(
-                    "Backing chain is too deep (or loops)",
-                ));
-            }
             let resolved = services.resolve(name.as_str());
-            if services.chain.contains(&canonical(&resolved)) {
-                return Err(DriverError::invalid_image(backing_loop(&resolved)));
-            }
+            services.lineage.admit(&resolved)?;
             let format = format.into_option().map(|f| f.as_str().to_string());
             let request = OpenRequest {
                 name: &resolved,
@@ -196,18 +184,22 @@ impl HostServices for ServicesHandle {
                 stream: false,
                 no_io: services.no_io,
                 shared_backing: false,
-                depth: services.depth + 1,
-                ancestors: services.chain.clone(),
+                lineage: services.lineage.clone(),
                 check: false,
             };
-            let image = open_image(&request).map_err(|e| {
-                DriverError::new(
-                    ErrorKind::INVALID_IMAGE,
-                    format!(
-                        "Could not open backing file: {}",
-                        super::image::inner_open_message(&resolved, &e.message)
-                    ),
-                )
+            // Each layer is one more round through a driver on this thread's
+            // stack: chains of thousands of layers get fresh stack as needed.
+            let image = on_deep_stack(|| open_image(&request)).map_err(|e| {
+                // A loop or an over-deep chain is reported once, not once per layer.
+                services.lineage.fault().unwrap_or_else(|| {
+                    DriverError::new(
+                        ErrorKind::INVALID_IMAGE,
+                        format!(
+                            "Could not open backing file: {}",
+                            super::image::inner_open_message(&resolved, &e.message)
+                        ),
+                    )
+                })
             })?;
             let image = Arc::new(image);
             *services.backing.lock().unwrap_or_else(|e| e.into_inner()) = Some(image.clone());
@@ -254,9 +246,21 @@ impl BackingReader for BackingView {
     }
     fn read_at(&self, offset: u64, buf: RSliceMut<'_, u8>) -> RResult<(), DriverError> {
         let mut buf = buf;
-        RResult::from(self.0.read(offset, buf.as_mut_slice()))
+        RResult::from(on_deep_stack(|| self.0.read(offset, buf.as_mut_slice())))
     }
     fn block_status(&self, offset: u64, len: u64) -> RResult<RVec<Extent>, DriverError> {
-        RResult::from(self.0.block_status(offset, len).map(RVec::from))
+        RResult::from(on_deep_stack(|| self.0.block_status(offset, len)).map(RVec::from))
     }
+}
+
+/// Stack a layer of a backing chain may use before the next layer is entered.
+const LAYER_STACK: usize = 256 * 1024;
+/// Stack allocated at a time once a deep chain has used up the thread's own.
+const STACK_SEGMENT: usize = 8 * 1024 * 1024;
+
+/// Runs `f`, which enters the next layer of a backing chain, on a fresh
+/// stack segment if this thread's stack is nearly used up: reads, block
+/// status and opens recurse once per layer through the drivers.
+pub fn on_deep_stack<T>(f: impl FnOnce() -> T) -> T {
+    stacker::maybe_grow(LAYER_STACK, STACK_SEGMENT, f)
 }

@@ -91,13 +91,6 @@ fn is_weak(key: &str) -> bool {
     WEAK_OPTIONS.contains(&key) || key.starts_with("data-file.")
 }
 
-/// The file a path names, symlinks and `..` resolved, for telling whether
-/// two names are one file (the path as given if it cannot be resolved).
-pub fn canonical(path: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new(path);
-    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
-}
-
 /// A name an image records (backing file, extent), resolved as qemu does:
 /// relative to the directory of `image`, unless it is absolute or a `json:`
 /// object (whose paths are the process's own).

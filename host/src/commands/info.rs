@@ -1,8 +1,8 @@
 //! `info`: what an image is, human or JSON, as qemu-img prints it.
 
 use super::common::{check_image_opts, objects, print_help};
-use crate::block::services::MAX_CHAIN_DEPTH;
-use crate::block::spec::{backing_loop, canonical, relative_to, resolve};
+use crate::block::lineage::Lineage;
+use crate::block::spec::{relative_to, resolve};
 use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
@@ -45,19 +45,14 @@ fn run(args: &[String]) -> CmdResult {
         p.has("image-opts"),
     ));
     let force_share = p.has("force-share");
-    let mut seen = 0usize;
-    let mut visited = Vec::new();
+    let mut lineage = Lineage::default();
     while let Some((name, format, image_opts)) = next.take() {
-        // A backing file met again (only backing names come after the first).
-        if visited.contains(&canonical(&name)) {
-            return Err(fail(backing_loop(&name)));
-        }
-        seen += 1;
-        if seen > MAX_CHAIN_DEPTH {
-            return Err(fail(format!(
-                "Backing chain of '{}' is too deep (or loops)",
-                p.operands[0]
-            )));
+        // Only backing names come after the first: a file met again, or a
+        // chain too deep, ends the walk.
+        if !infos.is_empty() {
+            lineage
+                .admit(&name)
+                .map_err(|e| fail(e.message.to_string()))?;
         }
         let request = OpenRequest {
             lock: Some(LockSpec {
@@ -70,7 +65,7 @@ fn run(args: &[String]) -> CmdResult {
         };
         let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
         if let Ok(spec) = resolve(&name, image_opts) {
-            visited.push(canonical(&spec.path));
+            lineage = lineage.below(&spec.path);
         }
         let json = image_json(&image)?;
         if chain {
