@@ -120,6 +120,11 @@ pub struct Meta {
     /// While `Some`, clusters whose refcount drops to zero are collected
     /// here, to be discarded (snapshot operations give space back).
     pub discarded: Option<Vec<u64>>,
+    /// Byte ranges whose references cached tables dropped: counted down by
+    /// [`Meta::flush`] once the tables without them are on disk, so that a
+    /// crash never leaves a table naming a cluster counted free (which a
+    /// later allocation would hand out again).
+    released: Vec<(u64, u64)>,
 }
 
 /// Gives the clusters at `offsets` (of `cluster_size` bytes) back to the
@@ -246,6 +251,7 @@ impl Meta {
             snapshot_issues: Vec::new(),
             bitmaps: Vec::new(),
             discarded: None,
+            released: Vec::new(),
         }
     }
 
@@ -732,17 +738,22 @@ impl Meta {
         Ok(())
     }
 
-    /// Releases what an L2 entry held: its data cluster or compressed bytes.
-    pub fn release_entry(&mut self, io: &Io, entry: Entry) -> Result<()> {
+    /// Releases what an L2 entry held: its data cluster or compressed bytes
+    /// (see [`Meta::drop_reference`]).
+    pub fn release_entry(&mut self, entry: Entry) {
         if entry.compressed() {
             let (offset, len) = self.layout.compressed_range(entry.word);
-            return self.add_refcount(io, offset & !511, len + (offset & 511), -1);
+            self.drop_reference(offset & !511, len + (offset & 511));
+        } else if entry.host() != 0 && !self.data_file {
+            self.drop_reference(entry.host(), self.layout.cluster_size());
         }
-        let host = entry.host();
-        if host != 0 && !self.data_file {
-            self.add_refcount(io, host, self.layout.cluster_size(), -1)?;
-        }
-        Ok(())
+    }
+
+    /// Notes that a cached table no longer names the clusters of `offset..
+    /// offset + len`: their refcounts go down at the next flush, after the
+    /// table is written.
+    pub fn drop_reference(&mut self, offset: u64, len: u64) {
+        self.released.push((offset, len));
     }
 
     /// The L2 table for guest offset `guest`, ready to be modified: allocated
@@ -767,7 +778,7 @@ impl Meta {
         self.l2.insert(new, table, true);
         self.set_l1_entry(l1i as usize, new | COPIED);
         if old != 0 {
-            self.add_refcount(io, old, 1, -1)?;
+            self.drop_reference(old, 1);
         }
         Ok(new)
     }
@@ -840,6 +851,18 @@ impl Meta {
         }
         if wrote {
             io.flush()?;
+        }
+        // 4. Only now, with no table on disk naming them, may the clusters
+        //    tables let go of be counted down (a crash before leaks them).
+        if !self.released.is_empty() {
+            for (offset, len) in std::mem::take(&mut self.released) {
+                self.add_refcount(io, offset, len, -1)?;
+            }
+            for offset in self.refblocks.dirty() {
+                if let Some(block) = self.refblocks.take_dirty(offset) {
+                    io.write(offset, block)?;
+                }
+            }
         }
         Ok(())
     }

@@ -494,7 +494,12 @@ impl Qcow2Image {
             meta.alloc_clusters(&self.io, self.layout.clusters_for(bytes))?
         };
         if bytes > 0 {
-            let mut table: Vec<u8> = meta.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+            // The snapshot's copy shares every table: none is marked copied.
+            let mut table: Vec<u8> = meta
+                .l1
+                .iter()
+                .flat_map(|e| (e & !COPIED).to_be_bytes())
+                .collect();
             table.resize(bytes as usize, 0);
             self.io.write(l1_offset, &table)?;
         }
@@ -592,6 +597,13 @@ impl Qcow2Image {
         )?;
         meta.update_snapshot_refcount(&self.io, snapshot.l1_table_offset, snapshot.l1_size, 1)?;
         meta.flush(&self.io)?;
+        // Every table the snapshot reaches is now shared with it, so none
+        // is marked copied: a snapshot's L1 may still carry the marks it
+        // was taken with, and a kill before they are recomputed below
+        // would leave the active table marking shared L2 tables copied.
+        for entry in l1.iter_mut() {
+            *entry &= !COPIED;
+        }
         let l1_size = meta.header.l1_size as usize;
         l1.truncate(l1_size);
         let mut bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();

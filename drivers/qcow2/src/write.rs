@@ -428,7 +428,7 @@ impl Qcow2Image {
             }
             meta.set_entry(&self.io, slot, entry)?;
             if plan.fresh {
-                meta.release_entry(&self.io, plan.old)?;
+                meta.release_entry(plan.old);
             }
         }
         Ok(())
@@ -598,7 +598,7 @@ impl Qcow2Image {
         };
         meta.set_entry(&self.io, slot, new)?;
         if !keep {
-            meta.release_entry(&self.io, entry)?;
+            meta.release_entry(entry);
         }
         Ok(next)
     }
@@ -636,7 +636,7 @@ impl Qcow2Image {
                 // Deallocated: the cluster reads from the backing file again
                 // (or as zeros without one), as qemu's "make empty" leaves it.
                 meta.set_entry(&self.io, slot, Entry::default())?;
-                meta.release_entry(&self.io, entry)?;
+                meta.release_entry(entry);
             }
             c += cs;
         }
@@ -655,7 +655,7 @@ impl Qcow2Image {
             if table != 0 {
                 self.before_change(&mut meta)?;
                 meta.set_l1_entry(i as usize, 0);
-                meta.add_refcount(&self.io, table, cs, -1)?;
+                meta.drop_reference(table, cs);
             }
         }
         meta.flush(&self.io)?;
@@ -765,7 +765,8 @@ impl Qcow2Image {
                 bitmap: 0,
             };
             meta.set_entry(&self.io, slot, entry)?;
-            meta.release_entry(&self.io, old)
+            meta.release_entry(old);
+            Ok(())
         });
         meta.in_flight.remove(&(offset / cs));
         self.settled.notify_all();
@@ -1054,7 +1055,7 @@ impl Qcow2Image {
                 let (entry, slot) = meta.entry(&self.io, c)?;
                 if let (Some(slot), false) = (slot, entry == Entry::default()) {
                     meta.set_entry(&self.io, slot, Entry::default())?;
-                    meta.release_entry(&self.io, entry)?;
+                    meta.release_entry(entry);
                 }
                 c += cs;
             }
@@ -1065,11 +1066,11 @@ impl Qcow2Image {
             let table = meta.l2_offset(i)?;
             if table != 0 {
                 meta.set_l1_entry(i as usize, 0);
-                meta.add_refcount(&self.io, table, cs, -1)?;
+                meta.drop_reference(table, cs);
             }
         }
-        let freed = meta.discarded.take().unwrap_or_default();
         meta.flush(&self.io)?;
+        let freed = meta.discarded.take().unwrap_or_default();
         let l1_size = u64::from(meta.header.l1_size);
         if keep < l1_size {
             // The dropped part of the L1 table is zeroed on disk in whole

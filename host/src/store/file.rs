@@ -2,6 +2,7 @@
 //! (SEEK_DATA / SEEK_HOLE), hole punching and zero ranges (fallocate), and
 //! O_DIRECT with aligned bounce buffers when the cache mode asks for it.
 
+use super::faults::before_change;
 use super::CacheMode;
 use crate::block::lock::ImageLock;
 use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
@@ -402,16 +403,23 @@ impl ByteStore for LocalFile {
         catch(|| self.pread(offset, buf.as_mut_slice()))
     }
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
-        catch(|| self.pwrite(offset, buf.as_slice()))
+        catch(|| {
+            before_change()?;
+            self.pwrite(offset, buf.as_slice())
+        })
     }
     fn len(&self) -> RResult<u64, DriverError> {
         catch(|| self.len_now())
     }
     fn set_len(&self, len: u64, prealloc: Prealloc) -> RResult<(), DriverError> {
-        catch(|| self.resize(len, prealloc))
+        catch(|| {
+            before_change()?;
+            self.resize(len, prealloc)
+        })
     }
     fn flush(&self) -> RResult<(), DriverError> {
         catch(|| {
+            before_change()?;
             if self.cache.flushes() {
                 self.file.sync_data().map_err(DriverError::from)?;
             }
@@ -419,7 +427,10 @@ impl ByteStore for LocalFile {
         })
     }
     fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> RResult<(), DriverError> {
-        catch(|| self.zeroes(offset, len, punch))
+        catch(|| {
+            before_change()?;
+            self.zeroes(offset, len, punch)
+        })
     }
     fn run_at(&self, offset: u64, max: u64) -> RResult<StoreRun, DriverError> {
         catch(|| self.run(offset, max))
