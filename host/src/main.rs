@@ -3,6 +3,7 @@
 mod block;
 mod cli;
 mod commands;
+mod confine;
 mod engine;
 mod error;
 mod output;

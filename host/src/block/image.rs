@@ -574,11 +574,11 @@ pub fn create_image(
     request: &CreateRequest,
     cache: CacheMode,
 ) -> Result<(), DriverError> {
-    let existed = Path::new(path).exists();
+    let existed = Path::new(path).exists() && !crate::confine::precreated(path);
     let result = format_new(driver, path, request, cache);
     if result.is_err() && !existed {
         // A failed creation leaves nothing that could pass for an image.
-        let _ = std::fs::remove_file(path);
+        crate::confine::discard_target(path);
     }
     result
 }

@@ -65,6 +65,12 @@ fn run(args: &[String]) -> CmdResult {
         )));
     }
     let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "cache")?;
+    let file = crate::confine::image_file(name, p.has("image-opts"));
+    if write {
+        crate::confine::enter(&[], &[file])?;
+    } else {
+        crate::confine::enter(&[file], &[])?;
+    }
     let request = OpenRequest {
         write,
         cache,

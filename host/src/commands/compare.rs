@@ -55,6 +55,12 @@ fn compare_command(args: &[String]) -> CmdResult {
     let progress = Progress::start(p.has("progress") && !quiet, 2.0);
     let image_opts = p.has("image-opts");
     let force_share = p.has("force-share");
+    let files: Vec<_> = p
+        .operands
+        .iter()
+        .map(|name| crate::confine::image_file(name, image_opts))
+        .collect();
+    crate::confine::enter(&files, &[])?;
     let open = |name: &str, format: Option<&str>| {
         open_image(&OpenRequest {
             cache,

@@ -179,6 +179,12 @@ fn convert(
     progress: &Progress,
 ) -> CmdResult {
     let image_opts = p.has("source-image-opts") || p.has("image-opts");
+    let inputs: Vec<_> = sources
+        .iter()
+        .map(|s| crate::confine::image_file(s, image_opts))
+        .collect();
+    let output = crate::confine::image_file(target, p.has("target-image-opts"));
+    crate::confine::enter(&inputs, &[output])?;
     let lock = LockSpec::stable_reader(p.has("force-share"));
     let mut opened = Vec::new();
     for name in sources {
@@ -253,7 +259,7 @@ fn convert(
         if let Some(f) = p.last("backing-format") {
             values.insert("backing_fmt".into(), f.to_string());
         }
-        let existed = std::path::Path::new(target).exists();
+        let existed = std::path::Path::new(target).exists() && !crate::confine::precreated(target);
         let request = CreateRequest {
             size: total,
             options: values,
@@ -283,7 +289,7 @@ fn convert(
     let result = copy_into(p, settings, &opened, &into, &driver, progress);
     if result.is_err() && created {
         // Never leave a half-written target that looks like a good image.
-        let _ = std::fs::remove_file(target);
+        crate::confine::discard_target(target);
     }
     result
 }

@@ -45,6 +45,13 @@ fn run(args: &[String]) -> CmdResult {
         p.has("image-opts"),
     ));
     let force_share = p.has("force-share");
+    crate::confine::enter(
+        &[crate::confine::image_file(
+            &p.operands[0],
+            p.has("image-opts"),
+        )],
+        &[],
+    )?;
     let mut lineage = Lineage::default();
     while let Some((name, format, image_opts)) = next.take() {
         // Only backing names come after the first: a file met again, or a
@@ -74,6 +81,9 @@ fn run(args: &[String]) -> CmdResult {
                     .get("backing-filename-format")
                     .and_then(Value::as_str)
                     .map(str::to_string);
+                if crate::confine::requested() {
+                    return Err(fail(crate::confine::named_file_refused(backing)));
+                }
                 next = Some((backing.to_string(), format, false));
             }
         }

@@ -45,6 +45,13 @@ fn run(args: &[String]) -> CmdResult {
     if p.operands.len() != 1 {
         return Err(CmdError::usage("map", "Expecting one image file name"));
     }
+    crate::confine::enter(
+        &[crate::confine::image_file(
+            &p.operands[0],
+            p.has("image-opts"),
+        )],
+        &[],
+    )?;
     let image = open_image(&OpenRequest {
         lock: Some(LockSpec::reader(p.has("force-share"))),
         ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))

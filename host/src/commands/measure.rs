@@ -88,6 +88,13 @@ fn run(args: &[String]) -> CmdResult {
             Vec::new(),
         ),
         None => {
+            crate::confine::enter(
+                &[crate::confine::image_file(
+                    &p.operands[0],
+                    p.has("image-opts"),
+                )],
+                &[],
+            )?;
             let request = OpenRequest {
                 lock: Some(LockSpec::reader(p.has("force-share"))),
                 ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))

@@ -19,7 +19,7 @@ mod resize;
 mod snapshot;
 
 use crate::cli::program;
-use crate::error::{CmdError, CmdResult};
+use crate::error::{fail, CmdError, CmdResult};
 use crate::plugins::Registry;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -72,7 +72,8 @@ fn help_text() -> String {
 Standard options:\n  -h, --help\n     display this help and exit\n  -V, --version\n     display version info and exit\n  \
 -T,--trace TRACE\n     accepted for compatibility; qimg has no trace points\n  --plugins FILE\n     read the driver manifest from FILE\n  \
 --list-drivers[=json]\n     list every driver: library, versions, capabilities, status\n  \
---conformance FORMAT\n     run the driver conformance check on FORMAT's driver\n\n\
+--conformance FORMAT\n     run the driver conformance check on FORMAT's driver\n  \
+--confine\n     for untrusted images: refuse images that name other files, and confine\n     the process to the files the command names (Landlock, seccomp)\n\n\
 Recognized commands (run {p} COMMAND --help for command-specific help):\n\n",
         p = program()
     ));
@@ -183,6 +184,7 @@ pub fn dispatch(args: &[String]) -> CmdResult {
                 plugins = Some(PathBuf::from(path));
                 i += 1;
             }
+            "--confine" => crate::confine::request(),
             "--" => break,
             _ if arg.starts_with("--trace=") => {
                 crate::trace::check_option(&arg["--trace=".len()..])?
@@ -201,6 +203,12 @@ pub fn dispatch(args: &[String]) -> CmdResult {
     let Some(name) = args.get(i) else {
         return Err(usage("Not enough arguments".to_string()));
     };
+    if crate::confine::requested() && !crate::confine::COMMANDS.contains(&name.as_str()) {
+        return Err(fail(format!(
+            "--confine is not supported by '{name}' (only by {})",
+            crate::confine::COMMANDS.join(", ")
+        )));
+    }
     match commands().into_iter().find(|c| c.name == name) {
         Some(command) => (command.run)(&args[i + 1..]),
         None => Err(usage(format!("Command not found: {name}"))),

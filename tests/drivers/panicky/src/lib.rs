@@ -2,7 +2,11 @@
 //! environment variable `TESTDRV_PANIC` says (a comma-separated list of entry
 //! points: `drivers`, `name`, `capabilities`, `probe`, `virtual_size`,
 //! `store_name`, `create`, `open`, `read`, `write`, `write_zeroes`,
-//! `block_status`, `info`, `flush`). Elsewhere it works: its images are the
+//! `block_status`, `info`, `flush`). With `TESTDRV_ESCAPE` set it plays a
+//! parser bug that reaches out of the process at open: `read:PATH` reads a
+//! host file, `exec:PATH` runs a program, `connect:ADDR` opens a TCP
+//! connection; the open then fails with what happened (`escaped: ...` or
+//! `blocked: ...`). Elsewhere it works: its images are the
 //! store's bytes one to one, like raw, and it probes files whose name ends in
 //! `.panicky`. Built as `libtestdrv_panicky.so`, a name qimg never loads
 //! unless a manifest lists it.
@@ -29,6 +33,24 @@ fn maybe_panic(point: &str) {
 fn panicky() -> Panicky {
     maybe_panic("drivers");
     Panicky
+}
+
+/// Tries one way out of the process (see the crate documentation) and says
+/// whether it worked.
+fn try_escape(what: &str) -> String {
+    let (how, target) = what.split_once(':').unwrap_or((what, ""));
+    let result = match how {
+        "read" => std::fs::read(target).map(|b| format!("read {} bytes", b.len())),
+        "exec" => std::process::Command::new(target)
+            .status()
+            .map(|s| format!("ran it: {s}")),
+        "connect" => std::net::TcpStream::connect(target).map(|_| "connected".to_string()),
+        _ => Ok("nothing tried".to_string()),
+    };
+    match result {
+        Ok(done) => format!("escaped: {what}: {done}"),
+        Err(e) => format!("blocked: {what}: {e}"),
+    }
 }
 
 /// The panicking driver.
@@ -78,6 +100,9 @@ impl DriverImpl for Panicky {
         _flags: u32,
     ) -> Result<Box<dyn ImageImpl>, DriverError> {
         maybe_panic("open");
+        if let Ok(escape) = std::env::var("TESTDRV_ESCAPE") {
+            return Err(DriverError::invalid_image(try_escape(&escape)));
+        }
         Ok(Box::new(PanickyImage { store }))
     }
 }
