@@ -3,6 +3,9 @@
 //! N = 0, 1, … until it runs to the end), and after every kill the real
 //! `qemu-img check` must find the image clean or with leaked clusters only;
 //! where the operation keeps the guest's data, the data must read as before.
+//! The same walk with the disk full from the N-th change on
+//! (`QIMG_FAULT=enospc-after:N`) must fail cleanly, leave the image as
+//! consistent, and let the same command succeed once there is space.
 
 use qimg_tests::Fixture;
 use std::os::unix::process::ExitStatusExt;
@@ -12,34 +15,57 @@ use std::process::Command;
 const BASE: &str = "qemu-img create -q -f qcow2 -o cluster_size=4k a.qcow2 4M && \
     qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 2M 64k' -c 'write -P 9 3M 8k' a.qcow2 >/dev/null";
 
-/// Kills `args` at every change it makes, checking `image` after each kill.
-/// With `keeps`, the guest data of `image` must equal the data it had
-/// before (`qemu-img compare` against a copy taken first). Returns the
-/// number of kill points.
-fn kill_walk(name: &str, setup: &str, args: &[&str], image: &str, keeps: bool) -> usize {
+/// What stops the operation at change N.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// SIGKILL before the change.
+    Kill,
+    /// The change and every later one fail with ENOSPC.
+    NoSpace,
+}
+
+/// Stops `args` at every change it makes with `fault`, checking `image`
+/// after each stop. With `keeps`, the guest data of `image` must equal the
+/// data it had before (`qemu-img compare` against a copy taken first).
+/// Returns the number of stopping points.
+fn fault_walk(
+    name: &str,
+    setup: &str,
+    args: &[&str],
+    image: &str,
+    keeps: bool,
+    fault: Fault,
+) -> usize {
     let fx = Fixture::new(name);
     fx.sh(setup);
     fx.sh("mkdir pristine && cp -a *.qcow2 pristine/");
     fx.sh(&format!("qemu-img convert -O raw {image} before.raw"));
+    let spec = match fault {
+        Fault::Kill => "kill-after",
+        Fault::NoSpace => "enospc-after",
+    };
     for n in 0.. {
-        assert!(n < 5000, "{name}: no end to the kill points");
+        assert!(n < 5000, "{name}: no end to the fault points");
         fx.sh("cp -a pristine/*.qcow2 .");
         let status = Command::new(fx.path(".bin/qemu-img"))
             .args(args)
             .current_dir(fx.path(""))
             .env("QIMG_PLUGINS", qimg_tests::workspace().join("plugins.toml"))
-            .env("QIMG_FAULT", format!("kill-after:{n}"))
+            .env("QIMG_FAULT", format!("{spec}:{n}"))
             .output()
             .expect("run qimg")
             .status;
-        if status.signal() != Some(libc::SIGKILL) {
-            assert!(status.success(), "{name}: {args:?} failed with no fault");
+        if status.success() {
             return n;
+        }
+        match fault {
+            Fault::Kill => assert_eq!(status.signal(), Some(libc::SIGKILL), "{name}: {n}"),
+            Fault::NoSpace => assert_eq!(status.code(), Some(1), "{name}: {n}"),
         }
         let check = fx.qemu_img(&["check", image]);
         assert!(
             check.status == 0 || check.status == 3,
-            "{name}: killed at change {n}, qemu-img check says:\n{}{}",
+            "{name}: stopped at change {n}, qemu-img check says:\n{}{}",
             check.stdout,
             check.stderr
         );
@@ -47,12 +73,25 @@ fn kill_walk(name: &str, setup: &str, args: &[&str], image: &str, keeps: bool) -
             let same = fx.qemu_img(&["compare", "-F", "raw", image, "before.raw"]);
             assert_eq!(
                 same.status, 0,
-                "{name}: killed at change {n}, the data changed: {}",
+                "{name}: stopped at change {n}, the data changed: {}",
                 same.stdout
+            );
+        }
+        if fault == Fault::NoSpace {
+            let again = fx.qimg(args);
+            assert_eq!(
+                again.status, 0,
+                "{name}: after ENOSPC at {n}: {}",
+                again.stderr
             );
         }
     }
     unreachable!()
+}
+
+/// [`fault_walk`] with SIGKILL.
+fn kill_walk(name: &str, setup: &str, args: &[&str], image: &str, keeps: bool) -> usize {
+    fault_walk(name, setup, args, image, keeps, Fault::Kill)
 }
 
 #[test]
@@ -147,6 +186,68 @@ fn data_keeping_operations_keep_data_at_every_kill_point() {
     ];
     for (name, setup, args, image) in cases {
         let points = kill_walk(name, setup, args, image, true);
+        assert!(points > 0, "{name}");
+    }
+}
+
+#[test]
+fn a_full_disk_at_any_point_leaves_images_consistent_and_usable() {
+    let overlay = format!(
+        "{BASE} && qemu-img create -q -f qcow2 -o cluster_size=4k -b a.qcow2 -F qcow2 t.qcow2 && \
+         qemu-io -c 'write -P 5 256k 1M' t.qcow2 >/dev/null && \
+         qemu-img create -q -f qcow2 b.qcow2 4M"
+    );
+    // 64 KiB clusters: a few dozen changes, not hundreds, each tried twice.
+    let snapshots = "qemu-img create -q -f qcow2 a.qcow2 4M && \
+         qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 2M 64k' a.qcow2 >/dev/null && \
+         qemu-img snapshot -c s1 a.qcow2 && \
+         qemu-io -c 'write -P 3 512k 1M' a.qcow2 >/dev/null";
+    let cases: [(&str, &str, &[&str], &str, bool); 6] = [
+        (
+            "nospace_snap_apply",
+            snapshots,
+            &["snapshot", "-a", "s1", "a.qcow2"],
+            "a.qcow2",
+            false,
+        ),
+        (
+            "nospace_resize",
+            BASE,
+            &["resize", "a.qcow2", "64M"],
+            "a.qcow2",
+            true,
+        ),
+        (
+            "nospace_shrink",
+            BASE,
+            &["resize", "--shrink", "a.qcow2", "1M"],
+            "a.qcow2",
+            false,
+        ),
+        (
+            "nospace_amend",
+            BASE,
+            &["amend", "-o", "compat=0.10", "a.qcow2"],
+            "a.qcow2",
+            true,
+        ),
+        (
+            "nospace_commit",
+            &overlay,
+            &["commit", "t.qcow2"],
+            "t.qcow2",
+            true,
+        ),
+        (
+            "nospace_rebase",
+            &overlay,
+            &["rebase", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2"],
+            "t.qcow2",
+            true,
+        ),
+    ];
+    for (name, setup, args, image, keeps) in cases {
+        let points = fault_walk(name, setup, args, image, keeps, Fault::NoSpace);
         assert!(points > 0, "{name}");
     }
 }
