@@ -253,3 +253,27 @@ fn a_huge_compressed_vmdk_grain_is_inflated_once_in_bounded_memory() {
     assert!(part[..4096].iter().all(|&b| b == 0x5a));
     assert!(part[4096..].iter().all(|&b| b == 0));
 }
+
+#[test]
+fn a_vmdk_descriptor_without_extents_is_refused_where_qemu_img_aborts() {
+    // qemu-img 10.0.2 fails an assertion (`s->num_extents`) on info.
+    let fx = Fixture::new("vmdk_no_extents");
+    std::fs::write(
+        fx.path("noext.vmdk"),
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n",
+    )
+    .expect("write descriptor");
+    for args in [
+        &["info", "noext.vmdk"][..],
+        &["map", "noext.vmdk"][..],
+        &["check", "noext.vmdk"][..],
+        &["convert", "-O", "raw", "noext.vmdk", "o.raw"][..],
+    ] {
+        let out = fx.qimg(args);
+        assert_eq!(out.status, 1, "{args:?}");
+        assert_eq!(
+            out.stderr, "qemu-img: Could not open 'noext.vmdk': invalid VMDK image descriptor\n",
+            "{args:?}"
+        );
+    }
+}
