@@ -259,7 +259,7 @@ verdict() {
     local target=$1 file=$2 out
     out=$(timeout 60 "$bin_dir/$target" -rss_limit_mb=2048 -timeout=10 "$file" 2>&1 || true)
     local msg
-    msg=$(grep -m1 -A1 "panicked at" <<<"$out" | tr '\n' ' ' | sed 's/ *$//')
+    msg=$(grep -m1 -A1 "panicked at" <<<"$out" | tr '\n' ' ' | sed -E 's/ *$//; s/^thread .* panicked at/panicked at/')
     if [[ -z $msg ]]; then
         msg=$(grep -m1 -E "ERROR: (libFuzzer|AddressSanitizer)" <<<"$out" || true)
     fi

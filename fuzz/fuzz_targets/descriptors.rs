@@ -92,7 +92,12 @@ fn render_round_trip(d: &Descriptor, capacity: u64) {
         "{text:?}"
     );
     assert_eq!(back.create_type, d.create_type, "{text:?}");
-    assert_eq!(back.parent_hint.as_deref(), hint, "{text:?}");
+    // Without a hint line, `parentFileNameHint` is looked up anywhere (as
+    // qemu does), even inside an extent's file name: compare only a hint
+    // that was written.
+    if hint.is_some() {
+        assert_eq!(back.parent_hint.as_deref(), hint, "{text:?}");
+    }
     assert_eq!(back.extents, d.extents, "{text:?}");
 }
 

@@ -1,11 +1,13 @@
 //! Inputs the fuzzers (fuzz/, scripts/fuzz.sh) found, kept as regression
 //! tests: every file in tests/fuzz-regressions/TARGET/ goes through the real
-//! qimg binary — `info`, `check`, `map`, `convert -O raw`, and `resize +1M`
-//! of a copy — and each command must finish within [`LIMIT`], exit rather
-//! than die of a signal, and print no panic (a driver panic is reported as
-//! "internal error in driver"). Whether a command succeeds is not checked:
-//! most of these images are damaged and refusing them is right; but an
-//! image that opened before a resize that succeeded must open after it.
+//! qimg binary — `info`, `check`, `map`, `convert -O raw`, then `resize +1M`
+//! and a small `convert -n` write, each into a copy — and each command must
+//! finish within [`LIMIT`], exit rather than die of a signal, and print no
+//! panic (a driver panic is reported as "internal error in driver").
+//! Whether a command succeeds is not checked: most of these images are
+//! damaged and refusing them is right; but an image that opened before a
+//! resize that succeeded must open after it, and what was written to an
+//! image `check` finds clean must read back.
 //!
 //! Damaged images made here (a qcow2 cut short and one whose header claims
 //! a huge L1 table) are held to the same rules, and must in addition be
@@ -43,6 +45,7 @@ struct Ended {
     /// Whether it was killed for running past [`LIMIT`].
     timed_out: bool,
     stderr: String,
+    stdout: String,
 }
 
 /// Runs qimg (as `qemu-img`, like the other tests) with `args` in the
@@ -54,14 +57,16 @@ fn run(fx: &Fixture, args: &[&str]) -> Ended {
         std::fs::create_dir_all(&bin).expect("create bin dir");
         std::os::unix::fs::symlink(qimg_bin(), &exe).expect("symlink qimg");
     }
-    // stderr goes to a file: a pipe nobody reads could fill and stall it.
+    // Output goes to files: a pipe nobody reads could fill and stall it.
     let err_path = fx.path("stderr.txt");
     let err_file = std::fs::File::create(&err_path).expect("create stderr file");
+    let out_path = fx.path("stdout.txt");
+    let out_file = std::fs::File::create(&out_path).expect("create stdout file");
     let mut child = Command::new(&exe)
         .args(args)
         .current_dir(&fx.dir)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(out_file)
         .stderr(err_file)
         .env("HOME", &fx.dir)
         .env_remove("XDG_CONFIG_HOME")
@@ -85,6 +90,7 @@ fn run(fx: &Fixture, args: &[&str]) -> Ended {
         signal: if timed_out { None } else { status.signal() },
         timed_out,
         stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
     }
 }
 
@@ -161,6 +167,71 @@ fn resize_keeps_it_readable(
     problems
 }
 
+/// Images larger than this are not written to.
+const MAX_WRITTEN_SIZE: u64 = 64 << 20;
+
+/// Writes a pattern (4 KiB of 0x5a at the start, 4 KiB of 0xc3 in the
+/// middle, zeros elsewhere) into a copy of `file` with `convert -n`, as the
+/// fuzz harness's write pass writes: if `check` found the image clean
+/// (`check_before`) and the copy succeeded, the copy must compare equal to
+/// the pattern.
+fn writes_read_back(
+    fx: &Fixture,
+    format: &str,
+    file: &str,
+    label: &str,
+    check_before: &Ended,
+) -> Vec<String> {
+    if check_before.code != Some(0) {
+        return Vec::new();
+    }
+    let info = run(fx, &["info", "--output=json", "-f", format, file]);
+    let size = serde_json::from_str::<serde_json::Value>(&info.stdout)
+        .ok()
+        .and_then(|v| v["virtual-size"].as_u64());
+    let Some(size) = size.filter(|&s| s > 0 && s <= MAX_WRITTEN_SIZE) else {
+        return Vec::new();
+    };
+    let mut pattern = vec![0u8; size as usize];
+    let head = pattern.len().min(4096);
+    pattern[..head].fill(0x5a);
+    let mid = (size / 2 / 512 * 512) as usize;
+    let tail = (mid + 4096).min(pattern.len());
+    pattern[mid..tail].fill(0xc3);
+    std::fs::write(fx.path("pattern.raw"), &pattern).expect("write pattern");
+    let copy = format!("written.{format}");
+    std::fs::copy(fx.path(file), fx.path(&copy)).expect("copy input");
+    let mut problems = Vec::new();
+    let convert = [
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        format,
+        "pattern.raw",
+        &copy,
+    ];
+    let e = run(fx, &convert);
+    let what = format!("{label}: qimg {}", convert.join(" "));
+    problems.extend(misbehaviour(&what, &e));
+    if e.code == Some(0) {
+        let compare = ["compare", "-f", "raw", "-F", format, "pattern.raw", &copy];
+        let c = run(fx, &compare);
+        problems.extend(misbehaviour(&format!("{label}: qimg compare"), &c));
+        if c.code != Some(0) {
+            problems.push(format!(
+                "{what} succeeded on an image `check` finds clean, but the copy \
+                 does not read back what was written: {}{}",
+                c.stdout, c.stderr
+            ));
+        }
+    }
+    let _ = std::fs::remove_file(fx.path(&copy));
+    let _ = std::fs::remove_file(fx.path("pattern.raw"));
+    problems
+}
+
 /// The regression inputs: (target, file), sorted.
 fn regression_inputs() -> Vec<(String, PathBuf)> {
     let root = workspace().join("tests/fuzz-regressions");
@@ -210,10 +281,11 @@ fn fuzz_regression_inputs_neither_panic_nor_hang() {
         problems.extend(resize_keeps_it_readable(
             &fx, format, &file, &label, &ended[0],
         ));
+        problems.extend(writes_read_back(&fx, format, &file, &label, &ended[1]));
     }
     assert!(
         problems.is_empty(),
-        "{} of {} regression inputs misbehave:\n{}",
+        "{} problems with the {} regression inputs:\n{}",
         problems.len(),
         inputs.len(),
         problems.join("\n")

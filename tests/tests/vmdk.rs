@@ -1144,3 +1144,24 @@ fn create_refuses_sizes_no_grain_directory_can_describe() {
     let info = fx.oracle(&["info", "x.vmdk"]).stdout;
     assert!(info.contains("virtual size: 64 TiB"), "{info}");
 }
+
+#[test]
+fn new_grains_go_past_a_grain_that_runs_off_a_short_file() {
+    // A monolithicSparse image cut 32 KiB short: its one grain runs past
+    // the end. Rewriting it grows the file; the next new grain must go
+    // after it, not over it (found by the vmdk fuzz target).
+    let fx = Fixture::new("short_grain");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "t.vmdk", "1M"]);
+    io(&fx, "t.vmdk", &["write -P 1 0 64k"]);
+    fx.sh("truncate -s -32768 t.vmdk");
+    fx.oracle(&["create", "-q", "-f", "raw", "s.raw", "1M"]);
+    fx.qemu_io("s.raw", "write -P 0x5a 0 4k");
+    fx.qemu_io("s.raw", "write -P 0xc3 512k 4k");
+    let out = fx.qimg(&[
+        "convert", "-n", "-f", "raw", "-O", "vmdk", "s.raw", "t.vmdk",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let same = fx.qemu_img(&["compare", "-f", "raw", "-F", "vmdk", "s.raw", "t.vmdk"]);
+    assert_eq!(same.stdout, "Images are identical.\n", "{}", same.stderr);
+    fx.oracle(&["check", "t.vmdk"]);
+}

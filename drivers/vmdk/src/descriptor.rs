@@ -311,10 +311,11 @@ pub fn with_extent_sectors(text: &str, index: usize, sectors: u64) -> String {
     for line in text.split_inclusive('\n') {
         let is_extent = matches!(parse_extent_line(line.trim_end_matches('\n')), Ok(Some(_)));
         if is_extent && seen == index {
-            let body = line.trim_start();
+            // Fields split as `parse_extent_line` splits them.
+            let body = line.trim_start_matches([' ', '\t', '\r']);
             let lead = &line[..line.len() - body.len()];
-            let access_end = body.find([' ', '\t']).unwrap_or(body.len());
-            let rest = body[access_end..].trim_start_matches([' ', '\t']);
+            let access_end = body.find(char::is_whitespace).unwrap_or(body.len());
+            let rest = body[access_end..].trim_start_matches([' ', '\t', '\r']);
             let number_end = rest
                 .find(|c: char| !c.is_ascii_digit() && c != '-' && c != '+')
                 .unwrap_or(rest.len());
@@ -350,7 +351,8 @@ pub fn with_cylinders(text: &str, capacity: u64) -> String {
     format!(
         "{}ddb.geometry.cylinders = \"{}\"{}",
         &text[..at],
-        capacity / (heads * sectors),
+        // Hostile values must not overflow: both are at least 1.
+        capacity / heads.saturating_mul(sectors),
         &text[line_end..]
     )
 }

@@ -290,13 +290,29 @@ impl SparseExtent {
             // tables can be read again.
             st.tables.retain(|_, t| t.dirty);
         }
-        if let std::collections::hash_map::Entry::Vacant(slot) = st.tables.entry(gt) {
+        if !st.tables.contains_key(&gt) {
+            let at = u64::from(gde) * SECTOR;
             let mut buf = vec![0u8; self.gtes_per_gt as usize * 4];
-            read_or_zero(&self.store, u64::from(gde) * SECTOR, &mut buf)?;
-            slot.insert(Table {
-                entries: entries_from_bytes(&buf),
-                dirty: false,
-            });
+            read_or_zero(&self.store, at, &mut buf)?;
+            let entries = entries_from_bytes(&buf);
+            // A table or grain may run past the end of a damaged file: new
+            // grains go after it, never over it.
+            let mut reach = at + buf.len() as u64;
+            if !self.compressed {
+                for &e in &entries {
+                    if e != 0 && !(self.zeroed_grain && e == ZEROED_GTE) {
+                        reach = reach.max(u64::from(e) * SECTOR + self.grain_bytes());
+                    }
+                }
+            }
+            st.end = st.end.max(reach.div_ceil(SECTOR) * SECTOR);
+            st.tables.insert(
+                gt,
+                Table {
+                    entries,
+                    dirty: false,
+                },
+            );
         }
         Ok(st.tables.get_mut(&gt))
     }
@@ -402,9 +418,12 @@ impl SparseExtent {
         Ok(())
     }
 
-    /// Reserves `bytes` at the end of the extent file.
+    /// Reserves `bytes` at the end of the extent file: past every place
+    /// handed out, and past the file's end (a grain rewritten in place may
+    /// have grown a short file).
     pub fn allocate(&self, st: &mut SparseState, bytes: u64) -> Result<u64> {
-        let at = st.end;
+        let len = self.store.len().into_result()?;
+        let at = st.end.max(len.div_ceil(SECTOR) * SECTOR);
         st.end = at
             .checked_add(bytes.div_ceil(SECTOR) * SECTOR)
             .ok_or(VmdkError::TooLarge)?;
