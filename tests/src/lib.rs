@@ -164,6 +164,31 @@ impl Fixture {
         cmd.output().expect("run qimg").into()
     }
 
+    /// Runs qimg (as `qemu-img`) with `args` under a 1 GiB address-space
+    /// limit (`ulimit -v`), as hostile-image tests require: an allocation
+    /// sized by a header fails there instead of passing unnoticed.
+    pub fn qimg_bounded(&self, args: &[&str]) -> Outcome {
+        let bin = self.bin.join("qemu-img");
+        let mut all = vec![
+            "-c",
+            "ulimit -v 1048576 && exec \"$0\" \"$@\"",
+            bin.to_str().expect("utf-8 path"),
+        ];
+        all.extend_from_slice(args);
+        self.command(Path::new("sh"), &all)
+            .output()
+            .expect("run qimg")
+            .into()
+    }
+
+    /// [`Fixture::same`] with qimg run by [`Fixture::qimg_bounded`].
+    pub fn same_bounded(&self, args: &[&str]) -> Outcome {
+        let ours = self.qimg_bounded(args);
+        let theirs = self.qemu_img(args);
+        assert_eq!(ours, theirs, "qimg and qemu-img differ on {args:?}");
+        ours
+    }
+
     /// Runs qimg and returns the child without waiting (for lock tests).
     pub fn spawn_qimg(&self, args: &[&str]) -> std::process::Child {
         self.command(&self.bin.join("qemu-img"), args)

@@ -38,19 +38,6 @@ fn chain(fx: &Fixture, n: usize) -> String {
     format!("l{:04}.qcow2", n - 1)
 }
 
-/// Runs qimg under a 1 GiB address-space limit.
-fn qimg_limited(fx: &Fixture, args: &str) -> Outcome {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -v 1048576 && exec ./.bin/qemu-img {args}"))
-        .current_dir(fx.path(""))
-        .env("QIMG_PLUGINS", qimg_tests::workspace().join("plugins.toml"))
-        .env("LC_ALL", "C")
-        .output()
-        .expect("run qimg");
-    out.into()
-}
-
 #[test]
 fn a_chain_of_2000_layers_reads_maps_and_describes_as_qemu_img_does() {
     let fx = Fixture::new("chain_2000");
@@ -63,7 +50,7 @@ fn a_chain_of_2000_layers_reads_maps_and_describes_as_qemu_img_does() {
          \"file\": {\"driver\": \"file\", \"filename\": \"l1000.qcow2\"}, \
          \"backing\": null}' >/dev/null",
     );
-    let out = qimg_limited(&fx, &format!("convert -O raw {top} out.raw"));
+    let out = fx.qimg_bounded(&["convert", "-O", "raw", &top, "out.raw"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
     let data = std::fs::read(fx.path("out.raw")).expect("read out.raw");
     assert_eq!(data.len(), 1 << 20);
@@ -76,9 +63,9 @@ fn a_chain_of_2000_layers_reads_maps_and_describes_as_qemu_img_does() {
         assert_eq!(*b, want, "byte {i}");
     }
     // Block status through every layer: compare walks the chain's map.
-    let out = qimg_limited(&fx, &format!("compare {top} out.raw"));
+    let out = fx.qimg_bounded(&["compare", &top, "out.raw"]);
     assert_eq!(out.stdout, "Images are identical.\n", "{}", out.stderr);
-    let out = qimg_limited(&fx, &format!("map --output=json {top}"));
+    let out = fx.qimg_bounded(&["map", "--output=json", &top]);
     assert_eq!(out.status, 0, "{}", out.stderr);
     assert!(out.stdout.contains("\"depth\": 1999"), "{}", out.stdout);
     assert!(out.stdout.contains("\"depth\": 999"), "{}", out.stdout);
@@ -91,23 +78,23 @@ fn a_chain_of_2000_layers_reads_maps_and_describes_as_qemu_img_does() {
 fn a_chain_deeper_than_the_limit_is_refused_in_one_line() {
     let fx = Fixture::new("chain_too_deep");
     let top = chain(&fx, 4097);
-    for args in [format!("map {top}"), format!("info --backing-chain {top}")] {
-        let out = qimg_limited(&fx, &args);
-        assert_eq!(out.status, 1, "{args}: {}", out.stderr);
-        assert_eq!(out.stderr.lines().count(), 1, "{args}: {}", out.stderr);
+    for args in [&["map", &top][..], &["info", "--backing-chain", &top][..]] {
+        let out = fx.qimg_bounded(args);
+        assert_eq!(out.status, 1, "{args:?}: {}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
         assert!(
             out.stderr
                 .contains("Backing chain is deeper than 4096 images"),
-            "{args}: {}",
+            "{args:?}: {}",
             out.stderr
         );
         assert!(
             !out.stderr.contains("Could not open backing file"),
-            "{args}"
+            "{args:?}"
         );
     }
     // One layer fewer is within the limit.
-    let out = qimg_limited(&fx, "map --output=json l4095.qcow2");
+    let out = fx.qimg_bounded(&["map", "--output=json", "l4095.qcow2"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
 }
 

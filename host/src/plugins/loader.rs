@@ -137,6 +137,15 @@ impl Registry {
 
     /// The driver for format `name`, loading only the library that provides it.
     pub fn find(&self, name: &str) -> Result<Arc<Driver>, FindError> {
+        // A format name from the command line or an image header may become
+        // part of a library's file name: only plain names are looked up.
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(FindError::Unknown(name.to_string()));
+        }
         match &self.manifest {
             Some(manifest) => {
                 let entry = manifest.drivers.iter().find(|d| d.name == name);
