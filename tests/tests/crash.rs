@@ -38,7 +38,7 @@ fn fault_walk(
 ) -> usize {
     let fx = Fixture::new(name);
     fx.sh(setup);
-    fx.sh("mkdir pristine && cp -a *.qcow2 pristine/");
+    fx.sh("mkdir .pristine && cp -a * .pristine/");
     fx.sh(&format!("qemu-img convert -O raw {image} before.raw"));
     let spec = match fault {
         Fault::Kill => "kill-after",
@@ -46,7 +46,7 @@ fn fault_walk(
     };
     for n in 0.. {
         assert!(n < 5000, "{name}: no end to the fault points");
-        fx.sh("cp -a pristine/*.qcow2 .");
+        fx.sh("cp -a .pristine/* .");
         let status = Command::new(fx.path(".bin/qemu-img"))
             .args(args)
             .current_dir(fx.path(""))
@@ -250,4 +250,29 @@ fn a_full_disk_at_any_point_leaves_images_consistent_and_usable() {
         let points = fault_walk(name, setup, args, image, keeps, Fault::NoSpace);
         assert!(points > 0, "{name}");
     }
+}
+
+#[test]
+fn vmdk_writes_are_consistent_at_every_kill_point() {
+    let setup = "qemu-img create -q -f vmdk a.vmdk 4M && \
+        qemu-io -f vmdk -c 'write -P 1 0 1M' -c 'write -P 2 2M 64k' a.vmdk >/dev/null && \
+        qemu-img create -q -f raw r.raw 4M && \
+        qemu-io -f raw -c 'write -P 7 512k 2M' r.raw >/dev/null";
+    let points = kill_walk(
+        "kill_vmdk_convert_n",
+        setup,
+        &[
+            "convert", "-n", "-f", "raw", "-O", "vmdk", "r.raw", "a.vmdk",
+        ],
+        "a.vmdk",
+        false,
+    );
+    assert!(points > 10, "{points}");
+    kill_walk(
+        "kill_vmdk_resize",
+        setup,
+        &["resize", "-f", "vmdk", "a.vmdk", "64M"],
+        "a.vmdk",
+        true,
+    );
 }
