@@ -9,6 +9,13 @@ if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
     echo "qemu-img/qemu-io not found: installing qemu-utils" >&2
     apt-get update -qq && apt-get install -y -qq qemu-utils >/dev/null
 fi
+# The luks tests check qimg's images with cryptsetup (skipped, with a
+# message, where it cannot be installed).
+if ! command -v cryptsetup >/dev/null; then
+    echo "cryptsetup not found: installing cryptsetup-bin" >&2
+    { apt-get update -qq && apt-get install -y -qq cryptsetup-bin >/dev/null; } ||
+        echo "warning: cryptsetup could not be installed; its luks checks will be skipped" >&2
+fi
 
 cargo fmt --all -- --check
 cargo build --workspace --all-targets

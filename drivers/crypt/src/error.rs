@@ -1,0 +1,58 @@
+//! The errors of this crate.
+
+use thiserror::Error;
+
+/// What can go wrong reading, unlocking or creating a LUKS volume. The
+/// messages are QEMU's, since qimg prints them as qemu-img does.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CryptError {
+    /// The bytes are not a LUKS header.
+    #[error("Volume is not in LUKS format")]
+    NotLuks,
+    /// A LUKS header of a version other than 1.
+    #[error("LUKS version {0} is not supported")]
+    Version(u16),
+    /// The header names a cipher, or a key size for it, this crate lacks.
+    #[error("Algorithm '{name}' with key size {key_bytes} bytes not supported")]
+    CipherAlg {
+        /// Cipher name as the header spells it.
+        name: String,
+        /// Key size in bytes (one XTS half).
+        key_bytes: u32,
+    },
+    /// A cipher name given for a new volume that this crate lacks.
+    #[error("Cipher algorithm '{0}' not supported")]
+    CipherName(String),
+    /// The header names a chaining mode QEMU does not know.
+    #[error("Cipher mode '{0}' not supported")]
+    CipherMode(String),
+    /// The header names a hash QEMU does not know.
+    #[error("Hash algorithm '{0}' not supported")]
+    Hash(String),
+    /// The header names an IV generator QEMU does not know.
+    #[error("IV generator '{0}' not supported")]
+    IvGen(String),
+    /// An algorithm QEMU knows (twofish, ecb, md5...) that this crate does
+    /// not implement yet: the header can be described, not unlocked.
+    #[error("{0} is not supported by qimg yet")]
+    NotImplemented(String),
+    /// ESSIV needs an AES key as long as its hash's digest.
+    #[error("No AES cipher with key size {0} available")]
+    EssivKey(usize),
+    /// A header field that cannot hold (too long a name, a key-slot area
+    /// outside the file...).
+    #[error("{0}")]
+    Invalid(String),
+    /// No active key slot opens with the passphrase.
+    #[error("Invalid password, cannot unlock any keyslot")]
+    BadPassword,
+    /// The operating system's random source failed.
+    #[error("Unable to read random bytes: {0}")]
+    Random(String),
+    /// The caller's I/O callback failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// This crate's results.
+pub type Result<T> = std::result::Result<T, CryptError>;
