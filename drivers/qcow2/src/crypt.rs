@@ -6,14 +6,89 @@
 //!
 //! The scheme is weak (no key derivation, predictable IVs); it is supported
 //! so that old images can be read and converted, as qemu-img can.
+//!
+//! LUKS encryption (`crypt_method` 2, `encrypt.format=luks`) keeps a LUKS1
+//! header (with its key material) in clusters the "Full disk encryption
+//! header pointer" extension names; its payload offset is unused. Data
+//! stays in ordinary clusters, each 512-byte sector encrypted with the
+//! header's cipher, and the IV generator's sector number is the sector's
+//! *host* offset in the data file divided by 512, not its guest offset.
 
 use aes::cipher::{generic_array::GenericArray, BlockDecrypt, BlockEncrypt, KeyInit};
 use aes::{Aes128, Block};
+use qimg_crypt::{volume, CryptError, SectorCipher};
+
+use crate::error::{Error, Result, EIO};
+use crate::meta::Io;
 
 /// Bytes per encrypted sector.
 pub const SECTOR: u64 = 512;
 /// AES block size.
 const BLOCK: usize = 16;
+
+/// The cipher of an encrypted image, either kind.
+pub enum Crypto {
+    /// Legacy AES (IVs from guest offsets); boxed, its key schedule is large.
+    Aes(Box<LegacyAes>),
+    /// LUKS (IVs from host offsets).
+    Luks(SectorCipher),
+}
+
+impl Crypto {
+    /// Encrypts whole sectors in place: `buf[0]` is at guest offset `guest`
+    /// and host offset `host`, both sector-aligned, as is `buf.len()`.
+    pub fn encrypt(&self, guest: u64, host: u64, buf: &mut [u8]) -> Result<()> {
+        match self {
+            Crypto::Aes(aes) => {
+                aes.encrypt(guest, buf);
+                Ok(())
+            }
+            Crypto::Luks(cipher) => cipher.encrypt(host / SECTOR, buf).map_err(crypt_error),
+        }
+    }
+
+    /// Decrypts whole sectors in place (see [`Crypto::encrypt`]).
+    pub fn decrypt(&self, guest: u64, host: u64, buf: &mut [u8]) -> Result<()> {
+        match self {
+            Crypto::Aes(aes) => {
+                aes.decrypt(guest, buf);
+                Ok(())
+            }
+            Crypto::Luks(cipher) => cipher.decrypt(host / SECTOR, buf).map_err(crypt_error),
+        }
+    }
+}
+
+/// The driver error for a LUKS error, with qemu's wording.
+pub fn crypt_error(e: CryptError) -> Error {
+    let message = e.to_string();
+    match e {
+        CryptError::NotLuks | CryptError::Version(_) | CryptError::Invalid(_) => {
+            Error::Invalid(message)
+        }
+        CryptError::BadPassword => Error::Argument(message),
+        CryptError::Random(_) | CryptError::Io(_) => Error::Errno(EIO, message),
+        _ => Error::Unsupported(message),
+    }
+}
+
+/// Unlocks the LUKS header that sits at `offset` (`len` bytes) of the
+/// qcow2 file with `password`; key material offsets are relative to it.
+pub fn unlock_luks(io: &Io, offset: u64, len: u64, password: &[u8]) -> Result<SectorCipher> {
+    let mut head = vec![0u8; qimg_crypt::header::HEADER_BYTES];
+    io.read(offset, &mut head)?;
+    let read = |at: u64, buf: &mut [u8]| {
+        if at.saturating_add(buf.len() as u64) > len {
+            return Err(CryptError::Invalid(
+                "Request for data outside of extension header".into(),
+            ));
+        }
+        io.read(offset + at, buf)
+            .map_err(|e| CryptError::Io(e.to_string()))
+    };
+    let unlocked = volume::unlock(&head, password, &read).map_err(crypt_error)?;
+    Ok(unlocked.cipher)
+}
 
 /// The cipher of a legacy AES-encrypted image.
 pub struct LegacyAes {

@@ -3,7 +3,7 @@
 
 use crate::bitmaps;
 use crate::compress::Method;
-use crate::crypt::{LegacyAes, SECTOR};
+use crate::crypt::{self, Crypto, LegacyAes, SECTOR};
 use crate::error::{Error, Result};
 use crate::header::{autoclear, Header};
 use crate::layout::{Layout, Sub};
@@ -49,8 +49,8 @@ pub struct Qcow2Image {
     pub(crate) prealloc_detected: OnceLock<bool>,
     /// Some loaded bitmap records writes (a fast check before locking).
     pub(crate) tracking: AtomicBool,
-    /// The cipher of a legacy AES-encrypted image (not loaded by `info`).
-    pub(crate) crypto: Option<LegacyAes>,
+    /// The cipher of an encrypted image (not loaded by `info`).
+    pub(crate) crypto: Option<Crypto>,
 }
 
 /// Options given when opening: encryption (`encrypt.key-secret`,
@@ -324,12 +324,21 @@ impl Qcow2Image {
             }
             (1, Some(id)) => {
                 let password = host.secret(RStr::from(id.as_str())).into_result()?;
-                Some(LegacyAes::new(password.as_bytes()))
+                Some(Crypto::Aes(Box::new(LegacyAes::new(password.as_bytes()))))
             }
-            (_, Some(_)) => {
-                return Err(Error::unsupported(
-                    "qcow2 LUKS encryption is not supported by qimg yet",
-                ))
+            (_, Some(id)) => {
+                let (offset, len) = header.ext.crypto.ok_or(Error::Corrupt)?;
+                let password = zeroize::Zeroizing::new(
+                    host.secret(RStr::from(id.as_str()))
+                        .into_result()?
+                        .into_string(),
+                );
+                Some(Crypto::Luks(crypt::unlock_luks(
+                    &io,
+                    offset,
+                    len,
+                    password.as_bytes(),
+                )?))
             }
         };
         let image = Qcow2Image {
@@ -406,7 +415,7 @@ impl Qcow2Image {
                 let host = run.host.unwrap_or(0);
                 match &self.crypto {
                     None => qimg_driver_util::read_or_zero(self.io.data_store(), host, out)?,
-                    Some(aes) => self.read_encrypted(aes, pos, host, out)?,
+                    Some(c) => self.read_encrypted(c, pos, host, out)?,
                 }
             }
             Sub::Compressed(entry) => {
@@ -423,18 +432,18 @@ impl Qcow2Image {
 
     /// Reads and decrypts the data at guest `pos`, host `host`: whole
     /// sectors, as they were encrypted.
-    fn read_encrypted(&self, aes: &LegacyAes, pos: u64, host: u64, out: &mut [u8]) -> Result<()> {
+    fn read_encrypted(&self, c: &Crypto, pos: u64, host: u64, out: &mut [u8]) -> Result<()> {
         let store = self.io.data_store();
         let start = pos / SECTOR * SECTOR;
         let end = (pos + out.len() as u64).div_ceil(SECTOR) * SECTOR;
         if start == pos && end == pos + out.len() as u64 {
             qimg_driver_util::read_or_zero(store, host, out)?;
-            aes.decrypt(pos, out);
-            return Ok(());
+            return c.decrypt(pos, host, out);
         }
-        let mut sectors = vec![0u8; (end - start) as usize];
-        qimg_driver_util::read_or_zero(store, host - (pos - start), &mut sectors)?;
-        aes.decrypt(start, &mut sectors);
+        let mut sectors = zeroize::Zeroizing::new(vec![0u8; (end - start) as usize]);
+        let host_start = host - (pos - start);
+        qimg_driver_util::read_or_zero(store, host_start, &mut sectors)?;
+        c.decrypt(start, host_start, &mut sectors)?;
         let at = (pos - start) as usize;
         out.copy_from_slice(&sectors[at..at + out.len()]);
         Ok(())

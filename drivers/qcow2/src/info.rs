@@ -34,9 +34,6 @@ impl Qcow2Image {
             if let Some(name) = &h.ext.data_file {
                 data.insert("data-file".into(), json!(name));
             }
-            if h.has_data_file() {
-                data.insert("data-file-raw".into(), json!(h.data_file_raw()));
-            }
         }
         match h.crypt_method {
             1 => {
@@ -54,6 +51,10 @@ impl Qcow2Image {
             _ => {}
         }
         if h.version >= 3 {
+            // After `encrypt`, as qemu orders them.
+            if h.has_data_file() {
+                data.insert("data-file-raw".into(), json!(h.data_file_raw()));
+            }
             data.insert("corrupt".into(), json!(h.corrupt()));
             data.insert("extended-l2".into(), json!(h.extended_l2()));
         }

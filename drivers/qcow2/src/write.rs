@@ -151,9 +151,9 @@ impl Qcow2Image {
             drop(meta);
             let bytes = match &self.crypto {
                 None => Cow::Borrowed(&data[..n]),
-                Some(aes) => {
+                Some(c) => {
                     let mut sealed = data[..n].to_vec();
-                    aes.encrypt(pos, &mut sealed);
+                    c.encrypt(pos, host, &mut sealed)?;
                     Cow::Owned(sealed)
                 }
             };
@@ -391,8 +391,8 @@ impl Qcow2Image {
             return Ok(n);
         }
         buf[head..tail].copy_from_slice(&data[..n]);
-        if let Some(aes) = &self.crypto {
-            aes.encrypt(g_start, &mut buf);
+        if let Some(c) = &self.crypto {
+            c.encrypt(g_start, first.host + first.start, &mut buf)?;
         }
         self.io
             .data_store()
