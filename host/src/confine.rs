@@ -14,6 +14,7 @@ use landlock::{
     Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, ABI,
 };
+use qimg_driver_api::{DriverError, ErrorKind};
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,18 @@ pub fn requested() -> bool {
 /// The message for an image that names another file under `--confine`.
 pub fn named_file_refused(name: &str) -> String {
     format!("--confine forbids an image naming another file ('{name}')")
+}
+
+/// Refuses, under `--confine`, a file an image names (backing, data or
+/// extent file).
+pub fn admit_named_file(name: &str) -> Result<(), DriverError> {
+    if requested() {
+        return Err(DriverError::new(
+            ErrorKind::PERMISSION,
+            named_file_refused(name),
+        ));
+    }
+    Ok(())
 }
 
 /// True if `path` was created empty by [`enter`]: the command treats it as

@@ -141,12 +141,7 @@ impl HostServices for ServicesHandle {
         catch(|| {
             let services = &self.0;
             let resolved = services.resolve(name.as_str());
-            if crate::confine::requested() {
-                return Err(DriverError::new(
-                    ErrorKind::PERMISSION,
-                    crate::confine::named_file_refused(&resolved),
-                ));
-            }
+            crate::confine::admit_named_file(&resolved)?;
             let mode = OpenMode {
                 write: writable && services.writable,
                 create,
@@ -176,12 +171,7 @@ impl HostServices for ServicesHandle {
         catch(|| {
             let services = &self.0;
             let resolved = services.resolve(name.as_str());
-            if crate::confine::requested() {
-                return Err(DriverError::new(
-                    ErrorKind::PERMISSION,
-                    crate::confine::named_file_refused(&resolved),
-                ));
-            }
+            crate::confine::admit_named_file(&resolved)?;
             services.lineage.admit(&resolved)?;
             let format = format.into_option().map(|f| f.as_str().to_string());
             let request = OpenRequest {
