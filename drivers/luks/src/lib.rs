@@ -97,8 +97,9 @@ mod tests {
     use super::*;
     use qimg_driver_api::open_flags;
     use qimg_driver_api::ErrorKind;
+    use qimg_driver_util::memfile::MemFile;
     use std::collections::BTreeMap;
-    use testutil::{host, MemFile};
+    use testutil::host;
 
     /// A 64 KiB image in memory, made with `options` (plus a key secret and
     /// a tiny iter-time).
@@ -115,7 +116,7 @@ mod tests {
             options: opts,
         };
         LuksDriver
-            .create(file.store(), host("pw", true), request)
+            .create(file.store("mem"), host("pw", true), request)
             .unwrap();
         file
     }
@@ -126,7 +127,7 @@ mod tests {
         keyed: bool,
         flags: u32,
     ) -> Result<Box<dyn ImageImpl>, DriverError> {
-        LuksDriver.open(file.store(), host(password, keyed), flags)
+        LuksDriver.open(file.store("mem"), host(password, keyed), flags)
     }
 
     #[test]

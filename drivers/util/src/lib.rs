@@ -1,6 +1,9 @@
 //! Helpers shared by qimg's format drivers. Linked statically into each driver
 //! library, so nothing here crosses the ABI.
 
+#[cfg(feature = "testutil")]
+pub mod memfile;
+
 use qimg_driver_api::{ByteStoreBox, DriverError, StoreExt};
 
 /// Reads `buf.len()` bytes at `offset` of `store`, filling whatever lies past the
