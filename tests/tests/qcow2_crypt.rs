@@ -36,6 +36,50 @@ fn qemu_encrypted(fx: &Fixture, file: &str, extra: &str) {
     ));
 }
 
+/// Runs info (human and JSON), map and check on the keyed image `name`
+/// with both tools, then converts it to raw with each and requires the
+/// same bytes.
+fn reads_alike(fx: &Fixture, secret: &str, name: &str) {
+    for args in [
+        vec!["info", "--object", secret, "--image-opts", name],
+        vec![
+            "info",
+            "--output=json",
+            "--object",
+            secret,
+            "--image-opts",
+            name,
+        ],
+        vec![
+            "map",
+            "--output=json",
+            "--object",
+            secret,
+            "--image-opts",
+            name,
+        ],
+        vec!["check", "--object", secret, "--image-opts", name],
+    ] {
+        fx.same(&args);
+    }
+    let convert = |out: &'static str| {
+        [
+            "convert",
+            "--object",
+            secret,
+            "--image-opts",
+            name,
+            "-O",
+            "raw",
+            out,
+        ]
+    };
+    fx.oracle(&convert("theirs.raw"));
+    let ours = fx.qimg(&convert("ours.raw"));
+    assert_eq!(ours.status, 0, "{name}: {}", ours.stderr);
+    fx.sh("cmp ours.raw theirs.raw");
+}
+
 #[test]
 fn reads_what_qemu_wrote() {
     let fx = Fixture::new("crypt_read");
@@ -45,50 +89,7 @@ fn reads_what_qemu_wrote() {
     ] {
         qemu_encrypted(&fx, file, extra);
         let name = keyed(file);
-        for args in [
-            vec!["info", "--object", SECRET, "--image-opts", &name],
-            vec![
-                "info",
-                "--output=json",
-                "--object",
-                SECRET,
-                "--image-opts",
-                &name,
-            ],
-            vec![
-                "map",
-                "--output=json",
-                "--object",
-                SECRET,
-                "--image-opts",
-                &name,
-            ],
-            vec!["check", "--object", SECRET, "--image-opts", &name],
-        ] {
-            fx.same(&args);
-        }
-        fx.oracle(&[
-            "convert",
-            "--object",
-            SECRET,
-            "--image-opts",
-            &name,
-            "-O",
-            "raw",
-            "theirs.raw",
-        ]);
-        let ours = fx.qimg(&[
-            "convert",
-            "--object",
-            SECRET,
-            "--image-opts",
-            &name,
-            "-O",
-            "raw",
-            "ours.raw",
-        ]);
-        assert_eq!(ours.status, 0, "{}", ours.stderr);
-        fx.sh("cmp ours.raw theirs.raw");
+        reads_alike(&fx, SECRET, &name);
         // A json: name carries the key the same way.
         let json = format!(
             r#"json:{{"driver":"qcow2","file":{{"filename":"{file}"}},"encrypt":{{"key-secret":"sec0"}}}}"#
@@ -429,42 +430,7 @@ fn luks_reads_what_qemu_wrote() {
     ] {
         qemu_luks(&fx, file, extra);
         let name = keyed(file);
-        for args in [
-            vec!["info", "--object", LUKS_SECRET, "--image-opts", &name],
-            vec![
-                "map",
-                "--output=json",
-                "--object",
-                LUKS_SECRET,
-                "--image-opts",
-                &name,
-            ],
-            vec!["check", "--object", LUKS_SECRET, "--image-opts", &name],
-        ] {
-            fx.same(&args);
-        }
-        fx.oracle(&[
-            "convert",
-            "--object",
-            LUKS_SECRET,
-            "--image-opts",
-            &name,
-            "-O",
-            "raw",
-            "theirs.raw",
-        ]);
-        let ours = fx.qimg(&[
-            "convert",
-            "--object",
-            LUKS_SECRET,
-            "--image-opts",
-            &name,
-            "-O",
-            "raw",
-            "ours.raw",
-        ]);
-        assert_eq!(ours.status, 0, "{file}: {}", ours.stderr);
-        fx.sh("cmp ours.raw theirs.raw");
+        reads_alike(&fx, LUKS_SECRET, &name);
     }
 }
 
