@@ -43,6 +43,10 @@ pub enum CryptError {
     /// outside the file...).
     #[error("{0}")]
     Invalid(String),
+    /// An option value QEMU refuses before looking further (an unknown
+    /// algorithm name, a number that does not parse).
+    #[error("{0}")]
+    Option(String),
     /// No active key slot opens with the passphrase.
     #[error("Invalid password, cannot unlock any keyslot")]
     BadPassword,

@@ -13,17 +13,21 @@
 //! - [`cipher`]: cipher, chaining mode and IV generator of the payload.
 //! - [`keyslot`]: unlocking a key slot with a passphrase, and filling one.
 //! - [`volume`]: a whole LUKS volume: create, unlock.
+//! - [`options`]: QEMU's options for a new volume.
+//! - [`amend`]: adding and erasing key slots, as `amend` asks.
 //! - [`random`]: salts, keys and UUIDs from the operating system's CSPRNG.
 //!
 //! [`header::LuksHeader::info`] describes a header as qemu-img's `info`
 //! does (the luks `format-specific` data, and qcow2's `encrypt` object).
 
 pub mod af;
+pub mod amend;
 pub mod cipher;
 pub mod error;
 pub mod hash;
 pub mod header;
 pub mod keyslot;
+pub mod options;
 pub mod random;
 pub mod volume;
 
@@ -31,6 +35,7 @@ pub use cipher::{CipherAlg, CipherMode, CipherSpec, IvGenAlg, SectorCipher};
 pub use error::CryptError;
 pub use hash::HashAlg;
 pub use header::{KeySlot, LuksHeader};
+pub use options::LuksOptions;
 pub use volume::{CreateParams, Created, Unlocked};
 
 /// LUKS1's sector: key material and payload are encrypted in units of 512

@@ -49,6 +49,8 @@ pub struct Unlocked {
     pub header: LuksHeader,
     /// The payload cipher, keyed with the master key.
     pub cipher: SectorCipher,
+    /// The master key, for filling key slots.
+    pub key: Zeroizing<Vec<u8>>,
     /// The key slot that opened.
     pub slot: usize,
 }
@@ -64,6 +66,19 @@ fn scaled_iterations(rate: u64, ms: u64, divisor: u64, min: u64) -> Result<u32> 
         CryptError::Invalid(format!("PBKDF iterations {iters} larger than {}", u32::MAX))
     })?;
     Ok(iters.max(min as u32))
+}
+
+/// PBKDF2 iterations for a slot key of `key_bytes` from `password` that
+/// take `iter_time_ms` milliseconds on this machine (at least
+/// [`MIN_SLOT_KEY_ITERS`]).
+pub fn slot_iterations(
+    hash: HashAlg,
+    password: &[u8],
+    key_bytes: usize,
+    iter_time_ms: u64,
+) -> Result<u32> {
+    let rate = hash.pbkdf2_rate(password, &[0u8; SALT_LEN], key_bytes);
+    scaled_iterations(rate, iter_time_ms, 1, MIN_SLOT_KEY_ITERS)
 }
 
 /// Bytes each key slot's area takes, aligned to [`KEY_SLOT_ALIGN`].
@@ -100,8 +115,7 @@ pub fn create(params: CreateParams, password: &[u8]) -> Result<Created> {
     });
     let payload_offset = (first + area / SECTOR_SIZE * NUM_KEY_SLOTS as u64) as u32;
 
-    let rate = hash.pbkdf2_rate(password, &mk_digest_salt, key_bytes);
-    let iterations = scaled_iterations(rate, params.iter_time_ms, 1, MIN_SLOT_KEY_ITERS)?;
+    let iterations = slot_iterations(hash, password, key_bytes, params.iter_time_ms)?;
     let material = keyslot::fill(&mut key_slots[0], spec, hash, &key, password, iterations)?;
 
     let header = LuksHeader {
@@ -144,6 +158,7 @@ pub fn unlock(head: &[u8], password: &[u8], read: &ReadFn<'_>) -> Result<Unlocke
             return Ok(Unlocked {
                 header,
                 cipher,
+                key,
                 slot: i,
             });
         }

@@ -227,3 +227,41 @@ pub fn create(
     )?;
     store.flush().into_result()
 }
+
+/// The options `amend -o` takes: key-slot changes, as `amend -o help`
+/// lists them.
+pub fn amend_options() -> Vec<CreateOption> {
+    let opt = |name: &str, kind, help: &str| CreateOption {
+        name: name.into(),
+        kind,
+        help: help.into(),
+        default: None,
+    };
+    vec![
+        opt(
+            "iter-time",
+            OptionType::Number,
+            "Time to spend in PBKDF in milliseconds",
+        ),
+        opt(
+            "keyslot",
+            OptionType::Number,
+            "Select a single keyslot to modify explicitly",
+        ),
+        opt(
+            "new-secret",
+            OptionType::Str,
+            "New secret to set in the matching keyslots. Empty string to erase",
+        ),
+        opt(
+            "old-secret",
+            OptionType::Str,
+            "Select all keyslots that match this password",
+        ),
+        opt(
+            "state",
+            OptionType::Str,
+            "Select new state of affected keyslots (active/inactive)",
+        ),
+    ]
+}

@@ -12,15 +12,37 @@
 
 use crate::error::driver_error;
 use crate::HEAD;
+use qimg_crypt::amend::{SlotChange, VolumeStore};
 use qimg_crypt::{volume, CryptError, LuksHeader, SectorCipher, SECTOR_SIZE};
-use qimg_driver_api::schema::ImageInfo;
+use qimg_driver_api::schema::{ImageInfo, MetadataRequest};
 use qimg_driver_api::{
     extent_flags, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, HostExt,
     HostServicesBox, ImageImpl, Prealloc,
 };
 use qimg_driver_util::{check_range, read_or_zero, write_all};
-use serde_json::json;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use zeroize::Zeroizing;
+
+/// The luks file as the key-slot code sees it: the volume from byte 0.
+struct WholeFile<'a>(&'a ByteStoreBox);
+
+impl VolumeStore for WholeFile<'_> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> qimg_crypt::error::Result<()> {
+        read_or_zero(self.0, offset, buf).map_err(|e| CryptError::Io(e.message.to_string()))
+    }
+    fn write(&self, offset: u64, buf: &[u8]) -> qimg_crypt::error::Result<()> {
+        write_all(self.0, offset, buf).map_err(|e| CryptError::Io(e.message.to_string()))
+    }
+    fn flush(&self) -> qimg_crypt::error::Result<()> {
+        self.0
+            .flush()
+            .into_result()
+            .map_err(|e| CryptError::Io(e.message.to_string()))
+    }
+}
 
 /// Bytes of zeros encrypted per write by `write_zeroes`.
 const ZERO_CHUNK: u64 = 1 << 20;
@@ -28,10 +50,14 @@ const ZERO_CHUNK: u64 = 1 << 20;
 /// An open luks image.
 pub struct LuksImage {
     store: ByteStoreBox,
-    header: LuksHeader,
+    host: HostServicesBox,
+    /// The header, as key-slot changes leave it.
+    header: Mutex<LuksHeader>,
     /// The payload cipher; None when opened only to be described
     /// ([`open_flags::NO_IO`]), which needs no passphrase.
     cipher: Option<SectorCipher>,
+    /// The master key, kept for filling key slots when writable.
+    key: Option<Zeroizing<Vec<u8>>>,
     /// Byte offset of the payload in the file.
     payload: u64,
     /// Guest size: the file's length past the payload.
@@ -48,7 +74,7 @@ impl LuksImage {
     /// the `key-secret` option names unless `flags` has NO_IO.
     pub fn open(
         store: ByteStoreBox,
-        host: &HostServicesBox,
+        host: HostServicesBox,
         flags: u32,
     ) -> Result<LuksImage, DriverError> {
         // Asked for whatever happens, so the host does not refuse it.
@@ -65,19 +91,23 @@ impl LuksImage {
             Err(e) => return Err(driver_error(e)),
             Ok(_) => {}
         }
-        let cipher = if flags & open_flags::NO_IO != 0 {
-            None
+        let writable = flags & open_flags::WRITE != 0;
+        let (cipher, key) = if flags & open_flags::NO_IO != 0 {
+            (None, None)
         } else {
             let id = key_secret.ok_or_else(|| {
                 DriverError::invalid_argument("Parameter 'key-secret' is required for cipher")
             })?;
-            let password = zeroize::Zeroizing::new(host.secret_text(&id)?);
+            let password = Zeroizing::new(host.secret_text(&id)?);
             let read = |offset: u64, buf: &mut [u8]| {
                 read_or_zero(&store, offset, buf).map_err(|e| CryptError::Io(e.message.to_string()))
             };
             let unlocked =
                 volume::unlock(&head, password.as_bytes(), &read).map_err(driver_error)?;
-            Some(unlocked.cipher)
+            (
+                Some(unlocked.cipher),
+                Some(unlocked.key).filter(|_| writable),
+            )
         };
         let payload = header.payload_bytes();
         let size = store
@@ -93,11 +123,13 @@ impl LuksImage {
             })?;
         Ok(LuksImage {
             store,
-            header,
+            host,
+            header: Mutex::new(header),
             cipher,
+            key,
             payload,
             size: AtomicU64::new(size),
-            writable: flags & open_flags::WRITE != 0,
+            writable,
         })
     }
 
@@ -115,6 +147,26 @@ impl LuksImage {
         } else {
             Err(DriverError::from_errno(1, "Operation not permitted"))
         }
+    }
+
+    /// Adds or erases key slots as `amend -o` asks.
+    fn amend(&self, options: &BTreeMap<String, String>, force: bool) -> Result<(), DriverError> {
+        self.check_writable()?;
+        let change =
+            SlotChange::parse(|k| options.get(k).map(String::as_str), "").map_err(driver_error)?;
+        let (Some(change), Some(key)) = (change, &self.key) else {
+            return Ok(());
+        };
+        let secret = |id: &str| {
+            self.host
+                .secret_text(id)
+                .map(|s| Zeroizing::new(s.into_bytes()))
+                .map_err(|e| CryptError::Option(e.message.to_string()))
+        };
+        let mut header = self.header.lock().unwrap_or_else(|e| e.into_inner());
+        change
+            .apply(&mut header, key, force, &secret, &WholeFile(&self.store))
+            .map_err(driver_error)
     }
 
     /// Reads and decrypts the whole sectors `[start, start + buf.len())`.
@@ -158,7 +210,7 @@ impl ImageImpl for LuksImage {
         if start == offset && end == offset + inside as u64 {
             return self.read_sectors(start, &mut buf[..inside]);
         }
-        let mut tmp = zeroize::Zeroizing::new(vec![0u8; (end - start) as usize]);
+        let mut tmp = Zeroizing::new(vec![0u8; (end - start) as usize]);
         self.read_sectors(start, &mut tmp)?;
         let skip = (offset - start) as usize;
         buf[..inside].copy_from_slice(&tmp[skip..skip + inside]);
@@ -172,7 +224,7 @@ impl ImageImpl for LuksImage {
             return Ok(());
         }
         let (start, end) = Self::aligned(offset, buf.len() as u64);
-        let mut tmp = zeroize::Zeroizing::new(vec![0u8; (end - start) as usize]);
+        let mut tmp = Zeroizing::new(vec![0u8; (end - start) as usize]);
         let skip = (offset - start) as usize;
         let last = tmp.len() - SECTOR_SIZE as usize;
         let head_partial = skip != 0;
@@ -228,15 +280,28 @@ impl ImageImpl for LuksImage {
     }
 
     fn info(&self) -> Result<ImageInfo, DriverError> {
+        let header = self.header.lock().unwrap_or_else(|e| e.into_inner());
         Ok(ImageInfo {
             dirty_flag: Some(false),
             encrypted: Some(true),
             format_specific: Some(json!({
                 "type": "luks",
-                "data": self.header.info(false),
+                "data": header.info(false),
             })),
             ..ImageInfo::default()
         })
+    }
+
+    fn metadata(&self, request: MetadataRequest) -> Result<Value, DriverError> {
+        match request {
+            MetadataRequest::Amend { options, force } => {
+                self.amend(&options, force)?;
+                Ok(json!({}))
+            }
+            _ => Err(DriverError::unsupported(
+                "Operation not supported by this image format",
+            )),
+        }
     }
 
     fn store_name(&self, _index: u32) -> String {

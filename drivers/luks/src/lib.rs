@@ -37,7 +37,7 @@ impl DriverImpl for LuksDriver {
         "LUKS1 encrypted disk image"
     }
     fn capabilities(&self) -> u64 {
-        caps::CREATE | caps::WRITE | caps::RESIZE | caps::MEASURE
+        caps::CREATE | caps::WRITE | caps::RESIZE | caps::MEASURE | caps::AMEND
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         // QEMU's crypto probe: the magic and version 1.
@@ -49,6 +49,9 @@ impl DriverImpl for LuksDriver {
     }
     fn create_options(&self) -> Vec<CreateOption> {
         create_options()
+    }
+    fn amend_options(&self) -> Vec<CreateOption> {
+        create::amend_options()
     }
     fn create(
         &self,
@@ -64,7 +67,7 @@ impl DriverImpl for LuksDriver {
         host: HostServicesBox,
         flags: u32,
     ) -> Result<Box<dyn ImageImpl>, DriverError> {
-        Ok(Box::new(LuksImage::open(store, &host, flags)?))
+        Ok(Box::new(LuksImage::open(store, host, flags)?))
     }
     fn measure(
         &self,

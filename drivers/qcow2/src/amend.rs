@@ -1,5 +1,7 @@
 //! `amend`: changing an existing image's options in place, in qemu-img's
-//! order of steps and with its refusals: upgrade to version 3 first,
+//! order of steps and with its refusals: key slots of a LUKS-encrypted
+//! image first (`encrypt.state`, `encrypt.new-secret`...), then an
+//! upgrade to version 3,
 //! then lazy refcounts, the refcount width, the external data file, the
 //! size, and a downgrade to version 2 last (zero clusters, which version 2
 //! cannot express, become data or holes; qcow2.txt "Header", "Cluster
@@ -11,15 +13,20 @@
 //! callbacks are returned as runs `[first offset, count, total]` for the
 //! host to print.
 
+use crate::crypt::{crypt_error, Crypto, LuksArea};
 use crate::error::{Error, Result};
 use crate::header::{autoclear, compat, feature_table, incompat, V2_HEADER_LEN, V3_HEADER_LEN};
 use crate::image::Qcow2Image;
 use crate::layout::{ClusterKind, COPIED, OFFSET_MASK};
 use crate::meta::{self, get_refcount, hex, put_refcount, Meta};
+use qimg_crypt::amend::{SlotChange, VolumeStore};
+use qimg_crypt::header::HEADER_BYTES;
+use qimg_crypt::{CryptError, LuksHeader};
 use qimg_driver_api::schema::{CreateOption, OptionType};
-use qimg_driver_api::Prealloc;
+use qimg_driver_api::{HostExt, Prealloc};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use zeroize::Zeroizing;
 
 /// The options `amend -o` accepts, in qemu-img's (alphabetical) listing
 /// order, with its help texts.
@@ -141,6 +148,8 @@ struct Wanted {
     data_file: Option<String>,
     data_file_raw: bool,
     backing: (Option<String>, Option<String>),
+    /// Key-slot changes of a LUKS-encrypted image.
+    slots: Option<SlotChange>,
 }
 
 fn flag(v: &str) -> bool {
@@ -150,7 +159,7 @@ fn flag(v: &str) -> bool {
 impl Qcow2Image {
     /// Amends the image as `-o options` say; answers `{"progress": runs}`,
     /// plus `"error"` when a step failed after reporting progress.
-    pub fn amend(&self, options: &BTreeMap<String, String>) -> Result<Value> {
+    pub fn amend(&self, options: &BTreeMap<String, String>, force: bool) -> Result<Value> {
         if !self.writable {
             return Err(Error::ReadOnly);
         }
@@ -164,7 +173,7 @@ impl Qcow2Image {
         );
         // A step that fails after reporting progress still hands the
         // progress over, with the failure, so that it is printed first.
-        match self.amend_steps(&wanted, old_version, &mut progress) {
+        match self.amend_steps(&wanted, old_version, force, &mut progress) {
             Ok(()) => Ok(json!({ "progress": progress.runs })),
             Err(e) if !progress.runs.is_empty() => Ok(json!({
                 "progress": progress.runs,
@@ -172,6 +181,32 @@ impl Qcow2Image {
             })),
             Err(e) => Err(e),
         }
+    }
+
+    /// Adds or erases key slots of the LUKS volume in the image.
+    fn amend_key_slots(&self, meta: &Meta, change: &SlotChange, force: bool) -> Result<()> {
+        let key = match &self.crypto {
+            Some(Crypto::Luks(luks)) => luks.key.as_ref().ok_or(Error::ReadOnly)?,
+            _ => return Err(Error::invalid("The image was opened without its LUKS key")),
+        };
+        let (offset, len) = meta.header.ext.crypto.ok_or(Error::Corrupt)?;
+        let area = LuksArea {
+            io: &self.io,
+            offset,
+            len,
+        };
+        let mut head = [0u8; HEADER_BYTES];
+        area.read(0, &mut head).map_err(crypt_error)?;
+        let mut header = LuksHeader::parse(&head).map_err(crypt_error)?;
+        let secret = |id: &str| {
+            self.host
+                .secret_text(id)
+                .map(|s| Zeroizing::new(s.into_bytes()))
+                .map_err(|e| CryptError::Option(e.message.to_string()))
+        };
+        change
+            .apply(&mut header, key, force, &secret, &area)
+            .map_err(crypt_error)
     }
 
     fn parse_amend(&self, options: &BTreeMap<String, String>) -> Result<Wanted> {
@@ -185,6 +220,7 @@ impl Qcow2Image {
             data_file: None,
             data_file_raw: h.data_file_raw(),
             backing: (None, None),
+            slots: None,
         };
         if let Some(v) = options.get("compat") {
             w.version = match v.as_str() {
@@ -205,12 +241,25 @@ impl Qcow2Image {
             options.get("backing_fmt").cloned(),
         );
         if options.keys().any(|k| k.starts_with("encrypt.")) {
-            return Err(if h.crypt_method == 0 {
-                Error::argument("Can't amend encryption options - encryption not present")
-            } else {
-                Error::unsupported("Amending encryption options is not supported by qimg yet")
-            });
+            match h.crypt_method {
+                0 => {
+                    return Err(Error::argument(
+                        "Can't amend encryption options - encryption not present",
+                    ))
+                }
+                1 => {
+                    return Err(Error::argument(
+                        "Only LUKS encryption options can be amended",
+                    ))
+                }
+                _ => {}
+            }
         }
+        w.slots = SlotChange::parse(
+            |k| options.get(&format!("encrypt.{k}")).map(String::as_str),
+            "encrypt.",
+        )
+        .map_err(crypt_error)?;
         if let Some(v) = options.get("lazy_refcounts") {
             w.lazy_refcounts = flag(v);
         }
@@ -242,10 +291,20 @@ impl Qcow2Image {
         Ok(w)
     }
 
-    fn amend_steps(&self, w: &Wanted, old_version: u32, progress: &mut Progress) -> Result<()> {
+    fn amend_steps(
+        &self,
+        w: &Wanted,
+        old_version: u32,
+        force: bool,
+        progress: &mut Progress,
+    ) -> Result<()> {
         {
             let mut meta = self.lock();
             meta.flush(&self.io)?;
+            // Key slots first, as qemu does.
+            if let Some(change) = &w.slots {
+                self.amend_key_slots(&meta, change, force)?;
+            }
             if w.version > old_version {
                 progress.current = Step::Upgrade;
                 self.upgrade(&mut meta, progress)?;

@@ -2,15 +2,18 @@
 //! (header, refcount table, one refcount block, L1 table, then whatever
 //! preallocation adds).
 
+use crate::crypt::crypt_error;
 use crate::error::{Error, Result};
 use crate::header::{autoclear, compat, feature_table, incompat, Extensions, Header};
 use crate::header::{V2_HEADER_LEN, V3_HEADER_LEN};
 use crate::image::{CryptOptions, Qcow2Image};
 use crate::layout::Layout;
+use qimg_crypt::{volume, LuksOptions};
 use qimg_driver_api::abi_stable::std_types::RStr;
 use qimg_driver_api::schema::{CreateOption, CreateRequest, OptionType};
-use qimg_driver_api::{open_flags, ByteStoreBox, HostServicesBox, Prealloc};
+use qimg_driver_api::{open_flags, ByteStoreBox, HostExt, HostServicesBox, Prealloc};
 use std::collections::BTreeMap;
+use zeroize::Zeroizing;
 
 /// The options `create -o` accepts, in the order qemu declares them (the
 /// order of the `Formatting` line), with qemu's help texts.
@@ -147,9 +150,23 @@ pub struct Params {
     pub data_file: Option<String>,
     /// The data file stays a valid raw image.
     pub data_file_raw: bool,
-    /// Legacy AES encryption with the secret of this id.
+    /// The id of the secret the image is encrypted with (legacy AES unless
+    /// `luks` is set).
     pub key_secret: Option<String>,
+    /// LUKS encryption's options.
+    pub luks: Option<LuksOptions>,
 }
+
+/// The `encrypt.*` options other than `encrypt.format` and
+/// `encrypt.key-secret`: only LUKS has them.
+const LUKS_ONLY: [&str; 6] = [
+    "cipher-alg",
+    "cipher-mode",
+    "ivgen-alg",
+    "ivgen-hash-alg",
+    "hash-alg",
+    "iter-time",
+];
 
 fn on(options: &BTreeMap<String, String>, name: &str) -> bool {
     options.get(name).is_some_and(|v| v == "on")
@@ -169,19 +186,34 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
             )))
         }
     };
-    match options.get("encrypt.format").map(String::as_str) {
-        Some("luks") => {
-            return Err(Error::unsupported(
-                "qcow2 LUKS encryption is not supported by qimg yet",
-            ))
+    let luks = match options.get("encrypt.format").map(String::as_str) {
+        Some("luks") => Some(
+            LuksOptions::parse(
+                |k| options.get(&format!("encrypt.{k}")).map(String::as_str),
+                "encrypt.",
+            )
+            .map_err(crypt_error)?,
+        ),
+        format => {
+            if let Some(k) = LUKS_ONLY
+                .iter()
+                .find(|k| options.contains_key(&format!("encrypt.{k}")))
+            {
+                return Err(Error::argument(match format {
+                    None => "Parameter 'encrypt.format' is missing".into(),
+                    Some(_) => format!("Parameter 'encrypt.{k}' is unexpected"),
+                }));
+            }
+            match format {
+                Some("aes") | None => None,
+                Some(other) => {
+                    return Err(Error::argument(format!(
+                        "Parameter 'format' does not accept value '{other}'"
+                    )))
+                }
+            }
         }
-        Some("aes") | None => {}
-        Some(other) => {
-            return Err(Error::argument(format!(
-                "Parameter 'format' does not accept value '{other}'"
-            )))
-        }
-    }
+    };
     let prealloc = match options.get("preallocation") {
         Some(p) => Prealloc::parse(p).ok_or_else(|| {
             Error::argument(format!(
@@ -286,6 +318,7 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
         data_file,
         data_file_raw,
         key_secret: key_secret.filter(|_| encrypted),
+        luks,
     })
 }
 
@@ -339,7 +372,8 @@ impl Params {
         if self.data_file_raw {
             h.autoclear_features |= autoclear::DATA_FILE_RAW;
         }
-        if self.key_secret.is_some() {
+        // A LUKS header comes last, once the rest of the image is in place.
+        if self.key_secret.is_some() && self.luks.is_none() {
             h.crypt_method = 1;
         }
         if let Some((file, fmt)) = &self.backing {
@@ -356,10 +390,20 @@ impl Params {
 /// Writes a new image into the empty `store`.
 pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateRequest) -> Result<()> {
     let p = params(request.size, &request.options)?;
-    if let Some(id) = &p.key_secret {
-        // The secret must exist, as qemu checks before writing anything.
-        host.secret(RStr::from(id.as_str())).into_result()?;
-    }
+    // The secret must exist, as qemu checks before writing anything; then
+    // the LUKS volume is made (its PBKDF2 timing takes a while).
+    let luks = match (&p.key_secret, &p.luks) {
+        (Some(id), Some(options)) => {
+            let password = Zeroizing::new(host.secret_text(id)?);
+            let params = options.params().map_err(crypt_error)?;
+            Some(volume::create(params, password.as_bytes()).map_err(crypt_error)?)
+        }
+        (Some(id), None) => {
+            host.secret(RStr::from(id.as_str())).into_result()?;
+            None
+        }
+        _ => None,
+    };
     let layout = p.layout();
     let cs = layout.cluster_size();
     if let Some(name) = &p.data_file {
@@ -409,22 +453,28 @@ pub fn create(store: ByteStoreBox, host: HostServicesBox, request: &CreateReques
     meta.header.size = p.size;
     meta.header_dirty = true;
     meta.flush(&io)?;
-    if p.prealloc == Prealloc::OFF && !p.data_file_raw {
+    if p.prealloc == Prealloc::OFF && !p.data_file_raw && luks.is_none() {
         return Ok(());
     }
-    // Preallocation goes through the image's own allocator.
+    // Preallocation goes through the image's own allocator, and the LUKS
+    // header follows whatever it allocated.
     let flags = open_flags::WRITE | open_flags::NO_BACKING;
     let crypt = CryptOptions {
-        key_secret: p.key_secret.clone(),
+        key_secret: p.key_secret.clone().filter(|_| luks.is_none()),
         format: None,
         runtime: None,
     };
     let image = Qcow2Image::open_keyed(io.file, host, flags, &crypt)?;
-    let mode = if p.prealloc == Prealloc::OFF {
-        Prealloc::METADATA
-    } else {
-        p.prealloc
-    };
-    image.preallocate(0, p.size, mode, None)?;
+    if p.prealloc != Prealloc::OFF || p.data_file_raw {
+        let mode = if p.prealloc == Prealloc::OFF {
+            Prealloc::METADATA
+        } else {
+            p.prealloc
+        };
+        image.preallocate(0, p.size, mode, None)?;
+    }
+    if let Some(created) = &luks {
+        crate::crypt::set_up_luks(&image, created)?;
+    }
     image.close()
 }

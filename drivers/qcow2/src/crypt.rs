@@ -16,9 +16,12 @@
 
 use aes::cipher::{generic_array::GenericArray, BlockDecrypt, BlockEncrypt, KeyInit};
 use aes::{Aes128, Block};
-use qimg_crypt::{volume, CryptError, SectorCipher};
+use qimg_crypt::amend::VolumeStore;
+use qimg_crypt::{volume, Created, CryptError, SectorCipher};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result, EIO};
+use crate::image::Qcow2Image;
 use crate::meta::Io;
 
 /// Bytes per encrypted sector.
@@ -31,7 +34,15 @@ pub enum Crypto {
     /// Legacy AES (IVs from guest offsets); boxed, its key schedule is large.
     Aes(Box<LegacyAes>),
     /// LUKS (IVs from host offsets).
-    Luks(SectorCipher),
+    Luks(Box<Luks>),
+}
+
+/// An unlocked LUKS volume inside the image.
+pub struct Luks {
+    /// The payload cipher.
+    pub cipher: SectorCipher,
+    /// The master key, kept for filling key slots when writable.
+    pub key: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl Crypto {
@@ -43,7 +54,7 @@ impl Crypto {
                 aes.encrypt(guest, buf);
                 Ok(())
             }
-            Crypto::Luks(cipher) => cipher.encrypt(host / SECTOR, buf).map_err(crypt_error),
+            Crypto::Luks(luks) => luks.cipher.encrypt(host / SECTOR, buf).map_err(crypt_error),
         }
     }
 
@@ -54,7 +65,7 @@ impl Crypto {
                 aes.decrypt(guest, buf);
                 Ok(())
             }
-            Crypto::Luks(cipher) => cipher.decrypt(host / SECTOR, buf).map_err(crypt_error),
+            Crypto::Luks(luks) => luks.cipher.decrypt(host / SECTOR, buf).map_err(crypt_error),
         }
     }
 }
@@ -66,28 +77,87 @@ pub fn crypt_error(e: CryptError) -> Error {
         CryptError::NotLuks | CryptError::Version(_) | CryptError::Invalid(_) => {
             Error::Invalid(message)
         }
-        CryptError::BadPassword => Error::Argument(message),
+        CryptError::BadPassword | CryptError::Option(_) => Error::Argument(message),
         CryptError::Random(_) | CryptError::Io(_) => Error::Errno(EIO, message),
         _ => Error::Unsupported(message),
     }
 }
 
-/// Unlocks the LUKS header that sits at `offset` (`len` bytes) of the
-/// qcow2 file with `password`; key material offsets are relative to it.
-pub fn unlock_luks(io: &Io, offset: u64, len: u64, password: &[u8]) -> Result<SectorCipher> {
-    let mut head = vec![0u8; qimg_crypt::header::HEADER_BYTES];
-    io.read(offset, &mut head)?;
-    let read = |at: u64, buf: &mut [u8]| {
-        if at.saturating_add(buf.len() as u64) > len {
+/// The LUKS header and key-slot areas in the qcow2 file: `len` bytes at
+/// `offset`, which nothing may read or write past.
+pub struct LuksArea<'a> {
+    /// The qcow2 file.
+    pub io: &'a Io,
+    /// Where the area starts.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+}
+
+impl LuksArea<'_> {
+    fn inside(&self, at: u64, len: usize) -> qimg_crypt::error::Result<u64> {
+        if at.saturating_add(len as u64) > self.len {
             return Err(CryptError::Invalid(
                 "Request for data outside of extension header".into(),
             ));
         }
-        io.read(offset + at, buf)
+        Ok(self.offset + at)
+    }
+}
+
+impl VolumeStore for LuksArea<'_> {
+    fn read(&self, at: u64, buf: &mut [u8]) -> qimg_crypt::error::Result<()> {
+        let at = self.inside(at, buf.len())?;
+        self.io
+            .read(at, buf)
             .map_err(|e| CryptError::Io(e.to_string()))
-    };
+    }
+    fn write(&self, at: u64, buf: &[u8]) -> qimg_crypt::error::Result<()> {
+        let at = self.inside(at, buf.len())?;
+        self.io
+            .write(at, buf)
+            .map_err(|e| CryptError::Io(e.to_string()))
+    }
+    fn flush(&self) -> qimg_crypt::error::Result<()> {
+        self.io.flush().map_err(|e| CryptError::Io(e.to_string()))
+    }
+}
+
+/// Unlocks the LUKS volume in `area` with `password`; the master key is
+/// kept only if `writable` (key slots change only then).
+pub fn unlock_luks(area: &LuksArea<'_>, password: &[u8], writable: bool) -> Result<Luks> {
+    let mut head = vec![0u8; qimg_crypt::header::HEADER_BYTES];
+    area.io.read(area.offset, &mut head)?;
+    let read = |at: u64, buf: &mut [u8]| area.read(at, buf);
     let unlocked = volume::unlock(&head, password, &read).map_err(crypt_error)?;
-    Ok(unlocked.cipher)
+    Ok(Luks {
+        cipher: unlocked.cipher,
+        key: Some(unlocked.key).filter(|_| writable),
+    })
+}
+
+/// Makes `image` (newly created, not yet encrypted) a LUKS-encrypted one
+/// with the volume `created`: the header and its key-slot areas go into
+/// fresh zeroed clusters, then the qcow2 header names them and sets
+/// `crypt_method` 2. qemu does this last when creating, after the L1 table
+/// and any preallocated clusters.
+pub fn set_up_luks(image: &Qcow2Image, created: &Created) -> Result<()> {
+    let luks = &created.header;
+    let len = luks.payload_bytes();
+    let io = &image.io;
+    let mut meta = image.lock();
+    let clusters = image.layout.clusters_for(len);
+    let offset = meta.alloc_clusters(io, clusters)?;
+    io.file
+        .write_zeroes(offset, clusters << image.layout.cluster_bits, false)
+        .into_result()?;
+    io.write(offset, &luks.to_bytes().map_err(crypt_error)?)?;
+    let material_at = u64::from(luks.key_slots[0].key_material_offset) * SECTOR;
+    io.write(offset + material_at, &created.material)?;
+    meta.header.crypt_method = 2;
+    meta.header.ext.crypto = Some((offset, len));
+    meta.header_dirty = true;
+    meta.flush(io)
 }
 
 /// The cipher of a legacy AES-encrypted image.

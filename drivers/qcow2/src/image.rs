@@ -51,6 +51,8 @@ pub struct Qcow2Image {
     pub(crate) tracking: AtomicBool,
     /// The cipher of an encrypted image (not loaded by `info`).
     pub(crate) crypto: Option<Crypto>,
+    /// The host's services (secrets, for amending key slots).
+    pub(crate) host: HostServicesBox,
 }
 
 /// Options given when opening: encryption (`encrypt.key-secret`,
@@ -333,12 +335,13 @@ impl Qcow2Image {
                         .into_result()?
                         .into_string(),
                 );
-                Some(Crypto::Luks(crypt::unlock_luks(
-                    &io,
+                let area = crypt::LuksArea {
+                    io: &io,
                     offset,
                     len,
-                    password.as_bytes(),
-                )?))
+                };
+                let luks = crypt::unlock_luks(&area, password.as_bytes(), writable)?;
+                Some(Crypto::Luks(Box::new(luks)))
             }
         };
         let image = Qcow2Image {
@@ -353,6 +356,7 @@ impl Qcow2Image {
             prealloc_detected: OnceLock::new(),
             tracking: AtomicBool::new(false),
             crypto,
+            host,
             meta: Mutex::new(Meta::new(header, layout, l1, reftable)),
         };
         {

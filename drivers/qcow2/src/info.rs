@@ -3,7 +3,6 @@
 
 use crate::error::Result;
 use crate::image::Qcow2Image;
-use crate::luks;
 use qimg_driver_api::schema::{BitmapSummary, ImageInfo};
 use serde_json::{json, Map, Value};
 
@@ -41,10 +40,11 @@ impl Qcow2Image {
             }
             2 => {
                 if let Some((offset, len)) = h.ext.crypto {
-                    let mut head = vec![0u8; len.min(luks::HEADER_BYTES) as usize];
+                    let bytes = len.min(qimg_crypt::header::HEADER_BYTES as u64);
+                    let mut head = vec![0u8; bytes as usize];
                     self.io.read(offset, &mut head)?;
-                    if let Some(v) = luks::info(&head) {
-                        data.insert("encrypt".into(), v);
+                    if let Ok(luks) = qimg_crypt::LuksHeader::parse(&head) {
+                        data.insert("encrypt".into(), encrypt_info(&luks));
                     }
                 }
             }
@@ -82,4 +82,22 @@ impl Qcow2Image {
             ..ImageInfo::default()
         })
     }
+}
+
+/// qemu's `encrypt` object for a LUKS header: the luks driver's
+/// description with `"format": "luks"` before `cipher-mode`, where
+/// qemu-img prints it.
+fn encrypt_info(luks: &qimg_crypt::LuksHeader) -> Value {
+    let fields = match luks.info(false) {
+        Value::Object(fields) => fields,
+        other => return other,
+    };
+    let mut out = Map::new();
+    for (key, value) in fields {
+        if key == "cipher-mode" {
+            out.insert("format".into(), json!("luks"));
+        }
+        out.insert(key, value);
+    }
+    Value::Object(out)
 }

@@ -23,7 +23,6 @@ pub mod header;
 pub mod image;
 pub mod info;
 pub mod layout;
-pub mod luks;
 pub mod measure;
 pub mod meta;
 pub mod options;
@@ -166,7 +165,7 @@ impl ImageImpl for Qcow2Image {
                     ranges.as_deref(),
                 )?)
             }
-            MetadataRequest::Amend { options, .. } => return Ok(self.amend(&options)?),
+            MetadataRequest::Amend { options, force } => return Ok(self.amend(&options, force)?),
         }
         Ok(serde_json::Value::Null)
     }

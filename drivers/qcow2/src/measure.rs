@@ -1,9 +1,11 @@
 //! `measure`: the file size a qcow2 image needs, counted as qemu counts it —
 //! header, L2 tables and L1 table for the whole guest, refcount structures
-//! for all of that, plus the data clusters the source fills.
+//! for all of that, a LUKS header's clusters, plus the data clusters the
+//! source fills.
 
 use crate::create::params;
 use crate::error::{Error, Result};
+use qimg_crypt::volume;
 use qimg_driver_api::schema::{BitmapSummary, MeasureRequest, MeasureResult};
 use qimg_driver_api::{Extent, Prealloc};
 
@@ -95,7 +97,15 @@ pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<Measure
             next = end;
         }
     }
-    let full = full_size(virtual_size, cs, p.refcount_order, p.extended_l2);
+    // A LUKS header with its key slots takes whole clusters of its own.
+    let luks = match &p.luks {
+        Some(options) => {
+            let params = options.params().map_err(crate::crypt::crypt_error)?;
+            volume::payload_offset(params.spec).next_multiple_of(cs)
+        }
+        None => 0,
+    };
+    let full = luks + full_size(virtual_size, cs, p.refcount_order, p.extended_l2);
     // Bitmaps are copied only into version 3 images.
     let bitmaps = match &request.source_bitmaps {
         Some(list) if p.version >= 3 => Some(bitmaps_size(list, request.size, cs)),

@@ -75,6 +75,30 @@ pub fn help_text(driver: &Driver, with_file: bool) -> String {
     out
 }
 
+/// A number as qemu's option parser reads it (strtoull in base 0): `0x`
+/// hexadecimal, a leading `0` octal, a minus sign wrapping around.
+fn parse_number(text: &str) -> Option<u64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let value = if let Some(hex) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        u64::from_str_radix(hex, 16).ok()?
+    } else if digits.len() > 1 && digits.starts_with('0') {
+        u64::from_str_radix(&digits[1..], 8).ok()?
+    } else {
+        digits.parse().ok()?
+    };
+    Some(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
+}
+
 /// Checks `-o` options against the schema, normalising sizes to bytes and
 /// booleans to `on`/`off`. Errors carry qemu's wording.
 pub fn validate(
@@ -100,9 +124,10 @@ pub fn validate(
                 "off" | "no" | "false" => "off".to_string(),
                 _ => return Err(format!("Parameter '{name}' expects 'on' or 'off'")),
             },
-            OptionType::Number => match value.parse::<u64>() {
-                Ok(v) => v.to_string(),
-                Err(_) => return Err(format!("Parameter '{name}' expects a number")),
+            // Shown as qemu prints numbers: signed.
+            OptionType::Number => match parse_number(value) {
+                Some(v) => (v as i64).to_string(),
+                None => return Err(format!("Parameter '{name}' expects a number")),
             },
             OptionType::Str => value.clone(),
         };
