@@ -99,6 +99,9 @@ pub struct BlockImage {
     pub store: Arc<LocalFile>,
     /// The backing image, if the chain was opened and there is one.
     pub backing: Option<Arc<BlockImage>>,
+    /// The format options it was opened with (`encrypt.key-secret=...`),
+    /// for opening it again.
+    pub options: Vec<(String, String)>,
     /// The guest size the driver last reported.
     last_size: AtomicU64,
     /// The first driver panic, once there was one.
@@ -556,6 +559,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         filename,
         store: file,
         backing,
+        options: services.options.clone(),
         last_size: AtomicU64::new(0),
         poison: Poison::default(),
         probed_raw,

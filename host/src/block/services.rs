@@ -174,6 +174,20 @@ impl HostServices for ServicesHandle {
             crate::confine::admit_named_file(&resolved)?;
             services.lineage.admit(&resolved)?;
             let format = format.into_option().map(|f| f.as_str().to_string());
+            // `backing.KEY=...` options are the backing image's `KEY=...`
+            // (its own backing's are `backing.backing.KEY`): handed down,
+            // they count as taken here.
+            let mut handed = Vec::new();
+            for (key, value) in &services.options {
+                if let Some(child_key) = key.strip_prefix("backing.") {
+                    handed.push((child_key.to_string(), value.clone()));
+                    services
+                        .asked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(key.clone());
+                }
+            }
             let request = OpenRequest {
                 name: &resolved,
                 format: format.as_deref(),
@@ -182,7 +196,7 @@ impl HostServices for ServicesHandle {
                 cache: services.cache,
                 lock: services.backing_lock,
                 no_backing: false,
-                options: Vec::new(),
+                options: handed,
                 stream: false,
                 no_io: services.no_io,
                 shared_backing: false,

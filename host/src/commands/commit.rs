@@ -82,11 +82,20 @@ fn commit_command(
             None => return Err(fail("Image does not have a backing file")),
         },
     };
+    // Reopened with its own options (an encrypted base's key), not its
+    // backing's: its chain stays closed.
+    let options = base_layer
+        .options
+        .iter()
+        .filter(|(key, _)| !key.starts_with("backing."))
+        .cloned()
+        .collect();
     let base = open_image(&OpenRequest {
         write: true,
         cache,
         lock: Some(LockSpec::RESIZE),
         no_backing: true,
+        options,
         ..OpenRequest::read(&base_layer.filename, Some(base_layer.format()), false)
     })
     .map_err(|e| {

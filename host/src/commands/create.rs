@@ -138,8 +138,10 @@ fn check_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<
         );
     }
     let resolved = relative_to(filename, backing);
+    // As qemu-img: only its size is wanted, so an encrypted one needs no key.
     let request = OpenRequest {
         no_backing: true,
+        no_io: true,
         ..OpenRequest::read(&resolved, format, false)
     };
     let image = open_image(&request).map_err(|e| {
