@@ -462,3 +462,92 @@ fn convert_creates_luks_targets() {
     let theirs = fx.qemu_img(&create("c.luks"));
     assert_eq!(ours, theirs);
 }
+
+// A header in a file of its own (`header.filename=`): with the payload
+// offset it records, the payload starts there in the image file; with
+// payload offset 0 (cryptsetup's `--header` layout, "detached") the whole
+// image file is payload. Both made by splitting a qemu-img image.
+#[test]
+fn detached_headers_read_write_and_amend_alike() {
+    let fx = made("detached", "");
+    fx.sh(
+        "p=$(qemu-img info --output=json img.luks | sed -n 's/.*\"payload-offset\": \\([0-9]*\\).*/\\1/p'); \
+         head -c $p img.luks > hdr.img && tail -c +$((p + 1)) img.luks > data.img && \
+         cp hdr.img detached.img && printf '\\0\\0\\0\\0' | dd of=detached.img bs=1 seek=104 conv=notrunc 2>/dev/null",
+    );
+    let split = "driver=luks,key-secret=sec0,file.filename=img.luks,header.filename=hdr.img";
+    let detached =
+        "driver=luks,key-secret=sec0,file.filename=data.img,header.filename=detached.img";
+    for name in [split, detached] {
+        for args in [
+            vec!["info", "--object", SECRET, "--image-opts", name],
+            vec![
+                "info",
+                "--output=json",
+                "--object",
+                SECRET,
+                "--image-opts",
+                name,
+            ],
+            vec![
+                "map",
+                "--output=json",
+                "--object",
+                SECRET,
+                "--image-opts",
+                name,
+            ],
+            vec![
+                "compare",
+                "--object",
+                SECRET,
+                "--image-opts",
+                name,
+                &opts("img.luks"),
+            ],
+        ] {
+            fx.same(&args);
+        }
+    }
+    // Written by qimg, read by qemu-img; a key slot added by qimg opens there.
+    let size = fx.sh("stat -c %s data.img");
+    fx.sh(&format!(
+        "qemu-img create -q -f raw new.raw {} && qemu-io -f raw -c 'write -P 0x3c 1M 100k' new.raw >/dev/null",
+        size.trim()
+    ));
+    let out = fx.qimg(&[
+        "convert",
+        "-n",
+        "--object",
+        SECRET,
+        "-f",
+        "raw",
+        "new.raw",
+        "--target-image-opts",
+        detached,
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let two = "secret,id=sec1,data=second";
+    let out = fx.qimg(&[
+        "amend",
+        "--object",
+        SECRET,
+        "--object",
+        two,
+        "--image-opts",
+        detached,
+        "-o",
+        "state=active,new-secret=sec1,iter-time=10",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let by_new = "driver=luks,key-secret=sec1,file.filename=data.img,header.filename=detached.img";
+    let cmp = fx.qemu_img(&[
+        "compare",
+        "--object",
+        two,
+        "--image-opts",
+        by_new,
+        "driver=raw,file.filename=new.raw",
+    ]);
+    assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
+}

@@ -325,9 +325,10 @@ mod tests {
         disk.write(0, &c.header.to_bytes().unwrap()).unwrap();
         disk.write(material_offset(&c.header.key_slots[0]), &c.material)
             .unwrap();
-        let head = disk.0.borrow()[..HEADER_BYTES].to_vec();
         let read = |o: u64, b: &mut [u8]| disk.read(o, b);
-        let key = volume::unlock(&head, b"pw-a", &read).unwrap().key;
+        let key = volume::unlock(c.header.clone(), b"pw-a", &read)
+            .unwrap()
+            .key;
         (disk, c.header, key)
     }
 
@@ -347,9 +348,9 @@ mod tests {
     }
 
     fn opens(disk: &Disk, password: &[u8]) -> Option<usize> {
-        let head = disk.0.borrow()[..HEADER_BYTES].to_vec();
+        let head = LuksHeader::parse(&disk.0.borrow()[..HEADER_BYTES]).unwrap();
         let read = |o: u64, b: &mut [u8]| disk.read(o, b);
-        volume::unlock(&head, password, &read).ok().map(|u| u.slot)
+        volume::unlock(head, password, &read).ok().map(|u| u.slot)
     }
 
     #[test]

@@ -205,8 +205,10 @@ impl LuksHeader {
     /// The layout checks QEMU makes before trusting a header (messages and
     /// order are QEMU's): digest iterations, payload after the header, and
     /// for each key slot its state, stripes, iterations and an area between
-    /// the header and the payload that no other slot's overlaps.
-    pub fn check(&self) -> Result<()> {
+    /// the header and the payload that no other slot's overlaps. A
+    /// `detached` header (its payload in another file) has no payload to
+    /// overlap.
+    pub fn check(&self, detached: bool) -> Result<()> {
         let bad = |m: String| Err(CryptError::Invalid(m));
         // The header with its key-slot table fills the first 4 KiB
         // (cryptsetup's layout): no key material or payload may start there.
@@ -214,7 +216,7 @@ impl LuksHeader {
         if self.mk_digest_iter == 0 {
             return bad("LUKS key iteration count is zero".into());
         }
-        if u64::from(self.payload_offset) < header_sectors {
+        if !detached && u64::from(self.payload_offset) < header_sectors {
             return bad("LUKS payload is overlapping with the header".into());
         }
         for (i, s1) in self.key_slots.iter().enumerate() {
@@ -236,7 +238,7 @@ impl LuksHeader {
             if start1 < header_sectors {
                 return bad(format!("Keyslot {i} is overlapping with the LUKS header"));
             }
-            if start1 + len1 > u64::from(self.payload_offset) {
+            if !detached && start1 + len1 > u64::from(self.payload_offset) {
                 return bad(format!(
                     "Keyslot {i} is overlapping with the encrypted payload"
                 ));

@@ -138,12 +138,9 @@ pub fn create(params: CreateParams, password: &[u8]) -> Result<Created> {
     })
 }
 
-/// Parses the header in `head` (its first [`crate::header::HEADER_BYTES`] at least) and
-/// opens the first active key slot that `password` unlocks, reading key
-/// material through `read`.
-pub fn unlock(head: &[u8], password: &[u8], read: &ReadFn<'_>) -> Result<Unlocked> {
-    let header = LuksHeader::parse(head)?;
-    header.check()?;
+/// Opens the first active key slot of `header` (parsed and checked) that
+/// `password` unlocks, reading key material through `read`.
+pub fn unlock(header: LuksHeader, password: &[u8], read: &ReadFn<'_>) -> Result<Unlocked> {
     let (spec, hash) = header.algorithms()?;
     // A header may be described with an odd XTS key length, not unlocked.
     if header.key_bytes as usize != spec.key_bytes() {
@@ -203,7 +200,7 @@ mod tests {
             buf.copy_from_slice(&disk[off as usize..off as usize + buf.len()]);
             Ok(())
         };
-        assert_eq!(unlock(&disk, b"pw", &read).unwrap().slot, 0);
+        assert_eq!(unlock(c.header.clone(), b"pw", &read).unwrap().slot, 0);
     }
 
     #[test]
@@ -231,14 +228,14 @@ mod tests {
             buf.copy_from_slice(&disk[off as usize..off as usize + buf.len()]);
             Ok(())
         };
-        let u = unlock(&disk, b"abc123", &read).unwrap();
+        let u = unlock(c.header.clone(), b"abc123", &read).unwrap();
         assert_eq!(u.slot, 0);
         let mut a = vec![7u8; 512];
         c.cipher.encrypt(3, &mut a).unwrap();
         u.cipher.decrypt(3, &mut a).unwrap();
         assert_eq!(a, vec![7u8; 512]);
         assert!(matches!(
-            unlock(&disk, b"wrong", &read),
+            unlock(c.header.clone(), b"wrong", &read),
             Err(CryptError::BadPassword)
         ));
     }

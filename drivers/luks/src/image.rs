@@ -14,7 +14,7 @@ use crate::error::driver_error;
 use crate::HEAD;
 use qimg_crypt::amend::{SlotChange, VolumeStore};
 use qimg_crypt::{volume, CryptError, LuksHeader, SectorCipher, SECTOR_SIZE};
-use qimg_driver_api::schema::{ImageInfo, MetadataRequest};
+use qimg_driver_api::schema::{ChildFile, ImageInfo, MetadataRequest};
 use qimg_driver_api::{
     extent_flags, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, HostExt,
     HostServicesBox, ImageImpl, Prealloc,
@@ -50,6 +50,10 @@ const ZERO_CHUNK: u64 = 1 << 20;
 /// An open luks image.
 pub struct LuksImage {
     store: ByteStoreBox,
+    /// The file holding the header, if not `store` (`header.filename`).
+    header_file: Option<ByteStoreBox>,
+    /// The header is detached: all of `store` is payload.
+    detached: bool,
     host: HostServicesBox,
     /// The header, as key-slot changes leave it.
     header: Mutex<LuksHeader>,
@@ -77,21 +81,31 @@ impl LuksImage {
         host: HostServicesBox,
         flags: u32,
     ) -> Result<LuksImage, DriverError> {
-        // Asked for whatever happens, so the host does not refuse it.
+        // Asked for whatever happens, so the host does not refuse them.
         let key_secret = host.option("key-secret");
+        let writable = flags & open_flags::WRITE != 0;
+        // The header may live in a file of its own (`header.filename`); the
+        // payload still starts where the header says, in this file. A
+        // header with no room for a payload after it (payload offset 0,
+        // cryptsetup's `--header` layout) is what QEMU calls detached.
+        let header_file = match host.option("header.filename") {
+            Some(name) => Some(host.related(&name, writable, false)?),
+            None => None,
+        };
+        let header_store = header_file.as_ref().unwrap_or(&store);
         let mut head = vec![0u8; HEAD];
-        read_or_zero(&store, 0, &mut head)?;
+        read_or_zero(header_store, 0, &mut head)?;
         let header = LuksHeader::parse(&head).map_err(driver_error)?;
+        let detached = header_file.is_some() && header.payload_offset == 0;
         // A damaged layout or an algorithm QEMU does not know fails the open
         // even when describing, as in QEMU; one QEMU knows but qimg lacks
         // only fails when the data is wanted.
-        header.check().map_err(driver_error)?;
+        header.check(detached).map_err(driver_error)?;
         match header.algorithms() {
             Err(CryptError::NotImplemented(_)) if flags & open_flags::NO_IO != 0 => {}
             Err(e) => return Err(driver_error(e)),
             Ok(_) => {}
         }
-        let writable = flags & open_flags::WRITE != 0;
         let (cipher, key) = if flags & open_flags::NO_IO != 0 {
             (None, None)
         } else {
@@ -100,10 +114,11 @@ impl LuksImage {
             })?;
             let password = Zeroizing::new(host.secret_text(&id)?);
             let read = |offset: u64, buf: &mut [u8]| {
-                read_or_zero(&store, offset, buf).map_err(|e| CryptError::Io(e.message.to_string()))
+                read_or_zero(header_store, offset, buf)
+                    .map_err(|e| CryptError::Io(e.message.to_string()))
             };
             let unlocked =
-                volume::unlock(&head, password.as_bytes(), &read).map_err(driver_error)?;
+                volume::unlock(header.clone(), password.as_bytes(), &read).map_err(driver_error)?;
             (
                 Some(unlocked.cipher),
                 Some(unlocked.key).filter(|_| writable),
@@ -123,6 +138,8 @@ impl LuksImage {
             })?;
         Ok(LuksImage {
             store,
+            header_file,
+            detached,
             host,
             header: Mutex::new(header),
             cipher,
@@ -149,6 +166,11 @@ impl LuksImage {
         }
     }
 
+    /// The file the header is in.
+    fn header_store(&self) -> &ByteStoreBox {
+        self.header_file.as_ref().unwrap_or(&self.store)
+    }
+
     /// Adds or erases key slots as `amend -o` asks.
     fn amend(&self, options: &BTreeMap<String, String>, force: bool) -> Result<(), DriverError> {
         self.check_writable()?;
@@ -165,7 +187,13 @@ impl LuksImage {
         };
         let mut header = self.header.lock().unwrap_or_else(|e| e.into_inner());
         change
-            .apply(&mut header, key, force, &secret, &WholeFile(&self.store))
+            .apply(
+                &mut header,
+                key,
+                force,
+                &secret,
+                &WholeFile(self.header_store()),
+            )
             .map_err(driver_error)
     }
 
@@ -286,8 +314,16 @@ impl ImageImpl for LuksImage {
             encrypted: Some(true),
             format_specific: Some(json!({
                 "type": "luks",
-                "data": header.info(false),
+                "data": header.info(self.detached),
             })),
+            extra_children: self
+                .header_file
+                .iter()
+                .map(|h| ChildFile {
+                    name: "header".into(),
+                    filename: h.name().into(),
+                })
+                .collect(),
             ..ImageInfo::default()
         })
     }

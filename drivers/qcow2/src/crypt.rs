@@ -17,7 +17,7 @@
 use aes::cipher::{generic_array::GenericArray, BlockDecrypt, BlockEncrypt, KeyInit};
 use aes::{Aes128, Block};
 use qimg_crypt::amend::VolumeStore;
-use qimg_crypt::{volume, Created, CryptError, SectorCipher};
+use qimg_crypt::{volume, Created, CryptError, LuksHeader, SectorCipher};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result, EIO};
@@ -128,8 +128,10 @@ impl VolumeStore for LuksArea<'_> {
 pub fn unlock_luks(area: &LuksArea<'_>, password: &[u8], writable: bool) -> Result<Luks> {
     let mut head = vec![0u8; qimg_crypt::header::HEADER_BYTES];
     area.io.read(area.offset, &mut head)?;
+    let header = LuksHeader::parse(&head).map_err(crypt_error)?;
+    header.check(false).map_err(crypt_error)?;
     let read = |at: u64, buf: &mut [u8]| area.read(at, buf);
-    let unlocked = volume::unlock(&head, password, &read).map_err(crypt_error)?;
+    let unlocked = volume::unlock(header, password, &read).map_err(crypt_error)?;
     Ok(Luks {
         cipher: unlocked.cipher,
         key: Some(unlocked.key).filter(|_| writable),

@@ -44,28 +44,56 @@ impl ImageSpec {
     }
 
     /// The name qemu gives an image opened with format options: a `json:`
-    /// pseudo-filename (the options, then driver and file, as qemu-img
-    /// prints it); the plain path without them. Options that only tune how
-    /// the image is accessed ([`WEAK_OPTIONS`]) do not count.
+    /// pseudo-filename of the options, the driver and the file, in the
+    /// order qemu's option dictionary iterates them ([`qdict_bucket`]); a
+    /// child node's file name (`header.filename`) becomes a nested file
+    /// object. The plain path without them. Options that only tune how the
+    /// image is accessed ([`WEAK_OPTIONS`]) do not count.
     pub fn display_name(&self) -> String {
         let strong: Vec<&(String, String)> =
             self.options.iter().filter(|(k, _)| !is_weak(k)).collect();
         if strong.is_empty() {
             return self.path.clone();
         }
-        let mut parts: Vec<String> = strong
+        let file_node = |name: &str| {
+            format!(
+                "{{\"driver\": \"file\", \"filename\": {}}}",
+                Value::from(name)
+            )
+        };
+        let mut entries: Vec<(String, String)> = strong
             .iter()
-            .map(|(k, v)| format!("{}: {}", Value::from(k.as_str()), Value::from(v.as_str())))
+            .map(|(k, v)| match k.strip_suffix(".filename") {
+                Some(child) if CHILD_NODES.contains(&child) => (child.to_string(), file_node(v)),
+                _ => (k.clone(), Value::from(v.as_str()).to_string()),
+            })
             .collect();
         if let Some(format) = &self.format {
-            parts.push(format!("\"driver\": {}", Value::from(format.as_str())));
+            entries.push(("driver".into(), Value::from(format.as_str()).to_string()));
         }
-        parts.push(format!(
-            "\"file\": {{\"driver\": \"file\", \"filename\": {}}}",
-            Value::from(self.path.as_str())
-        ));
+        entries.push(("file".into(), file_node(&self.path)));
+        entries.sort_by_key(|(k, _)| qdict_bucket(k));
+        let parts: Vec<String> = entries
+            .iter()
+            .map(|(k, v)| format!("{}: {v}", Value::from(k.as_str())))
+            .collect();
         format!("json:{{{}}}", parts.join(", "))
     }
+}
+
+/// Child nodes other than `file` that an image's options may name by file
+/// name (`header.filename=...`: a luks image's detached header).
+const CHILD_NODES: [&str; 1] = ["header"];
+
+/// The bucket of qemu's option dictionary (QDict: 512 buckets, keys hashed
+/// with the tdb hash) that `key` falls in: qemu lists a dictionary's keys
+/// bucket by bucket, which is the order of its `json:` names.
+fn qdict_bucket(key: &str) -> u32 {
+    let mut hash = 0x238f_13afu32.wrapping_mul(key.len() as u32);
+    for (i, byte) in key.bytes().enumerate() {
+        hash = hash.wrapping_add(u32::from(byte) << (i * 5 % 24));
+    }
+    1_103_515_243u32.wrapping_mul(hash).wrapping_add(12345) % 512
 }
 
 /// Format options that QEMU does not count as part of an image's identity
@@ -308,6 +336,16 @@ mod tests {
         assert_eq!(
             s.display_name(),
             r#"json:{"encrypt.key-secret": "s0", "driver": "qcow2", "file": {"driver": "file", "filename": "a"}}"#
+        );
+        // As qemu-img 10.0.2 names them: the dictionary's order, not ours.
+        let s = resolve(
+            "driver=luks,file.filename=d.img,header.filename=h.img,key-secret=s",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            s.display_name(),
+            r#"json:{"header": {"driver": "file", "filename": "h.img"}, "driver": "luks", "file": {"driver": "file", "filename": "d.img"}, "key-secret": "s"}"#
         );
     }
 
