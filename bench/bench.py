@@ -79,6 +79,22 @@ def qemu_convert(*opts: str) -> str:
     return "qemu-img convert -f raw " + " ".join(opts) + " {src} {dst}"
 
 
+# Encrypted images: the secret every command is given, and how qemu-img names
+# an image of each encrypted format with its key (`--image-opts`). A short
+# PBKDF2 time keeps unlocking out of the measurements: they time the cipher.
+SECRET = "secret,id=sec0,data=qimg-bench"
+KEYED = {"luks": "driver=luks,key-secret=sec0,file.filename={}",
+         "qcow2+luks": "driver=qcow2,encrypt.key-secret=sec0,file.filename={}"}
+LUKS_OPTS = "key-secret=sec0,iter-time=10"
+QCOW2_LUKS_OPTS = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10"
+
+
+def image_opts(fmt: str, path: str) -> list[str]:
+    """How `compare` and `check` name an image: keyed for encrypted formats."""
+    spec = KEYED.get(fmt, "driver=" + fmt + ",file.filename={}")
+    return ["--image-opts", spec.format(path)]
+
+
 INPUTS: dict[str, Input] = {i.key: i for i in [
     Input("src", "disk.raw", "raw", "generated (see Workload)"),
     Input("copy", "disk-copy.raw", "raw", "cp --sparse=always {src} {dst}", ["src"]),
@@ -87,6 +103,10 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
     Input("vmdk", "disk.vmdk", "vmdk", qemu_convert("-O vmdk"), ["src"]),
     Input("stream", "disk-stream.vmdk", "vmdk",
           qemu_convert("-O vmdk -o subformat=streamOptimized"), ["src"]),
+    Input("luks", "disk.luks", "luks",
+          qemu_convert(f"--object {SECRET} -O luks -o {LUKS_OPTS}"), ["src"]),
+    Input("qcow2luks", "disk-luks.qcow2", "qcow2+luks",
+          qemu_convert(f"--object {SECRET} -O qcow2 -o {QCOW2_LUKS_OPTS}"), ["src"]),
     Input("chain_base", "chain-base.qcow2", "qcow2", "cp --sparse=always {qcow2} {dst}",
           ["qcow2"]),
     Input("chain_mid", "chain-mid.qcow2", "qcow2",
@@ -105,7 +125,7 @@ SCRATCH_DIR = "scratch"
 SCRATCH = {"wtop": "chain", "wmid": "chain_mid", "wbase": "chain_base"}
 
 # Output formats that `qemu-img check` verifies after the warm-up run.
-CHECKED_FORMATS = ("qcow2", "vmdk")
+CHECKED_FORMATS = ("qcow2", "vmdk", "qcow2+luks")
 
 
 # --------------------------------------------------------------------------
@@ -216,6 +236,20 @@ OPS: list[Op] = [
             ["-o", "subformat=streamOptimized"], best=COMPRESSED_BEST),
     convert("convert-vmdk-stream-raw", "stream", "vmdk", "raw",
             note="decompression of a streamOptimized vmdk"),
+    # encryption: AES-256-XTS (qemu-img's default cipher)
+    Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
+                            "-o", LUKS_OPTS, "{src}", "{out}"],
+       outputs=["out"], out_fmt="luks"),
+    Op("convert-luks-raw", ["convert", "--object", SECRET,
+                            *image_opts("luks", "{luks}"), "-O", "raw", "{out}"],
+       outputs=["out"], reads=["luks"]),
+    Op("convert-raw-qcow2-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "qcow2",
+                                  "-o", QCOW2_LUKS_OPTS, "{src}", "{out}"],
+       outputs=["out"], out_fmt="qcow2+luks"),
+    Op("convert-qcow2-luks-raw", ["convert", "--object", SECRET,
+                                  *image_opts("qcow2+luks", "{qcow2luks}"), "-O", "raw",
+                                  "{out}"],
+       outputs=["out"], reads=["qcow2luks"]),
     # backing chains: {chain} is the top of base <- mid <- top
     Op("info-chain", ["info", "-f", "qcow2", "--backing-chain", "{chain}"], reads=[],
        same_stdout=True),
@@ -808,14 +842,19 @@ class Bench:
             fmt = op.out_fmt if key in op.outputs else self.formats[key]
             if not path.exists():
                 raise Failure(f"did not create {rel(path)}")
-            cmp = self.qemu_img("compare", "-f", self.formats[op.equal], "-F", fmt,
-                                str(ref), str(path))
+            ref_fmt = self.formats[op.equal]
+            if fmt in KEYED or ref_fmt in KEYED:
+                cmp = self.qemu_img("compare", "--object", SECRET,
+                                    *image_opts(ref_fmt, str(ref)),
+                                    image_opts(fmt, str(path))[1])
+            else:
+                cmp = self.qemu_img("compare", "-f", ref_fmt, "-F", fmt, str(ref), str(path))
             if cmp.returncode != 0 or "Images are identical." not in cmp.stdout:
                 raise Failure(f"{rel(path)} differs from {rel(ref)} (qemu-img compare exit "
                               f"{cmp.returncode}: {first(cmp.stdout + cmp.stderr)})",
                               tail(cmp.stdout + cmp.stderr))
             if fmt in CHECKED_FORMATS:
-                chk = self.qemu_img("check", "-f", fmt, str(path))
+                chk = self.qemu_img("check", "--object", SECRET, *image_opts(fmt, str(path)))
                 text = chk.stdout + chk.stderr
                 if chk.returncode == 3:
                     res.notes.append(f"warning: {c.key}: qemu-img check: {rel(path)} has "
