@@ -111,6 +111,16 @@ fn every_cipher_combination_qemu_makes_reads_alike() {
         "hash-alg=sha512,cipher-mode=cbc,ivgen-alg=plain64",
         "ivgen-alg=plain,hash-alg=sha384",
         "cipher-alg=aes-256,cipher-mode=cbc,ivgen-alg=plain",
+        "cipher-alg=serpent-256,hash-alg=md5",
+        "cipher-alg=serpent-128,cipher-mode=cbc,ivgen-alg=essiv,hash-alg=ripemd160",
+        "cipher-alg=twofish-256,cipher-mode=ctr,ivgen-alg=plain64,hash-alg=sm3",
+        "cipher-alg=twofish-128,cipher-mode=xts,ivgen-alg=plain",
+        "cipher-alg=cast5-128,cipher-mode=cbc,ivgen-alg=plain64",
+        "cipher-alg=cast5-128,cipher-mode=ctr,ivgen-alg=plain",
+        "cipher-alg=aes-256,cipher-mode=ecb",
+        "cipher-alg=aes-128,cipher-mode=ctr,ivgen-alg=essiv,ivgen-hash-alg=md5",
+        "cipher-alg=twofish-256,cipher-mode=cbc,ivgen-alg=essiv,ivgen-hash-alg=sm3",
+        "cipher-alg=serpent-192,cipher-mode=xts",
     ];
     for (i, combo) in combos.iter().enumerate() {
         let fx = made(&format!("combo{i}"), combo);
@@ -241,6 +251,8 @@ fn images_qimg_creates_open_in_qemu() {
         "cipher-alg=aes-128,cipher-mode=cbc,ivgen-alg=essiv",
         "hash-alg=sha1,ivgen-alg=plain",
         "cipher-alg=aes-192,hash-alg=sha512",
+        "cipher-alg=serpent-256,cipher-mode=ctr,hash-alg=ripemd160",
+        "cipher-alg=cast5-128,cipher-mode=cbc,ivgen-alg=essiv,ivgen-hash-alg=md5",
     ];
     for (i, combo) in combos.iter().enumerate() {
         let fx = Fixture::new(&format!("create{i}"));
@@ -278,6 +290,13 @@ fn create_options_and_errors_match() {
         "key-secret=sec0,ivgen-alg=essiv,ivgen-hash-alg=sha1",
         "key-secret=sec0,iter-time=abc",
         "key-secret=nosuch",
+        "key-secret=sec0,cipher-alg=sm4",
+        "key-secret=sec0,cipher-alg=cast5-128",
+        "key-secret=sec0,cipher-alg=twofish-128,ivgen-alg=essiv,ivgen-hash-alg=sha1",
+        "key-secret=sec0,cipher-alg=sm4,hash-alg=foo",
+        "key-secret=sec0,cipher-alg=sm4,detached-header=on",
+        "key-secret=nosuch,detached-header=on",
+        "key-secret=sec0,preallocation=bogus,cipher-alg=foo",
     ] {
         let out = fx.same(&[
             "create", "-f", "luks", "--object", SECRET, "-o", o, "e.luks", "1M",
@@ -367,7 +386,7 @@ fn cryptsetup_accepts_what_qimg_creates() {
 #[test]
 fn damaged_headers_are_refused_alike() {
     let fx = made("damaged", "");
-    let cases: [(u64, &[u8], bool); 21] = [
+    let cases: [(u64, &[u8], bool); 22] = [
         (6, b"\x00\x02", true),            // version 2: probes as raw
         (252, b"\x00\x00\x0f\x9f", true),  // slot 0 stripes 3999
         (296, b"\x00\x00\x00\x00", true),  // slot 1 in the header
@@ -388,7 +407,8 @@ fn damaged_headers_are_refused_alike() {
         (40, b"xts-essiv\0", true),        // ESSIV without hash
         (40, b"xts\0", true),              // no IV generator
         (72, b"foo\0", true),              // unknown hash
-        (8, b"twofish\0", false),          // known to QEMU, not qimg
+        (8, b"twofish\0", true),           // another cipher, same key
+        (8, b"sm4\0", true),               // known to QEMU, not to LUKS
     ];
     let o = opts("bad.luks");
     for (offset, bytes, convert) in cases {

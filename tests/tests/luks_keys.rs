@@ -285,6 +285,7 @@ fn qcow2_luks_create_writes_qemus_layout() {
         ",backing_file=base.qcow2,backing_fmt=qcow2",
         ",encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,\
          encrypt.hash-alg=sha1",
+        ",encrypt.cipher-alg=twofish-128,encrypt.cipher-mode=ctr,encrypt.hash-alg=md5",
     ] {
         let o = format!("encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10{extra}");
         let create = |file: &'static str| {

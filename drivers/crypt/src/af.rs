@@ -63,7 +63,13 @@ mod tests {
 
     #[test]
     fn split_then_merge_gives_the_key() {
-        for hash in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha512] {
+        for hash in [
+            HashAlg::Md5,
+            HashAlg::Sha1,
+            HashAlg::Sha512,
+            HashAlg::Ripemd160,
+            HashAlg::Sm3,
+        ] {
             let key: Vec<u8> = (0..64u8).collect();
             let s = split(hash, &key, 4000).unwrap();
             let mut back = vec![0u8; 64];

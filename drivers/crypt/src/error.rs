@@ -20,8 +20,9 @@ pub enum CryptError {
         /// Key size in bytes (one XTS half).
         key_bytes: u32,
     },
-    /// A cipher name given for a new volume that this crate lacks.
-    #[error("Cipher algorithm '{0}' not supported")]
+    /// A cipher given for a new volume that LUKS has no name for (`des`,
+    /// `3des`, `sm4`).
+    #[error("Algorithm '{0}' not supported")]
     CipherName(String),
     /// The header names a chaining mode QEMU does not know.
     #[error("Cipher mode '{0}' not supported")]
@@ -32,13 +33,10 @@ pub enum CryptError {
     /// The header names an IV generator QEMU does not know.
     #[error("IV generator '{0}' not supported")]
     IvGen(String),
-    /// An algorithm QEMU knows (twofish, ecb, md5...) that this crate does
-    /// not implement yet: the header can be described, not unlocked.
-    #[error("{0} is not supported by qimg yet")]
-    NotImplemented(String),
-    /// ESSIV needs an AES key as long as its hash's digest.
-    #[error("No AES cipher with key size {0} available")]
-    EssivKey(usize),
+    /// ESSIV needs a key of the payload cipher's family as long as its
+    /// hash's digest.
+    #[error("{0}")]
+    EssivKey(crate::cipher::EssivMismatch),
     /// A header field that cannot hold (too long a name, a key-slot area
     /// outside the file...).
     #[error("{0}")]

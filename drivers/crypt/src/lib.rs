@@ -2,9 +2,10 @@
 //! version 1.2.1, as QEMU implements it) and the sector encryption it
 //! describes, for qimg's standalone luks driver and qcow2's LUKS encryption.
 //!
-//! The primitives all come from RustCrypto crates (`aes`, `xts-mode`, `cbc`,
-//! `pbkdf2`, `hmac`, `sha1`, `sha2`); this crate only arranges them as LUKS
-//! says. Key material lives in [`zeroize::Zeroizing`] buffers and AES key
+//! The primitives all come from RustCrypto crates (`aes`, `serpent`,
+//! `twofish`, `cast5`, `xts-mode`, `cbc`, `ctr`, `pbkdf2`, `hmac`, `md-5`,
+//! `sha1`, `sha2`, `ripemd`, `sm3`); this crate only arranges them as LUKS
+//! says. Key material lives in [`zeroize::Zeroizing`] buffers and key
 //! schedules zero themselves on drop.
 //!
 //! - [`header`]: the 592-byte big-endian header and its 8 key slots.

@@ -146,7 +146,7 @@ pub fn unlock(header: LuksHeader, password: &[u8], read: &ReadFn<'_>) -> Result<
     if header.key_bytes as usize != spec.key_bytes() {
         return Err(CryptError::Invalid(match spec.mode {
             CipherMode::Xts => "XTS cipher key length should be a multiple of 2".into(),
-            CipherMode::Cbc => format!("Invalid key length {}", header.key_bytes),
+            _ => format!("Invalid key length {}", header.key_bytes),
         }));
     }
     for (i, slot) in header.key_slots.iter().enumerate() {

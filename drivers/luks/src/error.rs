@@ -16,8 +16,7 @@ pub fn driver_error(e: CryptError) -> DriverError {
         | CryptError::CipherMode(_)
         | CryptError::Hash(_)
         | CryptError::IvGen(_)
-        | CryptError::EssivKey(_)
-        | CryptError::NotImplemented(_) => DriverError::unsupported(message),
+        | CryptError::EssivKey(_) => DriverError::unsupported(message),
         CryptError::BadPassword | CryptError::Option(_) => DriverError::invalid_argument(message),
         CryptError::Random(_) | CryptError::Io(_) => DriverError::from_errno(5, message),
     }

@@ -97,15 +97,10 @@ impl LuksImage {
         read_or_zero(header_store, 0, &mut head)?;
         let header = LuksHeader::parse(&head).map_err(driver_error)?;
         let detached = header_file.is_some() && header.payload_offset == 0;
-        // A damaged layout or an algorithm QEMU does not know fails the open
-        // even when describing, as in QEMU; one QEMU knows but qimg lacks
-        // only fails when the data is wanted.
+        // A damaged layout or an unknown algorithm fails the open even when
+        // describing, as in QEMU.
         header.check(detached).map_err(driver_error)?;
-        match header.algorithms() {
-            Err(CryptError::NotImplemented(_)) if flags & open_flags::NO_IO != 0 => {}
-            Err(e) => return Err(driver_error(e)),
-            Ok(_) => {}
-        }
+        header.algorithms().map_err(driver_error)?;
         let (cipher, key) = if flags & open_flags::NO_IO != 0 {
             (None, None)
         } else {

@@ -13,9 +13,10 @@ mod error;
 mod image;
 
 use create::create_options;
+use error::driver_error;
 use image::LuksImage;
 use qimg_crypt::header::HEADER_BYTES;
-use qimg_crypt::LuksHeader;
+use qimg_crypt::{LuksHeader, LuksOptions};
 use qimg_driver_api::schema::{CreateOption, CreateRequest, MeasureRequest, MeasureResult};
 use qimg_driver_api::{
     caps, ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox, ImageImpl,
@@ -74,14 +75,16 @@ impl DriverImpl for LuksDriver {
         request: MeasureRequest,
         _allocated: &[Extent],
     ) -> Result<MeasureResult, DriverError> {
-        // QEMU builds the header to measure it, so it wants the secret's id
-        // (whether the secret exists, this interface cannot ask the host).
+        // QEMU builds the header to measure it: it wants the secret (the
+        // host checks that it exists) and usable algorithms.
+        let options = LuksOptions::parse(|k| request.options.get(k).map(String::as_str), "")
+            .map_err(driver_error)?;
         if !request.options.contains_key("key-secret") {
             return Err(DriverError::invalid_argument(
                 "Parameter 'key-secret' is required for cipher",
             ));
         }
-        let spec = create::Params::from_options(&request.options)?.spec;
+        let spec = options.params().map_err(driver_error)?.spec;
         let size = request.size.next_multiple_of(qimg_crypt::SECTOR_SIZE);
         let total = qimg_crypt::volume::payload_offset(spec) + size;
         Ok(MeasureResult {
