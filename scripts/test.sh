@@ -22,7 +22,7 @@ cargo build --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings
 # Crates built outside the workspace (the vendor template, the old-ABI driver)
 # follow the same rules.
-for crate in templates/driver tests/compat/flat-1.3; do
+for crate in templates/driver tests/compat/flat-1.4; do
     cargo fmt --manifest-path "$crate/Cargo.toml" -- --check
     cargo clippy --locked --quiet --manifest-path "$crate/Cargo.toml" \
         --target-dir target/compat -- -D warnings

@@ -55,8 +55,9 @@ use abi_stable::{
 /// 1.1 added `HostServices::open_option`; 1.2 `FormatDriver::amend_options`;
 /// 1.3 the fault-reporting `describe`, `try_probe`, `try_virtual_size`,
 /// `try_store_name`, and the root module's `try_drivers` and `package`; 1.4
-/// `Image::reserve` and the end-of-copy empty `write_compressed`.
-pub const ABI_VERSION: u32 = 1 << 16 | 4;
+/// `Image::reserve` and the end-of-copy empty `write_compressed`; 1.5 the
+/// capability [`caps::USER_LOCKS`].
+pub const ABI_VERSION: u32 = 1 << 16 | 5;
 
 /// The major part of [`ABI_VERSION`].
 pub const ABI_MAJOR: u32 = ABI_VERSION >> 16;

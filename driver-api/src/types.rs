@@ -33,6 +33,13 @@ pub mod caps {
     /// Guest offsets map 1:1 onto the image's own store (raw): the host may use
     /// copy_file_range and hole punching directly on the store.
     pub const IDENTITY_MAPPED: u64 = 1 << 12;
+    /// The image file takes only the locks its user asks for, as raw does,
+    /// although the format keeps metadata in it: QEMU's crypto driver
+    /// (luks) lets other users write and resize the file under it. Without
+    /// this bit a format with metadata refuses to share write and resize.
+    /// Hosts before ABI 1.5 ignore it (and lock such a driver's files as a
+    /// metadata format's, which is only stricter).
+    pub const USER_LOCKS: u64 = 1 << 13;
 }
 
 /// Flags of [`Extent::flags`], the facts `qemu-img map` prints.

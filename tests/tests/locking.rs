@@ -314,3 +314,80 @@ fn two_qimg_processes_never_write_one_qcow2_image() {
         info.stderr
     );
 }
+
+/// QEMU's crypto driver (luks) takes its user's locks, as raw does, except
+/// while amend rewrites key slots: then no other reader or writer. Measured
+/// with a qemu-io holding the image read-write and read-only.
+#[test]
+fn luks_locks_as_qemu_takes_them() {
+    let secret = "secret,id=s,data=pw";
+    let image = "driver=luks,key-secret=s,file.filename=disk.luks";
+    for write in [true, false] {
+        let fx = Fixture::new(&format!("lockluks_{write}"));
+        fx.oracle(&[
+            "create",
+            "-q",
+            "-f",
+            "luks",
+            "--object",
+            secret,
+            "-o",
+            "key-secret=s,iter-time=10",
+            "disk.luks",
+            "4M",
+        ]);
+        let mut args = vec![
+            "--object",
+            secret,
+            "--image-opts",
+            image,
+            "-c",
+            "sleep 60000",
+        ];
+        if !write {
+            args.insert(0, "-r");
+        }
+        let child = Command::new("qemu-io")
+            .args(&args)
+            .current_dir(&fx.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn qemu-io");
+        let _holder = Holder(child);
+        wait_for_lock(&fx, "disk.luks", if write { 101 } else { 100 });
+        let commands = [
+            vec![
+                "convert",
+                "--object",
+                secret,
+                "--image-opts",
+                image,
+                "-O",
+                "raw",
+                "out.raw",
+            ],
+            vec!["info", "disk.luks"],
+            vec!["compare", "--object", secret, "--image-opts", image, image],
+            vec!["resize", "--object", secret, "--image-opts", image, "8M"],
+            vec![
+                "amend",
+                "--object",
+                secret,
+                "--image-opts",
+                image,
+                "-o",
+                "state=active,new-secret=s,iter-time=10",
+            ],
+        ];
+        for args in commands {
+            let args: Vec<String> = args.into_iter().map(String::from).collect();
+            let status = same_refusal(&fx, &args);
+            // Key slots are never rewritten under another user.
+            if args[0] == "amend" {
+                assert_eq!(status, 1, "amend beside a holder (write {write})");
+            }
+        }
+    }
+}

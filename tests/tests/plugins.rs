@@ -252,7 +252,7 @@ fn two_libraries_with_the_same_root_module_load_side_by_side() {
 fn future_abi_is_refused_by_name() {
     // The next major version, then the next minor one (a library that may
     // call host services this qimg lacks).
-    let minor = "1.5; it needs a newer qimg";
+    let minor = "1.6; it needs a newer qimg";
     for (claim, version) in [("major", "2.0"), ("minor", minor)] {
         let fx = Fixture::with_images(&format!("badabi_{claim}"));
         let m = manifest(
@@ -265,7 +265,7 @@ fn future_abi_is_refused_by_name() {
         let lib = build_dir().join("libtestdrv_badabi.so");
         assert!(
             out.stderr.contains(&format!(
-                "could not load driver library '{}': built for driver ABI {}, this qimg loads 1.0 to 1.4{}",
+                "could not load driver library '{}': built for driver ABI {}, this qimg loads 1.0 to 1.5{}",
                 lib.display(),
                 &version[..3],
                 &version[3..],

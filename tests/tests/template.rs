@@ -198,7 +198,7 @@ fn template_builds_outside_the_workspace_and_passes() {
         example["package"], "qimg-driver-template 0.1.0",
         "{example}"
     );
-    assert_eq!(example["abi"], "1.4", "{example}");
+    assert_eq!(example["abi"], "1.5", "{example}");
     let text = ok(&fx, &m, "--list-drivers");
     assert!(text.stdout.contains("driver: example\n"), "{}", text.stdout);
 

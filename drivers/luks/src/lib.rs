@@ -38,7 +38,8 @@ impl DriverImpl for LuksDriver {
         "LUKS1 encrypted disk image"
     }
     fn capabilities(&self) -> u64 {
-        caps::CREATE | caps::WRITE | caps::RESIZE | caps::MEASURE | caps::AMEND
+        // QEMU's crypto driver locks its file as raw does.
+        caps::CREATE | caps::WRITE | caps::RESIZE | caps::MEASURE | caps::AMEND | caps::USER_LOCKS
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         // QEMU's crypto probe: the magic and version 1.

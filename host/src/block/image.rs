@@ -484,7 +484,8 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     // are taken once the driver is known; probing only read the first bytes.
     let file = match request.lock.filter(|_| spec.locking) {
         Some(lock) => {
-            let lock = lock.for_format(!driver.can(caps::IDENTITY_MAPPED));
+            let user_locks = driver.can(caps::IDENTITY_MAPPED) || driver.can(caps::USER_LOCKS);
+            let lock = lock.for_format(!user_locks);
             let held = ImageLock::acquire(file.file(), lock, &spec.path)
                 .map_err(|e| open_error(&display, e))?;
             file.with_lock(held)

@@ -2,6 +2,7 @@
 
 use super::common::{cache_mode, check_image_opts, metadata, objects, open_rw, print_help};
 use crate::block::image::driver_for;
+use crate::block::lock::{perm, ImageLock, LockSpec};
 use crate::block::options;
 use crate::cli::{
     flag, getopt, long_arg, long_flag, parse_opts, program, wants_help, with_arg, Opt, Parsed,
@@ -10,9 +11,9 @@ use crate::engine::progress::Progress;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::plugins::Driver;
 use crate::store::CacheMode;
-use qimg_driver_api::caps;
 use qimg_driver_api::schema::MetadataRequest;
 use qimg_driver_api::schema::OptionType;
+use qimg_driver_api::{caps, ByteStore};
 use std::collections::BTreeMap;
 
 const OPTS: &[Opt] = &[
@@ -146,6 +147,23 @@ fn amend(p: &Parsed, text: &str, lists: &[&str], progress: &Progress) -> CmdResu
     }
     let options = check_options(&image.driver, text)?;
     progress.print(0.0, 0);
+    // QEMU's crypto driver takes its file for itself while it rewrites key
+    // slots (its locks are otherwise its user's): no other reader, no
+    // other writer.
+    let _exclusive = if image.driver.can(caps::USER_LOCKS) && image.store.is_locked() {
+        let alone = LockSpec {
+            perm: 0,
+            unshared: perm::READ | perm::WRITE,
+            forced: false,
+        };
+        let name = image.store.name().to_string();
+        Some(
+            ImageLock::acquire(image.store.file(), alone, &name)
+                .map_err(|e| fail(e.message.to_string()))?,
+        )
+    } else {
+        None
+    };
     let result = metadata(
         &image,
         &MetadataRequest::Amend {

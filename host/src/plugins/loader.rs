@@ -611,13 +611,14 @@ mod tests {
         assert!(api_version("1.0.0").is_ok_and(|v| !v.legacy));
         assert!(api_version("1.3.7").is_ok());
         assert!(api_version("1.4.0").is_ok());
+        assert!(api_version("1.5.0").is_ok());
         assert_eq!(
-            api_version("1.5.0").err().as_deref(),
-            Some("built for driver ABI 1.5, this qimg loads 1.0 to 1.4; it needs a newer qimg")
+            api_version("1.6.0").err().as_deref(),
+            Some("built for driver ABI 1.6, this qimg loads 1.0 to 1.5; it needs a newer qimg")
         );
         assert_eq!(
             api_version("2.0.0").err().as_deref(),
-            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.4")
+            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.5")
         );
         assert!(api_version("0.2.0").is_err());
         assert_eq!(

@@ -31,7 +31,7 @@ pub struct LocalFile {
     /// Serialises read-modify-write cycles of unaligned O_DIRECT writes.
     rmw: Mutex<()>,
     /// The QEMU-compatible image lock held on this file, released on drop.
-    _lock: Option<ImageLock>,
+    lock: Option<ImageLock>,
     /// Set by [`LocalFile::stream_writes`]: large written ranges not yet
     /// retired from the page cache, oldest first, and their total.
     streamed: Option<Mutex<Streamed>>,
@@ -100,7 +100,7 @@ impl LocalFile {
             name: name.to_string(),
             cache: mode.cache,
             rmw: Mutex::new(()),
-            _lock: None,
+            lock: None,
             streamed: None,
         })
     }
@@ -151,8 +151,13 @@ impl LocalFile {
 
     /// Attaches the lock that guards this file (kept until the store is dropped).
     pub fn with_lock(mut self, lock: ImageLock) -> Self {
-        self._lock = Some(lock);
+        self.lock = Some(lock);
         self
+    }
+
+    /// Whether the file is locked (it is unless `file.locking=off`).
+    pub fn is_locked(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// The underlying file (for locks and copy_file_range).
