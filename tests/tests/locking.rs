@@ -52,7 +52,14 @@ fn qemu_io_holder(fx: &Fixture, file: &str) -> Holder {
 /// qemu-io holding `file` of `format` open, read-write (a running VM) or
 /// read-only, until the test ends.
 fn qemu_io_as(fx: &Fixture, format: &str, file: &str, write: bool) -> Holder {
-    let mut args = vec!["-f", format, "-c", "sleep 60000", file];
+    qemu_io_holding(fx, &["-f", format, file], file, write)
+}
+
+/// qemu-io opening the image `image` names (`-f FMT FILE`, or `--image-opts
+/// ...`), whose file is `file`, read-write or read-only, until the test ends.
+fn qemu_io_holding(fx: &Fixture, image: &[&str], file: &str, write: bool) -> Holder {
+    let mut args = vec!["-c", "sleep 60000"];
+    args.extend(image);
     if !write {
         args.insert(0, "-r");
     }
@@ -336,27 +343,8 @@ fn luks_locks_as_qemu_takes_them() {
             "disk.luks",
             "4M",
         ]);
-        let mut args = vec![
-            "--object",
-            secret,
-            "--image-opts",
-            image,
-            "-c",
-            "sleep 60000",
-        ];
-        if !write {
-            args.insert(0, "-r");
-        }
-        let child = Command::new("qemu-io")
-            .args(&args)
-            .current_dir(&fx.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn qemu-io");
-        let _holder = Holder(child);
-        wait_for_lock(&fx, "disk.luks", if write { 101 } else { 100 });
+        let opened = ["--object", secret, "--image-opts", image];
+        let _holder = qemu_io_holding(&fx, &opened, "disk.luks", write);
         let commands = [
             vec![
                 "convert",
