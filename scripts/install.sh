@@ -34,6 +34,7 @@ if [ -z "$prefix" ]; then
     exit 2
 fi
 if [ -z "$from" ]; then
+    . scripts/build-deps.sh
     cargo build --release -p qimg -p qimg-raw -p qimg-qcow2 -p qimg-vmdk -p qimg-luks
     from="target/release"
 fi

@@ -28,6 +28,7 @@ pub mod error;
 pub mod hash;
 pub mod header;
 pub mod keyslot;
+mod openssl_xts;
 pub mod options;
 pub mod random;
 pub mod volume;
