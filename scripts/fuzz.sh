@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
-# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, raw, descriptors (all
+# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, raw, luks, descriptors (all
 # by default). --time is the run time of each target in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk raw descriptors)
+all_targets=(qcow2 vmdk raw luks descriptors)
 time_per_target=60
 targets=()
 
@@ -222,6 +222,23 @@ seed_descriptors() {
     for f in sparse stream child zeroed-grain; do
         embedded_descriptor "$f.vmdk" >"$dir/embedded-$f.txt"
     done
+}
+
+# LUKS volumes of a few ciphers, modes and hashes, one with two key slots
+# (a short PBKDF2 time: the fuzzer never unlocks them).
+seed_luks() {
+    local dir=$1 i=0 secret=(--object secret,id=k,data=qimg)
+    for o in cipher-alg=aes-256 cipher-alg=aes-128,hash-alg=sha1 \
+        cipher-alg=twofish-128,cipher-mode=cbc,ivgen-alg=essiv,ivgen-hash-alg=sha256 \
+        cipher-alg=serpent-256,ivgen-alg=plain; do
+        i=$((i + 1))
+        q create -f luks "${secret[@]}" -o "key-secret=k,iter-time=10,$o" "luks$i.luks" 1M
+        cp "$work/luks$i.luks" "$dir/"
+    done
+    q amend "${secret[@]}" --object secret,id=n,data=more \
+        --image-opts "driver=luks,key-secret=k,file.filename=$work/luks1.luks" \
+        -o state=active,new-secret=n,iter-time=10
+    cp "$work/luks1.luks" "$dir/two-slots.luks"
 }
 
 seed_raw() {

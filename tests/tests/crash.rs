@@ -24,22 +24,17 @@ enum Fault {
     NoSpace,
 }
 
-/// Stops `args` at every change it makes with `fault`, checking `image`
-/// after each stop. With `keeps`, the guest data of `image` must equal the
-/// data it had before (`qemu-img compare` against a copy taken first).
-/// Returns the number of stopping points.
-fn fault_walk(
+/// Runs `args` in `fx` stopped by `fault` at change N = 0, 1, … until it
+/// runs to the end, restoring the files of `.pristine/` before each run and
+/// calling `after_stop(n)` after each stop. Returns the number of stopping
+/// points.
+fn stop_at_each_change(
+    fx: &Fixture,
     name: &str,
-    setup: &str,
     args: &[&str],
-    image: &str,
-    keeps: bool,
     fault: Fault,
+    after_stop: &dyn Fn(usize),
 ) -> usize {
-    let fx = Fixture::new(name);
-    fx.sh(setup);
-    fx.sh("mkdir .pristine && cp -a * .pristine/");
-    fx.sh(&format!("qemu-img convert -O raw {image} before.raw"));
     let spec = match fault {
         Fault::Kill => "kill-after",
         Fault::NoSpace => "enospc-after",
@@ -62,6 +57,28 @@ fn fault_walk(
             Fault::Kill => assert_eq!(status.signal(), Some(libc::SIGKILL), "{name}: {n}"),
             Fault::NoSpace => assert_eq!(status.code(), Some(1), "{name}: {n}"),
         }
+        after_stop(n);
+    }
+    unreachable!()
+}
+
+/// Stops `args` at every change it makes with `fault`, checking `image`
+/// after each stop. With `keeps`, the guest data of `image` must equal the
+/// data it had before (`qemu-img compare` against a copy taken first).
+/// Returns the number of stopping points.
+fn fault_walk(
+    name: &str,
+    setup: &str,
+    args: &[&str],
+    image: &str,
+    keeps: bool,
+    fault: Fault,
+) -> usize {
+    let fx = Fixture::new(name);
+    fx.sh(setup);
+    fx.sh("mkdir .pristine && cp -a * .pristine/");
+    fx.sh(&format!("qemu-img convert -O raw {image} before.raw"));
+    stop_at_each_change(&fx, name, args, fault, &|n| {
         let check = fx.qemu_img(&["check", image]);
         assert!(
             check.status == 0 || check.status == 3,
@@ -85,8 +102,7 @@ fn fault_walk(
                 again.stderr
             );
         }
-    }
-    unreachable!()
+    })
 }
 
 /// [`fault_walk`] with SIGKILL.
@@ -275,4 +291,97 @@ fn vmdk_writes_are_consistent_at_every_kill_point() {
         "a.vmdk",
         true,
     );
+}
+
+/// The secrets the LUKS walks name: `s` opens slot 0, `n` slot 1, `m` is
+/// the one being added.
+const SECRETS: [&str; 6] = [
+    "--object",
+    "secret,id=s,data=old",
+    "--object",
+    "secret,id=n,data=other",
+    "--object",
+    "secret,id=m,data=new",
+];
+
+/// Key-slot changes (amend) of standalone luks and of qcow2 + LUKS, killed at
+/// every change: the secret that opened the image before must still open it
+/// and read the same data, and a qcow2 must pass qemu-img check.
+#[test]
+fn key_slot_changes_keep_the_image_openable_at_every_kill_point() {
+    for (driver, prefix, create) in [
+        ("luks", "", "key-secret=s,iter-time=10"),
+        (
+            "qcow2",
+            "encrypt.",
+            "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10",
+        ),
+    ] {
+        let opts =
+            |key: &str| format!("driver={driver},file.filename=img,{prefix}key-secret={key}");
+        let secrets = SECRETS.join(" ");
+        for (what, key, change) in [
+            ("add", "s", "state=active,new-secret=m,iter-time=10"),
+            ("erase", "s", "state=inactive,keyslot=1"),
+        ] {
+            let name = format!("kill_keys_{driver}_{what}");
+            let fx = Fixture::new(&name);
+            fx.sh(&format!(
+                "qemu-img create -q -f {driver} {secrets} -o {create} img 1M && \
+                 qemu-io {secrets} --image-opts {} -c 'write -P 0x5a 0 64k' >/dev/null && \
+                 qemu-img amend {secrets} --image-opts {} -o {prefix}state=active,{prefix}new-secret=n,{prefix}iter-time=10 && \
+                 qemu-img convert {secrets} --image-opts {} -O raw before.raw && \
+                 mkdir .pristine && cp -a * .pristine/",
+                opts("s"),
+                opts("s"),
+                opts("s"),
+            ));
+            let change: Vec<String> = change
+                .split(',')
+                .map(|kv| format!("{prefix}{kv}"))
+                .collect();
+            let change = change.join(",");
+            let image = opts(key);
+            let mut args = vec!["amend"];
+            args.extend(SECRETS);
+            args.extend(["--image-opts", &image, "-o", &change]);
+            // The guest data unlocked with secret `key` equals what it was.
+            let same_with = |key: &str, n: usize| {
+                let mut compare = vec!["compare"];
+                compare.extend(SECRETS);
+                let image = opts(key);
+                compare.extend([
+                    "--image-opts",
+                    &image,
+                    "driver=raw,file.filename=before.raw",
+                ]);
+                let same = fx.qemu_img(&compare);
+                assert_eq!(
+                    same.status, 0,
+                    "{name}: killed at change {n}, secret {key}: {}{}",
+                    same.stdout, same.stderr
+                );
+            };
+            let points = stop_at_each_change(&fx, &name, &args, Fault::Kill, &|n| {
+                same_with(key, n);
+                // A slot the header names active opens with its secret.
+                let info = fx.qemu_img(&["info", "--output=json", "img"]);
+                if what == "add" && info.stdout.matches("\"active\": true").count() == 3 {
+                    same_with("m", n);
+                }
+                if driver == "qcow2" {
+                    let mut check = vec!["check"];
+                    check.extend(SECRETS);
+                    check.extend(["--image-opts", &image]);
+                    let check = fx.qemu_img(&check);
+                    assert!(
+                        check.status == 0 || check.status == 3,
+                        "{name}: killed at change {n}: {}",
+                        check.stdout
+                    );
+                }
+            });
+            assert!(points > 2, "{name}: {points}");
+        }
+    }
 }
