@@ -1,0 +1,459 @@
+//! An open VDI image: reads, writes, allocation status, flush and `info`.
+//!
+//! Allocation is crash-safe: a new block's data is written first and its
+//! block map entry set in memory only afterwards; at flush the data is
+//! made durable, then the header's allocated-block count (the index of the
+//! next free block), then the block map entries naming the new blocks. A
+//! kill at any point leaves at worst a block counted but unreferenced,
+//! never one handed out twice.
+
+use crate::blockmap::BlockMap;
+use crate::error::{Result, VdiError};
+use crate::header::{is_allocated, Header, BLOCKS_ALLOCATED_AT, BLOCK_SIZE, HEADER_SIZE};
+use qimg_driver_api::schema::{CheckReport, CheckRequest, ImageInfo, Repair};
+use qimg_driver_api::{
+    extent_flags as ef, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, ImageImpl,
+};
+use qimg_driver_util::{read_or_zero, write_all};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// Most extents one `block_status` call answers.
+const MAX_EXTENTS: usize = 1024;
+
+/// What changes while the image is open.
+struct State {
+    bmap: BlockMap,
+    /// Index of the next free data block (the header's allocated count).
+    next_free: u32,
+    /// `next_free` changed since the header was last written.
+    count_dirty: bool,
+    /// Blocks given a data block ahead of their first write
+    /// ([`ImageImpl::reserve`]), by guest block.
+    reserved: HashMap<u32, u32>,
+    /// Guest blocks whose first write is under way: their data block is
+    /// being filled and their entry is not set yet.
+    busy: HashSet<u32>,
+}
+
+/// An open image.
+pub struct VdiImage {
+    store: ByteStoreBox,
+    header: Header,
+    writable: bool,
+    state: Mutex<State>,
+    /// Signalled when a block leaves `busy`.
+    settled: Condvar,
+}
+
+/// Where one guest block stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    /// Not allocated (or discarded): reads as zeros.
+    Zero,
+    /// Stored at this byte offset of the file.
+    At(u64),
+}
+
+impl VdiImage {
+    /// Opens the image in `store`.
+    pub fn open(store: ByteStoreBox, flags: u32) -> Result<VdiImage> {
+        let writable = flags & open_flags::WRITE != 0;
+        let mut head = [0u8; HEADER_SIZE];
+        read_or_zero(&store, 0, &mut head)?;
+        let header = Header::parse(&head)?;
+        let file_len = store.len().into_result()?;
+        let bmap = BlockMap::load(&store, &header, file_len)?;
+        let mut next_free = header.blocks_allocated;
+        if writable {
+            check_writable(&header, &bmap)?;
+            // A count below what the map references would hand a block out
+            // twice: allocate past both.
+            next_free = u64::from(next_free)
+                .max(bmap.blocks_referenced())
+                .min(u64::from(u32::MAX)) as u32;
+        }
+        Ok(VdiImage {
+            store,
+            header,
+            writable,
+            state: Mutex::new(State {
+                bmap,
+                next_free,
+                count_dirty: false,
+                reserved: HashMap::new(),
+                busy: HashSet::new(),
+            }),
+            settled: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn size(&self) -> u64 {
+        self.header.disk_size
+    }
+
+    fn locate(&self, st: &State, block: u32) -> Block {
+        let entry = st.bmap.get(block);
+        if is_allocated(entry) {
+            Block::At(self.header.block_offset(entry))
+        } else {
+            Block::Zero
+        }
+    }
+
+    fn check_write(&self, offset: u64, len: u64) -> Result<()> {
+        if !self.writable {
+            return Err(VdiError::ReadOnly);
+        }
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(VdiError::OutOfRange(offset, len, size)),
+        }
+    }
+
+    /// Calls `f(block, offset within the block, piece)` for each block
+    /// piece of `[offset, offset + len)`; `at` is the piece's position in
+    /// the request.
+    fn pieces(
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(u32, u64, u64, usize) -> Result<()>,
+    ) -> Result<()> {
+        let mut done = 0u64;
+        while done < len {
+            let at = offset + done;
+            let within = at % BLOCK_SIZE;
+            let n = (BLOCK_SIZE - within).min(len - done);
+            f((at / BLOCK_SIZE) as u32, within, n, done as usize)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let inside = (self.size().saturating_sub(offset) as usize).min(buf.len());
+        buf[inside..].fill(0);
+        Self::pieces(offset, inside as u64, |block, within, n, at| {
+            let piece = &mut buf[at..at + n as usize];
+            let loc = self.locate(&self.lock(), block);
+            match loc {
+                Block::Zero => piece.fill(0),
+                Block::At(host) => read_or_zero(&self.store, host + within, piece)?,
+            }
+            Ok(())
+        })
+    }
+
+    fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.check_write(offset, buf.len() as u64)?;
+        Self::pieces(offset, buf.len() as u64, |block, within, n, at| {
+            self.write_piece(block, within, &buf[at..at + n as usize])
+        })
+    }
+
+    /// Writes `data` at `within` of guest block `block`, allocating the
+    /// block on its first write: the whole block is written (zeros around
+    /// the data), as qemu-img writes it, before its entry is set.
+    fn write_piece(&self, block: u32, within: u64, data: &[u8]) -> Result<()> {
+        let mut st = self.lock();
+        let index = loop {
+            if let Block::At(host) = self.locate(&st, block) {
+                drop(st);
+                return Ok(write_all(&self.store, host + within, data)?);
+            }
+            if !st.busy.contains(&block) {
+                break match st.reserved.remove(&block) {
+                    Some(index) => index,
+                    None => allocate(&mut st, self.header.blocks_in_image)?,
+                };
+            }
+            st = self.settled.wait(st).unwrap_or_else(|e| e.into_inner());
+        };
+        st.busy.insert(block);
+        drop(st);
+        let host = self.header.block_offset(index);
+        let written = if within == 0 && data.len() as u64 == BLOCK_SIZE {
+            write_all(&self.store, host, data)
+        } else {
+            let mut whole = vec![0u8; BLOCK_SIZE as usize];
+            whole[within as usize..within as usize + data.len()].copy_from_slice(data);
+            write_all(&self.store, host, &whole)
+        };
+        let mut st = self.lock();
+        st.busy.remove(&block);
+        if written.is_ok() {
+            st.bmap.set(block, index);
+        }
+        drop(st);
+        self.settled.notify_all();
+        Ok(written?)
+    }
+
+    fn zero(&self, offset: u64, len: u64, flags: u32) -> Result<()> {
+        self.check_write(offset, len)?;
+        Self::pieces(offset, len, |block, within, n, _| {
+            let loc = self.locate(&self.lock(), block);
+            match loc {
+                // Unallocated blocks read as zeros already.
+                Block::Zero => Ok(()),
+                Block::At(_) if flags & zero_flags::NO_FALLBACK != 0 => Err(VdiError::Host(
+                    DriverError::unsupported("vdi cannot mark blocks as zero"),
+                )),
+                Block::At(host) => Ok(self
+                    .store
+                    .write_zeroes(host + within, n, false)
+                    .into_result()?),
+            }
+        })
+    }
+
+    fn reserve_range(&self, offset: u64, len: u64) -> Result<bool> {
+        if !self.writable {
+            return Ok(false);
+        }
+        if len == 0 {
+            return Ok(true);
+        }
+        self.check_write(offset, len)?;
+        let mut st = self.lock();
+        let first = (offset / BLOCK_SIZE) as u32;
+        let last = ((offset + len - 1) / BLOCK_SIZE) as u32;
+        for block in first..=last {
+            if self.locate(&st, block) == Block::Zero
+                && !st.reserved.contains_key(&block)
+                && !st.busy.contains(&block)
+            {
+                let index = allocate(&mut st, self.header.blocks_in_image)?;
+                st.reserved.insert(block, index);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Allocation status from `offset`: runs of unallocated blocks, and
+    /// allocated blocks refined by what the file holds there (a hole in a
+    /// static image reads as zeros, as qemu-img reports it).
+    fn status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size());
+        let file_len = self.store.len().into_result()?;
+        let mut out: Vec<Extent> = Vec::new();
+        let mut at = offset;
+        while at < end && out.len() < MAX_EXTENTS {
+            let block = (at / BLOCK_SIZE) as u32;
+            let within = at % BLOCK_SIZE;
+            let n = (BLOCK_SIZE - within).min(end - at);
+            let loc = self.locate(&self.lock(), block);
+            let ext = match loc {
+                Block::Zero => Extent {
+                    offset: at,
+                    length: n,
+                    flags: ef::ZERO | ef::ALLOCATED,
+                    store: 0,
+                    host_offset: 0,
+                },
+                Block::At(base) => {
+                    let host = base + within;
+                    let mut ext = Extent {
+                        offset: at,
+                        length: n,
+                        flags: ef::DATA | ef::ALLOCATED | ef::OFFSET_VALID,
+                        store: 0,
+                        host_offset: host,
+                    };
+                    // Past the end of the file qemu-img reports data as is.
+                    if host < file_len {
+                        let run = self
+                            .store
+                            .run_at(host, n.min(file_len - host))
+                            .into_result()?;
+                        ext.length = run.length.clamp(1, n);
+                        if !run.data {
+                            ext.flags |= ef::ZERO;
+                        }
+                    }
+                    ext
+                }
+            };
+            let step = ext.length;
+            match out.last_mut() {
+                Some(prev)
+                    if prev.end() == ext.offset
+                        && prev.flags == ext.flags
+                        && (prev.flags & ef::OFFSET_VALID == 0
+                            || prev.host_offset + prev.length == ext.host_offset) =>
+                {
+                    prev.length += ext.length
+                }
+                _ => out.push(ext),
+            }
+            at += step;
+        }
+        Ok(out)
+    }
+
+    /// Writes what allocation changed: the data first, then the header's
+    /// count, then the block map entries (each step made durable before the
+    /// next).
+    fn do_flush(&self) -> Result<()> {
+        let mut st = self.lock();
+        self.store.flush().into_result()?;
+        if !st.count_dirty && !st.bmap.is_dirty() {
+            return Ok(());
+        }
+        if st.count_dirty {
+            write_all(
+                &self.store,
+                BLOCKS_ALLOCATED_AT,
+                &st.next_free.to_le_bytes(),
+            )?;
+            self.store.flush().into_result()?;
+            st.count_dirty = false;
+        }
+        st.bmap.write_dirty(&self.store, &self.header)?;
+        Ok(self.store.flush().into_result()?)
+    }
+
+    /// Settles reservations never written: given back when they are the
+    /// last blocks handed out, otherwise filled with zeros and mapped, so
+    /// the count matches the map.
+    fn release_reservations(&self) -> Result<()> {
+        let leftover: Vec<(u32, u32)> = {
+            let mut st = self.lock();
+            let mut left: Vec<(u32, u32)> = st.reserved.drain().collect();
+            left.sort_by_key(|&(_, index)| std::cmp::Reverse(index));
+            while let Some(&(_, index)) = left.first() {
+                if index + 1 != st.next_free {
+                    break;
+                }
+                st.next_free = index;
+                st.count_dirty = true;
+                left.remove(0);
+            }
+            st.reserved.extend(left.iter().copied());
+            left
+        };
+        for (block, _) in leftover {
+            self.write_piece(block, 0, &[])?;
+        }
+        Ok(())
+    }
+
+    /// The block map and header, for `check`.
+    fn check_report(&self) -> CheckReport {
+        let st = self.lock();
+        crate::check::check(&self.header, &st.bmap)
+    }
+}
+
+/// Hands out the next free data block.
+fn allocate(st: &mut State, blocks_in_image: u32) -> Result<u32> {
+    let index = st.next_free;
+    if index >= blocks_in_image {
+        return Err(VdiError::Full);
+    }
+    st.next_free += 1;
+    st.count_dirty = true;
+    Ok(index)
+}
+
+/// Refuses to write to an image whose tables a write could damage: a map
+/// running past the end of the file (its missing entries all name block 0)
+/// or tables that overlap each other or the data.
+fn check_writable(header: &Header, bmap: &BlockMap) -> Result<()> {
+    if !bmap.complete() {
+        return Err(VdiError::Unwritable(
+            "the block map runs past the end of the file",
+        ));
+    }
+    let map_start = u64::from(header.offset_bmap);
+    let map_end = map_start + header.bmap_bytes();
+    let data_start = u64::from(header.offset_data);
+    let data_end = header.block_offset(header.blocks_in_image);
+    let header_end = HEADER_SIZE as u64;
+    if map_start < header_end || data_start < header_end {
+        return Err(VdiError::Unwritable("a table overlaps the header"));
+    }
+    if map_end > data_start && map_start < data_end {
+        return Err(VdiError::Unwritable("the block map overlaps the data area"));
+    }
+    Ok(())
+}
+
+impl Drop for VdiImage {
+    /// Writes the block map a writer forgot to flush.
+    fn drop(&mut self) {
+        if self.writable {
+            let _ = self.do_flush();
+        }
+    }
+}
+
+impl ImageImpl for VdiImage {
+    fn virtual_size(&self) -> u64 {
+        self.size()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), DriverError> {
+        Ok(self.read(offset, buf)?)
+    }
+
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::result::Result<(), DriverError> {
+        Ok(self.write(offset, buf)?)
+    }
+
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: u32,
+    ) -> std::result::Result<(), DriverError> {
+        Ok(self.zero(offset, len, flags)?)
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> std::result::Result<Vec<Extent>, DriverError> {
+        Ok(self.status(offset, len)?)
+    }
+
+    fn flush(&self) -> std::result::Result<(), DriverError> {
+        Ok(self.do_flush()?)
+    }
+
+    fn info(&self) -> std::result::Result<ImageInfo, DriverError> {
+        Ok(ImageInfo {
+            cluster_size: Some(BLOCK_SIZE),
+            dirty_flag: Some(false),
+            ..ImageInfo::default()
+        })
+    }
+
+    fn store_name(&self, _index: u32) -> String {
+        self.store.name().into()
+    }
+
+    fn check(&self, request: CheckRequest) -> std::result::Result<CheckReport, DriverError> {
+        // qemu-img cannot repair a vdi: any -r is answered as if the format
+        // could not be checked at all (exit 63).
+        if request.repair != Repair::None {
+            return Err(DriverError::unsupported(
+                "This image format does not support checks",
+            ));
+        }
+        Ok(self.check_report())
+    }
+
+    fn reserve(&self, offset: u64, len: u64) -> std::result::Result<bool, DriverError> {
+        Ok(self.reserve_range(offset, len)?)
+    }
+
+    fn close(&self) -> std::result::Result<(), DriverError> {
+        if self.writable {
+            self.release_reservations()?;
+        }
+        self.flush()
+    }
+}
