@@ -41,6 +41,8 @@ pub struct VdiImage {
     store: ByteStoreBox,
     header: Header,
     writable: bool,
+    /// Why writes are refused although the image was opened for writing.
+    unwritable: Option<&'static str>,
     state: Mutex<State>,
     /// Signalled when a block leaves `busy`.
     settled: Condvar,
@@ -64,19 +66,17 @@ impl VdiImage {
         let header = Header::parse(&head)?;
         let file_len = store.len().into_result()?;
         let bmap = BlockMap::load(&store, &header, file_len)?;
-        let mut next_free = header.blocks_allocated;
-        if writable {
-            check_writable(&header, &bmap)?;
-            // A count below what the map references would hand a block out
-            // twice: allocate past both.
-            next_free = u64::from(next_free)
-                .max(bmap.blocks_referenced())
-                .min(u64::from(u32::MAX)) as u32;
-        }
+        // A count below what the map references would hand a block out
+        // twice: allocate past both.
+        let next_free = u64::from(header.blocks_allocated)
+            .max(bmap.blocks_referenced())
+            .min(u64::from(u32::MAX)) as u32;
+        let unwritable = unwritable(&header, &bmap);
         Ok(VdiImage {
             store,
             header,
             writable,
+            unwritable,
             state: Mutex::new(State {
                 bmap,
                 next_free,
@@ -108,6 +108,9 @@ impl VdiImage {
     fn check_write(&self, offset: u64, len: u64) -> Result<()> {
         if !self.writable {
             return Err(VdiError::ReadOnly);
+        }
+        if let Some(why) = self.unwritable {
+            return Err(VdiError::Unwritable(why));
         }
         let size = self.size();
         match offset.checked_add(len) {
@@ -213,7 +216,7 @@ impl VdiImage {
     }
 
     fn reserve_range(&self, offset: u64, len: u64) -> Result<bool> {
-        if !self.writable {
+        if !self.writable || self.unwritable.is_some() {
             return Ok(false);
         }
         if len == 0 {
@@ -361,14 +364,13 @@ fn allocate(st: &mut State, blocks_in_image: u32) -> Result<u32> {
     Ok(index)
 }
 
-/// Refuses to write to an image whose tables a write could damage: a map
-/// running past the end of the file (its missing entries all name block 0)
-/// or tables that overlap each other or the data.
-fn check_writable(header: &Header, bmap: &BlockMap) -> Result<()> {
+/// Why writes to the image could damage its tables, if they could: a map
+/// running past the end of the file (its missing entries all name block 0),
+/// or tables that overlap each other or the data. Such images are read as
+/// qemu-img reads them, and checked, but not written.
+fn unwritable(header: &Header, bmap: &BlockMap) -> Option<&'static str> {
     if !bmap.complete() {
-        return Err(VdiError::Unwritable(
-            "the block map runs past the end of the file",
-        ));
+        return Some("the block map runs past the end of the file");
     }
     let map_start = u64::from(header.offset_bmap);
     let map_end = map_start + header.bmap_bytes();
@@ -376,12 +378,12 @@ fn check_writable(header: &Header, bmap: &BlockMap) -> Result<()> {
     let data_end = header.block_offset(header.blocks_in_image);
     let header_end = HEADER_SIZE as u64;
     if map_start < header_end || data_start < header_end {
-        return Err(VdiError::Unwritable("a table overlaps the header"));
+        return Some("a table overlaps the header");
     }
     if map_end > data_start && map_start < data_end {
-        return Err(VdiError::Unwritable("the block map overlaps the data area"));
+        return Some("the block map overlaps the data area");
     }
-    Ok(())
+    None
 }
 
 impl Drop for VdiImage {
