@@ -407,3 +407,49 @@ fn a_copy_killed_at_any_write_leaves_no_block_named_twice() {
         }
     }
 }
+
+#[test]
+fn resize_grows_where_the_block_map_has_room() {
+    // qemu-img resizes no vdi; qimg grows one as far as the space its
+    // block map was given allows, and refuses to shrink with qemu-img's
+    // message.
+    for opts in ["static=off", "static=on"] {
+        let fx = made(&format!("vdi_resize_{opts}"), opts, "1500k", false);
+        fx.qemu_io_cmds("vdi", "img.vdi", &["write -P 1 1M 400k"]);
+        let out = fx.qimg(&["resize", "img.vdi", "5M"]);
+        assert_eq!(
+            (out.status, out.stdout.as_str()),
+            (0, "Image resized.\n"),
+            "{}",
+            out.stderr
+        );
+        fx.oracle(&["check", "img.vdi"]);
+        let info = fx.oracle(&["info", "--output=json", "img.vdi"]).stdout;
+        assert!(info.contains("\"virtual-size\": 5242880"), "{info}");
+        fx.qemu_io_cmds(
+            "vdi",
+            "img.vdi",
+            &[
+                "read -P 1 1M 400k",
+                "read -P 0 1500k 3596k",
+                "write -P 2 4M 1M",
+            ],
+        );
+        fx.oracle(&["check", "img.vdi"]);
+        // 512 bytes of map hold 128 entries: 128 MiB.
+        let out = fx.qimg(&["resize", "img.vdi", "129M"]);
+        assert_eq!(out.status, 1);
+        assert!(
+            out.stderr.contains("beyond 134217728 bytes"),
+            "{}",
+            out.stderr
+        );
+        let ours = fx.qimg(&["resize", "--shrink", "img.vdi", "4M"]);
+        let theirs = fx.qemu_img(&["resize", "--shrink", "img.vdi", "4M"]);
+        assert_eq!(ours, theirs);
+        let out = fx.qimg(&["resize", "img.vdi", "128M"]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        fx.oracle(&["check", "img.vdi"]);
+        fx.qemu_io_cmds("vdi", "img.vdi", &["read -P 2 4M 1M", "read -P 0 5M 123M"]);
+    }
+}

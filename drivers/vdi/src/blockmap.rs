@@ -53,6 +53,17 @@ impl BlockMap {
         })
     }
 
+    /// Entries the map has.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Appends entries (already written to the file) to a complete map.
+    pub fn extend(&mut self, entries: &[u32]) {
+        self.entries.extend_from_slice(entries);
+        self.len += entries.len() as u32;
+    }
+
     /// Whether every entry lies inside the file.
     pub fn complete(&self) -> bool {
         self.entries.len() as u64 >= u64::from(self.len)

@@ -26,7 +26,7 @@ pub fn check(header: &Header, bmap: &BlockMap) -> CheckReport {
         if !is_allocated(entry) {
             continue;
         }
-        if entry < header.blocks_in_image {
+        if entry < bmap.len() {
             counted += 1;
             if !used.insert(entry) {
                 say(

@@ -48,6 +48,14 @@ pub enum VdiError {
     /// A write needing a new block when the block map has none left.
     #[error("VDI image has no free block left (block map full)")]
     Full,
+    /// A resize that would shrink the image (qemu-img resizes no vdi).
+    #[error("Image format driver does not support resize")]
+    CannotShrink,
+    /// A growth past what the block map's space can describe.
+    #[error(
+        "Cannot grow this VDI image beyond {0} bytes: its block map has no room for more blocks"
+    )]
+    MapFull(u64),
     /// A write to an image opened read-only.
     #[error("Operation not permitted")]
     ReadOnly,
@@ -89,6 +97,8 @@ impl From<VdiError> for DriverError {
             | VdiError::DiskTooLarge(..)
             | VdiError::LinkUuid
             | VdiError::ParentUuid
+            | VdiError::CannotShrink
+            | VdiError::MapFull(_)
             | VdiError::UnsupportedOption(_) => DriverError::unsupported(message),
             VdiError::Unwritable(_) => DriverError::corrupt(message),
             VdiError::Full => DriverError {

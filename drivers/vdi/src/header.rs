@@ -51,6 +51,9 @@ pub const QEMU_TEXT: &[u8] = b"<<< QEMU VM Virtual Disk Image >>>\n";
 pub const MAX_BLOCKS: u32 = 0x1fff_ff80;
 /// Largest disk: [`MAX_BLOCKS`] blocks of [`BLOCK_SIZE`].
 pub const MAX_DISK_SIZE: u64 = MAX_BLOCKS as u64 * BLOCK_SIZE;
+/// Offset of the disk size (followed by the block size, the extra bytes
+/// per block, the block count and the allocated-block count).
+pub const DISK_SIZE_AT: u64 = 0x170;
 /// Offset of the allocated-block count.
 pub const BLOCKS_ALLOCATED_AT: u64 = 0x184;
 

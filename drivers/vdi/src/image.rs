@@ -9,13 +9,18 @@
 
 use crate::blockmap::BlockMap;
 use crate::error::{Result, VdiError};
-use crate::header::{is_allocated, Header, BLOCKS_ALLOCATED_AT, BLOCK_SIZE, HEADER_SIZE};
+use crate::header::{
+    is_allocated, Header, BLOCKS_ALLOCATED_AT, BLOCK_SIZE, DISK_SIZE_AT, HEADER_SIZE, MAX_BLOCKS,
+    MAX_DISK_SIZE, SECTOR, TYPE_STATIC, UNALLOCATED,
+};
 use qimg_driver_api::schema::{CheckReport, CheckRequest, ImageInfo, Repair};
 use qimg_driver_api::{
     extent_flags as ef, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, ImageImpl,
+    Prealloc,
 };
 use qimg_driver_util::{read_or_zero, write_all};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Most extents one `block_status` call answers.
@@ -40,6 +45,8 @@ struct State {
 pub struct VdiImage {
     store: ByteStoreBox,
     header: Header,
+    /// Guest size (grows with `resize`).
+    size: AtomicU64,
     writable: bool,
     /// Why writes are refused although the image was opened for writing.
     unwritable: Option<&'static str>,
@@ -74,6 +81,7 @@ impl VdiImage {
         let unwritable = unwritable(&header, &bmap);
         Ok(VdiImage {
             store,
+            size: AtomicU64::new(header.disk_size),
             header,
             writable,
             unwritable,
@@ -93,7 +101,7 @@ impl VdiImage {
     }
 
     fn size(&self) -> u64 {
-        self.header.disk_size
+        self.size.load(Ordering::Acquire)
     }
 
     fn locate(&self, st: &State, block: u32) -> Block {
@@ -172,7 +180,7 @@ impl VdiImage {
             if !st.busy.contains(&block) {
                 break match st.reserved.remove(&block) {
                     Some(index) => index,
-                    None => allocate(&mut st, self.header.blocks_in_image)?,
+                    None => allocate(&mut st)?,
                 };
             }
             st = self.settled.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -231,7 +239,7 @@ impl VdiImage {
                 && !st.reserved.contains_key(&block)
                 && !st.busy.contains(&block)
             {
-                let index = allocate(&mut st, self.header.blocks_in_image)?;
+                let index = allocate(&mut st)?;
                 st.reserved.insert(block, index);
             }
         }
@@ -303,7 +311,10 @@ impl VdiImage {
     /// count, then the block map entries (each step made durable before the
     /// next).
     fn do_flush(&self) -> Result<()> {
-        let mut st = self.lock();
+        self.flush_locked(&mut self.lock())
+    }
+
+    fn flush_locked(&self, st: &mut State) -> Result<()> {
         self.store.flush().into_result()?;
         if !st.count_dirty && !st.bmap.is_dirty() {
             return Ok(());
@@ -346,6 +357,87 @@ impl VdiImage {
         Ok(())
     }
 
+    /// Grows the image to `new_size` (rounded up to a sector): the block
+    /// map gains entries where its space allows (unallocated ones, or for a
+    /// static image new blocks at the end of the file), written before the
+    /// header that counts them. qemu-img resizes no vdi image; shrinking is
+    /// refused with its message.
+    fn grow(&self, new_size: u64) -> Result<()> {
+        if !self.writable {
+            return Err(VdiError::ReadOnly);
+        }
+        if let Some(why) = self.unwritable {
+            return Err(VdiError::Unwritable(why));
+        }
+        let new_size = new_size.next_multiple_of(SECTOR);
+        let old_size = self.size();
+        if new_size < old_size {
+            return Err(VdiError::CannotShrink);
+        }
+        if new_size > MAX_DISK_SIZE {
+            return Err(VdiError::SizeTooLarge(new_size, MAX_DISK_SIZE));
+        }
+        self.release_reservations()?;
+        let mut st = self.lock();
+        self.flush_locked(&mut st)?;
+        let h = &self.header;
+        let old_blocks = st.bmap.len();
+        let new_blocks = new_size.div_ceil(BLOCK_SIZE) as u32;
+        if new_blocks > old_blocks {
+            let map_start = u64::from(h.offset_bmap);
+            let room = u64::from(h.offset_data).saturating_sub(map_start) / 4;
+            if u64::from(new_blocks) > room {
+                return Err(VdiError::MapFull(
+                    room.min(u64::from(MAX_BLOCKS)) * BLOCK_SIZE,
+                ));
+            }
+            let added = new_blocks - old_blocks;
+            let entries: Vec<u32> = if h.image_type == TYPE_STATIC {
+                if u64::from(st.next_free) + u64::from(added) > u64::from(new_blocks) {
+                    return Err(VdiError::Full);
+                }
+                let end = h.block_offset(st.next_free + added);
+                if end > self.store.len().into_result()? {
+                    self.store.set_len(end, Prealloc::OFF).into_result()?;
+                }
+                (st.next_free..st.next_free + added).collect()
+            } else {
+                vec![UNALLOCATED; added as usize]
+            };
+            let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+            write_all(&self.store, map_start + u64::from(old_blocks) * 4, &bytes)?;
+            self.store.flush().into_result()?;
+            st.bmap.extend(&entries);
+            if h.image_type == TYPE_STATIC {
+                st.next_free += added;
+            }
+        }
+        // What lay past the old end of the last block reads as zeros.
+        let tail_end = new_size.min(old_size.next_multiple_of(BLOCK_SIZE));
+        if tail_end > old_size {
+            if let Block::At(host) = self.locate(&st, (old_size / BLOCK_SIZE) as u32) {
+                let within = old_size % BLOCK_SIZE;
+                self.store
+                    .write_zeroes(host + within, tail_end - old_size, false)
+                    .into_result()?;
+            }
+        }
+        // Disk size, block count and allocated count, in one write.
+        let mut fields = [0u8; 24];
+        fields[..8].copy_from_slice(&new_size.to_le_bytes());
+        fields[8..12].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
+        fields[16..20].copy_from_slice(&st.bmap.len().to_le_bytes());
+        fields[20..24].copy_from_slice(&st.next_free.to_le_bytes());
+        let mut extra = [0u8; 4];
+        read_or_zero(&self.store, 0x17c, &mut extra)?;
+        fields[12..16].copy_from_slice(&extra);
+        write_all(&self.store, DISK_SIZE_AT, &fields)?;
+        st.count_dirty = false;
+        self.store.flush().into_result()?;
+        self.size.store(new_size, Ordering::Release);
+        Ok(())
+    }
+
     /// The block map and header, for `check`.
     fn check_report(&self) -> CheckReport {
         let st = self.lock();
@@ -354,9 +446,9 @@ impl VdiImage {
 }
 
 /// Hands out the next free data block.
-fn allocate(st: &mut State, blocks_in_image: u32) -> Result<u32> {
+fn allocate(st: &mut State) -> Result<u32> {
     let index = st.next_free;
-    if index >= blocks_in_image {
+    if index >= st.bmap.len() {
         return Err(VdiError::Full);
     }
     st.next_free += 1;
@@ -448,6 +540,15 @@ impl ImageImpl for VdiImage {
         Ok(self.check_report())
     }
 
+    fn resize(
+        &self,
+        new_size: u64,
+        _prealloc: Prealloc,
+        _shrink: bool,
+    ) -> std::result::Result<(), DriverError> {
+        Ok(self.grow(new_size)?)
+    }
+
     fn reserve(&self, offset: u64, len: u64) -> std::result::Result<bool, DriverError> {
         Ok(self.reserve_range(offset, len)?)
     }
@@ -457,5 +558,95 @@ impl ImageImpl for VdiImage {
             self.release_reservations()?;
         }
         self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VdiImage;
+    use qimg_driver_api::schema::{CheckRequest, CreateRequest};
+    use qimg_driver_api::{open_flags, ImageImpl};
+    use qimg_driver_util::memfile::MemFile;
+
+    /// A 4 MiB dynamic image with two blocks written.
+    fn image() -> MemFile {
+        let file = MemFile::default();
+        let request = CreateRequest {
+            size: 4 << 20,
+            ..CreateRequest::default()
+        };
+        crate::create::create(&file.store("t.vdi"), &request).unwrap();
+        let image = VdiImage::open(file.store("t.vdi"), open_flags::WRITE).unwrap();
+        image.write_at(3 << 20, &[1u8; 4096]).unwrap();
+        image.write_at(0, &[2u8; 65536]).unwrap();
+        image.close().unwrap();
+        file
+    }
+
+    /// A small deterministic generator for the mutations below.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn blocks_are_allocated_in_write_order_and_read_back() {
+        let file = image();
+        let bytes = file.bytes();
+        // Block 3 got data block 0, block 0 data block 1; the count is 2.
+        let entry =
+            |i: usize| u32::from_le_bytes(bytes[512 + 4 * i..516 + 4 * i].try_into().unwrap());
+        assert_eq!((entry(0), entry(1), entry(3)), (1, u32::MAX, 0));
+        assert_eq!(&bytes[0x184..0x188], &2u32.to_le_bytes());
+        let image = VdiImage::open(file.store("t.vdi"), 0).unwrap();
+        let mut buf = vec![0u8; 8192];
+        image.read_at((3 << 20) - 4096, &mut buf).unwrap();
+        assert!(buf[..4096].iter().all(|&b| b == 0) && buf[4096..].iter().all(|&b| b == 1));
+        let report = image.check(CheckRequest::default()).unwrap();
+        assert_eq!(report.corruptions, 0, "{:?}", report.messages);
+    }
+
+    #[test]
+    fn mutated_images_give_errors_never_panics() {
+        let base = image().bytes();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..600 {
+            let mut bytes = base.clone();
+            for _ in 0..1 + xorshift(&mut seed) % 4 {
+                // Mostly the header and the map, sometimes anywhere.
+                let span = if xorshift(&mut seed).is_multiple_of(4) {
+                    bytes.len()
+                } else {
+                    1024
+                };
+                let at = (xorshift(&mut seed) % span as u64) as usize;
+                bytes[at] = xorshift(&mut seed) as u8;
+            }
+            if xorshift(&mut seed).is_multiple_of(8) {
+                bytes.truncate((xorshift(&mut seed) % bytes.len() as u64) as usize);
+            }
+            let file = MemFile::default();
+            *file.0.lock().unwrap() = bytes;
+            for flags in [0, open_flags::WRITE] {
+                let Ok(image) = VdiImage::open(file.store("t.vdi"), flags) else {
+                    continue;
+                };
+                let size = image.virtual_size();
+                let _ = image.block_status(0, size);
+                let mut buf = vec![0u8; 4096];
+                let _ = image.read_at(size.saturating_sub(2048), &mut buf);
+                let _ = image.check(CheckRequest::default());
+                // The in-memory file holds what is written: only images
+                // whose next block lies near their start are written to.
+                let next = image.header.block_offset(image.lock().next_free);
+                if next < 64 << 20 {
+                    let _ = image.write_at(size / 2, &[7u8; 512]);
+                    let _ = image.resize(size + (1 << 20), qimg_driver_api::Prealloc::OFF, false);
+                }
+                let _ = image.close();
+            }
+        }
     }
 }

@@ -32,7 +32,7 @@ impl DriverImpl for VdiDriver {
         "VirtualBox disk image"
     }
     fn capabilities(&self) -> u64 {
-        caps::CREATE | caps::WRITE | caps::CHECK | caps::MEASURE | caps::ZERO_INIT
+        caps::CREATE | caps::WRITE | caps::CHECK | caps::RESIZE | caps::MEASURE | caps::ZERO_INIT
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         match head.get(0x40..0x44) {
