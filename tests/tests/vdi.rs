@@ -453,3 +453,37 @@ fn resize_grows_where_the_block_map_has_room() {
         fx.qemu_io_cmds("vdi", "img.vdi", &["read -P 2 4M 1M", "read -P 0 5M 123M"]);
     }
 }
+
+#[test]
+fn headers_as_virtualbox_writes_them_read_and_write_alike() {
+    // VirtualBox's own text, its 0x190-byte "1.1+" header with a logical
+    // geometry, and a legacy geometry: fields qemu-img ignores.
+    let fx = made("vdi_vbox", "", "5M", true);
+    let mut text = b"<<< Oracle VM VirtualBox Disk Image >>>\n".to_vec();
+    text.resize(0x40, 0);
+    let le = |v: u32| v.to_le_bytes().to_vec();
+    fx.patched_copy(
+        "img.vdi",
+        "vbox.vdi",
+        &[
+            (0u64, text),
+            (0x48, le(0x190)),
+            (0x15c, le(10)),
+            (0x160, le(16)),
+            (0x164, le(63)),
+            (0x1c8, le(10)),
+            (0x1cc, le(16)),
+            (0x1d0, le(63)),
+            (0x1d4, le(512)),
+        ],
+    );
+    reads_alike(&fx, "vbox.vdi");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "5M"]);
+    fx.qemu_io_cmds("raw", "src.raw", &["write -P 8 2M 1M"]);
+    let out = fx.qimg(&["convert", "-n", "-O", "vdi", "src.raw", "vbox.vdi"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["check", "vbox.vdi"]);
+    fx.oracle(&["compare", "src.raw", "vbox.vdi"]);
+    let head = std::fs::read(fx.path("vbox.vdi")).unwrap();
+    assert!(head.starts_with(b"<<< Oracle VM VirtualBox"));
+}
