@@ -103,6 +103,7 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
     Input("vmdk", "disk.vmdk", "vmdk", qemu_convert("-O vmdk"), ["src"]),
     Input("stream", "disk-stream.vmdk", "vmdk",
           qemu_convert("-O vmdk -o subformat=streamOptimized"), ["src"]),
+    Input("qed", "disk.qed", "qed", qemu_convert("-O qed"), ["src"]),
     Input("luks", "disk.luks", "luks",
           qemu_convert(f"--object {SECRET} -O luks -o {LUKS_OPTS}"), ["src"]),
     Input("qcow2luks", "disk-luks.qcow2", "qcow2+luks",
@@ -125,7 +126,7 @@ SCRATCH_DIR = "scratch"
 SCRATCH = {"wtop": "chain", "wmid": "chain_mid", "wbase": "chain_base"}
 
 # Output formats that `qemu-img check` verifies after the warm-up run.
-CHECKED_FORMATS = ("qcow2", "vmdk", "qcow2+luks")
+CHECKED_FORMATS = ("qcow2", "vmdk", "qcow2+luks", "qed")
 
 
 # --------------------------------------------------------------------------
@@ -236,6 +237,9 @@ OPS: list[Op] = [
             ["-o", "subformat=streamOptimized"], best=COMPRESSED_BEST),
     convert("convert-vmdk-stream-raw", "stream", "vmdk", "raw",
             note="decompression of a streamOptimized vmdk"),
+    # qed
+    convert("convert-raw-qed", "src", "raw", "qed"),
+    convert("convert-qed-raw", "qed", "qed", "raw"),
     # encryption: AES-256-XTS (qemu-img's default cipher)
     Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
                             "-o", LUKS_OPTS, "{src}", "{out}"],

@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
-# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, raw, descriptors (all
+# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, qed, raw, descriptors (all
 # by default). --time is the run time of each target in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk raw descriptors)
+all_targets=(qcow2 vmdk qed raw descriptors)
 time_per_target=60
 targets=()
 
@@ -222,6 +222,16 @@ seed_descriptors() {
     for f in sparse stream child zeroed-grain; do
         embedded_descriptor "$f.vmdk" >"$dir/embedded-$f.txt"
     done
+}
+
+seed_qed() {
+    local dir=$1
+    q create -f qed -o cluster_size=4096,table_size=2 small.qed 4M
+    qio qed small.qed 'write -P 0xaa 0 12k' 'write -z 1M 8k' 'write -P 0x55 3M 4k'
+    q create -f raw qed-base.raw 1M
+    q create -f qed -b qed-base.raw -F raw overlay.qed 1M
+    q create -f qed default.qed 1M
+    for f in small overlay default; do cp "$work/$f.qed" "$dir/$f.qed"; done
 }
 
 seed_raw() {

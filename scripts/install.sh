@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prefix=""
-drivers="raw,qcow2,vmdk,luks"
+drivers="raw,qcow2,vmdk,luks,qed"
 from=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -35,7 +35,7 @@ if [ -z "$prefix" ]; then
 fi
 if [ -z "$from" ]; then
     . scripts/build-deps.sh
-    cargo build --release -p qimg -p qimg-raw -p qimg-qcow2 -p qimg-vmdk -p qimg-luks
+    cargo build --release -p qimg -p qimg-raw -p qimg-qcow2 -p qimg-vmdk -p qimg-luks -p qimg-qed
     from="target/release"
 fi
 

@@ -59,6 +59,7 @@ pub fn check(store: &ByteStoreBox, t: &mut Tables, fix: bool) -> Result<CheckRep
     let mut allocated = 0u64;
     let mut fragmented = 0u64;
     let mut last = 0u64;
+    let mut l1_fixed = false;
     for index in 0..t.l1.len() {
         let table = t.l1[index];
         if table == 0 {
@@ -67,8 +68,7 @@ pub fn check(store: &ByteStoreBox, t: &mut Tables, fix: bool) -> Result<CheckRep
         if !h.table_offset_valid(table, end) {
             if fix {
                 t.l1[index] = 0;
-                let at = h.l1_table_offset + index as u64 * 8;
-                store.write_all_at(at, &0u64.to_le_bytes())?;
+                l1_fixed = true;
                 r.corruptions_fixed += 1;
             } else {
                 r.corruptions += 1;
@@ -110,6 +110,11 @@ pub fn check(store: &ByteStoreBox, t: &mut Tables, fix: bool) -> Result<CheckRep
             let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
             store.write_all_at(table, &bytes)?;
         }
+    }
+    if l1_fixed {
+        // The whole table, as QEMU writes it back.
+        let bytes: Vec<u8> = t.l1.iter().flat_map(|e| e.to_le_bytes()).collect();
+        store.write_all_at(h.l1_table_offset, &bytes)?;
     }
     if fix && r.corruptions_fixed > 0 {
         store.flush().into_result()?;

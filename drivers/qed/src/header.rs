@@ -120,8 +120,7 @@ impl Header {
             return Err(Error::Invalid("QED table offset is invalid".into()));
         }
         if h.features & features::BACKING_FILE != 0 {
-            let end = u64::from(h.backing_filename_offset)
-                + u64::from(h.backing_filename_size);
+            let end = u64::from(h.backing_filename_offset) + u64::from(h.backing_filename_size);
             if end > h.header_bytes() {
                 return Err(Error::Invalid(
                     "QED backing filename offset is invalid".into(),
@@ -187,9 +186,7 @@ impl Header {
     /// True if `offset` may hold a data cluster in a file whose whole
     /// clusters end at `end`: aligned, past the header, inside the file.
     pub fn cluster_offset_valid(&self, offset: u64, end: u64) -> bool {
-        offset.is_multiple_of(self.cluster_bytes())
-            && offset >= self.header_bytes()
-            && offset < end
+        offset.is_multiple_of(self.cluster_bytes()) && offset >= self.header_bytes() && offset < end
     }
 
     /// True if a table may start at `offset`: its first and last clusters

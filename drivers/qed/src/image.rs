@@ -50,8 +50,9 @@ impl QedImage {
         let writable = flags & open_flags::WRITE != 0;
         let file_len = store.len().into_result()?;
         let mut head = [0u8; HEADER_BYTES];
-        let got = store.read_full_at(0, &mut head)?;
-        let mut header = Header::parse(&head[..got], file_len)?;
+        // A file shorter than the header reads as if padded with zeros.
+        store.read_or_zero_at(0, &mut head)?;
+        let mut header = Header::parse(&head, file_len)?;
         let mut name = None;
         if header.has_backing() {
             if header.backing_filename_size > MAX_BACKING_NAME {
@@ -70,8 +71,11 @@ impl QedImage {
             .then(|| "raw".to_string());
         let backing = match &name {
             Some(n) if flags & open_flags::NO_BACKING == 0 => Some(
-                host.open_backing(RStr::from(n.as_str()), ROption::from(format.as_deref().map(RStr::from)))
-                    .into_result()?,
+                host.open_backing(
+                    RStr::from(n.as_str()),
+                    ROption::from(format.as_deref().map(RStr::from)),
+                )
+                .into_result()?,
             ),
             _ => None,
         };
@@ -129,7 +133,9 @@ impl QedImage {
         while len < max {
             let next = t.lookup(&self.store, (offset + len) / cs)?;
             let same = match (first, next) {
-                (Cluster::Data(a), Cluster::Data(b)) => b == a + (offset + len) / cs * cs - offset / cs * cs,
+                (Cluster::Data(a), Cluster::Data(b)) => {
+                    b == a + (offset + len) / cs * cs - offset / cs * cs
+                }
                 (a, b) => a == b,
             };
             if !same {
@@ -165,7 +171,9 @@ impl QedImage {
             match run.what {
                 Cluster::Unallocated => self.read_backing(at, piece)?,
                 Cluster::Zero => piece.fill(0),
-                Cluster::Data(host) => self.store.read_or_zero_at(host + at % self.cluster, piece)?,
+                Cluster::Data(host) => self
+                    .store
+                    .read_or_zero_at(host + at % self.cluster, piece)?,
             }
             done += run.len as usize;
         }
@@ -217,7 +225,7 @@ impl QedImage {
                     drop(t);
                     self.store.write_all_at(host + at % cs, piece)?;
                 }
-                what if zero && at % cs == 0 && run.len >= cs => {
+                what if zero && at.is_multiple_of(cs) && run.len >= cs => {
                     let whole = run.len / cs * cs;
                     if what != Cluster::Zero {
                         self.mark_need_check(&mut t)?;
@@ -281,7 +289,9 @@ impl QedImage {
     pub fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> Result<()> {
         self.check_write(offset, len)?;
         let cs = self.cluster;
-        if flags & zero_flags::NO_FALLBACK != 0 && (offset % cs != 0 || len % cs != 0) {
+        if flags & zero_flags::NO_FALLBACK != 0
+            && (!offset.is_multiple_of(cs) || !len.is_multiple_of(cs))
+        {
             return Err(Error::Unsupported("Operation not supported".into()));
         }
         // In pieces, so a large range needs no large buffer.

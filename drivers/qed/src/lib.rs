@@ -33,7 +33,14 @@ impl DriverImpl for QedDriver {
         "QEMU enhanced disk image"
     }
     fn capabilities(&self) -> u64 {
-        caps::CREATE | caps::WRITE | caps::BACKING | caps::RESIZE | caps::CHECK | caps::ZERO_INIT
+        // MEASURE only to answer with qemu-img's refusal.
+        caps::CREATE
+            | caps::WRITE
+            | caps::BACKING
+            | caps::RESIZE
+            | caps::CHECK
+            | caps::ZERO_INIT
+            | caps::MEASURE
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         // The magic alone, as QEMU probes.
@@ -68,7 +75,7 @@ impl DriverImpl for QedDriver {
         _allocated: &[Extent],
     ) -> Result<MeasureResult, DriverError> {
         Err(DriverError::unsupported(
-            "Format driver 'qed' does not support size measurement",
+            "Block driver 'qed' does not support size measurement",
         ))
     }
 }
