@@ -136,9 +136,11 @@ impl Tables {
         let index = (cluster / entries) as usize;
         let mut table = self.l2_offset(index)?;
         if table == 0 {
-            table = self.allocate(self.header.table_size.into());
+            let slot = self.l1.get_mut(index).ok_or(Error::BadOffset)?;
+            table = self.end;
+            *slot = table;
+            self.allocate(self.header.table_size.into());
             self.l2.insert(table, vec![0; entries as usize]);
-            self.l1[index] = table;
             self.l1_dirty.insert(index);
         }
         self.l2_table(store, table)?[(cluster % entries) as usize] = what.entry();
