@@ -104,6 +104,7 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
     Input("stream", "disk-stream.vmdk", "vmdk",
           qemu_convert("-O vmdk -o subformat=streamOptimized"), ["src"]),
     Input("vdi", "disk.vdi", "vdi", qemu_convert("-O vdi"), ["src"]),
+    Input("qed", "disk.qed", "qed", qemu_convert("-O qed"), ["src"]),
     Input("luks", "disk.luks", "luks",
           qemu_convert(f"--object {SECRET} -O luks -o {LUKS_OPTS}"), ["src"]),
     Input("qcow2luks", "disk-luks.qcow2", "qcow2+luks",
@@ -126,7 +127,7 @@ SCRATCH_DIR = "scratch"
 SCRATCH = {"wtop": "chain", "wmid": "chain_mid", "wbase": "chain_base"}
 
 # Output formats that `qemu-img check` verifies after the warm-up run.
-CHECKED_FORMATS = ("qcow2", "vmdk", "vdi", "qcow2+luks")
+CHECKED_FORMATS = ("qcow2", "vmdk", "vdi", "qed", "qcow2+luks")
 
 
 # --------------------------------------------------------------------------
@@ -240,6 +241,9 @@ OPS: list[Op] = [
     # vdi
     convert("convert-raw-vdi", "src", "raw", "vdi", note="dynamic"),
     convert("convert-vdi-raw", "vdi", "vdi", "raw", note="from dynamic"),
+    # qed
+    convert("convert-raw-qed", "src", "raw", "qed"),
+    convert("convert-qed-raw", "qed", "qed", "raw"),
     # encryption: AES-256-XTS (qemu-img's default cipher)
     Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
                             "-o", LUKS_OPTS, "{src}", "{out}"],

@@ -4,8 +4,9 @@
 #
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
-# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, raw, luks, descriptors (all
-# by default). --time is the run time of each target in seconds (default 60).
+# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, qed, raw, luks,
+# descriptors (all by default). --time is the run time of each target in
+# seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
 # toolchain, and fills each empty corpus fuzz/corpus/TARGET/ with small seed
@@ -23,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk raw luks descriptors)
+all_targets=(qcow2 vmdk vdi qed raw luks descriptors)
 time_per_target=60
 targets=()
 
@@ -239,6 +240,26 @@ seed_luks() {
         --image-opts "driver=luks,key-secret=k,file.filename=$work/luks1.luks" \
         -o state=active,new-secret=n,iter-time=10
     cp "$work/luks1.luks" "$dir/two-slots.luks"
+}
+
+seed_vdi() {
+    local dir=$1
+    q create -f vdi dynamic.vdi 4M
+    qio vdi dynamic.vdi 'write -P 0xaa 0 12k' 'write -z 1M 8k' 'write -P 0x55 3M 4k'
+    q create -f vdi -o static=on static.vdi 2M
+    qio vdi static.vdi 'write -P 0x11 1M 4k'
+    q create -f vdi odd.vdi 1500k
+    for f in dynamic static odd; do cp "$work/$f.vdi" "$dir/$f.vdi"; done
+}
+
+seed_qed() {
+    local dir=$1
+    q create -f qed -o cluster_size=4096,table_size=2 small.qed 4M
+    qio qed small.qed 'write -P 0xaa 0 12k' 'write -z 1M 8k' 'write -P 0x55 3M 4k'
+    q create -f raw qed-base.raw 1M
+    q create -f qed -b qed-base.raw -F raw overlay.qed 1M
+    q create -f qed default.qed 1M
+    for f in small overlay default; do cp "$work/$f.qed" "$dir/$f.qed"; done
 }
 
 seed_raw() {

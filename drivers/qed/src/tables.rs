@@ -1,0 +1,190 @@
+//! The L1 table and a cache of L2 tables (spec, "Tables"), with the
+//! crash-safe write-back order: new data clusters are made durable first,
+//! then the L2 tables that point at them, then the L1 entries that point at
+//! new L2 tables. A kill in between leaves at worst clusters nothing
+//! references (leaks), never an entry pointing at unwritten data.
+
+use crate::error::{Error, Result};
+use crate::header::Header;
+use qimg_driver_api::{ByteStoreBox, StoreExt};
+use std::collections::{BTreeSet, HashMap};
+
+/// Bytes of L2 tables kept in memory before the cache is written back and
+/// emptied (at least one table is always kept).
+const CACHE_BYTES: usize = 64 << 20;
+
+/// What a guest cluster's L2 entry says (spec, "Data cluster offsets").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cluster {
+    /// Not allocated: read from the backing file, or zeros.
+    Unallocated,
+    /// Reads as zeros, hiding the backing file.
+    Zero,
+    /// Data at this file offset.
+    Data(u64),
+}
+
+impl Cluster {
+    /// The L2 entry for this cluster.
+    pub fn entry(self) -> u64 {
+        match self {
+            Cluster::Unallocated => 0,
+            Cluster::Zero => 1,
+            Cluster::Data(offset) => offset,
+        }
+    }
+}
+
+/// The image's metadata, kept under the image lock.
+pub struct Tables {
+    /// The header as last written.
+    pub header: Header,
+    /// The L1 table.
+    pub l1: Vec<u64>,
+    /// L1 indexes changed since the last write-back.
+    l1_dirty: BTreeSet<usize>,
+    /// Cached L2 tables by file offset.
+    l2: HashMap<u64, Vec<u64>>,
+    /// Cached tables changed since the last write-back.
+    l2_dirty: BTreeSet<u64>,
+    /// End of the file's whole clusters: where the next cluster is allocated.
+    pub end: u64,
+}
+
+/// Reads a table of `entries` little-endian offsets at `offset`.
+pub fn read_table(store: &ByteStoreBox, offset: u64, entries: u64) -> Result<Vec<u64>> {
+    let mut raw = vec![0u8; (entries * 8) as usize];
+    store.read_exact_at(offset, &mut raw, "table")?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect())
+}
+
+fn table_bytes(table: &[u64]) -> Vec<u8> {
+    table.iter().flat_map(|e| e.to_le_bytes()).collect()
+}
+
+impl Tables {
+    /// Loads the L1 table of an image whose header was checked against a
+    /// file of `file_len` bytes.
+    pub fn load(store: &ByteStoreBox, header: Header, file_len: u64) -> Result<Tables> {
+        let l1 = read_table(store, header.l1_table_offset, header.table_entries())?;
+        let end = header.file_clusters_end(file_len);
+        Ok(Tables {
+            header,
+            l1,
+            l1_dirty: BTreeSet::new(),
+            l2: HashMap::new(),
+            l2_dirty: BTreeSet::new(),
+            end,
+        })
+    }
+
+    /// The L2 table at `offset`, read if not cached. The offset must have
+    /// been checked with [`Header::table_offset_valid`].
+    fn l2_table(&mut self, store: &ByteStoreBox, offset: u64) -> Result<&mut Vec<u64>> {
+        if !self.l2.contains_key(&offset) {
+            let bytes = self.header.table_bytes() as usize;
+            if !self.l2.is_empty() && (self.l2.len() + 1) * bytes > CACHE_BYTES {
+                self.write_back(store)?;
+                self.l2.clear();
+            }
+            let table = read_table(store, offset, self.header.table_entries())?;
+            self.l2.insert(offset, table);
+        }
+        self.l2.get_mut(&offset).ok_or(Error::BadOffset)
+    }
+
+    /// The L2 table offset for L1 index `index`, checked (0: none).
+    fn l2_offset(&self, index: usize) -> Result<u64> {
+        match self.l1.get(index).copied() {
+            None | Some(0) => Ok(0),
+            Some(t) if self.header.table_offset_valid(t, self.end) => Ok(t),
+            Some(_) => Err(Error::BadOffset),
+        }
+    }
+
+    /// What guest cluster `cluster` maps to.
+    pub fn lookup(&mut self, store: &ByteStoreBox, cluster: u64) -> Result<Cluster> {
+        let entries = self.header.table_entries();
+        let table = self.l2_offset((cluster / entries) as usize)?;
+        if table == 0 {
+            return Ok(Cluster::Unallocated);
+        }
+        let entry = self.l2_table(store, table)?[(cluster % entries) as usize];
+        match entry {
+            0 => Ok(Cluster::Unallocated),
+            1 => Ok(Cluster::Zero),
+            e if self.header.cluster_offset_valid(e, self.end) => Ok(Cluster::Data(e)),
+            _ => Err(Error::BadOffset),
+        }
+    }
+
+    /// Reserves `clusters` clusters at the end of the file.
+    pub fn allocate(&mut self, clusters: u64) -> u64 {
+        let at = self.end;
+        self.end += clusters * self.header.cluster_bytes();
+        at
+    }
+
+    /// Points guest cluster `cluster` at `what`, allocating its L2 table
+    /// (after any data just allocated) if it has none. Written back by
+    /// [`Tables::write_back`].
+    pub fn set(&mut self, store: &ByteStoreBox, cluster: u64, what: Cluster) -> Result<()> {
+        let entries = self.header.table_entries();
+        let index = (cluster / entries) as usize;
+        let mut table = self.l2_offset(index)?;
+        if table == 0 {
+            let slot = self.l1.get_mut(index).ok_or(Error::BadOffset)?;
+            table = self.end;
+            *slot = table;
+            self.allocate(self.header.table_size.into());
+            self.l2.insert(table, vec![0; entries as usize]);
+            self.l1_dirty.insert(index);
+        }
+        self.l2_table(store, table)?[(cluster % entries) as usize] = what.entry();
+        self.l2_dirty.insert(table);
+        Ok(())
+    }
+
+    /// True if tables changed since the last write-back.
+    pub fn dirty(&self) -> bool {
+        !self.l1_dirty.is_empty() || !self.l2_dirty.is_empty()
+    }
+
+    /// Writes changed tables back in the crash-safe order: data (already
+    /// written) flushed, then L2 tables, flushed, then L1 entries.
+    pub fn write_back(&mut self, store: &ByteStoreBox) -> Result<()> {
+        if !self.dirty() {
+            return Ok(());
+        }
+        store.flush().into_result()?;
+        for offset in std::mem::take(&mut self.l2_dirty) {
+            if let Some(table) = self.l2.get(&offset) {
+                store.write_all_at(offset, &table_bytes(table))?;
+            }
+        }
+        if !self.l1_dirty.is_empty() {
+            store.flush().into_result()?;
+            let bytes = table_bytes(&self.l1);
+            for index in std::mem::take(&mut self.l1_dirty) {
+                let at = index * 8;
+                store.write_all_at(self.header.l1_table_offset + at as u64, &bytes[at..at + 8])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the header (64 bytes; the backing name after it is kept).
+    pub fn write_header(&self, store: &ByteStoreBox) -> Result<()> {
+        store.write_all_at(0, &self.header.to_bytes())?;
+        Ok(())
+    }
+
+    /// Forgets cached L2 tables (after a repair rewrote them on disk).
+    pub fn drop_cache(&mut self) {
+        self.l2.clear();
+        self.l2_dirty.clear();
+    }
+}
