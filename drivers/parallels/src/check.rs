@@ -2,11 +2,10 @@
 //! the in-use flag, the data offset, clusters outside the file, space
 //! leaked at the end of the file, clusters two entries name, statistics.
 //!
-//! Where qemu-img aborts (an entry past the end of the file that is not
-//! repaired reaches its duplicate count, which asserts), qimg leaves such
-//! entries out of the duplicate count: they have been reported already.
-//! Entries naming a place before the data area (the header or the BAT)
-//! are reported and repaired as outside the image.
+//! Where qemu-img aborts (an entry past the end of the file, or far before
+//! the data area, that is not repaired reaches its duplicate count, which
+//! asserts), qimg leaves such entries out of the duplicate count: those
+//! past the end have been reported already.
 
 use crate::error::Result;
 use crate::header::SECTOR;
@@ -44,7 +43,7 @@ pub fn check(img: &ParallelsImage, st: &mut State, repair: Repair) -> Result<Che
         }
     }
 
-    let file_len = img.store.size()?;
+    let file_len = img.file_size()?;
     let (data_ok, data_off) = st.header.data_start(file_len / SECTOR);
     if !data_ok {
         r.corruptions += 1;
@@ -61,12 +60,11 @@ pub fn check(img: &ParallelsImage, st: &mut State, repair: Repair) -> Result<Che
         ));
     }
 
-    // Clusters outside the file (or before the data area).
-    let start = st.data_start * SECTOR;
+    // Clusters outside the file.
     let mut high = 0u64;
     for i in 0..u64::from(st.header.bat_entries) {
         let off = geo.host(st.entry(i));
-        if off + cs > file_len || (off != 0 && off < start) {
+        if off + cs > file_len {
             r.messages
                 .push(format!("{} cluster {i} is outside image", word(fix_errors)));
             r.corruptions += 1;
@@ -162,6 +160,7 @@ fn duplicates(
     }
     let mut seen = Used::new(size);
     let mut fixed = false;
+    let mut last_taken = false;
     let mut buf = Vec::new();
     for i in 0..st.bat.len() as u64 {
         let off = geo.host(st.entry(i));
@@ -171,7 +170,8 @@ fn duplicates(
         let Some(index) = geo.host_index(st.data_start, off) else {
             continue;
         };
-        if seen.mark(index) != Err(MarkError::Taken) {
+        last_taken = seen.mark(index) == Err(MarkError::Taken);
+        if !last_taken {
             continue;
         }
         r.messages.push(format!(
@@ -203,8 +203,13 @@ fn duplicates(
         fixed = true;
         r.corruptions_fixed += 1;
     }
-    if fixed && fix_leaks && img.store.size()? > end {
+    if fixed && fix_leaks && img.file_size()? > end {
         truncate(img, st, end)?;
+    }
+    // qemu-img's check fails when the last allocated entry duplicates an
+    // earlier one and is left as it is (its count ends on that result).
+    if last_taken && !fix_errors {
+        r.failure = Some("Device or resource busy".into());
     }
     Ok(end)
 }

@@ -32,6 +32,10 @@ pub enum ParallelsError {
     /// The format extension cluster does not parse; the text is qemu-img's.
     #[error("{0}")]
     Extension(String),
+    /// A header and BAT larger than one read may be (qemu-img's request
+    /// limit), named by the image's file.
+    #[error("Could not open '{0}': Input/output error")]
+    HeaderTooLarge(String),
     /// An image that needed repair at open and could not be repaired.
     #[error("Could not repair corrupted image: {0}")]
     RepairFailed(String),
@@ -73,7 +77,7 @@ impl From<ParallelsError> for DriverError {
                 errno: EFBIG,
                 ..DriverError::invalid_image(message)
             },
-            ParallelsError::Unmapped => DriverError {
+            ParallelsError::Unmapped | ParallelsError::HeaderTooLarge(_) => DriverError {
                 errno: EIO,
                 ..DriverError::new(ErrorKind::IO, message)
             },

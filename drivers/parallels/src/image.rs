@@ -27,6 +27,12 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 /// qemu's largest block device (`BDRV_MAX_LENGTH`): `INT64_MAX` rounded
 /// down to a GiB. A header naming more sectors is refused.
 pub const MAX_LENGTH: u64 = (i64::MAX as u64) & !((1 << 30) - 1);
+/// Largest read qemu-img makes (`BDRV_REQUEST_MAX_BYTES`): it reads the
+/// header and BAT in one, rounded up to [`HEADER_ALIGN`], and fails on
+/// larger ones.
+const MAX_REQUEST: u64 = (i32::MAX as u64) & !(SECTOR - 1);
+/// The memory alignment qemu-img rounds the header area up to.
+const HEADER_ALIGN: u64 = 4096;
 /// Bytes of the header area (header and BAT) written back per dirty block.
 const DIRTY_BLOCK: u64 = 4096;
 /// Extents answered per `block_status` call at most.
@@ -156,7 +162,8 @@ impl ParallelsImage {
     /// as qemu-img does, printing what it repairs.
     pub fn open(store: ByteStoreBox, host: &HostServicesBox, flags: u32) -> Result<Self> {
         let writable = flags & open_flags::WRITE != 0;
-        let file_len = store.size()?;
+        // qemu-img sees a file as whole sectors, the last one rounded up.
+        let file_len = store.size()?.next_multiple_of(SECTOR);
         let file_sectors = file_len / SECTOR;
         let mut head = [0u8; HEADER_SIZE];
         read_or_zero(&store, 0, &mut head)?;
@@ -164,6 +171,9 @@ impl ParallelsImage {
         let sectors = header.sectors();
         if sectors > MAX_LENGTH / SECTOR {
             return Err(ParallelsError::TooLargeSize);
+        }
+        if bat_end(header.bat_entries).next_multiple_of(HEADER_ALIGN) > MAX_REQUEST {
+            return Err(ParallelsError::HeaderTooLarge(store.display_name()));
         }
         let geo = Geometry {
             cluster: header.cluster_size(),
@@ -238,6 +248,11 @@ impl ParallelsImage {
 
     pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The file's length as qemu-img sees it: whole sectors.
+    pub(crate) fn file_size(&self) -> Result<u64> {
+        Ok(self.store.size()?.next_multiple_of(SECTOR))
     }
 
     /// Guest size in bytes.
