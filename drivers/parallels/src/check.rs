@@ -155,7 +155,7 @@ fn duplicates(
     if size == 0 {
         return Ok(end);
     }
-    if end % cs != 0 {
+    if !end.is_multiple_of(cs) {
         size += 1;
     }
     let mut seen = Used::new(size);

@@ -58,7 +58,7 @@ fn fail<T>(text: impl Into<String>) -> Result<T> {
 /// the extension holds.
 pub fn read(store: &ByteStoreBox, ext_off: u64, cluster: u64, sectors: u64) -> Result<usize> {
     let file_len = store.len().into_result()?;
-    let start = ext_off.checked_mul(SECTOR).unwrap_or(u64::MAX);
+    let start = ext_off.saturating_mul(SECTOR);
     let held = cluster
         .min(file_len.saturating_sub(start))
         .max(EXT_HEADER as u64);

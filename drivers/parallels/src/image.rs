@@ -388,7 +388,7 @@ impl ParallelsImage {
         let cs = self.geo.cluster;
         // The format has no zero clusters: whole clusters are freed (what
         // qemu-img does), anything else is written as zeros.
-        if offset % cs == 0 && (len % cs == 0 || offset + len == self.size()) {
+        if offset.is_multiple_of(cs) && (len.is_multiple_of(cs) || offset + len == self.size()) {
             return self.free_clusters(offset, len.next_multiple_of(cs));
         }
         if flags & zero_flags::NO_FALLBACK != 0 {
@@ -538,14 +538,14 @@ impl ParallelsImage {
         if !self.writable {
             return Ok(());
         }
-        st.data_end = st.data_start;
-        for i in 0..st.bat.len() {
-            let e = st.bat[i];
-            if e != 0 {
-                let end = self.geo.host(e) / SECTOR + u64::from(st.header.tracks);
-                st.data_end = st.data_end.max(end);
-            }
-        }
+        let tracks = u64::from(st.header.tracks);
+        let last = st
+            .bat
+            .iter()
+            .filter(|&&e| e != 0)
+            .map(|&e| self.geo.host(e) / SECTOR + tracks)
+            .max();
+        st.data_end = last.unwrap_or(0).max(st.data_start);
         self.flush_state(&mut st)?;
         st.header.inuse = 0;
         write_all(&self.store, 0, &st.header.to_bytes())?;

@@ -24,7 +24,7 @@ pub fn resize(img: &ParallelsImage, new_size: u64, prealloc: Prealloc, shrink: b
     }
     let geo = img.geo;
     let cs = geo.cluster;
-    let sectors = new_size.next_multiple_of(SECTOR) / SECTOR;
+    let sectors = new_size.div_ceil(SECTOR);
     if sectors > MAX_LENGTH / SECTOR || sectors * SECTOR >= (1u64 << 32) * cs {
         return Err(ParallelsError::TooLarge(
             "Image size is too large for this cluster size".into(),
