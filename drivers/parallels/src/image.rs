@@ -343,12 +343,24 @@ impl ParallelsImage {
             let at = offset + done as u64;
             let within = at % cs;
             let n = ((cs - within) as usize).min(buf.len() - done);
-            let piece = &mut buf[done..done + n];
-            let e = if at >= size {
-                0
+            let (e, n) = if at >= size {
+                (0, n)
             } else {
-                self.read_state().entry(at / cs)
+                // Clusters that follow each other in the file are read at once.
+                let st = self.read_state();
+                let e = st.entry(at / cs);
+                let mut len = n;
+                while e != 0 && done + len < buf.len() {
+                    let next = at + len as u64;
+                    let host = self.geo.host(st.entry(next / cs));
+                    if next >= size || host != self.geo.host(e) + within + len as u64 {
+                        break;
+                    }
+                    len += (cs as usize).min(buf.len() - done - len);
+                }
+                (e, len)
             };
+            let piece = &mut buf[done..done + n];
             if e == 0 {
                 piece.fill(0);
             } else {
