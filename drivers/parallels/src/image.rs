@@ -35,6 +35,11 @@ const MAX_REQUEST: u64 = (i32::MAX as u64) & !(SECTOR - 1);
 const HEADER_ALIGN: u64 = 4096;
 /// Bytes of the header area (header and BAT) written back per dirty block.
 const DIRTY_BLOCK: u64 = 4096;
+/// Bytes the file grows by at once when clusters are appended (qemu-img's
+/// `prealloc-size` is 128 MiB): allocating ahead is cheaper for the file
+/// system than extending the file write by write. A clean close cuts the
+/// file back to its data.
+const PREALLOC: u64 = 64 << 20;
 /// Extents answered per `block_status` call at most.
 const MAX_EXTENTS: usize = 256;
 
@@ -61,6 +66,8 @@ pub struct State {
     pub reserved: HashSet<u64>,
     /// The image was not closed cleanly (`inuse` set when it was opened).
     pub unclean: bool,
+    /// End of the space allocated ahead at the end of the file.
+    pub prealloc_end: u64,
 }
 
 impl State {
@@ -215,6 +222,7 @@ impl ParallelsImage {
             freed: Vec::new(),
             reserved: HashSet::new(),
             unclean,
+            prealloc_end: 0,
         };
         let (used, used_ok) = used_map(&st, geo, file_len);
         st.used = used;
@@ -279,7 +287,15 @@ impl ParallelsImage {
                 self.store.zero_range(host, self.geo.cluster, false)?;
                 host
             }
-            None => st.data_end * SECTOR,
+            None => {
+                let host = st.data_end * SECTOR;
+                if host + self.geo.cluster > st.prealloc_end {
+                    let len = PREALLOC.max(self.geo.cluster);
+                    self.store.zero_range(host, len, false)?;
+                    st.prealloc_end = host + len;
+                }
+                host
+            }
         };
         if self.geo.entry(host).is_none() {
             return Err(ParallelsError::TooLarge(
