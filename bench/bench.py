@@ -101,6 +101,7 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
     Input("qcow2", "disk.qcow2", "qcow2", qemu_convert("-O qcow2"), ["src"]),
     Input("qcow2c", "disk-zlib.qcow2", "qcow2", qemu_convert("-c -O qcow2"), ["src"]),
     Input("vmdk", "disk.vmdk", "vmdk", qemu_convert("-O vmdk"), ["src"]),
+    Input("parallels", "disk.prl", "parallels", qemu_convert("-O parallels"), ["src"]),
     Input("stream", "disk-stream.vmdk", "vmdk",
           qemu_convert("-O vmdk -o subformat=streamOptimized"), ["src"]),
     Input("vdi", "disk.vdi", "vdi", qemu_convert("-O vdi"), ["src"]),
@@ -127,7 +128,7 @@ SCRATCH_DIR = "scratch"
 SCRATCH = {"wtop": "chain", "wmid": "chain_mid", "wbase": "chain_base"}
 
 # Output formats that `qemu-img check` verifies after the warm-up run.
-CHECKED_FORMATS = ("qcow2", "vmdk", "vdi", "qed", "qcow2+luks")
+CHECKED_FORMATS = ("qcow2", "vmdk", "vdi", "qed", "parallels", "qcow2+luks")
 
 
 # --------------------------------------------------------------------------
@@ -244,6 +245,9 @@ OPS: list[Op] = [
     # qed
     convert("convert-raw-qed", "src", "raw", "qed"),
     convert("convert-qed-raw", "qed", "qed", "raw"),
+    # parallels
+    convert("convert-raw-parallels", "src", "raw", "parallels", note="1 MiB clusters"),
+    convert("convert-parallels-raw", "parallels", "parallels", "raw"),
     # encryption: AES-256-XTS (qemu-img's default cipher)
     Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
                             "-o", LUKS_OPTS, "{src}", "{out}"],

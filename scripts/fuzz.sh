@@ -4,8 +4,8 @@
 #
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
-# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, qed, raw, luks,
-# descriptors (all by default). --time is the run time of each target in
+# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, qed, parallels, raw,
+# luks, descriptors (all by default). --time is the run time of each target in
 # seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk vdi qed raw luks descriptors)
+all_targets=(qcow2 vmdk vdi qed parallels raw luks descriptors)
 time_per_target=60
 targets=()
 
@@ -270,6 +270,16 @@ seed_raw() {
     head -c 65536 /dev/zero >"$dir/zeros.raw"
     printf 'odd-sized raw image\n' | dd of="$dir/odd.raw" bs=1000 conv=sync status=none
     : >"$dir/empty.raw"
+}
+
+seed_parallels() {
+    local dir=$1
+    local c
+    for c in 4k 64k; do
+        q create -f parallels -o cluster_size=$c "p$c.prl" 256k
+        qio parallels "p$c.prl" 'write -P 0xaa 0 4k' 'write -P 0x55 130k 8k'
+        cp "$work/p$c.prl" "$dir/p$c.prl"
+    done
 }
 
 for t in "${targets[@]}"; do
