@@ -1,0 +1,339 @@
+//! The vpc (VHD) driver against qemu-img 10.0.2: qimg reads what qemu-img
+//! and qemu-io wrote and what Virtual PC, Hyper-V and Disk2VHD wrote (the
+//! shared sample images), creates the files qemu-img creates, and what it
+//! writes passes `qemu-img compare` against its source.
+
+use qimg_tests::{workspace, Fixture};
+
+/// The pattern written into every fixture: a partial first block, a run
+/// across a block boundary and a few sectors near the end.
+const PATTERN: &[&str] = &[
+    "write -P 1 0 4k",
+    "write -P 2 1536k 1M",
+    "write -P 3 9000k 3000k",
+];
+
+/// `create -f vpc [-o OPTS] FILE SIZE` by qemu-img, then [`PATTERN`] by
+/// qemu-io where the size allows.
+fn made(fx: &Fixture, file: &str, opts: &str, size: &str) {
+    let mut args = vec!["create", "-q", "-f", "vpc"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    args.extend([file, size]);
+    fx.oracle(&args);
+    fx.qemu_io_cmds("vpc", file, PATTERN);
+}
+
+/// The option sets qemu-img creates vpc images with.
+const VARIANTS: &[&str] = &[
+    "",
+    "force_size=on",
+    "subformat=fixed",
+    "subformat=fixed,force_size=on",
+    "subformat=dynamic,force_size=off",
+];
+
+/// qimg and qemu-img print the same for `info` and `map`, human and JSON.
+fn reads_alike(fx: &Fixture, args: &[&str]) {
+    for cmd in [
+        &["info"][..],
+        &["info", "--output=json"],
+        &["map"],
+        &["map", "--output=json"],
+    ] {
+        let mut all: Vec<&str> = cmd.to_vec();
+        all.extend_from_slice(args);
+        fx.same(&all);
+    }
+}
+
+/// qimg converts `file` (vpc) to raw, and qemu-img finds the copy equal.
+fn converts_to_raw(fx: &Fixture, file: &str) {
+    let out = fx.qimg(&["convert", "-f", "vpc", "-O", "raw", file, "copy.raw"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["compare", "-f", "vpc", "-F", "raw", file, "copy.raw"]);
+    std::fs::remove_file(fx.path("copy.raw")).unwrap();
+}
+
+/// The file's bytes with each footer's time stamp, checksum and unique id
+/// zeroed: what differs between two runs of the same creation.
+fn masked(fx: &Fixture, file: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(fx.path(file)).unwrap();
+    let len = bytes.len();
+    for at in [0, len.saturating_sub(512)] {
+        if bytes[at..].starts_with(b"conectix") {
+            bytes[at + 24..at + 28].fill(0);
+            bytes[at + 64..at + 84].fill(0);
+        }
+    }
+    bytes
+}
+
+#[test]
+fn qemu_made_images_read_alike() {
+    let fx = Fixture::new("vpc_reads");
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        for size in ["12M", "12345678"] {
+            let file = format!("img{i}-{size}.vhd");
+            made(&fx, &file, opts, size);
+            // A fixed disk probes as raw (its footer is at the end only).
+            reads_alike(&fx, &["-f", "vpc", &file]);
+            reads_alike(&fx, &[&file]);
+            converts_to_raw(&fx, &file);
+            fx.same(&["compare", "-f", "vpc", "-F", "vpc", &file, &file]);
+        }
+    }
+}
+
+#[test]
+fn empty_and_tiny_disks_read_alike() {
+    let fx = Fixture::new("vpc_tiny");
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        for size in ["0", "1", "511", "70000"] {
+            let file = format!("t{i}-{size}.vhd");
+            let mut args = vec!["create", "-q", "-f", "vpc"];
+            if !opts.is_empty() {
+                args.extend(["-o", opts]);
+            }
+            args.extend([file.as_str(), size]);
+            fx.oracle(&args);
+            // An empty fixed disk is a footer at offset 0, which qemu-img
+            // then takes for a dynamic disk's copy and cannot open.
+            reads_alike(&fx, &["-f", "vpc", &file]);
+        }
+    }
+}
+
+/// Writes `footer` edits (offset within the footer, bytes) into both
+/// footers of `src` (the start copy of a dynamic disk too) and fixes the
+/// checksums, as a tool other than qemu-img would have written them.
+fn refooted(fx: &Fixture, src: &str, dst: &str, edits: &[(usize, &[u8])]) {
+    let mut bytes = std::fs::read(fx.path(src)).unwrap();
+    let len = bytes.len();
+    for at in [0, len - 512] {
+        if !bytes[at..].starts_with(b"conectix") {
+            continue;
+        }
+        for (off, data) in edits {
+            bytes[at + off..at + off + data.len()].copy_from_slice(data);
+        }
+        bytes[at + 64..at + 68].fill(0);
+        let sum = !bytes[at..at + 512]
+            .iter()
+            .fold(0u32, |s, &b| s.wrapping_add(u32::from(b)));
+        bytes[at + 64..at + 68].copy_from_slice(&sum.to_be_bytes());
+    }
+    std::fs::write(fx.path(dst), bytes).unwrap();
+}
+
+#[test]
+fn the_creator_application_picks_the_size() {
+    // A disk whose geometry gives 10514432 bytes and whose Current Size
+    // says 10485760: Virtual PC's and qemu's own go by the geometry,
+    // every other creator by Current Size, and the largest geometry always
+    // by Current Size.
+    let fx = Fixture::new("vpc_creators");
+    for sub in ["dynamic", "fixed"] {
+        let base = format!("{sub}.vhd");
+        fx.oracle(&[
+            "create",
+            "-q",
+            "-f",
+            "vpc",
+            "-o",
+            &format!("subformat={sub}"),
+            &base,
+            "10M",
+        ]);
+        let current = 10_485_761u64.to_be_bytes();
+        for app in [
+            &b"vpc "[..],
+            b"qemu",
+            b"qem2",
+            b"win ",
+            b"d2v\0",
+            b"CTXS",
+            b"tap\0",
+            b"vs  ",
+            b"\0\0\0\0",
+            b"QEMU",
+        ] {
+            let file = format!("{sub}-{}.vhd", String::from_utf8_lossy(app).trim_matches('\0').trim());
+            refooted(&fx, &base, &file, &[(28, app), (48, &current)]);
+            fx.same(&["info", "-f", "vpc", &file]);
+            fx.same(&["map", "-f", "vpc", "--output=json", &file]);
+        }
+        let max = [0xff, 0xff, 16, 255];
+        refooted(&fx, &base, "max.vhd", &[(28, b"qemu"), (48, &current), (56, &max)]);
+        fx.same(&["info", "-f", "vpc", "max.vhd"]);
+        // QEMU's force_size_calc option overrides the creator.
+        for mode in ["chs", "current_size", "foo"] {
+            for file in [format!("{sub}-qemu.vhd"), format!("{sub}-win.vhd")] {
+                let opts = format!("driver=vpc,force_size_calc={mode},file.filename={file}");
+                fx.same(&["info", "--image-opts", &opts]);
+                let json = format!(
+                    "json:{{\"driver\":\"vpc\",\"force_size_calc\":\"{mode}\",\"file\":{{\"driver\":\"file\",\"filename\":\"{file}\"}}}}"
+                );
+                fx.same(&["info", "--output=json", &json]);
+            }
+        }
+    }
+}
+
+/// Unpacks a sample image from `../shared/sample-images` sparsely, if the
+/// samples are there (beside the checkout on developer machines and in CI).
+fn sample(fx: &Fixture, name: &str) -> bool {
+    let bz = workspace().join(format!("../shared/sample-images/{name}.bz2"));
+    if !bz.exists() {
+        eprintln!("no {}: sample not checked", bz.display());
+        return false;
+    }
+    fx.sh(&format!(
+        "bunzip2 -c {} | cp --sparse=always /dev/stdin {name}",
+        bz.display()
+    ));
+    true
+}
+
+#[test]
+fn sample_images_read_as_qemu_img_reads_them() {
+    let fx = Fixture::new("vpc_samples");
+    for name in [
+        "virtualpc-dynamic.vhd",
+        "hyperv2012r2-dynamic.vhd",
+        "d2v-zerofilled.vhd",
+    ] {
+        if !sample(&fx, name) {
+            return;
+        }
+        // 136 GB disks: info and map, not the whole content.
+        reads_alike(&fx, &[name]);
+        fx.same(&["info", "-f", "vpc", "--output=json", name]);
+    }
+    // Disk2VHD's is small enough to copy whole.
+    converts_to_raw(&fx, "d2v-zerofilled.vhd");
+    fx.same(&[
+        "compare",
+        "-f",
+        "vpc",
+        "-F",
+        "vpc",
+        "d2v-zerofilled.vhd",
+        "d2v-zerofilled.vhd",
+    ]);
+    // The fuzzed image (absurd Max Table Entries) is refused.
+    if sample(&fx, "afl5.img") {
+        let out = fx.same_bounded(&["info", "afl5.img"]);
+        assert_eq!(out.status, 1);
+        fx.same_bounded(&["convert", "-O", "raw", "afl5.img", "afl5.raw"]);
+    }
+}
+
+#[test]
+fn create_writes_the_bytes_qemu_img_writes() {
+    let fx = Fixture::new("vpc_create");
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        for size in ["0", "1", "1M", "10M", "127G", "128G", "136899993601", "2040G"] {
+            // Fixed disks of that size are sparse files: cheap to create,
+            // but not to read whole.
+            if opts.contains("fixed") && (size.ends_with('G') || size.len() > 10) {
+                continue;
+            }
+            let mut args = vec!["create", "-f", "vpc"];
+            if !opts.is_empty() {
+                args.extend(["-o", opts]);
+            }
+            let (ours, theirs) = (format!("o{i}-{size}.vhd"), format!("t{i}-{size}.vhd"));
+            let mut a = args.clone();
+            a.extend([ours.as_str(), size]);
+            let mut b = args.clone();
+            b.extend([theirs.as_str(), size]);
+            let out = fx.qimg(&a);
+            let expected = fx.qemu_img(&b);
+            assert_eq!(out.status, expected.status);
+            assert_eq!(out.stdout.replace(&ours, "X"), expected.stdout.replace(&theirs, "X"));
+            assert_eq!(masked(&fx, &ours), masked(&fx, &theirs), "{opts} {size}");
+        }
+    }
+}
+
+#[test]
+fn create_refuses_what_qemu_img_refuses() {
+    let fx = Fixture::new("vpc_create_refused");
+    for (opts, size) in [
+        ("subformat=foo", "1M"),
+        ("subformat=Fixed", "1M"),
+        ("preallocation=metadata", "1M"),
+        ("preallocation=foo", "1M"),
+        ("", "2041G"),
+        ("", "2190433321472"),
+        ("force_size=on", "2190433320961"),
+        ("subformat=fixed", "3T"),
+    ] {
+        let mut args = vec!["create", "-f", "vpc"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend(["x.vhd", size]);
+        fx.same(&args);
+        // qemu-img leaves an empty file behind; qimg removes what it made.
+        let _ = std::fs::remove_file(fx.path("x.vhd"));
+    }
+    fx.same(&["create", "-f", "vpc", "-o", "help"]);
+    fx.same(&["create", "-f", "vpc", "-o", "help", "x.vhd"]);
+}
+
+#[test]
+fn convert_to_vpc_gives_qemu_img_s_files() {
+    let fx = Fixture::new("vpc_convert");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "20M"]);
+    fx.qemu_io_cmds(
+        "raw",
+        "src.raw",
+        &[
+            "write -P 1 0 4k",
+            "write -P 2 3M 1M",
+            "write -P 3 9000k 3000k",
+            "write -P 4 19M 1M",
+        ],
+    );
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        let (ours, theirs) = (format!("o{i}.vhd"), format!("t{i}.vhd"));
+        let mut args = vec!["convert", "-O", "vpc"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        let mut a = args.clone();
+        a.extend(["src.raw", ours.as_str()]);
+        let out = fx.qimg(&a);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let mut b = args.clone();
+        b.extend(["src.raw", theirs.as_str()]);
+        fx.oracle(&b);
+        // Equal to the source (the disk may be a little larger: its
+        // geometry rounds up), laid out as qemu-img lays it out.
+        let cmp = fx.qemu_img(&["compare", "-f", "raw", "-F", "vpc", "src.raw", &ours]);
+        assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
+        assert_eq!(masked(&fx, &ours), masked(&fx, &theirs), "convert -o {opts}");
+        fx.same(&["check", "-f", "vpc", &ours]);
+    }
+}
+
+#[test]
+fn writes_into_qemu_made_images_read_back() {
+    // convert -n into qemu-made disks (its blocks, then new ones at the
+    // end), then each tool reads the result the same.
+    let fx = Fixture::new("vpc_write_n");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "12M"]);
+    fx.qemu_io_cmds("raw", "src.raw", &["write -P 7 1M 3M", "write -P 8 11M 512"]);
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        let file = format!("n{i}.vhd");
+        made(&fx, &file, opts, "12M");
+        let out = fx.qimg(&["convert", "-n", "-f", "raw", "-O", "vpc", "src.raw", &file]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let cmp = fx.qemu_img(&["compare", "-f", "raw", "-F", "vpc", "src.raw", &file]);
+        assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
+        reads_alike(&fx, &["-f", "vpc", &file]);
+    }
+}
