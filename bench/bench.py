@@ -103,6 +103,7 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
     Input("vmdk", "disk.vmdk", "vmdk", qemu_convert("-O vmdk"), ["src"]),
     Input("stream", "disk-stream.vmdk", "vmdk",
           qemu_convert("-O vmdk -o subformat=streamOptimized"), ["src"]),
+    Input("vpc", "disk.vhd", "vpc", qemu_convert("-O vpc"), ["src"]),
     Input("luks", "disk.luks", "luks",
           qemu_convert(f"--object {SECRET} -O luks -o {LUKS_OPTS}"), ["src"]),
     Input("qcow2luks", "disk-luks.qcow2", "qcow2+luks",
@@ -236,6 +237,9 @@ OPS: list[Op] = [
             ["-o", "subformat=streamOptimized"], best=COMPRESSED_BEST),
     convert("convert-vmdk-stream-raw", "stream", "vmdk", "raw",
             note="decompression of a streamOptimized vmdk"),
+    # vpc
+    convert("convert-raw-vpc", "src", "raw", "vpc", note="dynamic VHD"),
+    convert("convert-vpc-raw", "vpc", "vpc", "raw", note="from a dynamic VHD"),
     # encryption: AES-256-XTS (qemu-img's default cipher)
     Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
                             "-o", LUKS_OPTS, "{src}", "{out}"],

@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
-# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, raw, descriptors (all
+# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vpc, raw, descriptors (all
 # by default). --time is the run time of each target in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk raw descriptors)
+all_targets=(qcow2 vmdk vpc raw descriptors)
 time_per_target=60
 targets=()
 
@@ -224,6 +224,20 @@ seed_descriptors() {
     done
 }
 
+seed_vpc() {
+    local dir=$1
+    q create -f vpc dynamic.vhd 4M
+    qio vpc dynamic.vhd 'write -P 0xaa 0 4k' 'write -P 0x55 2044k 8k'
+    q create -f vpc -o force_size=on forced.vhd 3M
+    qio vpc forced.vhd 'write -P 0xaa 1M 4k'
+    q create -f vpc -o subformat=fixed fixed.vhd 64k
+    qio vpc fixed.vhd 'write -P 0xaa 0 4k'
+    q create -f vpc empty.vhd 0
+    for f in dynamic forced fixed empty; do
+        cp "$work/$f.vhd" "$dir/$f.vhd"
+    done
+}
+
 seed_raw() {
     local dir=$1
     q create -f raw data.raw 16k
@@ -291,6 +305,7 @@ for t in "${targets[@]}"; do
     case $t in
         qcow2) dict=(-dict="$root/fuzz/dicts/qcow2.dict") ;;
         vmdk | descriptors) dict=(-dict="$root/fuzz/dicts/vmdk.dict") ;;
+        vpc) dict=(-dict="$root/fuzz/dicts/vpc.dict") ;;
     esac
     deadline=$((SECONDS + time_per_target))
     execs=0

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prefix=""
-drivers="raw,qcow2,vmdk,luks"
+drivers="raw,qcow2,vmdk,luks,vpc"
 from=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,7 +34,7 @@ if [ -z "$prefix" ]; then
     exit 2
 fi
 if [ -z "$from" ]; then
-    cargo build --release -p qimg -p qimg-raw -p qimg-qcow2 -p qimg-vmdk -p qimg-luks
+    cargo build --release -p qimg -p qimg-raw -p qimg-qcow2 -p qimg-vmdk -p qimg-luks -p qimg-vpc
     from="target/release"
 fi
 

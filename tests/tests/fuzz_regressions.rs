@@ -32,6 +32,7 @@ fn format_of(target: &str) -> Option<&'static str> {
         "qcow2" => Some("qcow2"),
         "vmdk" | "descriptors" => Some("vmdk"),
         "raw" => Some("raw"),
+        "vpc" => Some("vpc"),
         _ => None,
     }
 }
@@ -262,7 +263,7 @@ fn fuzz_regression_inputs_neither_panic_nor_hang() {
     for (target, path) in &inputs {
         let Some(format) = format_of(target) else {
             problems.push(format!(
-                "{}: no fuzz target '{target}' (qcow2, vmdk, raw, descriptors)",
+                "{}: no fuzz target '{target}' (qcow2, vmdk, vpc, raw, descriptors)",
                 path.display()
             ));
             continue;

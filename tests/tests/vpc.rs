@@ -159,13 +159,21 @@ fn the_creator_application_picks_the_size() {
             b"\0\0\0\0",
             b"QEMU",
         ] {
-            let file = format!("{sub}-{}.vhd", String::from_utf8_lossy(app).trim_matches('\0').trim());
+            let file = format!(
+                "{sub}-{}.vhd",
+                String::from_utf8_lossy(app).trim_matches('\0').trim()
+            );
             refooted(&fx, &base, &file, &[(28, app), (48, &current)]);
             fx.same(&["info", "-f", "vpc", &file]);
             fx.same(&["map", "-f", "vpc", "--output=json", &file]);
         }
         let max = [0xff, 0xff, 16, 255];
-        refooted(&fx, &base, "max.vhd", &[(28, b"qemu"), (48, &current), (56, &max)]);
+        refooted(
+            &fx,
+            &base,
+            "max.vhd",
+            &[(28, b"qemu"), (48, &current), (56, &max)],
+        );
         fx.same(&["info", "-f", "vpc", "max.vhd"]);
         // QEMU's force_size_calc option overrides the creator.
         for mode in ["chs", "current_size", "foo"] {
@@ -234,7 +242,16 @@ fn sample_images_read_as_qemu_img_reads_them() {
 fn create_writes_the_bytes_qemu_img_writes() {
     let fx = Fixture::new("vpc_create");
     for (i, opts) in VARIANTS.iter().enumerate() {
-        for size in ["0", "1", "1M", "10M", "127G", "128G", "136899993601", "2040G"] {
+        for size in [
+            "0",
+            "1",
+            "1M",
+            "10M",
+            "127G",
+            "128G",
+            "136899993601",
+            "2040G",
+        ] {
             // Fixed disks of that size are sparse files: cheap to create,
             // but not to read whole.
             if opts.contains("fixed") && (size.ends_with('G') || size.len() > 10) {
@@ -252,7 +269,10 @@ fn create_writes_the_bytes_qemu_img_writes() {
             let out = fx.qimg(&a);
             let expected = fx.qemu_img(&b);
             assert_eq!(out.status, expected.status);
-            assert_eq!(out.stdout.replace(&ours, "X"), expected.stdout.replace(&theirs, "X"));
+            assert_eq!(
+                out.stdout.replace(&ours, "X"),
+                expected.stdout.replace(&theirs, "X")
+            );
             assert_eq!(masked(&fx, &ours), masked(&fx, &theirs), "{opts} {size}");
         }
     }
@@ -315,7 +335,11 @@ fn convert_to_vpc_gives_qemu_img_s_files() {
         // geometry rounds up), laid out as qemu-img lays it out.
         let cmp = fx.qemu_img(&["compare", "-f", "raw", "-F", "vpc", "src.raw", &ours]);
         assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
-        assert_eq!(masked(&fx, &ours), masked(&fx, &theirs), "convert -o {opts}");
+        assert_eq!(
+            masked(&fx, &ours),
+            masked(&fx, &theirs),
+            "convert -o {opts}"
+        );
         fx.same(&["check", "-f", "vpc", &ours]);
     }
 }
@@ -326,7 +350,11 @@ fn writes_into_qemu_made_images_read_back() {
     // end), then each tool reads the result the same.
     let fx = Fixture::new("vpc_write_n");
     fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "12M"]);
-    fx.qemu_io_cmds("raw", "src.raw", &["write -P 7 1M 3M", "write -P 8 11M 512"]);
+    fx.qemu_io_cmds(
+        "raw",
+        "src.raw",
+        &["write -P 7 1M 3M", "write -P 8 11M 512"],
+    );
     for (i, opts) in VARIANTS.iter().enumerate() {
         let file = format!("n{i}.vhd");
         made(&fx, &file, opts, "12M");
@@ -335,5 +363,223 @@ fn writes_into_qemu_made_images_read_back() {
         let cmp = fx.qemu_img(&["compare", "-f", "raw", "-F", "vpc", "src.raw", &file]);
         assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
         reads_alike(&fx, &["-f", "vpc", &file]);
+    }
+}
+
+#[test]
+fn hostile_headers_fail_as_qemu_img_fails() {
+    // A qemu-made 12 MiB dynamic disk with blocks 0, 1, 4 and 5 allocated,
+    // damaged one field at a time. qimg runs under a 1 GiB address-space
+    // limit: no header may make it allocate what the file does not hold.
+    let fx = Fixture::new("vpc_hostile");
+    made(&fx, "base.vhd", "", "12M");
+    let len = std::fs::metadata(fx.path("base.vhd")).unwrap().len();
+    let be32 = |v: u32| v.to_be_bytes().to_vec();
+    let be64 = |v: u64| v.to_be_bytes().to_vec();
+    // Edits of the dynamic disk header (at 512; its checksum is not checked).
+    let header: &[(&str, u64, Vec<u8>)] = &[
+        ("cookie", 512, b"cxspars2".to_vec()),
+        ("version", 512 + 24, be32(0x0002_0000)),
+        ("checksum", 512 + 36, be32(0)),
+        ("bs0", 512 + 32, be32(0)),
+        ("bs256", 512 + 32, be32(256)),
+        ("bs1000", 512 + 32, be32(1000)),
+        ("bs512", 512 + 32, be32(512)),
+        ("bs4m", 512 + 32, be32(4 << 20)),
+        ("bs2g", 512 + 32, be32(0x8000_0000)),
+        ("max0", 512 + 28, be32(0)),
+        ("max5", 512 + 28, be32(5)),
+        ("max-big", 512 + 28, be32(0x1000_0000)),
+        ("max-unreadable", 512 + 28, be32(0x1fff_fff0)),
+        ("max-too-large", 512 + 28, be32(0x2000_0000)),
+        ("max-afl", 512 + 28, be32(0x4000_0001)),
+        ("table-inside", 512 + 16, be64(0x10_0000)),
+        ("table-past-eof", 512 + 16, be64(0x7000_0000)),
+        ("table-huge", 512 + 16, be64(0xffff_ffff_ffff_ff00)),
+        ("entry-past-eof", 1536, be32(0x007f_ffff)),
+        ("entry-at-start", 1536, be32(0)),
+        (
+            "entry-at-end",
+            1536 + 8,
+            be32(((len - 512) / 512 - 4097) as u32),
+        ),
+        (
+            "entry-over-end",
+            1536 + 8,
+            be32(((len - 512) / 512 - 4096) as u32),
+        ),
+        ("head-checksum", 64, be32(0x1234_5678)),
+        ("tail-checksum", len - 512 + 64, be32(0x1234_5678)),
+    ];
+    let mut files = Vec::new();
+    for (name, at, bytes) in header {
+        let file = format!("{name}.vhd");
+        fx.patched_copy("base.vhd", &file, &[(*at, bytes)]);
+        files.push(file);
+    }
+    // Footer edits, with the checksum made right.
+    let footer: &[(&str, usize, Vec<u8>)] = &[
+        ("doff-past-eof", 16, be64(0x1000_0000)),
+        ("doff-zero", 16, be64(0)),
+        ("doff-none", 16, be64(u64::MAX)),
+        ("type-fixed", 60, be32(2)),
+        ("type-diff", 60, be32(4)),
+        ("size-huge", 48, be64(u64::MAX)),
+        ("chs-big", 56, vec![0xff, 0xfe, 16, 255]),
+        ("chs-zero", 56, vec![0, 0, 0, 0]),
+    ];
+    for (name, at, bytes) in footer {
+        let file = format!("{name}.vhd");
+        refooted(&fx, "base.vhd", &file, &[(*at, bytes.as_slice())]);
+        files.push(file);
+    }
+    // A footer found only at the end must say "fixed".
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vpc",
+        "-o",
+        "subformat=fixed",
+        "fixed.vhd",
+        "1M",
+    ]);
+    for (name, kind) in [
+        ("fixed-as-dynamic", 3u32),
+        ("fixed-as-diff", 4),
+        ("fixed-as-none", 0),
+    ] {
+        let file = format!("{name}.vhd");
+        refooted(&fx, "fixed.vhd", &file, &[(60, &be32(kind))]);
+        files.push(file);
+    }
+    // Files too short or with no footer.
+    std::fs::write(fx.path("empty.vhd"), b"").unwrap();
+    std::fs::write(
+        fx.path("short.vhd"),
+        &std::fs::read(fx.path("base.vhd")).unwrap()[..511],
+    )
+    .unwrap();
+    std::fs::write(fx.path("noise.vhd"), vec![0x5a; 1000]).unwrap();
+    files.extend(["empty.vhd", "short.vhd", "noise.vhd"].map(String::from));
+    for file in &files {
+        fx.same_bounded(&["info", "-f", "vpc", file]);
+        fx.same_bounded(&["map", "-f", "vpc", "--output=json", file]);
+        // Reading the whole disk: the same verdict, and the same bytes.
+        let ours = fx.qimg_bounded(&["convert", "-f", "vpc", "-O", "raw", file, "ours.raw"]);
+        let theirs = fx.qemu_img(&["convert", "-f", "vpc", "-O", "raw", file, "theirs.raw"]);
+        assert_eq!(
+            ours.status, theirs.status,
+            "convert {file}: {}",
+            ours.stderr
+        );
+        if ours.status == 0 {
+            fx.oracle(&[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "raw",
+                "ours.raw",
+                "theirs.raw",
+            ]);
+        }
+        let _ = std::fs::remove_file(fx.path("ours.raw"));
+        let _ = std::fs::remove_file(fx.path("theirs.raw"));
+    }
+    // A block entry pointing at the headers: qemu-img would write over
+    // them; qimg refuses the write and leaves the file as it was.
+    let before = std::fs::read(fx.path("entry-at-start.vhd")).unwrap();
+    fx.oracle(&["create", "-q", "-f", "raw", "w.raw", "12M"]);
+    fx.qemu_io("w.raw", "write -P 9 0 64k");
+    let out = fx.qimg_bounded(&[
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "vpc",
+        "w.raw",
+        "entry-at-start.vhd",
+    ]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("Input/output error"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(fx.path("entry-at-start.vhd")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn check_is_refused_as_qemu_img_refuses_it() {
+    let fx = Fixture::new("vpc_check");
+    made(&fx, "d.vhd", "", "12M");
+    fx.same(&["check", "-f", "vpc", "d.vhd"]);
+    fx.same(&["check", "d.vhd"]);
+    fx.same(&["check", "-f", "vpc", "--output=json", "d.vhd"]);
+}
+
+#[test]
+fn the_azure_recipe_keeps_the_size_exactly() {
+    // README's recipe: a fixed VHD with force_size of a source whose size
+    // is a whole number of MiB has exactly the source's virtual size.
+    let fx = Fixture::new("vpc_azure");
+    for size in ["1M", "30M", "1000M"] {
+        let src = format!("src-{size}.raw");
+        fx.oracle(&["create", "-q", "-f", "raw", &src, size]);
+        fx.qemu_io(&src, "write -P 5 512k 64k");
+        let vhd = format!("azure-{size}.vhd");
+        let out = fx.qimg(&[
+            "convert",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+            &src,
+            &vhd,
+        ]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let src_len = std::fs::metadata(fx.path(&src)).unwrap().len();
+        assert_eq!(
+            std::fs::metadata(fx.path(&vhd)).unwrap().len(),
+            src_len + 512
+        );
+        let info = fx
+            .oracle(&["info", "-f", "vpc", "--output=json", &vhd])
+            .stdout;
+        assert!(
+            info.contains(&format!("\"virtual-size\": {src_len},")),
+            "{info}"
+        );
+        fx.oracle(&["compare", "-f", "raw", "-F", "vpc", &src, &vhd]);
+        fx.same(&["info", "-f", "vpc", &vhd]);
+    }
+}
+
+#[test]
+fn measure_answers_what_convert_makes() {
+    // qemu-img cannot measure for vpc: qimg's answer is the file convert
+    // writes (dynamic: headers, table, footer and the blocks with data).
+    let fx = Fixture::new("vpc_measure");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "20M"]);
+    fx.qemu_io_cmds("raw", "src.raw", &["write -P 1 0 4k", "write -P 2 9M 3M"]);
+    for opts in ["subformat=dynamic", "subformat=fixed", "force_size=on"] {
+        let out = fx.qimg(&[
+            "measure",
+            "--output=json",
+            "-O",
+            "vpc",
+            "-o",
+            opts,
+            "src.raw",
+        ]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        fx.oracle(&["convert", "-O", "vpc", "-o", opts, "src.raw", "out.vhd"]);
+        let len = std::fs::metadata(fx.path("out.vhd")).unwrap().len();
+        assert_eq!(v["required"].as_u64(), Some(len), "{opts}: {}", out.stdout);
+        std::fs::remove_file(fx.path("out.vhd")).unwrap();
+        let out = fx.qimg(&["measure", "-O", "vpc", "-o", opts, "--size", "20M"]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
     }
 }

@@ -53,11 +53,14 @@ impl Bat {
         }
         let bytes = u64::from(max) * 4;
         let offset = header.table_offset;
-        let end = offset.checked_add(bytes).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(bytes);
         if bytes > MAX_READ || end > i64::MAX as u64 {
             return Err(VpcError::TableUnreadable);
         }
-        let inside = file_len.saturating_sub(offset).div_ceil(4).min(u64::from(max));
+        let inside = file_len
+            .saturating_sub(offset)
+            .div_ceil(4)
+            .min(u64::from(max));
         let mut raw = vec![0u8; inside as usize * 4];
         store.read_or_zero_at(offset, &mut raw)?;
         let entries: Vec<u32> = raw
@@ -76,15 +79,6 @@ impl Bat {
             return Err(VpcError::Truncated);
         }
         Ok((Bat { entries, max }, free))
-    }
-
-    /// A table of `max` unallocated entries (a new disk's).
-    #[cfg(test)]
-    pub fn empty(max: u32) -> Bat {
-        Bat {
-            entries: vec![UNALLOCATED; max as usize],
-            max,
-        }
     }
 
     /// The entry of block `index` (0 past the file's end, as QEMU reads it).

@@ -90,7 +90,11 @@ impl Plan {
         }
         let size = sectors * 512;
         let footer = Footer {
-            data_offset: if dynamic { FOOTER_SIZE as u64 } else { NO_DATA_OFFSET },
+            data_offset: if dynamic {
+                FOOTER_SIZE as u64
+            } else {
+                NO_DATA_OFFSET
+            },
             timestamp: now(),
             // `qem2` tells readers to trust `Current Size`.
             creator_app: if force { *b"qem2" } else { *b"qemu" },
@@ -233,7 +237,10 @@ mod tests {
         assert_eq!(plan(1, &[]).unwrap().size, 34816);
         assert_eq!(plan(1, &[("force_size", "on")]).unwrap().size, 512);
         assert_eq!(plan(128 << 30, &[]).unwrap().size, 128 << 30);
-        assert!(matches!(plan((2040 << 30) + 1, &[]), Err(VpcError::TooLarge)));
+        assert!(matches!(
+            plan((2040 << 30) + 1, &[]),
+            Err(VpcError::TooLarge)
+        ));
         assert!(plan(2040 << 30, &[]).is_ok());
     }
 }

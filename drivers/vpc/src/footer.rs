@@ -112,7 +112,8 @@ pub fn checksum(bytes: &[u8]) -> u32 {
     !sum
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+/// The big-endian u32 at `at` of `b`.
+pub fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().unwrap_or_default())
 }
 
@@ -180,8 +181,8 @@ impl Footer {
     /// Size`, as does every disk with the largest geometry, which cannot
     /// describe it. `mode` overrides the choice (QEMU's `force_size_calc`).
     pub fn guest_size(&self, mode: Option<SizeCalc>) -> u64 {
-        let by_geometry = matches!(&self.creator_app, b"vpc " | b"qemu")
-            && self.geometry != MAX_GEOMETRY;
+        let by_geometry =
+            matches!(&self.creator_app, b"vpc " | b"qemu") && self.geometry != MAX_GEOMETRY;
         let mode = mode.unwrap_or(if by_geometry {
             SizeCalc::Chs
         } else {

@@ -16,7 +16,7 @@
 
 use crate::bat::{Bat, UNALLOCATED};
 use crate::error::{Result, VpcError};
-use crate::footer::{has_cookie, Footer, SizeCalc, FOOTER_SIZE};
+use crate::footer::{be32, has_cookie, Footer, SizeCalc, FOOTER_SIZE, TYPE_FIXED};
 use crate::header::{DynamicHeader, HEADER_SIZE};
 use qimg_driver_api::schema::ImageInfo;
 use qimg_driver_api::{
@@ -28,8 +28,6 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Extents answered per `block_status` call at most.
 const MAX_EXTENTS: usize = 1024;
-/// Bytes of zeros written per request when zeroing allocated blocks.
-const ZERO_CHUNK: u64 = 1 << 20;
 
 /// An open VHD.
 pub struct VpcImage {
@@ -41,6 +39,9 @@ pub struct VpcImage {
     writable: bool,
     /// A dynamic disk's blocks; `None` for a fixed disk.
     dynamic: Option<Dynamic>,
+    /// The guest's bytes are the file's from offset 0: a fixed disk, or,
+    /// as QEMU reads it, a dynamic layout whose footer says "fixed".
+    passthrough: bool,
 }
 
 /// What a dynamic disk adds.
@@ -102,7 +103,8 @@ impl VpcImage {
                 return Err(VpcError::TooSmall);
             }
             store.read_or_zero_at(rounded - FOOTER_SIZE as u64, &mut bytes)?;
-            if !has_cookie(&bytes) {
+            // A footer found only at the end must be a fixed disk's.
+            if !has_cookie(&bytes) || be32(&bytes, 60) != TYPE_FIXED {
                 return Err(VpcError::NotVpc);
             }
         }
@@ -114,6 +116,7 @@ impl VpcImage {
             None
         };
         Ok(VpcImage {
+            passthrough: footer.disk_type == TYPE_FIXED,
             store,
             footer,
             size,
@@ -132,13 +135,15 @@ impl VpcImage {
         }
     }
 
-    /// Writes `buf` at guest `offset` of a fixed disk, never over its footer.
-    fn write_fixed(&self, offset: u64, buf: &[u8]) -> Result<()> {
+    /// Checks that a write of `[offset, offset + len)` to a fixed disk
+    /// stays clear of its footer (and of a dynamic layout's headers, which
+    /// QEMU would write over).
+    fn check_fixed(&self, offset: u64, len: u64) -> Result<()> {
         let footer_at = self.store.size()?.saturating_sub(FOOTER_SIZE as u64);
-        if offset + buf.len() as u64 > footer_at {
+        if self.dynamic.is_some() || offset + len > footer_at {
             return Err(VpcError::OverMetadata);
         }
-        Ok(self.store.write_all_at(offset, buf)?)
+        Ok(())
     }
 
     fn flush_all(&self) -> Result<()> {
@@ -163,10 +168,7 @@ impl VpcImage {
         Ok(vec![Extent {
             offset,
             length,
-            flags: extent_flags::DATA
-                | zero
-                | extent_flags::ALLOCATED
-                | extent_flags::OFFSET_VALID,
+            flags: extent_flags::DATA | zero | extent_flags::ALLOCATED | extent_flags::OFFSET_VALID,
             store: 0,
             host_offset: offset,
         }])
@@ -205,11 +207,13 @@ impl Dynamic {
     }
 
     /// The file offset of guest byte `offset` (inside block `offset /
-    /// block_size`), or `None` if its block is not allocated.
+    /// block_size`), or `None` if its block is not allocated (or only
+    /// reserved: nothing is written there yet).
     fn locate(&self, offset: u64) -> Option<u64> {
         let index = offset / self.block_size;
-        let entry = self.meta().bat.get(index);
-        (entry != UNALLOCATED)
+        let meta = self.meta();
+        let entry = meta.bat.get(index);
+        (entry != UNALLOCATED && !meta.reserved.contains(&index))
             .then(|| u64::from(entry) * 512 + self.bitmap_size + offset % self.block_size)
     }
 
@@ -322,8 +326,7 @@ impl Dynamic {
         while i < dirty.len() {
             let first = dirty[i];
             let mut count = 1;
-            while i + (count as usize) < dirty.len() && dirty[i + count as usize] == first + count
-            {
+            while i + (count as usize) < dirty.len() && dirty[i + count as usize] == first + count {
                 count += 1;
             }
             let bytes = meta.bat.encode(first, count);
@@ -383,7 +386,7 @@ impl ImageImpl for VpcImage {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), DriverError> {
         let inside = (buf.len() as u64).min(self.size.saturating_sub(offset)) as usize;
         buf[inside..].fill(0);
-        let Some(d) = &self.dynamic else {
+        let Some(d) = self.dynamic.as_ref().filter(|_| !self.passthrough) else {
             return self.store.read_or_zero_at(offset, &mut buf[..inside]);
         };
         let mut done = 0usize;
@@ -402,8 +405,9 @@ impl ImageImpl for VpcImage {
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> std::result::Result<(), DriverError> {
         self.check_write(offset, buf.len() as u64)?;
-        let Some(d) = &self.dynamic else {
-            return Ok(self.write_fixed(offset, buf)?);
+        let Some(d) = self.dynamic.as_ref().filter(|_| !self.passthrough) else {
+            self.check_fixed(offset, buf.len() as u64)?;
+            return self.store.write_all_at(offset, buf);
         };
         let mut done = 0usize;
         while done < buf.len() {
@@ -415,32 +419,34 @@ impl ImageImpl for VpcImage {
         Ok(())
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> std::result::Result<(), DriverError> {
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        flags: u32,
+    ) -> std::result::Result<(), DriverError> {
         self.check_write(offset, len)?;
-        let Some(d) = &self.dynamic else {
-            let footer_at = self.store.size()?.saturating_sub(FOOTER_SIZE as u64);
-            if offset + len > footer_at {
-                return Err(VpcError::OverMetadata.into());
-            }
+        let Some(d) = self.dynamic.as_ref().filter(|_| !self.passthrough) else {
+            self.check_fixed(offset, len)?;
             return self
                 .store
                 .zero_range(offset, len, flags & zero_flags::MAY_UNMAP != 0);
         };
-        // Blocks not allocated read as zeros already; allocated ones get
-        // zero bytes (the format cannot mark sectors as zeros).
+        // Blocks not allocated read as zeros already; in allocated ones the
+        // file's range is zeroed (a hole where unmapping is allowed), after
+        // the block's bitmap is set as for any write.
         let end = offset + len;
         let mut at = offset;
         while at < end {
             let n = (d.block_size - at % d.block_size).min(end - at);
             if d.locate(at).is_some() {
-                if flags & zero_flags::NO_FALLBACK != 0 {
-                    return Err(DriverError::unsupported("Operation not supported"));
-                }
-                let mut done = 0;
-                while done < n {
-                    let k = (n - done).min(ZERO_CHUNK);
-                    d.write_in_block(&self.store, at + done, &vec![0u8; k as usize])?;
-                    done += k;
+                let placed = d.place(at / d.block_size)?;
+                let data = placed.offset + d.bitmap_size + at % d.block_size;
+                self.store
+                    .zero_range(data, n, flags & zero_flags::MAY_UNMAP != 0)?;
+                if placed.write_bitmap {
+                    self.store
+                        .write_all_at(placed.offset, &vec![0xff; d.bitmap_size as usize])?;
                 }
             }
             at += n;
@@ -453,7 +459,7 @@ impl ImageImpl for VpcImage {
         if len == 0 {
             return Ok(Vec::new());
         }
-        match &self.dynamic {
+        match self.dynamic.as_ref().filter(|_| !self.passthrough) {
             Some(d) => Ok(d.status(offset, offset + len)),
             None => Ok(self.status_fixed(offset, len)?),
         }
@@ -465,7 +471,11 @@ impl ImageImpl for VpcImage {
 
     fn info(&self) -> std::result::Result<ImageInfo, DriverError> {
         Ok(ImageInfo {
-            cluster_size: self.dynamic.as_ref().map(|d| d.block_size),
+            cluster_size: self
+                .dynamic
+                .as_ref()
+                .filter(|_| !self.passthrough)
+                .map(|d| d.block_size),
             dirty_flag: Some(false),
             ..ImageInfo::default()
         })
@@ -476,7 +486,7 @@ impl ImageImpl for VpcImage {
     }
 
     fn reserve(&self, offset: u64, len: u64) -> std::result::Result<bool, DriverError> {
-        let Some(d) = &self.dynamic else {
+        let Some(d) = self.dynamic.as_ref().filter(|_| !self.passthrough) else {
             return Ok(false);
         };
         self.check_write(offset, len)?;
