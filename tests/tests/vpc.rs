@@ -583,3 +583,56 @@ fn measure_answers_what_convert_makes() {
         assert_eq!(out.status, 0, "{}", out.stderr);
     }
 }
+
+#[test]
+fn resize_keeps_data_and_qemu_img_reads_the_result() {
+    // qemu-img cannot resize a VHD; qimg can. A raw copy resized by
+    // qemu-img is the reference for the content.
+    let fx = Fixture::new("vpc_resize");
+    for (opts, grow, shrink) in [
+        ("subformat=fixed,force_size=on", "15M", "8M"),
+        ("subformat=fixed", "15M", "8M"),
+        ("force_size=on", "12M", "3M"),
+        ("force_size=on", "30M", "5M"),
+        ("", "40M", "7M"),
+    ] {
+        made(&fx, "r.vhd", opts, "12M");
+        fx.oracle(&["convert", "-f", "vpc", "-O", "raw", "r.vhd", "r.raw"]);
+        for (size, extra) in [(grow, None), (shrink, Some("--shrink"))] {
+            let mut args = vec!["resize", "-f", "vpc"];
+            args.extend(extra);
+            args.extend(["r.vhd", size]);
+            let out = fx.qimg(&args);
+            assert_eq!(out.status, 0, "{opts} {size}: {}", out.stderr);
+            let info = fx
+                .oracle(&["info", "-f", "vpc", "--output=json", "r.vhd"])
+                .stdout;
+            let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+            let new = v["virtual-size"].as_u64().unwrap();
+            fx.oracle(&[
+                "resize",
+                "-q",
+                "-f",
+                "raw",
+                "--shrink",
+                "r.raw",
+                &new.to_string(),
+            ]);
+            fx.oracle(&["compare", "-f", "vpc", "-F", "raw", "r.vhd", "r.raw"]);
+            fx.same(&["info", "-f", "vpc", "r.vhd"]);
+        }
+        std::fs::remove_file(fx.path("r.vhd")).unwrap();
+        std::fs::remove_file(fx.path("r.raw")).unwrap();
+    }
+    // A dynamic disk grown past its table (moved to the end of the file)
+    // takes new blocks after it.
+    made(&fx, "g.vhd", "force_size=on", "12M");
+    let out = fx.qimg(&["resize", "-f", "vpc", "g.vhd", "20M"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["create", "-q", "-f", "raw", "g.raw", "20M"]);
+    fx.qemu_io_cmds("raw", "g.raw", &["write -P 5 0 1M", "write -P 6 15M 3M"]);
+    let out = fx.qimg(&["convert", "-n", "-f", "raw", "-O", "vpc", "g.raw", "g.vhd"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["compare", "-f", "raw", "-F", "vpc", "g.raw", "g.vhd"]);
+    reads_alike(&fx, &["-f", "vpc", "g.vhd"]);
+}

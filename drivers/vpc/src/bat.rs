@@ -105,6 +105,17 @@ impl Bat {
         }
     }
 
+    /// A copy with `max` entries, the new ones unallocated; `None` if part
+    /// of this table lies past the end of the file.
+    pub fn grown(&self, max: u32) -> Option<Bat> {
+        if self.entries.len() as u64 != u64::from(self.max) {
+            return None;
+        }
+        let mut entries = self.entries.clone();
+        entries.resize(max as usize, UNALLOCATED);
+        Some(Bat { entries, max })
+    }
+
     /// `Max Table Entries`.
     pub fn max(&self) -> u32 {
         self.max

@@ -17,7 +17,7 @@ use qimg_driver_api::{ByteStoreBox, Extent, StoreExt};
 
 /// The most sectors a VHD may have: 2040 GiB, the limit Microsoft's tools
 /// set for the format.
-const MAX_SECTORS: u64 = 0xff00_0000;
+pub const MAX_SECTORS: u64 = 0xff00_0000;
 /// Where a new dynamic disk's table starts: after the footer copy and the
 /// dynamic disk header.
 const TABLE_OFFSET: u64 = (FOOTER_SIZE + HEADER_SIZE) as u64;
@@ -137,7 +137,7 @@ impl Plan {
 /// `force`, the size as asked and the largest geometry; otherwise the
 /// smallest geometry that holds it (what Virtual PC's BIOS sees), unless
 /// the disk is larger than any geometry can describe.
-fn sizing(sectors: u64, force: bool) -> (Geometry, u64) {
+pub fn sizing(sectors: u64, force: bool) -> (Geometry, u64) {
     if sectors == 0 && !force {
         // qemu-img searches upwards from no geometry at all, which already
         // holds an empty disk.

@@ -21,9 +21,10 @@ use crate::header::{DynamicHeader, HEADER_SIZE};
 use qimg_driver_api::schema::ImageInfo;
 use qimg_driver_api::{
     extent_flags, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, HostExt,
-    HostServicesBox, ImageImpl, StoreExt,
+    HostServicesBox, ImageImpl, Prealloc, StoreExt,
 };
 use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Extents answered per `block_status` call at most.
@@ -33,9 +34,9 @@ const MAX_EXTENTS: usize = 1024;
 pub struct VpcImage {
     store: ByteStoreBox,
     /// The footer, as written at the end of the file.
-    footer: Footer,
+    footer: Mutex<Footer>,
     /// Guest size in bytes.
-    size: u64,
+    size: AtomicU64,
     writable: bool,
     /// A dynamic disk's blocks; `None` for a fixed disk.
     dynamic: Option<Dynamic>,
@@ -50,10 +51,10 @@ struct Dynamic {
     block_size: u64,
     /// Bytes of each block's sector bitmap.
     bitmap_size: u64,
-    /// Where the table starts.
-    table_offset: u64,
-    /// The first file offset a block may start at: past the headers and
-    /// the table.
+    /// Where the dynamic disk header is.
+    header_offset: u64,
+    /// The first file offset a block may start at: past the footer copy
+    /// and the dynamic disk header.
     data_start: u64,
     meta: Mutex<Meta>,
 }
@@ -61,6 +62,8 @@ struct Dynamic {
 /// A dynamic disk's mutable metadata.
 struct Meta {
     bat: Bat,
+    /// Where the table starts.
+    table_offset: u64,
     /// Where the next block goes; the footer's place once flushed.
     free: u64,
     /// The footer at the end of the file is at `free` and every entry is
@@ -118,21 +121,87 @@ impl VpcImage {
         Ok(VpcImage {
             passthrough: footer.disk_type == TYPE_FIXED,
             store,
-            footer,
-            size,
+            footer: Mutex::new(footer),
+            size: AtomicU64::new(size),
             writable: flags & open_flags::WRITE != 0,
             dynamic,
         })
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn footer(&self) -> MutexGuard<'_, Footer> {
+        self.footer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn check_write(&self, offset: u64, len: u64) -> Result<()> {
         if !self.writable {
             return Err(VpcError::ReadOnly);
         }
+        let size = self.size();
         match offset.checked_add(len) {
-            Some(end) if end <= self.size => Ok(()),
-            _ => Err(VpcError::OutOfRange(offset, len, self.size)),
+            Some(end) if end <= size => Ok(()),
+            _ => Err(VpcError::OutOfRange(offset, len, size)),
         }
+    }
+
+    /// Changes the guest size (beyond qemu-img, which cannot resize a
+    /// VHD). The new size is rounded as `create` rounds it for this disk
+    /// (to a geometry, unless the disk is sized by `Current Size`). A
+    /// fixed disk's footer moves: written at the new end first, then the
+    /// old one zeroed (growing) or cut off (shrinking). A dynamic disk
+    /// changes within what its table covers; blocks past a smaller end
+    /// are dropped from the table (their space leaks).
+    fn resize_to(&self, new_size: u64, shrink: bool) -> Result<()> {
+        if !self.writable {
+            return Err(VpcError::ReadOnly);
+        }
+        let mut footer = self.footer();
+        let exact = footer.guest_size(None) == footer.current_size / 512 * 512;
+        let (geometry, sectors) = crate::create::sizing(new_size.div_ceil(512), exact);
+        if sectors > crate::create::MAX_SECTORS {
+            return Err(VpcError::TooLarge);
+        }
+        let size = sectors * 512;
+        let old = self.size();
+        if size < old && !shrink {
+            return Err(VpcError::Unsupported(
+                "Use the --shrink option to perform a shrink operation.".into(),
+            ));
+        }
+        let mut next = footer.clone();
+        next.current_size = size;
+        next.geometry = geometry;
+        let bytes = next.to_bytes();
+        match self.dynamic.as_ref().filter(|_| !self.passthrough) {
+            None if self.dynamic.is_some() => {
+                return Err(VpcError::Unsupported(
+                    "Cannot resize this image: its footer says fixed, its layout dynamic".into(),
+                ))
+            }
+            None => {
+                let footer_at = self.store.size()?.saturating_sub(FOOTER_SIZE as u64);
+                self.store.write_all_at(size, &bytes)?;
+                self.store.sync()?;
+                if size > footer_at {
+                    self.store.zero_range(
+                        footer_at,
+                        (FOOTER_SIZE as u64).min(size - footer_at),
+                        true,
+                    )?;
+                }
+                self.store
+                    .set_size(size + FOOTER_SIZE as u64, Prealloc::OFF)?;
+            }
+            Some(d) => {
+                d.resize(&self.store, size, &bytes)?;
+            }
+        }
+        *footer = next;
+        self.size.store(size, Ordering::Release);
+        Ok(())
     }
 
     /// Checks that a write of `[offset, offset + len)` to a fixed disk
@@ -148,7 +217,8 @@ impl VpcImage {
 
     fn flush_all(&self) -> Result<()> {
         if let Some(d) = &self.dynamic {
-            d.flush(&self.store, &self.footer)?;
+            let footer = self.footer().clone();
+            d.flush(&self.store, &footer)?;
         }
         Ok(self.store.sync()?)
     }
@@ -185,14 +255,14 @@ impl Dynamic {
         store.read_or_zero_at(at, &mut bytes)?;
         let header = DynamicHeader::parse(&bytes)?;
         let (bat, free) = Bat::load(store, &header, size, file_len)?;
-        let table_end = header.table_offset + u64::from(bat.max()) * 4;
         Ok(Dynamic {
             block_size: u64::from(header.block_size),
             bitmap_size: header.bitmap_size(),
-            table_offset: header.table_offset,
-            data_start: table_end.max(at + HEADER_SIZE as u64),
+            header_offset: at,
+            data_start: at + HEADER_SIZE as u64,
             meta: Mutex::new(Meta {
                 bat,
+                table_offset: header.table_offset,
                 free,
                 clean: true,
                 dirty: BTreeSet::new(),
@@ -224,8 +294,10 @@ impl Dynamic {
         let entry = meta.bat.get(index);
         if entry != UNALLOCATED {
             let offset = u64::from(entry) * 512;
-            // A damaged table may point a block at the headers.
-            if offset < self.data_start {
+            // A damaged table may point a block at the headers or the table.
+            let table_end = meta.table_offset + u64::from(meta.bat.max()) * 4;
+            let block_end = offset + self.bitmap_size + self.block_size;
+            if offset < self.data_start || (offset < table_end && block_end > meta.table_offset) {
                 return Err(VpcError::OverMetadata);
             }
             // The first write to a reserved block makes it a new one.
@@ -330,12 +402,69 @@ impl Dynamic {
                 count += 1;
             }
             let bytes = meta.bat.encode(first, count);
-            store.write_all_at(self.table_offset + first * 4, &bytes)?;
+            store.write_all_at(meta.table_offset + first * 4, &bytes)?;
             i += count as usize;
         }
         store.sync()?;
         meta.dirty.clear();
         meta.clean = true;
+        Ok(())
+    }
+
+    /// Makes the disk `size` bytes long: checks that the table covers it,
+    /// drops the blocks past it from the table, and writes `footer` at the
+    /// start and (at flush) at the end.
+    fn resize(&self, store: &ByteStoreBox, size: u64, footer: &[u8; FOOTER_SIZE]) -> Result<()> {
+        let mut meta = self.meta();
+        let capacity = u64::from(meta.bat.max()) * self.block_size;
+        if size > capacity {
+            self.grow_table(store, &mut meta, size.div_ceil(self.block_size))?;
+        }
+        let first_gone = size.div_ceil(self.block_size);
+        let mut gone = Vec::new();
+        for index in first_gone..u64::from(meta.bat.max()) {
+            if meta.bat.get(index) != UNALLOCATED && meta.bat.set(index, UNALLOCATED) {
+                gone.push(index);
+            }
+        }
+        meta.dirty.extend(gone);
+        meta.clean = false;
+        store.write_all_at(0, footer)?;
+        Ok(())
+    }
+
+    /// Gives the disk a table of `entries` entries: a copy of the table
+    /// with the new entries unallocated, written at the end of the file
+    /// (the old one's space leaks), then the header is pointed at it. At
+    /// every step the file is a valid image of the old size.
+    fn grow_table(&self, store: &ByteStoreBox, meta: &mut Meta, entries: u64) -> Result<()> {
+        let max = u32::try_from(entries).map_err(|_| VpcError::TooLarge)?;
+        let mut bat = meta.bat.grown(max).ok_or_else(|| {
+            VpcError::Unsupported("Cannot grow an image whose block table is damaged".into())
+        })?;
+        let at = meta.free;
+        let table_bytes = (entries * 4).next_multiple_of(512);
+        let mut table = bat.encode(0, entries);
+        table.resize(table_bytes as usize, 0xff);
+        store.write_all_at(at, &table)?;
+        store.sync()?;
+        let mut header = [0u8; HEADER_SIZE];
+        store.read_or_zero_at(self.header_offset, &mut header)?;
+        DynamicHeader::parse(&header)?;
+        header[16..24].copy_from_slice(&at.to_be_bytes());
+        header[28..32].copy_from_slice(&max.to_be_bytes());
+        header[36..40].fill(0);
+        let sum = !header
+            .iter()
+            .fold(0u32, |s, &x| s.wrapping_add(u32::from(x)));
+        header[36..40].copy_from_slice(&sum.to_be_bytes());
+        store.write_all_at(self.header_offset, &header)?;
+        // The footer that gives the larger size comes after.
+        store.sync()?;
+        std::mem::swap(&mut meta.bat, &mut bat);
+        meta.table_offset = at;
+        meta.free = at + table_bytes;
+        meta.clean = false;
         Ok(())
     }
 
@@ -380,11 +509,11 @@ impl Dynamic {
 
 impl ImageImpl for VpcImage {
     fn virtual_size(&self) -> u64 {
-        self.size
+        self.size()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), DriverError> {
-        let inside = (buf.len() as u64).min(self.size.saturating_sub(offset)) as usize;
+        let inside = (buf.len() as u64).min(self.size().saturating_sub(offset)) as usize;
         buf[inside..].fill(0);
         let Some(d) = self.dynamic.as_ref().filter(|_| !self.passthrough) else {
             return self.store.read_or_zero_at(offset, &mut buf[..inside]);
@@ -455,7 +584,7 @@ impl ImageImpl for VpcImage {
     }
 
     fn block_status(&self, offset: u64, len: u64) -> std::result::Result<Vec<Extent>, DriverError> {
-        let len = len.min(self.size.saturating_sub(offset));
+        let len = len.min(self.size().saturating_sub(offset));
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -483,6 +612,15 @@ impl ImageImpl for VpcImage {
 
     fn store_name(&self, _index: u32) -> String {
         self.store.display_name()
+    }
+
+    fn resize(
+        &self,
+        new_size: u64,
+        _prealloc: Prealloc,
+        shrink: bool,
+    ) -> std::result::Result<(), DriverError> {
+        Ok(self.resize_to(new_size, shrink)?)
     }
 
     fn reserve(&self, offset: u64, len: u64) -> std::result::Result<bool, DriverError> {

@@ -34,7 +34,7 @@ impl DriverImpl for VpcDriver {
         "Virtual PC / Hyper-V virtual hard disk (VHD)"
     }
     fn capabilities(&self) -> u64 {
-        caps::CREATE | caps::WRITE | caps::MEASURE | caps::ZERO_INIT
+        caps::CREATE | caps::WRITE | caps::RESIZE | caps::MEASURE | caps::ZERO_INIT
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         // Only a footer copy at the start counts, as in QEMU: a fixed disk
