@@ -106,6 +106,7 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
           qemu_convert("-O vmdk -o subformat=streamOptimized"), ["src"]),
     Input("vdi", "disk.vdi", "vdi", qemu_convert("-O vdi"), ["src"]),
     Input("qed", "disk.qed", "qed", qemu_convert("-O qed"), ["src"]),
+    Input("vpc", "disk.vhd", "vpc", qemu_convert("-O vpc"), ["src"]),
     Input("luks", "disk.luks", "luks",
           qemu_convert(f"--object {SECRET} -O luks -o {LUKS_OPTS}"), ["src"]),
     Input("qcow2luks", "disk-luks.qcow2", "qcow2+luks",
@@ -248,6 +249,9 @@ OPS: list[Op] = [
     # parallels
     convert("convert-raw-parallels", "src", "raw", "parallels", note="1 MiB clusters"),
     convert("convert-parallels-raw", "parallels", "parallels", "raw"),
+    # vpc
+    convert("convert-raw-vpc", "src", "raw", "vpc", note="dynamic VHD"),
+    convert("convert-vpc-raw", "vpc", "vpc", "raw", note="from a dynamic VHD"),
     # encryption: AES-256-XTS (qemu-img's default cipher)
     Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
                             "-o", LUKS_OPTS, "{src}", "{out}"],

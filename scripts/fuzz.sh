@@ -4,9 +4,9 @@
 #
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
-# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, qed, parallels, raw,
-# luks, descriptors (all by default). --time is the run time of each target in
-# seconds (default 60).
+# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, vpc, qed, parallels,
+# raw, luks, descriptors (all by default). --time is the run time of each target
+# in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
 # toolchain, and fills each empty corpus fuzz/corpus/TARGET/ with small seed
@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk vdi qed parallels raw luks descriptors)
+all_targets=(qcow2 vmdk vdi vpc qed parallels raw luks descriptors)
 time_per_target=60
 targets=()
 
@@ -262,6 +262,20 @@ seed_qed() {
     for f in small overlay default; do cp "$work/$f.qed" "$dir/$f.qed"; done
 }
 
+seed_vpc() {
+    local dir=$1
+    q create -f vpc dynamic.vhd 4M
+    qio vpc dynamic.vhd 'write -P 0xaa 0 4k' 'write -P 0x55 2044k 8k'
+    q create -f vpc -o force_size=on forced.vhd 3M
+    qio vpc forced.vhd 'write -P 0xaa 1M 4k'
+    q create -f vpc -o subformat=fixed fixed.vhd 64k
+    qio vpc fixed.vhd 'write -P 0xaa 0 4k'
+    q create -f vpc empty.vhd 0
+    for f in dynamic forced fixed empty; do
+        cp "$work/$f.vhd" "$dir/$f.vhd"
+    done
+}
+
 seed_raw() {
     local dir=$1
     q create -f raw data.raw 16k
@@ -339,6 +353,7 @@ for t in "${targets[@]}"; do
     case $t in
         qcow2) dict=(-dict="$root/fuzz/dicts/qcow2.dict") ;;
         vmdk | descriptors) dict=(-dict="$root/fuzz/dicts/vmdk.dict") ;;
+        vpc) dict=(-dict="$root/fuzz/dicts/vpc.dict") ;;
     esac
     deadline=$((SECONDS + time_per_target))
     execs=0

@@ -36,6 +36,7 @@ fn format_of(target: &str) -> Option<&'static str> {
         "qed" => Some("qed"),
         "parallels" => Some("parallels"),
         "luks" => Some("luks"),
+        "vpc" => Some("vpc"),
         _ => None,
     }
 }

@@ -238,7 +238,7 @@ fn template_builds_outside_the_workspace_and_passes() {
 #[test]
 fn in_tree_drivers_pass_conformance() {
     let fx = Fixture::new("conformance_in_tree");
-    for format in ["raw", "qcow2", "vmdk", "vdi"] {
+    for format in ["raw", "qcow2", "vmdk", "vdi", "vpc", "qed", "parallels"] {
         let out = fx.qimg(&["--conformance", format]);
         assert!(
             out.stdout
