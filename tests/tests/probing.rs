@@ -97,7 +97,7 @@ fn sample_images_without_a_driver_here_are_refused_by_name() {
         refused += 1;
     }
     // vhdx, dmg, cloop and bochs samples.
-    assert!(refused >= 8, "only {refused} samples checked");
+    assert!(refused >= 5, "only {refused} samples checked");
 }
 
 #[test]
