@@ -545,7 +545,7 @@ impl CopyJob<'_> {
         if self.min_sparse == 0 {
             return vec![(0, buf.len(), true)];
         }
-        Sparse::new(self.min_sparse, self.align).runs(buf, offset)
+        Sparse::new(self.min_sparse).runs(buf, offset)
     }
 
     /// Writes `buf`, leaving out (or zeroing) the zero runs `-S` makes

@@ -2,8 +2,11 @@
 //! targets get the same allocation. A buffer is cut into runs of 512-byte
 //! sectors. A run of zeros becomes a hole unless it is shorter than the
 //! `-S` size and sits between data; the end of a data run is rounded up,
-//! and the end of a zero run down, to the target's alignment (the larger of
-//! its cluster and the `-S` size), except where the buffer ends.
+//! and the end of a zero run down, to the `-S` size rounded down to a power
+//! of two, except where the buffer ends. As in qemu-img, the target's
+//! cluster size plays no part: a driver that allocates whole clusters fills
+//! a cluster's unwritten part itself, and one that keeps sectors unwritten
+//! inside a block (vpc, parallels) leaves them as holes in its file.
 
 use super::zero::is_zero;
 
@@ -19,14 +22,12 @@ pub struct Sparse {
 }
 
 impl Sparse {
-    /// The rule for `-S min_sparse` bytes (not 0) on a target whose
-    /// allocation unit is `cluster` bytes (0 or 512 for none).
-    pub fn new(min_sparse: u64, cluster: u64) -> Sparse {
+    /// The rule for `-S min_sparse` bytes (not 0).
+    pub fn new(min_sparse: u64) -> Sparse {
         let min = (min_sparse / SECTOR as u64).max(1);
-        let floor = 1u64 << (63 - min.leading_zeros());
         Sparse {
             min: min as usize,
-            alignment: floor.max(cluster.div_ceil(SECTOR as u64)).max(1),
+            alignment: 1u64 << (63 - min.leading_zeros()),
         }
     }
 
@@ -109,14 +110,14 @@ mod tests {
 
     #[test]
     fn a_buffer_of_zeros_is_one_hole_whatever_its_alignment() {
-        let sparse = Sparse::new(16 << 10, 4096);
+        let sparse = Sparse::new(16 << 10);
         let buf = buffer(&[(32, false)]);
         assert_eq!(sparse.runs(&buf, 8 << 10), vec![(0, 16 << 10, false)]);
     }
 
     #[test]
     fn short_zero_runs_inside_data_are_written() {
-        let sparse = Sparse::new(4096, 0);
+        let sparse = Sparse::new(4096);
         // 8 data, 4 zero (< 8 sectors), 8 data, 16 zero.
         let buf = buffer(&[(8, true), (4, false), (8, true), (16, false)]);
         let runs = sparse.runs(&buf, 0);
@@ -128,7 +129,7 @@ mod tests {
 
     #[test]
     fn data_ends_round_up_and_zero_ends_down_to_the_alignment() {
-        let sparse = Sparse::new(4096, 0);
+        let sparse = Sparse::new(4096);
         // 2 data sectors, then 20 zeros, then data.
         let buf = buffer(&[(2, true), (20, false), (2, true)]);
         let runs = sparse.runs(&buf, 0);
