@@ -203,11 +203,11 @@ fn same_refusal(fx: &Fixture, args: &[String]) -> i32 {
 
 #[test]
 fn metadata_formats_refuse_readers_while_qemu_writes() {
-    // A running VM writes the image: a format with metadata (qcow2, vmdk)
+    // A running VM writes the image: a format with metadata (all but raw)
     // cannot be read consistently, so every reader is refused with
     // `Failed to get shared "write" lock` unless it passes -U; raw's
     // sharing readers go ahead (qemu-img 10.0.2's rules, measured).
-    for format in ["qcow2", "vmdk", "raw"] {
+    for format in ["qcow2", "vmdk", "vdi", "vpc", "qed", "parallels", "raw"] {
         let fx = Fixture::new(&format!("lockvm_{format}"));
         let file = format!("disk.{format}");
         fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
@@ -233,7 +233,7 @@ fn metadata_formats_refuse_readers_while_qemu_writes() {
 
 #[test]
 fn writers_are_refused_while_qemu_reads_a_metadata_format() {
-    for format in ["qcow2", "vmdk"] {
+    for format in ["qcow2", "vmdk", "vdi", "vpc", "qed", "parallels"] {
         let fx = Fixture::new(&format!("lockro_{format}"));
         let file = format!("disk.{format}");
         fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
