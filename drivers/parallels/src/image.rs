@@ -669,8 +669,8 @@ impl ImageImpl for ParallelsImage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::no_host;
     use qimg_driver_util::memfile::MemFile;
+    use qimg_driver_util::nohost::no_host;
 
     fn image(size: u64, cluster: u64) -> MemFile {
         let file = MemFile::default();

@@ -16,8 +16,6 @@ mod ext;
 mod header;
 mod image;
 mod resize;
-#[cfg(test)]
-mod testutil;
 mod used;
 
 use qimg_driver_api::schema::{CreateOption, CreateRequest, MeasureRequest, MeasureResult};

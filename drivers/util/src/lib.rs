@@ -3,6 +3,8 @@
 
 #[cfg(feature = "testutil")]
 pub mod memfile;
+#[cfg(feature = "testutil")]
+pub mod nohost;
 
 use qimg_driver_api::{ByteStoreBox, DriverError, StoreExt};
 

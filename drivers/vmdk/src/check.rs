@@ -43,10 +43,10 @@ pub fn check(extents: &[Extent]) -> Result<CheckReport> {
 #[cfg(test)]
 mod tests {
     use crate::image::VmdkImage;
-    use crate::testutil::no_host;
     use qimg_driver_api::schema::{CheckRequest, CreateRequest};
     use qimg_driver_api::{open_flags, ImageImpl};
     use qimg_driver_util::memfile::MemFile;
+    use qimg_driver_util::nohost::no_host;
 
     fn disk() -> MemFile {
         let file = MemFile::default();

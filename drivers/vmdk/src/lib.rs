@@ -20,8 +20,6 @@ mod image;
 mod inflate;
 mod sparse;
 mod stream;
-#[cfg(test)]
-mod testutil;
 
 use header::{magic, COWD_MAGIC, SPARSE_MAGIC};
 use qimg_driver_api::schema::{CreateOption, CreateRequest, MeasureRequest, MeasureResult};

@@ -1,4 +1,5 @@
-//! Host services for unit tests (the in-memory file is `qimg_driver_util::memfile`).
+//! Host services for unit tests: none at all, for single-file disks (the
+//! in-memory file is [`crate::memfile`]).
 
 use qimg_driver_api::abi_stable::sabi_trait::TD_Opaque;
 use qimg_driver_api::abi_stable::std_types::{ROption, RResult, RStr, RString};
