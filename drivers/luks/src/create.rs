@@ -5,16 +5,11 @@ use crate::error::driver_error;
 use qimg_crypt::{volume, LuksOptions};
 use qimg_driver_api::schema::{CreateOption, CreateRequest, OptionType};
 use qimg_driver_api::{ByteStoreBox, DriverError, HostExt, HostServicesBox, Prealloc};
+use qimg_driver_util::option as opt;
 use qimg_driver_util::write_all;
 
 /// The options, in QEMU's order (the `Formatting` line's; `-o help` sorts).
 pub fn create_options() -> Vec<CreateOption> {
-    let opt = |name: &str, kind, help: &str| CreateOption {
-        name: name.into(),
-        kind,
-        help: help.into(),
-        default: None,
-    };
     vec![
         opt("size", OptionType::Size, "Virtual disk size"),
         opt(
@@ -115,12 +110,6 @@ pub fn create(
 /// The options `amend -o` takes: key-slot changes, as `amend -o help`
 /// lists them.
 pub fn amend_options() -> Vec<CreateOption> {
-    let opt = |name: &str, kind, help: &str| CreateOption {
-        name: name.into(),
-        kind,
-        help: help.into(),
-        default: None,
-    };
     vec![
         opt(
             "iter-time",

@@ -11,6 +11,7 @@ use qimg_driver_api::schema::{
 };
 use qimg_driver_api::{ByteStoreBox, Extent, Prealloc, StoreExt};
 use qimg_driver_util::write_all;
+use qimg_driver_util::{option, option_with_default};
 
 /// qemu-img's default cluster size.
 pub const DEFAULT_CLUSTER: u64 = 1 << 20;
@@ -20,18 +21,13 @@ const MAX_CLUSTERS: u64 = 1 << 32;
 /// The options, in qemu-img's order.
 pub fn options() -> Vec<CreateOption> {
     vec![
-        CreateOption {
-            name: "size".into(),
-            kind: OptionType::Size,
-            help: "Virtual disk size".into(),
-            default: None,
-        },
-        CreateOption {
-            name: "cluster_size".into(),
-            kind: OptionType::Size,
-            help: "Parallels image cluster size".into(),
-            default: Some(DEFAULT_CLUSTER.to_string()),
-        },
+        option("size", OptionType::Size, "Virtual disk size"),
+        option_with_default(
+            "cluster_size",
+            OptionType::Size,
+            "Parallels image cluster size",
+            Some(&DEFAULT_CLUSTER.to_string()),
+        ),
     ]
 }
 

@@ -24,6 +24,7 @@ use qimg_crypt::header::HEADER_BYTES;
 use qimg_crypt::{CryptError, LuksHeader};
 use qimg_driver_api::schema::{CreateOption, OptionType};
 use qimg_driver_api::{HostExt, Prealloc};
+use qimg_driver_util::option as opt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
@@ -32,12 +33,6 @@ use zeroize::Zeroizing;
 /// order, with its help texts.
 pub fn options() -> Vec<CreateOption> {
     use OptionType::{Bool, Number, Size, Str};
-    let opt = |name: &str, kind, help: &str| CreateOption {
-        name: name.into(),
-        kind,
-        help: help.into(),
-        default: None,
-    };
     vec![
         opt("backing_file", Str, "File name of a base image"),
         opt("backing_fmt", Str, "Image format of the base image"),

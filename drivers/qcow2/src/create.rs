@@ -12,18 +12,13 @@ use qimg_crypt::{volume, LuksOptions};
 use qimg_driver_api::abi_stable::std_types::RStr;
 use qimg_driver_api::schema::{CreateOption, CreateRequest, OptionType};
 use qimg_driver_api::{open_flags, ByteStoreBox, HostExt, HostServicesBox, Prealloc};
+use qimg_driver_util::option_with_default as opt;
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
 /// The options `create -o` accepts, in the order qemu declares them (the
 /// order of the `Formatting` line), with qemu's help texts.
 pub fn options() -> Vec<CreateOption> {
-    let opt = |name: &str, kind, help: &str, default: Option<&str>| CreateOption {
-        name: name.into(),
-        kind,
-        help: help.into(),
-        default: default.map(String::from),
-    };
     use OptionType::{Bool, Number, Size, Str};
     vec![
         opt(

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::header::{self, features, Header, HEADER_BYTES};
 use qimg_driver_api::schema::{CreateOption, CreateRequest, OptionType};
 use qimg_driver_api::{ByteStoreBox, StoreExt};
+use qimg_driver_util::option_with_default as opt;
 
 /// Default cluster size.
 const DEFAULT_CLUSTER_SIZE: u64 = 65536;
@@ -13,12 +14,6 @@ const DEFAULT_TABLE_SIZE: u64 = 4;
 
 /// The options `create -o` accepts, in the order qemu-img prints them.
 pub fn options() -> Vec<CreateOption> {
-    let opt = |name: &str, kind, help: &str, default: Option<&str>| CreateOption {
-        name: name.into(),
-        kind,
-        help: help.into(),
-        default: default.map(String::from),
-    };
     vec![
         opt("size", OptionType::Size, "Virtual disk size", None),
         opt(

@@ -11,6 +11,7 @@ use qimg_driver_api::{caps, extent_flags, open_flags, zero_flags};
 use qimg_driver_api::{
     ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox, ImageImpl, Prealloc,
 };
+use qimg_driver_util::option;
 use qimg_driver_util::{check_range, read_or_zero, write_all};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,12 +52,7 @@ impl DriverImpl for RawDriver {
         1
     }
     fn create_options(&self) -> Vec<CreateOption> {
-        vec![CreateOption {
-            name: "size".into(),
-            kind: OptionType::Size,
-            help: "Virtual disk size".into(),
-            default: None,
-        }]
+        vec![option("size", OptionType::Size, "Virtual disk size")]
     }
     fn create(
         &self,

@@ -6,7 +6,29 @@ pub mod memfile;
 #[cfg(feature = "testutil")]
 pub mod nohost;
 
+use qimg_driver_api::schema::{CreateOption, OptionType};
 use qimg_driver_api::{ByteStoreBox, DriverError, StoreExt};
+
+/// A `-o` option of `create` or `amend` without a default: its name, type
+/// and help text as qemu-img lists them.
+pub fn option(name: &str, kind: OptionType, help: &str) -> CreateOption {
+    option_with_default(name, kind, help, None)
+}
+
+/// A `-o` option whose default (shown by `-o help`) is `default`, if any.
+pub fn option_with_default(
+    name: &str,
+    kind: OptionType,
+    help: &str,
+    default: Option<&str>,
+) -> CreateOption {
+    CreateOption {
+        name: name.into(),
+        kind,
+        help: help.into(),
+        default: default.map(String::from),
+    }
+}
 
 /// Reads `buf.len()` bytes at `offset` of `store`, filling whatever lies past the
 /// end of the store with zeros ([`StoreExt::read_or_zero_at`]).

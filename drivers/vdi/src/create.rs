@@ -10,6 +10,7 @@ use qimg_driver_api::schema::{
 };
 use qimg_driver_api::{ByteStoreBox, Extent, Prealloc};
 use qimg_driver_util::write_all;
+use qimg_driver_util::{option, option_with_default};
 use std::collections::BTreeMap;
 
 /// Entries of block map written at a time.
@@ -18,18 +19,13 @@ const MAP_CHUNK: u64 = 1 << 18;
 /// The options of `create -f vdi`, in qemu-img's order.
 pub fn options() -> Vec<CreateOption> {
     vec![
-        CreateOption {
-            name: "size".into(),
-            kind: OptionType::Size,
-            help: "Virtual disk size".into(),
-            default: None,
-        },
-        CreateOption {
-            name: "static".into(),
-            kind: OptionType::Bool,
-            help: "VDI static (pre-allocated) image".into(),
-            default: Some("off".into()),
-        },
+        option("size", OptionType::Size, "Virtual disk size"),
+        option_with_default(
+            "static",
+            OptionType::Bool,
+            "VDI static (pre-allocated) image",
+            Some("off"),
+        ),
     ]
 }
 

@@ -13,6 +13,7 @@ use qimg_driver_api::schema::{
     CreateOption, CreateRequest, MeasureRequest, MeasureResult, OptionType,
 };
 use qimg_driver_api::{ByteStoreBox, Extent, HostServicesBox, Prealloc};
+use qimg_driver_util::option_with_default as opt;
 use qimg_driver_util::{read_or_zero, write_all};
 
 /// Sectors per grain of a new sparse extent (64 KiB).
@@ -78,12 +79,6 @@ impl Subformat {
 /// The options of `create -f vmdk`, in qemu-img's order (the order of its
 /// `Formatting` line), with its help texts and the defaults it prints.
 pub fn options() -> Vec<CreateOption> {
-    let opt = |name: &str, kind, help: &str, default: Option<&str>| CreateOption {
-        name: name.into(),
-        kind,
-        help: help.into(),
-        default: default.map(str::to_string),
-    };
     vec![
         opt("size", OptionType::Size, "Virtual disk size", None),
         opt(

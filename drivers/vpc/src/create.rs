@@ -14,6 +14,7 @@ use qimg_driver_api::schema::{
     CreateOption, CreateRequest, MeasureRequest, MeasureResult, OptionType,
 };
 use qimg_driver_api::{ByteStoreBox, Extent, StoreExt};
+use qimg_driver_util::option as opt;
 
 /// The most sectors a VHD may have: 2040 GiB, the limit Microsoft's tools
 /// set for the format.
@@ -26,12 +27,6 @@ const CREATOR_VERSION: u32 = 0x0005_0003;
 
 /// The `-o` options of `create -f vpc`, in qemu-img's order.
 pub fn options() -> Vec<CreateOption> {
-    let opt = |name: &str, kind, help: &str| CreateOption {
-        name: name.into(),
-        kind,
-        help: help.into(),
-        default: None,
-    };
     vec![
         opt("size", OptionType::Size, "Virtual disk size"),
         opt(
