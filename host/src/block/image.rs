@@ -4,10 +4,10 @@ use super::lineage::Lineage;
 use super::lock::{ImageLock, LockSpec};
 use super::magic;
 use super::services::{on_deep_stack, Services, SharedStore};
-use super::spec::resolve;
+use super::spec::{resolve, Protocol};
 use crate::commands::registry;
 use crate::plugins::{loader::FindError, Driver};
-use crate::store::{file::OpenMode, CacheMode, LocalFile};
+use crate::store::{file::OpenMode, CacheMode, LocalFile, NullStore, Store};
 use qimg_driver_api::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr};
 use qimg_driver_api::guard::Poison;
 use qimg_driver_api::schema::{CreateRequest, ImageInfo};
@@ -95,8 +95,8 @@ pub struct BlockImage {
     pub driver: Arc<Driver>,
     /// The name to print (`image:` line, messages).
     pub filename: String,
-    /// The file holding the image.
-    pub store: Arc<LocalFile>,
+    /// The store holding the image.
+    pub store: Arc<Store>,
     /// The backing image, if the chain was opened and there is one.
     pub backing: Option<Arc<BlockImage>>,
     /// The format options it was opened with (`encrypt.key-secret=...`),
@@ -109,6 +109,9 @@ pub struct BlockImage {
     /// Opened as raw because probing found no other format: writes may not
     /// turn its first sector into another format's header.
     probed_raw: bool,
+    /// The protocol's name when its node is the image itself (`driver=file`,
+    /// `driver=null-co`), read through the raw driver.
+    node_format: Option<&'static str>,
 }
 
 impl Drop for BlockImage {
@@ -151,9 +154,18 @@ impl BlockImage {
         self.try_size()
             .unwrap_or_else(|_| self.last_size.load(Ordering::Relaxed))
     }
-    /// Format name.
+    /// Format name (a protocol's, for a protocol opened as the image).
     pub fn format(&self) -> &str {
-        &self.driver.name
+        self.node_format.unwrap_or(&self.driver.name)
+    }
+    /// True if guest offsets are the store's offsets: the driver says so,
+    /// and no `offset=` option (raw's window into its file) moves them.
+    pub fn identity_mapped(&self) -> bool {
+        self.driver.can(caps::IDENTITY_MAPPED) && !self.options.iter().any(|(k, _)| k == "offset")
+    }
+    /// True if the image is a protocol node opened by itself (`driver=file`).
+    pub fn is_protocol_node(&self) -> bool {
+        self.node_format.is_some()
     }
     /// Reads guest data.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
@@ -239,7 +251,13 @@ impl BlockImage {
     }
     /// Allocation status from `offset`.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, DriverError> {
-        let extents = self.call(|i| i.block_status(offset, len))?.into_vec();
+        let mut extents = self.call(|i| i.block_status(offset, len))?.into_vec();
+        if self.store.reports_nothing() {
+            // qemu's null device without read-zeroes: neither data nor zeros.
+            for extent in &mut extents {
+                extent.flags = 0;
+            }
+        }
         if extents.is_empty() && len > 0 && offset < self.size() {
             return Err(DriverError::new(
                 ErrorKind::OTHER,
@@ -348,7 +366,7 @@ pub fn driver_for(format: &str) -> Result<Arc<Driver>, DriverError> {
 }
 
 /// Picks the driver whose probe scores highest on the file's first bytes.
-fn probe(file: &LocalFile, name: &str) -> Result<Arc<Driver>, DriverError> {
+fn probe(file: &Store, name: &str) -> Result<Arc<Driver>, DriverError> {
     use qimg_driver_api::ByteStore;
     let mut head = vec![0u8; PROBE_BYTES];
     let n = file
@@ -446,23 +464,30 @@ fn backing_lock(request: &OpenRequest) -> Option<LockSpec> {
 
 /// Opens an image, its driver and (unless asked not to) its backing chain.
 pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
+    let format = request.format.map(str::to_string);
     let spec = resolve(request.name, request.image_opts)
+        .and_then(|spec| {
+            let format = format.clone().or(spec.format.clone());
+            spec.with_format(format.as_deref())
+        })
         .map_err(|e| open_error(request.name, DriverError::invalid_argument(e)))?;
-    // Errors quote the operand as given; `info` names the image as qemu
-    // does (its path, or a json: name when format options were given).
+    // Errors quote the operand as given.
     let display = request.name.to_string();
-    let filename = if request.image_opts || request.name.starts_with("json:") {
-        spec.display_name()
-    } else if let Some(path) = request.name.strip_prefix("file:") {
-        path.to_string()
-    } else {
-        request.name.to_string()
-    };
-    let format = request.format.map(str::to_string).or(spec.format.clone());
+    let format = format.or(spec.format.clone());
+    // A protocol opened as the image is read through raw, which passes its
+    // bytes through unchanged, and named by the protocol.
+    let node_format = format.as_deref().filter(|_| spec.bare).map(|f| {
+        if f == "null-co" {
+            "null-co"
+        } else {
+            "file"
+        }
+    });
     // An unknown -f is reported before the file is touched, as qemu-img does.
-    let named = match &format {
-        Some(f) => Some(find_driver(f).map_err(|e| open_error(&display, e))?),
-        None => None,
+    let named = match (node_format, &format) {
+        (Some(_), _) => Some(find_driver("raw").map_err(|e| open_error(&display, e))?),
+        (None, Some(f)) => Some(find_driver(f).map_err(|e| open_error(&display, e))?),
+        (None, None) => None,
     };
     let cache = spec.cache(request.cache);
     let mode = OpenMode {
@@ -470,32 +495,47 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         create: false,
         cache,
     };
-    let file = LocalFile::open(Path::new(&spec.path), &spec.path, mode)
-        .map_err(|e| open_error(&display, e))?;
+    let store = match spec.protocol {
+        Protocol::File => Store::File(
+            LocalFile::open(Path::new(&spec.path), &spec.path, mode)
+                .map_err(|e| open_error(&display, e))?,
+        ),
+        Protocol::Null { size, read_zeroes } => {
+            Store::Null(NullStore::new(size, read_zeroes, &spec.protocol_name()))
+        }
+    };
     let (driver, probed_raw) = match named {
         Some(d) => (d, false),
         None => {
-            let d = probe(&file, &spec.path).map_err(|e| open_error(&display, e))?;
+            let d = probe(&store, &spec.path).map_err(|e| open_error(&display, e))?;
             let raw = d.name == "raw";
             (d, raw)
         }
     };
+    // `info` names the image as qemu does: its path, or a json: name when
+    // options describe it.
+    let filename = if request.image_opts || request.name.starts_with("json:") {
+        spec.display_name(node_format.unwrap_or(&driver.name))
+    } else if let Some(path) = request.name.strip_prefix("file:") {
+        path.to_string()
+    } else {
+        request.name.to_string()
+    };
     // The locks depend on the format (see `LockSpec::for_format`), so they
     // are taken once the driver is known; probing only read the first bytes.
-    let file = match request.lock.filter(|_| spec.locking) {
-        Some(lock) => {
+    let store = match (store, request.lock.filter(|_| spec.locking)) {
+        (Store::File(file), Some(lock)) => {
             let user_locks = driver.can(caps::IDENTITY_MAPPED) || driver.can(caps::USER_LOCKS);
             let lock = lock.for_format(!user_locks);
             let held = ImageLock::acquire(file.file(), lock, &spec.path)
                 .map_err(|e| open_error(&display, e))?;
-            file.with_lock(held)
+            Store::File(file.with_lock(held))
         }
-        None => file,
+        (store, _) => store,
     };
-    let file = Arc::new(if request.stream {
-        file.stream_writes()
-    } else {
-        file
+    let file = Arc::new(match store {
+        Store::File(file) if request.stream => Store::File(file.stream_writes()),
+        store => store,
     });
     if probed_raw && request.write {
         eprintln!(
@@ -564,6 +604,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         last_size: AtomicU64::new(0),
         poison: Poison::default(),
         probed_raw,
+        node_format,
     };
     // The size is asked once here so that a driver that cannot answer it
     // fails the open instead of passing for an empty image.
@@ -617,7 +658,7 @@ fn format_new(
     let file = LocalFile::open(Path::new(path), path, mode)?;
     let lock = ImageLock::acquire(file.file(), LockSpec::CREATE, path)?;
     file.file().set_len(0).map_err(DriverError::from)?;
-    let file = Arc::new(file.with_lock(lock));
+    let file = Arc::new(Store::File(file.with_lock(lock)));
     let services = Arc::new(Services {
         image_name: path.to_string(),
         cache,

@@ -4,7 +4,7 @@
 use super::image::{open_image, BlockImage, OpenRequest};
 use super::lineage::Lineage;
 use super::lock::LockSpec;
-use crate::store::{file::OpenMode, CacheMode, LocalFile};
+use crate::store::{file::OpenMode, CacheMode, LocalFile, Store};
 use qimg_driver_api::abi_stable::sabi_trait::TD_Opaque;
 use qimg_driver_api::abi_stable::std_types::{
     ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec,
@@ -41,11 +41,11 @@ pub fn secret_bytes(id: &str) -> Option<Vec<u8>> {
 }
 
 /// A host store shared between the host (for sizes, locks) and a driver.
-pub struct SharedStore(pub Arc<LocalFile>);
+pub struct SharedStore(pub Arc<Store>);
 
 impl SharedStore {
     /// Boxes a shared store for the ABI.
-    pub fn boxed(file: Arc<LocalFile>) -> ByteStoreBox {
+    pub fn boxed(file: Arc<Store>) -> ByteStoreBox {
         ByteStore_TO::from_value(SharedStore(file), TD_Opaque)
     }
 }
@@ -159,7 +159,7 @@ impl HostServices for ServicesHandle {
             } else {
                 file
             };
-            Ok(SharedStore::boxed(Arc::new(file)))
+            Ok(SharedStore::boxed(Arc::new(Store::File(file))))
         })
     }
 

@@ -2,8 +2,40 @@
 //! (`driver=raw,file.filename=x`) or a `json:{...}` pseudo-filename.
 
 use crate::cli::parse_opts;
+use crate::store::null::DEFAULT_SIZE;
 use crate::store::CacheMode;
+use qimg_driver_api::size::{option_message, parse_size};
 use serde_json::Value;
+
+/// The protocol node under an image: where its bytes live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// A local file, at [`ImageSpec::path`].
+    #[default]
+    File,
+    /// qemu's `null-co` device: `size` bytes that read as zeros.
+    Null {
+        /// Its size in bytes.
+        size: u64,
+        /// qemu's `read-zeroes` option (block status says "zero").
+        read_zeroes: bool,
+    },
+}
+
+impl Protocol {
+    /// This protocol as a null device, with `size` and `read_zeroes`
+    /// replaced where given (and qemu's defaults where never given).
+    fn with_null(&self, size: Option<u64>, read_zeroes: Option<bool>) -> Protocol {
+        let (old_size, old_zeroes) = match self {
+            Protocol::Null { size, read_zeroes } => (*size, *read_zeroes),
+            Protocol::File => (DEFAULT_SIZE, false),
+        };
+        Protocol::Null {
+            size: size.unwrap_or(old_size),
+            read_zeroes: read_zeroes.unwrap_or(old_zeroes),
+        }
+    }
+}
 
 /// An image named on the command line, resolved into its parts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,9 +53,73 @@ pub struct ImageSpec {
     pub cache_direct: Option<bool>,
     /// `cache.no-flush=on|off`, if given.
     pub cache_no_flush: Option<bool>,
+    /// The protocol node the image's bytes live on.
+    pub protocol: Protocol,
+    /// The protocol node's options that name it (`size` of a null device),
+    /// with their values as given, for the names qemu prints.
+    pub protocol_options: Vec<(String, Value)>,
+    /// The protocol node is the image itself, without a format on top
+    /// (`driver=file`, `driver=null-co`).
+    pub bare: bool,
 }
 
 impl ImageSpec {
+    /// Sets `cache.direct` or `cache.no-flush`.
+    fn set_cache(&mut self, key: &str, value: &Value) -> Result<(), String> {
+        let on = Some(bool_of(key, value)?);
+        if key.ends_with("direct") {
+            self.cache_direct = on;
+        } else {
+            self.cache_no_flush = on;
+        }
+        Ok(())
+    }
+
+    /// Makes the protocol node the image itself when the format named
+    /// (`-f file`, `-f null-co`) is a protocol; qemu's refusal of a null
+    /// device under any other name.
+    pub fn with_format(mut self, format: Option<&str>) -> Result<ImageSpec, String> {
+        match format {
+            Some("null-co") if self.protocol == Protocol::File => Err(format!(
+                "The only allowed filename for this driver is '{NULL_PREFIX}//'"
+            )),
+            Some(f) if is_protocol(f) => {
+                self.bare = true;
+                Ok(self)
+            }
+            _ => Ok(self),
+        }
+    }
+
+    /// The name qemu gives the protocol node: the file's path, or
+    /// `null-co://` for a null device unless options describe it, in which
+    /// case a `json:` object of them.
+    pub fn protocol_name(&self) -> String {
+        match self.protocol {
+            Protocol::File => self.path.clone(),
+            Protocol::Null { .. } if self.protocol_options.is_empty() => {
+                format!("{NULL_PREFIX}//")
+            }
+            Protocol::Null { .. } => format!("json:{}", self.protocol_object()),
+        }
+    }
+
+    /// The protocol node as a JSON object in qemu's key order.
+    fn protocol_object(&self) -> String {
+        match self.protocol {
+            Protocol::File => file_node(&self.path),
+            Protocol::Null { .. } => {
+                let mut entries: Vec<(String, String)> = self
+                    .protocol_options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect();
+                entries.push(("driver".into(), "\"null-co\"".into()));
+                json_object(entries)
+            }
+        }
+    }
+
     /// The cache mode once `cache.direct` and `cache.no-flush` are applied
     /// to `base` (the command's `-t`/`-T` mode): direct I/O is `none`, no
     /// flushing is `unsafe`. Both at once have no mode of their own here:
@@ -43,24 +139,19 @@ impl ImageSpec {
         }
     }
 
-    /// The name qemu gives an image opened with format options: a `json:`
-    /// pseudo-filename of the options, the driver and the file, in the
-    /// order qemu's option dictionary iterates them ([`qdict_bucket`]); a
-    /// child node's file name (`header.filename`) becomes a nested file
-    /// object. The plain path without them. Options that only tune how the
-    /// image is accessed ([`WEAK_OPTIONS`]) do not count.
-    pub fn display_name(&self) -> String {
+    /// The name qemu gives an image of format `format` opened with
+    /// options: a `json:` pseudo-filename of the format's options, its
+    /// driver and its protocol node, in the order qemu's option dictionary
+    /// iterates them ([`qdict_bucket`]); a child node's file name
+    /// (`header.filename`) becomes a nested file object. The protocol
+    /// node's own name when nothing else describes the image. Options that
+    /// only tune how the image is accessed ([`WEAK_OPTIONS`]) do not count.
+    pub fn display_name(&self, format: &str) -> String {
         let strong: Vec<&(String, String)> =
             self.options.iter().filter(|(k, _)| !is_weak(k)).collect();
-        if strong.is_empty() {
-            return self.path.clone();
+        if self.bare || (strong.is_empty() && self.protocol_options.is_empty()) {
+            return self.protocol_name();
         }
-        let file_node = |name: &str| {
-            format!(
-                "{{\"driver\": \"file\", \"filename\": {}}}",
-                Value::from(name)
-            )
-        };
         let mut entries: Vec<(String, String)> = strong
             .iter()
             .map(|(k, v)| match k.strip_suffix(".filename") {
@@ -68,17 +159,29 @@ impl ImageSpec {
                 _ => (k.clone(), Value::from(v.as_str()).to_string()),
             })
             .collect();
-        if let Some(format) = &self.format {
-            entries.push(("driver".into(), Value::from(format.as_str()).to_string()));
-        }
-        entries.push(("file".into(), file_node(&self.path)));
-        entries.sort_by_key(|(k, _)| qdict_bucket(k));
-        let parts: Vec<String> = entries
-            .iter()
-            .map(|(k, v)| format!("{}: {v}", Value::from(k.as_str())))
-            .collect();
-        format!("json:{{{}}}", parts.join(", "))
+        entries.push(("driver".into(), Value::from(format).to_string()));
+        entries.push(("file".into(), self.protocol_object()));
+        format!("json:{}", json_object(entries))
     }
+}
+
+/// A file node as qemu names it inside a `json:` object.
+fn file_node(name: &str) -> String {
+    format!(
+        "{{\"driver\": \"file\", \"filename\": {}}}",
+        Value::from(name)
+    )
+}
+
+/// A JSON object of keys and their values (already JSON), in the order
+/// qemu's option dictionary lists them.
+fn json_object(mut entries: Vec<(String, String)>) -> String {
+    entries.sort_by_key(|(k, _)| qdict_bucket(k));
+    let parts: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("{}: {v}", Value::from(k.as_str())))
+        .collect();
+    format!("{{{}}}", parts.join(", "))
 }
 
 /// Child nodes other than `file` that an image's options may name by file
@@ -138,79 +241,41 @@ pub fn backing_loop(name: &str) -> String {
 }
 
 /// Resolves a name given as an operand. With `image_opts` the operand is an
-/// option string; otherwise it is a path, or a `json:` object.
+/// option string; otherwise it is a path, `null-co://`, or a `json:` object.
 pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
     if image_opts {
-        let mut spec = ImageSpec {
-            locking: true,
-            ..ImageSpec::default()
-        };
-        let mut has_file = false;
-        for (key, value) in parse_opts(name, None)? {
-            has_file |= key.starts_with("file.");
-            match key.as_str() {
-                "driver" => spec.format = Some(value),
-                "file.filename" | "filename" => spec.path = value,
-                "file.driver" if value == "file" => {}
-                "file.locking" => spec.locking = value != "off" && value != "false",
-                "cache.direct" | "file.cache.direct" => {
-                    spec.cache_direct = Some(on_off(&key, &value)?)
-                }
-                "cache.no-flush" | "file.cache.no-flush" => {
-                    spec.cache_no_flush = Some(on_off(&key, &value)?)
-                }
-                "file.driver" => return Err(format!("Unknown protocol '{value}'")),
-                _ if key.starts_with("file.") => {
-                    return Err(format!(
-                        "Block protocol 'file' doesn't support the option '{}'",
-                        &key["file.".len()..]
-                    ))
-                }
-                _ => spec.options.push((key, value)),
-            }
-        }
-        if spec.path.is_empty() {
-            return Err(missing_file(has_file));
-        }
-        return Ok(spec);
+        let pairs = parse_opts(name, Some("file"))?
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        return from_pairs(pairs);
     }
     if let Some(json) = name.strip_prefix("json:") {
         let value: Value = serde_json::from_str(&single_quotes_to_json(json))
             .map_err(|e| format!("Could not parse the JSON options: {e}"))?;
-        let mut spec = ImageSpec {
-            locking: true,
-            ..ImageSpec::default()
-        };
-        spec.format = value
-            .get("driver")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let file = value.get("file");
-        spec.path = file
-            .and_then(|f| f.get("filename").or(Some(f)))
-            .and_then(Value::as_str)
-            .or_else(|| value.get("file.filename").and_then(Value::as_str))
-            .or_else(|| value.get("filename").and_then(Value::as_str))
-            .unwrap_or("")
-            .to_string();
-        if let Some(locking) = file.and_then(|f| f.get("locking")).and_then(Value::as_str) {
-            spec.locking = locking != "off";
-        }
+        let mut pairs = Vec::new();
         if let Some(map) = value.as_object() {
             for (key, v) in map {
-                if matches!(
-                    key.as_str(),
-                    "driver" | "file" | "file.filename" | "filename"
-                ) {
-                    continue;
-                }
-                flatten(key, v, &mut spec.options);
+                flatten(key, v, &mut pairs);
             }
         }
-        if spec.path.is_empty() {
-            return Err(missing_file(file.is_some()));
+        return from_pairs(pairs);
+    }
+    if let Some(rest) = name.strip_prefix(NULL_PREFIX) {
+        if rest != "//" {
+            return Err(format!(
+                "The only allowed filename for this driver is '{NULL_PREFIX}//'"
+            ));
         }
-        return Ok(spec);
+        return Ok(ImageSpec {
+            path: name.to_string(),
+            locking: true,
+            protocol: Protocol::Null {
+                size: DEFAULT_SIZE,
+                read_zeroes: false,
+            },
+            ..ImageSpec::default()
+        });
     }
     // qemu strips the file protocol's prefix from plain names.
     Ok(ImageSpec {
@@ -218,6 +283,128 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
         locking: true,
         ..ImageSpec::default()
     })
+}
+
+/// The prefix of the null device's one file name, `null-co://`.
+const NULL_PREFIX: &str = "null-co:";
+
+/// Builds a spec from an image's options, as dotted keys (`file.filename`)
+/// with their values: the format's options, and the protocol node's under
+/// `file.` (or at the top when `driver` names the protocol itself).
+fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
+    let mut spec = ImageSpec {
+        locking: true,
+        ..ImageSpec::default()
+    };
+    spec.format = pairs
+        .iter()
+        .find(|(k, _)| k == "driver")
+        .map(|(_, v)| text_of(v));
+    spec.bare = spec.format.as_deref().is_some_and(is_protocol);
+    let mut node = Vec::new();
+    let mut file_given = false;
+    let mut reference = None;
+    for (key, value) in pairs {
+        if key == "driver" {
+            continue;
+        }
+        if spec.bare {
+            node.push((key, value));
+            continue;
+        }
+        if key == "file" {
+            // `file=NODE` names a node of a running QEMU: there is none here.
+            reference = Some(text_of(&value));
+        } else if let Some(rest) = key.strip_prefix("file.") {
+            file_given = true;
+            node.push((rest.to_string(), value));
+        } else if key == "filename" {
+            node.push((key, value));
+        } else if key == "cache.direct" || key == "cache.no-flush" {
+            spec.set_cache(&key, &value)?;
+        } else {
+            spec.options.push((key, text_of(&value)));
+        }
+    }
+    if let Some(node) = reference {
+        return Err(if file_given {
+            "Cannot reference an existing block device with additional options or a new filename"
+                .to_string()
+        } else {
+            format!("Cannot find device='{node}' nor node-name='{node}'")
+        });
+    }
+    let protocol = match spec.format.as_deref() {
+        Some(bare) if spec.bare => bare.to_string(),
+        _ => node
+            .iter()
+            .find(|(k, _)| k == "driver")
+            .map_or_else(|| "file".to_string(), |(_, v)| text_of(v)),
+    };
+    for (key, value) in node {
+        if key == "driver" {
+            continue;
+        }
+        match (protocol.as_str(), key.as_str()) {
+            ("file", "filename") => spec.path = text_of(&value),
+            ("file", "locking") => spec.locking = text_of(&value) != "off" && value != false,
+            ("file", "cache.direct" | "cache.no-flush") => spec.set_cache(&key, &value)?,
+            ("null-co", "size") => {
+                let text = text_of(&value);
+                let size = parse_size(&text, 1).map_err(|e| option_message(&key, &text, e))?;
+                spec.protocol = spec.protocol.with_null(Some(size), None);
+                spec.protocol_options.push((key, value));
+            }
+            ("null-co", "read-zeroes") => {
+                let on = bool_of(&key, &value)?;
+                spec.protocol = spec.protocol.with_null(None, Some(on));
+                spec.protocol_options.push((key, value));
+            }
+            // Accepted for scripts that pass it; reads are never delayed.
+            ("null-co", "latency-ns") => {
+                parse_size(&text_of(&value), 1)
+                    .map_err(|e| option_message(&key, &text_of(&value), e))?;
+            }
+            ("file" | "null-co", _) => {
+                return Err(format!(
+                    "Block protocol '{protocol}' doesn't support the option '{key}'"
+                ))
+            }
+            _ => return Err(format!("Unknown driver '{protocol}'")),
+        }
+    }
+    match protocol.as_str() {
+        "null-co" => {
+            spec.protocol = spec.protocol.with_null(None, None);
+            spec.path = spec.protocol_name();
+        }
+        "file" if spec.path.is_empty() => return Err(missing_file(file_given)),
+        "file" => {}
+        other => return Err(format!("Unknown driver '{other}'")),
+    }
+    Ok(spec)
+}
+
+/// True for the protocols qimg can open as an image by themselves
+/// (`driver=file`, `driver=null-co`).
+pub fn is_protocol(driver: &str) -> bool {
+    matches!(driver, "file" | "null-co")
+}
+
+/// An option's value as text: strings as they are, other JSON as JSON.
+fn text_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A boolean option given as a JSON boolean or as qemu's words.
+fn bool_of(key: &str, value: &Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        other => on_off(key, &text_of(other)),
+    }
 }
 
 /// qemu's complaint about an image name without a file: none of its
@@ -285,15 +472,14 @@ fn single_quotes_to_json(text: &str) -> String {
 
 /// Adds a `json:` option to `out`, nested objects as dotted keys
 /// (`{"encrypt": {"key-secret": "s"}}` is `encrypt.key-secret=s`).
-fn flatten(key: &str, value: &Value, out: &mut Vec<(String, String)>) {
+fn flatten(key: &str, value: &Value, out: &mut Vec<(String, Value)>) {
     match value {
         Value::Object(map) => {
             for (k, v) in map {
                 flatten(&format!("{key}.{k}"), v, out);
             }
         }
-        Value::String(s) => out.push((key.to_string(), s.clone())),
-        other => out.push((key.to_string(), other.to_string())),
+        other => out.push((key.to_string(), other.clone())),
     }
 }
 
@@ -334,7 +520,7 @@ mod tests {
         let s = resolve("driver=qcow2,file.filename=a,encrypt.key-secret=s0", true).unwrap();
         assert_eq!(s.options, [("encrypt.key-secret".into(), "s0".into())]);
         assert_eq!(
-            s.display_name(),
+            s.display_name("qcow2"),
             r#"json:{"encrypt.key-secret": "s0", "driver": "qcow2", "file": {"driver": "file", "filename": "a"}}"#
         );
         // As qemu-img 10.0.2 names them: the dictionary's order, not ours.
@@ -344,9 +530,61 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            s.display_name(),
+            s.display_name("luks"),
             r#"json:{"header": {"driver": "file", "filename": "h.img"}, "driver": "luks", "file": {"driver": "file", "filename": "d.img"}, "key-secret": "s"}"#
         );
+    }
+
+    #[test]
+    fn null_devices() {
+        let s = resolve("null-co://", false).unwrap();
+        assert_eq!(
+            s.protocol,
+            Protocol::Null {
+                size: DEFAULT_SIZE,
+                read_zeroes: false
+            }
+        );
+        assert_eq!(s.display_name("raw"), "null-co://");
+        assert!(resolve("null-co://x", false).is_err());
+        let s = resolve("driver=raw,file.driver=null-co,file.size=4k", true).unwrap();
+        assert_eq!(
+            (s.bare, s.protocol.clone()),
+            (
+                false,
+                Protocol::Null {
+                    size: 4096,
+                    read_zeroes: false
+                }
+            )
+        );
+        assert_eq!(
+            s.display_name("raw"),
+            r#"json:{"driver": "raw", "file": {"driver": "null-co", "size": "4k"}}"#
+        );
+        let s = resolve(r#"json:{"driver":"null-co","read-zeroes":true}"#, false).unwrap();
+        assert!(s.bare);
+        assert_eq!(
+            s.display_name("null-co"),
+            r#"json:{"read-zeroes": true, "driver": "null-co"}"#
+        );
+        assert!(resolve("driver=null-co,size=-1", true).is_err());
+        assert!(resolve("driver=null-co,read-zeroes=maybe", true).is_err());
+        assert!(resolve("driver=raw,file.driver=nbd", true).is_err());
+    }
+
+    #[test]
+    fn file_nodes_by_themselves() {
+        let s = resolve("driver=file,filename=a.img,locking=off", true).unwrap();
+        assert_eq!((s.bare, s.locking, s.path.as_str()), (true, false, "a.img"));
+        assert_eq!(s.display_name("file"), "a.img");
+        let s = resolve("a.img", false).unwrap().with_format(Some("file"));
+        assert!(s.unwrap().bare);
+        assert!(resolve("a.img", false)
+            .unwrap()
+            .with_format(Some("null-co"))
+            .is_err());
+        assert!(resolve("file=node0", true).is_err());
     }
 
     #[test]

@@ -150,17 +150,15 @@ fn amend(p: &Parsed, text: &str, lists: &[&str], progress: &Progress) -> CmdResu
     // QEMU's crypto driver takes its file for itself while it rewrites key
     // slots (its locks are otherwise its user's): no other reader, no
     // other writer.
-    let _exclusive = if image.driver.can(caps::USER_LOCKS) && image.store.is_locked() {
+    let held = image.store.file().filter(|_| image.store.is_locked());
+    let _exclusive = if let Some(file) = held.filter(|_| image.driver.can(caps::USER_LOCKS)) {
         let alone = LockSpec {
             perm: 0,
             unshared: perm::READ | perm::WRITE,
             forced: false,
         };
         let name = image.store.name().to_string();
-        Some(
-            ImageLock::acquire(image.store.file(), alone, &name)
-                .map_err(|e| fail(e.message.to_string()))?,
-        )
+        Some(ImageLock::acquire(file, alone, &name).map_err(|e| fail(e.message.to_string()))?)
     } else {
         None
     };

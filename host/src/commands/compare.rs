@@ -7,6 +7,7 @@ use crate::engine::compare::compare;
 use crate::engine::progress::Progress;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
+use qimg_driver_api::DriverError;
 
 const OPTS: &[Opt] = &[
     flag('h', "help"),
@@ -44,8 +45,8 @@ fn compare_command(args: &[String]) -> CmdResult {
         return Ok(print_help(HELP));
     }
     objects(&p)?;
-    if p.has("image-opts") && (p.has("a-format") || p.has("b-format")) {
-        return Err(fail("--image-opts and -f/-F are mutually exclusive"));
+    if p.has("image-opts") && p.has("a-format") {
+        return Err(fail("--image-opts and --format are mutually exclusive"));
     }
     let quiet = p.has("quiet");
     if p.operands.len() != 2 {
@@ -62,12 +63,18 @@ fn compare_command(args: &[String]) -> CmdResult {
         .collect();
     crate::confine::enter(&files, &[])?;
     let open = |name: &str, format: Option<&str>| {
+        if image_opts && format.is_some() {
+            return Err(DriverError::invalid_argument(
+                "--image-opts and --format are mutually exclusive",
+            ));
+        }
         open_image(&OpenRequest {
             cache,
             lock: Some(LockSpec::reader(force_share)),
             ..OpenRequest::read(name, format, image_opts)
         })
     };
+    // As in qemu-img, -F meets --image-opts only when the second image opens.
     let opened = open(&p.operands[0], p.last("a-format"))
         .and_then(|a| Ok((a, open(&p.operands[1], p.last("b-format"))?)));
     let (a, b) = match opened {

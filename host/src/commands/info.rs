@@ -105,31 +105,48 @@ fn sectors(len: u64) -> u64 {
     len.div_ceil(512) * 512
 }
 
-/// The `info` object of a protocol-level file child: its length (in sectors)
-/// and what it occupies on disk.
-fn file_child(filename: &str, len: u64, actual: Option<u64>) -> Value {
-    let mut file = Map::new();
-    file.insert("children".into(), json!([]));
-    file.insert("virtual-size".into(), json!(sectors(len)));
-    file.insert("filename".into(), json!(filename));
-    file.insert("format".into(), json!("file"));
+/// The `info` object of a protocol node: its length (in sectors) and what
+/// it occupies on disk. A file says it is clean; a null device says
+/// nothing more.
+fn protocol_child(filename: &str, protocol: &str, len: u64, actual: Option<u64>) -> Value {
+    let mut node = Map::new();
+    node.insert("children".into(), json!([]));
+    node.insert("virtual-size".into(), json!(sectors(len)));
+    node.insert("filename".into(), json!(filename));
+    node.insert("format".into(), json!(protocol));
     if let Some(a) = actual {
-        file.insert("actual-size".into(), json!(a));
+        node.insert("actual-size".into(), json!(a));
     }
-    file.insert(
-        "format-specific".into(),
-        json!({"type": "file", "data": {}}),
-    );
-    file.insert("dirty-flag".into(), json!(false));
-    Value::Object(file)
+    if protocol == "file" {
+        node.insert(
+            "format-specific".into(),
+            json!({"type": "file", "data": {}}),
+        );
+        node.insert("dirty-flag".into(), json!(false));
+    }
+    Value::Object(node)
 }
 
 /// The JSON object qemu-img prints for one image, in its key order.
 pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
+    use qimg_driver_api::ByteStore;
     use std::os::unix::fs::MetadataExt;
-    let info = image.info().map_err(|e| fail(e.message.to_string()))?;
-    let file_len = image.store.file().metadata().map(|m| m.len()).unwrap_or(0);
-    let mut actual = image.store.allocated().ok();
+    let protocol = image.store.protocol();
+    let store_len = image.store.len().into_result().unwrap_or(0);
+    let store_actual = image.store.allocated().ok();
+    if image.is_protocol_node() {
+        // The protocol node itself: no children, no format on top.
+        let mut node = protocol_child(&image.filename, protocol, store_len, store_actual);
+        node["virtual-size"] = json!(image.size());
+        return Ok(node);
+    }
+    let mut info = image.info().map_err(|e| fail(e.message.to_string()))?;
+    if protocol != "file" {
+        // A format that passes its protocol's facts through (raw) has none
+        // from a null device.
+        info.dirty_flag = None;
+    }
+    let mut actual = store_actual;
     // Files of their own (vmdk extents) come first, as qemu-img lists them;
     // the image's disk usage is the sum over all its files.
     let mut children = Vec::new();
@@ -138,14 +155,15 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
         let child_actual = meta.as_ref().map(|m| m.blocks() * 512);
         actual = actual.zip(child_actual).map(|(a, b)| a + b);
         let len = meta.map_or(0, |m| m.len());
-        children.push(
-            json!({"name": child.name, "info": file_child(&child.filename, len, child_actual)}),
-        );
+        children.push(json!({
+            "name": child.name,
+            "info": protocol_child(&child.filename, "file", len, child_actual),
+        }));
     }
-    let file_actual = image.store.allocated().ok();
-    children.push(
-        json!({"name": "file", "info": file_child(&image.store_name(), file_len, file_actual)}),
-    );
+    children.push(json!({
+        "name": "file",
+        "info": protocol_child(&image.store.name(), protocol, store_len, store_actual),
+    }));
 
     let mut top = Map::new();
     top.insert("children".into(), Value::Array(children));
@@ -182,14 +200,6 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
         top.insert("dirty-flag".into(), json!(dirty));
     }
     Ok(Value::Object(top))
-}
-
-impl BlockImage {
-    /// Name of the image's file as qemu prints it in the child node.
-    fn store_name(&self) -> String {
-        use qimg_driver_api::ByteStore;
-        self.store.name().into()
-    }
 }
 
 /// One snapshot as qemu-img's JSON lists it, in its key order.
@@ -292,7 +302,10 @@ fn human(info: &Value) -> String {
                 "    filename: {}\n",
                 ci.get("filename").and_then(Value::as_str).unwrap_or("")
             ));
-            out.push_str("    protocol type: file\n");
+            out.push_str(&format!(
+                "    protocol type: {}\n",
+                ci.get("format").and_then(Value::as_str).unwrap_or("")
+            ));
             let len = ci.get("virtual-size").and_then(Value::as_u64).unwrap_or(0);
             out.push_str(&format!(
                 "    file length: {} ({len} bytes)\n",

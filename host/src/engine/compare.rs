@@ -158,7 +158,7 @@ pub fn compare(
             ));
             return Ok(1);
         }
-        let zero_side = match (sa.zero, sb.zero) {
+        let zero_side = match (sa.reads_zero(), sb.reads_zero()) {
             (true, true) => None,
             (true, false) => Some(1),
             (false, true) => Some(2),
@@ -215,12 +215,12 @@ pub fn compare(
         let mut offset = common;
         while offset < total {
             let s = status(walker, longer, offset, total - offset)?;
-            let len = if s.zero {
+            let len = if s.reads_zero() {
                 s.length
             } else {
                 s.length.min(CHUNK)
             };
-            if !s.zero {
+            if !s.reads_zero() {
                 let mut buf = vec![0u8; len as usize];
                 read(longer, offset, &mut buf)?;
                 if let Some(at) = first_nonzero(&buf) {

@@ -174,7 +174,7 @@ impl CopyJob<'_> {
                 let len = status.length;
                 let kind = if self.top_only && !status.present {
                     None
-                } else if status.zero {
+                } else if status.reads_zero() {
                     Some(if self.min_sparse == 0 {
                         Kind::ZeroData
                     } else {
@@ -663,15 +663,11 @@ fn offload(
     target: &BlockImage,
     item: &Item,
 ) -> Option<Result<(), DriverError>> {
-    use qimg_driver_api::caps::IDENTITY_MAPPED;
-    if !source.driver.can(IDENTITY_MAPPED)
-        || !target.driver.can(IDENTITY_MAPPED)
-        || source.backing.is_some()
-    {
+    if !source.identity_mapped() || !target.identity_mapped() || source.backing.is_some() {
         return None;
     }
-    let src_fd = source.store.file().as_raw_fd();
-    let dst_fd = target.store.file().as_raw_fd();
+    let src_fd = source.store.file()?.as_raw_fd();
+    let dst_fd = target.store.file()?.as_raw_fd();
     let mut src_off = item.src_offset as i64;
     let mut dst_off = item.dst_offset as i64;
     let mut left = item.len as usize;

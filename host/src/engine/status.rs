@@ -28,6 +28,12 @@ pub struct Status {
 }
 
 impl Status {
+    /// Reads return zeros: the run is zero, or no layer allocates it (a
+    /// device that says nothing of its blocks still reads zeros there).
+    pub fn reads_zero(&self) -> bool {
+        self.zero || !self.present
+    }
+
     /// A run past the end of a shorter image of the chain: it reads as zeros
     /// and no layer allocates it.
     fn zeros_past_end(start: u64, length: u64, depth: usize) -> Status {
@@ -149,7 +155,12 @@ impl Walker {
             let allocated = ext.has(ef::ALLOCATED);
             let last = layer.backing.is_none() || bottom.is_some_and(|b| depth >= b);
             if allocated || ext.has(ef::DATA) || last {
-                let zero = ext.has(ef::ZERO) || (!ext.has(ef::DATA) && layer.backing.is_none());
+                // The bottom layer's unallocated blocks read as zeros, except
+                // on a device that says nothing of its blocks (null-co).
+                let zero = ext.has(ef::ZERO)
+                    || (!ext.has(ef::DATA)
+                        && layer.backing.is_none()
+                        && !layer.store.reports_nothing());
                 let offset_valid = ext.has(ef::OFFSET_VALID);
                 let file = match offset_valid {
                     true => Some(layer.extent_store_name(ext.store)?),

@@ -1,8 +1,89 @@
-//! Byte stores: the host's side of the protocol layer. A local file today.
+//! Byte stores: the host's side of the protocol layer. A local file, or
+//! qemu's `null-co` device.
 
 pub mod cache;
 pub mod faults;
 pub mod file;
+pub mod null;
 
 pub use cache::CacheMode;
 pub use file::LocalFile;
+pub use null::NullStore;
+
+use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
+use qimg_driver_api::{ByteStore, DriverError, Prealloc, StoreRun};
+use std::fs::File;
+
+/// The store an image lives on.
+pub enum Store {
+    /// A local file (qemu's `file` protocol).
+    File(LocalFile),
+    /// A null device (qemu's `null-co` protocol).
+    Null(NullStore),
+}
+
+impl Store {
+    /// The protocol's name as qemu's `info` shows it (`protocol type:`).
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Store::File(_) => "file",
+            Store::Null(_) => "null-co",
+        }
+    }
+    /// The local file, if the store is one (for locks and copy_file_range).
+    pub fn file(&self) -> Option<&File> {
+        match self {
+            Store::File(f) => Some(f.file()),
+            Store::Null(_) => None,
+        }
+    }
+    /// Whether an image lock is held on the store.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Store::File(f) if f.is_locked())
+    }
+    /// Bytes the store occupies on disk.
+    pub fn allocated(&self) -> Result<u64, DriverError> {
+        self.allocated_size().into_result()
+    }
+    /// True for a null device without `read-zeroes`, whose blocks qemu
+    /// reports as neither data nor zeros.
+    pub fn reports_nothing(&self) -> bool {
+        matches!(self, Store::Null(n) if n.reports_nothing())
+    }
+    fn inner(&self) -> &dyn ByteStore {
+        match self {
+            Store::File(f) => f,
+            Store::Null(n) => n,
+        }
+    }
+}
+
+impl ByteStore for Store {
+    fn read_at(&self, offset: u64, buf: RSliceMut<'_, u8>) -> RResult<u64, DriverError> {
+        self.inner().read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
+        self.inner().write_at(offset, buf)
+    }
+    fn len(&self) -> RResult<u64, DriverError> {
+        self.inner().len()
+    }
+    fn set_len(&self, len: u64, prealloc: Prealloc) -> RResult<(), DriverError> {
+        self.inner().set_len(len, prealloc)
+    }
+    fn flush(&self) -> RResult<(), DriverError> {
+        self.inner().flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> RResult<(), DriverError> {
+        self.inner().write_zeroes(offset, len, punch)
+    }
+    fn run_at(&self, offset: u64, max: u64) -> RResult<StoreRun, DriverError> {
+        self.inner().run_at(offset, max)
+    }
+    fn allocated_size(&self) -> RResult<u64, DriverError> {
+        self.inner().allocated_size()
+    }
+    fn name(&self) -> RString {
+        self.inner().name()
+    }
+}
