@@ -31,3 +31,25 @@ same_cases! {
     bad_cache => ["compare", "-T", "bogus", "mid.raw", "mid2.raw"],
     odd_vs_padded => ["compare", "odd.raw", "mid.raw"],
 }
+
+/// Strict mode meets a content mismatch before a later allocation mismatch,
+/// as qemu-img walks the images in order (with and without progress).
+#[test]
+fn strict_reports_the_first_difference_in_order() {
+    let fx = qimg_tests::Fixture::new("compare_strict_order");
+    for (name, pattern, extra) in [("a", "0x11", None), ("b", "0x22", Some("2M"))] {
+        let file = format!("{name}.qcow2");
+        fx.make_qcow2(&file, "", "4M");
+        let mut commands = vec![format!("write -P {pattern} 1M 64k")];
+        commands.extend(extra.map(|at| format!("write -z {at} 64k")));
+        let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+        fx.qemu_io_cmds("qcow2", &file, &commands);
+    }
+    let first = fx.same(&["compare", "-s", "a.qcow2", "b.qcow2"]);
+    assert!(first.stdout.contains("Content mismatch at offset 1048576"));
+    fx.same(&["compare", "-p", "-s", "a.qcow2", "b.qcow2"]);
+    // Once the content is equal, the allocation difference is what remains.
+    fx.qemu_io_cmds("qcow2", "b.qcow2", &["write -P 0x11 1M 64k"]);
+    let second = fx.same(&["compare", "-s", "a.qcow2", "b.qcow2"]);
+    assert!(second.stdout.contains("block status mismatch"));
+}

@@ -146,6 +146,9 @@ pub fn compare(
     let mut pieces = Vec::new();
     let mut offset = 0u64;
     let (mut walk_a, mut walk_b) = (Walker::default(), Walker::default());
+    // Strict mode's first allocation mismatch, reported only if the
+    // content before it is equal (qemu-img meets it there, in order).
+    let mut strict_stop = None;
     while offset < common {
         // Each image is asked up to its own end, as qemu-img does, so the
         // end-of-image fact is part of the status strict mode compares.
@@ -153,10 +156,8 @@ pub fn compare(
         let sb = status(&mut walk_b, b, offset, size_b - offset)?;
         let mut len = sa.length.min(sb.length).min(common - offset);
         if strict && strict_key(&sa, size_a) != strict_key(&sb, size_b) {
-            say(&format!(
-                "Strict mode: Offset {offset} block status mismatch!"
-            ));
-            return Ok(1);
+            strict_stop = Some(offset);
+            break;
         }
         let zero_side = match (sa.reads_zero(), sb.reads_zero()) {
             (true, true) => None,
@@ -203,6 +204,10 @@ pub fn compare(
     };
     if let Some(at) = mismatch {
         say(&format!("Content mismatch at offset {at}!"));
+        return Ok(1);
+    }
+    if let Some(at) = strict_stop {
+        say(&format!("Strict mode: Offset {at} block status mismatch!"));
         return Ok(1);
     }
     if size_a != size_b {
