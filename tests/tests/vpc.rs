@@ -423,7 +423,6 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("doff-zero", 16, be64(0)),
         ("doff-none", 16, be64(u64::MAX)),
         ("type-fixed", 60, be32(2)),
-        ("type-diff", 60, be32(4)),
         ("size-huge", 48, be64(u64::MAX)),
         ("chs-big", 56, vec![0xff, 0xfe, 16, 255]),
         ("chs-zero", 56, vec![0, 0, 0, 0]),
@@ -487,6 +486,16 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         let _ = std::fs::remove_file(fx.path("ours.raw"));
         let _ = std::fs::remove_file(fx.path("theirs.raw"));
     }
+    // A differencing disk that names no parent: qemu-img reads it as a
+    // dynamic disk (the parent's data as zeros); qimg, which reads
+    // differencing disks over their parent, refuses it.
+    refooted(&fx, "base.vhd", "type-diff.vhd", &[(60, &be32(4))]);
+    let out = fx.qimg_bounded(&["info", "-f", "vpc", "type-diff.vhd"]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("Differencing VHD names no parent file"),
+        "{out:?}"
+    );
     // A block entry pointing at the headers: qemu-img would write over
     // them; qimg refuses the write and leaves the file as it was.
     let before = std::fs::read(fx.path("entry-at-start.vhd")).unwrap();

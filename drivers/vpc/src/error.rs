@@ -67,6 +67,15 @@ pub enum VpcError {
     /// The disk is larger than a VHD can describe.
     #[error("The image size is too large for file format 'vpc'")]
     TooLarge,
+    /// A differencing disk names no parent file.
+    #[error("Differencing VHD names no parent file")]
+    NoParentName,
+    /// The parent file found is not the disk this one was made from.
+    #[error("'{0}' is not the parent of this differencing VHD (its unique id differs)")]
+    ParentMismatch(String),
+    /// Writes to a differencing disk are not supported yet.
+    #[error("Cannot write to a differencing VHD")]
+    DifferencingWrite,
     /// An error from the host or the store, passed through.
     #[error("{}", .0.message)]
     Host(DriverError),
@@ -109,7 +118,12 @@ impl From<VpcError> for DriverError {
             VpcError::SizeCalcMode(_) | VpcError::OutOfRange(..) | VpcError::InvalidOption(_) => {
                 DriverError::invalid_argument(message)
             }
-            VpcError::Unsupported(_) => DriverError::unsupported(message),
+            VpcError::Unsupported(_) | VpcError::DifferencingWrite => {
+                DriverError::unsupported(message)
+            }
+            VpcError::NoParentName | VpcError::ParentMismatch(_) => {
+                DriverError::invalid_image(message)
+            }
             VpcError::TooLarge => DriverError {
                 errno: EFBIG,
                 ..DriverError::invalid_argument(message)

@@ -6,6 +6,11 @@
 //! (their sector bitmaps are not consulted) and, the first time it writes
 //! into a block, marks all its sectors present.
 //!
+//! A differencing disk is read, beyond qemu-img, over its parent: a
+//! sector whose bit is clear in its block's bitmap (and every sector of an
+//! unallocated block) reads from the parent, found through the header's
+//! locators (see `parent`). Writing to one is refused.
+//!
 //! Writes to a dynamic disk run in parallel: a writer takes the metadata
 //! lock only to look a block up or to place a new one at the end of the
 //! file, and writes the block's bitmap and data outside it. New table
@@ -18,9 +23,10 @@ use crate::bat::{Bat, UNALLOCATED};
 use crate::error::{Result, VpcError};
 use crate::footer::{be32, has_cookie, Footer, SizeCalc, FOOTER_SIZE, TYPE_FIXED};
 use crate::header::{DynamicHeader, HEADER_SIZE};
+use crate::parent::{self, ParentLink, TYPE_DIFFERENCING};
 use qimg_driver_api::schema::ImageInfo;
 use qimg_driver_api::{
-    extent_flags, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, HostExt,
+    extent_flags, open_flags, zero_flags, BackingBox, ByteStoreBox, DriverError, Extent, HostExt,
     HostServicesBox, ImageImpl, Prealloc, StoreExt,
 };
 use std::collections::{BTreeSet, HashSet};
@@ -43,6 +49,70 @@ pub struct VpcImage {
     /// The guest's bytes are the file's from offset 0: a fixed disk, or,
     /// as QEMU reads it, a dynamic layout whose footer says "fixed".
     passthrough: bool,
+    /// A differencing disk's parent.
+    parent: Option<Parent>,
+}
+
+/// The parent of a differencing disk.
+struct Parent {
+    /// Its file name, as found through the header's locators.
+    name: String,
+    /// The parent image, unless the chain was not opened.
+    image: Option<BackingBox>,
+}
+
+impl Parent {
+    /// Finds the parent of the differencing disk whose dynamic header is at
+    /// `header_at`, checks that its unique id is the one the child
+    /// records, and opens it (unless `flags` say not to).
+    fn open(
+        store: &ByteStoreBox,
+        host: &HostServicesBox,
+        header_at: u64,
+        file_len: u64,
+        flags: u32,
+    ) -> Result<Parent> {
+        let mut header = [0u8; HEADER_SIZE];
+        store.read_or_zero_at(header_at, &mut header)?;
+        let link = parent::read(store, &header, file_len)?;
+        if flags & open_flags::NO_BACKING != 0 {
+            return Ok(Parent {
+                name: link.name,
+                image: None,
+            });
+        }
+        check_parent_id(&host.related(&link.name, false, false)?, &link)?;
+        Ok(Parent {
+            image: Some(host.backing(&link.name, Some("vpc"))?),
+            name: link.name,
+        })
+    }
+
+    /// Reads guest bytes of the parent (zeros where there is none).
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match &self.image {
+            Some(image) => Ok(image.read_at(offset, buf.into()).into_result()?),
+            None => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Refuses a parent whose footer's unique id is not the one the child
+/// records (a parent replaced or modified since the child was made).
+fn check_parent_id(store: &ByteStoreBox, link: &ParentLink) -> Result<()> {
+    let mut footer = [0u8; FOOTER_SIZE];
+    store.read_or_zero_at(0, &mut footer)?;
+    if !has_cookie(&footer) {
+        let end = store.size()?.next_multiple_of(512);
+        store.read_or_zero_at(end.saturating_sub(FOOTER_SIZE as u64), &mut footer)?;
+    }
+    if !has_cookie(&footer) || footer[68..84] != link.uuid {
+        return Err(VpcError::ParentMismatch(link.name.clone()));
+    }
+    Ok(())
 }
 
 /// What a dynamic disk adds.
@@ -118,7 +188,13 @@ impl VpcImage {
         } else {
             None
         };
+        let parent = if at_start && footer.disk_type == TYPE_DIFFERENCING {
+            Some(Parent::open(&store, host, footer.data_offset, len, flags)?)
+        } else {
+            None
+        };
         Ok(VpcImage {
+            parent,
             passthrough: footer.disk_type == TYPE_FIXED,
             store,
             footer: Mutex::new(footer),
@@ -140,6 +216,9 @@ impl VpcImage {
         if !self.writable {
             return Err(VpcError::ReadOnly);
         }
+        if self.parent.is_some() {
+            return Err(VpcError::DifferencingWrite);
+        }
         let size = self.size();
         match offset.checked_add(len) {
             Some(end) if end <= size => Ok(()),
@@ -157,6 +236,9 @@ impl VpcImage {
     fn resize_to(&self, new_size: u64, shrink: bool) -> Result<()> {
         if !self.writable {
             return Err(VpcError::ReadOnly);
+        }
+        if self.parent.is_some() {
+            return Err(VpcError::DifferencingWrite);
         }
         let mut footer = self.footer();
         let exact = footer.guest_size(None) == footer.current_size / 512 * 512;
@@ -213,6 +295,72 @@ impl VpcImage {
             return Err(VpcError::OverMetadata);
         }
         Ok(())
+    }
+
+    /// Reads `buf` at guest `offset` (inside one block) of a differencing
+    /// disk: the block's present sectors from the file, the others from
+    /// the parent.
+    fn read_differencing(
+        &self,
+        d: &Dynamic,
+        parent: &Parent,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let Some(block) = d.block(offset / d.block_size) else {
+            return parent.read(offset, buf);
+        };
+        for (at, len, present) in d.sector_runs(&self.store, block, offset, buf.len() as u64)? {
+            let part = &mut buf[(at - offset) as usize..(at - offset + len) as usize];
+            if present {
+                let host = block + d.bitmap_size + at % d.block_size;
+                self.store.read_or_zero_at(host, part)?;
+            } else {
+                parent.read(at, part)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Block status of a differencing disk: present sectors are this
+    /// layer's data; the rest is not allocated here (the parent decides).
+    fn status_differencing(&self, d: &Dynamic, offset: u64, end: u64) -> Result<Vec<Extent>> {
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end && out.len() < MAX_EXTENTS {
+            let n = (d.block_size - at % d.block_size).min(end - at);
+            let runs = match d.block(at / d.block_size) {
+                Some(block) => d
+                    .sector_runs(&self.store, block, at, n)?
+                    .into_iter()
+                    .map(|(o, l, present)| (o, l, present.then_some(block)))
+                    .collect(),
+                None => vec![(at, n, None)],
+            };
+            for (o, l, block) in runs {
+                let ext = match block {
+                    Some(block) => Extent {
+                        offset: o,
+                        length: l,
+                        flags: extent_flags::DATA
+                            | extent_flags::ALLOCATED
+                            | extent_flags::OFFSET_VALID,
+                        store: 0,
+                        host_offset: block + d.bitmap_size + o % d.block_size,
+                    },
+                    None => Extent {
+                        offset: o,
+                        length: l,
+                        flags: 0,
+                        store: 0,
+                        host_offset: 0,
+                    },
+                };
+                push_merged(&mut out, ext);
+            }
+            at += n;
+        }
+        Ok(out)
     }
 
     fn flush_all(&self) -> Result<()> {
@@ -280,11 +428,50 @@ impl Dynamic {
     /// block_size`), or `None` if its block is not allocated (or only
     /// reserved: nothing is written there yet).
     fn locate(&self, offset: u64) -> Option<u64> {
-        let index = offset / self.block_size;
+        self.block(offset / self.block_size)
+            .map(|at| at + self.bitmap_size + offset % self.block_size)
+    }
+
+    /// The file offset of block `index` (its sector bitmap), or `None` if
+    /// it is not allocated (or only reserved).
+    fn block(&self, index: u64) -> Option<u64> {
         let meta = self.meta();
         let entry = meta.bat.get(index);
-        (entry != UNALLOCATED && !meta.reserved.contains(&index))
-            .then(|| u64::from(entry) * 512 + self.bitmap_size + offset % self.block_size)
+        (entry != UNALLOCATED && !meta.reserved.contains(&index)).then(|| u64::from(entry) * 512)
+    }
+
+    /// The runs of `[offset, offset + len)` (inside one block, which is
+    /// allocated at `block`) whose sectors are present in the block or
+    /// not, by the block's sector bitmap (most significant bit first):
+    /// (offset, length, present).
+    fn sector_runs(
+        &self,
+        store: &ByteStoreBox,
+        block: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, bool)>> {
+        let in_block = offset % self.block_size;
+        let first = in_block / 512;
+        let last = (in_block + len - 1) / 512;
+        let mut bits = vec![0u8; (last / 8 - first / 8 + 1) as usize];
+        store.read_or_zero_at(block + first / 8, &mut bits)?;
+        let present = |sector: u64| {
+            let byte = bits[(sector / 8 - first / 8) as usize];
+            byte & (0x80 >> (sector % 8)) != 0
+        };
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        let end = offset + len;
+        for sector in first..=last {
+            let start = (offset - in_block + sector * 512).max(offset);
+            let stop = (offset - in_block + (sector + 1) * 512).min(end);
+            let here = present(sector);
+            match runs.last_mut() {
+                Some(run) if run.2 == here => run.1 += stop - start,
+                _ => runs.push((start, stop - start, here)),
+            }
+        }
+        Ok(runs)
     }
 
     /// Finds block `index` for a write, placing it at the end of the file
@@ -491,19 +678,25 @@ impl Dynamic {
                     host_offset: 0,
                 },
             };
-            match out.last_mut() {
-                Some(last)
-                    if last.flags == ext.flags
-                        && (!ext.has(extent_flags::OFFSET_VALID)
-                            || last.host_offset + last.length == ext.host_offset) =>
-                {
-                    last.length += n
-                }
-                _ => out.push(ext),
-            }
+            push_merged(&mut out, ext);
             at += n;
         }
         out
+    }
+}
+
+/// Appends `ext` to `out`, extending the last extent when it continues it
+/// (same flags, and contiguous in the file where the offset counts).
+fn push_merged(out: &mut Vec<Extent>, ext: Extent) {
+    match out.last_mut() {
+        Some(last)
+            if last.flags == ext.flags
+                && (!ext.has(extent_flags::OFFSET_VALID)
+                    || last.host_offset + last.length == ext.host_offset) =>
+        {
+            last.length += ext.length
+        }
+        _ => out.push(ext),
     }
 }
 
@@ -523,9 +716,12 @@ impl ImageImpl for VpcImage {
             let at = offset + done as u64;
             let n = ((d.block_size - at % d.block_size) as usize).min(inside - done);
             let part = &mut buf[done..done + n];
-            match d.locate(at) {
-                Some(host) => self.store.read_or_zero_at(host, part)?,
-                None => part.fill(0),
+            match &self.parent {
+                Some(parent) => self.read_differencing(d, parent, at, part)?,
+                None => match d.locate(at) {
+                    Some(host) => self.store.read_or_zero_at(host, part)?,
+                    None => part.fill(0),
+                },
             }
             done += n;
         }
@@ -589,6 +785,9 @@ impl ImageImpl for VpcImage {
             return Ok(Vec::new());
         }
         match self.dynamic.as_ref().filter(|_| !self.passthrough) {
+            Some(d) if self.parent.is_some() => {
+                Ok(self.status_differencing(d, offset, offset + len)?)
+            }
             Some(d) => Ok(d.status(offset, offset + len)),
             None => Ok(self.status_fixed(offset, len)?),
         }
@@ -606,6 +805,7 @@ impl ImageImpl for VpcImage {
                 .filter(|_| !self.passthrough)
                 .map(|d| d.block_size),
             dirty_flag: Some(false),
+            backing_filename: self.parent.as_ref().map(|p| p.name.clone()),
             ..ImageInfo::default()
         })
     }

@@ -6,7 +6,9 @@
 //! dynamic disk keeps a copy of the footer at its start, then a dynamic
 //! disk header, a Block Allocation Table and the blocks allocated so far,
 //! each a sector bitmap followed by the block's data. Differencing disks
-//! are read as dynamic ones, as qemu-img reads them (it opens no parent).
+//! (Hyper-V checkpoints, `.avhd`) are read over their parent, found through
+//! the header's parent locators: beyond qemu-img, which reads them as
+//! dynamic disks without a parent.
 
 mod bat;
 mod create;
@@ -14,6 +16,7 @@ mod error;
 mod footer;
 mod header;
 mod image;
+mod parent;
 
 use footer::has_cookie;
 use qimg_driver_api::schema::{CreateOption, CreateRequest, MeasureRequest, MeasureResult};
