@@ -168,3 +168,30 @@ fn preallocated_growth_keeps_the_backing_data_of_the_old_end() {
         fx.qemu_io_cmds("qcow2", "ours.qcow2", &["read -P 0 70k 1978k"]);
     }
 }
+
+/// A resize refused after the image was opened for writing (a shrink
+/// without `--shrink`) closes it cleanly, as qemu-img does: formats that
+/// mark an image in use while it is open for writing must not be left
+/// marked, or the next `qemu-img check` finds it not closed correctly.
+#[test]
+fn a_refused_resize_leaves_every_format_clean() {
+    let fx = Fixture::new("resize_refused_clean");
+    for format in ["qcow2", "qed", "vdi", "vpc", "vmdk", "parallels"] {
+        let file = format!("img.{format}");
+        fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
+        fx.qemu_io_cmds(format, &file, &["write -P 5 0 64k"]);
+        let before = std::fs::read(fx.path(&file)).expect("read image");
+        let out = fx.qimg(&["resize", "-f", format, &file, "2M"]);
+        assert_eq!(out.status, 1, "{format}: {out:?}");
+        // (qemu-img cannot check vpc images: the bytes tell.)
+        if format != "vpc" {
+            let check = fx.qemu_img(&["check", "-f", format, &file]);
+            assert_eq!(check.status, 0, "{format}: {check:?}");
+        }
+        assert_eq!(
+            before,
+            std::fs::read(fx.path(&file)).expect("read image"),
+            "{format}: the refused resize changed the file"
+        );
+    }
+}

@@ -339,6 +339,12 @@ impl Meta {
         Err(error)
     }
 
+    /// True once this session marked the image corrupt: nothing but the
+    /// header is written to it any more.
+    pub fn marked_corrupt(&self) -> bool {
+        self.corruption_reported && self.writable
+    }
+
     /// Reports a metadata inconsistency the way qemu does (once per image)
     /// and returns the error the request fails with. A writable image is
     /// marked corrupt (qcow2.txt, incompatible bit 1) so that nothing writes
@@ -799,6 +805,16 @@ impl Meta {
     /// Writes every dirty table and the header, in crash-safe order, with
     /// flushes between the steps.
     pub fn flush(&mut self, io: &Io) -> Result<()> {
+        if self.marked_corrupt() {
+            // QEMU stops writing to an image it marked corrupt: only the
+            // header that says so goes out; cached tables and refcounts,
+            // which may point into metadata, are dropped.
+            if self.header_dirty {
+                self.write_header(io)?;
+                io.flush()?;
+            }
+            return Ok(());
+        }
         let cs = self.layout.cluster_size() as usize;
         // 1. Refcounts (and a moved refcount table) before anything refers
         //    to the clusters they count.

@@ -1224,6 +1224,10 @@ impl Qcow2Image {
             return Ok(());
         }
         let mut meta = self.lock();
+        if meta.marked_corrupt() {
+            // Nothing more is written to an image marked corrupt.
+            return meta.flush(&self.io);
+        }
         self.release_reservations(&mut meta)?;
         self.release_bitmaps(&mut meta)?;
         meta.flush(&self.io)?;

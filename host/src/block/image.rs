@@ -16,7 +16,7 @@ use qimg_driver_api::{
 };
 use std::mem::ManuallyDrop;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bytes read from the start of a file to probe its format.
@@ -112,13 +112,21 @@ pub struct BlockImage {
     /// The protocol's name when its node is the image itself (`driver=file`,
     /// `driver=null-co`), read through the raw driver.
     node_format: Option<&'static str>,
+    /// `close` was called (it is called once, by the command or on drop).
+    closed: AtomicBool,
 }
 
 impl Drop for BlockImage {
     /// Closes the driver's image, then the backing chain below it, on fresh
     /// stack if a chain of thousands of layers needs it: each layer closes
-    /// the next one down from inside its own close.
+    /// the next one down from inside its own close. An image a command did
+    /// not close (it failed half-way) is closed cleanly first, as QEMU
+    /// closes every image it opened: a format's in-use or dirty flag set
+    /// at a writable open must not stay set because an option was refused.
     fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) {
+            let _ = self.close();
+        }
         let backing = self.backing.take();
         on_deep_stack(|| {
             // SAFETY: `image` is dropped only here, and never used after.
@@ -334,6 +342,7 @@ impl BlockImage {
     /// reported. A poisoned image is not closed: its driver's state cannot
     /// be trusted to write anything more.
     pub fn close(&self) -> Result<(), DriverError> {
+        self.closed.store(true, Ordering::Release);
         self.call(|i| i.close())
     }
 }
@@ -605,6 +614,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         poison: Poison::default(),
         probed_raw,
         node_format,
+        closed: AtomicBool::new(false),
     };
     // The size is asked once here so that a driver that cannot answer it
     // fails the open instead of passing for an empty image.

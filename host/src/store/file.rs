@@ -12,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Alignment used for O_DIRECT transfers (covers 512- and 4096-byte sectors).
@@ -35,6 +36,9 @@ pub struct LocalFile {
     /// Set by [`LocalFile::stream_writes`]: large written ranges not yet
     /// retired from the page cache, oldest first, and their total.
     streamed: Option<Mutex<Streamed>>,
+    /// Something was written since the last flush. Like QEMU, a flush
+    /// with nothing new to make durable does not sync the file.
+    unsynced: AtomicBool,
 }
 
 /// Written ranges (offset, length) of a streaming store, and their total.
@@ -102,6 +106,7 @@ impl LocalFile {
             rmw: Mutex::new(()),
             lock: None,
             streamed: None,
+            unsynced: AtomicBool::new(false),
         })
     }
 
@@ -397,6 +402,13 @@ impl LocalFile {
         Ok(())
     }
 
+    /// Notes that the file changed (whatever `result` says: a failed
+    /// write may have written part of its range).
+    fn changed<T>(&self, result: Result<T, DriverError>) -> Result<T, DriverError> {
+        self.unsynced.store(true, Ordering::Release);
+        result
+    }
+
     /// Bytes allocated on disk.
     pub fn allocated(&self) -> Result<u64, DriverError> {
         Ok(self.file.metadata().map_err(DriverError::from)?.blocks() * 512)
@@ -410,7 +422,7 @@ impl ByteStore for LocalFile {
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
-            self.pwrite(offset, buf.as_slice())
+            self.changed(self.pwrite(offset, buf.as_slice()))
         })
     }
     fn len(&self) -> RResult<u64, DriverError> {
@@ -419,14 +431,17 @@ impl ByteStore for LocalFile {
     fn set_len(&self, len: u64, prealloc: Prealloc) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
-            self.resize(len, prealloc)
+            self.changed(self.resize(len, prealloc))
         })
     }
     fn flush(&self) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
-            if self.cache.flushes() {
-                self.file.sync_data().map_err(DriverError::from)?;
+            if self.cache.flushes() && self.unsynced.swap(false, Ordering::AcqRel) {
+                if let Err(e) = self.file.sync_data() {
+                    self.unsynced.store(true, Ordering::Release);
+                    return Err(DriverError::from(e));
+                }
             }
             Ok(())
         })
@@ -434,7 +449,7 @@ impl ByteStore for LocalFile {
     fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
-            self.zeroes(offset, len, punch)
+            self.changed(self.zeroes(offset, len, punch))
         })
     }
     fn run_at(&self, offset: u64, max: u64) -> RResult<StoreRun, DriverError> {
