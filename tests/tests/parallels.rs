@@ -547,6 +547,41 @@ fn resize_grows_and_shrinks_keeping_the_data() {
 }
 
 #[test]
+fn resize_preallocates_the_new_area() {
+    for mode in ["falloc", "full"] {
+        let fx = made("prl_resize_prealloc", "cluster_size=64k", "4M");
+        fx.oracle(&["convert", "-O", "raw", "img.prl", "ref.raw"]);
+        let flag = format!("--preallocation={mode}");
+        let out = fx.qimg(&["resize", &flag, "img.prl", "6M"]);
+        assert_eq!(out.status, 0, "{mode}: {}", out.stderr);
+        fx.oracle(&["resize", "-f", "raw", "ref.raw", "6M"]);
+        fx.oracle(&["check", "img.prl"]);
+        fx.oracle(&["compare", "img.prl", "ref.raw"]);
+        // Every cluster of the new area is allocated, as data.
+        let map = fx.qemu_img(&["map", "--output=json", "img.prl"]).stdout;
+        let map: serde_json::Value = serde_json::from_str(&map).expect("map JSON");
+        let mut covered = 0;
+        for run in map.as_array().expect("map list") {
+            let (start, len) = (
+                run["start"].as_u64().unwrap(),
+                run["length"].as_u64().unwrap(),
+            );
+            if start + len > 4 << 20 {
+                assert_eq!(run["data"], true, "{mode}: {run}");
+                covered += start + len - start.max(4 << 20);
+            }
+        }
+        assert_eq!(covered, 2 << 20, "{mode}");
+    }
+    // metadata is refused, and the image is left closed cleanly.
+    let fx = made("prl_resize_prealloc_metadata", "", "4M");
+    let out = fx.qimg(&["resize", "--preallocation=metadata", "img.prl", "6M"]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    fx.oracle(&["check", "img.prl"]);
+    fx.same(&["info", "img.prl"]);
+}
+
+#[test]
 fn measure_is_what_convert_writes() {
     let fx = Fixture::new("prl_measure");
     fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "20M"]);

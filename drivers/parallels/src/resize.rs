@@ -7,6 +7,11 @@
 //! Shrinking frees the clusters past the new end, writes the BAT, then the
 //! header. A kill at any point leaves the old image or the new one, with
 //! at worst leaked clusters.
+//!
+//! `--preallocation=falloc|full` then gives every unallocated cluster of the
+//! new area a cluster of the file, zeroed (`falloc`: allocated by the file
+//! system as zeros; `full`: zeros written), before the BAT names them.
+//! `metadata` is refused, as `create` refuses it.
 
 use crate::error::{ParallelsError, Result};
 use crate::header::{bat_end, Header, HEADER_SIZE, HEADS, SECTOR, SECTORS_PER_CYLINDER};
@@ -16,12 +21,13 @@ use qimg_driver_util::{read_or_zero, write_all};
 
 /// Changes the guest size to `new_size` bytes (rounded up to a sector).
 pub fn resize(img: &ParallelsImage, new_size: u64, prealloc: Prealloc, shrink: bool) -> Result<()> {
-    if prealloc != Prealloc::OFF {
+    if !matches!(prealloc, Prealloc::OFF | Prealloc::FALLOC | Prealloc::FULL) {
         return Err(ParallelsError::Unsupported(format!(
             "Unsupported preallocation mode '{}'",
             prealloc.name()
         )));
     }
+    let old_size = img.size();
     let geo = img.geo;
     let cs = geo.cluster;
     let sectors = new_size.div_ceil(SECTOR);
@@ -107,5 +113,42 @@ pub fn resize(img: &ParallelsImage, new_size: u64, prealloc: Prealloc, shrink: b
     st.used = used_map(&st, geo, len).0;
     drop(st);
     img.set_size(sectors * SECTOR);
+    if prealloc != Prealloc::OFF && sectors * SECTOR > old_size {
+        preallocate(
+            img,
+            old_size / cs,
+            u64::from(entries),
+            prealloc == Prealloc::FULL,
+        )?;
+    }
     Ok(())
+}
+
+/// Allocates the unallocated guest clusters `from..to`, zeroed (with
+/// `write_zeros`, by writing them), then writes the BAT entries that name
+/// them.
+fn preallocate(img: &ParallelsImage, from: u64, to: u64, write_zeros: bool) -> Result<()> {
+    let cs = img.geo.cluster;
+    let mut st = img.write_state();
+    let zeros = if write_zeros {
+        vec![0u8; cs as usize]
+    } else {
+        Vec::new()
+    };
+    for g in from..to {
+        if st.entry(g) != 0 {
+            continue;
+        }
+        let host = img.allocate(&mut st)?;
+        if write_zeros {
+            write_all(&img.store, host, &zeros)?;
+        } else {
+            img.store.zero_range(host, cs, false)?;
+        }
+        let entry = img.geo.entry(host).ok_or_else(|| {
+            ParallelsError::TooLarge("The image file is too large for its cluster size".into())
+        })?;
+        st.set_entry(g, entry);
+    }
+    img.flush_state(&mut st)
 }
