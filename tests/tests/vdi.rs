@@ -363,7 +363,7 @@ fn measure_predicts_what_convert_writes() {
 }
 
 #[test]
-fn a_copy_killed_at_any_write_leaves_no_block_named_twice() {
+fn a_copy_killed_at_any_write_leaves_an_image_qemu_img_checks_clean() {
     let fx = Fixture::new("vdi_crash");
     fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "6M"]);
     fx.qemu_io_cmds(
@@ -391,20 +391,9 @@ fn a_copy_killed_at_any_write_leaves_no_block_named_twice() {
             break;
         }
         assert_eq!(status.signal(), Some(9), "kill-after:{n}");
-        // At worst a block counted but not yet in the map.
-        for line in check.stderr.lines() {
-            assert!(
-                line.starts_with("ERROR: allocated blocks mismatch"),
-                "kill-after:{n}: {line}"
-            );
-        }
-        if let Some(line) = check.stderr.lines().next() {
-            let nums: Vec<u64> = line
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            assert!(nums[0] < nums[1], "kill-after:{n}: {line}");
-        }
+        // The count and the map are written together: qemu-img finds
+        // nothing wrong at any point, and the data reads as before or after.
+        assert_eq!(check.status, 0, "kill-after:{n}: {}", check.stderr);
     }
 }
 

@@ -3,13 +3,16 @@
 //! unallocated (`0xffffffff`) or discarded (`0xfffffffe`).
 
 use crate::error::Result;
-use crate::header::{is_allocated, Header, UNALLOCATED};
+use crate::header::{is_allocated, Header, BLOCKS_ALLOCATED_AT, UNALLOCATED};
 use qimg_driver_api::ByteStoreBox;
 use qimg_driver_util::{read_or_zero, write_all};
 use std::collections::BTreeSet;
 
 /// Bytes of block map read or written at a time.
 const CHUNK: usize = 1 << 20;
+/// The largest span [`BlockMap::span_with_count`] writes at once (the map
+/// of a 4 TiB image of 1 MiB blocks).
+const MAX_SPAN: u64 = 16 << 20;
 
 /// The block map as loaded from the file.
 pub struct BlockMap {
@@ -117,6 +120,37 @@ impl BlockMap {
     /// Whether entries wait to be written.
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// The header's block count and the map up to its last changed entry
+    /// as one write (where it starts, its bytes), so that a kill leaves
+    /// both as they were or both new: qemu-img's check compares them. The
+    /// file's bytes between the count and the map are kept. `None` when
+    /// the span would be larger than [`MAX_SPAN`] or the map does not lie
+    /// after the count; the caller then writes the two apart.
+    pub fn span_with_count(
+        &self,
+        store: &ByteStoreBox,
+        header: &Header,
+        count: u32,
+    ) -> Result<Option<(u64, Vec<u8>)>> {
+        let count_end = BLOCKS_ALLOCATED_AT + 4;
+        let map_at = u64::from(header.offset_bmap);
+        let entries = self.dirty.last().map_or(0, |&last| last as usize + 1);
+        if map_at < count_end || map_at - BLOCKS_ALLOCATED_AT + entries as u64 * 4 > MAX_SPAN {
+            return Ok(None);
+        }
+        let mut bytes = count.to_le_bytes().to_vec();
+        bytes.resize((map_at - BLOCKS_ALLOCATED_AT) as usize, 0);
+        read_or_zero(store, count_end, &mut bytes[4..])?;
+        bytes.extend(self.entries[..entries].iter().flat_map(|e| e.to_le_bytes()));
+        Ok(Some((BLOCKS_ALLOCATED_AT, bytes)))
+    }
+
+    /// Forgets the changed entries once [`BlockMap::span_with_count`]'s
+    /// bytes are written.
+    pub fn written(&mut self) {
+        self.dirty.clear();
     }
 
     /// Writes the changed entries, each run of consecutive ones at once.

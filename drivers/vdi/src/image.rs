@@ -308,8 +308,9 @@ impl VdiImage {
     }
 
     /// Writes what allocation changed: the data first, then the header's
-    /// count, then the block map entries (each step made durable before the
-    /// next).
+    /// count and the block map entries, in one write where the map follows
+    /// the header closely enough (else the count, then the entries, each
+    /// made durable before the next).
     fn do_flush(&self) -> Result<()> {
         self.flush_locked(&mut self.lock())
     }
@@ -318,6 +319,15 @@ impl VdiImage {
         self.store.flush().into_result()?;
         if !st.count_dirty && !st.bmap.is_dirty() {
             return Ok(());
+        }
+        if let Some((at, bytes)) =
+            st.bmap
+                .span_with_count(&self.store, &self.header, st.next_free)?
+        {
+            write_all(&self.store, at, &bytes)?;
+            st.bmap.written();
+            st.count_dirty = false;
+            return Ok(self.store.flush().into_result()?);
         }
         if st.count_dirty {
             write_all(
