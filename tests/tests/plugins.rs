@@ -386,18 +386,22 @@ fn a_relative_manifest_loads_the_libraries_beside_it() {
 }
 
 /// Probing a file whose magic the host knows loads only its driver: a
-/// broken library beside it is never touched (and so never reported),
-/// while a file without a known magic is offered to every library.
+/// broken library beside it is never touched (and so never reported).
+/// A file without a known magic is offered to every library except those
+/// of the formats the host knows by magic (here a broken "vdi").
 #[test]
 fn a_known_magic_loads_only_its_driver() {
     let fx = Fixture::with_images("probe_by_magic");
     std::fs::write(fx.path("libbroken.so"), b"this is not an ELF file").unwrap();
+    std::fs::write(fx.path("libnotvdi.so"), b"this is not an ELF file").unwrap();
     let m = manifest(
         &fx,
         &format!(
             "{RAW}[[driver]]\nname = \"qcow2\"\nlibrary = \"libqimg_qcow2.so\"\n\
-             [[driver]]\nname = \"broken\"\nlibrary = \"{}\"\n",
-            fx.path("libbroken.so").display()
+             [[driver]]\nname = \"broken\"\nlibrary = \"{}\"\n\
+             [[driver]]\nname = \"vdi\"\nlibrary = \"{}\"\n",
+            fx.path("libbroken.so").display(),
+            fx.path("libnotvdi.so").display()
         ),
     );
     fx.oracle(&["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
@@ -406,4 +410,5 @@ fn a_known_magic_loads_only_its_driver() {
     let raw = fx.qimg_env(&["info", "mid.raw"], &[("QIMG_PLUGINS", &m)]);
     assert_eq!(raw.status, 0, "{}", raw.stderr);
     assert!(raw.stderr.contains("libbroken.so"), "{}", raw.stderr);
+    assert!(!raw.stderr.contains("libnotvdi.so"), "{}", raw.stderr);
 }

@@ -385,7 +385,8 @@ fn probe(file: &Store, name: &str) -> Result<Arc<Driver>, DriverError> {
     // A magic the host knows, claimed by its own driver, settles it without
     // loading any other library: start-up stays small however many
     // drivers are enabled. Everything else is offered to every driver.
-    if let Some(known) = magic::recognise(&head, name) {
+    let known = magic::recognise(&head, name);
+    if let Some(known) = known {
         if let Ok(driver) = registry().find(known) {
             let score = driver
                 .api
@@ -396,8 +397,15 @@ fn probe(file: &Store, name: &str) -> Result<Arc<Driver>, DriverError> {
             }
         }
     }
+    // A file the table does not know is not offered to the drivers of the
+    // formats it does (each would decline it): a raw image loads raw and
+    // the vendor drivers only.
+    let candidates = match known {
+        None => registry().all_but(|format| magic::KNOWN.contains(&format)),
+        Some(_) => registry().all(),
+    };
     let mut best: Option<(i32, Arc<Driver>)> = None;
-    for driver in registry().all() {
+    for driver in candidates {
         // A driver that faults while probing fails the open: reading the
         // file as some other format (raw) could hand the guest its metadata.
         let score = driver

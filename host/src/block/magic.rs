@@ -41,7 +41,44 @@ pub fn recognise(head: &[u8], filename: &str) -> Option<&'static str> {
     {
         return Some(name);
     }
+    if vmdk_descriptor(head) {
+        return Some("vmdk");
+    }
     filename.ends_with(".dmg").then_some("dmg")
+}
+
+/// Every format [`recognise`] can name. A driver for one of them claims no
+/// file the table does not recognise as its format, so probing need not
+/// load it for such a file.
+pub const KNOWN: [&str; 12] = [
+    "qcow",
+    "qcow2",
+    "qed",
+    "vmdk",
+    "vdi",
+    "vpc",
+    "vhdx",
+    "luks",
+    "parallels",
+    "bochs",
+    "cloop",
+    "dmg",
+];
+
+/// A vmdk text descriptor: comment lines, then `version=1`, `2` or `3` on
+/// a line of its own (the first line need not be `# Disk DescriptorFile`).
+fn vmdk_descriptor(head: &[u8]) -> bool {
+    let mut rest = head;
+    while rest.first() == Some(&b'#') {
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(end) => rest = &rest[end + 1..],
+            None => return false,
+        }
+    }
+    rest.len() >= 10
+        && rest.starts_with(b"version=")
+        && matches!(rest[8], b'1' | b'2' | b'3')
+        && matches!(rest[9], b'\n' | b'\r')
 }
 
 #[cfg(test)]
@@ -65,6 +102,8 @@ mod tests {
         for (head, name, want) in cases {
             assert_eq!(recognise(head, name), want, "{head:?}");
         }
+        assert_eq!(recognise(b"# made by hand\nversion=1\n", "a"), Some("vmdk"));
+        assert_eq!(recognise(b"# made by hand\nversion=4\n", "a"), None);
         // Too short to hold a magic: nothing, and no panic.
         assert_eq!(recognise(b"QF", "a"), None);
         assert_eq!(recognise(&vdi[..0x41], "a"), None);

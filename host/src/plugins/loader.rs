@@ -188,8 +188,15 @@ impl Registry {
     /// Every enabled driver that loads, sorted by name. A library that fails to
     /// load is reported once on stderr; the others still work.
     pub fn all(&self) -> Vec<Arc<Driver>> {
+        self.all_but(|_| false)
+    }
+
+    /// [`Registry::all`] without the manifest entries whose names `skip`
+    /// picks (they are not loaded). Without a manifest, every library
+    /// beside the executable is loaded, since names are known only then.
+    pub fn all_but(&self, skip: impl Fn(&str) -> bool) -> Vec<Arc<Driver>> {
         let mut found = Vec::new();
-        for (path, sha) in self.enabled_libraries() {
+        for (path, sha) in self.enabled_libraries(&skip) {
             let first = !self.attempted(&path);
             match self.load(&path, sha.as_deref()) {
                 Ok(drivers) => found.extend(drivers),
@@ -244,7 +251,7 @@ impl Registry {
                 }
             }
             None => {
-                for (library, _) in self.enabled_libraries() {
+                for (library, _) in self.enabled_libraries(&|_| false) {
                     match self.load_reason(&library, None) {
                         Ok(drivers) => list.extend(drivers.into_iter().map(|d| Listed {
                             name: d.name.clone(),
@@ -276,12 +283,12 @@ impl Registry {
             .collect()
     }
 
-    fn enabled_libraries(&self) -> Vec<(PathBuf, Option<String>)> {
+    fn enabled_libraries(&self, skip: &dyn Fn(&str) -> bool) -> Vec<(PathBuf, Option<String>)> {
         match &self.manifest {
             Some(manifest) => manifest
                 .drivers
                 .iter()
-                .filter(|d| d.enabled)
+                .filter(|d| d.enabled && !skip(&d.name))
                 .map(|d| (manifest.library_path(d), d.sha256.clone()))
                 .collect(),
             None => {
