@@ -47,6 +47,12 @@ fn the_drop_in_lists_and_loads_the_vendor_drivers() {
         );
         assert!(entry.contains("status: loaded\n"), "{entry}");
     }
+    // The kit's own check, as its README asks of a vendor before a release.
+    for (_, format) in SAMPLES {
+        let out = fx.qimg(&["--conformance", format]);
+        assert_eq!(out.status, 0, "{out:?}");
+        assert!(out.stdout.ends_with(" 0 failed\n"), "{out:?}");
+    }
     let help = fx.qimg(&["--help"]).stdout;
     for (_, format) in SAMPLES {
         assert!(help.contains(&format!(" {format} ")), "{help}");
