@@ -65,6 +65,11 @@ fn reads_as_qemu_img(fx: &Fixture, image: &str) {
     fx.oracle(&["convert", "-O", "raw", image, "oracle.raw"]);
     fx.same(&["compare", image, "oracle.raw"]);
     fx.same(&["compare", "-s", image, "oracle.raw"]);
+    // What qimg writes from it passes qemu-img's check and compare.
+    let out = fx.qimg(&["convert", "-O", "qcow2", image, "copy.qcow2"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    fx.oracle(&["check", "copy.qcow2"]);
+    fx.oracle(&["compare", image, "copy.qcow2"]);
 }
 
 #[test]
