@@ -5,7 +5,8 @@
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
 # TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, vpc, qed, parallels,
-# raw, luks, descriptors (all by default). --time is the run time of each target
+# raw, luks, descriptors, and the vendor drivers' dmg, bochs, cloop (all by
+# default). --time is the run time of each target
 # in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
@@ -24,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk vdi vpc qed parallels raw luks descriptors)
+all_targets=(qcow2 vmdk vdi vpc qed parallels raw luks descriptors dmg bochs cloop)
 time_per_target=60
 targets=()
 
@@ -295,6 +296,21 @@ seed_parallels() {
         cp "$work/p$c.prl" "$dir/p$c.prl"
     done
 }
+
+# qemu-img cannot make dmg, bochs or cloop images: their seeds are the
+# sample images beside the repository (../shared/sample-images), if present.
+seed_sample() {
+    local dir=$1 sample=$2
+    local bz="$root/../shared/sample-images/$sample.bz2"
+    if [[ -f $bz ]]; then
+        bzcat "$bz" >"$dir/$sample"
+    else
+        echo "fuzz.sh: no $bz: the corpus starts empty" >&2
+    fi
+}
+seed_dmg() { seed_sample "$1" simple-dmg.dmg; }
+seed_bochs() { seed_sample "$1" empty.bochs; }
+seed_cloop() { seed_sample "$1" simple-pattern.cloop; }
 
 for t in "${targets[@]}"; do
     dir=fuzz/corpus/$t

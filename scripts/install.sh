@@ -2,6 +2,7 @@
 # Installs qimg, its driver libraries and a manifest into a prefix:
 #
 #   bash scripts/install.sh --prefix /usr/local [--drivers raw,qcow2] [--from DIR]
+#                           [--vendor[=DIR]]
 #
 #   PREFIX/bin/qimg
 #   PREFIX/lib/qimg/libqimg_<format>.so     the chosen drivers (default: all)
@@ -12,12 +13,19 @@
 # (../etc/qimg beside its bin directory), so it needs no environment variable.
 # Without --from, the release build is made first; --from takes the binary
 # and libraries from an existing build directory (such as target/debug).
+#
+# --vendor also installs the vendor drivers (vendor/: dmg, bochs, cloop) as
+# a vendor's package would: their libraries into PREFIX/lib/qimg and their
+# own drop-in manifest, vendor/plugins.d/vendor.toml, into
+# PREFIX/etc/qimg/plugins.d/. Their libraries come from DIR, or are built
+# (release, in their own workspace, into target/compat).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prefix=""
 drivers="raw,qcow2,vmdk,luks,vdi,vpc,qed,parallels"
 from=""
+vendor=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) prefix="$2"; shift 2 ;;
@@ -26,6 +34,8 @@ while [ $# -gt 0 ]; do
         --drivers=*) drivers="${1#--drivers=}"; shift ;;
         --from) from="$2"; shift 2 ;;
         --from=*) from="${1#--from=}"; shift ;;
+        --vendor) vendor="build"; shift ;;
+        --vendor=*) vendor="${1#--vendor=}"; shift ;;
         *) echo "install.sh: unknown argument '$1'" >&2; exit 2 ;;
     esac
 done
@@ -62,4 +72,21 @@ for name in "${names[@]}"; do
         "$name" "$lib" "$sha" >> "$manifest.new"
 done
 mv "$manifest.new" "$manifest"
+if [ -n "$vendor" ]; then
+    if [ "$vendor" = build ]; then
+        . scripts/build-deps.sh
+        cargo build --release --locked --manifest-path vendor/Cargo.toml --target-dir target/compat
+        vendor="target/compat/release"
+    fi
+    for name in dmg bochs cloop; do
+        lib="libqimg_${name}.so"
+        if [ ! -f "$vendor/$lib" ]; then
+            echo "install.sh: no vendor driver '$name' in $vendor ($lib missing)" >&2
+            exit 1
+        fi
+        install -m 644 "$vendor/$lib" "$prefix/lib/qimg/$lib"
+    done
+    install -m 644 vendor/plugins.d/vendor.toml "$prefix/etc/qimg/plugins.d/vendor.toml"
+    drivers="$drivers and vendor drivers dmg,bochs,cloop"
+fi
 echo "installed qimg with drivers ${drivers} into $prefix"

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod vendor;
+
 /// The workspace's root directory.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,6 +59,9 @@ pub struct Fixture {
     pub dir: PathBuf,
     /// Directory holding the `qemu-img` symlink to qimg.
     bin: PathBuf,
+    /// The manifest qimg reads (`QIMG_PLUGINS`): the workspace's
+    /// plugins.toml unless [`Fixture::use_plugins`] names another.
+    plugins: PathBuf,
 }
 
 impl Drop for Fixture {
@@ -101,7 +106,14 @@ impl Fixture {
         let bin = dir.join(".bin");
         std::fs::create_dir_all(&bin).expect("create bin dir");
         std::os::unix::fs::symlink(qimg_bin(), bin.join("qemu-img")).expect("symlink qimg");
-        Fixture { dir, bin }
+        let plugins = workspace().join("plugins.toml");
+        Fixture { dir, bin, plugins }
+    }
+
+    /// Makes qimg read the manifest `manifest` (and the drop-ins beside it)
+    /// instead of the workspace's plugins.toml.
+    pub fn use_plugins(&mut self, manifest: &Path) {
+        self.plugins = manifest.to_path_buf();
     }
 
     /// A scratch directory with the standard raw images, all made by the oracle:
@@ -142,7 +154,7 @@ impl Fixture {
             .stdin(Stdio::null())
             .env("HOME", &self.dir)
             .env_remove("XDG_CONFIG_HOME")
-            .env("QIMG_PLUGINS", workspace().join("plugins.toml"))
+            .env("QIMG_PLUGINS", &self.plugins)
             .env("LC_ALL", "C");
         cmd
     }

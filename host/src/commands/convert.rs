@@ -139,6 +139,12 @@ fn run(args: &[String]) -> CmdResult {
     if wants_help(&lists) {
         let driver = driver_for(out_format)
             .map_err(|_| fail(format!("Unknown file format '{out_format}'")))?;
+        if !driver.can(caps::CREATE) {
+            return Err(fail(format!(
+                "Format driver '{}' does not support image creation",
+                driver.name
+            )));
+        }
         print!("{}", options::help_text(&driver, p.operands.len() >= 2));
         return Ok(0);
     }
@@ -209,6 +215,12 @@ fn convert(
     let out_format = p.last("target-format").unwrap_or("raw");
     let driver =
         driver_for(out_format).map_err(|_| fail(format!("Unknown file format '{out_format}'")))?;
+    if !no_create && !driver.can(caps::CREATE) {
+        return Err(fail(format!(
+            "Format driver '{}' does not support image creation",
+            driver.name
+        )));
+    }
     let compress = p.has("compress");
     if compress && !driver.can(caps::COMPRESSED_WRITES) {
         return Err(fail("Compression not supported for this file format"));

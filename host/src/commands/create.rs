@@ -49,6 +49,9 @@ fn run(args: &[String]) -> CmdResult {
     if wants_help(&lists) {
         let driver =
             driver_for(format).map_err(|_| fail(format!("Unknown file format '{format}'")))?;
+        if !driver.can(caps::CREATE) {
+            return Err(fail(no_creation(&driver.name)));
+        }
         print!("{}", options::help_text(&driver, filename.is_some()));
         return Ok(0);
     }
@@ -68,6 +71,10 @@ fn run(args: &[String]) -> CmdResult {
     let prefixed = |m: String| fail(format!("{filename}: {m}"));
     let driver =
         driver_for(format).map_err(|_| prefixed(format!("Unknown file format '{format}'")))?;
+    // qemu-img refuses a read-only format before it looks at any option.
+    if !driver.can(caps::CREATE) {
+        return Err(prefixed(no_creation(&driver.name)));
+    }
     let given = merge_opts(&lists).map_err(prefixed)?;
     let mut values =
         options::validate(&options::schema(&driver, true), &given).map_err(prefixed)?;
@@ -112,12 +119,6 @@ fn run(args: &[String]) -> CmdResult {
     if !p.has("quiet") {
         println!("{}", options::formatting_line(filename, &driver, &values));
     }
-    if !driver.can(caps::CREATE) {
-        return Err(prefixed(format!(
-            "Format driver '{}' does not support image creation",
-            driver.name
-        )));
-    }
     values.remove("size");
     let request = CreateRequest {
         size,
@@ -126,6 +127,11 @@ fn run(args: &[String]) -> CmdResult {
     create_image(&driver, filename, &request, CacheMode::Writeback)
         .map_err(|e| prefixed(create_message(&driver.name, e)))?;
     Ok(0)
+}
+
+/// qemu-img's refusal to create an image of a read-only format.
+fn no_creation(format: &str) -> String {
+    format!("Format driver '{format}' does not support image creation")
 }
 
 /// Opens the backing file a new overlay will name (relative names are relative
