@@ -105,7 +105,7 @@ impl Plan {
             }
         }
         if size > MAX_DISK_SIZE {
-            return Err(VhdxError::TooLarge(
+            return Err(VhdxError::InvalidOption(
                 "Image size too large; max of 64TB".into(),
             ));
         }
@@ -138,10 +138,20 @@ impl Plan {
             ));
         }
         let zero_blocks = options.get("block_state_zero").map(String::as_str) != Some("off");
+        // The disk is whole logical sectors.
+        let size = size.next_multiple_of(512);
         let geometry = Geometry::new(size, block_size, 512);
+        // qemu-img sizes the table of an empty disk with 32-bit arithmetic
+        // that wraps (no blocks, minus one, over the chunk ratio): its BAT
+        // region is that large, and so is this one, for the same file.
+        let table_entries = if geometry.data_blocks == 0 {
+            u64::from(u32::MAX) / geometry.chunk_ratio
+        } else {
+            geometry.entries
+        };
         let bat = Region {
             offset: MIB + log_size,
-            length: (geometry.entries * bat::ENTRY_SIZE)
+            length: (table_entries * bat::ENTRY_SIZE)
                 .next_multiple_of(MIB)
                 .max(MIB),
         };

@@ -7,8 +7,6 @@ use qimg_driver_api::{DriverError, ErrorKind};
 const EIO: i32 = 5;
 /// EINVAL.
 const EINVAL: i32 = 22;
-/// EFBIG.
-const EFBIG: i32 = 27;
 /// ENOTSUP.
 const ENOTSUP: i32 = 95;
 
@@ -48,9 +46,6 @@ pub enum VhdxError {
     /// An operation the driver cannot do.
     #[error("{0}")]
     Unsupported(String),
-    /// A disk larger than the format allows.
-    #[error("{0}")]
-    TooLarge(String),
     /// An error from the host or the store, passed through.
     #[error("{}", .0.message)]
     Host(DriverError),
@@ -106,10 +101,6 @@ impl From<VhdxError> for DriverError {
                 DriverError::invalid_argument(message)
             }
             VhdxError::Unsupported(_) => DriverError::unsupported(message),
-            VhdxError::TooLarge(_) => DriverError {
-                errno: EFBIG,
-                ..DriverError::invalid_argument(message)
-            },
         }
     }
 }

@@ -81,7 +81,10 @@ impl Header {
     pub fn log_range(&self, file_len: u64) -> Option<(u64, u64)> {
         let len = u64::from(self.log_length);
         let end = self.log_offset.checked_add(len)?;
-        (self.log_offset.is_multiple_of(MIB) && len % MIB == 0 && self.log_offset >= MIB && end <= file_len)
+        (self.log_offset.is_multiple_of(MIB)
+            && len % MIB == 0
+            && self.log_offset >= MIB
+            && end <= file_len)
             .then_some((self.log_offset, len))
     }
 }

@@ -111,7 +111,10 @@ impl Log {
         for i in 0..count as usize {
             let d = &bytes[64 + 32 * i..96 + 32 * i];
             let offset = le64(d, 16);
-            if le64(d, 24) != sequence || !offset.is_multiple_of(SECTOR) || offset < FIRST_LOGGED_OFFSET {
+            if le64(d, 24) != sequence
+                || !offset.is_multiple_of(SECTOR)
+                || offset < FIRST_LOGGED_OFFSET
+            {
                 return Ok(None);
             }
             match le32(d, 0) {

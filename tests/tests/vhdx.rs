@@ -1,0 +1,306 @@
+//! The vhdx driver against qemu-img 10.0.2: qimg reads what qemu-img and
+//! qemu-io wrote and what Hyper-V and Disk2VHD wrote (the shared sample
+//! images), replays a dirty log where qemu-img does and refuses where it
+//! refuses, creates the files qemu-img creates, and what it writes passes
+//! `qemu-img check` and `qemu-img compare` against its source.
+
+use qimg_tests::{workspace, Fixture};
+
+/// The pattern written into every fixture: a partial first block, a run
+/// across a block boundary and a few sectors near the end.
+const PATTERN: &[&str] = &[
+    "write -P 1 0 4k",
+    "write -P 2 1536k 1M",
+    "write -P 3 7000k 3000k",
+    "write -z 10M 1M",
+];
+
+/// The option sets qemu-img creates vhdx images with.
+const VARIANTS: &[&str] = &[
+    "",
+    "subformat=fixed",
+    "block_size=1M,log_size=2M",
+    "block_state_zero=off",
+    "subformat=fixed,block_state_zero=off",
+    "block_size=2M",
+];
+
+/// `create -f vhdx [-o OPTS] FILE SIZE` by qemu-img, then [`PATTERN`] by
+/// qemu-io.
+fn made(fx: &Fixture, file: &str, opts: &str, size: &str) {
+    let mut args = vec!["create", "-q", "-f", "vhdx"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    args.extend([file, size]);
+    fx.oracle(&args);
+    fx.qemu_io_cmds("vhdx", file, PATTERN);
+}
+
+/// qimg and qemu-img print the same for `info` and `map`, human and JSON.
+fn reads_alike(fx: &Fixture, args: &[&str]) {
+    for cmd in [
+        &["info"][..],
+        &["info", "--output=json"],
+        &["map"],
+        &["map", "--output=json"],
+    ] {
+        let mut all: Vec<&str> = cmd.to_vec();
+        all.extend_from_slice(args);
+        fx.same(&all);
+    }
+}
+
+/// qimg converts `file` (vhdx) to raw, and qemu-img finds the copy equal.
+fn converts_to_raw(fx: &Fixture, file: &str) {
+    let out = fx.qimg(&["convert", "-f", "vhdx", "-O", "raw", file, "copy.raw"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["compare", "-f", "vhdx", "-F", "raw", file, "copy.raw"]);
+    std::fs::remove_file(fx.path("copy.raw")).unwrap();
+}
+
+/// The file's bytes with what differs between two creations zeroed: the
+/// creator string, both headers (GUIDs, sequence numbers, checksums) and
+/// the page 83 id.
+fn masked(fx: &Fixture, file: &str) -> Vec<u8> {
+    let mut b = std::fs::read(fx.path(file)).unwrap();
+    b[8..520].fill(0);
+    b[0x10000..0x11000].fill(0);
+    b[0x20000..0x21000].fill(0);
+    // The metadata region's offset, from the region table's second entry
+    // (qemu-img writes the BAT first).
+    let md = u64::from_le_bytes(b[0x30000 + 48 + 16..0x30000 + 48 + 24].try_into().unwrap());
+    let page83 = md as usize + 0x10000 + 16;
+    b[page83..page83 + 16].fill(0);
+    b
+}
+
+/// Unpacks a sample image from `../shared/sample-images` sparsely, if the
+/// samples are there (beside the checkout on developer machines and in CI).
+fn sample(fx: &Fixture, name: &str) -> bool {
+    let bz = workspace().join(format!("../shared/sample-images/{name}.bz2"));
+    if !bz.exists() {
+        eprintln!("no {}: sample not checked", bz.display());
+        return false;
+    }
+    fx.sh(&format!(
+        "bunzip2 -c {} | cp --sparse=always /dev/stdin {name}",
+        bz.display()
+    ));
+    true
+}
+
+#[test]
+fn qemu_made_images_read_alike() {
+    let fx = Fixture::new("vhdx_reads");
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        for size in ["12M", "12345678"] {
+            let file = format!("img{i}-{size}.vhdx");
+            made(&fx, &file, opts, size);
+            reads_alike(&fx, &[&file]);
+            reads_alike(&fx, &["-f", "vhdx", &file]);
+            converts_to_raw(&fx, &file);
+            fx.same(&["compare", "-f", "vhdx", "-F", "vhdx", &file, &file]);
+            fx.same(&["check", &file]);
+            fx.same(&["check", "--output=json", &file]);
+        }
+    }
+    for size in ["0", "1", "511"] {
+        let file = format!("tiny-{size}.vhdx");
+        fx.oracle(&["create", "-q", "-f", "vhdx", &file, size]);
+        reads_alike(&fx, &[&file]);
+    }
+}
+
+#[test]
+fn sample_images_read_as_qemu_img_reads_them() {
+    let fx = Fixture::new("vhdx_samples");
+    for name in ["test-disk2vhd.vhdx", "iotest-dynamic-1G.vhdx"] {
+        if !sample(&fx, name) {
+            return;
+        }
+        reads_alike(&fx, &[name]);
+        fx.same(&["check", name]);
+    }
+    // Disk2VHD's (256 MiB) is small enough to copy whole.
+    converts_to_raw(&fx, "test-disk2vhd.vhdx");
+}
+
+#[test]
+fn a_dirty_log_is_refused_read_only_and_replayed_read_write() {
+    let fx = Fixture::new("vhdx_dirty");
+    let name = "iotest-dirtylog-10G-4M.vhdx";
+    if !sample(&fx, name) {
+        return;
+    }
+    // Read-only: refused with qemu-img's words, and the file is untouched.
+    let before = std::fs::read(fx.path(name)).unwrap();
+    for cmd in [
+        &["info"][..],
+        &["info", "--output=json"],
+        &["map"],
+        &["check"],
+    ] {
+        let mut all = cmd.to_vec();
+        all.push(name);
+        let out = fx.same(&all);
+        assert_eq!(out.status, 1);
+    }
+    assert!(std::fs::read(fx.path(name)).unwrap() == before);
+    // check -r all replays it, as qemu-img's does, and reports that.
+    for out in ["human", "json"] {
+        fx.sh(&format!("cp {name} ours.vhdx && cp {name} theirs.vhdx"));
+        let ours = fx.qimg(&[
+            "check",
+            "-r",
+            "all",
+            &format!("--output={out}"),
+            "ours.vhdx",
+        ]);
+        let theirs = fx.qemu_img(&[
+            "check",
+            "-r",
+            "all",
+            &format!("--output={out}"),
+            "theirs.vhdx",
+        ]);
+        assert_eq!(ours.status, theirs.status);
+        assert_eq!(
+            ours.stdout.replace("ours", "X"),
+            theirs.stdout.replace("theirs", "X")
+        );
+        // Past the headers, both replays leave the same bytes (the guest
+        // data of a 10 GiB disk is not compared block by block: the BAT
+        // and everything it points at are these bytes).
+        let (a, b) = (
+            std::fs::read(fx.path("ours.vhdx")).unwrap(),
+            std::fs::read(fx.path("theirs.vhdx")).unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        assert!(a[0x30000..] == b[0x30000..], "replays differ");
+        fx.same(&["check", "ours.vhdx"]);
+        fx.oracle(&["check", "ours.vhdx"]);
+        reads_alike(&fx, &["ours.vhdx"]);
+    }
+}
+
+#[test]
+fn create_writes_the_bytes_qemu_img_writes() {
+    let fx = Fixture::new("vhdx_create");
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        for size in ["0", "1", "1M", "10M", "1G", "2T", "64T"] {
+            // Fixed disks that large are sparse files: cheap to create,
+            // but not to compare whole.
+            if opts.contains("fixed") && size.ends_with('T') {
+                continue;
+            }
+            let mut args = vec!["create", "-f", "vhdx"];
+            if !opts.is_empty() {
+                args.extend(["-o", opts]);
+            }
+            let (ours, theirs) = (format!("o{i}-{size}.vhdx"), format!("t{i}-{size}.vhdx"));
+            let mut a = args.clone();
+            a.extend([ours.as_str(), size]);
+            let mut b = args.clone();
+            b.extend([theirs.as_str(), size]);
+            let out = fx.qimg(&a);
+            let expected = fx.qemu_img(&b);
+            assert_eq!(out.status, expected.status);
+            assert_eq!(
+                out.stdout.replace(&ours, "X"),
+                expected.stdout.replace(&theirs, "X")
+            );
+            assert!(
+                masked(&fx, &ours) == masked(&fx, &theirs),
+                "create -o {opts} {size}"
+            );
+            fx.oracle(&["check", &ours]);
+            std::fs::remove_file(fx.path(&ours)).unwrap();
+            std::fs::remove_file(fx.path(&theirs)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn create_refuses_what_qemu_img_refuses() {
+    let fx = Fixture::new("vhdx_create_refused");
+    for (opts, size) in [
+        ("subformat=foo", "1M"),
+        ("subformat=foo", "100T"),
+        ("preallocation=metadata", "1M"),
+        ("preallocation=foo", "1M"),
+        ("", "65T"),
+        ("block_size=3M", "1M"),
+        ("block_size=foo", "1M"),
+        ("log_size=0", "1M"),
+        ("log_size=4G", "1M"),
+        ("block_size=3M,log_size=0", "1M"),
+    ] {
+        let mut args = vec!["create", "-f", "vhdx"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend(["x.vhdx", size]);
+        fx.same(&args);
+        let _ = std::fs::remove_file(fx.path("x.vhdx"));
+    }
+    fx.same(&["create", "-f", "vhdx", "-o", "help"]);
+    fx.same(&["create", "-f", "vhdx", "-o", "help", "x.vhdx"]);
+}
+
+/// A raw source with data in a few blocks, zeros elsewhere.
+fn source(fx: &Fixture) {
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "20M"]);
+    fx.qemu_io_cmds(
+        "raw",
+        "src.raw",
+        &[
+            "write -P 1 0 4k",
+            "write -P 2 3M 1M",
+            "write -P 3 9000k 3000k",
+            "write -P 4 19M 1M",
+        ],
+    );
+}
+
+#[test]
+fn convert_to_vhdx_passes_qemu_img_check_and_compare() {
+    let fx = Fixture::new("vhdx_convert");
+    source(&fx);
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        let ours = format!("o{i}.vhdx");
+        let mut args = vec!["convert", "-O", "vhdx"];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend(["src.raw", ours.as_str()]);
+        let out = fx.qimg(&args);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let cmp = fx.qemu_img(&["compare", "-f", "raw", "-F", "vhdx", "src.raw", &ours]);
+        assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
+        fx.oracle(&["check", &ours]);
+        // Closed cleanly: no log to replay, so a read-only open works.
+        reads_alike(&fx, &[&ours]);
+        fx.same(&["compare", "src.raw", &ours]);
+        // And back.
+        converts_to_raw(&fx, &ours);
+    }
+}
+
+#[test]
+fn writes_into_qemu_made_images_read_back() {
+    // convert -n into qemu-made disks (their blocks, then new ones at the
+    // end), then qemu-img finds them equal to the source.
+    let fx = Fixture::new("vhdx_write_n");
+    source(&fx);
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        let file = format!("n{i}.vhdx");
+        made(&fx, &file, opts, "20M");
+        let out = fx.qimg(&["convert", "-n", "-f", "raw", "-O", "vhdx", "src.raw", &file]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let cmp = fx.qemu_img(&["compare", "-f", "raw", "-F", "vhdx", "src.raw", &file]);
+        assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
+        fx.oracle(&["check", &file]);
+        reads_alike(&fx, &["-f", "vhdx", &file]);
+    }
+}
