@@ -41,18 +41,17 @@ fn assert_refused(fx: &Fixture, file: &str, format: &str) {
 #[test]
 fn images_qemu_img_makes_without_a_driver_here_are_refused_by_name() {
     let fx = Fixture::new("probe_made");
-    for format in ["qcow"] {
-        let file = format!("a.{format}");
-        fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
-        // The oracle probes it as that format, so the magic is real.
-        let theirs = fx.oracle(&["info", "--output=json", &file]);
-        assert!(
-            theirs.stdout.contains(&format!("\"format\": \"{format}\"")),
-            "{}",
-            theirs.stdout
-        );
-        assert_refused(&fx, &file, format);
-    }
+    // qcow is the one format qemu-img makes that qimg has no driver for.
+    let file = "a.qcow";
+    fx.oracle(&["create", "-q", "-f", "qcow", file, "4M"]);
+    // The oracle probes it as that format, so the magic is real.
+    let theirs = fx.oracle(&["info", "--output=json", file]);
+    assert!(
+        theirs.stdout.contains("\"format\": \"qcow\""),
+        "{}",
+        theirs.stdout
+    );
+    assert_refused(&fx, file, "qcow");
     // luks, vdi, vpc, qed, parallels and vhdx have drivers now: their own test
     // files check that qimg probes and describes qemu-img's images of them
     // as qemu-img does.
