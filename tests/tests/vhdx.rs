@@ -304,3 +304,83 @@ fn writes_into_qemu_made_images_read_back() {
         reads_alike(&fx, &["-f", "vhdx", &file]);
     }
 }
+
+#[test]
+fn a_kill_at_any_step_leaves_an_image_that_opens() {
+    // convert -n into a qemu-made disk (rewriting its blocks, allocating
+    // new ones, changing the BAT through the log), killed before each of
+    // its changes in turn. Each time the image opens for writing in
+    // qemu-img, whose check replays the log if one is left, and reports no
+    // corruption; qimg can then finish the copy.
+    let fx = Fixture::new("vhdx_crash");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "12M"]);
+    fx.qemu_io("src.raw", "write -P 0x11 0 100k");
+    fx.qemu_io("src.raw", "write -P 0x22 2M 2M");
+    fx.qemu_io("src.raw", "write -P 0x33 11000000 5000");
+    made(&fx, "base.vhdx", "block_size=1M", "12M");
+    for step in 0..400 {
+        fx.sh("cp base.vhdx t.vhdx");
+        let kill = format!("kill-after:{step}");
+        let out = fx.qimg_env(
+            &["convert", "-n", "-O", "vhdx", "src.raw", "t.vhdx"],
+            &[("QIMG_FAULT", &kill)],
+        );
+        let check = fx.qemu_img(&["check", "-r", "all", "t.vhdx"]);
+        assert_eq!(
+            check.status, 0,
+            "step {step}: {}{}",
+            check.stdout, check.stderr
+        );
+        fx.oracle(&["check", "t.vhdx"]);
+        if out.status == 0 {
+            fx.same(&["compare", "src.raw", "t.vhdx"]);
+            assert!(step > 5, "only {step} changes");
+            return;
+        }
+        let again = fx.qimg(&["convert", "-n", "-O", "vhdx", "src.raw", "t.vhdx"]);
+        assert_eq!(again.status, 0, "step {step}: {}", again.stderr);
+        fx.same(&["compare", "src.raw", "t.vhdx"]);
+        fx.oracle(&["check", "t.vhdx"]);
+    }
+    panic!("convert never finished");
+}
+
+#[test]
+fn qimg_replays_a_log_it_left_behind() {
+    // Killed after the log entry is durable and before the BAT is
+    // written, qimg's own writable open replays it; a read-only open
+    // refuses as qemu-img refuses.
+    let fx = Fixture::new("vhdx_own_log");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "6M"]);
+    fx.qemu_io("src.raw", "write -P 0x44 1M 3M");
+    let mut replayed = 0;
+    for step in 0..400 {
+        fx.oracle(&[
+            "create",
+            "-q",
+            "-f",
+            "vhdx",
+            "-o",
+            "block_size=1M",
+            "t.vhdx",
+            "6M",
+        ]);
+        let kill = format!("kill-after:{step}");
+        let out = fx.qimg_env(
+            &["convert", "-n", "-O", "vhdx", "src.raw", "t.vhdx"],
+            &[("QIMG_FAULT", &kill)],
+        );
+        if out.status == 0 {
+            break;
+        }
+        let ro = fx.same(&["info", "t.vhdx"]);
+        if ro.status != 0 {
+            let ours = fx.qimg(&["check", "-r", "all", "t.vhdx"]);
+            assert_eq!(ours.status, 0, "step {step}: {}", ours.stderr);
+            assert!(ours.stdout.contains("1 corruptions"), "{}", ours.stdout);
+            replayed += 1;
+            fx.oracle(&["check", "t.vhdx"]);
+        }
+    }
+    assert!(replayed > 0, "no kill point left a log to replay");
+}
