@@ -384,3 +384,150 @@ fn qimg_replays_a_log_it_left_behind() {
     }
     assert!(replayed > 0, "no kill point left a log to replay");
 }
+
+/// CRC-32C, to re-checksum the structures the hostile tests edit.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// Copies `src` to `dst` with `edits` (file offset, bytes) applied, then
+/// re-checksums the structure of `len` bytes at `at` (a header or a region
+/// table: checksum at byte 4), as a buggy or hostile writer would.
+fn patched_checksummed(
+    fx: &Fixture,
+    src: &str,
+    dst: &str,
+    at: usize,
+    len: usize,
+    edits: &[(usize, Vec<u8>)],
+) {
+    let mut b = std::fs::read(fx.path(src)).unwrap();
+    for (off, bytes) in edits {
+        b[*off..*off + bytes.len()].copy_from_slice(bytes);
+    }
+    b[at + 4..at + 8].fill(0);
+    let sum = crc32c(&b[at..at + len]);
+    b[at + 4..at + 8].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(fx.path(dst), b).unwrap();
+}
+
+#[test]
+fn hostile_headers_fail_as_qemu_img_fails() {
+    // A qemu-made 12 MiB dynamic disk (8 MiB blocks: log at 1 MiB, BAT at
+    // 2 MiB, metadata at 3 MiB, block 0 at 8 MiB), damaged one field at a
+    // time. qimg runs under a 1 GiB address-space limit: no field may
+    // make it allocate what the file does not hold.
+    let fx = Fixture::new("vhdx_hostile");
+    made(&fx, "base.vhdx", "", "12M");
+    let le32 = |v: u32| v.to_le_bytes().to_vec();
+    let le64 = |v: u64| v.to_le_bytes().to_vec();
+    const MD: u64 = 3 << 20;
+    const ITEMS: u64 = MD + 0x10000;
+    let plain: &[(&str, u64, Vec<u8>)] = &[
+        ("file-id", 0, b"vhdxfilX".to_vec()),
+        ("header1", 0x10000, vec![0]),
+        ("header2", 0x20000, vec![0]),
+        ("region1", 0x30000, vec![0]),
+        ("region2", 0x40000, vec![0]),
+        ("md-signature", MD, vec![0]),
+        ("md-count", MD + 10, vec![0xff, 0xff]),
+        ("md-item-offset", MD + 32 + 16, le32(0xffff_0000)),
+        ("md-item-length", MD + 32 + 20, le32(0)),
+        ("md-unknown-required", MD + 32, vec![0x55; 16]),
+        ("bs0", ITEMS, le32(0)),
+        ("bs64k", ITEMS, le32(64 << 10)),
+        ("bs3m", ITEMS, le32(3 << 20)),
+        ("bs16m", ITEMS, le32(16 << 20)),
+        ("bs256m", ITEMS, le32(256 << 20)),
+        ("bs512m", ITEMS, le32(512 << 20)),
+        ("has-parent", ITEMS + 4, le32(2)),
+        ("leave-allocated", ITEMS + 4, le32(1)),
+        ("size0", ITEMS + 8, le64(0)),
+        ("size-huge", ITEMS + 8, le64(1 << 56)),
+        ("size-64t", ITEMS + 8, le64(64 << 40)),
+        ("size-2t", ITEMS + 8, le64(2 << 40)),
+        ("size-odd", ITEMS + 8, le64(12345)),
+        ("logical-4k", ITEMS + 32, le32(4096)),
+        ("logical-1k", ITEMS + 32, le32(1024)),
+        ("physical-4k", ITEMS + 36, le32(4096)),
+        ("physical-1k", ITEMS + 36, le32(1024)),
+        ("bat-past-eof", 2 << 20, le64(0xffff_ff00_0000_0006)),
+        ("bat-at-start", 2 << 20, le64(6)),
+        ("bat-partial", 2 << 20, le64((8 << 20) | 7)),
+        ("bat-undefined", 2 << 20, le64((8 << 20) | 1)),
+        ("bat-unmapped", 2 << 20, le64((8 << 20) | 3)),
+        ("bat-state5", 2 << 20, le64((8 << 20) | 5)),
+    ];
+    let mut files = Vec::new();
+    for (name, at, bytes) in plain {
+        let file = format!("{name}.vhdx");
+        fx.patched_copy("base.vhdx", &file, &[(*at, bytes)]);
+        files.push(file);
+    }
+    // Header fields (both copies edited, checksums made right).
+    let header: &[(&str, usize, Vec<u8>)] = &[
+        ("version", 66, vec![2, 0]),
+        ("log-version", 64, vec![1, 0]),
+        ("log-guid-empty-log", 48, vec![0x42; 16]),
+        ("log-offset-huge", 72, le64(1 << 60)),
+        ("log-length-huge", 68, le32(0xfff0_0000)),
+        ("log-offset-odd", 72, le64(12345)),
+    ];
+    for (name, off, bytes) in header {
+        let file = format!("{name}.vhdx");
+        patched_checksummed(
+            &fx,
+            "base.vhdx",
+            "tmp.vhdx",
+            0x10000,
+            4096,
+            &[(0x10000 + off, bytes.clone())],
+        );
+        patched_checksummed(
+            &fx,
+            "tmp.vhdx",
+            &file,
+            0x20000,
+            4096,
+            &[(0x20000 + off, bytes.clone())],
+        );
+        files.push(file);
+    }
+    // Region table fields (first copy, checksum made right).
+    let region: &[(&str, usize, Vec<u8>)] = &[
+        ("regions-many", 8, le32(0xffff)),
+        ("regions-none", 8, le32(0)),
+        ("bat-offset-huge", 16 + 16, le64(1 << 60)),
+        ("bat-offset-odd", 16 + 16, le64(12345)),
+        ("bat-length-short", 16 + 24, le32(0)),
+        ("bat-over-metadata", 16 + 16, le64(3 << 20)),
+        ("md-offset-huge", 48 + 16, le64(1 << 60)),
+        ("unknown-required", 16, vec![0x55; 16]),
+    ];
+    for (name, off, bytes) in region {
+        let file = format!("{name}.vhdx");
+        let mut edits = vec![(0x30000 + off, bytes.clone())];
+        if *name == "unknown-required" {
+            edits.push((0x30000 + 16 + 28, le32(1)));
+        }
+        patched_checksummed(&fx, "base.vhdx", &file, 0x30000, 0x10000, &edits);
+        files.push(file);
+    }
+    fx.sh("head -c 100000 base.vhdx > cut.vhdx && head -c 8 base.vhdx > short.vhdx");
+    files.extend(["cut.vhdx".to_string(), "short.vhdx".to_string()]);
+    for file in &files {
+        fx.same_bounded(&["info", "-f", "vhdx", file]);
+        fx.same_bounded(&["map", "-f", "vhdx", "--output=json", file]);
+    }
+}

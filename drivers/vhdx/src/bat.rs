@@ -3,8 +3,8 @@
 //! block (used by differencing disks only).
 
 use crate::error::{Result, VhdxError};
-use crate::format::{le64, MIB};
-use crate::region::Region;
+use crate::format::{le64, program_name, MIB};
+use crate::region::{self, Region};
 use qimg_driver_api::{ByteStoreBox, StoreExt};
 
 /// Payload block state: no data; reads as zeros (or from the parent).
@@ -56,8 +56,13 @@ impl Geometry {
         let chunk_ratio = ((1u64 << 23) * u64::from(sector_size) / block_size).max(1);
         let data_blocks = disk_size.div_ceil(block_size);
         // [MS-VHDX] 2.5.1: a dynamic or fixed disk's table ends with the
-        // last payload block's entry.
-        let entries = data_blocks + data_blocks.saturating_sub(1) / chunk_ratio;
+        // last payload block's entry. qemu-img counts in 32 bits, so an
+        // empty disk's table wraps around to 2^32 / chunk ratio entries
+        // (its BAT region is made that large, and must be).
+        let entries = match data_blocks {
+            0 => u64::from(u32::MAX) / chunk_ratio,
+            n => n + (n - 1) / chunk_ratio,
+        };
         Geometry {
             block_size,
             chunk_ratio,
@@ -78,29 +83,41 @@ impl Geometry {
     }
 }
 
-/// Reads the whole table: `geometry.entries` entries at the start of the
-/// BAT region, which must hold them.
+/// Reads the table: `geometry.entries` entries at the start of the BAT
+/// region, which must hold them. Like qemu-img, a table past the end of
+/// the file reads as zeros; only the entries the file holds are kept, so
+/// a hostile size allocates no more than the file's size.
 pub fn read(store: &ByteStoreBox, region: Region, geometry: &Geometry) -> Result<Vec<u64>> {
     let bytes = geometry
         .entries
         .checked_mul(ENTRY_SIZE)
         .filter(|&b| b <= region.length)
         .ok_or(VhdxError::Invalid)?;
-    let mut raw = vec![0u8; bytes as usize];
-    store.read_or_zero_at(region.offset, &mut raw)?;
-    Ok((0..geometry.entries as usize)
-        .map(|i| le64(&raw, i * 8))
-        .collect())
+    let file_len = store.size()?;
+    let held = bytes.min(file_len.saturating_sub(region.offset)) / ENTRY_SIZE;
+    let mut table = Vec::with_capacity(held as usize);
+    let mut chunk = vec![0u8; (1 << 20).min(held * ENTRY_SIZE) as usize];
+    let mut at = 0u64;
+    while at < held {
+        let n = (chunk.len() as u64 / ENTRY_SIZE).min(held - at);
+        let part = &mut chunk[..(n * ENTRY_SIZE) as usize];
+        store.read_or_zero_at(region.offset + at * ENTRY_SIZE, part)?;
+        table.extend(part.chunks_exact(8).map(|e| le64(e, 0)));
+        at += n;
+    }
+    Ok(table)
 }
 
-/// Checks that the guest bytes of every present payload block lie inside
-/// the file, as qemu-img does at open: a block that does not is reported
-/// (the image was probably truncated) and the open fails.
-pub fn check_in_file(
+/// Checks every present payload block as qemu-img does at open: its
+/// guest bytes lie inside the file, and it overlaps none of `regions`
+/// (offset, length, in the order registered). A block that fails is
+/// reported and the open fails.
+pub fn check_blocks(
     table: &[u64],
     geometry: &Geometry,
     disk_size: u64,
     file_len: u64,
+    regions: &[(u64, u64)],
 ) -> Result<()> {
     for (i, &e) in table.iter().enumerate() {
         let i = i as u64;
@@ -111,6 +128,15 @@ pub fn check_in_file(
             let block = i - i / (geometry.chunk_ratio + 1);
             let guest = disk_size.saturating_sub(block * geometry.block_size);
             let end = offset(e) + geometry.block_size.min(guest).max(1) - 1;
+            // File offsets are signed 64-bit numbers to qemu-img.
+            if end > i64::MAX as u64 {
+                eprintln!("{}: VHDX BAT entry {i} offset overflow.", program_name());
+                return Err(VhdxError::Invalid);
+            }
+            let (start, stop) = (offset(e), offset(e) + geometry.block_size);
+            if let Some(region) = region::overlapping(regions, start, stop) {
+                return Err(region::report_overlap(start, stop, region));
+            }
             if end >= file_len {
                 eprintln!(
                     "{}: VHDX BAT entry {i} end offset {end} points after end of file ({file_len}). Image has probably been truncated.",
@@ -121,18 +147,6 @@ pub fn check_in_file(
         }
     }
     Ok(())
-}
-
-/// The name this program was run as, which qemu-img's messages start with.
-fn program_name() -> String {
-    std::env::args()
-        .next()
-        .and_then(|a| {
-            std::path::Path::new(&a)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "qemu-img".into())
 }
 
 #[cfg(test)]

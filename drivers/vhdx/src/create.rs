@@ -141,17 +141,9 @@ impl Plan {
         // The disk is whole logical sectors.
         let size = size.next_multiple_of(512);
         let geometry = Geometry::new(size, block_size, 512);
-        // qemu-img sizes the table of an empty disk with 32-bit arithmetic
-        // that wraps (no blocks, minus one, over the chunk ratio): its BAT
-        // region is that large, and so is this one, for the same file.
-        let table_entries = if geometry.data_blocks == 0 {
-            u64::from(u32::MAX) / geometry.chunk_ratio
-        } else {
-            geometry.entries
-        };
         let bat = Region {
             offset: MIB + log_size,
-            length: (table_entries * bat::ENTRY_SIZE)
+            length: (geometry.entries * bat::ENTRY_SIZE)
                 .next_multiple_of(MIB)
                 .max(MIB),
         };
@@ -165,7 +157,11 @@ impl Plan {
             size,
             log_size,
             geometry,
-            regions: Regions { bat, metadata },
+            regions: Regions {
+                bat,
+                metadata,
+                bat_first: true,
+            },
         })
     }
 
@@ -226,7 +222,10 @@ pub fn create(store: &ByteStoreBox, request: &CreateRequest) -> Result<()> {
     store.write_all_at(plan.regions.metadata.offset, &metadata::encode(&md))?;
     if plan.zero_blocks || plan.fixed {
         let g = &plan.geometry;
-        let mut table = vec![0u8; (g.entries * bat::ENTRY_SIZE) as usize];
+        // Up to the last payload block's entry: an empty disk's (huge)
+        // table stays a hole.
+        let used = g.data_blocks.checked_sub(1).map_or(0, |b| g.index(b) + 1);
+        let mut table = vec![0u8; (used * bat::ENTRY_SIZE) as usize];
         for block in 0..g.data_blocks {
             let i = g.index(block) as usize;
             table[i * 8..i * 8 + 8].copy_from_slice(&plan.entry(block).to_le_bytes());

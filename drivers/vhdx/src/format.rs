@@ -78,6 +78,18 @@ pub fn put64(b: &mut [u8], at: usize, v: u64) {
 /// One mebibyte: the unit of region offsets, block sizes and BAT offsets.
 pub const MIB: u64 = 1 << 20;
 
+/// The name this program was run as, which qemu-img's messages start with.
+pub fn program_name() -> String {
+    std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "qemu-img".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

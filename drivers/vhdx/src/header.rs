@@ -96,7 +96,9 @@ pub fn read_current(store: &ByteStoreBox) -> Result<(Header, usize)> {
     for (i, &at) in HEADER_OFFSETS.iter().enumerate() {
         let mut b = [0u8; HEADER_SIZE];
         store.read_or_zero_at(at, &mut b)?;
-        found[i] = Header::parse(&b);
+        // A copy of a version this reader does not know counts as invalid
+        // (qemu-img then falls back to the other copy).
+        found[i] = Header::parse(&b).filter(|h| h.version == 1);
     }
     match found {
         [Some(a), Some(b)] if b.sequence_number > a.sequence_number => Ok((b, 1)),

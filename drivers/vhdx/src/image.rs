@@ -40,7 +40,8 @@ pub struct VhdxImage {
 
 /// The mutable metadata.
 struct Meta {
-    /// Every BAT entry, as the guest sees it (new entries included).
+    /// The BAT entries, as the guest sees them (new entries included), up
+    /// to the last one the file holds or this session set.
     bat: Vec<u64>,
     /// The current header and which copy it is.
     header: Header,
@@ -51,6 +52,14 @@ struct Meta {
     dirty: BTreeSet<u64>,
     /// Where the next new block goes.
     file_end: u64,
+}
+
+impl Meta {
+    /// BAT entry `index`; those past the part of the table the file holds
+    /// are zero (NOT_PRESENT).
+    fn entry(&self, index: u64) -> u64 {
+        self.bat.get(index as usize).copied().unwrap_or(0)
+    }
 }
 
 /// Where the next log entry goes and its sequence number.
@@ -76,8 +85,12 @@ impl VhdxImage {
         }
         let (mut hdr, mut index) = header::read_current(&store)?;
         let file_len = store.size()?;
-        if hdr.version != 1 || hdr.log_version != 0 {
-            return Err(VhdxError::NotSupported);
+        // [MS-VHDX] 2.2.2.1: the log is placed and sized in whole MiB.
+        if hdr.log_version != 0
+            || !hdr.log_offset.is_multiple_of(MIB)
+            || !u64::from(hdr.log_length).is_multiple_of(MIB)
+        {
+            return Err(VhdxError::Invalid);
         }
         let mut replayed = false;
         if hdr.log_guid != ZERO_GUID {
@@ -100,11 +113,20 @@ impl VhdxImage {
             }
         }
         let file_len = store.size()?;
-        let regions = region::read(&store, file_len)?;
+        let regions = region::read(&store)?;
+        // The log and the regions must not overlap, checked as qemu-img
+        // registers them: the log, then the table's entries in order.
+        let mut known = vec![(hdr.log_offset, u64::from(hdr.log_length))];
+        for (at, len) in regions.in_table_order() {
+            if let Some(region) = region::overlapping(&known, at, at + len) {
+                return Err(region::report_overlap(at, at + len, region));
+            }
+            known.push((at, len));
+        }
         let md = metadata::read(&store, regions.metadata)?;
         let geometry = Geometry::new(md.disk_size, md.block_size, md.logical_sector_size);
         let table = bat::read(&store, regions.bat, &geometry)?;
-        bat::check_in_file(&table, &geometry, md.disk_size, file_len)?;
+        bat::check_blocks(&table, &geometry, md.disk_size, file_len, &known)?;
         Ok(VhdxImage {
             writable,
             regions,
@@ -127,15 +149,16 @@ impl VhdxImage {
         self.meta.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The guest size: whole sectors, as qemu-img counts them.
     fn size(&self) -> u64 {
-        self.md.disk_size
+        self.md.disk_size / 512 * 512
     }
 
     /// The file offset of guest byte `offset`, or `None` if its block
     /// reads as zeros.
     fn locate(&self, offset: u64) -> Option<u64> {
         let block = offset / self.geometry.block_size;
-        let e = self.meta().bat[self.geometry.index(block) as usize];
+        let e = self.meta().entry(self.geometry.index(block));
         // Without a parent, every state but "present" reads as zeros
         // ([MS-VHDX] 2.5.1.1); PARTIALLY_PRESENT occurs in differencing
         // disks only, which are refused at open.
@@ -165,6 +188,12 @@ impl VhdxImage {
         if meta.log.is_some() {
             return Ok(());
         }
+        // The BAT is written in place in 4 KiB sectors: a table placed
+        // over the header section (which only a damaged region table
+        // does) is never written.
+        if self.regions.bat.offset < MIB || !self.regions.bat.offset.is_multiple_of(SECTOR) {
+            return Err(VhdxError::OverMetadata);
+        }
         let file_len = self.store.size()?;
         let (offset, length) = meta
             .header
@@ -190,7 +219,11 @@ impl VhdxImage {
 
     /// Records `entry` for table index `index` in memory.
     fn set_entry(meta: &mut Meta, index: u64, entry: u64) {
-        meta.bat[index as usize] = entry;
+        let i = index as usize;
+        if i >= meta.bat.len() {
+            meta.bat.resize(i + 1, 0);
+        }
+        meta.bat[i] = entry;
         meta.dirty.insert(index * bat::ENTRY_SIZE / SECTOR);
     }
 
@@ -199,7 +232,7 @@ impl VhdxImage {
     fn place(&self, block: u64) -> Result<u64> {
         let mut meta = self.meta();
         let index = self.geometry.index(block);
-        let e = meta.bat[index as usize];
+        let e = meta.entry(index);
         if bat::state(e) == bat::PAYLOAD_FULLY_PRESENT {
             let at = bat::offset(e);
             if self.over_metadata(&meta, at, at + self.geometry.block_size) {
@@ -308,7 +341,7 @@ impl VhdxImage {
             if n == bs || (at + n == self.size() && at.is_multiple_of(bs)) {
                 let mut meta = self.meta();
                 let index = self.geometry.index(block);
-                if bat::state(meta.bat[index as usize]) != bat::PAYLOAD_ZERO {
+                if bat::state(meta.entry(index)) != bat::PAYLOAD_ZERO {
                     self.begin(&mut meta)?;
                     Self::set_entry(&mut meta, index, bat::entry(bat::PAYLOAD_ZERO, 0));
                 }

@@ -93,10 +93,8 @@ pub fn read(store: &ByteStoreBox, region: Region) -> Result<Metadata> {
         }
     }
     let value = |k: usize, len: u32| -> Result<Vec<u8>> {
-        let (offset, length) = items[k].ok_or(VhdxError::Invalid)?;
-        if length < len {
-            return Err(VhdxError::Invalid);
-        }
+        // Like qemu-img, the item's recorded length is not consulted.
+        let (offset, _) = items[k].ok_or(VhdxError::Invalid)?;
         let mut b = vec![0u8; len as usize];
         store.read_or_zero_at(region.offset + u64::from(offset), &mut b)?;
         Ok(b)
@@ -125,10 +123,9 @@ pub fn read(store: &ByteStoreBox, region: Region) -> Result<Metadata> {
     if !md.block_size.is_power_of_two() || !(MIB..=MAX_BLOCK_SIZE).contains(&md.block_size) {
         return Err(VhdxError::Invalid);
     }
-    match md.logical_sector_size {
-        512 => {}
-        4096 => return Err(VhdxError::NotSupported),
-        _ => return Err(VhdxError::Invalid),
+    // qemu-img reads 512-byte logical sectors only.
+    if md.logical_sector_size != 512 {
+        return Err(VhdxError::NotSupported);
     }
     if md.disk_size > MAX_DISK_SIZE {
         return Err(VhdxError::Invalid);

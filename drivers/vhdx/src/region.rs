@@ -4,7 +4,7 @@
 
 use crate::crc::{crc32c, crc32c_without};
 use crate::error::{Result, VhdxError};
-use crate::format::{guid, guid_at, le32, le64, put32, put64, Guid, MIB};
+use crate::format::{guid, guid_at, le32, le64, program_name, put32, put64, Guid};
 use qimg_driver_api::{ByteStoreBox, StoreExt};
 
 /// Where the two copies of the region table are.
@@ -48,10 +48,48 @@ pub struct Regions {
     pub bat: Region,
     /// The metadata region.
     pub metadata: Region,
+    /// The table lists the BAT before the metadata region.
+    pub bat_first: bool,
+}
+
+impl Regions {
+    /// The two regions as (offset, length), in the table's order.
+    pub fn in_table_order(&self) -> [(u64, u64); 2] {
+        let (bat, md) = (
+            (self.bat.offset, self.bat.length),
+            (self.metadata.offset, self.metadata.length),
+        );
+        if self.bat_first {
+            [bat, md]
+        } else {
+            [md, bat]
+        }
+    }
+}
+
+/// The region of `known` (offset, length) that `[start, end)` overlaps,
+/// looked for as qemu-img looks: the region registered last first.
+pub fn overlapping(known: &[(u64, u64)], start: u64, end: u64) -> Option<(u64, u64)> {
+    known
+        .iter()
+        .rev()
+        .find(|&&(at, len)| start < at.saturating_add(len) && at < end)
+        .copied()
+}
+
+/// Reports, as qemu-img does, that `[start, end)` overlaps `region`.
+pub fn report_overlap(start: u64, end: u64, region: (u64, u64)) -> VhdxError {
+    eprintln!(
+        "{}: VHDX region {start}-{end} overlaps with region {}-{}",
+        program_name(),
+        region.0,
+        region.0.saturating_add(region.1)
+    );
+    VhdxError::Invalid
 }
 
 /// Reads the region table.
-pub fn read(store: &ByteStoreBox, file_len: u64) -> Result<Regions> {
+pub fn read(store: &ByteStoreBox) -> Result<Regions> {
     let mut b = vec![0u8; TABLE_SIZE];
     store.read_or_zero_at(TABLE_OFFSETS[0], &mut b)?;
     if le32(&b, 0) != SIGNATURE || le32(&b, 4) != crc32c_without(&b, 4) {
@@ -62,6 +100,7 @@ pub fn read(store: &ByteStoreBox, file_len: u64) -> Result<Regions> {
         return Err(VhdxError::Invalid);
     }
     let (mut bat, mut metadata) = (None, None);
+    let mut bat_first = false;
     for i in 0..count as usize {
         let e = 16 + 32 * i;
         let id = guid_at(&b, e);
@@ -71,32 +110,29 @@ pub fn read(store: &ByteStoreBox, file_len: u64) -> Result<Regions> {
         };
         let required = le32(&b, e + 28) & 1 != 0;
         let slot = match id {
-            BAT_GUID => &mut bat,
+            BAT_GUID => {
+                bat_first = metadata.is_none();
+                &mut bat
+            }
             METADATA_GUID => &mut metadata,
             // [MS-VHDX] 2.2.3.2: a required region the reader does not
             // know makes the file unreadable to it.
-            _ if required => return Err(VhdxError::Invalid),
+            _ if required => return Err(VhdxError::NotSupported),
             _ => continue,
         };
-        let in_file = region
-            .offset
-            .checked_add(region.length)
-            .is_some_and(|end| end <= file_len);
-        if slot.is_some()
-            || !region.offset.is_multiple_of(MIB)
-            || !region.length.is_multiple_of(MIB)
-            || region.offset < MIB
-            || region.length == 0
-            || !in_file
-        {
+        // Like qemu-img, only duplicates are refused here: placement is
+        // checked as overlap with the log and the other region.
+        if slot.is_some() {
             return Err(VhdxError::Invalid);
         }
         *slot = Some(region);
     }
     match (bat, metadata) {
-        (Some(bat), Some(metadata)) if !bat.overlaps(metadata.offset, metadata.end()) => {
-            Ok(Regions { bat, metadata })
-        }
+        (Some(bat), Some(metadata)) => Ok(Regions {
+            bat,
+            metadata,
+            bat_first,
+        }),
         _ => Err(VhdxError::Invalid),
     }
 }
