@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prefix=""
-drivers="raw,qcow2,vmdk,luks,vdi,vpc,qed,parallels"
+drivers="raw,qcow2,vmdk,luks,vdi,vpc,qed,parallels,vhdx"
 from=""
 while [ $# -gt 0 ]; do
     case "$1" in
