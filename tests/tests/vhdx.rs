@@ -531,3 +531,78 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         fx.same_bounded(&["map", "-f", "vhdx", "--output=json", file]);
     }
 }
+
+#[test]
+fn resize_grows_and_shrinks_within_the_bat() {
+    // Beyond qemu-img, which cannot resize a VHDX: the result passes
+    // qemu-img check, keeps the data, and a shrunk tail reads as zeros
+    // when the disk grows again.
+    let fx = Fixture::new("vhdx_resize");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        "r.vhdx",
+        "12M",
+    ]);
+    fx.qemu_io_cmds("vhdx", "r.vhdx", &["write -P 5 0 12M"]);
+    fx.oracle(&["convert", "-O", "raw", "r.vhdx", "before.raw"]);
+    let grow = fx.qimg(&["resize", "r.vhdx", "100M"]);
+    assert_eq!(grow.status, 0, "{}", grow.stderr);
+    fx.oracle(&["check", "r.vhdx"]);
+    let info = fx.oracle(&["info", "--output=json", "r.vhdx"]);
+    assert!(
+        info.stdout.contains("\"virtual-size\": 104857600"),
+        "{}",
+        info.stdout
+    );
+    let cmp = fx.qemu_img(&["compare", "before.raw", "r.vhdx"]);
+    assert_eq!(cmp.status, 0, "{}", cmp.stdout);
+    // Shrinking needs --shrink, as for every format.
+    assert_eq!(fx.qimg(&["resize", "r.vhdx", "5000000"]).status, 1);
+    let shrink = fx.qimg(&["resize", "--shrink", "r.vhdx", "5000000"]);
+    assert_eq!(shrink.status, 0, "{}", shrink.stderr);
+    fx.oracle(&["check", "r.vhdx"]);
+    assert_eq!(fx.qimg(&["resize", "r.vhdx", "12M"]).status, 0);
+    fx.oracle(&["check", "r.vhdx"]);
+    fx.qemu_io_cmds(
+        "vhdx",
+        "r.vhdx",
+        &["read -P 5 0 5000192", "read -P 0 5000192 7582720"],
+    );
+    // Past what the BAT region holds (1 MiB of entries), it refuses.
+    let big = fx.qimg(&["resize", "r.vhdx", "2T"]);
+    assert_eq!(big.status, 1);
+    fx.oracle(&["check", "r.vhdx"]);
+}
+
+#[test]
+fn measure_gives_the_size_convert_makes() {
+    // Beyond qemu-img, which cannot measure for vhdx: the required size is
+    // the file convert makes, for each subformat.
+    let fx = Fixture::new("vhdx_measure");
+    source(&fx);
+    for (i, opts) in VARIANTS.iter().enumerate() {
+        let out = format!("m{i}.vhdx");
+        let mut measure = vec!["measure", "--output=json", "-O", "vhdx"];
+        let mut convert = vec!["convert", "-O", "vhdx"];
+        if !opts.is_empty() {
+            measure.extend(["-o", opts]);
+            convert.extend(["-o", opts]);
+        }
+        measure.push("src.raw");
+        convert.extend(["src.raw", out.as_str()]);
+        let m = fx.qimg(&measure);
+        assert_eq!(m.status, 0, "{}", m.stderr);
+        assert_eq!(fx.qimg(&convert).status, 0);
+        let len = std::fs::metadata(fx.path(&out)).unwrap().len();
+        assert!(
+            m.stdout.contains(&format!("\"required\": {len}")),
+            "-o {opts}: {} vs {len}",
+            m.stdout
+        );
+    }
+}

@@ -261,8 +261,7 @@ pub fn create(store: &ByteStoreBox, request: &CreateRequest) -> Result<()> {
 pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<MeasureResult> {
     let plan = Plan::new(request.size, &request.options)?;
     let bs = plan.geometry.block_size;
-    let full = plan.data_start() + plan.geometry.data_blocks * bs;
-    if plan.fixed {
+    if plan.fixed && !plan.zero_blocks {
         let len = plan.empty_len();
         return Ok(MeasureResult {
             required: len,
@@ -270,6 +269,10 @@ pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<Measure
             bitmaps: None,
         });
     }
+    // Blocks written go at the end of the file: past the data start of a
+    // dynamic disk, past a fixed disk's preallocated area when its blocks
+    // start in state ZERO (as qemu-img writes them too).
+    let full = plan.empty_len() + plan.geometry.data_blocks * bs;
     let used = if request.from_image {
         let mut blocks = std::collections::BTreeSet::new();
         for e in allocated {
@@ -285,7 +288,7 @@ pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<Measure
         plan.geometry.data_blocks
     };
     Ok(MeasureResult {
-        required: plan.data_start() + used * bs,
+        required: plan.empty_len() + used * bs,
         fully_allocated: full,
         bitmaps: None,
     })

@@ -14,7 +14,7 @@ use crate::error::{Result, VhdxError};
 use crate::format::{random_guid, MIB, ZERO_GUID};
 use crate::header::{self, Header};
 use crate::log::{Log, SECTOR};
-use crate::metadata::{self, Metadata};
+use crate::metadata::{self, Metadata, MAX_DISK_SIZE};
 use crate::region::{self, Regions};
 use qimg_driver_api::schema::{CheckReport, CheckRequest, ImageInfo, Repair};
 use qimg_driver_api::{
@@ -22,7 +22,7 @@ use qimg_driver_api::{
     Prealloc, StoreExt,
 };
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// An open VHDX.
@@ -35,6 +35,8 @@ pub struct VhdxImage {
     /// The log was replayed when the image was opened (check reports it
     /// as a repaired corruption, as qemu-img does).
     replayed: AtomicBool,
+    /// The virtual disk size (changed by resize).
+    disk_size: AtomicU64,
     meta: Mutex<Meta>,
 }
 
@@ -128,6 +130,7 @@ impl VhdxImage {
         let table = bat::read(&store, regions.bat, &geometry)?;
         bat::check_blocks(&table, &geometry, md.disk_size, file_len, &known)?;
         Ok(VhdxImage {
+            disk_size: AtomicU64::new(md.disk_size),
             writable,
             regions,
             md,
@@ -151,7 +154,7 @@ impl VhdxImage {
 
     /// The guest size: whole sectors, as qemu-img counts them.
     fn size(&self) -> u64 {
-        self.md.disk_size / 512 * 512
+        self.disk_size.load(Ordering::Acquire) / 512 * 512
     }
 
     /// The file offset of guest byte `offset`, or `None` if its block
@@ -269,7 +272,6 @@ impl VhdxImage {
             return Ok(self.store.sync()?);
         }
         self.store.sync()?;
-        let file_len = self.store.size()?;
         let dirty: Vec<u64> = meta.dirty.iter().copied().collect();
         let Some(per_entry) = meta.log.as_ref().map(|c| c.log.max_sectors_per_entry()) else {
             return Err(VhdxError::OverMetadata);
@@ -284,25 +286,99 @@ impl VhdxImage {
                     )
                 })
                 .collect();
-            let Some(cursor) = meta.log.as_mut() else {
-                return Err(VhdxError::OverMetadata);
-            };
-            cursor.at = cursor.log.write_entry(
-                &self.store,
-                cursor.at,
-                cursor.sequence,
-                &sectors,
-                file_len,
-            )?;
-            cursor.sequence += 1;
-            for (at, bytes) in &sectors {
-                self.store.write_all_at(*at, bytes)?;
-            }
-            self.store.sync()?;
+            self.log_and_apply(&mut meta, &sectors)?;
             for s in batch {
                 meta.dirty.remove(s);
             }
         }
+        Ok(())
+    }
+
+    /// Writes `sectors` (file offset, 4 KiB) as one log entry, makes it
+    /// durable, then writes them in place and makes them durable.
+    fn log_and_apply(&self, meta: &mut Meta, sectors: &[(u64, Vec<u8>)]) -> Result<()> {
+        let file_len = self.store.size()?;
+        let Some(cursor) = meta.log.as_mut() else {
+            return Err(VhdxError::OverMetadata);
+        };
+        cursor.at =
+            cursor
+                .log
+                .write_entry(&self.store, cursor.at, cursor.sequence, sectors, file_len)?;
+        cursor.sequence += 1;
+        for (at, bytes) in sectors {
+            self.store.write_all_at(*at, bytes)?;
+        }
+        Ok(self.store.sync()?)
+    }
+
+    /// Changes the guest size (beyond qemu-img, which cannot resize a
+    /// VHDX) within what the BAT region holds. The virtual disk size item
+    /// and the BAT entries of blocks past a smaller end change in one log
+    /// entry; the tail of a block cut in two is zeroed first, so that a
+    /// later growth reads zeros there.
+    fn resize_to(&self, new_size: u64, shrink: bool) -> Result<()> {
+        if !self.writable {
+            return Err(VhdxError::ReadOnly);
+        }
+        let size = new_size.next_multiple_of(512);
+        let old = self.size();
+        if size < old && !shrink {
+            return Err(VhdxError::Unsupported(
+                "Use the --shrink option to perform a shrink operation.".into(),
+            ));
+        }
+        if size > MAX_DISK_SIZE {
+            return Err(VhdxError::InvalidOption(
+                "Image size too large; max of 64TB".into(),
+            ));
+        }
+        let geometry = Geometry::new(size, self.geometry.block_size, self.md.logical_sector_size);
+        if geometry.entries * bat::ENTRY_SIZE > self.regions.bat.length {
+            return Err(VhdxError::Unsupported(
+                "Cannot grow this VHDX: its BAT region is too small for the new size".into(),
+            ));
+        }
+        let bs = self.geometry.block_size;
+        if size < old && !size.is_multiple_of(bs) {
+            if let Some(host) = self.locate(size) {
+                self.store.zero_range(host, bs - size % bs, false)?;
+            }
+        }
+        self.flush_all()?;
+        let item = metadata::disk_size_offset(&self.store, self.regions.metadata)?;
+        let mut meta = self.meta();
+        self.begin(&mut meta)?;
+        for block in size.div_ceil(bs)..old.div_ceil(bs) {
+            let index = self.geometry.index(block);
+            if meta.entry(index) != 0 {
+                Self::set_entry(&mut meta, index, 0);
+            }
+        }
+        let sector_at = item / SECTOR * SECTOR;
+        let mut md_sector = vec![0u8; SECTOR as usize];
+        self.store.read_or_zero_at(sector_at, &mut md_sector)?;
+        let at = (item - sector_at) as usize;
+        md_sector[at..at + 8].copy_from_slice(&size.to_le_bytes());
+        let mut sectors = vec![(sector_at, md_sector)];
+        let dirty: Vec<u64> = std::mem::take(&mut meta.dirty).into_iter().collect();
+        let per_entry = meta
+            .log
+            .as_ref()
+            .map_or(1, |c| c.log.max_sectors_per_entry());
+        if dirty.len() + 1 > per_entry {
+            return Err(VhdxError::Unsupported(
+                "Cannot shrink this VHDX by that much at once: its log is too small".into(),
+            ));
+        }
+        sectors.extend(dirty.iter().map(|&s| {
+            (
+                self.regions.bat.offset + s * SECTOR,
+                encode_sector(&meta.bat, s),
+            )
+        }));
+        self.log_and_apply(&mut meta, &sectors)?;
+        self.disk_size.store(size, Ordering::Release);
         Ok(())
     }
 
@@ -456,6 +532,15 @@ impl ImageImpl for VhdxImage {
 
     fn store_name(&self, _index: u32) -> String {
         self.store.display_name()
+    }
+
+    fn resize(
+        &self,
+        new_size: u64,
+        _prealloc: Prealloc,
+        shrink: bool,
+    ) -> std::result::Result<(), DriverError> {
+        Ok(self.resize_to(new_size, shrink)?)
     }
 
     fn check(&self, request: CheckRequest) -> std::result::Result<CheckReport, DriverError> {

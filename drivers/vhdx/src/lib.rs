@@ -37,7 +37,7 @@ impl DriverImpl for VhdxDriver {
         "Hyper-V virtual hard disk v2 (VHDX)"
     }
     fn capabilities(&self) -> u64 {
-        caps::CREATE | caps::WRITE | caps::CHECK | caps::MEASURE | caps::ZERO_INIT
+        caps::CREATE | caps::WRITE | caps::CHECK | caps::RESIZE | caps::MEASURE | caps::ZERO_INIT
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         if header::has_signature(head) {

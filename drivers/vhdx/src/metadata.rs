@@ -163,3 +163,17 @@ pub fn encode(md: &Metadata) -> Vec<u8> {
     put32(&mut b, base + 36, md.physical_sector_size);
     b
 }
+
+/// Where the virtual disk size item of the metadata region at `region`
+/// lies in the file (for resize).
+pub fn disk_size_offset(store: &ByteStoreBox, region: Region) -> Result<u64> {
+    let mut table = vec![0u8; TABLE_SIZE as usize];
+    store.read_or_zero_at(region.offset, &mut table)?;
+    let count = usize::from(le16(&table, 10)).min(MAX_ENTRIES);
+    (0..count)
+        .map(|i| 32 + 32 * i)
+        .find(|&e| guid_at(&table, e) == VIRTUAL_DISK_SIZE)
+        .map(|e| region.offset + u64::from(le32(&table, e + 16)))
+        .filter(|&at| at >= region.offset + TABLE_SIZE)
+        .ok_or(VhdxError::Invalid)
+}
