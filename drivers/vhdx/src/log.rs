@@ -8,6 +8,7 @@ use crate::crc::{crc32c, crc32c_without};
 use crate::error::{Result, VhdxError};
 use crate::format::{guid_at, le32, le64, put32, put64, Guid};
 use qimg_driver_api::{ByteStoreBox, Prealloc, StoreExt};
+use std::collections::HashMap;
 
 /// Log sectors are 4 KiB.
 pub const SECTOR: u64 = 4096;
@@ -80,7 +81,8 @@ impl Log {
     }
 
     /// The entry at log offset `at`, if it is valid ([MS-VHDX] 2.3.1).
-    fn entry_at(&self, store: &ByteStoreBox, at: u64) -> Result<Option<Entry>> {
+    /// Reading it whole spends `budget`; none left is an error.
+    fn entry_at(&self, store: &ByteStoreBox, at: u64, budget: &mut u64) -> Result<Option<Entry>> {
         let mut head = [0u8; SECTOR as usize];
         self.read(store, at, &mut head)?;
         let length = u64::from(le32(&head, 8));
@@ -100,6 +102,7 @@ impl Log {
         if header_sectors * SECTOR > length {
             return Ok(None);
         }
+        *budget = budget.checked_sub(length).ok_or(VhdxError::Invalid)?;
         let mut bytes = vec![0u8; length as usize];
         self.read(store, at, &mut bytes)?;
         if le32(&bytes, 4) != crc32c_without(&bytes, 4) {
@@ -162,44 +165,51 @@ impl Log {
     /// themselves, the one with the largest sequence number, with the
     /// entries from its tail to it. Empty if there is none.
     fn active_sequence(&self, store: &ByteStoreBox) -> Result<Vec<Entry>> {
-        let mut heads: Vec<(u64, u64)> = Vec::new();
+        // Work is bounded: a sound log checksums each of its bytes about
+        // once (its entries do not overlap; stale ones from the previous
+        // lap at most twice), and a chain visits each entry once. A
+        // hostile log that needs more than that, or than a GiB, is
+        // refused.
+        let mut budget = self.length.saturating_mul(4).max(1 << 30);
+        let mut entries: HashMap<u64, Entry> = HashMap::new();
         let mut at = 0;
         while at < self.length {
-            if let Some(e) = self.entry_at(store, at)? {
-                heads.push((e.sequence, at));
+            if let Some(e) = self.entry_at(store, at, &mut budget)? {
+                entries.insert(at, e);
             }
             at += SECTOR;
         }
+        let mut heads: Vec<(u64, u64)> = entries.iter().map(|(&at, e)| (e.sequence, at)).collect();
         heads.sort_unstable_by(|a, b| b.cmp(a));
+        let mut steps = 4 * (self.length / SECTOR) + 16;
         for &(sequence, head_at) in &heads {
-            let Some(head) = self.entry_at(store, head_at)? else {
+            let Some(head) = entries.get(&head_at) else {
                 continue;
             };
             let mut chain = Vec::new();
             let mut pos = head.tail;
-            let first = sequence.wrapping_sub(self.length / SECTOR);
             let mut expected = None;
             let complete = loop {
                 if pos == head_at {
                     break expected.is_none_or(|s| s == sequence);
                 }
-                let Some(e) = self.entry_at(store, pos)? else {
+                steps = steps.checked_sub(1).ok_or(VhdxError::Invalid)?;
+                let Some(e) = entries.get(&pos) else {
                     break false;
                 };
-                if expected.is_some_and(|s| s != e.sequence)
-                    || e.sequence >= sequence
-                    || e.sequence < first
-                    || chain.len() as u64 > self.length / SECTOR
-                {
+                if expected.is_some_and(|s| s != e.sequence) || e.sequence >= sequence {
                     break false;
                 }
                 expected = Some(e.sequence + 1);
+                chain.push(pos);
                 pos = (pos + e.length) % self.length;
-                chain.push(e);
             };
             if complete {
-                chain.push(head);
-                return Ok(chain);
+                chain.push(head_at);
+                return Ok(chain
+                    .into_iter()
+                    .filter_map(|p| entries.remove(&p))
+                    .collect());
             }
         }
         Ok(Vec::new())
