@@ -107,6 +107,7 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
     Input("vdi", "disk.vdi", "vdi", qemu_convert("-O vdi"), ["src"]),
     Input("qed", "disk.qed", "qed", qemu_convert("-O qed"), ["src"]),
     Input("vpc", "disk.vhd", "vpc", qemu_convert("-O vpc"), ["src"]),
+    Input("vhdx", "disk.vhdx", "vhdx", qemu_convert("-O vhdx"), ["src"]),
     Input("luks", "disk.luks", "luks",
           qemu_convert(f"--object {SECRET} -O luks -o {LUKS_OPTS}"), ["src"]),
     Input("qcow2luks", "disk-luks.qcow2", "qcow2+luks",
@@ -252,6 +253,9 @@ OPS: list[Op] = [
     # vpc
     convert("convert-raw-vpc", "src", "raw", "vpc", note="dynamic VHD"),
     convert("convert-vpc-raw", "vpc", "vpc", "raw", note="from a dynamic VHD"),
+    # vhdx
+    convert("convert-raw-vhdx", "src", "raw", "vhdx", note="dynamic VHDX"),
+    convert("convert-vhdx-raw", "vhdx", "vhdx", "raw", note="from a dynamic VHDX"),
     # encryption: AES-256-XTS (qemu-img's default cipher)
     Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
                             "-o", LUKS_OPTS, "{src}", "{out}"],

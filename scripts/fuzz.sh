@@ -4,8 +4,8 @@
 #
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
-# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, vpc, qed, parallels,
-# raw, luks, descriptors, and the vendor drivers' dmg, bochs, cloop (all by
+# TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, vpc, vhdx, qed,
+# parallels, raw, luks, descriptors, and the vendor drivers' dmg, bochs, cloop (all by
 # default). --time is the run time of each target
 # in seconds (default 60).
 #
@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk vdi vpc qed parallels raw luks descriptors dmg bochs cloop)
+all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors dmg bochs cloop)
 time_per_target=60
 targets=()
 
@@ -275,6 +275,13 @@ seed_vpc() {
     for f in dynamic forced fixed empty; do
         cp "$work/$f.vhd" "$dir/$f.vhd"
     done
+}
+
+seed_vhdx() {
+    local dir=$1
+    q create -f vhdx -o log_size=1M,block_size=1M dynamic.vhdx 4M
+    qio vhdx dynamic.vhdx 'write -P 0xaa 0 4k' 'write -P 0x55 2M 8k'
+    cp "$work/dynamic.vhdx" "$dir/dynamic.vhdx"
 }
 
 seed_raw() {

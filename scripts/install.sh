@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prefix=""
-drivers="raw,qcow2,vmdk,luks,vdi,vpc,qed,parallels"
+drivers="raw,qcow2,vmdk,luks,vdi,vpc,qed,parallels,vhdx"
 from=""
 vendor=""
 while [ $# -gt 0 ]; do

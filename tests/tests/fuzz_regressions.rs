@@ -37,6 +37,7 @@ fn format_of(target: &str) -> Option<&'static str> {
         "parallels" => Some("parallels"),
         "luks" => Some("luks"),
         "vpc" => Some("vpc"),
+        "vhdx" => Some("vhdx"),
         _ => None,
     }
 }

@@ -207,7 +207,16 @@ fn metadata_formats_refuse_readers_while_qemu_writes() {
     // cannot be read consistently, so every reader is refused with
     // `Failed to get shared "write" lock` unless it passes -U; raw's
     // sharing readers go ahead (qemu-img 10.0.2's rules, measured).
-    for format in ["qcow2", "vmdk", "vdi", "vpc", "qed", "parallels", "raw"] {
+    for format in [
+        "qcow2",
+        "vmdk",
+        "vdi",
+        "vpc",
+        "qed",
+        "parallels",
+        "vhdx",
+        "raw",
+    ] {
         let fx = Fixture::new(&format!("lockvm_{format}"));
         let file = format!("disk.{format}");
         fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
@@ -226,14 +235,17 @@ fn metadata_formats_refuse_readers_while_qemu_writes() {
             vec!["convert", "-U", "-O", "raw", &file, "out.raw"],
         ] {
             let args: Vec<String> = args.into_iter().map(String::from).collect();
-            assert_eq!(same_refusal(&fx, &args), 0, "{format}: {args:?}");
+            // qemu-img's human map of a vhdx fails whatever the locks
+            // (its driver reports no offsets); same_refusal has compared it.
+            let expected = i32::from(format == "vhdx" && args[0] == "map");
+            assert_eq!(same_refusal(&fx, &args), expected, "{format}: {args:?}");
         }
     }
 }
 
 #[test]
 fn writers_are_refused_while_qemu_reads_a_metadata_format() {
-    for format in ["qcow2", "vmdk", "vdi", "vpc", "qed", "parallels"] {
+    for format in ["qcow2", "vmdk", "vdi", "vpc", "qed", "parallels", "vhdx"] {
         let fx = Fixture::new(&format!("lockro_{format}"));
         let file = format!("disk.{format}");
         fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);

@@ -41,19 +41,18 @@ fn assert_refused(fx: &Fixture, file: &str, format: &str) {
 #[test]
 fn images_qemu_img_makes_without_a_driver_here_are_refused_by_name() {
     let fx = Fixture::new("probe_made");
-    for format in ["qcow", "vhdx"] {
-        let file = format!("a.{format}");
-        fx.oracle(&["create", "-q", "-f", format, &file, "4M"]);
-        // The oracle probes it as that format, so the magic is real.
-        let theirs = fx.oracle(&["info", "--output=json", &file]);
-        assert!(
-            theirs.stdout.contains(&format!("\"format\": \"{format}\"")),
-            "{}",
-            theirs.stdout
-        );
-        assert_refused(&fx, &file, format);
-    }
-    // luks, vdi, vpc, qed and parallels have drivers now: their own test
+    // qcow is the one format qemu-img makes that qimg has no driver for.
+    let file = "a.qcow";
+    fx.oracle(&["create", "-q", "-f", "qcow", file, "4M"]);
+    // The oracle probes it as that format, so the magic is real.
+    let theirs = fx.oracle(&["info", "--output=json", file]);
+    assert!(
+        theirs.stdout.contains("\"format\": \"qcow\""),
+        "{}",
+        theirs.stdout
+    );
+    assert_refused(&fx, file, "qcow");
+    // luks, vdi, vpc, qed, parallels and vhdx have drivers now: their own test
     // files check that qimg probes and describes qemu-img's images of them
     // as qemu-img does.
 }
@@ -83,6 +82,7 @@ fn sample_images_without_a_driver_here_are_refused_by_name() {
             "vpc",
             "qed",
             "parallels",
+            "vhdx",
         ]
         .contains(&probed)
         {
@@ -96,8 +96,8 @@ fn sample_images_without_a_driver_here_are_refused_by_name() {
         std::fs::remove_file(fx.path(name)).unwrap();
         refused += 1;
     }
-    // vhdx, dmg, cloop and bochs samples.
-    assert!(refused >= 5, "only {refused} samples checked");
+    // dmg, cloop and bochs samples.
+    assert!(refused >= 3, "only {refused} samples checked");
 }
 
 #[test]

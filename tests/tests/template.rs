@@ -238,7 +238,16 @@ fn template_builds_outside_the_workspace_and_passes() {
 #[test]
 fn in_tree_drivers_pass_conformance() {
     let fx = Fixture::new("conformance_in_tree");
-    for format in ["raw", "qcow2", "vmdk", "vdi", "vpc", "qed", "parallels"] {
+    for format in [
+        "raw",
+        "qcow2",
+        "vmdk",
+        "vdi",
+        "vpc",
+        "qed",
+        "parallels",
+        "vhdx",
+    ] {
         let out = fx.qimg(&["--conformance", format]);
         assert!(
             out.stdout
