@@ -191,9 +191,9 @@ impl Registry {
         self.all_but(|_| false)
     }
 
-    /// [`Registry::all`] without the manifest entries whose names `skip`
-    /// picks (they are not loaded). Without a manifest, every library
-    /// beside the executable is loaded, since names are known only then.
+    /// [`Registry::all`] without the drivers whose names `skip` picks (they
+    /// are not loaded): manifest entries by name, or without a manifest the
+    /// libraries beside the executable by their conventional file name.
     pub fn all_but(&self, skip: impl Fn(&str) -> bool) -> Vec<Arc<Driver>> {
         let mut found = Vec::new();
         for (path, sha) in self.enabled_libraries(&skip) {
@@ -297,8 +297,12 @@ impl Registry {
                         dir.filter_map(|e| e.ok())
                             .map(|e| e.path())
                             .filter(|p| {
+                                // libqimg_<format>.so, by convention named for
+                                // the format it holds.
                                 p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                                    n.starts_with(LIBRARY_PREFIX) && n.ends_with(LIBRARY_SUFFIX)
+                                    n.strip_prefix(LIBRARY_PREFIX)
+                                        .and_then(|n| n.strip_suffix(LIBRARY_SUFFIX))
+                                        .is_some_and(|format| !skip(format))
                                 })
                             })
                             .collect()
