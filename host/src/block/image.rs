@@ -384,7 +384,7 @@ fn probe(file: &Store, name: &str) -> Result<Arc<Driver>, DriverError> {
     head.truncate(n);
     // A magic the host knows, claimed by its own driver, settles it without
     // loading any other library: start-up stays small however many
-    // drivers are enabled. Everything else is offered to every driver.
+    // drivers are enabled.
     let known = magic::recognise(&head, name);
     if let Some(known) = known {
         if let Ok(driver) = registry().find(known) {
