@@ -299,6 +299,30 @@ impl Fixture {
         ours
     }
 
+    /// Asserts that qimg and qemu-img print the same for `info` and `map`,
+    /// human and JSON, of the image `args` name.
+    pub fn same_info_and_map(&self, args: &[&str]) {
+        for cmd in [
+            &["info"][..],
+            &["info", "--output=json"],
+            &["map"],
+            &["map", "--output=json"],
+        ] {
+            let mut all: Vec<&str> = cmd.to_vec();
+            all.extend_from_slice(args);
+            self.same(&all);
+        }
+    }
+
+    /// qimg converts `file` (of `format`) to raw, and qemu-img finds the
+    /// copy equal to it.
+    pub fn converts_to_raw(&self, format: &str, file: &str) {
+        let out = self.qimg(&["convert", "-f", format, "-O", "raw", file, "copy.raw"]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        self.oracle(&["compare", "-f", format, "-F", "raw", file, "copy.raw"]);
+        std::fs::remove_file(self.path("copy.raw")).expect("remove copy.raw");
+    }
+
     /// Runs a command that writes the file `out` with each tool: `{}` in `args`
     /// becomes `ours.OUT` for qimg and `theirs.OUT` for qemu-img (each a copy of
     /// `out` if the fixture has one, for commands that modify an image). Then

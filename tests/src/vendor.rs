@@ -73,3 +73,25 @@ pub fn sample(fx: &Fixture, name: &str) -> bool {
     fx.sh(&format!("bzcat '{}' > '{name}'", bz.display()));
     true
 }
+
+/// qimg reads `image` (of the read-only vendor format `format`) as
+/// qemu-img reads it: `info`, `map` and `measure` (human and JSON), `convert
+/// -O raw` and `compare`; and a qcow2 qimg converts from it passes
+/// qemu-img's check and compare.
+pub fn reads_as_qemu_img(fx: &Fixture, format: &str, image: &str) {
+    for output in ["human", "json"] {
+        let out = format!("--output={output}");
+        fx.same(&["info", &out, image]);
+        fx.same(&["map", &out, image]);
+        fx.same(&["measure", &out, "-O", "qcow2", image]);
+    }
+    fx.same(&["info", "-f", format, image]);
+    fx.same_effect(&["convert", "-O", "raw", image, "{}"], "copy.raw");
+    fx.oracle(&["convert", "-O", "raw", image, "oracle.raw"]);
+    fx.same(&["compare", image, "oracle.raw"]);
+    fx.same(&["compare", "-s", image, "oracle.raw"]);
+    let out = fx.qimg(&["convert", "-O", "qcow2", image, "copy.qcow2"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    fx.oracle(&["check", "copy.qcow2"]);
+    fx.oracle(&["compare", image, "copy.qcow2"]);
+}

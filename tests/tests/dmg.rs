@@ -10,7 +10,7 @@
 //! checked against the bytes they were made from instead.
 
 use flate2::{Compress, Compression, FlushCompress};
-use qimg_tests::vendor::{fixture, sample};
+use qimg_tests::vendor::{fixture, reads_as_qemu_img, sample};
 use qimg_tests::Fixture;
 
 /// Chunk entry types (Apple's UDIF blkx types).
@@ -228,32 +228,11 @@ fn write(fx: &Fixture, name: &str, built: (Vec<u8>, Vec<u8>)) {
     std::fs::write(fx.path(&format!("{name}.raw")), built.1).expect("write raw");
 }
 
-/// `info`, `map` (both outputs), `measure`, `compare` and `convert -O raw`
-/// give what qemu-img gives.
-fn reads_as_qemu_img(fx: &Fixture, image: &str) {
-    for output in ["human", "json"] {
-        let out = format!("--output={output}");
-        fx.same(&["info", &out, image]);
-        fx.same(&["map", &out, image]);
-        fx.same(&["measure", &out, "-O", "qcow2", image]);
-    }
-    fx.same(&["info", "-f", "dmg", image]);
-    fx.same_effect(&["convert", "-O", "raw", image, "{}"], "copy.raw");
-    fx.oracle(&["convert", "-O", "raw", image, "oracle.raw"]);
-    fx.same(&["compare", image, "oracle.raw"]);
-    fx.same(&["compare", "-s", image, "oracle.raw"]);
-    // What qimg writes from it passes qemu-img's check and compare.
-    let out = fx.qimg(&["convert", "-O", "qcow2", image, "copy.qcow2"]);
-    assert_eq!(out.status, 0, "{out:?}");
-    fx.oracle(&["check", "copy.qcow2"]);
-    fx.oracle(&["compare", image, "copy.qcow2"]);
-}
-
 #[test]
 fn the_sample_reads_as_qemu_img_reads_it() {
     let fx = fixture("dmg_sample");
     if sample(&fx, "simple-dmg.dmg") {
-        reads_as_qemu_img(&fx, "simple-dmg.dmg");
+        reads_as_qemu_img(&fx, "dmg", "simple-dmg.dmg");
         fx.same(&["compare", "-f", "dmg", "simple-dmg.dmg", "simple-dmg.dmg"]);
     }
 }
@@ -268,7 +247,7 @@ fn xml_and_resource_fork_tables_read_as_qemu_img_reads_them() {
         build(&fx, &mixed(), Store::ResourceFork, &|_| ()),
     );
     for image in ["xml.dmg", "rsrc.dmg"] {
-        reads_as_qemu_img(&fx, image);
+        reads_as_qemu_img(&fx, "dmg", image);
         fx.same(&["compare", image, &format!("{image}.raw")]);
         fx.same_effect(
             &[
@@ -284,7 +263,7 @@ fn xml_and_resource_fork_tables_read_as_qemu_img_reads_them() {
     }
     // An odd file length: the trailer is found in the last sectors anyway.
     fx.sh("cp xml.dmg odd.dmg && printf abc >> odd.dmg");
-    reads_as_qemu_img(&fx, "odd.dmg");
+    reads_as_qemu_img(&fx, "dmg", "odd.dmg");
 }
 
 #[test]
@@ -328,7 +307,7 @@ fn a_data_fork_past_4_gib_reads_as_qemu_img_reads_it() {
     file.set_len(gap).expect("make the hole");
     std::os::unix::fs::FileExt::write_all_at(&file, &moved, gap).expect("write");
     std::fs::write(fx.path("far.dmg.raw"), guest).expect("write raw");
-    reads_as_qemu_img(&fx, "far.dmg");
+    reads_as_qemu_img(&fx, "dmg", "far.dmg");
     fx.same(&["compare", "far.dmg", "far.dmg.raw"]);
 }
 

@@ -37,28 +37,6 @@ fn made(fx: &Fixture, file: &str, opts: &str, size: &str) {
     fx.qemu_io_cmds("vhdx", file, PATTERN);
 }
 
-/// qimg and qemu-img print the same for `info` and `map`, human and JSON.
-fn reads_alike(fx: &Fixture, args: &[&str]) {
-    for cmd in [
-        &["info"][..],
-        &["info", "--output=json"],
-        &["map"],
-        &["map", "--output=json"],
-    ] {
-        let mut all: Vec<&str> = cmd.to_vec();
-        all.extend_from_slice(args);
-        fx.same(&all);
-    }
-}
-
-/// qimg converts `file` (vhdx) to raw, and qemu-img finds the copy equal.
-fn converts_to_raw(fx: &Fixture, file: &str) {
-    let out = fx.qimg(&["convert", "-f", "vhdx", "-O", "raw", file, "copy.raw"]);
-    assert_eq!(out.status, 0, "{}", out.stderr);
-    fx.oracle(&["compare", "-f", "vhdx", "-F", "raw", file, "copy.raw"]);
-    std::fs::remove_file(fx.path("copy.raw")).unwrap();
-}
-
 /// The file's bytes with what differs between two creations zeroed: the
 /// creator string, both headers (GUIDs, sequence numbers, checksums) and
 /// the page 83 id.
@@ -97,9 +75,9 @@ fn qemu_made_images_read_alike() {
         for size in ["12M", "12345678"] {
             let file = format!("img{i}-{size}.vhdx");
             made(&fx, &file, opts, size);
-            reads_alike(&fx, &[&file]);
-            reads_alike(&fx, &["-f", "vhdx", &file]);
-            converts_to_raw(&fx, &file);
+            fx.same_info_and_map(&[&file]);
+            fx.same_info_and_map(&["-f", "vhdx", &file]);
+            fx.converts_to_raw("vhdx", &file);
             fx.same(&["compare", "-f", "vhdx", "-F", "vhdx", &file, &file]);
             fx.same(&["check", &file]);
             fx.same(&["check", "--output=json", &file]);
@@ -108,7 +86,7 @@ fn qemu_made_images_read_alike() {
     for size in ["0", "1", "511"] {
         let file = format!("tiny-{size}.vhdx");
         fx.oracle(&["create", "-q", "-f", "vhdx", &file, size]);
-        reads_alike(&fx, &[&file]);
+        fx.same_info_and_map(&[&file]);
     }
 }
 
@@ -119,11 +97,11 @@ fn sample_images_read_as_qemu_img_reads_them() {
         if !sample(&fx, name) {
             return;
         }
-        reads_alike(&fx, &[name]);
+        fx.same_info_and_map(&[name]);
         fx.same(&["check", name]);
     }
     // Disk2VHD's (256 MiB) is small enough to copy whole.
-    converts_to_raw(&fx, "test-disk2vhd.vhdx");
+    fx.converts_to_raw("vhdx", "test-disk2vhd.vhdx");
 }
 
 #[test]
@@ -180,7 +158,7 @@ fn a_dirty_log_is_refused_read_only_and_replayed_read_write() {
         assert!(a[0x30000..] == b[0x30000..], "replays differ");
         fx.same(&["check", "ours.vhdx"]);
         fx.oracle(&["check", "ours.vhdx"]);
-        reads_alike(&fx, &["ours.vhdx"]);
+        fx.same_info_and_map(&["ours.vhdx"]);
     }
 }
 
@@ -280,10 +258,10 @@ fn convert_to_vhdx_passes_qemu_img_check_and_compare() {
         assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
         fx.oracle(&["check", &ours]);
         // Closed cleanly: no log to replay, so a read-only open works.
-        reads_alike(&fx, &[&ours]);
+        fx.same_info_and_map(&[&ours]);
         fx.same(&["compare", "src.raw", &ours]);
         // And back.
-        converts_to_raw(&fx, &ours);
+        fx.converts_to_raw("vhdx", &ours);
     }
 }
 
@@ -301,7 +279,7 @@ fn writes_into_qemu_made_images_read_back() {
         let cmp = fx.qemu_img(&["compare", "-f", "raw", "-F", "vhdx", "src.raw", &file]);
         assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
         fx.oracle(&["check", &file]);
-        reads_alike(&fx, &["-f", "vhdx", &file]);
+        fx.same_info_and_map(&["-f", "vhdx", &file]);
     }
 }
 

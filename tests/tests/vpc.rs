@@ -34,28 +34,6 @@ const VARIANTS: &[&str] = &[
     "subformat=dynamic,force_size=off",
 ];
 
-/// qimg and qemu-img print the same for `info` and `map`, human and JSON.
-fn reads_alike(fx: &Fixture, args: &[&str]) {
-    for cmd in [
-        &["info"][..],
-        &["info", "--output=json"],
-        &["map"],
-        &["map", "--output=json"],
-    ] {
-        let mut all: Vec<&str> = cmd.to_vec();
-        all.extend_from_slice(args);
-        fx.same(&all);
-    }
-}
-
-/// qimg converts `file` (vpc) to raw, and qemu-img finds the copy equal.
-fn converts_to_raw(fx: &Fixture, file: &str) {
-    let out = fx.qimg(&["convert", "-f", "vpc", "-O", "raw", file, "copy.raw"]);
-    assert_eq!(out.status, 0, "{}", out.stderr);
-    fx.oracle(&["compare", "-f", "vpc", "-F", "raw", file, "copy.raw"]);
-    std::fs::remove_file(fx.path("copy.raw")).unwrap();
-}
-
 /// The file's bytes with each footer's time stamp, checksum and unique id
 /// zeroed: what differs between two runs of the same creation.
 fn masked(fx: &Fixture, file: &str) -> Vec<u8> {
@@ -78,9 +56,9 @@ fn qemu_made_images_read_alike() {
             let file = format!("img{i}-{size}.vhd");
             made(&fx, &file, opts, size);
             // A fixed disk probes as raw (its footer is at the end only).
-            reads_alike(&fx, &["-f", "vpc", &file]);
-            reads_alike(&fx, &[&file]);
-            converts_to_raw(&fx, &file);
+            fx.same_info_and_map(&["-f", "vpc", &file]);
+            fx.same_info_and_map(&[&file]);
+            fx.converts_to_raw("vpc", &file);
             fx.same(&["compare", "-f", "vpc", "-F", "vpc", &file, &file]);
         }
     }
@@ -100,7 +78,7 @@ fn empty_and_tiny_disks_read_alike() {
             fx.oracle(&args);
             // An empty fixed disk is a footer at offset 0, which qemu-img
             // then takes for a dynamic disk's copy and cannot open.
-            reads_alike(&fx, &["-f", "vpc", &file]);
+            fx.same_info_and_map(&["-f", "vpc", &file]);
         }
     }
 }
@@ -216,11 +194,11 @@ fn sample_images_read_as_qemu_img_reads_them() {
             return;
         }
         // 136 GB disks: info and map, not the whole content.
-        reads_alike(&fx, &[name]);
+        fx.same_info_and_map(&[name]);
         fx.same(&["info", "-f", "vpc", "--output=json", name]);
     }
     // Disk2VHD's is small enough to copy whole.
-    converts_to_raw(&fx, "d2v-zerofilled.vhd");
+    fx.converts_to_raw("vpc", "d2v-zerofilled.vhd");
     fx.same(&[
         "compare",
         "-f",
@@ -362,7 +340,7 @@ fn writes_into_qemu_made_images_read_back() {
         assert_eq!(out.status, 0, "{}", out.stderr);
         let cmp = fx.qemu_img(&["compare", "-f", "raw", "-F", "vpc", "src.raw", &file]);
         assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
-        reads_alike(&fx, &["-f", "vpc", &file]);
+        fx.same_info_and_map(&["-f", "vpc", &file]);
     }
 }
 
@@ -643,5 +621,5 @@ fn resize_keeps_data_and_qemu_img_reads_the_result() {
     let out = fx.qimg(&["convert", "-n", "-f", "raw", "-O", "vpc", "g.raw", "g.vhd"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
     fx.oracle(&["compare", "-f", "raw", "-F", "vpc", "g.raw", "g.vhd"]);
-    reads_alike(&fx, &["-f", "vpc", "g.vhd"]);
+    fx.same_info_and_map(&["-f", "vpc", "g.vhd"]);
 }
