@@ -5,7 +5,7 @@ use crate::bitmaps;
 use crate::compress::Method;
 use crate::crypt::{self, Crypto, LegacyAes, SECTOR};
 use crate::error::{Error, Result};
-use crate::header::{autoclear, Header};
+use crate::header::{autoclear, Header, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::layout::{Layout, Sub};
 use crate::meta::{read_table, Io, Meta};
 use crate::options::RuntimeOptions;
@@ -13,6 +13,7 @@ use crate::snapshot::{self, MAX_SNAPSHOTS};
 use qimg_driver_api::abi_stable::std_types::{ROption, RSliceMut, RStr};
 use qimg_driver_api::HostServicesBox;
 use qimg_driver_api::{extent_flags as ef, open_flags, BackingBox, ByteStoreBox, Extent};
+use qimg_driver_util::AlignedBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 
@@ -22,8 +23,34 @@ const MAX_L1_BYTES: u64 = 32 << 20;
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// Most extents one `block_status` call returns.
 const STATUS_EXTENTS: usize = 256;
-/// Bytes read at once from the start of the file for the header cluster.
+/// Most bytes read from the start of the file for the header cluster.
 const MAX_HEADER_CLUSTER: u64 = 1 << 21;
+/// Bytes read first, enough for the header fields; the rest of the
+/// header cluster is read when the cluster size is known.
+const HEADER_PROBE: u64 = 4096;
+
+/// Reads what [`Header::parse`] may look at: the header cluster and a
+/// page beyond it (a backing file name may start at the cluster's end),
+/// at most [`MAX_HEADER_CLUSTER`] bytes and never past the file's end.
+/// A first page gives the cluster size, so that a small-cluster image does
+/// not read (and copy) megabytes on every open.
+fn read_head(io: &Io, file_len: u64) -> Result<AlignedBuf> {
+    let mut head = AlignedBuf::zeroed(file_len.min(HEADER_PROBE) as usize);
+    io.read(0, &mut head)?;
+    let bits = head
+        .get(20..24)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .filter(|bits| (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(bits));
+    let wanted = bits
+        .map_or(0, |bits| (1u64 << bits) + HEADER_PROBE)
+        .min(MAX_HEADER_CLUSTER)
+        .min(file_len);
+    if wanted > head.len() as u64 {
+        head = AlignedBuf::zeroed(wanted as usize);
+        io.read(0, &mut head)?;
+    }
+    Ok(head)
+}
 
 /// An open qcow2 image.
 pub struct Qcow2Image {
@@ -155,8 +182,7 @@ impl Qcow2Image {
             file: store,
             data: None,
         };
-        let mut head = vec![0u8; file_len.min(MAX_HEADER_CLUSTER) as usize];
-        io.read(0, &mut head)?;
+        let head = read_head(&io, file_len)?;
         let mut header = Header::parse(&head)?;
         let cs = header.cluster_size();
         if header.corrupt() && writable && flags & open_flags::CHECK == 0 {

@@ -18,6 +18,7 @@ use crate::overlap::{MetaKind, MetadataMap};
 use qimg_driver_api::abi_stable::std_types::RSlice;
 use qimg_driver_api::{ByteStoreBox, Prealloc};
 use qimg_driver_util::read_or_zero;
+use qimg_driver_util::AlignedBuf;
 use std::collections::{HashMap, HashSet};
 
 /// Metadata tables kept in memory at most (each one cluster); beyond this
@@ -178,7 +179,7 @@ fn words_be(words: &[u64]) -> Vec<u8> {
 /// alone never decides how much memory is used.
 pub fn read_table(io: &Io, offset: u64, entries: u64, file_len: u64) -> Result<Vec<u64>> {
     let in_file = file_len.saturating_sub(offset).div_ceil(8).min(entries);
-    let mut bytes = vec![0u8; (in_file * 8) as usize];
+    let mut bytes = AlignedBuf::zeroed((in_file * 8) as usize);
     io.read(offset, &mut bytes)?;
     let mut words = be64_words(&bytes);
     while words.last() == Some(&0) {
@@ -400,7 +401,7 @@ impl Meta {
     pub fn l2_table(&mut self, io: &Io, offset: u64) -> Result<&mut Vec<Entry>> {
         if !self.l2.contains(offset) {
             let cs = self.layout.cluster_size() as usize;
-            let mut bytes = vec![0u8; cs];
+            let mut bytes = AlignedBuf::zeroed(cs);
             io.read(offset, &mut bytes)?;
             let words = be64_words(&bytes);
             let table: Vec<Entry> = if self.layout.extended {

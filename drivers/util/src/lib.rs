@@ -1,11 +1,13 @@
 //! Helpers shared by qimg's format drivers. Linked statically into each driver
 //! library, so nothing here crosses the ABI.
 
+mod buffer;
 #[cfg(feature = "testutil")]
 pub mod memfile;
 #[cfg(feature = "testutil")]
 pub mod nohost;
 
+pub use buffer::{AlignedBuf, BUFFER_ALIGN};
 use qimg_driver_api::schema::{CreateOption, OptionType};
 use qimg_driver_api::{ByteStoreBox, DriverError, StoreExt};
 

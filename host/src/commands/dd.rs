@@ -5,6 +5,7 @@ use super::create::create_message;
 use crate::block::image::driver_for;
 use crate::block::{create_image, open_image, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, program, with_arg, Opt};
+use crate::engine::buffer::Buffer;
 use crate::error::{fail, CmdResult};
 use crate::store::CacheMode;
 use qimg_driver_api::schema::CreateRequest;
@@ -94,7 +95,7 @@ fn run(args: &[String]) -> CmdResult {
     })
     .map_err(|e| fail(e.message.to_string()))?;
     let batch = (BATCH / bs).max(1) * bs;
-    let mut buf = vec![0u8; batch.min(size) as usize];
+    let mut buf = Buffer::take(batch.min(size) as usize);
     let mut done = 0u64;
     while done < size {
         let n = (size - done).min(batch) as usize;

@@ -3,6 +3,7 @@
 //! changes). Both are format-blind: they read through the chain and write
 //! through the drivers.
 
+use super::buffer::Buffer;
 use super::progress::Progress;
 use super::ratelimit::RateLimit;
 use super::status::status_at;
@@ -24,7 +25,6 @@ pub fn commit(
 ) -> Result<(), DriverError> {
     let size = top.size();
     let mut offset = 0u64;
-    let mut buf = Vec::new();
     while offset < size {
         let status = status_at(
             top,
@@ -41,7 +41,7 @@ pub fn commit(
             if status.zero {
                 base.write_zeroes(offset, len, zero_flags::MAY_UNMAP)?;
             } else {
-                buf.resize(len as usize, 0);
+                let mut buf = Buffer::take(len as usize);
                 top.read(offset, &mut buf)?;
                 rate.take(len);
                 base.write(offset, &buf)?;
@@ -128,8 +128,8 @@ impl RebaseJob<'_> {
             .div_ceil(cluster)
             .saturating_mul(cluster)
             .min(image.size());
-        let mut old = vec![0u8; (end - start) as usize];
-        let mut new = vec![0u8; (end - start) as usize];
+        let mut old = Buffer::zeroed((end - start) as usize);
+        let mut new = Buffer::zeroed((end - start) as usize);
         let mut old_eof = start >= old_end;
         if !old_eof {
             image.read(start, &mut old)?;

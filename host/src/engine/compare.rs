@@ -3,6 +3,7 @@
 //! mismatch is reported at its 512-byte sector, and strict mode also compares
 //! allocation and size.
 
+use super::buffer::Buffer;
 use super::progress::Progress;
 use super::status::Walker;
 use super::zero::is_zero;
@@ -95,18 +96,18 @@ fn compare_piece(
     let len = piece.len as usize;
     let found = match piece.zero_side {
         1 => {
-            let mut buf = vec![0u8; len];
+            let mut buf = Buffer::take(len);
             read(b, piece.offset, &mut buf)?;
             first_nonzero(&buf)
         }
         2 => {
-            let mut buf = vec![0u8; len];
+            let mut buf = Buffer::take(len);
             read(a, piece.offset, &mut buf)?;
             first_nonzero(&buf)
         }
         _ => {
-            let mut x = vec![0u8; len];
-            let mut y = vec![0u8; len];
+            let mut x = Buffer::take(len);
+            let mut y = Buffer::take(len);
             let (ra, rb) = rayon::join(
                 || read(a, piece.offset, &mut x),
                 || read(b, piece.offset, &mut y),
@@ -226,7 +227,7 @@ pub fn compare(
                 s.length.min(CHUNK)
             };
             if !s.reads_zero() {
-                let mut buf = vec![0u8; len as usize];
+                let mut buf = Buffer::take(len as usize);
                 read(longer, offset, &mut buf)?;
                 if let Some(at) = first_nonzero(&buf) {
                     say(&format!(

@@ -3,6 +3,7 @@
 //! in large aligned chunks, with zero detection (`-S`), copy offload (`-C`),
 //! salvage, rate limiting and in-order progress.
 
+use super::buffer::Buffer;
 use super::progress::Progress;
 use super::ratelimit::RateLimit;
 use super::sparse::Sparse;
@@ -577,22 +578,10 @@ impl CopyJob<'_> {
     }
 }
 
-thread_local! {
-    /// Each worker's data buffer, kept between items: a fresh zeroed
-    /// allocation per item costs page faults and a memset per byte copied.
-    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's buffer cut to `len` bytes (its content is
-/// whatever the last item left: callers fill it).
+/// Runs `f` on a pooled buffer of `len` bytes (its content is whatever
+/// its last user left: callers fill it).
 fn with_buffer<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    BUFFER.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        f(&mut buf[..len])
-    })
+    f(&mut Buffer::take(len))
 }
 
 /// Where in `buf` (read from `source` at `src`) the first extent the

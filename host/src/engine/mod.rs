@@ -2,6 +2,7 @@
 //! the extent walk (map, compare, measure), the copy engine (convert, dd),
 //! progress reporting and rate limiting.
 
+pub mod buffer;
 pub mod chain;
 pub mod compare;
 pub mod copy;

@@ -7,6 +7,7 @@ use super::CacheMode;
 use crate::block::lock::ImageLock;
 use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
 use qimg_driver_api::{guard::catch, ByteStore, DriverError, Prealloc, StoreRun};
+use qimg_driver_util::{AlignedBuf, BUFFER_ALIGN};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Alignment used for O_DIRECT transfers (covers 512- and 4096-byte sectors).
-const DIRECT_ALIGN: usize = 4096;
+const DIRECT_ALIGN: usize = BUFFER_ALIGN;
 /// Chunk used when zeros must be written by hand.
 const ZERO_CHUNK: usize = 1 << 20;
 
@@ -223,13 +224,10 @@ impl LocalFile {
     fn pread_direct(&self, offset: u64, buf: &mut [u8]) -> Result<u64, DriverError> {
         let start = offset / DIRECT_ALIGN as u64 * DIRECT_ALIGN as u64;
         let end = (offset + buf.len() as u64).div_ceil(DIRECT_ALIGN as u64) * DIRECT_ALIGN as u64;
-        let mut bounce = AlignedBuf::new((end - start) as usize);
+        let mut bounce = AlignedBuf::zeroed((end - start) as usize);
         let mut got = 0usize;
         while got < bounce.len() {
-            match self
-                .file
-                .read_at(&mut bounce.as_mut()[got..], start + got as u64)
-            {
+            match self.file.read_at(&mut bounce[got..], start + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -238,7 +236,7 @@ impl LocalFile {
         }
         let skip = (offset - start) as usize;
         let available = got.saturating_sub(skip).min(buf.len());
-        buf[..available].copy_from_slice(&bounce.as_mut()[skip..skip + available]);
+        buf[..available].copy_from_slice(&bounce[skip..skip + available]);
         Ok(available as u64)
     }
 
@@ -248,14 +246,14 @@ impl LocalFile {
         let end = (offset + buf.len() as u64).div_ceil(align) * align;
         let _guard = self.rmw.lock().unwrap_or_else(|e| e.into_inner());
         let old_len = self.len_now()?;
-        let mut bounce = AlignedBuf::new((end - start) as usize);
+        let mut bounce = AlignedBuf::zeroed((end - start) as usize);
         if start != offset || end != offset + buf.len() as u64 {
-            self.pread_direct(start, bounce.as_mut())?;
+            self.pread_direct(start, &mut bounce)?;
         }
         let skip = (offset - start) as usize;
-        bounce.as_mut()[skip..skip + buf.len()].copy_from_slice(buf);
+        bounce[skip..skip + buf.len()].copy_from_slice(buf);
         self.file
-            .write_all_at(bounce.as_mut(), start)
+            .write_all_at(&bounce, start)
             .map_err(DriverError::from)?;
         let new_end = offset + buf.len() as u64;
         if end > old_len.max(new_end) {
@@ -460,40 +458,5 @@ impl ByteStore for LocalFile {
     }
     fn name(&self) -> RString {
         RString::from(self.name.as_str())
-    }
-}
-
-/// A heap buffer aligned for O_DIRECT.
-struct AlignedBuf {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let layout = std::alloc::Layout::from_size_align(len.max(DIRECT_ALIGN), DIRECT_ALIGN)
-            .expect("valid layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        AlignedBuf { ptr, len }
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: ptr is valid for len bytes (allocated with at least that size).
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len.max(DIRECT_ALIGN), DIRECT_ALIGN)
-            .expect("valid layout");
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, layout) }
     }
 }
