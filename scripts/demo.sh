@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-. scripts/build-deps.sh
 cargo build --release --workspace
 qimg="$PWD/target/release/qimg"
 work="${QIMG_DEMO_DIR:-$(mktemp -d /tmp/qimg-demo.XXXXXX)}"

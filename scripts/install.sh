@@ -44,7 +44,6 @@ if [ -z "$prefix" ]; then
     exit 2
 fi
 if [ -z "$from" ]; then
-    . scripts/build-deps.sh
     packages=(-p qimg)
     for d in ${drivers//,/ }; do packages+=(-p "qimg-$d"); done
     cargo build --release "${packages[@]}"
@@ -74,8 +73,7 @@ done
 mv "$manifest.new" "$manifest"
 if [ -n "$vendor" ]; then
     if [ "$vendor" = build ]; then
-        . scripts/build-deps.sh
-        cargo build --release --locked --manifest-path vendor/Cargo.toml --target-dir target/compat
+            cargo build --release --locked --manifest-path vendor/Cargo.toml --target-dir target/compat
         vendor="target/compat/release"
     fi
     for name in dmg bochs cloop; do

@@ -17,7 +17,6 @@ if ! command -v cryptsetup >/dev/null; then
         echo "warning: cryptsetup could not be installed; its luks checks will be skipped" >&2
 fi
 
-. scripts/build-deps.sh
 cargo fmt --all -- --check
 cargo build --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings

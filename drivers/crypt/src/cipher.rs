@@ -8,8 +8,8 @@
 //! threads encrypt different sectors at once without a lock.
 
 use crate::error::{CryptError, Result};
+use crate::fast_xts::{Direction, FastXts};
 use crate::hash::HashAlg;
-use crate::openssl_xts::{Direction, OpensslXts};
 use crate::SECTOR_SIZE;
 use aes::cipher::consts::{U16, U8};
 use aes::cipher::generic_array::{ArrayLength, GenericArray};
@@ -497,9 +497,9 @@ pub struct SectorCipher {
     /// ESSIV's salt cipher (ECB over one block), when the generator is
     /// ESSIV.
     essiv: Option<Box<dyn Mode>>,
-    /// The same XTS through OpenSSL, used instead of `mode` where OpenSSL
-    /// can (AES-128 and AES-256): see [`crate::openssl_xts`].
-    fast_xts: Option<OpensslXts>,
+    /// The same XTS with pipelined blocks, used instead of `mode` for
+    /// AES-128 and AES-256: see [`crate::fast_xts`].
+    fast_xts: Option<FastXts>,
 }
 
 impl std::fmt::Debug for SectorCipher {
@@ -531,7 +531,7 @@ impl SectorCipher {
             _ => None,
         };
         let fast_xts = match (spec.mode, spec.alg) {
-            (CipherMode::Xts, CipherAlg::Aes128 | CipherAlg::Aes256) => OpensslXts::new(key),
+            (CipherMode::Xts, CipherAlg::Aes128 | CipherAlg::Aes256) => FastXts::new(key),
             _ => None,
         };
         Ok(SectorCipher {
@@ -583,9 +583,8 @@ impl SectorCipher {
         let sectors = buf.chunks_mut(SECTOR_SIZE as usize);
         let iv = |i: usize| self.iv(first_sector.wrapping_add(i as u64));
         if let Some(xts) = &self.fast_xts {
-            return xts
-                .apply(dir, sectors, iv)
-                .map_err(|e| CryptError::Invalid(format!("OpenSSL AES-XTS failed: {e}")));
+            xts.apply(dir, sectors, iv);
+            return Ok(());
         }
         for (i, sector) in sectors.enumerate() {
             let iv = iv(i);
@@ -753,11 +752,10 @@ mod tests {
         assert!(CipherAlg::from_header("cast5", 32).is_err());
     }
 
-    /// OpenSSL's AES-XTS must turn every sector as the xts-mode path does,
-    /// and a key OpenSSL refuses (equal halves) must still work, through the
-    /// xts-mode path.
+    /// The pipelined AES-XTS must turn every sector as the xts-mode path
+    /// does, equal key halves (which LUKS allows) included.
     #[test]
-    fn openssl_xts_matches_the_rustcrypto_mode() {
+    fn fast_xts_matches_the_rustcrypto_mode() {
         for (alg, halves_equal) in [
             (CipherAlg::Aes128, false),
             (CipherAlg::Aes256, false),
@@ -777,7 +775,7 @@ mod tests {
                     })
                     .collect();
                 let cipher = SectorCipher::new(spec, &key).unwrap();
-                assert_eq!(cipher.fast_xts.is_some(), !halves_equal);
+                assert!(cipher.fast_xts.is_some());
                 let reference = SectorCipher {
                     spec,
                     mode: keyed_mode(alg, CipherMode::Xts, &key).unwrap(),
