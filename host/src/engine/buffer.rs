@@ -13,8 +13,9 @@ use std::sync::Mutex;
 
 /// Buffers kept for reuse.
 static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
-/// At most this many buffers are kept...
-const KEPT: usize = 8;
+/// At most this many buffers are kept (they exist at the peak anyway:
+/// enough for 16 copy workers, `-m 16`, two buffers each)...
+const KEPT: usize = 32;
 /// ...and none larger than this.
 const KEPT_BYTES: usize = 8 << 20;
 
