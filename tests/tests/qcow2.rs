@@ -88,10 +88,11 @@ fn mixed(fx: &Fixture, file: &str, opts: &str, cluster: u64) {
         cmds.push(comp2.as_str());
     }
     fx.qemu_io_cmds("qcow2", file, &cmds);
-    // qemu-img's map asks the file (SEEK_DATA) inside data clusters, and
-    // ext4 reports the unwritten tails qemu-io leaves in a cluster as data
-    // only while their pages are cached: cache the whole file so that the
-    // answer does not depend on what earlier reads happened to pull in.
+    // The image looks metadata-preallocated (nearly every cluster in use,
+    // few allocated), so map asks the file (SEEK_DATA) inside data clusters,
+    // and ext4 reports the unwritten tails qemu-io leaves in a cluster as
+    // data only while their pages are cached: cache the whole file so that
+    // the answer does not depend on what the other tool's reads pulled in.
     fx.sh(&format!("cat {file} > /dev/null"));
 }
 
@@ -151,6 +152,23 @@ fn map_human_refuses_compressed_clusters_like_qemu() {
     fx.make_qcow2("plain.qcow2", "", "1M");
     fx.qemu_io_cmds("qcow2", "plain.qcow2", &["write -P 1 64k 128k"]);
     fx.same(&["map", "plain.qcow2"]);
+}
+
+/// qemu counts an image as metadata-preallocated (and then asks the file
+/// where its data clusters hold holes) once as many clusters are in use as
+/// its threshold; the image here is exactly at it: nine clusters in use,
+/// seven allocated after a 16 KiB hole is punched into the first data
+/// cluster (threshold: seven plus two).
+#[test]
+fn map_finds_file_holes_at_the_preallocation_threshold() {
+    let fx = Fixture::new("q2_map_threshold");
+    fx.make_qcow2("p.qcow2", "", "1M");
+    fx.qemu_io_cmds("qcow2", "p.qcow2", &["write -P 7 0 256k"]);
+    fx.sh("fallocate -p -o 376832 -l 16384 p.qcow2 && sync p.qcow2");
+    // (On ext4 the file then holds 1000 sectors: with the rule off by one,
+    // qimg's map showed the first cluster as data throughout.)
+    fx.same(&["map", "p.qcow2"]);
+    fx.same(&["map", "--output=json", "p.qcow2"]);
 }
 
 #[test]

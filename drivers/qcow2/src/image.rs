@@ -522,12 +522,13 @@ impl Qcow2Image {
         for c in 0..clusters {
             if meta.refcount(&self.io, c)? > 0 {
                 used += 1;
-                if used > threshold {
+                if used >= threshold {
                     break;
                 }
             }
         }
-        let v = used > threshold;
+        // As qemu decides: as many clusters in use as the threshold is enough.
+        let v = used >= threshold;
         Ok(*self.prealloc_detected.get_or_init(|| v))
     }
 
