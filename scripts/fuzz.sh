@@ -86,7 +86,7 @@ trap 'rm -rf "$work"' EXIT
 q() { (cd "$work" && qemu-img "$@" >/dev/null); }
 # qio FORMAT FILE COMMAND...: runs qemu-io commands on a scratch file.
 qio() {
-    local format=$1 file=$2
+    local format=$1 file=$2 c
     shift 2
     local args=()
     for c in "$@"; do args+=(-c "$c"); done
