@@ -33,13 +33,6 @@ impl Buffer {
         buf.ensure(len);
         Buffer { buf, len }
     }
-
-    /// A buffer of `len` zero bytes.
-    pub fn zeroed(len: usize) -> Buffer {
-        let mut buffer = Buffer::take(len);
-        buffer.fill(0);
-        buffer
-    }
 }
 
 impl Drop for Buffer {
@@ -76,22 +69,19 @@ mod tests {
 
     #[test]
     fn buffers_are_aligned_sized_and_reused() {
-        let first = Buffer::take(3 << 20);
+        let mut first = Buffer::take(3 << 20);
         assert_eq!(first.len(), 3 << 20);
         assert_eq!(first.as_ptr() as usize % qimg_driver_util::BUFFER_ALIGN, 0);
+        first[0] = 9;
         let at = first.as_ptr();
         drop(first);
-        let mut second = Buffer::take(1 << 20);
+        let second = Buffer::take(1 << 20);
         assert_eq!(second.len(), 1 << 20);
-        second[0] = 9;
-        let reused = second.as_ptr() == at;
-        drop(second);
-        let zeroed = Buffer::zeroed(1 << 20);
-        assert!(zeroed.iter().all(|&b| b == 0));
-        // Other tests may take pool buffers concurrently; reuse is likely,
-        // not certain, so only its consequence is checked.
-        if reused {
-            assert_eq!(zeroed.as_ptr(), at);
+        // Other tests may use the pool concurrently, so getting the same
+        // buffer back is likely, not certain: when it comes back, it is
+        // kept whole, content included (callers fill what they take).
+        if second.as_ptr() == at {
+            assert_eq!(second[0], 9);
         }
     }
 }

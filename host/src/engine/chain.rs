@@ -128,14 +128,17 @@ impl RebaseJob<'_> {
             .div_ceil(cluster)
             .saturating_mul(cluster)
             .min(image.size());
-        let mut old = Buffer::zeroed((end - start) as usize);
-        let mut new = Buffer::zeroed((end - start) as usize);
+        let mut old = Buffer::take((end - start) as usize);
+        let mut new = Buffer::take((end - start) as usize);
         let mut old_eof = start >= old_end;
-        if !old_eof {
+        if old_eof {
+            old.fill(0);
+        } else {
             image.read(start, &mut old)?;
         }
-        if let Some(backing) = self.new_backing {
-            read_padded(backing, start, &mut new)?;
+        match self.new_backing {
+            Some(backing) => read_padded(backing, start, &mut new)?,
+            None => new.fill(0),
         }
         let differs: Vec<bool> = old
             .chunks(cluster as usize)
@@ -190,11 +193,10 @@ fn depth_in_chain(image: &BlockImage, layer: &BlockImage) -> Option<usize> {
 
 /// Reads guest data, with zeros past the image's end.
 fn read_padded(image: &BlockImage, offset: u64, buf: &mut [u8]) -> Result<(), DriverError> {
-    let size = image.size();
-    buf.fill(0);
-    if offset < size {
-        let n = ((size - offset) as usize).min(buf.len());
+    let n = image.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+    if n > 0 {
         image.read(offset, &mut buf[..n])?;
     }
+    buf[n..].fill(0);
     Ok(())
 }
