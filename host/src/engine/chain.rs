@@ -131,15 +131,26 @@ impl RebaseJob<'_> {
         let mut old = Buffer::take((end - start) as usize);
         let mut new = Buffer::take((end - start) as usize);
         let mut old_eof = start >= old_end;
-        if old_eof {
-            old.fill(0);
-        } else {
-            image.read(start, &mut old)?;
-        }
-        match self.new_backing {
-            Some(backing) => read_padded(backing, start, &mut new)?,
-            None => new.fill(0),
-        }
+        // The two sides are read at once, one per core.
+        let (read_old, read_new) = rayon::join(
+            || {
+                if old_eof {
+                    old.fill(0);
+                    Ok(())
+                } else {
+                    image.read(start, &mut old)
+                }
+            },
+            || match self.new_backing {
+                Some(backing) => read_padded(backing, start, &mut new),
+                None => {
+                    new.fill(0);
+                    Ok(())
+                }
+            },
+        );
+        read_old?;
+        read_new?;
         let differs: Vec<bool> = old
             .chunks(cluster as usize)
             .zip(new.chunks(cluster as usize))
