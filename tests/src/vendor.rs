@@ -95,3 +95,23 @@ pub fn reads_as_qemu_img(fx: &Fixture, format: &str, image: &str) {
     fx.oracle(&["check", "copy.qcow2"]);
     fx.oracle(&["compare", image, "copy.qcow2"]);
 }
+
+/// qimg's `convert -O raw` of a damaged `image` (run under the address-space
+/// limit) ends with qemu-img's exit status, and where both succeed the two
+/// copies are equal; `label` names the case in a failure.
+pub fn converts_as_qemu_img(fx: &Fixture, image: &str, label: &str) {
+    let ours = fx.qimg_bounded(&["convert", "-O", "raw", image, "ours.raw"]);
+    let theirs = fx.qemu_img(&["convert", "-O", "raw", image, "theirs.raw"]);
+    assert_eq!(ours.status, theirs.status, "{label}: {ours:?} {theirs:?}");
+    if theirs.status == 0 {
+        fx.same(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            "ours.raw",
+            "theirs.raw",
+        ]);
+    }
+}
