@@ -27,6 +27,7 @@ pub mod measure;
 pub mod meta;
 pub mod options;
 pub mod overlap;
+pub mod shadow;
 pub mod snapshot;
 pub mod write;
 

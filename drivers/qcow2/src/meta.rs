@@ -170,7 +170,7 @@ fn be64_words(bytes: &[u8]) -> Vec<u64> {
         .collect()
 }
 
-fn words_be(words: &[u64]) -> Vec<u8> {
+pub(crate) fn words_be(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_be_bytes()).collect()
 }
 
@@ -186,6 +186,16 @@ pub fn read_table(io: &Io, offset: u64, entries: u64, file_len: u64) -> Result<V
         words.pop();
     }
     Ok(words)
+}
+
+/// An L2 table as it is stored.
+pub fn encode_l2(layout: &Layout, table: &[Entry]) -> Vec<u8> {
+    let words: Vec<u64> = if layout.extended {
+        table.iter().flat_map(|e| [e.word, e.bitmap]).collect()
+    } else {
+        table.iter().map(|e| e.word).collect()
+    };
+    words_be(&words)
 }
 
 /// The refcount of entry `i` of a refcount block of width `1 << order`.
@@ -483,7 +493,8 @@ impl Meta {
 
     // ---- refcounts ----
 
-    fn refblock_offset(&mut self, index: u64) -> Result<u64> {
+    /// The offset of refcount block `index` (0: none), checked.
+    pub(crate) fn refblock_offset(&mut self, index: u64) -> Result<u64> {
         let entry = usize::try_from(index)
             .ok()
             .and_then(|i| self.reftable.get(i))
@@ -843,12 +854,7 @@ impl Meta {
         let mut wrote = false;
         for offset in self.l2.dirty() {
             if let Some(table) = self.l2.take_dirty(offset) {
-                let words: Vec<u64> = if self.layout.extended {
-                    table.iter().flat_map(|e| [e.word, e.bitmap]).collect()
-                } else {
-                    table.iter().map(|e| e.word).collect()
-                };
-                io.write(offset, &words_be(&words))?;
+                io.write(offset, &encode_l2(&self.layout, table))?;
                 wrote = true;
             }
         }

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::image::Qcow2Image;
 use crate::layout::{ClusterKind, COPIED, OFFSET_MASK};
 use crate::meta::{self, hex, Io, Meta};
+use crate::shadow::{Shadow, Switch};
 use qimg_driver_api::schema::SnapshotInfo;
 use qimg_driver_api::Prealloc;
 
@@ -285,6 +286,13 @@ pub fn read_table(io: &Io, spec: &TableSpec, file_len: u64) -> Result<Table> {
     })
 }
 
+/// An L1 table as stored in `size` entries.
+fn l1_bytes(l1: &[u64], size: u32) -> Vec<u8> {
+    let mut bytes = meta::words_be(l1);
+    bytes.resize(size as usize * 8, 0);
+    bytes
+}
+
 fn cut_at_nul(text: &mut Vec<u8>) {
     if let Some(end) = text.iter().position(|&b| b == 0) {
         text.truncate(end);
@@ -470,7 +478,9 @@ impl Meta {
 }
 
 impl Qcow2Image {
-    /// Creates a snapshot named `name` of the current state.
+    /// Creates a snapshot named `name` of the current state. The active L1
+    /// table becomes the snapshot's and the active side gets a new one, in
+    /// one header write (see [`crate::shadow`]).
     pub fn snapshot_create(&self, name: &str) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly);
@@ -487,36 +497,14 @@ impl Qcow2Image {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let l1_size = meta.header.l1_size;
-        let bytes = u64::from(l1_size) * 8;
-        let l1_offset = if bytes == 0 {
-            0
-        } else {
-            meta.alloc_clusters(&self.io, self.layout.clusters_for(bytes))?
-        };
-        if bytes > 0 {
-            // The snapshot's copy shares every table: none is marked copied.
-            let mut table: Vec<u8> = meta
-                .l1
-                .iter()
-                .flat_map(|e| (e & !COPIED).to_be_bytes())
-                .collect();
-            table.resize(bytes as usize, 0);
-            self.io.write(l1_offset, &table)?;
-        }
-        let active = meta.header.l1_table_offset;
-        if let Err(e) = meta.update_snapshot_refcount(&self.io, active, l1_size, 1) {
-            // The copy goes again; references counted before the failure
-            // stay behind as leaks, which are harmless.
-            if bytes > 0 {
-                meta.add_refcount(&self.io, l1_offset, bytes, -1)?;
-            }
-            return Err(e);
-        }
-        meta.flush(&self.io)?;
         let snapshot = Snapshot {
             id: next_id(&meta.snapshots),
             name: name.as_bytes().to_vec(),
-            l1_table_offset: l1_offset,
+            l1_table_offset: if l1_size == 0 {
+                0
+            } else {
+                meta.header.l1_table_offset
+            },
             l1_size,
             date_sec: now.as_secs() as u32,
             // qemu-img takes the time in microseconds.
@@ -526,15 +514,77 @@ impl Qcow2Image {
             extra_size: KNOWN_EXTRA as u32,
             ..Snapshot::default()
         };
-        meta.snapshots.push(snapshot);
-        meta.discarded = Some(Vec::new());
-        let written = meta.write_snapshot_table(&self.io);
-        let freed = meta.discarded.take().unwrap_or_default();
-        if let Err(e) = written {
-            meta.snapshots.pop();
-            return Err(e);
+        let mut snapshots = meta.snapshots.clone();
+        snapshots.push(snapshot);
+        let mut shadow = Shadow::new(&meta, &self.io)?;
+        let built = self.build_create(&mut meta, &mut shadow, snapshots);
+        self.switch(&mut meta, shadow, built)
+    }
+
+    /// The new state after `snapshot -c`: one more reference to everything
+    /// the active table reaches (the snapshot's), and a new active table.
+    fn build_create(
+        &self,
+        meta: &mut Meta,
+        shadow: &mut Shadow,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<Switch> {
+        let active = meta.l1.clone();
+        shadow.add_tree(meta, &self.io, &active, 1)?;
+        let l1 = shadow.repoint_active(meta, &self.io, &active)?;
+        let l1_offset = if meta.header.l1_size == 0 {
+            meta.header.l1_table_offset
+        } else {
+            let bytes = l1_bytes(&l1, meta.header.l1_size);
+            shadow.write_new(meta, &self.io, &bytes)?
+        };
+        self.with_snapshot_table(meta, shadow, l1, l1_offset, snapshots)
+    }
+
+    /// Completes `switch` with the snapshot table for `snapshots`, written
+    /// anew (the old one is freed).
+    fn with_snapshot_table(
+        &self,
+        meta: &mut Meta,
+        shadow: &mut Shadow,
+        l1: Vec<u64>,
+        l1_offset: u64,
+        mut snapshots: Vec<Snapshot>,
+    ) -> Result<Switch> {
+        let bytes = serialize_table(&snapshots);
+        let snapshots_offset = if bytes.is_empty() {
+            0
+        } else {
+            shadow.write_new(meta, &self.io, &bytes)?
+        };
+        let (old, old_size) = (meta.header.snapshots_offset, meta.snapshots_size);
+        if meta.header.nb_snapshots > 0 {
+            shadow.add_range(meta, &self.io, old, old_size, -1)?;
         }
-        self.discard_freed(&mut meta, &freed)
+        for s in snapshots.iter_mut() {
+            s.extra_size = s.extra_size.max(KNOWN_EXTRA as u32);
+        }
+        Ok(Switch {
+            l1,
+            l1_offset,
+            snapshots,
+            snapshots_offset,
+            snapshots_size: bytes.len() as u64,
+        })
+    }
+
+    /// Makes the new state `built` the image's, or leaves the image as it
+    /// was; then gives the freed clusters back to the file system.
+    fn switch(&self, meta: &mut Meta, shadow: Shadow, built: Result<Switch>) -> Result<()> {
+        let switch = match built {
+            Ok(switch) => switch,
+            Err(e) => {
+                shadow.abandon(&self.io);
+                return Err(e);
+            }
+        };
+        let freed = shadow.commit(meta, &self.io, switch)?;
+        self.discard_freed(meta, &freed)
     }
 
     /// Reverts the image to the snapshot whose id or name is `key`.
@@ -654,7 +704,8 @@ impl Qcow2Image {
         Ok(())
     }
 
-    /// Deletes the snapshot whose id or name is `key`.
+    /// Deletes the snapshot whose id or name is `key`, in one header write
+    /// (see [`crate::shadow`]).
     pub fn snapshot_delete(&self, key: &str) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly);
@@ -664,32 +715,46 @@ impl Qcow2Image {
             return Err(Error::argument("Can't find the snapshot"));
         };
         meta.flush(&self.io)?;
-        meta.discarded = Some(Vec::new());
-        let result = self.delete_locked(&mut meta, i);
-        let freed = meta.discarded.take().unwrap_or_default();
-        result?;
-        self.discard_freed(&mut meta, &freed)
+        let mut shadow = Shadow::new(&meta, &self.io)?;
+        let built = self.build_delete(&mut meta, &mut shadow, i);
+        self.switch(&mut meta, shadow, built)
     }
 
-    fn delete_locked(&self, meta: &mut Meta, i: usize) -> Result<()> {
-        let snapshot = meta.snapshots.remove(i);
-        if let Err(e) = meta.write_snapshot_table(&self.io) {
-            meta.snapshots.insert(i, snapshot);
-            return Err(e);
-        }
-        meta.update_snapshot_refcount(&self.io, snapshot.l1_table_offset, snapshot.l1_size, -1)?;
-        if snapshot.l1_size > 0 {
-            meta.add_refcount(
+    /// The new state after deleting snapshot `i`: its references go, and
+    /// the active tables whose clusters it shared get their COPIED flags.
+    fn build_delete(&self, meta: &mut Meta, shadow: &mut Shadow, i: usize) -> Result<Switch> {
+        let mut snapshots = meta.snapshots.clone();
+        let snapshot = snapshots.remove(i);
+        let file_len = self.io.file.len().into_result()?;
+        let l1 = meta::read_table(
+            &self.io,
+            snapshot.l1_table_offset,
+            u64::from(snapshot.l1_size),
+            file_len,
+        )?;
+        shadow.add_tree(meta, &self.io, &l1, -1)?;
+        shadow.add_range(
+            meta,
+            &self.io,
+            snapshot.l1_table_offset,
+            u64::from(snapshot.l1_size) * 8,
+            -1,
+        )?;
+        let active = meta.l1.clone();
+        let l1 = shadow.repoint_active(meta, &self.io, &active)?;
+        let mut l1_offset = meta.header.l1_table_offset;
+        if l1 != active {
+            let size = meta.header.l1_size;
+            l1_offset = shadow.write_new(meta, &self.io, &l1_bytes(&l1, size))?;
+            shadow.add_range(
+                meta,
                 &self.io,
-                snapshot.l1_table_offset,
-                u64::from(snapshot.l1_size) * 8,
+                meta.header.l1_table_offset,
+                u64::from(size) * 8,
                 -1,
             )?;
         }
-        let active = meta.header.l1_table_offset;
-        let size = meta.header.l1_size;
-        meta.update_snapshot_refcount(&self.io, active, size, 0)?;
-        meta.flush(&self.io)
+        self.with_snapshot_table(meta, shadow, l1, l1_offset, snapshots)
     }
 
     /// Gives the host's file back the clusters a snapshot operation freed
