@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Fuzzes qimg's format drivers and the vmdk descriptor parser with cargo-fuzz
+# Fuzzes qimg's format drivers and text parsers with cargo-fuzz
 # (libFuzzer), a bounded time per target, and reports what was found.
 #
 #   scripts/fuzz.sh [--time SECONDS] [TARGET...]
 #
 # TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, vpc, vhdx, qed,
-# parallels, raw, luks, descriptors, and the vendor drivers' dmg, bochs, cloop (all by
-# default). --time is the run time of each target
+# parallels, raw, luks, descriptors (vmdk), texts (manifests, json: and
+# --image-opts names, command lines), and the vendor drivers' dmg, bochs,
+# cloop (all by default). --time is the run time of each target
 # in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
@@ -25,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors dmg bochs cloop)
+all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors texts dmg bochs cloop)
 time_per_target=60
 targets=()
 
@@ -224,6 +225,16 @@ seed_descriptors() {
     for f in sparse stream child zeroed-grain; do
         embedded_descriptor "$f.vmdk" >"$dir/embedded-$f.txt"
     done
+}
+
+# One text per parser of the texts target (its first byte picks it).
+seed_texts() {
+    local dir=$1
+    printf '\0search_paths = ["${exe_dir}", "lib"]\n[[driver]]\nname = "raw"\nlibrary = "libqimg_raw.so"\nenabled = true\n' >"$dir/manifest"
+    printf '\1{"driver": "qcow2", "file": {"driver": "file", "filename": "a.qcow2"}, "backing": {"driver": "null-co", "size": 1048576}}' >"$dir/json"
+    printf '\2driver=qcow2,file.filename=a,,b.qcow2,encrypt.key-secret=s,cache.direct=on' >"$dir/image-opts"
+    printf '\3null-co://' >"$dir/null"
+    printf '\4-O\0qcow2\0-fraw\0--out=json\0-o\0a=1,,2,b\0x\0--\0-y' >"$dir/command-line"
 }
 
 # LUKS volumes of a few ciphers, modes and hashes, one with two key slots

@@ -311,6 +311,32 @@ fn data_keeping_operations_keep_data_at_every_kill_point() {
 }
 
 #[test]
+fn bitmap_operations_are_consistent_at_every_kill_point() {
+    // Two persistent bitmaps with bits set by guest writes.
+    let setup = format!(
+        "{BASE} && qemu-img bitmap --add a.qcow2 b0 && \
+         qemu-img bitmap --add -g 64k a.qcow2 b1 && \
+         qemu-io -c 'write -P 6 256k 128k' -c 'write -P 7 3M 4k' a.qcow2 >/dev/null"
+    );
+    let cases: [(&str, &[&str]); 5] = [
+        ("kill_bitmap_remove", &["--remove", "a.qcow2", "b0"]),
+        ("kill_bitmap_clear", &["--clear", "a.qcow2", "b1"]),
+        ("kill_bitmap_merge", &["--merge", "b1", "a.qcow2", "b0"]),
+        ("kill_bitmap_disable", &["--disable", "a.qcow2", "b0"]),
+        (
+            "kill_bitmap_several",
+            &["--clear", "--disable", "a.qcow2", "b1"],
+        ),
+    ];
+    for (name, args) in cases {
+        let mut cmd = vec!["bitmap"];
+        cmd.extend_from_slice(args);
+        let points = kill_walk(name, &setup, &cmd, "a.qcow2", true);
+        assert!(points > 0, "{name}");
+    }
+}
+
+#[test]
 fn a_full_disk_at_any_point_leaves_images_consistent_and_usable() {
     let overlay = format!(
         "{BASE} && qemu-img create -q -f qcow2 -o cluster_size=4k -b a.qcow2 -F qcow2 t.qcow2 && \
