@@ -6,6 +6,7 @@ mod buffer;
 pub mod memfile;
 #[cfg(feature = "testutil")]
 pub mod nohost;
+pub mod winpath;
 
 pub use buffer::{AlignedBuf, BUFFER_ALIGN};
 use qimg_driver_api::schema::{CreateOption, OptionType};

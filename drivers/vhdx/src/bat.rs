@@ -17,6 +17,9 @@ pub const PAYLOAD_FULLY_PRESENT: u64 = 6;
 /// Payload block state: some sectors in the file, others in the parent.
 pub const PAYLOAD_PARTIALLY_PRESENT: u64 = 7;
 
+/// Sector bitmap block state: the chunk's bitmap is in the file.
+pub const SB_BLOCK_PRESENT: u64 = 6;
+
 /// Bytes per BAT entry.
 pub const ENTRY_SIZE: u64 = 8;
 
@@ -68,6 +71,16 @@ impl Geometry {
             chunk_ratio,
             data_blocks,
             entries,
+        }
+    }
+
+    /// The geometry of a differencing disk, whose table also ends with
+    /// the last chunk's sector bitmap entry ([MS-VHDX] 2.5).
+    pub fn with_bitmaps(self) -> Geometry {
+        let chunks = self.data_blocks.div_ceil(self.chunk_ratio);
+        Geometry {
+            entries: chunks * (self.chunk_ratio + 1),
+            ..self
         }
     }
 

@@ -7,17 +7,24 @@
 //! after it, the metadata region after that, and payload blocks 4 MiB past
 //! the metadata region's end: a fixed disk's in guest order, a dynamic
 //! disk's at the end of the file as they are written.
+//!
+//! Beyond qemu-img, `-b PARENT` (a VHDX) makes a differencing disk: every
+//! block NOT_PRESENT, the parent named by its DataWriteGuid and its path
+//! relative to the new disk in a parent locator.
 
 use crate::bat::{self, Geometry};
 use crate::error::{Result, VhdxError};
 use crate::format::{random_guid, MIB, ZERO_GUID};
-use crate::header::{Header, FILE_SIGNATURE, HEADER_OFFSETS};
-use crate::metadata::{self, Metadata, LEAVE_BLOCKS_ALLOCATED, MAX_BLOCK_SIZE, MAX_DISK_SIZE};
+use crate::header::{self, Header, FILE_SIGNATURE, HEADER_OFFSETS};
+use crate::locator::{self, Locator};
+use crate::metadata::{
+    self, Metadata, HAS_PARENT, LEAVE_BLOCKS_ALLOCATED, MAX_BLOCK_SIZE, MAX_DISK_SIZE,
+};
 use crate::region::{self, Region, Regions, TABLE_OFFSETS};
 use qimg_driver_api::schema::{
     CreateOption, CreateRequest, MeasureRequest, MeasureResult, OptionType,
 };
-use qimg_driver_api::{ByteStoreBox, Extent, Prealloc, StoreExt};
+use qimg_driver_api::{ByteStoreBox, Extent, HostExt, HostServicesBox, Prealloc, StoreExt};
 use qimg_driver_util::{option as opt, option_with_default};
 use std::collections::BTreeMap;
 
@@ -48,6 +55,9 @@ pub fn options() -> Vec<CreateOption> {
             OptionType::Bool,
             "Force use of payload blocks of type 'ZERO'. Non-standard, but default.  Do not set to 'off' when using 'qemu-img convert' with subformat=dynamic.",
         ),
+        // Beyond qemu-img: differencing disks.
+        opt("backing_file", OptionType::Str, "File name of a base image"),
+        opt("backing_fmt", OptionType::Str, "Must be 'vhdx' if present"),
     ]
 }
 
@@ -56,6 +66,8 @@ pub fn options() -> Vec<CreateOption> {
 pub struct Plan {
     /// Fixed (all blocks allocated in order) or dynamic.
     pub fixed: bool,
+    /// A differencing disk (over the `backing_file` option's parent).
+    pub differencing: bool,
     /// Blocks start in state ZERO (qemu-img's default) rather than
     /// NOT_PRESENT.
     pub zero_blocks: bool,
@@ -137,10 +149,27 @@ impl Plan {
                 "Block size must be a power of two".into(),
             ));
         }
-        let zero_blocks = options.get("block_state_zero").map(String::as_str) != Some("off");
+        let differencing = options.contains_key("backing_file");
+        if differencing && fixed {
+            return Err(VhdxError::InvalidOption(
+                "A differencing VHDX cannot be fixed".into(),
+            ));
+        }
+        if options.get("backing_fmt").is_some_and(|f| f != "vhdx") {
+            return Err(VhdxError::InvalidOption(
+                "backing_fmt must be 'vhdx': a differencing VHDX has a VHDX parent".into(),
+            ));
+        }
+        // A differencing disk's blocks start NOT_PRESENT: ZERO would hide
+        // the parent.
+        let zero_blocks =
+            !differencing && options.get("block_state_zero").map(String::as_str) != Some("off");
         // The disk is whole logical sectors.
         let size = size.next_multiple_of(512);
-        let geometry = Geometry::new(size, block_size, 512);
+        let mut geometry = Geometry::new(size, block_size, 512);
+        if differencing {
+            geometry = geometry.with_bitmaps();
+        }
         let bat = Region {
             offset: MIB + log_size,
             length: (geometry.entries * bat::ENTRY_SIZE)
@@ -153,6 +182,7 @@ impl Plan {
         };
         Ok(Plan {
             fixed,
+            differencing,
             zero_blocks,
             size,
             log_size,
@@ -202,15 +232,46 @@ fn identifier() -> Vec<u8> {
     b
 }
 
+/// The locator of a new differencing disk over the VHDX `name` (relative
+/// to the new disk), whose size must be `size`.
+fn parent_locator(host: &HostServicesBox, name: &str, size: u64) -> Result<Locator> {
+    let not_vhdx = || VhdxError::InvalidOption(format!("'{name}' is not a VHDX image"));
+    let store = host.related(name, false, false)?;
+    let (found, _) = header::read_current(&store).map_err(|_| not_vhdx())?;
+    let regions = region::read(&store).map_err(|_| not_vhdx())?;
+    let md = metadata::read(&store, regions.metadata).map_err(|_| not_vhdx())?;
+    if md.disk_size.next_multiple_of(512) != size {
+        return Err(VhdxError::InvalidOption(
+            "A differencing VHDX must be the size of its parent".into(),
+        ));
+    }
+    let mut entries = vec![(
+        "parent_linkage".to_string(),
+        locator::format_guid(&found.data_write_guid),
+    )];
+    if name.starts_with('/') {
+        entries.push(("absolute_win32_path".into(), name.to_string()));
+    } else {
+        entries.push(("relative_path".into(), name.replace('/', "\\")));
+    }
+    Ok(Locator { entries })
+}
+
 /// Creates the disk `request` asks for in `store` (empty).
-pub fn create(store: &ByteStoreBox, request: &CreateRequest) -> Result<()> {
+pub fn create(store: &ByteStoreBox, host: &HostServicesBox, request: &CreateRequest) -> Result<()> {
     let plan = Plan::new(request.size, &request.options)?;
+    let parent = match request.options.get("backing_file") {
+        Some(name) => Some(parent_locator(host, name, plan.size)?),
+        None => None,
+    };
     // Everything but the header goes first: a header makes the file a VHDX.
     store.set_size(plan.empty_len(), Prealloc::OFF)?;
     let md = Metadata {
         block_size: plan.geometry.block_size,
         flags: if plan.fixed {
             LEAVE_BLOCKS_ALLOCATED
+        } else if plan.differencing {
+            HAS_PARENT
         } else {
             0
         },
@@ -218,6 +279,7 @@ pub fn create(store: &ByteStoreBox, request: &CreateRequest) -> Result<()> {
         page83: random_guid(),
         logical_sector_size: 512,
         physical_sector_size: 512,
+        parent,
     };
     store.write_all_at(plan.regions.metadata.offset, &metadata::encode(&md))?;
     if plan.zero_blocks || plan.fixed {

@@ -49,6 +49,12 @@ pub enum VhdxError {
     /// An error from the host or the store, passed through.
     #[error("{}", .0.message)]
     Host(DriverError),
+    /// A differencing disk's locator names no parent file or identity.
+    #[error("Differencing VHDX names no parent file")]
+    NoParentName,
+    /// The parent file found is not the disk this one was made from.
+    #[error("'{0}' is not the parent of this differencing VHDX (its DataWriteGuid differs)")]
+    ParentMismatch(String),
 }
 
 impl VhdxError {
@@ -101,6 +107,10 @@ impl From<VhdxError> for DriverError {
                 DriverError::invalid_argument(message)
             }
             VhdxError::Unsupported(_) => DriverError::unsupported(message),
+            VhdxError::NoParentName | VhdxError::ParentMismatch(_) => DriverError {
+                errno: EINVAL,
+                ..DriverError::invalid_image(message)
+            },
         }
     }
 }

@@ -8,6 +8,12 @@
 //! changed 4 KiB BAT sectors go into a log entry, which is made durable,
 //! then written in place. A crash before the entry is durable leaks the
 //! new blocks; after it, the next writable open replays the entry.
+//!
+//! A differencing disk (beyond qemu-img, which refuses one) reads over its
+//! parent: a NOT_PRESENT block, and the sectors of a PARTIALLY_PRESENT
+//! block whose bits in the chunk's sector bitmap block are clear, come from
+//! the parent. A write to such a block first fills it from the parent and
+//! makes it FULLY_PRESENT, so the sector bitmaps never change.
 
 use crate::bat::{self, Geometry};
 use crate::error::{Result, VhdxError};
@@ -15,6 +21,7 @@ use crate::format::{random_guid, MIB, ZERO_GUID};
 use crate::header::{self, Header};
 use crate::log::{Log, SECTOR};
 use crate::metadata::{self, Metadata, MAX_DISK_SIZE};
+use crate::parent::Parent;
 use crate::region::{self, Regions};
 use qimg_driver_api::schema::{CheckReport, CheckRequest, ImageInfo, Repair};
 use qimg_driver_api::{
@@ -38,6 +45,8 @@ pub struct VhdxImage {
     /// The virtual disk size (changed by resize).
     disk_size: AtomicU64,
     meta: Mutex<Meta>,
+    /// A differencing disk's parent.
+    parent: Option<Parent>,
 }
 
 /// The mutable metadata.
@@ -73,12 +82,12 @@ struct LogCursor {
 
 impl VhdxImage {
     /// Opens the VHDX in `store`.
-    pub fn open(store: ByteStoreBox, _host: &HostServicesBox, flags: u32) -> Result<VhdxImage> {
+    pub fn open(store: ByteStoreBox, host: &HostServicesBox, flags: u32) -> Result<VhdxImage> {
         let name = store.display_name();
-        Self::open_named(store, flags).map_err(|e| e.in_file(&name))
+        Self::open_named(store, host, flags).map_err(|e| e.in_file(&name))
     }
 
-    fn open_named(store: ByteStoreBox, flags: u32) -> Result<VhdxImage> {
+    fn open_named(store: ByteStoreBox, host: &HostServicesBox, flags: u32) -> Result<VhdxImage> {
         let writable = flags & open_flags::WRITE != 0;
         let mut head = [0u8; 8];
         store.read_or_zero_at(0, &mut head)?;
@@ -126,10 +135,18 @@ impl VhdxImage {
             known.push((at, len));
         }
         let md = metadata::read(&store, regions.metadata)?;
-        let geometry = Geometry::new(md.disk_size, md.block_size, md.logical_sector_size);
+        let mut geometry = Geometry::new(md.disk_size, md.block_size, md.logical_sector_size);
+        if md.parent.is_some() {
+            geometry = geometry.with_bitmaps();
+        }
         let table = bat::read(&store, regions.bat, &geometry)?;
         bat::check_blocks(&table, &geometry, md.disk_size, file_len, &known)?;
+        let parent = match &md.parent {
+            Some(locator) => Some(Parent::open(host, locator, flags)?),
+            None => None,
+        };
         Ok(VhdxImage {
+            parent,
             disk_size: AtomicU64::new(md.disk_size),
             writable,
             regions,
@@ -164,7 +181,7 @@ impl VhdxImage {
         let e = self.meta().entry(self.geometry.index(block));
         // Without a parent, every state but "present" reads as zeros
         // ([MS-VHDX] 2.5.1.1); PARTIALLY_PRESENT occurs in differencing
-        // disks only, which are refused at open.
+        // disks only, which read through `read_differencing`.
         matches!(
             bat::state(e),
             bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
@@ -244,14 +261,151 @@ impl VhdxImage {
             return Ok(at);
         }
         self.begin(&mut meta)?;
-        let at = meta.file_end;
-        let end = at + self.geometry.block_size;
-        // The new block reads as zeros until written: the file grows
-        // over it now, so no reader sees stale bytes.
-        self.store.set_size(end, Prealloc::OFF)?;
-        meta.file_end = end;
+        let partial = bat::state(e) == bat::PAYLOAD_PARTIALLY_PRESENT;
+        let at = if partial {
+            // Checked at open to lie inside the file, clear of metadata.
+            bat::offset(e)
+        } else {
+            let at = meta.file_end;
+            let end = at + self.geometry.block_size;
+            // The new block reads as zeros until written: the file grows
+            // over it now, so no reader sees stale bytes.
+            self.store.set_size(end, Prealloc::OFF)?;
+            meta.file_end = end;
+            at
+        };
+        if let Some(parent) = &self.parent {
+            if partial || bat::state(e) == bat::PAYLOAD_NOT_PRESENT {
+                self.fill_from_parent(&meta, parent, block, at)?;
+            }
+        }
         Self::set_entry(&mut meta, index, bat::entry(bat::PAYLOAD_FULLY_PRESENT, at));
         Ok(at)
+    }
+
+    /// Copies into block `block`, placed at file offset `at`, the parent's
+    /// data for every sector the block does not hold yet.
+    fn fill_from_parent(&self, meta: &Meta, parent: &Parent, block: u64, at: u64) -> Result<()> {
+        let bs = self.geometry.block_size;
+        let start = block * bs;
+        let end = (start + bs).min(self.size());
+        let mut buf = vec![0u8; MIB.min(bs) as usize];
+        let mut done = start;
+        while done < end {
+            let n = (buf.len() as u64).min(end - done);
+            for (o, l, present) in self.sector_runs(meta, block, done, n)? {
+                if !present {
+                    let part = &mut buf[..l as usize];
+                    parent.read(o, part)?;
+                    self.store.write_all_at(at + o - start, part)?;
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Splits `[offset, offset + len)` of block `block` into runs of
+    /// sectors this file holds (`true`) and sectors the parent holds, by
+    /// the block's state and its chunk's sector bitmap.
+    fn sector_runs(
+        &self,
+        meta: &Meta,
+        block: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, bool)>> {
+        let g = &self.geometry;
+        let e = meta.entry(g.index(block));
+        if bat::state(e) != bat::PAYLOAD_PARTIALLY_PRESENT {
+            let present = bat::state(e) != bat::PAYLOAD_NOT_PRESENT;
+            return Ok(vec![(offset, len, present)]);
+        }
+        let chunk = block / g.chunk_ratio;
+        let sb = meta.entry(chunk * (g.chunk_ratio + 1) + g.chunk_ratio);
+        if bat::state(sb) != bat::SB_BLOCK_PRESENT {
+            return Err(VhdxError::Invalid);
+        }
+        let chunk_start = chunk * g.chunk_ratio * g.block_size / 512;
+        let (first, last) = (offset / 512, (offset + len - 1) / 512);
+        let (bit0, bit1) = (first - chunk_start, last - chunk_start);
+        let mut bits = vec![0u8; (bit1 / 8 - bit0 / 8 + 1) as usize];
+        self.store
+            .read_or_zero_at(bat::offset(sb) + bit0 / 8, &mut bits)?;
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        for s in first..=last {
+            let bit = s - chunk_start - bit0 / 8 * 8;
+            let present = bits[(bit / 8) as usize] >> (bit % 8) & 1 == 1;
+            let from = (s * 512).max(offset);
+            let to = (s * 512 + 512).min(offset + len);
+            match runs.last_mut() {
+                Some(run) if run.2 == present => run.1 += to - from,
+                _ => runs.push((from, to - from, present)),
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Reads `buf` at guest `offset`, inside one block, of a differencing
+    /// disk.
+    fn read_differencing(&self, parent: &Parent, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let block = offset / self.geometry.block_size;
+        let (e, runs) = {
+            let meta = self.meta();
+            let e = meta.entry(self.geometry.index(block));
+            (e, self.sector_runs(&meta, block, offset, buf.len() as u64)?)
+        };
+        let in_block = offset % self.geometry.block_size;
+        for (at, len, present) in runs {
+            let part = &mut buf[(at - offset) as usize..(at - offset + len) as usize];
+            match bat::state(e) {
+                bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT if present => {
+                    let host = bat::offset(e) + in_block + (at - offset);
+                    self.store.read_or_zero_at(host, part)?;
+                }
+                _ if present => part.fill(0),
+                _ => parent.read(at, part)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Block status of a differencing disk: what this file holds is data
+    /// (or zeros) of this layer; the rest is the parent's.
+    fn status_differencing(&self, offset: u64, end: u64) -> Result<Vec<Extent>> {
+        let bs = self.geometry.block_size;
+        let mut out: Vec<Extent> = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let n = (bs - at % bs).min(end - at);
+            let block = at / bs;
+            let (e, runs) = {
+                let meta = self.meta();
+                let e = meta.entry(self.geometry.index(block));
+                (e, self.sector_runs(&meta, block, at, n)?)
+            };
+            for (o, l, present) in runs {
+                let flags = match bat::state(e) {
+                    _ if !present => 0,
+                    bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT => {
+                        extent_flags::DATA | extent_flags::ALLOCATED
+                    }
+                    _ => extent_flags::ZERO | extent_flags::ALLOCATED,
+                };
+                match out.last_mut() {
+                    Some(last) if last.flags == flags => last.length += l,
+                    _ => out.push(Extent {
+                        offset: o,
+                        length: l,
+                        flags,
+                        store: 0,
+                        host_offset: 0,
+                    }),
+                }
+            }
+            at += n;
+        }
+        Ok(out)
     }
 
     /// Whether `[start, end)` of the file holds the image's own metadata.
@@ -320,6 +474,11 @@ impl VhdxImage {
     fn resize_to(&self, new_size: u64, shrink: bool) -> Result<()> {
         if !self.writable {
             return Err(VhdxError::ReadOnly);
+        }
+        if self.parent.is_some() {
+            return Err(VhdxError::Unsupported(
+                "Cannot resize a differencing VHDX: it must keep its parent's size".into(),
+            ));
         }
         let size = new_size.next_multiple_of(512);
         let old = self.size();
@@ -422,7 +581,13 @@ impl VhdxImage {
                     Self::set_entry(&mut meta, index, bat::entry(bat::PAYLOAD_ZERO, 0));
                 }
             } else if !whole_blocks_only {
-                if let Some(host) = self.locate(at) {
+                // In a differencing disk, the parent's data must not show
+                // through: the block is filled from it first.
+                let host = match self.parent {
+                    Some(_) => Some(self.place(block)? + at % bs),
+                    None => self.locate(at),
+                };
+                if let Some(host) = host {
                     self.store.zero_range(host, n, false)?;
                 }
             }
@@ -465,9 +630,10 @@ impl ImageImpl for VhdxImage {
             let at = offset + done as u64;
             let n = ((bs - at % bs) as usize).min(inside - done);
             let part = &mut buf[done..done + n];
-            match self.locate(at) {
-                Some(host) => self.store.read_or_zero_at(host, part)?,
-                None => part.fill(0),
+            match (&self.parent, self.locate(at)) {
+                (Some(parent), _) => self.read_differencing(parent, at, part)?,
+                (None, Some(host)) => self.store.read_or_zero_at(host, part)?,
+                (None, None) => part.fill(0),
             }
             done += n;
         }
@@ -509,6 +675,9 @@ impl ImageImpl for VhdxImage {
         if len == 0 {
             return Ok(Vec::new());
         }
+        if self.parent.is_some() {
+            return Ok(self.status_differencing(offset, offset + len)?);
+        }
         Ok(vec![Extent {
             offset,
             length: len,
@@ -526,6 +695,7 @@ impl ImageImpl for VhdxImage {
         Ok(ImageInfo {
             cluster_size: Some(self.geometry.block_size),
             dirty_flag: Some(false),
+            backing_filename: self.parent.as_ref().map(|p| p.name.clone()),
             ..ImageInfo::default()
         })
     }

@@ -5,8 +5,9 @@
 //! region tables); the region table places the Block Allocation Table and
 //! the metadata region, the headers place the log. Payload blocks hold the
 //! guest's data; a BAT entry gives each block's state and file offset.
-//! Dynamic and fixed disks are read and written; differencing disks are
-//! refused, as qemu-img refuses them.
+//! Dynamic and fixed disks are read and written. Beyond qemu-img, which
+//! refuses them, differencing disks (Hyper-V checkpoints, `.avhdx`) are
+//! read over their parent and written, and `create -b` makes one.
 
 mod bat;
 mod crc;
@@ -15,8 +16,10 @@ mod error;
 mod format;
 mod header;
 mod image;
+mod locator;
 mod log;
 mod metadata;
+mod parent;
 mod region;
 
 use qimg_driver_api::schema::{CreateOption, CreateRequest, MeasureRequest, MeasureResult};
@@ -37,7 +40,13 @@ impl DriverImpl for VhdxDriver {
         "Hyper-V virtual hard disk v2 (VHDX)"
     }
     fn capabilities(&self) -> u64 {
-        caps::CREATE | caps::WRITE | caps::CHECK | caps::RESIZE | caps::MEASURE | caps::ZERO_INIT
+        caps::CREATE
+            | caps::WRITE
+            | caps::CHECK
+            | caps::RESIZE
+            | caps::MEASURE
+            | caps::ZERO_INIT
+            | caps::BACKING
     }
     fn probe(&self, head: &[u8], _filename: &str) -> i32 {
         if header::has_signature(head) {
@@ -52,10 +61,10 @@ impl DriverImpl for VhdxDriver {
     fn create(
         &self,
         store: ByteStoreBox,
-        _host: HostServicesBox,
+        host: HostServicesBox,
         request: CreateRequest,
     ) -> Result<(), DriverError> {
-        Ok(create::create(&store, &request)?)
+        Ok(create::create(&store, &host, &request)?)
     }
     fn open(
         &self,

@@ -1,9 +1,11 @@
 //! The metadata region ([MS-VHDX] 2.6): a table of items, of which a disk
 //! needs five: file parameters (block size, has-parent), virtual disk size,
-//! virtual disk id (the SCSI page 83 id), logical and physical sector size.
+//! virtual disk id (the SCSI page 83 id), logical and physical sector size;
+//! a differencing disk also its parent locator.
 
 use crate::error::{Result, VhdxError};
 use crate::format::{guid, guid_at, le16, le32, le64, put16, put32, put64, Guid, MIB};
+use crate::locator::{self, Locator};
 use crate::region::Region;
 use qimg_driver_api::{ByteStoreBox, StoreExt};
 
@@ -28,7 +30,7 @@ const PHYSICAL_SECTOR_SIZE: Guid = guid(0xCDA3_48C7, 0x445D, 0x4471, 0x9CC9_E988
 const PARENT_LOCATOR: Guid = guid(0xA8D3_5F2D, 0xB30B, 0x454D, 0xABF7_D3D8_4834_AB0C);
 
 /// `HasParent` of the file parameters' flags.
-const HAS_PARENT: u32 = 2;
+pub const HAS_PARENT: u32 = 2;
 /// `LeaveBlockAllocated` of the file parameters' flags.
 pub const LEAVE_BLOCKS_ALLOCATED: u32 = 1;
 /// The largest virtual disk [MS-VHDX] 2.6.2.2 allows: 64 TiB.
@@ -51,6 +53,8 @@ pub struct Metadata {
     pub logical_sector_size: u32,
     /// 512 or 4096.
     pub physical_sector_size: u32,
+    /// A differencing disk's parent locator.
+    pub parent: Option<Locator>,
 }
 
 /// Reads the metadata table and the items a disk needs.
@@ -104,22 +108,24 @@ pub fn read(store: &ByteStoreBox, region: Region) -> Result<Metadata> {
     let page83 = value(2, 16)?;
     let logical = value(3, 4)?;
     let physical = value(4, 4)?;
+    let flags = le32(&params, 4);
+    let parent = if flags & HAS_PARENT != 0 {
+        // A differencing disk: qemu-img refuses it; qimg reads it over its
+        // parent.
+        let (_, length) = items[5].ok_or(VhdxError::Invalid)?;
+        Some(Locator::parse(&value(5, length.min(locator::MAX_BYTES))?)?)
+    } else {
+        None
+    };
     let md = Metadata {
         block_size: u64::from(le32(&params, 0)),
-        flags: le32(&params, 4),
+        flags,
         disk_size: le64(&size, 0),
         page83: guid_at(&page83, 0),
         logical_sector_size: le32(&logical, 0),
         physical_sector_size: le32(&physical, 0),
+        parent,
     };
-    if md.flags & HAS_PARENT != 0 {
-        // A differencing disk: qemu-img reads no parent, and refuses it.
-        return Err(if items[5].is_some() {
-            VhdxError::NotSupported
-        } else {
-            VhdxError::Invalid
-        });
-    }
     if !md.block_size.is_power_of_two() || !(MIB..=MAX_BLOCK_SIZE).contains(&md.block_size) {
         return Err(VhdxError::Invalid);
     }
@@ -134,20 +140,26 @@ pub fn read(store: &ByteStoreBox, region: Region) -> Result<Metadata> {
 }
 
 /// The metadata region's first bytes as qemu-img lays them out: the table
-/// and the five items just past it.
+/// and the five items just past it (and a differencing disk's parent
+/// locator after them).
 pub fn encode(md: &Metadata) -> Vec<u8> {
-    let mut b = vec![0u8; TABLE_SIZE as usize + 64];
+    let locator = md.parent.as_ref().map(Locator::encode).unwrap_or_default();
+    let mut b = vec![0u8; TABLE_SIZE as usize + 64 + locator.len()];
     b[..8].copy_from_slice(SIGNATURE);
-    put16(&mut b, 10, 5);
     let base = TABLE_SIZE as usize;
     // (id, offset within the items, length, IsVirtualDisk|IsRequired flags)
-    let items = [
+    let mut items = vec![
         (FILE_PARAMETERS, 0, 8, 4),
         (VIRTUAL_DISK_SIZE, 8, 8, 6),
         (PAGE83, 16, 16, 6),
         (LOGICAL_SECTOR_SIZE, 32, 4, 6),
         (PHYSICAL_SECTOR_SIZE, 36, 4, 6),
     ];
+    if md.parent.is_some() {
+        items.push((PARENT_LOCATOR, 64, locator.len() as u32, 4));
+        b[base + 64..].copy_from_slice(&locator);
+    }
+    put16(&mut b, 10, items.len() as u16);
     for (i, (id, at, len, flags)) in items.into_iter().enumerate() {
         let e = 32 + 32 * i;
         b[e..e + 16].copy_from_slice(&id);

@@ -12,6 +12,7 @@
 
 use crate::error::{Result, VpcError};
 use qimg_driver_api::{ByteStoreBox, StoreExt};
+use qimg_driver_util::winpath::{beside_child, relative as windows_relative, utf16, utf16le};
 
 /// `Disk Type` of a differencing disk.
 pub const TYPE_DIFFERENCING: u32 = 4;
@@ -69,10 +70,7 @@ pub fn read(store: &ByteStoreBox, header: &[u8], file_len: u64) -> Result<Parent
                 let path = url.trim_end_matches('\0').trim_start_matches("file://");
                 path.strip_prefix("localhost").unwrap_or(path).to_string()
             }
-            _ => utf16(
-                data.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
-            ),
+            _ => utf16le(&data),
         };
         if !text.is_empty() {
             found.push((rank, text));
@@ -96,43 +94,4 @@ pub fn read(store: &ByteStoreBox, header: &[u8], file_len: u64) -> Result<Parent
         return Err(VpcError::NoParentName);
     }
     Ok(ParentLink { uuid, name })
-}
-
-/// UTF-16 text up to its first NUL.
-fn utf16(units: impl Iterator<Item = u16>) -> String {
-    let units: Vec<u16> = units.take_while(|&u| u != 0).collect();
-    String::from_utf16_lossy(&units)
-}
-
-/// A relative Windows path (`.\base.vhd`, `..\disks\base.vhd`) as a
-/// relative Unix one.
-fn windows_relative(path: &str) -> String {
-    let path = path.replace('\\', "/");
-    let mut rest = path.as_str();
-    while let Some(r) = rest.strip_prefix("./") {
-        rest = r;
-    }
-    rest.to_string()
-}
-
-/// The last component of an absolute Windows path (`C:\VMs\base.vhd`),
-/// looked for beside the child.
-fn beside_child(path: &str) -> String {
-    path.rsplit(['\\', '/'])
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn windows_paths_become_unix_ones() {
-        assert_eq!(windows_relative(".\\base.vhd"), "base.vhd");
-        assert_eq!(windows_relative("..\\disks\\b.vhd"), "../disks/b.vhd");
-        assert_eq!(beside_child("C:\\VMs\\x\\base.vhd"), "base.vhd");
-        assert_eq!(beside_child("base.vhd"), "base.vhd");
-    }
 }
