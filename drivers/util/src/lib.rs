@@ -6,6 +6,7 @@ mod buffer;
 pub mod memfile;
 #[cfg(feature = "testutil")]
 pub mod nohost;
+pub mod parent;
 pub mod winpath;
 
 pub use buffer::{AlignedBuf, BUFFER_ALIGN};

@@ -63,6 +63,7 @@ fn spec(size: u64, options: &BTreeMap<String, String>) -> Result<Header> {
         disk_size,
         blocks_in_image: blocks,
         blocks_allocated: if is_static { blocks } else { 0 },
+        link_uuid: [0; 16],
     })
 }
 

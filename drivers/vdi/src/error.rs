@@ -41,6 +41,9 @@ pub enum VdiError {
     /// A differencing image's parent.
     #[error("unsupported VDI image (non-NULL parent UUID)")]
     ParentUuid,
+    /// The image named as a differencing image's parent is not its parent.
+    #[error("'{0}' is not the parent of this differencing VDI (its image UUID differs)")]
+    ParentMismatch(String),
     /// An image whose tables could not be written without harm, opened for
     /// writing.
     #[error("cannot write to this VDI image: {0}")]
@@ -97,6 +100,7 @@ impl From<VdiError> for DriverError {
             | VdiError::DiskTooLarge(..)
             | VdiError::LinkUuid
             | VdiError::ParentUuid
+            | VdiError::ParentMismatch(_)
             | VdiError::CannotShrink
             | VdiError::MapFull(_)
             | VdiError::UnsupportedOption(_) => DriverError::unsupported(message),

@@ -82,6 +82,27 @@ pub struct Header {
     pub blocks_in_image: u32,
     /// Data blocks handed out (the next free block's index).
     pub blocks_allocated: u32,
+    /// A differencing image's link: its parent's image UUID (zero
+    /// otherwise).
+    pub link_uuid: [u8; 16],
+}
+
+/// Offset of the image's own UUID.
+pub const IMAGE_UUID_AT: usize = 0x188;
+/// Offset of a differencing image's link UUID (its parent's image UUID).
+pub const LINK_UUID_AT: usize = 0x1a8;
+
+/// Whether the header `b` links the image to a parent (a differencing
+/// image, as VirtualBox makes them for snapshots).
+pub fn has_parent(b: &[u8; HEADER_SIZE]) -> bool {
+    b[LINK_UUID_AT..0x1c8].iter().any(|&x| x != 0)
+}
+
+/// The 16-byte UUID at `at`.
+pub fn uuid_at(b: &[u8], at: usize) -> [u8; 16] {
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&b[at..at + 16]);
+    u
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -95,8 +116,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 impl Header {
     /// Parses and checks the first sector of an image (zero-filled where
     /// the file is shorter), in qemu-img's order of checks and with its
-    /// messages.
-    pub fn parse(b: &[u8; HEADER_SIZE]) -> Result<Header> {
+    /// messages. A differencing image (link and parent UUIDs set) is
+    /// refused, as qemu-img refuses it, unless `with_parent` (its parent
+    /// was named).
+    pub fn parse(b: &[u8; HEADER_SIZE], with_parent: bool) -> Result<Header> {
         let disk_size = u64_at(b, 0x170);
         if disk_size > MAX_DISK_SIZE {
             return Err(VdiError::SizeTooLarge(disk_size, MAX_DISK_SIZE));
@@ -133,11 +156,13 @@ impl Header {
         if disk_size > room {
             return Err(VdiError::DiskTooLarge(disk_size, room));
         }
-        if b[0x1a8..0x1b8].iter().any(|&x| x != 0) {
-            return Err(VdiError::LinkUuid);
-        }
-        if b[0x1b8..0x1c8].iter().any(|&x| x != 0) {
-            return Err(VdiError::ParentUuid);
+        if !with_parent {
+            if b[0x1a8..0x1b8].iter().any(|&x| x != 0) {
+                return Err(VdiError::LinkUuid);
+            }
+            if b[0x1b8..0x1c8].iter().any(|&x| x != 0) {
+                return Err(VdiError::ParentUuid);
+            }
         }
         if blocks_in_image > MAX_BLOCKS {
             return Err(VdiError::TooManyBlocks(blocks_in_image, MAX_BLOCKS));
@@ -149,6 +174,7 @@ impl Header {
             disk_size,
             blocks_in_image,
             blocks_allocated: u32_at(b, 0x184),
+            link_uuid: uuid_at(b, LINK_UUID_AT),
         })
     }
 
@@ -199,13 +225,17 @@ mod tests {
             disk_size: 5 << 20,
             blocks_in_image: 5,
             blocks_allocated: 0,
+            link_uuid: [0; 16],
         }
     }
 
     #[test]
     fn a_new_header_reads_back() {
         let h = sample();
-        assert_eq!(Header::parse(&h.encode_new([[1; 16], [2; 16]])).unwrap(), h);
+        assert_eq!(
+            Header::parse(&h.encode_new([[1; 16], [2; 16]]), false).unwrap(),
+            h
+        );
     }
 
     #[test]
@@ -214,7 +244,7 @@ mod tests {
         let with = |at: usize, bytes: &[u8]| {
             let mut b = base;
             b[at..at + bytes.len()].copy_from_slice(bytes);
-            Header::parse(&b).unwrap_err().to_string()
+            Header::parse(&b, false).unwrap_err().to_string()
         };
         assert_eq!(
             with(0x178, &0u32.to_le_bytes()),
@@ -229,7 +259,9 @@ mod tests {
             "Unsupported VDI image size (size is 0xffffffffffffffff, max supported is 0x1fffff8000000)"
         );
         assert_eq!(
-            Header::parse(&[0; HEADER_SIZE]).unwrap_err().to_string(),
+            Header::parse(&[0; HEADER_SIZE], false)
+                .unwrap_err()
+                .to_string(),
             "Image not in VDI format (bad signature 00000000)"
         );
     }

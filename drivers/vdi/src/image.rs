@@ -6,18 +6,27 @@
 //! next free block), then the block map entries naming the new blocks. A
 //! kill at any point leaves at worst a block counted but unreferenced,
 //! never one handed out twice.
+//!
+//! A differencing image (VirtualBox's snapshots; qemu-img refuses them)
+//! opens when its parent is named the way qemu names a node's backing
+//! image, `backing.file.filename=PARENT` (`--image-opts` or `json:`):
+//! VirtualBox links the two by UUID only and keeps the parent's file name
+//! in its `.vbox` file. The parent must carry the image UUID the child
+//! links to. An unallocated block reads from it; a block's first write
+//! fills the rest of the block from it.
 
 use crate::blockmap::BlockMap;
 use crate::error::{Result, VdiError};
 use crate::header::{
-    is_allocated, Header, BLOCKS_ALLOCATED_AT, BLOCK_SIZE, DISK_SIZE_AT, HEADER_SIZE, MAX_BLOCKS,
-    MAX_DISK_SIZE, SECTOR, TYPE_STATIC, UNALLOCATED,
+    self, is_allocated, Header, BLOCKS_ALLOCATED_AT, BLOCK_SIZE, DISK_SIZE_AT, HEADER_SIZE,
+    IMAGE_UUID_AT, MAX_BLOCKS, MAX_DISK_SIZE, SECTOR, TYPE_STATIC, UNALLOCATED,
 };
 use qimg_driver_api::schema::{CheckReport, CheckRequest, ImageInfo, Repair};
 use qimg_driver_api::{
-    extent_flags as ef, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, ImageImpl,
-    Prealloc,
+    extent_flags as ef, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, HostExt,
+    HostServicesBox, ImageImpl, Prealloc,
 };
+use qimg_driver_util::parent::Parent;
 use qimg_driver_util::{read_or_zero, write_all};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +62,8 @@ pub struct VdiImage {
     state: Mutex<State>,
     /// Signalled when a block leaves `busy`.
     settled: Condvar,
+    /// A differencing image's parent.
+    parent: Option<Parent>,
 }
 
 /// Where one guest block stands.
@@ -60,17 +71,30 @@ pub struct VdiImage {
 enum Block {
     /// Not allocated (or discarded): reads as zeros.
     Zero,
+    /// Not allocated in a differencing image: reads from the parent.
+    Parent,
     /// Stored at this byte offset of the file.
     At(u64),
 }
 
 impl VdiImage {
     /// Opens the image in `store`.
-    pub fn open(store: ByteStoreBox, flags: u32) -> Result<VdiImage> {
+    pub fn open(store: ByteStoreBox, host: &HostServicesBox, flags: u32) -> Result<VdiImage> {
         let writable = flags & open_flags::WRITE != 0;
         let mut head = [0u8; HEADER_SIZE];
         read_or_zero(&store, 0, &mut head)?;
-        let header = Header::parse(&head)?;
+        // Only a differencing image asks for its parent's name: for any
+        // other, the option is refused as qemu-img refuses it.
+        let parent_name = if header::has_parent(&head) {
+            host.option("backing.file.filename")
+        } else {
+            None
+        };
+        let header = Header::parse(&head, parent_name.is_some())?;
+        let parent = match parent_name {
+            Some(name) => Some(open_parent(host, &header, name, flags)?),
+            None => None,
+        };
         let file_len = store.len().into_result()?;
         let bmap = BlockMap::load(&store, &header, file_len)?;
         // A count below what the map references would hand a block out
@@ -93,6 +117,7 @@ impl VdiImage {
                 busy: HashSet::new(),
             }),
             settled: Condvar::new(),
+            parent,
         })
     }
 
@@ -108,6 +133,8 @@ impl VdiImage {
         let entry = st.bmap.get(block);
         if is_allocated(entry) {
             Block::At(self.header.block_offset(entry))
+        } else if entry == UNALLOCATED && self.parent.is_some() {
+            Block::Parent
         } else {
             Block::Zero
         }
@@ -152,9 +179,10 @@ impl VdiImage {
         Self::pieces(offset, inside as u64, |block, within, n, at| {
             let piece = &mut buf[at..at + n as usize];
             let loc = self.locate(&self.lock(), block);
-            match loc {
-                Block::Zero => piece.fill(0),
-                Block::At(host) => read_or_zero(&self.store, host + within, piece)?,
+            match (loc, &self.parent) {
+                (Block::At(host), _) => read_or_zero(&self.store, host + within, piece)?,
+                (Block::Parent, Some(parent)) => parent.read(at as u64 + offset, piece)?,
+                _ => piece.fill(0),
             }
             Ok(())
         })
@@ -172,6 +200,7 @@ impl VdiImage {
     /// the data), as qemu-img writes it, before its entry is set.
     fn write_piece(&self, block: u32, within: u64, data: &[u8]) -> Result<()> {
         let mut st = self.lock();
+        let from_parent = self.locate(&st, block) == Block::Parent;
         let index = loop {
             if let Block::At(host) = self.locate(&st, block) {
                 drop(st);
@@ -192,8 +221,12 @@ impl VdiImage {
             write_all(&self.store, host, data)
         } else {
             let mut whole = vec![0u8; BLOCK_SIZE as usize];
+            let filled = match (&self.parent, from_parent) {
+                (Some(parent), true) => parent.read(u64::from(block) * BLOCK_SIZE, &mut whole),
+                _ => Ok(()),
+            };
             whole[within as usize..within as usize + data.len()].copy_from_slice(data);
-            write_all(&self.store, host, &whole)
+            filled.and_then(|()| write_all(&self.store, host, &whole))
         };
         let mut st = self.lock();
         st.busy.remove(&block);
@@ -212,6 +245,11 @@ impl VdiImage {
             match loc {
                 // Unallocated blocks read as zeros already.
                 Block::Zero => Ok(()),
+                // Over a parent, zeros must be written.
+                Block::Parent if flags & zero_flags::NO_FALLBACK != 0 => Err(VdiError::Host(
+                    DriverError::unsupported("vdi cannot mark blocks as zero"),
+                )),
+                Block::Parent => self.write_piece(block, within, &vec![0u8; n as usize]),
                 Block::At(_) if flags & zero_flags::NO_FALLBACK != 0 => Err(VdiError::Host(
                     DriverError::unsupported("vdi cannot mark blocks as zero"),
                 )),
@@ -260,6 +298,14 @@ impl VdiImage {
             let n = (BLOCK_SIZE - within).min(end - at);
             let loc = self.locate(&self.lock(), block);
             let ext = match loc {
+                // The parent decides.
+                Block::Parent => Extent {
+                    offset: at,
+                    length: n,
+                    flags: 0,
+                    store: 0,
+                    host_offset: 0,
+                },
                 Block::Zero => Extent {
                     offset: at,
                     length: n,
@@ -455,6 +501,33 @@ impl VdiImage {
     }
 }
 
+/// Opens `name` as the parent of the differencing image `header`
+/// describes: it must carry the image UUID the child links to.
+fn open_parent(
+    host: &HostServicesBox,
+    header: &Header,
+    name: String,
+    flags: u32,
+) -> Result<Parent> {
+    if flags & open_flags::NO_BACKING != 0 {
+        return Ok(Parent::new(name, None));
+    }
+    // The name is the user's, relative to the working directory (as the
+    // host takes it for the backing image), not to the child's.
+    let path = match std::env::current_dir() {
+        Ok(dir) if !name.starts_with('/') => dir.join(&name).to_string_lossy().into_owned(),
+        _ => name.clone(),
+    };
+    let store = host.related(&path, false, false)?;
+    let mut head = [0u8; HEADER_SIZE];
+    read_or_zero(&store, 0, &mut head)?;
+    if header::uuid_at(&head, IMAGE_UUID_AT) != header.link_uuid {
+        return Err(VdiError::ParentMismatch(name));
+    }
+    let image = host.backing(&name, Some("vdi"))?;
+    Ok(Parent::new(name, Some(image)))
+}
+
 /// Hands out the next free data block.
 fn allocate(st: &mut State) -> Result<u32> {
     let index = st.next_free;
@@ -531,6 +604,7 @@ impl ImageImpl for VdiImage {
         Ok(ImageInfo {
             cluster_size: Some(BLOCK_SIZE),
             dirty_flag: Some(false),
+            backing_filename: self.parent.as_ref().map(|p| p.name.clone()),
             ..ImageInfo::default()
         })
     }
@@ -577,6 +651,7 @@ mod tests {
     use qimg_driver_api::schema::{CheckRequest, CreateRequest};
     use qimg_driver_api::{open_flags, ImageImpl};
     use qimg_driver_util::memfile::MemFile;
+    use qimg_driver_util::nohost::no_host;
 
     /// A 4 MiB dynamic image with two blocks written.
     fn image() -> MemFile {
@@ -586,7 +661,7 @@ mod tests {
             ..CreateRequest::default()
         };
         crate::create::create(&file.store("t.vdi"), &request).unwrap();
-        let image = VdiImage::open(file.store("t.vdi"), open_flags::WRITE).unwrap();
+        let image = VdiImage::open(file.store("t.vdi"), &no_host(), open_flags::WRITE).unwrap();
         image.write_at(3 << 20, &[1u8; 4096]).unwrap();
         image.write_at(0, &[2u8; 65536]).unwrap();
         image.close().unwrap();
@@ -610,7 +685,7 @@ mod tests {
             |i: usize| u32::from_le_bytes(bytes[512 + 4 * i..516 + 4 * i].try_into().unwrap());
         assert_eq!((entry(0), entry(1), entry(3)), (1, u32::MAX, 0));
         assert_eq!(&bytes[0x184..0x188], &2u32.to_le_bytes());
-        let image = VdiImage::open(file.store("t.vdi"), 0).unwrap();
+        let image = VdiImage::open(file.store("t.vdi"), &no_host(), 0).unwrap();
         let mut buf = vec![0u8; 8192];
         image.read_at((3 << 20) - 4096, &mut buf).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0) && buf[4096..].iter().all(|&b| b == 1));
@@ -640,7 +715,7 @@ mod tests {
             let file = MemFile::default();
             *file.0.lock().unwrap() = bytes;
             for flags in [0, open_flags::WRITE] {
-                let Ok(image) = VdiImage::open(file.store("t.vdi"), flags) else {
+                let Ok(image) = VdiImage::open(file.store("t.vdi"), &no_host(), flags) else {
                     continue;
                 };
                 let size = image.virtual_size();

@@ -4,8 +4,9 @@
 //! An image is a header (one sector), a block map (one 32-bit entry per
 //! 1 MiB guest block) and data blocks. A dynamic image allocates blocks as
 //! they are first written, in the order written; a static one maps every
-//! block when it is created. Differencing images (a parent UUID) are
-//! refused, as qemu-img refuses them.
+//! block when it is created. Differencing images (VirtualBox snapshots)
+//! open over the parent named by `backing.file.filename`, beyond qemu-img,
+//! which refuses them.
 
 mod blockmap;
 mod check;
@@ -54,10 +55,10 @@ impl DriverImpl for VdiDriver {
     fn open(
         &self,
         store: ByteStoreBox,
-        _host: HostServicesBox,
+        host: HostServicesBox,
         flags: u32,
     ) -> Result<Box<dyn ImageImpl>, DriverError> {
-        Ok(Box::new(image::VdiImage::open(store, flags)?))
+        Ok(Box::new(image::VdiImage::open(store, &host, flags)?))
     }
     fn measure(
         &self,

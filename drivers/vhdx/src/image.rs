@@ -21,13 +21,14 @@ use crate::format::{random_guid, MIB, ZERO_GUID};
 use crate::header::{self, Header};
 use crate::log::{Log, SECTOR};
 use crate::metadata::{self, Metadata, MAX_DISK_SIZE};
-use crate::parent::Parent;
+use crate::parent;
 use crate::region::{self, Regions};
 use qimg_driver_api::schema::{CheckReport, CheckRequest, ImageInfo, Repair};
 use qimg_driver_api::{
     extent_flags, open_flags, ByteStoreBox, DriverError, Extent, HostServicesBox, ImageImpl,
     Prealloc, StoreExt,
 };
+use qimg_driver_util::parent::Parent;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -142,7 +143,7 @@ impl VhdxImage {
         let table = bat::read(&store, regions.bat, &geometry)?;
         bat::check_blocks(&table, &geometry, md.disk_size, file_len, &known)?;
         let parent = match &md.parent {
-            Some(locator) => Some(Parent::open(host, locator, flags)?),
+            Some(locator) => Some(parent::open(host, locator, flags)?),
             None => None,
         };
         Ok(VhdxImage {

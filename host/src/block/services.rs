@@ -170,17 +170,26 @@ impl HostServices for ServicesHandle {
     ) -> RResult<BackingBox, DriverError> {
         catch(|| {
             let services = &self.0;
-            let resolved = services.resolve(name.as_str());
-            crate::confine::admit_named_file(&resolved)?;
-            services.lineage.admit(&resolved)?;
-            let format = format.into_option().map(|f| f.as_str().to_string());
+            let mut name = name.as_str().to_string();
+            let mut named = false;
+            let mut format = format.into_option().map(|f| f.as_str().to_string());
             // `backing.KEY=...` options are the backing image's `KEY=...`
             // (its own backing's are `backing.backing.KEY`): handed down,
-            // they count as taken here.
+            // they count as taken here. As in qemu, `backing.file.filename`
+            // and `backing.driver` name the backing image and its format
+            // in place of what the overlay records; a name given so is the
+            // user's, relative to the working directory.
             let mut handed = Vec::new();
             for (key, value) in &services.options {
                 if let Some(child_key) = key.strip_prefix("backing.") {
-                    handed.push((child_key.to_string(), value.clone()));
+                    match child_key {
+                        "file.filename" => {
+                            name = value.clone();
+                            named = true;
+                        }
+                        "driver" => format = Some(value.clone()),
+                        _ => handed.push((child_key.to_string(), value.clone())),
+                    }
                     services
                         .asked
                         .lock()
@@ -188,6 +197,9 @@ impl HostServices for ServicesHandle {
                         .push(key.clone());
                 }
             }
+            let resolved = if named { name } else { services.resolve(&name) };
+            crate::confine::admit_named_file(&resolved)?;
+            services.lineage.admit(&resolved)?;
             let request = OpenRequest {
                 name: &resolved,
                 format: format.as_deref(),
