@@ -14,7 +14,7 @@
 # Without --from, the release build is made first; --from takes the binary
 # and libraries from an existing build directory (such as target/debug).
 #
-# --vendor also installs the vendor drivers (vendor/: dmg, bochs, cloop) as
+# --vendor also installs the vendor drivers (vendor/: dmg, bochs, cloop, qcow) as
 # a vendor's package would: their libraries into PREFIX/lib/qimg and their
 # own drop-in manifest, vendor/plugins.d/vendor.toml, into
 # PREFIX/etc/qimg/plugins.d/. Their libraries come from DIR, or are built
@@ -76,7 +76,7 @@ if [ -n "$vendor" ]; then
             cargo build --release --locked --manifest-path vendor/Cargo.toml --target-dir target/compat
         vendor="target/compat/release"
     fi
-    for name in dmg bochs cloop; do
+    for name in dmg bochs cloop qcow; do
         lib="libqimg_${name}.so"
         if [ ! -f "$vendor/$lib" ]; then
             echo "install.sh: no vendor driver '$name' in $vendor ($lib missing)" >&2
@@ -85,6 +85,6 @@ if [ -n "$vendor" ]; then
         install -m 644 "$vendor/$lib" "$prefix/lib/qimg/$lib"
     done
     install -m 644 vendor/plugins.d/vendor.toml "$prefix/etc/qimg/plugins.d/vendor.toml"
-    drivers="$drivers and vendor drivers dmg,bochs,cloop"
+    drivers="$drivers and vendor drivers dmg,bochs,cloop,qcow"
 fi
 echo "installed qimg with drivers ${drivers} into $prefix"

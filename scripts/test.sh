@@ -22,7 +22,7 @@ cargo build --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings
 # Crates built outside the workspace (the vendor template, the old-ABI driver,
 # the vendor drivers in vendor/) follow the same rules.
-for crate in templates/driver tests/compat/flat-1.4 vendor/bochs vendor/cloop vendor/dmg; do
+for crate in templates/driver tests/compat/flat-1.4 vendor/bochs vendor/cloop vendor/dmg vendor/qcow; do
     cargo fmt --manifest-path "$crate/Cargo.toml" -- --check
     cargo clippy --locked --quiet --manifest-path "$crate/Cargo.toml" \
         --target-dir target/compat -- -D warnings
@@ -34,7 +34,7 @@ if grep -q "^warning" <<< "$package_log"; then
     echo "cargo package of qimg-driver-api printed warnings" >&2
     exit 1
 fi
-# The vendor drivers (dmg, bochs, cloop) are built as a vendor builds them,
+# The vendor drivers (dmg, bochs, cloop, qcow) are built as a vendor builds them,
 # in their own workspace, into target/compat beside the template (sharing its
 # abi_stable build); the integration tests load them through their drop-in.
 vendor=(--locked --manifest-path vendor/Cargo.toml --target-dir target/compat)

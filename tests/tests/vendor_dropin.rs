@@ -163,7 +163,7 @@ fn install_sh_installs_the_vendor_drivers_with_their_drop_in() {
     assert_eq!(listed.status, 0, "{listed:?}");
     assert_eq!(
         listed.stdout.matches("    status: loaded\n").count(),
-        5,
+        6,
         "{listed:?}"
     );
     if samples(&fx) {

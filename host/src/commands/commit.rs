@@ -110,10 +110,7 @@ fn commit_command(
     .probed_as(base_layer.probed_raw());
     if top.size() > base.size() {
         if !base.driver.can(caps::RESIZE) {
-            return Err(fail(format!(
-                "Image format driver '{}' does not support resize",
-                base.format()
-            )));
+            return Err(fail("Image format driver does not support resize"));
         }
         base.resize(top.size(), Prealloc::OFF, false)
             .map_err(|e| fail(e.message.to_string()))?;

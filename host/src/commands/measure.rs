@@ -133,7 +133,7 @@ fn run(args: &[String]) -> CmdResult {
     };
     if !driver.can(caps::MEASURE) {
         return Err(fail(format!(
-            "Format driver '{}' does not support measure",
+            "Block driver '{}' does not support size measurement",
             driver.name
         )));
     }

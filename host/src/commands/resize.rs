@@ -92,10 +92,7 @@ fn run(args: &[String]) -> CmdResult {
         return Err(fail("Preallocation can only be used for growing images"));
     }
     if !image.driver.can(caps::RESIZE) {
-        return Err(fail(format!(
-            "Image format driver '{}' does not support resize",
-            image.format()
-        )));
+        return Err(fail("Image format driver does not support resize"));
     }
     image
         .resize(wanted, prealloc, shrinking)
