@@ -7,7 +7,7 @@
 # TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, vpc, vhdx, qed,
 # parallels, raw, luks, descriptors (vmdk), texts (manifests, json: and
 # --image-opts names, command lines), and the vendor drivers' dmg, bochs,
-# cloop (all by default). --time is the run time of each target
+# cloop, qcow (all by default). --time is the run time of each target
 # in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors texts dmg bochs cloop)
+all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors texts dmg bochs cloop qcow)
 time_per_target=60
 targets=()
 
@@ -293,6 +293,20 @@ seed_vhdx() {
     q create -f vhdx -o log_size=1M,block_size=1M dynamic.vhdx 4M
     qio vhdx dynamic.vhdx 'write -P 0xaa 0 4k' 'write -P 0x55 2M 8k'
     cp "$work/dynamic.vhdx" "$dir/dynamic.vhdx"
+}
+
+# qcow (version 1): written, compressed (qemu-img writes a correct image
+# and exits 1), encrypted (opened without its key), odd-sized.
+seed_qcow() {
+    local dir=$1
+    q create -f qcow plain.qcow 4M
+    qio qcow plain.qcow 'write -P 0xaa 0 12k' 'write -P 0x55 3M 4k'
+    q create -f raw qcow-src.raw 1M
+    qio raw qcow-src.raw 'write -P 0x11 0 64k'
+    (cd "$work" && qemu-img convert -c -f raw -O qcow qcow-src.raw comp.qcow >/dev/null 2>&1 || true)
+    q create -f qcow --object secret,id=k,data=qimg -o encrypt.format=aes,encrypt.key-secret=k aes.qcow 1M
+    q create -f qcow odd.qcow 1000
+    for f in plain comp aes odd; do cp "$work/$f.qcow" "$dir/$f.qcow"; done
 }
 
 seed_raw() {

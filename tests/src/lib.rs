@@ -110,6 +110,11 @@ impl Fixture {
         Fixture { dir, bin, plugins }
     }
 
+    /// The manifest qimg reads in this fixture.
+    pub fn plugins(&self) -> &Path {
+        &self.plugins
+    }
+
     /// Makes qimg read the manifest `manifest` (and the drop-ins beside it)
     /// instead of the workspace's plugins.toml.
     pub fn use_plugins(&mut self, manifest: &Path) {

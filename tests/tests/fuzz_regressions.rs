@@ -38,6 +38,8 @@ fn format_of(target: &str) -> Option<&'static str> {
         "luks" => Some("luks"),
         "vpc" => Some("vpc"),
         "vhdx" => Some("vhdx"),
+        // A vendor driver: the inputs run with the vendor drop-in.
+        "qcow" => Some("qcow"),
         _ => None,
     }
 }
@@ -76,7 +78,7 @@ fn run(fx: &Fixture, args: &[&str]) -> Ended {
         .stderr(err_file)
         .env("HOME", &fx.dir)
         .env_remove("XDG_CONFIG_HOME")
-        .env("QIMG_PLUGINS", workspace().join("plugins.toml"))
+        .env("QIMG_PLUGINS", fx.plugins())
         .env("LC_ALL", "C")
         .spawn()
         .expect("spawn qimg");
@@ -262,7 +264,7 @@ fn regression_inputs() -> Vec<(String, PathBuf)> {
 
 #[test]
 fn fuzz_regression_inputs_neither_panic_nor_hang() {
-    let fx = Fixture::new("fuzz_regressions");
+    let fx = qimg_tests::vendor::fixture("fuzz_regressions");
     let mut problems = Vec::new();
     let inputs = regression_inputs();
     for (target, path) in &inputs {

@@ -377,3 +377,26 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         converts_as_qemu_img(&fx, &image, &image);
     }
 }
+
+/// The qcow fuzz target's finding (`tests/fuzz-regressions/qcow/`): a 4 MiB
+/// image whose L1 table names L2 tables past the end of its 1 KiB file.
+/// New clusters went to the file's end, where those tables are, and a
+/// write read back another's data. Writes now go past everything the
+/// tables name.
+#[test]
+fn writes_never_land_on_tables_named_past_the_end_of_the_file() {
+    let fx = fixture("qcow1_past_eof");
+    let input = qimg_tests::workspace().join("tests/fuzz-regressions/qcow/tables-past-eof");
+    std::fs::copy(input, fx.path("a.qcow")).expect("copy the input");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.qemu_io("src.raw", "write -P 0x5a 0 8k");
+    fx.qemu_io("src.raw", "write -P 0xc3 2M 64k");
+    let out = fx.qimg(&[
+        "convert", "-n", "-f", "raw", "-O", "qcow", "src.raw", "a.qcow",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let same = fx.qimg(&["compare", "-f", "raw", "-F", "qcow", "src.raw", "a.qcow"]);
+    assert_eq!(same.status, 0, "{}{}", same.stdout, same.stderr);
+    let same = fx.qemu_img(&["compare", "-f", "raw", "-F", "qcow", "src.raw", "a.qcow"]);
+    assert_eq!(same.status, 0, "{}{}", same.stdout, same.stderr);
+}

@@ -82,6 +82,8 @@ pub struct QcowImage {
     pub tables: Mutex<Tables>,
     /// The compressed cluster read last.
     inflated: Mutex<Option<Inflated>>,
+    /// Where the header and the backing file name end.
+    header_end: u64,
 }
 
 impl QcowImage {
@@ -92,6 +94,7 @@ impl QcowImage {
         tables: Tables,
         backing_name: Option<String>,
         encrypted: bool,
+        header_end: u64,
     ) -> QcowImage {
         QcowImage {
             store,
@@ -102,6 +105,7 @@ impl QcowImage {
             cipher: None,
             tables: Mutex::new(tables),
             inflated: Mutex::new(None),
+            header_end,
         }
     }
 
@@ -246,8 +250,9 @@ impl QcowImage {
             return Ok(l2_offset);
         }
         let at = self.aligned_end(tables)?;
-        tables.set_l1_entry(&self.store, l1_index, at)?;
+        // The table exists before the L1 entry names it.
         tables.new_l2(&self.store, at)?;
+        tables.set_l1_entry(&self.store, l1_index, at)?;
         Ok(at)
     }
 
@@ -256,9 +261,11 @@ impl QcowImage {
         let cs = self.geometry.cluster_size();
         let (l1_index, l2_index, within) = self.split(at);
         let mut tables = self.lock();
+        self.guard(&mut tables)?;
         let l2_offset = self.l2_for_write(&mut tables, l1_index)?;
         let entry = tables.l2(&self.store, l2_offset)?[l2_index];
-        let cluster = if entry == 0 || entry & COMPRESSED != 0 {
+        let fresh = entry == 0 || entry & COMPRESSED != 0;
+        let cluster = if fresh {
             let new = self.aligned_end(&tables)?;
             let partial = (data.len() as u64) < cs;
             if entry != 0 && partial {
@@ -275,21 +282,34 @@ impl QcowImage {
                 }
             }
             tables.end = tables.end.max(new + cs);
-            tables.set_l2_entry(&self.store, l2_offset, l2_index, new)?;
             new
         } else {
             entry
         };
         let host = cluster.checked_add(within).ok_or_else(eio)?;
         check_request(host, data.len() as u64)?;
+        if tables.over_metadata(host, data.len() as u64) {
+            return Err(eio());
+        }
         match &self.cipher {
             Some(c) => {
                 let mut sealed = data.to_vec();
                 c.encrypt(at / SECTOR, &mut sealed);
-                self.store.write_all_at(host, &sealed)
+                self.store.write_all_at(host, &sealed)?;
             }
-            None => self.store.write_all_at(host, data),
+            None => self.store.write_all_at(host, data)?,
         }
+        // The data is in place before the L2 entry names its cluster: a
+        // crash between leaves an unnamed cluster, not one reading zeros.
+        if fresh {
+            tables.set_l2_entry(&self.store, l2_offset, l2_index, cluster)?;
+        }
+        Ok(())
+    }
+
+    /// Readies the tables for a first write ([`Tables::guard`]).
+    fn guard(&self, tables: &mut Tables) -> Result<(), DriverError> {
+        tables.guard(&self.store, self.header_end, self.geometry.cluster_bits)
     }
 
     /// Writes encrypted zeros to the sectors of the new cluster at file
@@ -335,6 +355,7 @@ impl QcowImage {
     fn write_packed(&self, offset: u64, cluster: &[u8], packed: &[u8]) -> Result<(), DriverError> {
         let (l1_index, l2_index, _) = self.split(offset);
         let mut tables = self.lock();
+        self.guard(&mut tables)?;
         let l2_offset = self.l2_for_write(&mut tables, l1_index)?;
         if tables.l2(&self.store, l2_offset)?[l2_index] != 0 {
             drop(tables);

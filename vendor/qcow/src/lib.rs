@@ -119,7 +119,11 @@ impl DriverImpl for QcowDriver {
                     format!("Could not open '{}': {}", store.display_name(), e.message),
                 )
             })?;
-        let backing_name = match h.backing_name_len()? {
+        let name_len = h.backing_name_len()?;
+        let header_end = name_len.map_or(HEADER_SIZE as u64, |len| {
+            (h.backing_file_offset.saturating_add(len as u64)).max(HEADER_SIZE as u64)
+        });
+        let backing_name = match name_len {
             Some(len) => {
                 let mut name = vec![0u8; len];
                 store.read_or_zero_at(h.backing_file_offset, &mut name)?;
@@ -134,7 +138,8 @@ impl DriverImpl for QcowDriver {
             cluster_bits: h.cluster_bits,
             l2_bits: h.l2_bits,
         };
-        let mut image = QcowImage::new(store, geometry, tables, backing_name, encrypted);
+        let mut image =
+            QcowImage::new(store, geometry, tables, backing_name, encrypted, header_end);
         image.cipher = cipher;
         if flags & open_flags::NO_BACKING == 0 {
             if let Some(name) = &image.backing_name {

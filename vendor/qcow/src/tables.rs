@@ -5,6 +5,12 @@
 //! end read as 0, as qemu reads zeros there, so a header's table size
 //! never sizes an allocation beyond the file's. Entries written past that
 //! part are kept aside.
+//!
+//! Before the first write, [`Tables::guard`] reads every L2 table once:
+//! new tables and clusters then go past everything the image names (a
+//! damaged image may name space past its end, where the file's end would
+//! otherwise hand it out again), and a data cluster lying over the
+//! image's own tables is never written in place.
 
 use qimg_driver_api::{ByteStoreBox, DriverError, StoreExt};
 use std::collections::{BTreeMap, HashMap};
@@ -50,9 +56,17 @@ pub struct Tables {
     l2_entries: usize,
     /// L2 tables by file offset.
     l2_cache: HashMap<u64, Arc<Vec<u64>>>,
-    /// The file's length.
+    /// The file's length, and past it, everything the tables name once
+    /// guarded: where the next table or cluster goes.
     pub end: u64,
+    /// The image's own metadata (header, L1 and L2 tables) as sorted
+    /// byte ranges, once guarded.
+    metadata: Option<Vec<(u64, u64)>>,
 }
+
+/// What [`Tables::guard`] may read: a little more than the file, since
+/// a sound image's tables do not overlap.
+const GUARD_SLACK: u64 = 64 << 20;
 
 impl Tables {
     /// Reads the L1 table of `l1_entries` entries at `l1_offset`.
@@ -78,6 +92,69 @@ impl Tables {
             l2_entries: 1 << l2_bits,
             l2_cache: HashMap::new(),
             end,
+            metadata: None,
+        })
+    }
+
+    /// Readies the tables for writing (once): records the image's metadata
+    /// ranges, the header's `header_end` bytes included, and moves `end`
+    /// past every table and cluster they name (compressed clusters are
+    /// decoded with `cluster_bits`). Refused (EIO) when the L2 tables
+    /// inside the file add up to more than it holds, which only tables
+    /// overlapping each other do.
+    pub fn guard(
+        &mut self,
+        store: &ByteStoreBox,
+        header_end: u64,
+        cluster_bits: u8,
+    ) -> Result<(), DriverError> {
+        if self.metadata.is_some() {
+            return Ok(());
+        }
+        let file_len = self.end;
+        let l2_bytes = self.l2_bytes();
+        let mut ranges = vec![(0, header_end), (self.l1_offset, self.l1_entries * 8)];
+        let mut tables: Vec<u64> = self.l1.iter().copied().filter(|&e| e != 0).collect();
+        tables.sort_unstable();
+        tables.dedup();
+        let inside = tables.iter().filter(|&&t| t < file_len).count() as u64;
+        if inside.saturating_mul(l2_bytes) > file_len + GUARD_SLACK {
+            return Err(eio());
+        }
+        let mut floor = file_len.max(self.l1_offset + self.l1_entries * 8);
+        let cs = 1u64 << cluster_bits;
+        for &t in &tables {
+            ranges.push((t, l2_bytes));
+            floor = floor.max(t.saturating_add(l2_bytes));
+            if t >= file_len {
+                continue;
+            }
+            for &e in self.l2(store, t)?.iter() {
+                let end = if e & crate::header::COMPRESSED != 0 {
+                    let offset = e & ((1u64 << (63 - cluster_bits)) - 1);
+                    offset.saturating_add((e >> (63 - cluster_bits)) & (cs - 1))
+                } else {
+                    e.saturating_add(cs)
+                };
+                if e != 0 {
+                    floor = floor.max(end);
+                }
+            }
+        }
+        ranges.sort_unstable();
+        self.metadata = Some(ranges);
+        self.end = floor;
+        Ok(())
+    }
+
+    /// Whether `[offset, offset + len)` of the file holds the image's
+    /// metadata (after [`Tables::guard`]).
+    pub fn over_metadata(&self, offset: u64, len: u64) -> bool {
+        let end = offset.saturating_add(len);
+        self.metadata.as_ref().is_some_and(|ranges| {
+            ranges
+                .iter()
+                .any(|&(at, n)| at < end && offset < at.saturating_add(n))
         })
     }
 
