@@ -108,6 +108,11 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
     Input("qed", "disk.qed", "qed", qemu_convert("-O qed"), ["src"]),
     Input("vpc", "disk.vhd", "vpc", qemu_convert("-O vpc"), ["src"]),
     Input("vhdx", "disk.vhdx", "vhdx", qemu_convert("-O vhdx"), ["src"]),
+    Input("qcow", "disk.qcow", "qcow", qemu_convert("-O qcow"), ["src"]),
+    # qemu-img cannot write dmg: made here, as hdiutil's UDZO images are
+    # laid out (one zlib chunk per MiB, zero chunks for zeros).
+    Input("dmg", "disk.dmg", "dmg", "generated from {src}: UDIF, zlib chunks of 1 MiB",
+          ["src"]),
     Input("luks", "disk.luks", "luks",
           qemu_convert(f"--object {SECRET} -O luks -o {LUKS_OPTS}"), ["src"]),
     Input("qcow2luks", "disk-luks.qcow2", "qcow2+luks",
@@ -166,6 +171,9 @@ class Op:
     # name for qemu-img only: measured in the same rounds and reported as an
     # extra row "NAME (qemu FLAGS)" comparing qimg with qemu-img FLAGS.
     qemu_best: list[str] = field(default_factory=list)
+    # The format's driver is a vendor driver (vendor/): qimg runs with the
+    # vendor drivers' drop-in (see vendor_plugins).
+    vendor: bool = False
     note: str = ""
 
     @property
@@ -193,11 +201,12 @@ class Op:
 
 
 def convert(name: str, src: str, src_fmt: str, out_fmt: str, opts: list[str] = (),
-            compress: bool = False, best: list[str] = (), note: str = "") -> Op:
+            compress: bool = False, best: list[str] = (), vendor: bool = False,
+            note: str = "") -> Op:
     args = ["convert", *(["-c"] if compress else []), "-f", src_fmt, "-O", out_fmt, *opts,
             "{%s}" % src, "{out}"]
     return Op(name, args, outputs=["out"], out_fmt=out_fmt, reads=[src],
-              qemu_best=list(best), note=note)
+              qemu_best=list(best), vendor=vendor, note=note)
 
 
 COMPRESSED_BEST = ["-W"]       # qemu-img's out-of-order writes: parallel compression
@@ -260,6 +269,11 @@ OPS: list[Op] = [
     # vhdx
     convert("convert-raw-vhdx", "src", "raw", "vhdx", note="dynamic VHDX"),
     convert("convert-vhdx-raw", "vhdx", "vhdx", "raw", note="from a dynamic VHDX"),
+    # vendor drivers (vendor/, loaded from their drop-in)
+    convert("convert-qcow-raw", "qcow", "qcow", "raw", vendor=True,
+            note="qcow version 1 (vendor driver)"),
+    convert("convert-dmg-raw", "dmg", "dmg", "raw", vendor=True,
+            note="UDIF, zlib chunks of 1 MiB (vendor driver)"),
     # encryption: AES-256-XTS (qemu-img's default cipher)
     Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
                             "-o", LUKS_OPTS, "{src}", "{out}"],
@@ -427,7 +441,29 @@ def find_binaries(a: argparse.Namespace) -> tuple[str, str]:
                 raise BenchError(f"cargo build failed (exit {r.returncode})")
     if not os.access(qimg, os.X_OK):
         raise BenchError(f"qimg binary not found at {qimg} (build it, or set QIMG_BIN)")
+    if any(op.vendor for op in a.op_list) and not a.no_build:
+        log("== cargo build --release (vendor/)")
+        r = subprocess.run(["cargo", "build", "--release", "--manifest-path",
+                            str(REPO / "vendor/Cargo.toml"), "--target-dir",
+                            str(REPO / "target/compat")], cwd=REPO)
+        if r.returncode != 0:
+            raise BenchError(f"cargo build of vendor/ failed (exit {r.returncode})")
     return qimg, qemu
+
+
+def vendor_plugins(workdir: Path) -> Path:
+    """A manifest for qimg with the vendor drivers: qimg's own plugins.toml
+    (its libraries beside the qimg binary) and the vendor drop-in, whose
+    libraries the release build of vendor/ leaves in target/compat/release."""
+    etc = workdir / "plugins"
+    (etc / "plugins.d").mkdir(parents=True, exist_ok=True)
+    manifest = etc / "plugins.toml"
+    shutil.copyfile(REPO / "plugins.toml", manifest)
+    drop_in = (REPO / "vendor/plugins.d/vendor.toml").read_text()
+    libs = REPO / "target/compat/release"
+    drop_in = re.sub(r"(?m)^search_paths = .*$", f'search_paths = ["{libs}"]', drop_in)
+    (etc / "plugins.d/vendor.toml").write_text(drop_in)
+    return manifest
 
 
 # --------------------------------------------------------------------------
@@ -592,6 +628,10 @@ def build_input(key: str, workdir: Path, qemu: str, size: int) -> None:
         words = i.recipe.split()[1:]
         run_checked([qemu] + [w.format(**files, dst=tmp) for w in words], workdir)
         os.replace(tmp, dst)
+    elif key == "dmg":
+        tmp = dst.with_name(dst.name + ".tmp")
+        write_dmg(Path(files["src"]), tmp)
+        os.replace(tmp, dst)
     elif key in CHAIN_LAYERS:
         # Built in place: the overlay names its backing file by name.
         dst.unlink(missing_ok=True)
@@ -606,6 +646,58 @@ def build_input(key: str, workdir: Path, qemu: str, size: int) -> None:
                         + [i.file], workdir)
     else:
         raise BenchError(f"no way to make input '{key}'")
+
+
+DMG_CHUNK = MIB
+
+
+def write_dmg(src: Path, dst: Path) -> None:
+    """A UDIF image of `src`: the data fork (zlib chunks), one blkx table as
+    an XML property list, the koly trailer."""
+    import base64
+    import zlib
+    size = src.stat().st_size
+    sectors = (size + 511) // 512
+    entries = []
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        sector = 0
+        while sector < sectors:
+            data = f.read(DMG_CHUNK)
+            count = (len(data) + 511) // 512
+            data += bytes(count * 512 - len(data))
+            if not data.strip(b"\0"):
+                entries.append((0, sector, count, out.tell(), 0))
+            else:
+                packed = zlib.compress(data, 6)
+                entries.append((0x80000005, sector, count, out.tell(), len(packed)))
+                out.write(packed)
+            sector += count
+        forks_at = out.tell()
+        table = bytearray(204)
+        table[0:4] = b"mish"
+        table[4:8] = (1).to_bytes(4, "big")
+        table[16:24] = sectors.to_bytes(8, "big")
+        table[200:204] = (len(entries) + 1).to_bytes(4, "big")
+        for kind, first, count, at, length in entries + [(0xFFFFFFFF, sectors, 0, 0, 0)]:
+            table += (kind.to_bytes(4, "big") + bytes(4) + first.to_bytes(8, "big")
+                      + count.to_bytes(8, "big") + at.to_bytes(8, "big")
+                      + length.to_bytes(8, "big"))
+        encoded = base64.encodebytes(bytes(table)).decode()
+        xml = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\">\n"
+               "<dict>\n\t<key>resource-fork</key>\n\t<dict>\n\t\t<key>blkx</key>\n"
+               "\t\t<array>\n\t\t<dict>\n\t\t\t<key>Data</key>\n\t\t\t<data>\n"
+               + encoded + "\t\t\t</data>\n\t\t</dict>\n\t\t</array>\n\t</dict>\n"
+               "</dict>\n</plist>\n").encode()
+        out.write(xml)
+        koly = bytearray(512)
+        koly[0:4] = b"koly"
+        koly[4:8] = (4).to_bytes(4, "big")
+        koly[8:12] = (512).to_bytes(4, "big")
+        koly[0x20:0x28] = forks_at.to_bytes(8, "big")
+        koly[0xD8:0xE0] = forks_at.to_bytes(8, "big")
+        koly[0xE0:0xE8] = len(xml).to_bytes(8, "big")
+        koly[0x1EC:0x1F4] = sectors.to_bytes(8, "big")
+        out.write(koly)
 
 
 def prepare_derived(a: argparse.Namespace, workdir: Path, qemu: str, keys: list[str],
@@ -730,7 +822,8 @@ def have_gnu_time() -> bool:
     return r.returncode == 0
 
 
-def run_timed(cmd: list[str], workdir: Path, cwd: Path, gnu_time: bool) -> RunResult:
+def run_timed(cmd: list[str], workdir: Path, cwd: Path, gnu_time: bool,
+              env: dict[str, str] | None = None) -> RunResult:
     """Run `cmd` in `cwd`; wall time from a monotonic clock around the spawn,
     user+sys CPU from os.wait4() (the child and whatever it waited for), peak
     RSS from GNU time when available (-1 otherwise)."""
@@ -741,7 +834,8 @@ def run_timed(cmd: list[str], workdir: Path, cwd: Path, gnu_time: bool) -> RunRe
         cmd = [GNU_TIME, "-f", "%M", "-o", str(rss_path), "--"] + cmd
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=env)
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -771,6 +865,7 @@ class Contender:
     key: str                         # "qimg", "qemu-img", "qemu-img -W"
     binary: str
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # the environment, if not the bench's
 
 
 class Failure(Exception):
@@ -805,7 +900,10 @@ class Bench:
         self.formats.update({k: INPUTS[v].fmt for k, v in SCRATCH.items()})
 
     def contenders(self, op: Op) -> list[Contender]:
-        out = [Contender("qimg", self.qimg), Contender("qemu-img", self.qemu)]
+        env = None
+        if op.vendor:
+            env = {**os.environ, "QIMG_PLUGINS": str(vendor_plugins(self.workdir))}
+        out = [Contender("qimg", self.qimg, env=env), Contender("qemu-img", self.qemu)]
         if op.qemu_best:
             out.append(Contender("qemu-img " + " ".join(op.qemu_best), self.qemu,
                                  op.qemu_best))
@@ -840,7 +938,8 @@ class Bench:
 
     def run(self, c: Contender, op: Op) -> RunResult:
         self.scratch.mkdir(exist_ok=True)
-        return run_timed(self.command(c, op), self.workdir, self.scratch, self.gnu_time)
+        return run_timed(self.command(c, op), self.workdir, self.scratch, self.gnu_time,
+                         c.env)
 
     def supported(self, op: Op) -> bool:
         r = subprocess.run([self.qimg, op.command, "--help"],
