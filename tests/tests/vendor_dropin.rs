@@ -93,6 +93,16 @@ fn without_the_drop_in_vendor_images_are_refused_by_name() {
             assert!(raw.stdout.contains("file format: raw\n"), "{raw:?}");
         }
     }
+    // qcow (version 1), which qemu-img makes.
+    fx.sh("qemu-img create -q -f qcow old.qcow 1M");
+    assert!(!listed.stdout.contains("driver: qcow\n"), "{listed:?}");
+    let out = fx.qimg(&["info", "old.qcow"]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("image is in qcow format, for which no driver is installed"),
+        "{out:?}"
+    );
     own_formats_work(&fx);
 }
 
