@@ -295,6 +295,17 @@ impl Fixture {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Asserts that the raw files `a` and `b` hold the same guest data, by
+    /// the real `qemu-img compare`.
+    pub fn same_raw(&self, a: &str, b: &str) {
+        let same = self.qemu_img(&["compare", "-f", "raw", "-F", "raw", a, b]);
+        assert_eq!(
+            same.status, 0,
+            "{a} and {b}: {}{}",
+            same.stdout, same.stderr
+        );
+    }
+
     /// Runs both tools with the same arguments and asserts identical stdout,
     /// stderr and exit status. Returns qimg's outcome.
     pub fn same(&self, args: &[&str]) -> Outcome {

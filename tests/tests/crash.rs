@@ -179,20 +179,7 @@ fn snapshot_walk(name: &str, args: &[&str], fault: Fault) -> usize {
         let landed = args[0] == "-d" && !tags.contains(&args[1]);
         for tag in tags {
             fx.sh(&format!("qemu-img convert -l {tag} -O raw a.qcow2 got.raw"));
-            let same = fx.qemu_img(&[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "raw",
-                "got.raw",
-                &format!("{tag}.raw"),
-            ]);
-            assert_eq!(
-                same.status, 0,
-                "{name}: {n}: snapshot {tag}: {}",
-                same.stdout
-            );
+            fx.same_raw("got.raw", &format!("{tag}.raw"));
         }
         if fault == Fault::NoSpace {
             // qemu-img's failed snapshot -c leaves a stale refcount that

@@ -47,16 +47,7 @@ fn link(fx: &Fixture, parent: &str) {
 fn reads_as_expected(fx: &Fixture, spec: &str) {
     let out = fx.qimg(&["convert", "--image-opts", spec, "-O", "raw", "got.raw"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
-    let same = fx.qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "raw",
-        "got.raw",
-        "expected.raw",
-    ]);
-    assert_eq!(same.status, 0, "{}", same.stdout);
+    fx.same_raw("got.raw", "expected.raw");
 }
 
 #[test]

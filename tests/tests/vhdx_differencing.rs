@@ -89,28 +89,10 @@ fn build_child(fx: &Fixture) {
     std::fs::write(fx.path("child.vhdx"), file).expect("write child");
 }
 
-/// The child reads as `expected.raw`, by qimg's convert and compare, and
-/// the converted bytes by the real qemu-img compare.
-fn reads_as_expected(fx: &Fixture, child: &str) {
-    let out = fx.qimg(&["convert", "-O", "raw", child, "got.raw"]);
-    assert_eq!(out.status, 0, "{}", out.stderr);
-    let same = fx.qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "raw",
-        "got.raw",
-        "expected.raw",
-    ]);
-    assert_eq!(same.status, 0, "{}", same.stdout);
-    let same = fx.qimg(&["compare", "-F", "raw", child, "expected.raw"]);
-    assert_eq!(same.status, 0, "{}{}", same.stdout, same.stderr);
-}
-
-#[test]
-fn a_created_child_reads_as_its_parent_and_names_it() {
-    let fx = Fixture::new("vhdx_diff_create");
+/// A fixture with [`PARENT`] and `child.vhdx`, an empty differencing disk
+/// over it made by `qimg create -b` (which names the parent as it makes it).
+fn with_child(name: &str) -> Fixture {
+    let fx = Fixture::new(name);
     fx.sh(PARENT);
     let out = fx.qimg(&[
         "create",
@@ -128,6 +110,22 @@ fn a_created_child_reads_as_its_parent_and_names_it() {
         "{}",
         out.stdout
     );
+    fx
+}
+
+/// The child reads as `expected.raw`, by qimg's convert and compare, and
+/// the converted bytes by the real qemu-img compare.
+fn reads_as_expected(fx: &Fixture, child: &str) {
+    let out = fx.qimg(&["convert", "-O", "raw", child, "got.raw"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.same_raw("got.raw", "expected.raw");
+    let same = fx.qimg(&["compare", "-F", "raw", child, "expected.raw"]);
+    assert_eq!(same.status, 0, "{}{}", same.stdout, same.stderr);
+}
+
+#[test]
+fn a_created_child_reads_as_its_parent_and_names_it() {
+    let fx = with_child("vhdx_diff_create");
     reads_as_expected(&fx, "child.vhdx");
     let info = fx.qimg(&["info", "--output=json", "child.vhdx"]);
     assert!(
@@ -158,20 +156,7 @@ fn a_created_child_reads_as_its_parent_and_names_it() {
 
 #[test]
 fn partially_present_blocks_read_through_their_sector_bitmap() {
-    let fx = Fixture::new("vhdx_diff_partial");
-    fx.sh(PARENT);
-    let out = fx.qimg(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-b",
-        "base.vhdx",
-        "-F",
-        "vhdx",
-        "child.vhdx",
-    ]);
-    assert_eq!(out.status, 0, "{}", out.stderr);
+    let fx = with_child("vhdx_diff_partial");
     build_child(&fx);
     reads_as_expected(&fx, "child.vhdx");
     // What the child holds is depth 0, what shows through is the parent's.
@@ -190,21 +175,8 @@ fn partially_present_blocks_read_through_their_sector_bitmap() {
 
 #[test]
 fn writes_land_in_the_child_and_leave_the_parent_alone() {
-    let fx = Fixture::new("vhdx_diff_write");
-    fx.sh(PARENT);
+    let fx = with_child("vhdx_diff_write");
     fx.sh("cp base.vhdx base.orig");
-    let out = fx.qimg(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-b",
-        "base.vhdx",
-        "-F",
-        "vhdx",
-        "child.vhdx",
-    ]);
-    assert_eq!(out.status, 0, "{}", out.stderr);
     build_child(&fx);
     // Writes into a partial block, a NOT_PRESENT block, a ZERO block, and
     // zeros over the parent's data.
@@ -231,20 +203,7 @@ fn writes_land_in_the_child_and_leave_the_parent_alone() {
 
 #[test]
 fn a_changed_or_missing_parent_is_refused() {
-    let fx = Fixture::new("vhdx_diff_parent");
-    fx.sh(PARENT);
-    let out = fx.qimg(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-b",
-        "base.vhdx",
-        "-F",
-        "vhdx",
-        "child.vhdx",
-    ]);
-    assert_eq!(out.status, 0, "{}", out.stderr);
+    let fx = with_child("vhdx_diff_parent");
     // qemu-io's first write gives the parent a new DataWriteGuid.
     fx.sh("cp base.vhdx base.orig && qemu-io -f vhdx -c 'write -P 3 0 4k' base.vhdx >/dev/null");
     let out = fx.qimg(&["convert", "-O", "raw", "child.vhdx", "x.raw"]);
