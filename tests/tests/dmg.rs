@@ -387,6 +387,13 @@ fn hostile_trailers_and_tables_fail_as_qemu_img_fails() {
         ("xml-huge", "base", koly + 0xe0, be64(u64::MAX)),
         ("xml-none", "base", koly + 0xe0, be64(0)),
         ("sectors-neg", "base", koly + 0x1ec, be64(1 << 63)),
+        // Found by the dmg fuzz target: the size overflowed.
+        (
+            "sectors-max",
+            "base",
+            koly + 0x1ec,
+            be64((i64::MAX as u64) / 512 + 1),
+        ),
         ("sectors-more", "base", koly + 0x1ec, be64(100)),
         ("sectors-fewer", "base", koly + 0x1ec, be64(20)),
         ("no-close", "base", koly - 30, b"<daty>".to_vec()),

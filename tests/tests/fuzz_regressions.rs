@@ -38,8 +38,9 @@ fn format_of(target: &str) -> Option<&'static str> {
         "luks" => Some("luks"),
         "vpc" => Some("vpc"),
         "vhdx" => Some("vhdx"),
-        // A vendor driver: the inputs run with the vendor drop-in.
+        // Vendor drivers: the inputs run with the vendor drop-in.
         "qcow" => Some("qcow"),
+        "dmg" => Some("dmg"),
         _ => None,
     }
 }

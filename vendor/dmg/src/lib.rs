@@ -34,6 +34,11 @@ const EPERM: i32 = 1;
 const EIO: i32 = 5;
 /// EINVAL: what qemu-img reports for most damaged trailers and tables.
 const EINVAL: i32 = 22;
+/// EFBIG, for a disk past what qemu's block layer addresses.
+const EFBIG: i32 = 27;
+/// The largest disk qemu's block layer addresses: `INT64_MAX` rounded
+/// down to 1 GiB (its `BDRV_MAX_LENGTH`).
+const MAX_LENGTH: u64 = i64::MAX as u64 & !((1 << 30) - 1);
 /// Guest sector size.
 const SECTOR: u64 = 512;
 
@@ -163,9 +168,20 @@ impl DriverImpl for DmgDriver {
                 Skipped::Silent => {}
             }
         }
+        // As qemu's block layer refuses a disk past what it addresses.
+        let size = trailer
+            .sectors
+            .checked_mul(SECTOR)
+            .filter(|&s| s <= MAX_LENGTH)
+            .ok_or_else(|| {
+                DriverError::from_errno(
+                    EFBIG,
+                    "Could not refresh total sector count: File too large",
+                )
+            })?;
         Ok(Box::new(DmgImage {
             store,
-            size: trailer.sectors * SECTOR,
+            size,
             chunks,
             cached: Mutex::new(None),
         }))
