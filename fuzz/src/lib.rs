@@ -56,12 +56,36 @@ const ENOSPC: i32 = 28;
 
 /// A file held in memory, shared by the harness and the stores on it.
 #[derive(Clone, Default)]
-pub struct MemFile(Arc<Mutex<Vec<u8>>>);
+pub struct MemFile(Arc<Mutex<Mem>>);
+
+/// The bytes of a [`MemFile`]: those stored, then zeros up to its length,
+/// so that growing a file (a driver's preallocation) costs no memory, as
+/// in a sparse file.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Mem {
+    /// The bytes up to the last one written (never past `len`).
+    bytes: Vec<u8>,
+    /// The file's length.
+    len: u64,
+}
 
 impl MemFile {
     /// A file holding a copy of `bytes`.
     pub fn new(bytes: &[u8]) -> MemFile {
-        MemFile(Arc::new(Mutex::new(bytes.to_vec())))
+        MemFile(Arc::new(Mutex::new(Mem {
+            bytes: bytes.to_vec(),
+            len: bytes.len() as u64,
+        })))
+    }
+    /// A separate file with the same contents.
+    pub fn duplicate(&self) -> MemFile {
+        MemFile(Arc::new(Mutex::new(self.lock().clone())))
+    }
+    /// Whether the file holds exactly `data`.
+    pub fn holds(&self, data: &[u8]) -> bool {
+        let mem = self.lock();
+        let stored = mem.bytes.len();
+        mem.len == data.len() as u64 && data[..stored] == mem.bytes[..] && is_zero(&data[stored..])
     }
     /// A store on this file. A read-only store refuses writes (and counts
     /// them: see [`MemFile::writes_refused`]).
@@ -75,11 +99,7 @@ impl MemFile {
             TD_Opaque,
         )
     }
-    /// The file's bytes.
-    pub fn bytes(&self) -> Vec<u8> {
-        self.lock().clone()
-    }
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
         // A panic while a store was locked is already a finding; go on.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -117,10 +137,16 @@ fn is_zero(bytes: &[u8]) -> bool {
 
 impl ByteStore for MemStore {
     fn read_at(&self, offset: u64, mut buf: RSliceMut<'_, u8>) -> RResult<u64, DriverError> {
-        let data = self.file.lock();
-        let start = offset.min(data.len() as u64) as usize;
-        let n = (data.len() - start).min(buf.len());
-        buf[..n].copy_from_slice(&data[start..start + n]);
+        let mem = self.file.lock();
+        let n = mem.len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        let stored = (mem.bytes.len() as u64)
+            .saturating_sub(offset)
+            .min(n as u64) as usize;
+        if stored > 0 {
+            let start = offset as usize;
+            buf[..stored].copy_from_slice(&mem.bytes[start..start + stored]);
+        }
+        buf[stored..n].fill(0);
         RResult::ROk(n as u64)
     }
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
@@ -131,15 +157,16 @@ impl ByteStore for MemStore {
             Ok(end) => end as usize,
             Err(e) => return RResult::RErr(e),
         };
-        let mut data = self.file.lock();
-        if data.len() < end {
-            data.resize(end, 0);
+        let mut mem = self.file.lock();
+        if mem.bytes.len() < end {
+            mem.bytes.resize(end, 0);
         }
-        data[offset as usize..end].copy_from_slice(&buf);
+        mem.bytes[offset as usize..end].copy_from_slice(&buf);
+        mem.len = mem.len.max(end as u64);
         RResult::ROk(())
     }
     fn len(&self) -> RResult<u64, DriverError> {
-        RResult::ROk(self.file.lock().len() as u64)
+        RResult::ROk(self.file.lock().len)
     }
     fn set_len(&self, len: u64, _prealloc: Prealloc) -> RResult<(), DriverError> {
         if let Err(e) = self.refuse_if_read_only("resize") {
@@ -151,7 +178,9 @@ impl ByteStore for MemStore {
                 "Could not resize file: No space left on device",
             ));
         }
-        self.file.lock().resize(len as usize, 0);
+        let mut mem = self.file.lock();
+        mem.bytes.truncate(len as usize);
+        mem.len = len;
         RResult::ROk(())
     }
     fn flush(&self) -> RResult<(), DriverError> {
@@ -166,17 +195,20 @@ impl ByteStore for MemStore {
             Err(e) => return RResult::RErr(e),
         };
         // Like the host's file store: the file grows to the end of the range.
-        let mut data = self.file.lock();
-        if data.len() < end {
-            data.resize(end, 0);
+        let mut mem = self.file.lock();
+        let stored = mem.bytes.len();
+        if (offset as usize) < stored {
+            mem.bytes[offset as usize..end.min(stored)].fill(0);
         }
-        data[offset as usize..end].fill(0);
+        mem.len = mem.len.max(end as u64);
         RResult::ROk(())
     }
     fn run_at(&self, offset: u64, max: u64) -> RResult<StoreRun, DriverError> {
         // SEEK_DATA / SEEK_HOLE over a file whose all-zero blocks are holes,
         // answered as the host's file store answers.
-        let data = self.file.lock();
+        let mem = self.file.lock();
+        let data = &mem.bytes;
+        // Past the stored bytes everything is a hole.
         let len = data.len() as u64;
         if offset >= len || max == 0 {
             return RResult::ROk(StoreRun {
@@ -203,8 +235,9 @@ impl ByteStore for MemStore {
         RResult::ROk(StoreRun { data: kind, length })
     }
     fn allocated_size(&self) -> RResult<u64, DriverError> {
-        let data = self.file.lock();
-        let blocks = data
+        let mem = self.file.lock();
+        let blocks = mem
+            .bytes
             .chunks(HOLE_BLOCK as usize)
             .filter(|b| !is_zero(b))
             .count() as u64;
@@ -601,7 +634,7 @@ fn write_pass(driver: &dyn DriverImpl, data: &[u8], clean_before: bool) {
         return;
     }
     // The copy as written: a clean image stays clean.
-    let after = MemFile::new(&file.bytes());
+    let after = file.duplicate();
     if let Ok(image) = open(driver, &after, open_flags::NO_BACKING | open_flags::CHECK) {
         if let Ok(report) = image.check(CheckRequest {
             repair: Repair::None,
@@ -650,7 +683,7 @@ pub fn fuzz_image(driver: &dyn DriverImpl, data: &[u8]) {
         },
     };
     assert!(
-        file.bytes() == data,
+        file.holds(data),
         "opening, reading and checking read-only changed the image"
     );
     write_pass(driver, data, clean.unwrap_or(true));
@@ -672,7 +705,7 @@ pub fn resize_pass(driver: &dyn DriverImpl, data: &[u8], grow_by: u64) {
     if !(resized && closed) {
         return;
     }
-    let after = MemFile::new(&file.bytes());
+    let after = file.duplicate();
     if let Ok(image) = open(driver, &after, open_flags::NO_BACKING) {
         let _ = image.info();
         let _ = walk_status(&*image, image.virtual_size().min(READ_BUDGET));

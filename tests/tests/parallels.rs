@@ -618,3 +618,28 @@ fn measure_is_what_convert_writes() {
         );
     }
 }
+
+/// A 900 KiB file whose header names 204800 clusters of 1 MiB: qemu-img
+/// reports each as outside the image, one line each. qimg's report keeps
+/// the first 65536 lines (the rest are counted in one line), so a larger
+/// hostile file cannot make it hold a line per 4 bytes of file; the
+/// counts, the summary and the exit status are qemu-img's.
+#[test]
+fn check_of_a_huge_table_keeps_its_report_bounded() {
+    let fx = Fixture::new("parallels_many_errors");
+    fx.sh(
+        "qemu-img create -q -f parallels -o cluster_size=1M big.prl 200G && \
+         truncate -s 900K big.prl",
+    );
+    let ours = fx.qimg(&["check", "big.prl"]);
+    let theirs = fx.qemu_img(&["check", "big.prl"]);
+    assert_eq!((ours.status, &ours.stdout), (theirs.status, &theirs.stdout));
+    let lines: Vec<&str> = ours.stderr.lines().collect();
+    assert_eq!(lines.len(), 65537, "{}", lines.last().unwrap_or(&""));
+    assert_eq!(
+        lines[..65536],
+        theirs.stderr.lines().take(65536).collect::<Vec<_>>()[..]
+    );
+    let rest = theirs.stderr.lines().count() - 65536;
+    assert_eq!(lines[65536], format!("... and {rest} more like them"));
+}

@@ -15,6 +15,21 @@ use qimg_driver_api::schema::{CheckReport, Repair};
 use qimg_driver_api::{Prealloc, StoreExt};
 use qimg_driver_util::{read_or_zero, write_all};
 
+/// Most messages a report keeps: a BAT entry can give one each, so a
+/// hostile image of N MiB could give N/4 million (qemu-img prints them as
+/// it goes; a report holds them).
+const MAX_MESSAGES: usize = 1 << 16;
+
+/// Adds `message` to the report, or counts it in `dropped` once the report
+/// holds [`MAX_MESSAGES`].
+fn note(r: &mut CheckReport, dropped: &mut u64, message: String) {
+    if r.messages.len() < MAX_MESSAGES {
+        r.messages.push(message);
+    } else {
+        *dropped += 1;
+    }
+}
+
 fn word(fix: bool) -> &'static str {
     if fix {
         "Repairing"
@@ -30,12 +45,14 @@ pub fn check(img: &ParallelsImage, st: &mut State, repair: Repair) -> Result<Che
     let geo = img.geo;
     let cs = geo.cluster;
     let mut r = CheckReport::default();
+    let mut dropped = 0u64;
 
     if st.unclean {
-        r.messages.push(format!(
-            "{} image was not closed correctly",
-            word(fix_errors)
-        ));
+        note(
+            &mut r,
+            &mut dropped,
+            format!("{} image was not closed correctly", word(fix_errors)),
+        );
         r.corruptions += 1;
         if fix_errors {
             r.corruptions_fixed += 1;
@@ -54,10 +71,11 @@ pub fn check(img: &ParallelsImage, st: &mut State, repair: Repair) -> Result<Che
             st.used = used_map(st, geo, file_len).0;
             r.corruptions_fixed += 1;
         }
-        r.messages.push(format!(
-            "{} data_off field has incorrect value",
-            word(fix_errors)
-        ));
+        note(
+            &mut r,
+            &mut dropped,
+            format!("{} data_off field has incorrect value", word(fix_errors)),
+        );
     }
 
     // Clusters outside the file.
@@ -65,8 +83,11 @@ pub fn check(img: &ParallelsImage, st: &mut State, repair: Repair) -> Result<Che
     for i in 0..u64::from(st.header.bat_entries) {
         let off = geo.host(st.entry(i));
         if off + cs > file_len {
-            r.messages
-                .push(format!("{} cluster {i} is outside image", word(fix_errors)));
+            note(
+                &mut r,
+                &mut dropped,
+                format!("{} cluster {i} is outside image", word(fix_errors)),
+            );
             r.corruptions += 1;
             if fix_errors {
                 st.set_entry(i, 0);
@@ -89,11 +110,15 @@ pub fn check(img: &ParallelsImage, st: &mut State, repair: Repair) -> Result<Che
 
     if file_len > end {
         let count = (file_len - end).div_ceil(cs);
-        r.messages.push(format!(
-            "{} space leaked at the end of the image {}",
-            word(fix_leaks),
-            file_len - end
-        ));
+        note(
+            &mut r,
+            &mut dropped,
+            format!(
+                "{} space leaked at the end of the image {}",
+                word(fix_leaks),
+                file_len - end
+            ),
+        );
         r.leaks += count;
         if fix_leaks {
             truncate(img, st, end)?;
@@ -101,7 +126,10 @@ pub fn check(img: &ParallelsImage, st: &mut State, repair: Repair) -> Result<Che
         }
     }
 
-    end = duplicates(img, st, &mut r, end, fix_errors, fix_leaks)?;
+    end = duplicates(img, st, &mut r, &mut dropped, end, fix_errors, fix_leaks)?;
+    if dropped > 0 {
+        r.messages.push(format!("... and {dropped} more like them"));
+    }
 
     // Statistics.
     r.total_clusters = Some(u64::from(st.header.bat_entries));
@@ -143,6 +171,7 @@ fn duplicates(
     img: &ParallelsImage,
     st: &mut State,
     r: &mut CheckReport,
+    dropped: &mut u64,
     mut end: u64,
     fix_errors: bool,
     fix_leaks: bool,
@@ -174,10 +203,11 @@ fn duplicates(
         if !last_taken {
             continue;
         }
-        r.messages.push(format!(
-            "{} duplicate offset in BAT entry {i}",
-            word(fix_errors)
-        ));
+        note(
+            r,
+            dropped,
+            format!("{} duplicate offset in BAT entry {i}", word(fix_errors)),
+        );
         r.corruptions += 1;
         if !fix_errors {
             continue;
