@@ -5,10 +5,15 @@
 //! Refcounts count references per path from an L1 table: a data cluster
 //! reached through an L2 table that the active L1 table and a snapshot
 //! share counts twice, so copying a shared L2 table on write changes no
-//! data refcount. A snapshot takes a copy of the active L1 table and adds
-//! one to every cluster it reaches; bit 63 (QCOW_OFLAG_COPIED) of the
-//! active entries then says again whether a cluster may be written in
-//! place.
+//! data refcount. A snapshot adds one to every cluster the active L1 table
+//! reaches; bit 63 (QCOW_OFLAG_COPIED) of the active entries then says
+//! again whether a cluster may be written in place.
+//!
+//! `-c` and `-d` build their new state aside and switch to it with one
+//! header write ([`crate::shadow`]): `-c` hands the active L1 table to the
+//! snapshot and gives the active side a new one, with copies of the L2
+//! tables whose flags change. `-a` follows qemu's steps, in an order that
+//! no kill can leave inconsistent.
 //!
 //! Reading is bounded by the file: whatever lies past its end reads as
 //! zeros, which makes empty entries, so memory never follows a header
