@@ -486,15 +486,8 @@ impl Qcow2Image {
         let backed = self.backing.is_some();
         for (table, &size) in tables.iter().zip(&sizes) {
             for i in 0..size {
-                let l2 = table.get(i as usize).copied().unwrap_or(0) & OFFSET_MASK;
+                let l2 = meta.l2_of(table.get(i as usize).copied().unwrap_or(0), i)?;
                 if l2 != 0 {
-                    if layout.in_cluster(l2) != 0 {
-                        return Err(meta.corruption(format!(
-                            "L2 table offset {} unaligned (L1 index: {})",
-                            hex(l2),
-                            hex(i)
-                        )));
-                    }
                     let shared = meta.refcount(&self.io, l2 >> layout.cluster_bits)?;
                     let entries = meta.l2_table(&self.io, l2)?.clone();
                     for (j, e) in entries.iter().enumerate() {

@@ -438,6 +438,12 @@ impl Meta {
     /// The L2 table offset for L1 index `l1i`, checked; 0 if unallocated.
     pub fn l2_offset(&mut self, l1i: u64) -> Result<u64> {
         let entry = self.l1_entry(l1i);
+        self.l2_of(entry, l1i)
+    }
+
+    /// The L2 table offset of L1 entry `entry` (of any L1 table, at index
+    /// `l1i`), checked for alignment as QEMU checks it; 0 if unallocated.
+    pub fn l2_of(&mut self, entry: u64, l1i: u64) -> Result<u64> {
         let offset = entry & OFFSET_MASK;
         if self.layout.in_cluster(offset) != 0 {
             return Err(self.corruption(format!(
@@ -447,6 +453,20 @@ impl Meta {
             )));
         }
         Ok(offset)
+    }
+
+    /// Checks that host cluster offset `host`, named by entry `index` of
+    /// the L2 table at `table`, is aligned, as QEMU checks it.
+    pub fn check_cluster_offset(&mut self, host: u64, table: u64, index: u64) -> Result<()> {
+        if self.layout.in_cluster(host) != 0 {
+            return Err(self.corruption(format!(
+                "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                hex(host),
+                hex(table),
+                hex(index)
+            )));
+        }
+        Ok(())
     }
 
     /// The L2 entry mapping guest offset `guest` (default if unallocated).
@@ -468,15 +488,7 @@ impl Meta {
         let index = (self.layout.in_cluster(guest) / self.layout.subcluster_size()) as u32;
         let sub = entry.sub(&self.layout, self.data_file, index);
         if let (Some(host), Some(s)) = (sub.host(), slot) {
-            if self.layout.in_cluster(host) != 0 {
-                let what = format!(
-                    "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
-                    hex(host),
-                    hex(s.table),
-                    hex(s.index as u64)
-                );
-                return Err(self.corruption(what));
-            }
+            self.check_cluster_offset(host, s.table, s.index as u64)?;
         }
         if sub == Sub::Invalid {
             if let Some(s) = slot {

@@ -219,7 +219,7 @@ impl Shadow {
     pub fn add_tree(&mut self, meta: &mut Meta, io: &Io, l1: &[u64], delta: i64) -> Result<()> {
         let layout = self.layout;
         for (i, entry) in l1.iter().enumerate() {
-            let l2 = l2_offset(meta, *entry, i)?;
+            let l2 = meta.l2_of(*entry, i as u64)?;
             if l2 == 0 {
                 continue;
             }
@@ -232,7 +232,8 @@ impl Shadow {
                         self.add_range(meta, io, at, len, delta)?;
                     }
                     ClusterKind::Normal | ClusterKind::ZeroAlloc if !meta.data_file => {
-                        let host = data_offset(meta, e.word, l2, j)?;
+                        let host = e.word & OFFSET_MASK;
+                        meta.check_cluster_offset(host, l2, j as u64)?;
                         self.add(meta, io, host >> layout.cluster_bits, delta)?;
                     }
                     _ => {}
@@ -250,7 +251,7 @@ impl Shadow {
         let layout = self.layout;
         let mut out = l1.to_vec();
         for (i, entry) in l1.iter().enumerate() {
-            let l2 = l2_offset(meta, *entry, i)?;
+            let l2 = meta.l2_of(*entry, i as u64)?;
             if l2 == 0 {
                 continue;
             }
@@ -261,7 +262,8 @@ impl Shadow {
                 let copied = match ClusterKind::of(word, &layout, meta.data_file) {
                     ClusterKind::Normal | ClusterKind::ZeroAlloc => {
                         meta.data_file || {
-                            let host = data_offset(meta, word, l2, j)?;
+                            let host = word & OFFSET_MASK;
+                            meta.check_cluster_offset(host, l2, j as u64)?;
                             self.refcount(meta, io, host >> layout.cluster_bits)? == 1
                         }
                     }
@@ -379,32 +381,4 @@ impl Shadow {
             .set_len(self.old_len, qimg_driver_api::Prealloc::OFF)
             .into_result();
     }
-}
-
-/// The L2 table offset of L1 entry `entry` (index `i`), checked.
-fn l2_offset(meta: &mut Meta, entry: u64, i: usize) -> Result<u64> {
-    let l2 = entry & OFFSET_MASK;
-    if meta.layout.in_cluster(l2) != 0 {
-        return Err(meta.corruption(format!(
-            "L2 table offset {} unaligned (L1 index: {})",
-            hex(l2),
-            hex(i as u64)
-        )));
-    }
-    Ok(l2)
-}
-
-/// The host offset of data descriptor `word` (entry `j` of the L2 table at
-/// `l2`), checked.
-fn data_offset(meta: &mut Meta, word: u64, l2: u64, j: usize) -> Result<u64> {
-    let host = word & OFFSET_MASK;
-    if meta.layout.in_cluster(host) != 0 {
-        return Err(meta.corruption(format!(
-            "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
-            hex(host),
-            hex(l2),
-            hex(j as u64)
-        )));
-    }
-    Ok(host)
 }

@@ -22,7 +22,7 @@
 use crate::error::{Error, Result};
 use crate::image::Qcow2Image;
 use crate::layout::{ClusterKind, COPIED, OFFSET_MASK};
-use crate::meta::{self, hex, Io, Meta};
+use crate::meta::{self, Io, Meta};
 use crate::shadow::{Shadow, Switch};
 use qimg_driver_api::schema::SnapshotInfo;
 use qimg_driver_api::Prealloc;
@@ -359,20 +359,13 @@ impl Meta {
         let mut l1_changed = false;
         for (i, slot) in l1.iter_mut().enumerate() {
             let old = *slot;
-            let l2 = old & OFFSET_MASK;
-            if l2 == 0 {
+            if old & OFFSET_MASK == 0 {
                 continue;
             }
             if self.needs_writeback() {
                 self.flush(io)?;
             }
-            if layout.in_cluster(l2) != 0 {
-                return Err(self.corruption(format!(
-                    "L2 table offset {} unaligned (L1 index: {})",
-                    hex(l2),
-                    hex(i as u64)
-                )));
-            }
+            let l2 = self.l2_of(old, i as u64)?;
             let mut table = self.l2_table(io, l2)?.clone();
             let mut changed = false;
             for (j, e) in table.iter_mut().enumerate() {
@@ -388,14 +381,7 @@ impl Meta {
                     }
                     ClusterKind::Normal | ClusterKind::ZeroAlloc => {
                         let host = word & OFFSET_MASK;
-                        if layout.in_cluster(host) != 0 {
-                            return Err(self.corruption(format!(
-                                "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
-                                hex(host),
-                                hex(l2),
-                                hex(j as u64)
-                            )));
-                        }
+                        self.check_cluster_offset(host, l2, j as u64)?;
                         if self.data_file {
                             1
                         } else {
