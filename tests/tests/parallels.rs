@@ -42,15 +42,7 @@ fn converts_alike(fx: &Fixture, file: &str) {
     let out = fx.qimg(&["convert", "-O", "raw", file, "ours.raw"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
     fx.oracle(&["convert", "-O", "raw", file, "theirs.raw"]);
-    fx.oracle(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "raw",
-        "ours.raw",
-        "theirs.raw",
-    ]);
+    fx.same_raw("ours.raw", "theirs.raw");
     fx.same(&["compare", file, "theirs.raw"]);
     fx.sh("rm ours.raw theirs.raw");
 }

@@ -90,27 +90,21 @@ fn build_child(fx: &Fixture) {
 }
 
 /// A fixture with [`PARENT`] and `child.vhdx`, an empty differencing disk
-/// over it made by `qimg create -b` (which names the parent as it makes it).
+/// over it.
 fn with_child(name: &str) -> Fixture {
     let fx = Fixture::new(name);
     fx.sh(PARENT);
-    let out = fx.qimg(&[
-        "create",
-        "-f",
-        "vhdx",
-        "-b",
-        "base.vhdx",
-        "-F",
-        "vhdx",
-        "child.vhdx",
-    ]);
-    assert_eq!(out.status, 0, "{}", out.stderr);
-    assert!(
-        out.stdout.contains("backing_file=base.vhdx"),
-        "{}",
-        out.stdout
-    );
+    make_child(&fx, "base.vhdx", "child.vhdx");
     fx
+}
+
+/// `qimg create -b PARENT -F vhdx CHILD`, which names the parent as it
+/// makes the child.
+fn make_child(fx: &Fixture, parent: &str, child: &str) {
+    let out = fx.qimg(&["create", "-f", "vhdx", "-b", parent, "-F", "vhdx", child]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let named = format!("backing_file={parent}");
+    assert!(out.stdout.contains(&named), "{}", out.stdout);
 }
 
 /// The child reads as `expected.raw`, by qimg's convert and compare, and
@@ -139,18 +133,7 @@ fn a_created_child_reads_as_its_parent_and_names_it() {
     assert!(!map.stdout.contains("\"depth\": 0"), "{}", map.stdout);
     // The parent file may sit elsewhere: the locator's relative path.
     fx.sh("mkdir sub");
-    let out = fx.qimg(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-b",
-        "../base.vhdx",
-        "-F",
-        "vhdx",
-        "sub/c.vhdx",
-    ]);
-    assert_eq!(out.status, 0, "{}", out.stderr);
+    make_child(&fx, "../base.vhdx", "sub/c.vhdx");
     reads_as_expected(&fx, "sub/c.vhdx");
 }
 

@@ -84,15 +84,7 @@ fn converts_alike(fx: &Fixture, file: &str) {
     let ours = fx.qimg(&["convert", "-O", "raw", file, "ours.raw"]);
     assert_eq!(ours.status, 0, "{}", ours.stderr);
     fx.oracle(&["convert", "-O", "raw", file, "theirs.raw"]);
-    fx.oracle(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "raw",
-        "ours.raw",
-        "theirs.raw",
-    ]);
+    fx.same_raw("ours.raw", "theirs.raw");
 }
 
 macro_rules! read_cases {
