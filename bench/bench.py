@@ -22,7 +22,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,6 +176,9 @@ class Op:
     # The format's driver is a vendor driver (vendor/): qimg runs with the
     # vendor drivers' drop-in (see vendor_plugins).
     vendor: bool = False
+    # A server both tools talk to, started for the whole operation (see
+    # SERVERS): its address is the placeholder {nbd} or {url}.
+    server: str = ""
     note: str = ""
 
     @property
@@ -190,6 +195,8 @@ class Op:
     def inputs(self) -> set[str]:
         """The inputs (keys of INPUTS) this operation needs."""
         keys = self.placeholders() | set(self.reads)
+        if self.server:
+            keys.add(SERVERS[self.server][0])
         if self.outputs or self.modified:
             keys.add(self.equal)
         if self.fresh_chain:
@@ -274,6 +281,16 @@ OPS: list[Op] = [
             note="qcow version 1 (vendor driver)"),
     convert("convert-dmg-raw", "dmg", "dmg", "raw", vendor=True,
             note="UDIF, zlib chunks of 1 MiB (vendor driver)"),
+    # network stores: qemu-nbd on a unix socket, nginx on loopback (SERVERS)
+    Op("convert-nbd-raw", ["convert", "-f", "raw", "-O", "raw", "{nbd}", "{out}"],
+       outputs=["out"], server="nbd-src",
+       note="qemu-nbd -r exporting {src} on a unix socket, holes from block status"),
+    Op("convert-raw-nbd", ["convert", "-n", "-f", "raw", "-O", "raw", "{src}", "{nbd}"],
+       server="nbd-out",
+       note="into a qemu-nbd export of a sparse raw file as large as {src}"),
+    Op("convert-http-raw", ["convert", "-f", "qcow2", "-O", "raw", "{url}", "{out}"],
+       outputs=["out"], server="http-src", reads=["qcow2"],
+       note="{qcow2} served by nginx on loopback"),
     # encryption: AES-256-XTS (qemu-img's default cipher)
     Op("convert-raw-luks", ["convert", "--object", SECRET, "-f", "raw", "-O", "luks",
                             "-o", LUKS_OPTS, "{src}", "{out}"],
@@ -303,6 +320,40 @@ OPS: list[Op] = [
             "for every run"),
 ]
 OPS_BY_NAME = {op.name: op for op in OPS}
+
+
+# Servers of the network-store operations: name -> (the input it serves,
+# what is served). "nbd-out" serves a scratch file that the operation writes
+# and that must then equal {src}.
+SERVERS = {
+    "nbd-src": ("src", "qemu-nbd -r -f raw over a unix socket"),
+    "nbd-out": ("src", "qemu-nbd -f raw over a unix socket, a sparse file of {src}'s size"),
+    "http-src": ("qcow2", "nginx on loopback, the input's directory as its root"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(proc: subprocess.Popen, ready, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not ready():
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited at start (status {proc.returncode})")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what} did not start listening")
+        time.sleep(0.02)
+
+
+def tcp_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 class BenchError(Exception):
@@ -898,6 +949,7 @@ class Bench:
         self.files.update({k: self.scratch / INPUTS[v].file for k, v in SCRATCH.items()})
         self.formats = {k: i.fmt for k, i in INPUTS.items()}
         self.formats.update({k: INPUTS[v].fmt for k, v in SCRATCH.items()})
+        self.endpoints: dict[str, str] = {}
 
     def contenders(self, op: Op) -> list[Contender]:
         env = None
@@ -909,8 +961,65 @@ class Bench:
                                  op.qemu_best))
         return out
 
+    @contextmanager
+    def serve(self, op: Op):
+        """Runs the operation's server (if any) around it; its address is
+        {nbd} or {url} while it runs."""
+        if not op.server:
+            yield
+            return
+        served = self.files[SERVERS[op.server][0]]
+        run = self.workdir / "server"
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir()
+        if op.server == "http-src":
+            if not shutil.which("nginx"):
+                raise BenchError("nginx is not installed")
+            port = free_port()
+            conf = run / "nginx.conf"
+            conf.write_text(
+                f"daemon off;\nworker_processes 2;\npid {run}/nginx.pid;\n"
+                f"error_log {run}/error.log;\nevents {{ worker_connections 256; }}\n"
+                f"http {{ access_log off; sendfile on; client_body_temp_path {run}/b; "
+                f"proxy_temp_path {run}/p; fastcgi_temp_path {run}/f; "
+                f"uwsgi_temp_path {run}/u; scgi_temp_path {run}/s;\n"
+                f"  server {{ listen 127.0.0.1:{port}; root {served.parent}; }} }}\n")
+            cmd = ["nginx", "-p", str(run), "-c", str(conf)]
+            self.endpoints = {"url": f"http://127.0.0.1:{port}/{served.name}"}
+            ready = lambda: tcp_open(port)  # noqa: E731
+        else:
+            sock = run / "nbd.sock"
+            target = served
+            extra = ["-r"]
+            if op.server == "nbd-out":
+                target = run / "nbd-target.raw"
+                with open(target, "wb") as f:
+                    f.truncate(served.stat().st_size)
+                extra = []
+            cmd = ["qemu-nbd", "-t", "-k", str(sock), "-f", "raw", "-x", "exp", *extra,
+                   str(target)]
+            self.endpoints = {"nbd": f"nbd+unix:///exp?socket={sock}"}
+            ready = sock.exists
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(proc, ready, cmd[0])
+            yield
+        finally:
+            # SIGTERM: nginx's master then stops its workers (SIGKILL would
+            # leave them running).
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.endpoints = {}
+            shutil.rmtree(run, ignore_errors=True)
+
     def command(self, c: Contender, op: Op) -> list[str]:
         subst = {k: str(v) for k, v in self.files.items()}
+        subst.update(self.endpoints)
         return [c.binary, op.command, *c.extra] + [arg.format(**subst) for arg in op.args[1:]]
 
     def prepare(self, op: Op, warm_inputs: bool = True) -> None:
@@ -994,10 +1103,24 @@ class Bench:
                 if backing != op.backing[key]:
                     raise Failure(f"{rel(path)} has backing file {backing!r}, "
                                   f"expected {op.backing[key]!r}")
+        if op.server == "nbd-out":
+            cmp = self.qemu_img("compare", "-f", "raw", "-F", "raw", str(ref),
+                                self.endpoints["nbd"])
+            if cmp.returncode != 0 or "Images are identical." not in cmp.stdout:
+                raise Failure(f"the export differs from {rel(ref)} (qemu-img compare exit "
+                              f"{cmp.returncode}: {first(cmp.stdout + cmp.stderr)})",
+                              tail(cmp.stdout + cmp.stderr))
         if op.outputs:
             res.out_size[c.key] = self.files[op.outputs[0]].stat().st_blocks * 512
 
     def run_op(self, op: Op) -> OpResult:
+        try:
+            with self.serve(op):
+                return self.measure_op(op)
+        except BenchError as e:
+            return OpResult(op, "failed", message=str(e))
+
+    def measure_op(self, op: Op) -> OpResult:
         contenders = self.contenders(op)
         res = OpResult(op, "ok", samples={c.key: [] for c in contenders})
         if not self.supported(op):

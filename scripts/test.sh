@@ -17,12 +17,31 @@ if ! command -v cryptsetup >/dev/null; then
         echo "warning: cryptsetup could not be installed; its luks checks will be skipped" >&2
 fi
 
+# The network-store tests serve images with qemu-nbd, nbdkit and nginx, and
+# check qimg against qemu-img's own http driver (Debian's qemu-block-extra of
+# the same version as qemu-utils, from bookworm-backports like it). Tests whose
+# server is missing say so and are skipped.
+if ! command -v nbdkit >/dev/null || ! command -v nginx >/dev/null; then
+    echo "nbdkit/nginx not found: installing them" >&2
+    { apt-get update -qq && apt-get install -y -qq nbdkit nginx >/dev/null; } ||
+        echo "warning: nbdkit/nginx could not be installed; their tests will be skipped" >&2
+fi
+if ! ls /usr/lib/*/qemu/block-curl.so >/dev/null 2>&1; then
+    echo "qemu-img's http driver not found: installing qemu-block-extra" >&2
+    qemu_version=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    if [[ $qemu_version == *bpo* ]] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d; then
+        echo 'deb http://deb.debian.org/debian bookworm-backports main' >/etc/apt/sources.list.d/qimg-backports.list
+    fi
+    { apt-get update -qq && apt-get install -y -qq "qemu-block-extra=$qemu_version" >/dev/null; } ||
+        echo "warning: qemu-block-extra could not be installed; http comparisons will be skipped" >&2
+fi
+
 cargo fmt --all -- --check
 cargo build --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings
 # Crates built outside the workspace (the vendor template, the old-ABI driver,
 # the vendor drivers in vendor/) follow the same rules.
-for crate in templates/driver tests/compat/flat-1.4 vendor/bochs vendor/cloop vendor/dmg vendor/qcow; do
+for crate in templates/driver tests/compat/flat-1.5 vendor/bochs vendor/cloop vendor/dmg vendor/qcow; do
     cargo fmt --manifest-path "$crate/Cargo.toml" -- --check
     cargo clippy --locked --quiet --manifest-path "$crate/Cargo.toml" \
         --target-dir target/compat -- -D warnings

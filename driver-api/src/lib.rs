@@ -23,6 +23,7 @@
 pub mod error;
 pub mod guard;
 pub mod io;
+pub mod protocol;
 pub mod schema;
 pub mod size;
 pub mod traits;
@@ -31,9 +32,10 @@ pub mod types;
 pub use error::{DriverError, ErrorKind};
 pub use guard::{DriverImpl, ImageImpl};
 pub use io::{BackingExt, HostExt, StoreExt};
+pub use protocol::{ProtocolImpl, StoreImpl};
 pub use traits::{
     BackingReader, BackingReader_TO, ByteStore, ByteStore_TO, FormatDriver, FormatDriver_TO,
-    HostServices, HostServices_TO, Image, Image_TO,
+    HostServices, HostServices_TO, Image, Image_TO, ProtocolDriver, ProtocolDriver_TO,
 };
 pub use types::*;
 
@@ -56,8 +58,9 @@ use abi_stable::{
 /// 1.3 the fault-reporting `describe`, `try_probe`, `try_virtual_size`,
 /// `try_store_name`, and the root module's `try_drivers` and `package`; 1.4
 /// `Image::reserve` and the end-of-copy empty `write_compressed`; 1.5 the
-/// capability [`caps::USER_LOCKS`].
-pub const ABI_VERSION: u32 = 1 << 16 | 5;
+/// capability [`caps::USER_LOCKS`]; 1.6 protocol drivers ([`ProtocolDriver`],
+/// the root module's `try_protocols`).
+pub const ABI_VERSION: u32 = 1 << 16 | 6;
 
 /// The major part of [`ABI_VERSION`].
 pub const ABI_MAJOR: u32 = ABI_VERSION >> 16;
@@ -74,6 +77,8 @@ pub type ByteStoreBox = ByteStore_TO<'static, RBox<()>>;
 pub type HostServicesBox = HostServices_TO<'static, RBox<()>>;
 /// Read-only view of a backing image, supplied by the host.
 pub type BackingBox = BackingReader_TO<'static, RBox<()>>;
+/// A protocol driver object as it crosses the boundary (ABI 1.6).
+pub type ProtocolDriverBox = ProtocolDriver_TO<'static, RBox<()>>;
 
 /// The root module every driver library exports (see [`export_drivers!`]).
 #[repr(C)]
@@ -94,6 +99,10 @@ pub struct DriverLib {
     /// The driver crate's package name and version, `name version` (ABI 1.3).
     #[sabi(missing_field(option))]
     pub package: RStr<'static>,
+    /// Returns every protocol driver the library provides, or why it could
+    /// not (ABI 1.6).
+    #[sabi(missing_field(option))]
+    pub try_protocols: extern "C" fn() -> RResult<RVec<ProtocolDriverBox>, DriverError>,
 }
 
 impl RootModule for DriverLibRef {
@@ -108,20 +117,34 @@ impl RootModule for DriverLibRef {
 /// literal. A unit test keeps the two equal.
 pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
 
-/// Exports a driver library's root module.
+/// Exports a library of format drivers only: `export_drivers!(A, B)` is
+/// [`export_plugins!`]`(formats: [A, B], protocols: [])`.
 ///
 /// ```ignore
 /// qimg_driver_api::export_drivers!(RawDriver);
 /// ```
-/// Each argument is an expression whose type implements [`DriverImpl`]. This is
-/// what abi_stable's `#[export_root_module]` generates, spelled through this
-/// crate so that a driver needs no direct dependency on abi_stable. It records
-/// the driver crate's name and version for the host's driver listing, and
-/// refuses to compile a driver built with `panic = "abort"`, whose panics
-/// could not be turned into errors.
 #[macro_export]
 macro_rules! export_drivers {
     ($($driver:expr),+ $(,)?) => {
+        $crate::export_plugins!(formats: [$($driver),+], protocols: []);
+    };
+}
+
+/// Exports a driver library's root module.
+///
+/// ```ignore
+/// qimg_driver_api::export_plugins!(formats: [], protocols: [NbdProtocol]);
+/// ```
+/// `formats` are expressions whose types implement [`DriverImpl`],
+/// `protocols` ones whose types implement [`ProtocolImpl`]. This is what
+/// abi_stable's `#[export_root_module]` generates, spelled through this crate
+/// so that a driver needs no direct dependency on abi_stable. It records the
+/// driver crate's name and version for the host's driver listing, and refuses
+/// to compile a driver built with `panic = "abort"`, whose panics could not
+/// be turned into errors.
+#[macro_export]
+macro_rules! export_plugins {
+    (formats: [$($driver:expr),* $(,)?], protocols: [$($protocol:expr),* $(,)?] $(,)?) => {
         // A panic in a driver built with `panic = "abort"` would kill the
         // host with no message and leave half-written files behind.
         #[cfg(panic = "abort")]
@@ -140,13 +163,26 @@ macro_rules! export_drivers {
             > {
                 $crate::guard::install_quiet_panic_hook();
                 $crate::guard::catch(|| {
+                    #[allow(unused_mut)]
                     let mut list = $crate::abi_stable::std_types::RVec::new();
-                    $( list.push($crate::guard::driver_box($driver)); )+
+                    $( list.push($crate::guard::driver_box($driver)); )*
                     Ok(list)
                 })
             }
             extern "C" fn drivers() -> $crate::abi_stable::std_types::RVec<$crate::FormatDriverBox> {
                 try_drivers().into_result().unwrap_or_default()
+            }
+            extern "C" fn try_protocols() -> $crate::abi_stable::std_types::RResult<
+                $crate::abi_stable::std_types::RVec<$crate::ProtocolDriverBox>,
+                $crate::DriverError,
+            > {
+                $crate::guard::install_quiet_panic_hook();
+                $crate::guard::catch(|| {
+                    #[allow(unused_mut)]
+                    let mut list = $crate::abi_stable::std_types::RVec::new();
+                    $( list.push($crate::protocol::protocol_box($protocol)); )*
+                    Ok(list)
+                })
             }
             $crate::DriverLib {
                 abi_version: $crate::ABI_VERSION,
@@ -157,6 +193,7 @@ macro_rules! export_drivers {
                     " ",
                     ::core::env!("CARGO_PKG_VERSION")
                 )),
+                try_protocols,
             }
             .leak_into_prefix()
         }

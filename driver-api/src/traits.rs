@@ -213,3 +213,31 @@ pub trait BackingReader: Send + Sync {
     #[sabi(last_prefix_field)]
     fn block_status(&self, offset: u64, len: u64) -> RResult<RVec<Extent>, DriverError>;
 }
+
+/// A protocol driver (ABI 1.6): opens the [`ByteStore`] a format driver works
+/// on from a protocol node's options (an NBD export, an HTTP resource).
+/// Exported beside format drivers by [`crate::export_plugins!`]; the local file
+/// store stays built into the host.
+#[sabi_trait]
+pub trait ProtocolDriver: Send + Sync {
+    /// The protocol's name as qemu names its driver (`nbd`, `http`): the
+    /// `file.driver=` that selects it.
+    fn name(&self) -> RString;
+    /// One line for the host's driver listing.
+    fn description(&self) -> RString;
+    /// What the protocol can do: [`crate::proto_caps`] bits.
+    fn capabilities(&self) -> u64;
+    /// The URI schemes this driver opens (`nbd`, `nbd+unix`), one per line.
+    fn schemes(&self) -> RString;
+    /// Parses a filename of one of [`ProtocolDriver::schemes`] into the
+    /// protocol node's options: a JSON object with qemu's option names
+    /// (`{"server": {"type": "inet", ...}, "export": "x"}`).
+    fn parse_filename(&self, filename: RStr<'_>) -> RResult<RString, DriverError>;
+    /// The name qemu gives the node these options (a JSON object) describe,
+    /// as `info` and `map` print it (`nbd://host:port/export`).
+    fn canonical_name(&self, options: RStr<'_>) -> RResult<RString, DriverError>;
+    /// Opens the store the options (a JSON object) describe; `flags` are
+    /// [`crate::proto_open`] bits.
+    #[sabi(last_prefix_field)]
+    fn open(&self, options: RStr<'_>, flags: u32) -> RResult<ByteStoreBox, DriverError>;
+}

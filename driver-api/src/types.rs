@@ -81,6 +81,26 @@ pub mod open_flags {
     pub const NO_IO: u32 = 1 << 4;
 }
 
+/// What a protocol driver's stores can do ([`crate::ProtocolDriver::capabilities`],
+/// ABI 1.6).
+pub mod proto_caps {
+    /// Stores can be written (an HTTP store cannot).
+    pub const WRITE: u64 = 1 << 0;
+    /// `ByteStore::run_at` answers with the server's allocation (NBD's
+    /// `base:allocation`); without it every byte is data.
+    pub const BLOCK_STATUS: u64 = 1 << 1;
+    /// A store may spread requests over several connections at once.
+    pub const MULTI_CONN: u64 = 1 << 2;
+    /// Stores can change length.
+    pub const RESIZE: u64 = 1 << 3;
+}
+
+/// Flags for [`crate::ProtocolDriver::open`] (ABI 1.6).
+pub mod proto_open {
+    /// The store will be written.
+    pub const WRITE: u32 = 1 << 0;
+}
+
 /// A run of guest bytes with uniform allocation status.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]

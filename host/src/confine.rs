@@ -70,6 +70,10 @@ pub fn precreated(path: &str) -> bool {
 /// directory cannot be changed, empties it instead, so that nothing that
 /// could pass for an image is left.
 pub fn discard_target(path: &str) {
+    if crate::block::spec::remote_scheme(path).is_some() {
+        crate::block::image::unformat_remote(path);
+        return;
+    }
     if std::fs::remove_file(path).is_err() {
         let _ = std::fs::OpenOptions::new()
             .write(true)

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+pub mod servers;
 pub mod vendor;
 
 /// The workspace's root directory.

@@ -514,7 +514,12 @@ impl Qcow2Image {
             return Ok(*v);
         }
         let file_len = self.io.file.len().into_result()?;
-        let real = self.io.file.allocated_size().into_result()? >> self.layout.cluster_bits;
+        // A store that cannot tell its allocation (NBD, HTTP) holds no
+        // preallocated metadata as far as qemu is concerned either.
+        let Ok(real) = self.io.file.allocated_size().into_result() else {
+            return Ok(*self.prealloc_detected.get_or_init(|| false));
+        };
+        let real = real >> self.layout.cluster_bits;
         let threshold = (real * 10 / 9).max(real + 2);
         let clusters = self.layout.clusters_for(file_len);
         let mut used = 0u64;

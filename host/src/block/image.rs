@@ -7,10 +7,11 @@ use super::services::{on_deep_stack, Services, SharedStore};
 use super::spec::{resolve, Protocol};
 use crate::commands::registry;
 use crate::plugins::{loader::FindError, Driver};
-use crate::store::{file::OpenMode, CacheMode, LocalFile, NullStore, Store};
+use crate::store::{file::OpenMode, remote, CacheMode, LocalFile, NullStore, Store};
 use qimg_driver_api::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr};
 use qimg_driver_api::guard::Poison;
 use qimg_driver_api::schema::{CreateRequest, ImageInfo};
+use qimg_driver_api::ByteStore;
 use qimg_driver_api::{
     caps, open_flags, zero_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc,
 };
@@ -111,7 +112,7 @@ pub struct BlockImage {
     probed_raw: bool,
     /// The protocol's name when its node is the image itself (`driver=file`,
     /// `driver=null-co`), read through the raw driver.
-    node_format: Option<&'static str>,
+    node_format: Option<String>,
     /// `close` was called (it is called once, by the command or on drop).
     closed: AtomicBool,
 }
@@ -164,7 +165,7 @@ impl BlockImage {
     }
     /// Format name (a protocol's, for a protocol opened as the image).
     pub fn format(&self) -> &str {
-        self.node_format.unwrap_or(&self.driver.name)
+        self.node_format.as_deref().unwrap_or(&self.driver.name)
     }
     /// True if guest offsets are the store's offsets: the driver says so,
     /// and no `offset=` option (raw's window into its file) moves them.
@@ -507,15 +508,16 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     let format = format.or(spec.format.clone());
     // A protocol opened as the image is read through raw, which passes its
     // bytes through unchanged, and named by the protocol.
-    let node_format = format.as_deref().filter(|_| spec.bare).map(|f| {
-        if f == "null-co" {
-            "null-co"
-        } else {
-            "file"
-        }
-    });
+    let node_format = format
+        .as_deref()
+        .filter(|_| spec.bare)
+        .map(|f| match &spec.protocol {
+            Protocol::Remote { driver } => driver.clone(),
+            _ if f == "null-co" => f.to_string(),
+            _ => "file".to_string(),
+        });
     // An unknown -f is reported before the file is touched, as qemu-img does.
-    let named = match (node_format, &format) {
+    let named = match (&node_format, &format) {
         (Some(_), _) => Some(find_driver("raw").map_err(|e| open_error(&display, e))?),
         (None, Some(f)) => Some(find_driver(f).map_err(|e| open_error(&display, e))?),
         (None, None) => None,
@@ -526,13 +528,20 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         create: false,
         cache,
     };
-    let store = match spec.protocol {
+    let mut remote_name = None;
+    let store = match &spec.protocol {
         Protocol::File => Store::File(
             LocalFile::open(Path::new(&spec.path), &spec.path, mode)
                 .map_err(|e| open_error(&display, e))?,
         ),
         Protocol::Null { size, read_zeroes } => {
-            Store::Null(NullStore::new(size, read_zeroes, &spec.protocol_name()))
+            Store::Null(NullStore::new(*size, *read_zeroes, &spec.protocol_name()))
+        }
+        Protocol::Remote { driver } => {
+            let opened =
+                remote::open(driver, &spec, request.write).map_err(|e| open_error(&display, e))?;
+            remote_name = Some(opened.name);
+            Store::Remote(opened.store)
         }
     };
     let (driver, probed_raw) = match named {
@@ -545,8 +554,13 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     };
     // `info` names the image as qemu does: its path, or a json: name when
     // options describe it.
-    let filename = if request.image_opts || request.name.starts_with("json:") {
-        spec.display_name(node_format.unwrap_or(&driver.name))
+    let filename = if let Some(name) = remote_name.filter(|_| spec.options.is_empty()) {
+        match &node_format {
+            Some(_) => name,
+            None => super::spec::name_over_node(&driver.name, &name),
+        }
+    } else if request.image_opts || request.name.starts_with("json:") {
+        spec.display_name(node_format.as_deref().unwrap_or(&driver.name))
     } else if let Some(path) = request.name.strip_prefix("file:") {
         path.to_string()
     } else {
@@ -652,6 +666,10 @@ pub fn create_image(
     request: &CreateRequest,
     cache: CacheMode,
 ) -> Result<(), DriverError> {
+    if let Some(protocol) = super::spec::remote_scheme(path) {
+        // A remote store exists already: it is formatted, never removed.
+        return format_remote(driver, protocol, path, request, cache);
+    }
     let existed = Path::new(path).exists() && !crate::confine::precreated(path);
     let result = format_new(driver, path, request, cache);
     if result.is_err() && !existed {
@@ -659,6 +677,78 @@ pub fn create_image(
         crate::confine::discard_target(path);
     }
     result
+}
+
+/// Formats the store a protocol driver opens for `name` (qemu's "simple"
+/// creation: the store keeps its size unless the format changes it, and
+/// its first sector is zeroed so that nothing old probes as an image).
+fn format_remote(
+    driver: &Arc<Driver>,
+    protocol: &str,
+    name: &str,
+    request: &CreateRequest,
+    cache: CacheMode,
+) -> Result<(), DriverError> {
+    let spec = super::spec::resolve(name, false).map_err(DriverError::invalid_argument)?;
+    let opened = remote::open(protocol, &spec, true)?;
+    let store = Arc::new(Store::Remote(opened.store));
+    let len = store.len().into_result()?;
+    store.write_zeroes(0, len.min(512), false).into_result()?;
+    create_on(driver, store, name, false, cache, request)
+}
+
+/// Zeroes the first sector of the remote store `name` names, so that a
+/// target a failed command formatted there no longer probes as an image
+/// (a remote store cannot be removed). Best effort: a store that cannot be
+/// reached keeps what it has.
+pub fn unformat_remote(name: &str) {
+    let Some(protocol) = super::spec::remote_scheme(name) else {
+        return;
+    };
+    let Ok(spec) = super::spec::resolve(name, false) else {
+        return;
+    };
+    if let Ok(opened) = remote::open(protocol, &spec, true) {
+        let store = opened.store.store;
+        let len = store.len().into_result().unwrap_or(0);
+        let _ = store.write_zeroes(0, len.min(512), false);
+        let _ = store.flush();
+    }
+}
+
+/// Lets `driver` format `store` (the image `name`, with image locks when
+/// `locking`) as `request` asks.
+fn create_on(
+    driver: &Arc<Driver>,
+    store: Arc<Store>,
+    name: &str,
+    locking: bool,
+    cache: CacheMode,
+    request: &CreateRequest,
+) -> Result<(), DriverError> {
+    let services = Arc::new(Services {
+        image_name: name.to_string(),
+        cache,
+        writable: true,
+        locking,
+        backing_lock: Some(LockSpec::READ_STABLE),
+        backing: Mutex::new(None),
+        no_io: false,
+        lineage: Lineage::default(),
+        options: Vec::new(),
+        asked: Mutex::new(Vec::new()),
+    });
+    let json = serde_json::to_string(request)
+        .map_err(|e| DriverError::new(ErrorKind::OTHER, e.to_string()))?;
+    driver
+        .api
+        .create(
+            SharedStore::boxed(store),
+            Services::boxed(services),
+            RStr::from(json.as_str()),
+        )
+        .into_result()?;
+    Ok(())
 }
 
 fn format_new(
@@ -691,26 +781,5 @@ fn format_new(
     let lock = ImageLock::acquire(file.file(), LockSpec::CREATE, path)?;
     file.file().set_len(0).map_err(DriverError::from)?;
     let file = Arc::new(Store::File(file.with_lock(lock)));
-    let services = Arc::new(Services {
-        image_name: path.to_string(),
-        cache,
-        writable: true,
-        locking: true,
-        backing_lock: Some(LockSpec::READ_STABLE),
-        backing: Mutex::new(None),
-        no_io: false,
-        lineage: Lineage::default(),
-        options: Vec::new(),
-        asked: Mutex::new(Vec::new()),
-    });
-    let json = serde_json::to_string(request)
-        .map_err(|e| DriverError::new(ErrorKind::OTHER, e.to_string()))?;
-    driver
-        .api
-        .create(
-            SharedStore::boxed(file.clone()),
-            Services::boxed(services),
-            RStr::from(json.as_str()),
-        )
-        .into_result()
+    create_on(driver, file, path, true, cache, request)
 }

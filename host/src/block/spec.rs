@@ -20,6 +20,13 @@ pub enum Protocol {
         /// qemu's `read-zeroes` option (block status says "zero").
         read_zeroes: bool,
     },
+    /// A store a protocol driver plugin opens (`nbd`, `http`): named by a
+    /// URI ([`ImageSpec::path`]) or by its options
+    /// ([`ImageSpec::protocol_options`]).
+    Remote {
+        /// The protocol driver's name.
+        driver: String,
+    },
 }
 
 impl Protocol {
@@ -28,7 +35,7 @@ impl Protocol {
     fn with_null(&self, size: Option<u64>, read_zeroes: Option<bool>) -> Protocol {
         let (old_size, old_zeroes) = match self {
             Protocol::Null { size, read_zeroes } => (*size, *read_zeroes),
-            Protocol::File => (DEFAULT_SIZE, false),
+            Protocol::File | Protocol::Remote { .. } => (DEFAULT_SIZE, false),
         };
         Protocol::Null {
             size: size.unwrap_or(old_size),
@@ -97,6 +104,8 @@ impl ImageSpec {
     pub fn protocol_name(&self) -> String {
         match self.protocol {
             Protocol::File => self.path.clone(),
+            Protocol::Remote { .. } if self.protocol_options.is_empty() => self.path.clone(),
+            Protocol::Remote { .. } => format!("json:{}", self.protocol_object()),
             Protocol::Null { .. } if self.protocol_options.is_empty() => {
                 format!("{NULL_PREFIX}//")
             }
@@ -106,18 +115,49 @@ impl ImageSpec {
 
     /// The protocol node as a JSON object in qemu's key order.
     fn protocol_object(&self) -> String {
-        match self.protocol {
-            Protocol::File => file_node(&self.path),
-            Protocol::Null { .. } => {
-                let mut entries: Vec<(String, String)> = self
-                    .protocol_options
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.to_string()))
-                    .collect();
-                entries.push(("driver".into(), "\"null-co\"".into()));
-                json_object(entries)
+        let driver = match &self.protocol {
+            Protocol::File => return file_node(&self.path),
+            Protocol::Null { .. } => "null-co",
+            Protocol::Remote { driver } => driver,
+        };
+        let mut entries: Vec<(String, String)> = self
+            .protocol_options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        entries.push(("driver".into(), Value::from(driver).to_string()));
+        json_object(entries)
+    }
+
+    /// A remote protocol node's options as the nested JSON object its
+    /// driver takes (`server.host=h` is `{"server": {"host": "h"}}`); none
+    /// for a node named by a URI.
+    pub fn remote_options(&self) -> Option<Value> {
+        if self.protocol_options.is_empty() {
+            return None;
+        }
+        let mut root = serde_json::Map::new();
+        for (key, value) in &self.protocol_options {
+            let mut node = &mut root;
+            let mut parts = key.split('.').peekable();
+            while let Some(part) = parts.next() {
+                if parts.peek().is_none() {
+                    node.insert(part.to_string(), value.clone());
+                    break;
+                }
+                let child = node
+                    .entry(part.to_string())
+                    .or_insert_with(|| Value::Object(serde_json::Map::new()));
+                if !child.is_object() {
+                    *child = Value::Object(serde_json::Map::new());
+                }
+                let Value::Object(map) = child else {
+                    unreachable!("just made an object")
+                };
+                node = map;
             }
         }
+        Some(Value::Object(root))
     }
 
     /// The cache mode once `cache.direct` and `cache.no-flush` are applied
@@ -182,6 +222,23 @@ fn json_object(mut entries: Vec<(String, String)>) -> String {
         .map(|(k, v)| format!("{}: {v}", Value::from(k.as_str())))
         .collect();
     format!("{{{}}}", parts.join(", "))
+}
+
+/// The name qemu gives an image of `format` over a protocol node named
+/// `node`: the node's own name, or when that is a `json:` object (a node
+/// with options that change what it reads), that object as the image's
+/// `file` in a `json:` name of its own.
+pub fn name_over_node(format: &str, node: &str) -> String {
+    match node.strip_prefix("json:") {
+        Some(object) => format!(
+            "json:{}",
+            json_object(vec![
+                ("driver".into(), Value::from(format).to_string()),
+                ("file".into(), object.to_string()),
+            ])
+        ),
+        None => node.to_string(),
+    }
 }
 
 /// Child nodes other than `file` that an image's options may name by file
@@ -261,6 +318,16 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
         }
         return from_pairs(pairs);
     }
+    if let Some(driver) = remote_scheme(name) {
+        return Ok(ImageSpec {
+            path: name.to_string(),
+            locking: true,
+            protocol: Protocol::Remote {
+                driver: driver.to_string(),
+            },
+            ..ImageSpec::default()
+        });
+    }
     if let Some(rest) = name.strip_prefix(NULL_PREFIX) {
         if rest != "//" {
             return Err(format!(
@@ -287,6 +354,24 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
 
 /// The prefix of the null device's one file name, `null-co://`.
 const NULL_PREFIX: &str = "null-co:";
+
+/// Filename prefixes of the protocols plugins provide, with the protocol
+/// driver each selects (qemu's `nbd:`, `nbd+unix://`, `http://`...).
+const REMOTE_SCHEMES: &[(&str, &str)] = &[
+    ("nbd:", "nbd"),
+    ("nbd+tcp:", "nbd"),
+    ("nbd+unix:", "nbd"),
+    ("http:", "http"),
+    ("https:", "https"),
+];
+
+/// The protocol driver a filename's prefix selects, if it names one.
+pub fn remote_scheme(name: &str) -> Option<&'static str> {
+    REMOTE_SCHEMES
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map(|(_, driver)| *driver)
+}
 
 /// Builds a spec from an image's options, as dotted keys (`file.filename`)
 /// with their values: the format's options, and the protocol node's under
@@ -370,7 +455,8 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
                     "Block protocol '{protocol}' doesn't support the option '{key}'"
                 ))
             }
-            _ => return Err(format!("Unknown driver '{protocol}'")),
+            // A plugin's protocol: its driver checks the options.
+            _ => spec.protocol_options.push((key, value)),
         }
     }
     match protocol.as_str() {
@@ -380,15 +466,20 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
         }
         "file" if spec.path.is_empty() => return Err(missing_file(file_given)),
         "file" => {}
-        other => return Err(format!("Unknown driver '{other}'")),
+        other => {
+            spec.protocol = Protocol::Remote {
+                driver: other.to_string(),
+            };
+            spec.path = spec.protocol_name();
+        }
     }
     Ok(spec)
 }
 
 /// True for the protocols qimg can open as an image by themselves
-/// (`driver=file`, `driver=null-co`).
+/// (`driver=file`, `driver=null-co`, and the plugins' `driver=nbd`...).
 pub fn is_protocol(driver: &str) -> bool {
-    matches!(driver, "file" | "null-co")
+    matches!(driver, "file" | "null-co") || REMOTE_SCHEMES.iter().any(|(_, d)| *d == driver)
 }
 
 /// An option's value as text: strings as they are, other JSON as JSON.
@@ -570,7 +661,54 @@ mod tests {
         );
         assert!(resolve("driver=null-co,size=-1", true).is_err());
         assert!(resolve("driver=null-co,read-zeroes=maybe", true).is_err());
-        assert!(resolve("driver=raw,file.driver=nbd", true).is_err());
+    }
+
+    #[test]
+    fn remote_nodes() {
+        let s = resolve("nbd://h:1/x", false).unwrap();
+        assert_eq!(
+            s.protocol,
+            Protocol::Remote {
+                driver: "nbd".into()
+            }
+        );
+        assert_eq!(s.path, "nbd://h:1/x");
+        assert_eq!(s.remote_options(), None);
+        let s = resolve("nbd+unix:///x?socket=/s", false).unwrap();
+        assert_eq!(
+            s.protocol,
+            Protocol::Remote {
+                driver: "nbd".into()
+            }
+        );
+        let s = resolve("https://h/a.qcow2", false).unwrap();
+        assert_eq!(
+            s.protocol,
+            Protocol::Remote {
+                driver: "https".into()
+            }
+        );
+        let opts =
+            "driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=/s,file.export=x";
+        let s = resolve(opts, true).unwrap();
+        assert_eq!(
+            s.protocol,
+            Protocol::Remote {
+                driver: "nbd".into()
+            }
+        );
+        assert_eq!(
+            s.remote_options().unwrap().to_string(),
+            r#"{"server":{"type":"unix","path":"/s"},"export":"x"}"#
+        );
+        let s = resolve(r#"json:{"driver":"nbd","host":"h","port":1}"#, false).unwrap();
+        assert!(s.bare);
+        assert_eq!(
+            s.remote_options().unwrap().to_string(),
+            r#"{"host":"h","port":1}"#
+        );
+        // Local names with a colon later on stay paths.
+        assert_eq!(resolve("a:nbd:b", false).unwrap().protocol, Protocol::File);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::engine::copy::CopyJob;
 use crate::engine::progress::Progress;
 use crate::engine::ratelimit::RateLimit;
 use crate::error::{fail, CmdError, CmdResult};
-use crate::store::CacheMode;
+use crate::store::{CacheMode, Store};
 use qimg_driver_api::caps;
 use qimg_driver_api::schema::{BitmapSummary, CreateRequest};
 use std::sync::Arc;
@@ -348,7 +348,10 @@ fn copy_into(
         return Err(fail("output file is smaller than input file"));
     }
     let backed = into.backed;
-    let fresh = !no_create && driver.can(caps::ZERO_INIT) && !backed;
+    // A remote store keeps what it held before it was formatted: a format
+    // that passes its bytes through (raw) does not read as zeros there.
+    let remote_bytes = matches!(*out.store, Store::Remote(_)) && driver.can(caps::IDENTITY_MAPPED);
+    let fresh = !no_create && driver.can(caps::ZERO_INIT) && !backed && !remote_bytes;
     let out_info = out.info().map_err(|e| fail(e.message.to_string()))?;
     if into.bitmaps.is_some() && (!out.driver.can(caps::BITMAPS) || out_info.bitmaps.is_none()) {
         return Err(fail(format!(
@@ -374,6 +377,8 @@ fn copy_into(
         // core; more only queue on the target file's inode lock. Workers
         // that take turns to allocate in guest order (no -W, a target with
         // metadata) wait less with one per core (measured: BENCHMARKS.md).
+        // A network store waits on round trips, not on cores: it gets as
+        // many requests in flight as -m asks (8 by default, as qemu-img).
         threads: {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let in_turns = !p.has("oob-writes") && !out.driver.can(caps::IDENTITY_MAPPED);
@@ -382,7 +387,14 @@ fn copy_into(
             } else {
                 2
             };
-            settings.parallel.min(cores * per_core)
+            let remote = std::iter::once(&out)
+                .chain(sources.iter().map(|s| &**s))
+                .any(|image| matches!(*image.store, Store::Remote(_)));
+            if remote && !p.has("compress") && !out_info.write_in_order {
+                settings.parallel
+            } else {
+                settings.parallel.min(cores * per_core)
+            }
         },
         top_only: backed,
         offload: p.has("copy-range-offloading"),

@@ -7,6 +7,7 @@ use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
 use crate::output::{qemu_json_pretty, size_to_str};
+use qimg_driver_api::caps;
 use qimg_driver_api::schema::SnapshotInfo;
 use serde_json::{json, Map, Value};
 
@@ -141,9 +142,9 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
         return Ok(node);
     }
     let mut info = image.info().map_err(|e| fail(e.message.to_string()))?;
-    if protocol != "file" {
+    if protocol != "file" && image.driver.can(caps::IDENTITY_MAPPED) {
         // A format that passes its protocol's facts through (raw) has none
-        // from a null device.
+        // from a null device or a network store.
         info.dirty_flag = None;
     }
     let mut actual = store_actual;

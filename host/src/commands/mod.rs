@@ -81,7 +81,10 @@ Recognized commands (run {p} COMMAND --help for command-specific help):\n\n",
         text.push_str(&format!("  {} - {}\n", c.name, c.summary));
     }
     text.push_str("\nSupported image formats:\n\n");
-    let names: Vec<String> = registry().all().iter().map(|d| d.name.clone()).collect();
+    // Formats and protocols in one list, as qemu-img lists its drivers.
+    let mut names: Vec<String> = registry().all().iter().map(|d| d.name.clone()).collect();
+    names.extend(registry().all_protocols().iter().map(|p| p.name.clone()));
+    names.sort();
     let mut line = String::from(" ");
     for name in names {
         if line.len() + 1 + name.len() > 76 {

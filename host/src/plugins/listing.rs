@@ -3,7 +3,7 @@
 //! is enabled and whether it loaded (what nbdkit's `--dump-plugin` tells).
 
 use super::loader::{Listed, Registry, Status};
-use qimg_driver_api::caps;
+use qimg_driver_api::{caps, proto_caps, ABI_MAJOR};
 use serde_json::json;
 
 /// Capability bits and the names the listing gives them.
@@ -22,6 +22,23 @@ const CAPABILITY_NAMES: &[(u64, &str)] = &[
     (caps::IDENTITY_MAPPED, "identity-mapped"),
 ];
 
+/// Protocol capability bits and the names the listing gives them.
+const PROTOCOL_CAPABILITY_NAMES: &[(u64, &str)] = &[
+    (proto_caps::WRITE, "write"),
+    (proto_caps::BLOCK_STATUS, "block-status"),
+    (proto_caps::MULTI_CONN, "multi-conn"),
+    (proto_caps::RESIZE, "resize"),
+];
+
+/// The names of the protocol capability bits set in `bits`.
+fn protocol_capability_names(bits: u64) -> Vec<&'static str> {
+    PROTOCOL_CAPABILITY_NAMES
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
 /// The names of the capability bits set in `bits`.
 pub fn capability_names(bits: u64) -> Vec<&'static str> {
     CAPABILITY_NAMES
@@ -33,7 +50,7 @@ pub fn capability_names(bits: u64) -> Vec<&'static str> {
 
 fn status_word(status: &Status) -> &'static str {
     match status {
-        Status::Loaded(_) => "loaded",
+        Status::Loaded(_) | Status::LoadedProtocol(_) => "loaded",
         Status::Disabled => "disabled",
         Status::Failed(_) => "failed",
     }
@@ -83,6 +100,21 @@ fn to_text(item: &Listed) -> String {
                 capability_names(d.caps).join(" ")
             ));
         }
+        Status::LoadedProtocol(p) => {
+            text.push_str(&format!("    description: {}\n", p.description));
+            text.push_str(&format!(
+                "    driver-api: {} (ABI {ABI_MAJOR}.{})\n",
+                p.api_version, p.abi_minor
+            ));
+            if let Some(package) = &p.package {
+                text.push_str(&format!("    package: {package}\n"));
+            }
+            text.push_str(&format!("    protocol schemes: {}\n", p.schemes.join(" ")));
+            text.push_str(&format!(
+                "    capabilities: {}\n",
+                protocol_capability_names(p.caps).join(" ")
+            ));
+        }
         Status::Failed(reason) => text.push_str(&format!("    error: {reason}\n")),
         Status::Disabled => {}
     }
@@ -104,6 +136,14 @@ fn to_json(item: &Listed) -> serde_json::Value {
             value["abi"] = json!(d.abi());
             value["package"] = json!(d.package);
             value["capabilities"] = json!(capability_names(d.caps));
+        }
+        Status::LoadedProtocol(p) => {
+            value["description"] = json!(p.description);
+            value["driver-api"] = json!(p.api_version);
+            value["abi"] = json!(format!("{ABI_MAJOR}.{}", p.abi_minor));
+            value["package"] = json!(p.package);
+            value["protocol-schemes"] = json!(p.schemes);
+            value["capabilities"] = json!(protocol_capability_names(p.caps));
         }
         Status::Failed(reason) => value["error"] = json!(reason),
         Status::Disabled => {}

@@ -12,7 +12,7 @@ use qimg_driver_api::abi_stable::abi_stability::abi_checking::{
 use qimg_driver_api::abi_stable::library::{lib_header_from_path, LibHeader, LibraryError};
 use qimg_driver_api::abi_stable::StableAbi;
 use qimg_driver_api::schema::{CreateOption, DriverDescription};
-use qimg_driver_api::{DriverLibRef, FormatDriverBox, ABI_MAJOR, ABI_MINOR};
+use qimg_driver_api::{DriverLibRef, FormatDriverBox, ProtocolDriverBox, ABI_MAJOR, ABI_MINOR};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
@@ -62,6 +62,36 @@ impl Driver {
     }
 }
 
+/// A loaded protocol driver (ABI 1.6): opens the stores of `nbd://` and
+/// the like.
+pub struct Protocol {
+    /// Protocol name (`nbd`), the `file.driver=` that selects it.
+    pub name: String,
+    /// One-line description.
+    pub description: String,
+    /// Capability bits (`qimg_driver_api::proto_caps`).
+    pub caps: u64,
+    /// The URI schemes it opens.
+    pub schemes: Vec<String>,
+    /// The driver object.
+    pub api: ProtocolDriverBox,
+    /// Minor driver-ABI version its library was built for.
+    pub abi_minor: u32,
+    /// The driver-api package version the library was built against.
+    pub api_version: String,
+    /// The driver crate's `name version`.
+    pub package: Option<String>,
+}
+
+/// What one library provides.
+#[derive(Clone, Default)]
+struct Library {
+    /// Its format drivers.
+    formats: Vec<Arc<Driver>>,
+    /// Its protocol drivers (ABI 1.6 on).
+    protocols: Vec<Arc<Protocol>>,
+}
+
 /// Why a driver is not available.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FindError {
@@ -81,7 +111,7 @@ pub enum FindError {
     Load(String),
 }
 
-type LoadResult = Result<Vec<Arc<Driver>>, String>;
+type LoadResult = Result<Library, String>;
 
 /// A driver as `--list-drivers` shows it.
 pub struct Listed {
@@ -99,6 +129,8 @@ pub struct Listed {
 pub enum Status {
     /// Loaded and usable.
     Loaded(Arc<Driver>),
+    /// A protocol driver, loaded and usable.
+    LoadedProtocol(Arc<Protocol>),
     /// Disabled by its manifest entry; not loaded.
     Disabled,
     /// Its library failed to load: why.
@@ -137,6 +169,23 @@ impl Registry {
 
     /// The driver for format `name`, loading only the library that provides it.
     pub fn find(&self, name: &str) -> Result<Arc<Driver>, FindError> {
+        self.find_in(name, |lib| {
+            lib.formats.iter().find(|d| d.name == name).cloned()
+        })
+    }
+
+    /// The protocol driver named `name` (`nbd`), loading only the library
+    /// that provides it.
+    pub fn find_protocol(&self, name: &str) -> Result<Arc<Protocol>, FindError> {
+        self.find_in(name, |lib| {
+            lib.protocols.iter().find(|p| p.name == name).cloned()
+        })
+    }
+
+    /// Loads the library the manifest lists under `name` (without a
+    /// manifest, `libqimg_<name>.so` or else every library beside the
+    /// executable) and picks the driver from it.
+    fn find_in<T>(&self, name: &str, pick: impl Fn(&Library) -> Option<T>) -> Result<T, FindError> {
         // A format name from the command line or an image header may become
         // part of a library's file name: only plain names are looked up.
         if name.is_empty()
@@ -159,27 +208,28 @@ impl Registry {
                     });
                 }
                 let path = manifest.library_path(entry);
-                let drivers = self
+                let library = self
                     .load(&path, entry.sha256.as_deref())
                     .map_err(FindError::Load)?;
-                drivers.into_iter().find(|d| d.name == name).ok_or_else(|| {
+                pick(&library).ok_or_else(|| {
                     FindError::Load(format!("'{}' provides no driver '{name}'", path.display()))
                 })
             }
             None => {
-                // By convention libqimg_<format>.so; otherwise look through all.
+                // By convention libqimg_<name>.so; otherwise look through all.
                 let guess = self
                     .exe_dir
                     .join(format!("{LIBRARY_PREFIX}{name}{LIBRARY_SUFFIX}"));
                 if guess.is_file() {
-                    let drivers = self.load(&guess, None).map_err(FindError::Load)?;
-                    if let Some(d) = drivers.into_iter().find(|d| d.name == name) {
-                        return Ok(d);
+                    let library = self.load(&guess, None).map_err(FindError::Load)?;
+                    if let Some(found) = pick(&library) {
+                        return Ok(found);
                     }
                 }
-                self.all()
+                self.enabled_libraries(&|_| false)
                     .into_iter()
-                    .find(|d| d.name == name)
+                    .filter_map(|(path, _)| self.load(&path, None).ok())
+                    .find_map(|library| pick(&library))
                     .ok_or_else(|| FindError::Unknown(name.to_string()))
             }
         }
@@ -199,7 +249,7 @@ impl Registry {
         for (path, sha) in self.enabled_libraries(&skip) {
             let first = !self.attempted(&path);
             match self.load(&path, sha.as_deref()) {
-                Ok(drivers) => found.extend(drivers),
+                Ok(library) => found.extend(library.formats),
                 Err(message) if first => eprintln!("{}: {message}", crate::cli::program()),
                 Err(_) => {}
             }
@@ -212,6 +262,27 @@ impl Registry {
                 .map(|d| d.name.as_str())
                 .collect();
             found.retain(|d| enabled.contains(&d.name.as_str()));
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        found.dedup_by(|a, b| a.name == b.name);
+        found
+    }
+
+    /// Every enabled protocol driver that loads, sorted by name.
+    pub fn all_protocols(&self) -> Vec<Arc<Protocol>> {
+        let mut found: Vec<Arc<Protocol>> = self
+            .enabled_libraries(&|_| false)
+            .into_iter()
+            .filter_map(|(path, sha)| self.load(&path, sha.as_deref()).ok())
+            .flat_map(|library| library.protocols)
+            .collect();
+        if let Some(manifest) = &self.manifest {
+            found.retain(|p| {
+                manifest
+                    .drivers
+                    .iter()
+                    .any(|d| d.enabled && d.name == p.name)
+            });
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
         found.dedup_by(|a, b| a.name == b.name);
@@ -231,14 +302,7 @@ impl Registry {
                         Status::Disabled
                     } else {
                         match self.load_reason(&library, entry.sha256.as_deref()) {
-                            Ok(drivers) => match drivers.into_iter().find(|d| d.name == entry.name)
-                            {
-                                Some(driver) => Status::Loaded(driver),
-                                None => Status::Failed(format!(
-                                    "the library provides no driver '{}'",
-                                    entry.name
-                                )),
-                            },
+                            Ok(loaded) => entry_status(&loaded, &entry.name),
                             Err(reason) => Status::Failed(reason),
                         }
                     };
@@ -253,12 +317,20 @@ impl Registry {
             None => {
                 for (library, _) in self.enabled_libraries(&|_| false) {
                     match self.load_reason(&library, None) {
-                        Ok(drivers) => list.extend(drivers.into_iter().map(|d| Listed {
-                            name: d.name.clone(),
-                            library: library.clone(),
-                            source: None,
-                            status: Status::Loaded(d),
-                        })),
+                        Ok(loaded) => {
+                            list.extend(loaded.formats.into_iter().map(|d| Listed {
+                                name: d.name.clone(),
+                                library: library.clone(),
+                                source: None,
+                                status: Status::Loaded(d),
+                            }));
+                            list.extend(loaded.protocols.into_iter().map(|p| Listed {
+                                name: p.name.clone(),
+                                library: library.clone(),
+                                source: None,
+                                status: Status::LoadedProtocol(p),
+                            }));
+                        }
                         Err(reason) => list.push(Listed {
                             name: String::new(),
                             library,
@@ -342,6 +414,17 @@ impl Registry {
     }
 }
 
+/// What the manifest entry `name` gives from a loaded library.
+fn entry_status(library: &Library, name: &str) -> Status {
+    if let Some(driver) = library.formats.iter().find(|d| d.name == name) {
+        return Status::Loaded(driver.clone());
+    }
+    if let Some(protocol) = library.protocols.iter().find(|p| p.name == name) {
+        return Status::LoadedProtocol(protocol.clone());
+    }
+    Status::Failed(format!("the library provides no driver '{name}'"))
+}
+
 fn load_library(path: &Path, sha256: Option<&str>) -> LoadResult {
     let io = |e: std::io::Error| qimg_driver_api::error::io_message(&e);
     let file = std::fs::File::open(path).map_err(io)?;
@@ -412,13 +495,31 @@ fn load_library(path: &Path, sha256: Option<&str>) -> LoadResult {
         .package()
         .filter(|_| minor >= 3)
         .map(|p| p.as_str().to_string());
-    let mut loaded = Vec::new();
+    let mut loaded = Library::default();
     for api_box in drivers {
         let description = describe(&api_box, minor)?;
-        loaded.push(Arc::new(Driver {
+        loaded.formats.push(Arc::new(Driver {
             name: description.name.clone(),
             caps: description.capabilities,
             description,
+            api: api_box,
+            abi_minor: minor,
+            api_version: api.label.clone(),
+            package: package.clone(),
+        }));
+    }
+    let protocols = match module.try_protocols().filter(|_| minor >= 6) {
+        Some(try_protocols) => try_protocols()
+            .into_result()
+            .map_err(|e| e.message.to_string())?,
+        None => Default::default(),
+    };
+    for api_box in protocols {
+        loaded.protocols.push(Arc::new(Protocol {
+            name: api_box.name().into(),
+            description: api_box.description().into(),
+            caps: api_box.capabilities(),
+            schemes: api_box.schemes().lines().map(str::to_string).collect(),
             api: api_box,
             abi_minor: minor,
             api_version: api.label.clone(),
@@ -623,13 +724,14 @@ mod tests {
         assert!(api_version("1.3.7").is_ok());
         assert!(api_version("1.4.0").is_ok());
         assert!(api_version("1.5.0").is_ok());
+        assert!(api_version("1.6.0").is_ok());
         assert_eq!(
-            api_version("1.6.0").err().as_deref(),
-            Some("built for driver ABI 1.6, this qimg loads 1.0 to 1.5; it needs a newer qimg")
+            api_version("1.7.0").err().as_deref(),
+            Some("built for driver ABI 1.7, this qimg loads 1.0 to 1.6; it needs a newer qimg")
         );
         assert_eq!(
             api_version("2.0.0").err().as_deref(),
-            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.5")
+            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.6")
         );
         assert!(api_version("0.2.0").is_err());
         assert_eq!(

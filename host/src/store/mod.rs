@@ -1,17 +1,18 @@
-//! Byte stores: the host's side of the protocol layer. A local file, or
-//! qemu's `null-co` device.
+//! Byte stores: the host's side of the protocol layer. A local file,
+//! qemu's `null-co` device, or a store a protocol driver plugin opened.
 
 pub mod cache;
 pub mod faults;
 pub mod file;
 pub mod null;
+pub mod remote;
 
 pub use cache::CacheMode;
 pub use file::LocalFile;
 pub use null::NullStore;
 
 use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
-use qimg_driver_api::{ByteStore, DriverError, Prealloc, StoreRun};
+use qimg_driver_api::{ByteStore, ByteStoreBox, DriverError, Prealloc, StoreRun};
 use std::fs::File;
 
 /// The store an image lives on.
@@ -20,21 +21,32 @@ pub enum Store {
     File(LocalFile),
     /// A null device (qemu's `null-co` protocol).
     Null(NullStore),
+    /// A store a protocol driver opened (`nbd`, `http`).
+    Remote(RemoteStore),
+}
+
+/// A store a protocol driver plugin opened, with its protocol's name.
+pub struct RemoteStore {
+    /// The protocol driver's name (`nbd`).
+    pub protocol: String,
+    /// The store itself.
+    pub store: ByteStoreBox,
 }
 
 impl Store {
     /// The protocol's name as qemu's `info` shows it (`protocol type:`).
-    pub fn protocol(&self) -> &'static str {
+    pub fn protocol(&self) -> &str {
         match self {
             Store::File(_) => "file",
             Store::Null(_) => "null-co",
+            Store::Remote(r) => &r.protocol,
         }
     }
     /// The local file, if the store is one (for locks and copy_file_range).
     pub fn file(&self) -> Option<&File> {
         match self {
             Store::File(f) => Some(f.file()),
-            Store::Null(_) => None,
+            Store::Null(_) | Store::Remote(_) => None,
         }
     }
     /// Whether an image lock is held on the store.
@@ -54,6 +66,7 @@ impl Store {
         match self {
             Store::File(f) => f,
             Store::Null(n) => n,
+            Store::Remote(r) => &r.store,
         }
     }
 }

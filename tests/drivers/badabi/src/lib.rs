@@ -7,7 +7,7 @@
 use qimg_driver_api::abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 use qimg_driver_api::abi_stable::prefix_type::PrefixTypeTrait;
 use qimg_driver_api::abi_stable::std_types::{RResult, RStr, RVec};
-use qimg_driver_api::{DriverError, DriverLib, DriverLibRef, FormatDriverBox};
+use qimg_driver_api::{DriverError, DriverLib, DriverLibRef, FormatDriverBox, ProtocolDriverBox};
 
 /// The ABI version this fixture claims: one major version ahead.
 const FUTURE_ABI: u32 = (qimg_driver_api::ABI_VERSION >> 16).wrapping_add(1) << 16;
@@ -17,6 +17,10 @@ extern "C" fn drivers() -> RVec<FormatDriverBox> {
 }
 
 extern "C" fn try_drivers() -> RResult<RVec<FormatDriverBox>, DriverError> {
+    RResult::ROk(RVec::new())
+}
+
+extern "C" fn try_protocols() -> RResult<RVec<ProtocolDriverBox>, DriverError> {
     RResult::ROk(RVec::new())
 }
 
@@ -31,6 +35,7 @@ fn root_module() -> DriverLibRef {
         drivers,
         try_drivers,
         package: RStr::from_str("testdrv-badabi"),
+        try_protocols,
     }
     .leak_into_prefix()
 }

@@ -1,0 +1,175 @@
+//! Servers the network-store tests start on loopback and on unix sockets:
+//! qemu-nbd, nbdkit and nginx. Each is killed when its handle drops.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server process, killed on drop.
+pub struct Server {
+    child: Child,
+    /// The URI (or URL) the server is reached at.
+    pub uri: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Kills the server now (to test what a client does when it goes).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True if `program` is on PATH; otherwise prints why the calling test is
+/// skipped (scripts/test.sh installs the servers where it can).
+pub fn have(program: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipped: {program} is not installed");
+    }
+    found
+}
+
+/// A loopback TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free port")
+}
+
+/// Waits until `ready` holds (the server listens), at most 10 s.
+fn wait_for(child: &mut Child, what: &str, ready: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before it listened: {status}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn listening(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+fn spawn(program: &str, args: &[&str]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"))
+}
+
+/// `qemu-nbd` serving `file` (of `format`) as export `export` on the unix
+/// socket `socket`, persistent (`-t`), with extra `args`.
+pub fn qemu_nbd_unix(
+    file: &Path,
+    format: &str,
+    export: &str,
+    socket: &Path,
+    args: &[&str],
+) -> Server {
+    let sock = socket.to_str().expect("utf-8 path");
+    let mut all = vec!["-t", "-k", sock, "-f", format, "-x", export];
+    all.extend_from_slice(args);
+    all.push(file.to_str().expect("utf-8 path"));
+    let mut child = spawn("qemu-nbd", &all);
+    wait_for(&mut child, "qemu-nbd", || socket.exists());
+    Server {
+        child,
+        uri: format!("nbd+unix:///{export}?socket={sock}"),
+    }
+}
+
+/// `qemu-nbd` serving `file` (of `format`) as export `export` on a loopback
+/// TCP port, persistent, with extra `args`.
+pub fn qemu_nbd_tcp(file: &Path, format: &str, export: &str, args: &[&str]) -> Server {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut all = vec![
+        "-t",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        &port_text,
+        "-f",
+        format,
+        "-x",
+        export,
+    ];
+    all.extend_from_slice(args);
+    all.push(file.to_str().expect("utf-8 path"));
+    let mut child = spawn("qemu-nbd", &all);
+    wait_for(&mut child, "qemu-nbd", || listening(port));
+    Server {
+        child,
+        uri: format!("nbd://127.0.0.1:{port}/{export}"),
+    }
+}
+
+/// `nbdkit` on the unix socket `socket` with the plugin and its arguments
+/// (`["memory", "64M"]`), filters first (`["--filter=delay", ...]`).
+pub fn nbdkit_unix(socket: &Path, plugin: &[&str]) -> Server {
+    let sock = socket.to_str().expect("utf-8 path");
+    let mut all = vec!["-f", "-U", sock];
+    all.extend_from_slice(plugin);
+    let mut child = spawn("nbdkit", &all);
+    wait_for(&mut child, "nbdkit", || socket.exists());
+    Server {
+        child,
+        uri: format!("nbd+unix:///?socket={sock}"),
+    }
+}
+
+/// nginx serving the directory `root` on a loopback port (`http://`), its
+/// configuration, logs and temporary files in `work`.
+pub fn nginx(root: &Path, work: &Path) -> Server {
+    let port = free_port();
+    std::fs::create_dir_all(work).expect("nginx work dir");
+    let w = work.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {w}/body;\n  proxy_temp_path {w}/proxy;\n\
+         fastcgi_temp_path {w}/fastcgi;\n  uwsgi_temp_path {w}/uwsgi;\n  scgi_temp_path {w}/scgi;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    root {};\n\
+         location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}\n  }}\n}}\n",
+        root.display()
+    );
+    let conf_path: PathBuf = work.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("write nginx.conf");
+    let mut child = spawn(
+        "nginx",
+        &[
+            "-p",
+            work.to_str().expect("utf-8 path"),
+            "-c",
+            conf_path.to_str().expect("utf-8 path"),
+        ],
+    );
+    wait_for(&mut child, "nginx", || listening(port));
+    Server {
+        child,
+        uri: format!("http://127.0.0.1:{port}"),
+    }
+}

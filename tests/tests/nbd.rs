@@ -1,0 +1,207 @@
+//! NBD stores (issue 18): images on exports of a real qemu-nbd and a real
+//! nbdkit, on unix sockets and loopback TCP, named as qemu-img names them
+//! (`nbd://`, `nbd+unix://`, `--image-opts file.driver=nbd`, `json:`).
+//! Reads are compared with qemu-img's answers on the same exports, and what
+//! qimg writes is checked by the real `qemu-img compare` and `check`.
+
+use qimg_tests::servers::{self, Server};
+use qimg_tests::Fixture;
+use std::time::{Duration, Instant};
+
+/// A raw image with data, a hole and written zeros, made by the oracle.
+fn patterned_raw(fx: &Fixture, name: &str) {
+    fx.oracle(&["create", "-q", "-f", "raw", name, "64M"]);
+    fx.qemu_io_cmds(
+        "raw",
+        name,
+        &[
+            "write -P 0x11 0 64k",
+            "write -P 0x22 1M 1M",
+            "write -z 8M 1M",
+            "write -P 0x33 63M 512",
+        ],
+    );
+}
+
+/// A qcow2 image with data and zero clusters, made by the oracle.
+fn patterned_qcow2(fx: &Fixture, name: &str) {
+    fx.make_qcow2(name, "", "64M");
+    fx.qemu_io_cmds(
+        "qcow2",
+        name,
+        &[
+            "write -P 0x44 2M 1M",
+            "write -z 4M 1M",
+            "write -P 0x55 60M 4k",
+        ],
+    );
+}
+
+fn unix_server(fx: &Fixture, file: &str, format: &str, args: &[&str]) -> Server {
+    servers::qemu_nbd_unix(&fx.path(file), format, "exp", &fx.path("nbd.sock"), args)
+}
+
+#[test]
+fn info_and_map_over_qemu_nbd_match_qemu_img() {
+    if !servers::have("qemu-nbd") {
+        return;
+    }
+    let fx = Fixture::new("nbd_info_map");
+    patterned_raw(&fx, "a.raw");
+    patterned_qcow2(&fx, "b.qcow2");
+    // A raw export on a unix socket, and a qcow2 file served as bytes on
+    // TCP (the format is probed over the network).
+    let raw = unix_server(&fx, "a.raw", "raw", &["-r"]);
+    let qcow2 = servers::qemu_nbd_tcp(&fx.path("b.qcow2"), "raw", "q", &["-r"]);
+    fx.same_info_and_map(&[&raw.uri]);
+    fx.same_info_and_map(&["-f", "raw", &raw.uri]);
+    fx.same_info_and_map(&[&qcow2.uri]);
+    // Other spellings of the same nodes name them as qemu-img does.
+    let port = qcow2
+        .uri
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next());
+    let port = port.expect("port in uri");
+    let opts =
+        format!("driver=qcow2,file.driver=nbd,file.host=127.0.0.1,file.port={port},file.export=q");
+    fx.same(&["info", "--image-opts", &opts]);
+    fx.same(&["map", "--output=json", "--image-opts", &opts]);
+    let socket = fx.path("nbd.sock");
+    let json = format!(
+        r#"json:{{"driver":"raw","file":{{"driver":"nbd","server":{{"type":"unix","path":"{}"}},"export":"exp"}}}}"#,
+        socket.display()
+    );
+    fx.same(&["info", "--output=json", &json]);
+    fx.same(&["check", &qcow2.uri]);
+    fx.same(&["compare", &raw.uri, "a.raw"]);
+    fx.same(&["compare", "-F", "qcow2", &qcow2.uri, "b.qcow2"]);
+    fx.same(&["compare", "a.raw", &qcow2.uri]);
+}
+
+#[test]
+fn connection_errors_are_qemu_imgs() {
+    if !servers::have("qemu-nbd") {
+        return;
+    }
+    let fx = Fixture::new("nbd_errors");
+    patterned_raw(&fx, "a.raw");
+    let server = servers::qemu_nbd_tcp(&fx.path("a.raw"), "raw", "exp", &[]);
+    let base = server.uri.trim_end_matches("/exp").to_string();
+    let refused = format!("nbd://127.0.0.1:{}/x", servers::free_port());
+    let no_socket = format!("nbd+unix:///x?socket={}", fx.path("none.sock").display());
+    for name in [format!("{base}/nope"), base.clone(), refused, no_socket] {
+        let out = fx.same(&["info", &name]);
+        assert_eq!(out.status, 1, "{name}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn convert_from_and_to_qemu_nbd_exports() {
+    if !servers::have("qemu-nbd") {
+        return;
+    }
+    let fx = Fixture::new("nbd_convert");
+    patterned_raw(&fx, "a.raw");
+    patterned_qcow2(&fx, "b.qcow2");
+    let source = servers::qemu_nbd_tcp(&fx.path("b.qcow2"), "raw", "q", &["-r"]);
+    // From the network: a qcow2 read over NBD, to local raw and qcow2.
+    for (fmt, out) in [("raw", "out.raw"), ("qcow2", "out.qcow2")] {
+        let done = fx.qimg(&["convert", "-O", fmt, &source.uri, out]);
+        assert_eq!(done.status, 0, "{}", done.stderr);
+        fx.oracle(&["compare", "-F", fmt, "b.qcow2", out]);
+    }
+    // To the network: into an existing export, with -n and without.
+    fx.oracle(&["create", "-q", "-f", "raw", "target.raw", "64M"]);
+    let target = unix_server(&fx, "target.raw", "raw", &[]);
+    let done = fx.qimg(&["convert", "-n", "-O", "raw", "a.raw", &target.uri]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.oracle(&["compare", "-f", "raw", "-F", "raw", "a.raw", &target.uri]);
+    let done = fx.qimg(&["convert", "-O", "raw", "b.qcow2", &target.uri]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.oracle(&["compare", "-F", "raw", "b.qcow2", &target.uri]);
+    // A qcow2 image written onto the export passes the real check.
+    let done = fx.qimg(&["convert", "-O", "qcow2", "a.raw", &target.uri]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.oracle(&["check", &target.uri]);
+    fx.oracle(&["compare", "-F", "qcow2", "a.raw", &target.uri]);
+}
+
+#[test]
+fn create_and_writes_that_nbd_cannot_do_fail_as_in_qemu_img() {
+    if !servers::have("qemu-nbd") {
+        return;
+    }
+    let fx = Fixture::new("nbd_refusals");
+    fx.oracle(&["create", "-q", "-f", "raw", "t.raw", "4M"]);
+    let target = unix_server(&fx, "t.raw", "raw", &[]);
+    // Larger than the export, or preallocated: qemu-img's messages.
+    fx.same(&["create", "-f", "raw", &target.uri, "8M"]);
+    fx.same(&[
+        "create",
+        "-f",
+        "raw",
+        "-o",
+        "preallocation=full",
+        &target.uri,
+        "1M",
+    ]);
+    fx.same(&["create", "-f", "raw", &target.uri, "1M"]);
+    drop(target);
+    // A read-only export refuses writers.
+    let _ = std::fs::remove_file(fx.path("nbd.sock"));
+    let ro = unix_server(&fx, "t.raw", "raw", &["-r"]);
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.same(&["convert", "-n", "-O", "raw", "src.raw", &ro.uri]);
+}
+
+#[test]
+fn nbdkit_exports_read_write_and_map_as_in_qemu_img() {
+    if !servers::have("nbdkit") {
+        return;
+    }
+    let fx = Fixture::new("nbdkit");
+    patterned_raw(&fx, "a.raw");
+    // The memory plugin allows several connections at once (multi-conn).
+    let server = servers::nbdkit_unix(&fx.path("kit.sock"), &["memory", "64M"]);
+    let done = fx.qimg(&["convert", "-n", "-O", "raw", "a.raw", &server.uri]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.oracle(&["compare", "-f", "raw", "-F", "raw", "a.raw", &server.uri]);
+    fx.same_info_and_map(&["-f", "raw", &server.uri]);
+    let done = fx.qimg(&["convert", "-O", "raw", &server.uri, "back.raw"]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.same_raw("a.raw", "back.raw");
+    fx.same(&["compare", "a.raw", &server.uri]);
+}
+
+#[test]
+fn a_server_killed_mid_copy_fails_the_convert() {
+    if !servers::have("nbdkit") {
+        return;
+    }
+    let fx = Fixture::new("nbd_killed");
+    // Every read waits 100 ms, so a 64 MiB copy takes seconds.
+    let mut server = servers::nbdkit_unix(
+        &fx.path("kit.sock"),
+        &["--filter=delay", "pattern", "64M", "rdelay=100ms"],
+    );
+    let mut child = fx.spawn_qimg(&["convert", "-O", "qcow2", &server.uri, "out.qcow2"]);
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "convert hangs after its server died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "convert succeeded without its server");
+    assert!(
+        !fx.path("out.qcow2").exists(),
+        "a half-written target was left behind"
+    );
+}
