@@ -9,6 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub mod servers;
+
+/// The driver ABI (`major.minor`) the drivers built in this workspace
+/// record, as `--list-drivers` prints it.
+pub fn current_abi() -> String {
+    format!(
+        "{}.{}",
+        qimg_driver_api::ABI_MAJOR,
+        qimg_driver_api::ABI_MINOR
+    )
+}
 pub mod vendor;
 
 /// The workspace's root directory.

@@ -180,10 +180,11 @@ fn a_server_killed_mid_copy_fails_the_convert() {
         return;
     }
     let fx = Fixture::new("nbd_killed");
-    // Every read waits 100 ms, so a 64 MiB copy takes seconds.
+    // Every read waits 100 ms, so a 1 GiB copy takes seconds (8 requests
+    // of 2 MiB in flight: 6 s and more).
     let mut server = servers::nbdkit_unix(
         &fx.path("kit.sock"),
-        &["--filter=delay", "pattern", "64M", "rdelay=100ms"],
+        &["--filter=delay", "pattern", "1G", "rdelay=100ms"],
     );
     let mut child = fx.spawn_qimg(&["convert", "-O", "qcow2", &server.uri, "out.qcow2"]);
     std::thread::sleep(Duration::from_millis(500));

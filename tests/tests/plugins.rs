@@ -252,8 +252,12 @@ fn two_libraries_with_the_same_root_module_load_side_by_side() {
 fn future_abi_is_refused_by_name() {
     // The next major version, then the next minor one (a library that may
     // call host services this qimg lacks).
-    let minor = "1.6; it needs a newer qimg";
-    for (claim, version) in [("major", "2.0"), ("minor", minor)] {
+    let current = qimg_tests::current_abi();
+    let (major, minor) = current.split_once('.').expect("major.minor");
+    let minor: u32 = minor.parse().expect("minor");
+    let next_major = format!("{}.0", major.parse::<u32>().expect("major") + 1);
+    let next_minor = format!("{major}.{}; it needs a newer qimg", minor + 1);
+    for (claim, version) in [("major", next_major.as_str()), ("minor", &next_minor)] {
         let fx = Fixture::with_images(&format!("badabi_{claim}"));
         let m = manifest(
             &fx,
@@ -265,7 +269,7 @@ fn future_abi_is_refused_by_name() {
         let lib = build_dir().join("libtestdrv_badabi.so");
         assert!(
             out.stderr.contains(&format!(
-                "could not load driver library '{}': built for driver ABI {}, this qimg loads 1.0 to 1.5{}",
+                "could not load driver library '{}': built for driver ABI {}, this qimg loads 1.0 to {current}{}",
                 lib.display(),
                 &version[..3],
                 &version[3..],

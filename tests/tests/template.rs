@@ -198,7 +198,11 @@ fn template_builds_outside_the_workspace_and_passes() {
         example["package"], "qimg-driver-template 0.1.0",
         "{example}"
     );
-    assert_eq!(example["abi"], "1.5", "{example}");
+    assert_eq!(
+        example["abi"],
+        qimg_tests::current_abi().as_str(),
+        "{example}"
+    );
     let text = ok(&fx, &m, "--list-drivers");
     assert!(text.stdout.contains("driver: example\n"), "{}", text.stdout);
 
