@@ -1,38 +1,42 @@
-//! One connection in the transmission phase, one request in flight at a
-//! time: send a request, read its reply (simple, or structured chunks),
-//! check the cookie. Any transport failure or protocol violation leaves
-//! the connection marked broken; every later request on it fails.
+//! One connection in the transmission phase: requests from many threads
+//! in flight at once ([`crate::inflight`]), each reply matched to its
+//! request by cookie. Any transport failure or protocol violation breaks
+//! the connection: every request in flight on it and every later one
+//! fails.
 
 use crate::error::{NbdError, Result};
 use crate::handshake::Export;
-use crate::reply::{self, ChunkHeader, Coverage, ErrorChunk, Extent, ReplyHeader};
+use crate::inflight::Inflight;
+use crate::pending::{Answer, Expect, Pending, Target};
+use crate::reply::Extent;
 use crate::socket::Link;
-use crate::wire::{self, chunk, cmd, Request};
+use crate::wire::{cmd, Request};
+use std::fmt;
 
-/// Longest payload of a block status chunk accepted (524,292 bytes: 64 Ki
-/// descriptors); servers send far fewer per request.
-const MAX_STATUS_CHUNK: u32 = 4 + 8 * 65536;
-/// Descriptors kept from one block status reply; the rest are read and
-/// dropped (the caller asks again from where the kept ones end).
-pub const MAX_EXTENTS: usize = 8192;
+pub use crate::pending::MAX_EXTENTS;
 
-/// A connection after a successful handshake.
-#[derive(Debug)]
+/// A connection after a successful handshake; shared by the threads that
+/// use it. Dropping it sends `NBD_CMD_DISC`.
 pub struct Conn {
-    link: Link,
     export: Export,
-    next_cookie: u64,
-    broken: bool,
+    inflight: Inflight,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("export", &self.export)
+            .field("broken", &self.is_broken())
+            .finish()
+    }
 }
 
 impl Conn {
     /// Wraps a negotiated link.
     pub fn new(link: Link, export: Export) -> Conn {
         Conn {
-            link,
+            inflight: Inflight::new(link, export.structured),
             export,
-            next_cookie: 1,
-            broken: false,
         }
     }
 
@@ -43,335 +47,110 @@ impl Conn {
 
     /// True once a failure made the connection unusable.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        self.inflight.is_broken()
+    }
+
+    /// True if a write or write zeroes was issued since the last flush
+    /// began.
+    pub fn is_dirty(&self) -> bool {
+        self.inflight.is_dirty()
+    }
+
+    /// How many requests are in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.in_flight()
     }
 
     /// Reads `buf.len()` bytes at `offset` (one request: the caller keeps
     /// it within the server's limits).
-    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.transact(|conn| {
-            let cookie = conn.send(cmd::READ, 0, offset, buf.len(), &[])?;
-            conn.read_reply(cookie, offset, buf)
-        })
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let length = request_length(buf.len())?;
+        // SAFETY: `buf` stays borrowed by this call, and untouched by it,
+        // until `call` returns, by which time the target is dropped.
+        let target = unsafe { Target::new(buf, offset) };
+        self.call(cmd::READ, 0, offset, length, &[], Expect::Read(target))
+            .map(drop)
     }
 
     /// Writes `data` at `offset`.
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.transact(|conn| {
-            let cookie = conn.send(cmd::WRITE, 0, offset, data.len(), data)?;
-            conn.plain_reply(cookie)
-        })
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let length = request_length(data.len())?;
+        self.call(cmd::WRITE, 0, offset, length, data, Expect::Plain)
+            .map(drop)
     }
 
     /// `NBD_CMD_WRITE_ZEROES` over `length` bytes at `offset`.
-    pub fn write_zeroes(&mut self, offset: u64, length: u32, flags: u16) -> Result<()> {
-        self.transact(|conn| {
-            let cookie = conn.send(cmd::WRITE_ZEROES, flags, offset, length as usize, &[])?;
-            conn.plain_reply(cookie)
-        })
+    pub fn write_zeroes(&self, offset: u64, length: u32, flags: u16) -> Result<()> {
+        self.call(cmd::WRITE_ZEROES, flags, offset, length, &[], Expect::Plain)
+            .map(drop)
     }
 
-    /// `NBD_CMD_FLUSH`.
-    pub fn flush(&mut self) -> Result<()> {
-        self.transact(|conn| {
-            let cookie = conn.send(cmd::FLUSH, 0, 0, 0, &[])?;
-            conn.plain_reply(cookie)
-        })
+    /// `NBD_CMD_FLUSH`, sent once every write issued before it on this
+    /// connection has had its reply.
+    pub fn flush(&self) -> Result<()> {
+        self.inflight.settle_writes()?;
+        self.call(cmd::FLUSH, 0, 0, 0, &[], Expect::Plain).map(drop)
     }
 
     /// The `base:allocation` extents from `offset`, for a query of
     /// `length` bytes (the server may describe less, or a little more).
-    pub fn block_status(&mut self, offset: u64, length: u32) -> Result<Vec<Extent>> {
+    pub fn block_status(&self, offset: u64, length: u32) -> Result<Vec<Extent>> {
         let Some(context) = self.export.allocation else {
             return Err(NbdError::Protocol(
                 "block status without base:allocation".into(),
             ));
         };
-        self.transact(|conn| {
-            let cookie = conn.send(cmd::BLOCK_STATUS, 0, offset, length as usize, &[])?;
-            conn.status_reply(cookie, context)
-        })
+        match self.call(
+            cmd::BLOCK_STATUS,
+            0,
+            offset,
+            length,
+            &[],
+            Expect::Status(context),
+        )? {
+            Answer::Extents(extents) => Ok(extents),
+            Answer::Done => Err(NbdError::Protocol(
+                "block status reply without extents".into(),
+            )),
+        }
     }
 
-    /// Sends `NBD_CMD_DISC` and closes the socket; errors are ignored, the
-    /// connection is going away.
-    pub fn disconnect(mut self) {
-        if !self.broken {
-            let request = Request {
-                flags: 0,
-                kind: cmd::DISC,
-                cookie: self.next_cookie,
-                offset: 0,
-                length: 0,
-            };
-            let _ = self.link.write_all(&[&request.encode()]);
-        }
-        self.link.shutdown();
+    /// Closes the connection (as dropping it does): `NBD_CMD_DISC`, then
+    /// the socket is shut down.
+    pub fn disconnect(self) {
+        drop(self);
     }
 
-    /// Runs one request; a failure that leaves the stream in an unknown
-    /// state breaks the connection.
-    fn transact<T>(&mut self, f: impl FnOnce(&mut Conn) -> Result<T>) -> Result<T> {
-        if self.broken {
-            return Err(NbdError::Closed);
-        }
-        // Broken until the request completes, so that a panic half way
-        // leaves the connection unusable rather than mid-message.
-        self.broken = true;
-        let result = f(self);
-        match &result {
-            Err(e) if e.breaks_connection() => self.link.shutdown(),
-            _ => self.broken = false,
-        }
-        result
-    }
-
-    /// Sends a request header and its payload; returns its cookie.
-    fn send(
-        &mut self,
+    fn call(
+        &self,
         kind: u16,
         flags: u16,
         offset: u64,
-        length: usize,
-        data: &[u8],
-    ) -> Result<u64> {
-        let length = u32::try_from(length)
-            .map_err(|_| NbdError::Protocol(format!("request of {length} bytes is too long")))?;
-        let cookie = self.next_cookie;
-        self.next_cookie = self.next_cookie.wrapping_add(1);
-        let header = Request {
+        length: u32,
+        payload: &[u8],
+        expect: Expect,
+    ) -> Result<Answer> {
+        let request = Request {
             flags,
             kind,
-            cookie,
+            cookie: 0,
             offset,
             length,
-        }
-        .encode();
-        self.link
-            .write_all(&[&header, data])
-            .map_err(NbdError::Transport)?;
-        Ok(cookie)
-    }
-
-    /// The next reply header, which must carry `cookie`.
-    fn header(&mut self, cookie: u64) -> Result<ReplyHeader> {
-        let header = reply::read_header(&mut self.link, self.export.structured)?;
-        if header.cookie() != cookie {
-            return Err(NbdError::Protocol(format!(
-                "reply cookie {} does not match request cookie {cookie}",
-                header.cookie()
-            )));
-        }
-        Ok(header)
-    }
-
-    /// The reply to a request without reply data (write, flush, zeroes).
-    fn plain_reply(&mut self, cookie: u64) -> Result<()> {
-        let mut failure = None;
-        loop {
-            let chunk = match self.header(cookie)? {
-                ReplyHeader::Simple { error: 0, .. } => return Ok(()),
-                ReplyHeader::Simple { error, .. } => {
-                    return Err(NbdError::Server {
-                        errno: wire::errno_of(error),
-                    })
-                }
-                ReplyHeader::Chunk(chunk) => chunk,
-            };
-            match chunk.kind {
-                chunk::NONE => chunk.expect_none()?,
-                kind if kind & chunk::ERROR_BIT != 0 => {
-                    let error = ErrorChunk::read(&mut self.link, &chunk)?;
-                    failure.get_or_insert(error.errno);
-                }
-                kind => {
-                    return Err(NbdError::Protocol(format!(
-                        "unexpected chunk type {kind} in a reply without data"
-                    )))
-                }
-            }
-            if chunk.done() {
-                return match failure {
-                    Some(errno) => Err(NbdError::Server { errno }),
-                    None => Ok(()),
-                };
-            }
-        }
-    }
-
-    /// The reply to a read of `buf.len()` bytes at `offset`: the data
-    /// itself, or chunks of data and holes that must cover `buf` exactly.
-    fn read_reply(&mut self, cookie: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let chunk = match self.header(cookie)? {
-            ReplyHeader::Simple { error: 0, .. } if self.export.structured => {
-                // "MUST NOT use a simple reply for NBD_CMD_READ"
-                return Err(NbdError::Protocol("simple reply to a read".into()));
-            }
-            ReplyHeader::Simple { error: 0, .. } => {
-                return self.link.read_exact(buf).map_err(NbdError::Transport);
-            }
-            ReplyHeader::Simple { error, .. } => {
-                return Err(NbdError::Server {
-                    errno: wire::errno_of(error),
-                })
-            }
-            ReplyHeader::Chunk(chunk) => chunk,
         };
-        let mut coverage = Coverage::new(offset, buf.len() as u64);
-        let mut failure = None;
-        let mut chunk = chunk;
-        loop {
-            self.read_chunk(&chunk, &mut coverage, buf, &mut failure)?;
-            if chunk.done() {
-                break;
-            }
-            chunk = match self.header(cookie)? {
-                ReplyHeader::Chunk(next) => next,
-                ReplyHeader::Simple { .. } => {
-                    return Err(NbdError::Protocol(
-                        "simple reply inside a structured reply".into(),
-                    ))
-                }
-            };
-        }
-        if let Some(errno) = failure {
-            return Err(NbdError::Server { errno });
-        }
-        if !coverage.complete() {
-            return Err(NbdError::Protocol(
-                "server claimed success without sending all the data".into(),
-            ));
-        }
-        Ok(())
+        self.inflight.call(request, payload, Pending::new(expect))
     }
+}
 
-    /// One chunk of a read reply.
-    fn read_chunk(
-        &mut self,
-        chunk: &ChunkHeader,
-        coverage: &mut Coverage,
-        buf: &mut [u8],
-        failure: &mut Option<i32>,
-    ) -> Result<()> {
-        match chunk.kind {
-            chunk::OFFSET_DATA => {
-                if chunk.length < 9 {
-                    return Err(NbdError::Protocol("data chunk too short".into()));
-                }
-                let at = self.link.read_u64().map_err(NbdError::Transport)?;
-                let range = coverage.claim(at, u64::from(chunk.length - 8))?;
-                self.link
-                    .read_exact(&mut buf[range])
-                    .map_err(NbdError::Transport)
-            }
-            chunk::OFFSET_HOLE => {
-                if chunk.length != 12 {
-                    return Err(NbdError::Protocol("hole chunk of the wrong size".into()));
-                }
-                let at = self.link.read_u64().map_err(NbdError::Transport)?;
-                let size = self.link.read_u32().map_err(NbdError::Transport)?;
-                if size == 0 {
-                    return Err(NbdError::Protocol("empty hole chunk".into()));
-                }
-                let range = coverage.claim(at, u64::from(size))?;
-                buf[range].fill(0);
-                Ok(())
-            }
-            chunk::NONE => chunk.expect_none(),
-            kind if kind & chunk::ERROR_BIT != 0 => {
-                let error = ErrorChunk::read(&mut self.link, chunk)?;
-                failure.get_or_insert(error.errno);
-                Ok(())
-            }
-            kind => Err(NbdError::Protocol(format!(
-                "unexpected chunk type {kind} in a read reply"
-            ))),
-        }
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.inflight.close();
     }
+}
 
-    /// The reply to a block status request: the extents of context
-    /// `context` (chunks of other contexts are skipped).
-    fn status_reply(&mut self, cookie: u64, context: u32) -> Result<Vec<Extent>> {
-        let mut extents: Option<Vec<Extent>> = None;
-        let mut failure = None;
-        loop {
-            let chunk = match self.header(cookie)? {
-                ReplyHeader::Simple { error: 0, .. } => {
-                    return Err(NbdError::Protocol(
-                        "simple reply to a block status request".into(),
-                    ))
-                }
-                ReplyHeader::Simple { error, .. } => {
-                    return Err(NbdError::Server {
-                        errno: wire::errno_of(error),
-                    })
-                }
-                ReplyHeader::Chunk(chunk) => chunk,
-            };
-            match chunk.kind {
-                chunk::BLOCK_STATUS => {
-                    if chunk.length < 12 || (chunk.length - 4) % 8 != 0 {
-                        return Err(NbdError::Protocol(
-                            "block status chunk of a bad length".into(),
-                        ));
-                    }
-                    if chunk.length > MAX_STATUS_CHUNK {
-                        return Err(NbdError::Protocol(format!(
-                            "block status chunk of {} bytes is too long",
-                            chunk.length
-                        )));
-                    }
-                    let id = self.link.read_u32().map_err(NbdError::Transport)?;
-                    let count = ((chunk.length - 4) / 8) as usize;
-                    if id != context {
-                        self.link
-                            .skip(u64::from(chunk.length - 4))
-                            .map_err(NbdError::Transport)?;
-                    } else if extents.is_some() {
-                        return Err(NbdError::Protocol(
-                            "two block status chunks for one context".into(),
-                        ));
-                    } else {
-                        extents = Some(self.descriptors(count)?);
-                    }
-                }
-                chunk::NONE => chunk.expect_none()?,
-                kind if kind & chunk::ERROR_BIT != 0 => {
-                    let error = ErrorChunk::read(&mut self.link, &chunk)?;
-                    failure.get_or_insert(error.errno);
-                }
-                kind => {
-                    return Err(NbdError::Protocol(format!(
-                        "unexpected chunk type {kind} in a block status reply"
-                    )))
-                }
-            }
-            if chunk.done() {
-                break;
-            }
-        }
-        if let Some(errno) = failure {
-            return Err(NbdError::Server { errno });
-        }
-        extents.ok_or_else(|| NbdError::Protocol("block status reply without extents".into()))
-    }
-
-    /// `count` descriptors (already bounded by the chunk's length); keeps
-    /// the first [`MAX_EXTENTS`].
-    fn descriptors(&mut self, count: usize) -> Result<Vec<Extent>> {
-        let mut out = Vec::with_capacity(count.min(MAX_EXTENTS));
-        for _ in 0..count {
-            let length = self.link.read_u32().map_err(NbdError::Transport)?;
-            let flags = self.link.read_u32().map_err(NbdError::Transport)?;
-            if length == 0 {
-                return Err(NbdError::Protocol("block status extent of length 0".into()));
-            }
-            if out.len() < MAX_EXTENTS {
-                out.push(Extent { length, flags });
-            }
-        }
-        Ok(out)
-    }
+/// A request's length on the wire.
+fn request_length(length: usize) -> Result<u32> {
+    u32::try_from(length)
+        .map_err(|_| NbdError::Protocol(format!("request of {length} bytes is too long")))
 }
 
 #[cfg(test)]
@@ -379,7 +158,7 @@ mod tests {
     use super::*;
     use crate::handshake::BlockSizes;
     use crate::testing::{serve, Script};
-    use crate::wire::{state, tx_flags};
+    use crate::wire::{chunk, state, tx_flags};
     use std::thread::JoinHandle;
 
     /// A connection to a scripted server that has already negotiated.
@@ -419,7 +198,7 @@ mod tests {
 
     #[test]
     fn simple_replies_carry_read_data() {
-        let (mut c, server) = conn(false, |mut s| {
+        let (c, server) = conn(false, |mut s| {
             let (req, _) = s.request();
             assert_eq!((req.kind, req.offset, req.length), (cmd::READ, 4096, 5));
             s.simple(req.cookie, 0, b"hello");
@@ -448,7 +227,7 @@ mod tests {
 
     #[test]
     fn structured_reads_reassemble_data_and_holes() {
-        let (mut c, server) = conn(true, |mut s| {
+        let (c, server) = conn(true, |mut s| {
             let (req, _) = s.request();
             s.chunk(0, chunk::OFFSET_DATA, req.cookie, &data_chunk(110, b"tail"));
             s.chunk(0, chunk::OFFSET_HOLE, req.cookie, &hole_chunk(104, 6));
@@ -466,7 +245,7 @@ mod tests {
 
     #[test]
     fn error_chunks_fail_the_request_only() {
-        let (mut c, server) = conn(true, |mut s| {
+        let (c, server) = conn(true, |mut s| {
             let (req, _) = s.request();
             s.chunk(0, chunk::ERROR, req.cookie, &error_chunk(1, "no"));
             s.chunk(chunk::FLAG_DONE, chunk::NONE, req.cookie, &[]);
@@ -506,7 +285,7 @@ mod tests {
     /// Runs one read against a server that answers with `answer`; the
     /// error it gives, after which the connection must be broken.
     fn hostile_read(answer: impl FnOnce(&mut Script, u64) + Send + 'static) -> NbdError {
-        let (mut c, server) = conn(true, move |mut s| {
+        let (c, server) = conn(true, move |mut s| {
             let (req, _) = s.request();
             answer(&mut s, req.cookie);
             // Hanging up: the client must not wait for more.
@@ -587,7 +366,7 @@ mod tests {
 
     #[test]
     fn a_silent_server_times_out_the_request() {
-        let (mut c, server) = conn(true, |mut s| {
+        let (c, server) = conn(true, |mut s| {
             s.request();
             s.drain();
         });
@@ -601,7 +380,7 @@ mod tests {
 
     #[test]
     fn block_status_keeps_its_context_and_skips_others() {
-        let (mut c, server) = conn(true, |mut s| {
+        let (c, server) = conn(true, |mut s| {
             let (req, _) = s.request();
             assert_eq!(
                 (req.kind, req.offset, req.length),
@@ -639,6 +418,235 @@ mod tests {
         let e = c.block_status(0, 1 << 20).unwrap_err();
         assert!(e.to_string().contains("length 0"), "{e}");
         assert!(c.is_broken());
+        drop(c);
+        server.join().unwrap();
+    }
+
+    /// What the scripted servers below hold at `offset`.
+    fn pattern(offset: u64) -> [u8; 8] {
+        [(offset / 100) as u8 + 1; 8]
+    }
+
+    /// Reads 8 bytes at each of `offsets` from as many threads at once;
+    /// their results, in the same order.
+    fn reads(c: &Conn, offsets: &[u64]) -> Vec<Result<[u8; 8]>> {
+        std::thread::scope(|scope| {
+            let readers: Vec<_> = offsets
+                .iter()
+                .map(|&offset| {
+                    scope.spawn(move || {
+                        let mut buf = [0u8; 8];
+                        c.read(offset, &mut buf).map(|()| buf)
+                    })
+                })
+                .collect();
+            readers.into_iter().map(|r| r.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn replies_in_any_order_reach_their_requests() {
+        let (c, server) = conn(false, |mut s| {
+            // Four requests in flight before any reply, answered last
+            // first.
+            let requests: Vec<_> = (0..4).map(|_| s.request().0).collect();
+            for req in requests.iter().rev() {
+                assert_eq!(req.kind, cmd::READ);
+                s.simple(req.cookie, 0, &pattern(req.offset));
+            }
+            s.drain();
+        });
+        let offsets = [0, 100, 200, 300];
+        for (result, &offset) in reads(&c, &offsets).into_iter().zip(&offsets) {
+            assert_eq!(result.unwrap(), pattern(offset));
+        }
+        drop(c);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn interleaved_chunks_of_two_reads_land_in_their_buffers() {
+        let (c, server) = conn(true, |mut s| {
+            let (a, _) = s.request();
+            let (b, _) = s.request();
+            let (a, b) = if a.offset == 0 { (a, b) } else { (b, a) };
+            let half = |at: u64| pattern(at)[..4].to_vec();
+            s.chunk(
+                0,
+                chunk::OFFSET_DATA,
+                a.cookie,
+                &data_chunk(a.offset, &half(a.offset)),
+            );
+            s.chunk(
+                0,
+                chunk::OFFSET_DATA,
+                b.cookie,
+                &data_chunk(b.offset + 4, &half(b.offset)),
+            );
+            s.chunk(
+                chunk::FLAG_DONE,
+                chunk::OFFSET_HOLE,
+                a.cookie,
+                &hole_chunk(a.offset + 4, 4),
+            );
+            s.chunk(
+                0,
+                chunk::OFFSET_DATA,
+                b.cookie,
+                &data_chunk(b.offset, &half(b.offset)),
+            );
+            s.chunk(chunk::FLAG_DONE, chunk::NONE, b.cookie, &[]);
+            s.drain();
+        });
+        let results = reads(&c, &[0, 500]);
+        assert_eq!(results[0].as_ref().unwrap(), &[1, 1, 1, 1, 0, 0, 0, 0]);
+        assert_eq!(results[1].as_ref().unwrap(), &pattern(500));
+        drop(c);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_cookie_fails_every_request_in_flight() {
+        let (c, server) = conn(true, |mut s| {
+            let requests: Vec<_> = (0..3).map(|_| s.request().0).collect();
+            let first = requests.iter().find(|r| r.offset == 0).unwrap();
+            s.chunk(
+                chunk::FLAG_DONE,
+                chunk::OFFSET_DATA,
+                first.cookie,
+                &data_chunk(0, &pattern(0)),
+            );
+            let unknown = requests.iter().map(|r| r.cookie).max().unwrap() + 100;
+            s.chunk(chunk::FLAG_DONE, chunk::NONE, unknown, &[]);
+            s.drain();
+        });
+        let results = reads(&c, &[0, 100, 200]);
+        assert_eq!(results[0].as_ref().unwrap(), &pattern(0));
+        for result in &results[1..] {
+            let e = result.as_ref().unwrap_err();
+            assert!(matches!(e, NbdError::Protocol(_)), "{e}");
+            assert!(e.to_string().contains("cookie"), "{e}");
+        }
+        assert!(c.is_broken());
+        assert!(matches!(c.read(0, &mut [0; 8]), Err(NbdError::Closed)));
+        drop(c);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_second_reply_to_a_finished_request_breaks_the_connection() {
+        let (c, server) = conn(false, |mut s| {
+            let (a, _) = s.request();
+            let (b, _) = s.request();
+            let (a, _b) = if a.offset == 0 { (a, b) } else { (b, a) };
+            s.simple(a.cookie, 0, &pattern(0));
+            s.simple(a.cookie, 0, &pattern(0));
+            s.drain();
+        });
+        let results = reads(&c, &[0, 100]);
+        assert_eq!(results[0].as_ref().unwrap(), &pattern(0));
+        let e = results[1].as_ref().unwrap_err();
+        assert!(e.to_string().contains("cookie"), "{e}");
+        assert!(c.is_broken());
+        drop(c);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_server_hanging_up_fails_every_waiter_at_once() {
+        let (c, server) = conn(true, |mut s| {
+            let requests: Vec<_> = (0..4).map(|_| s.request().0).collect();
+            // Half a data chunk, then gone.
+            s.chunk_claiming(
+                chunk::FLAG_DONE,
+                chunk::OFFSET_DATA,
+                requests[0].cookie,
+                16,
+                &requests[0].offset.to_be_bytes(),
+            );
+        });
+        let started = std::time::Instant::now();
+        for result in reads(&c, &[0, 100, 200, 300]) {
+            match result {
+                // End of file, not the 2 s timeout.
+                Err(NbdError::Transport(e)) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(matches!(c.write(0, b"x"), Err(NbdError::Closed)));
+        drop(c);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_server_times_out_every_request_in_flight() {
+        let (c, server) = conn(true, |mut s| {
+            for _ in 0..3 {
+                s.request();
+            }
+            s.drain();
+        });
+        let started = std::time::Instant::now();
+        for result in reads(&c, &[0, 100, 200]) {
+            assert!(matches!(result, Err(NbdError::Transport(_))), "{result:?}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        drop(c);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_flush_waits_for_the_writes_issued_before_it() {
+        let (c, server) = conn(false, |mut s| {
+            let (write, data) = s.request();
+            assert_eq!((write.kind, data.as_slice()), (cmd::WRITE, &b"data"[..]));
+            // No flush before the write's reply.
+            assert!(s.quiet(std::time::Duration::from_millis(300)));
+            s.simple(write.cookie, 0, &[]);
+            let (flush, _) = s.request();
+            assert_eq!(flush.kind, cmd::FLUSH);
+            s.simple(flush.cookie, 0, &[]);
+            let (disc, _) = s.request();
+            assert_eq!(disc.kind, cmd::DISC);
+        });
+        assert!(!c.is_dirty());
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| c.write(0, b"data"));
+            while c.in_flight() == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(c.is_dirty());
+            c.flush().unwrap();
+            writer.join().unwrap().unwrap();
+        });
+        assert!(!c.is_dirty());
+        drop(c);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn requests_in_flight_are_capped() {
+        use crate::inflight::MAX_IN_FLIGHT;
+        let total = MAX_IN_FLIGHT + 4;
+        let (c, server) = conn(false, move |mut s| {
+            let first: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| s.request().0).collect();
+            assert!(s.quiet(std::time::Duration::from_millis(300)));
+            for req in &first {
+                s.simple(req.cookie, 0, &pattern(req.offset));
+            }
+            for _ in MAX_IN_FLIGHT..total {
+                let (req, _) = s.request();
+                s.simple(req.cookie, 0, &pattern(req.offset));
+            }
+            s.drain();
+        });
+        let offsets: Vec<u64> = (0..total as u64).map(|i| i * 100).collect();
+        for (result, &offset) in reads(&c, &offsets).into_iter().zip(&offsets) {
+            assert_eq!(result.unwrap(), pattern(offset));
+        }
         drop(c);
         server.join().unwrap();
     }

@@ -101,6 +101,22 @@ impl NbdError {
     }
 }
 
+impl NbdError {
+    /// A copy of the failure that broke a connection, for each of the
+    /// other requests it fails (same text, same errno).
+    pub fn duplicate(&self) -> NbdError {
+        match self {
+            NbdError::Protocol(text) => NbdError::Protocol(text.clone()),
+            NbdError::Transport(e) => NbdError::Transport(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
+            NbdError::Server { errno } => NbdError::Server { errno: *errno },
+            _ => NbdError::Closed,
+        }
+    }
+}
+
 /// qemu's words for a failed read during the handshake.
 fn read_cause(e: &io::Error) -> String {
     if e.kind() == io::ErrorKind::UnexpectedEof {

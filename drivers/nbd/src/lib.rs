@@ -3,10 +3,12 @@
 //! replies and `base:allocation` block status.
 //!
 //! Modules, from the wire up: [`wire`] (constants and messages),
-//! [`socket`] (connecting, timeouts), [`handshake`], [`reply`] and
+//! [`socket`] (connecting, timeouts), [`handshake`], [`reply`] (reply
+//! headers), [`pending`] (one request's reply), [`inflight`] (many
+//! requests in flight on one connection, replies matched by cookie),
 //! [`conn`] (one connection's requests), [`split`] (requests within the
-//! server's limits), [`pool`] (several connections to
-//! a multi-conn server), [`extents`] (cached block status), [`store`]
+//! server's limits), [`pool`] (several connections to a multi-conn
+//! server), [`extents`] (cached block status), [`store`]
 //! (the `StoreImpl`); [`uri`] and [`options`] turn names and options into
 //! a server address and print the node's name as qemu does.
 
@@ -16,7 +18,9 @@ pub mod conn;
 pub mod error;
 pub mod extents;
 pub mod handshake;
+pub mod inflight;
 pub mod options;
+pub mod pending;
 pub mod pool;
 pub mod reply;
 pub mod socket;

@@ -1,12 +1,14 @@
 //! The connections of one store. A server that advertises
 //! `NBD_FLAG_CAN_MULTI_CONN` gets up to [`MAX_CONNECTIONS`]; any other
-//! server gets the one connection the store was opened with.
+//! server gets the one connection the store was opened with. Each
+//! connection carries many requests at once, so a request never waits
+//! for a connection: it takes the least busy one.
 //!
 //! Extra connections are opened lazily, when a request finds every open
-//! one busy, and in the background: the request waits for whichever
-//! connection comes free first, so a server that accepts but never
-//! answers (one at its client limit) delays nothing. A connection that
-//! fails to open, or sees the export differently, stops the growing.
+//! one busy, and in the background: the request goes out on a busy
+//! connection meanwhile, so a server that accepts but never answers (one
+//! at its client limit) delays nothing. A connection that fails to open,
+//! or sees the export differently, stops the growing.
 //!
 //! A broken connection is dropped and not replaced: the requests that saw
 //! the failure reported it, and the store does not silently reconnect
@@ -16,7 +18,7 @@ use crate::conn::Conn;
 use crate::error::{NbdError, Result};
 use crate::handshake::Export;
 use crate::wire::tx_flags;
-use std::ops::{Deref, DerefMut};
+use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// Most connections one store opens to a multi-conn server.
@@ -32,7 +34,7 @@ pub struct Pool {
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled whenever a connection comes free, opens or goes away.
+    /// Signalled whenever a connection opens, fails to or goes away.
     changed: Condvar,
     connector: Connector,
     limit: usize,
@@ -41,14 +43,31 @@ struct Shared {
 }
 
 struct State {
-    idle: Vec<Conn>,
-    /// Connections lent out, idle or being opened.
-    open: usize,
+    conns: Vec<Entry>,
+    /// Connections being opened.
+    opening: usize,
     /// False once opening one failed or a connection broke.
     growable: bool,
     /// Set when the pool is dropped: a connection that finishes opening
     /// afterwards is closed at once.
     closed: bool,
+}
+
+struct Entry {
+    conn: Arc<Conn>,
+    /// Leases out on it.
+    users: usize,
+}
+
+impl State {
+    /// Forgets broken connections (their last user closes them).
+    fn prune(&mut self) {
+        let before = self.conns.len();
+        self.conns.retain(|entry| !entry.conn.is_broken());
+        if self.conns.len() != before {
+            self.growable = false;
+        }
+    }
 }
 
 impl Shared {
@@ -64,25 +83,25 @@ impl Shared {
             if self.agrees(conn.export()) {
                 Ok(conn)
             } else {
-                conn.disconnect();
+                drop(conn);
                 Err(NbdError::Protocol(
                     "a new connection saw the export differently".into(),
                 ))
             }
         });
         let mut state = self.lock();
+        state.opening -= 1;
         match opened {
-            Ok(conn) if !state.closed => state.idle.push(conn),
+            Ok(conn) if !state.closed => state.conns.push(Entry {
+                conn: Arc::new(conn),
+                users: 0,
+            }),
             Ok(conn) => {
-                state.open -= 1;
                 drop(state);
-                conn.disconnect();
+                drop(conn);
                 return;
             }
-            Err(_) => {
-                state.open -= 1;
-                state.growable = false;
-            }
+            Err(_) => state.growable = false,
         }
         drop(state);
         self.changed.notify_all();
@@ -97,18 +116,13 @@ impl Shared {
             && export.block == first.block
     }
 
-    fn put_back(&self, conn: Conn) {
+    /// Ends a lease on `conn`.
+    fn put_back(&self, conn: &Arc<Conn>) {
         let mut state = self.lock();
-        if conn.is_broken() || state.closed {
-            state.open -= 1;
-            state.growable = false;
-            drop(state);
-            conn.disconnect();
-        } else {
-            state.idle.push(conn);
-            drop(state);
+        if let Some(entry) = state.conns.iter_mut().find(|e| Arc::ptr_eq(&e.conn, conn)) {
+            entry.users -= 1;
         }
-        self.changed.notify_all();
+        state.prune();
     }
 }
 
@@ -125,8 +139,11 @@ impl Pool {
         Pool {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
-                    idle: vec![first],
-                    open: 1,
+                    conns: vec![Entry {
+                        conn: Arc::new(first),
+                        users: 0,
+                    }],
+                    opening: 0,
                     growable: true,
                     closed: false,
                 }),
@@ -143,32 +160,82 @@ impl Pool {
         self.shared.limit
     }
 
-    /// A connection for one request; waits while all are busy.
+    /// The least busy connection for a request; starts opening another
+    /// if every one is busy and the server allows more.
     pub fn get(&self) -> Result<Lease<'_>> {
         let shared = &*self.shared;
         let mut state = shared.lock();
         loop {
-            if let Some(conn) = state.idle.pop() {
-                return Ok(Lease {
-                    pool: shared,
-                    conn: Some(conn),
-                });
-            }
-            if state.open == 0 {
-                return Err(NbdError::Closed);
-            }
-            if state.open < shared.limit && state.growable {
-                state.open += 1;
+            state.prune();
+            let best = (0..state.conns.len()).min_by_key(|&i| state.conns[i].users);
+            let busy = best.is_none_or(|i| state.conns[i].users > 0);
+            let open = state.conns.len() + state.opening;
+            if busy && open < shared.limit && state.growable && !state.closed {
+                state.opening += 1;
                 let grower = Arc::clone(&self.shared);
                 let spawned = std::thread::Builder::new()
                     .name("qimg-nbd-connect".into())
                     .spawn(move || grower.grow());
                 if spawned.is_err() {
-                    state.open -= 1;
+                    state.opening -= 1;
                     state.growable = false;
                 }
             }
+            if let Some(i) = best {
+                let entry = &mut state.conns[i];
+                entry.users += 1;
+                return Ok(Lease {
+                    pool: shared,
+                    conn: Arc::clone(&entry.conn),
+                });
+            }
+            if state.opening == 0 {
+                return Err(NbdError::Closed);
+            }
             state = shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Flushes every connection that has written since its last flush
+    /// (each after the writes issued on it before), or one connection if
+    /// none has.
+    pub fn flush(&self) -> Result<()> {
+        let leases: Vec<Lease<'_>> = {
+            let mut state = self.shared.lock();
+            state.prune();
+            let dirty = state.conns.iter().any(|e| e.conn.is_dirty());
+            let mut leases = Vec::new();
+            for entry in state.conns.iter_mut() {
+                if (dirty && entry.conn.is_dirty()) || (!dirty && leases.is_empty()) {
+                    entry.users += 1;
+                    leases.push(Lease {
+                        pool: &self.shared,
+                        conn: Arc::clone(&entry.conn),
+                    });
+                }
+            }
+            leases
+        };
+        if leases.is_empty() {
+            return Err(NbdError::Closed);
+        }
+        leases.iter().try_for_each(|lease| lease.flush())
+    }
+
+    /// Connections open now (broken ones that still have users included).
+    pub fn open_connections(&self) -> usize {
+        self.shared.lock().conns.len()
+    }
+
+    /// Waits until no connection is being opened.
+    pub fn settle(&self) {
+        let mut state = self.shared.lock();
+        while state.opening > 0 {
+            state = self
+                .shared
                 .changed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
@@ -178,46 +245,34 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        let idle: Vec<Conn> = {
+        // Leases borrow the pool: none is out, so the connections close
+        // (NBD_CMD_DISC) as they drop here.
+        let conns: Vec<Entry> = {
             let mut state = self.shared.lock();
             state.closed = true;
-            state.open -= state.idle.len();
-            state.idle.drain(..).collect()
+            state.conns.drain(..).collect()
         };
-        for conn in idle {
-            conn.disconnect();
-        }
+        drop(conns);
     }
 }
 
-/// A connection lent to one request; it goes back to the pool on drop.
+/// A connection lent to one request (others may share it); returned on
+/// drop.
 pub struct Lease<'a> {
     pool: &'a Shared,
-    conn: Option<Conn>,
+    conn: Arc<Conn>,
 }
 
 impl Deref for Lease<'_> {
     type Target = Conn;
     fn deref(&self) -> &Conn {
-        self.conn
-            .as_ref()
-            .expect("a lease holds its connection until dropped")
-    }
-}
-
-impl DerefMut for Lease<'_> {
-    fn deref_mut(&mut self) -> &mut Conn {
-        self.conn
-            .as_mut()
-            .expect("a lease holds its connection until dropped")
+        &self.conn
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.put_back(conn);
-        }
+        self.pool.put_back(&self.conn);
     }
 }
 
@@ -268,15 +323,14 @@ mod tests {
         let (first, _end) = conn(0);
         let pool = Pool::new(first, connector(0, false, calls.clone()));
         assert_eq!(pool.limit(), 1);
-        std::thread::scope(|scope| {
-            let lease = pool.get().unwrap();
-            let waiter = scope.spawn(|| pool.get().map(|_| ()));
-            std::thread::sleep(Duration::from_millis(100));
-            assert!(!waiter.is_finished());
-            drop(lease);
-            waiter.join().unwrap().unwrap();
-        });
+        // Requests share the one connection rather than wait for it.
+        let a = pool.get().unwrap();
+        let b = pool.get().unwrap();
+        assert!(std::ptr::eq(&*a, &*b));
+        drop((a, b));
+        pool.settle();
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(pool.open_connections(), 1);
     }
 
     #[test]
@@ -290,14 +344,24 @@ mod tests {
         for _ in 0..10 {
             drop(pool.get().unwrap());
         }
+        pool.settle();
         assert_eq!(calls.load(Ordering::SeqCst), 0);
-        // All busy: more are opened, up to the limit.
-        let leases: Vec<_> = (0..MAX_CONNECTIONS).map(|_| pool.get().unwrap()).collect();
+        // All busy: more are opened, up to the limit, and then used.
+        let leases: Vec<_> = (0..2 * MAX_CONNECTIONS)
+            .map(|_| pool.get().unwrap())
+            .collect();
+        pool.settle();
         assert_eq!(calls.load(Ordering::SeqCst), MAX_CONNECTIONS - 1);
+        assert_eq!(pool.open_connections(), MAX_CONNECTIONS);
         drop(leases);
         let again: Vec<_> = (0..MAX_CONNECTIONS).map(|_| pool.get().unwrap()).collect();
+        for (i, a) in again.iter().enumerate() {
+            for b in &again[i + 1..] {
+                assert!(!std::ptr::eq(&**a, &**b), "the least busy one is taken");
+            }
+        }
+        pool.settle();
         assert_eq!(calls.load(Ordering::SeqCst), MAX_CONNECTIONS - 1);
-        drop(again);
     }
 
     #[test]
@@ -306,15 +370,15 @@ mod tests {
         let flags = tx_flags::CAN_MULTI_CONN;
         let (first, _end) = conn(flags);
         let pool = Pool::new(first, connector(flags, true, calls.clone()));
-        std::thread::scope(|scope| {
-            let lease = pool.get().unwrap();
-            let waiter = scope.spawn(|| pool.get().map(|_| ()));
-            std::thread::sleep(Duration::from_millis(100));
-            drop(lease);
-            waiter.join().unwrap().unwrap();
-        });
-        let _a = pool.get().unwrap();
+        let a = pool.get().unwrap();
+        let b = pool.get().unwrap();
+        pool.settle();
+        drop((a, b));
+        let _c = pool.get().unwrap();
+        let _d = pool.get().unwrap();
+        pool.settle();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.open_connections(), 1);
     }
 
     #[test]
@@ -324,14 +388,15 @@ mod tests {
         let (first, _end) = conn(flags);
         // The new connections miss the multi-conn flag.
         let pool = Pool::new(first, connector(0, false, calls.clone()));
-        std::thread::scope(|scope| {
-            let lease = pool.get().unwrap();
-            let waiter = scope.spawn(|| pool.get().map(|_| ()));
-            std::thread::sleep(Duration::from_millis(100));
-            drop(lease);
-            waiter.join().unwrap().unwrap();
-        });
+        let a = pool.get().unwrap();
+        let b = pool.get().unwrap();
+        pool.settle();
+        drop((a, b));
+        let _c = pool.get().unwrap();
+        let _d = pool.get().unwrap();
+        pool.settle();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.open_connections(), 1);
     }
 
     #[test]
@@ -340,15 +405,14 @@ mod tests {
         let (first, end) = conn(tx_flags::SEND_FLUSH);
         let pool = Pool::new(first, connector(0, false, calls.clone()));
         drop(end);
-        std::thread::scope(|scope| {
-            let mut lease = pool.get().unwrap();
-            let waiter = scope.spawn(|| pool.get().map(|_| ()));
-            std::thread::sleep(Duration::from_millis(100));
-            assert!(lease.flush().is_err());
-            drop(lease);
-            assert!(matches!(waiter.join().unwrap(), Err(NbdError::Closed)));
-        });
+        let lease = pool.get().unwrap();
+        assert!(lease.flush().is_err());
+        assert!(lease.is_broken());
+        // Broken: no longer handed out, though a lease still holds it.
         assert!(matches!(pool.get().map(|_| ()), Err(NbdError::Closed)));
+        drop(lease);
+        assert!(matches!(pool.get().map(|_| ()), Err(NbdError::Closed)));
+        assert!(matches!(pool.flush(), Err(NbdError::Closed)));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
     }
 }

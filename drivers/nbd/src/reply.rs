@@ -3,7 +3,7 @@
 //! chunks stay inside the request, never overlap and cover all of it.
 
 use crate::error::{NbdError, Result};
-use crate::socket::Link;
+use crate::socket::ReadHalf;
 use crate::wire::{self, chunk};
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -80,7 +80,7 @@ impl ReplyHeader {
 
 /// Reads the next reply header; structured chunks only if `structured`
 /// replies were negotiated.
-pub fn read_header(link: &mut Link, structured: bool) -> Result<ReplyHeader> {
+pub fn read_header(link: &mut ReadHalf, structured: bool) -> Result<ReplyHeader> {
     let magic = link.read_u32().map_err(NbdError::Transport)?;
     match magic {
         wire::SIMPLE_REPLY_MAGIC => {
@@ -117,7 +117,7 @@ impl ErrorChunk {
     /// Reads the payload of `header`, a chunk type with the error bit:
     /// error value, message, and whatever the type adds after it (the
     /// offset of `NBD_REPLY_TYPE_ERROR_OFFSET`), which is skipped.
-    pub fn read(link: &mut Link, header: &ChunkHeader) -> Result<ErrorChunk> {
+    pub fn read(link: &mut ReadHalf, header: &ChunkHeader) -> Result<ErrorChunk> {
         let fixed = if header.kind == chunk::ERROR_OFFSET {
             14
         } else {

@@ -87,7 +87,7 @@ impl NbdStore {
     }
 
     /// Reads the whole block at `block` into a scratch buffer.
-    fn read_block(&self, conn: &mut Conn, block: u64) -> Result<Vec<u8>> {
+    fn read_block(&self, conn: &Conn, block: u64) -> Result<Vec<u8>> {
         if block + self.limits.align > self.export.size {
             // The export's tail is not a whole block: unreachable.
             return Err(NbdError::Server {
@@ -100,12 +100,7 @@ impl NbdStore {
     }
 
     /// Rewrites the block at `block` with `change` applied to it.
-    fn patch_block(
-        &self,
-        conn: &mut Conn,
-        block: u64,
-        change: impl FnOnce(&mut [u8]),
-    ) -> Result<()> {
+    fn patch_block(&self, conn: &Conn, block: u64, change: impl FnOnce(&mut [u8])) -> Result<()> {
         let _one_at_a_time = self.partial.lock().unwrap_or_else(PoisonError::into_inner);
         let mut scratch = self.read_block(conn, block)?;
         change(&mut scratch);
@@ -113,7 +108,7 @@ impl NbdStore {
     }
 
     fn read_exact(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut conn = self.pool.get()?;
+        let conn = self.pool.get()?;
         let mut done = 0usize;
         for piece in pieces(offset, buf.len() as u64, self.limits.align, self.limits.io) {
             let len = piece.length as usize;
@@ -121,7 +116,7 @@ impl NbdStore {
             match piece.block {
                 None => conn.read(piece.offset, dest)?,
                 Some(block) => {
-                    let scratch = self.read_block(&mut conn, block)?;
+                    let scratch = self.read_block(&conn, block)?;
                     let at = (piece.offset - block) as usize;
                     dest.copy_from_slice(&scratch[at..at + len]);
                 }
@@ -144,14 +139,14 @@ impl NbdStore {
 
     /// Writes `data` at `offset`, partial blocks by read-modify-write.
     fn write_all(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let mut conn = self.pool.get()?;
+        let conn = self.pool.get()?;
         let mut done = 0usize;
         for piece in pieces(offset, data.len() as u64, self.limits.align, self.limits.io) {
             let len = piece.length as usize;
             let src = &data[done..done + len];
             match piece.block {
                 None => conn.write(piece.offset, src)?,
-                Some(block) => self.patch_block(&mut conn, block, |scratch| {
+                Some(block) => self.patch_block(&conn, block, |scratch| {
                     let at = (piece.offset - block) as usize;
                     scratch[at..at + len].copy_from_slice(src);
                 })?,
@@ -176,7 +171,7 @@ impl NbdStore {
             vec![0u8; max.min(length) as usize]
         };
         let flags = if punch { 0 } else { cmd_flags::NO_HOLE };
-        let mut conn = self.pool.get()?;
+        let conn = self.pool.get()?;
         for piece in pieces(offset, length, self.limits.align, max) {
             match piece.block {
                 None if native => {
@@ -184,7 +179,7 @@ impl NbdStore {
                     conn.write_zeroes(piece.offset, piece.length as u32, flags)?
                 }
                 None => conn.write(piece.offset, &zeros[..piece.length as usize])?,
-                Some(block) => self.patch_block(&mut conn, block, |scratch| {
+                Some(block) => self.patch_block(&conn, block, |scratch| {
                     let at = (piece.offset - block) as usize;
                     scratch[at..at + piece.length as usize].fill(0);
                 })?,
@@ -281,9 +276,9 @@ impl StoreImpl for NbdStore {
         if !self.export.has(tx_flags::SEND_FLUSH) {
             return Ok(());
         }
-        // Every write has had its reply before it returned, so a flush on
-        // any connection covers it (multi-conn servers promise that).
-        self.pool.get()?.flush()?;
+        // Each connection that has written flushes once the writes issued
+        // on it before have had their replies.
+        self.pool.flush()?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 use crate::socket::{Link, Stream};
 use crate::wire::{self, rep, Request};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -151,6 +152,23 @@ impl Script {
         out.extend_from_slice(&length.to_be_bytes());
         out.extend_from_slice(payload);
         self.send(&out);
+    }
+
+    /// True if the client sends nothing more within `wait`.
+    pub fn quiet(&mut self, wait: Duration) -> bool {
+        std::thread::sleep(wait);
+        let mut byte = 0u8;
+        // SAFETY: a one-byte buffer for a non-blocking peek on an open
+        // socket.
+        let got = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        got < 0
     }
 
     /// Waits until the client closes its end.

@@ -108,8 +108,14 @@ fn unix_ready(path: &Path) -> impl Fn() -> bool + '_ {
     move || UnixStream::connect(path).is_ok()
 }
 
+/// Something listens on `port`: a connection that is not the socket
+/// connected to itself (which Linux allows when the port is free and in
+/// the ephemeral range).
 fn tcp_ready(port: u16) -> impl Fn() -> bool {
-    move || TcpStream::connect(("127.0.0.1", port)).is_ok()
+    move || {
+        TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+    }
 }
 
 /// `qemu-nbd -t -f raw -x EXPORT [extra] IMAGE` on the Unix socket `socket`.
@@ -182,6 +188,15 @@ pub fn open(filename: &str, write: bool) -> Result<Box<dyn StoreImpl>, DriverErr
     let options = NbdProtocol.parse_filename(filename)?;
     let flags = if write { proto_open::WRITE } else { 0 };
     NbdProtocol.open(&options, flags)
+}
+
+/// Opens `filename` as the driver's own store type (for what the store
+/// trait does not show, such as its connection limit).
+pub fn open_nbd(filename: &str, write: bool) -> qimg_nbd::NbdStore {
+    let options = NbdProtocol.parse_filename(filename).unwrap();
+    let options = qimg_nbd::Options::from_map(&options).unwrap();
+    let flags = if write { proto_open::WRITE } else { 0 };
+    qimg_nbd::NbdStore::open(&options, flags).unwrap()
 }
 
 /// The name qemu-img prints for `filename`.
