@@ -89,6 +89,18 @@ pub fn enter(inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<(), CmdError> {
     if !requested() {
         return Ok(());
     }
+    // Sockets are outside the confinement's allowed system calls.
+    let remote = inputs.iter().chain(outputs).find(|p| {
+        p.to_str()
+            .and_then(crate::block::spec::remote_scheme)
+            .is_some()
+    });
+    if let Some(name) = remote {
+        return Err(fail(format!(
+            "--confine: '{}' is a network store; a confined qimg reaches only the local files it names",
+            name.display()
+        )));
+    }
     // Every enabled driver is loaded now: their libraries are files too.
     let _ = crate::commands::registry().all();
     // The stack-growth guard learns this thread's stack from /proc, which

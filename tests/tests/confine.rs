@@ -191,3 +191,39 @@ fn a_parser_bug_cannot_reach_beyond_the_named_files() {
         }
     }
 }
+
+/// A network store is refused by name before anything is opened: a
+/// confined qimg may not open sockets.
+#[test]
+fn network_stores_are_refused_by_name() {
+    let fx = Fixture::with_images("confine_network");
+    for args in [
+        &["--confine", "info", "nbd://127.0.0.1:1/x"][..],
+        &[
+            "--confine",
+            "convert",
+            "-O",
+            "raw",
+            "mid.raw",
+            "nbd+unix:///x?socket=s",
+        ],
+        &[
+            "--confine",
+            "convert",
+            "-O",
+            "raw",
+            "http://127.0.0.1:1/a",
+            "out.raw",
+        ],
+    ] {
+        let out = fx.qimg(args);
+        assert_eq!(out.status, 1, "{args:?}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("is a network store; a confined qimg reaches only"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(!fx.path("out.raw").exists());
+    }
+}
