@@ -7,8 +7,8 @@
 # TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, vpc, vhdx, qed,
 # parallels, raw, luks, descriptors (vmdk), texts (manifests, json: and
 # --image-opts names, command lines), and the vendor drivers' dmg, bochs,
-# cloop, qcow (all by default). --time is the run time of each target
-# in seconds (default 60).
+# cloop, qcow, and nbd (the NBD client against a hostile server), all by
+# default. --time is the run time of each target in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
 # toolchain, and fills each empty corpus fuzz/corpus/TARGET/ with small seed
@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors texts dmg bochs cloop qcow)
+all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors texts dmg bochs cloop qcow nbd)
 time_per_target=60
 targets=()
 
@@ -341,6 +341,31 @@ seed_sample() {
     fi
 }
 seed_dmg() { seed_sample "$1" simple-dmg.dmg; }
+
+# What an NBD server sends to qimg's client in a good session: greeting,
+# replies to STRUCTURED_REPLY, SET_META_CONTEXT and GO, then structured
+# replies to its read (cookie 1), block status (2), write (3), write
+# zeroes (4) and flush (5).
+seed_nbd() {
+    python3 - "$1/session" <<'PY'
+import struct, sys
+REP = 0x3e889045565a9
+def opt(option, kind, data=b""):
+    return struct.pack(">QIII", REP, option, kind, len(data)) + data
+def chunk(cookie, kind, data=b"", done=True):
+    return struct.pack(">IHHQI", 0x668e33ef, 1 if done else 0, kind, cookie, len(data)) + data
+size = 1 << 20
+out = b"NBDMAGIC" + b"IHAVEOPT" + struct.pack(">H", 3)
+out += opt(8, 1)
+out += opt(10, 4, struct.pack(">I", 1) + b"base:allocation") + opt(10, 1)
+out += opt(7, 3, struct.pack(">HQH", 0, size, 1 | 4 | 64 | 256)) + opt(7, 1)
+out += chunk(1, 1, struct.pack(">Q", 0) + b"\xab" * 65536)
+out += chunk(2, 5, struct.pack(">III", 1, 65536, 0) + struct.pack(">II", size - 65536, 3))
+for cookie in (3, 4, 5):
+    out += chunk(cookie, 0)
+open(sys.argv[1], "wb").write(out)
+PY
+}
 seed_bochs() { seed_sample "$1" empty.bochs; }
 seed_cloop() { seed_sample "$1" simple-pattern.cloop; }
 

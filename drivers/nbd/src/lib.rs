@@ -17,6 +17,8 @@
 pub mod conn;
 pub mod error;
 pub mod extents;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handshake;
 pub mod inflight;
 pub mod options;
