@@ -692,8 +692,7 @@ fn format_remote(
     let spec = super::spec::resolve(name, false).map_err(DriverError::invalid_argument)?;
     let opened = remote::open(protocol, &spec, true)?;
     let store = Arc::new(Store::Remote(opened.store));
-    let len = store.len().into_result()?;
-    store.write_zeroes(0, len.min(512), false).into_result()?;
+    zero_first_sector(&*store)?;
     create_on(driver, store, name, false, cache, request)
 }
 
@@ -710,10 +709,17 @@ pub fn unformat_remote(name: &str) {
     };
     if let Ok(opened) = remote::open(protocol, &spec, true) {
         let store = opened.store.store;
-        let len = store.len().into_result().unwrap_or(0);
-        let _ = store.write_zeroes(0, len.min(512), false);
-        let _ = store.flush();
+        if zero_first_sector(&store).is_ok() {
+            let _ = store.flush();
+        }
     }
+}
+
+/// Zeroes the first sector of `store` (all of it if shorter), so that
+/// nothing it held before probes as an image.
+fn zero_first_sector(store: &dyn ByteStore) -> Result<(), DriverError> {
+    let len = store.len().into_result()?;
+    store.write_zeroes(0, len.min(512), false).into_result()
 }
 
 /// Lets `driver` format `store` (the image `name`, with image locks when

@@ -226,10 +226,9 @@ impl Registry {
                         return Ok(found);
                     }
                 }
-                self.enabled_libraries(&|_| false)
-                    .into_iter()
-                    .filter_map(|(path, _)| self.load(&path, None).ok())
-                    .find_map(|library| pick(&library))
+                self.enabled_loaded(&|_| false)
+                    .iter()
+                    .find_map(pick)
                     .ok_or_else(|| FindError::Unknown(name.to_string()))
             }
         }
@@ -245,47 +244,52 @@ impl Registry {
     /// are not loaded): manifest entries by name, or without a manifest the
     /// libraries beside the executable by their conventional file name.
     pub fn all_but(&self, skip: impl Fn(&str) -> bool) -> Vec<Arc<Driver>> {
-        let mut found = Vec::new();
-        for (path, sha) in self.enabled_libraries(&skip) {
-            let first = !self.attempted(&path);
-            match self.load(&path, sha.as_deref()) {
-                Ok(library) => found.extend(library.formats),
-                Err(message) if first => eprintln!("{}: {message}", crate::cli::program()),
-                Err(_) => {}
-            }
-        }
-        if let Some(manifest) = &self.manifest {
-            let enabled: Vec<&str> = manifest
-                .drivers
-                .iter()
-                .filter(|d| d.enabled)
-                .map(|d| d.name.as_str())
-                .collect();
-            found.retain(|d| enabled.contains(&d.name.as_str()));
-        }
-        found.sort_by(|a, b| a.name.cmp(&b.name));
-        found.dedup_by(|a, b| a.name == b.name);
-        found
+        let found = self
+            .enabled_loaded(&skip)
+            .into_iter()
+            .flat_map(|library| library.formats)
+            .collect();
+        self.enabled_by_name(found, |d| &d.name)
     }
 
     /// Every enabled protocol driver that loads, sorted by name.
     pub fn all_protocols(&self) -> Vec<Arc<Protocol>> {
-        let mut found: Vec<Arc<Protocol>> = self
-            .enabled_libraries(&|_| false)
+        let found = self
+            .enabled_loaded(&|_| false)
             .into_iter()
-            .filter_map(|(path, sha)| self.load(&path, sha.as_deref()).ok())
             .flat_map(|library| library.protocols)
             .collect();
+        self.enabled_by_name(found, |p| &p.name)
+    }
+
+    /// The enabled libraries that load (see [`Registry::all_but`] for
+    /// `skip`); a library that fails is reported once on stderr.
+    fn enabled_loaded(&self, skip: &dyn Fn(&str) -> bool) -> Vec<Library> {
+        let mut loaded = Vec::new();
+        for (path, sha) in self.enabled_libraries(skip) {
+            let first = !self.attempted(&path);
+            match self.load(&path, sha.as_deref()) {
+                Ok(library) => loaded.push(library),
+                Err(message) if first => eprintln!("{}: {message}", crate::cli::program()),
+                Err(_) => {}
+            }
+        }
+        loaded
+    }
+
+    /// `found` without the drivers the manifest does not enable by name,
+    /// sorted by name, one per name.
+    fn enabled_by_name<T>(&self, mut found: Vec<Arc<T>>, name: impl Fn(&T) -> &str) -> Vec<Arc<T>> {
         if let Some(manifest) = &self.manifest {
-            found.retain(|p| {
+            found.retain(|d| {
                 manifest
                     .drivers
                     .iter()
-                    .any(|d| d.enabled && d.name == p.name)
+                    .any(|entry| entry.enabled && entry.name == name(d))
             });
         }
-        found.sort_by(|a, b| a.name.cmp(&b.name));
-        found.dedup_by(|a, b| a.name == b.name);
+        found.sort_by(|a, b| name(a).cmp(name(b)));
+        found.dedup_by(|a, b| name(a) == name(b));
         found
     }
 
