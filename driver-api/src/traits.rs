@@ -170,6 +170,17 @@ pub trait ByteStore: Send + Sync {
     /// The store's name as the user gave it.
     #[sabi(last_prefix_field)]
     fn name(&self) -> RString;
+    /// Says whether the file grows only by appends that are written whole
+    /// from now on: the driver leaves no hole between the file's end and a
+    /// write past it (qcow2's clusters without subclusters, vmdk's grains;
+    /// not vpc, whose blocks keep the holes of unwritten sectors). A local
+    /// file then allocates its blocks ahead of its end, which makes appends
+    /// cheaper and keeps them together on disk; the host still turns this
+    /// off for a compressed copy, whose clusters are packed with gaps. A
+    /// store that cannot, as the default, ignores it (ABI 1.7).
+    fn grow_densely(&self, dense: bool) {
+        let _ = dense;
+    }
 }
 
 /// The host's services for one image being opened or created.

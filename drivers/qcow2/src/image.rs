@@ -405,6 +405,12 @@ impl Qcow2Image {
         }
         if writable {
             image.load_bitmaps()?;
+            // Clusters are written whole, so the file grows by appends
+            // without holes; a partly written cluster with subclusters
+            // keeps its unwritten ones as holes.
+            if !image.layout.extended {
+                image.io.file.grow_densely(true);
+            }
         }
         Ok(image)
     }

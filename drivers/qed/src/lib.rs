@@ -18,7 +18,7 @@ use image::QedImage;
 use qimg_driver_api::schema::{CheckReport, CheckRequest, CreateOption, CreateRequest, ImageInfo};
 use qimg_driver_api::schema::{MeasureRequest, MeasureResult};
 use qimg_driver_api::{caps, ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox};
-use qimg_driver_api::{ImageImpl, Prealloc};
+use qimg_driver_api::{open_flags, ImageImpl, Prealloc};
 
 qimg_driver_api::export_drivers!(QedDriver);
 
@@ -67,6 +67,10 @@ impl DriverImpl for QedDriver {
         host: HostServicesBox,
         flags: u32,
     ) -> Result<Box<dyn ImageImpl>, DriverError> {
+        // Clusters are written whole: the file grows by appends without holes.
+        if flags & open_flags::WRITE != 0 {
+            store.grow_densely(true);
+        }
         Ok(Box::new(QedImage::open(store, &host, flags)?))
     }
     fn measure(

@@ -17,7 +17,7 @@ mod image;
 
 use qimg_driver_api::schema::{CreateOption, CreateRequest, MeasureRequest, MeasureResult};
 use qimg_driver_api::{
-    caps, ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox, ImageImpl,
+    caps, open_flags, ByteStoreBox, DriverError, DriverImpl, Extent, HostServicesBox, ImageImpl,
 };
 
 qimg_driver_api::export_drivers!(VdiDriver);
@@ -58,6 +58,10 @@ impl DriverImpl for VdiDriver {
         host: HostServicesBox,
         flags: u32,
     ) -> Result<Box<dyn ImageImpl>, DriverError> {
+        // Blocks are written whole: the file grows by appends without holes.
+        if flags & open_flags::WRITE != 0 {
+            store.grow_densely(true);
+        }
         Ok(Box::new(image::VdiImage::open(store, &host, flags)?))
     }
     fn measure(

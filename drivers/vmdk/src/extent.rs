@@ -67,6 +67,11 @@ pub fn open_sparse(store: Arc<ByteStoreBox>, writable: bool) -> Result<SparseExt
     let mut head = vec![0u8; SECTOR as usize];
     read_or_zero(&store, 0, &mut head)?;
     if let Some(header) = SparseHeader::parse(&head) {
+        // Grains (and grain tables) are written whole: the extent grows by
+        // appends without holes.
+        if writable {
+            store.grow_densely(true);
+        }
         return SparseExtent::open_hosted(store, header, writable);
     }
     if let Some(header) = CowdHeader::parse(&head) {

@@ -78,6 +78,9 @@ impl ByteStore for SharedStore {
     fn name(&self) -> RString {
         ByteStore::name(&*self.0)
     }
+    fn grow_densely(&self, dense: bool) {
+        self.0.grow_densely(dense)
+    }
 }
 
 /// Services for one image. Shared with the opener, which collects the backing

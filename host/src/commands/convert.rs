@@ -343,6 +343,9 @@ fn copy_into(
     };
     let no_create = into.no_create;
     let out = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+    if p.has("compress") {
+        out.store.stop_growing_ahead();
+    }
     let total: u64 = sources.iter().map(|s| s.size()).sum();
     if no_create && out.size() < total {
         return Err(fail("output file is smaller than input file"));

@@ -2,6 +2,7 @@
 //! (SEEK_DATA / SEEK_HOLE), hole punching and zero ranges (fallocate), and
 //! O_DIRECT with aligned bounce buffers when the cache mode asks for it.
 
+use super::ahead::Ahead;
 use super::faults::before_change;
 use super::CacheMode;
 use crate::block::lock::ImageLock;
@@ -40,6 +41,8 @@ pub struct LocalFile {
     /// Something was written since the last flush. Like QEMU, a flush
     /// with nothing new to make durable does not sync the file.
     unsynced: AtomicBool,
+    /// Blocks allocated ahead of appends (see [`Ahead`]).
+    ahead: Ahead,
 }
 
 /// Written ranges (offset, length) of a streaming store, and their total.
@@ -108,6 +111,7 @@ impl LocalFile {
             lock: None,
             streamed: None,
             unsynced: AtomicBool::new(false),
+            ahead: Ahead::new(meta.len(), mode.write && meta.is_file()),
         })
     }
 
@@ -196,6 +200,12 @@ impl LocalFile {
     }
 
     fn pwrite(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
+        // Only a locked file is ours alone: releasing what is left ahead at
+        // the end must not race with another process's appends.
+        if self.lock.is_some() {
+            let end = offset.saturating_add(buf.len() as u64);
+            self.ahead.before_write(&self.file, offset, end);
+        }
         if self.direct() {
             return self.pwrite_direct(offset, buf);
         }
@@ -397,6 +407,7 @@ impl LocalFile {
             }
             _ => self.file.set_len(len).map_err(too_large)?,
         }
+        self.ahead.resized(old, len);
         Ok(())
     }
 
@@ -410,6 +421,12 @@ impl LocalFile {
     /// Bytes allocated on disk.
     pub fn allocated(&self) -> Result<u64, DriverError> {
         Ok(self.file.metadata().map_err(DriverError::from)?.blocks() * 512)
+    }
+}
+
+impl Drop for LocalFile {
+    fn drop(&mut self) {
+        self.ahead.release(&self.file);
     }
 }
 
@@ -458,5 +475,14 @@ impl ByteStore for LocalFile {
     }
     fn name(&self) -> RString {
         RString::from(self.name.as_str())
+    }
+    /// Allocates the file's blocks ahead of its end as it grows (see
+    /// [`Ahead`]), once the file is locked.
+    fn grow_densely(&self, dense: bool) {
+        if dense {
+            self.ahead.enable();
+        } else {
+            self.ahead.disable();
+        }
     }
 }

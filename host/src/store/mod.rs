@@ -1,6 +1,7 @@
 //! Byte stores: the host's side of the protocol layer. A local file,
 //! qemu's `null-co` device, or a store a protocol driver plugin opened.
 
+pub mod ahead;
 pub mod cache;
 pub mod faults;
 pub mod file;
@@ -48,6 +49,13 @@ impl Store {
             Store::File(f) => Some(f.file()),
             Store::Null(_) | Store::Remote(_) => None,
         }
+    }
+    /// Stops allocating the file's blocks ahead of its end (see
+    /// [`ahead`]) whatever its driver said: compressed clusters are packed
+    /// with gaps that must stay holes, so a compressed copy's target does
+    /// not grow ahead.
+    pub fn stop_growing_ahead(&self) {
+        self.grow_densely(false);
     }
     /// Whether an image lock is held on the store.
     pub fn is_locked(&self) -> bool {
@@ -98,5 +106,8 @@ impl ByteStore for Store {
     }
     fn name(&self) -> RString {
         self.inner().name()
+    }
+    fn grow_densely(&self, dense: bool) {
+        self.inner().grow_densely(dense)
     }
 }
