@@ -13,8 +13,13 @@ use rayon::prelude::*;
 
 /// Unit of a content mismatch report.
 const SECTOR: usize = 512;
-/// Largest piece compared at once (qemu-img's buffer size).
+/// Largest piece compared at once in order (qemu-img's buffer size: with
+/// `-p`, progress moves piece by piece as qemu-img's does).
 const CHUNK: u64 = 2 << 20;
+/// Largest piece compared at once by parallel workers: each holds two
+/// pieces, and 1 MiB pieces keep a parallel compare's peak RSS below
+/// qemu-img's (8.7 MiB against 11.7; 14.5 with 2 MiB pieces), as fast.
+const PARALLEL_CHUNK: u64 = 1 << 20;
 
 /// Why a comparison could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +148,9 @@ pub fn compare(
         }
     };
     // Plan the common part: runs both report as zero are skipped whole, the
-    // rest is read in pieces of at most CHUNK.
+    // rest is read in pieces of at most `chunk`.
+    let ordered = progress_is_ordered(progress);
+    let chunk = if ordered { CHUNK } else { PARALLEL_CHUNK };
     let mut pieces = Vec::new();
     let mut offset = 0u64;
     let (mut walk_a, mut walk_b) = (Walker::default(), Walker::default());
@@ -167,7 +174,7 @@ pub fn compare(
             (false, false) => Some(0),
         };
         if zero_side.is_some() {
-            len = len.min(CHUNK);
+            len = len.min(chunk);
         }
         pieces.push((
             Piece {
@@ -179,7 +186,7 @@ pub fn compare(
         ));
         offset += len;
     }
-    let mismatch = if progress_is_ordered(progress) {
+    let mismatch = if ordered {
         let mut found = None;
         for (piece, skip) in &pieces {
             if !skip {
