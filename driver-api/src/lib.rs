@@ -59,7 +59,8 @@ use abi_stable::{
 /// `try_store_name`, and the root module's `try_drivers` and `package`; 1.4
 /// `Image::reserve` and the end-of-copy empty `write_compressed`; 1.5 the
 /// capability [`caps::USER_LOCKS`]; 1.6 protocol drivers ([`ProtocolDriver`],
-/// the root module's `try_protocols`); 1.7 `ByteStore::grow_densely`.
+/// the root module's `try_protocols`); 1.7 `ByteStore::grow_densely` and
+/// `ProtocolDriver::open_with_secrets`.
 pub const ABI_VERSION: u32 = 1 << 16 | 7;
 
 /// The major part of [`ABI_VERSION`].

@@ -30,6 +30,18 @@ pub trait ProtocolImpl: Send + Sync + 'static {
         options: &Map<String, Value>,
         flags: u32,
     ) -> Result<Box<dyn StoreImpl>, DriverError>;
+    /// Opens the store `options` describe, given the texts of the secrets
+    /// they name, by id (see [`ProtocolDriver::open_with_secrets`]). The
+    /// default ignores them (ABI 1.7).
+    fn open_with_secrets(
+        &self,
+        options: &Map<String, Value>,
+        flags: u32,
+        secrets: &Map<String, Value>,
+    ) -> Result<Box<dyn StoreImpl>, DriverError> {
+        let _ = secrets;
+        self.open(options, flags)
+    }
 }
 
 /// A byte store a protocol driver opened, in plain Rust. Wrapped by
@@ -120,6 +132,19 @@ impl<P: ProtocolImpl> ProtocolDriver for GuardedProtocol<P> {
         catch_named(&self.name, || {
             let map = options_of(options.as_str())?;
             let store = self.protocol.open(&map, flags)?;
+            Ok(store_box(&self.name, store))
+        })
+    }
+    fn open_with_secrets(
+        &self,
+        options: RStr<'_>,
+        flags: u32,
+        secrets: RStr<'_>,
+    ) -> RResult<ByteStoreBox, DriverError> {
+        catch_named(&self.name, || {
+            let map = options_of(options.as_str())?;
+            let secrets = options_of(secrets.as_str())?;
+            let store = self.protocol.open_with_secrets(&map, flags, &secrets)?;
             Ok(store_box(&self.name, store))
         })
     }

@@ -251,4 +251,19 @@ pub trait ProtocolDriver: Send + Sync {
     /// [`crate::proto_open`] bits.
     #[sabi(last_prefix_field)]
     fn open(&self, options: RStr<'_>, flags: u32) -> RResult<ByteStoreBox, DriverError>;
+    /// Opens the store as [`ProtocolDriver::open`] does, given the secrets
+    /// its options name (`password-secret=ID`): `secrets` is a JSON object
+    /// from each such id the host knows (`--object secret`) to the secret's
+    /// text; an id it lacks is absent, and the driver says so where qemu's
+    /// does ("No secret with id 'ID'"). The host calls it for drivers of
+    /// ABI 1.7 on; the default ignores the secrets (ABI 1.7).
+    fn open_with_secrets(
+        &self,
+        options: RStr<'_>,
+        flags: u32,
+        secrets: RStr<'_>,
+    ) -> RResult<ByteStoreBox, DriverError> {
+        let _ = secrets;
+        self.open(options, flags)
+    }
 }

@@ -142,10 +142,14 @@ pub fn nbdkit_unix(socket: &Path, plugin: &[&str]) -> Server {
 }
 
 /// nginx serving the directory `root` on a loopback port (`http://`), its
-/// configuration, logs and temporary files in `work`.
+/// configuration, logs and temporary files in `work`. The same files are
+/// also served under `/private/` to user `qimg` with password `hunter2`
+/// (Basic authentication), and under `/cookie/` to requests with the
+/// cookie `session=s3cret`.
 pub fn nginx(root: &Path, work: &Path) -> Server {
     let port = free_port();
     std::fs::create_dir_all(work).expect("nginx work dir");
+    std::fs::write(work.join("htpasswd"), "qimg:{PLAIN}hunter2\n").expect("write htpasswd");
     let w = work.display();
     let conf = format!(
         "daemon off;\nmaster_process off;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
@@ -153,8 +157,11 @@ pub fn nginx(root: &Path, work: &Path) -> Server {
          http {{\n  access_log off;\n  client_body_temp_path {w}/body;\n  proxy_temp_path {w}/proxy;\n\
          fastcgi_temp_path {w}/fastcgi;\n  uwsgi_temp_path {w}/uwsgi;\n  scgi_temp_path {w}/scgi;\n\
          server {{\n    listen 127.0.0.1:{port};\n    root {};\n\
-         location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}\n  }}\n}}\n",
-        root.display()
+         location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}\n\
+         location /private/ {{ auth_basic qimg; auth_basic_user_file {w}/htpasswd; alias {r}/; }}\n\
+         location /cookie/ {{ if ($cookie_session != s3cret) {{ return 403; }} alias {r}/; }}\n  }}\n}}\n",
+        root.display(),
+        r = root.display()
     );
     let conf_path: PathBuf = work.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("write nginx.conf");

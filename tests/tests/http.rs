@@ -114,3 +114,65 @@ fn http_errors_are_qemu_imgs() {
         ours.stderr
     );
 }
+
+/// `password-secret` and `cookie-secret` name `--object secret`s, as with
+/// qemu-img's curl driver: the served image opens only with them, and
+/// every answer and refusal is qemu-img's.
+#[test]
+fn secrets_open_protected_images_as_qemu_img_does() {
+    if !servers::have("nginx") {
+        return;
+    }
+    let fx = Fixture::new("http_secrets");
+    let server = served(&fx);
+    let private = format!("{}/private/r.raw", server.uri);
+    let cookie = format!("{}/cookie/r.raw", server.uri);
+    if !qemu_has_curl(&fx, &private) {
+        return;
+    }
+    let secrets = [
+        "--object",
+        "secret,id=pw,data=hunter2",
+        "--object",
+        "secret,id=jar,data=session=s3cret",
+    ];
+    let node =
+        |extra: &str, url: &str| format!("driver=raw,file.driver=http,file.url={url},{extra}");
+    let with = |opts: &str, cmd: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = vec![cmd[0].to_string()];
+        args.extend(secrets.iter().map(|s| s.to_string()));
+        args.extend(cmd[1..].iter().map(|s| s.to_string()));
+        args.extend(["--image-opts".to_string(), opts.to_string()]);
+        args
+    };
+    let same = |opts: String, cmd: &[&str]| {
+        let args = with(&opts, cmd);
+        fx.same(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Opened with the secrets, the same image as the one served openly.
+    let basic = node("file.username=qimg,file.password-secret=pw", &private);
+    let out = same(basic.clone(), &["info", "--output=json"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    same(
+        node("file.cookie-secret=jar", &cookie),
+        &["map", "--output=json"],
+    );
+    let args = with(&basic, &["convert", "-O", "qcow2"]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push("out.qcow2");
+    let out = fx.qimg(&args);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["compare", "out.qcow2", "www/r.raw"]);
+    // Refusals: a wrong password, a missing secret, both cookie kinds.
+    let wrong = node("file.username=qimg,file.password-secret=jar", &private);
+    assert_ne!(same(wrong, &["info"]).status, 0);
+    let missing = node("file.username=qimg,file.password-secret=nosuch", &private);
+    let out = same(missing, &["info"]);
+    assert!(
+        out.stderr.contains("No secret with id 'nosuch'"),
+        "{}",
+        out.stderr
+    );
+    let both = node("file.cookie=a=b,file.cookie-secret=jar", &cookie);
+    assert_ne!(same(both, &["info"]).status, 0);
+}

@@ -45,8 +45,12 @@ impl HttpProtocol {
     }
 
     /// Opens the store `options` describe, read-only.
-    pub fn open_store(&self, options: &Map<String, Value>) -> Result<HttpStore, DriverError> {
-        let options = Options::parse(self.scheme.name(), options)?;
+    pub fn open_store(
+        &self,
+        options: &Map<String, Value>,
+        secrets: &Map<String, Value>,
+    ) -> Result<HttpStore, DriverError> {
+        let options = Options::parse(self.scheme.name(), options, secrets)?;
         HttpStore::open(&options).map_err(|e| e.open_error())
     }
 }
@@ -86,13 +90,22 @@ impl ProtocolImpl for HttpProtocol {
         options: &Map<String, Value>,
         flags: u32,
     ) -> Result<Box<dyn StoreImpl>, DriverError> {
+        self.open_with_secrets(options, flags, &Map::new())
+    }
+
+    fn open_with_secrets(
+        &self,
+        options: &Map<String, Value>,
+        flags: u32,
+        secrets: &Map<String, Value>,
+    ) -> Result<Box<dyn StoreImpl>, DriverError> {
         if flags & proto_open::WRITE != 0 {
             return Err(DriverError::from_errno(
                 libc_errno::EROFS,
                 "curl driver does not support writes",
             ));
         }
-        Ok(Box::new(self.open_store(options)?))
+        Ok(Box::new(self.open_store(options, secrets)?))
     }
 }
 

@@ -15,21 +15,18 @@ pub const DEFAULT_TIMEOUT: u64 = 5;
 const MAX_TIMEOUT: u64 = 10_000;
 
 /// Options this driver understands.
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 8] = [
     "url",
     "readahead",
     "timeout",
     "sslverify",
     "cookie",
     "username",
-];
-/// QEMU's options that this driver refuses: secrets and proxies.
-const UNSUPPORTED: [&str; 4] = [
     "password-secret",
     "cookie-secret",
-    "proxy-username",
-    "proxy-password-secret",
 ];
+/// QEMU's options that this driver refuses: proxies.
+const UNSUPPORTED: [&str; 2] = ["proxy-username", "proxy-password-secret"];
 /// Options that are part of a node's identity (QEMU's "strong" runtime
 /// options), besides `url` and a false `sslverify`.
 const STRONG: [&str; 6] = [
@@ -72,7 +69,7 @@ pub enum OptionError {
         key: String,
     },
     /// One of QEMU's options that qimg's driver does not implement.
-    #[error("{driver} driver option '{key}' is not supported by qimg (no secrets or proxies)")]
+    #[error("{driver} driver option '{key}' is not supported by qimg (no proxies)")]
     Unsupported {
         /// The driver's name.
         driver: String,
@@ -101,10 +98,15 @@ pub struct Options {
 }
 
 impl Options {
-    /// Parses `map` for the driver `driver` (`http` or `https`), checking
-    /// in QEMU's order: value types, readahead, timeout, url, then options
-    /// this driver does not implement and ones it does not know.
-    pub fn parse(driver: &str, map: &Map<String, Value>) -> Result<Options, OptionError> {
+    /// Parses `map` for the driver `driver` (`http` or `https`), with the
+    /// texts of the secrets it names by id, checking in QEMU's order: value
+    /// types, readahead, timeout, url, the cookie and password secrets, then
+    /// options this driver does not implement and ones it does not know.
+    pub fn parse(
+        driver: &str,
+        map: &Map<String, Value>,
+        secrets: &Map<String, Value>,
+    ) -> Result<Options, OptionError> {
         let readahead = match map.get("readahead") {
             Some(value) => size_option("readahead", value)?,
             None => DEFAULT_READAHEAD,
@@ -131,6 +133,27 @@ impl Options {
         }
         let url_text = url_of(driver, map)?;
         let url = Url::parse(&url_text)?;
+        let secret = |key: &str| -> Result<Option<String>, OptionError> {
+            let Some(id) = map.get(key).map(text_of) else {
+                return Ok(None);
+            };
+            match secrets.get(&id) {
+                Some(Value::String(text)) => Ok(Some(text.clone())),
+                _ => Err(OptionError::Invalid(format!("No secret with id '{id}'"))),
+            }
+        };
+        let cookie = match (cookie, map.contains_key("cookie-secret")) {
+            (Some(_), true) => {
+                return Err(OptionError::Invalid(
+                    "curl driver cannot handle both cookie and cookie secret".into(),
+                ))
+            }
+            (cookie, _) => match secret("cookie-secret")? {
+                Some(text) => Some(text),
+                None => cookie,
+            },
+        };
+        let password = secret("password-secret")?;
         for key in map.keys() {
             if UNSUPPORTED.contains(&key.as_str()) {
                 return Err(OptionError::Unsupported {
@@ -154,9 +177,12 @@ impl Options {
                 )));
             }
         }
-        let credentials = match username {
-            Some(user) => Some((user, String::new())),
-            None => url.credentials.clone(),
+        // As curl takes them: the password replaces the URL's, the user
+        // name too.
+        let credentials = match (username, url.credentials.clone()) {
+            (Some(user), _) => Some((user, password.unwrap_or_default())),
+            (None, Some((user, from_url))) => Some((user, password.unwrap_or(from_url))),
+            (None, None) => password.map(|p| (String::new(), p)),
         };
         Ok(Options {
             url_text,
@@ -321,7 +347,7 @@ mod tests {
     }
 
     fn parse(value: Value) -> Result<Options, String> {
-        Options::parse("http", &map(value)).map_err(|e| e.to_string())
+        Options::parse("http", &map(value), &Map::new()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -468,10 +494,10 @@ mod tests {
     }
 
     #[test]
-    fn refuses_secrets_proxies_and_header_injection() {
+    fn refuses_proxies_and_header_injection() {
         for key in UNSUPPORTED {
-            let error = Options::parse("http", &map(json!({ "url": URL, key: "s" }))).unwrap_err();
-            assert!(matches!(error, OptionError::Unsupported { .. }), "{key}");
+            let error = parse(json!({ "url": URL, key: "s" })).unwrap_err();
+            assert!(error.contains("is not supported by qimg"), "{key}: {error}");
         }
         let error = parse(json!({ "url": URL, "cookie": "a=b\r\nX-Evil: 1" })).unwrap_err();
         assert_eq!(error, "Parameter 'cookie' must not contain line breaks");
@@ -518,6 +544,34 @@ mod tests {
                 driver: "https".into(),
                 url: URL.into()
             }
+        );
+    }
+
+    #[test]
+    fn secrets_as_qemu_takes_them() {
+        let secrets = map(json!({ "pw": "hunter2", "jar": "session=1" }));
+        let with = |value: Value| Options::parse("http", &map(value), &secrets);
+        let options =
+            with(json!({ "url": URL, "username": "u", "password-secret": "pw" })).unwrap();
+        assert_eq!(options.credentials, Some(("u".into(), "hunter2".into())));
+        let options = with(json!({ "url": URL, "cookie-secret": "jar" })).unwrap();
+        assert_eq!(options.cookie.as_deref(), Some("session=1"));
+        let error = with(json!({ "url": URL, "password-secret": "nosuch" })).unwrap_err();
+        assert_eq!(error.to_string(), "No secret with id 'nosuch'");
+        // The cookie secret is looked up first, and a readahead error
+        // comes before either.
+        let both = json!({ "url": URL, "password-secret": "a", "cookie-secret": "b" });
+        assert_eq!(with(both).unwrap_err().to_string(), "No secret with id 'b'");
+        let early = json!({ "url": URL, "password-secret": "a", "readahead": 513 });
+        assert_eq!(
+            with(early).unwrap_err().to_string(),
+            "HTTP_READAHEAD_SIZE 513 is not a multiple of 512"
+        );
+        let error =
+            with(json!({ "url": URL, "cookie": "a=b", "cookie-secret": "jar" })).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "curl driver cannot handle both cookie and cookie secret"
         );
     }
 }

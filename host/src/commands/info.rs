@@ -163,7 +163,7 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
     }
     children.push(json!({
         "name": "file",
-        "info": protocol_child(&image.store.name(), protocol, store_len, store_actual),
+        "info": protocol_child(&image.store.node_name(), protocol, store_len, store_actual),
     }));
 
     let mut top = Map::new();

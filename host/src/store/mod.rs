@@ -30,6 +30,9 @@ pub enum Store {
 pub struct RemoteStore {
     /// The protocol driver's name (`nbd`).
     pub protocol: String,
+    /// The name qemu gives the protocol node (its URL, or a `json:` object
+    /// when options such as `username` are part of its identity).
+    pub node_name: String,
     /// The store itself.
     pub store: ByteStoreBox,
 }
@@ -41,6 +44,14 @@ impl Store {
             Store::File(_) => "file",
             Store::Null(_) => "null-co",
             Store::Remote(r) => &r.protocol,
+        }
+    }
+    /// The protocol node's name, as `info` prints it for the image's
+    /// `file` child.
+    pub fn node_name(&self) -> String {
+        match self {
+            Store::Remote(r) => r.node_name.clone(),
+            store => store.name().into(),
         }
     }
     /// The local file, if the store is one (for locks and copy_file_range).

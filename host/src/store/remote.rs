@@ -3,10 +3,12 @@
 //! opens the store.
 
 use super::RemoteStore;
+use crate::block::services::secret_bytes;
 use crate::block::spec::ImageSpec;
 use crate::commands::registry;
 use qimg_driver_api::abi_stable::std_types::RStr;
 use qimg_driver_api::{proto_open, DriverError};
+use serde_json::{Map, Value};
 
 /// A protocol node opened: its store and the name qemu gives the node.
 pub struct Opened {
@@ -30,21 +32,68 @@ pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<Opened, Drive
             .into_result()?
             .into(),
     };
-    let name = protocol
+    let name: String = protocol
         .api
         .canonical_name(RStr::from(options.as_str()))
         .into_result()?
         .into();
     let flags = if write { proto_open::WRITE } else { 0 };
-    let store = protocol
-        .api
-        .open(RStr::from(options.as_str()), flags)
-        .into_result()?;
+    let store = if protocol.abi_minor >= 7 {
+        let secrets = named_secrets(&options).to_string();
+        protocol.api.open_with_secrets(
+            RStr::from(options.as_str()),
+            flags,
+            RStr::from(secrets.as_str()),
+        )
+    } else {
+        protocol.api.open(RStr::from(options.as_str()), flags)
+    }
+    .into_result()?;
     Ok(Opened {
         store: RemoteStore {
             protocol: protocol.name.clone(),
+            node_name: name.clone(),
             store,
         },
         name,
     })
+}
+
+/// The secrets a protocol node's options name (`password-secret=ID`, any
+/// option whose name ends in `-secret`), by id, as text: only those, so a
+/// plugin never sees the others. Ids without a secret, or whose data is not
+/// UTF-8, are left out for the driver to refuse in qemu's words and order.
+fn named_secrets(options: &str) -> Value {
+    let mut found = Map::new();
+    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(options) {
+        for (key, value) in &map {
+            let Value::String(id) = value else {
+                continue;
+            };
+            if !key.ends_with("-secret") {
+                continue;
+            }
+            let text = secret_bytes(id).and_then(|bytes| String::from_utf8(bytes).ok());
+            if let Some(text) = text {
+                found.insert(id.clone(), Value::String(text));
+            }
+        }
+    }
+    Value::Object(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::services::register_secret;
+
+    #[test]
+    fn only_the_named_secrets_go_to_the_driver() {
+        register_secret("remote-test-pw", b"hunter2".to_vec());
+        register_secret("remote-test-other", b"not asked for".to_vec());
+        let options = r#"{"url": "http://h/x", "password-secret": "remote-test-pw",
+            "cookie-secret": "remote-test-missing", "username": "remote-test-other"}"#;
+        let secrets = named_secrets(options);
+        assert_eq!(secrets, serde_json::json!({"remote-test-pw": "hunter2"}));
+    }
 }
