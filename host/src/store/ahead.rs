@@ -2,12 +2,14 @@
 //! allocates the blocks up to `WINDOW` bytes past its end (`fallocate` with
 //! `FALLOC_FL_KEEP_SIZE`: the file's length and content do not change).
 //!
-//! Formats that grow their file by appending clusters (qcow2, qed, vpc, vdi,
-//! vhdx, vmdk) then write into blocks that are already allocated, in large
-//! contiguous extents laid out in file order, instead of having the file
-//! system allocate every appended block on its own (ext4's delayed
-//! allocation costs about a fifth of a buffered append's system time). What
-//! is still allocated past the end when the file is closed is released.
+//! Formats that grow their file by appending whole clusters (qcow2, qed,
+//! vdi, vmdk's sparse extents) then write into blocks already allocated,
+//! in large contiguous extents laid out in file order, instead of having
+//! the file system allocate every appended block on its own (ext4's
+//! delayed allocation costs about a fifth of a buffered append's system
+//! time). What is still allocated past the end when the file is closed is
+//! released; after a crash it stays allocated past the end (space, not
+//! data) until the file is truncated or removed.
 //! QEMU's `preallocate` filter does the same for the same reason.
 //!
 //! It is on only for a file whose driver says it grows densely
