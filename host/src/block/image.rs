@@ -528,7 +528,6 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         create: false,
         cache,
     };
-    let mut remote_name = None;
     let store = match &spec.protocol {
         Protocol::File => Store::File(
             LocalFile::open(Path::new(&spec.path), &spec.path, mode)
@@ -537,12 +536,9 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         Protocol::Null { size, read_zeroes } => {
             Store::Null(NullStore::new(*size, *read_zeroes, &spec.protocol_name()))
         }
-        Protocol::Remote { driver } => {
-            let opened =
-                remote::open(driver, &spec, request.write).map_err(|e| open_error(&display, e))?;
-            remote_name = Some(opened.name);
-            Store::Remote(opened.store)
-        }
+        Protocol::Remote { driver } => Store::Remote(
+            remote::open(driver, &spec, request.write).map_err(|e| open_error(&display, e))?,
+        ),
     };
     let (driver, probed_raw) = match named {
         Some(d) => (d, false),
@@ -554,10 +550,14 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     };
     // `info` names the image as qemu does: its path, or a json: name when
     // options describe it.
-    let filename = if let Some(name) = remote_name.filter(|_| spec.options.is_empty()) {
+    let remote_name = match &store {
+        Store::Remote(r) if spec.options.is_empty() => Some(&r.node_name),
+        _ => None,
+    };
+    let filename = if let Some(name) = remote_name {
         match &node_format {
-            Some(_) => name,
-            None => super::spec::name_over_node(&driver.name, &name),
+            Some(_) => name.clone(),
+            None => super::spec::name_over_node(&driver.name, name),
         }
     } else if request.image_opts || request.name.starts_with("json:") {
         spec.display_name(node_format.as_deref().unwrap_or(&driver.name))
@@ -691,7 +691,7 @@ fn format_remote(
 ) -> Result<(), DriverError> {
     let spec = super::spec::resolve(name, false).map_err(DriverError::invalid_argument)?;
     let opened = remote::open(protocol, &spec, true)?;
-    let store = Arc::new(Store::Remote(opened.store));
+    let store = Arc::new(Store::Remote(opened));
     zero_first_sector(&*store)?;
     create_on(driver, store, name, false, cache, request)
 }
@@ -708,7 +708,7 @@ pub fn unformat_remote(name: &str) {
         return;
     };
     if let Ok(opened) = remote::open(protocol, &spec, true) {
-        let store = opened.store.store;
+        let store = opened.store;
         if zero_first_sector(&store).is_ok() {
             let _ = store.flush();
         }

@@ -10,17 +10,10 @@ use qimg_driver_api::abi_stable::std_types::RStr;
 use qimg_driver_api::{proto_open, DriverError};
 use serde_json::{Map, Value};
 
-/// A protocol node opened: its store and the name qemu gives the node.
-pub struct Opened {
-    /// The store.
-    pub store: RemoteStore,
-    /// The node's canonical name (`nbd://host:port/export`).
-    pub name: String,
-}
-
 /// Opens the store of protocol `driver` that `spec` names, for writing with
-/// `write` (a read-only protocol's driver refuses that in its own words).
-pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<Opened, DriverError> {
+/// `write` (a read-only protocol's driver refuses that in its own words),
+/// with the name qemu gives the node.
+pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<RemoteStore, DriverError> {
     let protocol = registry()
         .find_protocol(driver)
         .map_err(|e| DriverError::unsupported(e.to_string()))?;
@@ -32,7 +25,7 @@ pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<Opened, Drive
             .into_result()?
             .into(),
     };
-    let name: String = protocol
+    let node_name = protocol
         .api
         .canonical_name(RStr::from(options.as_str()))
         .into_result()?
@@ -49,13 +42,10 @@ pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<Opened, Drive
         protocol.api.open(RStr::from(options.as_str()), flags)
     }
     .into_result()?;
-    Ok(Opened {
-        store: RemoteStore {
-            protocol: protocol.name.clone(),
-            node_name: name.clone(),
-            store,
-        },
-        name,
+    Ok(RemoteStore {
+        protocol: protocol.name.clone(),
+        node_name,
+        store,
     })
 }
 
