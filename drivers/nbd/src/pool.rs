@@ -364,12 +364,13 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), MAX_CONNECTIONS - 1);
     }
 
-    #[test]
-    fn a_failed_open_stops_growing_but_not_serving() {
+    /// Takes two connections at once, twice, from a multi-conn pool whose
+    /// new connections `connector(new_flags, fail, ..)` makes: returns how
+    /// many it tried to open and how many it holds then.
+    fn two_rounds_of_two(new_flags: u16, fail: bool) -> (usize, usize) {
         let calls = Arc::new(AtomicUsize::new(0));
-        let flags = tx_flags::CAN_MULTI_CONN;
-        let (first, _end) = conn(flags);
-        let pool = Pool::new(first, connector(flags, true, calls.clone()));
+        let (first, _end) = conn(tx_flags::CAN_MULTI_CONN);
+        let pool = Pool::new(first, connector(new_flags, fail, calls.clone()));
         let a = pool.get().unwrap();
         let b = pool.get().unwrap();
         pool.settle();
@@ -377,26 +378,18 @@ mod tests {
         let _c = pool.get().unwrap();
         let _d = pool.get().unwrap();
         pool.settle();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.open_connections(), 1);
+        (calls.load(Ordering::SeqCst), pool.open_connections())
+    }
+
+    #[test]
+    fn a_failed_open_stops_growing_but_not_serving() {
+        assert_eq!(two_rounds_of_two(tx_flags::CAN_MULTI_CONN, true), (1, 1));
     }
 
     #[test]
     fn a_server_that_answers_differently_is_not_used() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let flags = tx_flags::CAN_MULTI_CONN;
-        let (first, _end) = conn(flags);
         // The new connections miss the multi-conn flag.
-        let pool = Pool::new(first, connector(0, false, calls.clone()));
-        let a = pool.get().unwrap();
-        let b = pool.get().unwrap();
-        pool.settle();
-        drop((a, b));
-        let _c = pool.get().unwrap();
-        let _d = pool.get().unwrap();
-        pool.settle();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.open_connections(), 1);
+        assert_eq!(two_rounds_of_two(0, false), (1, 1));
     }
 
     #[test]
