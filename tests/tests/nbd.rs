@@ -206,3 +206,76 @@ fn a_server_killed_mid_copy_fails_the_convert() {
         "a half-written target was left behind"
     );
 }
+
+/// A raw image of 64 MiB whose first 40 MiB are data: more than two of the
+/// store's write-behind steps (16 MiB).
+fn forty_mib_of_data(fx: &Fixture, name: &str) {
+    fx.oracle(&["create", "-q", "-f", "raw", name, "64M"]);
+    fx.qemu_io_cmds("raw", name, &["write -P 0x5a 0 40M"]);
+}
+
+#[test]
+fn writes_are_flushed_while_the_copy_goes_on() {
+    if !servers::have("nbdkit") {
+        return;
+    }
+    let fx = Fixture::new("nbd_write_behind");
+    forty_mib_of_data(&fx, "a.raw");
+    let log = fx.path("kit.log");
+    let logfile = format!("logfile={}", log.display());
+    let server = servers::nbdkit_unix(
+        &fx.path("kit.sock"),
+        &["--filter=log", "memory", "64M", &logfile],
+    );
+    let done = fx.qimg(&["convert", "-n", "-O", "raw", "a.raw", &server.uri]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.oracle(&["compare", "-f", "raw", "-F", "raw", "a.raw", &server.uri]);
+    // The server is asked to write back before the copy ends, not only
+    // by the final flush.
+    let text = String::from_utf8_lossy(&std::fs::read(&log).expect("nbdkit log")).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let first_flush = lines.iter().position(|l| l.contains(" Flush id="));
+    let last_write = lines.iter().rposition(|l| l.contains(" Write id="));
+    match (first_flush, last_write) {
+        (Some(flush), Some(write)) => assert!(flush < write, "no flush before the last write"),
+        _ => panic!("no flush or no write in the log:\n{text}"),
+    }
+}
+
+#[test]
+fn a_write_back_failure_the_server_reports_once_fails_the_convert() {
+    if !servers::have("nbdkit") {
+        return;
+    }
+    let fx = Fixture::new("nbd_flush_failure");
+    forty_mib_of_data(&fx, "a.raw");
+    fx.oracle(&["create", "-q", "-f", "raw", "disk.img", "64M"]);
+    // A server whose first flush fails and every later one succeeds, as
+    // Linux reports a failed write-back to one fsync only. The first flush
+    // is the one sent in the background: the final flush succeeds, and the
+    // copy must fail all the same. (qemu-img, whose only flush is the
+    // final one, ignores its failure and exits 0.)
+    let disk = fx.path("disk.img");
+    let marker = fx.path("failed");
+    let (disk, marker) = (disk.display(), marker.display());
+    let scripts = [
+        format!("get_size=stat -Lc %s {disk}"),
+        format!("pread=dd if={disk} skip=$4 count=$3 iflag=count_bytes,skip_bytes status=none"),
+        format!("pwrite=dd of={disk} seek=$4 conv=notrunc oflag=seek_bytes status=none"),
+        format!(
+            "flush=if [ -e {marker} ]; then exit 0; fi; touch {marker}; \
+             echo 'EIO write-back failed' >&2; exit 1"
+        ),
+    ];
+    let mut args = vec!["eval"];
+    args.extend(scripts.iter().map(String::as_str));
+    let server = servers::nbdkit_unix(&fx.path("kit.sock"), &args);
+    let done = fx.qimg(&["convert", "-n", "-O", "raw", "a.raw", &server.uri]);
+    assert_eq!(done.status, 1, "{}", done.stderr);
+    assert!(
+        done.stderr.contains("Input/output error"),
+        "{}",
+        done.stderr
+    );
+    assert!(fx.path("failed").exists(), "the server saw no flush");
+}

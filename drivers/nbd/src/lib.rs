@@ -8,12 +8,14 @@
 //! requests in flight on one connection, replies matched by cookie),
 //! [`conn`] (one connection's requests), [`split`] (requests within the
 //! server's limits), [`pool`] (several connections to a multi-conn
-//! server), [`extents`] (cached block status), [`store`]
+//! server), [`behind`] (flushes in the background as writes go on),
+//! [`extents`] (cached block status), [`store`]
 //! (the `StoreImpl`); [`uri`] and [`options`] turn names and options into
 //! a server address and print the node's name as qemu does.
 
 #![warn(missing_docs)]
 
+pub mod behind;
 pub mod conn;
 pub mod error;
 pub mod extents;

@@ -32,6 +32,32 @@ pub struct Pool {
     shared: Arc<Shared>,
 }
 
+/// Flushes a pool's connections from a thread that does not own the
+/// pool; once the pool is dropped there is nothing left to flush.
+#[derive(Clone)]
+pub struct Flusher(Arc<Shared>);
+
+impl Flusher {
+    /// Flushes one connection that has written since its last flush, if
+    /// one has: on a multi-conn server that one flush reaches every
+    /// connection's completed writes.
+    pub fn flush_one(&self) -> Result<()> {
+        let lease = {
+            let mut state = self.0.lock();
+            state.prune();
+            let Some(entry) = state.conns.iter_mut().find(|e| e.conn.is_dirty()) else {
+                return Ok(());
+            };
+            entry.users += 1;
+            Lease {
+                pool: &self.0,
+                conn: Arc::clone(&entry.conn),
+            }
+        };
+        lease.flush()
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     /// Signalled whenever a connection opens, fails to or goes away.
@@ -114,6 +140,30 @@ impl Shared {
             && export.structured == first.structured
             && export.allocation.is_some() == first.allocation.is_some()
             && export.block == first.block
+    }
+
+    /// [`Pool::flush`].
+    fn flush(&self) -> Result<()> {
+        let leases: Vec<Lease<'_>> = {
+            let mut state = self.lock();
+            state.prune();
+            let dirty = state.conns.iter().any(|e| e.conn.is_dirty());
+            let mut leases = Vec::new();
+            for entry in state.conns.iter_mut() {
+                if (dirty && entry.conn.is_dirty()) || (!dirty && leases.is_empty()) {
+                    entry.users += 1;
+                    leases.push(Lease {
+                        pool: self,
+                        conn: Arc::clone(&entry.conn),
+                    });
+                }
+            }
+            leases
+        };
+        if leases.is_empty() {
+            return Err(NbdError::Closed);
+        }
+        leases.iter().try_for_each(|lease| lease.flush())
     }
 
     /// Ends a lease on `conn`.
@@ -203,26 +253,12 @@ impl Pool {
     /// (each after the writes issued on it before), or one connection if
     /// none has.
     pub fn flush(&self) -> Result<()> {
-        let leases: Vec<Lease<'_>> = {
-            let mut state = self.shared.lock();
-            state.prune();
-            let dirty = state.conns.iter().any(|e| e.conn.is_dirty());
-            let mut leases = Vec::new();
-            for entry in state.conns.iter_mut() {
-                if (dirty && entry.conn.is_dirty()) || (!dirty && leases.is_empty()) {
-                    entry.users += 1;
-                    leases.push(Lease {
-                        pool: &self.shared,
-                        conn: Arc::clone(&entry.conn),
-                    });
-                }
-            }
-            leases
-        };
-        if leases.is_empty() {
-            return Err(NbdError::Closed);
-        }
-        leases.iter().try_for_each(|lease| lease.flush())
+        self.shared.flush()
+    }
+
+    /// A handle that flushes this pool from another thread.
+    pub fn flusher(&self) -> Flusher {
+        Flusher(Arc::clone(&self.shared))
     }
 
     /// Connections open now (broken ones that still have users included).

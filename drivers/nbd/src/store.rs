@@ -3,6 +3,7 @@
 //! connection pool, and block status answered from the last reply where
 //! it can be.
 
+use crate::behind::{WriteBehind, FLUSH_EVERY};
 use crate::conn::Conn;
 use crate::error::{NbdError, Result};
 use crate::extents::ExtentCache;
@@ -33,6 +34,9 @@ pub struct NbdStore {
     name: String,
     export: Export,
     limits: Limits,
+    /// Declared before the pool: its thread stops before the connections
+    /// close.
+    behind: WriteBehind,
     pool: Pool,
     /// Runs of the last block status reply.
     extents: Mutex<Option<ExtentCache>>,
@@ -70,11 +74,14 @@ impl NbdStore {
         }
         let server = options.server.clone();
         let connector = Box::new(move || connect(&server, &export_name));
+        let pool = Pool::new(first, connector);
+        let flushes = flags & proto_open::WRITE != 0 && export.has(tx_flags::SEND_FLUSH);
         Ok(NbdStore {
             name: options.canonical_name(),
             limits: Limits::of(&export),
             export,
-            pool: Pool::new(first, connector),
+            behind: WriteBehind::new(pool.flusher(), if flushes { FLUSH_EVERY } else { 0 }),
+            pool,
             extents: Mutex::new(None),
             changes: AtomicU64::new(0),
             partial: Mutex::new(()),
@@ -178,7 +185,10 @@ impl NbdStore {
                     // At most `limits.zero`, which fits in u32.
                     conn.write_zeroes(piece.offset, piece.length as u32, flags)?
                 }
-                None => conn.write(piece.offset, &zeros[..piece.length as usize])?,
+                None => {
+                    conn.write(piece.offset, &zeros[..piece.length as usize])?;
+                    self.behind.wrote(piece.length);
+                }
                 Some(block) => self.patch_block(&conn, block, |scratch| {
                     let at = (piece.offset - block) as usize;
                     scratch[at..at + piece.length as usize].fill(0);
@@ -254,7 +264,9 @@ impl StoreImpl for NbdStore {
         }
         let result = self.write_all(offset, buf);
         self.changed();
-        Ok(result?)
+        result?;
+        self.behind.wrote(buf.len() as u64);
+        Ok(())
     }
 
     fn len(&self) -> Result<u64, DriverError> {
@@ -276,6 +288,8 @@ impl StoreImpl for NbdStore {
         if !self.export.has(tx_flags::SEND_FLUSH) {
             return Ok(());
         }
+        // A write-back that failed in the background fails this flush.
+        self.behind.settle()?;
         // Each connection that has written flushes once the writes issued
         // on it before have had their replies.
         self.pool.flush()?;
