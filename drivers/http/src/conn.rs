@@ -64,14 +64,27 @@ fn timed_out(e: io::Error) -> io::Error {
     }
 }
 
+impl Timed {
+    /// Runs `op` on the stream within the deadline, again when a signal
+    /// interrupts it (a socket with a timeout is not restarted after a
+    /// signal handler, and qimg handles SIGUSR1 as qemu-img does).
+    fn retry<T>(&mut self, mut op: impl FnMut(&mut Stream) -> io::Result<T>) -> io::Result<T> {
+        loop {
+            arm(self.stream.tcp(), self.deadline)?;
+            match op(&mut self.stream) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other.map_err(timed_out),
+            }
+        }
+    }
+}
+
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        arm(self.stream.tcp(), self.deadline)?;
-        let n = match &mut self.stream {
+        let n = self.retry(|stream| match stream {
             Stream::Plain(tcp) => tcp.read(buf),
             Stream::Tls(tls) => tls.read(buf),
-        }
-        .map_err(timed_out)?;
+        })?;
         self.received += n as u64;
         Ok(n)
     }
@@ -79,21 +92,17 @@ impl Read for Timed {
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        arm(self.stream.tcp(), self.deadline)?;
-        match &mut self.stream {
+        self.retry(|stream| match stream {
             Stream::Plain(tcp) => tcp.write(buf),
             Stream::Tls(tls) => tls.write(buf),
-        }
-        .map_err(timed_out)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        arm(self.stream.tcp(), self.deadline)?;
-        match &mut self.stream {
+        self.retry(|stream| match stream {
             Stream::Plain(tcp) => tcp.flush(),
             Stream::Tls(tls) => tls.flush(),
-        }
-        .map_err(timed_out)
+        })
     }
 }
 
@@ -335,5 +344,55 @@ fn timeout_since(started: Instant) -> HttpError {
     HttpError::Timeout {
         ms: started.elapsed().as_millis(),
         bytes: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    #[test]
+    fn a_signal_does_not_fail_a_read() {
+        // A handler without SA_RESTART; a socket with a timeout is not
+        // restarted after a handler anyway.
+        // SAFETY: installs a handler that does nothing.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            assert_eq!(
+                libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut socket, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_millis(400));
+            socket.write_all(b"late").unwrap();
+        });
+        let mut timed = Timed {
+            stream: Stream::Plain(TcpStream::connect(address).unwrap()),
+            deadline: Some(Instant::now() + Duration::from_secs(10)),
+            received: 0,
+        };
+        let (tell, told) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            // SAFETY: the calling thread's own id.
+            tell.send(unsafe { libc::pthread_self() }).unwrap();
+            let mut buf = [0u8; 4];
+            let read = timed.read(&mut buf);
+            read.map(|n| buf[..n].to_vec())
+        });
+        let thread = told.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: the reader thread runs until the server writes, 300 ms on.
+        assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR2) }, 0);
+        assert_eq!(reader.join().unwrap().unwrap(), b"late");
+        server.join().unwrap();
     }
 }
