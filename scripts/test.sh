@@ -17,14 +17,15 @@ if ! command -v cryptsetup >/dev/null; then
         echo "warning: cryptsetup could not be installed; its luks checks will be skipped" >&2
 fi
 
-# The network-store tests serve images with qemu-nbd, nbdkit and nginx, and
+# The network-store tests serve images with qemu-nbd, nbdkit and nginx (TLS
+# certificates made with openssl), and
 # check qimg against qemu-img's own http driver (Debian's qemu-block-extra of
 # the same version as qemu-utils, from bookworm-backports like it). Tests whose
 # server is missing say so and are skipped.
-if ! command -v nbdkit >/dev/null || ! command -v nginx >/dev/null; then
-    echo "nbdkit/nginx not found: installing them" >&2
-    { apt-get update -qq && apt-get install -y -qq nbdkit nginx >/dev/null; } ||
-        echo "warning: nbdkit/nginx could not be installed; their tests will be skipped" >&2
+if ! command -v nbdkit >/dev/null || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then
+    echo "nbdkit/nginx/openssl not found: installing them" >&2
+    { apt-get update -qq && apt-get install -y -qq nbdkit nginx openssl >/dev/null; } ||
+        echo "warning: nbdkit/nginx/openssl could not be installed; their tests will be skipped" >&2
 fi
 if ! ls /usr/lib/*/qemu/block-curl.so >/dev/null 2>&1; then
     echo "qemu-img's http driver not found: installing qemu-block-extra" >&2

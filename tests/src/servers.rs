@@ -180,3 +180,112 @@ pub fn nginx(root: &Path, work: &Path) -> Server {
         uri: format!("http://127.0.0.1:{port}"),
     }
 }
+
+/// Makes QEMU `tls-creds-x509` directories under `dir` with `openssl`: a CA,
+/// `server/` (the CA's certificate and a server certificate for
+/// `localhost` and 127.0.0.1), `client/` (the CA's certificate and a
+/// client certificate) and `other-ca/` (an unrelated CA's certificate).
+pub fn tls_certificates(dir: &Path) {
+    for sub in ["ca", "server", "client", "other-ca"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("certificate dirs");
+    }
+    let path = |p: &str| dir.join(p).to_str().expect("utf-8 path").to_string();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = |name: &str| {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &path(name),
+        ])
+    };
+    for (ca, name) in [("ca", "qimg test CA"), ("other-ca", "unrelated CA")] {
+        key(&format!("{ca}/ca-key.pem"));
+        openssl(&[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "3650",
+            "-sha256",
+            "-key",
+            &path(&format!("{ca}/ca-key.pem")),
+            "-out",
+            &path(&format!("{ca}/ca-cert.pem")),
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+    }
+    for (leaf, usage, san) in [
+        (
+            "server",
+            "serverAuth",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        ),
+        ("client", "clientAuth", ""),
+    ] {
+        let ext = dir.join(format!("{leaf}.ext"));
+        std::fs::write(
+            &ext,
+            format!(
+                "basicConstraints=critical,CA:FALSE\n\
+                 keyUsage=critical,digitalSignature,keyEncipherment,keyAgreement\n\
+                 extendedKeyUsage={usage}\n{san}"
+            ),
+        )
+        .expect("extensions file");
+        key(&format!("{leaf}/{leaf}-key.pem"));
+        openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &path(&format!("{leaf}/{leaf}-key.pem")),
+            "-subj",
+            &format!("/CN=qimg {leaf}"),
+            "-out",
+            &path(&format!("{leaf}.csr")),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "3650",
+            "-sha256",
+            "-in",
+            &path(&format!("{leaf}.csr")),
+            "-CA",
+            &path("ca/ca-cert.pem"),
+            "-CAkey",
+            &path("ca/ca-key.pem"),
+            "-set_serial",
+            if leaf == "server" { "2" } else { "3" },
+            "-extfile",
+            ext.to_str().expect("utf-8 path"),
+            "-out",
+            &path(&format!("{leaf}/{leaf}-cert.pem")),
+        ]);
+        std::fs::copy(
+            dir.join("ca/ca-cert.pem"),
+            dir.join(format!("{leaf}/ca-cert.pem")),
+        )
+        .expect("copy the CA certificate");
+    }
+}

@@ -2,12 +2,9 @@
 //! against the system's trusted roots, and one for `sslverify=off` that
 //! accepts any certificate (still checking the handshake's signatures).
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use qimg_driver_util::tls::{self as util, AcceptAnyCertificate};
+use rustls::pki_types::ServerName;
+use rustls::{CertificateError, ClientConfig, RootCertStore};
 use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 
@@ -84,7 +81,7 @@ pub fn with_roots(roots: RootCertStore) -> Result<Arc<ClientConfig>, TlsError> {
 
 /// The configuration that accepts every certificate.
 fn trusting() -> Result<Arc<ClientConfig>, TlsError> {
-    let verifier = AcceptAnyCertificate(provider());
+    let verifier = AcceptAnyCertificate(util::provider());
     let config = builder()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
@@ -92,19 +89,9 @@ fn trusting() -> Result<Arc<ClientConfig>, TlsError> {
     Ok(finish(config))
 }
 
-/// The ring crypto provider. rustls 0.23.48 deprecates it for lacking
-/// post-quantum key exchange, steering to aws-lc-rs, whose C build needs
-/// cmake and minutes; ring's classical suites are what curl offers too.
-#[allow(deprecated)]
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring::default_provider())
-}
-
 /// A builder with ring and rustls' default protocol versions.
 fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, TlsError> {
-    ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Setup(e.to_string()))
+    util::builder().map_err(|e| TlsError::Setup(e.to_string()))
 }
 
 /// Offers HTTP/1.1 through ALPN.
@@ -128,56 +115,6 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
 /// The TLS name of `host`: an IP address or a DNS name.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(host.to_string()).map_err(|_| TlsError::Name(host.to_string()))
-}
-
-/// `sslverify=off`: every certificate is accepted; the handshake's
-/// signatures are still checked against the certificate offered.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The driver's errors, and how each reaches the host as a [`DriverError`]
 //! in qemu-img's words.
 
+use crate::socket::TlsReadError;
 use qimg_driver_api::error::io_message;
 use qimg_driver_api::{DriverError, ErrorKind};
 use std::io;
@@ -85,6 +86,10 @@ pub enum NbdError {
     /// A preallocation mode NBD cannot honour, by qemu's name.
     #[error("Unsupported preallocation mode '{0}'")]
     Prealloc(&'static str),
+    /// The TLS handshake failed, or TLS credentials are unusable; the
+    /// text is the whole message.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl NbdError {
@@ -119,6 +124,12 @@ impl NbdError {
 
 /// qemu's words for a failed read during the handshake.
 fn read_cause(e: &io::Error) -> String {
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsReadError>())
+    {
+        return tls.to_string();
+    }
     if e.kind() == io::ErrorKind::UnexpectedEof {
         "Unexpected end-of-file before all data were read".to_string()
     } else {
@@ -150,6 +161,7 @@ impl From<NbdError> for DriverError {
                 DriverError::from_errno(libc::EIO, text)
             }
             NbdError::Refused { errno, .. } => DriverError::from_errno(errno, text),
+            NbdError::Tls(_) => DriverError::from_errno(libc::EIO, text),
             NbdError::ReadOnly => DriverError::from_errno(libc::EACCES, text),
             // qemu-img reports a lost or misbehaving server as the failed
             // request's EIO ("error while reading at byte N: Input/output

@@ -45,7 +45,7 @@ fn run_client(client: UnixStream) {
     let Ok(mut link) = Link::new(Stream::Unix(client), Duration::from_secs(1)) else {
         return;
     };
-    let Ok(export) = handshake::negotiate(&mut link, "") else {
+    let Ok(export) = handshake::negotiate(&mut link, "", None) else {
         return;
     };
     let conn = Conn::new(link, export);

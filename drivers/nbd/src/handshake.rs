@@ -11,6 +11,7 @@
 
 use crate::error::{NbdError, Result};
 use crate::socket::Link;
+use crate::tls::Tls;
 use crate::wire::{self, client_flags, handshake_flags, info, opt, rep, tx_flags, Cursor};
 use std::io;
 
@@ -66,15 +67,15 @@ impl Default for BlockSizes {
 /// Negotiates `export` on a fresh connection. When the server refuses,
 /// the client says goodbye with `NBD_OPT_ABORT` (a soft disconnect, as
 /// the specification asks) before reporting why.
-pub fn negotiate(link: &mut Link, export: &str) -> Result<Export> {
-    let result = haggle(link, export);
+pub fn negotiate(link: &mut Link, export: &str, tls: Option<&Tls>) -> Result<Export> {
+    let result = haggle(link, export, tls);
     if let Err(NbdError::Refused { .. }) = &result {
         let _ = link.write_all(&[&wire::option_request(opt::ABORT, &[])]);
     }
     result
 }
 
-fn haggle(link: &mut Link, export: &str) -> Result<Export> {
+fn haggle(link: &mut Link, export: &str, tls: Option<&Tls>) -> Result<Export> {
     let magic = read(link, "initial magic", Link::read_u64)?;
     if magic != wire::INIT_MAGIC {
         return Err(refused(format!(
@@ -84,6 +85,7 @@ fn haggle(link: &mut Link, export: &str) -> Result<Export> {
     let magic = read(link, "server magic", Link::read_u64)?;
     match magic {
         wire::OPTS_MAGIC => {}
+        wire::OLDSTYLE_MAGIC if tls.is_some() => return Err(no_starttls()),
         wire::OLDSTYLE_MAGIC => return oldstyle(link, export),
         _ => {
             return Err(refused(format!(
@@ -101,6 +103,12 @@ fn haggle(link: &mut Link, export: &str) -> Result<Export> {
     }
     send(link, "client flags", &[&client.to_be_bytes()])?;
     let no_zeroes = client & client_flags::NO_ZEROES != 0;
+    if let Some(tls) = tls {
+        if client & client_flags::FIXED_NEWSTYLE == 0 {
+            return Err(no_starttls());
+        }
+        start_tls(link, tls)?;
+    }
     if client & client_flags::FIXED_NEWSTYLE == 0 {
         // Plain newstyle: the export name is the only option there is.
         return export_name(link, export, no_zeroes, false);
@@ -259,6 +267,38 @@ fn simple_option(link: &mut Link, option: u32) -> Result<bool> {
             reply_name(kind)
         ))),
     }
+}
+
+/// A server that cannot be asked for TLS (no fixed newstyle), in qemu's
+/// words.
+fn no_starttls() -> NbdError {
+    refused("Server does not support STARTTLS".into())
+}
+
+/// `NBD_OPT_STARTTLS`, then the TLS handshake: the rest of the
+/// negotiation and the transmission go through TLS.
+fn start_tls(link: &mut Link, tls: &Tls) -> Result<()> {
+    send_option(link, opt::STARTTLS, &[])?;
+    let reply = read_reply(link, opt::STARTTLS)?;
+    let name = opt::describe(opt::STARTTLS);
+    match reply.kind {
+        rep::ACK if reply.payload.is_empty() => {}
+        rep::ACK => {
+            return Err(broken(format!(
+                "Option 5 ('starttls') response length is {} (it should be zero)",
+                reply.payload.len()
+            )))
+        }
+        rep::ERR_UNSUP => return Err(refused("Server don't support STARTTLS option".into())),
+        kind if kind & rep::ERROR_BIT != 0 => return Err(refusal(opt::STARTTLS, &reply)),
+        kind => {
+            return Err(broken(format!(
+                "Server answered option {name} with unexpected reply {kind} ({})",
+                reply_name(kind)
+            )))
+        }
+    }
+    link.start_tls(tls)
 }
 
 /// Selects `base:allocation` for `export`; its id if the server has it.
@@ -522,7 +562,7 @@ mod tests {
             );
             s.drain();
         });
-        let export = negotiate(&mut link, "qq").unwrap();
+        let export = negotiate(&mut link, "qq", None).unwrap();
         assert_eq!(export.size, 1 << 20);
         assert!(export.structured);
         assert_eq!(export.allocation, Some(7));
@@ -559,7 +599,7 @@ mod tests {
             let (option, _) = s.option();
             assert_eq!(option, opt::ABORT);
         });
-        let e = negotiate(&mut link, "a b").unwrap_err();
+        let e = negotiate(&mut link, "a b", None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "Requested export not available\nserver reported: export 'a b' not present"
@@ -582,7 +622,7 @@ mod tests {
             s.send(&(tx_flags::HAS_FLAGS | tx_flags::READ_ONLY).to_be_bytes());
             s.drain();
         });
-        let export = negotiate(&mut link, "x").unwrap();
+        let export = negotiate(&mut link, "x", None).unwrap();
         assert_eq!(export.size, 4 << 20);
         assert!(!export.structured);
         assert_eq!(export.allocation, None);
@@ -601,7 +641,7 @@ mod tests {
             s.reply(option, rep::ERR_UNSUP, &[]);
             s.option();
         });
-        let e = negotiate(&mut link, "x").unwrap_err();
+        let e = negotiate(&mut link, "x", None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "Failed to read export length: Unexpected end-of-file before all data were read"
@@ -619,7 +659,7 @@ mod tests {
             }
             s.drain();
         });
-        let e = negotiate(&mut link, "x").unwrap_err();
+        let e = negotiate(&mut link, "x", None).unwrap_err();
         assert_eq!(
             e.to_string(),
             "TLS negotiation required before option 7 (go)\n\
@@ -630,12 +670,79 @@ mod tests {
         server.join().unwrap();
     }
 
+    /// A TLS setup that never gets to its handshake in these tests.
+    fn tls() -> Tls {
+        let creds = crate::tls::Credentials {
+            endpoint: "client".into(),
+            verify_peer: false,
+            ca_cert: String::new(),
+            client: None,
+        };
+        let server = crate::options::Server::Unix { path: "s".into() };
+        crate::tls::client(&creds, &server, None).unwrap()
+    }
+
+    #[test]
+    fn starttls_refusals_are_worded_as_qemu_words_them() {
+        let cases: [(u32, &[u8], &str); 4] = [
+            (
+                rep::ERR_UNSUP,
+                b"no",
+                "Server don't support STARTTLS option",
+            ),
+            (
+                rep::ERR_POLICY,
+                b"go away",
+                "Denied by server for option 5 (starttls)\nserver reported: go away",
+            ),
+            (
+                rep::ACK,
+                b"abcd",
+                "Option 5 ('starttls') response length is 4 (it should be zero)",
+            ),
+            (
+                2,
+                b"",
+                "Server answered option 5 (starttls) with unexpected reply 2 (server)",
+            ),
+        ];
+        for (kind, data, message) in cases {
+            let (mut link, server) = serve(move |mut s| {
+                s.greet();
+                let (option, _) = s.option();
+                assert_eq!(option, wire::opt::STARTTLS);
+                s.reply(option, kind, data);
+                // The client gives up politely.
+                let (option, _) = s.option();
+                assert_eq!(option, wire::opt::ABORT);
+            });
+            let e = negotiate(&mut link, "x", Some(&tls())).unwrap_err();
+            assert_eq!(e.to_string(), message);
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn tls_needs_fixed_newstyle() {
+        let (mut link, server) = serve(|mut s| {
+            let mut hello = wire::INIT_MAGIC.to_be_bytes().to_vec();
+            hello.extend_from_slice(&wire::OPTS_MAGIC.to_be_bytes());
+            hello.extend_from_slice(&0u16.to_be_bytes());
+            s.send(&hello);
+            s.drain();
+        });
+        let e = negotiate(&mut link, "x", Some(&tls())).unwrap_err();
+        assert_eq!(e.to_string(), "Server does not support STARTTLS");
+        drop(link);
+        server.join().unwrap();
+    }
+
     #[test]
     fn hostile_handshakes_fail_cleanly() {
         // Not an NBD server.
         let (mut link, server) = serve(|mut s| s.send(b"HTTP/1.1 400 Bad Request\r\n\r\n"));
         assert_eq!(
-            negotiate(&mut link, "x").unwrap_err().to_string(),
+            negotiate(&mut link, "x", None).unwrap_err().to_string(),
             "Bad initial magic received: 0x485454502f312e31"
         );
         server.join().unwrap();
@@ -650,7 +757,7 @@ mod tests {
             s.send(&out);
             s.drain();
         });
-        assert!(negotiate(&mut link, "x")
+        assert!(negotiate(&mut link, "x", None)
             .unwrap_err()
             .to_string()
             .contains("too long"));
@@ -666,7 +773,7 @@ mod tests {
             s.drain();
         });
         assert_eq!(
-            negotiate(&mut link, "x").unwrap_err().to_string(),
+            negotiate(&mut link, "x", None).unwrap_err().to_string(),
             "remaining export info len 0 is unexpected size"
         );
         drop(link);
@@ -681,7 +788,7 @@ mod tests {
             s.drain();
         });
         assert_eq!(
-            negotiate(&mut link, "x").unwrap_err().to_string(),
+            negotiate(&mut link, "x", None).unwrap_err().to_string(),
             "broken server omitted NBD_INFO_EXPORT"
         );
         drop(link);
@@ -692,7 +799,7 @@ mod tests {
     fn a_silent_server_times_out() {
         // The script says nothing and waits for the client to give up.
         let (mut link, server) = serve(|s| s.drain());
-        let e = negotiate(&mut link, "x").unwrap_err();
+        let e = negotiate(&mut link, "x", None).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("Failed to read initial magic: Unable to read from socket"),
@@ -713,7 +820,7 @@ mod tests {
             s.send(&hello);
             s.drain();
         });
-        assert_eq!(negotiate(&mut link, "").unwrap().size, 1 << 20);
+        assert_eq!(negotiate(&mut link, "", None).unwrap().size, 1 << 20);
         drop(link);
         server.join().unwrap();
     }

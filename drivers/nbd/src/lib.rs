@@ -1,9 +1,10 @@
 //! qimg's NBD protocol driver: `nbd://`, `nbd+unix://` (and qemu's legacy
 //! `nbd:` names) as stores, spoken in fixed newstyle with structured
-//! replies and `base:allocation` block status.
+//! replies and `base:allocation` block status, in TLS with `tls-creds`.
 //!
 //! Modules, from the wire up: [`wire`] (constants and messages),
-//! [`socket`] (connecting, timeouts), [`handshake`], [`reply`] (reply
+//! [`socket`] (connecting, timeouts, TLS records), [`tls`] (credentials
+//! and certificate checks), [`handshake`], [`reply`] (reply
 //! headers), [`pending`] (one request's reply), [`inflight`] (many
 //! requests in flight on one connection, replies matched by cookie),
 //! [`conn`] (one connection's requests), [`split`] (requests within the
@@ -32,6 +33,7 @@ pub mod split;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 pub mod uri;
 pub mod wire;
 
@@ -75,8 +77,31 @@ impl ProtocolImpl for NbdProtocol {
         options: &Map<String, Value>,
         flags: u32,
     ) -> Result<Box<dyn StoreImpl>, DriverError> {
+        self.open_with_secrets(options, flags, &Map::new())
+    }
+
+    fn open_with_secrets(
+        &self,
+        options: &Map<String, Value>,
+        flags: u32,
+        secrets: &Map<String, Value>,
+    ) -> Result<Box<dyn StoreImpl>, DriverError> {
         let options = Options::from_map(options)?;
-        Ok(Box::new(NbdStore::open(&options, flags)?))
+        let tls = match &options.tls_creds {
+            None => None,
+            Some(id) => {
+                let creds = secrets.get(id).ok_or_else(|| {
+                    NbdError::InvalidArgument(format!("No TLS credentials with id '{id}'"))
+                })?;
+                let creds = tls::Credentials::from_json(id, creds)?;
+                Some(tls::client(
+                    &creds,
+                    &options.server,
+                    options.tls_hostname.as_deref(),
+                )?)
+            }
+        };
+        Ok(Box::new(NbdStore::open(&options, flags, tls)?))
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Options {
     /// The export's name; `None` (the default export, `""` on the wire)
     /// and `Some("")` name the same export but print differently.
     pub export: Option<String>,
+    /// The id of the `tls-creds` object, if TLS is asked for.
+    pub tls_creds: Option<String>,
+    /// The name the server's certificate must carry, if not the host's.
+    pub tls_hostname: Option<String>,
 }
 
 /// Top-level keys QEMU's nbd driver takes that this driver accepts.
@@ -87,11 +91,6 @@ impl Options {
                 "Block protocol 'nbd' doesn't support the option '{key}'"
             )));
         }
-        if map.contains_key("tls-creds") || map.contains_key("tls-hostname") {
-            return Err(NbdError::Unsupported(
-                "TLS is not supported by this qimg build".into(),
-            ));
-        }
         for key in ["reconnect-delay", "open-timeout"] {
             if let Some(value) = map.get(key) {
                 check_number(key, value)?;
@@ -110,8 +109,13 @@ impl Options {
             Some(_) => return Err(NbdError::InvalidArgument(ADDRESS_MISSING.into())),
             None => flat_server(map)?,
         };
-        let export = map.get("export").map(|v| text("export", v)).transpose()?;
-        Ok(Options { server, export })
+        let get = |key: &str| map.get(key).map(|v| text(key, v)).transpose();
+        Ok(Options {
+            server,
+            export: get("export")?,
+            tls_creds: get("tls-creds")?,
+            tls_hostname: get("tls-hostname")?,
+        })
     }
 
     /// The name qemu gives the node.
@@ -383,14 +387,14 @@ mod tests {
     }
 
     #[test]
+    fn tls_options_are_kept() {
+        let o = parse(json!({"host": "h", "tls-creds": "tls0", "tls-hostname": "x"})).unwrap();
+        assert_eq!(o.tls_creds.as_deref(), Some("tls0"));
+        assert_eq!(o.tls_hostname.as_deref(), Some("x"));
+    }
+
+    #[test]
     fn unsupported_features_say_so() {
-        let e = parse(json!({"host": "h", "tls-creds": "tls0"})).unwrap_err();
-        assert!(matches!(e, NbdError::Unsupported(_)));
-        assert_eq!(e.to_string(), "TLS is not supported by this qimg build");
-        assert!(matches!(
-            parse(json!({"host": "h", "tls-hostname": "x"})).unwrap_err(),
-            NbdError::Unsupported(_)
-        ));
         assert!(matches!(
             parse(json!({"server": {"type": "inet", "host": "h", "port": "1", "ipv4": "on"}}))
                 .unwrap_err(),

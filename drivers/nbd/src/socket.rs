@@ -5,11 +5,14 @@
 
 use crate::error::{NbdError, Result};
 use crate::options::Server;
+use crate::tls::{handshake_error, Tls};
+use rustls::ClientConnection;
 use std::ffi::{CStr, CString};
-use std::io::{self, BufReader, IoSlice, Read};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// How long one TCP connection attempt may take.
@@ -24,6 +27,8 @@ const MAX_IOV: usize = 64;
 const UNIX_SEND_BUFFER: usize = 4 << 20;
 /// Read buffer of a connection; reads larger than this bypass it.
 const READ_BUFFER: usize = 64 * 1024;
+/// Bytes of TLS records read from the socket at a time.
+const TLS_READ: usize = 64 * 1024;
 
 /// A connected socket.
 #[derive(Debug)]
@@ -242,10 +247,26 @@ fn gai_message(code: i32) -> String {
         .into_owned()
 }
 
+/// What a connection reads from: the socket, or TLS over it.
+#[derive(Debug)]
+enum Source {
+    Plain(Stream),
+    Tls(TlsReader),
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Plain(stream) => stream.read(buf),
+            Source::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
 /// The receiving direction of a connection, buffered.
 #[derive(Debug)]
 pub struct ReadHalf {
-    reader: BufReader<Stream>,
+    reader: BufReader<Source>,
 }
 
 impl ReadHalf {
@@ -292,12 +313,22 @@ impl ReadHalf {
 #[derive(Debug)]
 pub struct WriteHalf {
     writer: Stream,
+    /// The TLS session records are sealed in, once TLS is up.
+    tls: Option<Arc<Session>>,
 }
 
 impl WriteHalf {
     /// Sends all of `parts`, in order, with as few system calls as the
     /// socket allows.
     pub fn write_all(&self, parts: &[&[u8]]) -> io::Result<()> {
+        match &self.tls {
+            None => self.send_all(parts),
+            Some(session) => self.send_all(&[&session.seal(parts)?]),
+        }
+    }
+
+    /// Sends all of `parts` on the socket.
+    fn send_all(&self, parts: &[&[u8]]) -> io::Result<()> {
         let mut index = 0;
         let mut skip = 0;
         while index < parts.len() {
@@ -327,6 +358,93 @@ impl WriteHalf {
     }
 }
 
+/// A TLS session both directions of a connection use. The lock is held
+/// only to seal or open records, never across socket I/O, so a reader
+/// waiting for the server does not hold up writers.
+#[derive(Debug)]
+struct Session {
+    conn: Mutex<ClientConnection>,
+}
+
+impl Session {
+    fn lock(&self) -> MutexGuard<'_, ClientConnection> {
+        // rustls' state is consistent between calls: a panic elsewhere
+        // leaves nothing half-done.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The records carrying `parts` (and whatever TLS messages are due),
+    /// to send in this order: callers seal and send under one lock.
+    fn seal(&self, parts: &[&[u8]]) -> io::Result<Vec<u8>> {
+        let mut conn = self.lock();
+        for part in parts {
+            conn.writer().write_all(part)?;
+        }
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Reads plaintext from a TLS session: records are read from the socket
+/// without the session's lock, and opened with it.
+#[derive(Debug)]
+struct TlsReader {
+    socket: Stream,
+    session: Arc<Session>,
+    /// Bytes read from the socket, from `used` on not yet given to rustls.
+    raw: Vec<u8>,
+    used: usize,
+}
+
+impl Read for TlsReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            {
+                let mut conn = self.session.lock();
+                match conn.reader().read(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
+                if self.used < self.raw.len() {
+                    let mut rest = &self.raw[self.used..];
+                    let took = conn.read_tls(&mut rest)?;
+                    self.used += took;
+                    conn.process_new_packets().map_err(|_| tls_read_error())?;
+                    continue;
+                }
+            }
+            self.raw.resize(TLS_READ, 0);
+            self.used = 0;
+            let n = match self.socket.read(&mut self.raw) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.raw.clear();
+                    return Err(e);
+                }
+            };
+            self.raw.truncate(n);
+            if n == 0 {
+                // The server hung up without closing TLS.
+                return Err(tls_read_error());
+            }
+        }
+    }
+}
+
+/// A failed read of TLS records, worded as qemu (gnutls) words the usual
+/// one: the server ended the session without closing it (it refused our
+/// certificate, or hung up).
+#[derive(Debug, thiserror::Error)]
+#[error("Cannot read from TLS channel: The TLS connection was non-properly terminated.")]
+pub struct TlsReadError;
+
+fn tls_read_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, TlsReadError)
+}
+
 /// One connection's two directions: buffered reads, unbuffered writes.
 #[derive(Debug)]
 pub struct Link {
@@ -341,10 +459,64 @@ impl Link {
         let writer = stream.try_clone()?;
         Ok(Link {
             rx: ReadHalf {
-                reader: BufReader::with_capacity(READ_BUFFER, stream),
+                reader: BufReader::with_capacity(READ_BUFFER, Source::Plain(stream)),
             },
-            tx: WriteHalf { writer },
+            tx: WriteHalf { writer, tls: None },
         })
+    }
+
+    /// Runs a TLS handshake as `config`'s client of `name` over the socket
+    /// (after `NBD_OPT_STARTTLS` was accepted); everything after it goes
+    /// through TLS.
+    pub fn start_tls(&mut self, tls: &Tls) -> Result<()> {
+        let name = tls.name.clone().map_err(NbdError::Tls)?;
+        let failed = |e: rustls::Error| handshake_error(&e, &tls.hostname);
+        let Source::Plain(stream) = self.rx.reader.get_ref() else {
+            return Err(NbdError::Protocol("TLS is already up".into()));
+        };
+        if !self.rx.reader.buffer().is_empty() {
+            return Err(NbdError::Protocol(
+                "the server sent data before the TLS handshake".into(),
+            ));
+        }
+        let mut socket = stream.try_clone().map_err(NbdError::Transport)?;
+        let mut conn = ClientConnection::new(tls.config.clone(), name).map_err(failed)?;
+        while conn.is_handshaking() {
+            if conn.wants_write() {
+                let mut out = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut out).map_err(NbdError::Transport)?;
+                }
+                self.tx.send_all(&[&out]).map_err(NbdError::Transport)?;
+            } else if conn.wants_read() {
+                if conn.read_tls(&mut socket).map_err(NbdError::Transport)? == 0 {
+                    return Err(NbdError::Transport(io::ErrorKind::UnexpectedEof.into()));
+                }
+                if let Err(e) = conn.process_new_packets() {
+                    // Tell the server why (an alert), as far as it listens.
+                    let mut out = Vec::new();
+                    while conn.wants_write() && conn.write_tls(&mut out).is_ok() {}
+                    let _ = self.tx.send_all(&[&out]);
+                    return Err(failed(e));
+                }
+            }
+        }
+        // A request is sealed whole, then sent (`Session::seal`).
+        conn.set_buffer_limit(None);
+        let session = Arc::new(Session {
+            conn: Mutex::new(conn),
+        });
+        self.rx.reader = BufReader::with_capacity(
+            READ_BUFFER,
+            Source::Tls(TlsReader {
+                socket,
+                session: Arc::clone(&session),
+                raw: Vec::new(),
+                used: 0,
+            }),
+        );
+        self.tx.tls = Some(session);
+        Ok(())
     }
 
     /// Changes the timeouts.

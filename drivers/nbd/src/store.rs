@@ -12,6 +12,7 @@ use crate::options::{Options, Server};
 use crate::pool::Pool;
 use crate::socket::{Link, Stream};
 use crate::split::{pieces, Limits};
+use crate::tls::Tls;
 use crate::wire::{cmd_flags, tx_flags};
 use qimg_driver_api::{proto_open, DriverError, Prealloc, StoreImpl, StoreRun};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,31 +50,31 @@ pub struct NbdStore {
     partial: Mutex<()>,
 }
 
-/// Opens one connection and negotiates `export` on it.
-fn connect(server: &Server, export: &str) -> Result<Conn> {
+/// Opens one connection and negotiates `export` on it, in TLS if `tls`.
+fn connect(server: &Server, export: &str, tls: Option<&Tls>) -> Result<Conn> {
     let stream = Stream::connect(server)?;
     let mut link = Link::new(stream, HANDSHAKE_TIMEOUT).map_err(|source| NbdError::Connect {
         target: server.target(),
         source,
     })?;
-    let negotiated = handshake::negotiate(&mut link, export)?;
+    let negotiated = handshake::negotiate(&mut link, export, tls)?;
     link.set_timeout(IO_TIMEOUT).map_err(NbdError::Transport)?;
     Ok(Conn::new(link, negotiated))
 }
 
 impl NbdStore {
-    /// Connects to the export `options` name; `flags` are
-    /// [`proto_open`] bits.
-    pub fn open(options: &Options, flags: u32) -> Result<NbdStore> {
+    /// Connects to the export `options` name, in TLS if `tls`; `flags`
+    /// are [`proto_open`] bits.
+    pub fn open(options: &Options, flags: u32, tls: Option<Tls>) -> Result<NbdStore> {
         let export_name = options.export.clone().unwrap_or_default();
-        let first = connect(&options.server, &export_name)?;
+        let first = connect(&options.server, &export_name, tls.as_ref())?;
         let export = *first.export();
         if flags & proto_open::WRITE != 0 && export.has(tx_flags::READ_ONLY) {
             first.disconnect();
             return Err(NbdError::ReadOnly);
         }
         let server = options.server.clone();
-        let connector = Box::new(move || connect(&server, &export_name));
+        let connector = Box::new(move || connect(&server, &export_name, tls.as_ref()));
         let pool = Pool::new(first, connector);
         let flushes = flags & proto_open::WRITE != 0 && export.has(tx_flags::SEND_FLUSH);
         Ok(NbdStore {

@@ -53,6 +53,8 @@ pub mod opt {
     pub const EXPORT_NAME: u32 = 1;
     /// `NBD_OPT_ABORT`.
     pub const ABORT: u32 = 2;
+    /// `NBD_OPT_STARTTLS`.
+    pub const STARTTLS: u32 = 5;
     /// `NBD_OPT_GO`.
     pub const GO: u32 = 7;
     /// `NBD_OPT_STRUCTURED_REPLY`.
@@ -64,6 +66,7 @@ pub mod opt {
     pub fn describe(option: u32) -> String {
         let name = match option {
             EXPORT_NAME => "export name",
+            STARTTLS => "starttls",
             GO => "go",
             STRUCTURED_REPLY => "structured reply",
             SET_META_CONTEXT => "set meta context",

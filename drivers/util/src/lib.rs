@@ -7,6 +7,8 @@ pub mod memfile;
 #[cfg(feature = "testutil")]
 pub mod nohost;
 pub mod parent;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod winpath;
 
 pub use buffer::{AlignedBuf, BUFFER_ALIGN};

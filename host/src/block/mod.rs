@@ -9,6 +9,7 @@ pub mod options;
 pub mod secret;
 pub mod services;
 pub mod spec;
+pub mod tls;
 
 pub use image::{create_image, open_image, BlockImage, OpenRequest};
 pub use lock::LockSpec;

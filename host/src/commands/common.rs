@@ -1,7 +1,7 @@
 //! Pieces every command shares: help, `--object`, option checks, opening images.
 
-use crate::block::secret;
 use crate::block::services::{register_secret, secret_bytes};
+use crate::block::{secret, tls};
 use crate::cli::{parse_opts, parse_size, program, Parsed, SizeError};
 use crate::error::{fail, CmdError};
 use crate::store::CacheMode;
@@ -12,12 +12,12 @@ pub fn print_help(text: &str) -> i32 {
     0
 }
 
-/// Handles every `--object` option (secrets; other types are refused as qemu-img
-/// refuses types it does not know).
+/// Handles every `--object` option (secrets and x509 TLS credentials; other
+/// types are refused as qemu-img refuses types it does not know).
 pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
     for spec in parsed.all("object") {
         if spec == "help" || spec == "?" {
-            println!("List of user creatable objects:\n  secret");
+            println!("List of user creatable objects:\n  secret\n  tls-creds-x509");
             return Err(CmdError::Exit(0));
         }
         let items = parse_opts(spec, Some("qom-type")).map_err(fail)?;
@@ -29,12 +29,17 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
                 .map(|(_, v)| v.clone())
         };
         let kind = get("qom-type").unwrap_or_default();
-        if kind != "secret" {
+        if kind != "secret" && kind != "tls-creds-x509" {
             return Err(fail(format!(
                 "Parameter 'qom-type' does not accept value '{kind}'"
             )));
         }
         let id = get("id").ok_or_else(|| fail("Parameter 'id' is missing"))?;
+        if kind == "tls-creds-x509" {
+            let keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+            tls::register(&id, tls::load(&keys, get).map_err(fail)?);
+            continue;
+        }
         let input = match (get("data"), get("file")) {
             (Some(data), None) => data.into_bytes(),
             (None, Some(path)) => std::fs::read(&path).map_err(|e| {

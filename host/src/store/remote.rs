@@ -5,6 +5,7 @@
 use super::RemoteStore;
 use crate::block::services::secret_bytes;
 use crate::block::spec::ImageSpec;
+use crate::block::tls;
 use crate::commands::registry;
 use qimg_driver_api::abi_stable::std_types::RStr;
 use qimg_driver_api::{proto_open, DriverError};
@@ -50,7 +51,8 @@ pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<RemoteStore, 
 }
 
 /// The secrets a protocol node's options name (`password-secret=ID`, any
-/// option whose name ends in `-secret`), by id, as text: only those, so a
+/// option whose name ends in `-secret`), by id, as text, and the TLS
+/// credentials `tls-creds=ID` names, as an object: only those, so a
 /// plugin never sees the others. Ids without a secret, or whose data is not
 /// UTF-8, are left out for the driver to refuse in qemu's words and order.
 fn named_secrets(options: &str) -> Value {
@@ -60,6 +62,12 @@ fn named_secrets(options: &str) -> Value {
             let Value::String(id) = value else {
                 continue;
             };
+            if key == "tls-creds" {
+                if let Some(creds) = tls::lookup(id) {
+                    found.insert(id.clone(), creds.to_json());
+                }
+                continue;
+            }
             if !key.ends_with("-secret") {
                 continue;
             }

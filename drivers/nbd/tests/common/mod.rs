@@ -196,7 +196,7 @@ pub fn open_nbd(filename: &str, write: bool) -> qimg_nbd::NbdStore {
     let options = NbdProtocol.parse_filename(filename).unwrap();
     let options = qimg_nbd::Options::from_map(&options).unwrap();
     let flags = if write { proto_open::WRITE } else { 0 };
-    qimg_nbd::NbdStore::open(&options, flags).unwrap()
+    qimg_nbd::NbdStore::open(&options, flags, None).unwrap()
 }
 
 /// The name qemu-img prints for `filename`.
