@@ -317,6 +317,23 @@ impl Fixture {
         );
     }
 
+    /// Runs both tools with the same arguments and extra environment, and
+    /// asserts identical stdout, stderr and exit status. Returns qimg's
+    /// outcome.
+    pub fn same_env(&self, args: &[&str], env: &[(&str, &str)]) -> Outcome {
+        let ours = self.qimg_env(args, env);
+        let mut cmd = self.command(Path::new("qemu-img"), args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let theirs: Outcome = cmd.output().expect("run qemu-img").into();
+        assert_eq!(
+            ours, theirs,
+            "qimg and qemu-img differ on {args:?} with {env:?}"
+        );
+        ours
+    }
+
     /// Runs both tools with the same arguments and asserts identical stdout,
     /// stderr and exit status. Returns qimg's outcome.
     pub fn same(&self, args: &[&str]) -> Outcome {

@@ -147,6 +147,12 @@ pub fn nbdkit_unix(socket: &Path, plugin: &[&str]) -> Server {
 /// (Basic authentication), and under `/cookie/` to requests with the
 /// cookie `session=s3cret`.
 pub fn nginx(root: &Path, work: &Path) -> Server {
+    nginx_with(root, work, None)
+}
+
+/// [`nginx`], speaking https with the certificate and key in `tls` (a
+/// `server/` directory of [`tls_certificates`]) if given.
+pub fn nginx_with(root: &Path, work: &Path, tls: Option<&Path>) -> Server {
     let port = free_port();
     std::fs::create_dir_all(work).expect("nginx work dir");
     std::fs::write(work.join("htpasswd"), "qimg:{PLAIN}hunter2\n").expect("write htpasswd");
@@ -156,12 +162,19 @@ pub fn nginx(root: &Path, work: &Path) -> Server {
          events {{ worker_connections 64; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {w}/body;\n  proxy_temp_path {w}/proxy;\n\
          fastcgi_temp_path {w}/fastcgi;\n  uwsgi_temp_path {w}/uwsgi;\n  scgi_temp_path {w}/scgi;\n\
-         server {{\n    listen 127.0.0.1:{port};\n    root {};\n\
+         server {{\n    listen 127.0.0.1:{port}{ssl};\n    root {};\n\
          location /moved/ {{ rewrite ^/moved/(.*)$ /$1 redirect; }}\n\
          location /private/ {{ auth_basic qimg; auth_basic_user_file {w}/htpasswd; alias {r}/; }}\n\
          location /cookie/ {{ if ($cookie_session != s3cret) {{ return 403; }} alias {r}/; }}\n  }}\n}}\n",
         root.display(),
-        r = root.display()
+        r = root.display(),
+        ssl = match tls {
+            Some(dir) => format!(
+                " ssl;\n    ssl_certificate {d}/server-cert.pem;\n    ssl_certificate_key {d}/server-key.pem",
+                d = dir.display()
+            ),
+            None => String::new(),
+        },
     );
     let conf_path: PathBuf = work.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("write nginx.conf");
@@ -175,10 +188,123 @@ pub fn nginx(root: &Path, work: &Path) -> Server {
         ],
     );
     wait_for(&mut child, "nginx", || listening(port));
+    let scheme = if tls.is_some() { "https" } else { "http" };
     Server {
         child,
-        uri: format!("http://127.0.0.1:{port}"),
+        uri: format!("{scheme}://127.0.0.1:{port}"),
     }
+}
+
+/// A forwarding http proxy on a loopback port, run by threads of the
+/// test: `CONNECT` tunnels, and absolute-form requests relayed as they
+/// are. With `credentials` (`user:password`) it answers 407 to requests
+/// without them. The first line of every request it is sent is kept.
+pub struct ForwardProxy {
+    /// Its port.
+    pub port: u16,
+    /// The request lines it was sent, in order.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Starts a [`ForwardProxy`].
+pub fn forward_proxy(credentials: Option<&str>) -> ForwardProxy {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let port = listener.local_addr().expect("proxy address").port();
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let expected = credentials.map(|c| format!("proxy-authorization: basic {}", base64(c)));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let (seen, expected) = (seen.clone(), expected.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().expect("clone"));
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(line.clone());
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let first = head[0].trim_end().to_string();
+                seen.lock().expect("requests").push(first.clone());
+                let mut client = client;
+                let allowed = expected.as_ref().is_none_or(|want| {
+                    head.iter().any(|h| h.trim_end().eq_ignore_ascii_case(want))
+                });
+                if !allowed {
+                    let _ = client.write_all(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n",
+                    );
+                    return;
+                }
+                let mut words = first.split(' ');
+                let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let authority = if method == "CONNECT" {
+                    target.to_string()
+                } else {
+                    let rest = target.split_once("://").map_or(target, |(_, r)| r);
+                    let authority = rest.split('/').next().unwrap_or(rest);
+                    if authority.contains(':') {
+                        authority.to_string()
+                    } else {
+                        format!("{authority}:80")
+                    }
+                };
+                let Ok(mut upstream) = TcpStream::connect(&authority) else {
+                    let _ =
+                        client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+                    return;
+                };
+                if method == "CONNECT" {
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                } else {
+                    let _ = upstream.write_all(head.concat().as_bytes());
+                }
+                // Whatever the reader holds beyond the head goes first.
+                let _ = upstream.write_all(reader.buffer());
+                let (mut up_read, mut client_write) = (
+                    upstream.try_clone().expect("clone"),
+                    client.try_clone().expect("clone"),
+                );
+                let back = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Both);
+                });
+                let _ = std::io::copy(&mut client, &mut upstream);
+                let _ = upstream.shutdown(std::net::Shutdown::Both);
+                let _ = back.join();
+            });
+        }
+    });
+    ForwardProxy { port, requests }
+}
+
+/// Standard base64 with padding (for the proxy's credentials).
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for group in text.as_bytes().chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let bits = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Makes QEMU `tls-creds-x509` directories under `dir` with `openssl`: a CA,

@@ -176,3 +176,81 @@ fn secrets_open_protected_images_as_qemu_img_does() {
     let both = node("file.cookie=a=b,file.cookie-secret=jar", &cookie);
     assert_ne!(same(both, &["info"]).status, 0);
 }
+
+#[test]
+fn proxies_from_the_environment_are_used_as_curl_uses_them() {
+    let fx = Fixture::new("http_proxy");
+    let server = served(&fx);
+    let url = format!("{}/r.raw", server.uri);
+    let proxy = servers::forward_proxy(Some("qimg:s3cret"));
+    let with = format!("http://qimg:s3cret@127.0.0.1:{}", proxy.port);
+    let without = format!("127.0.0.1:{}", proxy.port);
+    let seen = || proxy.requests.lock().unwrap().clone();
+    // Through the proxy, in absolute form, with its credentials.
+    let done = fx.qimg_env(
+        &["convert", "-O", "raw", &url, "copy.raw"],
+        &[("http_proxy", &with)],
+    );
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.same_raw("www/r.raw", "copy.raw");
+    assert!(
+        seen().contains(&format!("HEAD {url} HTTP/1.1")),
+        "{:?}",
+        seen()
+    );
+    let compare = qemu_has_curl(&fx, &url);
+    if compare {
+        fx.same_env(&["info", &url], &[("http_proxy", &with)]);
+        // A proxy that wants credentials, and one that is not there.
+        fx.same_env(&["info", &url], &[("http_proxy", &without)]);
+        fx.same_env(&["info", &url], &[("http_proxy", "127.0.0.1:9")]);
+    }
+    // no_proxy and upper-case HTTP_PROXY leave the proxy out, as in curl.
+    let before = seen().len();
+    for env in [
+        [
+            ("http_proxy", with.as_str()),
+            ("no_proxy", "localhost,127.0.0.1"),
+        ],
+        [("HTTP_PROXY", with.as_str()), ("no_proxy", "")],
+    ] {
+        let done = fx.qimg_env(&["info", &url], &env);
+        assert_eq!(done.status, 0, "{}", done.stderr);
+    }
+    assert_eq!(seen().len(), before, "{:?}", seen());
+}
+
+#[test]
+fn https_goes_through_a_proxy_tunnel() {
+    if !servers::have("openssl") {
+        return;
+    }
+    let fx = Fixture::new("https_proxy");
+    std::fs::create_dir_all(fx.path("www")).expect("www");
+    fx.oracle(&["create", "-q", "-f", "raw", "www/r.raw", "4M"]);
+    fx.qemu_io_cmds("raw", "www/r.raw", &["write -P 0x66 1M 64k"]);
+    let pki = fx.path("pki");
+    servers::tls_certificates(&pki);
+    let server = servers::nginx_with(
+        &fx.path("www"),
+        &fx.path("nginx"),
+        Some(&pki.join("server")),
+    );
+    let proxy = servers::forward_proxy(None);
+    let via = format!("http://127.0.0.1:{}", proxy.port);
+    let url = format!("{}/r.raw", server.uri);
+    let ca = pki.join("ca/ca-cert.pem");
+    let ca = ca.to_str().unwrap();
+    let done = fx.qimg_env(
+        &["convert", "-O", "raw", &url, "copy.raw"],
+        &[("https_proxy", &via), ("SSL_CERT_FILE", ca)],
+    );
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.same_raw("www/r.raw", "copy.raw");
+    let authority = server.uri.trim_start_matches("https://");
+    let requests = proxy.requests.lock().unwrap().clone();
+    assert!(
+        requests.contains(&format!("CONNECT {authority} HTTP/1.1")),
+        "{requests:?}"
+    );
+}

@@ -2,6 +2,7 @@
 //! operation is bounded by the current request's deadline.
 
 use crate::error::HttpError;
+use crate::proxy::{self, Proxy};
 use crate::request::{self, Extra};
 use crate::response::{self, Framing, Head, ResponseError};
 use crate::tls::{self, TlsError};
@@ -106,11 +107,14 @@ impl Write for Timed {
     }
 }
 
-/// One connection to a server.
+/// One connection to a server, or to the proxy in front of it.
 pub struct Conn {
     io: BufReader<Timed>,
     /// The URL it was opened for (its origin is what matters).
     origin: Url,
+    /// The proxy plain http requests go to (https ones go through its
+    /// tunnel, as to the server).
+    proxy: Option<Proxy>,
     /// How long a request may take, `None` for ever.
     timeout: Option<Duration>,
     /// When the current request started.
@@ -129,16 +133,26 @@ impl Conn {
         timeout: Option<Duration>,
     ) -> Result<Conn, HttpError> {
         let started = Instant::now();
-        let tcp = connect_tcp(url, timeout, started)?;
+        let proxy = proxy::for_url(url, |name| std::env::var(name).ok())?;
+        let tcp = match &proxy {
+            Some(proxy) => connect_tcp(&proxy.host, proxy.port, timeout, started)?,
+            None => connect_tcp(&url.host, url.port, timeout, started)?,
+        };
         let _ = tcp.set_nodelay(true);
         let deadline = timeout.map(|t| started + t);
         let stream = match (url.scheme, tls) {
             (Scheme::Http, _) => Stream::Plain(tcp),
-            (Scheme::Https, Some(config)) => handshake(url, config, tcp, deadline, started)?,
+            (Scheme::Https, Some(config)) => {
+                if let Some(proxy) = &proxy {
+                    tunnel(url, proxy, &tcp, deadline, started)?;
+                }
+                handshake(url, config, tcp, deadline, started)?
+            }
             (Scheme::Https, None) => {
                 return Err(TlsError::Setup("no TLS configuration".into()).into())
             }
         };
+        let proxy = proxy.filter(|_| url.scheme == Scheme::Http);
         let timed = Timed {
             stream,
             deadline,
@@ -147,6 +161,7 @@ impl Conn {
         Ok(Conn {
             io: BufReader::with_capacity(BUFFER, timed),
             origin: url.clone(),
+            proxy,
             timeout,
             started,
             reusable: true,
@@ -165,7 +180,7 @@ impl Conn {
 
     /// Sends `HEAD` for `url` and reads the response's head.
     pub fn head(&mut self, url: &Url, extra: &Extra) -> Result<Head, HttpError> {
-        let head = self.exchange(&request::head(url, extra), 0)?;
+        let head = self.exchange(&request::head(url, extra, self.proxy.as_ref()), 0)?;
         self.reusable = head.keep_alive();
         Ok(head)
     }
@@ -181,7 +196,8 @@ impl Conn {
         size: u64,
     ) -> Result<(), HttpError> {
         let last = offset + buf.len() as u64 - 1;
-        let head = self.exchange(&request::get_range(url, offset, last, extra), buf.len())?;
+        let request = request::get_range(url, offset, last, extra, self.proxy.as_ref());
+        let head = self.exchange(&request, buf.len())?;
         match head.status {
             206 => {
                 let range = head.content_range()?.ok_or_else(|| {
@@ -267,18 +283,20 @@ fn tls_error(e: &io::Error) -> Option<TlsError> {
         .map(TlsError::from)
 }
 
-/// Resolves `url`'s host and connects to the first address that answers.
+/// Resolves `host` and connects to the first of its addresses that
+/// answers on `port`.
 fn connect_tcp(
-    url: &Url,
+    host: &str,
+    port: u16,
     timeout: Option<Duration>,
     started: Instant,
 ) -> Result<TcpStream, HttpError> {
-    let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
+    let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|_| HttpError::Resolve(url.host.clone()))?
+        .map_err(|_| HttpError::Resolve(host.to_string()))?
         .collect();
     if addrs.is_empty() {
-        return Err(HttpError::Resolve(url.host.clone()));
+        return Err(HttpError::Resolve(host.to_string()));
     }
     let mut timed_out = false;
     for addr in &addrs {
@@ -303,8 +321,8 @@ fn connect_tcp(
         }
     }
     Err(HttpError::Connect {
-        host: url.host.clone(),
-        port: url.port,
+        host: host.to_string(),
+        port,
         ms: started.elapsed().as_millis(),
         reason: if timed_out {
             "Timeout was reached"
@@ -312,6 +330,42 @@ fn connect_tcp(
             "Couldn't connect to server"
         },
     })
+}
+
+/// Asks `proxy` (connected on `tcp`) for a tunnel to `url`'s server
+/// before `deadline`; a refusal is its status, as curl reports it.
+fn tunnel(
+    url: &Url,
+    proxy: &Proxy,
+    tcp: &TcpStream,
+    deadline: Option<Instant>,
+    started: Instant,
+) -> Result<(), HttpError> {
+    let mut timed = Timed {
+        stream: Stream::Plain(tcp.try_clone().map_err(HttpError::Send)?),
+        deadline,
+        received: 0,
+    };
+    let timeout = |e: &io::Error| e.kind() == io::ErrorKind::TimedOut;
+    timed
+        .write_all(&request::connect(url, proxy))
+        .map_err(|e| {
+            if timeout(&e) {
+                timeout_since(started)
+            } else {
+                HttpError::Send(e)
+            }
+        })?;
+    // Unbuffered beyond the response's head: what follows is the server's.
+    let mut reader = BufReader::with_capacity(1, timed);
+    let head = response::read_head(&mut reader).map_err(|e| match e {
+        ResponseError::Io(io) if timeout(&io) => timeout_since(started),
+        other => other.into(),
+    })?;
+    if !(200..300).contains(&head.status) {
+        return Err(HttpError::Status(head.status));
+    }
+    Ok(())
 }
 
 /// Does the TLS handshake over `tcp` before `deadline`.

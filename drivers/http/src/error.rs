@@ -2,6 +2,7 @@
 //! curl's messages), and their translation into [`DriverError`]s.
 
 use crate::options::OptionError;
+use crate::proxy::ProxyError;
 use crate::response::ResponseError;
 use crate::tls::TlsError;
 use crate::url::UrlError;
@@ -65,6 +66,9 @@ pub enum HttpError {
     /// The server answered a range request with other bytes than asked.
     #[error("{0}")]
     Range(String),
+    /// The environment names a proxy this driver cannot use.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
 }
 
 impl HttpError {

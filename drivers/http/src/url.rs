@@ -153,6 +153,16 @@ impl Url {
         }
     }
 
+    /// `host:port` (the host bracketed if IPv6), as `CONNECT` names a
+    /// server.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     /// True if `other` is on the same scheme, host and port.
     pub fn same_origin(&self, other: &Url) -> bool {
         self.scheme == other.scheme
