@@ -170,6 +170,12 @@ impl Fixture {
             .stdin(Stdio::null())
             .env("HOME", &self.dir)
             .env_remove("XDG_CONFIG_HOME")
+            // Proxies only where a test sets them (both tools honour them).
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("ALL_PROXY")
             .env("QIMG_PLUGINS", &self.plugins)
             .env("LC_ALL", "C");
         cmd

@@ -254,3 +254,41 @@ fn https_goes_through_a_proxy_tunnel() {
         "{requests:?}"
     );
 }
+
+#[test]
+fn proxy_login_options_log_in_where_the_proxy_url_does_not() {
+    let fx = Fixture::new("http_proxy_login");
+    let server = served(&fx);
+    let url = format!("{}/r.raw", server.uri);
+    if !qemu_has_curl(&fx, &url) {
+        return;
+    }
+    let proxy = servers::forward_proxy(Some("qimg:s3cret"));
+    let via = format!("http://127.0.0.1:{}", proxy.port);
+    // Credentials in the proxy's URL win over the options.
+    let wrong = format!("http://nobody:wrong@127.0.0.1:{}", proxy.port);
+    let node = |user: &str, secret: &str| {
+        format!(
+            r#"json:{{"driver": "http", "url": "{url}", "proxy-username": "{user}", "proxy-password-secret": "{secret}"}}"#
+        )
+    };
+    for (image, status, via) in [
+        (node("qimg", "pw"), 0, &via),
+        (node("qimg", "bad"), 1, &via),
+        (node("qimg", "missing"), 1, &via),
+        (node("qimg", "pw"), 1, &wrong),
+    ] {
+        let out = fx.same_env(
+            &[
+                "info",
+                "--object",
+                "secret,id=pw,data=s3cret",
+                "--object",
+                "secret,id=bad,data=nope",
+                &image,
+            ],
+            &[("http_proxy", via.as_str())],
+        );
+        assert_eq!(out.status, status, "{image}: {}", out.stderr);
+    }
+}

@@ -2,6 +2,7 @@
 //! operation is bounded by the current request's deadline.
 
 use crate::error::HttpError;
+use crate::options::ProxyLogin;
 use crate::proxy::{self, Proxy};
 use crate::request::{self, Extra};
 use crate::response::{self, Framing, Head, ResponseError};
@@ -125,15 +126,18 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects to `url`'s host and port, then does the TLS handshake for
-    /// https (`tls` must then be given), within `timeout`.
+    /// Connects to `url`'s host and port, or to the proxy the environment
+    /// names for it (logging in as `login` says), then does the TLS
+    /// handshake for https (`tls` must then be given), within `timeout`.
     pub fn connect(
         url: &Url,
         tls: Option<&Arc<ClientConfig>>,
         timeout: Option<Duration>,
+        login: &ProxyLogin,
     ) -> Result<Conn, HttpError> {
         let started = Instant::now();
-        let proxy = proxy::for_url(url, |name| std::env::var(name).ok())?;
+        let proxy = proxy::for_url(url, |name| std::env::var(name).ok())?
+            .map(|proxy| proxy.with_login(login));
         let tcp = match &proxy {
             Some(proxy) => connect_tcp(&proxy.host, proxy.port, timeout, started)?,
             None => connect_tcp(&url.host, url.port, timeout, started)?,

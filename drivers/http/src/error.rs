@@ -112,10 +112,7 @@ impl HttpError {
 /// The errors of bad options.
 impl From<OptionError> for DriverError {
     fn from(e: OptionError) -> Self {
-        match e {
-            OptionError::Unsupported { .. } => DriverError::unsupported(e.to_string()),
-            _ => DriverError::invalid_argument(e.to_string()),
-        }
+        DriverError::invalid_argument(e.to_string())
     }
 }
 

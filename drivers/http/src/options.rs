@@ -15,7 +15,7 @@ pub const DEFAULT_TIMEOUT: u64 = 5;
 const MAX_TIMEOUT: u64 = 10_000;
 
 /// Options this driver understands.
-const KNOWN: [&str; 8] = [
+const KNOWN: [&str; 10] = [
     "url",
     "readahead",
     "timeout",
@@ -24,9 +24,9 @@ const KNOWN: [&str; 8] = [
     "username",
     "password-secret",
     "cookie-secret",
+    "proxy-username",
+    "proxy-password-secret",
 ];
-/// QEMU's options that this driver refuses: proxies.
-const UNSUPPORTED: [&str; 2] = ["proxy-username", "proxy-password-secret"];
 /// Options that are part of a node's identity (QEMU's "strong" runtime
 /// options), besides `url` and a false `sslverify`.
 const STRONG: [&str; 6] = [
@@ -68,14 +68,6 @@ pub enum OptionError {
         /// The option.
         key: String,
     },
-    /// One of QEMU's options that qimg's driver does not implement.
-    #[error("{driver} driver option '{key}' is not supported by qimg (no proxies)")]
-    Unsupported {
-        /// The driver's name.
-        driver: String,
-        /// The option.
-        key: String,
-    },
 }
 
 /// The parsed options of one store.
@@ -95,13 +87,25 @@ pub struct Options {
     pub cookie: Option<String>,
     /// User name and password for Basic authentication.
     pub credentials: Option<(String, String)>,
+    /// The proxy's user name and password where the proxy's URL has none
+    /// (`proxy-username`, `proxy-password-secret`).
+    pub proxy_login: ProxyLogin,
+}
+
+/// A proxy user name and password given as options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyLogin {
+    /// `proxy-username`.
+    pub user: Option<String>,
+    /// The text of `proxy-password-secret`.
+    pub password: Option<String>,
 }
 
 impl Options {
     /// Parses `map` for the driver `driver` (`http` or `https`), with the
     /// texts of the secrets it names by id, checking in QEMU's order: value
     /// types, readahead, timeout, url, the cookie and password secrets, then
-    /// options this driver does not implement and ones it does not know.
+    /// options it does not know.
     pub fn parse(
         driver: &str,
         map: &Map<String, Value>,
@@ -154,14 +158,10 @@ impl Options {
             },
         };
         let password = secret("password-secret")?;
-        for key in map.keys() {
-            if UNSUPPORTED.contains(&key.as_str()) {
-                return Err(OptionError::Unsupported {
-                    driver: driver.into(),
-                    key: key.clone(),
-                });
-            }
-        }
+        let proxy_login = ProxyLogin {
+            user: map.get("proxy-username").map(text_of),
+            password: secret("proxy-password-secret")?,
+        };
         for key in map.keys() {
             if !KNOWN.contains(&key.as_str()) && key != "driver" {
                 return Err(OptionError::Unknown {
@@ -170,7 +170,11 @@ impl Options {
                 });
             }
         }
-        for (name, value) in [("cookie", &cookie), ("username", &username)] {
+        for (name, value) in [
+            ("cookie", &cookie),
+            ("username", &username),
+            ("proxy-username", &proxy_login.user),
+        ] {
             if value.as_deref().is_some_and(|v| v.contains(['\r', '\n'])) {
                 return Err(OptionError::Invalid(format!(
                     "Parameter '{name}' must not contain line breaks"
@@ -192,6 +196,7 @@ impl Options {
             sslverify,
             cookie,
             credentials,
+            proxy_login,
         })
     }
 }
@@ -494,11 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_proxies_and_header_injection() {
-        for key in UNSUPPORTED {
-            let error = parse(json!({ "url": URL, key: "s" })).unwrap_err();
-            assert!(error.contains("is not supported by qimg"), "{key}: {error}");
-        }
+    fn refuses_header_injection() {
         let error = parse(json!({ "url": URL, "cookie": "a=b\r\nX-Evil: 1" })).unwrap_err();
         assert_eq!(error, "Parameter 'cookie' must not contain line breaks");
     }

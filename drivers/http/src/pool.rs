@@ -4,6 +4,7 @@
 
 use crate::conn::Conn;
 use crate::error::HttpError;
+use crate::options::ProxyLogin;
 use crate::request::Extra;
 use crate::url::Url;
 use rustls::ClientConfig;
@@ -24,6 +25,8 @@ pub struct Target {
     pub tls: Option<Arc<ClientConfig>>,
     /// How long a request may take.
     pub timeout: Option<Duration>,
+    /// The proxy login the options give.
+    pub proxy_login: ProxyLogin,
 }
 
 /// Connections to one [`Target`]: idle ones, and how many exist.
@@ -111,7 +114,12 @@ impl Pool {
 
     fn connect(&self) -> Result<Conn, HttpError> {
         let target = &self.target;
-        Conn::connect(&target.url, target.tls.as_ref(), target.timeout)
+        Conn::connect(
+            &target.url,
+            target.tls.as_ref(),
+            target.timeout,
+            &target.proxy_login,
+        )
     }
 
     /// Reads `buf.len()` (non-zero) bytes at `offset` with one request,

@@ -3,8 +3,10 @@
 //! only) for http URLs, `https_proxy` or `HTTPS_PROXY` for https, else
 //! `all_proxy` or `ALL_PROXY`; none for hosts `no_proxy` (or `NO_PROXY`)
 //! names. Only http proxies are spoken: plain requests in absolute form,
-//! https through a `CONNECT` tunnel.
+//! https through a `CONNECT` tunnel. The `proxy-username` and
+//! `proxy-password-secret` options log in where the proxy URL does not.
 
+use crate::options::ProxyLogin;
 use crate::url::{percent_decode, Scheme, Url};
 use thiserror::Error;
 
@@ -28,6 +30,20 @@ pub struct Proxy {
     pub port: u16,
     /// User name and password for `Proxy-Authorization: Basic`.
     pub credentials: Option<(String, String)>,
+}
+
+impl Proxy {
+    /// The proxy with the user name and password of `login` if its URL
+    /// has none (curl lets the URL's win).
+    pub fn with_login(mut self, login: &ProxyLogin) -> Proxy {
+        if self.credentials.is_none() && (login.user.is_some() || login.password.is_some()) {
+            self.credentials = Some((
+                login.user.clone().unwrap_or_default(),
+                login.password.clone().unwrap_or_default(),
+            ));
+        }
+        self
+    }
 }
 
 /// The proxy for `url` given the environment variable lookup `env`.

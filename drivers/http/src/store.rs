@@ -42,7 +42,7 @@ impl HttpStore {
             let tls = tls_config(&url, options.sslverify)?;
             let mut current = match conn.take() {
                 Some(c) if c.serves(&url) => c,
-                _ => Conn::connect(&url, tls.as_ref(), options.timeout)?,
+                _ => Conn::connect(&url, tls.as_ref(), options.timeout, &options.proxy_login)?,
             };
             let extra = extra_for(options, &url);
             let head = current.head(&url, &extra)?;
@@ -68,6 +68,7 @@ impl HttpStore {
                 extra,
                 tls,
                 timeout: options.timeout,
+                proxy_login: options.proxy_login.clone(),
             };
             return Ok(HttpStore {
                 name: options.url_text.clone(),

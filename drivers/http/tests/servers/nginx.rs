@@ -245,7 +245,7 @@ fn https_verifies_a_trusted_chain() {
     let config = tls::with_roots(roots).unwrap();
     let timeout = Some(Duration::from_secs(5));
     let good = Url::parse(&format!("https://127.0.0.1:{}/data.bin", nginx.ca_port)).unwrap();
-    let mut conn = Conn::connect(&good, Some(&config), timeout).unwrap();
+    let mut conn = Conn::connect(&good, Some(&config), timeout, &Default::default()).unwrap();
     let head = conn.head(&good, &Extra::default()).unwrap();
     assert_eq!(head.status, 200);
     assert_eq!(head.content_length().unwrap(), Some(DATA_SIZE as u64));
@@ -255,12 +255,14 @@ fn https_verifies_a_trusted_chain() {
     assert!(buf == pattern(DATA_SIZE, 1)[10..1010]);
     // Through "localhost" too, which the certificate names.
     let named = Url::parse(&format!("https://localhost:{}/data.bin", nginx.ca_port)).unwrap();
-    if let Ok(mut conn) = Conn::connect(&named, Some(&config), timeout) {
+    if let Ok(mut conn) = Conn::connect(&named, Some(&config), timeout, &Default::default()) {
         assert_eq!(conn.head(&named, &Extra::default()).unwrap().status, 200);
     }
     // The self-signed server is not in these roots.
     let other = Url::parse(&format!("https://127.0.0.1:{}/data.bin", nginx.tls_port)).unwrap();
-    let error = Conn::connect(&other, Some(&config), timeout).err().unwrap();
+    let error = Conn::connect(&other, Some(&config), timeout, &Default::default())
+        .err()
+        .unwrap();
     assert!(
         error
             .to_string()
