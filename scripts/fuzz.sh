@@ -7,8 +7,8 @@
 # TARGETs are the fuzz/ crate's targets: qcow2, vmdk, vdi, vpc, vhdx, qed,
 # parallels, raw, luks, descriptors (vmdk), texts (manifests, json: and
 # --image-opts names, command lines), and the vendor drivers' dmg, bochs,
-# cloop, qcow, and nbd (the NBD client against a hostile server), all by
-# default. --time is the run time of each target in seconds (default 60).
+# cloop, qcow, nbd (the NBD client against a hostile server) and http (the
+# HTTP client's response parser), all by default. --time is the run time of each target in seconds (default 60).
 #
 # Installs cargo-fuzz if it is missing, builds with the installed nightly
 # toolchain, and fills each empty corpus fuzz/corpus/TARGET/ with small seed
@@ -26,7 +26,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors texts dmg bochs cloop qcow nbd)
+all_targets=(qcow2 vmdk vdi vpc vhdx qed parallels raw luks descriptors texts dmg bochs cloop qcow nbd http)
 time_per_target=60
 targets=()
 
@@ -364,6 +364,29 @@ out += chunk(2, 5, struct.pack(">III", 1, 65536, 0) + struct.pack(">II", size - 
 for cookie in (3, 4, 5):
     out += chunk(cookie, 0)
 open(sys.argv[1], "wb").write(out)
+PY
+}
+# What an HTTP server sends on one connection: the answer to HEAD, then
+# to range requests, with a length, chunked, and until the server closes.
+seed_http() {
+    python3 - "$1" <<'PY'
+import sys
+head = (b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\nAccept-Ranges: bytes\r\n"
+        b"Connection: keep-alive\r\n\r\n")
+def part(first, body, framing):
+    last = first + 4095
+    h = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/1048576\r\n" % (first, last)
+    if framing == "length":
+        return h + b"Content-Length: 4096\r\n\r\n" + body
+    if framing == "chunked":
+        return (h + b"Transfer-Encoding: chunked\r\n\r\n" + b"800\r\n" + body[:2048]
+                + b"\r\n800;x=y\r\n" + body[2048:] + b"\r\n0\r\nTrailer: z\r\n\r\n")
+    return h + b"Connection: close\r\n\r\n" + body
+body = bytes(range(256)) * 16
+for name, framings in [("lengths", ["length"] * 4), ("chunked", ["chunked", "length"] * 2),
+                       ("close", ["length", "length", "length", "close"])]:
+    out = head + b"".join(part(i * 4096, body, f) for i, f in enumerate(framings))
+    open(sys.argv[1] + "/" + name, "wb").write(out)
 PY
 }
 seed_bochs() { seed_sample "$1" empty.bochs; }
