@@ -499,6 +499,8 @@ impl Link {
                     let _ = self.tx.send_all(&[&out]);
                     return Err(failed(e));
                 }
+            } else {
+                return Err(NbdError::Protocol("the TLS handshake stalled".into()));
             }
         }
         // A request is sealed whole, then sent (`Session::seal`).

@@ -94,4 +94,24 @@ mod tests {
         let secrets = named_secrets(options);
         assert_eq!(secrets, serde_json::json!({"remote-test-pw": "hunter2"}));
     }
+
+    #[test]
+    fn tls_credentials_go_to_the_driver_that_names_them() {
+        let creds = tls::X509Creds {
+            endpoint: "client".into(),
+            verify_peer: true,
+            ca_cert: "CA".into(),
+            own: None,
+        };
+        tls::register("remote-test-tls", creds.clone());
+        let options = r#"{"host": "h", "tls-creds": "remote-test-tls"}"#;
+        assert_eq!(
+            named_secrets(options),
+            serde_json::json!({"remote-test-tls": creds.to_json()})
+        );
+        assert_eq!(
+            named_secrets(r#"{"host": "h", "tls-creds": "remote-test-none"}"#),
+            serde_json::json!({})
+        );
+    }
 }
