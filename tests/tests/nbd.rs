@@ -387,3 +387,42 @@ fn tls_exports_read_and_write_as_in_qemu_img() {
     }
     drop(unix);
 }
+
+#[test]
+fn open_timeout_waits_for_a_server_that_starts_late() {
+    if !servers::have("qemu-nbd") {
+        return;
+    }
+    let fx = Fixture::new("nbd_open_timeout");
+    patterned_raw(&fx, "a.raw");
+    let socket = fx.path("late.sock");
+    let node = |timeout: u32| {
+        format!(
+            "driver=nbd,server.type=unix,server.path={},export=exp,open-timeout={timeout}",
+            socket.display()
+        )
+    };
+    // Nobody listens: both tools try for a second, then fail alike.
+    let start = Instant::now();
+    let out = fx.same(&["info", "--image-opts", &node(1)]);
+    assert_eq!(out.status, 1);
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // The server comes up a second after qimg starts trying.
+    let (file, sock) = (fx.path("a.raw"), socket.clone());
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        servers::qemu_nbd_unix(&file, "raw", "exp", &sock, &["-r"])
+    });
+    let done = fx.qimg(&["info", "--image-opts", &node(10)]);
+    let _server = late.join().unwrap();
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    assert!(
+        done.stdout.contains("virtual size: 64 MiB"),
+        "{}",
+        done.stdout
+    );
+}

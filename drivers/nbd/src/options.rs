@@ -49,6 +49,8 @@ pub struct Options {
     pub tls_creds: Option<String>,
     /// The name the server's certificate must carry, if not the host's.
     pub tls_hostname: Option<String>,
+    /// Seconds to keep trying to connect at open (0: once).
+    pub open_timeout: u32,
 }
 
 /// Top-level keys QEMU's nbd driver takes that this driver accepts.
@@ -91,11 +93,14 @@ impl Options {
                 "Block protocol 'nbd' doesn't support the option '{key}'"
             )));
         }
-        for key in ["reconnect-delay", "open-timeout"] {
-            if let Some(value) = map.get(key) {
-                check_number(key, value)?;
-            }
+        if let Some(value) = map.get("reconnect-delay") {
+            number("reconnect-delay", value)?;
         }
+        let open_timeout = match map.get("open-timeout") {
+            // An unsigned 32-bit option in qemu: -1 is its largest value.
+            Some(value) => number("open-timeout", value)? as u32,
+            None => 0,
+        };
         let flat = ["path", "host", "port"]
             .iter()
             .any(|k| map.contains_key(*k));
@@ -115,6 +120,7 @@ impl Options {
             export: get("export")?,
             tls_creds: get("tls-creds")?,
             tls_hostname: get("tls-hostname")?,
+            open_timeout,
         })
     }
 
@@ -140,21 +146,18 @@ fn text(key: &str, value: &Value) -> Result<String> {
     }
 }
 
-/// `reconnect-delay` and `open-timeout`: integers, otherwise ignored (this
-/// driver neither reconnects nor retries).
-fn check_number(key: &str, value: &Value) -> Result<()> {
-    let ok = match value {
-        Value::Number(n) => n.is_i64() || n.is_u64(),
-        Value::String(s) => s.parse::<i64>().is_ok() || s.parse::<u64>().is_ok(),
-        _ => false,
+/// `reconnect-delay` (checked, otherwise ignored: this driver does not
+/// reconnect) and `open-timeout`: integers.
+fn number(key: &str, value: &Value) -> Result<i64> {
+    let parsed = match value {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_u64().map(|u| u as i64)),
+        Value::String(s) => s
+            .parse::<i64>()
+            .ok()
+            .or_else(|| s.parse::<u64>().ok().map(|u| u as i64)),
+        _ => None,
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(NbdError::InvalidArgument(format!(
-            "Parameter '{key}' expects a number"
-        )))
-    }
+    parsed.ok_or_else(|| NbdError::InvalidArgument(format!("Parameter '{key}' expects a number")))
 }
 
 /// The legacy keys: `path`, or `host` with an optional `port`.
@@ -327,6 +330,13 @@ mod tests {
         );
         // qemu takes -1 here.
         assert!(parse(json!({"host": "h", "reconnect-delay": "-1"})).is_ok());
+        let timeout = |v: Value| {
+            parse(json!({"host": "h", "open-timeout": v}))
+                .unwrap()
+                .open_timeout
+        };
+        assert_eq!(timeout(json!("7")), 7);
+        assert_eq!(timeout(json!(-1)), u32::MAX);
     }
 
     #[test]

@@ -17,13 +17,15 @@ use crate::wire::{cmd_flags, tx_flags};
 use qimg_driver_api::{proto_open, DriverError, Prealloc, StoreImpl, StoreRun};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Silence from the server longer than this fails the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Silence from the server longer than this fails a request (and the
 /// connection), so a vanished server cannot hang a copy.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// Time between two attempts to connect within `open-timeout`.
+const OPEN_RETRY: Duration = Duration::from_secs(1);
 /// Zeros written per request where the server cannot write zeroes itself.
 const ZERO_BUFFER: u64 = 1 << 20;
 /// Bytes asked about per block status request (a multiple of every
@@ -62,12 +64,28 @@ fn connect(server: &Server, export: &str, tls: Option<&Tls>) -> Result<Conn> {
     Ok(Conn::new(link, negotiated))
 }
 
+/// Connects as [`connect`] does, trying again every second while the
+/// server is not listening, for up to `open-timeout` seconds (qemu's
+/// retries).
+fn connect_within(options: &Options, export: &str, tls: Option<&Tls>) -> Result<Conn> {
+    let deadline = Instant::now() + Duration::from_secs(u64::from(options.open_timeout));
+    loop {
+        match connect(&options.server, export, tls) {
+            Err(NbdError::Connect { .. }) if Instant::now() < deadline => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                std::thread::sleep(left.min(OPEN_RETRY));
+            }
+            done => return done,
+        }
+    }
+}
+
 impl NbdStore {
     /// Connects to the export `options` name, in TLS if `tls`; `flags`
     /// are [`proto_open`] bits.
     pub fn open(options: &Options, flags: u32, tls: Option<Tls>) -> Result<NbdStore> {
         let export_name = options.export.clone().unwrap_or_default();
-        let first = connect(&options.server, &export_name, tls.as_ref())?;
+        let first = connect_within(options, &export_name, tls.as_ref())?;
         let export = *first.export();
         if flags & proto_open::WRITE != 0 && export.has(tx_flags::READ_ONLY) {
             first.disconnect();
