@@ -426,3 +426,43 @@ fn open_timeout_waits_for_a_server_that_starts_late() {
         done.stdout
     );
 }
+
+#[test]
+fn reconnect_delay_carries_a_copy_over_a_server_restart() {
+    if !servers::have("nbdkit") {
+        return;
+    }
+    let fx = Fixture::new("nbd_reconnect");
+    let socket = fx.path("kit.sock");
+    // Every read waits 50 ms, and this server answers one at a time: a
+    // 64 MiB copy takes over a second.
+    let args = ["--filter=delay", "pattern", "64M", "rdelay=50ms"];
+    let mut server = servers::nbdkit_unix(&socket, &args);
+    let node = format!(
+        "driver=nbd,server.type=unix,server.path={},reconnect-delay=20",
+        socket.display()
+    );
+    let mut child = fx.spawn_qimg(&["convert", "--image-opts", &node, "-O", "raw", "out.raw"]);
+    std::thread::sleep(Duration::from_millis(400));
+    server.kill();
+    let _ = std::fs::remove_file(&socket);
+    std::thread::sleep(Duration::from_millis(500));
+    let _restarted = servers::nbdkit_unix(&socket, &args);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "convert hangs");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the copy did not survive the restart");
+    // nbdkit's pattern: every 8 bytes hold their own offset, big-endian.
+    let out = std::fs::read(fx.path("out.raw")).expect("read the copy");
+    assert_eq!(out.len(), 64 << 20);
+    let wrong = out
+        .chunks(8)
+        .enumerate()
+        .position(|(i, word)| word != ((i as u64) * 8).to_be_bytes());
+    assert_eq!(wrong, None, "the copy differs from the pattern");
+}

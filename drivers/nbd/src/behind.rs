@@ -13,6 +13,7 @@
 //! (Linux's `fsync` does), so the error must not be lost to the next
 //! flush succeeding.
 
+use crate::error::NbdError;
 use crate::pool::Flusher;
 use qimg_driver_api::DriverError;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +75,9 @@ impl Shared {
             let result = flusher.flush_one();
             state = self.lock();
             state.flushing = false;
-            if let Err(error) = result {
+            // The server's own failure is kept; a broken connection fails
+            // the requests that follow (or is reconnected) by itself.
+            if let Err(error @ NbdError::Server { .. }) = result {
                 state.failed.get_or_insert(error.into());
             }
             self.changed.notify_all();

@@ -51,6 +51,9 @@ pub struct Options {
     pub tls_hostname: Option<String>,
     /// Seconds to keep trying to connect at open (0: once).
     pub open_timeout: u32,
+    /// Seconds for which requests wait for a broken connection to be
+    /// replaced, then run again (0: they fail at once).
+    pub reconnect_delay: u32,
 }
 
 /// Top-level keys QEMU's nbd driver takes that this driver accepts.
@@ -93,14 +96,15 @@ impl Options {
                 "Block protocol 'nbd' doesn't support the option '{key}'"
             )));
         }
-        if let Some(value) = map.get("reconnect-delay") {
-            number("reconnect-delay", value)?;
-        }
-        let open_timeout = match map.get("open-timeout") {
-            // An unsigned 32-bit option in qemu: -1 is its largest value.
-            Some(value) => number("open-timeout", value)? as u32,
-            None => 0,
+        // Unsigned 32-bit options in qemu: -1 is their largest value.
+        let seconds = |key: &str| -> Result<u32> {
+            Ok(match map.get(key) {
+                Some(value) => number(key, value)? as u32,
+                None => 0,
+            })
         };
+        let reconnect_delay = seconds("reconnect-delay")?;
+        let open_timeout = seconds("open-timeout")?;
         let flat = ["path", "host", "port"]
             .iter()
             .any(|k| map.contains_key(*k));
@@ -121,6 +125,7 @@ impl Options {
             tls_creds: get("tls-creds")?,
             tls_hostname: get("tls-hostname")?,
             open_timeout,
+            reconnect_delay,
         })
     }
 
@@ -146,8 +151,7 @@ fn text(key: &str, value: &Value) -> Result<String> {
     }
 }
 
-/// `reconnect-delay` (checked, otherwise ignored: this driver does not
-/// reconnect) and `open-timeout`: integers.
+/// `reconnect-delay` and `open-timeout`: integers.
 fn number(key: &str, value: &Value) -> Result<i64> {
     let parsed = match value {
         Value::Number(n) => n.as_i64().or_else(|| n.as_u64().map(|u| u as i64)),

@@ -11,8 +11,9 @@
 //! or sees the export differently, stops the growing.
 //!
 //! A broken connection is dropped and not replaced: the requests that saw
-//! the failure reported it, and the store does not silently reconnect
-//! behind them. Once none is left, every request fails.
+//! the failure reported it. Once none is left, every request fails, unless
+//! the node asks for `reconnect-delay`: then the store replaces the lost
+//! connections ([`Pool::reconnect`]) and runs the failed requests again.
 
 use crate::conn::Conn;
 use crate::error::{NbdError, Result};
@@ -20,9 +21,12 @@ use crate::handshake::Export;
 use crate::wire::tx_flags;
 use std::ops::Deref;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Most connections one store opens to a multi-conn server.
 pub const MAX_CONNECTIONS: usize = 4;
+/// Time between two attempts to replace broken connections.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Opens one more connection to the same export.
 pub type Connector = Box<dyn Fn() -> Result<Conn> + Send + Sync>;
@@ -77,6 +81,8 @@ struct State {
     /// Set when the pool is dropped: a connection that finishes opening
     /// afterwards is closed at once.
     closed: bool,
+    /// A thread is replacing the broken connections ([`Pool::reconnect`]).
+    reconnecting: bool,
 }
 
 struct Entry {
@@ -196,6 +202,7 @@ impl Pool {
                     opening: 0,
                     growable: true,
                     closed: false,
+                    reconnecting: false,
                 }),
                 changed: Condvar::new(),
                 connector,
@@ -259,6 +266,58 @@ impl Pool {
     /// A handle that flushes this pool from another thread.
     pub fn flusher(&self) -> Flusher {
         Flusher(Arc::clone(&self.shared))
+    }
+
+    /// Once every connection broke: opens a new one, trying once a second
+    /// until `deadline`, unless another thread does it meanwhile
+    /// (`reconnect-delay`). Fails with the last attempt's error.
+    pub fn reconnect(&self, deadline: Instant) -> Result<()> {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        loop {
+            state.prune();
+            if !state.conns.is_empty() {
+                return Ok(());
+            }
+            if state.closed {
+                return Err(NbdError::Closed);
+            }
+            if !state.reconnecting {
+                break;
+            }
+            state = shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.reconnecting = true;
+        drop(state);
+        let opened = loop {
+            match (shared.connector)() {
+                Ok(conn) if shared.agrees(conn.export()) => break Ok(conn),
+                Ok(_) => {
+                    break Err(NbdError::Protocol(
+                        "a new connection saw the export differently".into(),
+                    ))
+                }
+                Err(_) if Instant::now() < deadline => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    std::thread::sleep(left.min(RECONNECT_INTERVAL));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let mut state = shared.lock();
+        state.reconnecting = false;
+        let result = opened.map(|conn| {
+            state.conns.push(Entry {
+                conn: Arc::new(conn),
+                users: 0,
+            })
+        });
+        drop(state);
+        shared.changed.notify_all();
+        result
     }
 
     /// Connections open now (broken ones that still have users included).

@@ -46,6 +46,8 @@ pub struct NbdStore {
     /// Bumped after every change, so a status reply that raced a write is
     /// not cached.
     changes: AtomicU64,
+    /// How long requests wait for a broken connection to be replaced.
+    reconnect_delay: Duration,
     /// Held across each read-modify-write of a partial block, so that two
     /// unaligned writes into one block cannot lose each other's bytes.
     /// Taken after a connection, never before one.
@@ -103,6 +105,7 @@ impl NbdStore {
             pool,
             extents: Mutex::new(None),
             changes: AtomicU64::new(0),
+            reconnect_delay: Duration::from_secs(u64::from(options.reconnect_delay)),
             partial: Mutex::new(()),
         })
     }
@@ -217,6 +220,26 @@ impl NbdStore {
         Ok(())
     }
 
+    /// Runs `op`; if it failed because the connection broke and the node
+    /// has a `reconnect-delay`, runs it again on a new connection, for as
+    /// long as the delay lasts from the first failure (qemu's reconnect:
+    /// requests wait for the server to come back).
+    fn again<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+        let mut deadline = None;
+        loop {
+            match op() {
+                Err(e) if e.breaks_connection() && !self.reconnect_delay.is_zero() => {
+                    let deadline =
+                        *deadline.get_or_insert_with(|| Instant::now() + self.reconnect_delay);
+                    if Instant::now() >= deadline || self.pool.reconnect(deadline).is_err() {
+                        return Err(e);
+                    }
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Forgets cached allocation after a change.
     fn changed(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
@@ -250,7 +273,7 @@ impl NbdStore {
         let span = STATUS_SPAN.min(size - start);
         let before = self.changes.load(Ordering::SeqCst);
         // `span` is at most STATUS_SPAN, which fits in u32.
-        let extents = self.pool.get()?.block_status(start, span as u32)?;
+        let extents = self.again(|| self.pool.get()?.block_status(start, span as u32))?;
         let cache = ExtentCache::from_reply(start, &extents, size);
         let run = cache.run_at(offset, max);
         if self.changes.load(Ordering::SeqCst) == before {
@@ -272,7 +295,7 @@ impl StoreImpl for NbdStore {
             return Ok(0);
         }
         let n = (buf.len() as u64).min(size - offset) as usize;
-        self.read_exact(offset, &mut buf[..n])?;
+        self.again(|| self.read_exact(offset, &mut buf[..n]))?;
         Ok(n)
     }
 
@@ -281,7 +304,7 @@ impl StoreImpl for NbdStore {
         if buf.is_empty() {
             return Ok(());
         }
-        let result = self.write_all(offset, buf);
+        let result = self.again(|| self.write_all(offset, buf));
         self.changed();
         result?;
         self.behind.wrote(buf.len() as u64);
@@ -311,7 +334,7 @@ impl StoreImpl for NbdStore {
         self.behind.settle()?;
         // Each connection that has written flushes once the writes issued
         // on it before have had their replies.
-        self.pool.flush()?;
+        self.again(|| self.pool.flush())?;
         Ok(())
     }
 
@@ -320,7 +343,7 @@ impl StoreImpl for NbdStore {
         if len == 0 {
             return Ok(());
         }
-        let result = self.zero_range(offset, len, punch);
+        let result = self.again(|| self.zero_range(offset, len, punch));
         self.changed();
         Ok(result?)
     }
