@@ -37,6 +37,18 @@ fn patterned_qcow2(fx: &Fixture, name: &str) {
     );
 }
 
+/// Waits for `child` to exit; a minute without is a hang.
+fn exit_within_a_minute(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "qimg hangs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn unix_server(fx: &Fixture, file: &str, format: &str, args: &[&str]) -> Server {
     servers::qemu_nbd_unix(&fx.path(file), format, "exp", &fx.path("nbd.sock"), args)
 }
@@ -189,17 +201,7 @@ fn a_server_killed_mid_copy_fails_the_convert() {
     let mut child = fx.spawn_qimg(&["convert", "-O", "qcow2", &server.uri, "out.qcow2"]);
     std::thread::sleep(Duration::from_millis(500));
     server.kill();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "convert hangs after its server died"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within_a_minute(&mut child);
     assert!(!status.success(), "convert succeeded without its server");
     assert!(
         !fx.path("out.qcow2").exists(),
@@ -448,14 +450,7 @@ fn reconnect_delay_carries_a_copy_over_a_server_restart() {
     let _ = std::fs::remove_file(&socket);
     std::thread::sleep(Duration::from_millis(500));
     let _restarted = servers::nbdkit_unix(&socket, &args);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "convert hangs");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within_a_minute(&mut child);
     assert!(status.success(), "the copy did not survive the restart");
     // nbdkit's pattern: every 8 bytes hold their own offset, big-endian.
     let out = std::fs::read(fx.path("out.raw")).expect("read the copy");
