@@ -204,6 +204,14 @@ fn proxies_from_the_environment_are_used_as_curl_uses_them() {
         // A proxy that wants credentials, and one that is not there.
         fx.same_env(&["info", &url], &[("http_proxy", &without)]);
         fx.same_env(&["info", &url], &[("http_proxy", "127.0.0.1:9")]);
+        // no_proxy's networks and entries that do not match, as curl
+        // reads them (with no proxy listening, the proxy shows).
+        for list in ["127.0.0.0/8", "10.0.0.0/8", "127.0.0.1:1", "*.0.0.1", "*"] {
+            fx.same_env(
+                &["info", &url],
+                &[("http_proxy", "127.0.0.1:9"), ("no_proxy", list)],
+            );
+        }
     }
     // no_proxy and upper-case HTTP_PROXY leave the proxy out, as in curl.
     let before = seen().len();

@@ -8,6 +8,7 @@
 
 use crate::options::ProxyLogin;
 use crate::url::{percent_decode, Scheme, Url};
+use std::net::IpAddr;
 use thiserror::Error;
 
 /// curl's port for a proxy URL without one.
@@ -110,12 +111,16 @@ fn parse(text: &str) -> Result<Proxy, ProxyError> {
     })
 }
 
-/// True if the `no_proxy` list exempts `host`: `*`, the host itself, or a
+/// True if the `no_proxy` list exempts `host`: `*`, the host itself, a
 /// domain it is in (`example.com` and `.example.com` both exempt
-/// `www.example.com`), compared without case.
+/// `www.example.com`), compared without case, or for an address, a
+/// network it is in (`10.0.0.0/8`).
 fn exempts(list: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     list.split(',').map(str::trim).any(|entry| {
+        if let Some((network, bits)) = entry.split_once('/') {
+            return in_network(&host, network, bits);
+        }
         let entry = entry.trim_start_matches('.').trim_end_matches('.');
         let entry = entry
             .strip_prefix('[')
@@ -129,6 +134,28 @@ fn exempts(list: &str, host: &str) -> bool {
                     .strip_suffix(entry.as_str())
                     .is_some_and(|head| head.ends_with('.')))
     })
+}
+
+/// True if the address `host` is in `network`/`bits` (both of one family).
+fn in_network(host: &str, network: &str, bits: &str) -> bool {
+    let network = network.trim_start_matches('[').trim_end_matches(']');
+    let (Ok(host), Ok(network), Ok(bits)) = (
+        host.parse::<IpAddr>(),
+        network.parse::<IpAddr>(),
+        bits.parse::<u32>(),
+    ) else {
+        return false;
+    };
+    let (host, network, width) = match (host, network) {
+        (IpAddr::V4(h), IpAddr::V4(n)) => (u128::from(u32::from(h)), u128::from(u32::from(n)), 32),
+        (IpAddr::V6(h), IpAddr::V6(n)) => (u128::from(h), u128::from(n), 128),
+        _ => return false,
+    };
+    if bits > width {
+        return false;
+    }
+    let shift = width - bits;
+    bits == 0 || host >> shift == network >> shift
 }
 
 #[cfg(test)]
@@ -195,6 +222,11 @@ mod tests {
             ("example.com", "badexample.com", false),
             ("a, 127.0.0.1 ,b", "127.0.0.1", true),
             ("[::1]", "::1", true),
+            ("127.0.0.0/8", "127.0.0.1", true),
+            ("10.0.0.0/8", "127.0.0.1", false),
+            ("::/0", "::1", true),
+            ("127.0.0.1:7", "127.0.0.1", false),
+            ("*.example.com", "a.example.com", false),
             ("", "h", false),
         ] {
             let found = for_url(&url(&format!("http://{}/", bracket(host))), vars(list));
