@@ -25,8 +25,27 @@ use std::time::{Duration, Instant};
 
 /// Most connections one store opens to a multi-conn server.
 pub const MAX_CONNECTIONS: usize = 4;
-/// Time between two attempts to replace broken connections.
-const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
+/// Time between two attempts to connect, as qemu waits between them.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs `attempt` until it succeeds, fails in a way `retry` does not
+/// accept, or `deadline` passes, waiting [`RETRY_INTERVAL`] between tries
+/// (`open-timeout`, `reconnect-delay`); returns the last outcome.
+pub fn retry_until<T>(
+    deadline: Instant,
+    retry: impl Fn(&NbdError) -> bool,
+    mut attempt: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    loop {
+        match attempt() {
+            Err(e) if retry(&e) && Instant::now() < deadline => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                std::thread::sleep(left.min(RETRY_INTERVAL));
+            }
+            done => return done,
+        }
+    }
+}
 
 /// Opens one more connection to the same export.
 pub type Connector = Box<dyn Fn() -> Result<Conn> + Send + Sync>;
@@ -292,21 +311,15 @@ impl Pool {
         }
         state.reconnecting = true;
         drop(state);
-        let opened = loop {
-            match (shared.connector)() {
-                Ok(conn) if shared.agrees(conn.export()) => break Ok(conn),
-                Ok(_) => {
-                    break Err(NbdError::Protocol(
-                        "a new connection saw the export differently".into(),
-                    ))
-                }
-                Err(_) if Instant::now() < deadline => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    std::thread::sleep(left.min(RECONNECT_INTERVAL));
-                }
-                Err(e) => break Err(e),
+        let opened = retry_until(deadline, |_| true, || (shared.connector)()).and_then(|conn| {
+            if shared.agrees(conn.export()) {
+                Ok(conn)
+            } else {
+                Err(NbdError::Protocol(
+                    "a new connection saw the export differently".into(),
+                ))
             }
-        };
+        });
         let mut state = shared.lock();
         state.reconnecting = false;
         let result = opened.map(|conn| {

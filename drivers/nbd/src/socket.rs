@@ -380,12 +380,17 @@ impl Session {
         for part in parts {
             conn.writer().write_all(part)?;
         }
-        let mut out = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut out)?;
-        }
-        Ok(out)
+        pending_records(&mut conn)
     }
+}
+
+/// The TLS records `conn` has ready to send.
+fn pending_records(conn: &mut ClientConnection) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out)?;
+    }
+    Ok(out)
 }
 
 /// Reads plaintext from a TLS session: records are read from the socket
@@ -483,10 +488,7 @@ impl Link {
         let mut conn = ClientConnection::new(tls.config.clone(), name).map_err(failed)?;
         while conn.is_handshaking() {
             if conn.wants_write() {
-                let mut out = Vec::new();
-                while conn.wants_write() {
-                    conn.write_tls(&mut out).map_err(NbdError::Transport)?;
-                }
+                let out = pending_records(&mut conn).map_err(NbdError::Transport)?;
                 self.tx.send_all(&[&out]).map_err(NbdError::Transport)?;
             } else if conn.wants_read() {
                 if conn.read_tls(&mut socket).map_err(NbdError::Transport)? == 0 {
@@ -494,9 +496,9 @@ impl Link {
                 }
                 if let Err(e) = conn.process_new_packets() {
                     // Tell the server why (an alert), as far as it listens.
-                    let mut out = Vec::new();
-                    while conn.wants_write() && conn.write_tls(&mut out).is_ok() {}
-                    let _ = self.tx.send_all(&[&out]);
+                    if let Ok(out) = pending_records(&mut conn) {
+                        let _ = self.tx.send_all(&[&out]);
+                    }
                     return Err(failed(e));
                 }
             } else {

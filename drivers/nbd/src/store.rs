@@ -9,7 +9,7 @@ use crate::error::{NbdError, Result};
 use crate::extents::ExtentCache;
 use crate::handshake::{self, Export};
 use crate::options::{Options, Server};
-use crate::pool::Pool;
+use crate::pool::{retry_until, Pool};
 use crate::socket::{Link, Stream};
 use crate::split::{pieces, Limits};
 use crate::tls::Tls;
@@ -24,8 +24,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Silence from the server longer than this fails a request (and the
 /// connection), so a vanished server cannot hang a copy.
 const IO_TIMEOUT: Duration = Duration::from_secs(120);
-/// Time between two attempts to connect within `open-timeout`.
-const OPEN_RETRY: Duration = Duration::from_secs(1);
 /// Zeros written per request where the server cannot write zeroes itself.
 const ZERO_BUFFER: u64 = 1 << 20;
 /// Bytes asked about per block status request (a multiple of every
@@ -71,15 +69,11 @@ fn connect(server: &Server, export: &str, tls: Option<&Tls>) -> Result<Conn> {
 /// retries).
 fn connect_within(options: &Options, export: &str, tls: Option<&Tls>) -> Result<Conn> {
     let deadline = Instant::now() + Duration::from_secs(u64::from(options.open_timeout));
-    loop {
-        match connect(&options.server, export, tls) {
-            Err(NbdError::Connect { .. }) if Instant::now() < deadline => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                std::thread::sleep(left.min(OPEN_RETRY));
-            }
-            done => return done,
-        }
-    }
+    retry_until(
+        deadline,
+        |e| matches!(e, NbdError::Connect { .. }),
+        || connect(&options.server, export, tls),
+    )
 }
 
 impl NbdStore {
