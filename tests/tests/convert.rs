@@ -329,3 +329,34 @@ fn unreadable_source_areas_as_qemu_img_reports_them() {
         assert_eq!(out.stderr.is_empty(), quiet, "{}", out.stderr);
     }
 }
+
+/// A compressed copy into an existing image (`-n -c`) writes zeroes where
+/// the source reads as zeros, as qemu-img does: the target's old data
+/// there must not survive. The raw source's first block is data that reads
+/// as zeros, so it lands in a compressed span as an all-zero cluster.
+#[test]
+fn compressed_copy_into_existing_target_zeroes_old_data() {
+    let fx = Fixture::new("compressed_n");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.qemu_io_cmds("raw", "src.raw", &["write -P 0x55 2M 64k"]);
+    for format in ["qcow2", "vmdk"] {
+        for (tool, name) in [("qemu-img", "theirs"), ("qimg", "ours")] {
+            let target = format!("{name}.{format}");
+            fx.oracle(&["create", "-q", "-f", format, &target, "4M"]);
+            fx.qemu_io_cmds(format, &target, &["write -P 0xaa 0 1M"]);
+            let args = [
+                "convert", "-n", "-c", "-f", "raw", "-O", format, "src.raw", &target,
+            ];
+            let out = if tool == "qimg" {
+                fx.qimg(&args)
+            } else {
+                fx.qemu_img(&args)
+            };
+            assert_eq!(out.status, 0, "{tool} -O {format}: {}", out.stderr);
+            fx.oracle(&["check", "-q", &target]);
+            fx.oracle(&[
+                "compare", "-q", "-f", "raw", "-F", format, "src.raw", &target,
+            ]);
+        }
+    }
+}

@@ -130,6 +130,18 @@ enum Cluster {
     Prepared(Vec<u8>),
     /// The cluster itself (the driver compresses only as it writes).
     Plain(Vec<u8>),
+    /// An all-zero cluster of this many bytes, for a target that may hold
+    /// old data there (`-n`): written as zeroes, not compressed.
+    Zero(u64),
+}
+
+/// A cluster of a compressed item as read.
+enum Piece<'a> {
+    /// Its bytes, to compress.
+    Data(&'a [u8]),
+    /// All zeros, this many bytes long, over a target that is not known to
+    /// read as zeros.
+    Zero(u64),
 }
 
 /// The compressed clusters of one item, with their target offsets.
@@ -362,6 +374,7 @@ impl CopyJob<'_> {
             match cluster {
                 Cluster::Prepared(data) => self.target.write_prepared(at, &data)?,
                 Cluster::Plain(data) => self.target.write_compressed(at, &data)?,
+                Cluster::Zero(len) => self.target.write_zeroes(at, len, zero_flags::MAY_UNMAP)?,
             }
         }
         if item.kind != Kind::Zero {
@@ -380,10 +393,13 @@ impl CopyJob<'_> {
         }
         let mut out = Vec::new();
         self.each_cluster(item, cluster, |at, piece| {
-            let prepared = match self.target.compress_cluster(at, piece) {
-                Ok(data) => Cluster::Prepared(data),
-                Err(e) if e.kind == ErrorKind::UNSUPPORTED => Cluster::Plain(piece.to_vec()),
-                Err(e) => return Err(e),
+            let prepared = match piece {
+                Piece::Zero(len) => Cluster::Zero(len),
+                Piece::Data(piece) => match self.target.compress_cluster(at, piece) {
+                    Ok(data) => Cluster::Prepared(data),
+                    Err(e) if e.kind == ErrorKind::UNSUPPORTED => Cluster::Plain(piece.to_vec()),
+                    Err(e) => return Err(e),
+                },
             };
             out.push((at, prepared));
             Ok(())
@@ -393,12 +409,14 @@ impl CopyJob<'_> {
 
     /// Reads a compressed item and hands each of its clusters that is not
     /// all zeros (with `-S 0`: every cluster) to `each`, with its target
-    /// offset.
+    /// offset; an all-zero cluster goes as [`Piece::Zero`] unless the target
+    /// already reads as zeros there (qemu-img writes zeroes over what `-n`
+    /// leaves in the target).
     fn each_cluster(
         &self,
         item: &Item,
         cluster: usize,
-        mut each: impl FnMut(u64, &[u8]) -> Result<(), DriverError>,
+        mut each: impl FnMut(u64, Piece<'_>) -> Result<(), DriverError>,
     ) -> Step {
         with_buffer(item.len as usize, |buf| {
             self.read_flat(item.dst_offset, buf)
@@ -407,8 +425,11 @@ impl CopyJob<'_> {
                     error,
                 })?;
             for (index, piece) in buf.chunks(cluster).enumerate() {
+                let at = item.dst_offset + (index * cluster) as u64;
                 if self.min_sparse == 0 || !is_zero(piece) {
-                    each(item.dst_offset + (index * cluster) as u64, piece)?;
+                    each(at, Piece::Data(piece))?;
+                } else if !self.target_zeroed {
+                    each(at, Piece::Zero(piece.len() as u64))?;
                 }
             }
             Ok(())
@@ -429,8 +450,9 @@ impl CopyJob<'_> {
         match item.kind {
             Kind::Compressed => {
                 let cluster = self.align.max(512) as usize;
-                self.each_cluster(item, cluster, |at, piece| {
-                    target.write_compressed(at, piece)
+                self.each_cluster(item, cluster, |at, piece| match piece {
+                    Piece::Data(data) => target.write_compressed(at, data),
+                    Piece::Zero(len) => target.write_zeroes(at, len, zero_flags::MAY_UNMAP),
                 })
             }
             Kind::Zero if self.target_zeroed => in_turn(&|| Ok(())),
