@@ -131,7 +131,7 @@ pub fn enter(inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<(), CmdError> {
 }
 
 fn warn(message: &str) {
-    eprintln!("{}: warning: --confine: {message}", crate::cli::program());
+    errln!("{}: warning: --confine: {message}", crate::cli::program());
 }
 
 fn io_text(e: &std::io::Error) -> String {

@@ -42,7 +42,7 @@ impl CmdError {
     pub fn report(self) -> i32 {
         match self {
             CmdError::Failed(message) => {
-                eprintln!("{}: {}", program(), message);
+                errln!("{}: {}", program(), message);
                 1
             }
             CmdError::Usage {
@@ -56,11 +56,11 @@ impl CmdError {
                     format!("{} {}", program(), command)
                 };
                 if getopt {
-                    eprintln!("{who}: {message}");
+                    errln!("{who}: {message}");
                 } else {
-                    eprintln!("{}: {}", program(), message);
+                    errln!("{}: {}", program(), message);
                 }
-                eprintln!("Try '{who} --help' for more info");
+                errln!("Try '{who} --help' for more info");
                 1
             }
             CmdError::Exit(code) => code,

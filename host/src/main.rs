@@ -1,12 +1,13 @@
 //! `qimg`: qemu-img's command line over format driver plugins.
 
+#[macro_use]
+mod output;
 mod block;
 mod cli;
 mod commands;
 mod confine;
 mod engine;
 mod error;
-mod output;
 mod plugins;
 mod store;
 mod trace;

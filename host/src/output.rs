@@ -3,6 +3,31 @@
 
 use serde_json::Value;
 
+/// `print!` that ignores a failed write, as C's `printf` does (see
+/// [`to_stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::to_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that ignores a failed write (see [`to_stdout`]).
+macro_rules! outln {
+    () => {
+        $crate::output::to_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::to_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` that ignores a failed write (see [`to_stderr`]).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::output::to_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 /// Formats `value` as C's `printf("%.{precision}g")` does.
 pub fn c_format_g(value: f64, precision: usize) -> String {
     if value == 0.0 {
@@ -104,6 +129,20 @@ fn write_pretty(value: &Value, depth: usize, out: &mut String) {
         }
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// Writes to stdout as C's `printf` does: a failed write (stdout closed, a
+/// pipe whose reader has gone) is ignored, so `qimg map x | head` ends as
+/// qemu-img's does instead of panicking.
+pub fn to_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_fmt(text);
+}
+
+/// Writes to stderr, ignoring a failed write (see [`to_stdout`]).
+pub fn to_stderr(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(text);
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub fn check_option(value: &str) -> Result<(), CmdError> {
         match key {
             "enable" => {
                 if let Some(warning) = check_event(val) {
-                    eprintln!("{}: {warning}", program());
+                    errln!("{}: {warning}", program());
                 }
             }
             "events" => check_events_file(val)?,
@@ -46,7 +46,7 @@ pub fn check_option(value: &str) -> Result<(), CmdError> {
 /// Reads an events file: one name or pattern per line, `#` comments.
 fn check_events_file(path: &str) -> Result<(), CmdError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        eprintln!(
+        errln!(
             "{}:{path}: {}",
             program(),
             qimg_driver_api::error::io_message(&e)
@@ -59,7 +59,7 @@ fn check_events_file(path: &str) -> Result<(), CmdError> {
             continue;
         }
         if let Some(warning) = check_event(line) {
-            eprintln!("{}:{path}:{}: {warning}", program(), number + 1);
+            errln!("{}:{path}:{}: {warning}", program(), number + 1);
         }
     }
     Ok(())

@@ -68,13 +68,32 @@ bench_cases! {
     missing_file => ["bench", "missing.raw"],
 }
 
+/// Runs a write benchmark (`args`, then the image) with each tool on its
+/// own fresh 4 MiB image and asserts the same report and the same bytes.
+fn same_writes(name: &str, args: &[&str]) {
+    let fx = Fixture::new(name);
+    let run = |file: &str, qimg: bool| {
+        fx.oracle(&["create", "-q", "-f", "raw", file, "4M"]);
+        let mut all = args.to_vec();
+        all.push(file);
+        untimed(&if qimg {
+            fx.qimg(&all)
+        } else {
+            fx.qemu_img(&all)
+        })
+    };
+    assert_eq!(run("ours.raw", true), run("theirs.raw", false));
+    assert_eq!(
+        std::fs::read(fx.path("ours.raw")).unwrap(),
+        std::fs::read(fx.path("theirs.raw")).unwrap()
+    );
+}
+
 #[test]
 fn write_pattern_lands_where_qemu_img_puts_it() {
-    let fx = Fixture::new("benchwrite");
-    fx.oracle(&["create", "-q", "-f", "raw", "ours.raw", "4M"]);
-    fx.oracle(&["create", "-q", "-f", "raw", "theirs.raw", "4M"]);
-    let args = |f: &'static str| {
-        [
+    same_writes(
+        "benchwrite",
+        &[
             "bench",
             "-f",
             "raw",
@@ -86,19 +105,26 @@ fn write_pattern_lands_where_qemu_img_puts_it() {
             "3M",
             "-w",
             "--pattern=0xaa",
-            f,
-        ]
-    };
-    assert_eq!(
-        untimed(&fx.qimg(&args("ours.raw"))),
-        untimed(&fx.qemu_img(&args("theirs.raw")))
+        ],
     );
-    assert_eq!(
-        fx.qemu_img(&["compare", "ours.raw", "theirs.raw"]).stdout,
-        "Images are identical.\n"
-    );
-    assert_eq!(
-        std::fs::read(fx.path("ours.raw")).unwrap(),
-        std::fs::read(fx.path("theirs.raw")).unwrap()
+}
+
+/// `-S 0` means a step of one buffer, as in qemu-img: ten writes cover ten
+/// buffers, not one.
+#[test]
+fn step_zero_is_one_buffer() {
+    same_writes(
+        "step_zero",
+        &[
+            "bench",
+            "-f",
+            "raw",
+            "-c",
+            "10",
+            "-w",
+            "-S",
+            "0",
+            "--pattern=0x99",
+        ],
     );
 }

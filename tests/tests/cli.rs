@@ -235,3 +235,25 @@ fn image_opts_cache_keys_and_file_errors_as_qemu_img() {
         fx.same(args);
     }
 }
+
+/// Output into a pipe whose reader has gone is dropped as C's `printf`
+/// drops it: qemu-img ends normally, and so must qimg (a panic before).
+#[test]
+fn output_into_a_closed_pipe_ends_as_in_qemu_img() {
+    let fx = Fixture::with_images("closed_pipe");
+    let status = |tool: &str| {
+        // `true` has exited before the tool, started later, writes.
+        fx.sh(&format!(
+            "(sleep 0.3; {tool} info mid.raw 2>&1; echo \"exit $?\" >&2) 2>status | true; cat status"
+        ))
+    };
+    let theirs = status("qemu-img");
+    assert_eq!(theirs, "exit 0\n");
+    assert_eq!(
+        status(&format!(
+            "QIMG_PLUGINS={} .bin/qemu-img",
+            fx.plugins().display()
+        )),
+        theirs
+    );
+}

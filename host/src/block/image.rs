@@ -472,7 +472,7 @@ fn warn_untried(name: &str) {
         .iter()
         .map(|(driver, source)| format!("{driver} (disabled in '{}')", source.display()))
         .collect();
-    eprintln!(
+    errln!(
         "{}: warning: probing read '{name}' as raw; these drivers were not tried: {}",
         crate::cli::program(),
         list.join(", ")
@@ -583,7 +583,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         store => store,
     });
     if probed_raw && request.write {
-        eprintln!(
+        errln!(
             "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         Specify the 'raw' format explicitly to remove the restrictions.",
             spec.path
         );

@@ -249,7 +249,7 @@ impl HostServices for ServicesHandle {
     }
 
     fn warn(&self, message: RStr<'_>) {
-        eprintln!("{}: warning: {}", crate::cli::program(), message.as_str());
+        errln!("{}: warning: {}", crate::cli::program(), message.as_str());
     }
 
     fn open_option(&self, key: RStr<'_>) -> ROption<RString> {

@@ -35,18 +35,18 @@ inventory::submit! { super::Command { name: "amend", summary: "Update format-spe
 /// `-o help` for `format`, as qemu-img prints it (1 if it cannot).
 fn print_amend_help(format: &str) -> i32 {
     let Ok(driver) = driver_for(format) else {
-        eprintln!("{}: Unknown file format '{format}'", program());
+        errln!("{}: Unknown file format '{format}'", program());
         return 1;
     };
     let list = driver.amend_options();
     if !driver.can(caps::AMEND) || list.is_empty() {
-        eprintln!(
+        errln!(
             "{}: Format driver '{format}' does not support option amendment",
             program()
         );
         return 1;
     }
-    println!("Amend options for '{format}':");
+    outln!("Amend options for '{format}':");
     for option in list {
         let kind = match option.kind {
             OptionType::Str => "str",
@@ -54,7 +54,7 @@ fn print_amend_help(format: &str) -> i32 {
             OptionType::Number => "num",
             OptionType::Size => "size",
         };
-        println!(
+        outln!(
             "  {:<22} - {}",
             format!("{}=<{kind}>", option.name),
             option.help
@@ -116,7 +116,7 @@ fn run(args: &[String]) -> CmdResult {
     let result = match amend(&p, &text, &lists, &progress) {
         // qemu-img reports a failure before it ends the progress line.
         Err(CmdError::Failed(message)) => {
-            eprintln!("{}: {message}", program());
+            errln!("{}: {message}", program());
             Err(CmdError::Exit(1))
         }
         other => other,

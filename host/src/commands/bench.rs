@@ -86,6 +86,7 @@ fn run(args: &[String]) -> CmdResult {
         .last("step-size")
         .map(|t| number("step size", t, 0, I32_MAX, true))
         .transpose()?
+        .filter(|&step| step != 0)
         .unwrap_or(size);
     let pattern = match p.last("pattern") {
         Some(t) => {
@@ -137,12 +138,12 @@ fn run(args: &[String]) -> CmdResult {
         ..OpenRequest::read(name, p.last("format"), p.has("image-opts"))
     };
     let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
-    println!(
+    outln!(
         "Sending {count} {} requests, {size} bytes each, {depth} in parallel (starting at offset {offset}, step size {step})",
         if write { "write" } else { "read" }
     );
     if let Some(f) = flush_interval {
-        println!("Sending flush every {f} requests");
+        outln!("Sending flush every {f} requests");
     }
     let image_size = image.size();
     let started = Instant::now();
@@ -233,7 +234,7 @@ fn run(args: &[String]) -> CmdResult {
     if write {
         image.close().map_err(|e| fail(e.message.to_string()))?;
     }
-    println!(
+    outln!(
         "Run completed in {:.3} seconds.",
         started.elapsed().as_secs_f64()
     );

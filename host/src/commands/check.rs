@@ -101,7 +101,7 @@ fn run(args: &[String]) -> CmdResult {
     let mut report = first.clone();
     if first.corruptions_fixed > 0 || first.leaks_fixed > 0 {
         if format == OutputFormat::Human && !quiet {
-            print!(
+            out!(
                 "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
                 first.leaks_fixed, first.corruptions_fixed
             );
@@ -115,8 +115,8 @@ fn run(args: &[String]) -> CmdResult {
     }
     if !quiet {
         match format {
-            OutputFormat::Human => print!("{}", human_report(&report)),
-            OutputFormat::Json => println!(
+            OutputFormat::Human => out!("{}", human_report(&report)),
+            OutputFormat::Json => outln!(
                 "{}",
                 qemu_json_pretty(&json_report(&report, &image.filename, image.format()))
             ),
@@ -124,7 +124,7 @@ fn run(args: &[String]) -> CmdResult {
     }
     image.close().map_err(|e| fail(e.message.to_string()))?;
     if report.check_errors > 0 {
-        eprintln!("{}: Check failed", crate::cli::program());
+        errln!("{}: Check failed", crate::cli::program());
         return Ok(1);
     }
     Ok(if report.corruptions > 0 {
@@ -138,7 +138,7 @@ fn run(args: &[String]) -> CmdResult {
 
 /// qemu-img's answer for a format without checks.
 fn not_supported() -> i32 {
-    eprintln!(
+    errln!(
         "{}: This image format does not support checks",
         crate::cli::program()
     );
@@ -154,7 +154,7 @@ fn run_check(image: &BlockImage, repair: Repair) -> Result<Result<CheckReport, i
         Ok(reply) => reply,
         Err(e) if e.kind == ErrorKind::UNSUPPORTED => return Ok(Err(not_supported())),
         Err(e) => {
-            eprintln!("{}: Check failed: {}", crate::cli::program(), e.message);
+            errln!("{}: Check failed: {}", crate::cli::program(), e.message);
             return Ok(Err(1));
         }
     };
@@ -162,12 +162,12 @@ fn run_check(image: &BlockImage, repair: Repair) -> Result<Result<CheckReport, i
         .map_err(|e| fail(format!("bad check report from driver: {e}")))?;
     for line in &report.messages {
         match line.strip_prefix("{prog}: ") {
-            Some(rest) => eprintln!("{}: {rest}", crate::cli::program()),
-            None => eprintln!("{line}"),
+            Some(rest) => errln!("{}: {rest}", crate::cli::program()),
+            None => errln!("{line}"),
         }
     }
     if let Some(reason) = &report.failure {
-        eprintln!("{}: Check failed: {reason}", crate::cli::program());
+        errln!("{}: Check failed: {reason}", crate::cli::program());
         return Ok(Err(1));
     }
     Ok(Ok(report))

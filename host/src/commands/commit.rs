@@ -51,7 +51,7 @@ fn run(args: &[String]) -> CmdResult {
     let result = commit_command(&p, cache, rate, &progress);
     progress.end();
     if result.is_ok() && !quiet {
-        println!("Image committed.");
+        outln!("Image committed.");
     }
     result
 }

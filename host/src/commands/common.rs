@@ -8,7 +8,7 @@ use crate::store::CacheMode;
 
 /// Prints a command's help (`{prog}` in `text` becomes the program name).
 pub fn print_help(text: &str) -> i32 {
-    print!("{}", text.replace("{prog}", &program()));
+    out!("{}", text.replace("{prog}", &program()));
     0
 }
 
@@ -17,7 +17,7 @@ pub fn print_help(text: &str) -> i32 {
 pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
     for spec in parsed.all("object") {
         if spec == "help" || spec == "?" {
-            println!("List of user creatable objects:\n  secret\n  tls-creds-x509");
+            outln!("List of user creatable objects:\n  secret\n  tls-creds-x509");
             return Err(CmdError::Exit(0));
         }
         let items = parse_opts(spec, Some("qom-type")).map_err(fail)?;

@@ -32,7 +32,7 @@ const ERROR_STATUS: i32 = 2;
 fn run(args: &[String]) -> CmdResult {
     match compare_command(args) {
         Err(CmdError::Failed(message)) => {
-            eprintln!("{}: {message}", crate::cli::program());
+            errln!("{}: {message}", crate::cli::program());
             Ok(ERROR_STATUS)
         }
         other => other,
@@ -81,14 +81,14 @@ fn compare_command(args: &[String]) -> CmdResult {
         Ok(pair) => pair,
         Err(e) => {
             progress.end();
-            eprintln!("{}: {}", crate::cli::program(), e.message);
+            errln!("{}: {}", crate::cli::program(), e.message);
             return Ok(ERROR_STATUS);
         }
     };
     progress.print(0.0, 100);
     let mut say = |line: &str| {
         if !quiet {
-            println!("{line}");
+            outln!("{line}");
         }
     };
     let result = compare(&a, &b, p.has("strict"), &progress, &mut say);
@@ -96,7 +96,7 @@ fn compare_command(args: &[String]) -> CmdResult {
     match result {
         Ok(status) => Ok(status),
         Err(e) => {
-            eprintln!("{}: {e}", crate::cli::program());
+            errln!("{}: {e}", crate::cli::program());
             Ok(e.exit_code())
         }
     }

@@ -145,7 +145,7 @@ fn run(args: &[String]) -> CmdResult {
                 driver.name
             )));
         }
-        print!("{}", options::help_text(&driver, p.operands.len() >= 2));
+        out!("{}", options::help_text(&driver, p.operands.len() >= 2));
         return Ok(0);
     }
     if p.operands.len() < 2 {
@@ -440,7 +440,7 @@ fn source_bitmaps(source: &BlockImage, skip_broken: bool) -> Result<Vec<BitmapSu
                 b.name
             )));
         }
-        eprintln!(
+        errln!(
             "{}: warning: Skipping inconsistent bitmap '{}'",
             crate::cli::program(),
             b.name

@@ -52,7 +52,7 @@ fn run(args: &[String]) -> CmdResult {
         if !driver.can(caps::CREATE) {
             return Err(fail(no_creation(&driver.name)));
         }
-        print!("{}", options::help_text(&driver, filename.is_some()));
+        out!("{}", options::help_text(&driver, filename.is_some()));
         return Ok(0);
     }
     let Some(filename) = filename else {
@@ -117,7 +117,7 @@ fn run(args: &[String]) -> CmdResult {
     };
     values.insert("size".into(), size.to_string());
     if !p.has("quiet") {
-        println!("{}", options::formatting_line(filename, &driver, &values));
+        outln!("{}", options::formatting_line(filename, &driver, &values));
     }
     values.remove("size");
     let request = CreateRequest {

@@ -71,7 +71,7 @@ fn run(args: &[String]) -> CmdResult {
         None => in_size,
     };
     if start > end {
-        eprintln!("{}: {input}: cannot skip to specified offset", program());
+        errln!("{}: {input}: cannot skip to specified offset", program());
     }
     let size = end.saturating_sub(start);
     let request = CreateRequest {

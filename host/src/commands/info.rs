@@ -91,11 +91,11 @@ fn run(args: &[String]) -> CmdResult {
         infos.push(json);
     }
     match output {
-        OutputFormat::Json if chain => println!("{}", qemu_json_pretty(&Value::Array(infos))),
-        OutputFormat::Json => println!("{}", qemu_json_pretty(&infos[0])),
+        OutputFormat::Json if chain => outln!("{}", qemu_json_pretty(&Value::Array(infos))),
+        OutputFormat::Json => outln!("{}", qemu_json_pretty(&infos[0])),
         OutputFormat::Human => {
             let texts: Vec<String> = infos.iter().map(human).collect();
-            print!("{}", texts.join("\n"));
+            out!("{}", texts.join("\n"));
         }
     }
     Ok(0)

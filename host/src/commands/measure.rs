@@ -156,10 +156,10 @@ fn run(args: &[String]) -> CmdResult {
         serde_json::from_str(&answer).map_err(|e| fail(format!("bad measure reply: {e}")))?;
     match output {
         OutputFormat::Human => {
-            println!("required size: {}", result.required);
-            println!("fully allocated size: {}", result.fully_allocated);
+            outln!("required size: {}", result.required);
+            outln!("fully allocated size: {}", result.fully_allocated);
             if let Some(b) = result.bitmaps {
-                println!("bitmaps size: {b}");
+                outln!("bitmaps size: {b}");
             }
         }
         OutputFormat::Json => {
@@ -169,7 +169,7 @@ fn run(args: &[String]) -> CmdResult {
             }
             map.insert("required".into(), json!(result.required));
             map.insert("fully-allocated".into(), json!(result.fully_allocated));
-            println!("{}", qemu_json_pretty(&Value::Object(map)));
+            outln!("{}", qemu_json_pretty(&Value::Object(map)));
         }
     }
     Ok(0)

@@ -44,7 +44,7 @@ pub fn registry() -> &'static Registry {
     REGISTRY.get_or_init(|| {
         let explicit = PLUGINS.get().cloned().flatten();
         Registry::new(explicit.as_deref()).unwrap_or_else(|message| {
-            eprintln!("{}: {message}", program());
+            errln!("{}: {message}", program());
             std::process::exit(1)
         })
     })
@@ -146,7 +146,7 @@ pub fn dispatch(args: &[String]) -> CmdResult {
                 // The help lists the drivers of the manifest a later
                 // `--plugins` names, so look ahead for it.
                 settle_plugins(plugins.take(), &args[i..]);
-                print!("{}", help_text());
+                out!("{}", help_text());
                 return Ok(0);
             }
             "--conformance" => {
@@ -164,7 +164,7 @@ pub fn dispatch(args: &[String]) -> CmdResult {
                 return Ok(crate::plugins::listing::print(registry(), json));
             }
             "-V" | "--version" => {
-                print!("{}", version_text());
+                out!("{}", version_text());
                 return Ok(0);
             }
             "-T" | "--trace" => {

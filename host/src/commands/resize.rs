@@ -99,7 +99,7 @@ fn run(args: &[String]) -> CmdResult {
         .map_err(|e| fail(e.message.to_string()))?;
     image.close().map_err(|e| fail(e.message.to_string()))?;
     if !p.has("quiet") {
-        println!("Image resized.");
+        outln!("Image resized.");
     }
     Ok(0)
 }

@@ -61,7 +61,7 @@ fn run(args: &[String]) -> CmdResult {
         .map_err(|e| fail(e.message.to_string()))?;
         let info = image.info().map_err(|e| fail(e.message.to_string()))?;
         if !info.snapshots.is_empty() {
-            print!("{}", snapshot_table(&info.snapshots));
+            out!("{}", snapshot_table(&info.snapshots));
         }
         return Ok(0);
     }

@@ -542,7 +542,7 @@ impl CopyJob<'_> {
             let at = src + (index * SECTOR) as u64;
             if let Err(e) = source.read(at, sector) {
                 if !self.quiet {
-                    eprintln!(
+                    errln!(
                         "{}: warning: error while reading offset {at}: {}",
                         crate::cli::program(),
                         e.message

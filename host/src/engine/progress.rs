@@ -69,7 +69,7 @@ impl Progress {
             let _ = out.flush();
         }
         if USR1.swap(false, Ordering::Relaxed) {
-            eprintln!("    ({:3.2}/100%)", current as f64);
+            errln!("    ({:3.2}/100%)", current as f64);
         }
     }
 
@@ -91,7 +91,7 @@ impl Progress {
     /// Ends the report: one newline when shown.
     pub fn end(&self) {
         if self.shown {
-            println!();
+            outln!();
         }
     }
 }

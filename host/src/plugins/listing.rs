@@ -63,10 +63,10 @@ pub fn print(registry: &Registry, json: bool) -> i32 {
     if json {
         let items: Vec<serde_json::Value> = listed.iter().map(to_json).collect();
         let text = serde_json::to_string_pretty(&items).unwrap_or_default();
-        println!("{text}");
+        outln!("{text}");
     } else {
         for item in &listed {
-            print!("{}", to_text(item));
+            out!("{}", to_text(item));
         }
     }
     i32::from(listed.iter().any(|l| matches!(l.status, Status::Failed(_))))

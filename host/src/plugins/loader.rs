@@ -270,7 +270,7 @@ impl Registry {
             let first = !self.attempted(&path);
             match self.load(&path, sha.as_deref()) {
                 Ok(library) => loaded.push(library),
-                Err(message) if first => eprintln!("{}: {message}", crate::cli::program()),
+                Err(message) if first => errln!("{}: {message}", crate::cli::program()),
                 Err(_) => {}
             }
         }

@@ -40,7 +40,7 @@ impl Tap {
     /// Prints a TAP comment line.
     pub(super) fn comment(&self, text: &str) {
         let _board = self.board();
-        println!("# {text}");
+        outln!("# {text}");
     }
 
     /// Records what the running check is doing now; the watchdog's clock
@@ -62,15 +62,15 @@ impl Tap {
         match outcome {
             Ok(Verdict::Pass) => {
                 board.passed += 1;
-                println!("ok {n} - {name}");
+                outln!("ok {n} - {name}");
             }
             Ok(Verdict::Skip(reason)) => {
                 board.passed += 1;
-                println!("ok {n} - {name} # skip {reason}");
+                outln!("ok {n} - {name} # skip {reason}");
             }
             Err(failure) => {
                 board.failed += 1;
-                println!("not ok {n} - {name}: {failure}");
+                outln!("not ok {n} - {name}: {failure}");
             }
         }
     }
@@ -89,8 +89,8 @@ impl Tap {
     /// Prints the plan and the summary; returns the exit status.
     pub(super) fn finish(&self) -> i32 {
         let board = self.board();
-        println!("1..{}", board.count);
-        println!("{} passed, {} failed", board.passed, board.failed);
+        outln!("1..{}", board.count);
+        outln!("{} passed, {} failed", board.passed, board.failed);
         i32::from(board.failed > 0)
     }
 
@@ -117,13 +117,13 @@ impl Tap {
                 };
                 board.count += 1;
                 board.failed += 1;
-                println!(
+                outln!(
                     "not ok {} - {name}: no progress for {} s{doing} (a driver call hangs)",
                     board.count,
                     limit.as_secs()
                 );
-                println!("1..{}", board.count);
-                println!("{} passed, {} failed", board.passed, board.failed);
+                outln!("1..{}", board.count);
+                outln!("{} passed, {} failed", board.passed, board.failed);
                 let _ = std::fs::remove_dir_all(&scratch);
                 std::process::exit(1);
             });
