@@ -1,5 +1,5 @@
-//! Sizes as qemu writes them (`qemu_strtosz`): a decimal or `0x` number with
-//! an optional unit suffix. The host parses command lines with it; drivers
+//! Sizes as qemu writes them (`qemu_strtosz`): a decimal number with an
+//! optional unit suffix, or a `0x` number. The host parses command lines with it; drivers
 //! parse their size-valued open options (`HostServices::open_option`) the
 //! same way.
 
@@ -32,8 +32,9 @@ pub fn invalid_message(name: &str) -> String {
 }
 
 /// Parses a size as qemu's `qemu_strtosz` does: a decimal number (a fraction is
-/// allowed only with a unit suffix), optionally followed by one of
-/// `b`/`B` (bytes), `k`/`K`, `M`, `G`, `T`, `P`, `E` (powers of 1024).
+/// allowed only with a unit larger than a byte), optionally followed by one
+/// of `b`/`B` (bytes), `k`/`K`, `M`, `G`, `T`, `P`, `E` (powers of 1024), or
+/// a `0x` number without a suffix; either may start with `+`.
 /// `default_unit` applies when no suffix is given (1 for bytes).
 pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, SizeError> {
     let value = parse_size_u64(text, default_unit)?;
@@ -46,19 +47,23 @@ pub fn parse_size(text: &str, default_unit: u64) -> Result<u64, SizeError> {
 /// [`parse_size`] without the signed 64-bit limit (values up to 2^64 - 1).
 pub fn parse_size_u64(text: &str, default_unit: u64) -> Result<u64, SizeError> {
     let text = text.trim_start();
-    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        // Hexadecimal integers take a unit suffix but no fraction.
+    // strtoull's optional sign; a minus is refused below.
+    let unsigned = text.strip_prefix('+').unwrap_or(text);
+    if let Some(hex) = unsigned
+        .strip_prefix("0x")
+        .or_else(|| unsigned.strip_prefix("0X"))
+    {
+        // A hexadecimal integer takes neither a fraction nor a unit suffix
+        // ("0x10b" is 267: b is a digit).
         let end = hex
             .find(|c: char| !c.is_ascii_hexdigit())
             .unwrap_or(hex.len());
-        let (digits, suffix) = hex.split_at(end);
-        if digits.is_empty() {
+        let (digits, rest) = hex.split_at(end);
+        if digits.is_empty() || !rest.is_empty() {
             return Err(SizeError::Invalid);
         }
         let value = u64::from_str_radix(digits, 16).map_err(|_| SizeError::TooLarge)?;
-        return value
-            .checked_mul(unit_of(suffix, default_unit)?)
-            .ok_or(SizeError::TooLarge);
+        return value.checked_mul(default_unit).ok_or(SizeError::TooLarge);
     }
     if let Some(negative) = text.strip_prefix('-') {
         // A negative integer is out of range; with a fraction or a suffix
@@ -70,36 +75,40 @@ pub fn parse_size_u64(text: &str, default_unit: u64) -> Result<u64, SizeError> {
             SizeError::Invalid
         });
     }
-    let digits_end = text
+    let digits_end = unsigned
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(digits_end);
-    if number.is_empty() || number.starts_with('.') || number.matches('.').count() > 1 {
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(digits_end);
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    // "1." is one and ".5M" half a mebibyte, but "." is nothing.
+    if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
         return Err(SizeError::Invalid);
     }
     let unit = unit_of(suffix, default_unit)?;
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if !frac.is_empty() && suffix.is_empty() {
-        return Err(SizeError::Invalid);
-    }
     // Digits beyond 64 bits are out of range alone, and do not parse
     // before a suffix.
-    let whole: u64 = whole.parse().map_err(|_| {
-        if suffix.is_empty() {
-            SizeError::TooLarge
-        } else {
-            SizeError::Invalid
-        }
-    })?;
-    let mut value = whole.checked_mul(unit).ok_or(SizeError::TooLarge)?;
-    if !frac.is_empty() {
-        let fraction: f64 = format!("0.{frac}")
-            .parse()
-            .map_err(|_| SizeError::Invalid)?;
-        let extra = (fraction * unit as f64) as u64;
-        value = value.checked_add(extra).ok_or(SizeError::TooLarge)?;
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| {
+            if suffix.is_empty() {
+                SizeError::TooLarge
+            } else {
+                SizeError::Invalid
+            }
+        })?
+    };
+    let fraction: f64 = format!("0.{frac}")
+        .parse()
+        .map_err(|_| SizeError::Invalid)?;
+    // A fraction needs a unit larger than a byte.
+    if fraction != 0.0 && unit == 1 {
+        return Err(SizeError::Invalid);
     }
-    Ok(value)
+    let value = whole.checked_mul(unit).ok_or(SizeError::TooLarge)?;
+    // The fraction's bytes are rounded to the nearest, halves up.
+    let extra = (fraction * unit as f64).round() as u64;
+    value.checked_add(extra).ok_or(SizeError::TooLarge)
 }
 
 /// The multiplier of a size suffix.
@@ -128,7 +137,20 @@ mod tests {
         assert_eq!(parse_size("512", 1), Ok(512));
         assert_eq!(parse_size("512b", 1), Ok(512));
         assert_eq!(parse_size("0x1000", 1), Ok(4096));
-        assert_eq!(parse_size("0x10k", 1), Ok(16384));
+        assert_eq!(parse_size("0x10b", 1), Ok(0x10b));
+        assert_eq!(parse_size("0x10k", 1), Err(SizeError::Invalid));
+        assert_eq!(parse_size("+0x10", 1), Ok(16));
+        assert_eq!(parse_size("+1M", 1), Ok(1 << 20));
+        assert_eq!(parse_size(".5M", 1), Ok(1 << 19));
+        assert_eq!(parse_size("1.", 1), Ok(1));
+        assert_eq!(parse_size("1.k", 1), Ok(1024));
+        assert_eq!(parse_size(".", 1), Err(SizeError::Invalid));
+        assert_eq!(parse_size("1.5b", 1), Err(SizeError::Invalid));
+        // The fraction's bytes round to the nearest, halves up.
+        assert_eq!(parse_size("1.0009k", 1), Ok(1025));
+        assert_eq!(parse_size("1.0001k", 1), Ok(1024));
+        assert_eq!(parse_size("0.00048828125k", 1), Ok(1));
+        assert_eq!(parse_size("0.0004882k", 1), Ok(0));
         assert_eq!(parse_size("0x", 1), Err(SizeError::Invalid));
         assert_eq!(parse_size("1X", 1), Err(SizeError::Invalid));
         assert_eq!(parse_size("1.5", 1), Err(SizeError::Invalid));

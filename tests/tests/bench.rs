@@ -58,6 +58,8 @@ bench_cases! {
     zero_buffer => ["bench", "-f", "raw", "-s", "0", "b.raw"],
     zero_depth => ["bench", "-f", "raw", "-d", "0", "b.raw"],
     bad_offset => ["bench", "-f", "raw", "-o", "bogus", "b.raw"],
+    octal_count_and_depth => ["bench", "-f", "raw", "-c", "010", "-d", "0x4", "b.raw"],
+    bad_octal_count => ["bench", "-f", "raw", "-c", "09", "b.raw"],
     bad_step => ["bench", "-f", "raw", "-S", "bogus", "b.raw"],
     bad_pattern => ["bench", "-f", "raw", "--pattern=bogus", "b.raw"],
     request_past_end => ["bench", "-f", "raw", "-c", "2", "-s", "8M", "b.raw"],

@@ -39,6 +39,9 @@ dd_cases! {
     unknown_format => ["dd", "-O", "nosuch", "if=src.raw", "of={}"],
     sparse_input_is_copied_as_data => ["dd", "if=mid.raw", "of={}"],
     odd_input => ["dd", "if=odd.raw", "of={}"],
+    octal_count => ["dd", "if=src.raw", "of={}", "count=010"],
+    hex_count_and_skip => ["dd", "if=src.raw", "of={}", "count=0x10", "skip=0x2"],
+    bad_octal_count => ["dd", "if=src.raw", "of={}", "count=08"],
     repeated_operand => ["dd", "if=missing.raw", "if=src.raw", "of={}"],
 }
 

@@ -106,12 +106,7 @@ pub fn number(name: &str, text: &str, min: u64, max: u64, sizes: bool) -> Result
     } else if text.trim_start().starts_with('-') {
         Err(SizeError::TooLarge)
     } else {
-        text.trim_start()
-            .parse::<u64>()
-            .map_err(|e| match e.kind() {
-                std::num::IntErrorKind::PosOverflow => SizeError::TooLarge,
-                _ => SizeError::Invalid,
-            })
+        c_integer(text)
     };
     let out_of_range = || {
         fail(format!(
@@ -132,6 +127,22 @@ pub fn number(name: &str, text: &str, min: u64, max: u64, sizes: bool) -> Result
         }
         Err(SizeError::Invalid) => Err(fail(format!("Invalid {name} specified: '{text}'."))),
     }
+}
+
+/// Parses a whole non-negative integer as C's `strtoull` with base 0 does:
+/// an optional `+`, then `0x` hexadecimal, `0` octal or decimal digits.
+fn c_integer(text: &str) -> Result<u64, SizeError> {
+    let text = text.trim_start();
+    let text = text.strip_prefix('+').unwrap_or(text);
+    let (digits, radix) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None if text.len() > 1 && text.starts_with('0') => (&text[1..], 8),
+        None => (text, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(SizeError::Invalid);
+    }
+    u64::from_str_radix(digits, radix).map_err(|_| SizeError::TooLarge)
 }
 
 /// Opens an image read-write with the usual locks (qemu-img's write opens),
@@ -191,5 +202,13 @@ mod tests {
             "Invalid count specified: 'x'."
         );
         assert_eq!(number("bs", "64k", 1, 1 << 31, true).unwrap(), 65536);
+        // Plain numbers are C integers: octal, hexadecimal, a plus sign.
+        assert_eq!(number("count", "010", 1, 100, false).unwrap(), 8);
+        assert_eq!(number("count", "0x10", 1, 100, false).unwrap(), 16);
+        assert_eq!(number("count", "+5", 1, 100, false).unwrap(), 5);
+        assert_eq!(
+            msg(number("count", "09", 1, 100, false)),
+            "Invalid count specified: '09'."
+        );
     }
 }
