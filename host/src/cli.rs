@@ -39,6 +39,20 @@ pub struct Opt {
     pub long: Option<&'static str>,
     /// Whether it takes an argument.
     pub arg: bool,
+    /// The name the command looks the option up by, where it is not the
+    /// long name (qemu-img's tables name some options differently from
+    /// their help, or give them no long name at all).
+    pub key: Option<&'static str>,
+}
+
+impl Opt {
+    /// The same option, looked up by `key`.
+    pub const fn keyed(self, key: &'static str) -> Opt {
+        Opt {
+            key: Some(key),
+            ..self
+        }
+    }
 }
 
 /// Shorthand constructors for [`Opt`].
@@ -47,6 +61,7 @@ pub const fn flag(short: char, long: &'static str) -> Opt {
         short: Some(short),
         long: if long.is_empty() { None } else { Some(long) },
         arg: false,
+        key: None,
     }
 }
 /// A short-and-long option with an argument (`long` may be empty).
@@ -55,6 +70,7 @@ pub const fn with_arg(short: char, long: &'static str) -> Opt {
         short: Some(short),
         long: if long.is_empty() { None } else { Some(long) },
         arg: true,
+        key: None,
     }
 }
 /// A long-only flag.
@@ -63,6 +79,7 @@ pub const fn long_flag(long: &'static str) -> Opt {
         short: None,
         long: Some(long),
         arg: false,
+        key: None,
     }
 }
 /// A long-only option with an argument.
@@ -71,6 +88,7 @@ pub const fn long_arg(long: &'static str) -> Opt {
         short: None,
         long: Some(long),
         arg: true,
+        key: None,
     }
 }
 
@@ -108,11 +126,52 @@ impl Parsed {
 }
 
 fn key_of(opt: &Opt) -> String {
-    match (opt.long, opt.short) {
+    match (opt.key.or(opt.long), opt.short) {
         (Some(l), _) => l.to_string(),
         (None, Some(s)) => s.to_string(),
         (None, None) => String::new(),
     }
+}
+
+/// The index of the first operand of `args` as [`getopt`] would read them
+/// (skipping options and their arguments), if there is one.
+pub fn first_operand(args: &[String], opts: &[Opt]) -> Option<usize> {
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        if arg == "--" {
+            return (i < args.len()).then_some(i);
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            let name = body.split_once('=').map_or(body, |(n, _)| n);
+            let matches: Vec<&Opt> = opts
+                .iter()
+                .filter(|o| o.long.is_some_and(|l| l.starts_with(name)))
+                .collect();
+            let opt = opts
+                .iter()
+                .find(|o| o.long == Some(name))
+                .or(match matches[..] {
+                    [one] => Some(one),
+                    _ => None,
+                });
+            if opt.is_some_and(|o| o.arg) && !body.contains('=') {
+                i += 1;
+            }
+        } else if arg.len() > 1 && arg.starts_with('-') {
+            let letters: Vec<char> = arg[1..].chars().collect();
+            let with_arg = letters
+                .iter()
+                .position(|&c| opts.iter().any(|o| o.short == Some(c) && o.arg));
+            if with_arg == Some(letters.len() - 1) {
+                i += 1;
+            }
+        } else {
+            return Some(i - 1);
+        }
+    }
+    None
 }
 
 /// Parses `args` as getopt_long would for subcommand `command` with `opts`.
@@ -141,24 +200,27 @@ pub fn getopt(command: &str, args: &[String], opts: &[Opt]) -> Result<Parsed, Cm
             let opt = match exact {
                 Some(o) => o,
                 None => {
+                    // As glibc: candidates in table order; two names for
+                    // the same option are not an ambiguity.
                     let candidates: Vec<&Opt> = opts
                         .iter()
                         .filter(|o| o.long.is_some_and(|l| l.starts_with(name)))
                         .collect();
-                    match candidates.len() {
-                        0 => return Err(err(format!("unrecognized option '{arg}'"))),
-                        1 => candidates[0],
-                        _ => {
-                            let list: Vec<String> = candidates
-                                .iter()
-                                .map(|o| format!("'--{}'", o.long.unwrap_or("")))
-                                .collect();
-                            return Err(err(format!(
-                                "option '--{name}' is ambiguous; possibilities: {}",
-                                list.join(" ")
-                            )));
-                        }
+                    let Some(&first) = candidates.first() else {
+                        return Err(err(format!("unrecognized option '{arg}'")));
+                    };
+                    let same = |o: &&Opt| key_of(o) == key_of(first) && o.arg == first.arg;
+                    if !candidates.iter().all(same) {
+                        let list: Vec<String> = candidates
+                            .iter()
+                            .map(|o| format!("'--{}'", o.long.unwrap_or("")))
+                            .collect();
+                        return Err(err(format!(
+                            "option '--{body}' is ambiguous; possibilities: {}",
+                            list.join(" ")
+                        )));
                     }
+                    first
                 }
             };
             let long = opt.long.unwrap_or(name);

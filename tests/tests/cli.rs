@@ -18,6 +18,14 @@ same_cases! {
     snapshot_rejects_output => ["snapshot", "-l", "--output=json", "mid.raw"],
     map_bad_output => ["map", "--output=bogus", "mid.raw"],
     ambiguous_long_option => ["map", "--ma=1", "mid.raw"],
+    ambiguity_names_the_whole_argument => ["info", "--o=json", "mid.raw"],
+    ambiguity_lists_table_order => ["rebase", "--fo", "mid.raw"],
+    abbreviated_trace => ["--tr", "foo", "info", "mid.raw"],
+    bench_has_no_long_quiet => ["bench", "--quiet", "mid.raw"],
+    bitmap_has_no_long_format => ["bitmap", "--format=raw", "--add", "mid.raw", "b"],
+    rebase_compress_needs_a_compressing_format => ["rebase", "-f", "raw", "-c", "-u", "-b", "x", "-F", "raw", "mid.raw"],
+    snapshot_list_twice => ["snapshot", "-l", "-l", "mid.raw"],
+    snapshot_long_create_takes_no_name => ["snapshot", "--create", "s1", "mid.raw"],
 }
 
 #[test]
@@ -256,4 +264,32 @@ fn output_into_a_closed_pipe_ends_as_in_qemu_img() {
         )),
         theirs
     );
+}
+
+/// The standard options follow getopt_long as qemu-img's do: long names
+/// abbreviate, short letters bundle, and the first one read acts.
+#[test]
+fn standard_options_abbreviate_and_bundle() {
+    let fx = Fixture::new("standard_options");
+    let help = fx.qimg(&["--help"]);
+    let version = fx.qimg(&["--version"]);
+    assert_eq!(help.status, 0);
+    assert_ne!(help.stdout, version.stdout);
+    for (args, expected) in [
+        (&["--he"][..], &help),
+        (&["--h"], &help),
+        (&["-hV"], &help),
+        (&["--ver"], &version),
+        (&["-Vh"], &version),
+    ] {
+        assert_eq!(&fx.qimg(args), expected, "{args:?}");
+        // qemu-img answers each with its own help or version alike.
+        let theirs = fx.qemu_img(args);
+        let own = fx.qemu_img(&[if expected == &help {
+            "--help"
+        } else {
+            "--version"
+        }]);
+        assert_eq!(theirs, own, "qemu-img {args:?}");
+    }
 }

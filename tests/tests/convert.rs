@@ -5,6 +5,13 @@ use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
     no_target => ["convert", "-O", "raw", "mid.raw"],
+    empty_option_list => ["convert", "-o", "", "mid.raw", "o.raw"],
+    source_image_opts_with_format => ["convert", "--image-opts", "-f", "raw", "driver=raw,file.filename=mid.raw", "o.raw"],
+    long_names_of_the_installed_table => ["convert", "--output-format=raw", "--output-cache=unsafe", "--options=preallocation=bogus", "mid.raw", "o.raw"],
+    help_names_not_in_the_table => ["convert", "--target-format=raw", "mid.raw", "o.raw"],
+    short_only_progress => ["convert", "--progress", "mid.raw", "o.raw"],
+    ambiguous_target_prefix => ["convert", "--targe", "mid.raw", "o.raw"],
+    ambiguous_o_prefix => ["convert", "--o=raw", "mid.raw", "o.raw"],
     nothing => ["convert"],
     bad_sparse_size => ["convert", "-S", "1000", "mid.raw", "o.raw"],
     bad_sparse_text => ["convert", "-S", "bogus", "mid.raw", "o.raw"],

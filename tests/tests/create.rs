@@ -5,6 +5,13 @@ use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
     no_file_name => ["create"],
+    unsafe_backing_without_format => ["create", "-f", "qcow2", "-u", "-b", "nonexist", "x", "1M"],
+    unsafe_backing_without_format_or_size => ["create", "-f", "qcow2", "-u", "-b", "mid.raw", "x"],
+    empty_backing_name => ["create", "-f", "qcow2", "-b", "", "x", "1M"],
+    empty_option_list => ["create", "-f", "qcow2", "-o", "", "x", "1M"],
+    option_list_leading_comma => ["create", "-f", "qcow2", "-o", ",cluster_size=4k", "x", "1M"],
+    option_list_trailing_comma => ["create", "-f", "qcow2", "-o", "cluster_size=4k,", "x", "1M"],
+    object_before_options_in_ambiguity => ["create", "--o=x", "x", "1M"],
     no_size => ["create", "-f", "raw", "x"],
     bad_suffix => ["create", "x", "1X"],
     fraction_without_unit => ["create", "x", "1.5"],

@@ -195,3 +195,35 @@ fn a_refused_resize_leaves_every_format_clean() {
         );
     }
 }
+
+/// The arguments as qemu-img 10.0.2 reads them: the size follows the file
+/// name, a negative one right after it is not an option, and options may
+/// come after the size.
+#[test]
+fn arguments_are_read_as_qemu_img_reads_them() {
+    for (i, args) in [
+        &["mid.raw", "-1M", "-f", "raw", "--shrink"][..],
+        &["-f", "raw", "mid.raw", "+1M", "-q"],
+        &["-f", "raw", "mid.raw", "-q", "-1M"],
+        &["-f", "raw", "mid.raw", "-x"],
+        &["-f", "raw", "--", "mid.raw", "-1M"],
+        &["-f", "raw", "mid.raw", "1M", "-"],
+        &["-f", "raw", "mid.raw", "-q"],
+        &["--format", "raw"],
+        &["-f"],
+        &["--preallocation", "mid.raw", "5M"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let fx = Fixture::with_images(&format!("resize_args{i}"));
+        let mut all = vec!["resize"];
+        all.extend_from_slice(args);
+        fx.same_effect(
+            &all.iter()
+                .map(|a| if *a == "mid.raw" { "{}" } else { a })
+                .collect::<Vec<_>>(),
+            "mid.raw",
+        );
+    }
+}

@@ -1,6 +1,8 @@
 //! `amend`: change format options of an existing image.
 
-use super::common::{cache_mode, check_image_opts, metadata, objects, open_rw, print_help};
+use super::common::{
+    cache_mode, check_image_opts, metadata, objects, open_rw, option_lists, print_help,
+};
 use crate::block::image::driver_for;
 use crate::block::lock::{perm, ImageLock, LockSpec};
 use crate::block::options;
@@ -23,9 +25,9 @@ const OPTS: &[Opt] = &[
     with_arg('f', "format"),
     long_flag("image-opts"),
     with_arg('t', "cache"),
+    long_arg("object"),
     with_arg('o', "options"),
     long_flag("force"),
-    long_arg("object"),
 ];
 
 const HELP: &str = "Usage:\nUpdate format-specific options of the image.  Usage:\n\n  {prog} amend [-f FMT | --image-opts] [-t CACHE] [--force] [-p] [-q]\n        [--object OBJDEF] -o OPTIONS FILENAME\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     print nothing but errors\n  -p, --progress\n     show progress\n  -f, --format FMT\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  -t, --cache CACHE\n     cache mode (writeback)\n  -o OPTIONS\n     the options to change\n  --force\n     allow changes that may lose information\n\n";
@@ -63,13 +65,6 @@ fn print_amend_help(format: &str) -> i32 {
     0
 }
 
-/// qemu-img's check of one `-o` argument: not empty, no comma at either
-/// end (`,,` is an escaped comma).
-fn valid_list(list: &str) -> bool {
-    let trailing = list.ends_with(',') && !list.ends_with(",,");
-    !list.is_empty() && !list.starts_with(',') && !trailing
-}
-
 /// Checks the options against the format's amend schema (and, for the
 /// hint, its creation schema), normalising their values.
 fn check_options(driver: &Driver, text: &str) -> Result<BTreeMap<String, String>, CmdError> {
@@ -102,10 +97,7 @@ fn run(args: &[String]) -> CmdResult {
     }
     objects(&p)?;
     check_image_opts(&p, "format")?;
-    let lists = p.all("options");
-    if let Some(bad) = lists.iter().find(|l| !valid_list(l)) {
-        return Err(fail(format!("Invalid option list: {bad}")));
-    }
+    let lists = option_lists(&p, "options")?;
     if lists.is_empty() {
         return Err(CmdError::usage("amend", "Must specify options (-o)"));
     }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 const OPTS: &[Opt] = &[
     flag('h', "help"),
-    flag('q', "quiet"),
+    flag('q', "").keyed("quiet"),
     with_arg('f', "format"),
     long_flag("image-opts"),
     with_arg('t', "cache"),
@@ -28,7 +28,6 @@ const OPTS: &[Opt] = &[
     long_arg("flush-interval"),
     long_flag("no-drain"),
     flag('U', "force-share"),
-    long_arg("object"),
 ];
 
 const HELP: &str = "Usage:\nRun simple image benchmark.  Usage:\n\n  {prog} bench [-f FMT | --image-opts] [-t CACHE] [-c COUNT] [-d DEPTH]\n        [-o OFFSET] [-s BUFFER_SIZE] [-S STEP_SIZE] [-i AIO] [-n]\n        [-w [--pattern PATTERN] [--flush-interval INTERVAL [--no-drain]]]\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     accepted (the report is printed regardless, as qemu-img does)\n  -f, --format FMT\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  -t, --cache CACHE\n     cache mode (writeback)\n  -c, --count COUNT\n     number of requests (default 75000)\n  -s, --buffer-size BUFFER_SIZE\n     bytes per request (default 4096)\n  -d, --depth DEPTH\n     requests in flight at once (default 64)\n  -o, --offset OFFSET\n     offset of the first request\n  -S, --step-size STEP_SIZE\n     distance between requests (default: the buffer size)\n  -i, --aio AIO\n     I/O backend (threads, native, io_uring); qimg uses threads\n  -n, --native\n     native AIO (needs -t none)\n  -w, --write\n     write instead of read\n  --pattern PATTERN\n     byte value to write (default 0)\n  --flush-interval FLUSH_INTERVAL\n     flush after this many requests\n  --no-drain\n     do not wait for requests in flight before flushing\n  -U, --force-share\n     open the image in shared mode\n\n";

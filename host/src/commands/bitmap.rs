@@ -10,7 +10,7 @@ use qimg_driver_api::schema::MetadataRequest;
 
 const OPTS: &[Opt] = &[
     flag('h', "help"),
-    with_arg('f', "format"),
+    with_arg('f', "").keyed("format"),
     long_flag("image-opts"),
     long_flag("add"),
     long_flag("remove"),

@@ -145,6 +145,20 @@ fn c_integer(text: &str) -> Result<u64, SizeError> {
     u64::from_str_radix(digits, radix).map_err(|_| SizeError::TooLarge)
 }
 
+/// The `-o` lists given as option `key`, refused as qemu-img refuses them
+/// when one is empty or starts or ends with a lone comma.
+pub fn option_lists<'a>(p: &'a Parsed, key: &str) -> Result<Vec<&'a str>, CmdError> {
+    let lists = p.all(key);
+    let valid = |list: &&str| {
+        let trailing = list.ends_with(',') && !list.ends_with(",,");
+        !list.is_empty() && !list.starts_with(',') && !trailing
+    };
+    match lists.iter().find(|l| !valid(l)) {
+        Some(bad) => Err(fail(format!("Invalid option list: {bad}"))),
+        None => Ok(lists),
+    }
+}
+
 /// Opens an image read-write with the usual locks (qemu-img's write opens),
 /// printing the probed-raw warning where qemu-img does.
 pub fn open_rw(

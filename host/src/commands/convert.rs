@@ -1,7 +1,7 @@
 //! `convert`: copy one or more images into a new (or, with `-n`, existing) one,
 //! converting the format on the way.
 
-use super::common::{cache_mode, number, objects, print_help};
+use super::common::{cache_mode, number, objects, option_lists, print_help};
 use super::create::create_message;
 use crate::block::image::driver_for;
 use crate::block::{create_image, open_image, options, BlockImage, LockSpec, OpenRequest};
@@ -15,34 +15,37 @@ use qimg_driver_api::caps;
 use qimg_driver_api::schema::{BitmapSummary, CreateRequest};
 use std::sync::Arc;
 
+/// In the order of qemu-img 10.0.2's table (Debian's build), which orders
+/// the candidates of an ambiguous abbreviation; some options have no long
+/// name there, and some long names differ from the help's.
 const OPTS: &[Opt] = &[
     flag('h', "help"),
     flag('q', "quiet"),
-    flag('p', "progress"),
-    with_arg('f', "source-format"),
+    long_arg("object"),
     long_flag("source-image-opts"),
     long_flag("image-opts"),
-    with_arg('l', "source-snapshot"),
+    with_arg('f', "source-format"),
     with_arg('T', "source-cache"),
-    with_arg('O', "target-format"),
+    with_arg('l', "snapshot").keyed("source-snapshot"),
+    with_arg('O', "output-format").keyed("target-format"),
+    with_arg('o', "options").keyed("target-options"),
+    with_arg('t', "output-cache").keyed("target-cache"),
     long_flag("target-image-opts"),
-    with_arg('o', "target-options"),
-    flag('c', "compress"),
-    with_arg('t', "target-cache"),
+    long_flag("target-is-zero"),
     with_arg('B', "backing"),
     with_arg('F', "backing-format"),
-    flag('n', "no-create"),
-    long_flag("target-is-zero"),
-    with_arg('S', "sparse-size"),
     long_flag("bitmaps"),
+    flag('c', "").keyed("compress"),
+    flag('n', "").keyed("no-create"),
+    with_arg('S', "sparse-size"),
+    long_flag("salvage"),
     long_flag("skip-broken-bitmaps"),
     flag('U', "force-share"),
     with_arg('r', "rate"),
     with_arg('m', "parallel"),
     flag('C', "copy-range-offloading"),
-    long_flag("salvage"),
     flag('W', "oob-writes"),
-    long_arg("object"),
+    flag('p', "").keyed("progress"),
 ];
 
 const HELP: &str = "Usage:\nCopy one image to another with optional format conversion.  Usage:\n\n  {prog} convert [-f SRC_FMT|--image-opts] [-T SRC_CACHE] [--bitmaps [--skip-broken-bitmaps]]\n        [-o TGT_OPTS|--target-image-opts] [-t TGT_CACHE] [-n]\n        [-B BACKING_FILENAME [-F BACKING_FMT]]\n        SRC_FILENAME [SRC_FILENAME2 [...]] TGT_FILENAME\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     print nothing but errors\n  -p, --progress\n     show progress\n  -f, --source-format SRC_FMT\n     format of the sources (probed when omitted)\n  --source-image-opts, --image-opts\n     sources are option strings (driver=...,file.filename=...)\n  -l, --source-snapshot SNAPSHOT_PARAMS\n     read a source's internal snapshot\n  -T, --source-cache SRC_CACHE\n     cache mode of the sources (writeback)\n  -O, --target-format TGT_FMT\n     format of the target (default raw)\n  --target-image-opts\n     the target is an option string (implies -n)\n  -o, --target-options TGT_OPTS\n     target format options ('-o help' lists them)\n  -c, --compress\n     write compressed clusters\n  -t, --target-cache TGT_CACHE\n     cache mode of the target (unsafe)\n  -B, --backing BACKING_FILENAME\n     make the target an overlay of BACKING_FILENAME\n  -F, --backing-format BACKING_FMT\n     format of BACKING_FILENAME\n  -n, --no-create\n     write into an existing target\n  --target-is-zero\n     the existing target reads as zeros (with -n)\n  -S, --sparse-size SPARSE_SIZE\n     leave holes for zero runs of this size (default 4k, 0: none)\n  --bitmaps\n     also copy persistent bitmaps\n  --skip-broken-bitmaps\n     skip broken bitmaps instead of failing\n  -U, --force-share\n     open the sources in shared mode\n  -r, --rate RATE\n     I/O rate limit in bytes per second\n  -m, --parallel NUM\n     parallel requests (default 8)\n  -C, --copy-range-offloading\n     use copy_file_range between local files\n  --salvage\n     read unreadable areas as zeros, with a warning\n  -W, --oob-writes\n     allow out-of-order writes (the target file may then be laid out differently)\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  SRC_FILENAME\n     a source image\n  TGT_FILENAME\n     the target image\n\n";
@@ -108,6 +111,7 @@ fn run(args: &[String]) -> CmdResult {
     if p.has("help") {
         return Ok(print_help(HELP));
     }
+    let lists = option_lists(&p, "target-options")?;
     let snapshot = p
         .last("source-snapshot")
         .map(super::snapshot::parse_snapshot_param)
@@ -115,7 +119,6 @@ fn run(args: &[String]) -> CmdResult {
     objects(&p)?;
     let settings = settings(&p)?;
     let out_format = p.last("target-format").unwrap_or("raw");
-    let lists = p.all("target-options");
     // qemu-img's checks, in its order.
     if p.has("skip-broken-bitmaps") && !p.has("bitmaps") {
         return Err(fail("Use of --skip-broken-bitmaps requires --bitmaps"));
@@ -151,7 +154,10 @@ fn run(args: &[String]) -> CmdResult {
     if p.operands.len() < 2 {
         return Err(fail("Must specify image file name"));
     }
-    if p.has("target-image-opts") && p.has("target-format") {
+    let source_opts = p.has("source-image-opts") || p.has("image-opts");
+    if (p.has("target-image-opts") && p.has("target-format"))
+        || (source_opts && p.has("source-format"))
+    {
         return Err(fail("--image-opts and --format are mutually exclusive"));
     }
     let (sources, target) = p.operands.split_at(p.operands.len() - 1);
@@ -209,7 +215,10 @@ fn convert(
     if p.has("bitmaps") && opened.len() > 1 {
         return Err(fail("Copying bitmaps only possible with single source"));
     }
-    if p.has("bitmaps") && !opened.iter().all(|s| s.driver.can(caps::BITMAPS)) {
+    // A source "supports bitmaps" when its format can hold persistent ones
+    // (qcow2 v3; parallels, in qemu-img's eyes), whether or not it has any.
+    let holds_bitmaps = |s: &Arc<BlockImage>| s.info().is_ok_and(|i| i.bitmaps.is_some());
+    if p.has("bitmaps") && !opened.iter().all(holds_bitmaps) {
         return Err(fail("Source lacks bitmap support"));
     }
     let out_format = p.last("target-format").unwrap_or("raw");

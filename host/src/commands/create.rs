@@ -1,6 +1,6 @@
 //! `create`: make a new image file.
 
-use super::common::{objects, print_help};
+use super::common::{objects, option_lists, print_help};
 use crate::block::image::driver_for;
 use crate::block::image::inner_open_message;
 use crate::block::spec::relative_to;
@@ -16,11 +16,11 @@ const OPTS: &[Opt] = &[
     flag('h', "help"),
     flag('q', "quiet"),
     with_arg('f', "format"),
+    long_arg("object"),
     with_arg('o', "options"),
     with_arg('b', "backing"),
     with_arg('F', "backing-format"),
     flag('u', "backing-unsafe"),
-    long_arg("object"),
 ];
 
 const HELP: &str = "Usage:\nCreate and format new image file.  Usage:\n\n  {prog} create [-f FMT] [-o FMT_OPTS] [-b BACKING_FILENAME [-F BACKING_FMT]]\n        [--object OBJDEF] [-u] FILENAME [SIZE[bkKMGTPE]]\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     do not print the Formatting line\n  -f, --format FMT\n     format of the new image (default raw)\n  -o, --options FMT_OPTS\n     format options ('-o help' lists them)\n  -b, --backing BACKING_FILENAME\n     make the new image an overlay of BACKING_FILENAME\n  -F, --backing-format BACKING_FMT\n     format of BACKING_FILENAME\n  -u, --backing-unsafe\n     do not open BACKING_FILENAME\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  FILENAME\n     the image to create (an existing file is overwritten)\n  SIZE\n     size with an optional suffix (powers of 1024); taken from\n     BACKING_FILENAME when omitted\n\n";
@@ -44,7 +44,7 @@ fn run(args: &[String]) -> CmdResult {
     }
     objects(&p)?;
     let format = p.last("format").unwrap_or("raw");
-    let lists = p.all("options");
+    let lists = option_lists(&p, "options")?;
     let filename = p.operands.first().map(String::as_str);
     if wants_help(&lists) {
         let driver =
@@ -102,6 +102,11 @@ fn run(args: &[String]) -> CmdResult {
         (None, None) => None,
     };
     let backing_size = match &backing {
+        Some(name) if name.is_empty() => {
+            return Err(prefixed(
+                "Expected backing file name, got empty string".into(),
+            ))
+        }
         Some(name) if !p.has("backing-unsafe") => Some(
             check_backing(
                 filename,
@@ -110,6 +115,12 @@ fn run(args: &[String]) -> CmdResult {
             )
             .map_err(prefixed)?,
         ),
+        // Even unchecked, a backing file needs its format named.
+        Some(_) if !values.contains_key("backing_fmt") => {
+            return Err(prefixed(
+                "Backing file specified without backing format".into(),
+            ))
+        }
         _ => None,
     };
     let Some(size) = given_size.or(backing_size) else {

@@ -14,9 +14,9 @@ const OPTS: &[Opt] = &[
     flag('h', "help"),
     with_arg('f', "format"),
     long_flag("image-opts"),
+    long_arg("object"),
     with_arg('O', "output-format"),
     flag('U', "force-share"),
-    long_arg("object"),
 ];
 
 const HELP: &str = "Usage:\nCopy input to output with optional format conversion.  Usage:\n\n  {prog} dd [-f FMT|--image-opts] [-O OUTPUT_FMT] [-U]\n        [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS] if=INPUT of=OUTPUT\n\nArguments:\n  -h, --help\n     print this help and exit\n  -f, --format FMT\n     the format of INPUT (probed when omitted)\n  --image-opts\n     INPUT is an option string (driver=...,file.filename=...)\n  -O, --output-format OUTPUT_FMT\n     format of OUTPUT (default raw)\n  -U, --force-share\n     open INPUT in shared mode\n  bs=BLOCK_SIZE[kKMGTP]\n     block size (default 512)\n  count=COUNT\n     number of blocks to copy (default: all of INPUT)\n  skip=COUNT\n     number of blocks of INPUT to skip\n  if=INPUT\n     the input image\n  of=OUTPUT\n     the output image, created anew\n\n";

@@ -17,8 +17,8 @@ const OPTS: &[Opt] = &[
     long_flag("image-opts"),
     flag('b', "backing-chain"),
     flag('U', "force-share"),
-    long_arg("object"),
     long_arg("output"),
+    long_arg("object"),
 ];
 
 const HELP: &str = "Usage:\nDisplay information about image.  Usage:\n\n  {prog} info [-f FMT | --image-opts] [-b] [-U] [--object OBJDEF]\n        [--output human|json] FILENAME\n\nArguments:\n  -h, --help\n     print this help and exit\n  -f, --format FMT\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  -b, --backing-chain\n     show every image of the backing chain\n  -U, --force-share\n     open the image in shared mode\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  --output human|json\n     output format (default human)\n  FILENAME\n     the image\n\n";

@@ -1,7 +1,7 @@
 //! `measure`: how much space an image of a format needs, for a given size or
 //! to hold an existing image's data.
 
-use super::common::{check_image_opts, objects, print_help};
+use super::common::{check_image_opts, objects, option_lists, print_help};
 use super::create::image_size_error;
 use crate::block::image::driver_for;
 use crate::block::services::secret_bytes;
@@ -25,11 +25,11 @@ const OPTS: &[Opt] = &[
     long_flag("image-opts"),
     with_arg('l', "snapshot"),
     with_arg('o', "options"),
+    long_arg("object"),
     with_arg('O', "target-format"),
     long_arg("output"),
     long_arg("size"),
     flag('U', "force-share"),
-    long_arg("object"),
 ];
 
 const HELP: &str = "Usage:\nCalculate file size required for a new image.  Usage:\n\n  {prog} measure [-f FMT|--image-opts] [-o OPTIONS] [-O OUTPUT_FMT]\n       [--output OFMT] [--object OBJDEF] [-l SNAPSHOT_PARAM]\n       (--size SIZE | FILENAME)\n\nArguments:\n  -h, --help\n     print this help and exit\n  -O, --target-format FMT\n     format of the image to measure for (default raw)\n  --size SIZE\n     measure a new, empty image of this size\n  FILENAME\n     measure the space needed to convert FILENAME\n  -f, --format\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  -l, --snapshot SNAPSHOT\n     measure this snapshot of FILENAME\n  --output human|json\n     output format\n  -U, --force-share\n     open the image in shared mode\n\n";
@@ -55,6 +55,7 @@ fn run(args: &[String]) -> CmdResult {
     if p.has("help") {
         return Ok(print_help(HELP));
     }
+    let lists = option_lists(&p, "options")?;
     let snapshot = p
         .last("snapshot")
         .map(super::snapshot::parse_snapshot_param)
@@ -82,7 +83,7 @@ fn run(args: &[String]) -> CmdResult {
     }
     let format = p.last("target-format").unwrap_or("raw");
     let driver = driver_for(format).map_err(|_| fail(format!("Unknown file format '{format}'")))?;
-    let given = merge_opts(&p.all("options")).map_err(fail)?;
+    let given = merge_opts(&lists).map_err(fail)?;
     let values = options::validate(&options::schema(&driver, true), &given).map_err(|m| {
         fail(format!(
             "{m}\n{}: Invalid options for file format '{}'",

@@ -124,6 +124,52 @@ fn plugins_option(args: &[String]) -> Option<PathBuf> {
     None
 }
 
+/// Whether a standard option takes an argument.
+#[derive(Clone, Copy, PartialEq)]
+enum TopArg {
+    No,
+    Required,
+    /// Only as `--name=value`.
+    Optional,
+}
+
+/// The standard options' long names, in qemu-img's order (its `help`,
+/// `version`, `trace`) and then qimg's own.
+const TOP_LONG: &[(&str, TopArg)] = &[
+    ("help", TopArg::No),
+    ("version", TopArg::No),
+    ("trace", TopArg::Required),
+    ("plugins", TopArg::Required),
+    ("confine", TopArg::No),
+    ("conformance", TopArg::Required),
+    ("list-drivers", TopArg::Optional),
+];
+
+/// The standard option `name` names, exactly or as the one it abbreviates;
+/// `None` if none. An ambiguous abbreviation is getopt's message, with `{}`
+/// for the argument as given.
+fn top_long(name: &str) -> Result<Option<(&'static str, TopArg)>, String> {
+    if let Some(&exact) = TOP_LONG.iter().find(|(long, _)| *long == name) {
+        return Ok(Some(exact));
+    }
+    let candidates: Vec<&(&str, TopArg)> = TOP_LONG
+        .iter()
+        .filter(|(long, _)| long.starts_with(name))
+        .collect();
+    match candidates[..] {
+        [] => Ok(None),
+        [&one] => Ok(Some(one)),
+        _ => Err(format!(
+            "option '--{{}}' is ambiguous; possibilities: {}",
+            candidates
+                .iter()
+                .map(|(long, _)| format!("'--{long}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )),
+    }
+}
+
 /// Parses the standard options before the command name and runs the command.
 pub fn dispatch(args: &[String]) -> CmdResult {
     let mut i = 0;
@@ -141,65 +187,95 @@ pub fn dispatch(args: &[String]) -> CmdResult {
     while i < args.len() && args[i].starts_with('-') && args[i] != "-" {
         let arg = args[i].as_str();
         i += 1;
-        match arg {
-            "-h" | "--help" => {
-                // The help lists the drivers of the manifest a later
-                // `--plugins` names, so look ahead for it.
-                settle_plugins(plugins.take(), &args[i..]);
-                out!("{}", help_text());
-                return Ok(0);
-            }
-            "--conformance" => {
-                let Some(format) = args.get(i) else {
-                    return Err(getopt_err(
-                        "option '--conformance' requires an argument".to_string(),
-                    ));
-                };
-                settle_plugins(plugins.take(), &args[i + 1..]);
-                return crate::plugins::conformance::run(format);
-            }
-            "--list-drivers" | "--list-drivers=json" => {
-                settle_plugins(plugins.take(), &args[i..]);
-                let json = arg.ends_with("=json");
-                return Ok(crate::plugins::listing::print(registry(), json));
-            }
-            "-V" | "--version" => {
-                out!("{}", version_text());
-                return Ok(0);
-            }
-            "-T" | "--trace" => {
-                if i >= args.len() {
-                    return Err(getopt_err(if arg == "-T" {
-                        "option requires an argument -- 'T'".to_string()
-                    } else {
-                        "option '--trace' requires an argument".to_string()
-                    }));
+        if arg == "--" {
+            break;
+        }
+        // getopt_long's rules: long names may be abbreviated, short
+        // letters bundled (`-Vh`), and an option acts when it is read.
+        let mut found = Vec::new();
+        if let Some(body) = arg.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (body, None),
+            };
+            let opt = top_long(name).map_err(|m| getopt_err(m.replace("{}", body)))?;
+            let Some((long, takes)) = opt else {
+                return Err(getopt_err(format!("unrecognized option '{arg}'")));
+            };
+            let value = match (takes, inline) {
+                (TopArg::Required, None) => {
+                    let Some(next) = args.get(i) else {
+                        return Err(getopt_err(format!(
+                            "option '--{long}' requires an argument"
+                        )));
+                    };
+                    i += 1;
+                    Some(next.clone())
                 }
-                crate::trace::check_option(&args[i])?;
-                i += 1;
-            }
-            "--plugins" => {
-                let Some(path) = args.get(i) else {
-                    return Err(getopt_err(
-                        "option '--plugins' requires an argument".to_string(),
-                    ));
+                (TopArg::No, Some(_)) => {
+                    return Err(getopt_err(format!(
+                        "option '--{long}' doesn't allow an argument"
+                    )))
+                }
+                (_, value) => value,
+            };
+            found.push((long, value));
+        } else {
+            let letters: Vec<char> = arg[1..].chars().collect();
+            for (j, &c) in letters.iter().enumerate() {
+                let long = match c {
+                    'h' => "help",
+                    'V' => "version",
+                    'T' => "trace",
+                    _ => return Err(getopt_err(format!("invalid option -- '{c}'"))),
                 };
-                plugins = Some(PathBuf::from(path));
-                i += 1;
+                if c == 'T' {
+                    let value = if j + 1 < letters.len() {
+                        letters[j + 1..].iter().collect()
+                    } else if let Some(next) = args.get(i) {
+                        i += 1;
+                        next.clone()
+                    } else {
+                        return Err(getopt_err("option requires an argument -- 'T'".into()));
+                    };
+                    found.push((long, Some(value)));
+                    break;
+                }
+                found.push((long, None));
             }
-            "--confine" => crate::confine::request(),
-            "--" => break,
-            _ if arg.starts_with("--trace=") => {
-                crate::trace::check_option(&arg["--trace=".len()..])?
+        }
+        for (long, value) in found {
+            match long {
+                "help" => {
+                    // The help lists the drivers of the manifest a later
+                    // `--plugins` names, so look ahead for it.
+                    settle_plugins(plugins.take(), &args[i..]);
+                    out!("{}", help_text());
+                    return Ok(0);
+                }
+                "conformance" => {
+                    settle_plugins(plugins.take(), &args[i..]);
+                    return crate::plugins::conformance::run(&value.unwrap_or_default());
+                }
+                "list-drivers" => {
+                    settle_plugins(plugins.take(), &args[i..]);
+                    let json = match value.as_deref() {
+                        None => false,
+                        Some("json") => true,
+                        Some(other) => {
+                            return Err(usage(format!("Unknown --list-drivers format '{other}'")))
+                        }
+                    };
+                    return Ok(crate::plugins::listing::print(registry(), json));
+                }
+                "version" => {
+                    out!("{}", version_text());
+                    return Ok(0);
+                }
+                "trace" => crate::trace::check_option(&value.unwrap_or_default())?,
+                "plugins" => plugins = Some(PathBuf::from(value.unwrap_or_default())),
+                _ => crate::confine::request(),
             }
-            _ if arg.starts_with("--plugins=") => {
-                plugins = Some(PathBuf::from(&arg["--plugins=".len()..]))
-            }
-            _ if arg.starts_with("-T") => crate::trace::check_option(&arg[2..])?,
-            _ if arg.starts_with("--") => {
-                return Err(getopt_err(format!("unrecognized option '{arg}'")))
-            }
-            _ => return Err(getopt_err(format!("invalid option -- '{}'", &arg[1..2]))),
         }
     }
     let _ = PLUGINS.set(plugins);

@@ -16,6 +16,7 @@ const OPTS: &[Opt] = &[
     flag('h', "help"),
     flag('q', "quiet"),
     flag('p', "progress"),
+    flag('U', "force-share"),
     with_arg('f', "format"),
     long_flag("image-opts"),
     with_arg('t', "cache"),
@@ -24,7 +25,6 @@ const OPTS: &[Opt] = &[
     with_arg('T', "backing-cache"),
     flag('u', "backing-unsafe"),
     flag('c', "compress"),
-    flag('U', "force-share"),
     long_arg("object"),
 ];
 
@@ -75,6 +75,9 @@ fn rebase(
     progress: &Progress,
 ) -> CmdResult {
     let image = open_rw(&p.operands[0], p.last("format"), p.has("image-opts"), cache)?;
+    if p.has("compress") && !image.driver.can(caps::COMPRESSED_WRITES) {
+        return Err(fail("Compression not supported for this file format"));
+    }
     let change_error = |reason: &str| {
         fail(format!(
             "Could not change the backing file to '{backing}': {reason}"

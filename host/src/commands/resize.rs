@@ -2,7 +2,9 @@
 
 use super::common::{check_image_opts, objects, print_help};
 use crate::block::{open_image, LockSpec, OpenRequest};
-use crate::cli::{flag, getopt, long_arg, long_flag, parse_size_u64, program, with_arg, Opt};
+use crate::cli::{
+    first_operand, flag, getopt, long_arg, long_flag, parse_size_u64, program, with_arg, Opt,
+};
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
 use qimg_driver_api::size::invalid_message;
@@ -22,35 +24,51 @@ const HELP: &str = "Usage:\nResize the image to the new size.  Usage:\n\n  {prog
 
 inventory::submit! { super::Command { name: "resize", summary: "Resize the image to the new size", run } }
 
+/// qemu-img 10.0.2's reading of a negative size: the argument right after
+/// the file name is the size when it is a minus sign and a digit (so
+/// `resize img -1G --shrink` works), anywhere else it is an option. Returns
+/// the arguments without it, and it.
+fn take_negative_size(args: &[String]) -> (Vec<String>, Option<String>) {
+    let mut rest = args.to_vec();
+    let after_name = first_operand(args, OPTS).map(|i| i + 1);
+    let negative = after_name.filter(|&i| {
+        args.get(i).is_some_and(|a| {
+            a.strip_prefix('-')
+                .is_some_and(|d| d.starts_with(|c: char| c.is_ascii_digit()))
+        })
+    });
+    let size = negative.map(|i| rest.remove(i));
+    (rest, size)
+}
+
 fn run(args: &[String]) -> CmdResult {
-    // qemu-img takes the size from the last argument before parsing options,
-    // so `resize img -1G` works without `--`.
-    let Some((size_text, rest)) = args.split_last() else {
+    let (args, negative) = take_negative_size(args);
+    let p = getopt("resize", &args, OPTS)?;
+    if p.has("help") {
+        return Ok(print_help(HELP));
+    }
+    // Checked as the option is read, before the operands.
+    let prealloc = match p.last("preallocation") {
+        None => Prealloc::OFF,
+        Some(name) => Prealloc::parse(name)
+            .ok_or_else(|| fail(format!("Invalid preallocation mode '{name}'")))?,
+    };
+    objects(&p)?;
+    check_image_opts(&p, "format")?;
+    let mut operands = p.operands.iter();
+    let filename = operands.next();
+    let size_text = negative.as_ref().or_else(|| operands.next());
+    let (Some(filename), Some(size_text)) = (filename, size_text) else {
         return Err(CmdError::usage(
             "resize",
             "Expecting image file name and size",
         ));
     };
-    let p = getopt("resize", rest, OPTS)?;
-    if p.has("help") || size_text == "--help" || size_text == "-h" {
-        return Ok(print_help(HELP));
-    }
-    objects(&p)?;
-    check_image_opts(&p, "format")?;
-    match p.operands.len() {
-        0 => {
-            return Err(CmdError::usage(
-                "resize",
-                "Expecting image file name and size",
-            ))
-        }
-        1 => {}
-        _ => {
-            return Err(CmdError::usage(
-                "resize",
-                "Extra argument(s) in command line",
-            ))
-        }
+    if operands.next().is_some() {
+        return Err(CmdError::usage(
+            "resize",
+            "Extra argument(s) in command line",
+        ));
     }
     let (sign, digits) = match size_text.as_bytes().first() {
         Some(b'+') => (1i128, &size_text[1..]),
@@ -58,16 +76,11 @@ fn run(args: &[String]) -> CmdResult {
         _ => (0i128, size_text.as_str()),
     };
     let amount = parse_size_u64(digits, 1).map_err(|_| fail(invalid_message("size")))? as i128;
-    let prealloc = match p.last("preallocation") {
-        None => Prealloc::OFF,
-        Some(name) => Prealloc::parse(name)
-            .ok_or_else(|| fail(format!("Invalid preallocation mode '{name}'")))?,
-    };
     let request = OpenRequest {
         write: true,
         cache: CacheMode::Writeback,
         lock: Some(LockSpec::RESIZE),
-        ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
+        ..OpenRequest::read(filename, p.last("format"), p.has("image-opts"))
     };
     let image = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
     let current = image.size() as i128;

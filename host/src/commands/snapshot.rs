@@ -17,9 +17,13 @@ const OPTS: &[Opt] = &[
     flag('U', "force-share"),
     long_arg("object"),
     flag('l', "list"),
-    with_arg('c', "create"),
-    with_arg('a', "apply"),
-    with_arg('d', "delete"),
+    // The long forms take no name in qemu-img 10.0.2's table.
+    with_arg('c', "").keyed("create"),
+    with_arg('a', "").keyed("apply"),
+    with_arg('d', "").keyed("delete"),
+    long_flag("create"),
+    long_flag("apply"),
+    long_flag("delete"),
 ];
 
 const HELP: &str = "Usage:\nList or manipulate snapshots within image.  Usage:\n\n  {prog} snapshot [-f FMT | --image-opts] [-l | -a|-c|-d SNAPSHOT]\n        [-U] [--object OBJDEF] FILENAME\n\nArguments:\n  -h, --help\n     print this help and exit\n  -q, --quiet\n     print nothing but errors\n  -f, --format FMT\n     the format of FILENAME (probed when omitted)\n  --image-opts\n     FILENAME is an option string (driver=...,file.filename=...)\n  -U, --force-share\n     open the image in shared mode\n  --object OBJDEF\n     a secret (secret,id=ID,data=...|file=...)\n  Operation, one of:\n    -l, --list\n       list the snapshots (the default)\n    -c, --create SNAPSHOT\n       create a snapshot\n    -a, --apply SNAPSHOT\n       revert the image to a snapshot\n    -d, --delete SNAPSHOT\n       delete a snapshot\n  FILENAME\n     the image\n\n";
@@ -31,15 +35,15 @@ fn run(args: &[String]) -> CmdResult {
     if p.has("help") {
         return Ok(print_help(HELP));
     }
-    let actions: Vec<&str> = ["list", "create", "apply", "delete"]
-        .into_iter()
-        .filter(|a| p.has(a))
+    // As qemu-img: a second action option, even the same one again, is an
+    // error.
+    let actions: Vec<&str> = p
+        .opts
+        .iter()
+        .map(|(key, _)| key.as_str())
+        .filter(|key| ["list", "create", "apply", "delete"].contains(key))
         .collect();
-    if actions.len() > 1
-        || ["create", "apply", "delete"]
-            .iter()
-            .any(|a| p.all(a).len() > 1)
-    {
+    if actions.len() > 1 {
         return Err(CmdError::usage(
             "snapshot",
             "Cannot mix '-l', '-a', '-c', '-d'",
@@ -65,7 +69,16 @@ fn run(args: &[String]) -> CmdResult {
         }
         return Ok(0);
     }
-    let tag = p.last(action).unwrap_or_default().to_string();
+    // qemu-img's long forms take no name (and it then crashes): refuse.
+    let Some(tag) = p.last(action).map(str::to_string) else {
+        return Err(CmdError::usage(
+            "snapshot",
+            format!(
+                "option '--{action}' gives no snapshot name; use -{}",
+                &action[..1]
+            ),
+        ));
+    };
     let image = open_rw(name, format, image_opts, CacheMode::Writeback)?;
     let (verb, request, unsupported) = match action {
         "create" => (
