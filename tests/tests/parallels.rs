@@ -35,6 +35,9 @@ fn reads_alike(fx: &Fixture, file: &str) {
     fx.same(&["map", "--output=json", file]);
     fx.same(&["check", file]);
     fx.same(&["check", "--output=json", file]);
+    // qemu-img counts a parallels source's bitmaps (none persistent).
+    fx.same(&["measure", "-O", "qcow2", file]);
+    fx.same(&["measure", "--output=json", "-O", "qcow2", file]);
 }
 
 /// qimg's `convert -O raw` of `file` holds what qemu-img reads in it.
@@ -459,6 +462,27 @@ fn a_cluster_past_the_end_is_reported_where_qemu_img_aborts() {
     );
     same_repair(&fx, "eof.prl", &["check", "-r", "all", "{}"]);
     fx.oracle(&["check", "ours.eof.prl"]);
+    // Repairing leaks only leaves the entry, and the file does not grow
+    // out to where it points.
+    fx.sh("cp eof.prl leaks.prl");
+    let before = std::fs::metadata(fx.path("leaks.prl")).unwrap().len();
+    let out = fx.qimg(&["check", "-r", "leaks", "leaks.prl"]);
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    let after = std::fs::metadata(fx.path("leaks.prl")).unwrap().len();
+    assert!(after <= before, "{before} -> {after}");
+    assert_eq!(fx.qimg(&["check", "leaks.prl"]).status, 2);
+}
+
+/// `convert --bitmaps` from parallels copies no bitmap, as qemu-img (which
+/// takes the format as able to hold persistent ones) does, instead of
+/// refusing the source.
+#[test]
+fn bitmaps_copy_from_parallels_as_from_qemu_img() {
+    let fx = made("prl_bitmaps", "", "4M");
+    fx.same_effect(
+        &["convert", "--bitmaps", "-O", "qcow2", "img.prl", "{}"],
+        "o.qcow2",
+    );
 }
 
 // ---- hostile headers -------------------------------------------------------

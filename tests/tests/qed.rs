@@ -108,6 +108,7 @@ fn creates_what_qemu_img_creates() {
         vec!["-o", "cluster_size=2M,table_size=8"],
         vec!["-b", "b.raw", "-F", "raw"],
         vec!["-b", "b.qcow2", "-F", "qcow2"],
+        vec!["-o", "preallocation=full"],
     ] {
         let mut args = vec!["create", "-f", "qed"];
         args.extend(opts);
@@ -123,6 +124,8 @@ fn creates_what_qemu_img_creates() {
         "table_size=0",
         "table_size=3",
         "table_size=32",
+        "preallocation=metadata",
+        "preallocation=bogus",
     ] {
         let out = fx.qimg(&["create", "-f", "qed", "-o", opts, "bad.qed", "1M"]);
         let theirs = fx.qemu_img(&["create", "-f", "qed", "-o", opts, "bad.qed", "1M"]);

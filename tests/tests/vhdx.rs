@@ -209,6 +209,7 @@ fn create_refuses_what_qemu_img_refuses() {
         ("preallocation=foo", "1M"),
         ("", "65T"),
         ("block_size=3M", "1M"),
+        ("block_size=2049K", "1M"),
         ("block_size=foo", "1M"),
         ("log_size=0", "1M"),
         ("log_size=4G", "1M"),
@@ -221,6 +222,27 @@ fn create_refuses_what_qemu_img_refuses() {
         args.extend(["x.vhdx", size]);
         fx.same(&args);
         let _ = std::fs::remove_file(fx.path("x.vhdx"));
+    }
+    // Block sizes are whole MiB first: 1536K makes 2 MiB blocks.
+    for tool in ["ours", "theirs"] {
+        let args = [
+            "create",
+            "-q",
+            "-f",
+            "vhdx",
+            "-o",
+            "block_size=1536K",
+            "bs.vhdx",
+            "1M",
+        ];
+        let out = if tool == "ours" {
+            fx.qimg(&args)
+        } else {
+            fx.qemu_img(&args)
+        };
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        let info = fx.qemu_img(&["info", "--output=json", "bs.vhdx"]).stdout;
+        assert!(info.contains("\"cluster-size\": 2097152"), "{tool}: {info}");
     }
     // qimg's list adds the options of differencing disks, which qemu-img
     // cannot make; the rest is qemu-img's.
@@ -470,6 +492,9 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("bat-undefined", 2 << 20, le64((8 << 20) | 1)),
         ("bat-unmapped", 2 << 20, le64((8 << 20) | 3)),
         ("bat-state5", 2 << 20, le64((8 << 20) | 5)),
+        ("bat-end-past-eof", 2 << 20, le64((11 << 20) | 6)),
+        ("bat-start-at-eof", 2 << 20, le64((16 << 20) | 6)),
+        ("bat-over-bat", 2 << 20, le64((2 << 20) | 6)),
     ];
     let mut files = Vec::new();
     for (name, at, bytes) in plain {
@@ -531,6 +556,23 @@ fn hostile_headers_fail_as_qemu_img_fails() {
     for file in &files {
         fx.same_bounded(&["info", "-f", "vhdx", file]);
         fx.same_bounded(&["map", "-f", "vhdx", "--output=json", file]);
+    }
+    // Reading the blocks fails where qemu-img's does (a partially present
+    // block needs a parent), and check opens what a plain open refuses
+    // and counts the bad blocks.
+    for (name, _, _) in plain.iter().filter(|(n, _, _)| n.starts_with("bat-")) {
+        let file = format!("{name}.vhdx");
+        for check in [
+            &["check"][..],
+            &["check", "--output=json"],
+            &["check", "-r", "all"],
+        ] {
+            let mut args = check.to_vec();
+            args.extend(["-f", "vhdx", &file]);
+            fx.same_bounded(&args);
+        }
+        let _ = std::fs::remove_file(fx.path("out.raw"));
+        fx.same_bounded(&["convert", "-f", "vhdx", "-O", "raw", &file, "out.raw"]);
     }
 }
 

@@ -567,10 +567,13 @@ impl ParallelsImage {
             return Ok(());
         }
         let tracks = u64::from(st.header.tracks);
+        // Entries past the end of the file (a damaged BAT that `check -r
+        // leaks` leaves as it is) do not make the file grow.
+        let file_len = self.store.size()?;
         let last = st
             .bat
             .iter()
-            .filter(|&&e| e != 0)
+            .filter(|&&e| e != 0 && self.geo.host(e) + self.geo.cluster <= file_len)
             .map(|&e| self.geo.host(e) / SECTOR + tracks)
             .max();
         st.data_end = last.unwrap_or(0).max(st.data_start);
@@ -621,8 +624,14 @@ impl ImageImpl for ParallelsImage {
 
     fn info(&self) -> std::result::Result<ImageInfo, DriverError> {
         // qemu-img shows nothing format-specific for parallels: no cluster
-        // size, no dirty flag, no bitmaps.
-        Ok(ImageInfo::default())
+        // size, no dirty flag. Its bitmaps are not persistent ones, but
+        // qemu-img treats the format as able to hold them: `measure -O
+        // qcow2` counts "bitmaps size: 0" and `convert --bitmaps` copies
+        // none instead of refusing.
+        Ok(ImageInfo {
+            bitmaps: Some(Vec::new()),
+            ..ImageInfo::default()
+        })
     }
 
     fn store_name(&self, _index: u32) -> String {

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::header::{self, features, Header, HEADER_BYTES};
 use qimg_driver_api::schema::{CreateOption, CreateRequest, OptionType};
-use qimg_driver_api::{ByteStoreBox, StoreExt};
+use qimg_driver_api::{ByteStoreBox, Prealloc, StoreExt};
 use qimg_driver_util::option_with_default as opt;
 
 /// Default cluster size.
@@ -45,6 +45,19 @@ pub fn options() -> Vec<CreateOption> {
 
 /// The header `request` describes, with qemu-img's refusals.
 pub fn header_for(request: &CreateRequest) -> Result<(Header, Option<String>)> {
+    // The file protocol takes the preallocation mode first; a qed file is
+    // never preallocated beyond its tables (qemu-img ignores the mode).
+    if let Some(mode) = request.options.get("preallocation") {
+        match Prealloc::parse(mode) {
+            Some(Prealloc::METADATA) => {
+                return Err(Error::Unsupported(
+                    "Unsupported preallocation mode: metadata".into(),
+                ))
+            }
+            Some(_) => {}
+            None => return Err(Error::Argument(format!("invalid parameter value: {mode}"))),
+        }
+    }
     let number = |key: &str, default: u64| {
         request
             .options

@@ -122,44 +122,82 @@ pub fn read(store: &ByteStoreBox, region: Region, geometry: &Geometry) -> Result
 }
 
 /// Checks every present payload block as qemu-img does at open: its
-/// guest bytes lie inside the file, and it overlaps none of `regions`
-/// (offset, length, in the order registered). A block that fails is
-/// reported and the open fails.
+/// offset fits in 63 bits, its guest bytes lie inside the file, and it
+/// overlaps none of `regions` (offset, length, in the order registered).
+/// Each failure is reported; the first fails the open, unless the image
+/// is opened for `check` (`keep_going`), which counts them all. Returns
+/// the count.
 pub fn check_blocks(
     table: &[u64],
     geometry: &Geometry,
     disk_size: u64,
     file_len: u64,
     regions: &[(u64, u64)],
-) -> Result<()> {
+    keep_going: bool,
+) -> Result<u64> {
+    let mut bad = 0;
     for (i, &e) in table.iter().enumerate() {
         let i = i as u64;
-        if !geometry.is_payload(i) {
+        if !geometry.is_payload(i)
+            || !matches!(state(e), PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT)
+        {
             continue;
         }
-        if matches!(state(e), PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT) {
-            let block = i - i / (geometry.chunk_ratio + 1);
-            let guest = disk_size.saturating_sub(block * geometry.block_size);
-            let end = offset(e) + geometry.block_size.min(guest).max(1) - 1;
-            // File offsets are signed 64-bit numbers to qemu-img.
-            if end > i64::MAX as u64 {
-                eprintln!("{}: VHDX BAT entry {i} offset overflow.", program_name());
-                return Err(VhdxError::Invalid);
+        let failures = block_failures(i, e, geometry, disk_size, file_len, regions, keep_going);
+        for error in failures {
+            if !keep_going {
+                return Err(error);
             }
-            let (start, stop) = (offset(e), offset(e) + geometry.block_size);
-            if let Some(region) = region::overlapping(regions, start, stop) {
-                return Err(region::report_overlap(start, stop, region));
-            }
-            if end >= file_len {
-                eprintln!(
-                    "{}: VHDX BAT entry {i} end offset {end} points after end of file ({file_len}). Image has probably been truncated.",
-                    program_name()
-                );
-                return Err(VhdxError::Invalid);
-            }
+            bad += 1;
         }
     }
-    Ok(())
+    Ok(bad)
+}
+
+/// The failures of the present payload block of entry `i` (see
+/// [`check_blocks`]), each reported on stderr in qemu-img's words as it
+/// is found; only the first unless `all`.
+fn block_failures(
+    i: u64,
+    e: u64,
+    geometry: &Geometry,
+    disk_size: u64,
+    file_len: u64,
+    regions: &[(u64, u64)],
+    all: bool,
+) -> Vec<VhdxError> {
+    let mut failures = Vec::new();
+    let block = i - i / (geometry.chunk_ratio + 1);
+    let guest = disk_size.saturating_sub(block * geometry.block_size);
+    let start = offset(e);
+    let end = start + geometry.block_size.min(guest).max(1) - 1;
+    // File offsets are signed 64-bit numbers to qemu-img.
+    if end > i64::MAX as u64 {
+        eprintln!("{}: VHDX BAT entry {i} offset overflow.", program_name());
+        failures.push(VhdxError::Invalid);
+    }
+    let stop = start.saturating_add(geometry.block_size);
+    if all || failures.is_empty() {
+        if let Some(region) = region::overlapping(regions, start, stop) {
+            failures.push(region::report_overlap(start, stop, region));
+        }
+    }
+    if !all && !failures.is_empty() {
+        return failures;
+    }
+    let past = if start >= file_len {
+        Some(("start", start))
+    } else {
+        (end >= file_len).then_some(("end", end))
+    };
+    if let Some((which, at)) = past {
+        eprintln!(
+            "{}: VHDX BAT entry {i} {which} offset {at} points after end of file ({file_len}). Image has probably been truncated.",
+            program_name()
+        );
+        failures.push(VhdxError::Invalid);
+    }
+    failures
 }
 
 #[cfg(test)]

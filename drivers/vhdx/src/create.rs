@@ -143,6 +143,9 @@ impl Plan {
                 _ => 8 * MIB,
             };
         }
+        // Rounded up to whole MiB and into range before the power-of-two
+        // check, as qemu-img does (1536K becomes 2M; 3M is refused).
+        let block_size = block_size.saturating_add(MIB - 1) / MIB * MIB;
         let block_size = block_size.clamp(MIB, MAX_BLOCK_SIZE);
         if !block_size.is_power_of_two() {
             return Err(VhdxError::InvalidOption(
@@ -385,6 +388,10 @@ mod tests {
             MIB
         );
         assert!(plan(10 << 20, &[("block_size", "3145728")]).is_err());
+        // Whole MiB first: 1536K is 2M, 2049K is 3M (refused).
+        let p = plan(10 << 20, &[("block_size", "1572864")]).unwrap();
+        assert_eq!(p.geometry.block_size, 2 * MIB);
+        assert!(plan(10 << 20, &[("block_size", "2098176")]).is_err());
         assert!(plan(10 << 20, &[("log_size", "0")]).is_err());
         assert!(plan((64 << 40) + 1, &[]).is_err());
     }

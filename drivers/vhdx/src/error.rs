@@ -40,6 +40,10 @@ pub enum VhdxError {
     /// A write that would land on the image's own metadata.
     #[error("Input/output error")]
     OverMetadata,
+    /// A block in a state this image cannot have: PARTIALLY_PRESENT in a
+    /// disk without a parent (qemu-img fails the read the same way).
+    #[error("Input/output error")]
+    BadBlockState,
     /// A creation option with a value the driver does not accept.
     #[error("{0}")]
     InvalidOption(String),
@@ -99,7 +103,7 @@ impl From<VhdxError> for DriverError {
                 ..DriverError::unsupported(message)
             },
             VhdxError::ReadOnly => DriverError::from_errno(1, message),
-            VhdxError::OverMetadata => DriverError {
+            VhdxError::OverMetadata | VhdxError::BadBlockState => DriverError {
                 errno: EIO,
                 ..DriverError::new(ErrorKind::IO, message)
             },

@@ -48,6 +48,9 @@ pub struct VhdxImage {
     meta: Mutex<Meta>,
     /// A differencing disk's parent.
     parent: Option<Parent>,
+    /// Present blocks outside the file or over its metadata, counted when
+    /// the image is opened for `check` (any other open refuses them).
+    bad_blocks: u64,
 }
 
 /// The mutable metadata.
@@ -141,7 +144,14 @@ impl VhdxImage {
             geometry = geometry.with_bitmaps();
         }
         let table = bat::read(&store, regions.bat, &geometry)?;
-        bat::check_blocks(&table, &geometry, md.disk_size, file_len, &known)?;
+        let bad_blocks = bat::check_blocks(
+            &table,
+            &geometry,
+            md.disk_size,
+            file_len,
+            &known,
+            flags & open_flags::CHECK != 0,
+        )?;
         let parent = match &md.parent {
             Some(locator) => Some(parent::open(host, locator, flags)?),
             None => None,
@@ -154,6 +164,7 @@ impl VhdxImage {
             md,
             geometry,
             replayed: AtomicBool::new(replayed),
+            bad_blocks,
             meta: Mutex::new(Meta {
                 bat: table,
                 header: hdr,
@@ -175,19 +186,21 @@ impl VhdxImage {
         self.disk_size.load(Ordering::Acquire) / 512 * 512
     }
 
-    /// The file offset of guest byte `offset`, or `None` if its block
-    /// reads as zeros.
-    fn locate(&self, offset: u64) -> Option<u64> {
+    /// The file offset of guest byte `offset` of a disk without a parent,
+    /// or `None` if its block reads as zeros.
+    fn locate(&self, offset: u64) -> Result<Option<u64>> {
         let block = offset / self.geometry.block_size;
         let e = self.meta().entry(self.geometry.index(block));
         // Without a parent, every state but "present" reads as zeros
-        // ([MS-VHDX] 2.5.1.1); PARTIALLY_PRESENT occurs in differencing
+        // ([MS-VHDX] 2.5.1.1); PARTIALLY_PRESENT belongs to differencing
         // disks only, which read through `read_differencing`.
-        matches!(
-            bat::state(e),
-            bat::PAYLOAD_FULLY_PRESENT | bat::PAYLOAD_PARTIALLY_PRESENT
-        )
-        .then(|| bat::offset(e) + offset % self.geometry.block_size)
+        match bat::state(e) {
+            bat::PAYLOAD_FULLY_PRESENT => {
+                Ok(Some(bat::offset(e) + offset % self.geometry.block_size))
+            }
+            bat::PAYLOAD_PARTIALLY_PRESENT => Err(VhdxError::BadBlockState),
+            _ => Ok(None),
+        }
     }
 
     fn check_write(&self, offset: u64, len: u64) -> Result<()> {
@@ -501,7 +514,7 @@ impl VhdxImage {
         }
         let bs = self.geometry.block_size;
         if size < old && !size.is_multiple_of(bs) {
-            if let Some(host) = self.locate(size) {
+            if let Some(host) = self.locate(size)? {
                 self.store.zero_range(host, bs - size % bs, false)?;
             }
         }
@@ -586,7 +599,7 @@ impl VhdxImage {
                 // through: the block is filled from it first.
                 let host = match self.parent {
                     Some(_) => Some(self.place(block)? + at % bs),
-                    None => self.locate(at),
+                    None => self.locate(at)?,
                 };
                 if let Some(host) = host {
                     self.store.zero_range(host, n, false)?;
@@ -598,7 +611,10 @@ impl VhdxImage {
     }
 
     fn run_check(&self, request: &CheckRequest) -> CheckReport {
-        let mut report = CheckReport::default();
+        let mut report = CheckReport {
+            corruptions: self.bad_blocks,
+            ..CheckReport::default()
+        };
         if request.repair != Repair::None && self.replayed.swap(false, Ordering::AcqRel) {
             report.corruptions_fixed = 1;
         }
@@ -631,10 +647,12 @@ impl ImageImpl for VhdxImage {
             let at = offset + done as u64;
             let n = ((bs - at % bs) as usize).min(inside - done);
             let part = &mut buf[done..done + n];
-            match (&self.parent, self.locate(at)) {
-                (Some(parent), _) => self.read_differencing(parent, at, part)?,
-                (None, Some(host)) => self.store.read_or_zero_at(host, part)?,
-                (None, None) => part.fill(0),
+            match &self.parent {
+                Some(parent) => self.read_differencing(parent, at, part)?,
+                None => match self.locate(at)? {
+                    Some(host) => self.store.read_or_zero_at(host, part)?,
+                    None => part.fill(0),
+                },
             }
             done += n;
         }
