@@ -5,6 +5,8 @@ use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
     no_target => ["convert", "-O", "raw", "mid.raw"],
+    backing_with_concatenated_sources => ["convert", "-O", "qcow2", "-B", "mid.raw", "mid.raw", "full.raw", "o.qcow2"],
+    empty_source_name => ["convert", "", "o.raw"],
     empty_option_list => ["convert", "-o", "", "mid.raw", "o.raw"],
     source_image_opts_with_format => ["convert", "--image-opts", "-f", "raw", "driver=raw,file.filename=mid.raw", "o.raw"],
     long_names_of_the_installed_table => ["convert", "--output-format=raw", "--output-cache=unsafe", "--options=preallocation=bogus", "mid.raw", "o.raw"],
@@ -366,4 +368,31 @@ fn compressed_copy_into_existing_target_zeroes_old_data() {
             ]);
         }
     }
+}
+
+/// With -n, -B names what the target already holds, whatever its format:
+/// only what the overlay holds above it is copied, as in qemu-img.
+#[test]
+fn no_create_with_backing_into_raw_copies_the_top_only() {
+    let fx = Fixture::new("n_backing_raw");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 1 0 4M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+    ]);
+    fx.qemu_io_cmds("qcow2", "top.qcow2", &["write -P 7 1M 64k"]);
+    fx.oracle(&["create", "-q", "-f", "raw", "o.raw", "4M"]);
+    fx.qemu_io_cmds("raw", "o.raw", &["write -P 9 0 4M"]);
+    converted(
+        &fx,
+        &["convert", "-n", "-B", "base.qcow2", "top.qcow2", "{}"],
+    );
 }

@@ -7,6 +7,7 @@ same_cases! {
     no_file_name => ["create"],
     unsafe_backing_without_format => ["create", "-f", "qcow2", "-u", "-b", "nonexist", "x", "1M"],
     unsafe_backing_without_format_or_size => ["create", "-f", "qcow2", "-u", "-b", "mid.raw", "x"],
+    size_past_off_t => ["create", "-f", "raw", "x", "9223372036854775807"],
     empty_backing_name => ["create", "-f", "qcow2", "-b", "", "x", "1M"],
     empty_option_list => ["create", "-f", "qcow2", "-o", "", "x", "1M"],
     option_list_leading_comma => ["create", "-f", "qcow2", "-o", ",cluster_size=4k", "x", "1M"],

@@ -3,6 +3,8 @@
 use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
+    empty_file_name => ["info", ""],
+    check_bad_source_cache => ["check", "-T", "bogus", "mid.raw"],
     sparse_human => ["info", "mid.raw"],
     sparse_json => ["info", "--output=json", "mid.raw"],
     named_format => ["info", "-f", "raw", "mid.raw"],

@@ -529,6 +529,12 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         cache,
     };
     let store = match &spec.protocol {
+        Protocol::File if spec.path.is_empty() => {
+            return Err(open_error(
+                &display,
+                DriverError::invalid_argument("The 'file' block driver requires a file name"),
+            ))
+        }
         Protocol::File => Store::File(
             LocalFile::open(Path::new(&spec.path), &spec.path, mode)
                 .map_err(|e| open_error(&display, e))?,

@@ -64,7 +64,7 @@ fn run(args: &[String]) -> CmdResult {
             "Could not open '{name}': force-share=on can only be used with read-only images"
         )));
     }
-    let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "cache")?;
+    let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "source cache")?;
     let file = crate::confine::image_file(name, p.has("image-opts"));
     if write {
         crate::confine::enter(&[], &[file])?;

@@ -234,7 +234,8 @@ fn convert(
     if compress && !driver.can(caps::COMPRESSED_WRITES) {
         return Err(fail("Compression not supported for this file format"));
     }
-    if p.has("backing") && !driver.can(caps::BACKING) {
+    // With -n, -B only says what the target already holds: any format.
+    if p.has("backing") && !no_create && !driver.can(caps::BACKING) {
         return Err(fail(format!(
             "Backing file not supported for file format '{}'",
             driver.name
@@ -244,6 +245,11 @@ fn convert(
     // -B and -o backing_file= alike: only what the sources hold above the
     // backing file is copied (qemu-img treats them the same).
     let backed = p.has("backing") || given.get("backing_file").is_some_and(|b| !b.is_empty());
+    if backed && opened.len() > 1 {
+        return Err(fail(
+            "Having a backing file for the target makes no sense when concatenating multiple input images",
+        ));
+    }
     if !no_create
         && backed
         && !p.has("backing-format")

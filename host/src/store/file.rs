@@ -377,6 +377,14 @@ impl LocalFile {
     }
 
     fn resize(&self, len: u64, prealloc: Prealloc) -> Result<(), DriverError> {
+        // ftruncate's off_t is signed: past it the kernel's EINVAL (std
+        // would refuse with words of its own).
+        if i64::try_from(len).is_err() {
+            return Err(DriverError::from_errno(
+                libc::EINVAL,
+                "Could not resize file: Invalid argument",
+            ));
+        }
         let old = self.len_now()?;
         let too_large = |e: std::io::Error| {
             DriverError::from_errno(
