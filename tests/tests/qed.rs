@@ -388,3 +388,34 @@ fn a_kill_at_any_step_leaves_at_worst_leaks() {
     }
     panic!("convert never finished");
 }
+
+/// A table pointer that cannot be followed fails block status: convert,
+/// map and measure report it in qemu-img's words (map has opened its JSON
+/// list already).
+#[test]
+fn a_broken_table_pointer_fails_as_in_qemu_img() {
+    let fx = Fixture::new("qed_broken_l2");
+    fx.oracle(&["create", "-q", "-f", "qed", "e.qed", "4M"]);
+    fx.qemu_io_cmds(
+        "qed",
+        "e.qed",
+        &["write -P 0xab 0 64k", "write -P 0x11 3M 4k"],
+    );
+    // L1 entry 0 (the table follows the 64 KiB header cluster) names an
+    // offset that is not a cluster's.
+    fx.patched_copy(
+        "e.qed",
+        "bad.qed",
+        &[(0x10000, vec![1u8, 0, 5, 0, 0, 0, 0, 0])],
+    );
+    for args in [
+        &["convert", "-O", "raw", "bad.qed", "out.raw"][..],
+        &["map", "--output=json", "bad.qed"],
+        &["map", "bad.qed"],
+        &["measure", "-O", "qcow2", "bad.qed"],
+        &["compare", "bad.qed", "e.qed"],
+    ] {
+        let _ = std::fs::remove_file(fx.path("out.raw"));
+        fx.same(args);
+    }
+}

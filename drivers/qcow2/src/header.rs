@@ -201,9 +201,18 @@ impl Header {
     /// Only the checks that need nothing but the header cluster are made here;
     /// [`crate::image`] checks the tables against the file.
     pub fn parse(head: &[u8]) -> Result<Header> {
-        if head.len() < V2_HEADER_LEN as usize {
-            return Err(Error::invalid("qcow2 header too short"));
-        }
+        // A file shorter than the header reads as zeros past its end, as
+        // qemu-img reads it: the fields then fail their own checks
+        // ("Unsupported cluster size: 2^0", "qcow2 header too short").
+        let padded;
+        let head = if head.len() < V3_MIN_HEADER_LEN as usize {
+            let mut bytes = head.to_vec();
+            bytes.resize(V3_MIN_HEADER_LEN as usize, 0);
+            padded = bytes;
+            &padded[..]
+        } else {
+            head
+        };
         if be32(head, 0) != MAGIC {
             return Err(Error::invalid("Image is not in qcow2 format"));
         }
@@ -238,9 +247,6 @@ impl Header {
         }
         let cluster_size = h.cluster_size();
         if h.version == 3 {
-            if head.len() < V3_MIN_HEADER_LEN as usize {
-                return Err(Error::invalid("qcow2 header too short"));
-            }
             h.incompatible_features = be64(head, 72);
             h.compatible_features = be64(head, 80);
             h.autoclear_features = be64(head, 88);
@@ -556,5 +562,12 @@ mod tests {
     fn short_or_foreign_headers_are_refused() {
         assert!(Header::parse(&[0; 10]).is_err());
         assert!(Header::parse(&[0; 200]).is_err());
+        // Short files read as zeros past their end, as in qemu-img.
+        let short = |bytes: &[u8]| Header::parse(bytes).unwrap_err().to_string();
+        assert_eq!(short(b"QFI\xfb\0\0\0\x03"), "Unsupported cluster size: 2^0");
+        let mut v3 = b"QFI\xfb\0\0\0\x03".to_vec();
+        v3.resize(24, 0);
+        v3[23] = 16;
+        assert_eq!(short(&v3), "qcow2 header too short");
     }
 }

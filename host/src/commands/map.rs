@@ -83,6 +83,11 @@ fn run(args: &[String]) -> CmdResult {
         }
         return Ok(0);
     }
+    // qemu-img opens the list before it asks for the first extent, so a
+    // failure leaves "[" on stdout.
+    if output == OutputFormat::Json {
+        let _ = write!(out, "[");
+    }
     let mut pending: Option<Status> = None;
     let mut first = true;
     let mut walker = Walker::default();
@@ -126,7 +131,7 @@ fn emit(
 ) -> Result<(), CmdError> {
     match output {
         OutputFormat::Json => {
-            let _ = write!(out, "{}{}", if *first { "[" } else { ",\n" }, json_entry(s));
+            let _ = write!(out, "{}{}", if *first { "" } else { ",\n" }, json_entry(s));
         }
         OutputFormat::Human => {
             if s.data && !s.zero {

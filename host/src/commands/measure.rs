@@ -185,7 +185,7 @@ fn allocated(image: &crate::block::BlockImage) -> Result<Vec<Extent>, crate::err
     while offset < image.size() {
         let s = walker
             .status(image, offset, (image.size() - offset).min(STEP), None)
-            .map_err(|e| fail(e.message.to_string()))?;
+            .map_err(|e| fail(format!("Unable to get block status: {}", e.message)))?;
         if s.data && !s.zero {
             match out.last_mut() {
                 Some(last) if last.end() == offset => last.length += s.length,

@@ -183,7 +183,17 @@ impl CopyJob<'_> {
             let mut offset = 0u64;
             while offset < size {
                 let bottom = if self.top_only { Some(0) } else { None };
-                let status = walker.status(source, offset, size - offset, bottom)?;
+                let status = walker
+                    .status(source, offset, size - offset, bottom)
+                    .map_err(|e| DriverError {
+                        message: format!(
+                            "error while reading block status at offset {}: {}",
+                            dst + offset,
+                            e.message
+                        )
+                        .into(),
+                        ..e
+                    })?;
                 let len = status.length;
                 let kind = if self.top_only && !status.present {
                     None
