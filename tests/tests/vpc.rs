@@ -252,6 +252,12 @@ fn create_writes_the_bytes_qemu_img_writes() {
                 expected.stdout.replace(&theirs, "X")
             );
             assert_eq!(masked(&fx, &ours), masked(&fx, &theirs), "{opts} {size}");
+            // The same blocks allocated, so `map` of the files agrees.
+            assert_eq!(
+                qimg_tests::file_shape(&fx.path(&ours)),
+                qimg_tests::file_shape(&fx.path(&theirs)),
+                "{opts} {size}"
+            );
         }
     }
 }

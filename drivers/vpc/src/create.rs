@@ -172,6 +172,12 @@ pub fn create(store: &ByteStoreBox, request: &CreateRequest) -> Result<()> {
         head.extend_from_slice(&header.to_bytes());
         store.write_all_at(0, &head)?;
         store.write_all_at(TABLE_OFFSET, &vec![0xff; plan.table_bytes() as usize])?;
+    } else {
+        // qemu-img's file layer writes the first block of a new file, so
+        // that its block size can be probed from allocated data: the same
+        // allocation, so `map` of the new file shows the same.
+        let data = plan.empty_len() - FOOTER_SIZE as u64;
+        store.write_all_at(0, &vec![0u8; data.min(4096) as usize])?;
     }
     store.write_all_at(plan.empty_len() - FOOTER_SIZE as u64, &footer)?;
     Ok(store.sync()?)
