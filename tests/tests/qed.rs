@@ -418,4 +418,13 @@ fn a_broken_table_pointer_fails_as_in_qemu_img() {
         let _ = std::fs::remove_file(fx.path("out.raw"));
         fx.same(args);
     }
+    // An L1 entry naming the L1 table's own last cluster as an L2 table:
+    // each cluster referenced again is one corruption, as qemu-img counts.
+    fx.patched_copy(
+        "e.qed",
+        "twice.qed",
+        &[(0x40000, vec![0u8, 0, 4, 0, 0, 0, 0, 0])],
+    );
+    fx.same(&["check", "twice.qed"]);
+    fx.same(&["check", "--output=json", "twice.qed"]);
 }

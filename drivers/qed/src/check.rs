@@ -25,15 +25,18 @@ impl Used {
         }
     }
 
-    /// Marks `n` clusters from `first` used; false if any already was.
-    fn mark(&mut self, first: u64, n: u64) -> bool {
-        let mut fresh = true;
+    /// Marks `n` clusters from `first` used; returns how many already
+    /// were (each is a corruption, as qemu-img counts them).
+    fn mark(&mut self, first: u64, n: u64) -> u64 {
+        let mut again = 0;
         for c in first..(first + n).min(self.clusters) {
             let (word, bit) = ((c / 64) as usize, 1u64 << (c % 64));
-            fresh &= self.bits[word] & bit == 0;
+            if self.bits[word] & bit != 0 {
+                again += 1;
+            }
             self.bits[word] |= bit;
         }
-        fresh
+        again
     }
 
     fn unused_from(&self, first: u64) -> u64 {
@@ -75,8 +78,9 @@ pub fn check(store: &ByteStoreBox, t: &mut Tables, fix: bool) -> Result<CheckRep
             }
             continue;
         }
-        if !used.mark(table / cs, h.table_size.into()) {
-            r.corruptions += 1;
+        let again = used.mark(table / cs, h.table_size.into());
+        if again > 0 {
+            r.corruptions += again;
             continue;
         }
         let Ok(mut entries) = read_table(store, table, h.table_entries()) else {
@@ -102,8 +106,8 @@ pub fn check(store: &ByteStoreBox, t: &mut Tables, fix: bool) -> Result<CheckRep
                 } else {
                     r.corruptions += 1;
                 }
-            } else if !used.mark(offset / cs, 1) {
-                r.corruptions += 1;
+            } else {
+                r.corruptions += used.mark(offset / cs, 1);
             }
         }
         if changed {
