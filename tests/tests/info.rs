@@ -4,6 +4,8 @@ use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
     empty_file_name => ["info", ""],
+    secret_properties => ["info", "--object", "secret,help", "mid.raw"],
+    tls_properties => ["convert", "--object", "tls-creds-x509,id=t,help", "mid.raw", "o.raw"],
     check_bad_source_cache => ["check", "-T", "bogus", "mid.raw"],
     sparse_human => ["info", "mid.raw"],
     sparse_json => ["info", "--output=json", "mid.raw"],

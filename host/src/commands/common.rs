@@ -29,6 +29,15 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
                 .map(|(_, v)| v.clone())
         };
         let kind = get("qom-type").unwrap_or_default();
+        // `TYPE,help` lists the type's properties (an unknown type: the
+        // types), and ends the command, as in qemu-img.
+        if items.iter().any(|(k, _)| k == "help" || k == "?") {
+            match object_properties(&kind) {
+                Some(text) => out!("{text}"),
+                None => outln!("List of user creatable objects:\n  secret\n  tls-creds-x509"),
+            }
+            return Err(CmdError::Exit(0));
+        }
         if kind != "secret" && kind != "tls-creds-x509" {
             return Err(fail(format!(
                 "Parameter 'qom-type' does not accept value '{kind}'"
@@ -95,6 +104,20 @@ pub fn cache_mode(
         Some(name) => {
             CacheMode::parse(name).ok_or_else(|| fail(format!("Invalid {what} option: {name}")))
         }
+    }
+}
+
+/// The `--object TYPE,help` text of the object types qimg creates, in
+/// qemu-img's words.
+fn object_properties(kind: &str) -> Option<&'static str> {
+    match kind {
+        "secret" => Some(
+            "secret options:\n  data=<string>\n  file=<string>\n  format=<QCryptoSecretFormat>\n  iv=<string>\n  keyid=<string>\n",
+        ),
+        "tls-creds-x509" => Some(
+            "tls-creds-x509 options:\n  dir=<string>\n  endpoint=<QCryptoTLSCredsEndpoint>\n  passwordid=<string>\n  priority=<string>\n  sanity-check=<bool>\n  verify-peer=<bool>\n",
+        ),
+        _ => None,
     }
 }
 
