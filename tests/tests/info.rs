@@ -4,6 +4,8 @@ use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
     empty_file_name => ["info", ""],
+    character_device => ["info", "/dev/null"],
+    character_device_json => ["info", "--output=json", "/dev/null"],
     secret_properties => ["info", "--object", "secret,help", "mid.raw"],
     tls_properties => ["convert", "--object", "tls-creds-x509,id=t,help", "mid.raw", "o.raw"],
     check_bad_source_cache => ["check", "-T", "bogus", "mid.raw"],

@@ -118,7 +118,7 @@ fn protocol_child(filename: &str, protocol: &str, len: u64, actual: Option<u64>)
     if let Some(a) = actual {
         node.insert("actual-size".into(), json!(a));
     }
-    if protocol == "file" {
+    if protocol == "file" || protocol == "host_device" {
         node.insert(
             "format-specific".into(),
             json!({"type": "file", "data": {}}),
@@ -142,7 +142,8 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
         return Ok(node);
     }
     let mut info = image.info().map_err(|e| fail(e.message.to_string()))?;
-    if protocol != "file" && image.driver.can(caps::IDENTITY_MAPPED) {
+    let local = protocol == "file" || protocol == "host_device";
+    if !local && image.driver.can(caps::IDENTITY_MAPPED) {
         // A format that passes its protocol's facts through (raw) has none
         // from a null device or a network store.
         info.dirty_flag = None;

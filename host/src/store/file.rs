@@ -43,6 +43,9 @@ pub struct LocalFile {
     unsynced: AtomicBool,
     /// Blocks allocated ahead of appends (see [`Ahead`]).
     ahead: Ahead,
+    /// A block or character device, which qemu opens with its
+    /// `host_device` protocol driver.
+    device: bool,
 }
 
 /// Written ranges (offset, length) of a streaming store, and their total.
@@ -112,7 +115,17 @@ impl LocalFile {
             streamed: None,
             unsynced: AtomicBool::new(false),
             ahead: Ahead::new(meta.len(), mode.write && meta.is_file()),
+            device: {
+                use std::os::unix::fs::FileTypeExt;
+                let kind = meta.file_type();
+                kind.is_block_device() || kind.is_char_device()
+            },
         })
+    }
+
+    /// Whether this is a block or character device rather than a file.
+    pub fn is_device(&self) -> bool {
+        self.device
     }
 
     /// Makes this a streaming store (dd's output, written once front to

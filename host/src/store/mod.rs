@@ -41,6 +41,7 @@ impl Store {
     /// The protocol's name as qemu's `info` shows it (`protocol type:`).
     pub fn protocol(&self) -> &str {
         match self {
+            Store::File(f) if f.is_device() => "host_device",
             Store::File(_) => "file",
             Store::Null(_) => "null-co",
             Store::Remote(r) => &r.protocol,
