@@ -396,3 +396,39 @@ fn no_create_with_backing_into_raw_copies_the_top_only() {
         &["convert", "-n", "-B", "base.qcow2", "top.qcow2", "{}"],
     );
 }
+
+/// `-B` with a source that has no backing file of its own: where the
+/// source reads zeros the target must too, not show its backing file's
+/// data through (qemu-img writes zeroes there).
+#[test]
+fn backing_target_hides_what_a_source_without_backing_lacks() {
+    let fx = Fixture::new("backing_hides");
+    for format in ["qcow2", "qed", "vmdk"] {
+        fx.oracle(&["create", "-q", "-f", "qcow2", "back.qcow2", "1M"]);
+        fx.qemu_io_cmds("qcow2", "back.qcow2", &["write -P 0xaa 0 1M"]);
+        let src = format!("src.{format}");
+        fx.oracle(&["create", "-q", "-f", format, &src, "1M"]);
+        fx.qemu_io_cmds(format, &src, &["write -P 1 0 64k"]);
+        for (tool, out) in [("qimg", "ours.qcow2"), ("qemu-img", "theirs.qcow2")] {
+            let args = [
+                "convert",
+                "-O",
+                "qcow2",
+                "-B",
+                "back.qcow2",
+                "-F",
+                "qcow2",
+                &src,
+                out,
+            ];
+            let done = if tool == "qimg" {
+                fx.qimg(&args)
+            } else {
+                fx.qemu_img(&args)
+            };
+            assert_eq!(done.status, 0, "{tool} {format}: {}", done.stderr);
+            fx.oracle(&["compare", &src, out]);
+            fx.oracle(&["check", "-q", out]);
+        }
+    }
+}

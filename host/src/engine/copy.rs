@@ -195,7 +195,10 @@ impl CopyJob<'_> {
                         ..e
                     })?;
                 let len = status.length;
-                let kind = if self.top_only && !status.present {
+                // What the source's own backing file holds is taken to be
+                // in the target's (-B); a source without one reads zeros
+                // there, which must hide the target's backing file.
+                let kind = if self.top_only && !status.present && source.backing.is_some() {
                     None
                 } else if status.reads_zero() {
                     Some(if self.min_sparse == 0 {
