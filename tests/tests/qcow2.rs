@@ -426,6 +426,7 @@ fn hostile_headers_fail_like_qemu() {
         ("compression_bit_zlib", vec![(72, be64(8))]),
         ("compression_type_no_bit", vec![(104, vec![1])]),
         ("compression_type_7", vec![(72, be64(8)), (104, vec![7])]),
+        ("compression_type_18_no_bit", vec![(104, vec![18])]),
         ("refcount_order_7", vec![(96, be32(7))]),
         ("header_length_short", vec![(100, be32(50))]),
         ("header_length_huge", vec![(100, be32(0x20000))]),
@@ -1318,4 +1319,68 @@ fn runtime_options_at_open_are_checked_as_qemu_checks_them() {
         "driver=qcow2,file.filename=df.qcow2,data-file.filename=nope.raw",
         "x.raw",
     ]);
+}
+
+/// `rebase -u` rewrites the header without opening the old backing file:
+/// the way to repair an image whose backing file has gone.
+#[test]
+fn unsafe_rebase_replaces_a_missing_backing_file() {
+    let fx = Fixture::new("rebase_missing");
+    for name in ["ours", "theirs"] {
+        fx.oracle(&["create", "-q", "-f", "qcow2", "gone.qcow2", "1M"]);
+        let top = format!("{name}.qcow2");
+        fx.oracle(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "gone.qcow2",
+            "-F",
+            "qcow2",
+            &top,
+        ]);
+        std::fs::remove_file(fx.path("gone.qcow2")).unwrap();
+    }
+    fx.oracle(&["create", "-q", "-f", "qcow2", "new.qcow2", "1M"]);
+    let args = |top: &'static str| ["rebase", "-u", "-b", "new.qcow2", "-F", "qcow2", top];
+    assert_eq!(
+        fx.qimg(&args("ours.qcow2")),
+        fx.qemu_img(&args("theirs.qcow2"))
+    );
+    fx.same(&["info", "--output=json", "ours.qcow2"]);
+    let info = fx.qemu_img(&["info", "ours.qcow2"]).stdout;
+    assert!(info.contains("backing file: new.qcow2"), "{info}");
+}
+
+/// A snapshot written before QEMU kept instruction counts (16 bytes of
+/// extra data) lists "--" in the ICOUNT column, as qemu-img prints it.
+#[test]
+fn snapshots_without_icount_list_dashes() {
+    let fx = Fixture::new("old_snapshot");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "old.qcow2", "1M"]);
+    fx.oracle(&["snapshot", "-c", "s1", "old.qcow2"]);
+    let path = fx.path("old.qcow2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    let table = u64::from_be_bytes(bytes[64..72].try_into().unwrap()) as usize;
+    // The entry: 40 fixed bytes (extra data size last), extra data, id, name.
+    let (id_len, name_len) = (
+        u16::from_be_bytes(bytes[table + 12..table + 14].try_into().unwrap()) as usize,
+        u16::from_be_bytes(bytes[table + 14..table + 16].try_into().unwrap()) as usize,
+    );
+    let extra = be32(&bytes, table + 36) as usize;
+    assert!(extra >= 24, "qemu-img wrote {extra} bytes of extra data");
+    let names = bytes[table + 40 + extra..table + 40 + extra + id_len + name_len].to_vec();
+    bytes[table + 36..table + 40].copy_from_slice(&16u32.to_be_bytes());
+    let at = table + 40 + 16;
+    bytes[at..at + names.len()].copy_from_slice(&names);
+    std::fs::write(&path, &bytes).unwrap();
+    let listed = fx.same(&["snapshot", "-l", "old.qcow2"]);
+    assert!(
+        listed.stdout.trim_end().ends_with("--"),
+        "{}",
+        listed.stdout
+    );
+    fx.same(&["info", "old.qcow2"]);
 }

@@ -288,20 +288,20 @@ impl Header {
             ));
         }
         let flagged = h.incompatible_features & incompat::COMPRESSION_TYPE != 0;
+        // An unknown type is named before the feature bit is looked at.
         match (h.compression_type, flagged) {
             (0, true) => {
                 return Err(Error::invalid(
                     "qcow2: Compression type incompatible feature bit must not be set",
                 ))
             }
-            (0, false) => {}
-            (_, false) => {
+            (0, false) | (1, true) => {}
+            (1, false) => {
                 return Err(Error::invalid(
                     "qcow2: Compression type incompatible feature bit must be set",
                 ))
             }
-            (1, true) => {}
-            (other, true) => {
+            (other, _) => {
                 return Err(Error::invalid(format!(
                     "qcow2: unknown compression type: {other}"
                 )))

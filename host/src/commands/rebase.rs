@@ -1,10 +1,10 @@
 //! `rebase`: change an image's backing file, copying what differs (safe mode)
 //! or only rewriting the header (`-u`).
 
-use super::common::{cache_mode, check_image_opts, objects, open_rw, print_help};
+use super::common::{cache_mode, check_image_opts, objects, print_help};
 use crate::block::image::inner_open_message;
 use crate::block::spec::relative_to;
-use crate::block::{open_image, OpenRequest};
+use crate::block::{open_image, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::engine::chain::RebaseJob;
 use crate::engine::progress::Progress;
@@ -74,7 +74,16 @@ fn rebase(
     backing_cache: CacheMode,
     progress: &Progress,
 ) -> CmdResult {
-    let image = open_rw(&p.operands[0], p.last("format"), p.has("image-opts"), cache)?;
+    // Unsafe mode only rewrites the header: the old backing file is not
+    // opened, so a missing one can be replaced (what -u is mostly for).
+    let image = open_image(&OpenRequest {
+        write: true,
+        cache,
+        lock: Some(LockSpec::READ_WRITE),
+        no_backing: unsafe_mode,
+        ..OpenRequest::read(&p.operands[0], p.last("format"), p.has("image-opts"))
+    })
+    .map_err(|e| fail(e.message.to_string()))?;
     if p.has("compress") && !image.driver.can(caps::COMPRESSED_WRITES) {
         return Err(fail("Compression not supported for this file format"));
     }

@@ -221,7 +221,8 @@ pub fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
             secs % 60,
             (clock / 1_000_000) % 1000
         );
-        let icount = s.icount.map(|i| i.to_string()).unwrap_or_default();
+        // A snapshot from before QEMU kept instruction counts has none.
+        let icount = s.icount.map_or_else(|| "--".to_string(), |i| i.to_string());
         out.push_str(&row(
             &s.id,
             &s.name,
