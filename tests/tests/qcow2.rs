@@ -1384,3 +1384,24 @@ fn snapshots_without_icount_list_dashes() {
     );
     fx.same(&["info", "old.qcow2"]);
 }
+
+/// A refcount table entry that is not cluster aligned: reading does not
+/// need refcounts, so map, convert and compare go on after reporting the
+/// corruption, as qemu-img's do (qimg failed the first block status).
+#[test]
+fn a_damaged_refcount_table_does_not_stop_reading() {
+    let fx = Fixture::new("unaligned_refblock");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "x.qcow2", "4M"]);
+    fx.qemu_io_cmds("qcow2", "x.qcow2", &["write -P 1 0 64k"]);
+    let path = fx.path("x.qcow2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let table = u64::from_be_bytes(bytes[48..56].try_into().unwrap()) as usize;
+    let block = u64::from_be_bytes(bytes[table..table + 8].try_into().unwrap());
+    bytes[table..table + 8].copy_from_slice(&(block + 512).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    fx.same(&["map", "x.qcow2"]);
+    fx.same(&["map", "--output=json", "x.qcow2"]);
+    fx.same(&["compare", "x.qcow2", "x.qcow2"]);
+    let out = fx.same(&["convert", "-O", "raw", "x.qcow2", "x.raw"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+}

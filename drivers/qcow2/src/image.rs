@@ -528,18 +528,23 @@ impl Qcow2Image {
         let real = real >> self.layout.cluster_bits;
         let threshold = (real * 10 / 9).max(real + 2);
         let clusters = self.layout.clusters_for(file_len);
-        let mut used = 0u64;
-        let mut meta = self.lock();
-        for c in 0..clusters {
-            if meta.refcount(&self.io, c)? > 0 {
-                used += 1;
-                if used >= threshold {
-                    break;
+        let count = || -> Result<u64> {
+            let mut used = 0u64;
+            let mut meta = self.lock();
+            for c in 0..clusters {
+                if meta.refcount(&self.io, c)? > 0 {
+                    used += 1;
+                    if used >= threshold {
+                        break;
+                    }
                 }
             }
-        }
-        // As qemu decides: as many clusters in use as the threshold is enough.
-        let v = used >= threshold;
+            Ok(used)
+        };
+        // As qemu decides: as many clusters in use as the threshold is
+        // enough; refcounts that cannot be read (a damaged table, reported
+        // as it is met) decide nothing, and reading goes on.
+        let v = count().is_ok_and(|used| used >= threshold);
         Ok(*self.prealloc_detected.get_or_init(|| v))
     }
 
