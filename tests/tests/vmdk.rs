@@ -1157,3 +1157,28 @@ fn new_grains_go_past_a_grain_that_runs_off_a_short_file() {
     assert_eq!(same.stdout, "Images are identical.\n", "{}", same.stderr);
     fx.oracle(&["check", "t.vmdk"]);
 }
+
+/// Whether grains are compressed is the header's algorithm field, as qemu
+/// reads it, not its flag bit: a stream-optimized disk whose field says
+/// none reads its grains (markers and all) as plain data, and a sparse disk
+/// with only the flag set reads as it is. Both tools read the same bytes.
+#[test]
+fn the_algorithm_field_says_whether_grains_are_compressed() {
+    for (subformat, at, bytes) in [
+        ("streamOptimized", 77, vec![0u8, 0]),
+        ("streamOptimized", 77, vec![2u8, 0]),
+        ("monolithicSparse", 8, 0x10003u32.to_le_bytes().to_vec()),
+    ] {
+        let fx = made(
+            &format!("vmdk_algorithm_{at}_{}", bytes[0]),
+            subformat,
+            "4M",
+        );
+        fx.patched_copy("img.vmdk", "x.vmdk", &[(at, bytes)]);
+        reads_alike(&fx, "x.vmdk");
+        fx.same_effect(
+            &["convert", "-f", "vmdk", "-O", "raw", "x.vmdk", "{}"],
+            "o.raw",
+        );
+    }
+}

@@ -376,7 +376,9 @@ impl Qcow2Image {
             settled: Condvar::new(),
             layout,
             writable,
-            size: AtomicU64::new(header.size),
+            // Whole sectors, as qemu counts them (a hand-made size of
+            // 8388607 bytes is 8388096).
+            size: AtomicU64::new(header.size / 512 * 512),
             method: Method::from_type(header.compression_type),
             data_file_raw: header.data_file_raw(),
             prealloc_detected: OnceLock::new(),

@@ -73,9 +73,9 @@ pub enum VmdkError {
     /// capacity overflows the directory's 32-bit entry count leads here.
     #[error("Input/output error")]
     BeyondDirectory,
-    /// A compressed grain does not inflate to a grain.
-    #[error("Invalid compressed grain at offset {0}")]
-    BadCompressedGrain(u64),
+    /// A compressed grain does not inflate to a grain (qemu-img's words).
+    #[error("Invalid argument")]
+    BadCompressedGrain,
     /// A write to a grain a stream-optimized extent already holds.
     #[error("Could not write to allocated cluster for streamOptimized")]
     StreamRewrite,
@@ -128,9 +128,8 @@ impl From<VmdkError> for DriverError {
             | VmdkError::UnsupportedVersion(_)
             | VmdkError::CannotResize
             | VmdkError::CannotShrink => DriverError::unsupported(message),
-            VmdkError::StreamRewrite
-            | VmdkError::BadCompressedGrain(_)
-            | VmdkError::BeyondDirectory => DriverError {
+            VmdkError::BadCompressedGrain => DriverError::invalid_argument(message),
+            VmdkError::StreamRewrite | VmdkError::BeyondDirectory => DriverError {
                 errno: EIO,
                 ..DriverError::new(ErrorKind::IO, message)
             },

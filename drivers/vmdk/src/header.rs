@@ -137,7 +137,10 @@ impl SparseHeader {
 
     /// True if the flags say grains are compressed.
     pub fn compressed(&self) -> bool {
-        self.flags & FLAG_COMPRESSED != 0
+        // qemu goes by the algorithm field, not the flag bit: a header
+        // naming deflate without the flag is compressed, and one with the
+        // flag but no algorithm is not.
+        self.compress_algorithm == COMPRESSION_DEFLATE
     }
     /// True if grains and metadata carry markers.
     pub fn markers(&self) -> bool {

@@ -94,8 +94,16 @@ impl VmdkImage {
         let name = own.name().to_string();
         let mut head = vec![0u8; SECTOR as usize];
         read_or_zero(&own, 0, &mut head)?;
-        let (extents, place, text) = if let Some(header) = SparseHeader::parse(&head) {
-            Self::open_monolithic(&own, &name, header, writable)?
+        let (extents, place, text, kind) = if let Some(header) = SparseHeader::parse(&head) {
+            // The type of a disk that is one sparse file is its extent's,
+            // whatever the embedded descriptor says (as qemu-img reports it).
+            let kind = if header.compressed() {
+                "streamOptimized"
+            } else {
+                "monolithicSparse"
+            };
+            let (extents, place, text) = Self::open_monolithic(&own, &name, header, writable)?;
+            (extents, place, text, Some(kind.to_string()))
         } else if CowdHeader::parse(&head).is_some() {
             let sparse = open_sparse(own.clone(), writable)?;
             let len = sparse.capacity * SECTOR;
@@ -113,12 +121,18 @@ impl VmdkImage {
             // opening one by itself fails on its missing content IDs).
             let mut bytes = vec![0u8; (EMBEDDED_DESCRIPTOR_SECTORS * SECTOR) as usize];
             read_or_zero(&own, SECTOR, &mut bytes)?;
-            (vec![extent], DescriptorPlace::None, descriptor_text(&bytes))
+            (
+                vec![extent],
+                DescriptorPlace::None,
+                descriptor_text(&bytes),
+                None,
+            )
         } else {
-            Self::open_descriptor_file(&own, &name, host, writable)?
+            let (extents, place, text) = Self::open_descriptor_file(&own, &name, host, writable)?;
+            (extents, place, text, None)
         };
         let (cid, parent_cid, parent_hint) = descriptor::parse_fields(&text, &name)?;
-        let create_type = descriptor::quoted_value(&text, "createType");
+        let create_type = kind.or_else(|| descriptor::quoted_value(&text, "createType"));
         let mut total = 0u64;
         for e in &extents {
             total = total

@@ -72,7 +72,7 @@ impl Inflaters {
         within: u64,
         out: &mut [u8],
     ) -> Result<()> {
-        let bad = || VmdkError::BadCompressedGrain(grain.at);
+        let bad = || VmdkError::BadCompressedGrain;
         let mut z = self.take(grain.at, within);
         let end = within + out.len() as u64;
         let mut skip = Vec::new();

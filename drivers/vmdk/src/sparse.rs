@@ -446,7 +446,7 @@ impl SparseExtent {
             (offset, limit)
         };
         if size == 0 || size > limit {
-            return Err(VmdkError::BadCompressedGrain(offset));
+            return Err(VmdkError::BadCompressedGrain);
         }
         if self.grain_bytes() > WHOLE_GRAIN {
             let grain = PackedGrain {
@@ -459,8 +459,7 @@ impl SparseExtent {
         let mut packed = vec![0u8; size as usize];
         read_or_zero(&self.store, data_at, &mut packed)?;
         let mut whole = vec![0u8; self.grain_bytes() as usize];
-        crate::stream::inflate(&packed, &mut whole)
-            .map_err(|_| VmdkError::BadCompressedGrain(offset))?;
+        crate::stream::inflate(&packed, &mut whole).map_err(|_| VmdkError::BadCompressedGrain)?;
         out.copy_from_slice(&whole[within as usize..within as usize + out.len()]);
         Ok(())
     }

@@ -66,7 +66,7 @@ pub fn pack_grain(lba: u64, grain: &[u8]) -> Result<Vec<u8>> {
         z.compress_vec(grain, &mut packed, FlushCompress::Finish)
     });
     if !matches!(status, Ok(Status::StreamEnd)) {
-        return Err(VmdkError::BadCompressedGrain(lba * SECTOR));
+        return Err(VmdkError::BadCompressedGrain);
     }
     let total = (GRAIN_MARKER_LEN + packed.len()).div_ceil(SECTOR as usize) * SECTOR as usize;
     let mut out = Vec::with_capacity(total);
