@@ -4,6 +4,18 @@ use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
     empty_file_name => ["info", ""],
+    node_options_taken => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,read-only=on,auto-read-only=on,discard=unmap,detect-zeroes=unmap,node-name=n1,force-share=on"],
+    file_node_options_taken => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,file.aio=io_uring,file.node-name=f1,file.discard=unmap,file.drop-cache=off,file.x-check-cache-dropped=on,file.locking=auto,file.detect-zeroes=unmap"],
+    bad_discard => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,discard=bogus"],
+    detect_zeroes_unmap_needs_discard => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,detect-zeroes=unmap"],
+    bad_node_name => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,node-name=1n"],
+    native_aio_needs_direct => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,file.aio=native"],
+    bad_locking => ["map", "--image-opts", "driver=raw,file.filename=mid.raw,file.locking=bogus"],
+    no_pr_manager => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,file.pr-manager=x"],
+    read_only_node_refuses_writes => ["resize", "--image-opts", "driver=raw,file.filename=mid.raw,read-only=on", "2M"],
+    force_share_needs_read_only => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,force-share=on,read-only=off"],
+    no_driver_no_file => ["info", "--image-opts", "filename=mid.raw"],
+    filename_is_not_a_format_option => ["info", "--image-opts", "driver=raw,filename=mid.raw"],
     character_device => ["info", "/dev/null"],
     character_device_json => ["info", "--output=json", "/dev/null"],
     secret_properties => ["info", "--object", "secret,help", "mid.raw"],

@@ -444,6 +444,9 @@ fn hostile_headers_fail_like_qemu() {
         ("extension_too_long", vec![(116, be32(0x10_0000))]),
         ("l2_unaligned", vec![(0x30000, be64(0x8000_0000_0001_2345))]),
         ("l2_past_eof", vec![(0x30000, be64(0x8000_0001_0000_0000))]),
+        // Sizes are whole sectors to qemu: these round down.
+        ("size_odd", vec![(24, be64(0x3f_ffff))]),
+        ("size_one", vec![(24, be64(1))]),
     ];
     for (name, edits) in &cases {
         let file = format!("{name}.qcow2");
@@ -471,6 +474,8 @@ fn hostile_headers_fail_like_qemu() {
         );
         if theirs.status == 0 {
             assert_equal(&fx, "ours.raw", "theirs.raw");
+            let len = |f: &str| std::fs::metadata(fx.path(f)).expect("stat").len();
+            assert_eq!(len("ours.raw"), len("theirs.raw"), "convert {file}");
         }
     }
     std::fs::write(
@@ -1404,4 +1409,57 @@ fn a_damaged_refcount_table_does_not_stop_reading() {
     fx.same(&["compare", "x.qcow2", "x.qcow2"]);
     let out = fx.same(&["convert", "-O", "raw", "x.qcow2", "x.raw"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
+}
+
+/// check opens the backing chain as qemu-img does (a missing backing file
+/// fails it); `"backing": null` opens an image without its backing file,
+/// and a `backing` object names it.
+#[test]
+fn backing_files_as_check_and_json_names_open_them() {
+    let fx = Fixture::new("check_backing");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "1M"]);
+    fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 5 0 64k"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+    ]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "gone.qcow2",
+        "-F",
+        "qcow2",
+        "-u",
+        "orphan.qcow2",
+        "1M",
+    ]);
+    fx.same(&["check", "orphan.qcow2"]);
+    let top = r#""driver":"qcow2","file":{"driver":"file","filename":"top.qcow2"}"#;
+    let none = format!("json:{{{top},\"backing\":null}}");
+    let named = format!(
+        r#"json:{{{top},"backing":{{"driver":"qcow2","file":{{"driver":"file","filename":"base.qcow2"}}}}}}"#
+    );
+    let node = format!(r#"json:{{{top},"backing":"base.qcow2"}}"#);
+    for args in [
+        &["map", none.as_str()][..],
+        &["info", &none],
+        &["compare", &none, "base.qcow2"],
+        &["map", &named],
+        &["info", &named],
+        &["check", &named],
+        &["map", &node],
+        &["info", &node],
+    ] {
+        fx.same(args);
+    }
 }

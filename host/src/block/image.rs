@@ -505,6 +505,15 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         .map_err(|e| open_error(request.name, DriverError::invalid_argument(e)))?;
     // Errors quote the operand as given.
     let display = request.name.to_string();
+    if request.write && spec.read_only == Some(true) {
+        let e = DriverError::from_errno(libc::EACCES, "Block node is read-only");
+        return Err(open_error(&display, e));
+    }
+    if spec.force_share && (request.write || spec.read_only == Some(false)) {
+        let e =
+            DriverError::invalid_argument("force-share=on can only be used with read-only images");
+        return Err(open_error(&display, e));
+    }
     let format = format.or(spec.format.clone());
     // A protocol opened as the image is read through raw, which passes its
     // bytes through unchanged, and named by the protocol.
@@ -574,7 +583,15 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     };
     // The locks depend on the format (see `LockSpec::for_format`), so they
     // are taken once the driver is known; probing only read the first bytes.
-    let store = match (store, request.lock.filter(|_| spec.locking)) {
+    // `force-share=on` shares every permission, as -U does.
+    let lock = request.lock.map(|l| {
+        if spec.force_share {
+            LockSpec::FORCE_SHARED
+        } else {
+            l
+        }
+    });
+    let store = match (store, lock.filter(|_| spec.locking)) {
         (Store::File(file), Some(lock)) => {
             let user_locks = driver.can(caps::IDENTITY_MAPPED) || driver.can(caps::USER_LOCKS);
             let lock = lock.for_format(!user_locks);
@@ -615,7 +632,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     if request.write {
         flags |= open_flags::WRITE | open_flags::RESIZE;
     }
-    if request.no_backing {
+    if request.no_backing || spec.no_backing {
         flags |= open_flags::NO_BACKING;
     }
     if request.no_io {
@@ -623,6 +640,19 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
     }
     if request.check {
         flags |= open_flags::CHECK;
+    }
+    if let Some(node) = &spec.backing_node {
+        let message = if request.no_backing {
+            format!(
+                "Block format '{}' does not support the option 'backing'",
+                driver.name
+            )
+        } else {
+            format!(
+                "Could not open backing file: Cannot find device='{node}' nor node-name='{node}'"
+            )
+        };
+        return Err(open_error(&display, DriverError::invalid_argument(message)));
     }
     let image = driver
         .api

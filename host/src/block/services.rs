@@ -191,6 +191,8 @@ impl HostServices for ServicesHandle {
                             named = true;
                         }
                         "driver" => format = Some(value.clone()),
+                        // The local file protocol is what a name opens.
+                        "file.driver" if value == "file" => {}
                         _ => handed.push((child_key.to_string(), value.clone())),
                     }
                     services

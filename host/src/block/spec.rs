@@ -68,6 +68,15 @@ pub struct ImageSpec {
     /// The protocol node is the image itself, without a format on top
     /// (`driver=file`, `driver=null-co`).
     pub bare: bool,
+    /// `read-only=on` on a node: the image may not be opened for writing.
+    pub read_only: Option<bool>,
+    /// `force-share=on` on a node: opened with every permission shared.
+    pub force_share: bool,
+    /// `"backing": null`: the image is opened without its backing file
+    /// (unallocated areas read as zeros).
+    pub no_backing: bool,
+    /// `"backing": "NAME"`: a node of a running QEMU, which qimg has not.
+    pub backing_node: Option<String>,
 }
 
 impl ImageSpec {
@@ -389,6 +398,7 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
     let mut node = Vec::new();
     let mut file_given = false;
     let mut reference = None;
+    let mut top_discard = NodeDiscard::default();
     for (key, value) in pairs {
         if key == "driver" {
             continue;
@@ -403,13 +413,23 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
         } else if let Some(rest) = key.strip_prefix("file.") {
             file_given = true;
             node.push((rest.to_string(), value));
-        } else if key == "filename" {
-            node.push((key, value));
+        } else if key == "backing" {
+            // `backing.KEY` options reach the backing file when it opens;
+            // a bare `backing` is null (none) or names a node.
+            match &value {
+                Value::Null => spec.no_backing = true,
+                other => spec.backing_node = Some(text_of(other)),
+            }
         } else if key == "cache.direct" || key == "cache.no-flush" {
             spec.set_cache(&key, &value)?;
-        } else {
+        } else if !node_option(&mut spec, &mut top_discard, &key, &value)? {
             spec.options.push((key, text_of(&value)));
         }
+    }
+    // Without a driver the format is probed from the file node, which
+    // must then name its file.
+    if spec.format.is_none() && reference.is_none() && !node.iter().any(|(k, _)| k == "filename") {
+        return Err("Must specify either driver or file".into());
     }
     if let Some(node) = reference {
         return Err(if file_given {
@@ -426,13 +446,43 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
             .find(|(k, _)| k == "driver")
             .map_or_else(|| "file".to_string(), |(_, v)| text_of(v)),
     };
+    // qemu opens protocol nodes with discard=unmap unless told otherwise.
+    let mut file_discard = NodeDiscard {
+        unmap: true,
+        ..NodeDiscard::default()
+    };
+    let mut aio = None;
     for (key, value) in node {
         if key == "driver" {
             continue;
         }
+        if node_option(&mut spec, &mut file_discard, &key, &value)? {
+            continue;
+        }
         match (protocol.as_str(), key.as_str()) {
             ("file", "filename") => spec.path = text_of(&value),
-            ("file", "locking") => spec.locking = text_of(&value) != "off" && value != false,
+            ("file", "locking") => {
+                spec.locking = match text_of(&value).as_str() {
+                    "on" | "auto" | "true" => true,
+                    "off" | "false" => false,
+                    other => return Err(format!("invalid parameter value: {other}")),
+                }
+            }
+            // Accepted as qemu accepts them; qimg's I/O has no such knobs.
+            ("file", "aio") => aio = Some(text_of(&value)),
+            ("file", "aio-max-batch") => {
+                parse_size(&text_of(&value), 1)
+                    .map_err(|e| option_message(&key, &text_of(&value), e))?;
+            }
+            ("file", "drop-cache" | "x-check-cache-dropped") => {
+                bool_of(&key, &value)?;
+            }
+            ("file", "pr-manager") => {
+                return Err(format!(
+                    "No persistent reservation manager with id '{}'",
+                    text_of(&value)
+                ))
+            }
             ("file", "cache.direct" | "cache.no-flush") => spec.set_cache(&key, &value)?,
             ("null-co", "size") => {
                 let text = text_of(&value);
@@ -459,6 +509,17 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
             _ => spec.protocol_options.push((key, value)),
         }
     }
+    top_discard.check()?;
+    file_discard.check()?;
+    match aio.as_deref() {
+        None | Some("threads" | "io_uring") => {}
+        Some("native") if spec.cache_direct == Some(true) => {}
+        Some("native") => return Err(
+            "aio=native was specified, but it requires cache.direct=on, which was not specified."
+                .into(),
+        ),
+        Some(other) => return Err(format!("invalid parameter value: {other}")),
+    }
     match protocol.as_str() {
         "null-co" => {
             spec.protocol = spec.protocol.with_null(None, None);
@@ -480,6 +541,66 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
 /// (`driver=file`, `driver=null-co`, and the plugins' `driver=nbd`...).
 pub fn is_protocol(driver: &str) -> bool {
     matches!(driver, "file" | "null-co") || REMOTE_SCHEMES.iter().any(|(_, d)| *d == driver)
+}
+
+/// A node's `discard` and `detect-zeroes` options, which qemu checks
+/// against each other.
+#[derive(Default)]
+struct NodeDiscard {
+    unmap: bool,
+    detect_unmap: bool,
+}
+
+impl NodeDiscard {
+    /// qemu's refusal of `detect-zeroes=unmap` without `discard=unmap`.
+    fn check(&self) -> Result<(), String> {
+        if self.detect_unmap && !self.unmap {
+            return Err("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap".into());
+        }
+        Ok(())
+    }
+}
+
+/// Takes the options every node of qemu's has (`read-only`, `node-name`,
+/// `discard`...): checked as qemu checks them, and only `read-only` and
+/// `force-share` change how qimg opens the image. False for any other key.
+fn node_option(
+    spec: &mut ImageSpec,
+    discard: &mut NodeDiscard,
+    key: &str,
+    value: &Value,
+) -> Result<bool, String> {
+    match key {
+        "read-only" => {
+            let on = bool_of(key, value)?;
+            spec.read_only = Some(spec.read_only.unwrap_or(false) || on);
+        }
+        "auto-read-only" => {
+            bool_of(key, value)?;
+        }
+        "force-share" => spec.force_share |= bool_of(key, value)?,
+        "node-name" => {
+            let name = text_of(value);
+            let mut chars = name.chars();
+            let well_formed = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+            if !well_formed {
+                return Err(format!("Invalid node-name: '{name}'"));
+            }
+        }
+        "discard" => match text_of(value).as_str() {
+            "ignore" | "off" => discard.unmap = false,
+            "unmap" | "on" => discard.unmap = true,
+            _ => return Err("Invalid discard option".into()),
+        },
+        "detect-zeroes" => match text_of(value).as_str() {
+            "off" | "on" => {}
+            "unmap" => discard.detect_unmap = true,
+            other => return Err(format!("invalid parameter value: {other}")),
+        },
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// An option's value as text: strings as they are, other JSON as JSON.

@@ -79,7 +79,9 @@ fn run(args: &[String]) -> CmdResult {
         } else {
             LockSpec::reader(p.has("force-share"))
         }),
-        no_backing: true,
+        // qemu-img opens the backing chain too (a missing backing file
+        // fails the check); confined, only the named file may be opened.
+        no_backing: crate::confine::requested(),
         check: true,
         ..OpenRequest::read(name, p.last("format"), p.has("image-opts"))
     };
