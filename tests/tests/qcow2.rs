@@ -447,6 +447,10 @@ fn hostile_headers_fail_like_qemu() {
         // Sizes are whole sectors to qemu: these round down.
         ("size_odd", vec![(24, be64(0x3f_ffff))]),
         ("size_one", vec![(24, be64(1))]),
+        // The raw-data bit needs a data file (for reading, not info).
+        ("data_file_raw_alone", vec![(88, be64(2))]),
+        // A backing name of no bytes is no backing file.
+        ("backing_name_empty", vec![(8, be64(0x200))]),
     ];
     for (name, edits) in &cases {
         let file = format!("{name}.qcow2");

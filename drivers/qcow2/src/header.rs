@@ -307,7 +307,8 @@ impl Header {
                 )))
             }
         }
-        if h.backing_file_offset != 0 {
+        // A name of no bytes is no backing file, as qemu reads it.
+        if h.backing_file_offset != 0 && h.backing_file_size != 0 {
             if h.backing_file_size > MAX_BACKING_NAME {
                 return Err(Error::invalid("Backing file name too long"));
             }

@@ -321,6 +321,11 @@ impl Qcow2Image {
                 None => return Err(Error::invalid("'data-file' is required for this image")),
             }
         } else {
+            // qemu refuses the raw-data bit without a data file when the
+            // image is opened for its data.
+            if header.data_file_raw() && flags & open_flags::NO_IO == 0 {
+                return Err(Error::invalid("data-file-raw requires a data file"));
+            }
             None
         };
         let backing = match &header.backing_file {
