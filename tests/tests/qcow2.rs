@@ -1467,3 +1467,33 @@ fn backing_files_as_check_and_json_names_open_them() {
         fx.same(args);
     }
 }
+
+/// An L1 entry naming the L1 table's own cluster as its L2 table: the
+/// COPIED repair would write the L1 table where it is also an active L2
+/// table, that is guest data. qemu-img's overlap check refuses the write
+/// and fails the check; so does qimg, and the guest data stays as it was
+/// (qimg's repair rewrote guest byte 0 before).
+#[test]
+fn a_repair_that_would_rewrite_guest_data_is_refused() {
+    let fx = Fixture::new("l1_self");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "8M"]);
+    fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 0xaa 0 64k"]);
+    let path = fx.path("base.qcow2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let l1 = u64::from_be_bytes(bytes[40..48].try_into().unwrap());
+    let at = l1 as usize;
+    bytes[at..at + 8].copy_from_slice(&(l1 | 1 << 63).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    for name in ["ours.qcow2", "theirs.qcow2", "before.qcow2"] {
+        std::fs::copy(&path, fx.path(name)).unwrap();
+    }
+    let ours = fx.qimg(&["check", "-r", "all", "ours.qcow2"]);
+    let theirs = fx.qemu_img(&["check", "-r", "all", "theirs.qcow2"]);
+    assert_eq!((ours.status, &ours.stdout), (theirs.status, &theirs.stdout));
+    assert!(
+        ours.stderr.contains("Preventing invalid write on metadata"),
+        "{}",
+        ours.stderr
+    );
+    fx.oracle(&["compare", "-U", "before.qcow2", "ours.qcow2"]);
+}

@@ -680,6 +680,21 @@ impl Checker<'_> {
                     "{verb} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
                 ));
                 if repair {
+                    let at = l1_offset + i as u64 * 8;
+                    // QEMU's overlap check: the L1 table is not written
+                    // where it is also an active L2 table (a repair there
+                    // would rewrite guest data); the image is marked
+                    // corrupt and the check fails instead.
+                    let cluster = at >> bits << bits;
+                    if self.l1.iter().any(|&x| x & OFFSET_MASK == cluster) {
+                        let error = self.meta.corruption(
+                            "Preventing invalid write on metadata (overlaps with active L2 table)"
+                                .into(),
+                        );
+                        self.meta.write_header(self.io)?;
+                        self.io.flush()?;
+                        return Err(error);
+                    }
                     let fixed = if rc == 1 { e | COPIED } else { e & !COPIED };
                     self.l1[i] = fixed;
                     self.io
