@@ -36,6 +36,14 @@ pub struct Io {
 impl Io {
     /// Reads metadata or data from the qcow2 file (zeros past its end).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        // Past 63 bits no file has bytes: qemu's block layer fails such a
+        // request with EIO before the file sees it.
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(Error::Corrupt);
+        }
         Ok(read_or_zero(&self.file, offset, buf)?)
     }
     /// Writes to the qcow2 file.
