@@ -428,3 +428,27 @@ fn a_broken_table_pointer_fails_as_in_qemu_img() {
     fx.same(&["check", "twice.qed"]);
     fx.same(&["check", "--output=json", "twice.qed"]);
 }
+
+/// A file one byte short of its last cluster still holds that cluster to
+/// qemu (its length counts in whole sectors), so it reads as in qemu-img.
+#[test]
+fn a_file_short_of_its_last_cluster_reads_as_in_qemu_img() {
+    let fx = Fixture::new("qed_short");
+    fx.oracle(&["create", "-q", "-f", "qed", "e.qed", "4M"]);
+    fx.qemu_io_cmds(
+        "qed",
+        "e.qed",
+        &["write -P 0xab 0 64k", "write -P 0x11 3M 4k"],
+    );
+    let len = std::fs::metadata(fx.path("e.qed")).unwrap().len();
+    for (name, cut) in [("byte.qed", 1), ("bytes.qed", 511)] {
+        fx.sh(&format!(
+            "cp e.qed {name} && truncate -s {} {name}",
+            len - cut
+        ));
+        fx.same(&["map", "--output=json", name]);
+        fx.same(&["check", name]);
+        let _ = std::fs::remove_file(fx.path("out.raw"));
+        fx.same(&["convert", "-O", "raw", name, "out.raw"]);
+    }
+}

@@ -178,9 +178,12 @@ impl Header {
     }
 
     /// The file's size rounded down to whole clusters: what lies past the
-    /// last whole cluster does not count (spec, "file format").
+    /// last whole cluster does not count (spec, "file format"). The size is
+    /// first taken in whole 512-byte sectors, as qemu's block layer gives
+    /// it, so a file one byte short of its last cluster still holds it.
     pub fn file_clusters_end(&self, file_len: u64) -> u64 {
-        file_len - file_len % self.cluster_bytes()
+        let len = file_len.div_ceil(512).saturating_mul(512);
+        len - len % self.cluster_bytes()
     }
 
     /// True if `offset` may hold a data cluster in a file whose whole

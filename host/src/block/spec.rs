@@ -427,8 +427,9 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
         }
     }
     // Without a driver the format is probed from the file node, which
-    // must then name its file.
-    if spec.format.is_none() && reference.is_none() && !node.iter().any(|(k, _)| k == "filename") {
+    // must then name its file or its protocol.
+    let named = node.iter().any(|(k, _)| k == "filename" || k == "driver");
+    if spec.format.is_none() && reference.is_none() && !named {
         return Err("Must specify either driver or file".into());
     }
     if let Some(node) = reference {
