@@ -281,6 +281,13 @@ impl Fixture {
         self.oracle(&args);
     }
 
+    /// A qcow2 overlay `top` over the qcow2 image `base`, by the oracle.
+    pub fn make_overlay(&self, top: &str, base: &str) {
+        self.oracle(&[
+            "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top,
+        ]);
+    }
+
     /// Copies `src` to `dst` and writes each `(offset, bytes)` edit into the
     /// copy (hostile or damaged images for tests).
     pub fn patched_copy<B: AsRef<[u8]>>(&self, src: &str, dst: &str, edits: &[(u64, B)]) {

@@ -377,17 +377,7 @@ fn no_create_with_backing_into_raw_copies_the_top_only() {
     let fx = Fixture::new("n_backing_raw");
     fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
     fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 1 0 4M"]);
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-    ]);
+    fx.make_overlay("top.qcow2", "base.qcow2");
     fx.qemu_io_cmds("qcow2", "top.qcow2", &["write -P 7 1M 64k"]);
     fx.oracle(&["create", "-q", "-f", "raw", "o.raw", "4M"]);
     fx.qemu_io_cmds("raw", "o.raw", &["write -P 9 0 4M"]);

@@ -1132,17 +1132,7 @@ fn convert_with_a_backing_file_option_copies_only_the_top() {
     let fx = Fixture::new("conv_backing_opt");
     fx.make_qcow2("base.qcow2", "", "4M");
     fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 1 0 1M"]);
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-    ]);
+    fx.make_overlay("top.qcow2", "base.qcow2");
     fx.qemu_io_cmds("qcow2", "top.qcow2", &["write -P 2 2M 64k"]);
     same_map(
         &fx,
@@ -1337,18 +1327,7 @@ fn unsafe_rebase_replaces_a_missing_backing_file() {
     let fx = Fixture::new("rebase_missing");
     for name in ["ours", "theirs"] {
         fx.oracle(&["create", "-q", "-f", "qcow2", "gone.qcow2", "1M"]);
-        let top = format!("{name}.qcow2");
-        fx.oracle(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "gone.qcow2",
-            "-F",
-            "qcow2",
-            &top,
-        ]);
+        fx.make_overlay(&format!("{name}.qcow2"), "gone.qcow2");
         std::fs::remove_file(fx.path("gone.qcow2")).unwrap();
     }
     fx.oracle(&["create", "-q", "-f", "qcow2", "new.qcow2", "1M"]);
@@ -1428,17 +1407,7 @@ fn backing_files_as_check_and_json_names_open_them() {
     let fx = Fixture::new("check_backing");
     fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "1M"]);
     fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 5 0 64k"]);
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-    ]);
+    fx.make_overlay("top.qcow2", "base.qcow2");
     fx.oracle(&[
         "create",
         "-q",
