@@ -1182,3 +1182,14 @@ fn the_algorithm_field_says_whether_grains_are_compressed() {
         );
     }
 }
+
+/// The embedded descriptor is read at sector 1 whatever the header's
+/// offset field says, as qemu reads it.
+#[test]
+fn the_embedded_descriptor_is_at_sector_one() {
+    for offset in [0u64, 2, 26] {
+        let fx = made(&format!("vmdk_desc_at_{offset}"), "monolithicSparse", "4M");
+        fx.patched_copy("img.vmdk", "x.vmdk", &[(28, offset.to_le_bytes())]);
+        reads_alike(&fx, "x.vmdk");
+    }
+}

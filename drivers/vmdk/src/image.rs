@@ -175,12 +175,15 @@ impl VmdkImage {
         header: SparseHeader,
         writable: bool,
     ) -> Result<(Vec<Extent>, DescriptorPlace, String)> {
-        let offset = header.descriptor_offset.saturating_mul(SECTOR);
+        // qemu reads (and rewrites) an embedded descriptor at sector 1,
+        // whatever the header's offset field says; it reads 20 sectors of
+        // it, and qimg writes no more than the header's size field allows.
+        let offset = SECTOR;
         let room = header
             .descriptor_size
             .saturating_mul(SECTOR)
             .min(MAX_DESCRIPTOR);
-        let mut bytes = vec![0u8; if offset == 0 { 0 } else { room as usize }];
+        let mut bytes = vec![0u8; room.max(EMBEDDED_DESCRIPTOR_SECTORS * SECTOR) as usize];
         read_or_zero(own, offset, &mut bytes)?;
         let text = descriptor_text(&bytes);
         let sparse = SparseExtent::open_hosted(own.clone(), header, writable)?;
