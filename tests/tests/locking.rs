@@ -278,17 +278,7 @@ fn writers_are_refused_while_qemu_reads_a_metadata_format() {
 fn commit_into_a_base_qemu_holds_names_the_base() {
     let fx = Fixture::new("lockcommit");
     fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "top.qcow2",
-    ]);
+    fx.make_overlay("top.qcow2", "base.qcow2");
     let _reader = qemu_io_as(&fx, "qcow2", "base.qcow2", false);
     let out = fx.same(&["commit", "top.qcow2"]);
     assert_eq!(

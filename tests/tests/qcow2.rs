@@ -1350,14 +1350,13 @@ fn snapshots_without_icount_list_dashes() {
     fx.oracle(&["snapshot", "-c", "s1", "old.qcow2"]);
     let path = fx.path("old.qcow2");
     let mut bytes = std::fs::read(&path).unwrap();
-    let be32 = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
-    let table = u64::from_be_bytes(bytes[64..72].try_into().unwrap()) as usize;
+    let table = be_at(&bytes, 64, 8) as usize;
     // The entry: 40 fixed bytes (extra data size last), extra data, id, name.
     let (id_len, name_len) = (
-        u16::from_be_bytes(bytes[table + 12..table + 14].try_into().unwrap()) as usize,
-        u16::from_be_bytes(bytes[table + 14..table + 16].try_into().unwrap()) as usize,
+        be_at(&bytes, table + 12, 2) as usize,
+        be_at(&bytes, table + 14, 2) as usize,
     );
-    let extra = be32(&bytes, table + 36) as usize;
+    let extra = be_at(&bytes, table + 36, 4) as usize;
     assert!(extra >= 24, "qemu-img wrote {extra} bytes of extra data");
     let names = bytes[table + 40 + extra..table + 40 + extra + id_len + name_len].to_vec();
     bytes[table + 36..table + 40].copy_from_slice(&16u32.to_be_bytes());
@@ -1383,8 +1382,8 @@ fn a_damaged_refcount_table_does_not_stop_reading() {
     fx.qemu_io_cmds("qcow2", "x.qcow2", &["write -P 1 0 64k"]);
     let path = fx.path("x.qcow2");
     let mut bytes = std::fs::read(&path).unwrap();
-    let table = u64::from_be_bytes(bytes[48..56].try_into().unwrap()) as usize;
-    let block = u64::from_be_bytes(bytes[table..table + 8].try_into().unwrap());
+    let table = be_at(&bytes, 48, 8) as usize;
+    let block = be_at(&bytes, table, 8);
     bytes[table..table + 8].copy_from_slice(&(block + 512).to_be_bytes());
     std::fs::write(&path, &bytes).unwrap();
     fx.same(&["map", "x.qcow2"]);
@@ -1454,7 +1453,7 @@ fn a_repair_that_would_rewrite_guest_data_is_refused() {
     fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 0xaa 0 64k"]);
     let path = fx.path("base.qcow2");
     let mut bytes = std::fs::read(&path).unwrap();
-    let l1 = u64::from_be_bytes(bytes[40..48].try_into().unwrap());
+    let l1 = be_at(&bytes, 40, 8);
     let at = l1 as usize;
     bytes[at..at + 8].copy_from_slice(&(l1 | 1 << 63).to_be_bytes());
     std::fs::write(&path, &bytes).unwrap();
@@ -1470,4 +1469,11 @@ fn a_repair_that_would_rewrite_guest_data_is_refused() {
         ours.stderr
     );
     fx.oracle(&["compare", "-U", "before.qcow2", "ours.qcow2"]);
+}
+
+/// The big-endian number of `len` bytes (at most 8) at `at` in `bytes`.
+fn be_at(bytes: &[u8], at: usize, len: usize) -> u64 {
+    bytes[at..at + len]
+        .iter()
+        .fold(0, |n, &b| n << 8 | u64::from(b))
 }
