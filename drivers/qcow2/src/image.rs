@@ -7,7 +7,7 @@ use crate::crypt::{self, Crypto, LegacyAes, SECTOR};
 use crate::error::{Error, Result};
 use crate::header::{autoclear, Header, MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
 use crate::layout::{Layout, Sub};
-use crate::meta::{read_table, Io, Meta};
+use crate::meta::{hex, read_table, Io, Meta};
 use crate::options::RuntimeOptions;
 use crate::snapshot::{self, MAX_SNAPSHOTS};
 use qimg_driver_api::abi_stable::std_types::{ROption, RSliceMut, RStr};
@@ -120,7 +120,16 @@ pub fn run_at(meta: &mut Meta, io: &Io, offset: u64, max: u64) -> Result<Run> {
             host: None,
         });
     }
-    let (first, _, _) = meta.sub_at(io, offset)?;
+    let (first, _, slot) = meta.sub_at(io, offset)?;
+    if first.zero() && !layout.v3 {
+        if let Some(s) = slot {
+            return Err(meta.corruption(format!(
+                "Zero cluster entry found in pre-v3 image (L2 offset: {}, L2 index: {})",
+                hex(s.table),
+                hex(s.index as u64)
+            )));
+        }
+    }
     let host = first.host().map(|h| h + layout.in_cluster(offset));
     let step = layout.subcluster_size();
     let mut p = (offset / step + 1) * step;
@@ -557,13 +566,19 @@ impl Qcow2Image {
 
     /// Allocation status from `offset`: consecutive extents covering up to
     /// `len` bytes (at most [`STATUS_EXTENTS`] of them, so one call across
-    /// the ABI answers many runs).
+    /// the ABI answers many runs). An extent that cannot be read ends the
+    /// answer before it, so that the error comes with the next call, at the
+    /// offset where qemu reports it.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let end = offset + len.min(self.size().saturating_sub(offset));
         let mut out = Vec::new();
         let mut pos = offset;
         while pos < end && out.len() < STATUS_EXTENTS {
-            let ext = self.extent_at(pos, end - pos)?;
+            let ext = match self.extent_at(pos, end - pos) {
+                Ok(ext) => ext,
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            };
             pos += ext.length;
             let merged = out.last_mut().is_some_and(|last: &mut Extent| {
                 let joins = last.flags == ext.flags

@@ -218,7 +218,9 @@ impl Entry {
                 (false, false, None) => Sub::UnallocPlain,
             };
         }
-        let zero = layout.v3 && self.word & ZERO != 0;
+        // The flag is read in v2 images too, as qemu reads it: there it
+        // is corruption, which the read path reports.
+        let zero = self.word & ZERO != 0;
         match (zero, host) {
             (true, Some(h)) => Sub::ZeroAlloc(h),
             (true, None) => Sub::ZeroPlain,

@@ -157,11 +157,21 @@ pub fn compare(
     // Strict mode's first allocation mismatch, reported only if the
     // content before it is equal (qemu-img meets it there, in order).
     let mut strict_stop = None;
+    // A block-status failure, reported only if the content before it is
+    // equal (as qemu-img meets it, in order).
+    let mut failed = None;
     while offset < common {
         // Each image is asked up to its own end, as qemu-img does, so the
         // end-of-image fact is part of the status strict mode compares.
-        let sa = status(&mut walk_a, a, offset, size_a - offset)?;
-        let sb = status(&mut walk_b, b, offset, size_b - offset)?;
+        let statuses = status(&mut walk_a, a, offset, size_a - offset)
+            .and_then(|sa| Ok((sa, status(&mut walk_b, b, offset, size_b - offset)?)));
+        let (sa, sb) = match statuses {
+            Ok(both) => both,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        };
         let mut len = sa.length.min(sb.length).min(common - offset);
         if strict && strict_key(&sa, size_a) != strict_key(&sb, size_b) {
             strict_stop = Some(offset);
@@ -213,6 +223,9 @@ pub fn compare(
     if let Some(at) = mismatch {
         say(&format!("Content mismatch at offset {at}!"));
         return Ok(1);
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     if let Some(at) = strict_stop {
         say(&format!("Strict mode: Offset {at} block status mismatch!"));
