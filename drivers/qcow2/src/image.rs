@@ -235,7 +235,10 @@ impl Qcow2Image {
         if reftable_bytes > MAX_REFTABLE_BYTES {
             return Err(Error::invalid("Reference count table too large"));
         }
-        if header.refcount_table_clusters == 0 {
+        // check opens an image without one, as qemu's does: every
+        // refcount then reads as 0, and `-r all` rebuilds them.
+        let checking = flags & open_flags::CHECK != 0;
+        if header.refcount_table_clusters == 0 && !checking {
             return Err(Error::invalid(
                 "Image does not contain a reference count table",
             ));
@@ -244,7 +247,6 @@ impl Qcow2Image {
             return Err(Error::invalid("Reference count table offset invalid"));
         }
         // Snapshot table.
-        let checking = flags & open_flags::CHECK != 0;
         if header.nb_snapshots > MAX_SNAPSHOTS && !checking {
             return Err(Error::invalid("Snapshot table too large"));
         }
