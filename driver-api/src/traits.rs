@@ -81,7 +81,8 @@ pub trait Image: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> RResult<(), DriverError>;
     /// Deallocates the whole clusters of a range in this layer: afterwards they
     /// read from the backing image, or as zeros without one (what `commit`
-    /// needs to empty an overlay). Partial clusters at the edges are kept.
+    /// needs to empty an overlay). Partial clusters at the edges are kept,
+    /// and dirty bitmaps are not marked (as qemu empties an overlay).
     fn discard(&self, offset: u64, len: u64) -> RResult<(), DriverError>;
     /// Allocation status of `[offset, offset+len)`: extents in order, starting at
     /// `offset`, covering at least one byte and at most `len` bytes. Returning

@@ -228,12 +228,16 @@ fn metadata_formats_refuse_readers_while_qemu_writes() {
                 assert_ne!(status, 0, "{format}: {args:?} ran beside a writer");
             }
         }
-        for args in [
+        let mut shared = vec![
             vec!["info", "-U", &file],
             vec!["map", "-U", &file],
             vec!["compare", "-U", &file, "other.img"],
             vec!["convert", "-U", "-O", "raw", &file, "out.raw"],
-        ] {
+        ];
+        if format == "qcow2" {
+            shared.push(vec!["snapshot", "-U", "-l", &file]);
+        }
+        for args in shared {
             let args: Vec<String> = args.into_iter().map(String::from).collect();
             // qemu-img's human map of a vhdx fails whatever the locks
             // (its driver reports no offsets); same_refusal has compared it.

@@ -1546,6 +1546,88 @@ fn a_repair_that_would_rewrite_guest_data_is_refused() {
     fx.oracle(&["compare", "-U", "before.qcow2", "ours.qcow2"]);
 }
 
+/// A commit whose top has smaller clusters than the image it commits into,
+/// which reads from a backing file of its own: the rest of each cluster
+/// written comes from that backing file, as in qemu-img (qimg opened the
+/// base without its backing file and wrote zeros there, in the base and so
+/// in the emptied top).
+#[test]
+fn commit_fills_partial_clusters_from_the_bases_backing_file() {
+    let fx = Fixture::new("commit_partial");
+    fx.oracle(&["create", "-q", "-f", "raw", "base.raw", "8M"]);
+    fx.qemu_io("base.raw", "write -P 0xa0 0 8M");
+    for (name, backing, format, opts) in [
+        ("mid.qcow2", "base.raw", "raw", "cluster_size=64k"),
+        ("top.qcow2", "mid.qcow2", "qcow2", "cluster_size=4k"),
+    ] {
+        fx.oracle(&[
+            "create", "-q", "-f", "qcow2", "-o", opts, "-b", backing, "-F", format, name,
+        ]);
+    }
+    fx.qemu_io_cmds("qcow2", "top.qcow2", &["write -P 0x22 3M 4k"]);
+    let out = fx.qimg(&["commit", "-q", "top.qcow2"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    for image in ["mid.qcow2", "top.qcow2"] {
+        fx.qemu_io_cmds(
+            "qcow2",
+            image,
+            &[
+                "read -P 0xa0 0 3M",
+                "read -P 0x22 3M 4k",
+                "read -P 0xa0 3076k 5116k",
+            ],
+        );
+    }
+    fx.oracle(&["check", "-q", "mid.qcow2"]);
+}
+
+/// Emptying the top after a commit leaves its enabled bitmaps as they were,
+/// as qemu-img's does (qimg marked them dirty over the whole disk): the
+/// dirty ranges qemu-nbd exports equal those after qemu-img's commit.
+#[test]
+fn commit_leaves_the_tops_bitmaps_alone() {
+    let fx = Fixture::new("commit_bitmaps");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    fx.make_overlay("top.qcow2", "base.qcow2");
+    fx.oracle(&["bitmap", "--add", "top.qcow2", "b0"]);
+    fx.qemu_io_cmds("qcow2", "top.qcow2", &["write -P 1 1M 64k"]);
+    let dirty = |dir: &str| {
+        fx.sh(&format!(
+            "cd {dir} && qemu-nbd -r -B b0 --fork --pid-file=$PWD/nbd.pid -k $PWD/nbd.sock \
+             -f qcow2 top.qcow2 && qemu-img map --output=json --image-opts \
+             driver=nbd,server.type=unix,server.path=$PWD/nbd.sock,x-dirty-bitmap=qemu:dirty-bitmap:b0; \
+             status=$?; kill $(cat nbd.pid); exit $status"
+        ))
+    };
+    fx.sh("mkdir ours theirs && cp base.qcow2 top.qcow2 ours && cp base.qcow2 top.qcow2 theirs");
+    fx.sh("cd theirs && qemu-img commit -q top.qcow2");
+    let out = fx.qimg(&["commit", "-q", "ours/top.qcow2"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let theirs = dirty("theirs");
+    assert!(
+        theirs.contains("\"start\": 1048576, \"length\": 65536"),
+        "{theirs}"
+    );
+    assert_eq!(dirty("ours"), theirs);
+}
+
+/// `snapshot -U`: creating, applying or deleting is refused as qemu-img
+/// refuses it (qimg changed the image). Listing beside a writer is in
+/// locking.rs.
+#[test]
+fn snapshot_force_share_lists_only() {
+    let fx = Fixture::new("snapshot_force_share");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "x.qcow2", "1M"]);
+    fx.oracle(&["snapshot", "-c", "s1", "x.qcow2"]);
+    for action in ["-c", "-a", "-d"] {
+        let out = fx.same(&["snapshot", "-U", action, "s1", "x.qcow2"]);
+        assert_eq!(out.status, 1, "{out:?}");
+    }
+    fx.same(&["snapshot", "-U", "-c", "s1", "-f", "bogus", "x.qcow2"]);
+    let listed = fx.same(&["snapshot", "-U", "-l", "x.qcow2"]);
+    assert!(listed.stdout.contains("s1"), "{listed:?}");
+}
+
 /// The big-endian number of `len` bytes (at most 8) at `at` in `bytes`.
 fn be_at(bytes: &[u8], at: usize, len: usize) -> u64 {
     bytes[at..at + len]

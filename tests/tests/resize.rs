@@ -227,3 +227,56 @@ fn arguments_are_read_as_qemu_img_reads_them() {
         );
     }
 }
+
+/// Shrinking to a size inside a grain or block and growing again reads
+/// zeros past the smaller end in the formats only qimg resizes (vmdk, vpc
+/// and parallels kept the cut-off data and showed it again), and qemu-img
+/// check accepts the result. (qcow2 keeps the rest of a partial cluster,
+/// as qemu-img's does.)
+#[test]
+fn data_cut_off_by_a_shrink_never_reads_again() {
+    let fx = Fixture::new("resize_cut_off");
+    for format in ["vmdk", "vpc", "vhdx", "parallels"] {
+        let file = format!("img.{format}");
+        fx.oracle(&["create", "-q", "-f", format, &file, "8M"]);
+        fx.qemu_io_cmds(format, &file, &["write -P 0x22 0 8M"]);
+        for size in ["3000k", "8M"] {
+            let out = fx.qimg(&["resize", "-q", "-f", format, "--shrink", &file, size]);
+            assert_eq!(out.status, 0, "{format}: {out:?}");
+        }
+        fx.qemu_io_cmds(
+            format,
+            &file,
+            &["read -P 0x22 0 3000k", "read -P 0 3000k 5192k"],
+        );
+        if format != "vpc" {
+            fx.oracle(&["check", "-q", "-f", format, &file]);
+        }
+    }
+}
+
+/// A qcow2 image whose raw external data file is the guest disk: a shrink
+/// cuts the data file too, so growing again reads zeros (qemu-img truncates
+/// it the same way).
+#[test]
+fn a_shrink_cuts_a_raw_data_file() {
+    let fx = Fixture::new("resize_raw_data_file");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=d.raw,data_file_raw=on",
+        "i.qcow2",
+        "4M",
+    ]);
+    fx.qemu_io_cmds("qcow2", "i.qcow2", &["write -P 0x22 3M 512k"]);
+    fx.qimg(&["resize", "-q", "--shrink", "i.qcow2", "2M"]);
+    let len = |name: &str| std::fs::metadata(fx.path(name)).unwrap().len();
+    assert_eq!(len("d.raw"), 2 << 20);
+    fx.qimg(&["resize", "-q", "i.qcow2", "4M"]);
+    assert_eq!(len("d.raw"), 4 << 20);
+    fx.qemu_io_cmds("qcow2", "i.qcow2", &["read -P 0 2M 2M"]);
+    fx.oracle(&["check", "-q", "i.qcow2"]);
+}

@@ -5,7 +5,8 @@
 //! to the end of the file first: copies written and made durable, then the
 //! BAT naming the copies, then the new BAT area cleared, then the header.
 //! Shrinking frees the clusters past the new end, writes the BAT, then the
-//! header. A kill at any point leaves the old image or the new one, with
+//! header. Either way the cluster holding the smaller end is zeroed past
+//! it first, so that nothing cut off reads again. A kill at any point leaves the old image or the new one, with
 //! at worst leaked clusters.
 //!
 //! `--preallocation=falloc|full` then gives every unallocated cluster of the
@@ -49,6 +50,14 @@ pub fn resize(img: &ParallelsImage, new_size: u64, prealloc: Prealloc, shrink: b
         return Err(ParallelsError::Unsupported(
             "Use the --shrink option to perform a shrink operation.".into(),
         ));
+    }
+    // The cluster that holds the smaller end is zeroed from there on:
+    // whatever lay past an end never reads again.
+    let end = (sectors * SECTOR).min(old_size);
+    let e = st.entry(end / cs);
+    if !end.is_multiple_of(cs) && e != 0 {
+        img.store
+            .zero_range(geo.host(e) + end % cs, cs - end % cs, true)?;
     }
     if entries < old_entries {
         // Free what lies past the new end, make the BAT say so.

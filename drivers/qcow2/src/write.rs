@@ -605,10 +605,11 @@ impl Qcow2Image {
 
     /// Deallocates whole clusters: they read from the backing file again (or
     /// as zeros without one) and their host clusters are freed. Partial
-    /// clusters are left alone, as qemu does.
+    /// clusters are left alone, as qemu does. Bitmaps are not marked: this
+    /// is how commit empties an overlay, which qemu does below its dirty
+    /// tracking.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_write(offset, len)?;
-        self.mark_dirty(offset, len);
         let layout = self.layout;
         let cs = layout.cluster_size();
         let size = self.size();
@@ -982,6 +983,13 @@ impl Qcow2Image {
         self.size.store(new_size, Ordering::Release);
         self.resize_bitmaps(new_size);
         if let Some(data) = &self.io.data {
+            // A raw data file is the guest disk: it shrinks with it, or the
+            // cut-off data would read again after growing (qemu truncates
+            // it too). Another data file keeps its length: its clusters
+            // need not lie in guest order.
+            if new_size < old_size && self.data_file_raw {
+                data.set_len(new_size, Prealloc::OFF).into_result()?;
+            }
             if new_size > data.len().into_result()? {
                 let file_mode = if mode == Prealloc::METADATA {
                     Prealloc::OFF

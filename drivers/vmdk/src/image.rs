@@ -704,7 +704,10 @@ impl VmdkImage {
             (ExtentData::Flat { offset }, Some(store)) => {
                 store.set_len(offset + new_len, prealloc).into_result()?
             }
-            (ExtentData::Sparse(sp), _) => sp.grow(new_len / SECTOR)?,
+            (ExtentData::Sparse(sp), _) => {
+                sp.forget_from((new_len / SECTOR).min(last.len() / SECTOR))?;
+                sp.grow(new_len / SECTOR)?
+            }
             _ => {}
         }
         last.len.store(new_len, Ordering::Release);

@@ -529,7 +529,7 @@ impl SparseExtent {
             for copy in 0..copies {
                 let at = self.allocate(&mut st, new_tables * gt_bytes)?;
                 self.store
-                    .write_zeroes(at, new_tables * gt_bytes, false)
+                    .write_zeroes(at, new_tables * gt_bytes, true)
                     .into_result()?;
                 let dir = if copy == 0 {
                     &mut st.gd
@@ -562,6 +562,39 @@ impl SparseExtent {
         self.flush_metadata()?;
         self.store.flush().into_result()?;
         write_all(&self.store, 0, &new_header.to_sector())?;
+        Ok(())
+    }
+
+    /// Forgets the data from guest sector `sector` on (before a resize from
+    /// or to that size): the rest of the grain holding it is zeroed in the
+    /// file, and the grains after it are dropped from their tables (their
+    /// space leaks). Whatever lay past an end never reads again.
+    pub fn forget_from(&self, sector: u64) -> Result<()> {
+        let mut st = self.lock();
+        let grain = sector / self.grain_sectors;
+        let within = sector % self.grain_sectors * SECTOR;
+        let per = u64::from(self.gtes_per_gt);
+        let covered = st.gd.len() as u64 * per;
+        let mut next = grain;
+        if within != 0 && grain < covered {
+            if let GrainLoc::Data(host) = self.locate(&mut st, grain)? {
+                self.store
+                    .write_zeroes(host + within, self.grain_bytes() - within, true)
+                    .into_result()?;
+            }
+            next += 1;
+        }
+        while next < covered {
+            let table_end = (next / per + 1) * per;
+            if let Some(t) = self.table(&mut st, (next / per) as u32)? {
+                let from = (next % per) as usize;
+                if t.entries[from..].iter().any(|&e| e != 0) {
+                    t.entries[from..].fill(0);
+                    t.dirty = true;
+                }
+            }
+            next = table_end;
+        }
         Ok(())
     }
 

@@ -278,7 +278,7 @@ impl VpcImage {
                     .set_size(size + FOOTER_SIZE as u64, Prealloc::OFF)?;
             }
             Some(d) => {
-                d.resize(&self.store, size, &bytes)?;
+                d.resize(&self.store, size, old, &bytes)?;
             }
         }
         *footer = next;
@@ -598,14 +598,31 @@ impl Dynamic {
         Ok(())
     }
 
-    /// Makes the disk `size` bytes long: checks that the table covers it,
-    /// drops the blocks past it from the table, and writes `footer` at the
-    /// start and (at flush) at the end.
-    fn resize(&self, store: &ByteStoreBox, size: u64, footer: &[u8; FOOTER_SIZE]) -> Result<()> {
+    /// Makes the disk `size` bytes long (from `old`): checks that the table
+    /// covers it, zeroes the block that holds the smaller end from there
+    /// on, drops the blocks past the new end from the table, and writes
+    /// `footer` at the start and (at flush) at the end. Whatever lay past
+    /// an end never reads again.
+    fn resize(
+        &self,
+        store: &ByteStoreBox,
+        size: u64,
+        old: u64,
+        footer: &[u8; FOOTER_SIZE],
+    ) -> Result<()> {
         let mut meta = self.meta();
         let capacity = u64::from(meta.bat.max()) * self.block_size;
         if size > capacity {
             self.grow_table(store, &mut meta, size.div_ceil(self.block_size))?;
+        }
+        let end = size.min(old);
+        let in_block = end % self.block_size;
+        let block = meta.bat.get(end / self.block_size);
+        if in_block != 0 && block != UNALLOCATED {
+            let host = u64::from(block) * 512 + self.bitmap_size + in_block;
+            store
+                .write_zeroes(host, self.block_size - in_block, true)
+                .into_result()?;
         }
         let first_gone = size.div_ceil(self.block_size);
         let mut gone = Vec::new();

@@ -1,7 +1,6 @@
 //! `check`: consistency check (and repair) of an image's metadata.
 
-use super::common::{cache_mode, check_image_opts, objects, print_help};
-use crate::block::image::driver_for;
+use super::common::{cache_mode, check_image_opts, objects, print_help, refuse_shared_write};
 use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
@@ -55,14 +54,7 @@ fn run(args: &[String]) -> CmdResult {
     let write = repair != Repair::None;
     let name = &p.operands[0];
     if write && p.has("force-share") {
-        // qemu-img refuses the combination when it opens the image, after
-        // looking up the format.
-        if let Some(f) = p.last("format") {
-            driver_for(f).map_err(|e| fail(format!("Could not open '{name}': {}", e.message)))?;
-        }
-        return Err(fail(format!(
-            "Could not open '{name}': force-share=on can only be used with read-only images"
-        )));
+        return Err(refuse_shared_write(name, p.last("format")));
     }
     let cache = cache_mode(p.last("cache"), CacheMode::Writeback, "source cache")?;
     let file = crate::confine::image_file(name, p.has("image-opts"));

@@ -82,20 +82,14 @@ fn commit_command(
             None => return Err(fail("Image does not have a backing file")),
         },
     };
-    // Reopened with its own options (an encrypted base's key), not its
-    // backing's: its chain stays closed.
-    let options = base_layer
-        .options
-        .iter()
-        .filter(|(key, _)| !key.starts_with("backing."))
-        .cloned()
-        .collect();
+    // Reopened with its own options (an encrypted base's key) and its own
+    // backing chain: a write into part of one of its clusters copies the
+    // rest of that cluster from there.
     let base = open_image(&OpenRequest {
         write: true,
         cache,
         lock: Some(LockSpec::RESIZE),
-        no_backing: true,
-        options,
+        options: base_layer.options.clone(),
         ..OpenRequest::read(&base_layer.filename, Some(base_layer.format()), false)
     })
     .map_err(|e| {

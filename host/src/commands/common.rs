@@ -199,6 +199,19 @@ pub fn open_rw(
     crate::block::open_image(&request).map_err(|e| fail(e.message.to_string()))
 }
 
+/// qemu-img's refusal of `-U` for a command that writes `name`: made when
+/// it opens the image, after it looked up `format`.
+pub fn refuse_shared_write(name: &str, format: Option<&str>) -> CmdError {
+    if let Some(f) = format {
+        if let Err(e) = crate::block::image::driver_for(f) {
+            return fail(format!("Could not open '{name}': {}", e.message));
+        }
+    }
+    fail(format!(
+        "Could not open '{name}': force-share=on can only be used with read-only images"
+    ))
+}
+
 /// Sends a metadata request (snapshots, bitmaps, amend) to the image's driver.
 pub fn metadata(
     image: &crate::block::BlockImage,

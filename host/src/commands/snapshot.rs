@@ -1,7 +1,9 @@
 //! `snapshot`: list, create, apply or delete internal snapshots.
 
-use super::common::{check_image_opts, metadata, objects, open_rw, print_help};
-use crate::block::{open_image, BlockImage, OpenRequest};
+use super::common::{
+    check_image_opts, metadata, objects, open_rw, print_help, refuse_shared_write,
+};
+use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::error::{fail, CmdError, CmdResult};
 use crate::output::size_to_str;
@@ -57,9 +59,11 @@ fn run(args: &[String]) -> CmdResult {
     let name = &p.operands[0];
     let (format, image_opts) = (p.last("format"), p.has("image-opts"));
     let action = actions.first().copied().unwrap_or("list");
+    let force_share = p.has("force-share");
     if action == "list" {
         let image = open_image(&OpenRequest {
             no_backing: true,
+            lock: Some(LockSpec::reader(force_share)),
             ..OpenRequest::read(name, format, image_opts)
         })
         .map_err(|e| fail(e.message.to_string()))?;
@@ -79,6 +83,9 @@ fn run(args: &[String]) -> CmdResult {
             ),
         ));
     };
+    if force_share {
+        return Err(refuse_shared_write(name, format));
+    }
     let image = open_rw(name, format, image_opts, CacheMode::Writeback)?;
     let (verb, request, unsupported) = match action {
         "create" => (

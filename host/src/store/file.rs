@@ -314,7 +314,11 @@ impl LocalFile {
             return Ok(());
         }
         let file_len = self.len_now()?;
-        if punch && offset < file_len {
+        if punch && offset >= file_len {
+            // Past the end, a longer file reads as zeros and holds no blocks.
+            return self.file.set_len(offset + len).map_err(DriverError::from);
+        }
+        if punch {
             let inside = len.min(file_len - offset);
             if self
                 .fallocate(
