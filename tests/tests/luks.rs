@@ -386,7 +386,7 @@ fn cryptsetup_accepts_what_qimg_creates() {
 #[test]
 fn damaged_headers_are_refused_alike() {
     let fx = made("damaged", "");
-    let cases: [(u64, &[u8], bool); 22] = [
+    let cases: [(u64, &[u8], bool); 25] = [
         (6, b"\x00\x02", true),            // version 2: probes as raw
         (252, b"\x00\x00\x0f\x9f", true),  // slot 0 stripes 3999
         (296, b"\x00\x00\x00\x00", true),  // slot 1 in the header
@@ -409,6 +409,9 @@ fn damaged_headers_are_refused_alike() {
         (72, b"foo\0", true),              // unknown hash
         (8, b"twofish\0", true),           // another cipher, same key
         (8, b"sm4\0", true),               // known to QEMU, not to LUKS
+        (104, b"\x00\x00\x0f\xc7", true),  // payload in slot 7's 4 KiB units
+        (8, &[b'a'; 32], true),            // cipher name without its NUL
+        (252, b"\xff\xff\xff\xff", true),  // slot 0 stripes -1
     ];
     let o = opts("bad.luks");
     for (offset, bytes, convert) in cases {

@@ -524,6 +524,18 @@ fn luks_refusals_like_qemu() {
     ] {
         fx.same(&args);
     }
+    // The LUKS header is checked when describing the image without its
+    // key, as qemu-img opens it; a CRYPTO extension with another method
+    // is refused (qimg read the ciphertext as plain data).
+    let bytes = std::fs::read(fx.path("e.qcow2")).unwrap();
+    let luks = bytes.windows(6).position(|w| w == b"LUKS\xba\xbe").unwrap() as u64;
+    fx.patched_copy("e.qcow2", "hash.qcow2", &[(luks + 72, b"foo\0")]);
+    fx.patched_copy("e.qcow2", "plain.qcow2", &[(32, [0u8; 4])]);
+    for file in ["hash.qcow2", "plain.qcow2"] {
+        let out = fx.same(&["info", file]);
+        assert_eq!(out.status, 1, "{out:?}");
+    }
+    fx.same(&["convert", "-O", "raw", "plain.qcow2", "o.raw"]);
     // Compressed writes into an encrypted image are refused (qemu-img
     // fails them with EIO, qimg before writing), and leave it intact.
     fx.sh("printf hello | dd of=p.raw bs=1 seek=5000 conv=notrunc 2>/dev/null");

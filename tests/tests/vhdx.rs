@@ -492,6 +492,7 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("bat-undefined", 2 << 20, le64((8 << 20) | 1)),
         ("bat-unmapped", 2 << 20, le64((8 << 20) | 3)),
         ("bat-state5", 2 << 20, le64((8 << 20) | 5)),
+        ("bat-state4", 2 << 20, le64((8 << 20) | 4)),
         ("bat-end-past-eof", 2 << 20, le64((11 << 20) | 6)),
         ("bat-start-at-eof", 2 << 20, le64((16 << 20) | 6)),
         ("bat-over-bat", 2 << 20, le64((2 << 20) | 6)),
@@ -540,6 +541,8 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("bat-length-short", 16 + 24, le32(0)),
         ("bat-over-metadata", 16 + 16, le64(3 << 20)),
         ("md-offset-huge", 48 + 16, le64(1 << 60)),
+        ("bat-offset-wraps", 16 + 16, le64(0xffff_ffff_fff0_0000)),
+        ("md-offset-wraps", 48 + 16, le64(0xffff_ffff_fff0_0000)),
         ("unknown-required", 16, vec![0x55; 16]),
     ];
     for (name, off, bytes) in region {

@@ -131,6 +131,17 @@ impl LuksHeader {
         if version != VERSION {
             return Err(CryptError::Version(version));
         }
+        for (field, what) in [
+            (at::CIPHER_NAME, "cipher name"),
+            (at::CIPHER_MODE, "cipher mode"),
+            (at::HASH_SPEC, "hash spec"),
+        ] {
+            if !b[field..field + at::NAME_LEN].contains(&0) {
+                return Err(CryptError::Invalid(format!(
+                    "LUKS header {what} is not NUL terminated"
+                )));
+            }
+        }
         let key_slots = std::array::from_fn(|i| {
             let s = at::KEY_SLOTS + i * at::KEY_SLOT;
             KeySlot {
@@ -197,13 +208,19 @@ impl LuksHeader {
         )
     }
 
-    /// Sectors of one key slot's material with `stripes` stripes.
+    /// Sectors one key slot's material with `stripes` stripes takes in the
+    /// layout: whole 4 KiB units, as QEMU counts them when it checks
+    /// overlaps (a payload one sector into the last slot's rounded area is
+    /// refused, not read at an offset one sector off).
     fn material_sectors(&self, stripes: u32) -> u64 {
-        (u64::from(self.key_bytes) * u64::from(stripes)).div_ceil(crate::SECTOR_SIZE)
+        let unit = 4096 / crate::SECTOR_SIZE;
+        (u64::from(self.key_bytes) * u64::from(stripes))
+            .div_ceil(crate::SECTOR_SIZE)
+            .next_multiple_of(unit)
     }
 
     /// The layout checks QEMU makes before trusting a header (messages and
-    /// order are QEMU's): digest iterations, payload after the header, and
+    /// order are QEMU's): payload after the header, digest iterations, and
     /// for each key slot its state, stripes, iterations and an area between
     /// the header and the payload that no other slot's overlaps. A
     /// `detached` header (its payload in another file) has no payload to
@@ -213,17 +230,18 @@ impl LuksHeader {
         // The header with its key-slot table fills the first 4 KiB
         // (cryptsetup's layout): no key material or payload may start there.
         let header_sectors = 4096 / crate::SECTOR_SIZE;
-        if self.mk_digest_iter == 0 {
-            return bad("LUKS key iteration count is zero".into());
-        }
         if !detached && u64::from(self.payload_offset) < header_sectors {
             return bad("LUKS payload is overlapping with the header".into());
+        }
+        if self.mk_digest_iter == 0 {
+            return bad("LUKS key iteration count is zero".into());
         }
         for (i, s1) in self.key_slots.iter().enumerate() {
             if s1.stripes != crate::volume::STRIPES {
                 return bad(format!(
                     "Keyslot {i} is corrupted (stripes {} != {})",
-                    s1.stripes,
+                    // A C int in QEMU's message.
+                    s1.stripes as i32,
                     crate::volume::STRIPES
                 ));
             }

@@ -110,7 +110,7 @@ impl VolumeStore for LuksArea<'_> {
         let at = self.inside(at, buf.len())?;
         self.io
             .read(at, buf)
-            .map_err(|e| CryptError::Io(e.to_string()))
+            .map_err(|e| CryptError::Io(format!("Could not read encryption header: {e}")))
     }
     fn write(&self, at: u64, buf: &[u8]) -> qimg_crypt::error::Result<()> {
         let at = self.inside(at, buf.len())?;
@@ -123,13 +123,22 @@ impl VolumeStore for LuksArea<'_> {
     }
 }
 
+/// Reads the LUKS header in `area` and makes QEMU's checks of its layout
+/// and algorithms: also without the key, as qemu opens it to describe the
+/// image.
+pub fn read_luks_header(area: &LuksArea<'_>) -> Result<LuksHeader> {
+    let mut head = vec![0u8; qimg_crypt::header::HEADER_BYTES];
+    area.read(0, &mut head).map_err(crypt_error)?;
+    let header = LuksHeader::parse(&head).map_err(crypt_error)?;
+    header.check(false).map_err(crypt_error)?;
+    header.algorithms().map_err(crypt_error)?;
+    Ok(header)
+}
+
 /// Unlocks the LUKS volume in `area` with `password`; the master key is
 /// kept only if `writable` (key slots change only then).
 pub fn unlock_luks(area: &LuksArea<'_>, password: &[u8], writable: bool) -> Result<Luks> {
-    let mut head = vec![0u8; qimg_crypt::header::HEADER_BYTES];
-    area.io.read(area.offset, &mut head)?;
-    let header = LuksHeader::parse(&head).map_err(crypt_error)?;
-    header.check(false).map_err(crypt_error)?;
+    let header = read_luks_header(area)?;
     let read = |at: u64, buf: &mut [u8]| area.read(at, buf);
     let unlocked = volume::unlock(header, password, &read).map_err(crypt_error)?;
     Ok(Luks {

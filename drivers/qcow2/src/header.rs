@@ -453,7 +453,7 @@ fn parse_extensions(head: &[u8], start: usize, end: usize) -> Result<Extensions>
             ext_type::CRYPTO => {
                 if len != 16 {
                     return Err(Error::invalid(format!(
-                        "Unable to read CRYPTO header extension: invalid length {len}"
+                        "CRYPTO header extension size {len}, but expected size 16"
                     )));
                 }
                 ext.crypto = Some((be64(&data, 0), be64(&data, 8)));

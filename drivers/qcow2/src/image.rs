@@ -200,8 +200,13 @@ impl Qcow2Image {
             ));
         }
         match header.crypt_method {
-            0 => {}
-            1 if header.ext.crypto.is_none() => {}
+            // Read as unencrypted, a LUKS payload would pass for guest data.
+            0 | 1 if header.ext.crypto.is_some() => {
+                return Err(Error::invalid(
+                    "CRYPTO header extension only expected with LUKS encryption method",
+                ))
+            }
+            0 | 1 => {}
             2 if header.ext.crypto.is_none() => {
                 return Err(Error::invalid("Missing CRYPTO header for crypt method 2"))
             }
@@ -357,10 +362,26 @@ impl Qcow2Image {
         }
         let header_changed = header.autoclear_features != autoclear_before;
         let dirty_rw = header.dirty() && writable && !checking;
+        if let Some((offset, _)) = header.ext.crypto {
+            if offset % cs != 0 {
+                return Err(Error::invalid(format!(
+                    "Encryption header offset '{offset}' is not a multiple of cluster size '{cs}'"
+                )));
+            }
+        }
         // Encrypted data needs the key; describing the image (`info`) does not.
         let crypto = match (header.crypt_method, &crypt.key_secret) {
             (0, _) => None,
-            _ if flags & open_flags::NO_IO != 0 => None,
+            _ if flags & open_flags::NO_IO != 0 => {
+                if let Some((offset, len)) = header.ext.crypto {
+                    crypt::read_luks_header(&crypt::LuksArea {
+                        io: &io,
+                        offset,
+                        len,
+                    })?;
+                }
+                None
+            }
             (_, None) => {
                 return Err(Error::invalid(
                     "Parameter 'encrypt.key-secret' is required for cipher",

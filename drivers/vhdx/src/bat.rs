@@ -12,6 +12,9 @@ use qimg_driver_api::{ByteStoreBox, StoreExt};
 pub const PAYLOAD_NOT_PRESENT: u64 = 0;
 /// Payload block state: reads as zeros.
 pub const PAYLOAD_ZERO: u64 = 2;
+/// Payload block state 4, which [MS-VHDX] leaves undefined: reading such a
+/// block fails, as in qemu (it is no "reads as zeros" state).
+pub const PAYLOAD_INVALID: u64 = 4;
 /// Payload block state: all data in the file at the entry's offset.
 pub const PAYLOAD_FULLY_PRESENT: u64 = 6;
 /// Payload block state: some sectors in the file, others in the parent.

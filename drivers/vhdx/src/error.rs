@@ -44,6 +44,9 @@ pub enum VhdxError {
     /// disk without a parent (qemu-img fails the read the same way).
     #[error("Input/output error")]
     BadBlockState,
+    /// A region that ends past 2^63 bytes, where no file can hold it.
+    #[error("Input/output error")]
+    Unreachable,
     /// A creation option with a value the driver does not accept.
     #[error("{0}")]
     InvalidOption(String),
@@ -68,6 +71,7 @@ impl VhdxError {
         match self {
             VhdxError::Invalid => VhdxError::Open(name.into(), "Invalid argument"),
             VhdxError::NotSupported => VhdxError::Open(name.into(), "Operation not supported"),
+            VhdxError::Unreachable => VhdxError::Open(name.into(), "Input/output error"),
             other => other,
         }
     }
@@ -94,6 +98,10 @@ impl From<VhdxError> for DriverError {
                 errno: ENOTSUP,
                 ..DriverError::unsupported(message)
             },
+            VhdxError::Open(_, why) if why.starts_with("Input") => DriverError {
+                errno: EIO,
+                ..DriverError::new(ErrorKind::IO, message)
+            },
             VhdxError::Open(..) => DriverError {
                 errno: EINVAL,
                 ..DriverError::invalid_image(message)
@@ -103,10 +111,12 @@ impl From<VhdxError> for DriverError {
                 ..DriverError::unsupported(message)
             },
             VhdxError::ReadOnly => DriverError::from_errno(1, message),
-            VhdxError::OverMetadata | VhdxError::BadBlockState => DriverError {
-                errno: EIO,
-                ..DriverError::new(ErrorKind::IO, message)
-            },
+            VhdxError::OverMetadata | VhdxError::BadBlockState | VhdxError::Unreachable => {
+                DriverError {
+                    errno: EIO,
+                    ..DriverError::new(ErrorKind::IO, message)
+                }
+            }
             VhdxError::OutOfRange(..) | VhdxError::InvalidOption(_) => {
                 DriverError::invalid_argument(message)
             }

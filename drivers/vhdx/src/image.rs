@@ -193,12 +193,13 @@ impl VhdxImage {
         let e = self.meta().entry(self.geometry.index(block));
         // Without a parent, every state but "present" reads as zeros
         // ([MS-VHDX] 2.5.1.1); PARTIALLY_PRESENT belongs to differencing
-        // disks only, which read through `read_differencing`.
+        // disks only, which read through `read_differencing`, and state 4
+        // is none.
         match bat::state(e) {
             bat::PAYLOAD_FULLY_PRESENT => {
                 Ok(Some(bat::offset(e) + offset % self.geometry.block_size))
             }
-            bat::PAYLOAD_PARTIALLY_PRESENT => Err(VhdxError::BadBlockState),
+            bat::PAYLOAD_PARTIALLY_PRESENT | bat::PAYLOAD_INVALID => Err(VhdxError::BadBlockState),
             _ => Ok(None),
         }
     }

@@ -127,6 +127,17 @@ pub fn read(store: &ByteStoreBox) -> Result<Regions> {
         }
         *slot = Some(region);
     }
+    // A region no file can reach fails as qemu's read of it does.
+    let unreachable = |r: &Option<Region>| {
+        r.is_some_and(|r| {
+            r.offset
+                .checked_add(r.length)
+                .is_none_or(|end| end > i64::MAX as u64)
+        })
+    };
+    if unreachable(&bat) || unreachable(&metadata) {
+        return Err(VhdxError::Unreachable);
+    }
     match (bat, metadata) {
         (Some(bat), Some(metadata)) => Ok(Regions {
             bat,
