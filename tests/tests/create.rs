@@ -27,6 +27,12 @@ same_cases! {
     bad_size_option => ["create", "-f", "raw", "-o", "size=bogus", "x"],
     size_twice => ["create", "-f", "raw", "-o", "size=1M", "x", "1M"],
     backing_unsupported => ["create", "-f", "raw", "-b", "mid.raw", "x", "1M"],
+    backing_format_unsupported => ["create", "-f", "vdi", "-F", "raw", "x", "1M"],
+    vmdk_backing_format_not_vmdk => ["create", "-f", "vmdk", "-F", "raw", "x", "1M"],
+    own_backing_file_even_unchecked => ["create", "-f", "qcow2", "-u", "-b", "x", "-F", "qcow2", "x", "1M"],
+    // Without a format, qimg made the image plain.
+    qcow2_encrypt_option_without_format => ["create", "-f", "qcow2", "-o", "encrypt.key-secret=sec0", "x", "1M"],
+    qcow2_luks_option_with_aes => ["create", "-f", "qcow2", "-o", "encryption=on,encrypt.iter-time=10", "x", "1M"],
     size_option_negative => ["create", "-f", "raw", "-o", "size=-1", "x"],
     size_option_past_64_bits => ["create", "-f", "qcow2", "-o", "size=16E", "x"],
     size_option_negative_with_suffix => ["create", "-f", "raw", "-o", "size=-1k", "x"],

@@ -190,14 +190,19 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
             .map_err(crypt_error)?,
         ),
         format => {
+            // Any other encrypt.* option needs a format (`encryption=on`
+            // names aes): without one, qimg made a plain image.
+            let implied = format.is_some() || on(options, "encryption");
+            if !implied && options.keys().any(|k| k.starts_with("encrypt.")) {
+                return Err(Error::argument("Parameter 'encrypt.format' is missing"));
+            }
             if let Some(k) = LUKS_ONLY
                 .iter()
                 .find(|k| options.contains_key(&format!("encrypt.{k}")))
             {
-                return Err(Error::argument(match format {
-                    None => "Parameter 'encrypt.format' is missing".into(),
-                    Some(_) => format!("Parameter 'encrypt.{k}' is unexpected"),
-                }));
+                return Err(Error::argument(format!(
+                    "Parameter 'encrypt.{k}' is unexpected"
+                )));
             }
             match format {
                 Some("aes") | None => None,

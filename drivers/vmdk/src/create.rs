@@ -133,6 +133,11 @@ fn spec(request: &CreateRequest) -> Result<Spec> {
         None => Subformat::MonolithicSparse,
     };
     let backing = o.get("backing_file").cloned();
+    if o.get("backing_fmt").is_some_and(|f| f != "vmdk") {
+        return Err(VmdkError::InvalidOption(
+            "backing_file must be a vmdk image".into(),
+        ));
+    }
     if subformat.flat() && backing.is_some() {
         return Err(VmdkError::InvalidOption(
             "Flat image can't have backing file".into(),

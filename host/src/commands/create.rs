@@ -91,6 +91,12 @@ fn run(args: &[String]) -> CmdResult {
             driver.name
         )));
     }
+    if values.contains_key("backing_fmt") && !driver.can(caps::BACKING) {
+        return Err(prefixed(format!(
+            "Backing file format not supported for file format '{}'",
+            driver.name
+        )));
+    }
     let given_size = match (size, values.get("size")) {
         (Some(_), Some(_)) => {
             return Err(prefixed(
@@ -106,6 +112,11 @@ fn run(args: &[String]) -> CmdResult {
             return Err(prefixed(
                 "Expected backing file name, got empty string".into(),
             ))
+        }
+        // The same name is refused even with -u (an image that is its own
+        // backing file opens nowhere).
+        Some(name) if name.as_str() == filename => {
+            return Err(prefixed(SAME_NAME.into()));
         }
         Some(name) if !p.has("backing-unsafe") => Some(
             check_backing(
@@ -140,6 +151,10 @@ fn run(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
+/// qemu-img's refusal of an image named as its own backing file.
+const SAME_NAME: &str =
+    "Error: Trying to create an image with the same filename as the backing file";
+
 /// qemu-img's refusal to create an image of a read-only format.
 fn no_creation(format: &str) -> String {
     format!("Format driver '{format}' does not support image creation")
@@ -147,13 +162,8 @@ fn no_creation(format: &str) -> String {
 
 /// Opens the backing file a new overlay will name (relative names are relative
 /// to the overlay's directory) and returns its size, refusing what qemu-img
-/// refuses: the overlay itself, an unreadable backing file, a missing format.
+/// refuses: an unreadable backing file, a missing format.
 fn check_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<u64, String> {
-    if backing == filename {
-        return Err(
-            "Error: Trying to create an image with the same filename as the backing file".into(),
-        );
-    }
     let resolved = relative_to(filename, backing);
     // As qemu-img: only its size is wanted, so an encrypted one needs no key.
     let request = OpenRequest {
