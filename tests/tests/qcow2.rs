@@ -1628,6 +1628,31 @@ fn snapshot_force_share_lists_only() {
     assert!(listed.stdout.contains("s1"), "{listed:?}");
 }
 
+/// amend upgrading a v2 image with snapshots and resizing it in one go:
+/// the resize sees the upgraded version, as in qemu-img (qimg refused it
+/// after the upgrade had been written).
+#[test]
+fn amend_upgrades_then_resizes_an_image_with_snapshots() {
+    let fx = Fixture::new("amend_v2_snapshots");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        "x.qcow2",
+        "1M",
+    ]);
+    fx.oracle(&["snapshot", "-c", "s1", "x.qcow2"]);
+    let out = fx.qimg(&["amend", "-o", "compat=1.1,size=10M", "x.qcow2"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let info = fx.oracle(&["info", "--output=json", "x.qcow2"]).stdout;
+    assert!(info.contains("\"virtual-size\": 10485760"), "{info}");
+    assert!(info.contains("\"compat\": \"1.1\""), "{info}");
+    fx.oracle(&["check", "-q", "x.qcow2"]);
+}
+
 /// The big-endian number of `len` bytes (at most 8) at `at` in `bytes`.
 fn be_at(bytes: &[u8], at: usize, len: usize) -> u64 {
     bytes[at..at + len]

@@ -941,9 +941,10 @@ impl Qcow2Image {
         self.check_bitmaps_resizable()?;
         {
             // Version 3 snapshots record their own guest size, so only
-            // version 2 images keep theirs (qcow2.txt "Snapshots").
+            // version 2 images keep theirs (qcow2.txt "Snapshots"). The
+            // header's version: amend may have just upgraded it.
             let meta = self.lock();
-            if !meta.snapshots.is_empty() && !self.layout.v3 {
+            if !meta.snapshots.is_empty() && meta.header.version < 3 {
                 return Err(Error::unsupported(
                     "Can't resize a v2 image which has snapshots",
                 ));
