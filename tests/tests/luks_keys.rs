@@ -140,7 +140,7 @@ fn amend_alike(kind: Kind, name: &str, key: &str, steps: &[&str]) {
 }
 
 /// Adding, overwriting (forced) and erasing slots, and every refusal.
-const STEPS: [&str; 17] = [
+const STEPS: [&str; 18] = [
     "state=active",
     "state=active,new-secret=n,iter-time=10",
     "state=active,new-secret=m,keyslot=1,iter-time=10",
@@ -150,6 +150,8 @@ const STEPS: [&str; 17] = [
     "state=active,old-secret=m,new-secret=n",
     "state=inactive",
     "state=inactive,keyslot=5",
+    // Forced, an inactive slot's area is erased again (qimg refused).
+    "state=inactive,keyslot=5 --force",
     "state=inactive,new-secret=n,keyslot=1",
     "state=inactive,old-secret=n,keyslot=1",
     "state=inactive,old-secret=nope,keyslot=9",

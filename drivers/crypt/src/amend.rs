@@ -194,7 +194,8 @@ impl SlotChange {
                         )));
                     }
                 }
-                if !header.key_slots[i].is_active() {
+                // --force erases an inactive slot's area again, as QEMU's.
+                if !header.key_slots[i].is_active() && !force {
                     return Err(refuse(format!(
                         "Given keyslot {i} is already erased (inactive) "
                     )));
