@@ -49,3 +49,15 @@ fn large_sparse_image_sizes() {
     fx.same(&["info", "huge.raw"]);
     fx.same(&["info", "--output=json", "huge.raw"]);
 }
+
+/// An overlay with a snapshot: qemu-img's JSON gives the backing format
+/// before the snapshots (qimg gave them the other way round).
+#[test]
+fn overlay_with_snapshots_json() {
+    let fx = Fixture::new("overlay_snapshots");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "1M"]);
+    fx.make_overlay("top.qcow2", "base.qcow2");
+    fx.oracle(&["snapshot", "-c", "s1", "top.qcow2"]);
+    fx.same(&["info", "--output=json", "top.qcow2"]);
+    fx.same(&["info", "--output=json", "--backing-chain", "top.qcow2"]);
+}

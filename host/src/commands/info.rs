@@ -169,12 +169,13 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
 
     let mut top = Map::new();
     top.insert("children".into(), Value::Array(children));
+    // (qemu's keys come in the order of its dictionary's hash buckets.)
+    if let Some(f) = &info.backing_format {
+        top.insert("backing-filename-format".into(), json!(f));
+    }
     if !info.snapshots.is_empty() {
         let list: Vec<Value> = info.snapshots.iter().map(snapshot_json).collect();
         top.insert("snapshots".into(), Value::Array(list));
-    }
-    if let Some(f) = &info.backing_format {
-        top.insert("backing-filename-format".into(), json!(f));
     }
     top.insert("virtual-size".into(), json!(image.size()));
     top.insert("filename".into(), json!(image.filename));
