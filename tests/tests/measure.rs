@@ -5,6 +5,8 @@ use qimg_tests::{same_cases, Fixture};
 same_cases! {
     size_human => ["measure", "--size", "1G", "-O", "raw"],
     size_json => ["measure", "-O", "raw", "--size", "1G", "--output=json"],
+    size_2_63_json_is_int64 => ["measure", "-O", "raw", "--size", "9223372036854775807", "--output=json"],
+    size_2_63_human => ["measure", "-O", "raw", "--size", "9223372036854775807"],
     default_format => ["measure", "--size", "1G"],
     zero_size => ["measure", "--size", "0", "-O", "raw"],
     odd_size => ["measure", "--size", "1000", "-O", "raw"],

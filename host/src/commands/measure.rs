@@ -168,8 +168,13 @@ fn run(args: &[String]) -> CmdResult {
             if let Some(b) = result.bitmaps {
                 map.insert("bitmaps".into(), json!(b));
             }
-            map.insert("required".into(), json!(result.required));
-            map.insert("fully-allocated".into(), json!(result.fully_allocated));
+            // QAPI's sizes are int64 in JSON: 2^63 prints negative, as
+            // qemu-img prints it (the human lines print it unsigned).
+            map.insert("required".into(), json!(result.required as i64));
+            map.insert(
+                "fully-allocated".into(),
+                json!(result.fully_allocated as i64),
+            );
             outln!("{}", qemu_json_pretty(&Value::Object(map)));
         }
     }
