@@ -574,3 +574,76 @@ fn detached_headers_read_write_and_amend_alike() {
     ]);
     assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
 }
+
+/// A file whose length is not a whole number of sectors: qemu-img counts
+/// the partial last sector as a whole one, zero-padded, and so does qimg
+/// now (it cut the disk at the file's exact length, or refused a file one
+/// byte short of its payload).
+#[test]
+fn a_partial_last_sector_counts_whole() {
+    let fx = made("partial", "");
+    let len = std::fs::metadata(fx.path("img.luks")).unwrap().len();
+    for (name, cut) in [("short.luks", len - 1), ("grown.luks", len + 100)] {
+        std::fs::copy(fx.path("img.luks"), fx.path(name)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(fx.path(name))
+            .unwrap();
+        f.set_len(cut).unwrap();
+        fx.same(&["info", "--output=json", name]);
+        let o = opts(name);
+        let ours = fx.qimg(&[
+            "convert",
+            "--object",
+            SECRET,
+            "--image-opts",
+            &o,
+            "-O",
+            "raw",
+            "ours.raw",
+        ]);
+        assert_eq!(ours.status, 0, "{}", ours.stderr);
+        fx.oracle(&[
+            "convert",
+            "--object",
+            SECRET,
+            "--image-opts",
+            &o,
+            "-O",
+            "raw",
+            "theirs.raw",
+        ]);
+        fx.oracle(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            "ours.raw",
+            "theirs.raw",
+        ]);
+        fx.oracle(&[
+            "compare",
+            "-s",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            "ours.raw",
+            "theirs.raw",
+        ]);
+    }
+    // One byte short of the payload: an empty disk in both.
+    let payload = u64::from(u32::from_be_bytes(
+        std::fs::read(fx.path("img.luks")).unwrap()[104..108]
+            .try_into()
+            .unwrap(),
+    )) * 512;
+    std::fs::copy(fx.path("img.luks"), fx.path("none.luks")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fx.path("none.luks"))
+        .unwrap();
+    f.set_len(payload - 1).unwrap();
+    fx.same(&["info", "--output=json", "none.luks"]);
+}

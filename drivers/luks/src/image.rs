@@ -119,10 +119,13 @@ impl LuksImage {
                 Some(unlocked.key).filter(|_| writable),
             )
         };
+        // QEMU counts the file in whole sectors: a partial last one reads
+        // zero-padded, and decrypts like any other.
         let payload = header.payload_bytes();
         let size = store
             .len()
             .into_result()?
+            .next_multiple_of(SECTOR_SIZE)
             .checked_sub(payload)
             .ok_or_else(|| {
                 // QEMU's message for a payload past the end of the file.
