@@ -100,7 +100,7 @@ fn write_pretty(value: &Value, depth: usize, out: &mut String) {
                 }
                 first = false;
                 out.push_str(&pad(depth + 1));
-                out.push_str(&Value::String(key.clone()).to_string());
+                quoted(key, out);
                 out.push_str(": ");
                 write_pretty(item, depth + 1, out);
             }
@@ -127,8 +127,36 @@ fn write_pretty(value: &Value, depth: usize, out: &mut String) {
             out.push_str(&pad(depth));
             out.push(']');
         }
+        Value::String(text) => quoted(text, out),
         other => out.push_str(&other.to_string()),
     }
+}
+
+/// Appends `text` as qemu's JSON writer quotes a string: the usual
+/// backslash escapes, and every other character below 0x20 or from 0x7f
+/// on as `\uXXXX` (upper-case hex; a surrogate pair beyond the BMP), so
+/// that the output is ASCII.
+fn quoted(text: &str, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04X}"));
+                }
+            }
+        }
+    }
+    out.push('"');
 }
 
 /// Writes to stdout as C's `printf` does: a failed write (stdout closed, a

@@ -61,3 +61,20 @@ fn overlay_with_snapshots_json() {
     fx.same(&["info", "--output=json", "top.qcow2"]);
     fx.same(&["info", "--output=json", "--backing-chain", "top.qcow2"]);
 }
+
+/// Names outside printable ASCII are escaped as qemu's JSON writer escapes
+/// them (`\u00E9`, a surrogate pair beyond the BMP, `\t`), in info and
+/// check alike (qimg wrote them as raw UTF-8).
+#[test]
+fn json_escapes_like_qemu() {
+    let fx = Fixture::new("json_escapes");
+    for name in [
+        "\u{e9}t\u{e9}.qcow2",
+        "tab\there.qcow2",
+        "\u{1F600}\u{7f}.qcow2",
+    ] {
+        fx.oracle(&["create", "-q", "-f", "qcow2", name, "1M"]);
+        fx.same(&["info", "--output=json", name]);
+        fx.same(&["check", "--output=json", name]);
+    }
+}
