@@ -23,6 +23,10 @@ pub const PAYLOAD_PARTIALLY_PRESENT: u64 = 7;
 /// Sector bitmap block state: the chunk's bitmap is in the file.
 pub const SB_BLOCK_PRESENT: u64 = 6;
 
+/// qemu's largest request (`BDRV_REQUEST_MAX_BYTES`): it reads the whole
+/// BAT region in one, so a longer region fails to open with EIO.
+pub const MAX_REQUEST: u64 = (i32::MAX as u64) & !511;
+
 /// Bytes per BAT entry.
 pub const ENTRY_SIZE: u64 = 8;
 
@@ -104,6 +108,9 @@ impl Geometry {
 /// the file reads as zeros; only the entries the file holds are kept, so
 /// a hostile size allocates no more than the file's size.
 pub fn read(store: &ByteStoreBox, region: Region, geometry: &Geometry) -> Result<Vec<u64>> {
+    if region.length > MAX_REQUEST {
+        return Err(VhdxError::Unreachable);
+    }
     let bytes = geometry
         .entries
         .checked_mul(ENTRY_SIZE)

@@ -179,6 +179,11 @@ impl Plan {
                 .next_multiple_of(MIB)
                 .max(MIB),
         };
+        // qemu writes the BAT in one request, which fails past its
+        // largest (and so would every later open).
+        if geometry.entries * bat::ENTRY_SIZE > bat::MAX_REQUEST {
+            return Err(VhdxError::BatTooLarge);
+        }
         let metadata = Region {
             offset: bat.end(),
             length: MIB,

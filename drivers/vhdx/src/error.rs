@@ -44,6 +44,10 @@ pub enum VhdxError {
     /// disk without a parent (qemu-img fails the read the same way).
     #[error("Input/output error")]
     BadBlockState,
+    /// A BAT larger than one request of qemu's block layer (an empty disk
+    /// with blocks of 256 MiB or more): qemu can neither write nor read it.
+    #[error("Failed to write the BAT: Input/output error")]
+    BatTooLarge,
     /// A region that ends past 2^63 bytes, where no file can hold it.
     #[error("Input/output error")]
     Unreachable,
@@ -111,12 +115,13 @@ impl From<VhdxError> for DriverError {
                 ..DriverError::unsupported(message)
             },
             VhdxError::ReadOnly => DriverError::from_errno(1, message),
-            VhdxError::OverMetadata | VhdxError::BadBlockState | VhdxError::Unreachable => {
-                DriverError {
-                    errno: EIO,
-                    ..DriverError::new(ErrorKind::IO, message)
-                }
-            }
+            VhdxError::OverMetadata
+            | VhdxError::BadBlockState
+            | VhdxError::Unreachable
+            | VhdxError::BatTooLarge => DriverError {
+                errno: EIO,
+                ..DriverError::new(ErrorKind::IO, message)
+            },
             VhdxError::OutOfRange(..) | VhdxError::InvalidOption(_) => {
                 DriverError::invalid_argument(message)
             }
