@@ -7,6 +7,7 @@ same_cases! {
     size_json => ["measure", "-O", "raw", "--size", "1G", "--output=json"],
     size_2_63_json_is_int64 => ["measure", "-O", "raw", "--size", "9223372036854775807", "--output=json"],
     size_2_63_human => ["measure", "-O", "raw", "--size", "9223372036854775807"],
+    luks_detached_header_unexpected => ["measure", "-O", "luks", "--object", "secret,id=sec0,data=abc", "-o", "key-secret=sec0,detached-header=on", "--size", "1M"],
     default_format => ["measure", "--size", "1G"],
     zero_size => ["measure", "--size", "0", "-O", "raw"],
     odd_size => ["measure", "--size", "1000", "-O", "raw"],

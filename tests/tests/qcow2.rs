@@ -1653,6 +1653,23 @@ fn amend_upgrades_then_resizes_an_image_with_snapshots() {
     fx.oracle(&["check", "-q", "x.qcow2"]);
 }
 
+/// rebase checks the new backing format's name right after opening the
+/// image, with -u too, as qemu-img does (qimg reported it when opening the
+/// new backing file, and not at all with -u).
+#[test]
+fn rebase_refuses_an_unknown_backing_format() {
+    let fx = Fixture::new("rebase_bad_format");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "x.qcow2", "1M"]);
+    for args in [
+        &["rebase", "-F", "bogus", "-b", "y", "x.qcow2"][..],
+        &["rebase", "-u", "-F", "bogus", "-b", "y", "x.qcow2"],
+        &["rebase", "-F", "bogus", "-b", "", "x.qcow2"],
+    ] {
+        let out = fx.same(args);
+        assert_eq!(out.status, 1, "{args:?}: {out:?}");
+    }
+}
+
 /// The big-endian number of `len` bytes (at most 8) at `at` in `bytes`.
 fn be_at(bytes: &[u8], at: usize, len: usize) -> u64 {
     bytes[at..at + len]

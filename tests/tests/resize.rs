@@ -280,3 +280,28 @@ fn a_shrink_cuts_a_raw_data_file() {
     fx.qemu_io_cmds("qcow2", "i.qcow2", &["read -P 0 2M 2M"]);
     fx.oracle(&["check", "-q", "i.qcow2"]);
 }
+
+/// Refusals in qemu-img's order and words: preallocation while shrinking
+/// before the missing --shrink (also with --shrink, but not for `off`),
+/// and a size past the block layer's limit before the driver's checks.
+#[test]
+fn refusals_come_in_qemu_imgs_order() {
+    let fx = Fixture::new("resize_refusals");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "x.qcow2", "4M"]);
+    for args in [
+        &["resize", "--preallocation=falloc", "x.qcow2", "2M"][..],
+        &[
+            "resize",
+            "--preallocation=falloc",
+            "--shrink",
+            "x.qcow2",
+            "2M",
+        ],
+        &["resize", "--preallocation=off", "x.qcow2", "2M"],
+        &["resize", "x.qcow2", "9223372036854775807"],
+        &["resize", "-f", "raw", "x.qcow2", "9223372036854775807"],
+    ] {
+        let out = fx.same(args);
+        assert_eq!(out.status, 1, "{args:?}: {out:?}");
+    }
+}

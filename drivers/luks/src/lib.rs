@@ -80,6 +80,12 @@ impl DriverImpl for LuksDriver {
         // host checks that it exists) and usable algorithms.
         let options = LuksOptions::parse(|k| request.options.get(k).map(String::as_str), "")
             .map_err(driver_error)?;
+        // A layout choice of `create` that QEMU's measure does not take.
+        if request.options.contains_key("detached-header") {
+            return Err(DriverError::invalid_argument(
+                "Parameter 'detached-header' is unexpected",
+            ));
+        }
         if !request.options.contains_key("key-secret") {
             return Err(DriverError::invalid_argument(
                 "Parameter 'key-secret' is required for cipher",

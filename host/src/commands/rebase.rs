@@ -2,8 +2,8 @@
 //! or only rewriting the header (`-u`).
 
 use super::common::{cache_mode, check_image_opts, objects, print_help};
-use crate::block::image::inner_open_message;
-use crate::block::spec::relative_to;
+use crate::block::image::{driver_for, inner_open_message};
+use crate::block::spec::{is_protocol, relative_to};
 use crate::block::{open_image, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::engine::chain::RebaseJob;
@@ -93,6 +93,11 @@ fn rebase(
         ))
     };
     let format = p.last("backing-format").map(str::to_string);
+    if let Some(f) = &format {
+        if driver_for(f).is_err() && !is_protocol(f) {
+            return Err(fail(format!("Invalid format name: '{f}'")));
+        }
+    }
     let mut new_backing = None;
     if !unsafe_mode && !backing.is_empty() {
         // The new backing file is named relative to the image, as in its header.

@@ -95,14 +95,22 @@ fn run(args: &[String]) -> CmdResult {
     }
     let wanted = wanted as u64;
     let shrinking = (wanted as i128) < current;
+    if shrinking && prealloc != Prealloc::OFF {
+        return Err(fail("Preallocation can only be used for growing images"));
+    }
     if shrinking && !p.has("shrink") {
         return Err(fail(format!(
             "Use the --shrink option to perform a shrink operation.\n{}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.",
             program()
         )));
     }
-    if shrinking && p.has("preallocation") {
-        return Err(fail("Preallocation can only be used for growing images"));
+    // The block layer's limit, checked before the driver's (qemu's
+    // BDRV_MAX_LENGTH: INT64_MAX rounded down to a GiB).
+    const MAX_LENGTH: u64 = (i64::MAX as u64) & !((1 << 30) - 1);
+    if wanted > MAX_LENGTH {
+        return Err(fail(format!(
+            "offset({wanted}) exceeds maximum({MAX_LENGTH})"
+        )));
     }
     if !image.driver.can(caps::RESIZE) {
         return Err(fail("Image format driver does not support resize"));
