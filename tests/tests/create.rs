@@ -27,6 +27,7 @@ same_cases! {
     bad_size_option => ["create", "-f", "raw", "-o", "size=bogus", "x"],
     size_twice => ["create", "-f", "raw", "-o", "size=1M", "x", "1M"],
     backing_unsupported => ["create", "-f", "raw", "-b", "mid.raw", "x", "1M"],
+    bool_options_echo_as_typed => ["create", "-f", "qcow2", "-o", "lazy_refcounts=yes,extended_l2=false", "x", "1M"],
     backing_format_unsupported => ["create", "-f", "vdi", "-F", "raw", "x", "1M"],
     vmdk_backing_format_not_vmdk => ["create", "-f", "vmdk", "-F", "raw", "x", "1M"],
     own_backing_file_even_unchecked => ["create", "-f", "qcow2", "-u", "-b", "x", "-F", "qcow2", "x", "1M"],

@@ -137,11 +137,19 @@ pub fn validate(
 }
 
 /// The line qemu-img prints before creating: options in schema order, each
-/// that is set or has a default.
-pub fn formatting_line(path: &str, driver: &Driver, values: &BTreeMap<String, String>) -> String {
+/// that is set or has a default. Sizes and numbers are printed normalised,
+/// booleans as the user typed them in `given` (`yes`, `true`...), as qemu
+/// prints them.
+pub fn formatting_line(
+    path: &str,
+    driver: &Driver,
+    values: &BTreeMap<String, String>,
+    given: &BTreeMap<String, String>,
+) -> String {
     let mut line = format!("Formatting '{path}', fmt={}", driver.name);
     for o in schema(driver, true) {
-        let value = values.get(&o.name).cloned().or(o.default.clone());
+        let typed = given.get(&o.name).filter(|_| o.kind == OptionType::Bool);
+        let value = typed.or(values.get(&o.name)).cloned().or(o.default.clone());
         if let Some(v) = value {
             // Values are printed as an option string takes them: commas doubled.
             line.push_str(&format!(" {}={}", o.name, v.replace(',', ",,")));

@@ -139,7 +139,10 @@ fn run(args: &[String]) -> CmdResult {
     };
     values.insert("size".into(), size.to_string());
     if !p.has("quiet") {
-        outln!("{}", options::formatting_line(filename, &driver, &values));
+        outln!(
+            "{}",
+            options::formatting_line(filename, &driver, &values, &given)
+        );
     }
     values.remove("size");
     let request = CreateRequest {
