@@ -1193,3 +1193,17 @@ fn the_embedded_descriptor_is_at_sector_one() {
         reads_alike(&fx, "x.vmdk");
     }
 }
+
+/// A file larger than a MiB opened as a vmdk descriptor: qemu-img reads its
+/// first MiB as the descriptor and refuses it as one (qimg refused it as
+/// "File too large").
+#[test]
+fn a_large_non_descriptor_is_an_invalid_descriptor() {
+    let fx = Fixture::new("large_descriptor");
+    fx.sh("printf 'version=1\\n' > d.txt && head -c 2M /dev/zero >> d.txt");
+    fx.sh("head -c 2M /dev/urandom > r.bin");
+    for file in ["d.txt", "r.bin"] {
+        let out = fx.same(&["info", "-f", "vmdk", file]);
+        assert_eq!(out.status, 1, "{out:?}");
+    }
+}

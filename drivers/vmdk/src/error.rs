@@ -32,9 +32,6 @@ pub enum VmdkError {
     /// The extents add up to more than a disk can hold.
     #[error("Could not refresh total sector count: File too large")]
     TotalTooLarge,
-    /// A descriptor file too large to be one.
-    #[error("File too large")]
-    DescriptorTooLarge,
     /// A sparse header version this driver does not know.
     #[error("Unsupported VMDK version {0}")]
     UnsupportedVersion(u32),

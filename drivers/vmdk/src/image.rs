@@ -209,10 +209,9 @@ impl VmdkImage {
         host: &HostServicesBox,
         writable: bool,
     ) -> Result<(Vec<Extent>, DescriptorPlace, String)> {
-        let len = own.len().into_result()?;
-        if len > MAX_DESCRIPTOR {
-            return Err(VmdkError::DescriptorTooLarge);
-        }
+        // As qemu: at most the first MiB (less a byte) is the descriptor;
+        // a larger file that is no descriptor fails as one.
+        let len = own.len().into_result()?.min(MAX_DESCRIPTOR - 1);
         let mut bytes = vec![0u8; len as usize];
         read_or_zero(own, 0, &mut bytes)?;
         let text = descriptor_text(&bytes);
