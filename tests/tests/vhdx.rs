@@ -514,6 +514,12 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("log-offset-huge", 72, le64(1 << 60)),
         ("log-length-huge", 68, le32(0xfff0_0000)),
         ("log-offset-odd", 72, le64(12345)),
+        // (Equal copies, as Disk2VHD writes them, are fine.)
+        ("sequence-equal", 8, le64(7)),
+        // Without a log GUID, only the log's place is checked (qimg
+        // refused a length that is not whole MiB, and took offset 0).
+        ("log-offset-zero", 72, le64(0)),
+        ("log-length-4k", 68, le32(0x1000)),
     ];
     for (name, off, bytes) in header {
         let file = format!("{name}.vhdx");
@@ -535,6 +541,25 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         );
         files.push(file);
     }
+    // Both copies equal in sequence but not in content: no current header
+    // (qimg picked one).
+    patched_checksummed(
+        &fx,
+        "base.vhdx",
+        "tmp.vhdx",
+        0x10000,
+        4096,
+        &[(0x10008, le64(7))],
+    );
+    patched_checksummed(
+        &fx,
+        "tmp.vhdx",
+        "sequence-equal-differ.vhdx",
+        0x20000,
+        4096,
+        &[(0x20008, le64(7)), (0x20010, vec![0x42; 16])],
+    );
+    files.push("sequence-equal-differ.vhdx".to_string());
     // Region table fields (first copy, checksum made right).
     let region: &[(&str, usize, Vec<u8>)] = &[
         ("regions-many", 8, le32(0xffff)),

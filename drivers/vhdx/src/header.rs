@@ -93,15 +93,20 @@ impl Header {
 /// the copy at 64 KiB).
 pub fn read_current(store: &ByteStoreBox) -> Result<(Header, usize)> {
     let mut found: [Option<Header>; 2] = [None, None];
+    let mut raw = [[0u8; HEADER_SIZE]; 2];
     for (i, &at) in HEADER_OFFSETS.iter().enumerate() {
-        let mut b = [0u8; HEADER_SIZE];
-        store.read_or_zero_at(at, &mut b)?;
+        store.read_or_zero_at(at, &mut raw[i])?;
         // A copy of a version this reader does not know counts as invalid
         // (qemu-img then falls back to the other copy).
-        found[i] = Header::parse(&b).filter(|h| h.version == 1);
+        found[i] = Header::parse(&raw[i]).filter(|h| h.version == 1);
     }
     match found {
         [Some(a), Some(b)] if b.sequence_number > a.sequence_number => Ok((b, 1)),
+        // Equal sequence numbers leave no current header, unless the two
+        // copies are the same (as Disk2VHD writes them), as qemu decides.
+        [Some(a), Some(b)] if a.sequence_number == b.sequence_number && raw[0] != raw[1] => {
+            Err(VhdxError::NoValidHeader)
+        }
         [Some(a), _] => Ok((a, 0)),
         [None, Some(b)] => Ok((b, 1)),
         [None, None] => Err(VhdxError::NoValidHeader),

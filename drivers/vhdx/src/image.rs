@@ -100,15 +100,18 @@ impl VhdxImage {
         }
         let (mut hdr, mut index) = header::read_current(&store)?;
         let file_len = store.size()?;
-        // [MS-VHDX] 2.2.2.1: the log is placed and sized in whole MiB.
-        if hdr.log_version != 0
-            || !hdr.log_offset.is_multiple_of(MIB)
-            || !u64::from(hdr.log_length).is_multiple_of(MIB)
-        {
+        // [MS-VHDX] 2.2.2.1: the log is placed past the headers in whole
+        // MiB; its length matters only when there is a log (a log GUID
+        // and a length), as qemu checks it.
+        if hdr.log_offset < MIB || !hdr.log_offset.is_multiple_of(MIB) || hdr.log_version != 0 {
+            return Err(VhdxError::Invalid);
+        }
+        let has_log = hdr.log_guid != ZERO_GUID && hdr.log_length != 0;
+        if has_log && !u64::from(hdr.log_length).is_multiple_of(MIB) {
             return Err(VhdxError::Invalid);
         }
         let mut replayed = false;
-        if hdr.log_guid != ZERO_GUID {
+        if has_log {
             let (offset, length) = hdr.log_range(file_len).ok_or(VhdxError::Invalid)?;
             let log = Log {
                 offset,
