@@ -134,6 +134,8 @@ pub fn read(store: &ByteStoreBox, region: Region, geometry: &Geometry) -> Result
 /// Checks every present payload block as qemu-img does at open: its
 /// offset fits in 63 bits, its guest bytes lie inside the file, and it
 /// overlaps none of `regions` (offset, length, in the order registered).
+/// Partially present blocks count only in a `differencing` disk, the only
+/// one that reads or writes them (qemu checks fully present ones alone).
 /// Each failure is reported; the first fails the open, unless the image
 /// is opened for `check` (`keep_going`), which counts them all. Returns
 /// the count.
@@ -144,13 +146,17 @@ pub fn check_blocks(
     file_len: u64,
     regions: &[(u64, u64)],
     keep_going: bool,
+    differencing: bool,
 ) -> Result<u64> {
     let mut bad = 0;
     for (i, &e) in table.iter().enumerate() {
         let i = i as u64;
-        if !geometry.is_payload(i)
-            || !matches!(state(e), PAYLOAD_FULLY_PRESENT | PAYLOAD_PARTIALLY_PRESENT)
-        {
+        let present = match state(e) {
+            PAYLOAD_FULLY_PRESENT => true,
+            PAYLOAD_PARTIALLY_PRESENT => differencing,
+            _ => false,
+        };
+        if !geometry.is_payload(i) || !present {
             continue;
         }
         let failures = block_failures(i, e, geometry, disk_size, file_len, regions, keep_going);

@@ -154,6 +154,7 @@ impl VhdxImage {
             file_len,
             &known,
             flags & open_flags::CHECK != 0,
+            md.parent.is_some(),
         )?;
         let parent = match &md.parent {
             Some(locator) => Some(parent::open(host, locator, flags)?),
@@ -278,10 +279,15 @@ impl VhdxImage {
             }
             return Ok(at);
         }
-        self.begin(&mut meta)?;
         let partial = bat::state(e) == bat::PAYLOAD_PARTIALLY_PRESENT;
+        if partial && self.parent.is_none() {
+            // Never checked at open without a parent: qemu fails the write.
+            return Err(VhdxError::BadBlockState);
+        }
+        self.begin(&mut meta)?;
         let at = if partial {
-            // Checked at open to lie inside the file, clear of metadata.
+            // Checked at open (in a differencing disk) to lie inside the
+            // file, clear of metadata.
             bat::offset(e)
         } else {
             let at = meta.file_end;
