@@ -1428,16 +1428,7 @@ fn check_rebuilds_a_missing_refcount_table() {
 #[test]
 fn a_zero_flag_in_a_v2_image_is_corruption() {
     let fx = Fixture::new("v2_zero");
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "compat=0.10",
-        "x.qcow2",
-        "1M",
-    ]);
+    fx.make_qcow2("x.qcow2", "compat=0.10", "1M");
     fx.qemu_io_cmds("qcow2", "x.qcow2", &["write -P 0x11 0 64k"]);
     fx.oracle(&["create", "-q", "-f", "qcow2", "empty.qcow2", "1M"]);
     let bytes = std::fs::read(fx.path("x.qcow2")).unwrap();
@@ -1634,16 +1625,7 @@ fn snapshot_force_share_lists_only() {
 #[test]
 fn amend_upgrades_then_resizes_an_image_with_snapshots() {
     let fx = Fixture::new("amend_v2_snapshots");
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "compat=0.10",
-        "x.qcow2",
-        "1M",
-    ]);
+    fx.make_qcow2("x.qcow2", "compat=0.10", "1M");
     fx.oracle(&["snapshot", "-c", "s1", "x.qcow2"]);
     let out = fx.qimg(&["amend", "-o", "compat=1.1,size=10M", "x.qcow2"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
