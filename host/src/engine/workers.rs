@@ -9,14 +9,18 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Runs `work` on items `0..count` with `threads` workers that take the
 /// items in increasing order; stops handing out items after the first
-/// error, which it returns (items already taken finish).
+/// error (items already taken finish) and returns the error of the lowest
+/// item that failed, as a copy in order would meet it.
 pub fn run_workers(
     threads: usize,
     count: usize,
     work: impl Fn(usize) -> Result<(), DriverError> + Sync,
 ) -> Result<(), DriverError> {
     let next = AtomicUsize::new(0);
-    let failed: Mutex<Option<DriverError>> = Mutex::new(None);
+    // The failed item with the lowest index: every item before it was
+    // taken (and finished) before the others stopped, so this is the
+    // error a copy in order meets first, whichever worker failed first.
+    let failed: Mutex<Option<(usize, DriverError)>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1).min(count) {
             scope.spawn(|| loop {
@@ -26,14 +30,17 @@ pub fn run_workers(
                 }
                 if let Err(e) = work(index) {
                     next.store(count, Ordering::Relaxed);
-                    lock(&failed).get_or_insert(e);
+                    let mut first = lock(&failed);
+                    if first.as_ref().is_none_or(|(at, _)| index < *at) {
+                        *first = Some((index, e));
+                    }
                     break;
                 }
             });
         }
     });
     match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
+        Some((_, e)) => Err(e),
         None => Ok(()),
     }
 }
@@ -182,6 +189,20 @@ mod tests {
         let consumed = consumed.into_inner().unwrap();
         assert!(consumed.len() <= 50, "consumed past the failure");
         assert_eq!(consumed, (0..consumed.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_lowest_failed_item_is_reported_whichever_failed_first() {
+        let result = run_workers(2, 100, |i| match i {
+            0 => {
+                // Fails after item 1 has failed.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                Err(DriverError::corrupt("item 0"))
+            }
+            1 => Err(DriverError::corrupt("item 1")),
+            _ => Ok(()),
+        });
+        assert_eq!(result.unwrap_err().message.as_str(), "item 0");
     }
 
     #[test]
