@@ -6,8 +6,8 @@
 //! BAT naming the copies, then the new BAT area cleared, then the header.
 //! Shrinking frees the clusters past the new end, writes the BAT, then the
 //! header. Either way the cluster holding the smaller end is zeroed past
-//! it first, so that nothing cut off reads again. A kill at any point leaves the old image or the new one, with
-//! at worst leaked clusters.
+//! it first, so that nothing cut off reads again. A kill at any point
+//! leaves the old image or the new one, with at worst leaked clusters.
 //!
 //! `--preallocation=falloc|full` then gives every unallocated cluster of the
 //! new area a cluster of the file, zeroed (`falloc`: allocated by the file

@@ -362,10 +362,17 @@ impl Qcow2Image {
         }
         let header_changed = header.autoclear_features != autoclear_before;
         let dirty_rw = header.dirty() && writable && !checking;
-        if let Some((offset, _)) = header.ext.crypto {
-            if offset % cs != 0 {
+        // The LUKS header and key slots, as the CRYPTO extension places them.
+        let luks_area = header.ext.crypto.map(|(offset, len)| crypt::LuksArea {
+            io: &io,
+            offset,
+            len,
+        });
+        if let Some(area) = &luks_area {
+            if area.offset % cs != 0 {
                 return Err(Error::invalid(format!(
-                    "Encryption header offset '{offset}' is not a multiple of cluster size '{cs}'"
+                    "Encryption header offset '{}' is not a multiple of cluster size '{cs}'",
+                    area.offset
                 )));
             }
         }
@@ -373,12 +380,8 @@ impl Qcow2Image {
         let crypto = match (header.crypt_method, &crypt.key_secret) {
             (0, _) => None,
             _ if flags & open_flags::NO_IO != 0 => {
-                if let Some((offset, len)) = header.ext.crypto {
-                    crypt::read_luks_header(&crypt::LuksArea {
-                        io: &io,
-                        offset,
-                        len,
-                    })?;
+                if let Some(area) = &luks_area {
+                    crypt::read_luks_header(area)?;
                 }
                 None
             }
@@ -392,18 +395,13 @@ impl Qcow2Image {
                 Some(Crypto::Aes(Box::new(LegacyAes::new(password.as_bytes()))))
             }
             (_, Some(id)) => {
-                let (offset, len) = header.ext.crypto.ok_or(Error::Corrupt)?;
+                let area = luks_area.as_ref().ok_or(Error::Corrupt)?;
                 let password = zeroize::Zeroizing::new(
                     host.secret(RStr::from(id.as_str()))
                         .into_result()?
                         .into_string(),
                 );
-                let area = crypt::LuksArea {
-                    io: &io,
-                    offset,
-                    len,
-                };
-                let luks = crypt::unlock_luks(&area, password.as_bytes(), writable)?;
+                let luks = crypt::unlock_luks(area, password.as_bytes(), writable)?;
                 Some(Crypto::Luks(Box::new(luks)))
             }
         };

@@ -85,17 +85,20 @@ fn run(args: &[String]) -> CmdResult {
         values.insert("backing_fmt".into(), fmt.to_string());
     }
     let backing = values.get("backing_file").cloned();
-    if backing.is_some() && !driver.can(caps::BACKING) {
-        return Err(prefixed(format!(
-            "Backing file not supported for file format '{}'",
-            driver.name
-        )));
-    }
-    if values.contains_key("backing_fmt") && !driver.can(caps::BACKING) {
-        return Err(prefixed(format!(
-            "Backing file format not supported for file format '{}'",
-            driver.name
-        )));
+    if !driver.can(caps::BACKING) {
+        let named = if backing.is_some() {
+            Some("Backing file")
+        } else {
+            values
+                .contains_key("backing_fmt")
+                .then_some("Backing file format")
+        };
+        if let Some(what) = named {
+            return Err(prefixed(format!(
+                "{what} not supported for file format '{}'",
+                driver.name
+            )));
+        }
     }
     let given_size = match (size, values.get("size")) {
         (Some(_), Some(_)) => {
