@@ -309,10 +309,21 @@ impl Fixture {
     }
 
     /// Copies `src` to `dst` and writes each `(offset, bytes)` edit into the
-    /// copy (hostile or damaged images for tests).
+    /// copy (hostile or damaged images for tests). The copy is sparse: tests
+    /// make dozens of them, and CI's disk is small.
     pub fn patched_copy<B: AsRef<[u8]>>(&self, src: &str, dst: &str, edits: &[(u64, B)]) {
         use std::io::{Seek, SeekFrom, Write};
-        std::fs::copy(self.path(src), self.path(dst)).expect("copy");
+        let out = Command::new("cp")
+            .arg("--sparse=always")
+            .arg(self.path(src))
+            .arg(self.path(dst))
+            .output()
+            .expect("run cp");
+        assert!(
+            out.status.success(),
+            "cp {src} {dst}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(self.path(dst))
@@ -321,6 +332,19 @@ impl Fixture {
             f.seek(SeekFrom::Start(*offset)).expect("seek");
             f.write_all(bytes.as_ref()).expect("write");
         }
+    }
+
+    /// Writes `bytes` to `file` as a sparse file: its all-zero 4 KiB blocks
+    /// become holes (whole images built in memory by tests).
+    pub fn write_sparse(&self, file: &str, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(self.path(file)).expect("create");
+        for (i, block) in bytes.chunks(4096).enumerate() {
+            if block.iter().any(|&b| b != 0) {
+                f.write_all_at(block, i as u64 * 4096).expect("write");
+            }
+        }
+        f.set_len(bytes.len() as u64).expect("set_len");
     }
 
     /// Runs a shell command in the fixture and requires success.

@@ -81,6 +81,7 @@ fn qemu_made_images_read_alike() {
             fx.same(&["compare", "-f", "vhdx", "-F", "vhdx", &file, &file]);
             fx.same(&["check", &file]);
             fx.same(&["check", "--output=json", &file]);
+            std::fs::remove_file(fx.path(&file)).unwrap();
         }
     }
     for size in ["0", "1", "511"] {
@@ -168,8 +169,12 @@ fn create_writes_the_bytes_qemu_img_writes() {
     for (i, opts) in VARIANTS.iter().enumerate() {
         for size in ["0", "1", "1M", "10M", "1G", "2T", "64T"] {
             // Fixed disks that large are sparse files: cheap to create,
-            // but not to compare whole.
-            if opts.contains("fixed") && size.ends_with('T') {
+            // but not to compare whole. A 64 TiB disk in 1-2 MiB blocks
+            // has a 256-512 MiB BAT, all of it written, in both files:
+            // more than CI's disk should hold for one case.
+            if (opts.contains("fixed") && size.ends_with('T'))
+                || (opts.contains("block_size=") && size == "64T")
+            {
                 continue;
             }
             let mut args = vec!["create", "-f", "vhdx"];
@@ -329,6 +334,7 @@ fn writes_into_qemu_made_images_read_back() {
         assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
         fx.oracle(&["check", &file]);
         fx.same_info_and_map(&["-f", "vhdx", &file]);
+        std::fs::remove_file(fx.path(&file)).unwrap();
     }
 }
 
@@ -446,7 +452,7 @@ fn patched_checksummed(
     b[at + 4..at + 8].fill(0);
     let sum = crc32c(&b[at..at + len]);
     b[at + 4..at + 8].copy_from_slice(&sum.to_le_bytes());
-    std::fs::write(fx.path(dst), b).unwrap();
+    fx.write_sparse(dst, &b);
 }
 
 #[test]
@@ -591,6 +597,9 @@ fn hostile_headers_fail_as_qemu_img_fails() {
     for file in &files {
         fx.same_bounded(&["info", "-f", "vhdx", file]);
         fx.same_bounded(&["map", "-f", "vhdx", "--output=json", file]);
+        if !file.starts_with("bat-") {
+            std::fs::remove_file(fx.path(file)).unwrap();
+        }
     }
     // Reading the blocks fails where qemu-img's does (a partially present
     // block needs a parent), and check opens what a plain open refuses
@@ -608,6 +617,7 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         }
         let _ = std::fs::remove_file(fx.path("out.raw"));
         fx.same_bounded(&["convert", "-f", "vhdx", "-O", "raw", &file, "out.raw"]);
+        std::fs::remove_file(fx.path(&file)).unwrap();
     }
 }
 
@@ -717,7 +727,7 @@ fn a_hostile_log_neither_hangs_nor_allocates_without_bound() {
         b[at + 8..at + 12].copy_from_slice(&((1u32 << 20) - 4096).to_le_bytes());
         b[at + 32..at + 48].copy_from_slice(&guid);
     }
-    std::fs::write(fx.path("log.vhdx"), b).unwrap();
+    fx.write_sparse("log.vhdx", &b);
     fx.same_bounded(&["info", "log.vhdx"]);
     fx.same_bounded(&["check", "log.vhdx"]);
 }

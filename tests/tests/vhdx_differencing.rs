@@ -9,9 +9,11 @@
 use qimg_tests::Fixture;
 
 const MIB: u64 = 1 << 20;
-/// The parent's size, and its data: pattern 1 over its first 40 MiB.
+/// The parent's size, and its data: pattern 1 over blocks 0 and 1 (the
+/// child's partial block), and over parts of blocks 3 and 4.
 const PARENT: &str = "qemu-img create -q -f vhdx base.vhdx 64M && \
-    qemu-io -f vhdx -c 'write -P 1 0 40M' base.vhdx >/dev/null && \
+    qemu-io -f vhdx -c 'write -P 1 0 12M' -c 'write -P 1 24M 2M' -c 'write -P 1 32M 4M' \
+    base.vhdx >/dev/null && \
     qemu-img convert -f vhdx -O raw base.vhdx expected.raw";
 /// qimg's default block for 64 MiB: 8 MiB, 512 blocks per chunk.
 const BLOCK: u64 = 8 * MIB;
@@ -86,7 +88,7 @@ fn build_child(fx: &Fixture) {
         let at = bat + index as usize * 8;
         file[at..at + 8].copy_from_slice(&u64::to_le_bytes(entry));
     }
-    std::fs::write(fx.path("child.vhdx"), file).expect("write child");
+    fx.write_sparse("child.vhdx", &file);
 }
 
 /// A fixture with [`PARENT`] and `child.vhdx`, an empty differencing disk

@@ -105,7 +105,7 @@ fn make_differencing(fx: &Fixture, child: &str, parent: &str, locators: &[Locato
     file.truncate(footer_at);
     file.extend(tail);
     file.extend(footer);
-    std::fs::write(fx.path(child), file).expect("write child");
+    fx.write_sparse(child, &file);
 }
 
 /// A parent filled with one pattern, a dynamic child qemu-io wrote
