@@ -33,6 +33,7 @@ dd_cases! {
     bad_skip => ["dd", "if=src.raw", "of={}", "skip=1k"],
     unknown_operand => ["dd", "if=src.raw", "of={}", "seek=1"],
     bare_operand => ["dd", "if=src.raw", "of={}", "extra"],
+    known_operand_without_value => ["dd", "if", "src.raw", "of={}"],
     no_output => ["dd", "if=src.raw"],
     no_input => ["dd", "of={}"],
     missing_input => ["dd", "if=missing.raw", "of={}"],

@@ -98,6 +98,24 @@ fn dynamic_and_static_images_qemu_img_writes_read_alike() {
 }
 
 #[test]
+fn holes_in_the_file_show_in_static_images_only() {
+    // qemu-img asks the file what a block holds only in a static image;
+    // a dynamic image's allocated blocks are data even over a hole. And
+    // it answers block by block, which `compare -p` shows.
+    for (i, opts) in ["", "static=on"].iter().enumerate() {
+        let fx = made(&format!("vdi_holes_{i}"), opts, "5M", true);
+        fx.sh("fallocate -d img.vdi");
+        for args in [
+            &["map", "img.vdi"][..],
+            &["map", "--output=json", "img.vdi"],
+            &["compare", "-p", "img.vdi", "img.vdi"],
+        ] {
+            fx.same(args);
+        }
+    }
+}
+
+#[test]
 fn unaligned_and_empty_images_read_alike() {
     // 1000 bytes count as two sectors; 1500k leaves the last block half
     // used; 0 makes an image without blocks.

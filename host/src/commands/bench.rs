@@ -1,6 +1,8 @@
 //! `bench`: time a stream of fixed-size reads or writes on an image.
 
-use super::common::{cache_mode, check_image_opts, number, objects, print_help};
+use super::common::{
+    cache_mode, check_image_opts, number, objects, print_help, refuse_shared_write,
+};
 use crate::block::{open_image, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::engine::turns::Turns;
@@ -104,8 +106,9 @@ fn run(args: &[String]) -> CmdResult {
         }
     }
     let write = p.has("write");
+    // An interval of 0, as qemu-img takes it, means no flushes.
     let flush_interval = match p.last("flush-interval") {
-        Some(t) => Some(number("flush interval", t, 0, I32_MAX, false)?),
+        Some(t) => Some(number("flush interval", t, 0, I32_MAX, false)?).filter(|&f| f != 0),
         None => None,
     };
     if flush_interval.is_some() && !write {
@@ -120,6 +123,9 @@ fn run(args: &[String]) -> CmdResult {
         return Err(CmdError::usage("bench", "Expecting one image file name"));
     }
     let name = &p.operands[0];
+    if write && p.has("force-share") {
+        return Err(refuse_shared_write(name, p.last("format")));
+    }
     if (p.has("native") || p.last("aio") == Some("native")) && !cache.direct() {
         return Err(fail(format!(
             "Could not open '{name}': aio=native was specified, but it requires cache.direct=on, which was not specified."

@@ -38,7 +38,9 @@ fn run(args: &[String]) -> CmdResult {
     let (mut bs, mut count, mut skip) = (512u64, None, 0u64);
     let (mut input, mut output) = (None, None);
     for operand in &p.operands {
-        let (key, value) = operand.split_once('=').unwrap_or((operand.as_str(), ""));
+        let Some((key, value)) = operand.split_once('=') else {
+            return Err(fail(format!("unrecognized operand {operand}")));
+        };
         match key {
             "bs" => bs = number("bs", value, 1, MAX_BS, true)?,
             "count" => count = Some(number("count", value, 0, i64::MAX as u64, false)?),
