@@ -53,3 +53,26 @@ fn strict_reports_the_first_difference_in_order() {
     let second = fx.same(&["compare", "-s", "a.qcow2", "b.qcow2"]);
     assert!(second.stdout.contains("block status mismatch"));
 }
+
+/// qemu-img's progress moves by each block-status answer, and qcow2 answers
+/// an L2 table's span at most: with small clusters `-p` prints many steps.
+#[test]
+fn progress_moves_by_each_l2_table() {
+    let fx = qimg_tests::Fixture::new("compare_progress_l2");
+    for (i, opts) in ["cluster_size=512", "cluster_size=4096", ""]
+        .iter()
+        .enumerate()
+    {
+        let file = format!("c{i}.qcow2");
+        fx.make_qcow2(&file, opts, "64M");
+        fx.qemu_io_cmds(
+            "qcow2",
+            &file,
+            &["write -P 1 0 4k", "write -P 3 5M 3M", "write -z 9M 1M"],
+        );
+        let out = fx.same(&["compare", "-p", &file, &file]);
+        if !opts.is_empty() {
+            assert!(out.stdout.matches('\r').count() > 20, "{}", out.stdout);
+        }
+    }
+}

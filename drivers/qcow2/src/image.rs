@@ -587,9 +587,11 @@ impl Qcow2Image {
 
     /// Allocation status from `offset`: consecutive extents covering up to
     /// `len` bytes (at most [`STATUS_EXTENTS`] of them, so one call across
-    /// the ABI answers many runs). An extent that cannot be read ends the
-    /// answer before it, so that the error comes with the next call, at the
-    /// offset where qemu reports it.
+    /// the ABI answers many runs). Extents end where qemu's answers end, at
+    /// each L2 table's span at most: `compare -p` moves by them (map joins
+    /// them again). An extent that cannot be read ends the answer before
+    /// it, so that the error comes with the next call, at the offset where
+    /// qemu reports it.
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let end = offset + len.min(self.size().saturating_sub(offset));
         let mut out = Vec::new();
@@ -601,19 +603,7 @@ impl Qcow2Image {
                 Err(e) => return Err(e),
             };
             pos += ext.length;
-            let merged = out.last_mut().is_some_and(|last: &mut Extent| {
-                let joins = last.flags == ext.flags
-                    && last.store == ext.store
-                    && (ext.flags & ef::OFFSET_VALID == 0
-                        || last.host_offset + last.length == ext.host_offset);
-                if joins {
-                    last.length += ext.length;
-                }
-                joins
-            });
-            if !merged {
-                out.push(ext);
-            }
+            out.push(ext);
         }
         Ok(out)
     }
