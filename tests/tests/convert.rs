@@ -39,6 +39,16 @@ same_cases! {
     target_missing_directory => ["convert", "mid.raw", "nodir/o.raw"],
     onto_itself => ["convert", "mid.raw", "mid.raw"],
     progress_open_failure => ["convert", "-p", "missing.raw", "o.raw"],
+    option_the_format_lacks_before_backing_format => ["convert", "-O", "raw", "-o", "backing_file=mid.raw", "mid.raw", "o.raw"],
+    backing_file_for_vpc => ["convert", "-O", "vpc", "-o", "backing_file=mid.raw", "mid.raw", "o.vhd"],
+    compress_into_a_flat_vmdk => ["convert", "-c", "-O", "vmdk", "-o", "subformat=monolithicFlat", "mid.raw", "o.vmdk"],
+    compress_with_a_data_file => ["convert", "-c", "-O", "qcow2", "-o", "data_file=o.data", "mid.raw", "o.qcow2"],
+    data_file_in_a_missing_directory => ["convert", "-O", "qcow2", "-o", "data_file=nodir/o.data", "mid.raw", "o.qcow2"],
+    luks_source_needs_its_key_first => ["convert", "-f", "luks", "mid.raw", "o.raw"],
+    duplicate_object_id => ["convert", "--object", "secret,id=s,data=x", "--object", "secret,id=s,file=missing", "mid.raw", "o.raw"],
+    secret_file_missing => ["convert", "--object", "secret,id=s,file=missing", "mid.raw", "o.raw"],
+    secret_file_a_directory => ["convert", "--object", "secret,id=s,file=.", "mid.raw", "o.raw"],
+    empty_source_to_sparse_vmdk => ["convert", "-O", "vmdk", "empty.raw", "o.vmdk"],
 }
 
 fn converted(fx: &Fixture, args: &[&str]) {
@@ -420,5 +430,78 @@ fn backing_target_hides_what_a_source_without_backing_lacks() {
             fx.oracle(&["compare", &src, out]);
             fx.oracle(&["check", "-q", out]);
         }
+    }
+}
+
+#[test]
+fn target_is_zero_with_a_backing_file_writes_nothing() {
+    // qemu-img refuses the promise for a target over a backing file, after
+    // opening it, and exits 0 (its error path keeps the success status).
+    let fx = Fixture::with_images("conv_tiz_backing");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    fx.oracle(&["create", "-q", "-f", "qcow2", "o.qcow2", "2M"]);
+    let out = fx.same_effect(
+        &[
+            "convert",
+            "-n",
+            "--target-is-zero",
+            "-B",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "-O",
+            "qcow2",
+            "mid.raw",
+            "{}",
+        ],
+        "o.qcow2",
+    );
+    assert!(
+        out.stderr.contains("Cannot use --target-is-zero"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn compressed_writes_over_allocated_clusters_fail() {
+    // qcow2 refuses a compressed cluster where one is allocated (EIO): the
+    // copy stops at the first such cluster in both tools.
+    let fx = Fixture::with_images("conv_compress_allocated");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "o.qcow2", "4M"]);
+    fx.qemu_io_cmds("qcow2", "o.qcow2", &["write -P 0xee 1M 128k"]);
+    let out = fx.same_effect(
+        &["convert", "-n", "-c", "-O", "qcow2", "mid.raw", "{}"],
+        "o.qcow2",
+    );
+    assert_eq!(out.status, 1, "{out:?}");
+}
+
+#[test]
+fn copies_into_an_existing_stream_optimized_vmdk_are_compressed() {
+    // qemu-img writes whole compressed grains into any streamOptimized
+    // target, so `-n` into a qemu-made one works (qimg leaves the zero
+    // grains out: same content, a smaller file).
+    let fx = Fixture::with_images("conv_stream_n");
+    for (name, tool) in [("ours", true), ("theirs", false)] {
+        let file = format!("{name}.vmdk");
+        fx.oracle(&[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            &file,
+            "4M",
+        ]);
+        let args = ["convert", "-n", "-O", "vmdk", "mid.raw", &file];
+        let out = if tool {
+            fx.qimg(&args)
+        } else {
+            fx.qemu_img(&args)
+        };
+        assert_eq!(out.status, 0, "{name}: {}", out.stderr);
+        fx.oracle(&["compare", "mid.raw", &file]);
+        fx.oracle(&["check", &file]);
     }
 }

@@ -4,6 +4,8 @@
 use qimg_tests::{same_cases, Fixture};
 
 same_cases! {
+    vmdk_metadata_preallocation => ["create", "-f", "vmdk", "-o", "preallocation=metadata", "o.vmdk", "1M"],
+    data_file_missing_directory => ["create", "-f", "qcow2", "-o", "data_file=nodir/o.data", "o.qcow2", "1M"],
     no_file_name => ["create"],
     unsafe_backing_without_format => ["create", "-f", "qcow2", "-u", "-b", "nonexist", "x", "1M"],
     unsafe_backing_without_format_or_size => ["create", "-f", "qcow2", "-u", "-b", "mid.raw", "x"],

@@ -93,6 +93,15 @@ impl LuksImage {
             None => None,
         };
         let header_store = header_file.as_ref().unwrap_or(&store);
+        // As QEMU: the key is looked up before the header is read.
+        let password = if flags & open_flags::NO_IO != 0 {
+            None
+        } else {
+            let id = key_secret.ok_or_else(|| {
+                DriverError::invalid_argument("Parameter 'key-secret' is required for cipher")
+            })?;
+            Some(Zeroizing::new(host.secret_text(&id)?))
+        };
         let mut head = vec![0u8; HEAD];
         read_or_zero(header_store, 0, &mut head)?;
         let header = LuksHeader::parse(&head).map_err(driver_error)?;
@@ -101,13 +110,7 @@ impl LuksImage {
         // describing, as in QEMU.
         header.check(detached).map_err(driver_error)?;
         header.algorithms().map_err(driver_error)?;
-        let (cipher, key) = if flags & open_flags::NO_IO != 0 {
-            (None, None)
-        } else {
-            let id = key_secret.ok_or_else(|| {
-                DriverError::invalid_argument("Parameter 'key-secret' is required for cipher")
-            })?;
-            let password = Zeroizing::new(host.secret_text(&id)?);
+        let (cipher, key) = if let Some(password) = password {
             let read = |offset: u64, buf: &mut [u8]| {
                 read_or_zero(header_store, offset, buf)
                     .map_err(|e| CryptError::Io(e.message.to_string()))
@@ -118,6 +121,8 @@ impl LuksImage {
                 Some(unlocked.cipher),
                 Some(unlocked.key).filter(|_| writable),
             )
+        } else {
+            (None, None)
         };
         // QEMU counts the file in whole sectors: a partial last one reads
         // zero-padded, and decrypts like any other.

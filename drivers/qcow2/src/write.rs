@@ -8,10 +8,10 @@
 //! writers to that cluster wait on `Qcow2Image::settled`.
 
 use crate::crypt::SECTOR;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, EIO};
 use crate::header::incompat;
 use crate::image::Qcow2Image;
-use crate::layout::{Entry, Sub, COPIED, ZERO};
+use crate::layout::{Entry, Sub, COPIED, OFFSET_MASK, ZERO};
 use crate::meta::Meta;
 use qimg_driver_api::abi_stable::std_types::RSlice;
 use qimg_driver_api::{zero_flags, Prealloc, StoreExt};
@@ -686,9 +686,9 @@ impl Qcow2Image {
             ));
         }
         if self.io.data.is_some() {
-            return Err(Error::unsupported(
-                "Compression is not supported with external data files",
-            ));
+            // (Compression is not supported with external data files: qemu
+            // says no more than ENOTSUP's text.)
+            return Err(Error::unsupported("Operation not supported"));
         }
         if self.crypto.is_some() {
             return Err(Error::unsupported(
@@ -749,6 +749,12 @@ impl Qcow2Image {
         let mut meta = self.settle(meta, offset / cs);
         self.before_change(&mut meta)?;
         meta.writable_l2(&self.io, offset)?;
+        // Compressed data never replaces a cluster that has a host offset:
+        // qemu fails such a write with EIO, so `convert -n -c` into an
+        // image holding data fails in both tools.
+        if meta.entry(&self.io, offset)?.0.word & OFFSET_MASK != 0 {
+            return Err(Error::Errno(EIO, "Input/output error".into()));
+        }
         let at = self.alloc_compressed(&mut meta, packed.len() as u64)?;
         meta.check_data_write(&self.io, at, packed.len() as u64)?;
         meta.in_flight.insert(offset / cs);

@@ -161,9 +161,14 @@ fn spec(request: &CreateRequest) -> Result<Spec> {
         (false, None) => "4".to_string(),
     };
     let prealloc = match o.get("preallocation") {
-        Some(p) => Prealloc::parse(p)
-            .filter(|p| *p != Prealloc::METADATA)
-            .ok_or_else(|| invalid(p))?,
+        Some(p) => match Prealloc::parse(p).ok_or_else(|| invalid(p))? {
+            Prealloc::METADATA => {
+                return Err(VmdkError::InvalidOption(format!(
+                    "Unsupported preallocation mode: {p}"
+                )))
+            }
+            mode => mode,
+        },
         None => Prealloc::OFF,
     };
     Ok(Spec {

@@ -94,7 +94,17 @@ impl VmdkImage {
         let name = own.name().to_string();
         let mut head = vec![0u8; SECTOR as usize];
         read_or_zero(&own, 0, &mut head)?;
-        let (extents, place, text, kind) = if let Some(header) = SparseHeader::parse(&head) {
+        let wrapper = SparseHeader::parse(&head)
+            .filter(|h| h.capacity == 0 && h.descriptor_offset != 0)
+            .map(|h| h.descriptor_offset.saturating_mul(SECTOR));
+        let (extents, place, text, kind) = if let Some(at) = wrapper {
+            // A sparse header with no capacity wraps a descriptor file at
+            // its descriptor offset, as qemu reads it (so an empty
+            // monolithicSparse disk is refused, as by qemu-img).
+            let (extents, place, text) =
+                Self::open_descriptor_file(&own, &name, host, writable, at)?;
+            (extents, place, text, None)
+        } else if let Some(header) = SparseHeader::parse(&head) {
             // The type of a disk that is one sparse file is its extent's,
             // whatever the embedded descriptor says (as qemu-img reports it).
             let kind = if header.compressed() {
@@ -128,7 +138,8 @@ impl VmdkImage {
                 None,
             )
         } else {
-            let (extents, place, text) = Self::open_descriptor_file(&own, &name, host, writable)?;
+            let (extents, place, text) =
+                Self::open_descriptor_file(&own, &name, host, writable, 0)?;
             (extents, place, text, None)
         };
         let (cid, parent_cid, parent_hint) = descriptor::parse_fields(&text, &name)?;
@@ -203,17 +214,19 @@ impl VmdkImage {
         ))
     }
 
+    /// Opens the extents the descriptor at byte `at` of `own` names.
     fn open_descriptor_file(
         own: &Arc<ByteStoreBox>,
         name: &str,
         host: &HostServicesBox,
         writable: bool,
+        at: u64,
     ) -> Result<(Vec<Extent>, DescriptorPlace, String)> {
-        // As qemu: at most the first MiB (less a byte) is the descriptor;
-        // a larger file that is no descriptor fails as one.
+        // As qemu: at most a MiB (less a byte) is the descriptor; a larger
+        // file that is no descriptor fails as one.
         let len = own.len().into_result()?.min(MAX_DESCRIPTOR - 1);
         let mut bytes = vec![0u8; len as usize];
-        read_or_zero(own, 0, &mut bytes)?;
+        read_or_zero(own, at, &mut bytes)?;
         let text = descriptor_text(&bytes);
         let desc = descriptor::parse_file(&text, name)?;
         if desc.extents.len() > MAX_EXTENTS {
@@ -262,7 +275,14 @@ impl VmdkImage {
             });
             start = start.checked_add(len).ok_or(VmdkError::TotalTooLarge)?;
         }
-        Ok((extents, DescriptorPlace::File, text))
+        // A wrapped descriptor is left as it is: rewriting it as a file
+        // would truncate its wrapper.
+        let place = if at == 0 {
+            DescriptorPlace::File
+        } else {
+            DescriptorPlace::None
+        };
+        Ok((extents, place, text))
     }
 
     fn size(&self) -> u64 {
@@ -850,10 +870,13 @@ impl ImageImpl for VmdkImage {
                 filename: e.name.clone(),
             })
             .collect();
+        // Compressed extents take whole grains, compressed: a copy into
+        // one, new or not, runs as `convert -c` does (qemu-img's
+        // needs_compressed_writes).
         let write_in_order = self
             .extents
             .iter()
-            .any(|e| e.sparse().is_some_and(|sp| sp.lock().stream.is_some()));
+            .any(|e| e.sparse().is_some_and(|sp| sp.compressed));
         Ok(ImageInfo {
             cluster_size: if uniform {
                 grains.first().copied().flatten()

@@ -15,6 +15,7 @@ pub fn print_help(text: &str) -> i32 {
 /// Handles every `--object` option (secrets and x509 TLS credentials; other
 /// types are refused as qemu-img refuses types it does not know).
 pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
+    let mut ids = std::collections::HashSet::new();
     for spec in parsed.all("object") {
         if spec == "help" || spec == "?" {
             outln!("List of user creatable objects:\n  secret\n  tls-creds-x509");
@@ -44,6 +45,23 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
             )));
         }
         let id = get("id").ok_or_else(|| fail("Parameter 'id' is missing"))?;
+        // qemu-img checks the properties' values, then adds the object
+        // under its id, then completes it (reads files).
+        let base64 = match get("format").as_deref() {
+            None | Some("raw") => false,
+            Some("base64") if kind == "secret" => true,
+            Some(other) if kind == "secret" => {
+                return Err(fail(format!(
+                    "Parameter 'format' does not accept value '{other}'"
+                )))
+            }
+            Some(_) => false,
+        };
+        if !ids.insert(id.clone()) {
+            return Err(fail(format!(
+                "attempt to add duplicate property '{id}' to object (type 'container')"
+            )));
+        }
         if kind == "tls-creds-x509" {
             let keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
             tls::register(&id, tls::load(&keys, get).map_err(fail)?);
@@ -51,23 +69,9 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
         }
         let input = match (get("data"), get("file")) {
             (Some(data), None) => data.into_bytes(),
-            (None, Some(path)) => std::fs::read(&path).map_err(|e| {
-                fail(format!(
-                    "Unable to read {path}: {}",
-                    qimg_driver_api::error::io_message(&e)
-                ))
-            })?,
+            (None, Some(path)) => read_secret_file(&path)?,
             (Some(_), Some(_)) => return Err(fail("'file' and 'data' are mutually exclusive")),
             (None, None) => return Err(fail("Either 'file' or 'data' must be provided")),
-        };
-        let base64 = match get("format").as_deref() {
-            None | Some("raw") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(fail(format!(
-                    "Parameter 'format' does not accept value '{other}'"
-                )))
-            }
         };
         let value = match get("keyid") {
             Some(keyid) => {
@@ -83,6 +87,27 @@ pub fn objects(parsed: &Parsed) -> Result<(), CmdError> {
         register_secret(&id, value);
     }
     Ok(())
+}
+
+/// The contents of a secret's `file`, refused in glib's words as qemu-img
+/// words them.
+fn read_secret_file(path: &str) -> Result<Vec<u8>, CmdError> {
+    use std::io::Read;
+    let text = |e: &std::io::Error| qimg_driver_api::error::io_message(e);
+    let mut file = std::fs::File::open(path).map_err(|e| {
+        fail(format!(
+            "Unable to read {path}: Failed to open file \u{201c}{path}\u{201d}: {}",
+            text(&e)
+        ))
+    })?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| {
+        fail(format!(
+            "Unable to read {path}: Error reading file \u{201c}{path}\u{201d}: {}",
+            text(&e)
+        ))
+    })?;
+    Ok(bytes)
 }
 
 /// `-f` and `--image-opts` are mutually exclusive in qemu-img.

@@ -250,6 +250,12 @@ fn convert(
             "Having a backing file for the target makes no sense when concatenating multiple input images",
         ));
     }
+    // The options are parsed against the format's before anything is
+    // asked of them (an option the format lacks is refused first).
+    let checked = match no_create {
+        false => Some(options::validate(&options::schema(&driver, true), &given).map_err(fail)?),
+        true => None,
+    };
     if !no_create
         && backed
         && !p.has("backing-format")
@@ -276,9 +282,7 @@ fn convert(
         .transpose()?;
     let total: u64 = opened.iter().map(|s| s.size()).sum();
     let mut created = false;
-    if !no_create {
-        let mut values =
-            options::validate(&options::schema(&driver, true), &given).map_err(fail)?;
+    if let Some(mut values) = checked {
         values.remove("size");
         if let Some(b) = p.last("backing") {
             values.insert("backing_file".into(), b.to_string());
@@ -358,6 +362,15 @@ fn copy_into(
     };
     let no_create = into.no_create;
     let out = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+    if into.backed && p.has("target-is-zero") {
+        // qemu-img refuses the promise here, before any other check of the
+        // target, and exits 0 (its error path keeps the success status).
+        errln!(
+            "{}: Cannot use --target-is-zero when the destination image has a backing file",
+            crate::cli::program()
+        );
+        return Ok(0);
+    }
     if p.has("compress") {
         out.store.stop_growing_ahead();
     }
@@ -371,6 +384,16 @@ fn copy_into(
     let remote_bytes = matches!(*out.store, Store::Remote(_)) && driver.can(caps::IDENTITY_MAPPED);
     let fresh = !no_create && driver.can(caps::ZERO_INIT) && !backed && !remote_bytes;
     let out_info = out.info().map_err(|e| fail(e.message.to_string()))?;
+    // Compressed writes go a cluster at a time, of at most one buffer
+    // (2 MiB); a target with no clusters (a flat vmdk) cannot take them.
+    let compressing = p.has("compress") || out_info.write_in_order;
+    if compressing
+        && !out_info
+            .cluster_size
+            .is_some_and(|c| (512..=CHUNK).contains(&c))
+    {
+        return Err(fail("invalid cluster size"));
+    }
     if into.bitmaps.is_some() && (!out.driver.can(caps::BITMAPS) || out_info.bitmaps.is_none()) {
         return Err(fail(format!(
             "Format driver '{}' does not support bitmaps",

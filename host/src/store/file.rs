@@ -92,10 +92,11 @@ impl LocalFile {
         }
         options.custom_flags(flags);
         let file = options.open(path).map_err(|e| {
+            let verb = if mode.create { "create" } else { "open" };
             DriverError::from_errno(
                 errno_of(&e),
                 format!(
-                    "Could not open '{name}': {}",
+                    "Could not {verb} '{name}': {}",
                     qimg_driver_api::error::io_message(&e)
                 ),
             )
