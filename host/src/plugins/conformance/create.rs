@@ -36,9 +36,16 @@ impl Session {
             }
             Err(e) => return Err(e).during(format!("create {label}")),
         }
-        let image = self
-            .open(&path, None, Access::Read)
-            .during("open without -f")?;
+        let image = match self.open(&path, None, Access::Read) {
+            // qemu-img's vmdk makes an empty disk it cannot open.
+            Err(e) if size == 0 && e.kind != ErrorKind::PANIC => {
+                return Ok(Verdict::Skip(format!(
+                    "driver does not open the 0-byte image it made: {}",
+                    e.message
+                )))
+            }
+            opened => opened.during("open without -f")?,
+        };
         if image.format() != self.format {
             return Err(Failure::Rule(format!(
                 "the new image probes as '{}'",
