@@ -74,6 +74,7 @@ pub fn discard_target(path: &str) {
         crate::block::image::unformat_remote(path);
         return;
     }
+    let path = crate::block::spec::local_path(path).unwrap_or(path);
     if std::fs::remove_file(path).is_err() {
         let _ = std::fs::OpenOptions::new()
             .write(true)

@@ -706,7 +706,10 @@ pub fn create_image(
         // A remote store exists already: it is formatted, never removed.
         return format_remote(driver, protocol, path, request, cache);
     }
-    let existed = Path::new(path).exists() && !crate::confine::precreated(path);
+    let path = super::spec::local_path(path).map_err(DriverError::invalid_argument)?;
+    // A symbolic link counts as there, even one to nowhere: it is never
+    // removed.
+    let existed = std::fs::symlink_metadata(path).is_ok() && !crate::confine::precreated(path);
     let result = format_new(driver, path, request, cache);
     if result.is_err() && !existed {
         // A failed creation leaves nothing that could pass for an image.
@@ -804,9 +807,12 @@ fn format_new(
         create: false,
         cache,
     };
+    // Opened for reading too, as qemu opens it: opening a FIFO only for
+    // writing would wait for a reader.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(path)
         .map_err(|e| {
@@ -821,7 +827,15 @@ fn format_new(
     drop(file);
     let file = LocalFile::open(Path::new(path), path, mode)?;
     let lock = ImageLock::acquire(file.file(), LockSpec::CREATE, path)?;
-    file.file().set_len(0).map_err(DriverError::from)?;
+    file.file().set_len(0).map_err(|e| {
+        DriverError::from_errno(
+            e.raw_os_error().unwrap_or(5),
+            format!(
+                "Could not resize file: {}",
+                qimg_driver_api::error::io_message(&e)
+            ),
+        )
+    })?;
     let file = Arc::new(Store::File(file.with_lock(lock)));
     create_on(driver, file, path, true, cache, request)
 }

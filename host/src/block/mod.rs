@@ -2,6 +2,7 @@
 //! and secrets.
 
 pub mod image;
+pub mod json;
 pub mod lineage;
 pub mod lock;
 pub mod magic;

@@ -143,7 +143,9 @@ impl HostServices for ServicesHandle {
     ) -> RResult<ByteStoreBox, DriverError> {
         catch(|| {
             let services = &self.0;
-            let resolved = services.resolve(name.as_str());
+            let name =
+                super::spec::local_path(name.as_str()).map_err(DriverError::invalid_argument)?;
+            let resolved = services.resolve(name);
             crate::confine::admit_named_file(&resolved)?;
             let mode = OpenMode {
                 write: writable && services.writable,

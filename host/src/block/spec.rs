@@ -1,6 +1,7 @@
 //! What an image name means: a plain path, an `--image-opts` option string
 //! (`driver=raw,file.filename=x`) or a `json:{...}` pseudo-filename.
 
+use super::json;
 use crate::cli::parse_opts;
 use crate::store::null::DEFAULT_SIZE;
 use crate::store::CacheMode;
@@ -310,15 +311,18 @@ pub fn backing_loop(name: &str) -> String {
 /// option string; otherwise it is a path, `null-co://`, or a `json:` object.
 pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
     if image_opts {
-        let pairs = parse_opts(name, Some("file"))?
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect();
+        // A key given twice takes its last value, as in qemu.
+        let mut pairs: Vec<(String, Value)> = Vec::new();
+        for (k, v) in parse_opts(name, Some("file"))? {
+            pairs.retain(|(key, _)| *key != k);
+            pairs.push((k, Value::String(v)));
+        }
         return from_pairs(pairs);
     }
     if let Some(json) = name.strip_prefix("json:") {
-        let value: Value = serde_json::from_str(&single_quotes_to_json(json))
-            .map_err(|e| format!("Could not parse the JSON options: {e}"))?;
+        let value = serde_json::from_str::<json::Unique>(&single_quotes_to_json(json))
+            .map_err(|e| format!("Could not parse the JSON options: {}", json::message(&e)))?
+            .0;
         let mut pairs = Vec::new();
         if let Some(map) = value.as_object() {
             for (key, v) in map {
@@ -353,12 +357,38 @@ pub fn resolve(name: &str, image_opts: bool) -> Result<ImageSpec, String> {
             ..ImageSpec::default()
         });
     }
-    // qemu strips the file protocol's prefix from plain names.
     Ok(ImageSpec {
-        path: name.strip_prefix("file:").unwrap_or(name).to_string(),
+        path: local_path(name)?.to_string(),
         locking: true,
         ..ImageSpec::default()
     })
+}
+
+/// The local file a plain name names. qemu strips the file protocol's
+/// prefix; any other text before a ':' that comes before every '/' names
+/// a protocol, and one qimg does not provide is refused as qemu refuses it.
+pub fn local_path(name: &str) -> Result<&str, String> {
+    if let Some(path) = name.strip_prefix("file:") {
+        return Ok(path);
+    }
+    match name.find(':') {
+        Some(colon) if !name[..colon].contains('/') => {
+            Err(format!("Unknown protocol '{}'", &name[..colon]))
+        }
+        _ => Ok(name),
+    }
+}
+
+/// qemu's protocol lookup for a name an image is to be created at: a
+/// local file or a remote store, or why not.
+pub fn creatable(name: &str) -> Result<(), String> {
+    if remote_scheme(name).is_some() {
+        return Ok(());
+    }
+    if name.starts_with(NULL_PREFIX) {
+        return Err("Protocol driver 'null-co' does not support image creation".into());
+    }
+    local_path(name).map(drop)
 }
 
 /// The prefix of the null device's one file name, `null-co://`.
@@ -829,8 +859,17 @@ mod tests {
             s.remote_options().unwrap().to_string(),
             r#"{"host":"h","port":1}"#
         );
-        // Local names with a colon later on stay paths.
-        assert_eq!(resolve("a:nbd:b", false).unwrap().protocol, Protocol::File);
+        // A colon after a slash is part of a path; before every slash it
+        // names a protocol, one qimg does not know here.
+        assert_eq!(
+            resolve("d/a:nbd:b", false).unwrap().protocol,
+            Protocol::File
+        );
+        assert_eq!(
+            resolve("a:nbd:b", false).err().as_deref(),
+            Some("Unknown protocol 'a'")
+        );
+        assert_eq!(resolve("file:a:b", false).unwrap().path, "a:b");
     }
 
     #[test]

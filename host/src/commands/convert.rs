@@ -224,6 +224,9 @@ fn convert(
     let out_format = p.last("target-format").unwrap_or("raw");
     let driver =
         driver_for(out_format).map_err(|_| fail(format!("Unknown file format '{out_format}'")))?;
+    if !no_create {
+        crate::block::spec::creatable(target).map_err(fail)?;
+    }
     if !no_create && !driver.can(caps::CREATE) {
         return Err(fail(format!(
             "Format driver '{}' does not support image creation",
@@ -290,7 +293,9 @@ fn convert(
         if let Some(f) = p.last("backing-format") {
             values.insert("backing_fmt".into(), f.to_string());
         }
-        let existed = std::path::Path::new(target).exists() && !crate::confine::precreated(target);
+        let local = crate::block::spec::local_path(target).unwrap_or(target);
+        let existed =
+            std::fs::symlink_metadata(local).is_ok() && !crate::confine::precreated(local);
         let request = CreateRequest {
             size: total,
             options: values,

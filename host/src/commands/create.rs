@@ -71,6 +71,7 @@ fn run(args: &[String]) -> CmdResult {
     let prefixed = |m: String| fail(format!("{filename}: {m}"));
     let driver =
         driver_for(format).map_err(|_| prefixed(format!("Unknown file format '{format}'")))?;
+    crate::block::spec::creatable(filename).map_err(prefixed)?;
     // qemu-img refuses a read-only format before it looks at any option.
     if !driver.can(caps::CREATE) {
         return Err(prefixed(no_creation(&driver.name)));

@@ -64,6 +64,7 @@ fn run(args: &[String]) -> CmdResult {
     .map_err(|e| fail(e.message.to_string()))?;
     let format = p.last("output-format").unwrap_or("raw");
     let driver = driver_for(format).map_err(|_| fail("Unknown file format"))?;
+    crate::block::spec::creatable(&output).map_err(fail)?;
     let in_size = source.size();
     // qemu-img counts `count` blocks from the start of the input, not from
     // the skipped position: the output is [skip*bs, min(count*bs, size)).
