@@ -63,3 +63,14 @@ fn a_failed_creation_keeps_a_symbolic_link_it_did_not_make() {
     fx.same(&["convert", "mid.raw", "link.raw"]);
     assert!(std::fs::symlink_metadata(fx.path("link.raw")).is_ok());
 }
+
+#[test]
+fn encryption_options_for_a_plain_image_are_refused() {
+    let fx = Fixture::with_images("names_encrypt_plain");
+    fx.make_qcow2("q.qcow2", "", "1M");
+    for format in ["luks", "aes", "bogus"] {
+        let opts = format!("driver=qcow2,file.filename=q.qcow2,encrypt.format={format}");
+        let out = fx.same(&["info", "--image-opts", &opts]);
+        assert_eq!(out.status, 1, "{out:?}");
+    }
+}

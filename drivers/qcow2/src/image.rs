@@ -219,12 +219,18 @@ impl Qcow2Image {
             2 => Some("luks"),
             _ => None,
         };
-        if let (Some(named), Some(given)) = (named, crypt.format.as_deref()) {
-            if named != given {
+        match (named, crypt.format.as_deref()) {
+            (Some(named), Some(given)) if named != given => {
                 return Err(Error::invalid(format!(
                     "Header reported '{named}' encryption format but options specify '{given}'"
                 )));
             }
+            (None, Some(given)) => {
+                return Err(Error::invalid(format!(
+                    "No encryption in image header, but options specified format '{given}'"
+                )));
+            }
+            _ => {}
         }
         if let Some(runtime) = &crypt.runtime {
             runtime.check(cs)?;
