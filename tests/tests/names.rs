@@ -74,3 +74,21 @@ fn encryption_options_for_a_plain_image_are_refused() {
         assert_eq!(out.status, 1, "{out:?}");
     }
 }
+
+#[test]
+fn check_reports_the_name_as_given() {
+    let fx = Fixture::with_images("names_check_json");
+    fx.make_qcow2("q.qcow2", "", "1M");
+    fx.same(&[
+        "check",
+        "--output=json",
+        "--image-opts",
+        "driver=qcow2,file.filename=q.qcow2",
+    ]);
+    fx.same(&[
+        "check",
+        "--output=json",
+        "json:{\"driver\":\"qcow2\",\"file\":{\"filename\":\"q.qcow2\"}}",
+    ]);
+    fx.same(&["check", "--output=json", "file:q.qcow2"]);
+}

@@ -112,7 +112,9 @@ fn run(args: &[String]) -> CmdResult {
             OutputFormat::Human => out!("{}", human_report(&report)),
             OutputFormat::Json => outln!(
                 "{}",
-                qemu_json_pretty(&json_report(&report, &image.filename, image.format()))
+                // The name as given (an option string, a json: object):
+                // qemu-img reports the operand.
+                qemu_json_pretty(&json_report(&report, name, image.format()))
             ),
         }
     }
