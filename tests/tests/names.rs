@@ -17,6 +17,7 @@ same_cases! {
     json_repeating_a_key => ["info", "json:{\"driver\":\"raw\",\"driver\":\"qcow2\",\"file\":{\"filename\":\"mid.raw\"}}"],
     json_repeating_a_nested_key => ["info", "json:{\"driver\":\"raw\",\"file\":{\"filename\":\"mid.raw\",\"filename\":\"x\"}}"],
     option_string_repeating_a_key => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,size=1M,size=2M"],
+    json_numbers_stay_numbers => ["info", "--output=json", "json:{\"driver\":\"raw\",\"offset\":512,\"size\":1048576,\"file\":{\"filename\":\"mid.raw\"}}"],
 }
 
 #[test]

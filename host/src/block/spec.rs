@@ -57,6 +57,9 @@ pub struct ImageSpec {
     /// Options for the format driver (`encrypt.key-secret=...`), in the
     /// order given.
     pub options: Vec<(String, String)>,
+    /// The format options a `json:` name gave as numbers or booleans, as
+    /// given: the names qemu prints keep their types.
+    pub typed_options: Vec<(String, Value)>,
     /// `cache.direct=on|off` (O_DIRECT), if given.
     pub cache_direct: Option<bool>,
     /// `cache.no-flush=on|off`, if given.
@@ -206,7 +209,11 @@ impl ImageSpec {
             .iter()
             .map(|(k, v)| match k.strip_suffix(".filename") {
                 Some(child) if CHILD_NODES.contains(&child) => (child.to_string(), file_node(v)),
-                _ => (k.clone(), Value::from(v.as_str()).to_string()),
+                _ => {
+                    let typed = self.typed_options.iter().find(|(t, _)| t == k);
+                    let value = typed.map_or_else(|| Value::from(v.as_str()), |(_, t)| t.clone());
+                    (k.clone(), value.to_string())
+                }
             })
             .collect();
         entries.push(("driver".into(), Value::from(format).to_string()));
@@ -453,6 +460,9 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
         } else if key == "cache.direct" || key == "cache.no-flush" {
             spec.set_cache(&key, &value)?;
         } else if !node_option(&mut spec, &mut top_discard, &key, &value)? {
+            if value.is_number() || value.is_boolean() {
+                spec.typed_options.push((key.clone(), value.clone()));
+            }
             spec.options.push((key, text_of(&value)));
         }
     }
