@@ -16,6 +16,8 @@ same_cases! {
     backing_under_an_unknown_protocol => ["create", "-f", "qcow2", "-b", "a:b.qcow2", "-F", "qcow2", "n.qcow2", "1M"],
     json_repeating_a_key => ["info", "json:{\"driver\":\"raw\",\"driver\":\"qcow2\",\"file\":{\"filename\":\"mid.raw\"}}"],
     json_repeating_a_nested_key => ["info", "json:{\"driver\":\"raw\",\"file\":{\"filename\":\"mid.raw\",\"filename\":\"x\"}}"],
+    shared_against_force_share_off => ["info", "-U", "--image-opts", "driver=raw,file.filename=mid.raw,force-share=off"],
+    convert_shared_against_force_share_off => ["convert", "-U", "--image-opts", "driver=raw,file.filename=mid.raw,force-share=off", "o.raw"],
     option_string_repeating_a_key => ["info", "--image-opts", "driver=raw,file.filename=mid.raw,size=1M,size=2M"],
     json_numbers_stay_numbers => ["info", "--output=json", "json:{\"driver\":\"raw\",\"offset\":512,\"size\":1048576,\"file\":{\"filename\":\"mid.raw\"}}"],
 }

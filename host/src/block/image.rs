@@ -503,6 +503,11 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
             spec.with_format(format.as_deref())
         })
         .map_err(|e| open_error(request.name, DriverError::invalid_argument(e)))?;
+    if request.image_opts && spec.force_share_off && request.lock.is_some_and(|l| l.forced) {
+        return Err(DriverError::invalid_argument(
+            "--force-share/-U conflicts with image options",
+        ));
+    }
     // Errors quote the operand as given.
     let display = request.name.to_string();
     if request.write && spec.read_only == Some(true) {

@@ -76,6 +76,9 @@ pub struct ImageSpec {
     pub read_only: Option<bool>,
     /// `force-share=on` on a node: opened with every permission shared.
     pub force_share: bool,
+    /// `force-share=off` among the image's own options (which `-U`
+    /// contradicts).
+    pub force_share_off: bool,
     /// `"backing": null`: the image is opened without its backing file
     /// (unallocated areas read as zeros).
     pub no_backing: bool,
@@ -443,6 +446,9 @@ fn from_pairs(pairs: Vec<(String, Value)>) -> Result<ImageSpec, String> {
         if spec.bare {
             node.push((key, value));
             continue;
+        }
+        if key == "force-share" && !bool_of(&key, &value)? {
+            spec.force_share_off = true;
         }
         if key == "file" {
             // `file=NODE` names a node of a running QEMU: there is none here.
