@@ -385,3 +385,133 @@ fn luks_locks_as_qemu_takes_them() {
         }
     }
 }
+
+/// What `file` holds.
+fn bytes(fx: &Fixture, file: &str) -> Vec<u8> {
+    std::fs::read(fx.path(file)).expect("read")
+}
+
+#[test]
+fn extents_and_data_files_are_locked_as_qemu_locks_them() {
+    // A sparse vmdk extent holds metadata: a writer of it refuses every
+    // open of the disk. A qcow2 data file holds data only: a read-only
+    // holder (which refuses resizing) refuses writers of the image, not
+    // its readers. qimg ignored both and wrote into the held files.
+    let fx = Fixture::new("lock_related");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=twoGbMaxExtentSparse",
+        "img.vmdk",
+        "4M",
+    ]);
+    fx.oracle(&["create", "-q", "-f", "vmdk", "other.vmdk", "4M"]);
+    fx.qemu_io_cmds("vmdk", "other.vmdk", &["write -P 3 0 64k"]);
+    {
+        let _writer = qemu_io_holder(&fx, "img-s001.vmdk");
+        let before = bytes(&fx, "img-s001.vmdk");
+        for args in [
+            &[
+                "convert",
+                "-n",
+                "-f",
+                "vmdk",
+                "-O",
+                "vmdk",
+                "other.vmdk",
+                "img.vmdk",
+            ][..],
+            &["info", "img.vmdk"],
+            &["map", "img.vmdk"],
+        ] {
+            let out = fx.same(args);
+            assert_eq!(out.status, 1, "{out:?}");
+        }
+        assert_eq!(bytes(&fx, "img-s001.vmdk"), before);
+    }
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=img.data,data_file_raw=on",
+        "img.qcow2",
+        "4M",
+    ]);
+    // qemu-nbd serving it read-only refuses others resizing it (byte 203).
+    let socket = fx.path("nbd.sock");
+    let child = Command::new("qemu-nbd")
+        .args(["-r", "-f", "raw", "-k"])
+        .arg(&socket)
+        .arg("img.data")
+        .current_dir(&fx.dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn qemu-nbd");
+    let _server = Holder(child);
+    wait_for_lock(&fx, "img.data", 203);
+    let before = bytes(&fx, "img.data");
+    let out = fx.same(&["resize", "-f", "qcow2", "img.qcow2", "+1M"]);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert_eq!(bytes(&fx, "img.data"), before);
+    assert_eq!(fx.same(&["map", "img.qcow2"]).status, 0);
+}
+
+#[test]
+fn create_over_an_image_qemu_writes_is_refused_before_emptying_it() {
+    // qemu-img empties the file, then fails opening it (and removes it);
+    // qimg refuses first, with qemu-img's words, and keeps its bytes.
+    let fx = Fixture::new("lock_create_over");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "held.qcow2", "4M"]);
+    let _writer = qemu_io_holder(&fx, "held.qcow2");
+    let before = bytes(&fx, "held.qcow2");
+    let out = fx.qimg(&["create", "-f", "qcow2", "held.qcow2", "4M"]);
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.ends_with(
+            "qemu-img: held.qcow2: Failed to get shared \"write\" lock\nIs another process using the image [held.qcow2]?\n"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(bytes(&fx, "held.qcow2"), before);
+    // An overlay of a held image is made as qemu-img makes it: its backing
+    // file is opened sharing everything.
+    fx.same(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        "held.qcow2",
+        "-F",
+        "raw",
+        "ov.qcow2",
+    ]);
+}
+
+#[test]
+fn a_backing_file_qemu_writes_fails_listing_and_commit_as_in_qemu_img() {
+    let fx = Fixture::new("lock_chain");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "base.qcow2", "4M"]);
+    fx.make_overlay("top.qcow2", "base.qcow2");
+    let _writer = qemu_io_as(&fx, "qcow2", "base.qcow2", true);
+    for args in [
+        &["snapshot", "-l", "top.qcow2"][..],
+        &["commit", "top.qcow2"],
+    ] {
+        let out = fx.same(args);
+        assert!(
+            out.stderr.contains("Could not open backing file"),
+            "{out:?}"
+        );
+    }
+    // bitmap opens the image without its backing file.
+    let out = fx.qimg(&["bitmap", "--add", "top.qcow2", "b1"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+}

@@ -620,7 +620,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         image_name: spec.path.clone(),
         cache,
         writable: request.write,
-        locking: spec.locking && request.lock.is_some(),
+        related_lock: lock.filter(|_| spec.locking),
         backing_lock: backing_lock(request).filter(|_| spec.locking),
         backing: Mutex::new(None),
         no_io: request.no_io,
@@ -780,7 +780,7 @@ fn create_on(
         image_name: name.to_string(),
         cache,
         writable: true,
-        locking,
+        related_lock: locking.then_some(LockSpec::READ_WRITE),
         backing_lock: Some(LockSpec::READ_STABLE),
         backing: Mutex::new(None),
         no_io: false,
@@ -831,7 +831,10 @@ fn format_new(
         })?;
     drop(file);
     let file = LocalFile::open(Path::new(path), path, mode)?;
-    let lock = ImageLock::acquire(file.file(), LockSpec::CREATE, path)?;
+    // A format with metadata refuses another writer before the file is
+    // emptied (qemu finds out when it opens the new image, after emptying).
+    let user_locks = driver.can(caps::IDENTITY_MAPPED) || driver.can(caps::USER_LOCKS);
+    let lock = ImageLock::acquire(file.file(), LockSpec::CREATE.for_format(!user_locks), path)?;
     file.file().set_len(0).map_err(|e| {
         DriverError::from_errno(
             e.raw_os_error().unwrap_or(5),

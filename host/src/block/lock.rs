@@ -116,6 +116,30 @@ impl LockSpec {
         }
     }
 
+    /// The locks on a file an image keeps besides its own: the command's,
+    /// as QEMU hands its permissions down to such a file, with write and
+    /// resize only where the file is opened for writing. A file holding
+    /// metadata (a sparse vmdk extent, a detached LUKS header) is locked as
+    /// an image file of a format with metadata ([`LockSpec::for_format`]);
+    /// one holding data only (a qcow2 data file, a flat extent) never lets
+    /// others resize it while anything is held.
+    pub fn for_related(self, writable: bool, metadata: bool) -> LockSpec {
+        let mut spec = if metadata {
+            self.for_format(true)
+        } else {
+            self
+        };
+        if writable {
+            spec.perm |= perm::WRITE | perm::RESIZE;
+        } else {
+            spec.perm &= !(perm::WRITE | perm::RESIZE);
+        }
+        if !spec.forced && spec.perm != 0 {
+            spec.unshared |= perm::RESIZE;
+        }
+        spec
+    }
+
     /// The locks on the image file once its format is known. A format that
     /// keeps metadata in the file (every one but raw, whose guest bytes are
     /// the file's: `caps::IDENTITY_MAPPED`) can never let another process
@@ -193,16 +217,18 @@ impl ImageLock {
                 format!("{message}\nIs another process using the image [{name}]?"),
             )
         };
+        // A byte another process holds a write lock on cannot be locked at
+        // all: QEMU says so without its hint.
+        let unlockable =
+            |byte: i64| DriverError::new(ErrorKind::LOCKED, format!("Failed to lock byte {byte}"));
         for bit in 0..PERM_BITS {
             if spec.perm & (1 << bit) != 0 {
-                set(&lock.file, libc::F_RDLCK, PERM_BASE + bit as i64).map_err(|_| {
-                    conflict(format!("Failed to lock byte {}", PERM_BASE + bit as i64))
-                })?;
+                set(&lock.file, libc::F_RDLCK, PERM_BASE + bit as i64)
+                    .map_err(|_| unlockable(PERM_BASE + bit as i64))?;
             }
             if spec.unshared & (1 << bit) != 0 {
-                set(&lock.file, libc::F_RDLCK, SHARED_BASE + bit as i64).map_err(|_| {
-                    conflict(format!("Failed to lock byte {}", SHARED_BASE + bit as i64))
-                })?;
+                set(&lock.file, libc::F_RDLCK, SHARED_BASE + bit as i64)
+                    .map_err(|_| unlockable(SHARED_BASE + bit as i64))?;
             }
         }
         for bit in 0..PERM_BITS {

@@ -92,8 +92,9 @@ pub struct Services {
     pub cache: CacheMode,
     /// Whether related stores may be written.
     pub writable: bool,
-    /// Whether locks are taken.
-    pub locking: bool,
+    /// The command's locks, which related files are opened with (see
+    /// [`LockSpec::for_data_file`]); `None`: no locks.
+    pub related_lock: Option<LockSpec>,
     /// The locks the backing image is opened with (`None`: no locks).
     pub backing_lock: Option<LockSpec>,
     /// The chain is only being described (`info`).
@@ -134,6 +135,18 @@ impl Services {
 
 struct ServicesHandle(Arc<Services>);
 
+/// Whether a related file holds metadata of its own, by its first bytes: a
+/// hosted or ESX Server sparse vmdk extent, or a LUKS header. (The ABI does
+/// not say what a driver opens a file for; a data file that happens to
+/// start so is locked more strictly, never less.)
+fn holds_metadata(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut head = [0u8; 6];
+    let n = file.read_at(&mut head, 0).unwrap_or(0);
+    let head = &head[..n];
+    head.starts_with(b"KDMV") || head.starts_with(b"COWD") || head.starts_with(b"LUKS\xba\xbe")
+}
+
 impl HostServices for ServicesHandle {
     fn open_related(
         &self,
@@ -153,16 +166,13 @@ impl HostServices for ServicesHandle {
                 cache: services.cache,
             };
             let file = LocalFile::open(&PathBuf::from(&resolved), &resolved, mode)?;
-            let file = if services.locking {
-                let spec = if mode.write {
-                    LockSpec::READ_WRITE
-                } else {
-                    LockSpec::READ_SHARED
-                };
-                let lock = super::lock::ImageLock::acquire(file.file(), spec, &resolved)?;
-                file.with_lock(lock)
-            } else {
-                file
+            let file = match services.related_lock {
+                Some(lock) => {
+                    let spec = lock.for_related(mode.write, holds_metadata(file.file()));
+                    let lock = super::lock::ImageLock::acquire(file.file(), spec, &resolved)?;
+                    file.with_lock(lock)
+                }
+                None => file,
             };
             Ok(SharedStore::boxed(Arc::new(Store::File(file))))
         })

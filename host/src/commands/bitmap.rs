@@ -1,10 +1,9 @@
 //! `bitmap`: add, remove, clear, enable, disable or merge persistent dirty bitmaps.
 
-use super::common::{check_image_opts, metadata, objects, open_rw, print_help};
+use super::common::{check_image_opts, metadata, objects, print_help};
 use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt, Parsed};
 use crate::error::{fail, CmdResult};
-use crate::store::CacheMode;
 use qimg_driver_api::caps;
 use qimg_driver_api::schema::MetadataRequest;
 
@@ -76,12 +75,14 @@ fn run(args: &[String]) -> CmdResult {
         return Err(fail("Expecting filename and bitmap name"));
     }
     let (name, bitmap) = (&p.operands[0], &p.operands[1]);
-    let image = open_rw(
-        name,
-        p.last("format"),
-        p.has("image-opts"),
-        CacheMode::Writeback,
-    )?;
+    // Without its backing file, as qemu-img opens it.
+    let image = open_image(&OpenRequest {
+        write: true,
+        no_backing: true,
+        lock: Some(LockSpec::READ_WRITE),
+        ..OpenRequest::read(name, p.last("format"), p.has("image-opts"))
+    })
+    .map_err(|e| fail(e.message.to_string()))?;
     let source = match source_file {
         Some(file) => Some(
             open_image(&OpenRequest {

@@ -63,14 +63,25 @@ fn commit_command(
     progress: &Progress,
 ) -> CmdResult {
     let name = &p.operands[0];
-    let request = OpenRequest {
+    let request = |shared_backing| OpenRequest {
         write: true,
         cache,
         lock: Some(LockSpec::READ_WRITE),
-        shared_backing: true,
+        shared_backing,
         ..OpenRequest::read(name, p.last("format"), p.has("image-opts"))
     };
-    let top = open_image(&request).map_err(|e| fail(e.message.to_string()))?;
+    // The chain is opened sharing its backing files, for the base's
+    // read-write reopening below not to meet this process's own locks. But
+    // qemu-img opens it as an overlay's reader does, so a backing file
+    // another process writes fails the commit there, in its words: that
+    // open is tried too (a raw image, the one whose probing warns, has no
+    // backing file to try it for).
+    let mut top = open_image(&request(true)).map_err(|e| fail(e.message.to_string()))?;
+    if top.backing.is_some() {
+        drop(top);
+        drop(open_image(&request(false)).map_err(|e| fail(e.message.to_string()))?);
+        top = open_image(&request(true)).map_err(|e| fail(e.message.to_string()))?;
+    }
     let (base_layer, depth) = match p.last("base") {
         Some(base) => find_in_chain(&top, base).ok_or_else(|| {
             fail(format!(

@@ -4,7 +4,7 @@ use super::common::{objects, option_lists, print_help};
 use crate::block::image::driver_for;
 use crate::block::image::inner_open_message;
 use crate::block::spec::relative_to;
-use crate::block::{create_image, open_image, options, OpenRequest};
+use crate::block::{create_image, open_image, options, LockSpec, OpenRequest};
 use crate::cli::{
     flag, getopt, long_arg, merge_opts, parse_size, wants_help, with_arg, Opt, SizeError,
 };
@@ -172,10 +172,12 @@ fn no_creation(format: &str) -> String {
 /// refuses: an unreadable backing file, a missing format.
 fn check_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<u64, String> {
     let resolved = relative_to(filename, backing);
-    // As qemu-img: only its size is wanted, so an encrypted one needs no key.
+    // As qemu-img: only its size is wanted, so an encrypted one needs no
+    // key, and it is opened sharing everything.
     let request = OpenRequest {
         no_backing: true,
         no_io: true,
+        lock: Some(LockSpec::FORCE_SHARED),
         ..OpenRequest::read(&resolved, format, false)
     };
     let image = open_image(&request).map_err(|e| {

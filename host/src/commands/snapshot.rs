@@ -61,8 +61,9 @@ fn run(args: &[String]) -> CmdResult {
     let action = actions.first().copied().unwrap_or("list");
     let force_share = p.has("force-share");
     if action == "list" {
+        // The chain is opened, as by qemu-img (a held or missing backing
+        // file fails the listing).
         let image = open_image(&OpenRequest {
-            no_backing: true,
             lock: Some(LockSpec::reader(force_share)),
             ..OpenRequest::read(name, format, image_opts)
         })
