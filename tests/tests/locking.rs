@@ -515,3 +515,43 @@ fn a_backing_file_qemu_writes_fails_listing_and_commit_as_in_qemu_img() {
     let out = fx.qimg(&["bitmap", "--add", "top.qcow2", "b1"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
 }
+
+#[test]
+fn a_held_luks_header_is_locked_with_the_command_locks_alone() {
+    // A header in a file of its own: a writer holding it refuses only a
+    // copy from the image (which wants stable content); describing and
+    // measuring go on, as in qemu-img (qimg refused them all for a while).
+    let fx = Fixture::new("lock_luks_header");
+    let secret = "secret,id=s,data=pw";
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "luks",
+        "--object",
+        secret,
+        "-o",
+        "key-secret=s,iter-time=10",
+        "img.luks",
+        "4M",
+    ]);
+    fx.sh(
+        "p=$(qemu-img info --output=json img.luks | sed -n 's/.*\"payload-offset\": \\([0-9]*\\).*/\\1/p'); \
+         head -c $p img.luks > hdr.img",
+    );
+    let image = "driver=luks,key-secret=s,file.filename=img.luks,header.filename=hdr.img";
+    let _writer = qemu_io_holder(&fx, "hdr.img");
+    let opened = ["--object", secret, "--image-opts", image];
+    let with = |head: &[&'static str], tail: &[&'static str]| {
+        let mut args: Vec<&str> = head.to_vec();
+        args.extend(opened);
+        args.extend(tail);
+        args
+    };
+    let info = fx.same(&with(&["info"], &[]));
+    assert_eq!(info.status, 0, "{info:?}");
+    let measure = fx.same(&with(&["measure", "-O", "qcow2"], &[]));
+    assert_eq!(measure.status, 0, "{measure:?}");
+    let convert = fx.same(&with(&["convert", "-O", "raw"], &["out.raw"]));
+    assert_eq!(convert.status, 1, "{convert:?}");
+}

@@ -831,8 +831,10 @@ fn format_new(
         })?;
     drop(file);
     let file = LocalFile::open(Path::new(path), path, mode)?;
-    // A format with metadata refuses another writer before the file is
-    // emptied (qemu finds out when it opens the new image, after emptying).
+    // Creation's own locks are checked first, as in qemu; then a format with
+    // metadata refuses another writer before the file is emptied (qemu
+    // finds out when it opens the new image, after emptying it).
+    drop(ImageLock::acquire(file.file(), LockSpec::CREATE, path)?);
     let user_locks = driver.can(caps::IDENTITY_MAPPED) || driver.can(caps::USER_LOCKS);
     let lock = ImageLock::acquire(file.file(), LockSpec::CREATE.for_format(!user_locks), path)?;
     file.file().set_len(0).map_err(|e| {

@@ -38,6 +38,21 @@ fn perm_name(bit: u32) -> &'static str {
     }
 }
 
+/// What a file an image keeps besides its own holds, for its locks
+/// ([`LockSpec::for_related`]), as QEMU locks each kind (measured against
+/// qemu-io and qemu-nbd holders).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Related {
+    /// Metadata of its own (a sparse vmdk extent): locked as the image file
+    /// of a format with metadata.
+    Metadata,
+    /// A detached LUKS header: the command's locks alone.
+    Header,
+    /// Guest data only (a qcow2 data file, a flat extent): never resized by
+    /// others while anything is held, and resized by a writer.
+    Data,
+}
+
 /// What a command's open needs and what it refuses to share, before the
 /// image's format adds its own needs ([`LockSpec::for_format`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,25 +131,23 @@ impl LockSpec {
         }
     }
 
-    /// The locks on a file an image keeps besides its own: the command's,
-    /// as QEMU hands its permissions down to such a file, with write and
-    /// resize only where the file is opened for writing. A file holding
-    /// metadata (a sparse vmdk extent, a detached LUKS header) is locked as
-    /// an image file of a format with metadata ([`LockSpec::for_format`]);
-    /// one holding data only (a qcow2 data file, a flat extent) never lets
-    /// others resize it while anything is held.
-    pub fn for_related(self, writable: bool, metadata: bool) -> LockSpec {
-        let mut spec = if metadata {
-            self.for_format(true)
-        } else {
-            self
+    /// The locks on a file an image keeps besides its own (`kind`): the
+    /// command's, as QEMU hands its permissions down to such a file, with
+    /// write only where the file is opened for writing.
+    pub fn for_related(self, writable: bool, kind: Related) -> LockSpec {
+        let mut spec = match kind {
+            Related::Metadata => self.for_format(true),
+            Related::Data | Related::Header => self,
         };
         if writable {
-            spec.perm |= perm::WRITE | perm::RESIZE;
+            spec.perm |= perm::WRITE;
         } else {
             spec.perm &= !(perm::WRITE | perm::RESIZE);
         }
-        if !spec.forced && spec.perm != 0 {
+        if kind == Related::Data && !spec.forced && spec.perm != 0 {
+            if writable {
+                spec.perm |= perm::RESIZE;
+            }
             spec.unshared |= perm::RESIZE;
         }
         spec

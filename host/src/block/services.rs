@@ -3,7 +3,7 @@
 
 use super::image::{open_image, BlockImage, OpenRequest};
 use super::lineage::Lineage;
-use super::lock::LockSpec;
+use super::lock::{LockSpec, Related};
 use crate::store::{file::OpenMode, CacheMode, LocalFile, Store};
 use qimg_driver_api::abi_stable::sabi_trait::TD_Opaque;
 use qimg_driver_api::abi_stable::std_types::{
@@ -135,16 +135,22 @@ impl Services {
 
 struct ServicesHandle(Arc<Services>);
 
-/// Whether a related file holds metadata of its own, by its first bytes: a
-/// hosted or ESX Server sparse vmdk extent, or a LUKS header. (The ABI does
-/// not say what a driver opens a file for; a data file that happens to
-/// start so is locked more strictly, never less.)
-fn holds_metadata(file: &std::fs::File) -> bool {
+/// What a related file holds, by its first bytes: a hosted or ESX Server
+/// sparse vmdk extent, a LUKS header, or data. (The ABI does not say what a
+/// driver opens a file for; a data file that happens to start so is
+/// locked as that kind.)
+fn related_kind(file: &std::fs::File) -> Related {
     use std::os::unix::fs::FileExt;
     let mut head = [0u8; 6];
     let n = file.read_at(&mut head, 0).unwrap_or(0);
     let head = &head[..n];
-    head.starts_with(b"KDMV") || head.starts_with(b"COWD") || head.starts_with(b"LUKS\xba\xbe")
+    if head.starts_with(b"KDMV") || head.starts_with(b"COWD") {
+        Related::Metadata
+    } else if head.starts_with(b"LUKS\xba\xbe") {
+        Related::Header
+    } else {
+        Related::Data
+    }
 }
 
 impl HostServices for ServicesHandle {
@@ -168,7 +174,7 @@ impl HostServices for ServicesHandle {
             let file = LocalFile::open(&PathBuf::from(&resolved), &resolved, mode)?;
             let file = match services.related_lock {
                 Some(lock) => {
-                    let spec = lock.for_related(mode.write, holds_metadata(file.file()));
+                    let spec = lock.for_related(mode.write, related_kind(file.file()));
                     let lock = super::lock::ImageLock::acquire(file.file(), spec, &resolved)?;
                     file.with_lock(lock)
                 }
