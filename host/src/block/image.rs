@@ -820,15 +820,7 @@ fn format_new(
         .read(true)
         .write(true)
         .open(path)
-        .map_err(|e| {
-            DriverError::from_errno(
-                e.raw_os_error().unwrap_or(5),
-                format!(
-                    "Could not create '{path}': {}",
-                    qimg_driver_api::error::io_message(&e)
-                ),
-            )
-        })?;
+        .map_err(|e| io_failure(&format!("Could not create '{path}'"), &e))?;
     drop(file);
     let file = LocalFile::open(Path::new(path), path, mode)?;
     // Creation's own locks are checked first, as in qemu; then a format with
@@ -837,15 +829,17 @@ fn format_new(
     drop(ImageLock::acquire(file.file(), LockSpec::CREATE, path)?);
     let user_locks = driver.can(caps::IDENTITY_MAPPED) || driver.can(caps::USER_LOCKS);
     let lock = ImageLock::acquire(file.file(), LockSpec::CREATE.for_format(!user_locks), path)?;
-    file.file().set_len(0).map_err(|e| {
-        DriverError::from_errno(
-            e.raw_os_error().unwrap_or(5),
-            format!(
-                "Could not resize file: {}",
-                qimg_driver_api::error::io_message(&e)
-            ),
-        )
-    })?;
+    file.file()
+        .set_len(0)
+        .map_err(|e| io_failure("Could not resize file", &e))?;
     let file = Arc::new(Store::File(file.with_lock(lock)));
     create_on(driver, file, path, true, cache, request)
+}
+
+/// `what` failed with the OS error `e`: QEMU's `WHAT: MESSAGE`.
+fn io_failure(what: &str, e: &std::io::Error) -> DriverError {
+    DriverError::from_errno(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what}: {}", qimg_driver_api::error::io_message(e)),
+    )
 }
