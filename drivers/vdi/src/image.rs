@@ -286,8 +286,8 @@ impl VdiImage {
 
     /// Allocation status from `offset`, block by block: unallocated blocks,
     /// and allocated blocks refined by what the file holds there in a static
-    /// image only (a hole in it reads as zeros). qemu-img asks the file
-    /// for a dynamic image's blocks no more than it does for qcow2's.
+    /// image only (a hole in it reads as zeros): qemu-img asks the file
+    /// about a static image's blocks, never about a dynamic one's.
     fn status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let end = offset.saturating_add(len).min(self.size());
         let file_len = self.store.len().into_result()?;
