@@ -555,3 +555,44 @@ fn a_held_luks_header_is_locked_with_the_command_locks_alone() {
     let convert = fx.same(&with(&["convert", "-O", "raw"], &["out.raw"]));
     assert_eq!(convert.status, 1, "{convert:?}");
 }
+
+#[test]
+fn creation_checks_what_opening_the_new_image_takes() {
+    // Another process refusing consistent reads (byte 200): qemu-img's
+    // open of the new qcow2 image fails, so qimg refuses before emptying
+    // the file; an overlay over it is still made (its backing file is
+    // opened holding nothing).
+    let fx = Fixture::new("lock_create_read");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "img.qcow2", "4M"]);
+    let file = std::fs::File::open(fx.path("img.qcow2")).expect("open");
+    let lock = libc::flock {
+        l_type: libc::F_RDLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 200,
+        l_len: 1,
+        l_pid: 0,
+    };
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: F_OFD_SETLK reads a valid flock for an open descriptor.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &lock) };
+    assert_eq!(rc, 0, "could not lock byte 200");
+    let before = bytes(&fx, "img.qcow2");
+    fx.same(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "img.qcow2",
+        "-F",
+        "qcow2",
+        "ov.qcow2",
+    ]);
+    let args = ["create", "-q", "-f", "qcow2", "img.qcow2", "4M"];
+    let ours = fx.qimg(&args);
+    assert!(ours.stderr.contains("\"consistent read\" lock"), "{ours:?}");
+    assert_eq!(bytes(&fx, "img.qcow2"), before);
+    // (qemu-img empties the file first, and removes it.)
+    assert_eq!(ours, fx.qemu_img(&args));
+    drop(file);
+}

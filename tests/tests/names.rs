@@ -95,3 +95,23 @@ fn check_reports_the_name_as_given() {
     ]);
     fx.same(&["check", "--output=json", "file:q.qcow2"]);
 }
+
+#[test]
+fn a_data_file_named_with_file_prefix_is_recorded_without_it() {
+    let fx = Fixture::with_images("names_data_file_prefix");
+    fx.same(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=file:d.raw",
+        "q.qcow2",
+        "1M",
+    ]);
+    let info = fx.oracle(&["info", "q.qcow2"]);
+    assert!(
+        info.stdout.contains("data file: d.raw\n"),
+        "{}",
+        info.stdout
+    );
+}

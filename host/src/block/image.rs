@@ -828,7 +828,13 @@ fn format_new(
     // finds out when it opens the new image, after emptying it).
     drop(ImageLock::acquire(file.file(), LockSpec::CREATE, path)?);
     let user_locks = driver.can(caps::IDENTITY_MAPPED) || driver.can(caps::USER_LOCKS);
-    let lock = ImageLock::acquire(file.file(), LockSpec::CREATE.for_format(!user_locks), path)?;
+    let lock = if user_locks {
+        LockSpec::CREATE
+    } else {
+        // What opening the new image for writing takes in qemu.
+        LockSpec::RESIZE.for_format(true)
+    };
+    let lock = ImageLock::acquire(file.file(), lock, path)?;
     file.file()
         .set_len(0)
         .map_err(|e| io_failure("Could not resize file", &e))?;

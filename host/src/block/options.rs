@@ -136,6 +136,16 @@ pub fn validate(
     Ok(out)
 }
 
+/// Drops qemu's `file:` prefix from the name of a data file to create (the
+/// image records the file's own name, as qemu's does).
+pub fn strip_file_prefix(values: &mut BTreeMap<String, String>) {
+    if let Some(name) = values.get_mut("data_file") {
+        if let Some(path) = name.strip_prefix("file:") {
+            *name = path.to_string();
+        }
+    }
+}
+
 /// The line qemu-img prints before creating: options in schema order, each
 /// that is set or has a default. Sizes and numbers are printed normalised,
 /// booleans as the user typed them in `given` (`yes`, `true`...), as qemu

@@ -287,6 +287,7 @@ fn convert(
     let mut created = false;
     if let Some(mut values) = checked {
         values.remove("size");
+        options::strip_file_prefix(&mut values);
         if let Some(b) = p.last("backing") {
             values.insert("backing_file".into(), b.to_string());
         }

@@ -149,6 +149,7 @@ fn run(args: &[String]) -> CmdResult {
         );
     }
     values.remove("size");
+    options::strip_file_prefix(&mut values);
     let request = CreateRequest {
         size,
         options: values,
@@ -173,11 +174,14 @@ fn no_creation(format: &str) -> String {
 fn check_backing(filename: &str, backing: &str, format: Option<&str>) -> Result<u64, String> {
     let resolved = relative_to(filename, backing);
     // As qemu-img: only its size is wanted, so an encrypted one needs no
-    // key, and it is opened sharing everything.
+    // key, and it is opened holding nothing and sharing everything.
     let request = OpenRequest {
         no_backing: true,
         no_io: true,
-        lock: Some(LockSpec::FORCE_SHARED),
+        lock: Some(LockSpec {
+            forced: true,
+            ..LockSpec::DESCRIBE
+        }),
         ..OpenRequest::read(&resolved, format, false)
     };
     let image = open_image(&request).map_err(|e| {
