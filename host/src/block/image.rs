@@ -712,15 +712,21 @@ pub fn create_image(
         return format_remote(driver, protocol, path, request, cache);
     }
     let path = super::spec::local_path(path).map_err(DriverError::invalid_argument)?;
-    // A symbolic link counts as there, even one to nowhere: it is never
-    // removed.
-    let existed = std::fs::symlink_metadata(path).is_ok() && !crate::confine::precreated(path);
+    let existed = target_existed(path);
     let result = format_new(driver, path, request, cache);
     if result.is_err() && !existed {
         // A failed creation leaves nothing that could pass for an image.
         crate::confine::discard_target(path);
     }
     result
+}
+
+/// Whether the local target `name` was there before this command (and so
+/// is never removed when the command fails). A symbolic link counts, even
+/// one to nowhere; a file `--confine` made empty for the command does not.
+pub fn target_existed(name: &str) -> bool {
+    let path = super::spec::local_path(name).unwrap_or(name);
+    std::fs::symlink_metadata(path).is_ok() && !crate::confine::precreated(path)
 }
 
 /// Formats the store a protocol driver opens for `name` (qemu's "simple"

@@ -93,7 +93,7 @@ pub struct Services {
     /// Whether related stores may be written.
     pub writable: bool,
     /// The command's locks, which related files are opened with (see
-    /// [`LockSpec::for_data_file`]); `None`: no locks.
+    /// [`LockSpec::for_related`]); `None`: no locks.
     pub related_lock: Option<LockSpec>,
     /// The locks the backing image is opened with (`None`: no locks).
     pub backing_lock: Option<LockSpec>,

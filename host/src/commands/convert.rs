@@ -294,9 +294,7 @@ fn convert(
         if let Some(f) = p.last("backing-format") {
             values.insert("backing_fmt".into(), f.to_string());
         }
-        let local = crate::block::spec::local_path(target).unwrap_or(target);
-        let existed =
-            std::fs::symlink_metadata(local).is_ok() && !crate::confine::precreated(local);
+        let existed = crate::block::image::target_existed(target);
         let request = CreateRequest {
             size: total,
             options: values,
@@ -391,7 +389,9 @@ fn copy_into(
     let fresh = !no_create && driver.can(caps::ZERO_INIT) && !backed && !remote_bytes;
     let out_info = out.info().map_err(|e| fail(e.message.to_string()))?;
     // Compressed writes go a cluster at a time, of at most one buffer
-    // (2 MiB); a target with no clusters (a flat vmdk) cannot take them.
+    // (2 MiB); a target with no clusters (a flat vmdk) cannot take them. An
+    // image written in order (streamOptimized) stores every grain
+    // compressed, so a copy into one is compressed too.
     let compressing = p.has("compress") || out_info.write_in_order;
     if compressing
         && !out_info
@@ -415,11 +415,7 @@ fn copy_into(
         // written, being compressed): smaller items keep that small (1 MiB
         // items: peak RSS of a zlib convert 11.8 MiB instead of 16.2, zstd
         // 13.2 instead of 19.3, no slower).
-        chunk: if out_info.write_in_order || p.has("compress") {
-            CHUNK / 2
-        } else {
-            CHUNK
-        },
+        chunk: if compressing { CHUNK / 2 } else { CHUNK },
         align: out_info.cluster_size.unwrap_or(512).max(512),
         // Compression is CPU-bound: more workers than cores only hold more
         // buffers. Plain copies overlap I/O with copying, two workers per
@@ -431,15 +427,11 @@ fn copy_into(
         threads: {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let in_turns = !p.has("oob-writes") && !out.driver.can(caps::IDENTITY_MAPPED);
-            let per_core = if p.has("compress") || out_info.write_in_order || in_turns {
-                1
-            } else {
-                2
-            };
+            let per_core = if compressing || in_turns { 1 } else { 2 };
             let remote = std::iter::once(&out)
                 .chain(sources.iter().map(|s| &**s))
                 .any(|image| matches!(*image.store, Store::Remote(_)));
-            if remote && !p.has("compress") && !out_info.write_in_order {
+            if remote && !compressing {
                 settings.parallel
             } else {
                 settings.parallel.min(cores * per_core)
@@ -453,8 +445,7 @@ fn copy_into(
         // workers compress ahead, one writer at a time stores them in order.
         sequential: out_info.write_in_order || (p.has("compress") && !p.has("oob-writes")),
         in_order: !p.has("oob-writes"),
-        // An image written in order (streamOptimized) stores every grain compressed.
-        compress: p.has("compress") || out_info.write_in_order,
+        compress: compressing,
         progress,
         rate: &RateLimit::new(settings.rate),
     };
