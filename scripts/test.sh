@@ -48,7 +48,7 @@ cargo build --workspace --all-targets
 cargo clippy --workspace --all-targets -- -D warnings
 # Crates built outside the workspace (the vendor template, the old-ABI driver,
 # the vendor drivers in vendor/) follow the same rules.
-for crate in templates/driver tests/compat/flat-1.6 vendor/bochs vendor/cloop vendor/dmg vendor/qcow; do
+for crate in templates/driver tests/compat/flat-1.7 vendor/bochs vendor/cloop vendor/dmg vendor/qcow; do
     cargo fmt --manifest-path "$crate/Cargo.toml" -- --check
     cargo clippy --locked --quiet --manifest-path "$crate/Cargo.toml" \
         --target-dir target/compat -- -D warnings

@@ -98,6 +98,15 @@ pub trait HostExt {
         writable: bool,
         create: bool,
     ) -> Result<ByteStoreBox, DriverError>;
+    /// Opens (or creates) a related store as [`HostExt::related`] does, saying
+    /// what it holds: a [`crate::related_kind`] value (ABI 1.8).
+    fn related_as(
+        &self,
+        name: &str,
+        writable: bool,
+        create: bool,
+        kind: u32,
+    ) -> Result<ByteStoreBox, DriverError>;
     /// Opens the backing image named in the header, with its recorded format.
     fn backing(&self, name: &str, format: Option<&str>) -> Result<BackingBox, DriverError>;
     /// The secret with this id (`--object secret,id=...`).
@@ -118,6 +127,16 @@ impl HostExt for HostServicesBox {
         create: bool,
     ) -> Result<ByteStoreBox, DriverError> {
         self.open_related(RStr::from(name), writable, create)
+            .into_result()
+    }
+    fn related_as(
+        &self,
+        name: &str,
+        writable: bool,
+        create: bool,
+        kind: u32,
+    ) -> Result<ByteStoreBox, DriverError> {
+        self.open_related_as(RStr::from(name), writable, create, kind)
             .into_result()
     }
     fn backing(&self, name: &str, format: Option<&str>) -> Result<BackingBox, DriverError> {

@@ -60,8 +60,9 @@ use abi_stable::{
 /// `Image::reserve` and the end-of-copy empty `write_compressed`; 1.5 the
 /// capability [`caps::USER_LOCKS`]; 1.6 protocol drivers ([`ProtocolDriver`],
 /// the root module's `try_protocols`); 1.7 `ByteStore::grow_densely` and
-/// `ProtocolDriver::open_with_secrets`.
-pub const ABI_VERSION: u32 = 1 << 16 | 7;
+/// `ProtocolDriver::open_with_secrets`; 1.8 `HostServices::open_related_as`
+/// with the [`related_kind`] values.
+pub const ABI_VERSION: u32 = 1 << 16 | 8;
 
 /// The major part of [`ABI_VERSION`].
 pub const ABI_MAJOR: u32 = ABI_VERSION >> 16;

@@ -212,6 +212,20 @@ pub trait HostServices: Send + Sync {
     /// `json:`), such as `encrypt.key-secret`. Options no driver asked for
     /// are refused by the host after `open`. (ABI 1.1)
     fn open_option(&self, key: RStr<'_>) -> ROption<RString>;
+    /// Opens a related store as [`HostServices::open_related`] does, saying
+    /// what the file holds (a [`crate::related_kind`] value), which decides
+    /// the locks the host takes on it. The default ignores the kind, for
+    /// hosts that implement only `open_related` (ABI 1.8).
+    fn open_related_as(
+        &self,
+        name: RStr<'_>,
+        writable: bool,
+        create: bool,
+        kind: u32,
+    ) -> RResult<ByteStoreBox, DriverError> {
+        let _ = kind;
+        self.open_related(name, writable, create)
+    }
 }
 
 /// Read-only view of a backing image (the host's whole chain below an overlay).

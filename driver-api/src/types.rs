@@ -95,6 +95,24 @@ pub mod proto_caps {
     pub const RESIZE: u64 = 1 << 3;
 }
 
+/// What a file an image keeps besides its own holds, for
+/// [`crate::HostServices::open_related_as`] (ABI 1.8). The host locks each
+/// kind as QEMU does: a file with metadata of its own as a metadata format's
+/// image file, a detached LUKS header with the command's locks alone, a
+/// data-only file so that nobody else resizes it while it is held.
+pub mod related_kind {
+    /// Not said: the host tells the kinds apart by the file's first bytes
+    /// (what it does for drivers before ABI 1.8).
+    pub const UNKNOWN: u32 = 0;
+    /// Metadata of its own, such as a sparse vmdk extent.
+    pub const METADATA: u32 = 1;
+    /// A detached LUKS header.
+    pub const HEADER: u32 = 2;
+    /// Guest data only, such as a qcow2 external data file or a flat vmdk
+    /// extent.
+    pub const DATA: u32 = 3;
+}
+
 /// Flags for [`crate::ProtocolDriver::open`] (ABI 1.6).
 pub mod proto_open {
     /// The store will be written.

@@ -3,7 +3,7 @@
 //! `tests/compat/flat` is a small out-of-tree "vendor" driver (the flat
 //! format: a 512-byte header, then the guest data one to one). It is built
 //! against frozen copies of `qimg-driver-api` as released with ABI 1.0, 1.1,
-//! 1.2, 1.3, 1.4, 1.5 and 1.6 (`tests/compat/driver-api-1.x`), each by its own one-crate
+//! 1.2, 1.3, 1.4, 1.5, 1.6 and 1.7 (`tests/compat/driver-api-1.x`), each by its own one-crate
 //! workspace (`tests/compat/flat-1.x`) into `target/compat`. Every test then
 //! drives the real qimg through create, convert, info, compare and resize
 //! with that library listed in the manifest.
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 /// The ABI versions frozen under `tests/compat`.
-const VERSIONS: [&str; 7] = ["1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6"];
+const VERSIONS: [&str; 8] = ["1.0", "1.1", "1.2", "1.3", "1.4", "1.5", "1.6", "1.7"];
 
 /// Guest size of the test images.
 const SIZE: usize = 4 << 20;
@@ -265,6 +265,11 @@ fn abi_1_5_driver_works_in_todays_host() {
 #[test]
 fn abi_1_6_driver_works_in_todays_host() {
     driver_works("1.6");
+}
+
+#[test]
+fn abi_1_7_driver_works_in_todays_host() {
+    driver_works("1.7");
 }
 
 /// A driver built with `panic = "abort"` could not turn its panics into

@@ -464,6 +464,70 @@ fn extents_and_data_files_are_locked_as_qemu_locks_them() {
 }
 
 #[test]
+fn creating_over_held_extents_and_data_files_keeps_their_bytes() {
+    // qemu checks who holds a data file or an extent before it empties it,
+    // as it does for the image itself; qimg used to empty them first and
+    // fail afterwards, destroying images a VM was running on.
+    let fx = Fixture::new("lock_create_related");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "d.raw", "1M"]);
+    fx.oracle(&["create", "-q", "-f", "qcow2", "x-flat.vmdk", "1M"]);
+    let _data = qemu_io_as(&fx, "qcow2", "d.raw", true);
+    let _extent = qemu_io_as(&fx, "qcow2", "x-flat.vmdk", false);
+    let (data, extent) = (bytes(&fx, "d.raw"), bytes(&fx, "x-flat.vmdk"));
+    for args in [
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=d.raw",
+            "x.qcow2",
+            "1M",
+        ][..],
+        &[
+            "create",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            "x.vmdk",
+            "1M",
+        ],
+    ] {
+        assert_eq!(fx.same(args).status, 1);
+    }
+    assert_eq!(bytes(&fx, "d.raw"), data);
+    assert_eq!(bytes(&fx, "x-flat.vmdk"), extent);
+}
+
+#[test]
+fn a_data_file_is_locked_as_data_whatever_its_first_bytes() {
+    // The driver says the file holds data (ABI 1.8), so a data file that
+    // starts like a vmdk extent is not locked as one: a raw writer of it
+    // leaves map and check working, and still refuses a convert source,
+    // as in qemu-img. Guessed from the magic, it refused all three.
+    let fx = Fixture::new("lock_data_magic");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=d.raw,data_file_raw=on",
+        "x.qcow2",
+        "1M",
+    ]);
+    let mut data = bytes(&fx, "d.raw");
+    data[..4].copy_from_slice(b"KDMV");
+    std::fs::write(fx.path("d.raw"), &data).expect("write d.raw");
+    let _writer = qemu_io_holder(&fx, "d.raw");
+    assert_eq!(fx.same(&["map", "x.qcow2"]).status, 0);
+    assert_eq!(fx.same(&["check", "x.qcow2"]).status, 0);
+    let out = fx.same(&["convert", "-O", "raw", "x.qcow2", "o.raw"]);
+    assert_eq!(out.status, 1);
+}
+
+#[test]
 fn create_over_an_image_qemu_writes_is_refused_before_emptying_it() {
     // qemu-img empties the file, then fails opening it (and removes it);
     // qimg refuses first, with qemu-img's words, and keeps its bytes.

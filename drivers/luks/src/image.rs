@@ -16,7 +16,7 @@ use qimg_crypt::amend::{SlotChange, VolumeStore};
 use qimg_crypt::{volume, CryptError, LuksHeader, SectorCipher, SECTOR_SIZE};
 use qimg_driver_api::schema::{ChildFile, ImageInfo, MetadataRequest};
 use qimg_driver_api::{
-    extent_flags, open_flags, zero_flags, ByteStoreBox, DriverError, Extent, HostExt,
+    extent_flags, open_flags, related_kind, zero_flags, ByteStoreBox, DriverError, Extent, HostExt,
     HostServicesBox, ImageImpl, Prealloc,
 };
 use qimg_driver_util::{check_range, read_or_zero, write_all};
@@ -89,7 +89,7 @@ impl LuksImage {
         // header with no room for a payload after it (payload offset 0,
         // cryptsetup's `--header` layout) is what QEMU calls detached.
         let header_file = match host.option("header.filename") {
-            Some(name) => Some(host.related(&name, writable, false)?),
+            Some(name) => Some(host.related_as(&name, writable, false, related_kind::HEADER)?),
             None => None,
         };
         let header_store = header_file.as_ref().unwrap_or(&store);

@@ -12,7 +12,9 @@ use crate::options::RuntimeOptions;
 use crate::snapshot::{self, MAX_SNAPSHOTS};
 use qimg_driver_api::abi_stable::std_types::{ROption, RSliceMut, RStr};
 use qimg_driver_api::HostServicesBox;
-use qimg_driver_api::{extent_flags as ef, open_flags, BackingBox, ByteStoreBox, Extent};
+use qimg_driver_api::{
+    extent_flags as ef, open_flags, related_kind, BackingBox, ByteStoreBox, Extent,
+};
 use qimg_driver_util::AlignedBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
@@ -331,7 +333,12 @@ impl Qcow2Image {
         let data = if header.has_data_file() {
             match given.as_ref().or(header.ext.data_file.as_ref()) {
                 Some(name) => match host
-                    .open_related(RStr::from(name.as_str()), writable, false)
+                    .open_related_as(
+                        RStr::from(name.as_str()),
+                        writable,
+                        false,
+                        related_kind::DATA,
+                    )
                     .into_result()
                 {
                     Ok(store) => Some(store),

@@ -9,8 +9,8 @@ use crate::sparse::{GrainLoc, SparseExtent};
 use crate::stream;
 use qimg_driver_api::schema::{CheckReport, CheckRequest, ChildFile, ImageInfo, Repair};
 use qimg_driver_api::{
-    extent_flags as ef, open_flags, zero_flags, BackingBox, ByteStoreBox, DriverError,
-    Extent as Status, HostServicesBox, ImageImpl, Prealloc,
+    extent_flags as ef, open_flags, related_kind, zero_flags, BackingBox, ByteStoreBox,
+    DriverError, Extent as Status, HostServicesBox, ImageImpl, Prealloc,
 };
 use qimg_driver_util::{read_or_zero, write_all};
 use serde_json::{json, Map, Value};
@@ -243,11 +243,17 @@ impl VmdkImage {
             let (store, data) = match line.kind {
                 ExtentType::Zero => (None, ExtentData::Zero),
                 kind => {
+                    let flat = matches!(kind, ExtentType::Flat | ExtentType::Vmfs);
+                    let held = if flat {
+                        related_kind::DATA
+                    } else {
+                        related_kind::METADATA
+                    };
                     let store = Arc::new(
-                        host.open_related(line.file.as_str().into(), rw, false)
+                        host.open_related_as(line.file.as_str().into(), rw, false, held)
                             .into_result()?,
                     );
-                    let data = if matches!(kind, ExtentType::Flat | ExtentType::Vmfs) {
+                    let data = if flat {
                         ExtentData::Flat {
                             offset: line
                                 .offset

@@ -813,22 +813,7 @@ fn format_new(
     request: &CreateRequest,
     cache: CacheMode,
 ) -> Result<(), DriverError> {
-    let mode = OpenMode {
-        write: true,
-        create: false,
-        cache,
-    };
-    // Opened for reading too, as qemu opens it: opening a FIFO only for
-    // writing would wait for a reader.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| io_failure(&format!("Could not create '{path}'"), &e))?;
-    drop(file);
-    let file = LocalFile::open(Path::new(path), path, mode)?;
+    let file = LocalFile::create_unemptied(Path::new(path), path, cache)?;
     // Creation's own locks are checked first, as in qemu; then a format with
     // metadata refuses another writer before the file is emptied (qemu
     // finds out when it opens the new image, after emptying it).
@@ -841,17 +826,7 @@ fn format_new(
         LockSpec::RESIZE.for_format(true)
     };
     let lock = ImageLock::acquire(file.file(), lock, path)?;
-    file.file()
-        .set_len(0)
-        .map_err(|e| io_failure("Could not resize file", &e))?;
+    file.empty()?;
     let file = Arc::new(Store::File(file.with_lock(lock)));
     create_on(driver, file, path, true, cache, request)
-}
-
-/// `what` failed with the OS error `e`: QEMU's `WHAT: MESSAGE`.
-fn io_failure(what: &str, e: &std::io::Error) -> DriverError {
-    DriverError::from_errno(
-        e.raw_os_error().unwrap_or(libc::EIO),
-        format!("{what}: {}", qimg_driver_api::error::io_message(e)),
-    )
 }

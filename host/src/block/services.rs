@@ -3,16 +3,16 @@
 
 use super::image::{open_image, BlockImage, OpenRequest};
 use super::lineage::Lineage;
-use super::lock::{LockSpec, Related};
+use super::lock::{ImageLock, LockSpec, Related};
 use crate::store::{file::OpenMode, CacheMode, LocalFile, Store};
 use qimg_driver_api::abi_stable::sabi_trait::TD_Opaque;
 use qimg_driver_api::abi_stable::std_types::{
     ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec,
 };
 use qimg_driver_api::{
-    guard::catch, BackingBox, BackingReader, BackingReader_TO, ByteStore, ByteStoreBox,
-    ByteStore_TO, DriverError, ErrorKind, Extent, HostServices, HostServicesBox, HostServices_TO,
-    Prealloc, StoreRun,
+    guard::catch, related_kind, BackingBox, BackingReader, BackingReader_TO, ByteStore,
+    ByteStoreBox, ByteStore_TO, DriverError, ErrorKind, Extent, HostServices, HostServicesBox,
+    HostServices_TO, Prealloc, StoreRun,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -136,10 +136,10 @@ impl Services {
 struct ServicesHandle(Arc<Services>);
 
 /// What a related file holds, by its first bytes: a hosted or ESX Server
-/// sparse vmdk extent, a LUKS header, or data. (The ABI does not say what a
-/// driver opens a file for; a data file that happens to start so is
-/// locked as that kind.)
-fn related_kind(file: &std::fs::File) -> Related {
+/// sparse vmdk extent, a LUKS header, or data. For drivers before ABI 1.8,
+/// which do not say what they open a file for; a data file that happens to
+/// start so is locked as that kind.
+fn sniffed_kind(file: &std::fs::File) -> Related {
     use std::os::unix::fs::FileExt;
     let mut head = [0u8; 6];
     let n = file.read_at(&mut head, 0).unwrap_or(0);
@@ -153,6 +153,75 @@ fn related_kind(file: &std::fs::File) -> Related {
     }
 }
 
+/// The kind a driver of ABI 1.8 or later names ([`related_kind`]); `None`
+/// where it does not say.
+fn named_kind(kind: u32) -> Option<Related> {
+    match kind {
+        related_kind::METADATA => Some(Related::Metadata),
+        related_kind::HEADER => Some(Related::Header),
+        related_kind::DATA => Some(Related::Data),
+        _ => None,
+    }
+}
+
+impl ServicesHandle {
+    /// Opens the related store `name`, locked as a file of `kind` holds
+    /// (sniffed from its first bytes where the driver does not say).
+    fn related(
+        &self,
+        name: &str,
+        writable: bool,
+        create: bool,
+        kind: Option<Related>,
+    ) -> Result<ByteStoreBox, DriverError> {
+        let services = &self.0;
+        let name = super::spec::local_path(name).map_err(DriverError::invalid_argument)?;
+        let resolved = services.resolve(name);
+        crate::confine::admit_named_file(&resolved)?;
+        let path = PathBuf::from(&resolved);
+        let write = writable && services.writable;
+        let file = if create {
+            let file = LocalFile::create_unemptied(&path, &resolved, services.cache)?;
+            if services.related_lock.is_some() {
+                // As for the image itself: whoever holds the file keeps its
+                // bytes (qemu checks creation's locks before truncating).
+                drop(ImageLock::acquire(
+                    file.file(),
+                    LockSpec::CREATE,
+                    &resolved,
+                )?);
+            }
+            file
+        } else {
+            let mode = OpenMode {
+                write,
+                create: false,
+                cache: services.cache,
+            };
+            LocalFile::open(&path, &resolved, mode)?
+        };
+        let file = match services.related_lock {
+            Some(lock) => {
+                // A file being created holds nothing yet: data, until the
+                // driver has written it.
+                let kind = match (create, kind) {
+                    (true, _) => Related::Data,
+                    (false, Some(kind)) => kind,
+                    (false, None) => sniffed_kind(file.file()),
+                };
+                let spec = lock.for_related(write || create, kind);
+                let lock = ImageLock::acquire(file.file(), spec, &resolved)?;
+                file.with_lock(lock)
+            }
+            None => file,
+        };
+        if create {
+            file.empty()?;
+        }
+        Ok(SharedStore::boxed(Arc::new(Store::File(file))))
+    }
+}
+
 impl HostServices for ServicesHandle {
     fn open_related(
         &self,
@@ -160,28 +229,17 @@ impl HostServices for ServicesHandle {
         writable: bool,
         create: bool,
     ) -> RResult<ByteStoreBox, DriverError> {
-        catch(|| {
-            let services = &self.0;
-            let name =
-                super::spec::local_path(name.as_str()).map_err(DriverError::invalid_argument)?;
-            let resolved = services.resolve(name);
-            crate::confine::admit_named_file(&resolved)?;
-            let mode = OpenMode {
-                write: writable && services.writable,
-                create,
-                cache: services.cache,
-            };
-            let file = LocalFile::open(&PathBuf::from(&resolved), &resolved, mode)?;
-            let file = match services.related_lock {
-                Some(lock) => {
-                    let spec = lock.for_related(mode.write, related_kind(file.file()));
-                    let lock = super::lock::ImageLock::acquire(file.file(), spec, &resolved)?;
-                    file.with_lock(lock)
-                }
-                None => file,
-            };
-            Ok(SharedStore::boxed(Arc::new(Store::File(file))))
-        })
+        catch(|| self.related(name.as_str(), writable, create, None))
+    }
+
+    fn open_related_as(
+        &self,
+        name: RStr<'_>,
+        writable: bool,
+        create: bool,
+        kind: u32,
+    ) -> RResult<ByteStoreBox, DriverError> {
+        catch(|| self.related(name.as_str(), writable, create, named_kind(kind)))
     }
 
     fn open_backing(
@@ -314,4 +372,41 @@ const STACK_SEGMENT: usize = 8 * 1024 * 1024;
 /// status and opens recurse once per layer through the drivers.
 pub fn on_deep_stack<T>(f: impl FnOnce() -> T) -> T {
     stacker::maybe_grow(LAYER_STACK, STACK_SEGMENT, f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{named_kind, sniffed_kind, Related};
+    use qimg_driver_api::related_kind;
+    use std::io::Write;
+
+    #[test]
+    fn a_named_kind_wins_and_unknown_ones_are_sniffed() {
+        assert_eq!(named_kind(related_kind::METADATA), Some(Related::Metadata));
+        assert_eq!(named_kind(related_kind::HEADER), Some(Related::Header));
+        assert_eq!(named_kind(related_kind::DATA), Some(Related::Data));
+        assert_eq!(named_kind(related_kind::UNKNOWN), None);
+        assert_eq!(named_kind(77), None);
+    }
+
+    #[test]
+    fn older_drivers_files_are_told_apart_by_their_magic() {
+        let dir = std::env::temp_dir().join(format!("qimg-sniff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for (head, kind) in [
+            (&b"KDMV\x01\0"[..], Related::Metadata),
+            (b"COWD", Related::Metadata),
+            (b"LUKS\xba\xbe\0\x02", Related::Header),
+            (b"QFI\xfb", Related::Data),
+            (b"", Related::Data),
+        ] {
+            let path = dir.join("f");
+            std::fs::File::create(&path)
+                .and_then(|mut f| f.write_all(head))
+                .expect("write");
+            let file = std::fs::File::open(&path).expect("open");
+            assert_eq!(sniffed_kind(&file), kind, "{head:?}");
+        }
+        std::fs::remove_dir_all(&dir).expect("rmdir");
+    }
 }

@@ -730,13 +730,14 @@ mod tests {
         assert!(api_version("1.5.0").is_ok());
         assert!(api_version("1.6.0").is_ok());
         assert!(api_version("1.7.0").is_ok());
+        assert!(api_version("1.8.0").is_ok());
         assert_eq!(
-            api_version("1.8.0").err().as_deref(),
-            Some("built for driver ABI 1.8, this qimg loads 1.0 to 1.7; it needs a newer qimg")
+            api_version("1.9.0").err().as_deref(),
+            Some("built for driver ABI 1.9, this qimg loads 1.0 to 1.8; it needs a newer qimg")
         );
         assert_eq!(
             api_version("2.0.0").err().as_deref(),
-            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.7")
+            Some("built for driver ABI 2.0, this qimg loads 1.0 to 1.8")
         );
         assert!(api_version("0.2.0").is_err());
         assert_eq!(

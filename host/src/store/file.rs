@@ -124,6 +124,55 @@ impl LocalFile {
         })
     }
 
+    /// Creates `path` if it is missing and opens it for writing without
+    /// emptying it, so that the caller can check the locks of whoever holds
+    /// it before [`LocalFile::empty`] (qemu's file creation checks before it
+    /// truncates). Opened for reading too, as qemu opens it: opening a FIFO
+    /// only for writing would wait for a reader.
+    pub fn create_unemptied(
+        path: &Path,
+        name: &str,
+        cache: CacheMode,
+    ) -> Result<LocalFile, DriverError> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| {
+                DriverError::from_errno(
+                    errno_of(&e),
+                    format!(
+                        "Could not create '{name}': {}",
+                        qimg_driver_api::error::io_message(&e)
+                    ),
+                )
+            })?;
+        let mode = OpenMode {
+            write: true,
+            create: false,
+            cache,
+        };
+        LocalFile::open(path, name, mode)
+    }
+
+    /// Empties the file (qemu's `Could not resize file` where that fails).
+    pub fn empty(&self) -> Result<(), DriverError> {
+        let old = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.file.set_len(0).map_err(|e| {
+            DriverError::from_errno(
+                errno_of(&e),
+                format!(
+                    "Could not resize file: {}",
+                    qimg_driver_api::error::io_message(&e)
+                ),
+            )
+        })?;
+        self.ahead.resized(old, 0);
+        Ok(())
+    }
+
     /// Whether this is a block or character device rather than a file.
     pub fn is_device(&self) -> bool {
         self.device
