@@ -795,6 +795,52 @@ fn commit_writes_into_a_vmdk_base() {
 }
 
 #[test]
+fn a_failed_commit_leaves_a_vmdk_base_and_its_child_as_they_were() {
+    // A write refused by a streamOptimized base changed nothing, but qimg
+    // had already given the base a new content ID, so its child no longer
+    // opened. qemu gives the ID once a write has succeeded.
+    let fx = Fixture::new("commit_stream_base");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        "b.vmdk",
+        "4M",
+    ]);
+    io(&fx, "b.vmdk", &["write -P 0x10 0 2M"]);
+    fx.oracle(&[
+        "create", "-q", "-f", "vmdk", "-b", "b.vmdk", "-F", "vmdk", "t.vmdk",
+    ]);
+    io(&fx, "t.vmdk", &["write -P 0x21 1M 512k"]);
+    fx.oracle(&["convert", "-O", "raw", "t.vmdk", "expect.raw"]);
+    let base = std::fs::read(fx.path("b.vmdk")).expect("read b.vmdk");
+    let out = fx.qimg(&["commit", "t.vmdk"]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(std::fs::read(fx.path("b.vmdk")).expect("read b.vmdk") == base);
+    fx.oracle(&["compare", "-F", "raw", "t.vmdk", "expect.raw"]);
+}
+
+#[test]
+fn commit_grows_no_vmdk_base_as_qemu_img_grows_none() {
+    // qemu cannot resize a vmdk, so committing a larger top fails; qimg
+    // used to grow the base (its resize extension) and write into it.
+    let fx = Fixture::new("commit_small_base");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "b.vmdk", "2M"]);
+    io(&fx, "b.vmdk", &["write -P 0x10 0 2M"]);
+    fx.oracle(&[
+        "create", "-q", "-f", "qcow2", "-b", "b.vmdk", "-F", "vmdk", "t.qcow2", "4M",
+    ]);
+    fx.sh("qemu-io -f qcow2 -c 'write -P 0x22 3968k 64k' t.qcow2 >/dev/null");
+    let base = std::fs::read(fx.path("b.vmdk")).expect("read b.vmdk");
+    let out = fx.same(&["commit", "t.qcow2"]);
+    assert_eq!(out.status, 1);
+    assert!(std::fs::read(fx.path("b.vmdk")).expect("read b.vmdk") == base);
+}
+
+#[test]
 fn first_write_gives_a_new_content_id() {
     let fx = Fixture::new("cid_update");
     fx.oracle(&["create", "-q", "-f", "vmdk", "t.vmdk", "4M"]);

@@ -738,6 +738,36 @@ impl Meta {
         Ok(start << self.layout.cluster_bits)
     }
 
+    /// The cluster after the last one in use (refcount not zero).
+    fn used_end(&mut self, io: &Io) -> Result<u64> {
+        let bits = self.layout.refblock_bits();
+        for index in (0..self.reftable.len() as u64).rev() {
+            if self.refblock_offset(index)? == 0 {
+                continue;
+            }
+            let first = index << bits;
+            for cluster in (first..first + (1 << bits)).rev() {
+                if self.refcount(io, cluster)? != 0 {
+                    return Ok(cluster + 1);
+                }
+            }
+        }
+        Ok(0)
+    }
+
+    /// Allocates `n` contiguous clusters past the last cluster in use, where
+    /// qemu puts the data it preallocates; returns the host offset of the
+    /// first. Free clusters below may hold stale bytes (an old refcount
+    /// table, discarded data), which preallocated data must never show.
+    pub fn alloc_clusters_at_end(&mut self, io: &Io, n: u64) -> Result<u64> {
+        let start = self.used_end(io)?;
+        let mut exclude = vec![(start, n)];
+        for c in start..start + n {
+            self.store_refcount(io, c, 1, &mut exclude)?;
+        }
+        Ok(start << self.layout.cluster_bits)
+    }
+
     /// Adds `delta` to the refcount of every cluster that `[offset,
     /// offset+len)` touches. A refcount reaching zero frees the cluster (and
     /// drops any table cached there).

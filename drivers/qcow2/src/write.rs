@@ -848,7 +848,16 @@ impl Qcow2Image {
         if contiguous {
             let count = self.unallocated_clusters(&mut meta, start, end)?;
             if count > 0 {
-                run = meta.alloc_clusters(&self.io, count)?;
+                run = meta.alloc_clusters_at_end(&self.io, count)?;
+                // What the file already holds there (clusters leaked or
+                // freed at its end) must read as zeros.
+                let store = self.io.data_store();
+                let stale_end = store.len().into_result()?.min(run + count * cs);
+                if stale_end > run {
+                    store
+                        .write_zeroes(run, stale_end - run, false)
+                        .into_result()?;
+                }
             }
         }
         let mut c = layout.cluster_start(start);

@@ -312,7 +312,9 @@ impl VmdkImage {
         }
     }
 
-    /// Gives the disk a new content ID before its first change.
+    /// Gives the disk a new content ID once its first change is written, as
+    /// qemu does: a write that fails leaves the ID, and so the children
+    /// that name it as their parent's, as they were.
     fn touch(&self) -> Result<()> {
         let mut d = self.descriptor.lock().unwrap_or_else(|e| e.into_inner());
         if d.cid_updated {
@@ -600,9 +602,9 @@ impl VmdkImage {
 
     fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.check_write(offset, buf.len() as u64)?;
-        self.touch()?;
         self.for_each_piece(offset, buf.len() as u64, |e, rel, n, at| {
-            self.write_extent(e, rel, &buf[at as usize..(at + n) as usize])
+            self.write_extent(e, rel, &buf[at as usize..(at + n) as usize])?;
+            self.touch()
         })
     }
 
@@ -839,9 +841,9 @@ impl ImageImpl for VmdkImage {
     ) -> std::result::Result<(), DriverError> {
         self.flush_pending()?;
         self.check_write(offset, len)?;
-        self.touch()?;
         Ok(self.for_each_piece(offset, len, |e, rel, n, _| {
-            self.zero_extent(e, rel, n, flags)
+            self.zero_extent(e, rel, n, flags)?;
+            self.touch()
         })?)
     }
 
@@ -964,13 +966,14 @@ impl ImageImpl for VmdkImage {
                 {
                     self.flush_pending()?;
                     self.check_write(offset, 1)?;
-                    self.touch()?;
                     let mut st = sp.lock();
                     let grain = rel / gb;
                     if sp.locate(&mut st, grain)? != GrainLoc::Unallocated {
                         return Err(VmdkError::StreamRewrite.into());
                     }
                     store_packed(sp, &mut st, grain, data)?;
+                    drop(st);
+                    self.touch()?;
                     return Ok(());
                 }
             }

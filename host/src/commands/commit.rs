@@ -13,6 +13,10 @@ use crate::store::CacheMode;
 use qimg_driver_api::{caps, ErrorKind, Prealloc};
 use std::sync::Arc;
 
+/// The formats whose images qemu can grow (its drivers with a truncate):
+/// the only bases commit grows to the top's size.
+const GROWN_BY_QEMU: [&str; 4] = ["raw", "qcow2", "qed", "luks"];
+
 const OPTS: &[Opt] = &[
     flag('h', "help"),
     flag('q', "quiet"),
@@ -114,8 +118,10 @@ fn commit_command(
     })?
     .probed_as(base_layer.probed_raw());
     if top.size() > base.size() {
-        if !base.driver.can(caps::RESIZE) {
-            return Err(fail("Image format driver does not support resize"));
+        // qimg's resize of the other formats is its own extension; commit
+        // grows a base only where qemu-img's block job would.
+        if !base.driver.can(caps::RESIZE) || !GROWN_BY_QEMU.contains(&base.driver.name.as_str()) {
+            return Err(fail("Block job failed: Operation not supported"));
         }
         base.resize(top.size(), Prealloc::OFF, false)
             .map_err(|e| fail(e.message.to_string()))?;
