@@ -1088,6 +1088,9 @@ fn amend_refusals_like_qemu() {
         "amend -o lazy_refcounts=on {}",
         "amend -o refcount_bits=8 {}",
         "amend -o compat=1.1,lazy_refcounts=on,refcount_bits=8 {}",
+        // The refcount width is checked before the other options.
+        "amend -o lazy_refcounts=on,refcount_bits=8 {}",
+        "amend -o refcount_bits=8,backing_file=x {}",
     ] {
         same_steps(&fx, "v2.qcow2", &[step]);
     }

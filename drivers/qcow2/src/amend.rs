@@ -296,6 +296,13 @@ impl Qcow2Image {
         {
             let mut meta = self.lock();
             meta.flush(&self.io)?;
+            // A new refcount width is checked before anything changes.
+            if w.refcount_bits != 1 << meta.header.refcount_order
+                && w.version < 3
+                && w.refcount_bits != 16
+            {
+                return Err(Error::argument("Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+            }
             // Key slots first, as qemu does.
             if let Some(change) = &w.slots {
                 self.amend_key_slots(&meta, change, force)?;
@@ -326,9 +333,6 @@ impl Qcow2Image {
                 self.io.flush()?;
             }
             if w.refcount_bits != 1 << meta.header.refcount_order {
-                if w.version < 3 && w.refcount_bits != 16 {
-                    return Err(Error::argument("Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
-                }
                 progress.current = Step::RefcountOrder;
                 self.change_refcount_order(&mut meta, w.refcount_bits.trailing_zeros(), progress)?;
             }
