@@ -528,6 +528,29 @@ fn a_data_file_is_locked_as_data_whatever_its_first_bytes() {
 }
 
 #[test]
+fn rebase_force_share_shares_the_new_backing_file_only() {
+    // qemu-img rebase -U opens the new backing file sharing everything; the
+    // old one keeps its locks. qimg refused a held new backing file.
+    let fx = Fixture::new("lock_rebase_u");
+    for held in ["N.qcow2", "O.qcow2"] {
+        fx.make_qcow2("O.qcow2", "", "4M");
+        fx.qemu_io_cmds("qcow2", "O.qcow2", &["write -P 1 0 1M"]);
+        fx.make_qcow2("N.qcow2", "", "4M");
+        fx.oracle(&[
+            "create", "-q", "-f", "qcow2", "-b", "O.qcow2", "-F", "qcow2", "T.qcow2",
+        ]);
+        fx.qemu_io_cmds("qcow2", "T.qcow2", &["write -P 2 2M 64k"]);
+        fx.oracle(&["convert", "-U", "-O", "raw", "T.qcow2", "flat.raw"]);
+        let _writer = qemu_io_as(&fx, "qcow2", held, true);
+        let args = ["rebase", "-U", "-b", "N.qcow2", "-F", "qcow2", "T.qcow2"];
+        let ours = fx.qimg(&args);
+        assert_eq!(ours.status, i32::from(held == "O.qcow2"), "{}", ours.stderr);
+        let cmp = fx.qemu_img(&["compare", "-U", "-F", "raw", "T.qcow2", "flat.raw"]);
+        assert_eq!(cmp.status, 0, "{}", cmp.stdout);
+    }
+}
+
+#[test]
 fn create_over_an_image_qemu_writes_is_refused_before_emptying_it() {
     // qemu-img empties the file, then fails opening it (and removes it);
     // qimg refuses first, with qemu-img's words, and keeps its bytes.

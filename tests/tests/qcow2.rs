@@ -845,6 +845,28 @@ fn preallocated_growth_never_shows_freed_clusters_bytes() {
 }
 
 #[test]
+fn backing_names_over_1023_bytes_are_refused() {
+    // qcow2 cannot record a longer name: qimg used to write it, and the
+    // image no longer opened ("Backing file name too long").
+    let fx = Fixture::new("q2_long_backing");
+    fx.make_qcow2("t.qcow2", "", "4M");
+    let before = std::fs::read(fx.path("t.qcow2")).expect("read");
+    let long = "N".repeat(1024);
+    let out = fx.same(&["rebase", "-u", "-b", &long, "-F", "qcow2", "t.qcow2"]);
+    assert_eq!(out.status, 1);
+    assert!(std::fs::read(fx.path("t.qcow2")).expect("read") == before);
+    let create = [
+        "create", "-q", "-f", "qcow2", "-u", "-b", &long, "-F", "qcow2",
+    ];
+    let out = fx.same(&[&create[..], &["c.qcow2", "4M"]].concat());
+    assert_eq!(out.status, 1);
+    assert!(!fx.path("c.qcow2").exists());
+    let ok = "N".repeat(1023);
+    fx.same(&["rebase", "-u", "-b", &ok, "-F", "qcow2", "t.qcow2"]);
+    fx.same(&["info", "-U", "--output=json", "t.qcow2"]);
+}
+
+#[test]
 fn rebase_unsafe_rewrites_the_backing_name() {
     let fx = Fixture::new("q2_rebase");
     fx.oracle(&["create", "-q", "-f", "raw", "a.raw", "1M"]);

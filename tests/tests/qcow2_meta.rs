@@ -693,6 +693,7 @@ fn snapshot_names_ids_and_refusals() {
             "snapshot -d same {}",
             "snapshot -a 2 {}",
             "snapshot -c x -l {}",
+            "snapshot -c ünï {}",
             "snapshot -l {}",
         ],
     );

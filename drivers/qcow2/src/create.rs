@@ -5,7 +5,7 @@
 use crate::crypt::crypt_error;
 use crate::error::{Error, Result};
 use crate::header::{autoclear, compat, feature_table, incompat, Extensions, Header};
-use crate::header::{V2_HEADER_LEN, V3_HEADER_LEN};
+use crate::header::{MAX_BACKING_NAME, V2_HEADER_LEN, V3_HEADER_LEN};
 use crate::image::{CryptOptions, Qcow2Image};
 use crate::layout::Layout;
 use qimg_crypt::{volume, LuksOptions};
@@ -257,6 +257,15 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
     if backing_file.is_some() && prealloc != Prealloc::OFF && !extended_l2 {
         return Err(Error::argument(
             "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+        ));
+    }
+    if let Some(name) = backing_file.as_ref().filter(|n| n.len() > MAX_BACKING_NAME) {
+        return Err(Error::Errno(
+            22,
+            format!(
+                "Could not assign backing file '{name}' with format '{}': Invalid argument",
+                backing_fmt.as_deref().unwrap_or("")
+            ),
         ));
     }
     if backing_fmt.is_some() && backing_file.is_none() {

@@ -17,7 +17,7 @@ pub const MIN_CLUSTER_BITS: u32 = 9;
 /// See [`MIN_CLUSTER_BITS`].
 pub const MAX_CLUSTER_BITS: u32 = 21;
 /// Longest backing file name the spec allows.
-pub const MAX_BACKING_NAME: u32 = 1023;
+pub const MAX_BACKING_NAME: usize = 1023;
 
 /// Incompatible feature bits.
 pub mod incompat {
@@ -309,7 +309,7 @@ impl Header {
         }
         // A name of no bytes is no backing file, as qemu reads it.
         if h.backing_file_offset != 0 && h.backing_file_size != 0 {
-            if h.backing_file_size > MAX_BACKING_NAME {
+            if h.backing_file_size as usize > MAX_BACKING_NAME {
                 return Err(Error::invalid("Backing file name too long"));
             }
             let start = h.backing_file_offset as usize;

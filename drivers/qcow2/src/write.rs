@@ -9,7 +9,7 @@
 
 use crate::crypt::SECTOR;
 use crate::error::{Error, Result, EIO};
-use crate::header::incompat;
+use crate::header::{incompat, MAX_BACKING_NAME};
 use crate::image::Qcow2Image;
 use crate::layout::{Entry, Sub, COPIED, OFFSET_MASK, ZERO};
 use crate::meta::Meta;
@@ -1208,6 +1208,9 @@ impl Qcow2Image {
     pub fn set_backing(&self, name: Option<&str>, format: Option<&str>) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly);
+        }
+        if name.is_some_and(|n| n.len() > MAX_BACKING_NAME) {
+            return Err(Error::Errno(22, "Invalid argument".into()));
         }
         let mut meta = self.lock();
         meta.flush(&self.io)?;

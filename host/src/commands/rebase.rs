@@ -104,6 +104,8 @@ fn rebase(
         let resolved = relative_to(&image.filename, backing);
         let opened = open_image(&OpenRequest {
             cache: backing_cache,
+            // -U shares only the new backing file, as in qemu-img.
+            lock: Some(LockSpec::reader(p.has("force-share"))),
             ..OpenRequest::read(&resolved, format.as_deref(), false)
         })
         .map_err(|e| {

@@ -214,8 +214,14 @@ fn truncated(text: &str, max: usize) -> String {
 /// qemu-img 10.0.2: ID 7 wide, TAG 16, then right-aligned VM_SIZE 8, DATE 19,
 /// VM_CLOCK 15, ICOUNT 10).
 pub fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
+    // Names are padded by bytes, as C's printf pads them (a name that is
+    // not ASCII stays narrower on screen).
+    let pad = |text: &str, width: usize| {
+        format!("{text}{}", " ".repeat(width.saturating_sub(text.len())))
+    };
     let row = |id: &str, tag: &str, size: &str, date: &str, clock: &str, icount: &str| {
-        format!("{id:<7} {tag:<16} {size:>8} {date:>19} {clock:>15} {icount:>10}\n")
+        let (id, tag) = (pad(id, 7), pad(tag, 16));
+        format!("{id} {tag} {size:>8} {date:>19} {clock:>15} {icount:>10}\n")
     };
     let mut out = String::from("Snapshot list:\n");
     out.push_str(&row("ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"));
