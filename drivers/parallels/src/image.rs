@@ -568,8 +568,11 @@ impl ParallelsImage {
         }
         let tracks = u64::from(st.header.tracks);
         // Entries past the end of the file (a damaged BAT that `check -r
-        // leaks` leaves as it is) do not make the file grow.
-        let file_len = self.store.size()?;
+        // leaks` leaves as it is) do not make the file grow. The file's
+        // length counts in whole sectors, as everywhere else: a cluster
+        // whose last sector is cut short is still the image's (and the
+        // file grows to hold it, as in qemu).
+        let file_len = self.file_size()?;
         let last = st
             .bat
             .iter()
