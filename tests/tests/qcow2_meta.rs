@@ -1250,6 +1250,44 @@ fn convert_copies_bitmaps_like_qemu() {
 }
 
 #[test]
+fn a_repair_keeps_the_backing_file_of_an_unusual_header() {
+    // With extensions that start past the usual place (header_length
+    // 0xe0), check -r all rewrote the header's fields for its own layout
+    // but not the name they pointed at: the backing file was lost and the
+    // guest read zeros. A clean image is now left alone, and a rewrite
+    // (here clearing the dirty bit) keeps the name where the fields say.
+    let fx = Fixture::new("qm_repair_backing");
+    fx.make_qcow2("base.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 0x66 0 4M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "top.qcow2",
+    ]);
+    fx.qemu_io_cmds("qcow2", "top.qcow2", &["write -P 0x11 0 64k"]);
+    fx.oracle(&["convert", "-O", "raw", "top.qcow2", "expect.raw"]);
+    let mut bytes = std::fs::read(fx.path("top.qcow2")).expect("read");
+    bytes[100..104].copy_from_slice(&0xe0u32.to_be_bytes());
+    for dirty in [false, true] {
+        bytes[79] = u8::from(dirty);
+        std::fs::write(fx.path("m.qcow2"), &bytes).expect("write");
+        let out = fx.qimg(&["check", "-r", "all", "m.qcow2"]);
+        assert_eq!(out.status, 0, "{}", out.stderr);
+        if !dirty {
+            assert!(std::fs::read(fx.path("m.qcow2")).expect("read") == bytes);
+        }
+        assert_clean(&fx, "m.qcow2");
+        fx.oracle(&["compare", "-F", "raw", "m.qcow2", "expect.raw"]);
+    }
+}
+
+#[test]
 fn check_reports_and_repairs_snapshot_tables_like_qemu() {
     // Snapshot tables qemu-img reads only in check mode: an entry lacking
     // version 3's extra data, one with too much extra data, too many

@@ -1095,8 +1095,13 @@ impl Qcow2Image {
         match outcome {
             Ok(highest) => {
                 report.image_end_offset = Some((highest + 1) * layout.cluster_size());
-                if fix.any() && errors_gone && t.corruptions == 0 {
-                    meta.header.incompatible_features &= !(incompat::DIRTY | incompat::CORRUPT);
+                let marks = incompat::DIRTY | incompat::CORRUPT;
+                if fix.any()
+                    && errors_gone
+                    && t.corruptions == 0
+                    && meta.header.incompatible_features & marks != 0
+                {
+                    meta.header.incompatible_features &= !marks;
                     meta.header_dirty = true;
                 }
             }

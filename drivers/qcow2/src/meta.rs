@@ -947,9 +947,13 @@ impl Meta {
         // Whatever moved (tables, snapshots, bitmaps) is found again.
         self.metadata.invalidate();
         let mut bytes = self.header.serialize()?;
+        // Only the fields are rewritten when what follows them is already on
+        // disk where the new fields say it is (a backing name placed apart
+        // from where this layout puts it is rewritten with the rest).
         let same_tail = !self.header_full
             && self.header.ext == self.on_disk.ext
             && self.header.backing_file == self.on_disk.backing_file
+            && self.header.backing_file_offset == self.on_disk.backing_file_offset
             && self.header.header_length == self.on_disk.header_length;
         if same_tail {
             bytes.truncate(self.header.header_length.max(crate::header::V2_HEADER_LEN) as usize);
