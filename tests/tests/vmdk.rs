@@ -768,6 +768,43 @@ fn reads_vmfs_sparse_extents() {
     converts_alike(&fx, "d.vmdk");
 }
 
+#[test]
+fn a_sparse_extent_is_as_long_as_its_header_says() {
+    // qemu takes a sparse extent's length from its header's capacity, not
+    // from the descriptor's line; qimg took the line's and read other data.
+    let fx = Fixture::new("extent_capacity");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=twoGbMaxExtentSparse",
+        "d.vmdk",
+        "4M",
+    ]);
+    io(&fx, "d.vmdk", PATTERN);
+    let extent = std::fs::read(fx.path("d-s001.vmdk")).expect("read extent");
+    let text = std::fs::read_to_string(fx.path("d.vmdk")).expect("read descriptor");
+    for sectors in ["4096", "8191"] {
+        let edited = text.replace("RW 8192 SPARSE", &format!("RW {sectors} SPARSE"));
+        assert_ne!(edited, text);
+        std::fs::write(fx.path("d.vmdk"), edited).expect("write descriptor");
+        same_info_data(&fx, "d.vmdk");
+        converts_alike(&fx, "d.vmdk");
+    }
+    std::fs::write(fx.path("d.vmdk"), &text).expect("write descriptor");
+    for capacity in [1u64, 4096, 0] {
+        let mut edited = extent.clone();
+        edited[12..20].copy_from_slice(&capacity.to_le_bytes());
+        std::fs::write(fx.path("d-s001.vmdk"), edited).expect("write extent");
+        same_info_data(&fx, "d.vmdk");
+        if capacity != 0 {
+            converts_alike(&fx, "d.vmdk");
+        }
+    }
+}
+
 // ---- writes by qimg ----------------------------------------------------------
 
 #[test]

@@ -235,7 +235,7 @@ impl VmdkImage {
         let mut extents = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;
         for line in &desc.extents {
-            let len = line
+            let mut len = line
                 .sectors
                 .checked_mul(SECTOR)
                 .ok_or(VmdkError::TotalTooLarge)?;
@@ -261,7 +261,14 @@ impl VmdkImage {
                                 .ok_or(VmdkError::TotalTooLarge)?,
                         }
                     } else {
-                        ExtentData::Sparse(Box::new(open_sparse(store.clone(), rw)?))
+                        // A sparse extent is as long as its header says,
+                        // whatever the descriptor's line says (as in qemu).
+                        let sparse = open_sparse(store.clone(), rw)?;
+                        if sparse.capacity == 0 {
+                            return Err(VmdkError::InvalidDescriptor);
+                        }
+                        len = sparse.capacity.saturating_mul(SECTOR);
+                        ExtentData::Sparse(Box::new(sparse))
                     };
                     (Some(store), data)
                 }
