@@ -805,6 +805,32 @@ fn a_sparse_extent_is_as_long_as_its_header_says() {
     }
 }
 
+#[test]
+fn a_read_past_what_a_compressed_grain_holds_fails() {
+    // A header whose grain size is larger than its grains inflate to: qemu
+    // fails the read; qimg read the missing part as zeros.
+    let fx = Fixture::new("stream_short_grains");
+    fx.oracle(&["create", "-q", "-f", "raw", "s.raw", "4M"]);
+    fx.sh("qemu-io -f raw -c 'write -P 7 0 4M' s.raw >/dev/null");
+    fx.oracle(&[
+        "convert",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        "s.raw",
+        "st.vmdk",
+    ]);
+    let mut bytes = std::fs::read(fx.path("st.vmdk")).expect("read");
+    bytes[20..28].copy_from_slice(&256u64.to_le_bytes());
+    std::fs::write(fx.path("st.vmdk"), bytes).expect("write");
+    // qemu-img's parallel requests may each report the failure.
+    let args = ["convert", "-O", "raw", "st.vmdk", "out.raw"];
+    let (ours, theirs) = (fx.qimg(&args), fx.qemu_img(&args));
+    assert_eq!((ours.status, theirs.status), (1, 1));
+    assert_eq!(ours.stderr.lines().next(), theirs.stderr.lines().next());
+}
+
 // ---- writes by qimg ----------------------------------------------------------
 
 #[test]

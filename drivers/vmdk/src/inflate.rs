@@ -63,8 +63,8 @@ impl Parked {
 pub struct Inflaters(Mutex<Vec<Parked>>);
 
 impl Inflaters {
-    /// Fills `out` with the grain's inflated bytes from `within` on (bytes
-    /// past the end of a short stream read as zeros).
+    /// Fills `out` with the grain's inflated bytes from `within` on (a read
+    /// past the end of a short stream fails).
     pub fn read(
         &self,
         store: &ByteStoreBox,
@@ -110,11 +110,10 @@ impl Inflaters {
                 return Err(bad());
             }
         }
-        let pos = z.position();
-        if pos < end {
-            // The stream ended early: the rest of the grain reads as zeros.
-            let from = pos.saturating_sub(within) as usize;
-            out[from..].fill(0);
+        if z.position() < end {
+            // The stream ended before the read did: as in qemu, a read past
+            // what the grain holds fails.
+            return Err(bad());
         }
         if !ended {
             self.park(z);

@@ -459,8 +459,15 @@ impl SparseExtent {
         let mut packed = vec![0u8; size as usize];
         read_or_zero(&self.store, data_at, &mut packed)?;
         let mut whole = vec![0u8; self.grain_bytes() as usize];
-        crate::stream::inflate(&packed, &mut whole).map_err(|_| VmdkError::BadCompressedGrain)?;
-        out.copy_from_slice(&whole[within as usize..within as usize + out.len()]);
+        let inflated = crate::stream::inflate(&packed, &mut whole)
+            .map_err(|_| VmdkError::BadCompressedGrain)?;
+        // A read past what the grain holds fails, as in qemu (a grain
+        // shorter than the header's grain size is no data to read as zeros).
+        let end = within as usize + out.len();
+        if end > inflated {
+            return Err(VmdkError::BadCompressedGrain);
+        }
+        out.copy_from_slice(&whole[within as usize..end]);
         Ok(())
     }
 

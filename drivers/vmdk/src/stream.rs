@@ -30,9 +30,10 @@ use qimg_driver_api::Prealloc;
 use qimg_driver_util::write_all;
 use std::cell::RefCell;
 
-/// Inflates a zlib stream into exactly `out` (short output is zero-filled);
-/// fails on corrupt data or data that would not fit.
-pub fn inflate(packed: &[u8], out: &mut [u8]) -> std::result::Result<(), ()> {
+/// Inflates a zlib stream into `out` and returns how many bytes it held
+/// (the rest of `out` is zero-filled); fails on corrupt data or data that
+/// would not fit.
+pub fn inflate(packed: &[u8], out: &mut [u8]) -> std::result::Result<usize, ()> {
     INFLATE.with(|cell| {
         let mut z = cell.borrow_mut();
         z.reset(true);
@@ -40,7 +41,7 @@ pub fn inflate(packed: &[u8], out: &mut [u8]) -> std::result::Result<(), ()> {
             Ok(Status::StreamEnd) => {
                 let n = z.total_out() as usize;
                 out[n..].fill(0);
-                Ok(())
+                Ok(n)
             }
             _ => Err(()),
         }
