@@ -276,9 +276,8 @@ pub fn parse_file(text: &str, name: &str) -> Result<Descriptor> {
             extents.push(extent);
         }
     }
-    if extents.is_empty() {
-        return Err(VmdkError::InvalidDescriptor);
-    }
+    // No extent is an empty disk (what `create` writes for size 0), which
+    // qemu opens too.
     let (cid, parent_cid, parent_hint) = parse_fields(text, name)?;
     Ok(Descriptor {
         cid,
