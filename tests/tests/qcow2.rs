@@ -904,6 +904,23 @@ fn measure_sizes_and_options() {
             fx.same(&args);
         }
     }
+    // measure reads only some options, with its own checks and words.
+    for opts in [
+        "compat=0.10,extended_l2=on",
+        "compat=v3",
+        "compat=0.9,cluster_size=3000",
+        "refcount_bits=8,compat=0.10",
+        "preallocation=bogus,refcount_bits=3",
+        "preallocation=bogus",
+        "encrypt.format=bogus",
+        "compression_type=bogus",
+        "lazy_refcounts=on,compat=0.10",
+        "data_file_raw=on",
+        "backing_fmt=qcow2",
+        "encrypt.format=luks",
+    ] {
+        fx.same(&["measure", "-O", "qcow2", "--size", "1M", "-o", opts]);
+    }
     fx.same(&["measure", "-O", "qcow2", "--output=json", "--size", "100M"]);
     fx.same(&[
         "measure",

@@ -3,11 +3,12 @@
 //! for all of that, a LUKS header's clusters, plus the data clusters the
 //! source fills.
 
-use crate::create::params;
+use crate::crypt::crypt_error;
 use crate::error::{Error, Result};
-use qimg_crypt::volume;
+use qimg_crypt::{volume, LuksOptions};
 use qimg_driver_api::schema::{BitmapSummary, MeasureRequest, MeasureResult};
 use qimg_driver_api::{Extent, Prealloc};
+use std::collections::BTreeMap;
 
 /// Bytes of refcount table and blocks needed to count `clusters` clusters
 /// plus themselves (a fixed point: the structures count themselves too).
@@ -60,10 +61,89 @@ pub fn bitmaps_size(bitmaps: &[BitmapSummary], disk_size: u64, cs: u64) -> u64 {
     total + directory.div_ceil(cs) * cs
 }
 
+/// The creation options measure reads, as qemu reads them for measure: in
+/// its order and with its messages, every other option left unread.
+struct MeasureParams {
+    cluster_bits: u32,
+    extended_l2: bool,
+    version: u32,
+    refcount_order: u32,
+    prealloc: Prealloc,
+    luks: Option<LuksOptions>,
+}
+
+fn measure_params(options: &BTreeMap<String, String>) -> Result<MeasureParams> {
+    let extended_l2 = options.get("extended_l2").is_some_and(|v| v == "on");
+    let cluster_size: u64 = options
+        .get("cluster_size")
+        .map(|v| v.parse().unwrap_or(0))
+        .unwrap_or(65536);
+    if !cluster_size.is_power_of_two() || !(512..=2 << 20).contains(&cluster_size) {
+        return Err(Error::argument(
+            "Cluster size must be a power of two between 512 and 2048k",
+        ));
+    }
+    if extended_l2 && cluster_size < 16384 {
+        return Err(Error::argument(
+            "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+        ));
+    }
+    let version = match options.get("compat").map(String::as_str) {
+        None | Some("1.1") => 3,
+        Some("0.10") => 2,
+        Some(other) => {
+            return Err(Error::argument(format!(
+                "Invalid compatibility level: '{other}'"
+            )))
+        }
+    };
+    let refcount_bits: u64 = options
+        .get("refcount_bits")
+        .map(|v| v.parse().unwrap_or(0))
+        .unwrap_or(16);
+    if !refcount_bits.is_power_of_two() || refcount_bits > 64 {
+        return Err(Error::argument(
+            "Refcount width must be a power of two and may not exceed 64 bits",
+        ));
+    }
+    if version < 3 && refcount_bits != 16 {
+        return Err(Error::argument("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+    }
+    let prealloc = match options.get("preallocation") {
+        Some(p) => Prealloc::parse(p)
+            .ok_or_else(|| Error::argument(format!("invalid parameter value: {p}")))?,
+        None => Prealloc::OFF,
+    };
+    // Only LUKS takes room of its own: another format is not looked at.
+    let luks = if options.get("encrypt.format").map(String::as_str) == Some("luks") {
+        let luks = LuksOptions::parse(
+            |k| options.get(&format!("encrypt.{k}")).map(String::as_str),
+            "encrypt.",
+        )
+        .map_err(crypt_error)?;
+        if !options.contains_key("encrypt.key-secret") {
+            return Err(Error::argument(
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ));
+        }
+        Some(luks)
+    } else {
+        None
+    };
+    Ok(MeasureParams {
+        cluster_bits: cluster_size.trailing_zeros(),
+        extended_l2,
+        version,
+        refcount_order: refcount_bits.trailing_zeros(),
+        prealloc,
+        luks,
+    })
+}
+
 /// Answers `measure` for a new image (`allocated` empty) or one converted
 /// from a source whose data extents are `allocated`.
 pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<MeasureResult> {
-    let p = params(request.size, &request.options)?;
+    let p = measure_params(&request.options)?;
     let cs = 1u64 << p.cluster_bits;
     let entry = if p.extended_l2 { 16 } else { 8 };
     let virtual_size = request.size.div_ceil(cs) * cs;
@@ -100,7 +180,7 @@ pub fn measure(request: &MeasureRequest, allocated: &[Extent]) -> Result<Measure
     // A LUKS header with its key slots takes whole clusters of its own.
     let luks = match &p.luks {
         Some(options) => {
-            let params = options.params().map_err(crate::crypt::crypt_error)?;
+            let params = options.params().map_err(crypt_error)?;
             volume::payload_offset(params.spec).next_multiple_of(cs)
         }
         None => 0,
