@@ -477,6 +477,10 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("md-count", MD + 10, vec![0xff, 0xff]),
         ("md-item-offset", MD + 32 + 16, le32(0xffff_0000)),
         ("md-item-length", MD + 32 + 20, le32(0)),
+        // The page 83 item (entry 2): qemu reads items wherever their
+        // entries say; qimg refused these.
+        ("md-page83-length", MD + 32 + 64 + 20, le32(0xffff_ffff)),
+        ("md-page83-in-table", MD + 32 + 64 + 16, le32(0x100)),
         ("md-unknown-required", MD + 32, vec![0x55; 16]),
         ("bs0", ITEMS, le32(0)),
         ("bs64k", ITEMS, le32(64 << 10)),

@@ -84,8 +84,10 @@ pub fn read(store: &ByteStoreBox, region: Region) -> Result<Metadata> {
         let required = le32(&table, e + 24) & 4 != 0;
         match ids.iter().position(|&k| k == id) {
             Some(k) => {
-                let end = u64::from(offset) + u64::from(length);
-                if items[k].is_some() || u64::from(offset) < TABLE_SIZE || end > region.length {
+                // Like qemu-img, an item is read wherever its entry says
+                // (bounded reads of fixed sizes); only a repeated one is
+                // refused. Writes check their place (`disk_size_offset`).
+                if items[k].is_some() {
                     return Err(VhdxError::Invalid);
                 }
                 items[k] = Some((offset, length));
@@ -177,7 +179,8 @@ pub fn encode(md: &Metadata) -> Vec<u8> {
 }
 
 /// Where the virtual disk size item of the metadata region at `region`
-/// lies in the file (for resize).
+/// lies in the file (for resize): inside the region's items, or the disk
+/// is refused, so a resize never writes over anything else.
 pub fn disk_size_offset(store: &ByteStoreBox, region: Region) -> Result<u64> {
     let mut table = vec![0u8; TABLE_SIZE as usize];
     store.read_or_zero_at(region.offset, &mut table)?;
@@ -186,6 +189,6 @@ pub fn disk_size_offset(store: &ByteStoreBox, region: Region) -> Result<u64> {
         .map(|i| 32 + 32 * i)
         .find(|&e| guid_at(&table, e) == VIRTUAL_DISK_SIZE)
         .map(|e| region.offset + u64::from(le32(&table, e + 16)))
-        .filter(|&at| at >= region.offset + TABLE_SIZE)
+        .filter(|&at| at >= region.offset + TABLE_SIZE && at + 8 <= region.offset + region.length)
         .ok_or(VhdxError::Invalid)
 }
