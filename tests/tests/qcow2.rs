@@ -867,6 +867,30 @@ fn backing_names_over_1023_bytes_are_refused() {
 }
 
 #[test]
+fn a_failed_rebase_write_is_worded_as_qemu_img_words_it() {
+    // A compressed write into an image with a data file is not supported.
+    let fx = Fixture::new("q2_rebase_write_error");
+    fx.make_qcow2("O.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "O.qcow2", &["write -P 1 0 1M"]);
+    fx.make_qcow2("N.qcow2", "", "4M");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=T.data",
+        "-b",
+        "O.qcow2",
+        "-F",
+        "qcow2",
+        "T.qcow2",
+    ]);
+    let out = fx.same(&["rebase", "-c", "-b", "N.qcow2", "-F", "qcow2", "T.qcow2"]);
+    assert_eq!(out.status, 1);
+}
+
+#[test]
 fn rebase_unsafe_rewrites_the_backing_name() {
     let fx = Fixture::new("q2_rebase");
     fx.oracle(&["create", "-q", "-f", "raw", "a.raw", "1M"]);

@@ -168,15 +168,25 @@ impl RebaseJob<'_> {
             );
             let at = start + from as u64;
             if differs[first] {
-                if old_eof {
-                    image.write_zeroes(at, (to - from) as u64, 0)?;
+                let written = if old_eof {
+                    image.write_zeroes(at, (to - from) as u64, 0)
                 } else if self.compress {
-                    for (i, piece) in old[from..to].chunks(cluster as usize).enumerate() {
-                        image.write_compressed(at + (i as u64) * cluster, piece)?;
-                    }
+                    old[from..to]
+                        .chunks(cluster as usize)
+                        .enumerate()
+                        .try_for_each(|(i, piece)| {
+                            image.write_compressed(at + (i as u64) * cluster, piece)
+                        })
                 } else {
-                    image.write(at, &old[from..to])?;
-                }
+                    image.write(at, &old[from..to])
+                };
+                // qemu-img's words for a failed write into the image.
+                written.map_err(|e| {
+                    DriverError::new(
+                        e.kind,
+                        format!("Error while writing to COW image: {}", e.message),
+                    )
+                })?;
             }
             if start + to as u64 >= old_end {
                 old_eof = true;
