@@ -167,6 +167,29 @@ fn on(options: &BTreeMap<String, String>, name: &str) -> bool {
     options.get(name).is_some_and(|v| v == "on")
 }
 
+/// The `cluster_size` option (0 where it is no number: refused by the
+/// caller as no power of two).
+pub fn cluster_size_option(options: &BTreeMap<String, String>) -> u64 {
+    options
+        .get("cluster_size")
+        .map(|v| v.parse().unwrap_or(0))
+        .unwrap_or(65536)
+}
+
+/// The `refcount_bits` option, a power of two up to 64.
+pub fn refcount_bits_option(options: &BTreeMap<String, String>) -> Result<u64> {
+    let bits: u64 = options
+        .get("refcount_bits")
+        .map(|v| v.parse().unwrap_or(0))
+        .unwrap_or(16);
+    if !bits.is_power_of_two() || bits > 64 {
+        return Err(Error::argument(
+            "Refcount width must be a power of two and may not exceed 64 bits",
+        ));
+    }
+    Ok(bits)
+}
+
 /// Checks the options as qemu does, in its order and with its messages:
 /// values that do not parse first, then the combinations, the cipher's
 /// secret last.
@@ -231,10 +254,7 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
             )))
         }
     };
-    let cluster_size: u64 = options
-        .get("cluster_size")
-        .map(|v| v.parse().unwrap_or(0))
-        .unwrap_or(65536);
+    let cluster_size = cluster_size_option(options);
     let extended_l2 = on(options, "extended_l2");
     if extended_l2 {
         if version < 3 {
@@ -277,15 +297,7 @@ pub fn params(size: u64, options: &BTreeMap<String, String>) -> Result<Params> {
     if lazy_refcounts && version < 3 {
         return Err(Error::argument("Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)"));
     }
-    let refcount_bits: u64 = options
-        .get("refcount_bits")
-        .map(|v| v.parse().unwrap_or(0))
-        .unwrap_or(16);
-    if !refcount_bits.is_power_of_two() || refcount_bits > 64 {
-        return Err(Error::argument(
-            "Refcount width must be a power of two and may not exceed 64 bits",
-        ));
-    }
+    let refcount_bits = refcount_bits_option(options)?;
     if version < 3 && refcount_bits != 16 {
         return Err(Error::argument("Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"));
     }

@@ -3,6 +3,7 @@
 //! for all of that, a LUKS header's clusters, plus the data clusters the
 //! source fills.
 
+use crate::create::{cluster_size_option, refcount_bits_option};
 use crate::crypt::crypt_error;
 use crate::error::{Error, Result};
 use qimg_crypt::{volume, LuksOptions};
@@ -74,10 +75,7 @@ struct MeasureParams {
 
 fn measure_params(options: &BTreeMap<String, String>) -> Result<MeasureParams> {
     let extended_l2 = options.get("extended_l2").is_some_and(|v| v == "on");
-    let cluster_size: u64 = options
-        .get("cluster_size")
-        .map(|v| v.parse().unwrap_or(0))
-        .unwrap_or(65536);
+    let cluster_size = cluster_size_option(options);
     if !cluster_size.is_power_of_two() || !(512..=2 << 20).contains(&cluster_size) {
         return Err(Error::argument(
             "Cluster size must be a power of two between 512 and 2048k",
@@ -97,15 +95,7 @@ fn measure_params(options: &BTreeMap<String, String>) -> Result<MeasureParams> {
             )))
         }
     };
-    let refcount_bits: u64 = options
-        .get("refcount_bits")
-        .map(|v| v.parse().unwrap_or(0))
-        .unwrap_or(16);
-    if !refcount_bits.is_power_of_two() || refcount_bits > 64 {
-        return Err(Error::argument(
-            "Refcount width must be a power of two and may not exceed 64 bits",
-        ));
-    }
+    let refcount_bits = refcount_bits_option(options)?;
     if version < 3 && refcount_bits != 16 {
         return Err(Error::argument("Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
     }
