@@ -891,6 +891,46 @@ fn a_failed_rebase_write_is_worded_as_qemu_img_words_it() {
 }
 
 #[test]
+fn backing_names_end_at_their_first_nul_as_in_qemu() {
+    // qemu reads the name and the format as C strings; qimg refused a NUL
+    // inside them ("file name contained an unexpected NUL byte").
+    let fx = Fixture::new("q2_backing_nul");
+    fx.make_qcow2("base.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 0x66 0 4M"]);
+    fx.sh("cp base.qcow2 base");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "raw",
+        "m.qcow2",
+    ]);
+    let image = std::fs::read(fx.path("m.qcow2")).expect("read");
+    let name_at = u64::from_be_bytes(image[8..16].try_into().unwrap()) as usize;
+    // The backing format extension (0xe2792aca), its data after 8 bytes.
+    let format_at = 8 + image[..name_at]
+        .windows(4)
+        .position(|w| w == [0xe2, 0x79, 0x2a, 0xca])
+        .expect("backing format extension");
+    for (file, at) in [
+        ("cut.qcow2", name_at + 4),
+        ("none.qcow2", name_at),
+        ("fmt.qcow2", format_at + 2),
+    ] {
+        let mut bytes = image.clone();
+        bytes[at] = 0;
+        std::fs::write(fx.path(file), bytes).expect("write");
+        fx.same(&["info", file]);
+        fx.same(&["info", "--output=json", "-U", file]);
+        fx.same(&["map", "--output=json", file]);
+    }
+}
+
+#[test]
 fn rebase_unsafe_rewrites_the_backing_name() {
     let fx = Fixture::new("q2_rebase");
     fx.oracle(&["create", "-q", "-f", "raw", "a.raw", "1M"]);

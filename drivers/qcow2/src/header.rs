@@ -152,7 +152,9 @@ fn be64(b: &[u8], at: usize) -> u64 {
 
 /// A string stored without terminator; invalid UTF-8 is replaced.
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    // Names are C strings to qemu: they end at the first NUL.
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 /// Round up to the extension padding of 8 bytes.
@@ -316,7 +318,7 @@ impl Header {
             let end = start + h.backing_file_size as usize;
             let mut name = head.get(start..end.min(head.len())).unwrap_or(&[]).to_vec();
             name.resize(end - start, 0);
-            h.backing_file = Some(text(&name));
+            h.backing_file = Some(text(&name)).filter(|n| !n.is_empty());
         }
         Ok(h)
     }

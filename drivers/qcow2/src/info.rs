@@ -63,7 +63,12 @@ impl Qcow2Image {
             dirty_flag: Some(h.dirty()),
             encrypted: Some(h.crypt_method != 0),
             backing_filename: h.backing_file.clone(),
-            backing_format: h.ext.backing_format.clone(),
+            // A format without a backing file is not shown (qemu-img).
+            backing_format: h
+                .ext
+                .backing_format
+                .clone()
+                .filter(|_| h.backing_file.is_some()),
             format_specific: Some(json!({"type": "qcow2", "data": Value::Object(data)})),
             snapshots,
             // Only version 3 images can hold persistent bitmaps (qcow2.txt,
