@@ -130,7 +130,9 @@ impl VhdxImage {
                 hdr = next;
             }
         }
-        let file_len = store.size()?;
+        // The file's length in whole sectors, as qemu's block layer has it:
+        // a last sector cut short still holds the blocks that reach into it.
+        let file_len = store.size()?.next_multiple_of(512);
         let regions = region::read(&store)?;
         // The log and the regions must not overlap, checked as qemu-img
         // registers them: the log, then the table's entries in order.
