@@ -831,6 +831,35 @@ fn a_read_past_what_a_compressed_grain_holds_fails() {
     assert_eq!(ours.stderr.lines().next(), theirs.stderr.lines().next());
 }
 
+#[test]
+fn an_extent_name_without_its_closing_quote_runs_to_the_line_end() {
+    // As qemu's sscanf reads it: a sparse extent still opens, a flat one
+    // (whose offset can then not be read) is an invalid line. qimg passed
+    // over such a line and opened a disk of 0 bytes.
+    let fx = Fixture::new("extent_open_quote");
+    for (sub, extent) in [
+        ("twoGbMaxExtentSparse", "q-s001.vmdk"),
+        ("monolithicFlat", "q-flat.vmdk"),
+    ] {
+        let opts = format!("subformat={sub}");
+        fx.oracle(&["create", "-q", "-f", "vmdk", "-o", &opts, "q.vmdk", "4M"]);
+        io(&fx, "q.vmdk", PATTERN);
+        let text = std::fs::read_to_string(fx.path("q.vmdk")).expect("read descriptor");
+        let quoted = format!("\"{extent}\"");
+        assert!(text.contains(&quoted), "{text}");
+        let edited = text.replace(&quoted, &format!("\"{extent}"));
+        std::fs::write(fx.path("q.vmdk"), edited).expect("write descriptor");
+        same_info_data(&fx, "q.vmdk");
+        let args = ["convert", "-O", "raw", "q.vmdk", "out.raw"];
+        let (ours, theirs) = (fx.qimg(&args), fx.qemu_img(&args));
+        assert_eq!(ours.status, theirs.status, "{sub}: {}", ours.stderr);
+        if ours.status == 0 {
+            fx.oracle(&["compare", "-F", "raw", "q.vmdk", "out.raw"]);
+        }
+        let _ = std::fs::remove_file(fx.path("out.raw"));
+    }
+}
+
 // ---- writes by qimg ----------------------------------------------------------
 
 #[test]

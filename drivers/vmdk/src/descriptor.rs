@@ -181,10 +181,12 @@ impl<'a> Scanner<'a> {
         self.skip_blanks();
         let body = self.rest.strip_prefix('"')?;
         let end = body.find(['"', '\n', '\r']).unwrap_or(body.len());
-        if end == 0 || !body[end..].starts_with('"') {
+        if end == 0 {
             return None;
         }
-        self.rest = &body[end + 1..];
+        // Without its closing quote the name runs to the end of the line,
+        // and nothing after it is read (qemu's sscanf stops there).
+        self.rest = body[end..].strip_prefix('"').unwrap_or("");
         Some(&body[..end])
     }
 }
