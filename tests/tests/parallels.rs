@@ -304,6 +304,18 @@ fn a_cluster_cut_short_stays_the_images_after_a_repair() {
 }
 
 #[test]
+fn a_leak_repair_never_cuts_a_cluster_the_file_holds_part_of() {
+    // Cut inside its first data cluster: check -r leaks closed the image by
+    // cutting the file before that cluster and lost the half it held.
+    let fx = made("prl_cut_inside", "cluster_size=64k", "4M");
+    fx.sh("truncate -s 98304 img.prl && cp img.prl theirs.prl");
+    fx.qemu_img(&["check", "-r", "leaks", "theirs.prl"]);
+    let ours = fx.qimg(&["check", "-r", "leaks", "img.prl"]);
+    assert_eq!(ours.status, 2, "{}", ours.stderr);
+    fx.oracle(&["compare", "img.prl", "theirs.prl"]);
+}
+
+#[test]
 fn writes_into_qemu_made_images_pass_qemu_img_check() {
     let fx = made("prl_write_into", "cluster_size=64k", "4M");
     fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);

@@ -567,16 +567,15 @@ impl ParallelsImage {
             return Ok(());
         }
         let tracks = u64::from(st.header.tracks);
-        // Entries past the end of the file (a damaged BAT that `check -r
-        // leaks` leaves as it is) do not make the file grow. The file's
-        // length counts in whole sectors, as everywhere else: a cluster
-        // whose last sector is cut short is still the image's (and the
-        // file grows to hold it, as in qemu).
+        // Entries wholly past the end of the file (a damaged BAT that
+        // `check -r leaks` leaves as it is) do not make the file grow. A
+        // cluster the file holds any part of is the image's: the file grows
+        // to hold all of it (as in qemu), and is never cut inside it.
         let file_len = self.file_size()?;
         let last = st
             .bat
             .iter()
-            .filter(|&&e| e != 0 && self.geo.host(e) + self.geo.cluster <= file_len)
+            .filter(|&&e| e != 0 && self.geo.host(e) < file_len)
             .map(|&e| self.geo.host(e) / SECTOR + tracks)
             .max();
         st.data_end = last.unwrap_or(0).max(st.data_start);
