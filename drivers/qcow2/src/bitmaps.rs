@@ -23,6 +23,7 @@ use crate::header::{autoclear, BitmapsExt};
 use crate::image::Qcow2Image;
 use crate::layout::OFFSET_MASK;
 use crate::meta::{self, Io, Meta};
+use crate::overlap::MetaKind;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -372,6 +373,7 @@ impl Meta {
         if count > 0 {
             let offset = self.alloc_clusters(io, self.layout.clusters_for(bytes.len() as u64))?;
             self.flush(io)?;
+            self.check_overlap(io, offset, bytes.len() as u64, None)?;
             io.write(offset, &bytes)?;
             io.flush()?;
             self.header.ext.bitmaps = Some(BitmapsExt {
@@ -443,12 +445,16 @@ impl Meta {
             for (index, slot) in table.iter_mut().enumerate() {
                 if let Some(data) = bits.cluster(index as u64, cs) {
                     let at = self.alloc_clusters(io, 1)?;
+                    // Damaged refcounts may hand out clusters other
+                    // metadata holds: never written over (qemu's check).
+                    self.check_overlap(io, at, cs, None)?;
                     io.write(at, &data)?;
                     *slot = at;
                 }
             }
             let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
             let offset = self.alloc_clusters(io, self.layout.clusters_for(bytes.len() as u64))?;
+            self.check_overlap(io, offset, bytes.len() as u64, None)?;
             io.write(offset, &bytes)?;
             self.bitmaps[i].table_offset = offset;
             self.bitmaps[i].table_size = entries as u32;
@@ -498,7 +504,10 @@ impl Meta {
         self.header.autoclear_features &= !autoclear::BITMAPS;
         self.write_header(io)?;
         io.flush()?;
-        io.write(ext.directory_offset, &self.directory_bytes())?;
+        let bytes = self.directory_bytes();
+        let own = Some(MetaKind::BitmapDirectory);
+        self.check_overlap(io, ext.directory_offset, bytes.len() as u64, own)?;
+        io.write(ext.directory_offset, &bytes)?;
         io.flush()?;
         self.header.autoclear_features |= autoclear::BITMAPS;
         self.write_header(io)?;

@@ -19,6 +19,7 @@ use crate::header::incompat;
 use crate::image::Qcow2Image;
 use crate::layout::{ClusterKind, Layout, COPIED, OFFSET_MASK, ZERO};
 use crate::meta::{get_refcount, hex, punch_clusters, put_refcount, read_table, Io, Meta};
+use crate::overlap::MetaKind;
 use crate::snapshot::{TableIssue, MAX_EXTRA_DATA};
 use qimg_driver_api::schema::{CheckReport, Repair};
 use qimg_driver_api::Prealloc;
@@ -554,7 +555,11 @@ impl Checker<'_> {
 
     /// Writes the changed refcount blocks, then discards freed clusters.
     fn write_blocks(&mut self) -> Result<()> {
+        let cs = self.layout.cluster_size();
         for offset in std::mem::take(&mut self.dirty_blocks) {
+            // A damaged table may name other metadata as a refcount block.
+            self.meta
+                .check_overlap(self.io, offset, cs, Some(MetaKind::RefcountBlock))?;
             if let Some(data) = self.blocks.get(&offset) {
                 self.io.write(offset, data)?;
             }

@@ -341,10 +341,26 @@ impl Meta {
         if self.data_file {
             return Ok(());
         }
+        self.check_overlap(io, offset, len, None)
+    }
+
+    /// Refuses a write to `[offset, offset+len)` where metadata other than
+    /// `own` (the kind being written) is, as QEMU checks before it writes
+    /// data or a table: the image is marked corrupt (on disk at once) and
+    /// the write fails. A damaged refcount table naming an L1 table as a
+    /// refcount block is then never written over.
+    pub fn check_overlap(
+        &mut self,
+        io: &Io,
+        offset: u64,
+        len: u64,
+        own: Option<MetaKind>,
+    ) -> Result<()> {
         if !self.metadata.built {
             self.build_metadata_map();
         }
-        let Some(kind) = self.metadata.overlap(offset, len, self.layout.cluster_bits) else {
+        let found = self.metadata.overlap(offset, len, self.layout.cluster_bits);
+        let Some(kind) = found.filter(|k| Some(*k) != own) else {
             return Ok(());
         };
         let error = self.corruption(format!(
@@ -882,6 +898,7 @@ impl Meta {
         //    to the clusters they count.
         let mut wrote = false;
         for offset in self.refblocks.dirty() {
+            self.check_overlap(io, offset, cs as u64, Some(MetaKind::RefcountBlock))?;
             if let Some(block) = self.refblocks.take_dirty(offset) {
                 io.write(offset, block)?;
                 wrote = true;
@@ -932,6 +949,7 @@ impl Meta {
                 self.add_refcount(io, offset, len, -1)?;
             }
             for offset in self.refblocks.dirty() {
+                self.check_overlap(io, offset, cs as u64, Some(MetaKind::RefcountBlock))?;
                 if let Some(block) = self.refblocks.take_dirty(offset) {
                     io.write(offset, block)?;
                 }
