@@ -860,6 +860,25 @@ fn an_extent_name_without_its_closing_quote_runs_to_the_line_end() {
     }
 }
 
+#[test]
+fn a_damaged_descriptor_size_never_lets_a_new_cid_zero_the_grains() {
+    // The embedded descriptor was rewritten (with the new content ID of a
+    // first write) over as many bytes as the header's size field said:
+    // with 2^63 sectors, a MiB of zeros over the grain tables.
+    let fx = Fixture::new("descriptor_size_damaged");
+    fx.oracle(&["create", "-q", "-f", "raw", "s.raw", "4M"]);
+    fx.sh("qemu-io -f raw -c 'write -P 7 0 64k' -c 'write -P 8 3M 64k' s.raw >/dev/null");
+    fx.oracle(&["convert", "-O", "vmdk", "s.raw", "d.vmdk"]);
+    let mut bytes = std::fs::read(fx.path("d.vmdk")).expect("read");
+    bytes[36..44].copy_from_slice(&(1u64 << 63).to_le_bytes());
+    std::fs::write(fx.path("d.vmdk"), bytes).expect("write");
+    fx.sh("qemu-io -f raw -c 'write -P 9 1M 64k' s.raw >/dev/null");
+    let out = fx.qimg(&["convert", "-n", "-O", "vmdk", "s.raw", "d.vmdk"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["check", "d.vmdk"]);
+    fx.oracle(&["compare", "-F", "raw", "d.vmdk", "s.raw"]);
+}
+
 // ---- writes by qimg ----------------------------------------------------------
 
 #[test]

@@ -188,12 +188,20 @@ impl VmdkImage {
     ) -> Result<(Vec<Extent>, DescriptorPlace, String)> {
         // qemu reads (and rewrites) an embedded descriptor at sector 1,
         // whatever the header's offset field says; it reads 20 sectors of
-        // it, and qimg writes no more than the header's size field allows.
+        // it, and qimg writes no more than the header's size field allows,
+        // nor past the first table or grain the header places after it (a
+        // damaged size must not make a new CID zero the grains).
         let offset = SECTOR;
+        let first_table = [header.overhead, header.gd_offset, header.rgd_offset]
+            .into_iter()
+            .filter(|&sector| sector > 1)
+            .min()
+            .unwrap_or(1);
         let room = header
             .descriptor_size
             .saturating_mul(SECTOR)
-            .min(MAX_DESCRIPTOR);
+            .min(MAX_DESCRIPTOR)
+            .min((first_table - 1).saturating_mul(SECTOR));
         let mut bytes = vec![0u8; room.max(EMBEDDED_DESCRIPTOR_SECTORS * SECTOR) as usize];
         read_or_zero(own, offset, &mut bytes)?;
         let text = descriptor_text(&bytes);
@@ -733,7 +741,6 @@ impl VmdkImage {
             return Err(VmdkError::ReadOnly);
         }
         let new_len = new_size - last.start;
-        self.touch()?;
         match (&last.data, &last.store) {
             (ExtentData::Flat { offset }, Some(store)) => {
                 store.set_len(offset + new_len, prealloc).into_result()?
@@ -744,6 +751,9 @@ impl VmdkImage {
             }
             _ => {}
         }
+        // A new content ID once the extent has changed (a refused resize
+        // leaves the file as it was).
+        self.touch()?;
         last.len.store(new_len, Ordering::Release);
         self.size.store(new_size, Ordering::Release);
         let mut d = self.descriptor.lock().unwrap_or_else(|e| e.into_inner());
