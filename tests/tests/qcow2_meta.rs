@@ -1288,6 +1288,26 @@ fn a_repair_keeps_the_backing_file_of_an_unusual_header() {
 }
 
 #[test]
+fn damaged_refcounts_never_let_tables_be_written_over_metadata() {
+    // Cut after its header, the image's refcounts say every cluster is
+    // free: the tables a bitmap needs were written over the L1 and L2
+    // tables and the guest's data changed. qemu's overlap check refuses
+    // such writes; so does qimg's now.
+    let fx = Fixture::new("qm_overlap_tables");
+    fx.make_qcow2("m.qcow2", "", "4M");
+    fx.qemu_io_cmds(
+        "qcow2",
+        "m.qcow2",
+        &["write -P 0x11 0 64k", "write -P 0x22 1M 128k"],
+    );
+    fx.sh("truncate -s 104 m.qcow2");
+    fx.oracle(&["convert", "-U", "-O", "raw", "m.qcow2", "before.raw"]);
+    fx.qimg(&["bitmap", "--add", "m.qcow2", "b0"]);
+    fx.oracle(&["convert", "-U", "-O", "raw", "m.qcow2", "after.raw"]);
+    fx.same_raw("before.raw", "after.raw");
+}
+
+#[test]
 fn check_reports_and_repairs_snapshot_tables_like_qemu() {
     // Snapshot tables qemu-img reads only in check mode: an entry lacking
     // version 3's extra data, one with too much extra data, too many

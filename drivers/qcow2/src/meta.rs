@@ -920,6 +920,7 @@ impl Meta {
         }
         let mut wrote = false;
         for offset in self.l2.dirty() {
+            self.check_overlap(io, offset, cs as u64, Some(MetaKind::ActiveL2))?;
             if let Some(table) = self.l2.take_dirty(offset) {
                 io.write(offset, &encode_l2(&self.layout, table))?;
                 wrote = true;
