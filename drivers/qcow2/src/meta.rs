@@ -744,12 +744,19 @@ impl Meta {
     /// offset of the first.
     pub fn alloc_clusters(&mut self, io: &Io, n: u64) -> Result<u64> {
         let start = self.find_free(io, n, &[])?;
+        let offset = self.claim(io, start, n)?;
+        if self.free_hint == start {
+            self.free_hint = start + n;
+        }
+        Ok(offset)
+    }
+
+    /// Gives the `n` free clusters from cluster `start` on a refcount of 1;
+    /// returns the host offset of the first.
+    fn claim(&mut self, io: &Io, start: u64, n: u64) -> Result<u64> {
         let mut exclude = vec![(start, n)];
         for c in start..start + n {
             self.store_refcount(io, c, 1, &mut exclude)?;
-        }
-        if self.free_hint == start {
-            self.free_hint = start + n;
         }
         Ok(start << self.layout.cluster_bits)
     }
@@ -777,11 +784,7 @@ impl Meta {
     /// table, discarded data), which preallocated data must never show.
     pub fn alloc_clusters_at_end(&mut self, io: &Io, n: u64) -> Result<u64> {
         let start = self.used_end(io)?;
-        let mut exclude = vec![(start, n)];
-        for c in start..start + n {
-            self.store_refcount(io, c, 1, &mut exclude)?;
-        }
-        Ok(start << self.layout.cluster_bits)
+        self.claim(io, start, n)
     }
 
     /// Adds `delta` to the refcount of every cluster that `[offset,
