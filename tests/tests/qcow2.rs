@@ -1793,3 +1793,55 @@ fn be_at(bytes: &[u8], at: usize, len: usize) -> u64 {
         .iter()
         .fold(0, |n, &b| n << 8 | u64::from(b))
 }
+
+/// An L2 entry that says it owns its cluster (COPIED) where the refcount
+/// block counts nothing (a damaged image): a write in place there must not
+/// leave the cluster free, or the next allocation hands it to another
+/// guest cluster and one of the two writes is lost (qemu-img 10.0.2 loses
+/// it here). qimg gives the cluster the refcount its entry claims; the copy
+/// reads back and `qemu-img check` finds at most the leak the damage left.
+#[test]
+fn a_copied_cluster_counted_free_is_not_allocated_twice() {
+    let fx = Fixture::new("copied_free");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "img.qcow2", "4M"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "img.qcow2",
+        &["write -P 0x11 0 64k", "write -P 0x22 1M 64k"],
+    );
+    let path = fx.path("img.qcow2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let l1 = be_at(&bytes, 40, 8) as usize;
+    let l2 = (be_at(&bytes, l1, 8) & 0x00ff_ffff_ffff_fe00) as usize;
+    // Guest 1 MiB (L2 index 16) -> the cluster at the end of the file.
+    let end = bytes.len() as u64;
+    bytes[l2 + 16 * 8..l2 + 17 * 8].copy_from_slice(&(end | 1 << 63).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let mut pattern = vec![0u8; 4 << 20];
+    for (at, byte) in [(0usize, 0xa5u8), (1 << 20, 0x3c), (2 << 20, 0x5a)] {
+        pattern[at..at + 65536].fill(byte);
+    }
+    fx.write_sparse("pat.raw", &pattern);
+    let out = fx.qimg(&[
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "pat.raw",
+        "img.qcow2",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "qcow2",
+        "pat.raw",
+        "img.qcow2",
+    ]);
+    let check = fx.qemu_img(&["check", "img.qcow2"]);
+    assert!(!check.stdout.contains("ERROR"), "{}", check.stdout);
+}

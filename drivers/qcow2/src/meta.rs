@@ -787,6 +787,25 @@ impl Meta {
         self.claim(io, start, n)
     }
 
+    /// Counts the clusters of `[offset, offset+len)` that a write reaches
+    /// in place through entries saying they own them (COPIED). A damaged
+    /// image can leave such a cluster at refcount 0, where the allocator
+    /// would hand it to another guest cluster and the next write there
+    /// would land on this data; the cluster gets the refcount 1 its entry
+    /// says it has.
+    pub fn hold_owned(&mut self, io: &Io, offset: u64, len: u64) -> Result<()> {
+        if self.data_file || len == 0 {
+            return Ok(());
+        }
+        let bits = self.layout.cluster_bits;
+        for c in (offset >> bits)..=((offset + len - 1) >> bits) {
+            if self.refcount(io, c)? == 0 {
+                self.store_refcount(io, c, 1, &mut vec![(c, 1)])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Adds `delta` to the refcount of every cluster that `[offset,
     /// offset+len)` touches. A refcount reaching zero frees the cluster (and
     /// drops any table cached there).

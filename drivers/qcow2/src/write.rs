@@ -148,6 +148,7 @@ impl Qcow2Image {
         if let (Some(host), true) = (host0, p > pos) {
             let n = (p.min(end) - pos) as usize;
             meta.check_data_write(&self.io, host, n as u64)?;
+            meta.hold_owned(&self.io, host, n as u64)?;
             drop(meta);
             let bytes = match &self.crypto {
                 None => Cow::Borrowed(&data[..n]),
@@ -244,6 +245,9 @@ impl Qcow2Image {
         }
         if let (Some(first), Some(last)) = (plans.first(), plans.last()) {
             meta.check_data_write(&self.io, first.host, last.host + cs - first.host)?;
+            if !first.fresh {
+                meta.hold_owned(&self.io, first.host, cs)?;
+            }
         }
         for plan in &plans {
             meta.in_flight.insert(plan.guest / cs);
@@ -312,7 +316,11 @@ impl Qcow2Image {
             let mut c = layout.cluster_start(pos);
             while c < stop {
                 let (entry, _) = meta.entry(&self.io, c)?;
-                let taken = (entry.has_host(meta.data_file) && entry.copied())
+                let owned = entry.has_host(meta.data_file) && entry.copied();
+                if owned {
+                    meta.hold_owned(&self.io, entry.host(), cs)?;
+                }
+                let taken = owned
                     || meta.reserved.contains_key(&(c / cs))
                     || meta.in_flight.contains(&(c / cs));
                 if taken {
