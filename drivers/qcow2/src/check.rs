@@ -841,6 +841,13 @@ impl Checker<'_> {
                     None => break,
                 }
             }
+            // The counts miss what a damaged image hides (an L1 table past
+            // its end): never write where the header says metadata is.
+            let kind = Some(MetaKind::RefcountBlock);
+            if let Err(e) = self.meta.check_overlap(self.io, offset, cs, kind) {
+                self.say(format!("{{prog}}: ERROR writing refblock: {e}"));
+                return Err(e);
+            }
             self.io.write(offset, &block)?;
             c = start + per_block;
         }
@@ -867,6 +874,12 @@ impl Checker<'_> {
             }
         };
         let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_be_bytes()).collect();
+        let kind = Some(MetaKind::RefcountTable);
+        let len = bytes.len() as u64;
+        if let Err(e) = self.meta.check_overlap(self.io, offset, len, kind) {
+            self.say(format!("{{prog}}: ERROR writing reftable: {e}"));
+            return Err(e);
+        }
         self.io.write(offset, &bytes)?;
         self.io.flush()?;
         let mut fields = offset.to_be_bytes().to_vec();
