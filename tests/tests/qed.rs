@@ -452,3 +452,44 @@ fn a_file_short_of_its_last_cluster_reads_as_in_qemu_img() {
         fx.same(&["convert", "-O", "raw", name, "out.raw"]);
     }
 }
+
+/// A header whose table size was doubled makes each L2 table overlap the
+/// data clusters after it. A write in place there, then the write-back of
+/// the table's changed entries, must not put the cached copy's stale bytes
+/// back over that data: as in qemu, only the changed sectors are written
+/// (qimg wrote the whole table, and `convert -n` data did not read back).
+#[test]
+fn a_table_write_back_keeps_data_it_overlaps() {
+    let fx = Fixture::new("qed_table_overlap");
+    fx.oracle(&["create", "-q", "-f", "qed", "e.qed", "4M"]);
+    fx.qemu_io_cmds(
+        "qed",
+        "e.qed",
+        &[
+            "write -P 0x11 0 64k",
+            "write -P 0x22 1M 128k",
+            "write -P 0x33 3146240 4k",
+            "write -P 0x44 4186112 8k",
+            "write -P 0x55 2359296 1k",
+        ],
+    );
+    // table_size (offset 8, in clusters): 4 -> 8.
+    fx.patched_copy("e.qed", "m.qed", &[(8, vec![8u8, 0, 0, 0])]);
+    fx.sh("cp m.qed theirs.qed");
+    let mut pattern = vec![0u8; 4 << 20];
+    for (at, byte, len) in [
+        (0usize, 0xa5u8, 65536usize),
+        (1049088, 0x3c, 512),
+        (2 << 20, 0x5a, 65536),
+        (4190208, 0xc3, 4096),
+    ] {
+        pattern[at..at + len].fill(byte);
+    }
+    fx.write_sparse("pat.raw", &pattern);
+    let args = ["convert", "-n", "-f", "raw", "-O", "qed", "pat.raw"];
+    let ours = fx.qimg(&[&args[..], &["m.qed"]].concat());
+    assert_eq!(ours.status, 0, "{}", ours.stderr);
+    fx.oracle(&[&args[..], &["theirs.qed"]].concat());
+    fx.oracle(&["compare", "-f", "raw", "-F", "qed", "pat.raw", "theirs.qed"]);
+    fx.oracle(&["compare", "-f", "raw", "-F", "qed", "pat.raw", "m.qed"]);
+}

@@ -7,11 +7,14 @@
 use crate::error::{Error, Result};
 use crate::header::Header;
 use qimg_driver_api::{ByteStoreBox, StoreExt};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Bytes of L2 tables kept in memory before the cache is written back and
 /// emptied (at least one table is always kept).
 const CACHE_BYTES: usize = 64 << 20;
+
+/// Table entries per 512-byte sector: the unit a table is written back in.
+const SECTOR_ENTRIES: usize = 512 / 8;
 
 /// What a guest cluster's L2 entry says (spec, "Data cluster offsets").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +48,11 @@ pub struct Tables {
     l1_dirty: BTreeSet<usize>,
     /// Cached L2 tables by file offset.
     l2: HashMap<u64, Vec<u64>>,
-    /// Cached tables changed since the last write-back.
-    l2_dirty: BTreeSet<u64>,
+    /// Cached tables changed since the last write-back, with the sectors
+    /// of each that changed. Only those are written: a damaged image's
+    /// table can overlap data clusters, which the rest of the cached copy
+    /// would write stale bytes over (qemu writes changed sectors too).
+    l2_dirty: BTreeMap<u64, BTreeSet<usize>>,
     /// End of the file's whole clusters: where the next cluster is allocated.
     pub end: u64,
 }
@@ -76,7 +82,7 @@ impl Tables {
             l1,
             l1_dirty: BTreeSet::new(),
             l2: HashMap::new(),
-            l2_dirty: BTreeSet::new(),
+            l2_dirty: BTreeMap::new(),
             end,
         })
     }
@@ -142,9 +148,15 @@ impl Tables {
             self.allocate(self.header.table_size.into());
             self.l2.insert(table, vec![0; entries as usize]);
             self.l1_dirty.insert(index);
+            let sectors = entries as usize / SECTOR_ENTRIES;
+            self.l2_dirty.insert(table, (0..sectors).collect());
         }
-        self.l2_table(store, table)?[(cluster % entries) as usize] = what.entry();
-        self.l2_dirty.insert(table);
+        let at = (cluster % entries) as usize;
+        self.l2_table(store, table)?[at] = what.entry();
+        self.l2_dirty
+            .entry(table)
+            .or_default()
+            .insert(at / SECTOR_ENTRIES);
         Ok(())
     }
 
@@ -160,9 +172,20 @@ impl Tables {
             return Ok(());
         }
         store.flush().into_result()?;
-        for offset in std::mem::take(&mut self.l2_dirty) {
-            if let Some(table) = self.l2.get(&offset) {
-                store.write_all_at(offset, &table_bytes(table))?;
+        for (offset, sectors) in std::mem::take(&mut self.l2_dirty) {
+            let Some(table) = self.l2.get(&offset) else {
+                continue;
+            };
+            // Runs of consecutive changed sectors, one write each.
+            let mut sectors = sectors.into_iter().peekable();
+            while let Some(first) = sectors.next() {
+                let mut last = first;
+                while sectors.next_if(|&s| s == last + 1).is_some() {
+                    last += 1;
+                }
+                let entries = &table[first * SECTOR_ENTRIES..(last + 1) * SECTOR_ENTRIES];
+                let at = offset + (first * 512) as u64;
+                store.write_all_at(at, &table_bytes(entries))?;
             }
         }
         if !self.l1_dirty.is_empty() {
