@@ -625,3 +625,29 @@ fn resize_keeps_data_and_qemu_img_reads_the_result() {
     fx.oracle(&["compare", "-f", "raw", "-F", "vpc", "g.raw", "g.vhd"]);
     fx.same_info_and_map(&["-f", "vpc", "g.vhd"]);
 }
+
+/// A dynamic VHD whose file holds bytes past its footer (here 7 bytes of
+/// 0x7f): a block placed there at the end of the file gets an all-ones
+/// sector bitmap, so whatever the file held in its data area is guest data.
+/// qimg zeroes it first; `convert -n` of a disk that is zero there and
+/// holds data further on in the same block then reads back (the 7 bytes
+/// showed at the block's start before, while qemu-img's copy was right).
+#[test]
+fn a_new_block_never_shows_bytes_left_past_the_footer() {
+    let fx = Fixture::new("vpc_stale_tail");
+    fx.oracle(&["create", "-q", "-f", "vpc", "m.vhd", "4M"]);
+    fx.qemu_io_cmds("vpc", "m.vhd", &["write -P 0x11 0 64k"]);
+    fx.sh("printf '\\177\\177\\177\\177\\177\\177\\177' >> m.vhd");
+    let info = fx.qemu_img(&["info", "--output=json", "m.vhd"]).stdout;
+    let json: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let size = json["virtual-size"].as_u64().unwrap() as usize;
+    let mut pattern = vec![0u8; size];
+    pattern[..65536].fill(0xa5);
+    pattern[size - 4096..].fill(0xc3);
+    fx.write_sparse("pat.raw", &pattern);
+    let out = fx.qimg(&[
+        "convert", "-n", "-f", "raw", "-O", "vpc", "pat.raw", "m.vhd",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["compare", "-f", "raw", "-F", "vpc", "pat.raw", "m.vhd"]);
+}

@@ -126,6 +126,10 @@ struct Dynamic {
     /// The first file offset a block may start at: past the footer copy
     /// and the dynamic disk header.
     data_start: u64,
+    /// The file's length at open. A block placed below it (a damaged file
+    /// holds bytes past its footer) has its data area zeroed first: its
+    /// all-ones bitmap would show those bytes as guest data.
+    stale_end: u64,
     meta: Mutex<Meta>,
 }
 
@@ -408,6 +412,7 @@ impl Dynamic {
             bitmap_size: header.bitmap_size(),
             header_offset: at,
             data_start: at + HEADER_SIZE as u64,
+            stale_end: file_len,
             meta: Mutex::new(Meta {
                 bat,
                 table_offset: header.table_offset,
@@ -475,8 +480,22 @@ impl Dynamic {
     }
 
     /// Finds block `index` for a write, placing it at the end of the file
-    /// if it has none.
-    fn place(&self, index: u64) -> Result<Placed> {
+    /// if it has none. A block new to the file is cleared of what the file
+    /// held there before anyone writes to it.
+    fn place(&self, store: &ByteStoreBox, index: u64) -> Result<Placed> {
+        let placed = self.find_place(index)?;
+        if placed.new {
+            let data = placed.offset + self.bitmap_size;
+            let end = (data + self.block_size).min(self.stale_end);
+            if end > data {
+                store.zero_range(data, end - data, false)?;
+            }
+        }
+        Ok(placed)
+    }
+
+    /// [`Dynamic::place`] without the clearing.
+    fn find_place(&self, index: u64) -> Result<Placed> {
         let mut meta = self.meta();
         let entry = meta.bat.get(index);
         if entry != UNALLOCATED {
@@ -559,7 +578,7 @@ impl Dynamic {
     /// Writes `buf` at guest `offset`, inside one block.
     fn write_in_block(&self, store: &ByteStoreBox, offset: u64, buf: &[u8]) -> Result<()> {
         let index = offset / self.block_size;
-        let placed = self.place(index)?;
+        let placed = self.place(store, index)?;
         let data = placed.offset + self.bitmap_size;
         store.write_all_at(data + offset % self.block_size, buf)?;
         if placed.write_bitmap {
@@ -782,7 +801,7 @@ impl ImageImpl for VpcImage {
         while at < end {
             let n = (d.block_size - at % d.block_size).min(end - at);
             if d.locate(at).is_some() {
-                let placed = d.place(at / d.block_size)?;
+                let placed = d.place(&self.store, at / d.block_size)?;
                 let data = placed.offset + d.bitmap_size + at % d.block_size;
                 self.store
                     .zero_range(data, n, flags & zero_flags::MAY_UNMAP != 0)?;
