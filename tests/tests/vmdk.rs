@@ -1364,3 +1364,57 @@ fn a_large_non_descriptor_is_an_invalid_descriptor() {
         assert_eq!(out.status, 1, "{out:?}");
     }
 }
+
+/// A damaged grain table entry naming the extent's own metadata (sector 1:
+/// the descriptor) must not take a write in place. qemu-img writes there,
+/// destroys the descriptor and then fails (`error while writing at byte 0:
+/// Invalid argument`), leaving an image that no longer opens; qimg refuses
+/// the write with the same words and the image still opens and checks
+/// clean (it read as zeros after qimg's "successful" convert before).
+#[test]
+fn a_grain_over_the_extent_s_metadata_is_never_written() {
+    let fx = Fixture::new("vmdk_grain_meta");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.qemu_io("src.raw", "write -P 0x11 0 64k");
+    fx.oracle(&["convert", "-f", "raw", "-O", "vmdk", "src.raw", "m.vmdk"]);
+    let bytes = std::fs::read(fx.path("m.vmdk")).unwrap();
+    let le = |at: usize, n: usize| {
+        bytes[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &b| v << 8 | u64::from(b))
+    };
+    let gd = le(56, 8) as usize * 512;
+    let gt = le(gd, 4) as usize * 512;
+    fx.patched_copy("m.vmdk", "bad.vmdk", &[(gt as u64, vec![1u8, 0, 0, 0])]);
+    fx.sh("cp bad.vmdk before.vmdk");
+    let mut pattern = vec![0u8; 4 << 20];
+    pattern[..65536].fill(0xa5);
+    fx.write_sparse("pat.raw", &pattern);
+    let args = [
+        "convert", "-n", "-f", "raw", "-O", "vmdk", "pat.raw", "bad.vmdk",
+    ];
+    let out = fx.qimg(&args);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("error while writing at byte 0: Invalid argument"),
+        "{}",
+        out.stderr
+    );
+    fx.oracle(&["check", "bad.vmdk"]);
+    // Only the descriptor's content ID may change (the zero writes to other
+    // grains update it, as in qemu-img).
+    let before = std::fs::read(fx.path("before.vmdk")).unwrap();
+    let after = std::fs::read(fx.path("bad.vmdk")).unwrap();
+    assert_eq!(before.len(), after.len());
+    let text = String::from_utf8_lossy(&before);
+    let cid = text.find("\nCID=").unwrap() + 5;
+    let changed: Vec<usize> = (0..before.len())
+        .filter(|&k| before[k] != after[k])
+        .collect();
+    assert!(
+        changed.iter().all(|&k| (cid..cid + 8).contains(&k)),
+        "bytes changed outside the content ID: {changed:?}"
+    );
+}

@@ -73,6 +73,11 @@ pub enum VmdkError {
     /// A compressed grain does not inflate to a grain (qemu-img's words).
     #[error("Invalid argument")]
     BadCompressedGrain,
+    /// A grain table entry of a damaged extent names the extent's own
+    /// metadata (header, descriptor, directories, tables): written in
+    /// place, the data would destroy it.
+    #[error("Invalid argument")]
+    GrainOverMetadata,
     /// A write to a grain a stream-optimized extent already holds.
     #[error("Could not write to allocated cluster for streamOptimized")]
     StreamRewrite,
@@ -125,7 +130,9 @@ impl From<VmdkError> for DriverError {
             | VmdkError::UnsupportedVersion(_)
             | VmdkError::CannotResize
             | VmdkError::CannotShrink => DriverError::unsupported(message),
-            VmdkError::BadCompressedGrain => DriverError::invalid_argument(message),
+            VmdkError::BadCompressedGrain | VmdkError::GrainOverMetadata => {
+                DriverError::invalid_argument(message)
+            }
             VmdkError::StreamRewrite | VmdkError::BeyondDirectory => DriverError {
                 errno: EIO,
                 ..DriverError::new(ErrorKind::IO, message)

@@ -472,6 +472,9 @@ impl VmdkImage {
             let loc = sp.locate(&mut st, grain)?;
             match loc {
                 GrainLoc::Data(host) => {
+                    if sp.over_metadata(&mut st, host, gb) {
+                        return Err(VmdkError::GrainOverMetadata);
+                    }
                     drop(st);
                     write_all(&sp.store, host + within as u64, piece)?;
                 }

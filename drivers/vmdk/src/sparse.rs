@@ -17,7 +17,7 @@ use crate::inflate::{Inflaters, PackedGrain, WHOLE_GRAIN};
 use crate::stream::StreamWriter;
 use qimg_driver_api::ByteStoreBox;
 use qimg_driver_util::{read_or_zero, write_all};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Largest grain accepted: a gigabyte per grain is no real image.
@@ -72,6 +72,9 @@ pub struct SparseState {
     /// Grains (by number) whose data space was reserved ahead of their
     /// write (`VmdkImage::reserve`), with the byte offset reserved.
     pub reserved: HashMap<u64, u64>,
+    /// Byte offsets of the grain tables both directories name, gathered on
+    /// the first in-place write (see [`SparseExtent::over_metadata`]).
+    table_offsets: Option<BTreeSet<u64>>,
 }
 
 impl SparseState {
@@ -79,6 +82,7 @@ impl SparseState {
     pub fn set_gd_entry(&mut self, gt: u32, sector: u32) {
         if let Some(e) = self.gd.get_mut(gt as usize) {
             *e = sector;
+            self.table_offsets = None;
         }
     }
     /// The grain directory.
@@ -213,6 +217,7 @@ impl SparseExtent {
                 end: len.div_ceil(SECTOR) * SECTOR,
                 reserved: HashMap::new(),
                 stream,
+                table_offsets: None,
             }),
             header: Some(header),
             store,
@@ -261,6 +266,7 @@ impl SparseExtent {
                 end: len.div_ceil(SECTOR) * SECTOR,
                 reserved: HashMap::new(),
                 stream: None,
+                table_offsets: None,
             }),
             store,
         })
@@ -315,6 +321,40 @@ impl SparseExtent {
             );
         }
         Ok(st.tables.get_mut(&gt))
+    }
+
+    /// True if `[host, host+len)` of the extent file holds its metadata:
+    /// the header, what a hosted header counts as overhead (descriptor,
+    /// directories and the tables made with them), either directory or a
+    /// grain table. A damaged grain table entry can point there, and a
+    /// write in place would destroy the extent.
+    pub fn over_metadata(&self, st: &mut SparseState, host: u64, len: u64) -> bool {
+        let end = host.saturating_add(len);
+        let overhead = self.header.as_ref().map_or(0, |h| h.overhead);
+        if host < overhead.max(1).saturating_mul(SECTOR) {
+            return true;
+        }
+        let overlaps = |at: u64, bytes: u64| at < end && host < at.saturating_add(bytes);
+        let dir_bytes = st.gd.len() as u64 * 4;
+        if overlaps(st.gd_at.saturating_mul(SECTOR), dir_bytes)
+            || st
+                .rgd_at
+                .is_some_and(|at| overlaps(at.saturating_mul(SECTOR), dir_bytes))
+        {
+            return true;
+        }
+        let table_bytes = (u64::from(self.gtes_per_gt) * 4).div_ceil(SECTOR) * SECTOR;
+        let tables = st.table_offsets.get_or_insert_with(|| {
+            let rgd = st.rgd.iter().flatten();
+            st.gd
+                .iter()
+                .chain(rgd)
+                .filter(|&&e| e != 0)
+                .map(|&e| u64::from(e) * SECTOR)
+                .collect()
+        });
+        let from = host.saturating_sub(table_bytes - 1);
+        tables.range(from..end).next().is_some()
     }
 
     /// Where grain number `grain` is. A grain the directory does not cover
@@ -401,6 +441,7 @@ impl SparseExtent {
         let at = self.allocate(st, bytes)?;
         write_all(&self.store, at, &vec![0u8; bytes as usize])?;
         st.gd[gt as usize] = sector_of(at)?;
+        st.table_offsets = None;
         if let Some(rgd) = st.rgd.as_mut() {
             let copy = at + bytes;
             st.end += bytes;
