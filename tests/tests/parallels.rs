@@ -686,3 +686,56 @@ fn check_of_a_huge_table_keeps_its_report_bounded() {
     let rest = theirs.stderr.lines().count() - 65536;
     assert_eq!(lines[65536], format!("... and {rest} more like them"));
 }
+
+/// A header whose data offset is not a whole cluster (sector 2049): BAT
+/// entries name whole clusters, so the place a repair (or a write) finds
+/// in the data area must be rounded up to one. qemu-img rounds the entry
+/// down instead, onto the cluster of the next entry, and its `check -r
+/// all` loses guest cluster 2 here; qimg's repair keeps every guest byte
+/// (its entry named a place before the copy, and guest cluster 1 read
+/// another cluster's bytes).
+#[test]
+fn a_repair_with_an_unaligned_data_offset_keeps_the_guest_data() {
+    let fx = Fixture::new("parallels_unaligned_data_off");
+    fx.oracle(&["create", "-q", "-f", "parallels", "m.img", "4M"]);
+    fx.qemu_io_cmds(
+        "parallels",
+        "m.img",
+        &[
+            "write -P 0x11 0 64k",
+            "write -P 0x22 1M 128k",
+            "write -P 0x33 3146240 4k",
+            "write -P 0x44 4186112 8k",
+        ],
+    );
+    // data_off (offset 48): 2048 -> 2049 sectors.
+    fx.patched_copy("m.img", "bad.img", &[(48, vec![1u8, 8, 0, 0])]);
+    fx.oracle(&[
+        "convert",
+        "-U",
+        "-f",
+        "parallels",
+        "-O",
+        "raw",
+        "bad.img",
+        "before.raw",
+    ]);
+    let out = fx.qimg(&["check", "-r", "all", "-f", "parallels", "bad.img"]);
+    assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("Repairing duplicate offset in BAT entry 1"),
+        "{}",
+        out.stderr
+    );
+    fx.oracle(&["check", "-f", "parallels", "bad.img"]);
+    fx.oracle(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "parallels",
+        "before.raw",
+        "bad.img",
+    ]);
+}

@@ -281,14 +281,20 @@ impl ParallelsImage {
     /// one at the end reads as zeros until written.
     pub(crate) fn allocate(&self, st: &mut State) -> Result<u64> {
         let start = st.data_start * SECTOR;
+        // A BAT entry names whole units of `unit` bytes (the cluster, in a
+        // version 2 image): where a damaged header's data offset is not
+        // such a unit, the place found is rounded up to one, or the entry
+        // would name a place before it that another entry may hold (the
+        // rounded place keeps the used map's index of the place found).
+        let unit = self.geo.host(1);
         let host = match st.used.first_free() {
             Some(i) => {
-                let host = start + i * self.geo.cluster;
+                let host = (start + i * self.geo.cluster).next_multiple_of(unit);
                 self.store.zero_range(host, self.geo.cluster, false)?;
                 host
             }
             None => {
-                let host = st.data_end * SECTOR;
+                let host = (st.data_end * SECTOR).next_multiple_of(unit);
                 if host + self.geo.cluster > st.prealloc_end {
                     let len = PREALLOC.max(self.geo.cluster);
                     self.store.zero_range(host, len, false)?;
