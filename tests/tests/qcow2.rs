@@ -1877,3 +1877,54 @@ fn a_refcount_rebuild_never_writes_over_the_l1_table() {
         == std::fs::read(fx.path("theirs.qcow2")).unwrap();
     assert!(same, "qimg's file differs from qemu-img's");
 }
+
+/// A refcount table moved past the end of the file counts every cluster
+/// free, the header's too. qemu-img's allocator hands out cluster 0 and
+/// its overlap check stops `snapshot -c` before anything is written; qimg
+/// stops there with the same words (it wrote the snapshot table over the
+/// active L1 table before, and the guest data stopped reading back).
+#[test]
+fn allocation_stops_when_the_header_s_cluster_counts_free() {
+    let fx = Fixture::new("reftable_away");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "m.qcow2", "4M"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "m.qcow2",
+        &["write -P 0x11 0 64k", "write -P 0x22 1M 128k"],
+    );
+    fx.oracle(&["convert", "-O", "raw", "m.qcow2", "before.raw"]);
+    // refcount_table_offset (offset 48) -> 1 TiB.
+    fx.patched_copy("m.qcow2", "ours.qcow2", &[(48, (1u64 << 40).to_be_bytes())]);
+    fx.sh("cp ours.qcow2 theirs.qcow2 && cp ours.qcow2 again.qcow2");
+    let ours = fx.qimg(&["snapshot", "-c", "s1", "ours.qcow2"]);
+    let theirs = fx.qemu_img(&["snapshot", "-c", "s1", "theirs.qcow2"]);
+    assert_eq!((ours.status, &ours.stderr), (theirs.status, &theirs.stderr));
+    fx.oracle(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "qcow2",
+        "before.raw",
+        "ours.qcow2",
+    ]);
+    let pattern = [vec![0x5au8; 65536], vec![0u8; (4 << 20) - 65536]].concat();
+    fx.write_sparse("pat.raw", &pattern);
+    let args = [
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "pat.raw",
+        "again.qcow2",
+    ];
+    let out = fx.qimg(&args);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("overlaps with qcow2_header"),
+        "{}",
+        out.stderr
+    );
+}

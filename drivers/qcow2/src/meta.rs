@@ -715,9 +715,22 @@ impl Meta {
         Ok(())
     }
 
+    /// Refuses to allocate from refcounts that count the header's cluster
+    /// free (a refcount table past the end of the file, zeroed blocks):
+    /// qemu's allocator hands that cluster out and its overlap check
+    /// stops the write, before any other table is written on such counts.
+    pub fn refuse_uncounted_header(&mut self, io: &Io) -> Result<()> {
+        if self.refcount(io, 0)? == 0 {
+            let cs = self.layout.cluster_size();
+            self.check_overlap(io, 0, cs, None)?;
+        }
+        Ok(())
+    }
+
     /// The first run of `n` free clusters at or after the free hint,
     /// outside `exclude`.
     fn find_free(&mut self, io: &Io, n: u64, exclude: &[(u64, u64)]) -> Result<u64> {
+        self.refuse_uncounted_header(io)?;
         let mut start = self.free_hint.max(1);
         let mut at = start;
         let mut first_free = None;

@@ -174,6 +174,7 @@ impl Shadow {
     /// structures as in the new ones (clusters this change frees are still
     /// named by the old tables); returns the offset of the first.
     pub fn alloc(&mut self, meta: &mut Meta, io: &Io, n: u64) -> Result<u64> {
+        meta.refuse_uncounted_header(io)?;
         let end = self.layout.clusters_for(self.old_len);
         let mut start = self.next;
         let mut first_free = None;
@@ -209,7 +210,7 @@ impl Shadow {
     /// Writes `bytes` into newly handed-out clusters; returns their offset.
     pub fn write_new(&mut self, meta: &mut Meta, io: &Io, bytes: &[u8]) -> Result<u64> {
         let at = self.alloc(meta, io, self.layout.clusters_for(bytes.len() as u64))?;
-        io.write(at, bytes)?;
+        write_over_nothing(meta, io, at, bytes)?;
         Ok(at)
     }
 
@@ -362,9 +363,9 @@ impl Shadow {
         table.resize((clusters * cs / 8) as usize, 0);
         for (&index, block) in &self.blocks {
             table[index as usize] = block.at << bits;
-            io.write(block.at << bits, &block.data)?;
+            write_over_nothing(meta, io, block.at << bits, &block.data)?;
         }
-        io.write(offset, &meta::words_be(&table))?;
+        write_over_nothing(meta, io, offset, &meta::words_be(&table))?;
         io.flush()?;
         Ok((table, offset, clusters))
     }
@@ -381,4 +382,12 @@ impl Shadow {
             .set_len(self.old_len, qimg_driver_api::Prealloc::OFF)
             .into_result();
     }
+}
+
+/// Writes a new structure where the counts found room, unless metadata the
+/// header names is there (damaged refcounts can count it free): the image
+/// is then marked corrupt and nothing is written.
+fn write_over_nothing(meta: &mut Meta, io: &Io, at: u64, bytes: &[u8]) -> Result<()> {
+    meta.check_overlap(io, at, bytes.len() as u64, None)?;
+    io.write(at, bytes)
 }
