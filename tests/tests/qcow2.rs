@@ -1928,3 +1928,61 @@ fn allocation_stops_when_the_header_s_cluster_counts_free() {
         out.stderr
     );
 }
+
+/// The offset of bitmap `n`'s table in a qcow2 file, and of its directory,
+/// from the bitmaps header extension.
+fn bitmap_table_and_directory(bytes: &[u8], n: usize) -> (u64, u64) {
+    let mut at = be_at(bytes, 100, 4) as usize;
+    let directory = loop {
+        let (kind, len) = (be_at(bytes, at, 4), be_at(bytes, at + 4, 4) as usize);
+        assert_ne!(kind, 0, "no bitmaps extension");
+        if kind == 0x2385_2875 {
+            break be_at(bytes, at + 24, 8) as usize;
+        }
+        at += 8 + len.next_multiple_of(8);
+    };
+    let mut entry = directory;
+    for _ in 0..n {
+        let (name, extra) = (be_at(bytes, entry + 18, 2), be_at(bytes, entry + 20, 4));
+        entry += (24 + extra + name).next_multiple_of(8) as usize;
+    }
+    (be_at(bytes, entry, 8), directory as u64)
+}
+
+/// A disabled bitmap whose table names the bitmap directory's cluster (a
+/// damaged image): every write command stores the bitmaps again on close
+/// and frees the old directory, then the old tables. The second drop of
+/// that cluster finds it free; qemu reports it (`qcow2_free_clusters
+/// failed`) and goes on, and so does qimg, leaving the same clean image
+/// (qimg marked the image corrupt and then stored the bitmaps a second
+/// time without their refcounts).
+#[test]
+fn a_cluster_two_bitmap_structures_name_is_freed_once() {
+    let fx = Fixture::new("bitmap_twice");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "m.qcow2", "4M"]);
+    fx.oracle(&["bitmap", "--add", "m.qcow2", "b0"]);
+    fx.oracle(&["bitmap", "--add", "-g", "512k", "m.qcow2", "b1"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "m.qcow2",
+        &["write -P 0x11 0 64k", "write -P 0x22 1M 128k"],
+    );
+    fx.oracle(&["bitmap", "--add", "--disable", "m.qcow2", "b2"]);
+    let bytes = std::fs::read(fx.path("m.qcow2")).unwrap();
+    let (table, directory) = bitmap_table_and_directory(&bytes, 2);
+    fx.patched_copy("m.qcow2", "ours.qcow2", &[(table, directory.to_be_bytes())]);
+    fx.sh("cp ours.qcow2 theirs.qcow2");
+    let ours = fx.qimg(&["resize", "-f", "qcow2", "ours.qcow2", "+1M"]);
+    let theirs = fx.qemu_img(&["resize", "-f", "qcow2", "theirs.qcow2", "+1M"]);
+    assert_eq!((ours.status, &ours.stderr), (theirs.status, &theirs.stderr));
+    assert!(
+        ours.stderr.contains("qcow2_free_clusters failed"),
+        "{}",
+        ours.stderr
+    );
+    assert_clean(&fx, "ours.qcow2");
+    assert!(!fx
+        .qemu_img(&["info", "ours.qcow2"])
+        .stdout
+        .contains("corrupt: true"));
+}

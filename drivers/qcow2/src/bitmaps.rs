@@ -389,9 +389,25 @@ impl Meta {
         self.write_header(io)?;
         io.flush()?;
         if let Some(old) = old.filter(|o| o.directory_size > 0) {
-            self.add_refcount(io, old.directory_offset, old.directory_size, -1)?;
+            self.free_named(io, old.directory_offset, old.directory_size)?;
         }
         Ok(())
+    }
+
+    /// Drops the reference a structure just replaced held on the clusters
+    /// of `[offset, offset+len)`. Where a damaged table named a cluster
+    /// twice, the second drop finds it free already: as qemu's
+    /// `qcow2_free_clusters`, that is reported and the range left as it
+    /// is, and the image is not marked corrupt.
+    fn free_named(&mut self, io: &Io, offset: u64, len: u64) -> Result<()> {
+        let bits = self.layout.cluster_bits;
+        for c in (offset >> bits)..=((offset + len - 1) >> bits) {
+            if self.refcount(io, c)? == 0 {
+                eprintln!("qcow2_free_clusters failed: Invalid argument");
+                return Ok(());
+            }
+        }
+        self.add_refcount(io, offset, len, -1)
     }
 
     /// Frees a stored bitmap table and its data clusters (the data goes
@@ -407,13 +423,13 @@ impl Meta {
         for e in table {
             let at = e & OFFSET_MASK;
             if at != 0 && self.layout.in_cluster(at) == 0 {
-                self.add_refcount(io, at, cs, -1)?;
+                self.free_named(io, at, cs)?;
                 if self.refcount(io, at >> self.layout.cluster_bits)? == 0 {
                     freed.push(at);
                 }
             }
         }
-        self.add_refcount(io, offset, u64::from(size) * 8, -1)?;
+        self.free_named(io, offset, u64::from(size) * 8)?;
         Ok(freed)
     }
 
@@ -545,15 +561,17 @@ impl Qcow2Image {
         meta.mark_in_use(&self.io)
     }
 
-    /// Stores the loaded bitmaps (once) and stops tracking writes.
+    /// Stores the loaded bitmaps and stops tracking writes. Once only,
+    /// whatever the outcome: a store that failed half way is not tried
+    /// again on what it left.
     pub(crate) fn release_bitmaps(&self, meta: &mut Meta) -> Result<()> {
-        meta.store_bitmaps(&self.io, self.size())?;
+        let stored = meta.store_bitmaps(&self.io, self.size());
         for b in meta.bitmaps.iter_mut() {
             b.bits = None;
         }
         self.tracking
             .store(false, std::sync::atomic::Ordering::Release);
-        Ok(())
+        stored
     }
 
     /// Sets the bits of every enabled bitmap for `[offset, offset+len)`.

@@ -1286,7 +1286,7 @@ impl Drop for Qcow2Image {
         if self.writable {
             let mut meta = self.lock();
             let loaded = meta.bitmaps.iter().any(|b| b.bits.is_some());
-            if loaded && self.release_bitmaps(&mut meta).is_ok() {
+            if loaded && !meta.marked_corrupt() && self.release_bitmaps(&mut meta).is_ok() {
                 let _ = meta.flush(&self.io);
                 let _ = self.io.flush();
             }
