@@ -1986,3 +1986,23 @@ fn a_cluster_two_bitmap_structures_name_is_freed_once() {
         .stdout
         .contains("corrupt: true"));
 }
+
+/// A disk of 0 bytes (a header size under one sector) has no room for a
+/// bitmap table: qemu-img's `bitmap --add` loses the bitmap on close and
+/// fails; qimg fails before writing anything (it stored a bitmap with an
+/// empty table, and neither tool opened the image again).
+#[test]
+fn no_bitmap_is_added_to_a_disk_of_no_bytes() {
+    let fx = Fixture::new("bitmap_no_bytes");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "m.qcow2", "4M"]);
+    fx.patched_copy("m.qcow2", "ours.qcow2", &[(24, 1u64.to_be_bytes())]);
+    fx.sh("cp ours.qcow2 theirs.qcow2 && cp ours.qcow2 before.qcow2");
+    let ours = fx.qimg(&["bitmap", "--add", "ours.qcow2", "b0"]);
+    let theirs = fx.qemu_img(&["bitmap", "--add", "theirs.qcow2", "b0"]);
+    assert_eq!(ours.status, theirs.status);
+    assert!(ours.stderr.contains("No memory"), "{}", ours.stderr);
+    let same = std::fs::read(fx.path("ours.qcow2")).unwrap()
+        == std::fs::read(fx.path("before.qcow2")).unwrap();
+    assert!(same, "qimg changed the image");
+    fx.oracle(&["info", "ours.qcow2"]);
+}

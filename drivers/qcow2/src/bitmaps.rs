@@ -672,6 +672,13 @@ impl Qcow2Image {
                 if bit_count(size, bits).div_ceil(8) > MAX_PHYS_BYTES {
                     return Err(refuse("Too large bitmap"));
                 }
+                if size == 0 {
+                    // No table can describe it: qemu adds it, then loses it
+                    // on close with these words and fails.
+                    return Err(Error::argument(format!(
+                        "Lost persistent bitmaps during inactivation of node '{store}': No memory"
+                    )));
+                }
                 meta.bitmaps.push(Bitmap {
                     name: name.as_bytes().to_vec(),
                     granularity_bits: bits,
