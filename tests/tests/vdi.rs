@@ -494,3 +494,31 @@ fn headers_as_virtualbox_writes_them_read_and_write_alike() {
     let head = std::fs::read(fx.path("vbox.vdi")).unwrap();
     assert!(head.starts_with(b"<<< Oracle VM VirtualBox"));
 }
+
+/// Growing a VDI whose block map names a block far past the data area (a
+/// damaged image: entry 2 = 0x80000000) leaves the header's allocated
+/// count as it was: qemu-img check finds the same errors before and after
+/// (qimg wrote the count allocation goes by, 2147483649), and the data
+/// reads as before, the new MiB as zeros (resize is beyond qemu-img).
+#[test]
+fn growing_keeps_the_allocated_count_of_a_damaged_map() {
+    let fx = Fixture::new("vdi_grow_damaged");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "8M"]);
+    fx.qemu_io("src.raw", "write -P 0x11 0 64k");
+    fx.qemu_io("src.raw", "write -P 0x22 1M 128k");
+    fx.qemu_io("src.raw", "write -P 0x33 3M 4k");
+    fx.oracle(&["convert", "-f", "raw", "-O", "vdi", "src.raw", "m.vdi"]);
+    // Block map entry 2 (the map starts at 512) -> 0x80000000.
+    fx.patched_copy("m.vdi", "bad.vdi", &[(520, 0x8000_0000u32.to_le_bytes())]);
+    let before = fx.qemu_img(&["check", "-f", "vdi", "bad.vdi"]);
+    fx.oracle(&["convert", "-f", "vdi", "-O", "raw", "bad.vdi", "before.raw"]);
+    let out = fx.qimg(&["resize", "-f", "vdi", "bad.vdi", "+1M"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let after = fx.qemu_img(&["check", "-f", "vdi", "bad.vdi"]);
+    assert_eq!(
+        (after.status, &after.stderr),
+        (before.status, &before.stderr)
+    );
+    fx.sh("truncate -s 9M before.raw");
+    fx.oracle(&["compare", "-f", "raw", "-F", "vdi", "before.raw", "bad.vdi"]);
+}

@@ -740,3 +740,56 @@ fn a_hostile_log_neither_hangs_nor_allocates_without_bound() {
     fx.same_bounded(&["info", "log.vhdx"]);
     fx.same_bounded(&["check", "log.vhdx"]);
 }
+
+/// Growing a VHDX whose table holds an entry past the old end (a damaged
+/// image: block 4 of a 4 MiB disk "fully present" at offset 0): the new
+/// space reads as zeros, not as the file header the entry names, and the
+/// image checks clean in qemu-img (resize is beyond qemu-img).
+#[test]
+fn growing_clears_entries_past_the_old_end() {
+    let fx = Fixture::new("vhdx_grow_stale");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "subformat=fixed,block_size=1M,log_size=1M",
+        "m.vhdx",
+        "4M",
+    ]);
+    fx.qemu_io_cmds(
+        "vhdx",
+        "m.vhdx",
+        &["write -P 0x11 0 64k", "write -P 0x22 3M 64k"],
+    );
+    // The BAT region of a qemu-made image starts at 2 MiB; entry 4 is
+    // block 4's (no sector bitmap entry comes before it).
+    fx.patched_copy(
+        "m.vhdx",
+        "bad.vhdx",
+        &[(2 * 1048576 + 32, 6u64.to_le_bytes())],
+    );
+    fx.oracle(&[
+        "convert",
+        "-f",
+        "vhdx",
+        "-O",
+        "raw",
+        "bad.vhdx",
+        "before.raw",
+    ]);
+    let out = fx.qimg(&["resize", "-f", "vhdx", "bad.vhdx", "+1M"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.sh("truncate -s 5M before.raw");
+    fx.oracle(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "vhdx",
+        "before.raw",
+        "bad.vhdx",
+    ]);
+    fx.oracle(&["check", "-f", "vhdx", "bad.vhdx"]);
+}

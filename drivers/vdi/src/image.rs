@@ -470,15 +470,18 @@ impl VdiImage {
                     .into_result()?;
             }
         }
-        // Disk size, block count and allocated count, in one write.
+        // Disk size, block count and (when growing a static image made
+        // blocks) allocated count, in one write. The count is otherwise
+        // left as it is: where a damaged map names a block past the data
+        // area, the count allocation goes by is not the one to record.
         let mut fields = [0u8; 24];
+        read_or_zero(&self.store, DISK_SIZE_AT, &mut fields)?;
         fields[..8].copy_from_slice(&new_size.to_le_bytes());
         fields[8..12].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
         fields[16..20].copy_from_slice(&st.bmap.len().to_le_bytes());
-        fields[20..24].copy_from_slice(&st.next_free.to_le_bytes());
-        let mut extra = [0u8; 4];
-        read_or_zero(&self.store, 0x17c, &mut extra)?;
-        fields[12..16].copy_from_slice(&extra);
+        if h.image_type == TYPE_STATIC && new_blocks > old_blocks {
+            fields[20..24].copy_from_slice(&st.next_free.to_le_bytes());
+        }
         write_all(&self.store, DISK_SIZE_AT, &fields)?;
         st.count_dirty = false;
         self.store.flush().into_result()?;

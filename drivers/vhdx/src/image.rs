@@ -525,18 +525,46 @@ impl VhdxImage {
             ));
         }
         let bs = self.geometry.block_size;
-        if size < old && !size.is_multiple_of(bs) {
-            if let Some(host) = self.locate(size)? {
-                self.store.zero_range(host, bs - size % bs, false)?;
+        // What lies past the smaller end in its block never reads again,
+        // nor what a damaged table names for the blocks in between.
+        let end = size.min(old);
+        if !end.is_multiple_of(bs) {
+            if let Some(host) = self.locate(end)? {
+                let start = host - end % bs;
+                if self.over_metadata(&self.meta(), start, start + bs) {
+                    return Err(VhdxError::OverMetadata);
+                }
+                self.store.zero_range(host, bs - end % bs, false)?;
             }
         }
         self.flush_all()?;
         let item = metadata::disk_size_offset(&self.store, self.regions.metadata)?;
         let mut meta = self.meta();
         self.begin(&mut meta)?;
-        for block in size.div_ceil(bs)..old.div_ceil(bs) {
+        let blocks = end.div_ceil(bs)..size.max(old).div_ceil(bs);
+        // Entries past the old end were never loaded: a damaged table may
+        // hold some there, which growing would bring to light. They are
+        // read from disk (inside the BAT region, checked above).
+        let loaded = meta.bat.len() as u64;
+        let first = self.geometry.index(blocks.start).max(loaded);
+        let last = blocks.end.checked_sub(1).map(|b| self.geometry.index(b));
+        let mut on_disk = Vec::new();
+        if let Some(last) = last.filter(|&l| l >= first) {
+            let mut raw = vec![0u8; ((last - first + 1) * bat::ENTRY_SIZE) as usize];
+            let at = self.regions.bat.offset + first * bat::ENTRY_SIZE;
+            self.store.read_or_zero_at(at, &mut raw)?;
+            on_disk = raw
+                .chunks_exact(bat::ENTRY_SIZE as usize)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect();
+        }
+        for block in blocks {
             let index = self.geometry.index(block);
-            if meta.entry(index) != 0 {
+            let stale = match index.checked_sub(first) {
+                Some(k) if index >= loaded => on_disk.get(k as usize).copied().unwrap_or(0),
+                _ => meta.entry(index),
+            };
+            if stale != 0 {
                 Self::set_entry(&mut meta, index, 0);
             }
         }
