@@ -347,6 +347,17 @@ impl Fixture {
         f.set_len(bytes.len() as u64).expect("set_len");
     }
 
+    /// Writes a sparse raw disk of `size` bytes holding `runs` of (offset,
+    /// byte, length) and zeros elsewhere: the source of `convert -n` into
+    /// damaged images, whose copy must then read back equal to it.
+    pub fn write_pattern(&self, file: &str, size: usize, runs: &[(usize, u8, usize)]) {
+        let mut bytes = vec![0u8; size];
+        for &(at, byte, len) in runs {
+            bytes[at..at + len].fill(byte);
+        }
+        self.write_sparse(file, &bytes);
+    }
+
     /// Runs a shell command in the fixture and requires success.
     pub fn sh(&self, script: &str) -> String {
         let out = Command::new("sh")

@@ -1817,11 +1817,12 @@ fn a_copied_cluster_counted_free_is_not_allocated_twice() {
     let end = bytes.len() as u64;
     bytes[l2 + 16 * 8..l2 + 17 * 8].copy_from_slice(&(end | 1 << 63).to_be_bytes());
     std::fs::write(&path, &bytes).unwrap();
-    let mut pattern = vec![0u8; 4 << 20];
-    for (at, byte) in [(0usize, 0xa5u8), (1 << 20, 0x3c), (2 << 20, 0x5a)] {
-        pattern[at..at + 65536].fill(byte);
-    }
-    fx.write_sparse("pat.raw", &pattern);
+    let runs = [
+        (0, 0xa5, 65536),
+        (1 << 20, 0x3c, 65536),
+        (2 << 20, 0x5a, 65536),
+    ];
+    fx.write_pattern("pat.raw", 4 << 20, &runs);
     let out = fx.qimg(&[
         "convert",
         "-n",
@@ -1908,8 +1909,7 @@ fn allocation_stops_when_the_header_s_cluster_counts_free() {
         "before.raw",
         "ours.qcow2",
     ]);
-    let pattern = [vec![0x5au8; 65536], vec![0u8; (4 << 20) - 65536]].concat();
-    fx.write_sparse("pat.raw", &pattern);
+    fx.write_pattern("pat.raw", 4 << 20, &[(0, 0x5a, 65536)]);
     let args = [
         "convert",
         "-n",

@@ -641,10 +641,8 @@ fn a_new_block_never_shows_bytes_left_past_the_footer() {
     let info = fx.qemu_img(&["info", "--output=json", "m.vhd"]).stdout;
     let json: serde_json::Value = serde_json::from_str(&info).unwrap();
     let size = json["virtual-size"].as_u64().unwrap() as usize;
-    let mut pattern = vec![0u8; size];
-    pattern[..65536].fill(0xa5);
-    pattern[size - 4096..].fill(0xc3);
-    fx.write_sparse("pat.raw", &pattern);
+    let runs = [(0, 0xa5, 65536), (size - 4096, 0xc3, 4096)];
+    fx.write_pattern("pat.raw", size, &runs);
     let out = fx.qimg(&[
         "convert", "-n", "-f", "raw", "-O", "vpc", "pat.raw", "m.vhd",
     ]);
