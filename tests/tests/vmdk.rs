@@ -1426,3 +1426,49 @@ fn a_grain_over_the_extent_s_metadata_is_never_written() {
     };
     assert_eq!(lines(&before), lines(&after));
 }
+
+/// A damaged grain directory naming gt 0's table one sector before gt 1's,
+/// so that the two overlap: writing back only the changed sectors of each
+/// table keeps both tables' new entries, as qemu's one-entry writes do
+/// (qimg wrote each cached table whole, and gt 1's stale copy undid gt
+/// 0's entry: the grain written through it was lost).
+#[test]
+fn overlapping_grain_tables_keep_each_other_s_entries() {
+    let fx = Fixture::new("vmdk_gt_overlap");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "m.vmdk", "64M"]);
+    let bytes = std::fs::read(fx.path("m.vmdk")).unwrap();
+    let le = |at: usize, n: usize| {
+        bytes[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &b| v << 8 | u64::from(b))
+    };
+    let gd = le(56, 8) as usize * 512;
+    let second = le(gd + 4, 4) as u32;
+    fx.patched_copy(
+        "m.vmdk",
+        "bad.vmdk",
+        &[(gd as u64, (second - 1).to_le_bytes())],
+    );
+    let grain = 65536;
+    // Grain 128 goes through gt 0's entry 128, in the sector both tables
+    // share; grain 712 through gt 1's entry 200, in their next one.
+    let runs = [(128 * grain, 0xa5, grain), (712 * grain, 0x5a, grain)];
+    fx.write_pattern("pat.raw", 64 << 20, &runs);
+    let out = fx.qimg(&[
+        "convert",
+        "-n",
+        "--target-is-zero",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "pat.raw",
+        "bad.vmdk",
+    ]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    for (at, byte, _) in runs {
+        let read = format!("read -P {byte} {at} {grain}");
+        fx.qemu_io_cmds("vmdk", "bad.vmdk", &[&read]);
+    }
+}

@@ -50,7 +50,23 @@ pub enum GrainLoc {
 /// One grain table held in memory.
 struct Table {
     entries: Vec<u32>,
-    dirty: bool,
+    /// The 512-byte sectors of the table changed since it was last
+    /// written, one bit each (a table has at most 32). Only those are
+    /// written back: a damaged directory can name tables that overlap,
+    /// and a whole stale copy would undo the other table's entries (qemu
+    /// writes the changed entry alone).
+    dirty: u64,
+}
+
+impl Table {
+    /// Marks entries `[from, to)` changed.
+    fn touch(&mut self, from: usize, to: usize) {
+        if from < to {
+            for sector in from * 4 / 512..=(to * 4 - 1) / 512 {
+                self.dirty |= 1 << sector;
+            }
+        }
+    }
 }
 
 /// The mutable part of a sparse extent.
@@ -294,7 +310,7 @@ impl SparseExtent {
         if !st.tables.contains_key(&gt) && st.tables.len() >= MAX_CACHED_TABLES {
             // Keep memory bounded whatever the grain directory says: clean
             // tables can be read again.
-            st.tables.retain(|_, t| t.dirty);
+            st.tables.retain(|_, t| t.dirty != 0);
         }
         if !st.tables.contains_key(&gt) {
             let at = u64::from(gde) * SECTOR;
@@ -312,13 +328,7 @@ impl SparseExtent {
                 }
             }
             st.end = st.end.max(reach.div_ceil(SECTOR) * SECTOR);
-            st.tables.insert(
-                gt,
-                Table {
-                    entries,
-                    dirty: false,
-                },
-            );
+            st.tables.insert(gt, Table { entries, dirty: 0 });
         }
         Ok(st.tables.get_mut(&gt))
     }
@@ -416,7 +426,7 @@ impl SparseExtent {
         self.ensure_table(st, grain)?;
         if let Some(t) = st.tables.get_mut(&gt) {
             t.entries[index] = entry;
-            t.dirty = true;
+            t.touch(index, index + 1);
         }
         Ok(())
     }
@@ -453,7 +463,7 @@ impl SparseExtent {
             gt,
             Table {
                 entries: vec![0; self.gtes_per_gt as usize],
-                dirty: true,
+                dirty: u64::MAX,
             },
         );
         Ok(())
@@ -520,24 +530,38 @@ impl SparseExtent {
         let mut dirty: Vec<u32> = st
             .tables
             .iter()
-            .filter(|(_, t)| t.dirty)
+            .filter(|(_, t)| t.dirty != 0)
             .map(|(&k, _)| k)
             .collect();
         dirty.sort_unstable();
         for gt in dirty {
-            let bytes = match st.tables.get(&gt) {
-                Some(t) => entries_to_bytes(&t.entries),
+            let (bytes, mask) = match st.tables.get(&gt) {
+                Some(t) => (entries_to_bytes(&t.entries), t.dirty),
                 None => continue,
             };
+            let sectors = bytes.len().div_ceil(SECTOR as usize);
             let gde = st.gd[gt as usize];
-            write_all(&self.store, u64::from(gde) * SECTOR, &bytes)?;
-            if let Some(rgde) = st.rgd.as_ref().map(|r| r[gt as usize]) {
+            let rgde = st.rgd.as_ref().map_or(0, |r| r[gt as usize]);
+            // Runs of changed sectors, each written to both copies.
+            let mut s = 0;
+            while s < sectors {
+                if mask & (1 << s) == 0 {
+                    s += 1;
+                    continue;
+                }
+                let first = s;
+                while s < sectors && mask & (1 << s) != 0 {
+                    s += 1;
+                }
+                let piece = &bytes[first * SECTOR as usize..(s * SECTOR as usize).min(bytes.len())];
+                let at = first as u64 * SECTOR;
+                write_all(&self.store, u64::from(gde) * SECTOR + at, piece)?;
                 if rgde != 0 {
-                    write_all(&self.store, u64::from(rgde) * SECTOR, &bytes)?;
+                    write_all(&self.store, u64::from(rgde) * SECTOR + at, piece)?;
                 }
             }
             if let Some(t) = st.tables.get_mut(&gt) {
-                t.dirty = false;
+                t.dirty = 0;
             }
             wrote = true;
         }
@@ -626,6 +650,9 @@ impl SparseExtent {
         let mut next = grain;
         if within != 0 && grain < covered {
             if let GrainLoc::Data(host) = self.locate(&mut st, grain)? {
+                if self.over_metadata(&mut st, host, self.grain_bytes()) {
+                    return Err(VmdkError::GrainOverMetadata);
+                }
                 self.store
                     .write_zeroes(host + within, self.grain_bytes() - within, true)
                     .into_result()?;
@@ -638,7 +665,8 @@ impl SparseExtent {
                 let from = (next % per) as usize;
                 if t.entries[from..].iter().any(|&e| e != 0) {
                     t.entries[from..].fill(0);
-                    t.dirty = true;
+                    let to = t.entries.len();
+                    t.touch(from, to);
                 }
             }
             next = table_end;
