@@ -2006,3 +2006,65 @@ fn no_bitmap_is_added_to_a_disk_of_no_bytes() {
     assert!(same, "qimg changed the image");
     fx.oracle(&["info", "ours.qcow2"]);
 }
+
+/// The COPIED entry at a cluster counted free, again, where `convert -n`
+/// zeroes it (guest 1M+64K holds no data in the source) while a later
+/// guest cluster allocates: the zeroing is done in its turn, before the
+/// later allocation, and counts the cluster before giving it up. qimg's
+/// later cluster got that cluster and then lost its refcount to the
+/// zeroing (`refcount=0 reference=1`), so the next write elsewhere landed
+/// on its data; qemu-img's copy checks clean.
+#[test]
+fn a_zeroed_copied_cluster_counted_free_frees_nothing_else() {
+    let fx = Fixture::new("copied_free_zeroed");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "img.qcow2", "4M"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "img.qcow2",
+        &[
+            "write -P 0x11 0 64k",
+            "write -P 0x22 1M 128k",
+            "write -P 0x55 2359296 1k",
+            "write -z 2M 64k",
+        ],
+    );
+    let path = fx.path("img.qcow2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let l1 = be_at(&bytes, 40, 8) as usize;
+    let l2 = (be_at(&bytes, l1, 8) & 0x00ff_ffff_ffff_fe00) as usize;
+    // Guest 1M+64K (L2 index 17) -> the cluster at the end of the file.
+    let end = bytes.len() as u64;
+    bytes[l2 + 17 * 8..l2 + 18 * 8].copy_from_slice(&(end | 1 << 63).to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let runs = [
+        (0, 0xa5, 65536),
+        (1049088, 0x3c, 512),
+        (2 << 20, 0x5a, 65536),
+    ];
+    fx.write_pattern("pat.raw", 4 << 20, &runs);
+    let args = [
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "pat.raw",
+        "img.qcow2",
+    ];
+    let out = fx.qimg(&args);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "qcow2",
+        "pat.raw",
+        "img.qcow2",
+    ]);
+    let check = fx.qemu_img(&["check", "img.qcow2"]);
+    assert!(!check.stdout.contains("ERROR"), "{}", check.stdout);
+    fx.qemu_io_cmds("qcow2", "img.qcow2", &["write -P 0x99 1536k 128k"]);
+    fx.qemu_io_cmds("qcow2", "img.qcow2", &["read -P 0x5a 2M 64k"]);
+}

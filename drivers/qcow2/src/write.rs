@@ -582,6 +582,10 @@ impl Qcow2Image {
         let Some(slot) = slot else {
             return Err(Error::Corrupt);
         };
+        if owned {
+            // Counted before it is kept or given up (see `hold_owned`).
+            meta.hold_owned(&self.io, entry.host(), cs)?;
+        }
         // A whole cluster may give up its host cluster; part of one keeps it.
         let keep = owned && (!whole || !unmap || meta.data_file);
         let word = if keep { entry.host() | COPIED } else { 0 };
@@ -642,6 +646,9 @@ impl Qcow2Image {
                 let Some(slot) = slot else {
                     return Err(Error::Corrupt);
                 };
+                if entry.has_host(meta.data_file) && entry.copied() {
+                    meta.hold_owned(&self.io, entry.host(), cs)?;
+                }
                 // Deallocated: the cluster reads from the backing file again
                 // (or as zeros without one), as qemu's "make empty" leaves it.
                 meta.set_entry(&self.io, slot, Entry::default())?;

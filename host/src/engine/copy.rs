@@ -509,8 +509,9 @@ impl CopyJob<'_> {
     }
 
     /// Copies a data item whose target space is reserved in item order: the
-    /// item is read, its data runs reserved in its turn (an item that turns
-    /// out all zeros writes its zeros in its turn instead), then written.
+    /// item is read, its data runs reserved and its zero runs written in
+    /// its turn (as qemu-img, which writes in order, zeroes them before a
+    /// later item allocates), then its data written.
     fn copy_reserved(&self, source: &BlockImage, item: &Item, turn: Turn) -> Step {
         let target = self.target;
         with_buffer(item.len as usize, |buf| {
@@ -519,7 +520,6 @@ impl CopyJob<'_> {
                 Ok(()) => self.runs(buf, item.dst_offset),
                 Err(_) => Vec::new(),
             };
-            let has_data = runs.iter().any(|r| r.2);
             turn.take(|| -> Step {
                 read.clone()?;
                 for &(start, end, data) in &runs {
@@ -527,14 +527,13 @@ impl CopyJob<'_> {
                     let len = (end - start) as u64;
                     if data {
                         target.reserve(at, len)?;
-                    } else if !has_data && !self.target_zeroed {
+                    } else if !self.target_zeroed {
                         target.write_zeroes(at, len, zero_flags::MAY_UNMAP)?;
                     }
                 }
                 Ok(())
             })?;
-            // Zero runs of an item without data were written in its turn.
-            Ok(self.write_runs(item.dst_offset, buf, &runs, has_data)?)
+            Ok(self.write_runs(item.dst_offset, buf, &runs, false)?)
         })
     }
 
