@@ -2068,3 +2068,46 @@ fn a_zeroed_copied_cluster_counted_free_frees_nothing_else() {
     fx.qemu_io_cmds("qcow2", "img.qcow2", &["write -P 0x99 1536k 128k"]);
     fx.qemu_io_cmds("qcow2", "img.qcow2", &["read -P 0x5a 2M 64k"]);
 }
+
+/// An L1 table offset of 0 names the header: the L1 table is never written
+/// there. qemu-img's `convert -n` into such an image fails on its overlap
+/// check and the image stays a qcow2; so does qimg's (it wrote the L1
+/// table over the header, and the file then probed as raw).
+#[test]
+fn the_l1_table_is_never_written_over_the_header() {
+    let fx = Fixture::new("l1_at_header");
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.qemu_io("src.raw", "write -P 0x11 0 64k");
+    fx.oracle(&[
+        "convert", "-c", "-f", "raw", "-O", "qcow2", "src.raw", "m.qcow2",
+    ]);
+    fx.patched_copy("m.qcow2", "bad.qcow2", &[(40, 0u64.to_be_bytes())]);
+    fx.write_pattern(
+        "pat.raw",
+        4 << 20,
+        &[(0, 0xa5, 65536), (2 << 20, 0x5a, 65536)],
+    );
+    let args = [
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "pat.raw",
+        "bad.qcow2",
+    ];
+    let out = fx.qimg(&args);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("overlaps with qcow2_header"),
+        "{}",
+        out.stderr
+    );
+    let info = fx.qemu_img(&["info", "bad.qcow2"]);
+    assert!(
+        info.stdout.contains("file format: qcow2"),
+        "{}",
+        info.stdout
+    );
+}

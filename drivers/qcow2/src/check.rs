@@ -702,8 +702,10 @@ impl Checker<'_> {
                     }
                     let fixed = if rc == 1 { e | COPIED } else { e & !COPIED };
                     self.l1[i] = fixed;
-                    self.io
-                        .write(l1_offset + i as u64 * 8, &fixed.to_be_bytes())?;
+                    let at = l1_offset + i as u64 * 8;
+                    let own = Some(MetaKind::ActiveL1);
+                    self.meta.check_overlap(self.io, at, 8, own)?;
+                    self.io.write(at, &fixed.to_be_bytes())?;
                     self.t.corruptions -= 1;
                     self.t.corruptions_fixed += 1;
                 }

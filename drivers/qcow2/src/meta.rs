@@ -967,7 +967,9 @@ impl Meta {
         }
         let mut wrote = false;
         if self.l1_dirty {
-            io.write(self.header.l1_table_offset, &words_be(&self.l1))?;
+            let (at, bytes) = (self.header.l1_table_offset, words_be(&self.l1));
+            self.check_overlap(io, at, bytes.len() as u64, Some(MetaKind::ActiveL1))?;
+            io.write(at, &bytes)?;
             self.l1_dirty = false;
             wrote = true;
         }

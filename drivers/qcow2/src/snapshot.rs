@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::image::Qcow2Image;
 use crate::layout::{ClusterKind, COPIED, OFFSET_MASK};
 use crate::meta::{self, Io, Meta};
+use crate::overlap::MetaKind;
 use crate::shadow::{Shadow, Switch};
 use qimg_driver_api::schema::SnapshotInfo;
 use qimg_driver_api::Prealloc;
@@ -424,6 +425,8 @@ impl Meta {
                 // at them.
                 self.flush(io)?;
                 let bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+                let own = Some(MetaKind::InactiveL1);
+                self.check_overlap(io, l1_offset, bytes.len() as u64, own)?;
                 io.write(l1_offset, &bytes)?;
                 io.flush()?;
             }
@@ -649,7 +652,9 @@ impl Qcow2Image {
         l1.truncate(l1_size);
         let mut bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
         bytes.resize(l1_size * 8, 0);
-        self.io.write(meta.header.l1_table_offset, &bytes)?;
+        let at = meta.header.l1_table_offset;
+        meta.check_overlap(&self.io, at, bytes.len() as u64, Some(MetaKind::ActiveL1))?;
+        self.io.write(at, &bytes)?;
         self.io.flush()?;
         let active = meta.header.l1_table_offset;
         let size = meta.header.l1_size;
