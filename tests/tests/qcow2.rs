@@ -2111,3 +2111,43 @@ fn the_l1_table_is_never_written_over_the_header() {
         info.stdout
     );
 }
+
+/// A header whose cluster size was halved (cluster_bits 16 -> 15, a
+/// damaged image with bitmaps): its refcounts count a loaded bitmap's data
+/// cluster free. `snapshot -c` put its new L1 table there, and storing the
+/// bitmaps on close freed that cluster with the old bitmap data: the disk
+/// read as zeros. A cluster a loaded bitmap (or any metadata) names is
+/// never handed out; the guest data stays what qemu-img reads, as its
+/// `snapshot -c` keeps it.
+#[test]
+fn no_allocation_lands_on_a_loaded_bitmap_s_clusters() {
+    let fx = Fixture::new("bitmap_held");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "m.qcow2", "4M"]);
+    fx.oracle(&["bitmap", "--add", "m.qcow2", "b0"]);
+    fx.oracle(&["bitmap", "--add", "-g", "512k", "m.qcow2", "b1"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "m.qcow2",
+        &[
+            "write -P 0x11 0 64k",
+            "write -P 0x22 1M 128k",
+            "write -P 0x33 3146240 4k",
+            "write -P 0x44 4186112 8k",
+            "write -P 0x55 2359296 1k",
+        ],
+    );
+    fx.oracle(&["bitmap", "--add", "--disable", "m.qcow2", "b2"]);
+    fx.patched_copy("m.qcow2", "bad.qcow2", &[(23, [15u8])]);
+    fx.oracle(&["convert", "-O", "raw", "bad.qcow2", "before.raw"]);
+    let out = fx.qimg(&["snapshot", "-c", "s1", "bad.qcow2"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "qcow2",
+        "before.raw",
+        "bad.qcow2",
+    ]);
+}

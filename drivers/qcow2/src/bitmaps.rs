@@ -21,11 +21,11 @@
 use crate::error::{Error, Result};
 use crate::header::{autoclear, BitmapsExt};
 use crate::image::Qcow2Image;
-use crate::layout::OFFSET_MASK;
+use crate::layout::{Layout, OFFSET_MASK};
 use crate::meta::{self, Io, Meta};
 use crate::overlap::MetaKind;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Most bitmaps qemu supports in one image.
 const MAX_BITMAPS: usize = 65535;
@@ -311,13 +311,27 @@ fn table_entries(size: u64, granularity_bits: u32, cs: u64) -> u64 {
     bit_count(size, granularity_bits).div_ceil(8).div_ceil(cs)
 }
 
-/// The bitmap's bits as its table on disk records them.
-fn load_bits(io: &Io, b: &Bitmap, cs: u64, file_len: u64) -> Result<Bits> {
+/// The bitmap's bits as its table on disk records them; the clusters its
+/// table and data occupy go into `held`.
+fn load_bits(
+    io: &Io,
+    b: &Bitmap,
+    layout: &Layout,
+    file_len: u64,
+    held: &mut BTreeSet<u64>,
+) -> Result<Bits> {
+    let cs = layout.cluster_size();
     let mut bits = Bits::default();
     let table = meta::read_table(io, b.table_offset, u64::from(b.table_size), file_len)?;
+    let table_bytes = u64::from(b.table_size) * 8;
+    if table_bytes > 0 {
+        let first = b.table_offset >> layout.cluster_bits;
+        held.extend(first..=(b.table_offset + table_bytes - 1) >> layout.cluster_bits);
+    }
     for (i, &e) in table.iter().enumerate() {
         let at = e & OFFSET_MASK;
         if at != 0 {
+            held.insert(at >> layout.cluster_bits);
             let mut data = vec![0u8; cs as usize];
             io.read(at, &mut data)?;
             if data.iter().any(|&x| x != 0) {
@@ -402,6 +416,9 @@ impl Meta {
     fn free_named(&mut self, io: &Io, offset: u64, len: u64) -> Result<()> {
         let bits = self.layout.cluster_bits;
         for c in (offset >> bits)..=((offset + len - 1) >> bits) {
+            self.bitmap_clusters.remove(&c);
+        }
+        for c in (offset >> bits)..=((offset + len - 1) >> bits) {
             if self.refcount(io, c)? == 0 {
                 eprintln!("qcow2_free_clusters failed: Invalid argument");
                 return Ok(());
@@ -483,6 +500,7 @@ impl Meta {
             freed.extend(self.free_table(io, offset, size)?);
         }
         self.flush(io)?;
+        self.bitmap_clusters.clear();
         meta::punch_clusters(io, &freed, cs)
     }
 
@@ -550,8 +568,18 @@ impl Qcow2Image {
             if b.inconsistent || foreign {
                 continue;
             }
-            let mut bits = load_bits(&self.io, b, cs, file_len)?;
-            bits.truncate(bit_count(size, b.granularity_bits), cs);
+            let granularity_bits = b.granularity_bits;
+            let mut held = std::mem::take(&mut meta.bitmap_clusters);
+            let loaded = load_bits(
+                &self.io,
+                &meta.bitmaps[i],
+                &self.layout,
+                file_len,
+                &mut held,
+            );
+            meta.bitmap_clusters = held;
+            let mut bits = loaded?;
+            bits.truncate(bit_count(size, granularity_bits), cs);
             meta.bitmaps[i].bits = Some(bits);
         }
         self.tracking.store(
@@ -774,7 +802,7 @@ impl Qcow2Image {
         }
         let bits = match &b.bits {
             Some(bits) => bits.clone(),
-            None => load_bits(&self.io, b, cs, file_len)?,
+            None => load_bits(&self.io, b, &self.layout, file_len, &mut BTreeSet::new())?,
         };
         let runs = bits.runs(bit_count(size, b.granularity_bits), cs);
         Ok(json!({

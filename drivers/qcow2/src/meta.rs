@@ -19,7 +19,7 @@ use qimg_driver_api::abi_stable::std_types::RSlice;
 use qimg_driver_api::{ByteStoreBox, Prealloc};
 use qimg_driver_util::read_or_zero;
 use qimg_driver_util::AlignedBuf;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Metadata tables kept in memory at most (each one cluster); beyond this
 /// clean tables are dropped and dirty ones written out.
@@ -126,6 +126,10 @@ pub struct Meta {
     pub snapshot_issues: Vec<crate::snapshot::TableIssue>,
     /// Persistent bitmaps (empty unless the directory is consistent).
     pub bitmaps: Vec<crate::bitmaps::Bitmap>,
+    /// Host clusters the loaded bitmaps' tables and data occupy, until the
+    /// bitmaps are stored anew: never handed out meanwhile, whatever a
+    /// damaged refcount says (storing frees them).
+    pub bitmap_clusters: BTreeSet<u64>,
     /// While `Some`, clusters whose refcount drops to zero are collected
     /// here, to be discarded (snapshot operations give space back).
     pub discarded: Option<Vec<u64>>,
@@ -269,6 +273,7 @@ impl Meta {
             snapshots_size: 0,
             snapshot_issues: Vec::new(),
             bitmaps: Vec::new(),
+            bitmap_clusters: BTreeSet::new(),
             discarded: None,
             released: Vec::new(),
         }
@@ -727,8 +732,19 @@ impl Meta {
         Ok(())
     }
 
+    /// True if cluster `c` holds metadata the header and tables name, or
+    /// data of a loaded bitmap: in use whatever its refcount says.
+    pub fn named_elsewhere(&mut self, c: u64) -> bool {
+        if !self.metadata.built {
+            self.build_metadata_map();
+        }
+        let bits = self.layout.cluster_bits;
+        self.metadata.overlap(c << bits, 1, bits).is_some() || self.bitmap_clusters.contains(&c)
+    }
+
     /// The first run of `n` free clusters at or after the free hint,
-    /// outside `exclude`.
+    /// outside `exclude`. A cluster counted free that metadata or a bitmap
+    /// still names (a damaged refcount) is not free.
     fn find_free(&mut self, io: &Io, n: u64, exclude: &[(u64, u64)]) -> Result<u64> {
         self.refuse_uncounted_header(io)?;
         let mut start = self.free_hint.max(1);
@@ -736,7 +752,7 @@ impl Meta {
         let mut first_free = None;
         while at < start + n {
             let pending = exclude.iter().any(|&(s, len)| at >= s && at < s + len);
-            let busy = pending || self.refcount(io, at)? != 0;
+            let busy = pending || self.refcount(io, at)? != 0 || self.named_elsewhere(at);
             if !busy && first_free.is_none() {
                 first_free = Some(at);
             }

@@ -190,7 +190,7 @@ impl Shadow {
                     )));
                 }
             }
-            if old != 0 || self.refcount(meta, io, c)? != 0 {
+            if old != 0 || self.refcount(meta, io, c)? != 0 || meta.named_elsewhere(c) {
                 start = c + 1;
             } else if first_free.is_none() {
                 first_free = Some(c);
