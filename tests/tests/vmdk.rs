@@ -1472,3 +1472,32 @@ fn overlapping_grain_tables_keep_each_other_s_entries() {
         fx.qemu_io_cmds("vmdk", "bad.vmdk", &[&read]);
     }
 }
+
+/// A version 3 sparse extent (changed block tracking) opens for writing
+/// only if its grains are compressed (the compression algorithm says
+/// deflate), as in qemu-img: otherwise `VMDK version 3 must be read only`.
+/// qimg wrote into such an extent, and a streamOptimized one whose
+/// algorithm field was damaged took `convert -n` data that never read
+/// back.
+#[test]
+fn version_3_extents_open_for_writing_only_compressed() {
+    let fx = Fixture::new("vmdk_v3_rw");
+    fx.oracle(&["create", "-q", "-f", "vmdk", "m.vmdk", "4M"]);
+    fx.patched_copy("m.vmdk", "v3.vmdk", &[(4, 3u32.to_le_bytes())]);
+    fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
+    fx.qemu_io("src.raw", "write -P 0x11 0 64k");
+    let stream = ["convert", "-o", "subformat=streamOptimized", "-O", "vmdk"];
+    fx.oracle(&[&stream[..], &["src.raw", "s.vmdk"]].concat());
+    // compressAlgorithm (offset 77): deflate -> 0x8000.
+    fx.patched_copy("s.vmdk", "s3.vmdk", &[(77, 0x8000u16.to_le_bytes())]);
+    for image in ["v3.vmdk", "s3.vmdk"] {
+        let out = fx.same(&["convert", "-n", "-f", "raw", "-O", "vmdk", "src.raw", image]);
+        assert!(
+            out.stderr.contains("VMDK version 3 must be read only"),
+            "{}",
+            out.stderr
+        );
+        fx.same(&["info", image]);
+    }
+    fx.same(&["resize", "v3.vmdk", "8M"]);
+}

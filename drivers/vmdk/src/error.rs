@@ -35,6 +35,11 @@ pub enum VmdkError {
     /// A sparse header version this driver does not know.
     #[error("Unsupported VMDK version {0}")]
     UnsupportedVersion(u32),
+    /// A version 3 extent (changed block tracking) opened for writing,
+    /// unless its grains are compressed: qemu writes only what it can keep
+    /// tracked, which is none of it.
+    #[error("VMDK version 3 must be read only")]
+    Version3Writable,
     /// More grain-table entries per table than the format allows.
     #[error("L2 table size too big")]
     L2TooBig,
@@ -112,7 +117,10 @@ impl From<VmdkError> for DriverError {
         let message = e.to_string();
         match e {
             VmdkError::Host(inner) => inner,
-            VmdkError::BadCid(_) | VmdkError::L1EntryInvalid | VmdkError::L2TooBig => DriverError {
+            VmdkError::BadCid(_)
+            | VmdkError::L1EntryInvalid
+            | VmdkError::L2TooBig
+            | VmdkError::Version3Writable => DriverError {
                 errno: EINVAL,
                 ..DriverError::invalid_image(message)
             },

@@ -163,6 +163,9 @@ impl SparseExtent {
         if header.version > 3 {
             return Err(VmdkError::UnsupportedVersion(header.version));
         }
+        if header.version == 3 && writable && !header.compressed() {
+            return Err(VmdkError::Version3Writable);
+        }
         let len = store.len().into_result()?;
         let mut header = header;
         let stream_layout = header.gd_offset == GD_AT_END;
