@@ -505,3 +505,42 @@ fn copies_into_an_existing_stream_optimized_vmdk_are_compressed() {
         fx.oracle(&["check", &file]);
     }
 }
+
+/// `-F` without `-B` is a create option too: a target format without
+/// backing files refuses it as qemu-img does, before compression is asked
+/// about (qimg ignored it). `-c` into a target named by an option string
+/// goes by the driver the string names (qimg took the default, raw, and
+/// refused compression into a qcow2).
+#[test]
+fn backing_format_and_compression_go_by_the_target_s_format() {
+    let fx = Fixture::new("convert_F_c");
+    fx.oracle(&["create", "-q", "-f", "raw", "s.raw", "1M"]);
+    fx.qemu_io("s.raw", "write -P 0xaa 0 64k");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "b.qcow2", "1M"]);
+    for format in ["raw", "vdi", "vpc", "parallels"] {
+        let out = fx.same(&[
+            "convert", "-F", "qcow2", "-f", "raw", "s.raw", "-O", format, "t",
+        ]);
+        assert_eq!(out.status, 1, "{}", out.stderr);
+    }
+    fx.same(&[
+        "convert", "-c", "-B", "b.qcow2", "-F", "qcow2", "-f", "raw", "s.raw", "-O", "raw", "t",
+    ]);
+    for name in ["ours.qcow2", "theirs.qcow2"] {
+        fx.oracle(&["create", "-q", "-f", "qcow2", name, "1M"]);
+    }
+    let convert = [
+        "convert",
+        "-n",
+        "-c",
+        "-f",
+        "raw",
+        "s.raw",
+        "--target-image-opts",
+    ];
+    let ours = fx.qimg(&[&convert[..], &["driver=qcow2,file.filename=ours.qcow2"]].concat());
+    assert_eq!(ours.status, 0, "{}", ours.stderr);
+    fx.oracle(&[&convert[..], &["driver=qcow2,file.filename=theirs.qcow2"]].concat());
+    let map = |f: &str| fx.qemu_img(&["map", "--output=json", f]).stdout;
+    assert_eq!(map("ours.qcow2"), map("theirs.qcow2"));
+}

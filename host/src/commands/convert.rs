@@ -221,7 +221,18 @@ fn convert(
     if p.has("bitmaps") && !opened.iter().all(holds_bitmaps) {
         return Err(fail("Source lacks bitmap support"));
     }
-    let out_format = p.last("target-format").unwrap_or("raw");
+    // An option string names its own driver (-O cannot be given with it);
+    // a protocol driver there (driver=nbd) holds a raw image.
+    let named = p
+        .has("target-image-opts")
+        .then(|| crate::block::spec::resolve(target, true).ok())
+        .flatten()
+        .and_then(|spec| spec.format)
+        .filter(|f| !crate::block::spec::is_protocol(f));
+    let out_format = named
+        .as_deref()
+        .or(p.last("target-format"))
+        .unwrap_or("raw");
     let driver =
         driver_for(out_format).map_err(|_| fail(format!("Unknown file format '{out_format}'")))?;
     if !no_create {
@@ -233,16 +244,25 @@ fn convert(
             driver.name
         )));
     }
+    // With -n, -B and -F only say what the target already holds: any
+    // format. Else they are create options the format must have (checked
+    // before compression, as qemu-img does).
+    if !no_create && !driver.can(caps::BACKING) {
+        for (flag, what) in [
+            ("backing", "Backing file"),
+            ("backing-format", "Backing file format"),
+        ] {
+            if p.has(flag) {
+                return Err(fail(format!(
+                    "{what} not supported for file format '{}'",
+                    driver.name
+                )));
+            }
+        }
+    }
     let compress = p.has("compress");
     if compress && !driver.can(caps::COMPRESSED_WRITES) {
         return Err(fail("Compression not supported for this file format"));
-    }
-    // With -n, -B only says what the target already holds: any format.
-    if p.has("backing") && !no_create && !driver.can(caps::BACKING) {
-        return Err(fail(format!(
-            "Backing file not supported for file format '{}'",
-            driver.name
-        )));
     }
     let given = merge_opts(&p.all("target-options")).map_err(fail)?;
     // -B and -o backing_file= alike: only what the sources hold above the
