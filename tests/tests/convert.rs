@@ -544,3 +544,34 @@ fn backing_format_and_compression_go_by_the_target_s_format() {
     let map = |f: &str| fx.qemu_img(&["map", "--output=json", f]).stdout;
     assert_eq!(map("ours.qcow2"), map("theirs.qcow2"));
 }
+
+/// A raw source that ends inside a sector is copied in whole sectors, the
+/// rest of its last one as zeros, as qemu-img copies it: with
+/// `--target-is-zero` over a target that is not, qimg wrote the 3 bytes
+/// alone and left the target's old bytes after them.
+#[test]
+fn a_source_ending_inside_a_sector_is_copied_to_the_sector_s_end() {
+    let fx = Fixture::new("convert_odd_tail");
+    let mut source = vec![0xaau8; 1 << 20];
+    source.extend_from_slice(&[0xbb; 3]);
+    std::fs::write(fx.path("s.raw"), &source).unwrap();
+    for name in ["ours.raw", "theirs.raw"] {
+        std::fs::write(fx.path(name), vec![0x77u8; (1 << 20) + 4096]).unwrap();
+    }
+    let args = [
+        "convert",
+        "-n",
+        "--target-is-zero",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        "s.raw",
+    ];
+    let ours = fx.qimg(&[&args[..], &["ours.raw"]].concat());
+    assert_eq!(ours.status, 0, "{}", ours.stderr);
+    fx.oracle(&[&args[..], &["theirs.raw"]].concat());
+    let same = std::fs::read(fx.path("ours.raw")).unwrap()
+        == std::fs::read(fx.path("theirs.raw")).unwrap();
+    assert!(same, "qimg's target differs from qemu-img's");
+}

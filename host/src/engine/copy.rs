@@ -194,7 +194,12 @@ impl CopyJob<'_> {
                         .into(),
                         ..e
                     })?;
-                let len = status.length;
+                // qemu-img copies whole sectors: a status ending inside one
+                // (a raw file's end) takes the rest of it, read as zeros.
+                let len = (offset + status.length)
+                    .next_multiple_of(SECTOR as u64)
+                    .min(size)
+                    - offset;
                 // What the source's own backing file holds is taken to be
                 // in the target's (-B); a source without one reads zeros
                 // there, which must hide the target's backing file.
