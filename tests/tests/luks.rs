@@ -605,3 +605,21 @@ fn a_partial_last_sector_counts_whole() {
     cut_copy("none.luks", payload - 1);
     fx.same(&["info", "--output=json", "none.luks"]);
 }
+
+/// A size that is no whole number of sectors makes a file that ends where
+/// the size says, as qemu-img makes it (qimg's was up to 511 bytes longer);
+/// both read it as the size rounded up to a sector.
+#[test]
+fn odd_sizes_make_files_of_qemu_img_s_length() {
+    let fx = Fixture::new("odd_sizes");
+    for size in ["1000", "1048579"] {
+        create(&fx, "qimg", "", "img.luks", size);
+        create(&fx, "qemu", "", "ref.luks", size);
+        assert_eq!(
+            std::fs::metadata(fx.path("img.luks")).unwrap().len(),
+            std::fs::metadata(fx.path("ref.luks")).unwrap().len(),
+            "size {size}"
+        );
+        fx.same(&["info", "--output=json", "img.luks"]);
+    }
+}

@@ -91,10 +91,11 @@ pub fn create(
         prealloc
     };
     let header = &created.header;
-    let size = request.size.next_multiple_of(qimg_crypt::SECTOR_SIZE);
+    // The file ends where the size says, as qemu makes it (a partial last
+    // sector reads zero-padded).
     let total = header
         .payload_bytes()
-        .checked_add(size)
+        .checked_add(request.size)
         .ok_or_else(|| DriverError::invalid_argument("The image size is too large"))?;
     store.set_len(total, prealloc).into_result()?;
     write_all(store, 0, &header.to_bytes().map_err(driver_error)?)?;
