@@ -2151,3 +2151,26 @@ fn no_allocation_lands_on_a_loaded_bitmap_s_clusters() {
         "bad.qcow2",
     ]);
 }
+
+/// Shrinking an image with an external data file shrinks the data file,
+/// as qemu-img does, raw or not (qimg kept a data file that was not raw at
+/// its old length).
+#[test]
+fn shrinking_shrinks_the_data_file() {
+    let fx = Fixture::new("shrink_data_file");
+    for (raw, size) in [("off", "1M"), ("off", "1500k"), ("on", "1M")] {
+        for who in ["ours", "theirs"] {
+            let (image, data) = (format!("{who}.qcow2"), format!("{who}.data"));
+            let _ = std::fs::remove_file(fx.path(&data));
+            let opts = format!("data_file={data},data_file_raw={raw}");
+            fx.oracle(&["create", "-q", "-f", "qcow2", "-o", &opts, &image, "4M"]);
+            fx.qemu_io_cmds("qcow2", &image, &["write -P 1 0 1M", "write -P 2 3M 64k"]);
+        }
+        let ours = fx.qimg(&["resize", "--shrink", "ours.qcow2", size]);
+        assert_eq!(ours.status, 0, "{}", ours.stderr);
+        fx.oracle(&["resize", "--shrink", "theirs.qcow2", size]);
+        let len = |f: &str| std::fs::metadata(fx.path(f)).unwrap().len();
+        assert_eq!(len("ours.data"), len("theirs.data"), "{raw} {size}");
+        fx.oracle(&["compare", "ours.qcow2", "theirs.qcow2"]);
+    }
+}

@@ -615,6 +615,27 @@ impl Qcow2Image {
         Ok(next)
     }
 
+    /// The end of the last data file cluster the entries of a `size`-byte
+    /// disk name.
+    fn data_named_end(&self, size: u64) -> Result<u64> {
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let mut meta = self.lock();
+        let mut end = 0;
+        for i in 0..layout.l1_entries_for(size) {
+            let l2 = meta.l2_offset(i)?;
+            if l2 == 0 {
+                continue;
+            }
+            for e in meta.l2_table(&self.io, l2)?.iter() {
+                if e.has_host(true) {
+                    end = end.max(e.host() + cs);
+                }
+            }
+        }
+        Ok(end)
+    }
+
     /// Deallocates whole clusters: they read from the backing file again (or
     /// as zeros without one) and their host clusters are freed. Partial
     /// clusters are left alone, as qemu does. Bitmaps are not marked: this
@@ -1014,12 +1035,20 @@ impl Qcow2Image {
         self.size.store(new_size, Ordering::Release);
         self.resize_bitmaps(new_size);
         if let Some(data) = &self.io.data {
-            // A raw data file is the guest disk: it shrinks with it, or the
-            // cut-off data would read again after growing (qemu truncates
-            // it too). Another data file keeps its length: its clusters
-            // need not lie in guest order.
-            if new_size < old_size && self.data_file_raw {
-                data.set_len(new_size, Prealloc::OFF).into_result()?;
+            // The data file shrinks with the disk, as qemu truncates it: a
+            // raw one is the guest disk, whose cut-off data would read
+            // again after growing. Another one keeps what an entry still
+            // names past the new end (qemu and qimg place each cluster at
+            // its guest offset, which no entry then is).
+            if new_size < old_size {
+                let end = if self.data_file_raw {
+                    new_size
+                } else {
+                    self.data_named_end(new_size)?.max(new_size)
+                };
+                if end < data.len().into_result()? {
+                    data.set_len(end, Prealloc::OFF).into_result()?;
+                }
             }
             if new_size > data.len().into_result()? {
                 let file_mode = if mode == Prealloc::METADATA {
