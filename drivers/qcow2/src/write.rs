@@ -869,6 +869,9 @@ impl Qcow2Image {
         let layout = self.layout;
         let cs = layout.cluster_size();
         let span = layout.l2_span();
+        if mode == Prealloc::METADATA {
+            self.stop_growing_densely();
+        }
         let mut meta = self.lock();
         if matches!(mode, Prealloc::FALLOC | Prealloc::FULL) && !meta.data_file {
             // A table large enough for the whole file, placed before the data.
@@ -928,7 +931,27 @@ impl Qcow2Image {
                     } else {
                         base + i as u64 * cs
                     };
-                    host_end = host_end.max(host + cs);
+                    let mut used = cs;
+                    if mode == Prealloc::METADATA && !meta.data_file && end - g < cs {
+                        // The last cluster, as qemu allocates it: its (sub)
+                        // cluster holding the disk's end gets zeros past
+                        // the end's sector (its copy-on-write), and the
+                        // file ends with that (sub)cluster.
+                        let sub = layout.subcluster_size();
+                        let (zero_from, stop) = (
+                            end.next_multiple_of(512) - g,
+                            end.next_multiple_of(sub).min(g + cs) - g,
+                        );
+                        if zero_from < stop {
+                            meta.check_data_write(&self.io, host + zero_from, stop - zero_from)?;
+                            let zeros = vec![0u8; (stop - zero_from) as usize];
+                            self.io
+                                .data_store()
+                                .write_all_at(host + zero_from, &zeros)?;
+                        }
+                        used = stop;
+                    }
+                    host_end = host_end.max(host + used);
                     if let Some(bytes) = head.filter(|_| g == layout.cluster_start(start)) {
                         // Data before the L2 entry that points at it.
                         meta.check_data_write(&self.io, host, bytes.len() as u64)?;
@@ -963,6 +986,14 @@ impl Qcow2Image {
         meta.flush(&self.io)
     }
 
+    /// Stops allocating the file's blocks ahead of its end: metadata
+    /// preallocation leaves its data clusters holes, which blocks allocated
+    /// ahead would fill (qemu's file stays sparse). Called before anything
+    /// is appended, as a window once allocated stays.
+    fn stop_growing_densely(&self) {
+        self.io.file.grow_densely(false);
+    }
+
     /// Guest clusters in `[start, end)` without a host cluster.
     fn unallocated_clusters(&self, meta: &mut Meta, start: u64, end: u64) -> Result<u64> {
         let layout = self.layout;
@@ -983,6 +1014,9 @@ impl Qcow2Image {
     pub fn resize(&self, new_size: u64, mode: Prealloc, shrink: bool) -> Result<()> {
         if !self.writable {
             return Err(Error::ReadOnly);
+        }
+        if mode == Prealloc::METADATA {
+            self.stop_growing_densely();
         }
         let layout = self.layout;
         let old_size = self.size();
