@@ -2240,3 +2240,70 @@ fn metadata_preallocation_ends_the_file_as_qemu_img() {
         }
     }
 }
+
+/// A refcount width damaged in the header (refcount_order 4 -> 5) makes
+/// the refcounts read as nonsense, most clusters free. qemu-img's
+/// allocator hands out a cluster an L2 table holds and its overlap check
+/// stops; qimg must never do worse than fail: a write that exits 0 reads
+/// back (qimg once skipped the metadata clusters, handed out a live data
+/// cluster instead, and exited 0 with the data of another guest cluster).
+#[test]
+fn misread_refcounts_never_give_a_successful_wrong_copy() {
+    let fx = Fixture::new("refcount_order_damaged");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4k",
+        "m.qcow2",
+        "4M",
+    ]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "m.qcow2",
+        &[
+            "write -P 0x11 0 64k",
+            "write -P 0x22 1M 128k",
+            "write -P 0x33 3146240 4k",
+            "write -P 0x44 4186112 8k",
+            "write -P 0x55 2359296 1k",
+        ],
+    );
+    fx.patched_copy("m.qcow2", "bad.qcow2", &[(96, 5u32.to_be_bytes())]);
+    let runs = [
+        (0, 0xa5, 65536),
+        (1049088, 0x3c, 512),
+        (2 << 20, 0x5a, 65536),
+        (4190208, 0xc3, 4096),
+    ];
+    fx.write_pattern("pat.raw", 4 << 20, &runs);
+    let out = fx.qimg(&[
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "pat.raw",
+        "bad.qcow2",
+    ]);
+    if out.status == 0 {
+        fx.oracle(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            "pat.raw",
+            "bad.qcow2",
+        ]);
+    } else {
+        assert!(
+            out.stderr.contains("Preventing invalid write on metadata"),
+            "{}",
+            out.stderr
+        );
+    }
+}

@@ -732,19 +732,18 @@ impl Meta {
         Ok(())
     }
 
-    /// True if cluster `c` holds metadata the header and tables name, or
-    /// data of a loaded bitmap: in use whatever its refcount says.
-    pub fn named_elsewhere(&mut self, c: u64) -> bool {
-        if !self.metadata.built {
-            self.build_metadata_map();
-        }
-        let bits = self.layout.cluster_bits;
-        self.metadata.overlap(c << bits, 1, bits).is_some() || self.bitmap_clusters.contains(&c)
+    /// True if cluster `c` holds a loaded bitmap's table or data: in use
+    /// whatever its refcount says. (A cluster that metadata the header
+    /// names is handed out as QEMU hands it out, and the overlap check
+    /// stops the write: skipping it would hand out the next cluster a
+    /// damaged refcount counts free, guest data that nothing checks.)
+    pub fn held_by_bitmap(&self, c: u64) -> bool {
+        self.bitmap_clusters.contains(&c)
     }
 
     /// The first run of `n` free clusters at or after the free hint,
-    /// outside `exclude`. A cluster counted free that metadata or a bitmap
-    /// still names (a damaged refcount) is not free.
+    /// outside `exclude`. A cluster counted free that a loaded bitmap
+    /// still holds (a damaged refcount) is not free.
     fn find_free(&mut self, io: &Io, n: u64, exclude: &[(u64, u64)]) -> Result<u64> {
         self.refuse_uncounted_header(io)?;
         let mut start = self.free_hint.max(1);
@@ -752,7 +751,7 @@ impl Meta {
         let mut first_free = None;
         while at < start + n {
             let pending = exclude.iter().any(|&(s, len)| at >= s && at < s + len);
-            let busy = pending || self.refcount(io, at)? != 0 || self.named_elsewhere(at);
+            let busy = pending || self.refcount(io, at)? != 0 || self.held_by_bitmap(at);
             if !busy && first_free.is_none() {
                 first_free = Some(at);
             }

@@ -190,7 +190,7 @@ impl Shadow {
                     )));
                 }
             }
-            if old != 0 || self.refcount(meta, io, c)? != 0 || meta.named_elsewhere(c) {
+            if old != 0 || self.refcount(meta, io, c)? != 0 || meta.held_by_bitmap(c) {
                 start = c + 1;
             } else if first_free.is_none() {
                 first_free = Some(c);
