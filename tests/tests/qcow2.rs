@@ -1794,6 +1794,22 @@ fn be_at(bytes: &[u8], at: usize, len: usize) -> u64 {
         .fold(0, |n, &b| n << 8 | u64::from(b))
 }
 
+/// qimg's `convert -n -f raw -O qcow2 pat.raw IMAGE` (the pattern written
+/// by `Fixture::write_pattern`).
+fn convert_pattern_into(fx: &Fixture, image: &str) -> qimg_tests::Outcome {
+    fx.qimg(&[
+        "convert", "-n", "-f", "raw", "-O", "qcow2", "pat.raw", image,
+    ])
+}
+
+/// Asserts that `image` reads as `pat.raw` and that qemu-img's check finds
+/// no error in it (leaks allowed).
+fn reads_as_pattern_without_errors(fx: &Fixture, image: &str) {
+    fx.oracle(&["compare", "-f", "raw", "-F", "qcow2", "pat.raw", image]);
+    let check = fx.qemu_img(&["check", image]);
+    assert!(!check.stdout.contains("ERROR"), "{}", check.stdout);
+}
+
 /// An L2 entry that says it owns its cluster (COPIED) where the refcount
 /// block counts nothing (a damaged image): a write in place there must not
 /// leave the cluster free, or the next allocation hands it to another
@@ -1823,28 +1839,9 @@ fn a_copied_cluster_counted_free_is_not_allocated_twice() {
         (2 << 20, 0x5a, 65536),
     ];
     fx.write_pattern("pat.raw", 4 << 20, &runs);
-    let out = fx.qimg(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "pat.raw",
-        "img.qcow2",
-    ]);
+    let out = convert_pattern_into(&fx, "img.qcow2");
     assert_eq!(out.status, 0, "{}", out.stderr);
-    fx.oracle(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        "pat.raw",
-        "img.qcow2",
-    ]);
-    let check = fx.qemu_img(&["check", "img.qcow2"]);
-    assert!(!check.stdout.contains("ERROR"), "{}", check.stdout);
+    reads_as_pattern_without_errors(&fx, "img.qcow2");
 }
 
 /// A qcow2 cut short so that its L1 table lies past the end: the refcount
@@ -1910,17 +1907,7 @@ fn allocation_stops_when_the_header_s_cluster_counts_free() {
         "ours.qcow2",
     ]);
     fx.write_pattern("pat.raw", 4 << 20, &[(0, 0x5a, 65536)]);
-    let args = [
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "pat.raw",
-        "again.qcow2",
-    ];
-    let out = fx.qimg(&args);
+    let out = convert_pattern_into(&fx, "again.qcow2");
     assert_eq!(out.status, 1, "{}", out.stderr);
     assert!(
         out.stderr.contains("overlaps with qcow2_header"),
@@ -2042,29 +2029,9 @@ fn a_zeroed_copied_cluster_counted_free_frees_nothing_else() {
         (2 << 20, 0x5a, 65536),
     ];
     fx.write_pattern("pat.raw", 4 << 20, &runs);
-    let args = [
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "pat.raw",
-        "img.qcow2",
-    ];
-    let out = fx.qimg(&args);
+    let out = convert_pattern_into(&fx, "img.qcow2");
     assert_eq!(out.status, 0, "{}", out.stderr);
-    fx.oracle(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        "pat.raw",
-        "img.qcow2",
-    ]);
-    let check = fx.qemu_img(&["check", "img.qcow2"]);
-    assert!(!check.stdout.contains("ERROR"), "{}", check.stdout);
+    reads_as_pattern_without_errors(&fx, "img.qcow2");
     fx.qemu_io_cmds("qcow2", "img.qcow2", &["write -P 0x99 1536k 128k"]);
     fx.qemu_io_cmds("qcow2", "img.qcow2", &["read -P 0x5a 2M 64k"]);
 }
@@ -2087,17 +2054,7 @@ fn the_l1_table_is_never_written_over_the_header() {
         4 << 20,
         &[(0, 0xa5, 65536), (2 << 20, 0x5a, 65536)],
     );
-    let args = [
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "pat.raw",
-        "bad.qcow2",
-    ];
-    let out = fx.qimg(&args);
+    let out = convert_pattern_into(&fx, "bad.qcow2");
     assert_eq!(out.status, 1, "{}", out.stderr);
     assert!(
         out.stderr.contains("overlaps with qcow2_header"),
@@ -2279,16 +2236,7 @@ fn misread_refcounts_never_give_a_successful_wrong_copy() {
         (4190208, 0xc3, 4096),
     ];
     fx.write_pattern("pat.raw", 4 << 20, &runs);
-    let out = fx.qimg(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "pat.raw",
-        "bad.qcow2",
-    ]);
+    let out = convert_pattern_into(&fx, "bad.qcow2");
     if out.status == 0 {
         fx.oracle(&[
             "compare",

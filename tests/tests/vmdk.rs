@@ -1378,12 +1378,7 @@ fn a_grain_over_the_extent_s_metadata_is_never_written() {
     fx.qemu_io("src.raw", "write -P 0x11 0 64k");
     fx.oracle(&["convert", "-f", "raw", "-O", "vmdk", "src.raw", "m.vmdk"]);
     let bytes = std::fs::read(fx.path("m.vmdk")).unwrap();
-    let le = |at: usize, n: usize| {
-        bytes[at..at + n]
-            .iter()
-            .rev()
-            .fold(0u64, |v, &b| v << 8 | u64::from(b))
-    };
+    let le = |at: usize, n: usize| le_at(&bytes, at, n);
     let gd = le(56, 8) as usize * 512;
     let gt = le(gd, 4) as usize * 512;
     fx.patched_copy("m.vmdk", "bad.vmdk", &[(gt as u64, vec![1u8, 0, 0, 0])]);
@@ -1437,12 +1432,7 @@ fn overlapping_grain_tables_keep_each_other_s_entries() {
     let fx = Fixture::new("vmdk_gt_overlap");
     fx.oracle(&["create", "-q", "-f", "vmdk", "m.vmdk", "64M"]);
     let bytes = std::fs::read(fx.path("m.vmdk")).unwrap();
-    let le = |at: usize, n: usize| {
-        bytes[at..at + n]
-            .iter()
-            .rev()
-            .fold(0u64, |v, &b| v << 8 | u64::from(b))
-    };
+    let le = |at: usize, n: usize| le_at(&bytes, at, n);
     let gd = le(56, 8) as usize * 512;
     let second = le(gd + 4, 4) as u32;
     fx.patched_copy(
@@ -1500,4 +1490,12 @@ fn version_3_extents_open_for_writing_only_compressed() {
         fx.same(&["info", image]);
     }
     fx.same(&["resize", "v3.vmdk", "8M"]);
+}
+
+/// The little-endian number of `len` bytes at `at` of `bytes`.
+fn le_at(bytes: &[u8], at: usize, len: usize) -> u64 {
+    bytes[at..at + len]
+        .iter()
+        .rev()
+        .fold(0, |n, &b| n << 8 | u64::from(b))
 }
