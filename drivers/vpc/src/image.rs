@@ -483,8 +483,11 @@ impl Dynamic {
     /// if it has none. A block new to the file is cleared of what the file
     /// held there before anyone writes to it.
     fn place(&self, store: &ByteStoreBox, index: u64) -> Result<Placed> {
-        let placed = self.find_place(index)?;
+        let mut meta = self.meta();
+        let placed = self.find_place(&mut meta, index)?;
         if placed.new {
+            // Under the lock: another writer of the block places it after
+            // this, and writes its data only once the clearing is done.
             let data = placed.offset + self.bitmap_size;
             let end = (data + self.block_size).min(self.stale_end);
             if end > data {
@@ -495,8 +498,7 @@ impl Dynamic {
     }
 
     /// [`Dynamic::place`] without the clearing.
-    fn find_place(&self, index: u64) -> Result<Placed> {
-        let mut meta = self.meta();
+    fn find_place(&self, meta: &mut Meta, index: u64) -> Result<Placed> {
         let entry = meta.bat.get(index);
         if entry != UNALLOCATED {
             let offset = u64::from(entry) * 512;
@@ -515,7 +517,7 @@ impl Dynamic {
                 new,
             });
         }
-        let offset = Self::allocate(&mut meta, index, self.bitmap_size + self.block_size)?;
+        let offset = Self::allocate(meta, index, self.bitmap_size + self.block_size)?;
         meta.full_bitmaps.insert(index);
         Ok(Placed {
             offset,
