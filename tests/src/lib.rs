@@ -347,6 +347,24 @@ impl Fixture {
         f.set_len(bytes.len() as u64).expect("set_len");
     }
 
+    /// qemu-io writes scattered data into the 4 MiB image `file` of
+    /// `format`: a whole 64 KiB, 128 KiB across two, a 4 KiB and an 8 KiB
+    /// run off cluster boundaries, a 1 KiB run (the damaged-image sweeps'
+    /// fixture, whose layouts the damaged-image tests patch).
+    pub fn write_scattered(&self, format: &str, file: &str) {
+        self.qemu_io_cmds(
+            format,
+            file,
+            &[
+                "write -P 0x11 0 64k",
+                "write -P 0x22 1M 128k",
+                "write -P 0x33 3146240 4k",
+                "write -P 0x44 4186112 8k",
+                "write -P 0x55 2359296 1k",
+            ],
+        );
+    }
+
     /// Writes a sparse raw disk of `size` bytes holding `runs` of (offset,
     /// byte, length) and zeros elsewhere: the source of `convert -n` into
     /// damaged images, whose copy must then read back equal to it.

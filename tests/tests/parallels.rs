@@ -698,16 +698,7 @@ fn check_of_a_huge_table_keeps_its_report_bounded() {
 fn a_repair_with_an_unaligned_data_offset_keeps_the_guest_data() {
     let fx = Fixture::new("parallels_unaligned_data_off");
     fx.oracle(&["create", "-q", "-f", "parallels", "m.img", "4M"]);
-    fx.qemu_io_cmds(
-        "parallels",
-        "m.img",
-        &[
-            "write -P 0x11 0 64k",
-            "write -P 0x22 1M 128k",
-            "write -P 0x33 3146240 4k",
-            "write -P 0x44 4186112 8k",
-        ],
-    );
+    fx.write_scattered("parallels", "m.img");
     // data_off (offset 48): 2048 -> 2049 sectors.
     fx.patched_copy("m.img", "bad.img", &[(48, vec![1u8, 8, 0, 0])]);
     fx.oracle(&[

@@ -2082,17 +2082,7 @@ fn no_allocation_lands_on_a_loaded_bitmap_s_clusters() {
     fx.oracle(&["create", "-q", "-f", "qcow2", "m.qcow2", "4M"]);
     fx.oracle(&["bitmap", "--add", "m.qcow2", "b0"]);
     fx.oracle(&["bitmap", "--add", "-g", "512k", "m.qcow2", "b1"]);
-    fx.qemu_io_cmds(
-        "qcow2",
-        "m.qcow2",
-        &[
-            "write -P 0x11 0 64k",
-            "write -P 0x22 1M 128k",
-            "write -P 0x33 3146240 4k",
-            "write -P 0x44 4186112 8k",
-            "write -P 0x55 2359296 1k",
-        ],
-    );
+    fx.write_scattered("qcow2", "m.qcow2");
     fx.oracle(&["bitmap", "--add", "--disable", "m.qcow2", "b2"]);
     fx.patched_copy("m.qcow2", "bad.qcow2", &[(23, [15u8])]);
     fx.oracle(&["convert", "-O", "raw", "bad.qcow2", "before.raw"]);
@@ -2217,17 +2207,7 @@ fn misread_refcounts_never_give_a_successful_wrong_copy() {
         "m.qcow2",
         "4M",
     ]);
-    fx.qemu_io_cmds(
-        "qcow2",
-        "m.qcow2",
-        &[
-            "write -P 0x11 0 64k",
-            "write -P 0x22 1M 128k",
-            "write -P 0x33 3146240 4k",
-            "write -P 0x44 4186112 8k",
-            "write -P 0x55 2359296 1k",
-        ],
-    );
+    fx.write_scattered("qcow2", "m.qcow2");
     fx.patched_copy("m.qcow2", "bad.qcow2", &[(96, 5u32.to_be_bytes())]);
     let runs = [
         (0, 0xa5, 65536),
