@@ -8,6 +8,7 @@ mod commands;
 mod confine;
 mod engine;
 mod error;
+mod interrupt;
 mod plugins;
 mod store;
 mod trace;
@@ -15,6 +16,7 @@ mod trace;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    interrupt::watch();
     let args: Vec<String> = std::env::args().collect();
     cli::set_program_name(args.first().map(String::as_str).unwrap_or("qimg"));
     let code = match commands::dispatch(&args[1..]) {

@@ -564,3 +564,137 @@ fn vpc_writes_keep_the_image_readable_at_every_kill_point() {
         assert!(points > 2, "{name}: {points}");
     }
 }
+
+/// A new target that `convert` or `dd` was writing when it was killed must
+/// not pass for an image: at every kill point the real qemu-img either
+/// refuses to open it as its format or finds it equal to the source (the
+/// copy had ended). qemu-img leaves such targets opening with missing data.
+#[test]
+fn a_killed_copy_never_leaves_a_target_that_opens_as_an_image() {
+    let setup = "qemu-img create -q -f raw src.raw 6M && \
+        qemu-io -f raw -c 'write -P 7 0 1M' -c 'write -P 9 3M 1M' src.raw >/dev/null && \
+        mkdir .pristine && cp -a * .pristine/";
+    let copies: [(&str, &[&str]); 11] = [
+        ("qcow2", &[]),
+        ("qed", &[]),
+        ("vdi", &[]),
+        ("vpc", &[]),
+        // A fixed VHD is one by its footer alone.
+        ("vpc", &["-o", "subformat=fixed"]),
+        ("vhdx", &["-o", "subformat=fixed"]),
+        ("vhdx", &[]),
+        ("parallels", &[]),
+        ("vmdk", &[]),
+        ("vmdk", &["-o", "subformat=monolithicFlat"]),
+        ("vmdk", &["-o", "subformat=streamOptimized"]),
+    ];
+    for (i, (format, options)) in copies.into_iter().enumerate() {
+        let name = format!("kill_copy_{i}_{format}");
+        let fx = Fixture::new(&name);
+        fx.sh(setup);
+        let target = format!("out.{format}");
+        let mut args = vec!["convert", "-O", format];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&["src.raw", &target]);
+        let dd_target = format!("of={target}");
+        let dd = ["dd", "-O", format, "bs=64k", "if=src.raw", &dd_target];
+        let commands: &[&[&str]] = if i < 3 { &[&args, &dd] } else { &[&args] };
+        for command in commands {
+            let points = stop_at_each_change(&fx, &name, command, Fault::Kill, &|n| {
+                let opened = fx.qemu_img(&["info", "-f", format, &target]);
+                if opened.status == 0 {
+                    let same =
+                        fx.qemu_img(&["compare", "-f", format, "-F", "raw", &target, "src.raw"]);
+                    assert_eq!(
+                        same.status, 0,
+                        "{name} {command:?}: killed at change {n}, the target opens as {format} \
+                         with other data: {}",
+                        same.stdout
+                    );
+                }
+                fx.sh("rm -f out*");
+            });
+            assert!(points > 5, "{name} {command:?}: {points}");
+            let same = fx.qemu_img(&["compare", "-f", format, "-F", "raw", &target, "src.raw"]);
+            assert_eq!(same.status, 0, "{name} {command:?}: {}", same.stdout);
+            fx.sh("rm -f out*");
+        }
+    }
+}
+
+/// Waits until `file` in `fx` holds more than `bytes` bytes (the copy is
+/// under way), for at most ten seconds.
+fn wait_for_growth(fx: &Fixture, file: &str, bytes: u64) {
+    for _ in 0..1000 {
+        if std::fs::metadata(fx.path(file)).is_ok_and(|m| m.len() > bytes) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{file} did not grow past {bytes} bytes");
+}
+
+/// A copy that SIGINT, SIGTERM or SIGHUP interrupts removes the target it
+/// created, as a failed one does, and still ends by that signal (the exit
+/// status qemu-img gives, which does not catch them and leaves the
+/// half-written target). A target that existed before is left in place,
+/// and a signal the caller ignores (nohup) changes nothing.
+#[test]
+fn an_interrupted_copy_removes_the_target_it_created() {
+    let fx = Fixture::new("interrupted_copy");
+    fx.sh("qemu-img create -q -f raw src.raw 16M && \
+         qemu-io -f raw -c 'write -P 7 0 16M' src.raw >/dev/null");
+    // -r 4M: four seconds of copying, interrupted within the first.
+    let slow = ["-r", "4M", "src.raw"];
+    for (signal, format) in [
+        (libc::SIGINT, "qcow2"),
+        (libc::SIGTERM, "raw"),
+        (libc::SIGHUP, "vmdk"),
+    ] {
+        let target = format!("out.{format}");
+        let mut args = vec!["convert", "-O", format];
+        args.extend_from_slice(&slow);
+        args.push(&target);
+        let mut child = fx.spawn_qimg(&args);
+        wait_for_growth(&fx, &target, 1 << 20);
+        // SAFETY: kill(2) on the child we started.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait().expect("wait for qimg");
+        assert_eq!(status.signal(), Some(signal), "{format}: {status:?}");
+        assert!(!fx.path(&target).exists(), "{format}: the target is left");
+    }
+    // An existing target (convert -n) is the user's: it stays.
+    fx.sh("qemu-img create -q -f qcow2 old.qcow2 16M");
+    let mut child = fx.spawn_qimg(&[
+        "convert",
+        "-n",
+        "-r",
+        "4M",
+        "-O",
+        "qcow2",
+        "src.raw",
+        "old.qcow2",
+    ]);
+    wait_for_growth(&fx, "old.qcow2", 1 << 20);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait for qimg");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert!(fx.path("old.qcow2").exists());
+    // Ignored before qimg started, SIGHUP does not stop the copy.
+    let qimg = fx.path(".bin/qemu-img");
+    let script = format!(
+        "trap '' HUP; {} convert -r 16M -O qcow2 src.raw kept.qcow2 & \
+         while [ ! -s kept.qcow2 ]; do sleep 0.01; done; kill -HUP $!; wait $!",
+        qimg.display()
+    );
+    let ended = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(fx.path(""))
+        .env("QIMG_PLUGINS", qimg_tests::workspace().join("plugins.toml"))
+        .status()
+        .expect("run sh");
+    assert!(ended.success(), "{ended:?}");
+    let same = fx.qemu_img(&["compare", "-F", "raw", "kept.qcow2", "src.raw"]);
+    assert_eq!(same.status, 0, "{}", same.stdout);
+}

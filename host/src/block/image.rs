@@ -700,12 +700,15 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
 }
 
 /// Creates an image file of `driver`'s format: creates the file under QEMU's
-/// create lock, lets the driver format it, and releases the lock.
+/// create lock, lets the driver format it, and releases the lock. With
+/// `veiled`, a local image with metadata stays veiled (`store::veil`) until
+/// the caller, done writing it, lifts the veil through the store it opened.
 pub fn create_image(
     driver: &Arc<Driver>,
     path: &str,
     request: &CreateRequest,
     cache: CacheMode,
+    veiled: bool,
 ) -> Result<(), DriverError> {
     if let Some(protocol) = super::spec::remote_scheme(path) {
         // A remote store exists already: it is formatted, never removed.
@@ -713,7 +716,9 @@ pub fn create_image(
     }
     let path = super::spec::local_path(path).map_err(DriverError::invalid_argument)?;
     let existed = target_existed(path);
-    let result = format_new(driver, path, request, cache);
+    // A raw image has no magic to veil: its first bytes are guest data.
+    let veiled = veiled && !driver.can(caps::IDENTITY_MAPPED);
+    let result = format_new(driver, path, request, cache, veiled);
     if result.is_err() && !existed {
         // A failed creation leaves nothing that could pass for an image.
         crate::confine::discard_target(path);
@@ -812,6 +817,7 @@ fn format_new(
     path: &str,
     request: &CreateRequest,
     cache: CacheMode,
+    veiled: bool,
 ) -> Result<(), DriverError> {
     let file = LocalFile::create_unemptied(Path::new(path), path, cache)?;
     // Creation's own locks are checked first, as in qemu; then a format with
@@ -827,6 +833,14 @@ fn format_new(
     };
     let lock = ImageLock::acquire(file.file(), lock, path)?;
     file.empty()?;
+    let (file, veil) = match veiled {
+        true => file.veiled().map(|(file, veil)| (file, Some(veil)))?,
+        false => (file, None),
+    };
     let file = Arc::new(Store::File(file.with_lock(lock)));
-    create_on(driver, file, path, true, cache, request)
+    create_on(driver, file, path, true, cache, request)?;
+    if let Some(veil) = veil {
+        veil.created();
+    }
+    Ok(())
 }

@@ -305,6 +305,7 @@ fn convert(
         .transpose()?;
     let total: u64 = opened.iter().map(|s| s.size()).sum();
     let mut created = false;
+    let mut _registered = None;
     if let Some(mut values) = checked {
         values.remove("size");
         options::strip_file_prefix(&mut values);
@@ -315,11 +316,14 @@ fn convert(
             values.insert("backing_fmt".into(), f.to_string());
         }
         let existed = crate::block::image::target_existed(target);
+        if !existed {
+            _registered = Some(crate::interrupt::discard_on_signal(target));
+        }
         let request = CreateRequest {
             size: total,
             options: values,
         };
-        if let Err(e) = create_image(&driver, target, &request, CacheMode::Writeback) {
+        if let Err(e) = create_image(&driver, target, &request, CacheMode::Writeback, true) {
             return Err(fail(format!(
                 "{target}: error while converting {}: {}",
                 driver.name,
@@ -479,6 +483,10 @@ fn copy_into(
     let closed = out.close().map_err(|e| fail(e.message.to_string()));
     copied?;
     closed?;
+    // Complete and closed: a new target gets its real first bytes only now.
+    out.store
+        .lift_veil()
+        .map_err(|e| fail(e.message.to_string()))?;
     Ok(0)
 }
 

@@ -154,7 +154,11 @@ fn run(args: &[String]) -> CmdResult {
         size,
         options: values,
     };
-    create_image(&driver, filename, &request, CacheMode::Writeback)
+    // An interrupted creation (a long preallocation) leaves no file, as a
+    // failed one.
+    let _registered = (!crate::block::image::target_existed(filename))
+        .then(|| crate::interrupt::discard_on_signal(filename));
+    create_image(&driver, filename, &request, CacheMode::Writeback, false)
         .map_err(|e| prefixed(create_message(&driver.name, e)))?;
     Ok(0)
 }

@@ -81,12 +81,33 @@ fn run(args: &[String]) -> CmdResult {
         size,
         options: Default::default(),
     };
-    create_image(&driver, &output, &request, CacheMode::Writeback).map_err(|e| {
+    let existed = crate::block::image::target_existed(&output);
+    let _registered = (!existed).then(|| crate::interrupt::discard_on_signal(&output));
+    create_image(&driver, &output, &request, CacheMode::Writeback, true).map_err(|e| {
         fail(format!(
             "{output}: error while creating output image: {}",
             create_message(&driver.name, e)
         ))
     })?;
+    let result = copy(&source, &output, &driver.name, start, size, bs);
+    if result.is_err() && !existed {
+        // As convert: a half-written output never passes for an image
+        // (qemu-img leaves it).
+        crate::confine::discard_target(&output);
+    }
+    result
+}
+
+/// Copies `size` bytes of `source` from `start` into the new image
+/// `output` of format `format`, in whole `bs` blocks.
+fn copy(
+    source: &crate::block::BlockImage,
+    output: &str,
+    format: &str,
+    start: u64,
+    size: u64,
+    bs: u64,
+) -> CmdResult {
     // Unlike convert, qemu-img dd writes through the default cache mode and
     // flushes its output before exiting.
     let target = open_image(&OpenRequest {
@@ -94,7 +115,7 @@ fn run(args: &[String]) -> CmdResult {
         cache: CacheMode::Writeback,
         lock: Some(LockSpec::READ_WRITE),
         stream: true,
-        ..OpenRequest::read(&output, Some(&driver.name), false)
+        ..OpenRequest::read(output, Some(format), false)
     })
     .map_err(|e| fail(e.message.to_string()))?;
     let batch = (BATCH / bs).max(1) * bs;
@@ -117,5 +138,10 @@ fn run(args: &[String]) -> CmdResult {
         done += n as u64;
     }
     target.close().map_err(|e| fail(e.message.to_string()))?;
+    // Complete and closed: the new image gets its real first bytes.
+    target
+        .store
+        .lift_veil()
+        .map_err(|e| fail(e.message.to_string()))?;
     Ok(0)
 }

@@ -4,6 +4,7 @@
 
 use super::ahead::Ahead;
 use super::faults::before_change;
+use super::veil::{self, Veil};
 use super::CacheMode;
 use crate::block::lock::ImageLock;
 use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
@@ -15,7 +16,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Alignment used for O_DIRECT transfers (covers 512- and 4096-byte sectors).
 const DIRECT_ALIGN: usize = BUFFER_ALIGN;
@@ -46,6 +47,8 @@ pub struct LocalFile {
     /// A block or character device, which qemu opens with its
     /// `host_device` protocol driver.
     device: bool,
+    /// The veil over the file's first bytes while a copy writes it.
+    veil: Option<Arc<Veil>>,
 }
 
 /// Written ranges (offset, length) of a streaming store, and their total.
@@ -121,6 +124,7 @@ impl LocalFile {
                 let kind = meta.file_type();
                 kind.is_block_device() || kind.is_char_device()
             },
+            veil: veil::find(&meta),
         })
     }
 
@@ -171,6 +175,33 @@ impl LocalFile {
         })?;
         self.ahead.resized(old, 0);
         Ok(())
+    }
+
+    /// Veils the bytes that make the file an image (see [`veil`]) until
+    /// [`LocalFile::lift_veil`]; for an image about to be created. Returns
+    /// the veil too, to be told when the creation is done.
+    pub fn veiled(mut self) -> Result<(Self, Arc<Veil>), DriverError> {
+        let meta = self.file.metadata().map_err(DriverError::from)?;
+        let veil = veil::cover(&meta);
+        self.veil = Some(veil.clone());
+        Ok((self, veil))
+    }
+
+    /// Writes the bytes a veil kept (the image is complete and closed),
+    /// and makes them durable as a flush would.
+    pub fn lift_veil(&self) -> Result<(), DriverError> {
+        let Some(veil) = self.active_veil() else {
+            return Ok(());
+        };
+        before_change()?;
+        for (offset, bytes) in veil.lift(self.len_now()?) {
+            self.changed(self.pwrite(offset, &bytes))?;
+        }
+        self.flush().into_result()
+    }
+
+    fn active_veil(&self) -> Option<&Veil> {
+        self.veil.as_deref().filter(|v| v.active())
     }
 
     /// Whether this is a block or character device rather than a file.
@@ -507,12 +538,19 @@ impl Drop for LocalFile {
 
 impl ByteStore for LocalFile {
     fn read_at(&self, offset: u64, mut buf: RSliceMut<'_, u8>) -> RResult<u64, DriverError> {
-        catch(|| self.pread(offset, buf.as_mut_slice()))
+        catch(|| {
+            let got = self.pread(offset, buf.as_mut_slice())?;
+            if let Some(veil) = self.active_veil() {
+                veil.read_over(offset, buf.as_mut_slice(), got);
+            }
+            Ok(got)
+        })
     }
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
-            self.changed(self.pwrite(offset, buf.as_slice()))
+            let veiled = self.active_veil().and_then(|v| v.write_over(offset, &buf));
+            self.changed(self.pwrite(offset, veiled.as_deref().unwrap_or(&buf)))
         })
     }
     fn len(&self) -> RResult<u64, DriverError> {
@@ -521,6 +559,9 @@ impl ByteStore for LocalFile {
     fn set_len(&self, len: u64, prealloc: Prealloc) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
+            if let Some(veil) = self.active_veil() {
+                veil.zeroed(len, u64::MAX - len);
+            }
             self.changed(self.resize(len, prealloc))
         })
     }
@@ -539,6 +580,9 @@ impl ByteStore for LocalFile {
     fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
+            if let Some(veil) = self.active_veil() {
+                veil.zeroed(offset, len);
+            }
             self.changed(self.zeroes(offset, len, punch))
         })
     }

@@ -7,6 +7,7 @@ pub mod faults;
 pub mod file;
 pub mod null;
 pub mod remote;
+pub mod veil;
 
 pub use cache::CacheMode;
 pub use file::LocalFile;
@@ -68,6 +69,14 @@ impl Store {
     /// not grow ahead.
     pub fn stop_growing_ahead(&self) {
         self.grow_densely(false);
+    }
+    /// Writes the first bytes of a new image that were veiled while it was
+    /// written (see [`veil`]); nothing for a store without a veil.
+    pub fn lift_veil(&self) -> Result<(), DriverError> {
+        match self {
+            Store::File(f) => f.lift_veil(),
+            Store::Null(_) | Store::Remote(_) => Ok(()),
+        }
     }
     /// Whether an image lock is held on the store.
     pub fn is_locked(&self) -> bool {

@@ -115,7 +115,7 @@ impl Session {
             size,
             options: BTreeMap::new(),
         };
-        create_image(&self.driver, path, &request, CacheMode::Writeback)
+        create_image(&self.driver, path, &request, CacheMode::Writeback, false)
     }
 
     /// The skip reason when the driver lacks `cap`, named as the listing
