@@ -523,45 +523,51 @@ fn key_slot_changes_keep_the_image_openable_at_every_kill_point() {
 /// vdi.rs, qed.rs and parallels.rs.)
 #[test]
 fn vpc_writes_keep_the_image_readable_at_every_kill_point() {
-    let setup = "qemu-img create -q -f vpc a.vhd 4M && \
-        qemu-io -f vpc -c 'write -P 1 0 1M' -c 'write -P 2 2M 64k' a.vhd >/dev/null && \
-        qemu-img create -q -f raw r.raw 4M && \
-        qemu-io -f raw -c 'write -P 7 512k 2M' -c 'write -P 8 3M 4k' r.raw >/dev/null && \
-        qemu-img convert -f vpc -O raw a.vhd before.raw && \
-        mkdir .pristine && cp -a * .pristine/";
-    let convert = ["convert", "-n", "-f", "raw", "-O", "vpc", "r.raw", "a.vhd"];
-    let resize = ["resize", "-f", "vpc", "a.vhd", "64M"];
-    for (name, args, keeps) in [
-        ("kill_vpc_convert_n", &convert[..], false),
-        ("kill_vpc_resize", &resize[..], true),
-    ] {
-        let fx = Fixture::new(name);
-        fx.sh(setup);
-        let points = stop_at_each_change(&fx, name, args, Fault::Kill, &|n| {
-            let read = fx.qemu_img(&["convert", "-f", "vpc", "-O", "raw", "a.vhd", "after.raw"]);
-            assert_eq!(
-                read.status, 0,
-                "{name}: killed at change {n}: {}",
-                read.stderr
-            );
-            if keeps {
-                let same = fx.qemu_img(&[
-                    "compare",
-                    "-f",
-                    "raw",
-                    "-F",
-                    "raw",
-                    "after.raw",
-                    "before.raw",
-                ]);
+    for subformat in ["dynamic", "fixed"] {
+        let setup = format!(
+            "qemu-img create -q -f vpc -o subformat={subformat} a.vhd 4M && \
+             qemu-io -f vpc -c 'write -P 1 0 1M' -c 'write -P 2 2M 64k' a.vhd >/dev/null && \
+             qemu-img create -q -f raw r.raw 4M && \
+             qemu-io -f raw -c 'write -P 7 512k 2M' -c 'write -P 8 3M 4k' r.raw >/dev/null && \
+             qemu-img convert -f vpc -O raw a.vhd before.raw && \
+             mkdir .pristine && cp -a * .pristine/"
+        );
+        let convert = ["convert", "-n", "-f", "raw", "-O", "vpc", "r.raw", "a.vhd"];
+        let resize = ["resize", "-f", "vpc", "a.vhd", "64M"];
+        for (op, args, keeps) in [
+            ("convert_n", &convert[..], false),
+            ("resize", &resize[..], true),
+        ] {
+            let name = format!("kill_vpc_{subformat}_{op}");
+            let fx = Fixture::new(&name);
+            fx.sh(&setup);
+            let points = stop_at_each_change(&fx, &name, args, Fault::Kill, &|n| {
+                let read =
+                    fx.qemu_img(&["convert", "-f", "vpc", "-O", "raw", "a.vhd", "after.raw"]);
                 assert_eq!(
-                    same.status, 0,
+                    read.status, 0,
                     "{name}: killed at change {n}: {}",
-                    same.stdout
+                    read.stderr
                 );
-            }
-        });
-        assert!(points > 2, "{name}: {points}");
+                if keeps {
+                    let same = fx.qemu_img(&[
+                        "compare",
+                        "-f",
+                        "raw",
+                        "-F",
+                        "raw",
+                        "after.raw",
+                        "before.raw",
+                    ]);
+                    assert_eq!(
+                        same.status, 0,
+                        "{name}: killed at change {n}: {}",
+                        same.stdout
+                    );
+                }
+            });
+            assert!(points > 2, "{name}: {points}");
+        }
     }
 }
 

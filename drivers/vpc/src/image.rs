@@ -233,8 +233,10 @@ impl VpcImage {
     /// Changes the guest size (beyond qemu-img, which cannot resize a
     /// VHD). The new size is rounded as `create` rounds it for this disk
     /// (to a geometry, unless the disk is sized by `Current Size`). A
-    /// fixed disk's footer moves: written at the new end first, then the
-    /// old one zeroed (growing) or cut off (shrinking). A dynamic disk
+    /// fixed disk's footer moves: growing, a copy saying the old size is
+    /// written at the new end, the old one zeroed, then the new size
+    /// written; shrinking, the new footer is written at the new end, then
+    /// the file cut. A dynamic disk
     /// changes within what its table covers; blocks past a smaller end
     /// are dropped from the table (their space leaks).
     fn resize_to(&self, new_size: u64, shrink: bool) -> Result<()> {
@@ -269,15 +271,22 @@ impl VpcImage {
             }
             None => {
                 let footer_at = self.store.size()?.saturating_sub(FOOTER_SIZE as u64);
-                self.store.write_all_at(size, &bytes)?;
-                self.store.sync()?;
                 if size > footer_at {
+                    // Growing: the footer at the new end says the old size
+                    // until the old one is zeroed, so that no step shows
+                    // the old footer as guest data (both tools read a
+                    // fixed disk by the footer at the file's end).
+                    self.store.write_all_at(size, &footer.to_bytes())?;
+                    self.store.sync()?;
                     self.store.zero_range(
                         footer_at,
                         (FOOTER_SIZE as u64).min(size - footer_at),
                         true,
                     )?;
+                    self.store.sync()?;
                 }
+                self.store.write_all_at(size, &bytes)?;
+                self.store.sync()?;
                 self.store
                     .set_size(size + FOOTER_SIZE as u64, Prealloc::OFF)?;
             }
