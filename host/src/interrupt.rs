@@ -45,8 +45,11 @@ pub fn watch() {
 /// and ends the process by that signal.
 fn wait_and_end(set: libc::sigset_t) {
     let mut sig: libc::c_int = 0;
-    // SAFETY: `set` is initialised; sigwait writes the signal number.
-    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+    // SAFETY: `set` is initialised; sigwait writes the signal number. It
+    // fails only for a set it cannot wait on, which this one is not.
+    if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+        return;
+    }
     if let Some(target) = TARGET.lock().unwrap_or_else(|e| e.into_inner()).take() {
         crate::confine::discard_target(&target);
     }
