@@ -270,11 +270,19 @@ fn data_keeping_operations_keep_data_at_every_kill_point() {
          qemu-io -c 'write -P 5 256k 1M' -c 'write -z 2M 64k' t.qcow2 >/dev/null && \
          qemu-img create -q -f qcow2 b.qcow2 4M"
     );
-    let cases: [(&str, &str, &[&str], &str); 6] = [
+    let cases: [(&str, &str, &[&str], &str); 7] = [
         (
             "kill_resize",
             BASE,
             &["resize", "a.qcow2", "64M"],
+            "a.qcow2",
+        ),
+        // Preallocation moves the refcount table before the new data: the
+        // old one stays counted until the header names the new one.
+        (
+            "kill_resize_falloc",
+            BASE,
+            &["resize", "--preallocation=falloc", "a.qcow2", "+8M"],
             "a.qcow2",
         ),
         (
@@ -347,7 +355,14 @@ fn a_full_disk_at_any_point_leaves_images_consistent_and_usable() {
          qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 2M 64k' a.qcow2 >/dev/null && \
          qemu-img snapshot -c s1 a.qcow2 && \
          qemu-io -c 'write -P 3 512k 1M' a.qcow2 >/dev/null";
-    let cases: [(&str, &str, &[&str], &str, bool); 6] = [
+    let cases: [(&str, &str, &[&str], &str, bool); 7] = [
+        (
+            "nospace_resize_falloc",
+            BASE,
+            &["resize", "--preallocation=falloc", "a.qcow2", "+8M"],
+            "a.qcow2",
+            true,
+        ),
         (
             "nospace_snap_apply",
             snapshots,

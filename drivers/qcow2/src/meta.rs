@@ -140,6 +140,9 @@ pub struct Meta {
     released: Vec<(u64, u64)>,
 }
 
+/// Where the header keeps the refcount table's offset and cluster count.
+const REFTABLE_FIELDS: u64 = 48;
+
 /// Gives the clusters at `offsets` (of `cluster_size` bytes) back to the
 /// host's file system, as qemu's discards do: a cluster that reaches past
 /// the end of the file is punched whole and the file keeps its length.
@@ -712,11 +715,44 @@ impl Meta {
             self.store_refcount(io, c, 1, exclude)?;
         }
         exclude.pop();
+        // As qemu: the new table is on disk and named by the header before
+        // anything refers to clusters only it counts, and before the old
+        // one is counted down (a crash in between leaks it).
+        self.commit_reftable(io)?;
         let old = old_offset >> self.layout.cluster_bits;
         for c in old..old + old_clusters {
             let rc = self.refcount(io, c)?;
             self.store_refcount(io, c, rc.saturating_sub(1), exclude)?;
         }
+        Ok(())
+    }
+
+    /// Writes the refcount blocks, a moved refcount table and the two
+    /// header fields that name it (qemu writes those fields alone), each
+    /// step durable before the next.
+    fn commit_reftable(&mut self, io: &Io) -> Result<()> {
+        let cs = self.layout.cluster_size();
+        for offset in self.refblocks.dirty() {
+            self.check_overlap(io, offset, cs, Some(MetaKind::RefcountBlock))?;
+            if let Some(block) = self.refblocks.take_dirty(offset) {
+                io.write(offset, block)?;
+            }
+        }
+        let (offset, clusters) = (
+            self.header.refcount_table_offset,
+            self.header.refcount_table_clusters,
+        );
+        let mut bytes = words_be(&self.reftable);
+        bytes.resize(clusters as usize * cs as usize, 0);
+        io.write(offset, &bytes)?;
+        self.reftable_dirty = false;
+        io.flush()?;
+        let mut fields = offset.to_be_bytes().to_vec();
+        fields.extend_from_slice(&clusters.to_be_bytes());
+        io.write(REFTABLE_FIELDS, &fields)?;
+        io.flush()?;
+        self.on_disk.refcount_table_offset = offset;
+        self.on_disk.refcount_table_clusters = clusters;
         Ok(())
     }
 
