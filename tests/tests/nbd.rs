@@ -209,6 +209,39 @@ fn a_server_killed_mid_copy_fails_the_convert() {
     );
 }
 
+/// qimg killed while it writes a new image onto an export leaves nothing
+/// there that opens as an image (qemu-img leaves a qcow2 with part of the
+/// data): the header is veiled until the copy is done.
+#[test]
+fn a_copy_onto_an_export_killed_midway_leaves_no_image_there() {
+    if !servers::have("qemu-nbd") {
+        return;
+    }
+    let fx = Fixture::new("nbd_killed_writer");
+    forty_mib_of_data(&fx, "a.raw");
+    fx.oracle(&["create", "-q", "-f", "raw", "target.raw", "64M"]);
+    let target = unix_server(&fx, "target.raw", "raw", &["-e", "2"]);
+    // -r 8M: five seconds of copying, killed after the first.
+    let mut child = fx.spawn_qimg(&["convert", "-r", "8M", "-O", "qcow2", "a.raw", &target.uri]);
+    std::thread::sleep(Duration::from_millis(1000));
+    child.kill().expect("kill qimg");
+    exit_within_a_minute(&mut child);
+    // Killed with part of the data written.
+    let (_, blocks) = qimg_tests::file_shape(&fx.path("target.raw"));
+    let allocated = blocks * 512;
+    assert!((2 << 20..40 << 20).contains(&allocated), "{allocated}");
+    let info = fx.qemu_img(&["info", "-f", "qcow2", &target.uri]);
+    assert_ne!(
+        info.status, 0,
+        "the export opens as qcow2:\n{}",
+        info.stdout
+    );
+    // The same copy left to finish is the source's.
+    let done = fx.qimg(&["convert", "-O", "qcow2", "a.raw", &target.uri]);
+    assert_eq!(done.status, 0, "{}", done.stderr);
+    fx.oracle(&["compare", "-F", "qcow2", "a.raw", &target.uri]);
+}
+
 /// A raw image of 64 MiB whose first 40 MiB are data: more than two of the
 /// store's write-behind steps (16 MiB).
 fn forty_mib_of_data(fx: &Fixture, name: &str) {

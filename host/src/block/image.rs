@@ -7,7 +7,7 @@ use super::services::{on_deep_stack, Services, SharedStore};
 use super::spec::{resolve, Protocol};
 use crate::commands::registry;
 use crate::plugins::{loader::FindError, Driver};
-use crate::store::{file::OpenMode, remote, CacheMode, LocalFile, NullStore, Store};
+use crate::store::{file::OpenMode, remote, veil, CacheMode, LocalFile, NullStore, Store};
 use qimg_driver_api::abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr};
 use qimg_driver_api::guard::Poison;
 use qimg_driver_api::schema::{CreateRequest, ImageInfo};
@@ -710,14 +710,14 @@ pub fn create_image(
     cache: CacheMode,
     veiled: bool,
 ) -> Result<(), DriverError> {
+    // A raw image has no magic to veil: its first bytes are guest data.
+    let veiled = veiled && !driver.can(caps::IDENTITY_MAPPED);
     if let Some(protocol) = super::spec::remote_scheme(path) {
         // A remote store exists already: it is formatted, never removed.
-        return format_remote(driver, protocol, path, request, cache);
+        return format_remote(driver, protocol, path, request, cache, veiled);
     }
     let path = super::spec::local_path(path).map_err(DriverError::invalid_argument)?;
     let existed = target_existed(path);
-    // A raw image has no magic to veil: its first bytes are guest data.
-    let veiled = veiled && !driver.can(caps::IDENTITY_MAPPED);
     let result = format_new(driver, path, request, cache, veiled);
     if result.is_err() && !existed {
         // A failed creation leaves nothing that could pass for an image.
@@ -743,12 +743,25 @@ fn format_remote(
     name: &str,
     request: &CreateRequest,
     cache: CacheMode,
+    veiled: bool,
 ) -> Result<(), DriverError> {
     let spec = super::spec::resolve(name, false).map_err(DriverError::invalid_argument)?;
-    let opened = remote::open(protocol, &spec, true)?;
-    let store = Arc::new(Store::Remote(opened));
-    zero_first_sector(&*store)?;
-    create_on(driver, store, name, false, cache, request)
+    let mut opened = remote::open(protocol, &spec, true)?;
+    zero_first_sector(&opened.store)?;
+    let veil = veiled.then(|| veil::cover(veil::Key::Node(opened.node_name.clone())));
+    opened.veil = veil.clone();
+    create_on(
+        driver,
+        Arc::new(Store::Remote(opened)),
+        name,
+        false,
+        cache,
+        request,
+    )?;
+    if let Some(veil) = veil {
+        veil.created();
+    }
+    Ok(())
 }
 
 /// Zeroes the first sector of the remote store `name` names, so that a

@@ -124,7 +124,7 @@ impl LocalFile {
                 let kind = meta.file_type();
                 kind.is_block_device() || kind.is_char_device()
             },
-            veil: veil::find(&meta),
+            veil: veil::find(&veil::Key::of_file(&meta)),
         })
     }
 
@@ -178,29 +178,17 @@ impl LocalFile {
     }
 
     /// Veils the bytes that make the file an image (see [`veil`]) until
-    /// [`LocalFile::lift_veil`]; for an image about to be created. Returns
-    /// the veil too, to be told when the creation is done.
+    /// [`super::Store::lift_veil`]; for an image about to be created.
+    /// Returns the veil too, to be told when the creation is done.
     pub fn veiled(mut self) -> Result<(Self, Arc<Veil>), DriverError> {
         let meta = self.file.metadata().map_err(DriverError::from)?;
-        let veil = veil::cover(&meta);
+        let veil = veil::cover(veil::Key::of_file(&meta));
         self.veil = Some(veil.clone());
         Ok((self, veil))
     }
 
-    /// Writes the bytes a veil kept (the image is complete and closed),
-    /// and makes them durable as a flush would.
-    pub fn lift_veil(&self) -> Result<(), DriverError> {
-        let Some(veil) = self.active_veil() else {
-            return Ok(());
-        };
-        before_change()?;
-        for (offset, bytes) in veil.lift(self.len_now()?) {
-            self.changed(self.pwrite(offset, &bytes))?;
-        }
-        self.flush().into_result()
-    }
-
-    fn active_veil(&self) -> Option<&Veil> {
+    /// The veil over the file, while it is veiled.
+    pub fn veil(&self) -> Option<&Veil> {
         self.veil.as_deref().filter(|v| v.active())
     }
 
@@ -538,19 +526,12 @@ impl Drop for LocalFile {
 
 impl ByteStore for LocalFile {
     fn read_at(&self, offset: u64, mut buf: RSliceMut<'_, u8>) -> RResult<u64, DriverError> {
-        catch(|| {
-            let got = self.pread(offset, buf.as_mut_slice())?;
-            if let Some(veil) = self.active_veil() {
-                veil.read_over(offset, buf.as_mut_slice(), got);
-            }
-            Ok(got)
-        })
+        catch(|| self.pread(offset, buf.as_mut_slice()))
     }
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
-            let veiled = self.active_veil().and_then(|v| v.write_over(offset, &buf));
-            self.changed(self.pwrite(offset, veiled.as_deref().unwrap_or(&buf)))
+            self.changed(self.pwrite(offset, buf.as_slice()))
         })
     }
     fn len(&self) -> RResult<u64, DriverError> {
@@ -559,9 +540,6 @@ impl ByteStore for LocalFile {
     fn set_len(&self, len: u64, prealloc: Prealloc) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
-            if let Some(veil) = self.active_veil() {
-                veil.zeroed(len, u64::MAX - len);
-            }
             self.changed(self.resize(len, prealloc))
         })
     }
@@ -580,9 +558,6 @@ impl ByteStore for LocalFile {
     fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> RResult<(), DriverError> {
         catch(|| {
             before_change()?;
-            if let Some(veil) = self.active_veil() {
-                veil.zeroed(offset, len);
-            }
             self.changed(self.zeroes(offset, len, punch))
         })
     }

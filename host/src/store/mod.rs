@@ -16,6 +16,7 @@ pub use null::NullStore;
 use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
 use qimg_driver_api::{ByteStore, ByteStoreBox, DriverError, Prealloc, StoreRun};
 use std::fs::File;
+use veil::Veil;
 
 /// The store an image lives on.
 pub enum Store {
@@ -36,6 +37,8 @@ pub struct RemoteStore {
     pub node_name: String,
     /// The store itself.
     pub store: ByteStoreBox,
+    /// The veil over a new image being written there (see [`veil`]).
+    pub veil: Option<std::sync::Arc<Veil>>,
 }
 
 impl Store {
@@ -70,12 +73,27 @@ impl Store {
     pub fn stop_growing_ahead(&self) {
         self.grow_densely(false);
     }
-    /// Writes the first bytes of a new image that were veiled while it was
-    /// written (see [`veil`]); nothing for a store without a veil.
+    /// Writes the bytes a veil kept while a new image was written (see
+    /// [`veil`]; the image is complete and closed), and makes them durable
+    /// as a flush would. Nothing for a store without a veil.
     pub fn lift_veil(&self) -> Result<(), DriverError> {
+        let Some(veil) = self.veil() else {
+            return Ok(());
+        };
+        let len = self.inner().len().into_result()?;
+        for (offset, bytes) in veil.lift(len) {
+            self.inner()
+                .write_at(offset, RSlice::from_slice(&bytes))
+                .into_result()?;
+        }
+        self.flush().into_result()
+    }
+    /// The veil over the store, while it is veiled.
+    fn veil(&self) -> Option<&Veil> {
         match self {
-            Store::File(f) => f.lift_veil(),
-            Store::Null(_) | Store::Remote(_) => Ok(()),
+            Store::File(f) => f.veil(),
+            Store::Remote(r) => r.veil.as_deref().filter(|v| v.active()),
+            Store::Null(_) => None,
         }
     }
     /// Whether an image lock is held on the store.
@@ -100,23 +118,42 @@ impl Store {
     }
 }
 
+/// A veiled store's reads and writes go through its veil (see [`veil`]).
 impl ByteStore for Store {
-    fn read_at(&self, offset: u64, buf: RSliceMut<'_, u8>) -> RResult<u64, DriverError> {
-        self.inner().read_at(offset, buf)
+    fn read_at(&self, offset: u64, mut buf: RSliceMut<'_, u8>) -> RResult<u64, DriverError> {
+        let Some(veil) = self.veil() else {
+            return self.inner().read_at(offset, buf);
+        };
+        let got = self
+            .inner()
+            .read_at(offset, RSliceMut::from_mut_slice(buf.as_mut_slice()));
+        if let RResult::ROk(got) = got {
+            veil.read_over(offset, buf.as_mut_slice(), got);
+        }
+        got
     }
     fn write_at(&self, offset: u64, buf: RSlice<'_, u8>) -> RResult<(), DriverError> {
-        self.inner().write_at(offset, buf)
+        match self.veil().and_then(|v| v.write_over(offset, &buf)) {
+            Some(bytes) => self.inner().write_at(offset, RSlice::from_slice(&bytes)),
+            None => self.inner().write_at(offset, buf),
+        }
     }
     fn len(&self) -> RResult<u64, DriverError> {
         self.inner().len()
     }
     fn set_len(&self, len: u64, prealloc: Prealloc) -> RResult<(), DriverError> {
+        if let Some(veil) = self.veil() {
+            veil.zeroed(len, u64::MAX - len);
+        }
         self.inner().set_len(len, prealloc)
     }
     fn flush(&self) -> RResult<(), DriverError> {
         self.inner().flush()
     }
     fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> RResult<(), DriverError> {
+        if let Some(veil) = self.veil() {
+            veil.zeroed(offset, len);
+        }
         self.inner().write_zeroes(offset, len, punch)
     }
     fn run_at(&self, offset: u64, max: u64) -> RResult<StoreRun, DriverError> {

@@ -26,7 +26,7 @@ pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<RemoteStore, 
             .into_result()?
             .into(),
     };
-    let node_name = protocol
+    let node_name: String = protocol
         .api
         .canonical_name(RStr::from(options.as_str()))
         .into_result()?
@@ -45,6 +45,7 @@ pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<RemoteStore, 
     .into_result()?;
     Ok(RemoteStore {
         protocol: protocol.name.clone(),
+        veil: super::veil::find(&super::veil::Key::Node(node_name.clone())),
         node_name,
         store,
     })

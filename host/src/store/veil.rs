@@ -10,10 +10,10 @@
 //! on that starts with a format's magic (a VHD's footer, the only thing
 //! that makes a fixed VHD one).
 //!
-//! A veil belongs to a file (device and inode), not to one open handle:
-//! every [`super::LocalFile`] this process opens on that file while it is
-//! veiled reads and writes through the same veil, so the driver that
-//! creates the image and the one that then writes it agree.
+//! A veil belongs to a file (device and inode) or a network store (its
+//! node name), not to one open handle: every store this process opens on
+//! it while it is veiled reads and writes through the same veil, so the
+//! driver that creates the image and the one that then writes it agree.
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
@@ -26,11 +26,27 @@ pub const VEILED: u64 = 4096;
 /// The size of a footer a veil keeps.
 const SECTOR: usize = 512;
 
+/// What a veil is over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// A local file: its device and inode.
+    File(u64, u64),
+    /// A network store: its node name.
+    Node(String),
+}
+
+impl Key {
+    /// The key of the local file `meta` describes.
+    pub fn of_file(meta: &Metadata) -> Key {
+        Key::File(meta.dev(), meta.ino())
+    }
+}
+
 /// The bytes that make a file being written an image, as its writers see
 /// them.
 pub struct Veil {
-    /// The file's device and inode.
-    id: (u64, u64),
+    /// What it is over.
+    key: Key,
     /// The veiled ranges (offset, what the writers put there: zeros where
     /// they wrote nothing or the file ends). The head comes first.
     parts: Mutex<Vec<(u64, Vec<u8>)>>,
@@ -43,20 +59,17 @@ pub struct Veil {
 /// The veils this process holds.
 static VEILS: Mutex<Vec<Arc<Veil>>> = Mutex::new(Vec::new());
 
-/// Veils the file `meta` describes (empty: it is about to be created).
-pub fn cover(meta: &Metadata) -> Arc<Veil> {
-    let veil = Arc::new(Veil::new((meta.dev(), meta.ino())));
+/// Veils the store `key` names (an image is about to be created there).
+pub fn cover(key: Key) -> Arc<Veil> {
+    let veil = Arc::new(Veil::new(key));
     lock(&VEILS).push(veil.clone());
     veil
 }
 
-/// The veil over the file `meta` describes, if it has one.
-pub fn find(meta: &Metadata) -> Option<Arc<Veil>> {
+/// The veil over the store `key` names, if it has one.
+pub fn find(key: &Key) -> Option<Arc<Veil>> {
     let veils = lock(&VEILS);
-    veils
-        .iter()
-        .find(|v| v.id == (meta.dev(), meta.ino()) && v.active())
-        .cloned()
+    veils.iter().find(|v| v.key == *key && v.active()).cloned()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,9 +92,9 @@ fn meet(at: u64, size: usize, offset: u64, len: u64) -> Option<(usize, usize, us
 }
 
 impl Veil {
-    fn new(id: (u64, u64)) -> Veil {
+    fn new(key: Key) -> Veil {
         Veil {
-            id,
+            key,
             parts: Mutex::new(vec![(0, vec![0; VEILED as usize])]),
             creating: AtomicBool::new(true),
             active: AtomicBool::new(true),
@@ -145,7 +158,7 @@ impl Veil {
     /// bytes long. Later handles on the file see it as it is.
     pub fn lift(&self, len: u64) -> Vec<(u64, Vec<u8>)> {
         self.active.store(false, Ordering::Release);
-        lock(&VEILS).retain(|v| v.id != self.id);
+        lock(&VEILS).retain(|v| v.key != self.key);
         lock(&self.parts)
             .iter()
             .filter_map(|(at, bytes)| {
@@ -162,7 +175,7 @@ mod tests {
 
     #[test]
     fn writes_into_the_head_reach_the_file_as_zeros_and_read_back() {
-        let v = Veil::new((0, 0));
+        let v = Veil::new(Key::File(0, 0));
         let buf = vec![7u8; 8192];
         let to_file = v.write_over(4000, &buf).expect("overlaps");
         assert!(to_file[..96].iter().all(|&b| b == 0));
@@ -182,7 +195,7 @@ mod tests {
 
     #[test]
     fn footers_written_while_creating_are_veiled_and_later_data_is_not() {
-        let v = Veil::new((0, 0));
+        let v = Veil::new(Key::File(0, 0));
         let mut footer = vec![0u8; 512];
         footer[..8].copy_from_slice(b"conectix");
         let to_file = v.write_over(1 << 20, &footer).expect("a footer");
@@ -201,7 +214,7 @@ mod tests {
 
     #[test]
     fn zeroed_bytes_and_the_lifted_head_follow_the_file() {
-        let v = Veil::new((0, 0));
+        let v = Veil::new(Key::File(0, 0));
         v.write_over(0, &[1u8; 100]);
         v.zeroed(50, 1000);
         let lifted = v.lift(80);
