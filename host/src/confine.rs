@@ -66,21 +66,43 @@ pub fn precreated(path: &str) -> bool {
         .any(|p| p == Path::new(path))
 }
 
-/// Removes a target a failed command created; under confinement, where the
-/// directory cannot be changed, empties it instead, so that nothing that
-/// could pass for an image is left.
+/// Files the command created beside the image it creates (an external
+/// data file, vmdk extents): discarded with it.
+static BESIDE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Notes that the command created `path`, a file the image it creates
+/// names, so that [`discard_target`] removes it too.
+pub fn created_beside(path: &Path) {
+    lock(&BESIDE).push(path.to_path_buf());
+}
+
+/// Removes a target a failed command created, and the files created beside
+/// it; under confinement, where the directory cannot be changed, empties
+/// it instead, so that nothing that could pass for an image is left.
 pub fn discard_target(path: &str) {
     if crate::block::spec::remote_scheme(path).is_some() {
         crate::block::image::unformat_remote(path);
-        return;
+    } else {
+        remove_or_empty(Path::new(
+            crate::block::spec::local_path(path).unwrap_or(path),
+        ));
     }
-    let path = crate::block::spec::local_path(path).unwrap_or(path);
+    for beside in std::mem::take(&mut *lock(&BESIDE)) {
+        remove_or_empty(&beside);
+    }
+}
+
+fn remove_or_empty(path: &Path) {
     if std::fs::remove_file(path).is_err() {
         let _ = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
             .and_then(|f| f.set_len(0));
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Confines the process to reading `inputs` and reading and writing

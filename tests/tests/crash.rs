@@ -667,22 +667,33 @@ fn an_interrupted_copy_removes_the_target_it_created() {
          qemu-io -f raw -c 'write -P 7 0 16M' src.raw >/dev/null");
     // -r 4M: four seconds of copying, interrupted within the first.
     let slow = ["-r", "4M", "src.raw"];
-    for (signal, format) in [
-        (libc::SIGINT, "qcow2"),
-        (libc::SIGTERM, "raw"),
-        (libc::SIGHUP, "vmdk"),
+    // Files the creation made beside the target (extents, a data file)
+    // go with it.
+    for (signal, format, options, growing) in [
+        (libc::SIGINT, "qcow2", "data_file=out.data", "out.data"),
+        (libc::SIGTERM, "raw", "", "out.raw"),
+        (
+            libc::SIGHUP,
+            "vmdk",
+            "subformat=twoGbMaxExtentSparse",
+            "out-s001.vmdk",
+        ),
     ] {
         let target = format!("out.{format}");
-        let mut args = vec!["convert", "-O", format];
+        let mut args = vec!["convert", "-O", format, "-o", options];
+        if options.is_empty() {
+            args.truncate(3);
+        }
         args.extend_from_slice(&slow);
         args.push(&target);
         let mut child = fx.spawn_qimg(&args);
-        wait_for_growth(&fx, &target, 1 << 20);
+        wait_for_growth(&fx, growing, 1 << 20);
         // SAFETY: kill(2) on the child we started.
         unsafe { libc::kill(child.id() as i32, signal) };
         let status = child.wait().expect("wait for qimg");
         assert_eq!(status.signal(), Some(signal), "{format}: {status:?}");
-        assert!(!fx.path(&target).exists(), "{format}: the target is left");
+        let left = fx.sh("ls out* 2>/dev/null || true");
+        assert!(left.is_empty(), "{format}: left behind: {left}");
     }
     // An existing target (convert -n) is the user's: it stays.
     fx.sh("qemu-img create -q -f qcow2 old.qcow2 16M");

@@ -181,7 +181,11 @@ impl ServicesHandle {
         let path = PathBuf::from(&resolved);
         let write = writable && services.writable;
         let file = if create {
+            let existed = super::image::target_existed(&resolved);
             let file = LocalFile::create_unemptied(&path, &resolved, services.cache)?;
+            if !existed {
+                crate::confine::created_beside(&path);
+            }
             if services.related_lock.is_some() {
                 // As for the image itself: whoever holds the file keeps its
                 // bytes (qemu checks creation's locks before truncating).
