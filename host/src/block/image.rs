@@ -701,8 +701,8 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
 
 /// Creates an image file of `driver`'s format: creates the file under QEMU's
 /// create lock, lets the driver format it, and releases the lock. With
-/// `veiled`, a local image with metadata stays veiled (`store::veil`) until
-/// the caller, done writing it, lifts the veil through the store it opened.
+/// `veiled`, an image with metadata stays veiled (`store::veil`) until the
+/// caller, done writing it, lifts the veil through the store it opened.
 pub fn create_image(
     driver: &Arc<Driver>,
     path: &str,

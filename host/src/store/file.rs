@@ -47,7 +47,8 @@ pub struct LocalFile {
     /// A block or character device, which qemu opens with its
     /// `host_device` protocol driver.
     device: bool,
-    /// The veil over the file's first bytes while a copy writes it.
+    /// The veil over the bytes that make the file an image, while a copy
+    /// writes it.
     veil: Option<Arc<Veil>>,
 }
 
