@@ -239,10 +239,12 @@ impl QedImage {
                 what => {
                     self.mark_need_check(&mut t)?;
                     let first = at / cs;
-                    let clusters = (at + run.len).div_ceil(cs) - first;
-                    let host = t.allocate(clusters);
+                    let wanted = (at + run.len).div_ceil(cs) - first;
+                    let (host, clusters) = take_place(&mut t, first, wanted, cs);
+                    let end = ((first + clusters) * cs).min(at + run.len);
+                    let piece = &buf[done as usize..(end - offset) as usize];
                     let head = at % cs;
-                    let tail = (at + run.len) % cs;
+                    let tail = end % cs;
                     let mut pos = 0usize;
                     let mut dst = host;
                     if head != 0 || (clusters == 1 && tail != 0) {
@@ -271,11 +273,45 @@ impl QedImage {
                     for c in 0..clusters {
                         t.set(&self.store, first + c, Cluster::Data(host + c * cs))?;
                     }
+                    done += piece.len() as u64;
+                    continue;
                 }
             }
             done += run.len;
         }
         Ok(())
+    }
+
+    /// Gives the guest clusters of `[offset, offset + len)` that hold no
+    /// data their places at the end of the file now, in guest order, and
+    /// then the L2 tables they lack, as qemu-img allocates a request that
+    /// reaches them (the copy engine calls this in guest order). Writes use
+    /// those places; nothing on disk changes until they do.
+    pub fn reserve(&self, offset: u64, len: u64) -> Result<bool> {
+        if !self.writable {
+            return Ok(false);
+        }
+        if len == 0 {
+            return Ok(true);
+        }
+        self.check_write(offset, len)?;
+        let cs = self.cluster;
+        let mut t = self.lock();
+        let (first, last) = (offset / cs, (offset + len - 1) / cs);
+        for c in first..=last {
+            let placed = t.reserved.contains_key(&c)
+                || matches!(t.lookup(&self.store, c)?, Cluster::Data(_));
+            if !placed {
+                let host = t.allocate(1);
+                t.reserved.insert(c, host);
+            }
+        }
+        let entries = t.header.table_entries();
+        for c in (first..=last).step_by(entries as usize) {
+            t.l2_for(c)?;
+        }
+        t.l2_for(last)?;
+        Ok(true)
     }
 
     /// Writes guest bytes.
@@ -431,4 +467,23 @@ impl QedImage {
         self.size.store(new_size, Ordering::Release);
         Ok(())
     }
+}
+
+/// The place for `wanted` guest clusters from `first` that hold no data:
+/// the run of them reserved at consecutive places, or else the run of them
+/// not reserved, allocated at the end of the file. Returns the first place
+/// and how many clusters it covers (at least one).
+fn take_place(t: &mut Tables, first: u64, wanted: u64, cs: u64) -> (u64, u64) {
+    if let Some(host) = t.reserved.remove(&first) {
+        let mut n = 1;
+        while n < wanted && t.reserved.get(&(first + n)) == Some(&(host + n * cs)) {
+            t.reserved.remove(&(first + n));
+            n += 1;
+        }
+        return (host, n);
+    }
+    let n = (1..wanted)
+        .find(|&i| t.reserved.contains_key(&(first + i)))
+        .unwrap_or(wanted);
+    (t.allocate(n), n)
 }

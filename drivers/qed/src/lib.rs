@@ -97,6 +97,9 @@ impl ImageImpl for QedImage {
     fn write_zeroes(&self, offset: u64, len: u64, flags: u32) -> Result<(), DriverError> {
         Ok(QedImage::write_zeroes(self, offset, len, flags)?)
     }
+    fn reserve(&self, offset: u64, len: u64) -> Result<bool, DriverError> {
+        Ok(self.reserve(offset, len)?)
+    }
     fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>, DriverError> {
         Ok(self.status(offset, len)?)
     }

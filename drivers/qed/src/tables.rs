@@ -55,6 +55,9 @@ pub struct Tables {
     l2_dirty: BTreeMap<u64, BTreeSet<usize>>,
     /// End of the file's whole clusters: where the next cluster is allocated.
     pub end: u64,
+    /// Guest clusters given a place by `reserve` that no write has used
+    /// yet, with their file offsets.
+    pub reserved: BTreeMap<u64, u64>,
 }
 
 /// Reads a table of `entries` little-endian offsets at `offset`.
@@ -84,6 +87,7 @@ impl Tables {
             l2: HashMap::new(),
             l2_dirty: BTreeMap::new(),
             end,
+            reserved: BTreeMap::new(),
         })
     }
 
@@ -139,18 +143,7 @@ impl Tables {
     /// [`Tables::write_back`].
     pub fn set(&mut self, store: &ByteStoreBox, cluster: u64, what: Cluster) -> Result<()> {
         let entries = self.header.table_entries();
-        let index = (cluster / entries) as usize;
-        let mut table = self.l2_offset(index)?;
-        if table == 0 {
-            let slot = self.l1.get_mut(index).ok_or(Error::BadOffset)?;
-            table = self.end;
-            *slot = table;
-            self.allocate(self.header.table_size.into());
-            self.l2.insert(table, vec![0; entries as usize]);
-            self.l1_dirty.insert(index);
-            let sectors = entries as usize / SECTOR_ENTRIES;
-            self.l2_dirty.insert(table, (0..sectors).collect());
-        }
+        let table = self.l2_for(cluster)?;
         let at = (cluster % entries) as usize;
         self.l2_table(store, table)?[at] = what.entry();
         self.l2_dirty
@@ -158,6 +151,26 @@ impl Tables {
             .or_default()
             .insert(at / SECTOR_ENTRIES);
         Ok(())
+    }
+
+    /// The offset of the L2 table for guest cluster `cluster`, allocating
+    /// an empty one at the end of the file if it has none.
+    pub fn l2_for(&mut self, cluster: u64) -> Result<u64> {
+        let entries = self.header.table_entries();
+        let index = (cluster / entries) as usize;
+        let table = self.l2_offset(index)?;
+        if table != 0 {
+            return Ok(table);
+        }
+        let slot = self.l1.get_mut(index).ok_or(Error::BadOffset)?;
+        let table = self.end;
+        *slot = table;
+        self.allocate(self.header.table_size.into());
+        self.l2.insert(table, vec![0; entries as usize]);
+        self.l1_dirty.insert(index);
+        let sectors = entries as usize / SECTOR_ENTRIES;
+        self.l2_dirty.insert(table, (0..sectors).collect());
+        Ok(table)
     }
 
     /// True if tables changed since the last write-back.
