@@ -731,22 +731,13 @@ impl Meta {
     /// header fields that name it (qemu writes those fields alone), each
     /// step durable before the next.
     fn commit_reftable(&mut self, io: &Io) -> Result<()> {
-        let cs = self.layout.cluster_size();
-        for offset in self.refblocks.dirty() {
-            self.check_overlap(io, offset, cs, Some(MetaKind::RefcountBlock))?;
-            if let Some(block) = self.refblocks.take_dirty(offset) {
-                io.write(offset, block)?;
-            }
-        }
+        self.write_refblocks(io)?;
+        self.write_reftable(io, true)?;
+        io.flush()?;
         let (offset, clusters) = (
             self.header.refcount_table_offset,
             self.header.refcount_table_clusters,
         );
-        let mut bytes = words_be(&self.reftable);
-        bytes.resize(clusters as usize * cs as usize, 0);
-        io.write(offset, &bytes)?;
-        self.reftable_dirty = false;
-        io.flush()?;
         let mut fields = offset.to_be_bytes().to_vec();
         fields.extend_from_slice(&clusters.to_be_bytes());
         io.write(REFTABLE_FIELDS, &fields)?;
@@ -982,22 +973,9 @@ impl Meta {
         let cs = self.layout.cluster_size() as usize;
         // 1. Refcounts (and a moved refcount table) before anything refers
         //    to the clusters they count.
-        let mut wrote = false;
-        for offset in self.refblocks.dirty() {
-            self.check_overlap(io, offset, cs as u64, Some(MetaKind::RefcountBlock))?;
-            if let Some(block) = self.refblocks.take_dirty(offset) {
-                io.write(offset, block)?;
-                wrote = true;
-            }
-        }
+        let mut wrote = self.write_refblocks(io)?;
         if self.reftable_dirty {
-            let mut bytes = words_be(&self.reftable);
-            let full = self.header.refcount_table_clusters as usize * cs;
-            if self.header_dirty {
-                bytes.resize(full, 0);
-            }
-            io.write(self.header.refcount_table_offset, &bytes)?;
-            self.reftable_dirty = false;
+            self.write_reftable(io, self.header_dirty)?;
             wrote = true;
         }
         // 2. Data and refcounts durable before L2 entries point at them.
@@ -1037,13 +1015,36 @@ impl Meta {
             for (offset, len) in std::mem::take(&mut self.released) {
                 self.add_refcount(io, offset, len, -1)?;
             }
-            for offset in self.refblocks.dirty() {
-                self.check_overlap(io, offset, cs as u64, Some(MetaKind::RefcountBlock))?;
-                if let Some(block) = self.refblocks.take_dirty(offset) {
-                    io.write(offset, block)?;
-                }
+            self.write_refblocks(io)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the dirty refcount blocks, each past the overlap check.
+    /// Returns whether there were any.
+    fn write_refblocks(&mut self, io: &Io) -> Result<bool> {
+        let cs = self.layout.cluster_size();
+        let mut wrote = false;
+        for offset in self.refblocks.dirty() {
+            self.check_overlap(io, offset, cs, Some(MetaKind::RefcountBlock))?;
+            if let Some(block) = self.refblocks.take_dirty(offset) {
+                io.write(offset, block)?;
+                wrote = true;
             }
         }
+        Ok(wrote)
+    }
+
+    /// Writes the refcount table where the header says, all of its
+    /// clusters when `whole` (a new place: the tail must read as zeros).
+    fn write_reftable(&mut self, io: &Io, whole: bool) -> Result<()> {
+        let mut bytes = words_be(&self.reftable);
+        if whole {
+            let cs = self.layout.cluster_size() as usize;
+            bytes.resize(self.header.refcount_table_clusters as usize * cs, 0);
+        }
+        io.write(self.header.refcount_table_offset, &bytes)?;
+        self.reftable_dirty = false;
         Ok(())
     }
 
