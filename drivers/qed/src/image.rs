@@ -307,10 +307,9 @@ impl QedImage {
             }
         }
         let entries = t.header.table_entries();
-        for c in (first..=last).step_by(entries as usize) {
-            t.l2_for(c)?;
+        for table in first / entries..=last / entries {
+            t.l2_for(table * entries)?;
         }
-        t.l2_for(last)?;
         Ok(true)
     }
 
