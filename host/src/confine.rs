@@ -10,6 +10,7 @@
 //! lacks either mechanism qimg warns and goes on with what it has.
 
 use crate::error::{fail, CmdError};
+use crate::sync::lock;
 use landlock::{
     Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, ABI,
@@ -59,11 +60,7 @@ pub fn admit_named_file(name: &str) -> Result<(), DriverError> {
 /// True if `path` was created empty by [`enter`]: the command treats it as
 /// a target it creates.
 pub fn precreated(path: &str) -> bool {
-    PRECREATED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|p| p == Path::new(path))
+    lock(&PRECREATED).iter().any(|p| p == Path::new(path))
 }
 
 /// Files the command created beside the image it creates (an external
@@ -101,10 +98,6 @@ fn remove_or_empty(path: &Path) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Confines the process to reading `inputs` and reading and writing
 /// `outputs` (created empty first if missing), if `--confine` was given.
 /// Call it after parsing the command line and before opening any image.
@@ -136,10 +129,7 @@ pub fn enter(inputs: &[PathBuf], outputs: &[PathBuf]) -> Result<(), CmdError> {
                 .create_new(true)
                 .open(out)
                 .map_err(|e| fail(format!("{}: {}", out.display(), io_text(&e))))?;
-            PRECREATED
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(out.clone());
+            lock(&PRECREATED).push(out.clone());
         }
     }
     match restrict_files(inputs, outputs) {

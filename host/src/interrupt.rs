@@ -5,6 +5,7 @@
 //! same signal end the process, so the exit status is the one qemu-img
 //! gives (it does not catch them, and leaves the half-written target).
 
+use crate::sync::lock;
 use std::sync::Mutex;
 
 /// The signals a user or a service manager stops a command with.
@@ -50,7 +51,7 @@ fn wait_and_end(set: libc::sigset_t) {
     if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
         return;
     }
-    if let Some(target) = TARGET.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(target) = lock(&TARGET).take() {
         crate::confine::discard_target(&target);
     }
     // SAFETY: the default action for a terminating signal, unblocked in
@@ -69,7 +70,7 @@ fn wait_and_end(set: libc::sigset_t) {
 /// Registers `target`, a file this command creates, for removal if a
 /// signal ends the process before the returned guard is dropped.
 pub fn discard_on_signal(target: &str) -> Registered {
-    *TARGET.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.to_string());
+    *lock(&TARGET) = Some(target.to_string());
     Registered
 }
 
@@ -79,6 +80,6 @@ pub struct Registered;
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        TARGET.lock().unwrap_or_else(|e| e.into_inner()).take();
+        lock(&TARGET).take();
     }
 }

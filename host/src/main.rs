@@ -11,6 +11,7 @@ mod error;
 mod interrupt;
 mod plugins;
 mod store;
+mod sync;
 mod trace;
 
 use std::process::ExitCode;

@@ -2,6 +2,7 @@
 //! (what [`super::turns::Turns`] relies on), and an ordered pipeline where
 //! items are prepared in parallel and consumed strictly in order.
 
+use crate::sync::lock;
 use qimg_driver_api::DriverError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,11 +125,6 @@ fn fail<T>(
     st.failed.get_or_insert(e.clone());
     changed.notify_all();
     Err(e)
-}
-
-/// Locks `mutex`, whatever a panicking holder left.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -188,9 +188,9 @@ impl LocalFile {
         Ok((self, veil))
     }
 
-    /// The veil over the file, while it is veiled.
+    /// The veil over the file, if one was put over it.
     pub fn veil(&self) -> Option<&Veil> {
-        self.veil.as_deref().filter(|v| v.active())
+        self.veil.as_deref()
     }
 
     /// Whether this is a block or character device rather than a file.

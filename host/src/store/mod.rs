@@ -90,11 +90,12 @@ impl Store {
     }
     /// The veil over the store, while it is veiled.
     fn veil(&self) -> Option<&Veil> {
-        match self {
+        let veil = match self {
             Store::File(f) => f.veil(),
-            Store::Remote(r) => r.veil.as_deref().filter(|v| v.active()),
+            Store::Remote(r) => r.veil.as_deref(),
             Store::Null(_) => None,
-        }
+        };
+        veil.filter(|v| v.active())
     }
     /// Whether an image lock is held on the store.
     pub fn is_locked(&self) -> bool {

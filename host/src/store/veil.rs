@@ -15,6 +15,7 @@
 //! it while it is veiled reads and writes through the same veil, so the
 //! driver that creates the image and the one that then writes it agree.
 
+use crate::sync::lock;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,10 +71,6 @@ pub fn cover(key: Key) -> Arc<Veil> {
 pub fn find(key: &Key) -> Option<Arc<Veil>> {
     let veils = lock(&VEILS);
     veils.iter().find(|v| v.key == *key && v.active()).cloned()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Where `offset..offset+len` and the part at `at` of `size` bytes meet:
