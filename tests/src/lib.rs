@@ -365,6 +365,20 @@ impl Fixture {
         );
     }
 
+    /// Writes `pat.raw`, the 4 MiB source the damaged-image tests copy with
+    /// `convert -n` over [`Fixture::write_scattered`]'s image: runs that
+    /// rewrite some of its data (a whole cluster, a sector inside one) and
+    /// add new data, at both ends of the disk.
+    pub fn write_over_scattered(&self) {
+        let runs = [
+            (0, 0xa5, 65536),
+            (1049088, 0x3c, 512),
+            (2 << 20, 0x5a, 65536),
+            (4190208, 0xc3, 4096),
+        ];
+        self.write_pattern("pat.raw", 4 << 20, &runs);
+    }
+
     /// Writes a sparse raw disk of `size` bytes holding `runs` of (offset,
     /// byte, length) and zeros elsewhere: the source of `convert -n` into
     /// damaged images, whose copy must then read back equal to it.

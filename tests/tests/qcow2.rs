@@ -2209,13 +2209,7 @@ fn misread_refcounts_never_give_a_successful_wrong_copy() {
     ]);
     fx.write_scattered("qcow2", "m.qcow2");
     fx.patched_copy("m.qcow2", "bad.qcow2", &[(96, 5u32.to_be_bytes())]);
-    let runs = [
-        (0, 0xa5, 65536),
-        (1049088, 0x3c, 512),
-        (2 << 20, 0x5a, 65536),
-        (4190208, 0xc3, 4096),
-    ];
-    fx.write_pattern("pat.raw", 4 << 20, &runs);
+    fx.write_over_scattered();
     let out = convert_pattern_into(&fx, "bad.qcow2");
     if out.status == 0 {
         fx.oracle(&[

@@ -466,13 +466,7 @@ fn a_table_write_back_keeps_data_it_overlaps() {
     // table_size (offset 8, in clusters): 4 -> 8.
     fx.patched_copy("e.qed", "m.qed", &[(8, vec![8u8, 0, 0, 0])]);
     fx.sh("cp m.qed theirs.qed");
-    let runs = [
-        (0, 0xa5, 65536),
-        (1049088, 0x3c, 512),
-        (2 << 20, 0x5a, 65536),
-        (4190208, 0xc3, 4096),
-    ];
-    fx.write_pattern("pat.raw", 4 << 20, &runs);
+    fx.write_over_scattered();
     let args = ["convert", "-n", "-f", "raw", "-O", "qed", "pat.raw"];
     let ours = fx.qimg(&[&args[..], &["m.qed"]].concat());
     assert_eq!(ours.status, 0, "{}", ours.stderr);
