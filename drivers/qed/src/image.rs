@@ -15,7 +15,7 @@ use qimg_driver_api::{
     StoreExt,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Most extents one `block_status` call returns.
 const STATUS_EXTENTS: usize = 256;
@@ -34,6 +34,8 @@ pub struct QedImage {
     cluster: u64,
     /// Metadata, under the image lock.
     pub(crate) tables: Mutex<Tables>,
+    /// Signalled when guest clusters leave `Tables::busy`.
+    settled: Condvar,
     /// Backing file name and format as the header records them.
     backing_names: Mutex<(Option<String>, Option<String>)>,
 }
@@ -96,6 +98,7 @@ impl QedImage {
             size: AtomicU64::new(size),
             cluster,
             tables: Mutex::new(tables),
+            settled: Condvar::new(),
             backing_names: Mutex::new((name, format)),
         };
         // An image not closed cleanly is checked and repaired before use
@@ -219,6 +222,13 @@ impl QedImage {
             let at = offset + done;
             let mut t = self.lock();
             let run = self.run_at(&mut t, at, len - done)?;
+            let clusters = at / cs..(at + run.len).div_ceil(cs);
+            if !matches!(run.what, Cluster::Data(_)) && t.busy.range(clusters).next().is_some() {
+                // Another writer is placing some of these clusters: look
+                // again once their entries are set.
+                drop(self.settled.wait(t).unwrap_or_else(|e| e.into_inner()));
+                continue;
+            }
             let piece = &buf[done as usize..(done + run.len) as usize];
             match run.what {
                 Cluster::Data(host) => {
@@ -242,42 +252,66 @@ impl QedImage {
                     let wanted = (at + run.len).div_ceil(cs) - first;
                     let (host, clusters) = take_place(&mut t, first, wanted, cs);
                     let end = ((first + clusters) * cs).min(at + run.len);
+                    // The data is written outside the lock (the other
+                    // writers go on); the entries are set after it.
+                    t.busy.extend(first..first + clusters);
+                    drop(t);
                     let piece = &buf[done as usize..(end - offset) as usize];
-                    let head = at % cs;
-                    let tail = end % cs;
-                    let mut pos = 0usize;
-                    let mut dst = host;
-                    if head != 0 || (clusters == 1 && tail != 0) {
-                        // The first cluster, partly written.
-                        let mut c = vec![0u8; cs as usize];
-                        self.cluster_base(what, first * cs, &mut c)?;
-                        let n = piece.len().min((cs - head) as usize);
-                        c[head as usize..head as usize + n].copy_from_slice(&piece[..n]);
-                        self.store.write_all_at(dst, &c)?;
-                        pos = n;
-                        dst += cs;
+                    let written = self.write_placed(what, at, host, piece);
+                    let mut t = self.lock();
+                    for c in first..first + clusters {
+                        t.busy.remove(&c);
                     }
-                    let middle = (piece.len() - pos) / cs as usize * cs as usize;
-                    if middle > 0 {
-                        self.store.write_all_at(dst, &piece[pos..pos + middle])?;
-                        pos += middle;
-                        dst += middle as u64;
-                    }
-                    if pos < piece.len() {
-                        let mut c = vec![0u8; cs as usize];
-                        let start = (first + clusters - 1) * cs;
-                        self.cluster_base(what, start, &mut c)?;
-                        c[..piece.len() - pos].copy_from_slice(&piece[pos..]);
-                        self.store.write_all_at(dst, &c)?;
-                    }
-                    for c in 0..clusters {
-                        t.set(&self.store, first + c, Cluster::Data(host + c * cs))?;
-                    }
-                    done += piece.len() as u64;
+                    let set = written.and_then(|()| {
+                        (0..clusters).try_for_each(|c| {
+                            t.set(&self.store, first + c, Cluster::Data(host + c * cs))
+                        })
+                    });
+                    drop(t);
+                    self.settled.notify_all();
+                    set?;
+                    done = end - offset;
                     continue;
                 }
             }
             done += run.len;
+        }
+        Ok(())
+    }
+
+    /// Writes `piece`, the guest bytes from `at`, into the clusters just
+    /// placed for them at `host`; a cluster written in part gets the rest
+    /// from what it read as before (`what`: the backing file, or zeros).
+    fn write_placed(&self, what: Cluster, at: u64, host: u64, piece: &[u8]) -> Result<()> {
+        let cs = self.cluster;
+        let first = at / cs;
+        let head = at % cs;
+        let end = at + piece.len() as u64;
+        let clusters = end.div_ceil(cs) - first;
+        let mut pos = 0usize;
+        let mut dst = host;
+        if head != 0 || (clusters == 1 && !end.is_multiple_of(cs)) {
+            // The first cluster, partly written.
+            let mut c = vec![0u8; cs as usize];
+            self.cluster_base(what, first * cs, &mut c)?;
+            let n = piece.len().min((cs - head) as usize);
+            c[head as usize..head as usize + n].copy_from_slice(&piece[..n]);
+            self.store.write_all_at(dst, &c)?;
+            pos = n;
+            dst += cs;
+        }
+        let middle = (piece.len() - pos) / cs as usize * cs as usize;
+        if middle > 0 {
+            self.store.write_all_at(dst, &piece[pos..pos + middle])?;
+            pos += middle;
+            dst += middle as u64;
+        }
+        if pos < piece.len() {
+            // The last cluster, partly written.
+            let mut c = vec![0u8; cs as usize];
+            self.cluster_base(what, (first + clusters - 1) * cs, &mut c)?;
+            c[..piece.len() - pos].copy_from_slice(&piece[pos..]);
+            self.store.write_all_at(dst, &c)?;
         }
         Ok(())
     }
@@ -300,6 +334,7 @@ impl QedImage {
         let (first, last) = (offset / cs, (offset + len - 1) / cs);
         for c in first..=last {
             let placed = t.reserved.contains_key(&c)
+                || t.busy.contains(&c)
                 || matches!(t.lookup(&self.store, c)?, Cluster::Data(_));
             if !placed {
                 let host = t.allocate(1);

@@ -58,6 +58,9 @@ pub struct Tables {
     /// Guest clusters given a place by `reserve` that no write has used
     /// yet, with their file offsets.
     pub reserved: BTreeMap<u64, u64>,
+    /// Guest clusters given their place and being written outside the
+    /// lock: their entries are set once the data is written.
+    pub busy: BTreeSet<u64>,
 }
 
 /// Reads a table of `entries` little-endian offsets at `offset`.
@@ -88,6 +91,7 @@ impl Tables {
             l2_dirty: BTreeMap::new(),
             end,
             reserved: BTreeMap::new(),
+            busy: BTreeSet::new(),
         })
     }
 
