@@ -89,11 +89,16 @@ pub fn discard_target(path: &str) {
     }
 }
 
+/// Removes the file `path` names, through any symbolic links (a link
+/// stays: the command made only the file behind it).
 fn remove_or_empty(path: &Path) {
-    if std::fs::remove_file(path).is_err() {
+    let Ok(path) = std::fs::canonicalize(path) else {
+        return;
+    };
+    if std::fs::remove_file(&path).is_err() {
         let _ = std::fs::OpenOptions::new()
             .write(true)
-            .open(path)
+            .open(&path)
             .and_then(|f| f.set_len(0));
     }
 }

@@ -730,3 +730,53 @@ fn an_interrupted_copy_removes_the_target_it_created() {
     let same = fx.qemu_img(&["compare", "-F", "raw", "kept.qcow2", "src.raw"]);
     assert_eq!(same.status, 0, "{}", same.stdout);
 }
+
+/// A target named by a symbolic link to a file not there yet: the command
+/// creates the file behind the link, and a failure or a signal removes
+/// that file and keeps the link (qemu-img creates through the link too).
+#[test]
+fn a_target_created_through_a_dangling_link_is_removed_and_the_link_kept() {
+    let fx = Fixture::new("dangling_link_target");
+    fx.sh("qemu-img create -q -f raw src.raw 16M && \
+         qemu-io -f raw -c 'write -P 7 0 16M' src.raw >/dev/null && \
+         mkdir store && ln -s store/made.qcow2 link.qcow2");
+    let gone = |what: &str| {
+        let link = std::fs::symlink_metadata(fx.path("link.qcow2")).expect("the link stays");
+        assert!(link.file_type().is_symlink(), "{what}");
+        assert!(
+            !fx.path("store/made.qcow2").exists(),
+            "{what}: the file stays"
+        );
+    };
+    // Out of space after the image was made: the copy fails.
+    let out = fx.qimg_env(
+        &["convert", "-O", "qcow2", "src.raw", "link.qcow2"],
+        &[("QIMG_FAULT", "enospc-after:6")],
+    );
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    gone("failed copy");
+    let mut child = fx.spawn_qimg(&[
+        "convert",
+        "-r",
+        "4M",
+        "-O",
+        "qcow2",
+        "src.raw",
+        "link.qcow2",
+    ]);
+    wait_for_growth(&fx, "store/made.qcow2", 1 << 20);
+    // SAFETY: kill(2) on the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait for qimg");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    gone("interrupted copy");
+    // Through a link to a file that exists, the file is the user's: it
+    // stays when the command fails.
+    fx.sh("qemu-img create -q -f qcow2 store/made.qcow2 16M");
+    let out = fx.qimg_env(
+        &["convert", "-O", "qcow2", "src.raw", "link.qcow2"],
+        &[("QIMG_FAULT", "enospc-after:6")],
+    );
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(fx.path("store/made.qcow2").exists());
+}

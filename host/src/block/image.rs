@@ -727,11 +727,13 @@ pub fn create_image(
 }
 
 /// Whether the local target `name` was there before this command (and so
-/// is never removed when the command fails). A symbolic link counts, even
-/// one to nowhere; a file `--confine` made empty for the command does not.
+/// is never removed when the command fails). A symbolic link to nowhere
+/// does not count: the file the command creates through it is removed,
+/// the link stays (see [`crate::confine::discard_target`]); nor does a
+/// file `--confine` made empty for the command.
 pub fn target_existed(name: &str) -> bool {
     let path = super::spec::local_path(name).unwrap_or(name);
-    std::fs::symlink_metadata(path).is_ok() && !crate::confine::precreated(path)
+    std::fs::metadata(path).is_ok() && !crate::confine::precreated(path)
 }
 
 /// Formats the store a protocol driver opens for `name` (qemu's "simple"
