@@ -675,11 +675,7 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
         ));
         return Err(open_error(&display, e));
     }
-    let backing = services
-        .backing
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let backing = crate::sync::lock(&services.backing).take();
     let image = BlockImage {
         image: ManuallyDrop::new(image),
         driver,

@@ -5,6 +5,7 @@
 //! per layer.
 
 use super::spec::backing_loop;
+use crate::sync::lock;
 use qimg_driver_api::DriverError;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
@@ -79,7 +80,7 @@ impl Lineage {
         };
         match refusal {
             Some(message) => {
-                *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+                *lock(&self.fault) = Some(message.clone());
                 Err(DriverError::invalid_image(message))
             }
             None => Ok(()),
@@ -88,11 +89,7 @@ impl Lineage {
 
     /// The refusal [`Lineage::admit`] recorded somewhere below, if any.
     pub fn fault(&self) -> Option<DriverError> {
-        self.fault
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .map(DriverError::invalid_image)
+        lock(&self.fault).clone().map(DriverError::invalid_image)
     }
 
     fn holds(&self, id: FileId) -> bool {

@@ -5,6 +5,7 @@ use super::image::{open_image, BlockImage, OpenRequest};
 use super::lineage::Lineage;
 use super::lock::{ImageLock, LockSpec, Related};
 use crate::store::{file::OpenMode, CacheMode, LocalFile, Store};
+use crate::sync::lock;
 use qimg_driver_api::abi_stable::sabi_trait::TD_Opaque;
 use qimg_driver_api::abi_stable::std_types::{
     ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec,
@@ -25,19 +26,12 @@ fn secrets() -> &'static Mutex<HashMap<String, Vec<u8>>> {
 
 /// Registers a secret from `--object secret,id=ID,data=...` (or `file=`).
 pub fn register_secret(id: &str, value: Vec<u8>) {
-    secrets()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.to_string(), value);
+    lock(secrets()).insert(id.to_string(), value);
 }
 
 /// The bytes of a registered secret.
 pub fn secret_bytes(id: &str) -> Option<Vec<u8>> {
-    secrets()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(id)
-        .cloned()
+    lock(secrets()).get(id).cloned()
 }
 
 /// A host store shared between the host (for sizes, locks) and a driver.
@@ -113,7 +107,7 @@ impl Services {
     /// The first format option the driver did not ask for: qemu refuses
     /// options a format does not support.
     pub fn unasked_option(&self) -> Option<String> {
-        let asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        let asked = lock(&self.asked);
         self.options
             .iter()
             .map(|(k, _)| k)
@@ -275,11 +269,7 @@ impl HostServices for ServicesHandle {
                         "file.driver" if value == "file" => {}
                         _ => handed.push((child_key.to_string(), value.clone())),
                     }
-                    services
-                        .asked
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(key.clone());
+                    lock(&services.asked).push(key.clone());
                 }
             }
             let resolved = if named { name } else { services.resolve(&name) };
@@ -315,7 +305,7 @@ impl HostServices for ServicesHandle {
                 })
             })?;
             let image = Arc::new(image);
-            *services.backing.lock().unwrap_or_else(|e| e.into_inner()) = Some(image.clone());
+            *lock(&services.backing) = Some(image.clone());
             Ok(BackingReader_TO::from_value(BackingView(image), TD_Opaque))
         })
     }
@@ -336,11 +326,7 @@ impl HostServices for ServicesHandle {
 
     fn open_option(&self, key: RStr<'_>) -> ROption<RString> {
         let services = &self.0;
-        services
-            .asked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(key.as_str().to_string());
+        lock(&services.asked).push(key.as_str().to_string());
         services
             .options
             .iter()

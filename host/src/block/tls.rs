@@ -4,6 +4,7 @@
 //! with qemu-img's messages, and kept for the protocol drivers whose
 //! nodes name them (`tls-creds=ID`).
 
+use crate::sync::lock;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -127,19 +128,12 @@ fn registry() -> &'static Mutex<HashMap<String, X509Creds>> {
 
 /// Registers credentials under `id`.
 pub fn register(id: &str, creds: X509Creds) {
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id.to_string(), creds);
+    lock(registry()).insert(id.to_string(), creds);
 }
 
 /// The credentials registered under `id`.
 pub fn lookup(id: &str) -> Option<X509Creds> {
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(id)
-        .cloned()
+    lock(registry()).get(id).cloned()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use crate::cli::{flag, getopt, long_arg, long_flag, with_arg, Opt};
 use crate::engine::turns::Turns;
 use crate::error::{fail, CmdError, CmdResult};
 use crate::store::CacheMode;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -210,10 +211,7 @@ fn run(args: &[String]) -> CmdResult {
                     };
                     if let Err(e) = result {
                         failed.store(true, Ordering::Relaxed);
-                        error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
+                        lock(&error).get_or_insert(e);
                         break;
                     }
                     if let Some(f) = flush_interval.filter(|f| *f > 0) {
@@ -222,10 +220,7 @@ fn run(args: &[String]) -> CmdResult {
                                 .then(|| flush_lock.write().unwrap_or_else(|e| e.into_inner()));
                             if let Err(e) = image.flush() {
                                 failed.store(true, Ordering::Relaxed);
-                                error
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .get_or_insert(e.message.to_string());
+                                lock(&error).get_or_insert(e.message.to_string());
                             }
                         }
                     }

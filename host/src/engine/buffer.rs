@@ -60,7 +60,7 @@ impl DerefMut for Buffer {
 }
 
 fn lock() -> std::sync::MutexGuard<'static, Vec<AlignedBuf>> {
-    POOL.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(&POOL)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use super::turns::Turns;
 use super::workers::{run_in_order, run_workers};
 use super::zero::is_zero;
 use crate::block::BlockImage;
+use crate::sync::lock;
 use qimg_driver_api::{zero_flags, DriverError, ErrorKind};
 use std::collections::BTreeSet;
 use std::os::unix::io::AsRawFd;
@@ -749,7 +750,7 @@ impl InOrder {
     /// order, under the tracker's lock, so releases from different workers
     /// cannot overtake each other.
     fn finish(&self, index: usize, mut release: impl FnMut(usize)) {
-        let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(&self.state);
         let (next, done) = &mut *guard;
         done.insert(index);
         while done.remove(next) {

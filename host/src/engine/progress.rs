@@ -5,6 +5,7 @@
 //! same figures: a value is printed when it passes the last printed one by more
 //! than `min_skip`, or is 0 or 100.
 
+use crate::sync::lock;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -50,7 +51,7 @@ impl Progress {
     /// qemu's `qemu_progress_print(delta, max)`: with `max == 0` sets the
     /// percentage to `delta`, otherwise adds `delta / 100 * max`.
     pub fn print(&self, delta: f32, max: i32) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         let mut current = if max == 0 {
             delta
         } else {

@@ -1,5 +1,6 @@
 //! `-r RATE`: a byte-rate limit shared by every worker thread.
 
+use crate::sync::lock;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ impl RateLimit {
             return;
         }
         let wait = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = lock(&self.state);
             state.1 += bytes;
             let due = Duration::from_secs_f64(state.1 as f64 / self.rate as f64);
             due.saturating_sub(state.0.elapsed())

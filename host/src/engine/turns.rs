@@ -8,6 +8,7 @@
 //! failed: item k waits only for items below k, which are all being worked
 //! on by other threads, so no one waits forever.
 
+use crate::sync::lock;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// The next item whose turn it is.
@@ -42,7 +43,7 @@ impl Turns {
     /// Waits for item `index`'s turn, runs `step`, then passes the turn to
     /// `index + 1`.
     pub fn take<R>(&self, index: usize, step: impl FnOnce() -> R) -> R {
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = lock(&self.next);
         while *next != index {
             next = self.passed.wait(next).unwrap_or_else(|e| e.into_inner());
         }

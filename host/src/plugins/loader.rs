@@ -6,6 +6,7 @@
 //! process-wide and would hand every library the first one's drivers.
 
 use super::manifest::{locate, Manifest};
+use crate::sync::lock;
 use qimg_driver_api::abi_stable::abi_stability::abi_checking::{
     check_layout_compatibility_with_globals, AbiInstability, CheckingGlobals,
 };
@@ -392,7 +393,7 @@ impl Registry {
 
     /// True once loading the library at `path` was tried (and reported).
     fn attempted(&self, path: &Path) -> bool {
-        let libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
+        let libraries = lock(&self.libraries);
         libraries.contains_key(path)
     }
 
@@ -408,7 +409,7 @@ impl Registry {
 
     /// Loads a library once; an error is the bare reason.
     fn load_reason(&self, path: &Path, sha256: Option<&str>) -> LoadResult {
-        let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut libraries = lock(&self.libraries);
         if let Some(result) = libraries.get(path) {
             return result.clone();
         }

@@ -17,6 +17,7 @@
 //! would find them allocated. As a second guard, only an append (a write
 //! that starts at or before the end of what is allocated) starts a window.
 
+use crate::sync::lock;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,7 +77,7 @@ impl Ahead {
         if end <= self.horizon.load(Ordering::Acquire) || !self.on.load(Ordering::Relaxed) {
             return;
         }
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock(&self.lock);
         let horizon = self.horizon.load(Ordering::Acquire);
         if end <= horizon {
             return;
@@ -110,7 +111,7 @@ impl Ahead {
     /// its blocks past `len` (truncation frees them), a longer one needs
     /// nothing up to `len`.
     pub fn resized(&self, old_len: u64, len: u64) {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock(&self.lock);
         if len < old_len {
             self.horizon.store(len, Ordering::Release);
         } else {

@@ -7,6 +7,7 @@ use super::faults::before_change;
 use super::veil::{self, Veil};
 use super::CacheMode;
 use crate::block::lock::ImageLock;
+use crate::sync::lock;
 use qimg_driver_api::abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
 use qimg_driver_api::{guard::catch, ByteStore, DriverError, Prealloc, StoreRun};
 use qimg_driver_util::{AlignedBuf, BUFFER_ALIGN};
@@ -216,7 +217,7 @@ impl LocalFile {
         let Some(streamed) = &self.streamed else {
             return Ok(());
         };
-        let mut guard = streamed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(streamed);
         let (queue, total) = &mut *guard;
         queue.push_back((offset, len));
         *total += len;
@@ -337,7 +338,7 @@ impl LocalFile {
         let align = DIRECT_ALIGN as u64;
         let start = offset / align * align;
         let end = (offset + buf.len() as u64).div_ceil(align) * align;
-        let _guard = self.rmw.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = lock(&self.rmw);
         let old_len = self.len_now()?;
         let mut bounce = AlignedBuf::zeroed((end - start) as usize);
         if start != offset || end != offset + buf.len() as u64 {

@@ -3,6 +3,7 @@
 //! whose check makes no progress.
 
 use super::outcome::{Outcome, Verdict};
+use crate::sync::lock;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ pub(super) struct Tap {
 impl Tap {
     /// The board, whatever a panicking holder left (it holds plain counts).
     fn board(&self) -> MutexGuard<'_, Board> {
-        self.board.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.board)
     }
 
     /// Prints a TAP comment line.
