@@ -14,8 +14,9 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Buffer between the socket and the response parser.
-const BUFFER: usize = 64 * 1024;
+/// Buffer between the socket and the response parser: headers and small
+/// bodies go through it; reads of larger bodies bypass it.
+const BUFFER: usize = 16 * 1024;
 /// Bytes a request may move per `timeout` period: a request for more gets
 /// a proportionally longer deadline.
 const BYTES_PER_TIMEOUT: usize = 1 << 20;

@@ -340,17 +340,18 @@ pub fn parse_status_line(line: &[u8]) -> Result<(u8, u16), ResponseError> {
     Ok((minor, status))
 }
 
-/// Reads exactly `buf.len()` bytes, counting what is missing on EOF.
+/// Reads exactly `buf.len()` bytes, counting what is missing on EOF. What
+/// the reader holds is copied; a `BufReader` reads the rest of a large
+/// body straight into `buf`, past its buffer.
 fn read_exact(r: &mut impl BufRead, buf: &mut [u8]) -> Result<(), ResponseError> {
     let mut filled = 0;
     while filled < buf.len() {
-        let available = r.fill_buf()?;
-        if available.is_empty() {
-            return Err(ResponseError::Truncated((buf.len() - filled) as u64));
-        }
-        let n = available.len().min(buf.len() - filled);
-        buf[filled..filled + n].copy_from_slice(&available[..n]);
-        r.consume(n);
+        let n = match r.read(&mut buf[filled..]) {
+            Ok(0) => return Err(ResponseError::Truncated((buf.len() - filled) as u64)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
         filled += n;
     }
     Ok(())

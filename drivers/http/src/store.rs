@@ -95,7 +95,7 @@ impl HttpStore {
             return Ok(());
         }
         let block = self.readahead.min(self.size - offset) as usize;
-        let mut data = vec![0u8; block];
+        let mut data = self.cache.buffer(block);
         self.pool.read(offset, &mut data)?;
         buf.copy_from_slice(&data[..buf.len()]);
         self.cache.insert(offset, data);

@@ -25,8 +25,10 @@ const MAX_IOV: usize = 64;
 /// queued in one system call, rather than in ~200 KiB steps that each
 /// wait for the server (TCP tunes its buffers itself).
 const UNIX_SEND_BUFFER: usize = 4 << 20;
-/// Read buffer of a connection; reads larger than this bypass it.
-const READ_BUFFER: usize = 64 * 1024;
+/// Read buffer of a connection; reads larger than this bypass it. Small,
+/// because the payload a reply header's read pulls in with it is copied
+/// once more.
+const READ_BUFFER: usize = 16 * 1024;
 /// Bytes of TLS records read from the socket at a time.
 const TLS_READ: usize = 64 * 1024;
 
