@@ -15,6 +15,7 @@ use crate::layout::{Entry, Sub, COPIED, OFFSET_MASK, ZERO};
 use crate::meta::Meta;
 use qimg_driver_api::abi_stable::std_types::RSlice;
 use qimg_driver_api::{zero_flags, Prealloc, StoreExt};
+use qimg_driver_util::is_zero;
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
@@ -166,8 +167,9 @@ impl Qcow2Image {
         }
         self.before_change(&mut meta)?;
         let plans = self.plan(&mut meta, pos, end)?;
+        let zeros = self.read_zero_by_entries(&meta, &plans);
         drop(meta);
-        let result = self.write_planned(pos, data, &plans);
+        let result = self.write_planned(pos, data, &plans, zeros);
         let mut meta = self.lock();
         let committed = match result {
             Ok(n) => self.commit(&mut meta, &plans).map(|_| n),
@@ -351,9 +353,26 @@ impl Qcow2Image {
         Ok(())
     }
 
+    /// True if the clusters of `plans` read as zeros before the write, by
+    /// their entries alone: each is unallocated or zero in every
+    /// subcluster, with no backing file (nor raw data file) to read through.
+    fn read_zero_by_entries(&self, meta: &Meta, plans: &[Plan]) -> bool {
+        if self.backing.is_some() || self.data_file_raw {
+            return false;
+        }
+        let subs = if self.layout.extended { 32 } else { 1 };
+        plans.iter().all(|p| {
+            (0..subs).all(|i| {
+                let sub = p.old.sub(&self.layout, meta.data_file, i);
+                sub.zero() || sub.unallocated()
+            })
+        })
+    }
+
     /// Writes the planned clusters: the caller's data, padded with the
-    /// clusters' current content (backing data, zeros, old data).
-    fn write_planned(&self, pos: u64, data: &[u8], plans: &[Plan]) -> Result<usize> {
+    /// clusters' current content (backing data, zeros, old data). `zeros`:
+    /// the clusters are known to read as zeros before the write.
+    fn write_planned(&self, pos: u64, data: &[u8], plans: &[Plan], zeros: bool) -> Result<usize> {
         let (Some(first), Some(last)) = (plans.first(), plans.last()) else {
             return Err(Error::Corrupt);
         };
@@ -369,22 +388,12 @@ impl Qcow2Image {
                 .into_result()?;
             return Ok(n);
         }
-        let mut buf = vec![0u8; (g_end - g_start) as usize];
-        if pos > g_start {
-            self.read(g_start, &mut buf[..(pos - g_start) as usize])?;
-        }
-        if user_end < g_end {
-            self.read(user_end, &mut buf[(user_end - g_start) as usize..])?;
-        }
         let n = (user_end - pos) as usize;
         let (head, tail) = ((pos - g_start) as usize, (user_end - g_start) as usize);
-        if self.crypto.is_none()
-            && plans.iter().all(|p| p.fresh)
-            && buf[..head].iter().all(|&b| b == 0)
-            && buf[tail..].iter().all(|&b| b == 0)
-        {
-            // New clusters whose padding is zeros: zeroed whole instead of
-            // written (what QEMU does; the file gets no zero bytes there).
+        // New clusters whose padding is zeros are zeroed whole instead of
+        // written (what QEMU does; the file gets no zero bytes there).
+        let fresh = self.crypto.is_none() && plans.iter().all(|p| p.fresh);
+        let zero_then_write = || -> Result<usize> {
             let cs = self.layout.cluster_size();
             let store = self.io.data_store();
             store
@@ -396,7 +405,20 @@ impl Qcow2Image {
                     RSlice::from_slice(&data[..n]),
                 )
                 .into_result()?;
-            return Ok(n);
+            Ok(n)
+        };
+        if fresh && zeros {
+            return zero_then_write();
+        }
+        let mut buf = vec![0u8; (g_end - g_start) as usize];
+        if pos > g_start {
+            self.read(g_start, &mut buf[..head])?;
+        }
+        if user_end < g_end {
+            self.read(user_end, &mut buf[tail..])?;
+        }
+        if fresh && is_zero(&buf[..head]) && is_zero(&buf[tail..]) {
+            return zero_then_write();
         }
         buf[head..tail].copy_from_slice(&data[..n]);
         if let Some(c) = &self.crypto {
@@ -502,7 +524,7 @@ impl Qcow2Image {
         }
         let mut buf = vec![0u8; (end - start) as usize];
         self.read(start, &mut buf)?;
-        Ok(buf.iter().all(|&b| b == 0))
+        Ok(is_zero(&buf))
     }
 
     /// Writes explicit zero bytes.
@@ -1127,7 +1149,7 @@ impl Qcow2Image {
         }
         let mut head = vec![0u8; (old_size - start) as usize];
         self.read(start, &mut head)?;
-        if head.iter().all(|&b| b == 0) {
+        if is_zero(&head) {
             return Ok(None);
         }
         if self.crypto.is_some() {
@@ -1215,7 +1237,7 @@ impl Qcow2Image {
             if own >> bits == i as u64 {
                 crate::meta::put_refcount(&mut data, order, (own & ((1 << bits) - 1)) as usize, 0);
             }
-            if data.iter().all(|&b| b == 0) {
+            if is_zero(&data) {
                 *entry = 0;
             }
         }

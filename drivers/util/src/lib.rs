@@ -10,10 +10,12 @@ pub mod parent;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod winpath;
+mod zero;
 
 pub use buffer::{AlignedBuf, BUFFER_ALIGN};
 use qimg_driver_api::schema::{CreateOption, OptionType};
 use qimg_driver_api::{ByteStoreBox, DriverError, StoreExt};
+pub use zero::is_zero;
 
 /// A `-o` option of `create` or `amend` without a default: its name, type
 /// and help text as qemu-img lists them.

@@ -6,9 +6,9 @@
 use super::buffer::Buffer;
 use super::progress::Progress;
 use super::status::Walker;
-use super::zero::is_zero;
 use crate::block::BlockImage;
 use qimg_driver_api::DriverError;
+use qimg_driver_util::is_zero;
 use rayon::prelude::*;
 
 /// Unit of a content mismatch report.

@@ -12,4 +12,3 @@ pub mod sparse;
 pub mod status;
 pub mod turns;
 pub mod workers;
-pub mod zero;

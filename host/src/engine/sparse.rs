@@ -8,7 +8,7 @@
 //! a cluster's unwritten part itself, and one that keeps sectors unwritten
 //! inside a block (vpc, parallels) leaves them as holes in its file.
 
-use super::zero::is_zero;
+use qimg_driver_util::is_zero;
 
 const SECTOR: usize = 512;
 

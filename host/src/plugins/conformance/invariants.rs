@@ -6,6 +6,7 @@ use super::outcome::{During, Failure};
 use super::{MIB, POISON};
 use crate::block::BlockImage;
 use qimg_driver_api::{extent_flags, Extent};
+use qimg_driver_util::is_zero;
 
 /// Reads of the whole disk go in pieces of this size.
 const PIECE: usize = MIB as usize;
@@ -136,12 +137,6 @@ pub(super) fn check_zero_extents(extents: &[Extent], reference: &[u8]) -> Result
         }
     }
     Ok(())
-}
-
-/// True if `bytes` are all zero (compared a page at a time, with memcmp).
-fn is_zero(bytes: &[u8]) -> bool {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    bytes.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
 /// Walks the block status of the whole disk, checking every answer.

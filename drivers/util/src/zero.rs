@@ -1,4 +1,5 @@
-//! Fast all-zero tests for buffers.
+//! Fast all-zero tests for buffers (the copy engine's `-S` scan, the
+//! drivers' padding and table checks).
 
 /// True if every byte of `buf` is zero. ORs 256 bytes at a time, which the
 /// compiler turns into vector instructions: 2.4 times as fast as 16 bytes
