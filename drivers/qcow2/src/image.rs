@@ -139,7 +139,7 @@ pub fn run_at(meta: &mut Meta, io: &Io, offset: u64, max: u64) -> Result<Run> {
         if matches!(first, Sub::Compressed(_)) && layout.in_cluster(p) == 0 {
             break;
         }
-        let (sub, _, _) = meta.sub_at(io, p)?;
+        let (sub, entry, _) = meta.sub_at(io, p)?;
         if !sub.same_kind(first) {
             break;
         }
@@ -149,6 +149,16 @@ pub fn run_at(meta: &mut Meta, io: &Io, offset: u64, max: u64) -> Result<Run> {
             }
         }
         p += step;
+        // The rest of this cluster's subclusters from the same entry, with
+        // no table lookup each: same host cluster, already checked (one
+        // that differs is looked up, and judged, by the loop above).
+        while layout.extended && p < end && layout.in_cluster(p) != 0 {
+            let index = (layout.in_cluster(p) / step) as u32;
+            if !entry.sub(&layout, meta.data_file, index).same_kind(first) {
+                break;
+            }
+            p += step;
+        }
     }
     Ok(Run {
         sub: first,
