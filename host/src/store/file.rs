@@ -426,41 +426,49 @@ impl LocalFile {
         }
     }
 
+    /// The data or hole run at `offset`. The file's length is looked up
+    /// only where lseek cannot tell (past the end it answers ENXIO): a walk
+    /// asks once per run, and a `statx` each would double its system calls.
     fn run(&self, offset: u64, max: u64) -> Result<StoreRun, DriverError> {
-        let file_len = self.len_now()?;
-        if offset >= file_len {
-            return Ok(StoreRun {
-                data: false,
-                length: max,
-            });
+        let hole = StoreRun {
+            data: false,
+            length: max,
+        };
+        if self.device && offset >= self.len_now()? {
+            return Ok(hole);
         }
         let data = match self.seek(offset, libc::SEEK_DATA) {
             Ok(found) => found,
-            // No SEEK_DATA support: everything is data.
+            // No SEEK_DATA support (or an offset lseek cannot take):
+            // everything before the end is data.
             Err(e) if e.errno == libc::EINVAL => {
+                let file_len = self.len_now()?;
+                if offset >= file_len {
+                    return Ok(hole);
+                }
                 return Ok(StoreRun {
                     data: true,
                     length: max.min(file_len - offset),
-                })
+                });
             }
             Err(e) => return Err(e),
         };
         match data {
             Some(d) if d == offset => {
-                let hole = self.seek(offset, libc::SEEK_HOLE)?.unwrap_or(file_len);
+                let end = match self.seek(offset, libc::SEEK_HOLE)? {
+                    Some(end) => end,
+                    None => self.len_now()?,
+                };
                 Ok(StoreRun {
                     data: true,
-                    length: (hole - offset).clamp(1, max),
+                    length: end.saturating_sub(offset).clamp(1, max),
                 })
             }
             Some(d) => Ok(StoreRun {
                 data: false,
                 length: (d - offset).clamp(1, max),
             }),
-            None => Ok(StoreRun {
-                data: false,
-                length: max,
-            }),
+            None => Ok(hole),
         }
     }
 
