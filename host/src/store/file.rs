@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Alignment used for O_DIRECT transfers (covers 512- and 4096-byte sectors).
@@ -51,7 +51,15 @@ pub struct LocalFile {
     /// The veil over the bytes that make the file an image, while a copy
     /// writes it.
     veil: Option<Arc<Veil>>,
+    /// A file opened only for reading: where the last `SEEK_DATA` found data
+    /// after a hole ([`NO_HINT`]: nowhere). A walk asks about that offset
+    /// next, which then needs only its `SEEK_HOLE` (what qemu's block-status
+    /// cache saves too).
+    data_hint: Option<AtomicU64>,
 }
+
+/// `LocalFile::data_hint` holds no offset.
+const NO_HINT: u64 = u64::MAX;
 
 /// Written ranges (offset, length) of a streaming store, and their total.
 type Streamed = (VecDeque<(u64, u64)>, u64);
@@ -127,6 +135,7 @@ impl LocalFile {
                 kind.is_block_device() || kind.is_char_device()
             },
             veil: veil::find(&veil::Key::of_file(&meta)),
+            data_hint: (!mode.write).then(|| AtomicU64::new(NO_HINT)),
         })
     }
 
@@ -437,7 +446,16 @@ impl LocalFile {
         if self.device && offset >= self.len_now()? {
             return Ok(hole);
         }
-        let data = match self.seek(offset, libc::SEEK_DATA) {
+        let hinted = self
+            .data_hint
+            .as_ref()
+            .is_some_and(|hint| hint.swap(NO_HINT, Ordering::Relaxed) == offset);
+        let data = if hinted {
+            Ok(Some(offset))
+        } else {
+            self.seek(offset, libc::SEEK_DATA)
+        };
+        let data = match data {
             Ok(found) => found,
             // No SEEK_DATA support (or an offset lseek cannot take):
             // everything before the end is data.
@@ -464,10 +482,15 @@ impl LocalFile {
                     length: end.saturating_sub(offset).clamp(1, max),
                 })
             }
-            Some(d) => Ok(StoreRun {
-                data: false,
-                length: (d - offset).clamp(1, max),
-            }),
+            Some(d) => {
+                if let Some(hint) = &self.data_hint {
+                    hint.store(d, Ordering::Relaxed);
+                }
+                Ok(StoreRun {
+                    data: false,
+                    length: (d - offset).clamp(1, max),
+                })
+            }
             None => Ok(hole),
         }
     }
