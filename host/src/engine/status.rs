@@ -3,6 +3,7 @@
 
 use crate::block::BlockImage;
 use qimg_driver_api::{extent_flags as ef, DriverError, ErrorKind, Extent};
+use std::sync::Arc;
 
 /// The status of one run of guest bytes, resolved through the chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub struct Status {
     /// Where the bytes are, in the store named by `file`.
     pub offset: Option<u64>,
     /// Name of the store `offset` refers to.
-    pub file: Option<String>,
+    pub file: Option<Arc<str>>,
 }
 
 impl Status {
@@ -69,9 +70,31 @@ pub fn status_at(
 #[derive(Default)]
 pub struct Walker {
     known: Vec<Vec<Extent>>,
+    /// Per layer, the names of the stores its extents were found in, as
+    /// the driver gave them (asked once, not for every run).
+    names: Vec<Vec<(u32, Arc<str>)>>,
 }
 
 impl Walker {
+    /// The name of store `index` of `layer` (at `depth`).
+    fn store_name(
+        &mut self,
+        layer: &BlockImage,
+        depth: usize,
+        index: u32,
+    ) -> Result<Arc<str>, DriverError> {
+        if self.names.len() <= depth {
+            self.names.resize(depth + 1, Vec::new());
+        }
+        let names = &mut self.names[depth];
+        if let Some((_, name)) = names.iter().find(|(i, _)| *i == index) {
+            return Ok(Arc::clone(name));
+        }
+        let name: Arc<str> = layer.extent_store_name(index)?.into();
+        names.push((index, Arc::clone(&name)));
+        Ok(name)
+    }
+
     /// The extent of `layer` (at `depth`) that starts at `offset`.
     fn extent(
         &mut self,
@@ -163,7 +186,7 @@ impl Walker {
                         && !layer.store.reports_nothing());
                 let offset_valid = ext.has(ef::OFFSET_VALID);
                 let file = match offset_valid {
-                    true => Some(layer.extent_store_name(ext.store)?),
+                    true => Some(self.store_name(layer, depth, ext.store)?),
                     false => None,
                 };
                 return Ok(Status {
