@@ -132,21 +132,24 @@ impl QedImage {
     fn run_at(&self, t: &mut Tables, offset: u64, max: u64) -> Result<Run> {
         let cs = self.cluster;
         let first = t.lookup(&self.store, offset / cs)?;
-        let mut len = (cs - offset % cs).min(max);
-        while len < max {
-            let next = t.lookup(&self.store, (offset + len) / cs)?;
-            let same = match (first, next) {
-                (Cluster::Data(a), Cluster::Data(b)) => {
-                    b == a + (offset + len) / cs * cs - offset / cs * cs
-                }
-                (a, b) => a == b,
-            };
-            if !same {
-                break;
-            }
-            len = (len + cs).min(max);
+        let len = (cs - offset % cs).min(max);
+        if len == max {
+            return Ok(Run { what: first, len });
         }
-        Ok(Run { what: first, len })
+        // The clusters after the first, mapped alike (data: contiguous).
+        let more = t.count_while(
+            &self.store,
+            offset / cs + 1,
+            (max - len).div_ceil(cs),
+            |i, next| match (first, next) {
+                (Cluster::Data(a), Cluster::Data(b)) => b == a + (i + 1) * cs,
+                (a, b) => a == b,
+            },
+        )?;
+        Ok(Run {
+            what: first,
+            len: (len + more * cs).min(max),
+        })
     }
 
     fn read_backing(&self, offset: u64, buf: &mut [u8]) -> Result<()> {

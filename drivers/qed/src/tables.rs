@@ -135,6 +135,52 @@ impl Tables {
         }
     }
 
+    /// How many clusters from `cluster` on (at most `max`) `keep` accepts,
+    /// given each one's distance from `cluster` and what it maps to: the
+    /// first it refuses ends the count. Entries are read a table at a time
+    /// (one cache lookup per table, not per cluster); an invalid one that
+    /// is reached fails as [`Tables::lookup`] does.
+    pub fn count_while(
+        &mut self,
+        store: &ByteStoreBox,
+        cluster: u64,
+        max: u64,
+        mut keep: impl FnMut(u64, Cluster) -> bool,
+    ) -> Result<u64> {
+        let entries = self.header.table_entries();
+        let header = self.header.clone();
+        let end = self.end;
+        let mut n = 0;
+        while n < max {
+            let c = cluster + n;
+            let first = c % entries;
+            let count = (entries - first).min(max - n);
+            let table = self.l2_offset((c / entries) as usize)?;
+            if table == 0 {
+                for i in 0..count {
+                    if !keep(n + i, Cluster::Unallocated) {
+                        return Ok(n + i);
+                    }
+                }
+            } else {
+                let l2 = self.l2_table(store, table)?;
+                for i in 0..count {
+                    let what = match l2[(first + i) as usize] {
+                        0 => Cluster::Unallocated,
+                        1 => Cluster::Zero,
+                        e if header.cluster_offset_valid(e, end) => Cluster::Data(e),
+                        _ => return Err(Error::BadOffset),
+                    };
+                    if !keep(n + i, what) {
+                        return Ok(n + i);
+                    }
+                }
+            }
+            n += count;
+        }
+        Ok(n)
+    }
+
     /// Reserves `clusters` clusters at the end of the file.
     pub fn allocate(&mut self, clusters: u64) -> u64 {
         let at = self.end;
