@@ -494,3 +494,69 @@ fn reconnect_delay_carries_a_copy_over_a_server_restart() {
         .position(|(i, word)| word != ((i as u64) * 8).to_be_bytes());
     assert_eq!(wrong, None, "the copy differs from the pattern");
 }
+
+/// A relative backing name in an image on an NBD export has no directory
+/// to be relative to, and qemu-img refuses it: joined to the export's URL
+/// it names another socket, here a decoy server whose data would fill the
+/// overlay's holes. An absolute URL is the backing file as given.
+#[test]
+fn backing_names_of_images_on_exports_resolve_as_in_qemu_img() {
+    if !servers::have("qemu-nbd") {
+        return;
+    }
+    let fx = Fixture::new("nbd_backing_names");
+    fx.sh("mkdir sock");
+    fx.make_qcow2("base.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "base.qcow2", &["write -P 0x11 0 4M"]);
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        "ov.qcow2",
+    ]);
+    fx.make_qcow2("decoy.qcow2", "", "4M");
+    fx.qemu_io_cmds("qcow2", "decoy.qcow2", &["write -P 0x99 0 4M"]);
+    let serve = |file: &str, format: &str, socket: &str| {
+        servers::qemu_nbd_unix(&fx.path(file), format, "exp", &fx.path(socket), &["-r"])
+    };
+    let ov = serve("ov.qcow2", "raw", "sock/ov");
+    let _decoy = serve("decoy.qcow2", "raw", "sock/base.qcow2");
+    for args in [
+        vec!["info", "-f", "qcow2", &ov.uri],
+        vec!["info", "--output=json", "-f", "qcow2", &ov.uri],
+        vec!["info", "--backing-chain", "-f", "qcow2", &ov.uri],
+        vec!["map", "-f", "qcow2", &ov.uri],
+        vec!["convert", "-f", "qcow2", "-O", "raw", &ov.uri, "out.raw"],
+    ] {
+        fx.same(&args);
+    }
+    assert!(!fx.path("out.raw").exists());
+    let base = serve("base.qcow2", "qcow2", "sock/b");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        &base.uri,
+        "-F",
+        "raw",
+        "ov2.qcow2",
+    ]);
+    let ov2 = serve("ov2.qcow2", "raw", "sock/ov2");
+    fx.same(&["info", "--backing-chain", "-f", "qcow2", &ov2.uri]);
+    fx.same(&[
+        "compare",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        &ov2.uri,
+        "base.qcow2",
+    ]);
+}

@@ -121,9 +121,13 @@ impl Services {
     }
 
     /// Resolves `name` against the directory of the image, as qemu does for
-    /// backing files and extents (absolute names stay as they are).
-    pub fn resolve(&self, name: &str) -> String {
-        super::spec::relative_to(&self.image_name, name)
+    /// backing files and extents (absolute names stay as they are); an
+    /// image on NBD has no directory for a relative name.
+    pub fn resolve(&self, name: &str) -> Result<String, DriverError> {
+        if super::spec::has_no_directory(&self.image_name, name) {
+            return Err(DriverError::invalid_argument(super::spec::NO_NBD_DIRECTORY));
+        }
+        Ok(super::spec::relative_to(&self.image_name, name))
     }
 }
 
@@ -170,7 +174,7 @@ impl ServicesHandle {
     ) -> Result<ByteStoreBox, DriverError> {
         let services = &self.0;
         let name = super::spec::local_path(name).map_err(DriverError::invalid_argument)?;
-        let resolved = services.resolve(name);
+        let resolved = services.resolve(name)?;
         crate::confine::admit_named_file(&resolved)?;
         let path = PathBuf::from(&resolved);
         let write = writable && services.writable;
@@ -272,7 +276,11 @@ impl HostServices for ServicesHandle {
                     lock(&services.asked).push(key.clone());
                 }
             }
-            let resolved = if named { name } else { services.resolve(&name) };
+            let resolved = if named {
+                name
+            } else {
+                services.resolve(&name)?
+            };
             crate::confine::admit_named_file(&resolved)?;
             services.lineage.admit(&resolved)?;
             let request = OpenRequest {

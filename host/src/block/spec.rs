@@ -300,16 +300,34 @@ fn is_weak(key: &str) -> bool {
 }
 
 /// A name an image records (backing file, extent), resolved as qemu does:
-/// relative to the directory of `image`, unless it is absolute or a `json:`
-/// object (whose paths are the process's own).
+/// relative to the directory of `image`, unless it stands alone (see
+/// [`stands_alone`]).
 pub fn relative_to(image: &str, name: &str) -> String {
-    if name.starts_with('/') || name.starts_with("json:") {
+    if stands_alone(name) {
         return name.to_string();
     }
     match image.rfind('/') {
         Some(cut) => format!("{}{}", &image[..=cut], name),
         None => name.to_string(),
     }
+}
+
+/// True if `name` needs no directory to be found: an absolute path, a
+/// `json:` object (whose paths are the process's own) or a network
+/// store's URL.
+pub fn stands_alone(name: &str) -> bool {
+    name.starts_with('/') || name.starts_with("json:") || remote_scheme(name).is_some()
+}
+
+/// qemu's words for a relative name recorded in an image on NBD: an
+/// export has no directory for it to be relative to.
+pub const NO_NBD_DIRECTORY: &str = "Cannot generate a base directory for NBD nodes";
+
+/// True if `name`, recorded in `image`, cannot be resolved: `image` is on
+/// an NBD export and `name` is relative ([`NO_NBD_DIRECTORY`]). Joined to
+/// the export's URL it would name another socket or export (qemu refuses).
+pub fn has_no_directory(image: &str, name: &str) -> bool {
+    !name.is_empty() && !stands_alone(name) && remote_scheme(image) == Some("nbd")
 }
 
 /// qemu-img's words for a backing file that is already in the chain above.

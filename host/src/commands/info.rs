@@ -2,7 +2,7 @@
 
 use super::common::{check_image_opts, objects, print_help};
 use crate::block::lineage::Lineage;
-use crate::block::spec::{relative_to, resolve};
+use crate::block::spec::{has_no_directory, relative_to, resolve};
 use crate::block::{open_image, BlockImage, LockSpec, OpenRequest};
 use crate::cli::{flag, getopt, long_arg, long_flag, output_format, with_arg, Opt, OutputFormat};
 use crate::error::{fail, CmdError, CmdResult};
@@ -77,6 +77,14 @@ fn run(args: &[String]) -> CmdResult {
         }
         let json = image_json(&image)?;
         if chain {
+            if let (Some(b), None) = (
+                json.get("backing-filename").and_then(Value::as_str),
+                json.get("full-backing-filename"),
+            ) {
+                return Err(fail(format!(
+                    "Could not determine absolute backing filename, but backing filename '{b}' present"
+                )));
+            }
             if let Some(backing) = json.get("full-backing-filename").and_then(Value::as_str) {
                 let format = json
                     .get("backing-filename-format")
@@ -193,10 +201,13 @@ pub fn image_json(image: &BlockImage) -> Result<Value, CmdError> {
         top.insert("encrypted".into(), json!(true));
     }
     if let Some(b) = &info.backing_filename {
-        top.insert(
-            "full-backing-filename".into(),
-            json!(relative_to(&image.filename, b)),
-        );
+        // An image on NBD cannot say where a relative name points.
+        if !has_no_directory(&image.filename, b) {
+            top.insert(
+                "full-backing-filename".into(),
+                json!(relative_to(&image.filename, b)),
+            );
+        }
         top.insert("backing-filename".into(), json!(b));
     }
     if let Some(dirty) = info.dirty_flag {
@@ -272,13 +283,14 @@ fn human(info: &Value) -> String {
         out.push_str("cleanly shut down: no\n");
     }
     if let Some(b) = get("backing-filename").and_then(Value::as_str) {
-        let full = get("full-backing-filename")
-            .and_then(Value::as_str)
-            .unwrap_or(b);
-        if full != b {
-            out.push_str(&format!("backing file: {b} (actual path: {full})\n"));
-        } else {
-            out.push_str(&format!("backing file: {b}\n"));
+        match get("full-backing-filename").and_then(Value::as_str) {
+            None => out.push_str(&format!(
+                "backing file: {b} (cannot determine actual path)\n"
+            )),
+            Some(full) if full != b => {
+                out.push_str(&format!("backing file: {b} (actual path: {full})\n"))
+            }
+            Some(_) => out.push_str(&format!("backing file: {b}\n")),
         }
     }
     if let Some(f) = get("backing-filename-format").and_then(Value::as_str) {
