@@ -560,3 +560,23 @@ fn backing_names_of_images_on_exports_resolve_as_in_qemu_img() {
         "base.qcow2",
     ]);
 }
+
+/// An export keeps its size: `resize` of a raw image on one fails as in
+/// qemu-img, whichever way (it printed "Image resized." and exited 0 on a
+/// shrink); and an export longer than the block layer takes (2^63 - 1
+/// bytes) is refused when opened, where qimg's `map` of it never ended.
+#[test]
+fn export_sizes_the_block_layer_cannot_take_or_change_fail_as_in_qemu_img() {
+    if !servers::have("nbdkit") {
+        return;
+    }
+    let fx = Fixture::new("nbd_sizes");
+    let memory = servers::nbdkit_unix(&fx.path("m.sock"), &["memory", "64M"]);
+    for size in ["32M", "128M"] {
+        fx.same(&["resize", "--shrink", "-f", "raw", &memory.uri, size]);
+    }
+    fx.same(&["info", "-f", "raw", &memory.uri]);
+    let huge = servers::nbdkit_unix(&fx.path("h.sock"), &["null", "size=9223372036854775807"]);
+    fx.same(&["info", &huge.uri]);
+    fx.same(&["map", "--output=json", "-f", "raw", &huge.uri]);
+}

@@ -560,6 +560,21 @@ pub fn open_image(request: &OpenRequest) -> Result<BlockImage, DriverError> {
             remote::open(driver, &spec, request.write).map_err(|e| open_error(&display, e))?,
         ),
     };
+    // A store longer than the block layer takes (an export of 2^63 - 1
+    // bytes) is refused, as qemu refuses it.
+    if store
+        .len()
+        .into_result()
+        .is_ok_and(|len| len > super::MAX_LENGTH)
+    {
+        return Err(open_error(
+            &display,
+            DriverError::from_errno(
+                libc::EFBIG,
+                "Could not refresh total sector count: File too large",
+            ),
+        ));
+    }
     let (driver, probed_raw) = match named {
         Some(d) => (d, false),
         None => {

@@ -13,4 +13,8 @@ pub mod spec;
 pub mod tls;
 
 pub use image::{create_image, open_image, BlockImage, OpenRequest};
+
+/// The longest image the block layer takes (qemu's `BDRV_MAX_LENGTH`:
+/// `INT64_MAX` rounded down to a GiB).
+pub const MAX_LENGTH: u64 = (i64::MAX as u64) & !((1 << 30) - 1);
 pub use lock::LockSpec;

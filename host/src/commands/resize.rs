@@ -1,7 +1,7 @@
 //! `resize`: change an image's guest size.
 
 use super::common::{check_image_opts, objects, print_help};
-use crate::block::{open_image, LockSpec, OpenRequest};
+use crate::block::{open_image, LockSpec, OpenRequest, MAX_LENGTH};
 use crate::cli::{
     first_operand, flag, getopt, long_arg, long_flag, parse_size_u64, program, with_arg, Opt,
 };
@@ -104,9 +104,7 @@ fn run(args: &[String]) -> CmdResult {
             program()
         )));
     }
-    // The block layer's limit, checked before the driver's (qemu's
-    // BDRV_MAX_LENGTH: INT64_MAX rounded down to a GiB).
-    const MAX_LENGTH: u64 = (i64::MAX as u64) & !((1 << 30) - 1);
+    // The block layer's limit, checked before the driver's.
     if wanted > MAX_LENGTH {
         return Err(fail(format!(
             "offset({wanted}) exceeds maximum({MAX_LENGTH})"
@@ -114,6 +112,14 @@ fn run(args: &[String]) -> CmdResult {
     }
     if !image.driver.can(caps::RESIZE) {
         return Err(fail("Image format driver does not support resize"));
+    }
+    // An export keeps its size; a format that passes the exact size down
+    // to its store (raw, luks) asks NBD for another one, as qemu's does.
+    if image.store.protocol() == "nbd"
+        && matches!(image.format(), "raw" | "luks")
+        && wanted as i128 != current
+    {
+        return Err(fail("Cannot resize NBD nodes"));
     }
     image
         .resize(wanted, prealloc, shrinking)
