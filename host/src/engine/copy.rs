@@ -11,6 +11,7 @@ use super::status::Walker;
 use super::turns::Turns;
 use super::workers::{run_in_order, run_workers};
 use crate::block::BlockImage;
+use crate::store::Store;
 use crate::sync::lock;
 use qimg_driver_api::{zero_flags, DriverError, ErrorKind};
 use qimg_driver_util::is_zero;
@@ -496,9 +497,14 @@ impl CopyJob<'_> {
                 // Read, scanned and written a step at a time, the data
                 // stays in the core's cache between the three passes. A
                 // target that allocates clusters gets whole items, so that
-                // each item's clusters are allocated together.
+                // each item's clusters are allocated together. A network
+                // source is asked for whole items, qemu-img's request size:
+                // each request costs a round trip, and steps would keep a
+                // quarter of the data in flight (8.6 times qemu-img's time
+                // from an export answering in 20 ms).
                 let steps = self.align <= 4096
-                    && (self.min_sparse == 0 || STEP.is_multiple_of(self.min_sparse));
+                    && (self.min_sparse == 0 || STEP.is_multiple_of(self.min_sparse))
+                    && !matches!(*source.store, Store::Remote(_));
                 if !steps {
                     return self.copy_data(source, item.src_offset, item.dst_offset, item.len);
                 }
