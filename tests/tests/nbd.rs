@@ -462,6 +462,37 @@ fn open_timeout_waits_for_a_server_that_starts_late() {
     );
 }
 
+/// A server gone for good: the copy gives up once `reconnect-delay` has
+/// passed, not once per request in flight (each one looked for its failed
+/// extent with new requests, each waiting the delay again: 41 s for a
+/// delay of 5 s).
+#[test]
+fn reconnect_delay_gives_up_on_a_server_gone_for_good() {
+    if !servers::have("nbdkit") {
+        return;
+    }
+    let fx = Fixture::new("nbd_gone");
+    let socket = fx.path("kit.sock");
+    let args = ["--filter=delay", "pattern", "1G", "rdelay=100ms"];
+    let mut server = servers::nbdkit_unix(&socket, &args);
+    let node = format!(
+        "driver=nbd,server.type=unix,server.path={},reconnect-delay=2",
+        socket.display()
+    );
+    let mut child = fx.spawn_qimg(&["convert", "--image-opts", &node, "-O", "raw", "out.raw"]);
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill();
+    let killed = Instant::now();
+    let status = exit_within_a_minute(&mut child);
+    assert_eq!(status.code(), Some(1));
+    let waited = killed.elapsed();
+    assert!(
+        waited < Duration::from_secs(6),
+        "gave up {waited:?} after the server went, with a delay of 2 s"
+    );
+    assert!(!fx.path("out.raw").exists());
+}
+
 #[test]
 fn reconnect_delay_carries_a_copy_over_a_server_restart() {
     if !servers::have("nbdkit") {

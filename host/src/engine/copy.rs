@@ -559,7 +559,14 @@ impl CopyJob<'_> {
             return Ok(());
         };
         if !self.salvage {
-            let at = dst + failed_extent(source, src, buf).unwrap_or(0);
+            // A network source is read a request per item, as qemu-img
+            // reads it: the request failed at its start. (Looking for the
+            // failed extent would ask again, and a store that reconnects
+            // waits its reconnect-delay for every such question.)
+            let at = match *source.store {
+                Store::Remote(_) => dst,
+                _ => dst + failed_extent(source, src, buf).unwrap_or(0),
+            };
             return Err(CopyError::Read { at, error });
         }
         for (index, sector) in buf.chunks_mut(SECTOR).enumerate() {
