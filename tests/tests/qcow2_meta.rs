@@ -1047,6 +1047,20 @@ fn amend_refcount_width_and_lazy_refcounts_like_qemu() {
             "amend -o size=0 {}",
         ],
     );
+    // A width the refcounts do not fit changes nothing, not even the lazy
+    // refcounts asked beside it (two compressed clusters share a host
+    // cluster: refcount 2).
+    fx.make_qcow2("c.qcow2", "refcount_bits=2", "8M");
+    fx.qemu_io_cmds(
+        "qcow2",
+        "c.qcow2",
+        &["write -c -P 1 0 64k", "write -c -P 2 64k 64k"],
+    );
+    same_steps(
+        &fx,
+        "c.qcow2",
+        &["amend -o refcount_bits=1,lazy_refcounts=on {}", "info {}"],
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! order of steps and with its refusals: key slots of a LUKS-encrypted
 //! image first (`encrypt.state`, `encrypt.new-secret`...), then an
 //! upgrade to version 3,
-//! then lazy refcounts, the refcount width, the external data file, the
+//! then the refcount width, lazy refcounts, the external data file, the
 //! size, and a downgrade to version 2 last (zero clusters, which version 2
 //! cannot express, become data or holes; qcow2.txt "Header", "Cluster
 //! mapping").
@@ -311,6 +311,13 @@ impl Qcow2Image {
                 progress.current = Step::Upgrade;
                 self.upgrade(&mut meta, progress)?;
             }
+            // The refcount width before the backing file and lazy
+            // refcounts, as qemu orders them: a width the refcounts do not
+            // fit changes nothing.
+            if w.refcount_bits != 1 << meta.header.refcount_order {
+                progress.current = Step::RefcountOrder;
+                self.change_refcount_order(&mut meta, w.refcount_bits.trailing_zeros(), progress)?;
+            }
             let (file, format) = &w.backing;
             if (file.is_some() || format.is_some())
                 && (file != &meta.header.backing_file || format != &meta.header.ext.backing_format)
@@ -331,10 +338,6 @@ impl Qcow2Image {
                 }
                 meta.write_header(&self.io)?;
                 self.io.flush()?;
-            }
-            if w.refcount_bits != 1 << meta.header.refcount_order {
-                progress.current = Step::RefcountOrder;
-                self.change_refcount_order(&mut meta, w.refcount_bits.trailing_zeros(), progress)?;
             }
             if w.data_file_raw {
                 meta.header.autoclear_features |= autoclear::DATA_FILE_RAW;
