@@ -526,3 +526,18 @@ fn parallel_writes_into_the_same_new_clusters_keep_every_byte() {
     let cmp = fx.qemu_img(&["compare", "-f", "qed", "-F", "raw", "t.qed", "want.raw"]);
     assert_eq!(cmp.status, 0, "{}{}", cmp.stdout, cmp.stderr);
 }
+
+/// `check` counts fragmentation within each L2 table, as qemu-img does: a
+/// cluster that follows a cluster of another table is not fragmented.
+#[test]
+fn check_counts_fragmentation_per_table_as_qemu_img() {
+    let fx = Fixture::new("qed_fragmented");
+    made(&fx, "cluster_size=4096,table_size=4", "a.qed", "51192836");
+    fx.qemu_io_cmds(
+        "qed",
+        "a.qed",
+        &["write -P 61 17522062 1", "write -P 132 6657024 4096"],
+    );
+    fx.same(&["check", "a.qed"]);
+    fx.same(&["check", "--output=json", "a.qed"]);
+}

@@ -61,7 +61,6 @@ pub fn check(store: &ByteStoreBox, t: &mut Tables, fix: bool) -> Result<CheckRep
     used.mark(h.l1_table_offset / cs, h.table_size.into());
     let mut allocated = 0u64;
     let mut fragmented = 0u64;
-    let mut last = 0u64;
     let mut l1_fixed = false;
     for index in 0..t.l1.len() {
         let table = t.l1[index];
@@ -88,6 +87,8 @@ pub fn check(store: &ByteStoreBox, t: &mut Tables, fix: bool) -> Result<CheckRep
             continue;
         };
         let mut changed = false;
+        // Fragmentation is counted within each table, as qemu counts it.
+        let mut last = 0u64;
         for entry in entries.iter_mut() {
             let offset = *entry;
             if offset <= 1 {
