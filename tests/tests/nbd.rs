@@ -165,6 +165,12 @@ fn create_and_writes_that_nbd_cannot_do_fail_as_in_qemu_img() {
     let ro = unix_server(&fx, "t.raw", "raw", &["-r"]);
     fx.oracle(&["create", "-q", "-f", "raw", "src.raw", "4M"]);
     fx.same(&["convert", "-n", "-O", "raw", "src.raw", &ro.uri]);
+    fx.same(&["create", "-f", "qcow2", &ro.uri, "1M"]);
+    // An http store is read-only: creation is refused before anything.
+    let url = "http://127.0.0.1:9/new.qcow2";
+    fx.same(&["create", "-f", "qcow2", url, "1M"]);
+    fx.same(&["convert", "-O", "qcow2", "src.raw", url]);
+    fx.same(&["dd", "if=src.raw", &format!("of={url}")]);
 }
 
 #[test]

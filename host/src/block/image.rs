@@ -759,8 +759,25 @@ fn format_remote(
     veiled: bool,
 ) -> Result<(), DriverError> {
     let spec = super::spec::resolve(name, false).map_err(DriverError::invalid_argument)?;
-    let mut opened = remote::open(protocol, &spec, true)?;
-    zero_first_sector(&opened.store)?;
+    // qemu's "simple" creation, in its words: the store must open as it
+    // is, and its first sector is cleared.
+    let prefixed = |e: DriverError, words: &str| DriverError {
+        message: format!("{words}{}", e.message).into(),
+        ..e
+    };
+    let mut opened = remote::open(protocol, &spec, true).map_err(|e| {
+        prefixed(e, &format!("Protocol driver '{protocol}' does not support creating new images, so an existing image must be selected as the target; however, opening the given target as an existing image failed: "))
+    })?;
+    if driver.can(caps::IDENTITY_MAPPED) {
+        // A raw image asks its store for its size first (an export that
+        // is too small: "Cannot grow NBD nodes").
+        opened
+            .store
+            .set_len(request.size, Prealloc::OFF)
+            .into_result()?;
+    }
+    zero_first_sector(&opened.store)
+        .map_err(|e| prefixed(e, "Failed to clear the new image's first sector: "))?;
     let veil = veiled.then(|| veil::cover(veil::Key::Node(opened.node_name.clone())));
     opened.veil = veil.clone();
     create_on(

@@ -319,6 +319,14 @@ pub fn stands_alone(name: &str) -> bool {
     name.starts_with('/') || name.starts_with("json:") || remote_scheme(name).is_some()
 }
 
+/// Why an image cannot be created at `target`: a read-only network store
+/// (http, https), in qemu's words; `None` where creation may go on.
+pub fn creation_refused(target: &str) -> Option<String> {
+    remote_scheme(target)
+        .filter(|p| matches!(*p, "http" | "https"))
+        .map(|p| format!("Protocol driver '{p}' does not support image creation"))
+}
+
 /// qemu's words for a relative name recorded in an image on NBD: an
 /// export has no directory for it to be relative to.
 pub const NO_NBD_DIRECTORY: &str = "Cannot generate a base directory for NBD nodes";

@@ -307,6 +307,9 @@ fn convert(
     let mut created = false;
     let mut _registered = None;
     if let Some(mut values) = checked {
+        if let Some(refused) = crate::block::spec::creation_refused(target) {
+            return Err(fail(refused));
+        }
         values.remove("size");
         options::strip_file_prefix(&mut values);
         if let Some(b) = p.last("backing") {

@@ -142,6 +142,9 @@ fn run(args: &[String]) -> CmdResult {
         return Err(prefixed("Image creation needs a size parameter".into()));
     };
     values.insert("size".into(), size.to_string());
+    if let Some(refused) = crate::block::spec::creation_refused(filename) {
+        return Err(prefixed(refused));
+    }
     if !p.has("quiet") {
         outln!(
             "{}",

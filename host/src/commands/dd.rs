@@ -81,6 +81,9 @@ fn run(args: &[String]) -> CmdResult {
         size,
         options: Default::default(),
     };
+    if let Some(refused) = crate::block::spec::creation_refused(&output) {
+        return Err(fail(refused));
+    }
     let existed = crate::block::image::target_existed(&output);
     let _registered = (!existed).then(|| crate::interrupt::discard_on_signal(&output));
     create_image(&driver, &output, &request, CacheMode::Writeback, true).map_err(|e| {
