@@ -600,8 +600,9 @@ fn backing_names_of_images_on_exports_resolve_as_in_qemu_img() {
 
 /// An export keeps its size: `resize` of a raw image on one fails as in
 /// qemu-img, whichever way (it printed "Image resized." and exited 0 on a
-/// shrink); and an export longer than the block layer takes (2^63 - 1
-/// bytes) is refused when opened, where qimg's `map` of it never ended.
+/// shrink); an export longer than the block layer takes (2^63 - 1 bytes)
+/// is refused when opened, where qimg's `map` of it never ended; and one
+/// of an odd size maps as in qemu-img.
 #[test]
 fn export_sizes_the_block_layer_cannot_take_or_change_fail_as_in_qemu_img() {
     if !servers::have("nbdkit") {
@@ -616,4 +617,9 @@ fn export_sizes_the_block_layer_cannot_take_or_change_fail_as_in_qemu_img() {
     let huge = servers::nbdkit_unix(&fx.path("h.sock"), &["null", "size=9223372036854775807"]);
     fx.same(&["info", &huge.uri]);
     fx.same(&["map", "--output=json", "-f", "raw", &huge.uri]);
+    // An export of an odd size: what lies past its end, up to the next
+    // sector, is an extent of its own, zeros at no place.
+    let data = "@0x1234 1 2 3 @0x200001 (1)*70000";
+    let odd = servers::nbdkit_unix(&fx.path("o.sock"), &["data", data, "size=5000001"]);
+    fx.same_info_and_map(&["-f", "raw", &odd.uri]);
 }

@@ -13,7 +13,7 @@ use qimg_driver_api::guard::Poison;
 use qimg_driver_api::schema::{CreateRequest, ImageInfo};
 use qimg_driver_api::ByteStore;
 use qimg_driver_api::{
-    caps, open_flags, zero_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc,
+    caps, extent_flags, open_flags, zero_flags, DriverError, ErrorKind, Extent, ImageArc, Prealloc,
 };
 use std::mem::ManuallyDrop;
 use std::path::Path;
@@ -273,6 +273,10 @@ impl BlockImage {
                 "driver returned no block status",
             ));
         }
+        if self.store.protocol() == "nbd" && self.identity_mapped() {
+            let end = self.store.len().into_result()?;
+            extents = past_export_end(extents, end);
+        }
         Ok(extents)
     }
     /// Name of the image's store number `index` (see `Extent::store`).
@@ -354,6 +358,35 @@ pub fn inner_open_message<'a>(name: &str, message: &'a str) -> &'a str {
     message
         .strip_prefix(&format!("Could not open '{name}': "))
         .unwrap_or(message)
+}
+
+/// `extents` of an image whose bytes are an export's, with what lies past
+/// the export's `end` (up to the sector the image's size is rounded to)
+/// in an extent of its own: zeros at no place, as qemu's NBD client
+/// answers for it.
+fn past_export_end(extents: Vec<Extent>, end: u64) -> Vec<Extent> {
+    let mut out = Vec::with_capacity(extents.len() + 1);
+    for ext in extents {
+        if ext.end() <= end {
+            out.push(ext);
+            continue;
+        }
+        if ext.offset < end {
+            out.push(Extent {
+                length: end - ext.offset,
+                ..ext
+            });
+        }
+        let start = ext.offset.max(end);
+        out.push(Extent {
+            offset: start,
+            length: ext.end() - start,
+            flags: extent_flags::ZERO | extent_flags::ALLOCATED,
+            host_offset: 0,
+            ..ext
+        });
+    }
+    out
 }
 
 fn open_error(name: &str, e: DriverError) -> DriverError {
