@@ -13,6 +13,7 @@ use crate::cli::{
 use crate::engine::status::Walker;
 use crate::error::{fail, CmdResult};
 use crate::output::qemu_json_pretty;
+use crate::plugins::Driver;
 use qimg_driver_api::abi_stable::std_types::{RSlice, RStr};
 use qimg_driver_api::schema::{MeasureRequest, MeasureResult};
 use qimg_driver_api::{caps, extent_flags, Extent};
@@ -121,6 +122,11 @@ fn run(args: &[String]) -> CmdResult {
                 .info()
                 .map_err(|e| fail(e.message.to_string()))?
                 .bitmaps;
+            // raw and luks measure the size alone (as qemu's do): no walk.
+            let extents = match driver.name.as_str() {
+                "raw" | "luks" => Vec::new(),
+                _ => allocated(&image, count_unit(&driver, &values))?,
+            };
             (
                 MeasureRequest {
                     size: image.size(),
@@ -128,7 +134,7 @@ fn run(args: &[String]) -> CmdResult {
                     from_image: true,
                     source_bitmaps,
                 },
-                allocated(&image)?,
+                extents,
             )
         }
     };
@@ -181,9 +187,34 @@ fn run(args: &[String]) -> CmdResult {
     Ok(0)
 }
 
-/// The extents of `image` (through its chain) that hold data, as the driver
-/// needs them to count clusters.
-fn allocated(image: &crate::block::BlockImage) -> Result<Vec<Extent>, crate::error::CmdError> {
+/// The unit a target format counts allocation in, for the walk: its
+/// `cluster_size` (as `-o` gives it, else its default), or 1 for a format
+/// without one. A run of data counts whole units, so after data the walk
+/// goes on at the next unit, as qemu's qcow2 measure does (a source with
+/// data in every other 4 KiB asks a status per cluster, not per run).
+fn count_unit(driver: &Driver, values: &BTreeMap<String, String>) -> u64 {
+    let default = || {
+        driver
+            .create_options()
+            .iter()
+            .find(|o| o.name == "cluster_size")
+            .and_then(|o| o.default.clone())
+    };
+    values
+        .get("cluster_size")
+        .cloned()
+        .or_else(default)
+        .and_then(|text| parse_size(&text, 1).ok())
+        .filter(|unit| unit.is_power_of_two())
+        .unwrap_or(1)
+}
+
+/// The extents of `image` (through its chain) that hold data, each run of
+/// data widened to whole units of `unit` bytes, as the driver counts them.
+fn allocated(
+    image: &crate::block::BlockImage,
+    unit: u64,
+) -> Result<Vec<Extent>, crate::error::CmdError> {
     let mut out: Vec<Extent> = Vec::new();
     let mut walker = Walker::default();
     let mut offset = 0;
@@ -191,19 +222,21 @@ fn allocated(image: &crate::block::BlockImage) -> Result<Vec<Extent>, crate::err
         let s = walker
             .status(image, offset, (image.size() - offset).min(STEP), None)
             .map_err(|e| fail(format!("Unable to get block status: {}", e.message)))?;
+        let mut end = offset + s.length;
         if s.data && !s.zero {
+            end = end.next_multiple_of(unit).min(image.size());
             match out.last_mut() {
-                Some(last) if last.end() == offset => last.length += s.length,
+                Some(last) if last.end() == offset => last.length = end - last.offset,
                 _ => out.push(Extent {
                     offset,
-                    length: s.length,
+                    length: end - offset,
                     flags: extent_flags::DATA,
                     store: 0,
                     host_offset: 0,
                 }),
             }
         }
-        offset += s.length;
+        offset = end;
     }
     Ok(out)
 }
