@@ -144,24 +144,35 @@ pub struct Meta {
 const REFTABLE_FIELDS: u64 = 48;
 
 /// Gives the clusters at `offsets` (of `cluster_size` bytes) back to the
-/// host's file system, as qemu's discards do: a cluster that reaches past
-/// the end of the file is punched whole and the file keeps its length.
+/// host's file system, as qemu's discards do: adjacent clusters in one
+/// punch (a shrink freeing 8,192 clusters made 8,192 calls where qemu
+/// makes 3); a cluster that reaches past the end of the file is punched
+/// whole and the file keeps its length.
 pub fn punch_clusters(io: &Io, offsets: &[u64], cluster_size: u64) -> Result<()> {
     let file_len = io.file.len().into_result()?;
-    let mut past_end = false;
-    for &at in offsets {
-        if at >= file_len {
-            continue;
+    let mut inside: Vec<u64> = offsets
+        .iter()
+        .copied()
+        .filter(|&at| at < file_len)
+        .collect();
+    inside.sort_unstable();
+    inside.dedup();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for at in inside {
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == at => *len += cluster_size,
+            _ => runs.push((at, cluster_size)),
         }
-        if at + cluster_size > file_len && !past_end {
+    }
+    let mut past_end = false;
+    for (at, len) in runs {
+        if at + len > file_len && !past_end {
             // The store punches only inside the file: lengthen it for
             // the punch, then cut it back.
-            io.file
-                .set_len(at + cluster_size, Prealloc::OFF)
-                .into_result()?;
+            io.file.set_len(at + len, Prealloc::OFF).into_result()?;
             past_end = true;
         }
-        io.file.write_zeroes(at, cluster_size, true).into_result()?;
+        io.file.write_zeroes(at, len, true).into_result()?;
     }
     if past_end {
         io.file.set_len(file_len, Prealloc::OFF).into_result()?;
