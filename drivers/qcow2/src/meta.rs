@@ -204,10 +204,23 @@ pub(crate) fn words_be(words: &[u64]) -> Vec<u8> {
 /// that lies inside the file (the rest reads as zeros), so a header field
 /// alone never decides how much memory is used.
 pub fn read_table(io: &Io, offset: u64, entries: u64, file_len: u64) -> Result<Vec<u64>> {
+    /// Bytes read at once: a large table (16 MiB of L1 for a 1 PiB disk)
+    /// is not held twice, as bytes and as words.
+    const PIECE: u64 = 1 << 20;
     let in_file = file_len.saturating_sub(offset).div_ceil(8).min(entries);
-    let mut bytes = AlignedBuf::zeroed((in_file * 8) as usize);
-    io.read(offset, &mut bytes)?;
-    let mut words = be64_words(&bytes);
+    let mut words = Vec::with_capacity(in_file as usize);
+    let mut bytes = AlignedBuf::zeroed((in_file * 8).min(PIECE) as usize);
+    let mut at = 0;
+    while at < in_file * 8 {
+        let n = (in_file * 8 - at).min(PIECE) as usize;
+        io.read(offset + at, &mut bytes[..n])?;
+        words.extend(
+            bytes[..n]
+                .chunks_exact(8)
+                .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+        );
+        at += n as u64;
+    }
     while words.last() == Some(&0) {
         words.pop();
     }
