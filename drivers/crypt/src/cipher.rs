@@ -10,6 +10,8 @@
 use crate::error::{CryptError, Result};
 use crate::fast_xts::{Direction, FastXts};
 use crate::hash::HashAlg;
+use crate::serpent::Serpent;
+use crate::twofish::Twofish;
 use crate::SECTOR_SIZE;
 use aes::cipher::consts::{U16, U8};
 use aes::cipher::generic_array::{ArrayLength, GenericArray};
@@ -22,9 +24,7 @@ use aes::{Aes128, Aes192, Aes256};
 use cast5::Cast5;
 use ctr::flavors::{Ctr128BE, Ctr64BE};
 use ctr::{CtrCore, CtrFlavor};
-use serpent::Serpent;
 use std::fmt;
-use twofish::Twofish;
 use xts_mode::Xts128;
 
 /// Bytes of the longest block (XTS's only one), and of the longest IV.
