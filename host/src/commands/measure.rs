@@ -122,6 +122,11 @@ fn run(args: &[String]) -> CmdResult {
                 .info()
                 .map_err(|e| fail(e.message.to_string()))?
                 .bitmaps;
+            // Refused before the walk (which can take long), once the
+            // source opened, as qemu-img orders its errors.
+            if !driver.can(caps::MEASURE) {
+                return Err(unsupported(&driver));
+            }
             // raw and luks measure the size alone (as qemu's do): no walk.
             let extents = match driver.name.as_str() {
                 "raw" | "luks" => Vec::new(),
@@ -139,10 +144,7 @@ fn run(args: &[String]) -> CmdResult {
         }
     };
     if !driver.can(caps::MEASURE) {
-        return Err(fail(format!(
-            "Block driver '{}' does not support size measurement",
-            driver.name
-        )));
+        return Err(unsupported(&driver));
     }
     if let Some(id) = luks_secret(&request.options) {
         // Measuring needs no key, but qemu-img insists the secret exists.
@@ -185,6 +187,14 @@ fn run(args: &[String]) -> CmdResult {
         }
     }
     Ok(0)
+}
+
+/// qemu-img's refusal of a format that cannot measure.
+fn unsupported(driver: &Driver) -> crate::error::CmdError {
+    fail(format!(
+        "Block driver '{}' does not support size measurement",
+        driver.name
+    ))
 }
 
 /// The unit a target format counts allocation in, for the walk: its
