@@ -168,6 +168,10 @@ impl Turn<'_> {
 const ORDERED_WINDOW_PER_THREAD: usize = 2;
 /// Data is copied in steps of this many bytes (aligned in the target).
 const STEP: u64 = 256 << 10;
+/// Steps of a source served on this machine (an NBD unix socket): qemu-nbd
+/// serves 1 MiB requests fastest (0.39 s for the 1 GiB workload, 0.41 s in
+/// 256 KiB, 0.49 s in whole 2 MiB items).
+const LOCAL_SERVER_STEP: u64 = 1 << 20;
 /// Unit in which `--salvage` reads a failed request again.
 const SECTOR: usize = 512;
 /// Largest zero run handled as one write-zeroes request.
@@ -501,17 +505,24 @@ impl CopyJob<'_> {
                 // source is asked for whole items, qemu-img's request size:
                 // each request costs a round trip, and steps would keep a
                 // quarter of the data in flight (8.6 times qemu-img's time
-                // from an export answering in 20 ms).
+                // from an export answering in 20 ms). A server on this
+                // machine (an NBD unix socket) costs no round trip and
+                // serves smaller requests with less work.
+                let step = match &*source.store {
+                    Store::Remote(r) if r.node_name.starts_with("nbd+unix:") => LOCAL_SERVER_STEP,
+                    Store::Remote(_) => item.len,
+                    _ => STEP,
+                };
                 let steps = self.align <= 4096
-                    && (self.min_sparse == 0 || STEP.is_multiple_of(self.min_sparse))
-                    && !matches!(*source.store, Store::Remote(_));
+                    && (self.min_sparse == 0 || step.is_multiple_of(self.min_sparse))
+                    && step < item.len;
                 if !steps {
                     return self.copy_data(source, item.src_offset, item.dst_offset, item.len);
                 }
                 let mut at = 0;
                 while at < item.len {
                     let dst = item.dst_offset + at;
-                    let len = ((dst / STEP + 1) * STEP - dst).min(item.len - at);
+                    let len = ((dst / step + 1) * step - dst).min(item.len - at);
                     self.copy_data(source, item.src_offset + at, dst, len)?;
                     at += len;
                 }
