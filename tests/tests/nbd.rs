@@ -468,6 +468,20 @@ fn open_timeout_waits_for_a_server_that_starts_late() {
     );
 }
 
+/// Starts `convert` of the export on `socket` to out.raw, over a node
+/// with `reconnect-delay` of `seconds`.
+fn copy_with_reconnect_delay(
+    fx: &Fixture,
+    socket: &std::path::Path,
+    seconds: u32,
+) -> std::process::Child {
+    let node = format!(
+        "driver=nbd,server.type=unix,server.path={},reconnect-delay={seconds}",
+        socket.display()
+    );
+    fx.spawn_qimg(&["convert", "--image-opts", &node, "-O", "raw", "out.raw"])
+}
+
 /// A server gone for good: the copy gives up once `reconnect-delay` has
 /// passed, not once per request in flight (each one looked for its failed
 /// extent with new requests, each waiting the delay again: 41 s for a
@@ -481,11 +495,7 @@ fn reconnect_delay_gives_up_on_a_server_gone_for_good() {
     let socket = fx.path("kit.sock");
     let args = ["--filter=delay", "pattern", "1G", "rdelay=100ms"];
     let mut server = servers::nbdkit_unix(&socket, &args);
-    let node = format!(
-        "driver=nbd,server.type=unix,server.path={},reconnect-delay=2",
-        socket.display()
-    );
-    let mut child = fx.spawn_qimg(&["convert", "--image-opts", &node, "-O", "raw", "out.raw"]);
+    let mut child = copy_with_reconnect_delay(&fx, &socket, 2);
     std::thread::sleep(Duration::from_millis(500));
     server.kill();
     let killed = Instant::now();
@@ -510,11 +520,7 @@ fn reconnect_delay_carries_a_copy_over_a_server_restart() {
     // 64 MiB copy takes over a second.
     let args = ["--filter=delay", "pattern", "64M", "rdelay=50ms"];
     let mut server = servers::nbdkit_unix(&socket, &args);
-    let node = format!(
-        "driver=nbd,server.type=unix,server.path={},reconnect-delay=20",
-        socket.display()
-    );
-    let mut child = fx.spawn_qimg(&["convert", "--image-opts", &node, "-O", "raw", "out.raw"]);
+    let mut child = copy_with_reconnect_delay(&fx, &socket, 20);
     std::thread::sleep(Duration::from_millis(400));
     server.kill();
     let _ = std::fs::remove_file(&socket);
