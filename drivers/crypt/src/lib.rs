@@ -33,6 +33,7 @@ mod fast_xts;
 pub mod hash;
 pub mod header;
 pub mod keyslot;
+mod le_words;
 pub mod options;
 pub mod random;
 #[cfg(test)]

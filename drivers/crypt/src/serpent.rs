@@ -12,6 +12,7 @@
 //! crate's type does, so the chaining modes take either; it computes the
 //! same function as that crate (the tests check), only faster.
 
+use crate::le_words::{from_block, to_block};
 use aes::cipher::consts::U16;
 use aes::cipher::{AlgorithmName, BlockCipher, InvalidLength, Key, KeyInit, KeySizeUser};
 use std::fmt;
@@ -244,18 +245,6 @@ impl Serpent {
     }
 }
 
-/// A block's four little-endian words.
-fn words(block: &[u8]) -> [u32; 4] {
-    std::array::from_fn(|i| u32::from_le_bytes(block[4 * i..4 * i + 4].try_into().unwrap()))
-}
-
-/// Writes four words to `block`, little-endian.
-fn put_words(block: &mut [u8], words: [u32; 4]) {
-    for (chunk, w) in block.chunks_exact_mut(4).zip(words) {
-        chunk.copy_from_slice(&w.to_le_bytes());
-    }
-}
-
 impl BlockCipher for Serpent {}
 
 /// The shortest key LUKS uses; [`KeyInit::new_from_slice`] takes up to 32
@@ -333,12 +322,12 @@ impl ZeroizeOnDrop for Serpent {}
 aes::cipher::impl_simple_block_encdec!(
     Serpent, U16, cipher, block,
     encrypt: {
-        let out = cipher.encrypt(words(block.get_in()));
-        put_words(block.get_out(), out);
+        let out = cipher.encrypt(from_block(&(*block.get_in()).into()));
+        *block.get_out() = to_block(out).into();
     }
     decrypt: {
-        let out = cipher.decrypt(words(block.get_in()));
-        put_words(block.get_out(), out);
+        let out = cipher.decrypt(from_block(&(*block.get_in()).into()));
+        *block.get_out() = to_block(out).into();
     }
 );
 

@@ -9,6 +9,7 @@
 //! same function as that crate (the tests check), only faster: that crate
 //! evaluates the key-dependent S-boxes for every byte of every round.
 
+use crate::le_words::{from_block, to_block};
 use aes::cipher::consts::{U16, U32};
 use aes::cipher::{AlgorithmName, BlockCipher, InvalidLength, Key, KeyInit, KeySizeUser};
 use std::fmt;
@@ -163,7 +164,7 @@ impl Twofish {
 
     /// Encrypts the 16 bytes `block` (section 4.1, figure 1).
     fn encrypt(&self, block: [u8; 16]) -> [u8; 16] {
-        let mut r = words(block);
+        let mut r = from_block(&block);
         for (i, w) in r.iter_mut().enumerate() {
             *w ^= self.k[i];
         }
@@ -177,7 +178,7 @@ impl Twofish {
             r[1] = r[1].rotate_left(1) ^ f1;
         }
         // The last round's swap undone, and the output whitening.
-        bytes([
+        to_block([
             r[2] ^ self.k[4],
             r[3] ^ self.k[5],
             r[0] ^ self.k[6],
@@ -188,7 +189,7 @@ impl Twofish {
     /// Decrypts the 16 bytes `block`: [`Twofish::encrypt`]'s steps undone
     /// in reverse order.
     fn decrypt(&self, block: [u8; 16]) -> [u8; 16] {
-        let c = words(block);
+        let c = from_block(&block);
         let mut r = [
             c[2] ^ self.k[6],
             c[3] ^ self.k[7],
@@ -206,22 +207,8 @@ impl Twofish {
         for (i, w) in r.iter_mut().enumerate() {
             *w ^= self.k[i];
         }
-        bytes(r)
+        to_block(r)
     }
-}
-
-/// A block's four little-endian words.
-fn words(block: [u8; 16]) -> [u32; 4] {
-    std::array::from_fn(|i| u32::from_le_bytes(block[4 * i..4 * i + 4].try_into().unwrap()))
-}
-
-/// The block of four little-endian words.
-fn bytes(words: [u32; 4]) -> [u8; 16] {
-    let mut block = [0; 16];
-    for (chunk, w) in block.chunks_exact_mut(4).zip(words) {
-        chunk.copy_from_slice(&w.to_le_bytes());
-    }
-    block
 }
 
 impl BlockCipher for Twofish {}
