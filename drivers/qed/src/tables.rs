@@ -63,6 +63,17 @@ pub struct Tables {
     pub busy: BTreeSet<u64>,
 }
 
+/// What L2 entry `entry` says, checked against `header` and the end of
+/// the file's clusters `end` (spec, "Data cluster offsets").
+fn decode(entry: u64, header: &Header, end: u64) -> Result<Cluster> {
+    match entry {
+        0 => Ok(Cluster::Unallocated),
+        1 => Ok(Cluster::Zero),
+        e if header.cluster_offset_valid(e, end) => Ok(Cluster::Data(e)),
+        _ => Err(Error::BadOffset),
+    }
+}
+
 /// Reads a table of `entries` little-endian offsets at `offset`.
 pub fn read_table(store: &ByteStoreBox, offset: u64, entries: u64) -> Result<Vec<u64>> {
     let mut raw = vec![0u8; (entries * 8) as usize];
@@ -127,12 +138,7 @@ impl Tables {
             return Ok(Cluster::Unallocated);
         }
         let entry = self.l2_table(store, table)?[(cluster % entries) as usize];
-        match entry {
-            0 => Ok(Cluster::Unallocated),
-            1 => Ok(Cluster::Zero),
-            e if self.header.cluster_offset_valid(e, self.end) => Ok(Cluster::Data(e)),
-            _ => Err(Error::BadOffset),
-        }
+        decode(entry, &self.header, self.end)
     }
 
     /// How many clusters from `cluster` on (at most `max`) `keep` accepts,
@@ -165,12 +171,7 @@ impl Tables {
             } else {
                 let l2 = self.l2_table(store, table)?;
                 for i in 0..count {
-                    let what = match l2[(first + i) as usize] {
-                        0 => Cluster::Unallocated,
-                        1 => Cluster::Zero,
-                        e if header.cluster_offset_valid(e, end) => Cluster::Data(e),
-                        _ => return Err(Error::BadOffset),
-                    };
+                    let what = decode(l2[(first + i) as usize], &header, end)?;
                     if !keep(n + i, what) {
                         return Ok(n + i);
                     }
