@@ -433,6 +433,30 @@ fn copy_into(
             out.driver.name
         )));
     }
+    // Compression is CPU-bound: more workers than cores only hold more
+    // buffers. Plain copies overlap I/O with copying, two workers per
+    // core; more only queue on the target file's inode lock. Workers
+    // that take turns to allocate in guest order (no -W, a target with
+    // metadata) wait less with one per core (measured: BENCHMARKS.md).
+    // A network store waits on round trips, not on cores: it gets as
+    // many requests in flight as -m asks (8 by default, as qemu-img),
+    // a source once it proves far (before that, as many as a local
+    // copy: from nginx or qemu-nbd on this machine, four requests in
+    // flight copy faster than eight and hold 8 MiB less).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let in_turns = !p.has("oob-writes") && !out.driver.can(caps::IDENTITY_MAPPED);
+    let per_core = if compressing || in_turns { 1 } else { 2 };
+    let local = settings.parallel.min(cores * per_core);
+    let remote = |image: &BlockImage| matches!(*image.store, Store::Remote(_));
+    let (threads, near_threads) = if compressing {
+        (local, local)
+    } else if remote(&out) {
+        (settings.parallel, settings.parallel)
+    } else if sources.iter().any(|s| remote(s)) {
+        (settings.parallel, local)
+    } else {
+        (local, local)
+    };
     let job = CopyJob {
         sources,
         target: &out,
@@ -444,26 +468,8 @@ fn copy_into(
         // 13.2 instead of 19.3, no slower).
         chunk: if compressing { CHUNK / 2 } else { CHUNK },
         align: out_info.cluster_size.unwrap_or(512).max(512),
-        // Compression is CPU-bound: more workers than cores only hold more
-        // buffers. Plain copies overlap I/O with copying, two workers per
-        // core; more only queue on the target file's inode lock. Workers
-        // that take turns to allocate in guest order (no -W, a target with
-        // metadata) wait less with one per core (measured: BENCHMARKS.md).
-        // A network store waits on round trips, not on cores: it gets as
-        // many requests in flight as -m asks (8 by default, as qemu-img).
-        threads: {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let in_turns = !p.has("oob-writes") && !out.driver.can(caps::IDENTITY_MAPPED);
-            let per_core = if compressing || in_turns { 1 } else { 2 };
-            let remote = std::iter::once(&out)
-                .chain(sources.iter().map(|s| &**s))
-                .any(|image| matches!(*image.store, Store::Remote(_)));
-            if remote && !compressing {
-                settings.parallel
-            } else {
-                settings.parallel.min(cores * per_core)
-            }
-        },
+        threads,
+        near_threads,
         top_only: backed,
         offload: p.has("copy-range-offloading"),
         salvage: p.has("salvage"),

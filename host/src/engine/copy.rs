@@ -9,7 +9,7 @@ use super::ratelimit::RateLimit;
 use super::sparse::Sparse;
 use super::status::Walker;
 use super::turns::Turns;
-use super::workers::{run_in_order, run_workers};
+use super::workers::{run_gated, run_in_order, Gate};
 use crate::block::BlockImage;
 use crate::store::Store;
 use crate::sync::lock;
@@ -64,6 +64,11 @@ pub struct CopyJob<'a> {
     pub align: u64,
     /// Worker threads.
     pub threads: usize,
+    /// How many of the workers copy from the start; the others join once a
+    /// source proves far ([`Store::is_far`]). Each request in flight holds
+    /// a buffer, and only round trips need more of them than the cores keep
+    /// busy.
+    pub near_threads: usize,
     /// `-B`: copy only what the source's top layer allocates.
     pub top_only: bool,
     /// `-C`: use copy_file_range between the two files.
@@ -330,6 +335,8 @@ impl CopyJob<'_> {
         // would otherwise allocate in the order they finish.
         let turns = (parallel && self.in_order && !self.compress && self.target.reserve(0, 0)?)
             .then(Turns::new);
+        let far = || self.sources.iter().any(|s| s.store.is_far());
+        let gate = Gate::new(self.near_threads, &far);
         let work = |index: usize| -> Result<(), DriverError> {
             let item = &items[index];
             self.rate
@@ -349,7 +356,7 @@ impl CopyJob<'_> {
         if self.sequential && self.compress {
             self.run_ordered(&items, &done, total)?;
         } else if parallel {
-            run_workers(self.threads, items.len(), work)?;
+            run_gated(self.threads, &gate, items.len(), work)?;
         } else {
             (0..items.len()).try_for_each(work)?;
         }
@@ -507,9 +514,12 @@ impl CopyJob<'_> {
                 // quarter of the data in flight (8.6 times qemu-img's time
                 // from an export answering in 20 ms). A server on this
                 // machine (an NBD unix socket) costs no round trip and
-                // serves smaller requests with less work.
+                // serves smaller requests with less work, unless it
+                // proves far (a slow server behind the socket).
                 let step = match &*source.store {
-                    Store::Remote(r) if r.node_name.starts_with("nbd+unix:") => LOCAL_SERVER_STEP,
+                    Store::Remote(r) if r.node_name.starts_with("nbd+unix:") && !r.is_far() => {
+                        LOCAL_SERVER_STEP
+                    }
                     Store::Remote(_) => item.len,
                     _ => STEP,
                 };

@@ -7,6 +7,7 @@ use qimg_driver_api::DriverError;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Runs `work` on items `0..count` with `threads` workers that take the
 /// items in increasing order; stops handing out items after the first
@@ -17,30 +18,104 @@ pub fn run_workers(
     count: usize,
     work: impl Fn(usize) -> Result<(), DriverError> + Sync,
 ) -> Result<(), DriverError> {
+    run_gated(threads, &Gate::new(threads, &|| true), count, work)
+}
+
+/// Which of a pool's workers take items: the first few, and all of them
+/// once `opens` says so. The others wait without holding anything, asking
+/// `opens` every [`GATE_POLL`].
+pub struct Gate<'a> {
+    admitted: usize,
+    opens: &'a (dyn Fn() -> bool + Sync),
+    waiting: Mutex<()>,
+    woken: Condvar,
+}
+
+/// How often workers waiting at a [`Gate`] ask whether it opened.
+const GATE_POLL: Duration = Duration::from_millis(2);
+
+impl<'a> Gate<'a> {
+    /// A gate that admits the first `admitted` workers (at least one), and
+    /// the others once `opens` returns true.
+    pub fn new(admitted: usize, opens: &'a (dyn Fn() -> bool + Sync)) -> Gate<'a> {
+        Gate {
+            admitted: admitted.max(1),
+            opens,
+            waiting: Mutex::new(()),
+            woken: Condvar::new(),
+        }
+    }
+
+    /// Waits until worker `worker` is admitted (true) or `done` says that
+    /// nothing is left to take (false).
+    fn enter(&self, worker: usize, done: impl Fn() -> bool) -> bool {
+        if worker < self.admitted {
+            return true;
+        }
+        let mut waiting = lock(&self.waiting);
+        loop {
+            if done() {
+                return false;
+            }
+            if (self.opens)() {
+                return true;
+            }
+            waiting = self
+                .woken
+                .wait_timeout(waiting, GATE_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Wakes the waiting workers to ask `done` again.
+    fn wake(&self) {
+        let _waiting = lock(&self.waiting);
+        self.woken.notify_all();
+    }
+}
+
+/// [`run_workers`] with `threads` workers of which only those `gate`
+/// admits take items.
+pub fn run_gated(
+    threads: usize,
+    gate: &Gate,
+    count: usize,
+    work: impl Fn(usize) -> Result<(), DriverError> + Sync,
+) -> Result<(), DriverError> {
     let next = AtomicUsize::new(0);
     // The failed item with the lowest index: every item before it was
     // taken (and finished) before the others stopped, so this is the
     // error a copy in order meets first, whichever worker failed first.
     let failed: Mutex<Option<(usize, DriverError)>> = Mutex::new(None);
+    let (next, failed, work) = (&next, &failed, &work);
     std::thread::scope(|scope| {
-        for _ in 0..threads.max(1).min(count) {
-            scope.spawn(|| loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= count {
-                    break;
+        for worker in 0..threads.max(1).min(count) {
+            scope.spawn(move || {
+                if !gate.enter(worker, || next.load(Ordering::Relaxed) >= count) {
+                    return;
                 }
-                if let Err(e) = work(index) {
-                    next.store(count, Ordering::Relaxed);
-                    let mut first = lock(&failed);
-                    if first.as_ref().is_none_or(|(at, _)| index < *at) {
-                        *first = Some((index, e));
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= count {
+                        break;
                     }
-                    break;
+                    if let Err(e) = work(index) {
+                        next.store(count, Ordering::Relaxed);
+                        let mut first = lock(failed);
+                        if first.as_ref().is_none_or(|(at, _)| index < *at) {
+                            *first = Some((index, e));
+                        }
+                        break;
+                    }
                 }
+                // Nothing is left for the workers still waiting at the gate.
+                gate.wake();
             });
         }
     });
-    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    let first = lock(failed).take();
+    match first {
         Some((_, e)) => Err(e),
         None => Ok(()),
     }
@@ -129,9 +204,11 @@ fn fail<T>(
 
 #[cfg(test)]
 mod tests {
-    use super::{run_in_order, run_workers};
+    use super::{run_gated, run_in_order, run_workers, Gate};
     use qimg_driver_api::DriverError;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::time::Duration;
 
     #[test]
     fn items_are_consumed_in_order_and_never_too_far_ahead() {
@@ -214,5 +291,39 @@ mod tests {
         assert!(result.is_err());
         // Items after the failure are not all handed out.
         assert!(seen.into_inner().unwrap().len() < 100);
+    }
+
+    /// Runs 24 items of 5 ms each on four workers of which one is admitted
+    /// and the others once item `open_after` (if any) has run; returns the
+    /// most items in progress at once before and after the gate opened.
+    fn concurrency(open_after: Option<usize>) -> (usize, usize) {
+        let active = AtomicUsize::new(0);
+        let most = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        let opened = AtomicUsize::new(0);
+        let opens = || opened.load(Ordering::SeqCst) == 1;
+        run_gated(4, &Gate::new(1, &opens), 24, |i| {
+            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+            most[opened.load(Ordering::SeqCst)].fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            active.fetch_sub(1, Ordering::SeqCst);
+            if Some(i) == open_after {
+                opened.store(1, Ordering::SeqCst);
+            }
+            Ok(())
+        })
+        .unwrap();
+        (
+            most[0].load(Ordering::SeqCst),
+            most[1].load(Ordering::SeqCst),
+        )
+    }
+
+    #[test]
+    fn a_gate_admits_its_workers_only_and_the_rest_once_open() {
+        // Never opened: one worker does everything, the others leave at the end.
+        assert_eq!(concurrency(None), (1, 0));
+        let (before, after) = concurrency(Some(3));
+        assert_eq!(before, 1);
+        assert!(after > 1, "the open gate let in no one: {after}");
     }
 }

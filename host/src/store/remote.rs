@@ -48,6 +48,8 @@ pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<RemoteStore, 
         veil: super::veil::find(&super::veil::Key::Node(node_name.clone())),
         node_name,
         store,
+        slow_reads: Default::default(),
+        far: Default::default(),
     })
 }
 
