@@ -345,14 +345,25 @@ impl ParallelsImage {
     fn write(&self, offset: u64, buf: &[u8]) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let cs = self.geo.cluster;
-        let mut done = 0usize;
+        // Clusters that follow each other in the file are written at once
+        // (a 2 MiB write of two 1 MiB clusters: one request, as qemu-img's).
+        let (mut run_host, mut run_from, mut done) = (0u64, 0usize, 0usize);
         while done < buf.len() {
             let at = offset + done as u64;
             let within = at % cs;
             let n = ((cs - within) as usize).min(buf.len() - done);
-            let host = self.cluster_for_write(at / cs)?;
-            write_all(&self.store, host + within, &buf[done..done + n])?;
+            let host = self.cluster_for_write(at / cs)? + within;
+            if done > run_from && host != run_host + (done - run_from) as u64 {
+                write_all(&self.store, run_host, &buf[run_from..done])?;
+                run_from = done;
+            }
+            if done == run_from {
+                run_host = host;
+            }
             done += n;
+        }
+        if done > run_from {
+            write_all(&self.store, run_host, &buf[run_from..done])?;
         }
         Ok(())
     }
