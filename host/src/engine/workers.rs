@@ -75,6 +75,23 @@ impl<'a> Gate<'a> {
     }
 }
 
+/// Dropped when an admitted worker stops, whether its loop ended (nothing
+/// left, or an error) or it panicked: nothing more is handed out, and the
+/// workers waiting at the gate are woken to see that (rather than wait for
+/// items no one takes).
+struct Leaving<'a> {
+    next: &'a AtomicUsize,
+    count: usize,
+    gate: &'a Gate<'a>,
+}
+
+impl Drop for Leaving<'_> {
+    fn drop(&mut self) {
+        self.next.fetch_max(self.count, Ordering::Relaxed);
+        self.gate.wake();
+    }
+}
+
 /// [`run_workers`] with `threads` workers of which only those `gate`
 /// admits take items.
 pub fn run_gated(
@@ -95,6 +112,7 @@ pub fn run_gated(
                 if !gate.enter(worker, || next.load(Ordering::Relaxed) >= count) {
                     return;
                 }
+                let _leaving = Leaving { next, count, gate };
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     if index >= count {
@@ -109,8 +127,6 @@ pub fn run_gated(
                         break;
                     }
                 }
-                // Nothing is left for the workers still waiting at the gate.
-                gate.wake();
             });
         }
     });
@@ -325,5 +341,23 @@ mod tests {
         let (before, after) = concurrency(Some(3));
         assert_eq!(before, 1);
         assert!(after > 1, "the open gate let in no one: {after}");
+    }
+
+    #[test]
+    fn a_worker_that_panics_lets_the_waiting_ones_go() {
+        let (sent, got) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = std::panic::catch_unwind(|| {
+                run_gated(4, &Gate::new(1, &|| false), 24, |i| {
+                    assert_ne!(i, 2, "item 2 panics");
+                    Ok(())
+                })
+            });
+            sent.send(result.is_err()).unwrap();
+        });
+        let panicked = got
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the workers waiting at the gate hang");
+        assert!(panicked);
     }
 }
