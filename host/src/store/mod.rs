@@ -47,15 +47,16 @@ pub struct RemoteStore {
     far: AtomicBool,
 }
 
-/// A store whose reads take longer than this is far: round trips or a slow
-/// server, not the cores, set its pace. (Reads of up to 2 MiB from nginx or
-/// qemu-nbd on this machine take 0.2-8 ms with eight in flight; from a
-/// server that answers in 20 ms, 20.4 ms and more.)
-const FAR: Duration = Duration::from_millis(10);
+/// A store whose reads all take longer than this is far: round trips or a
+/// slow server, not the cores, set its pace.
+const FAR: Duration = Duration::from_millis(3);
 
-/// So many slow reads in a row make a store far: a store on this machine
-/// has a slow read now and then, a far one every time.
-const FAR_READS: u32 = 3;
+/// So many reads in a row over [`FAR`] make a store far. A server on this
+/// machine has slow reads, not that many in a row: qemu-nbd on a unix
+/// socket, four 1 MiB reads in flight, took 0.3-8 ms a read, and in none of
+/// 296 windows of eight reads were all over 3 ms; a server answering in
+/// 5 ms takes longer every time.
+const FAR_READS: u32 = 8;
 
 impl RemoteStore {
     /// Whether [`FAR_READS`] reads in a row of the store took longer than
