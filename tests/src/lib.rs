@@ -243,9 +243,23 @@ impl Fixture {
         ours
     }
 
-    /// Runs qimg and returns the child without waiting (for lock tests).
+    /// Runs qimg and returns the child without waiting (for lock and
+    /// signal tests). The child takes SIGINT, SIGTERM and SIGHUP the default
+    /// way whatever the suite was started with (a background job of a
+    /// non-interactive shell ignores SIGINT, which qimg then ignores too).
     pub fn spawn_qimg(&self, args: &[&str]) -> std::process::Child {
-        self.command(&self.bin.join("qemu-img"), args)
+        use std::os::unix::process::CommandExt;
+        let mut command = self.command(&self.bin.join("qemu-img"), args);
+        // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(|| {
+                for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
+        command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
