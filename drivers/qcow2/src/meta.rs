@@ -200,6 +200,17 @@ pub(crate) fn words_be(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_be_bytes()).collect()
 }
 
+/// Writes `words` big-endian at `offset` a piece at a time: a large table
+/// (16 MiB of L1 for a 1 PiB disk) is not held twice, as words and bytes.
+fn write_words(io: &Io, offset: u64, words: &[u64]) -> Result<()> {
+    /// Words written at once (1 MiB).
+    const PIECE: usize = 1 << 17;
+    for (i, piece) in words.chunks(PIECE).enumerate() {
+        io.write(offset + (i * PIECE * 8) as u64, &words_be(piece))?;
+    }
+    Ok(())
+}
+
 /// Reads a table of `entries` 64-bit words at `offset`, keeping only the part
 /// that lies inside the file (the rest reads as zeros), so a header field
 /// alone never decides how much memory is used.
@@ -1020,9 +1031,10 @@ impl Meta {
         }
         let mut wrote = false;
         if self.l1_dirty {
-            let (at, bytes) = (self.header.l1_table_offset, words_be(&self.l1));
-            self.check_overlap(io, at, bytes.len() as u64, Some(MetaKind::ActiveL1))?;
-            io.write(at, &bytes)?;
+            let at = self.header.l1_table_offset;
+            let len = self.l1.len() as u64 * 8;
+            self.check_overlap(io, at, len, Some(MetaKind::ActiveL1))?;
+            write_words(io, at, &self.l1)?;
             self.l1_dirty = false;
             wrote = true;
         }
