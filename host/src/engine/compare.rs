@@ -23,6 +23,10 @@ const PARALLEL_CHUNK: u64 = 1 << 20;
 /// Most bytes to read that parallel workers are given at once: the walk
 /// plans the next window only after this one compared equal.
 const WINDOW: u64 = 64 << 20;
+/// Most pieces planned at once, those read or not: runs both images read
+/// as zeros cost no reading but a piece each (a status each), and a
+/// 1 PiB disk has millions of them (67 MB of plan before this bound).
+const MAX_PIECES: usize = 1 << 12;
 
 /// Why a comparison could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +233,7 @@ pub fn compare(
             zero_side.is_none(),
         ));
         offset += len;
-        if to_read >= window {
+        if to_read >= window || pieces.len() >= MAX_PIECES {
             mismatch = compare_window(&pieces)?;
             if mismatch.is_some() {
                 break;
