@@ -182,6 +182,22 @@ const SECTOR: usize = 512;
 /// Largest zero run handled as one write-zeroes request.
 const MAX_ZERO_REQUEST: u64 = 1 << 30;
 
+/// Items planned at once (2.6 MB of plan, 128 GiB of data in 2 MiB items):
+/// the copy runs a segment of the plan, then plans the next, so that a
+/// disk of any size is copied in bounded memory (a 60 TiB VHDX, which
+/// reports data everywhere, made a plan of 1.3 GB).
+const SEGMENT_ITEMS: usize = 1 << 16;
+
+/// Where planning stopped: the source, the offset in it, and where that
+/// source starts in the target.
+#[derive(Default)]
+struct Planner {
+    source: usize,
+    offset: u64,
+    dst: u64,
+    walker: Walker,
+}
+
 /// Zeroes `len` bytes of `target` at `offset`, a request per
 /// [`MAX_ZERO_REQUEST`] bytes.
 fn zero_range(target: &BlockImage, offset: u64, len: u64) -> Result<(), DriverError> {
@@ -195,18 +211,27 @@ fn zero_range(target: &BlockImage, offset: u64, len: u64) -> Result<(), DriverEr
 }
 
 impl CopyJob<'_> {
-    /// Builds the plan: statuses of every source, split at chunk boundaries of
-    /// the target offset (zero runs whole).
-    fn plan(&self) -> Result<Vec<Item>, DriverError> {
+    /// Plans the next segment of the copy: statuses of the sources from
+    /// where `planner` stopped, split at chunk boundaries of the target
+    /// offset (zero runs whole), until the segment holds [`SEGMENT_ITEMS`]
+    /// items and ends on a cluster boundary of the target. Empty at the end.
+    fn plan(&self, planner: &mut Planner) -> Result<Vec<Item>, DriverError> {
         let mut items: Vec<Item> = Vec::new();
-        let mut dst = 0u64;
-        for (index, source) in self.sources.iter().enumerate() {
+        let full = |items: &Vec<Item>| {
+            items.len() >= SEGMENT_ITEMS
+                && items
+                    .last()
+                    .is_some_and(|i| (i.dst_offset + i.len).is_multiple_of(self.align))
+        };
+        while let Some(source) = self.sources.get(planner.source) {
+            let index = planner.source;
             let size = source.size();
-            let mut walker = Walker::default();
-            let mut offset = 0u64;
-            while offset < size {
+            let dst = planner.dst;
+            while planner.offset < size && !full(&items) {
+                let offset = planner.offset;
                 let bottom = if self.top_only { Some(0) } else { None };
-                let status = walker
+                let status = planner
+                    .walker
                     .status(source, offset, size - offset, bottom)
                     .map_err(|e| DriverError {
                         message: format!(
@@ -219,7 +244,7 @@ impl CopyJob<'_> {
                     })?;
                 // qemu-img copies whole sectors: a status ending inside one
                 // (a raw file's end) takes the rest of it, read as zeros.
-                let len = (offset + status.length)
+                let mut len = (offset + status.length)
                     .next_multiple_of(SECTOR as u64)
                     .min(size)
                     - offset;
@@ -262,7 +287,7 @@ impl CopyJob<'_> {
                 } else if let Some(kind) = kind {
                     let step = self.chunk;
                     let mut done = 0;
-                    while done < len {
+                    while done < len && !full(&items) {
                         let at = dst + offset + done;
                         let mut n = (len - done).min(step);
                         if n < len - done {
@@ -280,10 +305,19 @@ impl CopyJob<'_> {
                         });
                         done += n;
                     }
+                    // A full segment ends inside the status: the next one
+                    // asks for the rest.
+                    len = done;
                 }
-                offset += len;
+                planner.offset += len;
             }
-            dst += size;
+            if planner.offset < size {
+                break;
+            }
+            planner.source += 1;
+            planner.offset = 0;
+            planner.dst += size;
+            planner.walker = Walker::default();
         }
         if self.compress {
             items = self.compressed_plan(items);
@@ -353,13 +387,48 @@ impl CopyJob<'_> {
         Ok(())
     }
 
-    /// Runs the copy. Returns the first error.
+    /// Runs the copy a segment of the plan at a time. Returns the first
+    /// error.
     pub fn run(&self) -> Result<(), DriverError> {
-        let items = self.plan()?;
         let counted = |i: &Item| i.kind != Kind::Zero;
-        let total: u64 = items.iter().filter(|i| counted(i)).map(|i| i.len).sum();
-        let tracker = InOrder::new();
+        let sum =
+            |items: &[Item]| -> u64 { items.iter().filter(|i| counted(i)).map(|i| i.len).sum() };
+        let mut planner = Planner::default();
+        let mut items = self.plan(&mut planner)?;
+        // Progress (-p, or a SIGUSR1 line) needs the total first: a plan of
+        // one segment has it, a longer one is walked once more ahead
+        // (qemu-img counts the allocated sectors before it copies, too).
+        let mut total = sum(&items);
+        if planner.source < self.sources.len() {
+            let mut ahead = Planner {
+                walker: Walker::default(),
+                ..planner
+            };
+            loop {
+                let more = self.plan(&mut ahead)?;
+                if more.is_empty() {
+                    break;
+                }
+                total += sum(&more);
+            }
+        }
         let done = AtomicU64::new(0);
+        while !items.is_empty() {
+            self.run_segment(&items, &done, total)?;
+            items = self.plan(&mut planner)?;
+        }
+        if self.compress {
+            self.target.end_compressed()?;
+        }
+        self.progress.print(100.0, 0);
+        Ok(())
+    }
+
+    /// Copies the items of one segment of the plan; `done` counts the bytes
+    /// copied so far of the `total` progress shows.
+    fn run_segment(&self, items: &[Item], done: &AtomicU64, total: u64) -> Result<(), DriverError> {
+        let counted = |i: &Item| i.kind != Kind::Zero;
+        let tracker = InOrder::new();
         let parallel = !self.sequential && self.threads > 1;
         // Reserving costs a step in item order: only worth it when workers
         // would otherwise allocate in the order they finish.
@@ -384,17 +453,12 @@ impl CopyJob<'_> {
             Ok(())
         };
         if self.sequential && self.compress {
-            self.run_ordered(&items, &done, total)?;
+            self.run_ordered(items, done, total)
         } else if parallel {
-            run_gated(self.threads, &gate, items.len(), work)?;
+            run_gated(self.threads, &gate, items.len(), work)
         } else {
-            (0..items.len()).try_for_each(work)?;
+            (0..items.len()).try_for_each(work)
         }
-        if self.compress {
-            self.target.end_compressed()?;
-        }
-        self.progress.print(100.0, 0);
-        Ok(())
     }
 
     /// For targets written strictly in order: the workers read and compress
