@@ -266,6 +266,16 @@ impl Fixture {
             .expect("spawn qimg")
     }
 
+    /// Runs the real qemu-img and returns the child without waiting, its
+    /// output discarded (to measure it, see [`peak_kib`]).
+    pub fn spawn_qemu_img(&self, args: &[&str]) -> std::process::Child {
+        self.command(Path::new("qemu-img"), args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn qemu-img")
+    }
+
     /// Runs the real qemu-img with `args`.
     pub fn qemu_img(&self, args: &[&str]) -> Outcome {
         self.command(Path::new("qemu-img"), args)
@@ -571,6 +581,21 @@ macro_rules! same_cases {
             }
         )+
     };
+}
+
+/// Peak resident memory, in KiB, of a child process, once it exited
+/// successfully.
+pub fn peak_kib(child: std::process::Child) -> i64 {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 on our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{status:#x}"
+    );
+    usage.ru_maxrss
 }
 
 #[cfg(test)]

@@ -2230,21 +2230,6 @@ fn misread_refcounts_never_give_a_successful_wrong_copy() {
     }
 }
 
-/// Peak resident memory, in KiB, of a process `spawn` started, once it
-/// exited successfully.
-fn peak_kib(child: std::process::Child) -> i64 {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 on our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32, "wait4");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{status:#x}"
-    );
-    usage.ru_maxrss
-}
-
 /// A 1 PiB disk with 8 MiB of data: its holes cost a copy, a compare and a
 /// check no memory of their own. Each holds about what qemu-img's check
 /// does, two 16 MiB L1 tables and a process (qimg's plan of zero runs used
@@ -2259,24 +2244,13 @@ fn holes_of_a_petabyte_disk_cost_no_memory() {
         "big.qcow2",
         &["write -P 1 0 4M", "write -P 3 1000T 4M"],
     );
-    let spawn = |program: &str, args: &[&str]| {
-        std::process::Command::new(program)
-            .args(args)
-            .current_dir(fx.path(""))
-            .env("QIMG_PLUGINS", qimg_tests::workspace().join("plugins.toml"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn")
-    };
-    let reference = peak_kib(spawn("qemu-img", &["check", "big.qcow2"]));
-    let qimg = fx.path(".bin/qemu-img");
-    let qimg = qimg.to_str().expect("utf-8 path");
+    let reference = qimg_tests::peak_kib(fx.spawn_qemu_img(&["check", "big.qcow2"]));
     for args in [
         &["convert", "-O", "qcow2", "big.qcow2", "copy.qcow2"][..],
         &["compare", "big.qcow2", "copy.qcow2"],
         &["check", "copy.qcow2"],
     ] {
-        let peak = peak_kib(spawn(qimg, args));
+        let peak = qimg_tests::peak_kib(fx.spawn_qimg(args));
         assert!(
             peak < reference + (12 << 10),
             "{args:?}: {peak} KiB, qemu-img check {reference} KiB"
