@@ -730,3 +730,25 @@ fn a_repair_with_an_unaligned_data_offset_keeps_the_guest_data() {
         "bad.img",
     ]);
 }
+
+/// A 60 TiB image of 1 MiB clusters has a 250 MB BAT: qimg holds it once,
+/// as qemu-img does (it held it twice while opening, as bytes and as
+/// entries: twice qemu-img's peak for map, check and convert). qemu-img's
+/// check is the reference: its map aborts on 2^32 sectors and more.
+#[test]
+fn a_large_bat_is_held_once() {
+    let fx = Fixture::new("prl_large_bat");
+    fx.oracle(&["create", "-q", "-f", "parallels", "big.prl", "60T"]);
+    fx.qemu_io_cmds("parallels", "big.prl", &["write -P 3 50T 4M"]);
+    let theirs = qimg_tests::peak_kib(fx.spawn_qemu_img(&["check", "big.prl"]));
+    for args in [
+        &["check", "big.prl"][..],
+        &["map", "--output=json", "big.prl"],
+    ] {
+        let ours = qimg_tests::peak_kib(fx.spawn_qimg(args));
+        assert!(
+            ours < theirs + (12 << 10),
+            "{args:?}: {ours} KiB, qemu-img check {theirs} KiB"
+        );
+    }
+}

@@ -31,6 +31,8 @@ pub const MAX_LENGTH: u64 = (i64::MAX as u64) & !((1 << 30) - 1);
 /// header and BAT in one, rounded up to [`HEADER_ALIGN`], and fails on
 /// larger ones.
 const MAX_REQUEST: u64 = (i32::MAX as u64) & !(SECTOR - 1);
+/// Bytes of the BAT read at once when an image is opened.
+const BAT_PIECE: usize = 1 << 20;
 /// The memory alignment qemu-img rounds the header area up to.
 const HEADER_ALIGN: u64 = 4096;
 /// Bytes of the header area (header and BAT) written back per dirty block.
@@ -189,12 +191,20 @@ impl ParallelsImage {
         // Only the entries inside the file are held: the rest read as 0.
         let in_file = file_len.saturating_sub(HEADER_SIZE as u64) / 4;
         let loaded = u64::from(header.bat_entries).min(in_file) as usize;
-        let mut raw = vec![0u8; loaded * 4];
-        read_or_zero(&store, HEADER_SIZE as u64, &mut raw)?;
-        let bat: Vec<u32> = raw
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        // Read a MiB at a time: a large BAT (250 MB for 60 TiB of 1 MiB
+        // clusters) is not held twice, as bytes and as entries.
+        let mut bat: Vec<u32> = Vec::with_capacity(loaded);
+        let mut raw = vec![0u8; (loaded * 4).min(BAT_PIECE)];
+        while bat.len() < loaded {
+            let n = ((loaded - bat.len()) * 4).min(BAT_PIECE);
+            let at = HEADER_SIZE as u64 + bat.len() as u64 * 4;
+            read_or_zero(&store, at, &mut raw[..n])?;
+            bat.extend(
+                raw[..n]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+        }
         let unclean = header.inuse == INUSE_MAGIC;
         let (data_ok, data_start) = header.data_start(file_sectors);
         if header.ext_off != 0 {
