@@ -634,6 +634,9 @@ fn export_sizes_the_block_layer_cannot_take_or_change_fail_as_in_qemu_img() {
 /// flight at once, and the size of each.
 struct Reads {
     most_in_flight: usize,
+    /// The most in flight before eight reads had completed: before the
+    /// copy could know the server far, whatever the machine's load.
+    most_in_flight_early: usize,
     sizes: Vec<u64>,
 }
 
@@ -668,12 +671,17 @@ fn reads_of_a_copy(fx: &Fixture, filter: Option<&str>, params: &[&str], target: 
     }
     drop(server);
     let (mut now, mut most_in_flight, mut sizes) = (0usize, 0, Vec::new());
+    let (mut completed, mut most_in_flight_early) = (0, 0);
     for line in text.lines() {
         if line.contains(" ...Read id=") {
             now -= 1;
+            completed += 1;
         } else if let Some(count) = line.split(" Read id=").nth(1) {
             now += 1;
             most_in_flight = most_in_flight.max(now);
+            if completed < 8 {
+                most_in_flight_early = most_in_flight_early.max(now);
+            }
             let hex = count.split("count=0x").nth(1).expect("a count");
             let hex = hex.split_whitespace().next().expect("a count");
             sizes.push(u64::from_str_radix(hex, 16).expect("hex count"));
@@ -681,33 +689,32 @@ fn reads_of_a_copy(fx: &Fixture, filter: Option<&str>, params: &[&str], target: 
     }
     Reads {
         most_in_flight,
+        most_in_flight_early,
         sizes,
     }
 }
 
-/// A server on this machine gets as many reads in flight as a local copy
-/// has workers (two per core), not -m's eight: eight copy no faster from
-/// qemu-nbd or nginx here and hold 8 MiB more. Its reads take 2 ms and the
-/// copy writes nowhere, so that more workers would have more reads in
-/// flight. (Eight reads in a row over 3 ms make the server far; a loaded
-/// machine may do that once, not three times.)
+/// A copy from a network server starts with as many reads in flight as a
+/// local copy has workers (two per core), not -m's eight: eight copy no
+/// faster from qemu-nbd or nginx on this machine and hold 8 MiB more. Its
+/// reads take 2 ms and the copy writes nowhere, so that more workers would
+/// have more reads in flight. Eight reads in a row over 3 ms make the
+/// server far: until eight have completed, the copy cannot know that
+/// (later, a loaded machine may make this server look far, as it did in
+/// CI, so the rest of the copy is left alone).
 #[test]
-fn a_near_server_gets_the_local_number_of_reads_in_flight() {
+fn a_network_copy_starts_with_the_local_number_of_reads_in_flight() {
     if !servers::have("nbdkit") {
         return;
     }
     let fx = Fixture::new("nbd_near_reads");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let near = (2 * cores).min(8);
-    let seen: Vec<usize> = (0..3)
-        .map(|_| {
-            reads_of_a_copy(&fx, Some("--filter=delay"), &["rdelay=2ms"], "null-co://")
-                .most_in_flight
-        })
-        .collect();
+    let reads = reads_of_a_copy(&fx, Some("--filter=delay"), &["rdelay=2ms"], "null-co://");
     assert!(
-        seen.iter().any(|&n| n <= near),
-        "reads in flight {seen:?}, more than {near}"
+        reads.most_in_flight_early <= near,
+        "{} reads in flight early, more than {near}",
+        reads.most_in_flight_early
     );
 }
 
