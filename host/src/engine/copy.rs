@@ -45,6 +45,13 @@ struct Item {
     kind: Kind,
 }
 
+impl Item {
+    /// Whether progress counts the item (it copies bytes, not a zero run).
+    fn counted(&self) -> bool {
+        self.kind != Kind::Zero
+    }
+}
+
 /// Everything a copy needs to know.
 pub struct CopyJob<'a> {
     /// Sources, concatenated in order.
@@ -390,9 +397,8 @@ impl CopyJob<'_> {
     /// Runs the copy a segment of the plan at a time. Returns the first
     /// error.
     pub fn run(&self) -> Result<(), DriverError> {
-        let counted = |i: &Item| i.kind != Kind::Zero;
         let sum =
-            |items: &[Item]| -> u64 { items.iter().filter(|i| counted(i)).map(|i| i.len).sum() };
+            |items: &[Item]| -> u64 { items.iter().filter(|i| i.counted()).map(|i| i.len).sum() };
         let mut planner = Planner::default();
         let mut items = self.plan(&mut planner)?;
         // Progress (-p, or a SIGUSR1 line) needs the total first: a plan of
@@ -427,7 +433,6 @@ impl CopyJob<'_> {
     /// Copies the items of one segment of the plan; `done` counts the bytes
     /// copied so far of the `total` progress shows.
     fn run_segment(&self, items: &[Item], done: &AtomicU64, total: u64) -> Result<(), DriverError> {
-        let counted = |i: &Item| i.kind != Kind::Zero;
         let tracker = InOrder::new();
         let parallel = !self.sequential && self.threads > 1;
         // Reserving costs a step in item order: only worth it when workers
@@ -444,7 +449,7 @@ impl CopyJob<'_> {
             self.copy_item(item, turn)
                 .map_err(|e| e.into_error(item.dst_offset))?;
             tracker.finish(index, |finished| {
-                if counted(&items[finished]) {
+                if items[finished].counted() {
                     let now = done.fetch_add(items[finished].len, Ordering::Relaxed)
                         + items[finished].len;
                     self.progress.fraction(now, total);
