@@ -200,13 +200,15 @@ pub(crate) fn words_be(words: &[u64]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_be_bytes()).collect()
 }
 
-/// Writes `words` big-endian at `offset` a piece at a time: a large table
-/// (16 MiB of L1 for a 1 PiB disk) is not held twice, as words and bytes.
+/// Bytes of a table read or written at once: a large table (16 MiB of L1
+/// for a 1 PiB disk) is not held twice, as words and as bytes.
+const TABLE_PIECE: u64 = 1 << 20;
+
+/// Writes `words` big-endian at `offset`, [`TABLE_PIECE`] bytes at a time.
 fn write_words(io: &Io, offset: u64, words: &[u64]) -> Result<()> {
-    /// Words written at once (1 MiB).
-    const PIECE: usize = 1 << 17;
-    for (i, piece) in words.chunks(PIECE).enumerate() {
-        io.write(offset + (i * PIECE * 8) as u64, &words_be(piece))?;
+    let per_piece = (TABLE_PIECE / 8) as usize;
+    for (i, piece) in words.chunks(per_piece).enumerate() {
+        io.write(offset + i as u64 * TABLE_PIECE, &words_be(piece))?;
     }
     Ok(())
 }
@@ -215,15 +217,12 @@ fn write_words(io: &Io, offset: u64, words: &[u64]) -> Result<()> {
 /// that lies inside the file (the rest reads as zeros), so a header field
 /// alone never decides how much memory is used.
 pub fn read_table(io: &Io, offset: u64, entries: u64, file_len: u64) -> Result<Vec<u64>> {
-    /// Bytes read at once: a large table (16 MiB of L1 for a 1 PiB disk)
-    /// is not held twice, as bytes and as words.
-    const PIECE: u64 = 1 << 20;
     let in_file = file_len.saturating_sub(offset).div_ceil(8).min(entries);
     let mut words = Vec::with_capacity(in_file as usize);
-    let mut bytes = AlignedBuf::zeroed((in_file * 8).min(PIECE) as usize);
+    let mut bytes = AlignedBuf::zeroed((in_file * 8).min(TABLE_PIECE) as usize);
     let mut at = 0;
     while at < in_file * 8 {
-        let n = (in_file * 8 - at).min(PIECE) as usize;
+        let n = (in_file * 8 - at).min(TABLE_PIECE) as usize;
         io.read(offset + at, &mut bytes[..n])?;
         words.extend(
             bytes[..n]
