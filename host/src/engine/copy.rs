@@ -506,7 +506,7 @@ impl CopyJob<'_> {
                 Cluster::Zero(len) => self.target.write_zeroes(at, len, zero_flags::MAY_UNMAP)?,
             }
         }
-        if item.kind != Kind::Zero {
+        if item.counted() {
             let now = done.fetch_add(item.len, Ordering::Relaxed) + item.len;
             self.progress.fraction(now, total);
         }
