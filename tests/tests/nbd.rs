@@ -640,6 +640,13 @@ struct Reads {
     sizes: Vec<u64>,
 }
 
+/// How many workers a local copy has, and a copy from a network server
+/// before it proves far: two per core, at most -m's eight.
+fn local_workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * cores).min(8)
+}
+
 /// Copies nbdkit's `pattern` plugin of 64 MiB (with `filter` and its
 /// `params` between the log filter and the plugin) to `target` (a raw file,
 /// or `null-co://` to spend no time writing), and returns its reads.
@@ -708,8 +715,7 @@ fn a_network_copy_starts_with_the_local_number_of_reads_in_flight() {
         return;
     }
     let fx = Fixture::new("nbd_near_reads");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let near = (2 * cores).min(8);
+    let near = local_workers();
     let reads = reads_of_a_copy(&fx, Some("--filter=delay"), &["rdelay=2ms"], "null-co://");
     assert!(
         reads.most_in_flight_early <= near,
@@ -728,8 +734,7 @@ fn a_far_server_gets_more_reads_in_flight_of_whole_items() {
         return;
     }
     let fx = Fixture::new("nbd_far_reads");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let near = (2 * cores).min(8);
+    let near = local_workers();
     fx.oracle(&["create", "-q", "-f", "raw", "out.raw", "64M"]);
     let reads = reads_of_a_copy(&fx, Some("--filter=delay"), &["rdelay=50ms"], "out.raw");
     assert!(
