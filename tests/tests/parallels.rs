@@ -500,6 +500,51 @@ fn a_cluster_past_the_end_is_reported_where_qemu_img_aborts() {
     assert_eq!(fx.qimg(&["check", "leaks.prl"]).status, 2);
 }
 
+/// Checks and repairs of damaged layouts, as qemu-img's: an image not
+/// closed cleanly gets its first new cluster at the end of the data
+/// (qemu-img keeps no map of used clusters for it, so a free cluster
+/// inside stays free); a header whose cluster size was damaged so that
+/// every entry lies before the data area is cut after the last cluster
+/// (the next check finds the data offset past the end), and two such
+/// entries naming one cluster are counted as qemu-img counts them.
+#[test]
+fn damaged_layouts_check_and_repair_as_with_qemu_img() {
+    let fx = damaged();
+    let entry = |i: u64| 64 + 4 * i;
+    // Entry 16 shares entry 0's cluster: the file's cluster 2 is free.
+    fx.patched_copy(
+        "img.prl",
+        "unclean-dup.prl",
+        &[(44, le32(0x746F_6E59)), (entry(16), le32(1))],
+    );
+    // 4 KiB clusters instead of 64 KiB (offset 28: sectors per cluster).
+    fx.patched_copy("img.prl", "tracks.prl", &[(28, le32(8))]);
+    for file in ["unclean-dup.prl", "tracks.prl"] {
+        fx.oracle(&["convert", "-O", "raw", file, "before.raw"]);
+        same_repair(&fx, file, &["check", "-r", "leaks", "{}"]);
+        same_repair(&fx, file, &["check", "-r", "all", "{}"]);
+        let repaired = format!("ours.{file}");
+        fx.same(&["check", &repaired]);
+        fx.oracle(&["compare", "-F", "raw", &repaired, "before.raw"]);
+    }
+    // 1536-byte clusters, and entry 16 names entry 0's cluster: qemu-img's
+    // duplicate count wraps the indices of clusters before the data area
+    // and finds it. (Its `-r all` then fails; qimg's succeeds.)
+    fx.patched_copy(
+        "img.prl",
+        "wrapped.prl",
+        &[(28, le32(3)), (entry(16), le32(1))],
+    );
+    let out = fx.same(&["check", "wrapped.prl"]);
+    assert!(
+        out.stderr
+            .contains("ERROR duplicate offset in BAT entry 16"),
+        "{}",
+        out.stderr
+    );
+    same_repair(&fx, "wrapped.prl", &["check", "-r", "leaks", "{}"]);
+}
+
 /// `convert --bitmaps` from parallels copies no bitmap, as qemu-img (which
 /// takes the format as able to hold persistent ones) does, instead of
 /// refusing the source.

@@ -9,11 +9,12 @@
 
 use crate::error::Result;
 use crate::header::SECTOR;
-use crate::image::{used_map, ParallelsImage, State};
+use crate::image::{used_map, Geometry, ParallelsImage, State};
 use crate::used::{MarkError, Used};
 use qimg_driver_api::schema::{CheckReport, Repair};
 use qimg_driver_api::{Prealloc, StoreExt};
 use qimg_driver_util::{read_or_zero, write_all};
+use std::collections::HashSet;
 
 /// Most messages a report keeps: a BAT entry can give one each, so a
 /// hostile image of N MiB could give N/4 million (qemu-img prints them as
@@ -69,6 +70,7 @@ pub fn check(img: &ParallelsImage, st: &mut State, repair: Repair) -> Result<Che
             st.header_changed();
             st.data_start = data_off;
             st.used = used_map(st, geo, file_len).0;
+            st.append_next = false;
             r.corruptions_fixed += 1;
         }
         note(
@@ -178,16 +180,14 @@ fn duplicates(
 ) -> Result<u64> {
     let geo = img.geo;
     let cs = geo.cluster;
-    let Some(mut size) = geo.host_index(st.data_start, end) else {
-        return Ok(end);
-    };
+    let mut size = count_index(geo, st.data_start, end);
     if size == 0 {
         return Ok(end);
     }
     if !end.is_multiple_of(cs) {
         size += 1;
     }
-    let mut seen = Used::new(size);
+    let mut seen = Seen::new(size, end >= st.data_start * SECTOR);
     let mut fixed = false;
     let mut last_taken = false;
     let mut buf = Vec::new();
@@ -196,10 +196,7 @@ fn duplicates(
         if off == 0 {
             continue;
         }
-        let Some(index) = geo.host_index(st.data_start, off) else {
-            continue;
-        };
-        last_taken = seen.mark(index) == Err(MarkError::Taken);
+        last_taken = seen.mark(count_index(geo, st.data_start, off)) == Err(MarkError::Taken);
         if !last_taken {
             continue;
         }
@@ -227,9 +224,7 @@ fn duplicates(
         write_all(&img.store, host, &buf)?;
         st.set_entry(i, geo.entry(host).unwrap_or(0));
         end = end.max(host + cs);
-        if let Some(index) = geo.host_index(st.data_start, host) {
-            let _ = seen.mark(index);
-        }
+        let _ = seen.mark(count_index(geo, st.data_start, host));
         fixed = true;
         r.corruptions_fixed += 1;
     }
@@ -242,4 +237,45 @@ fn duplicates(
         r.failure = Some("Device or resource busy".into());
     }
     Ok(end)
+}
+
+/// qemu-img's index of the host cluster at `host` in its count of
+/// duplicates: whole clusters from the data area's start, truncated toward
+/// zero and kept to 32 bits, so an offset more than a cluster before the
+/// start (a damaged cluster size or data offset) wraps to a large index.
+fn count_index(geo: Geometry, data_start: u64, host: u64) -> u64 {
+    let from = i128::from(host) - i128::from(data_start * SECTOR);
+    u64::from((from / i128::from(geo.cluster)) as u32)
+}
+
+/// The clusters the duplicate count has met: a bitmap where the image ends
+/// after its data area starts; a set of the indices met where it ends
+/// before (the count then covers billions of wrapped indices, of which
+/// only the entries' own are ever marked).
+enum Seen {
+    Map(Used),
+    Set { len: u64, met: HashSet<u64> },
+}
+
+impl Seen {
+    /// A count of `len` clusters, as a bitmap if `dense`.
+    fn new(len: u64, dense: bool) -> Seen {
+        if dense {
+            Seen::Map(Used::new(len))
+        } else {
+            Seen::Set {
+                len,
+                met: HashSet::new(),
+            }
+        }
+    }
+
+    /// Marks cluster `i`, as [`Used::mark`].
+    fn mark(&mut self, i: u64) -> std::result::Result<(), MarkError> {
+        match self {
+            Seen::Map(used) => used.mark(i),
+            Seen::Set { len, .. } if i >= *len => Err(MarkError::Beyond),
+            Seen::Set { met, .. } => met.insert(i).then_some(()).ok_or(MarkError::Taken),
+        }
+    }
 }

@@ -70,6 +70,12 @@ pub struct State {
     pub unclean: bool,
     /// End of the space allocated ahead at the end of the file.
     pub prealloc_end: u64,
+    /// The next allocation appends to the data area instead of reusing a
+    /// free cluster: qemu-img keeps no used map of an image it opened
+    /// needing repair (until `check` repairs the data offset), so its first
+    /// allocation goes to the end. Later ones use the map qimg keeps
+    /// (qemu-img's, built from nothing, would hand out live clusters).
+    pub append_next: bool,
 }
 
 impl State {
@@ -233,10 +239,11 @@ impl ParallelsImage {
             reserved: HashSet::new(),
             unclean,
             prealloc_end: 0,
+            append_next: unclean || !data_ok || data_end > file_sectors,
         };
         let (used, used_ok) = used_map(&st, geo, file_len);
         st.used = used;
-        let need_check = unclean || !data_ok || data_end > file_sectors || !used_ok;
+        let need_check = st.append_next || !used_ok;
         if writable {
             st.header.inuse = INUSE_MAGIC;
             write_all(&store, 0, &st.header.to_bytes())?;
@@ -287,8 +294,9 @@ impl ParallelsImage {
     }
 
     /// Allocates a host cluster: the first free one of the data area, else
-    /// one at its end. A reused cluster is zeroed (it may hold stale data);
-    /// one at the end reads as zeros until written.
+    /// (or when [`State::append_next`] says so) one at its end. A reused
+    /// cluster is zeroed (it may hold stale data); one at the end reads as
+    /// zeros until written.
     pub(crate) fn allocate(&self, st: &mut State) -> Result<u64> {
         let start = st.data_start * SECTOR;
         // A BAT entry names whole units of `unit` bytes (the cluster, in a
@@ -297,7 +305,13 @@ impl ParallelsImage {
         // would name a place before it that another entry may hold (the
         // rounded place keeps the used map's index of the place found).
         let unit = self.geo.host(1);
-        let host = match st.used.first_free() {
+        let free = if st.append_next {
+            None
+        } else {
+            st.used.first_free()
+        };
+        st.append_next = false;
+        let host = match free {
             Some(i) => {
                 let host = (start + i * self.geo.cluster).next_multiple_of(unit);
                 self.store.zero_range(host, self.geo.cluster, false)?;
@@ -605,7 +619,13 @@ impl ParallelsImage {
             .filter(|&&e| e != 0 && self.geo.host(e) < file_len)
             .map(|&e| self.geo.host(e) / SECTOR + tracks)
             .max();
-        st.data_end = last.unwrap_or(0).max(st.data_start);
+        // The file ends after the last cluster even where a damaged header
+        // names a data area past it (qemu-img's check leaves such a file),
+        // but never inside the header and BAT.
+        st.data_end = match last {
+            Some(end) => end.max(bat_end(st.header.bat_entries).div_ceil(SECTOR)),
+            None => st.data_start,
+        };
         self.flush_state(&mut st)?;
         st.header.inuse = 0;
         write_all(&self.store, 0, &st.header.to_bytes())?;
