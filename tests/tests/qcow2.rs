@@ -1844,6 +1844,42 @@ fn a_copied_cluster_counted_free_is_not_allocated_twice() {
     reads_as_pattern_without_errors(&fx, "img.qcow2");
 }
 
+/// A guest cluster whose refcount a damaged refcount block counts as 0:
+/// `snapshot -c` must not hand it out for its new tables. qemu-img 10.0.2
+/// writes its L1 copy there and the guest's first cluster reads the
+/// table; qimg wrote its refcount block copy there. Now the cluster gets
+/// the refcount its entry claims first: the data stays, qemu-img's check
+/// is clean, and the snapshot keeps the old data after the guest writes.
+#[test]
+fn a_snapshot_never_writes_its_tables_over_a_cluster_counted_free() {
+    let fx = Fixture::new("snapshot_uncounted");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "img.qcow2", "4M"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "img.qcow2",
+        &["write -P 0x11 0 64k", "write -P 0x22 1M 64k"],
+    );
+    let path = fx.path("img.qcow2");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let l1 = be_at(&bytes, 40, 8) as usize;
+    let l2 = (be_at(&bytes, l1, 8) & 0x00ff_ffff_ffff_fe00) as usize;
+    let data = be_at(&bytes, l2, 8) & 0x00ff_ffff_ffff_fe00;
+    let reftable = be_at(&bytes, 48, 8) as usize;
+    let refblock = be_at(&bytes, reftable, 8) as usize;
+    let at = refblock + 2 * (data >> 16) as usize;
+    bytes[at..at + 2].copy_from_slice(&[0, 0]);
+    std::fs::write(&path, &bytes).unwrap();
+    fx.oracle(&["convert", "-O", "raw", "img.qcow2", "before.raw"]);
+    let out = fx.qimg(&["snapshot", "-c", "s1", "img.qcow2"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    fx.oracle(&["compare", "-F", "raw", "img.qcow2", "before.raw"]);
+    let check = fx.qemu_img(&["check", "img.qcow2"]);
+    assert_eq!(check.status, 0, "{}{}", check.stdout, check.stderr);
+    fx.qemu_io_cmds("qcow2", "img.qcow2", &["write -P 0x99 0 4k"]);
+    fx.oracle(&["snapshot", "-a", "s1", "img.qcow2"]);
+    fx.oracle(&["compare", "-F", "raw", "img.qcow2", "before.raw"]);
+}
+
 /// A qcow2 cut short so that its L1 table lies past the end: the refcount
 /// rebuild of `check -r all` counts no L1 table there and would put the
 /// new refcount structures where the header says it is. qemu-img's overlap

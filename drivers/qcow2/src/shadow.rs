@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::layout::{ClusterKind, Entry, Layout, COPIED, OFFSET_MASK};
 use crate::meta::{self, get_refcount, hex, put_refcount, Io, Meta};
 use crate::snapshot::Snapshot;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Largest refcount table qemu accepts.
 const MAX_REFTABLE_BYTES: u64 = 8 << 20;
@@ -50,6 +50,9 @@ pub struct Shadow {
     old_len: u64,
     /// Clusters past the old end with refcounts seen so far.
     past_end: u64,
+    /// Clusters the active tables reach whose refcount said free (see
+    /// [`Shadow::hold_uncounted`]): never handed out.
+    held: BTreeSet<u64>,
 }
 
 /// What the header names after the switch, besides the refcount table.
@@ -68,17 +71,20 @@ pub struct Switch {
 
 impl Shadow {
     /// An empty change to the image `meta` describes (whose caches must be
-    /// flushed).
-    pub fn new(meta: &Meta, io: &Io) -> Result<Shadow> {
+    /// flushed), with the clusters its active tables reach held.
+    pub fn new(meta: &mut Meta, io: &Io) -> Result<Shadow> {
         let old_len = io.file.len().into_result()?;
-        Ok(Shadow {
+        let mut shadow = Shadow {
             layout: meta.layout,
             blocks: BTreeMap::new(),
             next: meta.free_hint.max(1),
             freed: Vec::new(),
             old_len,
             past_end: 0,
-        })
+            held: BTreeSet::new(),
+        };
+        shadow.hold_uncounted(meta, io)?;
+        Ok(shadow)
     }
 
     fn split(&self, cluster: u64) -> (u64, usize) {
@@ -190,7 +196,11 @@ impl Shadow {
                     )));
                 }
             }
-            if old != 0 || self.refcount(meta, io, c)? != 0 || meta.held_by_bitmap(c) {
+            if old != 0
+                || self.refcount(meta, io, c)? != 0
+                || meta.held_by_bitmap(c)
+                || self.held.contains(&c)
+            {
                 start = c + 1;
             } else if first_free.is_none() {
                 first_free = Some(c);
@@ -215,31 +225,31 @@ impl Shadow {
     }
 
     /// Adds `delta` to every cluster the L1 table `l1` reaches, once per
-    /// path, as `qemu-img check` counts them: its L2 tables, their data
-    /// clusters and compressed clusters.
+    /// path, as `qemu-img check` counts them (see [`walk_tree`]).
     pub fn add_tree(&mut self, meta: &mut Meta, io: &Io, l1: &[u64], delta: i64) -> Result<()> {
-        let layout = self.layout;
-        for (i, entry) in l1.iter().enumerate() {
-            let l2 = meta.l2_of(*entry, i as u64)?;
-            if l2 == 0 {
-                continue;
-            }
-            self.add(meta, io, l2 >> layout.cluster_bits, delta)?;
-            let table = meta.l2_table(io, l2)?.clone();
-            for (j, e) in table.iter().enumerate() {
-                match ClusterKind::of(e.word, &layout, meta.data_file) {
-                    ClusterKind::Compressed => {
-                        let (at, len) = layout.compressed_range(e.word);
-                        self.add_range(meta, io, at, len, delta)?;
-                    }
-                    ClusterKind::Normal | ClusterKind::ZeroAlloc if !meta.data_file => {
-                        let host = e.word & OFFSET_MASK;
-                        meta.check_cluster_offset(host, l2, j as u64)?;
-                        self.add(meta, io, host >> layout.cluster_bits, delta)?;
-                    }
-                    _ => {}
+        walk_tree(meta, io, l1, |meta, at, len| {
+            self.add_range(meta, io, at, len, delta)
+        })
+    }
+
+    /// Gives every cluster the active tables reach that a damaged refcount
+    /// counts free the refcount 1 its entry claims, before anything is
+    /// handed out: handed out, its guest data would be overwritten by a new
+    /// table (qemu-img's `snapshot -c` writes its L1 copy there).
+    fn hold_uncounted(&mut self, meta: &mut Meta, io: &Io) -> Result<()> {
+        let bits = self.layout.cluster_bits;
+        let active = meta.l1.clone();
+        walk_tree(meta, io, &active, |meta, at, len| {
+            for c in (at >> bits)..=((at + len - 1) >> bits) {
+                if meta.refcount(io, c)? == 0 {
+                    self.held.insert(c);
                 }
             }
+            Ok(())
+        })?;
+        let held: Vec<u64> = self.held.iter().copied().collect();
+        for c in held {
+            self.add(meta, io, c, 1)?;
         }
         Ok(())
     }
@@ -382,6 +392,41 @@ impl Shadow {
             .set_len(self.old_len, qimg_driver_api::Prealloc::OFF)
             .into_result();
     }
+}
+
+/// Calls `f` with every cluster range the L1 table `l1` reaches, once per
+/// path, as `qemu-img check` counts them: its L2 tables, their data
+/// clusters and compressed clusters.
+fn walk_tree(
+    meta: &mut Meta,
+    io: &Io,
+    l1: &[u64],
+    mut f: impl FnMut(&mut Meta, u64, u64) -> Result<()>,
+) -> Result<()> {
+    let layout = meta.layout;
+    for (i, entry) in l1.iter().enumerate() {
+        let l2 = meta.l2_of(*entry, i as u64)?;
+        if l2 == 0 {
+            continue;
+        }
+        f(meta, l2, layout.cluster_size())?;
+        let table = meta.l2_table(io, l2)?.clone();
+        for (j, e) in table.iter().enumerate() {
+            match ClusterKind::of(e.word, &layout, meta.data_file) {
+                ClusterKind::Compressed => {
+                    let (at, len) = layout.compressed_range(e.word);
+                    f(meta, at, len)?;
+                }
+                ClusterKind::Normal | ClusterKind::ZeroAlloc if !meta.data_file => {
+                    let host = e.word & OFFSET_MASK;
+                    meta.check_cluster_offset(host, l2, j as u64)?;
+                    f(meta, host, layout.cluster_size())?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes a new structure where the counts found room, unless metadata the

@@ -510,7 +510,7 @@ impl Qcow2Image {
         };
         let mut snapshots = meta.snapshots.clone();
         snapshots.push(snapshot);
-        let mut shadow = Shadow::new(&meta, &self.io)?;
+        let mut shadow = Shadow::new(&mut meta, &self.io)?;
         let built = self.build_create(&mut meta, &mut shadow, snapshots);
         self.switch(&mut meta, shadow, built)
     }
@@ -711,7 +711,7 @@ impl Qcow2Image {
             return Err(Error::argument("Can't find the snapshot"));
         };
         meta.flush(&self.io)?;
-        let mut shadow = Shadow::new(&meta, &self.io)?;
+        let mut shadow = Shadow::new(&mut meta, &self.io)?;
         let built = self.build_delete(&mut meta, &mut shadow, i);
         self.switch(&mut meta, shadow, built)
     }
