@@ -169,6 +169,50 @@ fn preallocated_growth_keeps_the_backing_data_of_the_old_end() {
     }
 }
 
+/// Full and falloc preallocation move the refcount table past the last
+/// cluster in use, as qemu-img does: on an image with freed clusters
+/// inside, qimg put it into the first free run (its file differed from
+/// qemu-img's), and where a damaged refcount counts a guest cluster free,
+/// over that cluster's data (qemu-img keeps it).
+#[test]
+fn preallocation_moves_the_refcount_table_past_the_clusters_in_use() {
+    let fx = Fixture::new("rs_prealloc_reftable");
+    fx.oracle(&["create", "-q", "-f", "qcow2", "holes.qcow2", "16M"]);
+    fx.qemu_io_cmds(
+        "qcow2",
+        "holes.qcow2",
+        &["write -P 1 0 256k", "write -P 2 1M 256k", "discard 0 192k"],
+    );
+    // The same data, with the first data cluster (file cluster 5) counted
+    // free in the refcount block (file cluster 2).
+    fx.oracle(&["create", "-q", "-f", "qcow2", "free.qcow2", "16M"]);
+    fx.qemu_io_cmds("qcow2", "free.qcow2", &["write -P 1 0 256k"]);
+    fx.patched_copy("free.qcow2", "damaged.qcow2", &[(0x20000 + 10, vec![0, 0])]);
+    for (image, mode) in [
+        ("holes.qcow2", "full"),
+        ("holes.qcow2", "falloc"),
+        ("damaged.qcow2", "full"),
+    ] {
+        fx.oracle(&["convert", "-O", "raw", image, "before.raw"]);
+        for tool in ["ours", "theirs"] {
+            let copy = format!("{tool}.qcow2");
+            fx.sh(&format!("cp {image} {copy}"));
+            let args = ["resize", &format!("--preallocation={mode}"), &copy, "+3M"];
+            let out = if tool == "ours" {
+                fx.qimg(&args)
+            } else {
+                fx.qemu_img(&args)
+            };
+            assert_eq!(out.status, 0, "{tool} {mode} {image}: {}", out.stderr);
+        }
+        let ours = std::fs::read(fx.path("ours.qcow2")).unwrap();
+        let theirs = std::fs::read(fx.path("theirs.qcow2")).unwrap();
+        assert!(ours == theirs, "{mode} of {image}: files differ");
+        fx.sh("truncate -s 19M before.raw");
+        fx.oracle(&["compare", "-F", "raw", "ours.qcow2", "before.raw"]);
+    }
+}
+
 /// A resize refused after the image was opened for writing (a shrink
 /// without `--shrink`) closes it cleanly, as qemu-img does: formats that
 /// mark an image in use while it is open for writing must not be left

@@ -682,21 +682,25 @@ impl Meta {
         while clusters * cs / 8 <= needed {
             clusters += clusters.div_ceil(2);
         }
-        self.place_reftable(io, clusters, exclude)
+        self.place_reftable(io, clusters, false, exclude)
     }
 
-    /// Moves the refcount table to the first free run, `clusters` long,
-    /// and frees the old one (qemu does this before full preallocation, so
-    /// the table sits before the data).
+    /// Moves the refcount table, `clusters` long, past the last cluster in
+    /// use and frees the old one (qemu does this before full preallocation,
+    /// so the table sits before the data). Never into a free run inside:
+    /// one a damaged refcount counts free may hold guest data.
     pub fn move_reftable(&mut self, io: &Io, clusters: u64) -> Result<()> {
         let clusters = clusters.max(u64::from(self.header.refcount_table_clusters));
-        self.place_reftable(io, clusters, &mut Vec::new())
+        self.place_reftable(io, clusters, true, &mut Vec::new())
     }
 
+    /// Places a refcount table of `clusters` in the first free run, or with
+    /// `at_end` past the last cluster in use.
     fn place_reftable(
         &mut self,
         io: &Io,
         clusters: u64,
+        at_end: bool,
         exclude: &mut Vec<(u64, u64)>,
     ) -> Result<()> {
         let cs = self.layout.cluster_size();
@@ -710,7 +714,11 @@ impl Meta {
         // run: grow the run until every block it needs is inside it.
         let mut blocks = 0u64;
         let start = loop {
-            let start = self.find_free(io, clusters + blocks, exclude)?;
+            let start = if at_end {
+                self.used_end(io)?
+            } else {
+                self.find_free(io, clusters + blocks, exclude)?
+            };
             let end = start + clusters + blocks;
             let missing = ((start >> bits)..=((end - 1) >> bits))
                 .filter(|&ri| {
