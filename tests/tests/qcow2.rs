@@ -1844,15 +1844,10 @@ fn a_copied_cluster_counted_free_is_not_allocated_twice() {
     reads_as_pattern_without_errors(&fx, "img.qcow2");
 }
 
-/// A guest cluster whose refcount a damaged refcount block counts as 0:
-/// `snapshot -c` must not hand it out for its new tables. qemu-img 10.0.2
-/// writes its L1 copy there and the guest's first cluster reads the
-/// table; qimg wrote its refcount block copy there. Now the cluster gets
-/// the refcount its entry claims first: the data stays, qemu-img's check
-/// is clean, and the snapshot keeps the old data after the guest writes.
-#[test]
-fn a_snapshot_never_writes_its_tables_over_a_cluster_counted_free() {
-    let fx = Fixture::new("snapshot_uncounted");
+/// `img.qcow2` (4 MiB, data at 0 and 1 MiB) with the refcount of its first
+/// data cluster set to 0, as a damaged refcount block has it, and
+/// `before.raw`, what it reads.
+fn uncounted_first_cluster(fx: &Fixture) {
     fx.oracle(&["create", "-q", "-f", "qcow2", "img.qcow2", "4M"]);
     fx.qemu_io_cmds(
         "qcow2",
@@ -1870,6 +1865,18 @@ fn a_snapshot_never_writes_its_tables_over_a_cluster_counted_free() {
     bytes[at..at + 2].copy_from_slice(&[0, 0]);
     std::fs::write(&path, &bytes).unwrap();
     fx.oracle(&["convert", "-O", "raw", "img.qcow2", "before.raw"]);
+}
+
+/// A guest cluster whose refcount a damaged refcount block counts as 0:
+/// `snapshot -c` must not hand it out for its new tables. qemu-img 10.0.2
+/// writes its L1 copy there and the guest's first cluster reads the
+/// table; qimg wrote its refcount block copy there. Now the cluster gets
+/// the refcount its entry claims first: the data stays, qemu-img's check
+/// is clean, and the snapshot keeps the old data after the guest writes.
+#[test]
+fn a_snapshot_never_writes_its_tables_over_a_cluster_counted_free() {
+    let fx = Fixture::new("snapshot_uncounted");
+    uncounted_first_cluster(&fx);
     let out = fx.qimg(&["snapshot", "-c", "s1", "img.qcow2"]);
     assert_eq!(out.status, 0, "{}", out.stderr);
     fx.oracle(&["compare", "-F", "raw", "img.qcow2", "before.raw"]);
@@ -1878,6 +1885,39 @@ fn a_snapshot_never_writes_its_tables_over_a_cluster_counted_free() {
     fx.qemu_io_cmds("qcow2", "img.qcow2", &["write -P 0x99 0 4k"]);
     fx.oracle(&["snapshot", "-a", "s1", "img.qcow2"]);
     fx.oracle(&["compare", "-F", "raw", "img.qcow2", "before.raw"]);
+}
+
+/// The same damaged image under the commands that allocate tables into a
+/// free cluster inside the file: a larger L1 table (`resize`), a bitmap's
+/// table and directory (`bitmap --add`), new refcount structures
+/// (`amend -o refcount_bits`). qemu-img 10.0.2 puts each over the guest's
+/// first cluster; qimg did too. Now the clusters the tables reach are
+/// counted before the first such allocation.
+#[test]
+fn tables_never_go_over_a_data_cluster_counted_free() {
+    let fx = Fixture::new("alloc_uncounted");
+    uncounted_first_cluster(&fx);
+    fx.sh("mv img.qcow2 damaged.qcow2");
+    for args in [
+        &["resize", "img.qcow2", "+10G"][..],
+        &["bitmap", "--add", "img.qcow2", "b1"],
+        &["amend", "-o", "refcount_bits=8", "img.qcow2"],
+    ] {
+        fx.sh("cp damaged.qcow2 img.qcow2 && truncate -s 4M before.raw");
+        let out = fx.qimg(args);
+        assert_eq!(out.status, 0, "{args:?}: {}", out.stderr);
+        let size = fx.oracle(&["info", "--output=json", "img.qcow2"]).stdout;
+        if size.contains("\"virtual-size\": 10741612544") {
+            fx.sh("truncate -s 10741612544 before.raw");
+        }
+        fx.oracle(&["compare", "-F", "raw", "img.qcow2", "before.raw"]);
+        let check = fx.qemu_img(&["check", "img.qcow2"]);
+        assert_eq!(
+            check.status, 0,
+            "{args:?}: {}{}",
+            check.stdout, check.stderr
+        );
+    }
 }
 
 /// A qcow2 cut short so that its L1 table lies past the end: the refcount

@@ -13,7 +13,7 @@
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::header::Header;
-use crate::layout::{Entry, Layout, Sub, COPIED, OFFSET_MASK};
+use crate::layout::{ClusterKind, Entry, Layout, Sub, COPIED, OFFSET_MASK};
 use crate::overlap::{MetaKind, MetadataMap};
 use qimg_driver_api::abi_stable::std_types::RSlice;
 use qimg_driver_api::{ByteStoreBox, Prealloc};
@@ -133,6 +133,10 @@ pub struct Meta {
     /// While `Some`, clusters whose refcount drops to zero are collected
     /// here, to be discarded (snapshot operations give space back).
     pub discarded: Option<Vec<u64>>,
+    /// The file's length in clusters when the first allocation looked for
+    /// a free cluster, and whether the clusters the tables reach were
+    /// checked against their refcounts since (see [`Meta::adopt_uncounted`]).
+    uncounted: Option<(u64, bool)>,
     /// Byte ranges whose references cached tables dropped: counted down by
     /// [`Meta::flush`] once the tables without them are on disk, so that a
     /// crash never leaves a table naming a cluster counted free (which a
@@ -312,6 +316,7 @@ impl Meta {
             bitmaps: Vec::new(),
             bitmap_clusters: BTreeSet::new(),
             discarded: None,
+            uncounted: None,
             released: Vec::new(),
         }
     }
@@ -812,9 +817,113 @@ impl Meta {
 
     /// The first run of `n` free clusters at or after the free hint,
     /// outside `exclude`. A cluster counted free that a loaded bitmap
-    /// still holds (a damaged refcount) is not free.
+    /// still holds, or that the tables reach (a damaged refcount), is not
+    /// free.
     fn find_free(&mut self, io: &Io, n: u64, exclude: &[(u64, u64)]) -> Result<u64> {
         self.refuse_uncounted_header(io)?;
+        let start = self.first_free_run(io, n, exclude)?;
+        let (file_clusters, adopted) = match self.uncounted {
+            Some(state) => state,
+            None => {
+                let len = io.file.len().into_result()?;
+                (self.layout.clusters_for(len), false)
+            }
+        };
+        self.uncounted = Some((file_clusters, adopted));
+        if adopted || start >= file_clusters {
+            return Ok(start);
+        }
+        // A free run inside the file: it may be a cluster a damaged
+        // refcount counts free.
+        self.uncounted = Some((file_clusters, true));
+        if self.adopt_uncounted(io)? {
+            self.first_free_run(io, n, exclude)
+        } else {
+            Ok(start)
+        }
+    }
+
+    /// Gives every guest data cluster the tables reach (the active ones
+    /// and the snapshots') that a damaged refcount counts free the
+    /// refcount 1 its entry claims, so that it is never handed out: its
+    /// data would be overwritten by whatever went there (QEMU hands it
+    /// out). Runs once, before the first allocation into the file's
+    /// inside. An image whose clusters are all counted reads its tables and
+    /// changes nothing; clusters past the file's end and L2 tables are left
+    /// as they are (the latter to the overlap check, see
+    /// [`Meta::held_by_bitmap`]). Returns whether a refcount changed.
+    fn adopt_uncounted(&mut self, io: &Io) -> Result<bool> {
+        if self.data_file {
+            return Ok(false);
+        }
+        let file_len = io.file.len().into_result()?;
+        let file_clusters = self.layout.clusters_for(file_len);
+        let mut l1s = vec![self.l1.clone()];
+        for snapshot in self.snapshots.clone() {
+            let l1 = read_table(
+                io,
+                snapshot.l1_table_offset,
+                u64::from(snapshot.l1_size),
+                file_len,
+            )?;
+            l1s.push(l1);
+        }
+        let layout = self.layout;
+        let cs = layout.cluster_size();
+        let mut seen = HashSet::new();
+        let mut uncounted = BTreeSet::new();
+        for l1 in l1s {
+            for entry in l1 {
+                let l2 = entry & OFFSET_MASK;
+                if l2 == 0 || layout.in_cluster(l2) != 0 || l2 + cs > file_len || !seen.insert(l2) {
+                    continue;
+                }
+                for word in self.l2_words(io, l2)? {
+                    let (at, len) = match ClusterKind::of(word, &layout, false) {
+                        ClusterKind::Compressed => layout.compressed_range(word),
+                        ClusterKind::Normal | ClusterKind::ZeroAlloc
+                            if layout.in_cluster(word & OFFSET_MASK) == 0 =>
+                        {
+                            (word & OFFSET_MASK, cs)
+                        }
+                        _ => continue,
+                    };
+                    let clusters =
+                        (at >> layout.cluster_bits)..=((at + len - 1) >> layout.cluster_bits);
+                    // Only clusters the file holds: one past its end holds
+                    // no data, and counting it could grow the refcount
+                    // table without bound.
+                    for c in clusters.filter(|&c| c < file_clusters) {
+                        if self.refcount(io, c)? == 0 {
+                            uncounted.insert(c);
+                        }
+                    }
+                }
+            }
+        }
+        for &c in &uncounted {
+            self.store_refcount(io, c, 1, &mut vec![(c, 1)])?;
+        }
+        Ok(!uncounted.is_empty())
+    }
+
+    /// The mapping words of the L2 table at `offset`: the cached table's,
+    /// else read from the file without entering the cache (a walk of every
+    /// table must not evict the ones a write is using).
+    fn l2_words(&mut self, io: &Io, offset: u64) -> Result<Vec<u64>> {
+        if let Some(table) = self.l2.get(offset) {
+            return Ok(table.iter().map(|e| e.word).collect());
+        }
+        let mut bytes = AlignedBuf::zeroed(self.layout.cluster_size() as usize);
+        io.read(offset, &mut bytes)?;
+        let words = be64_words(&bytes);
+        let step = if self.layout.extended { 2 } else { 1 };
+        Ok(words.into_iter().step_by(step).collect())
+    }
+
+    /// The first run of `n` clusters free by their refcounts at or after
+    /// the free hint, outside `exclude` (see [`Meta::find_free`]).
+    fn first_free_run(&mut self, io: &Io, n: u64, exclude: &[(u64, u64)]) -> Result<u64> {
         let mut start = self.free_hint.max(1);
         let mut at = start;
         let mut first_free = None;
