@@ -323,15 +323,24 @@ impl VdiImage {
                         store: 0,
                         host_offset: host,
                     };
-                    // Past the end of the file qemu-img reports data as is.
-                    if host < file_len && self.header.image_type == TYPE_STATIC {
-                        let run = self
-                            .store
-                            .run_at(host, n.min(file_len - host))
-                            .into_result()?;
-                        ext.length = run.length.clamp(1, n);
-                        if !run.data {
+                    // Past the end of the file the block reads as zeros.
+                    if self.header.image_type == TYPE_STATIC {
+                        if host >= file_len {
                             ext.flags |= ef::ZERO;
+                        } else {
+                            let run = self
+                                .store
+                                .run_at(host, n.min(file_len - host))
+                                .into_result()?;
+                            ext.length = run.length.clamp(1, n);
+                            if !run.data {
+                                ext.flags |= ef::ZERO;
+                                // A hole that runs to the end of the file
+                                // and what lies past it are one run.
+                                if host + ext.length >= file_len {
+                                    ext.length = n;
+                                }
+                            }
                         }
                     }
                     ext
