@@ -429,6 +429,40 @@ fn a_broken_table_pointer_fails_as_in_qemu_img() {
     fx.same(&["check", "--output=json", "twice.qed"]);
 }
 
+/// An L2 entry past the end of the file, after good ones: qemu checks the
+/// first cluster of each run only, so map prints what comes before it and
+/// convert fails at its offset. qimg failed at offset 0 with nothing
+/// printed.
+#[test]
+fn an_entry_past_the_end_fails_where_it_is() {
+    let fx = Fixture::new("qed_entry_past_end");
+    fx.oracle(&["create", "-q", "-f", "qed", "e.qed", "4M"]);
+    fx.qemu_io_cmds(
+        "qed",
+        "e.qed",
+        &["write -P 0xab 0 128k", "write -P 0x11 3M 4k"],
+    );
+    let bytes = std::fs::read(fx.path("e.qed")).unwrap();
+    let mut l1 = [0u8; 8];
+    l1.copy_from_slice(&bytes[0x10000..0x10008]);
+    let l2 = u64::from_le_bytes(l1);
+    // Guest 2 MiB (entry 32 of the first table) -> 1 MiB past the end.
+    let past = (bytes.len() as u64 + (1 << 20)) & !0xffff;
+    fx.patched_copy(
+        "e.qed",
+        "bad.qed",
+        &[(l2 + 32 * 8, past.to_le_bytes().to_vec())],
+    );
+    for args in [
+        &["convert", "-O", "raw", "bad.qed", "out.raw"][..],
+        &["map", "--output=json", "bad.qed"],
+        &["map", "bad.qed"],
+    ] {
+        let out = fx.same(args);
+        assert_eq!(out.status, 1, "{args:?}: {}", out.stderr);
+    }
+}
+
 /// A file one byte short of its last cluster still holds that cluster to
 /// qemu (its length counts in whole sectors, the missing bytes read as
 /// zeros), so it reads as in qemu-img, also where that cluster is an L2

@@ -386,7 +386,13 @@ impl QedImage {
         let mut t = self.lock();
         let mut at = offset;
         while at < offset + len && out.len() < STATUS_EXTENTS {
-            let run = self.run_at(&mut t, at, offset + len - at)?;
+            // An invalid entry fails the call that starts at it, as in
+            // qemu: what comes before it is answered first.
+            let run = match self.run_at(&mut t, at, offset + len - at) {
+                Ok(run) => run,
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            };
             let (flags, host_offset) = match run.what {
                 Cluster::Unallocated => (0, 0),
                 Cluster::Zero => (ef::ZERO | ef::ALLOCATED, 0),

@@ -146,8 +146,10 @@ impl Tables {
     /// How many clusters from `cluster` on (at most `max`) `keep` accepts,
     /// given each one's distance from `cluster` and what it maps to: the
     /// first it refuses ends the count. Entries are read a table at a time
-    /// (one cache lookup per table, not per cluster); an invalid one that
-    /// is reached fails as [`Tables::lookup`] does.
+    /// (one cache lookup per table, not per cluster); an invalid one ends
+    /// the count too, and [`Tables::lookup`] fails when a run starts there
+    /// (qemu checks the first cluster of a run only, so what comes before
+    /// an invalid entry maps and reads).
     pub fn count_while(
         &mut self,
         store: &ByteStoreBox,
@@ -173,7 +175,9 @@ impl Tables {
             } else {
                 let l2 = self.l2_table(store, table)?;
                 for i in 0..count {
-                    let what = decode(l2[(first + i) as usize], &header, end)?;
+                    let Ok(what) = decode(l2[(first + i) as usize], &header, end) else {
+                        return Ok(n + i);
+                    };
                     if !keep(n + i, what) {
                         return Ok(n + i);
                     }

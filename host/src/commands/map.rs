@@ -89,7 +89,6 @@ fn run(args: &[String]) -> CmdResult {
         let _ = write!(out, "[");
     }
     let mut pending: Option<Status> = None;
-    let mut first = true;
     let mut walker = Walker::default();
     let mut offset = start;
     while offset < end {
@@ -101,13 +100,13 @@ fn run(args: &[String]) -> CmdResult {
             Some(prev) if mergeable(prev, &status) => prev.length += status.length,
             _ => {
                 if let Some(prev) = pending.replace(status) {
-                    emit(&mut out, &prev, output, &mut first)?;
+                    emit(&mut out, &prev, output, true)?;
                 }
             }
         }
     }
     if let Some(last) = pending {
-        emit(&mut out, &last, output, &mut first)?;
+        emit(&mut out, &last, output, false)?;
     }
     if output == OutputFormat::Json {
         let _ = writeln!(out, "]");
@@ -127,11 +126,13 @@ fn emit(
     out: &mut impl Write,
     s: &Status,
     output: OutputFormat,
-    first: &mut bool,
+    more: bool,
 ) -> Result<(), CmdError> {
     match output {
         OutputFormat::Json => {
-            let _ = write!(out, "{}{}", if *first { "" } else { ",\n" }, json_entry(s));
+            // The separator follows an entry once the next one is known,
+            // so a failure leaves it on stdout, as with qemu-img.
+            let _ = write!(out, "{}{}", json_entry(s), if more { ",\n" } else { "" });
         }
         OutputFormat::Human => {
             if s.data && !s.zero {
@@ -152,7 +153,6 @@ fn emit(
             }
         }
     }
-    *first = false;
     Ok(())
 }
 
