@@ -429,6 +429,45 @@ fn a_broken_table_pointer_fails_as_in_qemu_img() {
     fx.same(&["check", "--output=json", "twice.qed"]);
 }
 
+/// A file cut short inside its last data run leaves L2 entries past its
+/// end. A copy into it appends new clusters right there, and qemu checks
+/// entries against the grown file: qemu-img's `convert -n` (and qimg's)
+/// then wrote the cut guest clusters into clusters just given to others
+/// and exited 0 with other data at guest 1 MiB. Entries past the end at
+/// open stay invalid: the copy fails where it reaches them.
+#[test]
+fn entries_past_a_cut_end_never_alias_new_clusters() {
+    let fx = Fixture::new("qed_cut_alias");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qed",
+        "-o",
+        "cluster_size=64k",
+        "cut.qed",
+        "16M",
+    ]);
+    fx.qemu_io_cmds(
+        "qed",
+        "cut.qed",
+        &["write -P 1 0 1M", "write -P 2 4M 1M", "write -P 3 8M 1M"],
+    );
+    let len = std::fs::metadata(fx.path("cut.qed")).unwrap().len();
+    fx.sh(&format!("truncate -s {} cut.qed", len - (512 << 10)));
+    let runs: Vec<(usize, u8, usize)> = (0..16)
+        .map(|i| (i << 20, 0x10 + i as u8, 1 << 20))
+        .collect();
+    fx.write_pattern("src.raw", 16 << 20, &runs);
+    let out = fx.qimg(&[
+        "convert", "-n", "-f", "raw", "-O", "qed", "src.raw", "cut.qed",
+    ]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("Invalid argument"), "{}", out.stderr);
+    // What was written before the failure is the source's.
+    fx.qemu_io_cmds("qed", "cut.qed", &["read -P 0x11 1M 1M"]);
+}
+
 /// An L2 entry past the end of the file, after good ones: qemu checks the
 /// first cluster of each run only, so map prints what comes before it and
 /// convert fails at its offset. qimg failed at offset 0 with nothing

@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::header::Header;
 use qimg_driver_api::{ByteStoreBox, StoreExt};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Bytes of L2 tables kept in memory before the cache is written back and
 /// emptied (at least one table is always kept).
@@ -55,6 +55,19 @@ pub struct Tables {
     l2_dirty: BTreeMap<u64, BTreeSet<usize>>,
     /// End of the file's whole clusters: where the next cluster is allocated.
     pub end: u64,
+    /// `end` when the image was opened. An entry on disk past it (a file
+    /// cut short) stays invalid when the file grows: as the file grows
+    /// past it, it would name a cluster allocated since, for another guest
+    /// cluster (qemu checks such entries against the grown file, so a copy
+    /// into such an image fails or aliases clusters by the writes' order).
+    open_end: u64,
+    /// L1 indexes whose table offset was invalid at open.
+    stale_l1: HashSet<usize>,
+    /// L2 tables whose entries were screened against `open_end`.
+    screened: HashSet<u64>,
+    /// L2 entries (table offset, index) past `open_end` when read, until
+    /// a write sets them.
+    stale: HashSet<(u64, usize)>,
     /// Guest clusters given a place by `reserve` that no write has used
     /// yet, with their file offsets.
     pub reserved: BTreeMap<u64, u64>,
@@ -96,6 +109,12 @@ impl Tables {
     pub fn load(store: &ByteStoreBox, header: Header, file_len: u64) -> Result<Tables> {
         let l1 = read_table(store, header.l1_table_offset, header.table_entries())?;
         let end = header.file_clusters_end(file_len);
+        let stale_l1 = l1
+            .iter()
+            .enumerate()
+            .filter(|&(_, &t)| t != 0 && !header.table_offset_valid(t, end))
+            .map(|(i, _)| i)
+            .collect();
         Ok(Tables {
             header,
             l1,
@@ -103,6 +122,10 @@ impl Tables {
             l2: HashMap::new(),
             l2_dirty: BTreeMap::new(),
             end,
+            open_end: end,
+            stale_l1,
+            screened: HashSet::new(),
+            stale: HashSet::new(),
             reserved: BTreeMap::new(),
             busy: BTreeSet::new(),
         })
@@ -118,6 +141,13 @@ impl Tables {
                 self.l2.clear();
             }
             let table = read_table(store, offset, self.header.table_entries())?;
+            if self.screened.insert(offset) {
+                for (i, &e) in table.iter().enumerate() {
+                    if e > 1 && !self.header.cluster_offset_valid(e, self.open_end) {
+                        self.stale.insert((offset, i));
+                    }
+                }
+            }
             self.l2.insert(offset, table);
         }
         self.l2.get_mut(&offset).ok_or(Error::BadOffset)
@@ -127,6 +157,7 @@ impl Tables {
     fn l2_offset(&self, index: usize) -> Result<u64> {
         match self.l1.get(index).copied() {
             None | Some(0) => Ok(0),
+            Some(_) if self.stale_l1.contains(&index) => Err(Error::BadOffset),
             Some(t) if self.header.table_offset_valid(t, self.end) => Ok(t),
             Some(_) => Err(Error::BadOffset),
         }
@@ -139,7 +170,11 @@ impl Tables {
         if table == 0 {
             return Ok(Cluster::Unallocated);
         }
-        let entry = self.l2_table(store, table)?[(cluster % entries) as usize];
+        let at = (cluster % entries) as usize;
+        let entry = self.l2_table(store, table)?[at];
+        if self.stale.contains(&(table, at)) {
+            return Err(Error::BadOffset);
+        }
         decode(entry, &self.header, self.end)
     }
 
@@ -173,9 +208,14 @@ impl Tables {
                     }
                 }
             } else {
-                let l2 = self.l2_table(store, table)?;
+                self.l2_table(store, table)?;
+                let l2 = self.l2.get(&table).ok_or(Error::BadOffset)?;
                 for i in 0..count {
-                    let Ok(what) = decode(l2[(first + i) as usize], &header, end) else {
+                    let at = (first + i) as usize;
+                    if self.stale.contains(&(table, at)) {
+                        return Ok(n + i);
+                    }
+                    let Ok(what) = decode(l2[at], &header, end) else {
                         return Ok(n + i);
                     };
                     if !keep(n + i, what) {
@@ -203,6 +243,7 @@ impl Tables {
         let table = self.l2_for(cluster)?;
         let at = (cluster % entries) as usize;
         self.l2_table(store, table)?[at] = what.entry();
+        self.stale.remove(&(table, at));
         self.l2_dirty
             .entry(table)
             .or_default()
@@ -223,6 +264,7 @@ impl Tables {
         let table = self.end;
         *slot = table;
         self.allocate(self.header.table_size.into());
+        self.screened.insert(table);
         self.l2.insert(table, vec![0; entries as usize]);
         self.l1_dirty.insert(index);
         let sectors = entries as usize / SECTOR_ENTRIES;
@@ -275,9 +317,15 @@ impl Tables {
         Ok(())
     }
 
-    /// Forgets cached L2 tables (after a repair rewrote them on disk).
+    /// Forgets cached L2 tables (after a repair rewrote them on disk,
+    /// clearing every entry invalid against the file as it is now: tables
+    /// are screened against it from here on).
     pub fn drop_cache(&mut self) {
         self.l2.clear();
         self.l2_dirty.clear();
+        self.open_end = self.end;
+        self.stale_l1.clear();
+        self.screened.clear();
+        self.stale.clear();
     }
 }
