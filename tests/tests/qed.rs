@@ -471,7 +471,8 @@ fn entries_past_a_cut_end_never_alias_new_clusters() {
 /// An L2 entry past the end of the file, after good ones: qemu checks the
 /// first cluster of each run only, so map prints what comes before it and
 /// convert fails at its offset. qimg failed at offset 0 with nothing
-/// printed.
+/// printed. The same for an L1 entry naming no table: the run before it
+/// ends there (qimg failed where that run started).
 #[test]
 fn an_entry_past_the_end_fails_where_it_is() {
     let fx = Fixture::new("qed_entry_past_end");
@@ -492,13 +493,37 @@ fn an_entry_past_the_end_fails_where_it_is() {
         "bad.qed",
         &[(l2 + 32 * 8, past.to_le_bytes().to_vec())],
     );
-    for args in [
-        &["convert", "-O", "raw", "bad.qed", "out.raw"][..],
-        &["map", "--output=json", "bad.qed"],
-        &["map", "bad.qed"],
-    ] {
-        let out = fx.same(args);
-        assert_eq!(out.status, 1, "{args:?}: {}", out.stderr);
+    // 4 KiB clusters and 8 KiB tables (4 MiB each): L1 entry 2 (guest
+    // 8 MiB on) names no table, after an unallocated 4 MiB.
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "qed",
+        "-o",
+        "cluster_size=4k,table_size=2",
+        "small.qed",
+        "16M",
+    ]);
+    fx.qemu_io_cmds(
+        "qed",
+        "small.qed",
+        &["write -P 1 0 1M", "write -P 2 3M 1M", "write -P 3 9M 512k"],
+    );
+    fx.patched_copy(
+        "small.qed",
+        "badl1.qed",
+        &[(0x1010, 1u64.to_le_bytes().to_vec())],
+    );
+    for file in ["bad.qed", "badl1.qed"] {
+        for args in [
+            &["convert", "-O", "raw", file, "out.raw"][..],
+            &["map", "--output=json", file],
+            &["map", file],
+        ] {
+            let out = fx.same(args);
+            assert_eq!(out.status, 1, "{args:?}: {}", out.stderr);
+        }
     }
 }
 

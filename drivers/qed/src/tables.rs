@@ -200,7 +200,11 @@ impl Tables {
             let c = cluster + n;
             let first = c % entries;
             let count = (entries - first).min(max - n);
-            let table = self.l2_offset((c / entries) as usize)?;
+            // An invalid table offset ends the count as an invalid entry
+            // does: the lookup that starts there fails.
+            let Ok(table) = self.l2_offset((c / entries) as usize) else {
+                return Ok(n);
+            };
             if table == 0 {
                 for i in 0..count {
                     if !keep(n + i, Cluster::Unallocated) {
