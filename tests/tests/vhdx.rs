@@ -482,6 +482,9 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("md-page83-length", MD + 32 + 64 + 20, le32(0xffff_ffff)),
         ("md-page83-in-table", MD + 32 + 64 + 16, le32(0x100)),
         ("md-unknown-required", MD + 32, vec![0x55; 16]),
+        // No items at all: qemu-img does not support such a file (qimg
+        // said invalid).
+        ("md-count-zero", MD + 10, vec![0, 0]),
         ("bs0", ITEMS, le32(0)),
         ("bs64k", ITEMS, le32(64 << 10)),
         ("bs3m", ITEMS, le32(3 << 20)),
@@ -513,11 +516,34 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("bat-end-past-eof", 2 << 20, le64((11 << 20) | 6)),
         ("bat-start-at-eof", 2 << 20, le64((16 << 20) | 6)),
         ("bat-over-bat", 2 << 20, le64((2 << 20) | 6)),
+        // An offset whose block ends past 2^63: qemu-img reports the
+        // overflow, then the end of the file (qimg missed the overflow).
+        ("bat-offset-overflow", 2 << 20, le64(0xffff_ffff_fff0_0006)),
     ];
     let mut files = Vec::new();
     for (name, at, bytes) in plain {
         let file = format!("{name}.vhdx");
         fx.patched_copy("base.vhdx", &file, &[(*at, bytes)]);
+        files.push(file);
+    }
+    // Two fields at once, where qemu-img's order of checks decides which
+    // is reported: the logical sector size before a block size that is
+    // not a power of two; a block's end past the file before its overlap
+    // with the headers.
+    type TwoEdits = [(u64, Vec<u8>); 2];
+    let paired: &[(&str, TwoEdits)] = &[
+        (
+            "bs3m-logical-4k",
+            [(ITEMS, le32(3 << 20)), (ITEMS + 32, le32(4096))],
+        ),
+        (
+            "bat-at-start-bs256m",
+            [(ITEMS, le32(256 << 20)), (2 << 20, le64(6))],
+        ),
+    ];
+    for (name, edits) in paired {
+        let file = format!("{name}.vhdx");
+        fx.patched_copy("base.vhdx", &file, edits);
         files.push(file);
     }
     // Header fields (both copies edited, checksums made right).
@@ -613,7 +639,11 @@ fn hostile_headers_fail_as_qemu_img_fails() {
     // Reading the blocks fails where qemu-img's does (a partially present
     // block needs a parent), and check opens what a plain open refuses
     // and counts the bad blocks.
-    for (name, _, _) in plain.iter().filter(|(n, _, _)| n.starts_with("bat-")) {
+    let names = plain
+        .iter()
+        .map(|(n, _, _)| *n)
+        .chain(paired.iter().map(|(n, _)| *n));
+    for name in names.filter(|n| n.starts_with("bat-")) {
         let file = format!("{name}.vhdx");
         for check in [
             &["check"][..],

@@ -186,21 +186,17 @@ fn block_failures(
     let block = i - i / (geometry.chunk_ratio + 1);
     let guest = disk_size.saturating_sub(block * geometry.block_size);
     let start = offset(e);
-    let end = start + geometry.block_size.min(guest).max(1) - 1;
-    // File offsets are signed 64-bit numbers to qemu-img.
-    if end > i64::MAX as u64 {
+    let last = geometry.block_size.min(guest).max(1) - 1;
+    // File offsets are signed 64-bit numbers to qemu-img, which checks
+    // them in this order: overflow, end of file, then the regions.
+    if start > i64::MAX as u64 - last {
         eprintln!("{}: VHDX BAT entry {i} offset overflow.", program_name());
         failures.push(VhdxError::Invalid);
-    }
-    let stop = start.saturating_add(geometry.block_size);
-    if all || failures.is_empty() {
-        if let Some(region) = region::overlapping(regions, start, stop) {
-            failures.push(region::report_overlap(start, stop, region));
+        if !all {
+            return failures;
         }
     }
-    if !all && !failures.is_empty() {
-        return failures;
-    }
+    let end = start.saturating_add(last);
     let past = if start >= file_len {
         Some(("start", start))
     } else {
@@ -212,6 +208,13 @@ fn block_failures(
             program_name()
         );
         failures.push(VhdxError::Invalid);
+        if !all {
+            return failures;
+        }
+    }
+    let stop = start.saturating_add(geometry.block_size);
+    if let Some(region) = region::overlapping(regions, start, stop) {
+        failures.push(region::report_overlap(start, stop, region));
     }
     failures
 }

@@ -98,6 +98,11 @@ pub fn read(store: &ByteStoreBox, region: Region) -> Result<Metadata> {
             None => {}
         }
     }
+    // qemu-img refuses a disk without the five items it needs as a file
+    // it does not support.
+    if items[..5].iter().any(Option::is_none) {
+        return Err(VhdxError::NotSupported);
+    }
     let value = |k: usize, len: u32| -> Result<Vec<u8>> {
         // Like qemu-img, the item's recorded length is not consulted.
         let (offset, _) = items[k].ok_or(VhdxError::Invalid)?;
@@ -128,12 +133,16 @@ pub fn read(store: &ByteStoreBox, region: Region) -> Result<Metadata> {
         physical_sector_size: le32(&physical, 0),
         parent,
     };
-    if !md.block_size.is_power_of_two() || !(MIB..=MAX_BLOCK_SIZE).contains(&md.block_size) {
+    // In qemu-img's order: the block size's range, the logical sector
+    // size (it reads 512-byte sectors only), then the block size's form.
+    if !(MIB..=MAX_BLOCK_SIZE).contains(&md.block_size) {
         return Err(VhdxError::Invalid);
     }
-    // qemu-img reads 512-byte logical sectors only.
     if md.logical_sector_size != 512 {
         return Err(VhdxError::NotSupported);
+    }
+    if !md.block_size.is_power_of_two() {
+        return Err(VhdxError::Invalid);
     }
     if md.disk_size > MAX_DISK_SIZE {
         return Err(VhdxError::Invalid);
