@@ -377,6 +377,7 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         ("max-unreadable", 512 + 28, be32(0x1fff_fff0)),
         ("max-too-large", 512 + 28, be32(0x2000_0000)),
         ("max-afl", 512 + 28, be32(0x4000_0001)),
+        ("max-negative", 512 + 28, be32(0x8000_0000)),
         ("table-inside", 512 + 16, be64(0x10_0000)),
         ("table-past-eof", 512 + 16, be64(0x7000_0000)),
         ("table-huge", 512 + 16, be64(0xffff_ffff_ffff_ff00)),
@@ -416,6 +417,15 @@ fn hostile_headers_fail_as_qemu_img_fails() {
         refooted(&fx, "base.vhd", &file, &[(*at, bytes.as_slice())]);
         files.push(file);
     }
+    // A disk of more than 2040 GiB by a creator whose size field counts:
+    // refused before the table is looked at.
+    refooted(
+        &fx,
+        "base.vhd",
+        "size-over-2040g.vhd",
+        &[(28, b"qem2"), (48, &be64(0x3871_1c18_8b7c_4c18))],
+    );
+    files.push("size-over-2040g.vhd".into());
     // A footer found only at the end must say "fixed".
     fx.oracle(&[
         "create",

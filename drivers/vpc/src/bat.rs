@@ -46,7 +46,7 @@ impl Bat {
         }
         let max = header.max_table_entries;
         if max > MAX_ENTRIES {
-            return Err(VpcError::TooManyEntries(max));
+            return Err(VpcError::TooManyEntries(max as i32));
         }
         if u64::from(max) * u64::from(bs) < guest_size {
             return Err(VpcError::TableTooSmall);

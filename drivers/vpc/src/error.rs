@@ -31,9 +31,14 @@ pub enum VpcError {
     /// A block size that is not a power of two of at least one sector.
     #[error("Invalid block size {0}")]
     BlockSize(u32),
-    /// More table entries than QEMU accepts (its BAT must fit an int).
+    /// More table entries than QEMU accepts (its BAT must fit an int),
+    /// printed as the signed number qemu-img prints.
     #[error("Max Table Entries too large ({0})")]
-    TooManyEntries(u32),
+    TooManyEntries(i32),
+    /// A disk of more than 2040 GiB at open, named as qemu-img repeats the
+    /// file's name for an error it gives only an errno.
+    #[error("Could not open '{0}': File too large")]
+    SizeTooLarge(String),
     /// The table does not cover the disk.
     #[error("Page table too small")]
     TableTooSmall,
@@ -124,7 +129,7 @@ impl From<VpcError> for DriverError {
             VpcError::NoParentName | VpcError::ParentMismatch(_) => {
                 DriverError::invalid_image(message)
             }
-            VpcError::TooLarge => DriverError {
+            VpcError::TooLarge | VpcError::SizeTooLarge(_) => DriverError {
                 errno: EFBIG,
                 ..DriverError::invalid_argument(message)
             },

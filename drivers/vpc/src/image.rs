@@ -187,6 +187,10 @@ impl VpcImage {
         }
         let footer = Footer::parse(&bytes)?;
         let size = footer.guest_size(mode);
+        // At most 2040 GiB, checked before the dynamic header, as in qemu.
+        if size / 512 > crate::create::MAX_SECTORS {
+            return Err(VpcError::SizeTooLarge(store.display_name()));
+        }
         let dynamic = if at_start {
             Some(Dynamic::open(&store, &footer, size, len)?)
         } else {
