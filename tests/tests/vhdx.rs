@@ -660,6 +660,32 @@ fn hostile_headers_fail_as_qemu_img_fails() {
     }
 }
 
+/// A block that cannot be read (a BAT entry of all ones) inside a 2 MiB
+/// request: qemu-img names the request's start (qemu reports no block
+/// status for vhdx, so it reads 2 MiB at a time), qimg named the 256 KiB
+/// step that failed.
+#[test]
+fn a_failed_read_names_the_request_as_qemu_img_does() {
+    let fx = Fixture::new("vhdx_failed_read");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vhdx",
+        "-o",
+        "block_size=1M",
+        "img.vhdx",
+        "16M",
+    ]);
+    fx.qemu_io_cmds("vhdx", "img.vhdx", &["write -P 1 0 1M", "write -P 2 3M 1M"]);
+    // The BAT (at 2 MiB): entry 3, block 3, fully present (state 6).
+    let bytes = std::fs::read(fx.path("img.vhdx")).unwrap();
+    assert_eq!(bytes[0x20_0018] & 7, 6, "block 3 is not where expected");
+    fx.patched_copy("img.vhdx", "bad.vhdx", &[(0x20_0018, vec![0xff; 8])]);
+    let out = fx.same(&["convert", "-O", "raw", "bad.vhdx", "out.raw"]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+}
+
 #[test]
 fn resize_grows_and_shrinks_within_the_bat() {
     // Beyond qemu-img, which cannot resize a VHDX: the result passes

@@ -629,7 +629,25 @@ impl CopyJob<'_> {
                 while at < item.len {
                     let dst = item.dst_offset + at;
                     let len = ((dst / step + 1) * step - dst).min(item.len - at);
-                    self.copy_data(source, item.src_offset + at, dst, len)?;
+                    match self.copy_data(source, item.src_offset + at, dst, len) {
+                        // qemu-img's request is the item: a failed read
+                        // names the item's start, or (a local source, read
+                        // extent by extent) the failed extent's, which may
+                        // lie before this step.
+                        Err(CopyError::Read { error, .. }) => {
+                            let within = match *source.store {
+                                Store::Remote(_) => None,
+                                _ => with_buffer(item.len as usize, |buf| {
+                                    failed_extent(source, item.src_offset, buf)
+                                }),
+                            };
+                            return Err(CopyError::Read {
+                                at: item.dst_offset + within.unwrap_or(0),
+                                error,
+                            });
+                        }
+                        done => done?,
+                    }
                     at += len;
                 }
                 Ok(())
