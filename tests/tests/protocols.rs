@@ -122,6 +122,20 @@ fn protocol_nodes_open_and_describe_themselves_as_in_qemu_img() {
     for args in cases {
         fx.same(args);
     }
+    // A format driver as another format's file: qemu-img stacks them;
+    // qimg says it does not (it said the library "provides no driver").
+    let out = fx.qimg(&[
+        "info",
+        "--image-opts",
+        "driver=raw,file.driver=raw,file.file.filename=mid.raw",
+    ]);
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("'raw' is a format driver: qimg cannot open one format over another"),
+        "{}",
+        out.stderr
+    );
     // A convert from the null device writes nothing; a file target takes
     // the data.
     fx.same_effect(&["convert", "-O", "raw", "null-co://", "{}"], "n.raw");

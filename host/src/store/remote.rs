@@ -15,9 +15,17 @@ use serde_json::{Map, Value};
 /// `write` (a read-only protocol's driver refuses that in its own words),
 /// with the name qemu gives the node.
 pub fn open(driver: &str, spec: &ImageSpec, write: bool) -> Result<RemoteStore, DriverError> {
-    let protocol = registry()
-        .find_protocol(driver)
-        .map_err(|e| DriverError::unsupported(e.to_string()))?;
+    let protocol = registry().find_protocol(driver).map_err(|e| {
+        // qemu can stack one format on another (`driver=raw,file.driver=
+        // qcow2`); qimg opens formats over stores only, and says so.
+        let message = match registry().find(driver) {
+            Ok(_) => {
+                format!("'{driver}' is a format driver: qimg cannot open one format over another")
+            }
+            Err(_) => e.to_string(),
+        };
+        DriverError::unsupported(message)
+    })?;
     let options = match spec.remote_options() {
         Some(options) => options.to_string(),
         None => protocol
