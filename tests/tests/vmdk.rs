@@ -624,6 +624,9 @@ fn unreadable_content_ids() {
         ("nocid.vmdk", "version=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\" 0\n"),
         ("badcid.vmdk", "version=1\nCID=xyz\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\" 0\n"),
         ("onlyparent.vmdk", "version=1\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\" 0\n"),
+        // An empty value: qemu's sscanf skips the line end and reads the
+        // next line's leading hex digits ("c" of createType); qimg refused.
+        ("emptyparent.vmdk", "version=1\nCID=12345678\nparentCID=\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"f.raw\" 0\n"),
     ] {
         descriptor(&fx, name, body);
         same_info_data(&fx, name);

@@ -114,12 +114,13 @@ pub fn quoted_value(text: &str, name: &str) -> Option<String> {
 
 /// A hexadecimal value after the first occurrence of `key` followed by `=`
 /// (so `CID` also matches inside `parentCID` when no `CID` line comes
-/// first, as in qemu-img). Leading blanks and a `0x` prefix are accepted;
-/// the value wraps to 32 bits.
+/// first, as in qemu-img). Leading white space (line ends too, as
+/// `sscanf` skips them: an empty value takes the next line's leading hex
+/// digits) and a `0x` prefix are accepted; the value wraps to 32 bits.
 pub fn hex_value(text: &str, key: &str) -> Option<u32> {
     let at = text.find(key)? + key.len();
     let rest = text[at..].strip_prefix('=')?;
-    let rest = rest.trim_start_matches([' ', '\t']);
+    let rest = rest.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
     let rest = rest
         .strip_prefix("0x")
         .or_else(|| rest.strip_prefix("0X"))
