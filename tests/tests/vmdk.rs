@@ -633,6 +633,30 @@ fn unreadable_content_ids() {
     }
 }
 
+/// A flat extent file cut short: qemu-img's check reports the extent
+/// whose start lies past its file's end (qimg checked sparse extents
+/// only), and accepts one that is merely short.
+#[test]
+fn check_finds_a_flat_extent_past_its_files_end() {
+    let fx = Fixture::new("flat_cut");
+    fx.oracle(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        "flat.vmdk",
+        "4M",
+    ]);
+    for len in ["1M", "0"] {
+        fx.sh(&format!("truncate -s {len} flat-flat.vmdk"));
+        let out = fx.same(&["check", "flat.vmdk"]);
+        assert_eq!(out.status, if len == "0" { 1 } else { 0 }, "{}", out.stderr);
+        fx.same(&["check", "--output=json", "flat.vmdk"]);
+    }
+}
+
 #[test]
 fn many_extent_lines_are_bounded() {
     let fx = Fixture::new("many_extents");

@@ -1,34 +1,43 @@
-//! `check` as qemu-img checks a vmdk: every allocated grain must start
-//! inside its extent file.
+//! `check` as qemu-img checks a vmdk: every flat extent and every
+//! allocated grain must start inside its extent file.
 
 use crate::error::Result;
-use crate::extent::Extent;
+use crate::extent::{Extent, ExtentData};
 use crate::header::SECTOR;
 use crate::sparse::GrainLoc;
 use qimg_driver_api::schema::CheckReport;
 
-/// Checks the grain tables of every sparse extent. The first grain that
-/// points past the end of its file stops the check; it is reported as
-/// qemu-img reports it (`ERROR: cluster offset for sector N points after
-/// EOF`, the check then failing with "Invalid argument"), here as one
-/// check error with that message.
+/// Checks every extent as qemu-img does: a flat extent must start inside
+/// its file, and every allocated grain of a sparse one must too. The first
+/// that does not stops the check; it is reported as qemu-img reports it
+/// (`ERROR: cluster offset for sector N points after EOF`, the check then
+/// failing with "Invalid argument"), here as one check error with that
+/// message.
 pub fn check(extents: &[Extent]) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     for e in extents {
-        let Some(sp) = e.sparse() else {
-            continue;
-        };
-        let len = sp.store.len().into_result()?;
-        let mut bad = None;
-        sp.for_each_allocated(|grain, loc| match loc {
-            GrainLoc::Data(host) | GrainLoc::Compressed(host) if host >= len => {
-                bad = Some(grain);
-                false
+        let bad = match &e.data {
+            ExtentData::Flat { offset } => {
+                let Some(store) = &e.store else {
+                    continue;
+                };
+                (*offset >= store.len().into_result()?).then_some(e.start / SECTOR)
             }
-            _ => true,
-        })?;
-        if let Some(grain) = bad {
-            let sector = (e.start + grain * sp.grain_bytes()) / SECTOR;
+            ExtentData::Sparse(sp) => {
+                let len = sp.store.len().into_result()?;
+                let mut bad = None;
+                sp.for_each_allocated(|grain, loc| match loc {
+                    GrainLoc::Data(host) | GrainLoc::Compressed(host) if host >= len => {
+                        bad = Some(grain);
+                        false
+                    }
+                    _ => true,
+                })?;
+                bad.map(|grain| (e.start + grain * sp.grain_bytes()) / SECTOR)
+            }
+            ExtentData::Zero => None,
+        };
+        if let Some(sector) = bad {
             report.check_errors = 1;
             report.messages.push(format!(
                 "ERROR: cluster offset for sector {sector} points after EOF"
