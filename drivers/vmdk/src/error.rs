@@ -54,7 +54,7 @@ pub enum VmdkError {
     BadGranularity,
     /// The file ends before the data area begins.
     #[error("File truncated, expecting at least {0} bytes")]
-    Truncated(u64),
+    Truncated(i64),
     /// A table lies beyond the end of its file.
     #[error("{0} lies beyond the end of the file")]
     PastEof(&'static str),

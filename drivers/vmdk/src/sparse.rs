@@ -190,8 +190,11 @@ impl SparseExtent {
         if gd_entries > MAX_GD_ENTRIES {
             return Err(VmdkError::L1TooBig);
         }
-        if len / SECTOR < header.overhead {
-            return Err(VmdkError::Truncated(header.overhead.saturating_mul(SECTOR)));
+        // qemu multiplies in 64 bits, wrapping, and prints the product
+        // signed.
+        let overhead_bytes = header.overhead.wrapping_mul(SECTOR);
+        if len < overhead_bytes {
+            return Err(VmdkError::Truncated(overhead_bytes as i64));
         }
         let rgd_offset = (header.flags & FLAG_RGD != 0).then_some(header.rgd_offset);
         let gd = read_table(
