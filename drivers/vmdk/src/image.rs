@@ -243,13 +243,19 @@ impl VmdkImage {
         let mut extents = Vec::with_capacity(desc.extents.len());
         let mut start = 0u64;
         for line in &desc.extents {
-            let mut len = line
-                .sectors
-                .checked_mul(SECTOR)
-                .ok_or(VmdkError::TotalTooLarge)?;
+            // The line's size (a sparse extent's comes from its header).
+            let line_len = || {
+                line.sectors
+                    .checked_mul(SECTOR)
+                    .ok_or(VmdkError::TotalTooLarge)
+            };
+            let len;
             let rw = writable && line.access == Access::ReadWrite;
             let (store, data) = match line.kind {
-                ExtentType::Zero => (None, ExtentData::Zero),
+                ExtentType::Zero => {
+                    len = line_len()?;
+                    (None, ExtentData::Zero)
+                }
                 kind => {
                     let flat = matches!(kind, ExtentType::Flat | ExtentType::Vmfs);
                     let held = if flat {
@@ -262,6 +268,7 @@ impl VmdkImage {
                             .into_result()?,
                     );
                     let data = if flat {
+                        len = line_len()?;
                         ExtentData::Flat {
                             offset: line
                                 .offset
