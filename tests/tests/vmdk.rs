@@ -215,6 +215,14 @@ fn reads_descriptor_with_mixed_extents() {
     .unwrap();
     same_info_data(&fx, "big.vmdk");
     fx.same(&["map", "--output=json", "big.vmdk"]);
+    // An empty extent file, and an empty image named as vmdk: "File is
+    // too small" (qimg said "Image not in VMDK format" and "invalid VMDK
+    // image descriptor").
+    fx.sh(
+        "cp s.vmdk e.vmdk && : > e-s001.vmdk && sed -i 's/s-s001/e-s001/' e.vmdk && : > empty.vmdk",
+    );
+    fx.same(&["info", "e.vmdk"]);
+    fx.same(&["info", "-f", "vmdk", "empty.vmdk"]);
 }
 
 #[test]

@@ -16,6 +16,10 @@ pub enum VmdkError {
     /// Neither a sparse header nor a descriptor.
     #[error("Image not in VMDK format")]
     NotVmdk,
+    /// An empty file (qemu counts files in whole sectors, so only an
+    /// empty one is shorter than the 4 bytes of a magic).
+    #[error("File is too small, not a valid image")]
+    TooSmall,
     /// The descriptor has no (usable) `createType`, or nothing to open.
     #[error("invalid VMDK image descriptor")]
     InvalidDescriptor,

@@ -64,6 +64,9 @@ impl Extent {
 /// Opens the sparse extent in `store` (hosted `KDMV` or ESX Server `COWD`):
 /// anything else is not a VMDK extent.
 pub fn open_sparse(store: Arc<ByteStoreBox>, writable: bool) -> Result<SparseExtent> {
+    if store.len().into_result()? == 0 {
+        return Err(VmdkError::TooSmall);
+    }
     let mut head = vec![0u8; SECTOR as usize];
     read_or_zero(&store, 0, &mut head)?;
     if let Some(header) = SparseHeader::parse(&head) {

@@ -92,6 +92,9 @@ impl VmdkImage {
         let writable = flags & open_flags::WRITE != 0;
         let own = Arc::new(store);
         let name = own.name().to_string();
+        if own.len().into_result()? == 0 {
+            return Err(VmdkError::TooSmall);
+        }
         let mut head = vec![0u8; SECTOR as usize];
         read_or_zero(&own, 0, &mut head)?;
         let wrapper = SparseHeader::parse(&head)
