@@ -1819,20 +1819,11 @@ fn reads_as_pattern_without_errors(fx: &Fixture, image: &str) {
 #[test]
 fn a_copied_cluster_counted_free_is_not_allocated_twice() {
     let fx = Fixture::new("copied_free");
-    fx.oracle(&["create", "-q", "-f", "qcow2", "img.qcow2", "4M"]);
-    fx.qemu_io_cmds(
-        "qcow2",
-        "img.qcow2",
-        &["write -P 0x11 0 64k", "write -P 0x22 1M 64k"],
-    );
-    let path = fx.path("img.qcow2");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let l1 = be_at(&bytes, 40, 8) as usize;
-    let l2 = (be_at(&bytes, l1, 8) & 0x00ff_ffff_ffff_fe00) as usize;
+    let (mut bytes, l2) = two_data_clusters(&fx);
     // Guest 1 MiB (L2 index 16) -> the cluster at the end of the file.
     let end = bytes.len() as u64;
     bytes[l2 + 16 * 8..l2 + 17 * 8].copy_from_slice(&(end | 1 << 63).to_be_bytes());
-    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(fx.path("img.qcow2"), &bytes).unwrap();
     let runs = [
         (0, 0xa5, 65536),
         (1 << 20, 0x3c, 65536),
@@ -1844,26 +1835,32 @@ fn a_copied_cluster_counted_free_is_not_allocated_twice() {
     reads_as_pattern_without_errors(&fx, "img.qcow2");
 }
 
-/// `img.qcow2` (4 MiB, data at 0 and 1 MiB) with the refcount of its first
-/// data cluster set to 0, as a damaged refcount block has it, and
-/// `before.raw`, what it reads.
-fn uncounted_first_cluster(fx: &Fixture) {
+/// `img.qcow2`, made by qemu-img: 4 MiB with data at 0 and 1 MiB. Returns
+/// its bytes and the offset of its (only) L2 table.
+fn two_data_clusters(fx: &Fixture) -> (Vec<u8>, usize) {
     fx.oracle(&["create", "-q", "-f", "qcow2", "img.qcow2", "4M"]);
     fx.qemu_io_cmds(
         "qcow2",
         "img.qcow2",
         &["write -P 0x11 0 64k", "write -P 0x22 1M 64k"],
     );
-    let path = fx.path("img.qcow2");
-    let mut bytes = std::fs::read(&path).unwrap();
+    let bytes = std::fs::read(fx.path("img.qcow2")).unwrap();
     let l1 = be_at(&bytes, 40, 8) as usize;
     let l2 = (be_at(&bytes, l1, 8) & 0x00ff_ffff_ffff_fe00) as usize;
+    (bytes, l2)
+}
+
+/// [`two_data_clusters`] with the refcount of its first data cluster set
+/// to 0, as a damaged refcount block has it, and `before.raw`, what it
+/// reads.
+fn uncounted_first_cluster(fx: &Fixture) {
+    let (mut bytes, l2) = two_data_clusters(fx);
     let data = be_at(&bytes, l2, 8) & 0x00ff_ffff_ffff_fe00;
     let reftable = be_at(&bytes, 48, 8) as usize;
     let refblock = be_at(&bytes, reftable, 8) as usize;
     let at = refblock + 2 * (data >> 16) as usize;
     bytes[at..at + 2].copy_from_slice(&[0, 0]);
-    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(fx.path("img.qcow2"), &bytes).unwrap();
     fx.oracle(&["convert", "-O", "raw", "img.qcow2", "before.raw"]);
 }
 

@@ -208,11 +208,13 @@ fn reads_descriptor_with_mixed_extents() {
     // A sparse extent's size comes from its header: a line whose size
     // overflows is no error (qimg refused "Could not refresh total sector
     // count").
-    std::fs::write(
-        fx.path("big.vmdk"),
-        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\ncreateType=\"twoGbMaxExtentSparse\"\n\n# Extent description\nRW 99999999999999999999 SPARSE \"s-s001.vmdk\"\n",
-    )
-    .unwrap();
+    descriptor(
+        &fx,
+        "big.vmdk",
+        &format!(
+            "{HEAD}createType=\"twoGbMaxExtentSparse\"\nRW 99999999999999999999 SPARSE \"s-s001.vmdk\"\n"
+        ),
+    );
     same_info_data(&fx, "big.vmdk");
     fx.same(&["map", "--output=json", "big.vmdk"]);
     // An empty extent file, and an empty image named as vmdk: "File is
