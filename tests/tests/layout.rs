@@ -261,3 +261,64 @@ fn convert_targets_hold_no_more_blocks_than_qemu_imgs() {
         }
     }
 }
+
+/// A raw target's data blocks are allocated ahead of the copy (see
+/// `host/src/engine/fill.rs`: copies of 64 MiB of data and more, once 32
+/// MiB without zero runs were written), and the zero runs found inside
+/// that data later give them back: the file holds exactly the blocks
+/// qemu-img's holds, whatever `-S` makes holes of, from a raw source (zeros
+/// written inside data) or a qcow2 one, into a new target or an existing
+/// one.
+#[test]
+fn raw_convert_targets_hold_qemu_imgs_blocks() {
+    let fx = Fixture::new("layout_raw");
+    fx.oracle(&["create", "-q", "-f", "raw", "big.raw", "128M"]);
+    fx.qemu_io_cmds(
+        "raw",
+        "big.raw",
+        &[
+            "write -P 1 0 40M",
+            "write -P 2 48M 40M",
+            "write -P 0 60M 256k",
+            "write -P 0 70M 4k",
+            "write -P 0 80M 64k",
+            "write -P 3 100M 4k",
+        ],
+    );
+    fx.oracle(&["convert", "-O", "qcow2", "big.raw", "big.qcow2"]);
+    for (extra, input, existing) in [
+        (&[][..], "big.raw", false),
+        (&["-S", "64k"][..], "big.raw", false),
+        (&["-S", "0"][..], "big.raw", false),
+        (&[][..], "big.qcow2", false),
+        (&["-m", "1"][..], "big.raw", false),
+        (&["-n"][..], "big.raw", true),
+        (&["-n", "--target-is-zero"][..], "big.raw", true),
+    ] {
+        let what = format!("{extra:?} {input}");
+        if existing {
+            for f in ["ours.raw", "theirs.raw"] {
+                fx.oracle(&["create", "-q", "-f", "raw", f, "128M"]);
+            }
+        }
+        let args = [&["convert", "-O", "raw"][..], extra, &[input, "{}"]].concat();
+        let (ours, theirs) = both(&fx, &args, "raw");
+        let shape = |f: &str| {
+            let path = fx.path(f);
+            (
+                qimg_tests::file_shape(&path).0,
+                qimg_tests::data_blocks(&path),
+            )
+        };
+        assert_eq!(
+            shape(&ours),
+            shape(&theirs),
+            "{what}: (length, data blocks)"
+        );
+        assert_eq!(map(&fx, &ours), map(&fx, &theirs), "{what}");
+        fx.oracle(&["compare", "-f", "raw", "-F", "raw", &theirs, &ours]);
+        for f in [ours, theirs] {
+            let _ = std::fs::remove_file(fx.path(&f));
+        }
+    }
+}

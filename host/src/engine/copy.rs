@@ -4,6 +4,7 @@
 //! salvage, rate limiting and in-order progress.
 
 use super::buffer::Buffer;
+use super::fill::Filler;
 use super::progress::Progress;
 use super::ratelimit::RateLimit;
 use super::sparse::Sparse;
@@ -441,12 +442,25 @@ impl CopyJob<'_> {
             .then(Turns::new);
         let far = || self.sources.iter().any(|s| s.store.is_far());
         let gate = Gate::new(self.near_threads, &far);
+        let writes_data = |item: &Item| matches!(item.kind, Kind::Data | Kind::ZeroData);
+        // A raw image in a local file gets its data's blocks allocated
+        // ahead, in target order (see `fill`).
+        let filler = if self.target.identity_mapped() && self.target.store.allocates() {
+            let data = items.iter().filter(|i| writes_data(i));
+            Filler::new(&self.target.store, data.map(|i| (i.dst_offset, i.len)))
+        } else {
+            None
+        };
         let work = |index: usize| -> Result<(), DriverError> {
             let item = &items[index];
             self.rate
                 .take(if item.kind == Kind::Zero { 0 } else { item.len });
+            let fill = filler.as_ref().filter(|_| writes_data(item));
+            if let Some(filler) = fill {
+                filler.cover(item.dst_offset + item.len);
+            }
             let turn = turns.as_ref().map(|turns| Turn { turns, index });
-            self.copy_item(item, turn)
+            self.copy_item(item, turn, fill)
                 .map_err(|e| e.into_error(item.dst_offset))?;
             tracker.finish(index, |finished| {
                 if items[finished].counted() {
@@ -568,7 +582,7 @@ impl CopyJob<'_> {
     /// Copies one item. With a `turn`, the target space (or, for zero
     /// items, the metadata) the item needs is set up in item order, and the
     /// turn is taken exactly once whatever fails.
-    fn copy_item(&self, item: &Item, turn: Option<Turn>) -> Step {
+    fn copy_item(&self, item: &Item, turn: Option<Turn>, fill: Option<&Filler>) -> Step {
         let target = self.target;
         let in_turn = |step: &dyn Fn() -> Result<(), DriverError>| -> Step {
             Ok(match turn {
@@ -623,13 +637,14 @@ impl CopyJob<'_> {
                     && (self.min_sparse == 0 || step.is_multiple_of(self.min_sparse))
                     && step < item.len;
                 if !steps {
-                    return self.copy_data(source, item.src_offset, item.dst_offset, item.len);
+                    let (src, dst) = (item.src_offset, item.dst_offset);
+                    return self.copy_data(source, src, dst, item.len, fill);
                 }
                 let mut at = 0;
                 while at < item.len {
                     let dst = item.dst_offset + at;
                     let len = ((dst / step + 1) * step - dst).min(item.len - at);
-                    match self.copy_data(source, item.src_offset + at, dst, len) {
+                    match self.copy_data(source, item.src_offset + at, dst, len, fill) {
                         // qemu-img's request is the item: a failed read
                         // names the item's start, or (a local source, read
                         // extent by extent) the failed extent's, which may
@@ -680,7 +695,7 @@ impl CopyJob<'_> {
                 }
                 Ok(())
             })?;
-            Ok(self.write_runs(item.dst_offset, buf, &runs, false)?)
+            Ok(self.write_runs(item.dst_offset, buf, &runs, false, None)?)
         })
     }
 
@@ -721,10 +736,17 @@ impl CopyJob<'_> {
     }
 
     /// Copies `len` bytes of data from `source` at `src` to the target at `dst`.
-    fn copy_data(&self, source: &BlockImage, src: u64, dst: u64, len: u64) -> Step {
+    fn copy_data(
+        &self,
+        source: &BlockImage,
+        src: u64,
+        dst: u64,
+        len: u64,
+        fill: Option<&Filler>,
+    ) -> Step {
         with_buffer(len as usize, |buf| {
             self.fetch(source, src, dst, buf)?;
-            Ok(self.write_sparse(dst, buf)?)
+            Ok(self.write_sparse(dst, buf, fill)?)
         })
     }
 
@@ -739,27 +761,41 @@ impl CopyJob<'_> {
 
     /// Writes `buf`, leaving out (or zeroing) the zero runs `-S` makes
     /// holes of, by qemu-img's rule ([`Sparse`]).
-    fn write_sparse(&self, offset: u64, buf: &[u8]) -> Result<(), DriverError> {
-        self.write_runs(offset, buf, &self.runs(buf, offset), true)
+    fn write_sparse(
+        &self,
+        offset: u64,
+        buf: &[u8],
+        fill: Option<&Filler>,
+    ) -> Result<(), DriverError> {
+        self.write_runs(offset, buf, &self.runs(buf, offset), true, fill)
     }
 
     /// Writes the data runs of `buf` (at target `offset`) and, with
-    /// `zeros` and a target that does not already read as zeros, zeroes
-    /// its zero runs.
+    /// `zeros`, zeroes its zero runs where the target does not already
+    /// read as zeros, or gives back the blocks `fill` allocated there.
     fn write_runs(
         &self,
         offset: u64,
         buf: &[u8],
         runs: &[(usize, usize, bool)],
         zeros: bool,
+        fill: Option<&Filler>,
     ) -> Result<(), DriverError> {
         let target = self.target;
+        if let Some(fill) = fill {
+            let data: usize = runs.iter().filter(|r| r.2).map(|r| r.1 - r.0).sum();
+            fill.note(data as u64, (buf.len() - data) as u64);
+        }
         for &(start, end, data) in runs {
-            let at = offset + start as u64;
+            let (at, len) = (offset + start as u64, (end - start) as u64);
             if data {
                 target.write(at, &buf[start..end])?;
             } else if zeros && !self.target_zeroed {
-                target.write_zeroes(at, (end - start) as u64, zero_flags::MAY_UNMAP)?;
+                target.write_zeroes(at, len, zero_flags::MAY_UNMAP)?;
+            } else if let Some(fill) = fill.filter(|_| zeros) {
+                for (at, len) in fill.give_back(at, len) {
+                    target.write_zeroes(at, len, zero_flags::MAY_UNMAP)?;
+                }
             }
         }
         Ok(())

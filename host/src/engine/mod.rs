@@ -6,6 +6,7 @@ pub mod buffer;
 pub mod chain;
 pub mod compare;
 pub mod copy;
+pub mod fill;
 pub mod progress;
 pub mod ratelimit;
 pub mod sparse;

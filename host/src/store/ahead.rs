@@ -143,7 +143,7 @@ impl Ahead {
 }
 
 /// `fallocate(2)`; true on success.
-fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> bool {
+pub(super) fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> bool {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return false;
     };

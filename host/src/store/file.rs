@@ -45,6 +45,9 @@ pub struct LocalFile {
     unsynced: AtomicBool,
     /// Blocks allocated ahead of appends (see [`Ahead`]).
     ahead: Ahead,
+    /// [`LocalFile::allocate`] is on: a writable regular file on ext4
+    /// whose `fallocate` has not failed.
+    fills: AtomicBool,
     /// A block or character device, which qemu opens with its
     /// `host_device` protocol driver.
     device: bool,
@@ -76,6 +79,15 @@ pub struct OpenMode {
     pub create: bool,
     /// Cache mode.
     pub cache: CacheMode,
+}
+
+/// Whether `file` is on ext4 (or ext2/3, which share its magic).
+fn on_ext4(file: &File) -> bool {
+    const EXT4_SUPER_MAGIC: libc::c_long = 0xef53;
+    // SAFETY: fstatfs fills the zeroed struct we own.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } == 0)
+        && fs.f_type as libc::c_long == EXT4_SUPER_MAGIC
 }
 
 fn errno_of(e: &std::io::Error) -> i32 {
@@ -120,6 +132,7 @@ impl LocalFile {
                 "'file' driver requires '{name}' to be a regular file"
             )));
         }
+        let fills = mode.write && meta.is_file() && on_ext4(&file);
         Ok(LocalFile {
             file,
             name: name.to_string(),
@@ -129,6 +142,7 @@ impl LocalFile {
             streamed: None,
             unsynced: AtomicBool::new(false),
             ahead: Ahead::new(meta.len(), mode.write && meta.is_file()),
+            fills: AtomicBool::new(fills),
             device: {
                 use std::os::unix::fs::FileTypeExt;
                 let kind = meta.file_type();
@@ -543,6 +557,53 @@ impl LocalFile {
     fn changed<T>(&self, result: Result<T, DriverError>) -> Result<T, DriverError> {
         self.unsynced.store(true, Ordering::Release);
         result
+    }
+
+    /// Allocates the holes in `len` bytes at `offset` that data is about
+    /// to be written to (`fallocate` with `FALLOC_FL_KEEP_SIZE`: the
+    /// content does not change), only below the file's end, and returns
+    /// them (offset, length) (see `engine::fill`). Only on ext4, whose
+    /// delayed allocation makes writes into unallocated blocks slower
+    /// (convert qcow2 -> raw 18% faster with it; on XFS it gained nothing,
+    /// and on tmpfs, which zeroes the pages it allocates, it lost 6%). A
+    /// failure (unsupported, no space) turns this off for good: the writes
+    /// then allocate, and report what is really wrong.
+    pub fn allocate(&self, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut holes = Vec::new();
+        if !self.fills.load(Ordering::Relaxed) {
+            return holes;
+        }
+        let Ok(file_len) = self.len_now() else {
+            return holes;
+        };
+        let end = offset.saturating_add(len).min(file_len);
+        let mut at = offset;
+        while at < end {
+            let Ok(Some(hole)) = self.seek(at, libc::SEEK_HOLE) else {
+                break;
+            };
+            if hole >= end {
+                break;
+            }
+            let next = match self.seek(hole, libc::SEEK_DATA) {
+                Ok(Some(data)) => data.min(end),
+                _ => end,
+            };
+            // Returned even if it fails: a failed call may allocate part.
+            holes.push((hole, next - hole));
+            let mode = libc::FALLOC_FL_KEEP_SIZE;
+            if !super::ahead::fallocate(&self.file, mode, hole, next - hole) {
+                self.fills.store(false, Ordering::Relaxed);
+                break;
+            }
+            at = next;
+        }
+        holes
+    }
+
+    /// Whether [`LocalFile::allocate`] is on.
+    pub fn allocates(&self) -> bool {
+        self.fills.load(Ordering::Relaxed)
     }
 
     /// Bytes allocated on disk.

@@ -101,6 +101,19 @@ impl Store {
             Store::Null(_) | Store::Remote(_) => None,
         }
     }
+    /// Whether [`Store::allocate`] allocates anything (a writable local
+    /// regular file).
+    pub fn allocates(&self) -> bool {
+        matches!(self, Store::File(f) if f.allocates())
+    }
+    /// Allocates the holes data is about to be written to and returns them
+    /// (see [`LocalFile::allocate`]); nothing for other stores.
+    pub fn allocate(&self, offset: u64, len: u64) -> Vec<(u64, u64)> {
+        match self {
+            Store::File(f) => f.allocate(offset, len),
+            _ => Vec::new(),
+        }
+    }
     /// Stops allocating the file's blocks ahead of its end (see
     /// [`ahead`]) whatever its driver said: compressed clusters are packed
     /// with gaps that must stay holes, so a compressed copy's target does
