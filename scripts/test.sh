@@ -9,6 +9,11 @@ if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
     echo "qemu-img/qemu-io not found: installing qemu-utils" >&2
     apt-get update -qq && apt-get install -y -qq qemu-utils >/dev/null
 fi
+# Tests compare the data blocks of qimg's and qemu-img's files with filefrag.
+if ! command -v filefrag >/dev/null; then
+    echo "filefrag not found: installing e2fsprogs" >&2
+    apt-get update -qq && apt-get install -y -qq e2fsprogs >/dev/null
+fi
 # The luks tests check qimg's images with cryptsetup (skipped, with a
 # message, where it cannot be installed).
 if ! command -v cryptsetup >/dev/null; then
