@@ -536,10 +536,9 @@ impl Fixture {
             "only one tool left {out} behind for {args:?}"
         );
         if b.exists() {
-            let shape = |path: &Path| (file_shape(path).0, data_blocks(path));
             assert_eq!(
-                shape(&a),
-                shape(&b),
+                data_shape(&a),
+                data_shape(&b),
                 "file size/data blocks differ for {args:?}"
             );
             let map = |name: &str| {
@@ -585,6 +584,12 @@ pub fn data_blocks(path: &Path) -> u64 {
                 .flatten()
         })
         .sum()
+}
+
+/// (length, [`data_blocks`]) of a file: what qimg's and qemu-img's outputs
+/// must agree on.
+pub fn data_shape(path: &Path) -> (u64, u64) {
+    (file_shape(path).0, data_blocks(path))
 }
 
 /// (length, allocated 512-byte blocks) of a file.
