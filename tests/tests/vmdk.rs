@@ -658,22 +658,12 @@ fn unreadable_content_ids() {
 /// only), and accepts one that is merely short.
 #[test]
 fn check_finds_a_flat_extent_past_its_files_end() {
-    let fx = Fixture::new("flat_cut");
-    fx.oracle(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=monolithicFlat",
-        "flat.vmdk",
-        "4M",
-    ]);
+    let fx = made("flat_cut", "monolithicFlat", "4M");
     for len in ["1M", "0"] {
-        fx.sh(&format!("truncate -s {len} flat-flat.vmdk"));
-        let out = fx.same(&["check", "flat.vmdk"]);
+        fx.sh(&format!("truncate -s {len} img-flat.vmdk"));
+        let out = fx.same(&["check", "img.vmdk"]);
         assert_eq!(out.status, if len == "0" { 1 } else { 0 }, "{}", out.stderr);
-        fx.same(&["check", "--output=json", "flat.vmdk"]);
+        fx.same(&["check", "--output=json", "img.vmdk"]);
     }
 }
 
