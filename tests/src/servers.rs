@@ -141,6 +141,21 @@ pub fn nbdkit_unix(socket: &Path, plugin: &[&str]) -> Server {
     }
 }
 
+/// `nbdkit` on a loopback TCP port with the plugin and its arguments, as
+/// [`nbdkit_unix`].
+pub fn nbdkit_tcp(plugin: &[&str]) -> Server {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut all = vec!["-f", "-i", "127.0.0.1", "-p", &port_text];
+    all.extend_from_slice(plugin);
+    let mut child = spawn("nbdkit", &all);
+    wait_for(&mut child, "nbdkit", || listening(port));
+    Server {
+        child,
+        uri: format!("nbd://127.0.0.1:{port}"),
+    }
+}
+
 /// nginx serving the directory `root` on a loopback port (`http://`), its
 /// configuration, logs and temporary files in `work`. The same files are
 /// also served under `/private/` to user `qimg` with password `hunter2`
