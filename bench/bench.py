@@ -66,6 +66,11 @@ DERIVED_VERSION = 1
 # add up to this fraction of the virtual size, made with qemu-io.
 CHAIN_LAYERS = {"chain_mid": 0.03, "chain": 0.04}
 CHAIN_WRITE_MIN, CHAIN_WRITE_MAX = 64 * 1024, MIB
+# The deep chain: this many overlays on the chain's base, made as the chain's
+# are, each written over this fraction of the disk; {deep} is the top.
+DEEP_OVERLAYS, DEEP_LAYER_SHARE = 16, 0.002
+DEEP = [f"deep{n:02}" for n in range(1, DEEP_OVERLAYS)] + ["deep"]
+CHAIN_LAYERS.update({key: DEEP_LAYER_SHARE for key in DEEP})
 
 
 @dataclass
@@ -130,6 +135,22 @@ INPUTS: dict[str, Input] = {i.key: i for i in [
           "qemu-io -f qcow2 -c 'write -P N OFF LEN' ... {dst} "
           f"({CHAIN_LAYERS['chain']:.0%} of the disk)", ["chain_mid"]),
 ]}
+
+
+def add_deep_chain() -> None:
+    """Adds the overlays of the deep chain to INPUTS, each on the one
+    before, the first on the chain's base."""
+    for n, key in enumerate(DEEP):
+        below = DEEP[n - 1] if n else "chain_base"
+        name = "deep-top.qcow2" if key == "deep" else f"deep-{n + 1:02}.qcow2"
+        INPUTS[key] = Input(
+            key, name, "qcow2",
+            f"qemu-img create -f qcow2 -b {INPUTS[below].file} -F qcow2 {{dst}}; "
+            "qemu-io -f qcow2 -c 'write -P N OFF LEN' ... {dst} "
+            f"({DEEP_LAYER_SHARE:.1%} of the disk)", [below])
+
+
+add_deep_chain()
 
 # Scratch copies of the chain, in SCRATCH_DIR, for the operations that modify
 # it (Op.fresh_chain): placeholder -> the input it is a copy of.
@@ -314,6 +335,11 @@ OPS: list[Op] = [
     Op("info-chain", ["info", "-f", "qcow2", "--backing-chain", "{chain}"], reads=[],
        same_stdout=True),
     Op("map-chain", ["map", "-f", "qcow2", "--output=json", "{chain}"], reads=[],
+       same_stdout=True),
+    # {deep}: the top of 16 overlays on the chain's base
+    Op("info-deep-chain", ["info", "-f", "qcow2", "--backing-chain", "{deep}"], reads=[],
+       same_stdout=True),
+    Op("map-deep-chain", ["map", "-f", "qcow2", "--output=json", "{deep}"], reads=[],
        same_stdout=True),
     Op("commit", ["commit", "-f", "qcow2", "{wtop}"], reads=[], fresh_chain=True,
        equal="chain", modified=["wtop", "wmid"],
