@@ -769,6 +769,31 @@ fn a_network_copy_starts_with_the_local_number_of_reads_in_flight() {
     );
 }
 
+/// A server answering reads in 5 ms, behind a unix socket, stays near for
+/// the whole copy: the local number of reads in flight, 1 MiB each. (Four
+/// reads in flight on a busy machine take that long from qemu-nbd; eight
+/// workers would then spin on the target file's lock.)
+#[test]
+fn a_server_answering_in_a_few_ms_stays_near() {
+    if !servers::have("nbdkit") {
+        return;
+    }
+    let fx = Fixture::new("nbd_near_5ms");
+    let near = local_workers();
+    let reads = reads_of_a_copy(&fx, Some("--filter=delay"), &["rdelay=5ms"], "null-co://");
+    assert!(
+        reads.most_in_flight <= near,
+        "{} reads in flight, more than {near}: {:?}",
+        reads.most_in_flight,
+        reads.sizes
+    );
+    assert!(
+        reads.sizes.iter().all(|&n| n == 1 << 20),
+        "{:?}",
+        reads.sizes
+    );
+}
+
 /// A server that takes 50 ms a request, behind a unix socket, proves far:
 /// the copy then has more reads in flight than a local copy has workers
 /// (up to -m's eight, as qemu-img), whole 2 MiB items (with 1 MiB requests
