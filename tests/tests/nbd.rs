@@ -750,10 +750,10 @@ fn reads_of_a_copy(fx: &Fixture, filter: Option<&str>, params: &[&str], target: 
 /// local copy has workers (two per core), not -m's eight: eight copy no
 /// faster from qemu-nbd or nginx on this machine and hold 8 MiB more. Its
 /// reads take 2 ms and the copy writes nowhere, so that more workers would
-/// have more reads in flight. Eight reads in a row over 3 ms make the
+/// have more reads in flight. Eight reads in a row over 20 ms make the
 /// server far: until eight have completed, the copy cannot know that
 /// (later, a loaded machine may make this server look far, as it did in
-/// CI, so the rest of the copy is left alone).
+/// CI with 3 ms, so the rest of the copy is left alone).
 #[test]
 fn a_network_copy_starts_with_the_local_number_of_reads_in_flight() {
     if !servers::have("nbdkit") {

@@ -627,7 +627,8 @@ impl CopyJob<'_> {
                 // qemu-img's time from an export answering in 20 ms). A
                 // server on this machine (an NBD unix socket) costs no
                 // round trip and serves 1 MiB requests with less work,
-                // unless it proves far (a slow server behind the socket).
+                // unless it proves far (a slow server behind the socket;
+                // only reads are timed, so a target never does).
                 let step = match (&*source.store, &*target.store) {
                     (Store::Remote(r), _) | (_, Store::Remote(r)) if serves_nearby(r) => {
                         LOCAL_SERVER_STEP

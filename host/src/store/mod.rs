@@ -50,12 +50,12 @@ pub struct RemoteStore {
 /// A store whose reads all take longer than this is far: round trips or a
 /// slow server, not the cores, set its pace. A server on this machine can
 /// be slow for a while: qemu-nbd on a unix socket, four 1 MiB reads in
-/// flight on a busy 2-core machine, had eight reads in a row over 6-13 ms
-/// in three copies of eight (with 3 ms here, those copies turned far, and
-/// their eight workers spinning on the target file's lock took 0.6 s of
-/// CPU instead of 0.28, and 0.67 s instead of 0.4). A server farther than
-/// this gets its time's worth from more requests in flight: four whole
-/// items per 20 ms round trip are 400 MB/s.
+/// flight on a busy 2-core machine, in three copies of eight had eight
+/// reads in a row over 3 ms (the eighth took 6.7-13 ms). With 3 ms here
+/// those copies turned far, and their eight workers, spinning on the
+/// target file's lock, took 0.6 s of CPU instead of 0.28 (0.67 s instead
+/// of 0.4). A server farther than this gets its time's worth from more
+/// requests in flight: four whole items per 20 ms round trip are 400 MB/s.
 const FAR: Duration = Duration::from_millis(20);
 
 /// So many reads in a row over [`FAR`] make a store far.
