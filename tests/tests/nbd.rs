@@ -289,6 +289,13 @@ fn writes_are_flushed_while_the_copy_goes_on() {
 /// allocator fault memory back in), and qemu-img's whole 2 MiB items over
 /// TCP, where each request costs a round trip (in 256 KiB steps a copy
 /// into a server answering writes in 10 ms took four times as long).
+/// The `count=0x...` of a request that nbdkit's log filter logged.
+fn logged_count(request: &str) -> u64 {
+    let hex = request.split("count=0x").nth(1).expect("a count");
+    let hex = hex.split_whitespace().next().expect("a count");
+    u64::from_str_radix(hex, 16).expect("hex count")
+}
+
 #[test]
 fn a_copy_into_an_export_writes_whole_requests() {
     if !servers::have("nbdkit") {
@@ -314,11 +321,7 @@ fn a_copy_into_an_export_writes_whole_requests() {
         let sizes: Vec<u64> = text
             .lines()
             .filter_map(|line| line.split(" Write id=").nth(1))
-            .map(|write| {
-                let hex = write.split("count=0x").nth(1).expect("a count");
-                let hex = hex.split_whitespace().next().expect("a count");
-                u64::from_str_radix(hex, 16).expect("hex count")
-            })
+            .map(logged_count)
             .collect();
         assert_eq!(sizes.iter().sum::<u64>(), 40 << 20, "{sizes:?}");
         assert!(
@@ -734,9 +737,7 @@ fn reads_of_a_copy(fx: &Fixture, filter: Option<&str>, params: &[&str], target: 
             if completed < 8 {
                 most_in_flight_early = most_in_flight_early.max(now);
             }
-            let hex = count.split("count=0x").nth(1).expect("a count");
-            let hex = hex.split_whitespace().next().expect("a count");
-            sizes.push(u64::from_str_radix(hex, 16).expect("hex count"));
+            sizes.push(logged_count(count));
         }
     }
     Reads {
